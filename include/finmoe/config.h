@@ -1,0 +1,110 @@
+#pragma once
+// Model configuration parsed from a Hugging Face `config.json`, and the
+// sampling defaults of `generation_config.json`.
+//
+// Field names mirror the HF keys. Derived values are computed in
+// ModelConfig::finalize() only. Unknown keys are kept in `raw` so a loaded
+// config writes back unchanged.
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace finmoe {
+
+// `rope_scaling` of config.json (HF `rope_type`, or the older `type` key).
+struct RopeScaling {
+  std::string rope_type = "default";  // default | linear | dynamic | llama3 | yarn
+  double factor = 1.0;
+  // llama3
+  double low_freq_factor = 1.0;
+  double high_freq_factor = 4.0;
+  int64_t original_max_position_embeddings = 0;  // llama3 / yarn; 0 = unset
+  // yarn
+  double beta_fast = 32.0;
+  double beta_slow = 1.0;
+  std::optional<double> attention_factor;  // yarn; default 0.1*ln(factor)+1
+  double mscale = 0.0;                      // deepseek-style yarn; 0 = unset
+  double mscale_all_dim = 0.0;
+};
+
+struct ModelConfig {
+  std::string model_type;                 // llama | qwen2 | mistral
+  std::vector<std::string> architectures; // e.g. ["Qwen2ForCausalLM"]
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  int64_t intermediate_size = 0;
+  int64_t num_hidden_layers = 0;
+  int64_t num_attention_heads = 0;
+  int64_t num_key_value_heads = 0;        // default: num_attention_heads
+  int64_t head_dim = 0;                   // default: hidden_size / num_attention_heads
+  std::string hidden_act = "silu";
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 10000.0;
+  RopeScaling rope_scaling;
+  bool rope_interleaved = false;          // finmoe: pairs (2i, 2i+1) instead of HF rotate-half
+  int64_t max_position_embeddings = 2048;
+  bool tie_word_embeddings = false;
+  bool attention_bias = false;            // qwen2: always true for q/k/v (not o)
+  bool mlp_bias = false;
+  std::optional<int64_t> sliding_window;  // mistral / qwen2 (use_sliding_window)
+  std::string torch_dtype = "float32";    // float32 | bfloat16 | float16
+  std::optional<int64_t> bos_token_id;
+  std::vector<int64_t> eos_token_id;      // int or list in config.json
+  std::optional<int64_t> pad_token_id;
+  double initializer_range = 0.02;
+
+  nlohmann::json raw;  // the parsed file, for round-trip of unknown keys
+
+  // Parses and validates (positive sizes, heads divide, known model_type,
+  // known rope type). `source` names the file in error messages.
+  static ModelConfig from_json(const nlohmann::json& j, const std::string& source = "config.json");
+  // Fills the derived defaults (num_key_value_heads and head_dim when 0) and
+  // validates, naming `source` in errors. from_json calls it; call it on a
+  // config built in code.
+  void finalize(const std::string& source = "config.json");
+  // Reads DIR/config.json.
+  static ModelConfig load(const std::string& dir);
+  nlohmann::json to_json() const;
+  // Writes DIR/config.json atomically.
+  void save(const std::string& dir) const;
+
+  static const std::vector<std::string>& supported_model_types();
+
+  // Derived sizes.
+  int64_t q_size() const { return num_attention_heads * head_dim; }
+  int64_t kv_size() const { return num_key_value_heads * head_dim; }
+  // K and V values cached per token over all layers.
+  int64_t kv_values_per_token() const { return 2 * num_hidden_layers * kv_size(); }
+};
+
+struct GenerationConfig {
+  std::optional<int64_t> bos_token_id;
+  std::vector<int64_t> eos_token_id;
+  std::optional<int64_t> pad_token_id;
+  bool do_sample = false;
+  double temperature = 1.0;
+  int64_t top_k = 0;        // 0 = off (HF default 50 only applies when do_sample)
+  double top_p = 1.0;
+  double min_p = 0.0;
+  double repetition_penalty = 1.0;
+  std::optional<int64_t> max_new_tokens;
+
+  static GenerationConfig from_json(const nlohmann::json& j, const std::string& source);
+  // Reads DIR/generation_config.json when present; otherwise takes bos/eos
+  // from `model`.
+  static GenerationConfig load(const std::string& dir, const ModelConfig& model);
+  nlohmann::json to_json() const;
+};
+
+// Reads a JSON file; throws Error naming the file and the parse position.
+nlohmann::json read_json_file(const std::string& path);
+// Writes `j` to `path` atomically (temp file + rename), pretty-printed.
+void write_json_file(const std::string& path, const nlohmann::json& j);
+// Writes bytes to `path` atomically.
+void write_file_atomic(const std::string& path, std::string_view bytes);
+
+}  // namespace finmoe

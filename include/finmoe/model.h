@@ -1,0 +1,164 @@
+#pragma once
+// The decoder-only transformer: one definition for training and inference.
+//
+//   forward(tokens[B,T])  -> logits[B,T,V]   training / evaluation (causal,
+//                                            optional packed-document mask)
+//   step(StepBatch, cache) -> logits          inference: a ragged batch mixing
+//                                            prefill chunks and decode tokens of
+//                                            many sequences over a paged KV cache
+//
+// Both entries run the same modules; step() == forward() on the same tokens
+// (tests/model). Parameters carry Hugging Face names (named_parameters() ==
+// the checkpoint's tensor names), so loading and saving are a name walk.
+//
+// Thread safety: a Transformer may run forward/step from one thread at a time.
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "finmoe/config.h"
+
+namespace finmoe {
+
+class KVCache;
+
+// One layer's share of the KV cache, per token: a list of tensor shapes.
+// GQA: {K [kv_heads, head_dim], V [kv_heads, head_dim]}; MLA (later): one
+// latent [kv_lora_rank + rope_dim]. KVCache allocates [num_blocks, block_size, ...shape].
+using CacheSpec = std::vector<std::vector<int64_t>>;
+
+// A ragged inference batch. Tokens of one sequence are contiguous in
+// `tokens`; `positions[i]` is token i's position in its sequence.
+struct StepBatch {
+  struct Seq {
+    int64_t q_start = 0;               // first index into tokens
+    int64_t q_len = 0;                 // tokens of this sequence in this step
+    int64_t context_len = 0;           // cached tokens after this step (= last position + 1)
+    std::vector<int32_t> block_table;  // cache block of positions [i*bs, (i+1)*bs)
+  };
+  std::vector<int32_t> tokens;     // [N]
+  std::vector<int32_t> positions;  // [N]
+  std::vector<Seq> seqs;
+  bool all_logits = false;  // logits for every token [N,V] instead of each sequence's last [S,V]
+
+  // Checks the invariants above against a cache; throws Error naming the field.
+  void validate(const KVCache& cache) const;
+};
+
+struct ForwardOptions {
+  // [B,T] int64 document ids for packed sequences: a token attends only to
+  // earlier tokens of the same document, and positions restart at 0 at each
+  // document start. Undefined = one document per row.
+  torch::Tensor document_ids;
+};
+
+struct ParamCount {
+  int64_t total = 0;      // every distinct parameter (tied head counted once)
+  int64_t embedding = 0;  // embed_tokens (+ untied lm_head)
+};
+
+class TransformerImpl;
+
+// A decoder model and its configuration. Cheap to move; holds the module.
+class Transformer {
+ public:
+  // Builds the module with uninitialised (zero) parameters of `dtype` on `device`.
+  Transformer(const ModelConfig& config, torch::Dtype dtype = torch::kFloat32,
+              torch::Device device = torch::kCPU);
+  ~Transformer();
+  Transformer(Transformer&&) noexcept;
+  Transformer& operator=(Transformer&&) noexcept;
+
+  const ModelConfig& config() const;
+  torch::Dtype dtype() const;
+  torch::Device device() const;
+
+  // tokens [B,T] int64 -> logits [B,T,V] float32.
+  torch::Tensor forward(const torch::Tensor& tokens, const ForwardOptions& options = {});
+  // Writes the batch's K/V into `cache`, returns float32 logits [S,V] (one per
+  // sequence, its last token) or [N,V] with batch.all_logits. No autograd.
+  torch::Tensor step(const StepBatch& batch, KVCache& cache);
+
+  CacheSpec cache_spec(int64_t layer) const;
+  ParamCount param_count() const;
+  // HF-named parameters (the tied lm_head is not listed separately).
+  std::vector<std::pair<std::string, torch::Tensor>> named_parameters() const;
+  torch::nn::Module& module();
+
+ private:
+  std::shared_ptr<TransformerImpl> impl_;
+};
+
+// A paged KV cache for every layer of one model. Owned by whoever schedules
+// sequences (Generator, serving engine); the block allocation policy is theirs.
+class KVCache {
+ public:
+  KVCache(const Transformer& model, int64_t num_blocks, int64_t block_size = 16,
+          std::optional<torch::Dtype> dtype = std::nullopt);
+  int64_t num_blocks() const { return num_blocks_; }
+  int64_t block_size() const { return block_size_; }
+  int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
+  // layer's tensors, each [num_blocks, block_size, ...spec]
+  std::vector<torch::Tensor>& layer(int64_t i) { return layers_.at(static_cast<size_t>(i)); }
+  // Bytes one token occupies over all layers.
+  int64_t bytes_per_token() const;
+  int64_t total_bytes() const { return bytes_per_token() * num_blocks_ * block_size_; }
+
+ private:
+  int64_t num_blocks_;
+  int64_t block_size_;
+  std::vector<std::vector<torch::Tensor>> layers_;
+};
+
+// KV-cache bytes per token for a config and element size, without building a model.
+int64_t kv_cache_bytes_per_token(const ModelConfig& config, int64_t element_bytes);
+
+// ---- checkpoints -------------------------------------------------------
+
+struct LoadOptions {
+  std::optional<torch::Dtype> dtype;  // default: config.torch_dtype
+  torch::Device device = torch::kCPU;
+};
+
+// Loads an HF checkpoint directory (config.json + safetensors). Tensors whose
+// dtype and device already match are used in place (memory-mapped, private
+// copy-on-write). Missing, unexpected or wrongly shaped tensors throw Error
+// naming the tensor and file.
+Transformer load_model(const std::string& dir, const LoadOptions& options = {});
+
+// Writes config.json + safetensors (sharded past max_shard_bytes) into `dir`,
+// each file atomically.
+void save_model(const Transformer& model, const std::string& dir,
+                size_t max_shard_bytes = size_t(5) << 30);
+
+// Seeded random initialisation as HF does for these architectures:
+// N(0, initializer_range) for linears and embeddings, ones for norms, zero biases.
+void init_random(Transformer& model, uint64_t seed);
+
+// The tensors an architecture expects, with shapes (llama.cpp-style declaration).
+struct TensorSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+};
+std::vector<TensorSpec> expected_tensors(const ModelConfig& config);
+
+torch::Dtype dtype_from_string(const std::string& name);  // "float32" | "bfloat16" | "float16"
+std::string dtype_to_string(torch::Dtype dtype);
+
+}  // namespace finmoe
+
+namespace finmoe {
+
+// Named model shapes for `finmoe init` and benchmarks: "tiny", "small",
+// "qwen2-0.5b", "qwen2.5-1.5b", "llama3.2-1b", "llama3-8b", "mistral-7b".
+// `model_type` overrides the preset's architecture when non-empty;
+// vocab_size > 0 overrides its vocabulary.
+ModelConfig preset_config(const std::string& preset, const std::string& model_type = "",
+                          int64_t vocab_size = 0);
+const std::vector<std::string>& preset_names();
+
+}  // namespace finmoe

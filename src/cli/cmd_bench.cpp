@@ -1,0 +1,60 @@
+// finmoe bench decode
+#include <iomanip>
+#include <iostream>
+
+#include "cli/commands.h"
+#include "finmoe/bench.h"
+#include "kernels/cpu_features.h"
+#include "kernels/thread_pool.h"
+
+namespace finmoe::cli {
+
+void add_bench(CLI::App& app, Run& run) {
+  auto* b = app.add_subcommand("bench", "Benchmarks");
+  b->require_subcommand(1);
+  auto* c = b->add_subcommand("decode", "Prefill and decode tokens/s vs the memory-bandwidth floor");
+  static std::string dir, dtype;
+  static bool json = false;
+  static DecodeBenchOptions o;
+  c->add_option("DIR", dir, "model directory")->required();
+  c->add_option("--dtype", dtype, "float32 | bfloat16 (default: the checkpoint's)");
+  c->add_option("--prefill", o.prefill_tokens, "prefill length")->capture_default_str();
+  c->add_option("--batch", o.batch_sizes, "decode batch sizes")->capture_default_str();
+  c->add_option("--steps", o.decode_steps, "timed decode steps")->capture_default_str();
+  c->add_option("--context", o.context_tokens, "context per decoding sequence")->capture_default_str();
+  c->add_option("--repeats", o.repeats, "best of N")->capture_default_str();
+  c->add_flag("--json", json, "print one JSON object");
+  c->callback([&run] {
+    run = [] {
+      LoadOptions lo;
+      if (!dtype.empty()) lo.dtype = dtype_from_string(dtype);
+      auto model = load_model(dir, lo);
+      auto r = bench_decode(model, o);
+      auto j = r.to_json();
+      j["model"] = dir;
+      j["dtype"] = dtype_to_string(model.dtype());
+      j["threads"] = kernels::ThreadPool::global().num_threads();
+      j["isa"] = kernels::isa_name();
+      if (json) {
+        std::cout << j.dump(2) << "\n";
+        return 0;
+      }
+      std::cout << std::fixed << std::setprecision(1) << "model " << dir << " (" << j["dtype"].get<std::string>()
+                << ", " << j["threads"].get<int>() << " threads, " << kernels::isa_name() << ")\n"
+                << "memory bandwidth   " << r.bandwidth_gb_s << " GB/s (measured now)\n"
+                << "weights per token  " << r.weight_bytes_per_token / 1e6 << " MB\n"
+                << "decode floor       " << r.floor_tokens_per_s << " tok/s at batch 1\n"
+                << "prefill " << o.prefill_tokens << "        " << r.prefill_tokens_per_s << " tok/s\n";
+      for (const auto& d : r.decode) {
+        std::cout << "decode batch " << std::setw(3) << d.batch << "   " << d.tokens_per_s << " tok/s ("
+                  << d.ms_per_step << " ms/step";
+        if (d.batch == 1) std::cout << ", " << std::setprecision(0) << 100 * d.tokens_per_s / r.floor_tokens_per_s
+                                    << "% of floor" << std::setprecision(1);
+        std::cout << ")\n";
+      }
+      return 0;
+    };
+  });
+}
+
+}  // namespace finmoe::cli

@@ -1,0 +1,226 @@
+// finmoe info | logits | init
+#include <cmath>
+#include <filesystem>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include "cli/commands.h"
+#include "finmoe/error.h"
+#include "finmoe/model.h"
+#include "finmoe/safetensors.h"
+#include "finmoe/tokenizer.h"
+
+namespace finmoe::cli {
+namespace {
+
+std::string human(double n) {
+  const char* units[] = {"", "K", "M", "B", "T"};
+  int u = 0;
+  while (std::abs(n) >= 1000 && u < 4) {
+    n /= 1000;
+    ++u;
+  }
+  std::ostringstream s;
+  s << std::fixed << std::setprecision(u ? 2 : 0) << n << units[u];
+  return s.str();
+}
+
+std::vector<int32_t> parse_ids(const std::string& s) {
+  std::vector<int32_t> ids;
+  std::stringstream ss(s);
+  std::string part;
+  while (std::getline(ss, part, ',')) {
+    try {
+      size_t used = 0;
+      ids.push_back(int32_t(std::stol(part, &used)));
+      if (used != part.size()) throw std::invalid_argument(part);
+    } catch (const std::exception&) {
+      throw Error("--ids: '" + part + "' is not an integer");
+    }
+  }
+  return ids;
+}
+
+}  // namespace
+
+void add_info(CLI::App& app, Run& run) {
+  auto* c = app.add_subcommand("info", "Architecture, parameters, per-layer summary, KV-cache size");
+  static std::string dir;
+  static bool json = false;
+  c->add_option("DIR", dir, "model directory (HF format)")->required();
+  c->add_flag("--json", json, "print one JSON object");
+  c->callback([&run] {
+    run = [] {
+      ModelConfig cfg = ModelConfig::load(dir);
+      auto reader = CheckpointReader::open(dir);
+      int64_t total = 0, bytes = 0;
+      for (const auto& n : reader.names()) {
+        total += reader.get(n).numel();
+        bytes += int64_t(reader.get(n).nbytes);
+      }
+      const auto specs = expected_tensors(cfg);
+      nlohmann::json layer = nlohmann::json::object();
+      int64_t per_layer = 0;
+      for (const auto& s : specs)
+        if (s.name.starts_with("model.layers.0.")) {
+          int64_t n = 1;
+          for (auto d : s.shape) n *= d;
+          layer[s.name.substr(15)] = s.shape;
+          per_layer += n;
+        }
+      nlohmann::json kv = {{"float32", kv_cache_bytes_per_token(cfg, 4)},
+                           {"bfloat16", kv_cache_bytes_per_token(cfg, 2)},
+                           {"int8", kv_cache_bytes_per_token(cfg, 1)}};
+      if (json) {
+        nlohmann::json j = {{"model_type", cfg.model_type},
+                            {"architectures", cfg.architectures},
+                            {"total_params", total},
+                            {"checkpoint_bytes", bytes},
+                            {"num_hidden_layers", cfg.num_hidden_layers},
+                            {"hidden_size", cfg.hidden_size},
+                            {"intermediate_size", cfg.intermediate_size},
+                            {"num_attention_heads", cfg.num_attention_heads},
+                            {"num_key_value_heads", cfg.num_key_value_heads},
+                            {"head_dim", cfg.head_dim},
+                            {"vocab_size", cfg.vocab_size},
+                            {"tie_word_embeddings", cfg.tie_word_embeddings},
+                            {"torch_dtype", cfg.torch_dtype},
+                            {"rope_theta", cfg.rope_theta},
+                            {"rope_scaling", cfg.rope_scaling.rope_type},
+                            {"max_context", cfg.max_position_embeddings},
+                            {"params_per_layer", per_layer},
+                            {"layer_tensors", layer},
+                            {"kv_cache_bytes_per_token", kv}};
+        std::cout << j.dump(2) << "\n";
+        return 0;
+      }
+      std::cout << "model       " << dir << "\n"
+                << "arch        " << cfg.model_type
+                << (cfg.architectures.empty() ? "" : " (" + cfg.architectures[0] + ")") << "\n"
+                << "params      " << human(double(total)) << " (" << total << "), "
+                << human(double(bytes)) << "B on disk, dtype " << cfg.torch_dtype << "\n"
+                << "layers      " << cfg.num_hidden_layers << " x [attn " << cfg.num_attention_heads
+                << "q/" << cfg.num_key_value_heads << "kv heads x " << cfg.head_dim
+                << (cfg.attention_bias ? ", qkv bias" : "") << "; SwiGLU " << cfg.hidden_size
+                << "->" << cfg.intermediate_size << "] = " << human(double(per_layer))
+                << " params/layer\n"
+                << "embedding   " << cfg.vocab_size << " x " << cfg.hidden_size
+                << (cfg.tie_word_embeddings ? " (tied lm_head)" : " + lm_head") << "\n"
+                << "rope        theta " << cfg.rope_theta << ", scaling " << cfg.rope_scaling.rope_type
+                << "\n"
+                << "max context " << cfg.max_position_embeddings << " tokens\n"
+                << "KV cache    " << kv["bfloat16"].get<int64_t>() << " B/token bf16, "
+                << kv["float32"].get<int64_t>() << " B/token fp32, " << kv["int8"].get<int64_t>()
+                << " B/token int8; full context bf16: "
+                << human(double(kv["bfloat16"].get<int64_t>()) * double(cfg.max_position_embeddings))
+                << "B\n";
+      return 0;
+    };
+  });
+}
+
+void add_logits(CLI::App& app, Run& run) {
+  auto* c = app.add_subcommand("logits", "Top-K next-token log-probabilities at every position (JSON)");
+  static std::string dir, text, ids_arg, dtype;
+  static int64_t top = 5;
+  c->add_option("DIR", dir, "model directory")->required();
+  auto* t = c->add_option("--text", text, "text to encode (no special tokens added)");
+  auto* i = c->add_option("--ids", ids_arg, "comma-separated token ids");
+  t->excludes(i);
+  c->add_option("--top", top, "alternatives per position")->capture_default_str();
+  c->add_option("--dtype", dtype, "float32 | bfloat16 (default float32, for comparisons)");
+  c->callback([&run] {
+    run = [] {
+      if (text.empty() == ids_arg.empty()) throw Error("give exactly one of --text and --ids");
+      std::vector<int32_t> ids;
+      std::optional<Tokenizer> tok;
+      if (std::filesystem::exists(dir + "/tokenizer.json")) tok.emplace(Tokenizer::from_dir(dir));
+      if (!text.empty()) {
+        if (!tok) throw Error(dir + ": --text needs tokenizer.json");
+        ids = tok->encode(text, false);
+      } else {
+        ids = parse_ids(ids_arg);
+      }
+      if (ids.empty()) throw Error("no tokens to score");
+      auto model = load_model(dir, {.dtype = dtype_from_string(dtype.empty() ? "float32" : dtype)});
+      for (int32_t id : ids)
+        if (id < 0 || id >= model.config().vocab_size)
+          throw Error("--ids: token " + std::to_string(id) + " outside the vocabulary");
+      torch::NoGradGuard no_grad;
+      auto input = torch::tensor(std::vector<int64_t>(ids.begin(), ids.end())).unsqueeze(0);
+      auto logp = torch::log_softmax(model.forward(input)[0], -1);  // [T,V] fp32
+      auto [vals, idx] = logp.topk(std::min<int64_t>(top, logp.size(1)), -1);
+      nlohmann::json out = {{"model", dir}, {"ids", ids}};
+      for (int64_t p = 0; p < logp.size(0); ++p) {
+        nlohmann::json alts = nlohmann::json::array();
+        for (int64_t k = 0; k < vals.size(1); ++k) {
+          nlohmann::json a = {{"id", idx[p][k].item<int64_t>()}, {"logprob", vals[p][k].item<double>()}};
+          if (tok) a["token"] = tok->id_to_token(int32_t(idx[p][k].item<int64_t>()));
+          alts.push_back(a);
+        }
+        out["positions"].push_back({{"position", p}, {"token_id", ids[size_t(p)]}, {"top", alts}});
+      }
+      std::cout << out.dump() << "\n";
+      return 0;
+    };
+  });
+}
+
+void add_init(CLI::App& app, Run& run) {
+  auto* c = app.add_subcommand("init", "Write a seeded random-initialised checkpoint in HF format");
+  static std::string out, arch, preset = "tiny", tokenizer, dtype = "bfloat16";
+  static uint64_t seed = 0;
+  c->add_option("OUT", out, "output directory")->required();
+  c->add_option("--preset", preset, "model shape: " + [] {
+    std::string s;
+    for (const auto& n : preset_names()) s += (s.empty() ? "" : "|") + n;
+    return s;
+  }())->capture_default_str();
+  c->add_option("--arch", arch, "llama | qwen2 | mistral (default: the preset's)");
+  c->add_option("--tokenizer", tokenizer, "directory with tokenizer.json to copy (sets vocab for tiny/small)");
+  c->add_option("--dtype", dtype, "float32 | bfloat16 | float16")->capture_default_str();
+  c->add_option("--seed", seed, "random seed")->capture_default_str();
+  c->callback([&run] {
+    run = [] {
+      int64_t vocab = 0;
+      std::optional<Tokenizer> tok;
+      if (!tokenizer.empty()) {
+        tok.emplace(Tokenizer::from_dir(tokenizer));
+        if (preset == "tiny" || preset == "small") vocab = (tok->vocab_size() + 63) / 64 * 64;
+      }
+      ModelConfig cfg = preset_config(preset, arch, vocab);
+      if (tok && tok->vocab_size() > cfg.vocab_size)
+        throw Error("tokenizer has " + std::to_string(tok->vocab_size()) + " tokens, preset " +
+                    preset + " only " + std::to_string(cfg.vocab_size));
+      if (tok) {
+        if (auto b = tok->bos_id()) cfg.bos_token_id = *b;
+        if (auto e = tok->eos_id()) cfg.eos_token_id = {*e};
+      }
+      const auto dt = dtype_from_string(dtype);
+      cfg.torch_dtype = dtype_to_string(dt);
+      Transformer model(cfg, dt);
+      init_random(model, seed);
+      std::filesystem::create_directories(out);
+      save_model(model, out);
+      GenerationConfig gen;
+      gen.bos_token_id = cfg.bos_token_id;
+      gen.eos_token_id = cfg.eos_token_id;
+      write_json_file(out + "/generation_config.json", gen.to_json());
+      if (tok) {
+        for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
+          const auto src = std::filesystem::path(tokenizer) / f;
+          if (std::filesystem::exists(src))
+            std::filesystem::copy_file(src, std::filesystem::path(out) / f,
+                                       std::filesystem::copy_options::overwrite_existing);
+        }
+      }
+      std::cerr << "wrote " << out << ": " << cfg.model_type << " preset " << preset << ", "
+                << human(double(model.param_count().total)) << " params, " << cfg.torch_dtype
+                << ", seed " << seed << "\n";
+      return 0;
+    };
+  });
+}
+
+}  // namespace finmoe::cli

@@ -1,0 +1,21 @@
+#pragma once
+// The `finmoe` subcommands. Each registers its options on the app and returns
+// the function that runs it; the work itself is a library call.
+#include <functional>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+namespace finmoe::cli {
+
+using Run = std::function<int()>;
+
+void add_info(CLI::App& app, Run& run);
+void add_tokenize(CLI::App& app, Run& run);
+void add_logits(CLI::App& app, Run& run);
+void add_generate(CLI::App& app, Run& run);
+void add_chat(CLI::App& app, Run& run);
+void add_init(CLI::App& app, Run& run);
+void add_bench(CLI::App& app, Run& run);
+
+}  // namespace finmoe::cli

@@ -1,0 +1,34 @@
+// `finmoe`: parse, call the library, print. Library errors (finmoe::Error)
+// become a one-line message and exit code 2; bugs exit 1.
+#include <iostream>
+
+#include "cli/commands.h"
+#include "finmoe/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"finmoe: build, adapt and serve financial Mixture-of-Experts models"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "finmoe 0.1.0");
+  finmoe::cli::Run run;
+  finmoe::cli::add_info(app, run);
+  finmoe::cli::add_tokenize(app, run);
+  finmoe::cli::add_logits(app, run);
+  finmoe::cli::add_generate(app, run);
+  finmoe::cli::add_chat(app, run);
+  finmoe::cli::add_init(app, run);
+  finmoe::cli::add_bench(app, run);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    return run();
+  } catch (const finmoe::Error& e) {
+    std::cerr << "finmoe: error: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "finmoe: internal error: " << e.what() << "\n";
+    return 1;
+  }
+}

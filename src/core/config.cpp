@@ -1,0 +1,465 @@
+// config.json / generation_config.json. Keys and defaults follow the HF
+// config classes (LlamaConfig, Qwen2Config, MistralConfig); see
+// docs/formats/config.md.
+#include "finmoe/config.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+
+#include "finmoe/error.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace finmoe {
+
+namespace {
+
+std::string json_type(const json& v) {
+  if (v.is_number_integer()) return "integer";
+  if (v.is_number_float()) return "float";
+  return v.type_name();
+}
+
+// Typed, optional reads from one JSON object. An absent key or a null keeps
+// the default (except for optional fields, where null means "none"); a wrong
+// type throws "SOURCE: field 'PREFIX.KEY' must be T, got U".
+class Fields {
+ public:
+  Fields(const json& j, std::string source, std::string prefix = "")
+      : j_(j), source_(std::move(source)), prefix_(std::move(prefix)) {}
+
+  [[noreturn]] void fail(const std::string& key, const std::string& msg) const {
+    throw Error(source_ + ": field '" + prefix_ + key + "' " + msg);
+  }
+  const json* get(const std::string& key) const {
+    auto it = j_.find(key);
+    return it == j_.end() || it->is_null() ? nullptr : &*it;
+  }
+  bool has(const std::string& key) const { return get(key) != nullptr; }
+
+  int64_t to_int(const std::string& key, const json& v) const {
+    if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX))
+      fail(key, "is too large: " + v.dump());
+    if (!v.is_number_integer()) fail(key, "must be an integer, got " + json_type(v));
+    return v.get<int64_t>();
+  }
+  void read(const std::string& key, int64_t& out) const {
+    if (const json* v = get(key)) out = to_int(key, *v);
+  }
+  void read(const std::string& key, std::optional<int64_t>& out) const {
+    auto it = j_.find(key);
+    if (it == j_.end()) return;
+    if (it->is_null()) {
+      out.reset();
+      return;
+    }
+    out = to_int(key, *it);
+  }
+  void read(const std::string& key, double& out) const {
+    if (const json* v = get(key)) {
+      if (!v->is_number()) fail(key, "must be a number, got " + json_type(*v));
+      out = v->get<double>();
+    }
+  }
+  void read(const std::string& key, std::optional<double>& out) const {
+    double d = 0;
+    if (has(key)) read(key, d), out = d;
+  }
+  void read(const std::string& key, bool& out) const {
+    if (const json* v = get(key)) {
+      if (!v->is_boolean()) fail(key, "must be a boolean, got " + json_type(*v));
+      out = v->get<bool>();
+    }
+  }
+  void read(const std::string& key, std::string& out) const {
+    if (const json* v = get(key)) {
+      if (!v->is_string()) fail(key, "must be a string, got " + json_type(*v));
+      out = v->get<std::string>();
+    }
+  }
+  void read(const std::string& key, std::vector<std::string>& out) const {
+    if (const json* v = get(key)) {
+      if (!v->is_array()) fail(key, "must be an array of strings, got " + json_type(*v));
+      out.clear();
+      for (const auto& e : *v) {
+        if (!e.is_string()) fail(key, "must be an array of strings, got an element " + json_type(e));
+        out.push_back(e.get<std::string>());
+      }
+    }
+  }
+  // Token ids: an integer or a list of integers; null clears.
+  void read_ids(const std::string& key, std::vector<int64_t>& out) const {
+    auto it = j_.find(key);
+    if (it == j_.end()) return;
+    out.clear();
+    if (it->is_null()) return;
+    if (it->is_array()) {
+      for (const auto& e : *it) out.push_back(to_int(key, e));
+    } else if (it->is_number_integer()) {
+      out.push_back(to_int(key, *it));
+    } else {
+      fail(key, "must be an integer or a list of integers, got " + json_type(*it));
+    }
+  }
+  int64_t required_int(const std::string& key) const {
+    if (!has(key)) throw Error(source_ + ": missing required field '" + prefix_ + key + "'");
+    return to_int(key, *get(key));
+  }
+
+ private:
+  const json& j_;
+  std::string source_;
+  std::string prefix_;
+};
+
+const std::vector<std::string> kRopeTypes = {"default", "linear", "dynamic", "llama3", "yarn"};
+const std::vector<std::string> kTorchDtypes = {"float32", "bfloat16", "float16"};
+
+std::string join_list(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& e : v) s += (s.empty() ? "" : ", ") + e;
+  return s;
+}
+
+// The value each field takes when its key is absent, per model type (the HF
+// config class defaults; sizes have none here: they are required).
+ModelConfig defaults_for(const std::string& model_type) {
+  ModelConfig c;
+  c.model_type = model_type;
+  c.rms_norm_eps = 1e-6;
+  c.rope_theta = 10000.0;
+  if (model_type == "llama") {
+    c.max_position_embeddings = 2048;
+    c.bos_token_id = 1;
+    c.eos_token_id = {2};
+  } else if (model_type == "qwen2") {
+    c.max_position_embeddings = 32768;
+    c.attention_bias = true;  // q/k/v projections always have a bias
+  } else if (model_type == "mistral") {
+    c.max_position_embeddings = 4096 * 32;
+    c.bos_token_id = 1;
+    c.eos_token_id = {2};
+    c.sliding_window = 4096;
+  }
+  return c;
+}
+
+RopeScaling parse_rope_scaling(const json& j, const std::string& source) {
+  RopeScaling r;
+  if (!j.is_object())
+    throw Error(source + ": field 'rope_scaling' must be an object or null, got " + json_type(j));
+  Fields f(j, source, "rope_scaling.");
+  std::string type;
+  f.read("type", type);  // legacy spelling; rope_type wins
+  f.read("rope_type", type);
+  if (type.empty()) f.fail("rope_type", "is missing (supported: " + join_list(kRopeTypes) + ")");
+  if (std::find(kRopeTypes.begin(), kRopeTypes.end(), type) == kRopeTypes.end())
+    f.fail("rope_type", "has unsupported value '" + type + "' (supported: " +
+                            join_list(kRopeTypes) + ")");
+  r.rope_type = type;
+  if (type == "default") return r;
+  if (!f.has("factor")) f.fail("factor", "is required for rope_type '" + type + "'");
+  f.read("factor", r.factor);
+  if (!(r.factor > 0)) f.fail("factor", "must be positive, got " + std::to_string(r.factor));
+  f.read("original_max_position_embeddings", r.original_max_position_embeddings);
+  if (type == "llama3") {
+    for (const char* key : {"low_freq_factor", "high_freq_factor",
+                            "original_max_position_embeddings"})
+      if (!f.has(key)) f.fail(key, "is required for rope_type 'llama3'");
+    f.read("low_freq_factor", r.low_freq_factor);
+    f.read("high_freq_factor", r.high_freq_factor);
+    if (!(r.high_freq_factor > r.low_freq_factor))
+      f.fail("high_freq_factor", "must be greater than low_freq_factor");
+  }
+  if (type == "yarn") {
+    f.read("beta_fast", r.beta_fast);
+    f.read("beta_slow", r.beta_slow);
+    f.read("attention_factor", r.attention_factor);
+    f.read("mscale", r.mscale);
+    f.read("mscale_all_dim", r.mscale_all_dim);
+  }
+  if (r.original_max_position_embeddings < 0)
+    f.fail("original_max_position_embeddings", "must not be negative");
+  return r;
+}
+
+// A double written back as an integer when the file had an integer there.
+json number_like(double v, const json* old) {
+  if (old != nullptr && old->is_number_integer() && std::floor(v) == v && std::abs(v) < 9e15)
+    return json(int64_t(v));
+  return json(v);
+}
+
+// Sets j[key] when the value differs from its absent-key default or the key
+// is already there (an explicit null stays null while the value is default).
+void put(json& j, const std::string& key, const json& value, bool is_default) {
+  auto it = j.find(key);
+  if (it != j.end()) {
+    if (!(it->is_null() && is_default)) *it = value;
+  } else if (!is_default) {
+    j[key] = value;
+  }
+}
+
+json ids_json(const std::vector<int64_t>& ids, const json* old) {
+  if (ids.empty()) return nullptr;
+  if (ids.size() == 1 && !(old != nullptr && old->is_array())) return ids[0];
+  return ids;
+}
+
+const json* find_or_null(const json& j, const std::string& key) {
+  auto it = j.find(key);
+  return it == j.end() ? nullptr : &*it;
+}
+
+}  // namespace
+
+const std::vector<std::string>& ModelConfig::supported_model_types() {
+  static const std::vector<std::string> types = {"llama", "qwen2", "mistral"};
+  return types;
+}
+
+ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
+  if (!j.is_object()) throw Error(source + ": expected a JSON object, got " + json_type(j));
+  Fields f(j, source);
+  std::string model_type;
+  f.read("model_type", model_type);
+  const auto& types = supported_model_types();
+  if (std::find(types.begin(), types.end(), model_type) == types.end())
+    throw Error(source + ": model_type '" + model_type + "' is not supported (supported: " +
+                join_list(types) + ")");
+
+  ModelConfig c = defaults_for(model_type);
+  c.raw = j;
+  f.read("architectures", c.architectures);
+  c.vocab_size = f.required_int("vocab_size");
+  c.hidden_size = f.required_int("hidden_size");
+  c.intermediate_size = f.required_int("intermediate_size");
+  c.num_hidden_layers = f.required_int("num_hidden_layers");
+  c.num_attention_heads = f.required_int("num_attention_heads");
+  f.read("num_key_value_heads", c.num_key_value_heads);
+  f.read("head_dim", c.head_dim);  // null or absent: derived in finalize()
+  f.read("hidden_act", c.hidden_act);
+  f.read("rms_norm_eps", c.rms_norm_eps);
+  f.read("rope_theta", c.rope_theta);
+  if (f.has("rope_scaling")) c.rope_scaling = parse_rope_scaling(j["rope_scaling"], source);
+  // transformers >= 5 writes rope_theta and the scaling into one `rope_parameters`
+  if (f.has("rope_parameters")) {
+    const json& rp = j["rope_parameters"];
+    c.rope_scaling = parse_rope_scaling(rp, source);
+    Fields(rp, source, "rope_parameters.").read("rope_theta", c.rope_theta);
+  }
+  f.read("rope_interleaved", c.rope_interleaved);
+  f.read("max_position_embeddings", c.max_position_embeddings);
+  f.read("tie_word_embeddings", c.tie_word_embeddings);
+  if (model_type == "llama") {
+    f.read("attention_bias", c.attention_bias);
+    f.read("mlp_bias", c.mlp_bias);
+  }
+  if (model_type == "qwen2") {
+    bool use_sliding_window = false;
+    f.read("use_sliding_window", use_sliding_window);
+    std::optional<int64_t> window = 4096;
+    f.read("sliding_window", window);
+    if (use_sliding_window) c.sliding_window = window;
+  } else if (model_type == "mistral") {
+    f.read("sliding_window", c.sliding_window);
+  }
+  f.read("torch_dtype", c.torch_dtype);
+  f.read("dtype", c.torch_dtype);  // the newer transformers spelling
+  f.read("bos_token_id", c.bos_token_id);
+  f.read_ids("eos_token_id", c.eos_token_id);
+  f.read("pad_token_id", c.pad_token_id);
+  f.read("initializer_range", c.initializer_range);
+  c.finalize(source);
+  return c;
+}
+
+void ModelConfig::finalize(const std::string& source) {
+  auto fail = [&](const std::string& field, const std::string& msg) {
+    throw Error(source + ": field '" + field + "' " + msg);
+  };
+  auto positive = [&](const char* field, int64_t v) {
+    if (v <= 0) fail(field, "must be positive, got " + std::to_string(v));
+  };
+  positive("vocab_size", vocab_size);
+  positive("hidden_size", hidden_size);
+  positive("intermediate_size", intermediate_size);
+  positive("num_hidden_layers", num_hidden_layers);
+  positive("num_attention_heads", num_attention_heads);
+  positive("max_position_embeddings", max_position_embeddings);
+  if (num_key_value_heads == 0) num_key_value_heads = num_attention_heads;
+  positive("num_key_value_heads", num_key_value_heads);
+  if (num_attention_heads % num_key_value_heads != 0)
+    fail("num_attention_heads", std::to_string(num_attention_heads) +
+                                    " is not a multiple of num_key_value_heads " +
+                                    std::to_string(num_key_value_heads));
+  if (head_dim == 0) {
+    if (hidden_size % num_attention_heads != 0)
+      fail("hidden_size", std::to_string(hidden_size) +
+                              " is not divisible by num_attention_heads " +
+                              std::to_string(num_attention_heads) + " (and no head_dim is given)");
+    head_dim = hidden_size / num_attention_heads;
+  }
+  positive("head_dim", head_dim);
+  if (sliding_window) positive("sliding_window", *sliding_window);
+  if (!(rms_norm_eps > 0)) fail("rms_norm_eps", "must be positive");
+  if (!(rope_theta > 0)) fail("rope_theta", "must be positive");
+  if (std::find(kTorchDtypes.begin(), kTorchDtypes.end(), torch_dtype) == kTorchDtypes.end())
+    fail("torch_dtype", "has unsupported value '" + torch_dtype + "' (supported: " +
+                            join_list(kTorchDtypes) + ")");
+}
+
+json ModelConfig::to_json() const {
+  json j = raw.is_object() ? raw : json::object();
+  const ModelConfig d = defaults_for(model_type);
+  auto num = [&](const char* key, double v, double def) {
+    put(j, key, number_like(v, find_or_null(j, key)), v == def);
+  };
+  j["model_type"] = model_type;
+  put(j, "architectures", architectures, architectures.empty());
+  j["vocab_size"] = vocab_size;
+  j["hidden_size"] = hidden_size;
+  j["intermediate_size"] = intermediate_size;
+  j["num_hidden_layers"] = num_hidden_layers;
+  j["num_attention_heads"] = num_attention_heads;
+  put(j, "num_key_value_heads", num_key_value_heads, num_key_value_heads == num_attention_heads);
+  put(j, "head_dim", head_dim,
+      num_attention_heads > 0 && head_dim * num_attention_heads == hidden_size);
+  put(j, "hidden_act", hidden_act, hidden_act == d.hidden_act);
+  num("rms_norm_eps", rms_norm_eps, d.rms_norm_eps);
+  num("rope_theta", rope_theta, d.rope_theta);
+
+  const RopeScaling& r = rope_scaling;
+  const RopeScaling rd;
+  if (r.rope_type == "default") {
+    auto it = j.find("rope_scaling");
+    if (it != j.end() && !it->is_null()) {
+      const json* t = it->is_object() ? find_or_null(*it, "rope_type") : nullptr;
+      if (t == nullptr && it->is_object()) t = find_or_null(*it, "type");
+      if (t == nullptr || *t != "default") *it = nullptr;
+    }
+  } else {
+    json rs = j.contains("rope_scaling") && j["rope_scaling"].is_object() ? j["rope_scaling"]
+                                                                           : json::object();
+    rs["rope_type"] = r.rope_type;
+    if (rs.contains("type")) rs["type"] = r.rope_type;
+    rs["factor"] = number_like(r.factor, find_or_null(rs, "factor"));
+    put(rs, "original_max_position_embeddings", r.original_max_position_embeddings,
+        r.original_max_position_embeddings == 0 && r.rope_type != "llama3");
+    if (r.rope_type == "llama3") {
+      rs["low_freq_factor"] = number_like(r.low_freq_factor, find_or_null(rs, "low_freq_factor"));
+      rs["high_freq_factor"] =
+          number_like(r.high_freq_factor, find_or_null(rs, "high_freq_factor"));
+    }
+    if (r.rope_type == "yarn") {
+      put(rs, "beta_fast", number_like(r.beta_fast, find_or_null(rs, "beta_fast")),
+          r.beta_fast == rd.beta_fast);
+      put(rs, "beta_slow", number_like(r.beta_slow, find_or_null(rs, "beta_slow")),
+          r.beta_slow == rd.beta_slow);
+      put(rs, "attention_factor", r.attention_factor ? json(*r.attention_factor) : json(nullptr),
+          !r.attention_factor);
+      put(rs, "mscale", r.mscale, r.mscale == 0.0);
+      put(rs, "mscale_all_dim", r.mscale_all_dim, r.mscale_all_dim == 0.0);
+    }
+    j["rope_scaling"] = rs;
+  }
+  put(j, "rope_interleaved", rope_interleaved, !rope_interleaved);
+  put(j, "max_position_embeddings", max_position_embeddings,
+      max_position_embeddings == d.max_position_embeddings);
+  put(j, "tie_word_embeddings", tie_word_embeddings, tie_word_embeddings == d.tie_word_embeddings);
+  put(j, "attention_bias", attention_bias, attention_bias == d.attention_bias);
+  put(j, "mlp_bias", mlp_bias, mlp_bias == d.mlp_bias);
+  if (model_type == "qwen2") {
+    if (sliding_window) {
+      j["use_sliding_window"] = true;
+      j["sliding_window"] = *sliding_window;
+    } else {
+      put(j, "use_sliding_window", false, true);
+      if (j.contains("use_sliding_window")) j["use_sliding_window"] = false;
+    }
+  } else {
+    put(j, "sliding_window", sliding_window ? json(*sliding_window) : json(nullptr),
+        sliding_window == d.sliding_window);
+  }
+  const bool has_new_dtype_key = j.contains("dtype") && !j.contains("torch_dtype");
+  put(j, has_new_dtype_key ? "dtype" : "torch_dtype", torch_dtype, torch_dtype == d.torch_dtype);
+  if (j.contains("dtype") && j.contains("torch_dtype")) j["dtype"] = torch_dtype;
+  put(j, "bos_token_id", bos_token_id ? json(*bos_token_id) : json(nullptr),
+      bos_token_id == d.bos_token_id);
+  put(j, "eos_token_id", ids_json(eos_token_id, find_or_null(j, "eos_token_id")),
+      eos_token_id == d.eos_token_id);
+  put(j, "pad_token_id", pad_token_id ? json(*pad_token_id) : json(nullptr),
+      pad_token_id == d.pad_token_id);
+  num("initializer_range", initializer_range, d.initializer_range);
+  return j;
+}
+
+ModelConfig ModelConfig::load(const std::string& dir) {
+  const std::string path = (fs::path(dir) / "config.json").string();
+  return from_json(read_json_file(path), path);
+}
+
+void ModelConfig::save(const std::string& dir) const {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw Error("cannot create directory " + dir + ": " + ec.message());
+  write_json_file((fs::path(dir) / "config.json").string(), to_json());
+}
+
+// ------------------------------------------------------------ generation
+
+GenerationConfig GenerationConfig::from_json(const json& j, const std::string& source) {
+  if (!j.is_object()) throw Error(source + ": expected a JSON object, got " + json_type(j));
+  Fields f(j, source);
+  GenerationConfig g;
+  f.read("bos_token_id", g.bos_token_id);
+  f.read_ids("eos_token_id", g.eos_token_id);
+  f.read("pad_token_id", g.pad_token_id);
+  f.read("do_sample", g.do_sample);
+  f.read("temperature", g.temperature);
+  // transformers' top_k default of 50 takes effect only when sampling.
+  if (g.do_sample) g.top_k = 50;
+  f.read("top_k", g.top_k);
+  f.read("top_p", g.top_p);
+  f.read("min_p", g.min_p);
+  f.read("repetition_penalty", g.repetition_penalty);
+  f.read("max_new_tokens", g.max_new_tokens);
+  if (g.temperature < 0) f.fail("temperature", "must not be negative");
+  if (g.top_k < 0) f.fail("top_k", "must not be negative");
+  if (!(g.top_p > 0 && g.top_p <= 1)) f.fail("top_p", "must be in (0, 1]");
+  if (!(g.min_p >= 0 && g.min_p <= 1)) f.fail("min_p", "must be in [0, 1]");
+  if (!(g.repetition_penalty > 0)) f.fail("repetition_penalty", "must be positive");
+  if (g.max_new_tokens && *g.max_new_tokens < 0) f.fail("max_new_tokens", "must not be negative");
+  return g;
+}
+
+GenerationConfig GenerationConfig::load(const std::string& dir, const ModelConfig& model) {
+  const std::string path = (fs::path(dir) / "generation_config.json").string();
+  GenerationConfig g;
+  if (fs::exists(path)) g = from_json(read_json_file(path), path);
+  // Ids the file leaves out come from config.json, as transformers does.
+  if (!g.bos_token_id) g.bos_token_id = model.bos_token_id;
+  if (g.eos_token_id.empty()) g.eos_token_id = model.eos_token_id;
+  if (!g.pad_token_id) g.pad_token_id = model.pad_token_id;
+  return g;
+}
+
+json GenerationConfig::to_json() const {
+  json j = json::object();
+  if (bos_token_id) j["bos_token_id"] = *bos_token_id;
+  if (!eos_token_id.empty()) j["eos_token_id"] = ids_json(eos_token_id, nullptr);
+  if (pad_token_id) j["pad_token_id"] = *pad_token_id;
+  j["do_sample"] = do_sample;
+  j["temperature"] = temperature;
+  j["top_k"] = top_k;
+  j["top_p"] = top_p;
+  j["min_p"] = min_p;
+  j["repetition_penalty"] = repetition_penalty;
+  if (max_new_tokens) j["max_new_tokens"] = *max_new_tokens;
+  return j;
+}
+
+}  // namespace finmoe

@@ -1,0 +1,39 @@
+#pragma once
+// Internal file helpers of the core layer: atomic replacement of a file and
+// errno-aware errors. Not part of the public API.
+#include <string>
+#include <string_view>
+
+namespace finmoe {
+
+// Writes a file atomically: bytes go to a fresh `PATH.tmp-<pid>-<random>` in
+// the same directory; commit() fsyncs it and renames it over PATH. If the
+// object is destroyed without commit() (an exception, an early return), the
+// temp file is removed and PATH is untouched.
+class AtomicFile {
+ public:
+  explicit AtomicFile(std::string path);  // creates the temp file; throws Error
+  ~AtomicFile();
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+
+  void write(const void* data, size_t n);  // throws Error naming PATH
+  void write(std::string_view bytes) { write(bytes.data(), bytes.size()); }
+  void commit();  // fsync + rename + fsync of the directory (best effort)
+
+  const std::string& temp_path() const { return temp_path_; }
+
+ private:
+  std::string path_;
+  std::string temp_path_;
+  int fd_ = -1;
+  bool committed_ = false;
+};
+
+// `PATH.tmp-<pid>-<random hex>`: unique per process and call.
+std::string temp_path_for(const std::string& path);
+
+// "what PATH: strerror(errno)" for a failed system call.
+[[noreturn]] void throw_errno(const std::string& what, const std::string& path);
+
+}  // namespace finmoe

@@ -1,0 +1,43 @@
+#pragma once
+// A progress line on stderr for long jobs (conversion, evaluation, training):
+//   label  done/total unit  rate unit/s  ETA mm:ss
+// On a terminal the line is redrawn in place (\r) at most ~5 times a second;
+// otherwise (logs, pipes) a plain line is printed every few seconds.
+// Not thread-safe: one owner calls update().
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace finmoe {
+
+class Progress {
+ public:
+  // total <= 0: unknown, no ETA is shown.
+  Progress(std::string label, int64_t total, std::string unit);
+  ~Progress();  // calls finish() if it was not called
+  Progress(const Progress&) = delete;
+  Progress& operator=(const Progress&) = delete;
+
+  void update(int64_t done);  // cheap when throttled; `done` is cumulative
+  void finish();              // prints the final line and a newline, once
+
+  // The text of one line (no \r or newline); exposed for tests.
+  static std::string format(const std::string& label, int64_t done, int64_t total,
+                            const std::string& unit, double seconds);
+
+ private:
+  void print(bool final);
+
+  using Clock = std::chrono::steady_clock;
+  std::string label_;
+  int64_t total_;
+  std::string unit_;
+  int64_t done_ = 0;
+  bool tty_;
+  bool finished_ = false;
+  Clock::time_point start_;
+  Clock::time_point last_print_;
+  size_t last_len_ = 0;
+};
+
+}  // namespace finmoe

@@ -1,0 +1,104 @@
+#include "kernels/cpu_features.h"
+
+#include <cpuid.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "finmoe/error.h"
+#include "kernels/isa.h"
+
+namespace finmoe::kernels {
+namespace {
+
+// XCR0 via xgetbv, written as inline asm so this file needs no -mxsave.
+uint64_t read_xcr0() {
+  uint32_t eax = 0, edx = 0;
+  __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
+  return (uint64_t{edx} << 32) | eax;
+}
+
+CpuFeatures detect() {
+  CpuFeatures f;
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+  const bool osxsave = (c >> 27) & 1;
+  const bool fma = (c >> 12) & 1;
+  const bool f16c = (c >> 29) & 1;
+  if (!osxsave) return f;  // the OS does not save YMM/ZMM state: no AVX at all
+  const uint64_t xcr0 = read_xcr0();
+  const bool os_ymm = (xcr0 & 0x6) == 0x6;     // XMM | YMM
+  const bool os_zmm = (xcr0 & 0xe6) == 0xe6;  // + opmask, ZMM_Hi256, Hi16_ZMM
+  if (!os_ymm) return f;
+  f.fma = fma;
+  f.f16c = f16c;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return f;
+  f.avx2 = (b >> 5) & 1;
+  if (os_zmm) {
+    f.avx512f = (b >> 16) & 1;
+    f.avx512bw = (b >> 30) & 1;
+    f.avx512vl = (b >> 31) & 1;
+    f.avx512_vnni = (c >> 11) & 1;
+    const bool avx512dq = (b >> 17) & 1;
+    unsigned a1 = 0, b1 = 0, c1 = 0, d1 = 0;
+    if (__get_cpuid_count(7, 1, &a1, &b1, &c1, &d1)) f.avx512_bf16 = (a1 >> 5) & 1;
+    // The avx512 TUs are built with -mavx512dq too; treat a CPU without DQ as lacking the path.
+    if (!avx512dq) f.avx512_bf16 = false;
+  }
+  return f;
+}
+
+}  // namespace
+
+const CpuFeatures& cpu_features() {
+  static const CpuFeatures features = detect();
+  return features;
+}
+
+Isa best_isa(const CpuFeatures& f) {
+  if (f.avx512f && f.avx512bw && f.avx512vl && f.avx512_bf16 && f.avx512_vnni && f.fma && f.f16c)
+    return Isa::kAvx512;
+  if (f.avx2 && f.fma && f.f16c) return Isa::kAvx2;
+  return Isa::kScalar;
+}
+
+Isa select_isa(const CpuFeatures& f, const char* request) {
+  const Isa best = best_isa(f);
+  if (request == nullptr || *request == '\0') return best;
+  Isa wanted;
+  if (std::strcmp(request, "scalar") == 0) {
+    wanted = Isa::kScalar;
+  } else if (std::strcmp(request, "avx2") == 0) {
+    wanted = Isa::kAvx2;
+  } else if (std::strcmp(request, "avx512") == 0) {
+    wanted = Isa::kAvx512;
+  } else {
+    throw Error(std::string("FINMOE_ISA: unknown value '") + request +
+                "', expected scalar, avx2 or avx512");
+  }
+  // The variable only lowers the path: asking for more than the CPU has gets the best it has.
+  return static_cast<int>(wanted) < static_cast<int>(best) ? wanted : best;
+}
+
+Isa active_isa() {
+  static const Isa isa = select_isa(cpu_features(), std::getenv("FINMOE_ISA"));
+  return isa;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512:
+      return "avx512_bf16";
+    case Isa::kAvx2:
+      return "avx2";
+    case Isa::kScalar:
+      break;
+  }
+  return "scalar";
+}
+
+const char* isa_name() { return isa_name(active_isa()); }
+
+}  // namespace finmoe::kernels

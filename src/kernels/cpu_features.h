@@ -1,0 +1,23 @@
+#pragma once
+// Runtime CPU feature detection (cpuid + OS support via xgetbv). ISA-specific
+// kernels are compiled in their own translation units (*_avx512.cpp,
+// *_avx2.cpp) and only called when these flags say the CPU runs them.
+namespace finmoe::kernels {
+
+struct CpuFeatures {
+  bool avx2 = false;
+  bool fma = false;
+  bool f16c = false;
+  bool avx512f = false;
+  bool avx512bw = false;
+  bool avx512vl = false;
+  bool avx512_bf16 = false;
+  bool avx512_vnni = false;
+};
+
+const CpuFeatures& cpu_features();
+// "avx512_bf16", "avx2", or "scalar": the path linear_* takes on this CPU
+// (FINMOE_ISA=scalar|avx2|avx512 in the environment lowers it, for tests).
+const char* isa_name();
+
+}  // namespace finmoe::kernels

@@ -1,0 +1,174 @@
+#include "kernels/linear.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include "finmoe/error.h"
+#include "kernels/linear_isa.h"
+#include "kernels/thread_pool.h"
+
+namespace finmoe::kernels {
+namespace {
+
+// Output rows per thread chunk: a multiple of every kernel's row block.
+constexpr int64_t kGrain = 16;
+// Below this many weights (128 KiB of bf16) waking a worker costs more than it saves.
+constexpr int64_t kMinParallelWeights = 64 * 1024;
+
+void check_args(const char* op, const float* x, int64_t M, int64_t K, const void* W, int64_t N,
+                float* y) {
+  if (M < 0 || K < 0 || N < 0)
+    throw Error(std::string(op) + ": negative shape M=" + std::to_string(M) +
+                " K=" + std::to_string(K) + " N=" + std::to_string(N));
+  if ((M * K > 0 && x == nullptr) || (N * K > 0 && W == nullptr) || (M * N > 0 && y == nullptr))
+    throw Error(std::string(op) + ": null x, W or y for a non-empty shape");
+}
+
+// y = bias (or 0) when K == 0: the empty sum.
+void fill_bias(int64_t M, int64_t N, const float* bias, float* y) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) y[m * N + n] = bias ? bias[n] : 0.0f;
+}
+
+void require(Isa isa) {
+  if (static_cast<int>(isa) > static_cast<int>(best_isa(cpu_features())))
+    throw Error(std::string("kernels: this CPU cannot run the ") + isa_name(isa) + " path");
+}
+
+// Runs rows(n0, n1) over [0, N), on all threads when the weights are big enough.
+template <class F>
+void split_rows(int64_t N, int64_t K, const F& rows) {
+  if (N * K < kMinParallelWeights) {
+    rows(int64_t{0}, N);
+    return;
+  }
+  ThreadPool::global().parallel_for(N, kGrain, rows);
+}
+
+// Per-thread scratch for the converted activations, grown as needed, 64-byte aligned.
+template <class T>
+T* scratch(size_t count) {
+  struct Free {
+    void operator()(void* p) const { std::free(p); }
+  };
+  thread_local std::unique_ptr<T, Free> buf;
+  thread_local size_t capacity = 0;
+  if (count > capacity) {
+    const size_t bytes = (count * sizeof(T) + 63) / 64 * 64;
+    buf.reset(static_cast<T*>(std::aligned_alloc(64, bytes)));
+    if (!buf) throw Error("kernels: out of memory for " + std::to_string(bytes) + " scratch bytes");
+    capacity = count;
+  }
+  return buf.get();
+}
+
+// Scalar reference: 8 interleaved partial sums (fewer rounding steps than one running sum).
+template <class Wt, class Widen>
+void rows_scalar(const float* x, int64_t M, int64_t K, const Wt* W, int64_t n0, int64_t n1,
+                 const float* bias, float* y, int64_t ldy, Widen widen) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const Wt* w = W + n * K;
+    for (int64_t m = 0; m < M; ++m) {
+      const float* xm = x + m * K;
+      float part[8] = {};
+      int64_t k = 0;
+      for (; k + 8 <= K; k += 8)
+        for (int i = 0; i < 8; ++i) part[i] += xm[k + i] * widen(w[k + i]);
+      for (; k < K; ++k) part[k & 7] += xm[k] * widen(w[k]);
+      float s = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+      y[m * ldy + n] = s + (bias ? bias[n] : 0.0f);
+    }
+  }
+}
+
+}  // namespace
+
+uint16_t float_to_bf16(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);  // quiet NaN
+  u += 0x7fffu + ((u >> 16) & 1);  // round to nearest, ties to even
+  return static_cast<uint16_t>(u >> 16);
+}
+
+float bf16_to_float(uint16_t b) {
+  const uint32_t u = uint32_t{b} << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+void linear_bf16_isa(Isa isa, const float* x, int64_t M, int64_t K, const uint16_t* W, int64_t N,
+                     const float* bias, float* y) {
+  check_args("linear_bf16", x, M, K, W, N, y);
+  require(isa);
+  if (M == 0 || N == 0) return;
+  if (K == 0) return fill_bias(M, N, bias, y);
+  switch (isa) {
+    case Isa::kAvx512: {
+      const int64_t ldx = (K + 31) / 32 * 32;
+      uint16_t* xb = scratch<uint16_t>(static_cast<size_t>(M * ldx));
+      pack_x_bf16_avx512(x, M, K, xb, ldx);
+      split_rows(N, K, [&](int64_t n0, int64_t n1) {
+        linear_bf16_rows_avx512(xb, M, K, ldx, W, n0, n1, bias, y, N);
+      });
+      return;
+    }
+    case Isa::kAvx2: {
+      float* xr = scratch<float>(static_cast<size_t>(M * K));
+      pack_x_bf16_avx2(x, M, K, xr);
+      split_rows(N, K, [&](int64_t n0, int64_t n1) {
+        linear_bf16_rows_avx2(xr, M, K, W, n0, n1, bias, y, N);
+      });
+      return;
+    }
+    case Isa::kScalar: {
+      float* xr = scratch<float>(static_cast<size_t>(M * K));
+      for (int64_t i = 0; i < M * K; ++i) xr[i] = bf16_to_float(float_to_bf16(x[i]));
+      split_rows(N, K, [&](int64_t n0, int64_t n1) {
+        rows_scalar(xr, M, K, W, n0, n1, bias, y, N,
+                    [](uint16_t w) { return bf16_to_float(w); });
+      });
+      return;
+    }
+  }
+}
+
+void linear_f32_isa(Isa isa, const float* x, int64_t M, int64_t K, const float* W, int64_t N,
+                    const float* bias, float* y) {
+  check_args("linear_f32", x, M, K, W, N, y);
+  require(isa);
+  if (M == 0 || N == 0) return;
+  if (K == 0) return fill_bias(M, N, bias, y);
+  switch (isa) {
+    case Isa::kAvx512:
+      split_rows(N, 2 * K, [&](int64_t n0, int64_t n1) {
+        linear_f32_rows_avx512(x, M, K, W, n0, n1, bias, y, N);
+      });
+      return;
+    case Isa::kAvx2:
+      split_rows(N, 2 * K, [&](int64_t n0, int64_t n1) {
+        linear_f32_rows_avx2(x, M, K, W, n0, n1, bias, y, N);
+      });
+      return;
+    case Isa::kScalar:
+      split_rows(N, 2 * K, [&](int64_t n0, int64_t n1) {
+        rows_scalar(x, M, K, W, n0, n1, bias, y, N, [](float w) { return w; });
+      });
+      return;
+  }
+}
+
+void linear_bf16(const float* x, int64_t M, int64_t K, const uint16_t* W, int64_t N,
+                 const float* bias, float* y) {
+  linear_bf16_isa(active_isa(), x, M, K, W, N, bias, y);
+}
+
+void linear_f32(const float* x, int64_t M, int64_t K, const float* W, int64_t N,
+                const float* bias, float* y) {
+  linear_f32_isa(active_isa(), x, M, K, W, N, bias, y);
+}
+
+}  // namespace finmoe::kernels

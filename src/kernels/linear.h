@@ -1,0 +1,18 @@
+#pragma once
+// Skinny matrix products for decode: y[M,N] = x[M,K] · W[N,K]^T (+ bias[N]),
+// W in Hugging Face's [out, in] row-major layout, M small (1..32).
+// Activations x and results y are float32; weights are bf16 (raw uint16
+// bits) or float32. Multi-threaded over N with the global ThreadPool.
+// Dispatch: AVX-512 BF16 (vdpbf16ps) > AVX2+FMA > scalar, picked at runtime.
+// Accuracy: the bf16 path rounds x to bf16 (round-to-nearest-even) and
+// accumulates in float32, as torch's bf16 matmul does.
+#include <cstdint>
+
+namespace finmoe::kernels {
+
+void linear_bf16(const float* x, int64_t M, int64_t K, const uint16_t* W, int64_t N,
+                 const float* bias, float* y);
+void linear_f32(const float* x, int64_t M, int64_t K, const float* W, int64_t N,
+                const float* bias, float* y);
+
+}  // namespace finmoe::kernels

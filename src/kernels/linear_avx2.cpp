@@ -1,0 +1,154 @@
+// AVX2 + FMA kernels (compiled with -mavx2 -mfma -mf16c): only called after
+// best_isa() said the CPU runs them.
+#include <immintrin.h>
+
+#include "kernels/linear_isa.h"
+
+namespace finmoe::kernels {
+namespace {
+
+constexpr int kRows = 4;
+
+inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+  const __m256 ab = _mm256_hadd_ps(a, b);     // [a01 a23 b01 b23 | a45 a67 b45 b67]
+  const __m256 cd = _mm256_hadd_ps(c, d);
+  const __m256 s = _mm256_hadd_ps(ab, cd);  // [a0-3 b0-3 c0-3 d0-3 | a4-7 ...]
+  return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
+inline float hsum(__m256 a) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline float widen(uint16_t b) {
+  const uint32_t u = uint32_t{b} << 16;
+  float f;
+  __builtin_memcpy(&f, &u, 4);
+  return f;
+}
+
+template <int R, int MT>
+void store_sums(__m256 (&acc)[MT][R], const float (&tail)[MT][R], const float* bias, int64_t n,
+                float* y, int64_t ldy) {
+  for (int m = 0; m < MT; ++m) {
+    if constexpr (R == 4) {
+      __m128 s = _mm_add_ps(hsum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]),
+                            _mm_loadu_ps(tail[m]));
+      if (bias) s = _mm_add_ps(s, _mm_loadu_ps(bias + n));
+      _mm_storeu_ps(y + m * ldy + n, s);
+    } else {
+      for (int r = 0; r < R; ++r)
+        y[m * ldy + n + r] = hsum(acc[m][r]) + tail[m][r] + (bias ? bias[n + r] : 0.0f);
+    }
+  }
+}
+
+// bf16 W rows widened in registers: a 32-bit lane holds the pair (w[2i], w[2i+1]);
+// shifting left 16 gives w[2i] as float, masking the low half gives w[2i+1].
+template <int R, int MT>
+void block_bf16(const float* xr, int64_t K, const uint16_t* W, int64_t n, const float* bias,
+                float* y, int64_t ldy) {
+  const uint16_t* w = W + n * K;
+  __m256 acc[MT][R];
+  for (int m = 0; m < MT; ++m)
+    for (int r = 0; r < R; ++r) acc[m][r] = _mm256_setzero_ps();
+  const __m256i hi_mask = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    for (int r = 0; r < R; ++r) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * K + k));
+      const __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+      const __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(v, hi_mask));
+      for (int m = 0; m < MT; ++m) {
+        acc[m][r] = _mm256_fmadd_ps(_mm256_loadu_ps(xr + m * K + k), we, acc[m][r]);
+        acc[m][r] = _mm256_fmadd_ps(_mm256_loadu_ps(xr + m * K + k + 8), wo, acc[m][r]);
+      }
+    }
+  }
+  float tail[MT][R] = {};
+  for (; k < K; ++k)
+    for (int r = 0; r < R; ++r)
+      for (int m = 0; m < MT; ++m) tail[m][r] += xr[m * K + k] * widen(w[r * K + k]);
+  store_sums<R, MT>(acc, tail, bias, n, y, ldy);
+}
+
+template <int R, int MT>
+void block_f32(const float* x, int64_t K, const float* W, int64_t n, const float* bias, float* y,
+               int64_t ldy) {
+  const float* w = W + n * K;
+  __m256 acc[MT][R];
+  for (int m = 0; m < MT; ++m)
+    for (int r = 0; r < R; ++r) acc[m][r] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    for (int r = 0; r < R; ++r) {
+      const __m256 wv = _mm256_loadu_ps(w + r * K + k);
+      for (int m = 0; m < MT; ++m)
+        acc[m][r] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * K + k), wv, acc[m][r]);
+    }
+  }
+  if (k < K) {
+    alignas(32) int lanes[8];
+    for (int i = 0; i < 8; ++i) lanes[i] = i < K - k ? -1 : 0;
+    const __m256i mask = _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes));
+    for (int r = 0; r < R; ++r) {
+      const __m256 wv = _mm256_maskload_ps(w + r * K + k, mask);
+      for (int m = 0; m < MT; ++m)
+        acc[m][r] = _mm256_fmadd_ps(_mm256_maskload_ps(x + m * K + k, mask), wv, acc[m][r]);
+    }
+  }
+  const float tail[MT][R] = {};
+  store_sums<R, MT>(acc, tail, bias, n, y, ldy);
+}
+
+// x tiled by 2 rows: 8 accumulators + W temporaries fit the 16 ymm registers.
+template <int R>
+void rows_bf16(const float* xr, int64_t M, int64_t K, const uint16_t* W, int64_t n,
+               const float* bias, float* y, int64_t ldy) {
+  int64_t m = 0;
+  for (; m + 2 <= M; m += 2) block_bf16<R, 2>(xr + m * K, K, W, n, bias, y + m * ldy, ldy);
+  if (m < M) block_bf16<R, 1>(xr + m * K, K, W, n, bias, y + m * ldy, ldy);
+}
+
+template <int R>
+void rows_f32(const float* x, int64_t M, int64_t K, const float* W, int64_t n, const float* bias,
+              float* y, int64_t ldy) {
+  int64_t m = 0;
+  for (; m + 2 <= M; m += 2) block_f32<R, 2>(x + m * K, K, W, n, bias, y + m * ldy, ldy);
+  if (m < M) block_f32<R, 1>(x + m * K, K, W, n, bias, y + m * ldy, ldy);
+}
+
+}  // namespace
+
+void pack_x_bf16_avx2(const float* x, int64_t M, int64_t K, float* xr) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* in = x + m * K;
+    float* out = xr + m * K;
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16)
+      for (int i = 0; i < 8; ++i) {
+        out[k + i] = bf16_to_float(float_to_bf16(in[k + 2 * i]));
+        out[k + 8 + i] = bf16_to_float(float_to_bf16(in[k + 2 * i + 1]));
+      }
+    for (; k < K; ++k) out[k] = bf16_to_float(float_to_bf16(in[k]));
+  }
+}
+
+void linear_bf16_rows_avx2(const float* xr, int64_t M, int64_t K, const uint16_t* W, int64_t n0,
+                           int64_t n1, const float* bias, float* y, int64_t ldy) {
+  int64_t n = n0;
+  for (; n + kRows <= n1; n += kRows) rows_bf16<kRows>(xr, M, K, W, n, bias, y, ldy);
+  for (; n < n1; ++n) rows_bf16<1>(xr, M, K, W, n, bias, y, ldy);
+}
+
+void linear_f32_rows_avx2(const float* x, int64_t M, int64_t K, const float* W, int64_t n0,
+                          int64_t n1, const float* bias, float* y, int64_t ldy) {
+  int64_t n = n0;
+  for (; n + kRows <= n1; n += kRows) rows_f32<kRows>(x, M, K, W, n, bias, y, ldy);
+  for (; n < n1; ++n) rows_f32<1>(x, M, K, W, n, bias, y, ldy);
+}
+
+}  // namespace finmoe::kernels

@@ -1,0 +1,180 @@
+// AVX-512 kernels (compiled with -mavx512{f,bw,vl,dq,bf16,vnni}): only called
+// after best_isa() said the CPU runs them.
+#include <immintrin.h>
+
+// GCC 12 flags _mm512_undefined_ps() inside its own shuffle/extract intrinsics (a false positive).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include "kernels/linear_isa.h"
+
+namespace finmoe::kernels {
+namespace {
+
+constexpr int kRows = 4;  // output rows (W rows) per block: 4 independent streams
+
+// Same 512 bits seen as 32 bf16 (a GCC/Clang vector cast, no instruction).
+inline __m512bh as_bh(__m512i v) { return (__m512bh)v; }
+
+// Four zmm accumulators -> their four horizontal sums, in order.
+inline __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  // 128-bit lanes: [a0+a2, a1+a3, b0+b2, b1+b3] and the same for c, d.
+  const __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xee));
+  const __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xee));
+  // lanes: [a, b, c, d] partial sums of 4 floats each.
+  const __m512 s = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xdd));
+  const __m128 sa = _mm512_castps512_ps128(s);
+  const __m128 sb = _mm512_extractf32x4_ps(s, 1);
+  const __m128 sc = _mm512_extractf32x4_ps(s, 2);
+  const __m128 sd = _mm512_extractf32x4_ps(s, 3);
+  return _mm_hadd_ps(_mm_hadd_ps(sa, sb), _mm_hadd_ps(sc, sd));
+}
+
+// acc[m][r] = sum over k of xb[m][k] * w[r][k], R rows of W with stride K.
+template <int R, int MT>
+inline void dot_bf16(const uint16_t* xb, int64_t ldx, const uint16_t* w, int64_t K,
+                     __m512 (&acc)[MT][R]) {
+  for (int m = 0; m < MT; ++m)
+    for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+    __m512bh wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = as_bh(_mm512_loadu_si512(w + r * K + k));
+    for (int m = 0; m < MT; ++m) {
+      const __m512bh xv = as_bh(_mm512_load_si512(xb + m * ldx + k));
+      for (int r = 0; r < R; ++r) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv, wv[r]);
+    }
+  }
+  if (k < K) {
+    // Masked W loads read zeros past the row (never garbage that could be NaN); x is zero-padded.
+    const __mmask32 mask = (__mmask32{1} << (K - k)) - 1;
+    __m512bh wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = as_bh(_mm512_maskz_loadu_epi16(mask, w + r * K + k));
+    for (int m = 0; m < MT; ++m) {
+      const __m512bh xv = as_bh(_mm512_load_si512(xb + m * ldx + k));
+      for (int r = 0; r < R; ++r) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv, wv[r]);
+    }
+  }
+}
+
+template <int R, int MT>
+inline void dot_f32(const float* x, int64_t K, const float* w, __m512 (&acc)[MT][R]) {
+  for (int m = 0; m < MT; ++m)
+    for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    __m512 wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_ps(w + r * K + k);
+    for (int m = 0; m < MT; ++m) {
+      const __m512 xv = _mm512_loadu_ps(x + m * K + k);
+      for (int r = 0; r < R; ++r) acc[m][r] = _mm512_fmadd_ps(xv, wv[r], acc[m][r]);
+    }
+  }
+  if (k < K) {
+    const __mmask16 mask = static_cast<__mmask16>((1u << (K - k)) - 1);
+    __m512 wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = _mm512_maskz_loadu_ps(mask, w + r * K + k);
+    for (int m = 0; m < MT; ++m) {
+      const __m512 xv = _mm512_maskz_loadu_ps(mask, x + m * K + k);
+      for (int r = 0; r < R; ++r) acc[m][r] = _mm512_fmadd_ps(xv, wv[r], acc[m][r]);
+    }
+  }
+}
+
+// Writes the sums of acc (+ bias) to y[m, n .. n+R).
+template <int R, int MT>
+inline void store_sums(__m512 (&acc)[MT][R], const float* bias, int64_t n, float* y, int64_t ldy) {
+  if constexpr (R == 4) {
+    const __m128 b = bias ? _mm_loadu_ps(bias + n) : _mm_setzero_ps();
+    for (int m = 0; m < MT; ++m)
+      _mm_storeu_ps(y + m * ldy + n,
+                    _mm_add_ps(hsum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]), b));
+  } else {
+    for (int m = 0; m < MT; ++m)
+      for (int r = 0; r < R; ++r)
+        y[m * ldy + n + r] = _mm512_reduce_add_ps(acc[m][r]) + (bias ? bias[n + r] : 0.0f);
+  }
+}
+
+template <int R, int MT>
+inline void block_bf16(const uint16_t* xb, int64_t ldx, int64_t K, const uint16_t* W, int64_t n,
+                       const float* bias, float* y, int64_t ldy) {
+  __m512 acc[MT][R];
+  dot_bf16<R, MT>(xb, ldx, W + n * K, K, acc);
+  store_sums<R, MT>(acc, bias, n, y, ldy);
+}
+
+template <int R, int MT>
+inline void block_f32(const float* x, int64_t K, const float* W, int64_t n, const float* bias,
+                      float* y, int64_t ldy) {
+  __m512 acc[MT][R];
+  dot_f32<R, MT>(x, K, W + n * K, acc);
+  store_sums<R, MT>(acc, bias, n, y, ldy);
+}
+
+// Row block of R outputs for all M rows of x, tiled by 4 rows of x: W's
+// block is read from memory once and re-read from L1/L2 for later tiles.
+template <int R>
+inline void rows_bf16(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx, const uint16_t* W,
+                      int64_t n, const float* bias, float* y, int64_t ldy) {
+  for (int64_t m = 0; m < M; m += 4) {
+    const uint16_t* xm = xb + m * ldx;
+    float* ym = y + m * ldy;
+    switch (M - m < 4 ? M - m : 4) {
+      case 4: block_bf16<R, 4>(xm, ldx, K, W, n, bias, ym, ldy); break;
+      case 3: block_bf16<R, 3>(xm, ldx, K, W, n, bias, ym, ldy); break;
+      case 2: block_bf16<R, 2>(xm, ldx, K, W, n, bias, ym, ldy); break;
+      default: block_bf16<R, 1>(xm, ldx, K, W, n, bias, ym, ldy); break;
+    }
+  }
+}
+
+template <int R>
+inline void rows_f32(const float* x, int64_t M, int64_t K, const float* W, int64_t n,
+                     const float* bias, float* y, int64_t ldy) {
+  for (int64_t m = 0; m < M; m += 4) {
+    const float* xm = x + m * K;
+    float* ym = y + m * ldy;
+    switch (M - m < 4 ? M - m : 4) {
+      case 4: block_f32<R, 4>(xm, K, W, n, bias, ym, ldy); break;
+      case 3: block_f32<R, 3>(xm, K, W, n, bias, ym, ldy); break;
+      case 2: block_f32<R, 2>(xm, K, W, n, bias, ym, ldy); break;
+      default: block_f32<R, 1>(xm, K, W, n, bias, ym, ldy); break;
+    }
+  }
+}
+
+}  // namespace
+
+void pack_x_bf16_avx512(const float* x, int64_t M, int64_t K, uint16_t* xb, int64_t ldx) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xr = x + m * K;
+    uint16_t* out = xb + m * ldx;
+    for (int64_t k = 0; k < ldx; k += 32) {
+      const int64_t left = K - k;
+      const __mmask16 lo = left >= 16 ? 0xffff : left <= 0 ? 0 : (1u << left) - 1;
+      const __mmask16 hi = left >= 32 ? 0xffff : left <= 16 ? 0 : (1u << (left - 16)) - 1;
+      const __m512 a = _mm512_maskz_loadu_ps(lo, xr + k);
+      const __m512 b = _mm512_maskz_loadu_ps(hi, xr + k + 16);
+      // cvtne2ps_pbh(hi_half, lo_half): round-to-nearest-even.
+      _mm512_storeu_si512(out + k, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+    }
+  }
+}
+
+void linear_bf16_rows_avx512(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx,
+                             const uint16_t* W, int64_t n0, int64_t n1, const float* bias,
+                             float* y, int64_t ldy) {
+  int64_t n = n0;
+  for (; n + kRows <= n1; n += kRows) rows_bf16<kRows>(xb, M, K, ldx, W, n, bias, y, ldy);
+  for (; n < n1; ++n) rows_bf16<1>(xb, M, K, ldx, W, n, bias, y, ldy);
+}
+
+void linear_f32_rows_avx512(const float* x, int64_t M, int64_t K, const float* W, int64_t n0,
+                            int64_t n1, const float* bias, float* y, int64_t ldy) {
+  int64_t n = n0;
+  for (; n + kRows <= n1; n += kRows) rows_f32<kRows>(x, M, K, W, n, bias, y, ldy);
+  for (; n < n1; ++n) rows_f32<1>(x, M, K, W, n, bias, y, ldy);
+}
+
+}  // namespace finmoe::kernels

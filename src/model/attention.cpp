@@ -1,0 +1,82 @@
+#include "model/attention.h"
+
+#include <cmath>
+
+namespace finmoe {
+
+torch::Tensor attention_core(const torch::Tensor& q, const torch::Tensor& k,
+                             const torch::Tensor& v, const torch::Tensor& mask, bool causal,
+                             double scale) {
+  const int64_t groups = q.size(1) / k.size(1);
+  auto kk = groups == 1 ? k : k.repeat_interleave(groups, 1);  // [B,H,Tk,d]
+  auto vv = groups == 1 ? v : v.repeat_interleave(groups, 1);
+  torch::Tensor m = mask;
+  if (causal) {
+    const int64_t tq = q.size(2), tk = k.size(2);
+    auto tri = torch::ones({tq, tk}, q.options().dtype(torch::kBool)).tril(tk - tq);
+    m = m.defined() ? m.logical_and(tri) : tri.view({1, 1, tq, tk});
+  }
+#if defined(TORCH_VERSION_MAJOR) && TORCH_VERSION_MAJOR >= 2
+  return at::scaled_dot_product_attention(q, kk, vv, m.defined() ? c10::optional<at::Tensor>(m)
+                                                                  : c10::nullopt,
+                                          0.0, false, scale);
+#else
+  auto scores = torch::matmul(q, kk.transpose(-1, -2)) * scale;  // [B,H,Tq,Tk]
+  if (m.defined()) scores = scores.masked_fill(m.logical_not(), -INFINITY);
+  auto probs = torch::softmax(scores, -1, torch::kFloat32).to(q.scalar_type());
+  return torch::matmul(probs, vv);  // [B,H,Tq,d]
+#endif
+}
+
+AttentionImpl::AttentionImpl(const ModelConfig& c, torch::TensorOptions options)
+    : n_head_(c.num_attention_heads),
+      n_kv_head_(c.num_key_value_heads),
+      head_dim_(c.head_dim),
+      scale_(1.0 / std::sqrt(double(c.head_dim))),
+      rope_(c, c.head_dim) {
+  const bool qkv_bias = c.attention_bias;
+  q_proj = register_module("q_proj", Linear(c.hidden_size, c.q_size(), qkv_bias, options));
+  k_proj = register_module("k_proj", Linear(c.hidden_size, c.kv_size(), qkv_bias, options));
+  v_proj = register_module("v_proj", Linear(c.hidden_size, c.kv_size(), qkv_bias, options));
+  // qwen2 has q/k/v bias but no o_proj bias; llama's attention_bias covers all four
+  const bool o_bias = c.attention_bias && c.model_type != "qwen2";
+  o_proj = register_module("o_proj", Linear(c.q_size(), c.hidden_size, o_bias, options));
+}
+
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
+                                     const torch::Tensor& sin, const torch::Tensor& mask) {
+  const int64_t B = x.size(0), T = x.size(1);
+  auto q = q_proj(x).view({B, T, n_head_, head_dim_});     // [B,T,H,d]
+  auto k = k_proj(x).view({B, T, n_kv_head_, head_dim_});  // [B,T,Hkv,d]
+  auto v = v_proj(x).view({B, T, n_kv_head_, head_dim_});
+  q = rope_.apply(q, cos, sin).transpose(1, 2);  // [B,H,T,d]
+  k = rope_.apply(k, cos, sin).transpose(1, 2);  // [B,Hkv,T,d]
+  v = v.transpose(1, 2);
+  auto out = attention_core(q, k, v, mask, /*causal=*/!mask.defined(), scale_);  // [B,H,T,d]
+  return o_proj(out.transpose(1, 2).reshape({B, T, n_head_ * head_dim_}));
+}
+
+torch::Tensor AttentionImpl::step(const torch::Tensor& x, const StepPlan& plan,
+                                  std::vector<torch::Tensor>& cache) {
+  const int64_t N = x.size(0);
+  auto q = rope_.apply(q_proj(x).view({N, n_head_, head_dim_}), plan.cos, plan.sin);
+  auto k = rope_.apply(k_proj(x).view({N, n_kv_head_, head_dim_}), plan.cos, plan.sin);
+  auto v = v_proj(x).view({N, n_kv_head_, head_dim_});
+  auto k_flat = cache[0].view({-1, n_kv_head_, head_dim_});  // [blocks*bs, Hkv, d]
+  auto v_flat = cache[1].view({-1, n_kv_head_, head_dim_});
+  k_flat.index_copy_(0, plan.write_slots, k.to(k_flat.scalar_type()));
+  v_flat.index_copy_(0, plan.write_slots, v.to(v_flat.scalar_type()));
+
+  auto out = torch::empty({N, n_head_, head_dim_}, q.options());
+  for (const auto& s : plan.seqs) {
+    auto qs = q.narrow(0, s.q_start, s.q_len).transpose(0, 1).unsqueeze(0);  // [1,H,q,d]
+    auto ks = k_flat.index_select(0, s.read_slots).to(q.scalar_type());     // [ctx,Hkv,d]
+    auto vs = v_flat.index_select(0, s.read_slots).to(q.scalar_type());
+    auto o = attention_core(qs, ks.transpose(0, 1).unsqueeze(0), vs.transpose(0, 1).unsqueeze(0),
+                            s.mask, false, scale_);  // [1,H,q,d]
+    out.narrow(0, s.q_start, s.q_len).copy_(o.squeeze(0).transpose(0, 1));
+  }
+  return o_proj(out.view({N, n_head_ * head_dim_}));
+}
+
+}  // namespace finmoe

@@ -1,0 +1,56 @@
+#pragma once
+// Grouped-query attention (MHA when kv_heads == heads) with optional q/k/v
+// bias, RoPE, and two entries: the training forward over [B,T] and the
+// paged-KV inference step over a ragged batch.
+#include <torch/torch.h>
+
+#include "finmoe/model.h"
+#include "model/linear.h"
+#include "model/rope.h"
+
+namespace finmoe {
+
+// What every layer of one step() shares: computed once per step.
+struct StepPlan {
+  torch::Tensor cos, sin;      // [N, rotary_dim]
+  torch::Tensor write_slots;   // [N] int64: flat cache slot of each new token
+  struct Seq {
+    int64_t q_start = 0, q_len = 0;
+    torch::Tensor read_slots;  // [context_len] int64: flat slots of positions 0..context_len-1
+    torch::Tensor mask;        // [1,1,q_len,context_len] bool, undefined when all true
+  };
+  std::vector<Seq> seqs;
+};
+
+// softmax(q·kᵀ·scale + mask)·v with GQA head sharing.
+// q [B,H,Tq,d], k/v [B,Hkv,Tk,d]; mask bool [*,*,Tq,Tk] (true = attend) or
+// undefined; causal: apply the Tq x Tk lower-triangular mask aligned at the end.
+// Uses libtorch's fused scaled_dot_product_attention where it exists (>= 2.0).
+torch::Tensor attention_core(const torch::Tensor& q, const torch::Tensor& k,
+                             const torch::Tensor& v, const torch::Tensor& mask, bool causal,
+                             double scale);
+
+class AttentionImpl : public torch::nn::Module {
+ public:
+  AttentionImpl(const ModelConfig& config, torch::TensorOptions options);
+
+  // x [B,T,D]; cos/sin [B,T,d]; mask [B,1,T,T] bool or undefined (plain causal)
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                        const torch::Tensor& mask);
+  // x [N,D]; cache: {K, V} each [blocks, block_size, Hkv, d]
+  torch::Tensor step(const torch::Tensor& x, const StepPlan& plan,
+                     std::vector<torch::Tensor>& cache);
+
+  CacheSpec cache_spec() const { return {{n_kv_head_, head_dim_}, {n_kv_head_, head_dim_}}; }
+  const Rope& rope() const { return rope_; }
+
+  Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+
+ private:
+  int64_t n_head_, n_kv_head_, head_dim_;
+  double scale_;
+  Rope rope_;
+};
+TORCH_MODULE(Attention);
+
+}  // namespace finmoe

@@ -1,0 +1,183 @@
+// Loading, saving and initialising Transformer weights in HF format.
+#include <map>
+#include <set>
+
+#include "finmoe/error.h"
+#include "finmoe/model.h"
+#include "finmoe/safetensors.h"
+#include "model/transformer.h"
+
+namespace finmoe {
+namespace {
+
+torch::ScalarType to_torch(DType d) {
+  switch (d) {
+    case DType::F64: return torch::kFloat64;
+    case DType::F32: return torch::kFloat32;
+    case DType::F16: return torch::kFloat16;
+    case DType::BF16: return torch::kBFloat16;
+    case DType::I64: return torch::kInt64;
+    case DType::I32: return torch::kInt32;
+    case DType::I16: return torch::kInt16;
+    case DType::I8: return torch::kInt8;
+    case DType::U8: return torch::kUInt8;
+    case DType::BOOL: return torch::kBool;
+  }
+  throw Error("unknown dtype");
+}
+
+DType from_torch(torch::ScalarType t) {
+  switch (t) {
+    case torch::kFloat64: return DType::F64;
+    case torch::kFloat32: return DType::F32;
+    case torch::kFloat16: return DType::F16;
+    case torch::kBFloat16: return DType::BF16;
+    case torch::kInt64: return DType::I64;
+    case torch::kInt32: return DType::I32;
+    case torch::kInt16: return DType::I16;
+    case torch::kInt8: return DType::I8;
+    case torch::kUInt8: return DType::U8;
+    case torch::kBool: return DType::BOOL;
+    default: throw Error(std::string("dtype ") + c10::toString(t) + " cannot be saved");
+  }
+}
+
+std::string shape_str(c10::IntArrayRef s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+// Names some checkpoints carry that are derived, not learned.
+bool ignorable(const std::string& name) {
+  return name.ends_with("rotary_emb.inv_freq");
+}
+
+}  // namespace
+
+torch::Dtype dtype_from_string(const std::string& name) {
+  if (name == "float32" || name == "fp32" || name == "f32") return torch::kFloat32;
+  if (name == "bfloat16" || name == "bf16") return torch::kBFloat16;
+  if (name == "float16" || name == "fp16" || name == "f16") return torch::kFloat16;
+  throw Error("dtype '" + name + "' is not supported (supported: float32, bfloat16, float16)");
+}
+
+std::string dtype_to_string(torch::Dtype dtype) {
+  switch (dtype) {
+    case torch::kFloat32: return "float32";
+    case torch::kBFloat16: return "bfloat16";
+    case torch::kFloat16: return "float16";
+    default: throw Error(std::string("dtype ") + c10::toString(dtype) + " has no config name");
+  }
+}
+
+std::vector<TensorSpec> expected_tensors(const ModelConfig& c) {
+  // Built from the module tree itself (no weights allocated: meta-free shapes
+  // come from a tiny construction on CPU would cost memory), so list directly.
+  const int64_t D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
+  const bool o_bias = c.attention_bias && c.model_type != "qwen2";
+  std::vector<TensorSpec> out;
+  out.push_back({"model.embed_tokens.weight", {V, D}});
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    out.push_back({p + "input_layernorm.weight", {D}});
+    out.push_back({p + "self_attn.q_proj.weight", {c.q_size(), D}});
+    out.push_back({p + "self_attn.k_proj.weight", {c.kv_size(), D}});
+    out.push_back({p + "self_attn.v_proj.weight", {c.kv_size(), D}});
+    if (c.attention_bias) {
+      out.push_back({p + "self_attn.q_proj.bias", {c.q_size()}});
+      out.push_back({p + "self_attn.k_proj.bias", {c.kv_size()}});
+      out.push_back({p + "self_attn.v_proj.bias", {c.kv_size()}});
+    }
+    out.push_back({p + "self_attn.o_proj.weight", {D, c.q_size()}});
+    if (o_bias) out.push_back({p + "self_attn.o_proj.bias", {D}});
+    out.push_back({p + "post_attention_layernorm.weight", {D}});
+    out.push_back({p + "mlp.gate_proj.weight", {F, D}});
+    out.push_back({p + "mlp.up_proj.weight", {F, D}});
+    out.push_back({p + "mlp.down_proj.weight", {D, F}});
+    if (c.mlp_bias) {
+      out.push_back({p + "mlp.gate_proj.bias", {F}});
+      out.push_back({p + "mlp.up_proj.bias", {F}});
+      out.push_back({p + "mlp.down_proj.bias", {D}});
+    }
+  }
+  out.push_back({"model.norm.weight", {D}});
+  if (!c.tie_word_embeddings) out.push_back({"lm_head.weight", {V, D}});
+  return out;
+}
+
+Transformer load_model(const std::string& dir, const LoadOptions& options) {
+  ModelConfig config = ModelConfig::load(dir);
+  const torch::Dtype dtype = options.dtype.value_or(dtype_from_string(config.torch_dtype));
+  Transformer model(config, dtype, options.device);
+  auto reader = std::make_shared<CheckpointReader>(CheckpointReader::open(dir));
+
+  std::map<std::string, torch::Tensor> params;
+  for (auto& [name, t] : model.named_parameters()) params.emplace(name, t);
+
+  std::set<std::string> seen;
+  torch::NoGradGuard no_grad;
+  for (const TensorSpec& spec : expected_tensors(config)) {
+    auto it = params.find(spec.name);
+    if (it == params.end()) throw Error("internal: no parameter for " + spec.name);
+    if (!reader->has(spec.name))
+      throw Error("checkpoint " + dir + ": missing tensor '" + spec.name + "' (expected shape " +
+                  shape_str(spec.shape) + " for model_type " + config.model_type + ")");
+    const TensorView& view = reader->get(spec.name);
+    if (view.shape != spec.shape)
+      throw Error(reader->file_of(spec.name) + ": tensor '" + spec.name + "' has shape " +
+                  shape_str(view.shape) + ", expected " + shape_str(spec.shape));
+    const auto src_type = to_torch(view.dtype);
+    if (!c10::isFloatingType(src_type))
+      throw Error(reader->file_of(spec.name) + ": tensor '" + spec.name + "' has dtype " +
+                  std::string(dtype_name(view.dtype)) + ", expected a floating type");
+    // zero-copy view of the private mapping; the deleter keeps the files mapped
+    auto blob = torch::from_blob(view.data, view.shape, [reader](void*) {},
+                                 torch::TensorOptions().dtype(src_type));
+    torch::Tensor value = blob;
+    if (src_type != dtype || !options.device.is_cpu()) value = blob.to(options.device, dtype);
+    it->second.set_data(value);
+    seen.insert(spec.name);
+  }
+  for (const auto& name : reader->names()) {
+    if (seen.count(name) || ignorable(name)) continue;
+    if (name == "lm_head.weight" && config.tie_word_embeddings) continue;  // redundant copy
+    throw Error(reader->file_of(name) + ": unexpected tensor '" + name + "' for model_type " +
+                config.model_type + " (is config.json for this checkpoint?)");
+  }
+  return model;
+}
+
+void save_model(const Transformer& model, const std::string& dir, size_t max_shard_bytes) {
+  std::vector<torch::Tensor> keep;  // contiguous CPU copies alive during the write
+  std::vector<TensorData> tensors;
+  for (const auto& [name, t] : model.named_parameters()) {
+    auto c = t.detach().to(torch::kCPU).contiguous();
+    keep.push_back(c);
+    tensors.push_back({name, from_torch(c.scalar_type()), c.sizes().vec(), c.data_ptr(),
+                       static_cast<size_t>(c.numel()) * c.element_size()});
+  }
+  write_checkpoint(dir, tensors, {{"format", "pt"}}, max_shard_bytes);
+  ModelConfig config = model.config();
+  config.torch_dtype = dtype_to_string(model.dtype());
+  config.save(dir);
+}
+
+void init_random(Transformer& model, uint64_t seed) {
+  torch::NoGradGuard no_grad;
+  auto gen = at::detail::createCPUGenerator(seed);
+  const double std = model.config().initializer_range;
+  for (auto& [name, t] : model.named_parameters()) {
+    torch::Tensor v;
+    if (name.ends_with("norm.weight")) {
+      v = torch::ones(t.sizes(), torch::kFloat32);
+    } else if (name.ends_with(".bias")) {
+      v = torch::zeros(t.sizes(), torch::kFloat32);
+    } else {
+      v = at::normal(0.0, std, t.sizes(), gen, torch::TensorOptions().dtype(torch::kFloat32));
+    }
+    t.copy_(v);
+  }
+}
+
+}  // namespace finmoe

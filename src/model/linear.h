@@ -1,0 +1,38 @@
+#pragma once
+// Linear layer with HF's [out, in] weight; the module behind every projection.
+// Without autograd, on CPU, for a few rows (decode) it calls the hand-written
+// skinny-GEMM kernels (kernels/linear.h); otherwise torch::linear.
+#include <torch/torch.h>
+
+namespace finmoe {
+
+class LinearImpl : public torch::nn::Module {
+ public:
+  LinearImpl(int64_t in, int64_t out, bool bias, torch::TensorOptions options);
+  // x [..., in] -> [..., out]
+  torch::Tensor forward(const torch::Tensor& x);
+
+  torch::Tensor weight;  // [out, in]
+  torch::Tensor bias;    // [out] or undefined
+};
+TORCH_MODULE(Linear);
+
+// y = x·Wᵀ + b through the decode kernels when they apply, else torch::linear.
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight,
+                     const torch::Tensor& bias);
+
+// Rows at or below which the kernels are used (FINMOE_KERNEL_MAX_ROWS, default 16; 0 = never).
+int64_t kernel_max_rows();
+
+class RMSNormImpl : public torch::nn::Module {
+ public:
+  RMSNormImpl(int64_t dim, double eps, torch::TensorOptions options);
+  // x [..., dim]; normalised in float32 as HF does, then scaled in x's dtype
+  torch::Tensor forward(const torch::Tensor& x);
+
+  torch::Tensor weight;  // [dim]
+  double eps;
+};
+TORCH_MODULE(RMSNorm);
+
+}  // namespace finmoe

@@ -1,0 +1,234 @@
+#include "model/transformer.h"
+
+#include "finmoe/error.h"
+
+namespace finmoe {
+
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, torch::TensorOptions options) {
+  input_layernorm =
+      register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps, options));
+  self_attn = register_module("self_attn", Attention(c, options));
+  post_attention_layernorm =
+      register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps, options));
+  mlp = register_module("mlp", Mlp(c.hidden_size, c.intermediate_size, c.mlp_bias, options));
+}
+
+EmbeddingImpl::EmbeddingImpl(int64_t vocab, int64_t dim, torch::TensorOptions options) {
+  weight = register_parameter("weight", torch::zeros({vocab, dim}, options), false);
+}
+
+BackboneImpl::BackboneImpl(const ModelConfig& c, torch::TensorOptions options) {
+  embed_tokens = register_module("embed_tokens", Embedding(c.vocab_size, c.hidden_size, options));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(DecoderLayer(c, options));
+  norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps, options));
+}
+
+TransformerImpl::TransformerImpl(const ModelConfig& c, torch::TensorOptions opts)
+    : config(c), options(opts) {
+  model = register_module("model", Backbone(c, opts));
+  if (!c.tie_word_embeddings)
+    lm_head = register_module("lm_head", Linear(c.hidden_size, c.vocab_size, false, opts));
+  for (const auto& m : *model->layers)
+    layer_list.emplace_back(std::dynamic_pointer_cast<DecoderLayerImpl>(m));
+}
+
+const torch::Tensor& TransformerImpl::lm_head_weight() const {
+  return lm_head ? lm_head->weight : model->embed_tokens->weight;
+}
+
+torch::Tensor TransformerImpl::logits(const torch::Tensor& hidden) {
+  return finmoe::linear(model->norm(hidden), lm_head_weight(), torch::Tensor()).to(torch::kFloat32);
+}
+
+namespace {
+
+// Position of each token within its document: t - (index where its document starts).
+torch::Tensor document_positions(const torch::Tensor& doc) {  // [B,T] -> [B,T]
+  const int64_t T = doc.size(1);
+  auto t = torch::arange(T, doc.options().dtype(torch::kInt64)).expand_as(doc);
+  auto starts = torch::ones_like(doc, torch::kBool);
+  if (T > 1) starts.narrow(1, 1, T - 1).copy_(doc.narrow(1, 1, T - 1) != doc.narrow(1, 0, T - 1));
+  auto start_idx = std::get<0>(torch::where(starts, t, torch::zeros_like(t)).cummax(1));
+  return t - start_idx;
+}
+
+}  // namespace
+
+torch::Tensor TransformerImpl::forward(const torch::Tensor& tokens, const ForwardOptions& fo) {
+  if (tokens.dim() != 2) throw Error("forward: tokens must be [B,T], got " +
+                                     std::to_string(tokens.dim()) + " dims");
+  const int64_t B = tokens.size(0), T = tokens.size(1);
+  auto ids = tokens.to(torch::kInt64);
+  torch::Tensor positions, mask;
+  if (fo.document_ids.defined()) {
+    auto doc = fo.document_ids.to(ids.device()).to(torch::kInt64);
+    if (doc.sizes() != tokens.sizes()) throw Error("forward: document_ids must have tokens' shape");
+    positions = document_positions(doc);
+    auto same = doc.unsqueeze(2) == doc.unsqueeze(1);  // [B,T,T]
+    auto causal = torch::ones({T, T}, same.options()).tril();
+    mask = same.logical_and(causal).unsqueeze(1);  // [B,1,T,T]
+  } else {
+    positions = torch::arange(T, ids.options()).unsqueeze(0).expand({B, T});
+  }
+  auto x = torch::embedding(model->embed_tokens->weight, ids);  // [B,T,D]
+  const Rope& rope = layer_list.front()->self_attn->rope();
+  auto [cos, sin] = rope.cos_sin(positions);  // [B,T,d]
+  for (auto& layer : layer_list) {
+    x = x + layer->self_attn(layer->input_layernorm(x), cos, sin, mask);
+    x = x + layer->mlp(layer->post_attention_layernorm(x));
+  }
+  return logits(x);  // [B,T,V]
+}
+
+void StepBatch::validate(const KVCache& cache) const {
+  const int64_t N = static_cast<int64_t>(tokens.size());
+  if (static_cast<int64_t>(positions.size()) != N)
+    throw Error("StepBatch: positions has " + std::to_string(positions.size()) +
+                " entries, tokens " + std::to_string(N));
+  int64_t covered = 0;
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    const Seq& q = seqs[s];
+    const std::string where = "StepBatch.seqs[" + std::to_string(s) + "]";
+    if (q.q_start != covered || q.q_len <= 0)
+      throw Error(where + ": sequences must be contiguous and non-empty in tokens");
+    covered += q.q_len;
+    if (covered > N) throw Error(where + ": q_start + q_len exceeds the number of tokens");
+    const int64_t last = positions[q.q_start + q.q_len - 1];
+    if (q.context_len != last + 1)
+      throw Error(where + ": context_len must be the last position + 1");
+    const int64_t blocks_needed = (q.context_len + cache.block_size() - 1) / cache.block_size();
+    if (static_cast<int64_t>(q.block_table.size()) < blocks_needed)
+      throw Error(where + ": block_table has " + std::to_string(q.block_table.size()) +
+                  " blocks, context needs " + std::to_string(blocks_needed));
+    for (int64_t b = 0; b < blocks_needed; ++b)
+      if (q.block_table[b] < 0 || q.block_table[b] >= cache.num_blocks())
+        throw Error(where + ": block id " + std::to_string(q.block_table[b]) + " out of range");
+    for (int64_t i = 1; i < q.q_len; ++i)
+      if (positions[q.q_start + i] != positions[q.q_start + i - 1] + 1)
+        throw Error(where + ": positions of a sequence must be consecutive");
+  }
+  if (covered != N) throw Error("StepBatch: tokens not covered by any sequence");
+}
+
+torch::Tensor TransformerImpl::step(const StepBatch& batch, KVCache& cache) {
+  torch::NoGradGuard no_grad;
+  batch.validate(cache);
+  const int64_t N = static_cast<int64_t>(batch.tokens.size());
+  const int64_t bs = cache.block_size();
+  const auto dev = options.device();
+  auto cpu_long = torch::TensorOptions().dtype(torch::kInt64);
+
+  StepPlan plan;
+  std::vector<int64_t> write(N);
+  std::vector<int64_t> last_rows;
+  for (const auto& s : batch.seqs) {
+    for (int64_t i = 0; i < s.q_len; ++i) {
+      const int64_t pos = batch.positions[s.q_start + i];
+      write[s.q_start + i] = int64_t(s.block_table[pos / bs]) * bs + pos % bs;
+    }
+    std::vector<int64_t> read(s.context_len);
+    for (int64_t p = 0; p < s.context_len; ++p) read[p] = int64_t(s.block_table[p / bs]) * bs + p % bs;
+    StepPlan::Seq ps;
+    ps.q_start = s.q_start;
+    ps.q_len = s.q_len;
+    ps.read_slots = torch::tensor(read, cpu_long).to(dev);
+    const int64_t first = batch.positions[s.q_start];
+    if (!(s.q_len == 1 && first == s.context_len - 1)) {
+      // query at position p sees keys 0..p
+      auto qpos = torch::arange(first, first + s.q_len, cpu_long).unsqueeze(1);
+      auto kpos = torch::arange(s.context_len, cpu_long).unsqueeze(0);
+      ps.mask = (kpos <= qpos).view({1, 1, s.q_len, s.context_len}).to(dev);
+    }
+    plan.seqs.push_back(std::move(ps));
+    last_rows.push_back(s.q_start + s.q_len - 1);
+  }
+  plan.write_slots = torch::tensor(write, cpu_long).to(dev);
+  auto positions = torch::tensor(std::vector<int64_t>(batch.positions.begin(), batch.positions.end()),
+                                 cpu_long).to(dev);
+  std::tie(plan.cos, plan.sin) = layer_list.front()->self_attn->rope().cos_sin(positions);
+
+  auto ids = torch::tensor(std::vector<int64_t>(batch.tokens.begin(), batch.tokens.end()), cpu_long)
+                 .to(dev);
+  auto x = torch::embedding(model->embed_tokens->weight, ids);  // [N,D]
+  for (size_t l = 0; l < layer_list.size(); ++l) {
+    auto& layer = layer_list[l];
+    x = x + layer->self_attn->step(layer->input_layernorm(x), plan, cache.layer(int64_t(l)));
+    x = x + layer->mlp(layer->post_attention_layernorm(x));
+  }
+  if (!batch.all_logits) x = x.index_select(0, torch::tensor(last_rows, cpu_long).to(dev));
+  return logits(x);
+}
+
+// ---- Transformer ------------------------------------------------------------
+
+Transformer::Transformer(const ModelConfig& config, torch::Dtype dtype, torch::Device device)
+    : impl_(std::make_shared<TransformerImpl>(
+          config, torch::TensorOptions().dtype(dtype).device(device))) {}
+Transformer::~Transformer() = default;
+Transformer::Transformer(Transformer&&) noexcept = default;
+Transformer& Transformer::operator=(Transformer&&) noexcept = default;
+
+const ModelConfig& Transformer::config() const { return impl_->config; }
+torch::Dtype Transformer::dtype() const { return impl_->options.dtype().toScalarType(); }
+torch::Device Transformer::device() const { return impl_->options.device(); }
+torch::nn::Module& Transformer::module() { return *impl_; }
+
+torch::Tensor Transformer::forward(const torch::Tensor& tokens, const ForwardOptions& options) {
+  return impl_->forward(tokens.to(device()), options);
+}
+torch::Tensor Transformer::step(const StepBatch& batch, KVCache& cache) {
+  return impl_->step(batch, cache);
+}
+
+CacheSpec Transformer::cache_spec(int64_t layer) const {
+  return impl_->layer_list.at(static_cast<size_t>(layer))->self_attn->cache_spec();
+}
+
+ParamCount Transformer::param_count() const {
+  ParamCount pc;
+  for (const auto& [name, t] : named_parameters()) {
+    pc.total += t.numel();
+    if (name == "model.embed_tokens.weight" || name == "lm_head.weight") pc.embedding += t.numel();
+  }
+  return pc;
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> Transformer::named_parameters() const {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const auto& item : impl_->named_parameters(/*recurse=*/true))
+    out.emplace_back(item.key(), item.value());
+  return out;
+}
+
+// ---- KVCache ------------------------------------------------------------------
+
+KVCache::KVCache(const Transformer& model, int64_t num_blocks, int64_t block_size,
+                 std::optional<torch::Dtype> dtype)
+    : num_blocks_(num_blocks), block_size_(block_size) {
+  if (num_blocks <= 0 || block_size <= 0)
+    throw Error("KVCache: num_blocks and block_size must be positive");
+  auto opts = torch::TensorOptions().dtype(dtype.value_or(model.dtype())).device(model.device());
+  for (int64_t l = 0; l < model.config().num_hidden_layers; ++l) {
+    std::vector<torch::Tensor> tensors;
+    for (const auto& shape : model.cache_spec(l)) {
+      std::vector<int64_t> full{num_blocks, block_size};
+      full.insert(full.end(), shape.begin(), shape.end());
+      tensors.push_back(torch::zeros(full, opts));
+    }
+    layers_.push_back(std::move(tensors));
+  }
+}
+
+int64_t KVCache::bytes_per_token() const {
+  int64_t bytes = 0;
+  for (const auto& layer : layers_)
+    for (const auto& t : layer) bytes += t[0][0].numel() * static_cast<int64_t>(t.element_size());
+  return bytes;
+}
+
+int64_t kv_cache_bytes_per_token(const ModelConfig& config, int64_t element_bytes) {
+  return config.kv_values_per_token() * element_bytes;
+}
+
+}  // namespace finmoe

@@ -1,0 +1,60 @@
+#pragma once
+// The module tree behind finmoe::Transformer, named like HF's checkpoints:
+//   model.embed_tokens.weight                       [V, D]
+//   model.layers.{i}.input_layernorm.weight         [D]
+//   model.layers.{i}.self_attn.{q,k,v,o}_proj.*     see attention.h
+//   model.layers.{i}.post_attention_layernorm.weight [D]
+//   model.layers.{i}.mlp.{gate,up,down}_proj.*      see mlp.h
+//   model.norm.weight                               [D]
+//   lm_head.weight                                  [V, D] (absent when tied)
+#include <torch/torch.h>
+
+#include "finmoe/model.h"
+#include "model/attention.h"
+#include "model/mlp.h"
+
+namespace finmoe {
+
+class DecoderLayerImpl : public torch::nn::Module {
+ public:
+  DecoderLayerImpl(const ModelConfig& config, torch::TensorOptions options);
+  RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+  Attention self_attn{nullptr};
+  Mlp mlp{nullptr};
+};
+TORCH_MODULE(DecoderLayer);
+
+class EmbeddingImpl : public torch::nn::Module {
+ public:
+  EmbeddingImpl(int64_t vocab, int64_t dim, torch::TensorOptions options);
+  torch::Tensor weight;  // [V, D]
+};
+TORCH_MODULE(Embedding);
+
+class BackboneImpl : public torch::nn::Module {
+ public:
+  BackboneImpl(const ModelConfig& config, torch::TensorOptions options);
+  Embedding embed_tokens{nullptr};
+  torch::nn::ModuleList layers{nullptr};
+  RMSNorm norm{nullptr};
+};
+TORCH_MODULE(Backbone);
+
+class TransformerImpl : public torch::nn::Module {
+ public:
+  TransformerImpl(const ModelConfig& config, torch::TensorOptions options);
+  torch::Tensor forward(const torch::Tensor& tokens, const ForwardOptions& options);
+  torch::Tensor step(const StepBatch& batch, KVCache& cache);
+  const torch::Tensor& lm_head_weight() const;
+
+  ModelConfig config;
+  torch::TensorOptions options;
+  Backbone model{nullptr};
+  Linear lm_head{nullptr};  // null when tie_word_embeddings
+  std::vector<DecoderLayer> layer_list;
+
+ private:
+  torch::Tensor logits(const torch::Tensor& hidden);
+};
+
+}  // namespace finmoe

@@ -1,0 +1,122 @@
+// Saving and loading HF checkpoints: round trips are bit-exact and broken
+// checkpoints fail with messages that name the tensor and file.
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "finmoe/error.h"
+#include "test_util.h"
+
+namespace finmoe {
+namespace {
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Checkpoint, SaveLoadRoundTripIsBitExact) {
+  for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    Transformer m(test::tiny_config("qwen2"), dtype);
+    init_random(m, 11);
+    test::TempDir dir;
+    save_model(m, dir.str(), /*max_shard_bytes=*/40000);  // forces several shards
+    EXPECT_TRUE(std::filesystem::exists(dir.path / "model.safetensors.index.json"));
+    auto back = load_model(dir.str());
+    EXPECT_EQ(back.dtype(), dtype);
+    auto a = m.named_parameters(), b = back.named_parameters();
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      EXPECT_EQ(a[i].first, b[i].first);
+      EXPECT_TRUE(torch::equal(a[i].second, b[i].second)) << a[i].first;
+    }
+  }
+}
+
+TEST(Checkpoint, ParamCountMatchesFormula) {
+  auto c = test::tiny_config("llama");  // untied, no bias
+  Transformer m(c);
+  const int64_t D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
+  const int64_t per_layer = 2 * D + D * c.q_size() * 2 + 2 * D * c.kv_size() + 3 * D * F;
+  EXPECT_EQ(m.param_count().total, 2 * V * D + D + c.num_hidden_layers * per_layer);
+  EXPECT_EQ(kv_cache_bytes_per_token(c, 2), 2 * 2 * c.num_hidden_layers * c.kv_size());
+}
+
+TEST(Checkpoint, InitRandomIsSeeded) {
+  Transformer a(test::tiny_config("llama")), b(test::tiny_config("llama")),
+      c(test::tiny_config("llama"));
+  init_random(a, 5);
+  init_random(b, 5);
+  init_random(c, 6);
+  auto pa = a.named_parameters(), pb = b.named_parameters(), pc = c.named_parameters();
+  EXPECT_TRUE(torch::equal(pa[0].second, pb[0].second));
+  EXPECT_FALSE(torch::equal(pa[0].second, pc[0].second));
+  // HF's scheme: N(0, initializer_range) weights, unit norms
+  const double sd = pa[0].second.std().item<double>();
+  EXPECT_NEAR(sd, a.config().initializer_range, 0.02);
+  for (auto& [name, t] : pa)
+    if (name.ends_with("norm.weight")) EXPECT_TRUE(torch::equal(t, torch::ones_like(t)));
+}
+
+class BrokenCheckpoint : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    Transformer m(test::tiny_config("llama"));
+    init_random(m, 1);
+    save_model(m, dir.str());
+    for (auto& [name, t] : m.named_parameters()) params.emplace_back(name, t.contiguous());
+  }
+  // Rewrites model.safetensors from `params` (after a test edits them).
+  void rewrite() {
+    std::vector<TensorData> data;
+    for (auto& [name, t] : params)
+      data.push_back({name, DType::F32, t.sizes().vec(), t.data_ptr(),
+                      size_t(t.numel()) * sizeof(float)});
+    write_safetensors((dir.path / "model.safetensors").string(), data);
+  }
+  test::TempDir dir;
+  std::vector<std::pair<std::string, torch::Tensor>> params;
+};
+
+TEST_F(BrokenCheckpoint, MissingTensorIsNamed) {
+  params.erase(params.begin() + 3);
+  rewrite();
+  auto msg = error_of([&] { load_model(dir.str()); });
+  EXPECT_NE(msg.find("missing tensor"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("model.layers.0."), std::string::npos) << msg;
+}
+
+TEST_F(BrokenCheckpoint, WrongShapeNamesTensorAndFile) {
+  params[1].second = torch::zeros({3, 3});
+  rewrite();
+  auto msg = error_of([&] { load_model(dir.str()); });
+  EXPECT_NE(msg.find(params[1].first), std::string::npos) << msg;
+  EXPECT_NE(msg.find("model.safetensors"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("[3, 3]"), std::string::npos) << msg;
+}
+
+TEST_F(BrokenCheckpoint, UnexpectedTensorIsNamed) {
+  params.emplace_back("model.layers.9.extra.weight", torch::zeros({2}));
+  rewrite();
+  auto msg = error_of([&] { load_model(dir.str()); });
+  EXPECT_NE(msg.find("unexpected tensor 'model.layers.9.extra.weight'"), std::string::npos) << msg;
+}
+
+TEST_F(BrokenCheckpoint, UnknownArchitectureListsSupported) {
+  std::ofstream(dir.path / "config.json") << R"({"model_type": "gpt2", "vocab_size": 10})";
+  auto msg = error_of([&] { load_model(dir.str()); });
+  EXPECT_NE(msg.find("gpt2"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("llama"), std::string::npos) << msg;
+}
+
+TEST_F(BrokenCheckpoint, TruncatedWeightsFileIsAnError) {
+  std::filesystem::resize_file(dir.path / "model.safetensors", 100);
+  EXPECT_FALSE(error_of([&] { load_model(dir.str()); }).empty());
+}
+
+}  // namespace
+}  // namespace finmoe

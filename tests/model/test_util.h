@@ -1,0 +1,58 @@
+#pragma once
+// Shared helpers for the model-layer tests.
+#include <filesystem>
+#include <string>
+
+#include <torch/torch.h>
+
+#include "finmoe/model.h"
+#include "finmoe/safetensors.h"
+
+namespace finmoe::test {
+
+inline std::string hf_dir(const std::string& name) {
+  return std::string(FINMOE_TEST_DATA_DIR) + "/hf/" + name;
+}
+
+// A tensor from a safetensors file, copied out of the mapping.
+inline torch::Tensor read_tensor(const std::string& file, const std::string& name) {
+  auto f = SafetensorsFile::open(file);
+  const TensorView* v = f->find(name);
+  if (!v) throw std::runtime_error(name + " not in " + file);
+  torch::ScalarType t = v->dtype == DType::I64 ? torch::kInt64 : torch::kFloat32;
+  return torch::from_blob(v->data, v->shape, torch::TensorOptions().dtype(t)).clone();
+}
+
+inline double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
+  return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
+}
+
+// A fresh directory under the system temp dir, removed on destruction.
+struct TempDir {
+  std::filesystem::path path;
+  TempDir() {
+    path = std::filesystem::temp_directory_path() /
+           ("finmoe-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter()++));
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::string str() const { return path.string(); }
+  static int& counter() {
+    static int c = 0;
+    return c;
+  }
+};
+
+// A small random model of the given architecture (seeded).
+inline ModelConfig tiny_config(const std::string& model_type) {
+  nlohmann::json j = {{"model_type", model_type},       {"vocab_size", 300},
+                      {"hidden_size", 48},              {"intermediate_size", 80},
+                      {"num_hidden_layers", 2},         {"num_attention_heads", 6},
+                      {"num_key_value_heads", 2},       {"max_position_embeddings", 128},
+                      {"rms_norm_eps", 1e-5},           {"rope_theta", 10000.0},
+                      {"tie_word_embeddings", model_type == "qwen2"},
+                      {"initializer_range", 0.2}};
+  return ModelConfig::from_json(j, "tiny_config");
+}
+
+}  // namespace finmoe::test
