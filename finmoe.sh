@@ -49,6 +49,10 @@ setup_venv() {
 build() {
   install_deps
   export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/ccache}
+  # relative paths let clones in other directories share the cache; the
+  # sloppiness settings let ccache cache translation units built with a PCH
+  export CCACHE_BASEDIR=$ROOT
+  export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
   ccache -M 5G >/dev/null 2>&1 || true
   if [ ! -f "$BUILD/build.ninja" ]; then
     log "configuring $BUILD"

@@ -64,8 +64,10 @@ class Fields {
     }
   }
   void read(const std::string& key, std::optional<double>& out) const {
+    if (!has(key)) return;
     double d = 0;
-    if (has(key)) read(key, d), out = d;
+    read(key, d);
+    out = d;
   }
   void read(const std::string& key, bool& out) const {
     if (const json* v = get(key)) {
@@ -344,8 +346,9 @@ json ModelConfig::to_json() const {
   } else {
     json rs = j.contains("rope_scaling") && j["rope_scaling"].is_object() ? j["rope_scaling"]
                                                                            : json::object();
-    rs["rope_type"] = r.rope_type;
+    // Keep the file's spelling: the legacy `type` alone, or `rope_type`.
     if (rs.contains("type")) rs["type"] = r.rope_type;
+    if (rs.contains("rope_type") || !rs.contains("type")) rs["rope_type"] = r.rope_type;
     rs["factor"] = number_like(r.factor, find_or_null(rs, "factor"));
     put(rs, "original_max_position_embeddings", r.original_max_position_embeddings,
         r.original_max_position_embeddings == 0 && r.rope_type != "llama3");
@@ -376,9 +379,8 @@ json ModelConfig::to_json() const {
     if (sliding_window) {
       j["use_sliding_window"] = true;
       j["sliding_window"] = *sliding_window;
-    } else {
-      put(j, "use_sliding_window", false, true);
-      if (j.contains("use_sliding_window")) j["use_sliding_window"] = false;
+    } else if (j.contains("use_sliding_window")) {
+      j["use_sliding_window"] = false;  // keeps the file's inactive sliding_window
     }
   } else {
     put(j, "sliding_window", sliding_window ? json(*sliding_window) : json(nullptr),

@@ -50,7 +50,9 @@ TEST(Checkpoint, SmallCheckpointIsOneFileAndReadsBack) {
   EXPECT_EQ(r.metadata().at("format"), "pt");
   EXPECT_TRUE(r.has("a.weight"));
   EXPECT_FALSE(r.has("c"));
-  EXPECT_CONTAINS(message_of([&] { r.get("c"); }), "tensor 'c' not found in checkpoint " + dir.str());
+  const std::string msg = message_of([&] { r.get("c"); });
+  EXPECT_CONTAINS(msg, "tensor 'c' not found in checkpoint ");
+  EXPECT_CONTAINS(msg, dir.str());
 }
 
 TEST(Checkpoint, ShardsGreedilyAndGivesOversizedTensorsTheirOwnShard) {
@@ -121,9 +123,9 @@ TEST(Checkpoint, InvalidInputWritesNothing) {
 
 TEST(Checkpoint, ReaderErrorsNameTheDirectoryFilesAndTensors) {
   ScratchDir dir;
-  EXPECT_CONTAINS(message_of([&] { CheckpointReader::open(dir.str()); }),
-                  "no checkpoint in " + dir.str() +
-                      ": expected model.safetensors or model.safetensors.index.json");
+  std::string msg = message_of([&] { CheckpointReader::open(dir.str()); });
+  EXPECT_CONTAINS(msg, dir.str());
+  EXPECT_CONTAINS(msg, ": expected model.safetensors or model.safetensors.index.json");
 
   Tensors t;
   t.add("a", 4);
@@ -139,7 +141,7 @@ TEST(Checkpoint, ReaderErrorsNameTheDirectoryFilesAndTensors) {
   EXPECT_EQ(CheckpointReader::open(dir.str()).file_of("b"), dir / "s2.safetensors");
 
   index({{"a", "s1.safetensors"}, {"b", "missing.safetensors"}});
-  std::string msg = message_of([&] { CheckpointReader::open(dir.str()); });
+  msg = message_of([&] { CheckpointReader::open(dir.str()); });
   EXPECT_CONTAINS(msg, index_path);
   EXPECT_CONTAINS(msg, "missing.safetensors");
 

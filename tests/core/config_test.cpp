@@ -158,8 +158,12 @@ TEST(ModelConfig, ReadsRopeScalingVariants) {
   EXPECT_EQ(y.beta_fast, 16.0);
   EXPECT_EQ(y.beta_slow, 1.0);
   EXPECT_FALSE(y.attention_factor.has_value());
+  // Qwen2.5's long-context recipe, with the legacy key: written back as it was.
+  j["rope_scaling"] = {{"type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 32768}};
+  EXPECT_EQ(ModelConfig::from_json(j).to_json()["rope_scaling"], j["rope_scaling"]);
   j["rope_scaling"] = nullptr;
   EXPECT_EQ(ModelConfig::from_json(j).rope_scaling.rope_type, "default");
+  EXPECT_EQ(ModelConfig::from_json(j).to_json(), j);
   j["rope_scaling"] = {{"rope_type", "default"}};
   EXPECT_EQ(ModelConfig::from_json(j).rope_scaling.rope_type, "default");
 }

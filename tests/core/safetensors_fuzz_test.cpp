@@ -103,7 +103,9 @@ TEST(SafetensorsFuzz, RandomCorruptionsOpenCleanlyOrThrowError) {
         ASSERT_GE(t.data, begin + 8) << "iteration " << it;
         ASSERT_LE(t.data + t.nbytes, end) << "iteration " << it;
         ASSERT_EQ(uint64_t(t.numel()) * dtype_size(t.dtype), t.nbytes) << "iteration " << it;
-        if (prev_end) ASSERT_GE(t.data, prev_end) << "overlap, iteration " << it;
+        if (prev_end) {
+          ASSERT_GE(t.data, prev_end) << "overlap, iteration " << it;
+        }
         prev_end = t.data + t.nbytes;
         // The view shows the file's bytes.
         ASSERT_EQ(std::memcmp(t.data, s.data() + (t.data - begin), t.nbytes), 0);

@@ -65,7 +65,7 @@ std::string random_text(std::mt19937& rng) {
 }
 
 bool python_has_tokenizers(const std::string& python) {
-  std::string cmd = "\"" + python + "\" -c \"import tokenizers\" >/dev/null 2>&1";
+  std::string cmd = python + " -c 'import tokenizers' >/dev/null 2>&1";
   return std::system(cmd.c_str()) == 0;
 }
 
@@ -92,8 +92,10 @@ TEST_P(PythonCrossCheck, RandomTextEncodesLikeHfTokenizers) {
          "ids = [tok.encode(t, add_special_tokens=False).ids for t in texts]\n"
          "json.dump(ids, open(sys.argv[3], 'w'))\n";
   std::string tj = test::tok_data(GetParam() + "/tokenizer.json");
-  std::string cmd = "\"" + std::string(python) + "\" " + (dir / "encode.py").string() + " " + tj +
-                    " " + (dir / "texts.json").string() + " " + (dir / "ids.json").string();
+  std::string cmd(python);
+  for (const std::string& arg : {(dir / "encode.py").string(), tj, (dir / "texts.json").string(),
+                                 (dir / "ids.json").string()})
+    cmd += " '" + arg + "'";
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
   auto want = nlohmann::json::parse(std::ifstream(dir / "ids.json"));
   fs::remove_all(dir);

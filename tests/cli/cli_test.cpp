@@ -1,0 +1,155 @@
+// The `finmoe` command end to end: subprocesses on models made at test time.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "finmoe/safetensors.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string finmoe_bin() {
+  if (const char* b = std::getenv("FINMOE_BIN")) return b;
+  return FINMOE_CLI_PATH;
+}
+
+struct Result {
+  int status = -1;
+  std::string out;  // stdout + stderr
+};
+
+Result sh(const std::string& args) {
+  Result r;
+  const std::string cmd = finmoe_bin() + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  r.status = WEXITSTATUS(pclose(p));
+  return r;
+}
+
+std::string data(const std::string& rel) { return std::string(FINMOE_TEST_DATA_DIR) + "/" + rel; }
+
+class Cli : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = fs::temp_directory_path() / ("finmoe-cli-" + std::to_string(::getpid()));
+    auto r = sh("init " + model() + " --preset tiny --arch llama --dtype float32 --seed 3 --tokenizer " +
+                data("tokenizer/qwen3"));
+    ASSERT_EQ(r.status, 0) << r.out;
+  }
+  static void TearDownTestSuite() { fs::remove_all(dir_); }
+  static std::string model() { return (dir_ / "tiny").string(); }
+  static fs::path dir_;
+};
+fs::path Cli::dir_;
+
+TEST_F(Cli, InfoReportsParameterCountAndKvBytes) {
+  auto r = sh("info " + model() + " --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  auto j = nlohmann::json::parse(r.out);
+  const int64_t V = j["vocab_size"], D = j["hidden_size"], F = j["intermediate_size"];
+  const int64_t L = j["num_hidden_layers"], H = j["num_attention_heads"], KV = j["num_key_value_heads"];
+  const int64_t hd = j["head_dim"];
+  // llama, tied head (tiny preset): embed + final norm + L * (2 norms + q,o + k,v + 3 mlp)
+  ASSERT_TRUE(j["tie_word_embeddings"].get<bool>());
+  const int64_t per_layer = 2 * D + 2 * D * H * hd + 2 * D * KV * hd + 3 * D * F;
+  EXPECT_EQ(j["total_params"].get<int64_t>(), V * D + D + L * per_layer);
+  EXPECT_EQ(j["kv_cache_bytes_per_token"]["bfloat16"].get<int64_t>(), 2 * L * KV * hd * 2);
+  EXPECT_GE(V, 151643);  // vocabulary sized for the tokenizer
+}
+
+TEST_F(Cli, TokenizeJsonlMatchesGoldenIds) {
+  // golden ids were produced by Hugging Face's tokenizer, not by finmoe
+  std::ifstream golden(data("tokenizer/qwen3/qwen3.ids.jsonl"));
+  ASSERT_TRUE(golden) << "missing golden file";
+  const fs::path in = dir_ / "in.jsonl";
+  std::ofstream out(in);
+  std::vector<nlohmann::json> want;
+  std::string line;
+  for (int i = 0; i < 40 && std::getline(golden, line); ++i) {
+    auto j = nlohmann::json::parse(line);
+    out << nlohmann::json{{"text", j["text"]}}.dump() << "\n";
+    want.push_back(j["ids"]);
+  }
+  out.close();
+  auto r = sh("tokenize " + model() + " --jsonl " + in.string());
+  ASSERT_EQ(r.status, 0) << r.out;
+  std::istringstream got(r.out);
+  for (size_t i = 0; i < want.size(); ++i) {
+    ASSERT_TRUE(std::getline(got, line)) << "missing output line " << i;
+    EXPECT_EQ(nlohmann::json::parse(line)["ids"], want[i]) << "line " << i;
+  }
+}
+
+TEST_F(Cli, LogitsMatchTransformersReference) {
+  // top-1 log-probabilities of `finmoe logits` on a model saved by HF, vs
+  // log_softmax of the logits HF computed (tests/ref/make_hf_reference.py)
+  const std::string m = data("hf/qwen2_tied");
+  auto ref = finmoe::SafetensorsFile::open(m + "/reference.safetensors");
+  const auto* ids = ref->find("input_ids");
+  const auto* logits = ref->find("logits");
+  const int64_t T = 12, V = logits->shape[2];
+  std::string arg;
+  for (int64_t t = 0; t < T; ++t)
+    arg += (t ? "," : "") + std::to_string(reinterpret_cast<const int64_t*>(ids->data)[t]);
+  auto r = sh("logits " + m + " --ids " + arg + " --top 3");
+  ASSERT_EQ(r.status, 0) << r.out;
+  auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j["positions"].size(), size_t(T));
+  const float* L = reinterpret_cast<const float*>(logits->data);
+  for (int64_t t = 0; t < T; ++t) {
+    const float* row = L + t * V;
+    double mx = -1e30, sum = 0;
+    int64_t arg_max = 0;
+    for (int64_t v = 0; v < V; ++v)
+      if (row[v] > mx) mx = row[v], arg_max = v;
+    for (int64_t v = 0; v < V; ++v) sum += std::exp(double(row[v]) - mx);
+    const auto& top = j["positions"][size_t(t)]["top"][0];
+    EXPECT_EQ(top["id"].get<int64_t>(), arg_max) << "position " << t;
+    EXPECT_NEAR(top["logprob"].get<double>(), -std::log(sum), 1e-4) << "position " << t;
+  }
+}
+
+TEST_F(Cli, GenerateStreamsAndReportsSpeed) {
+  auto r = sh("generate " + model() + " -p 'The balance sheet' -n 8 --greedy");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("TTFT"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("decode"), std::string::npos) << r.out;
+  // greedy is deterministic
+  EXPECT_EQ(sh("generate " + model() + " -p 'The balance sheet' -n 8 --greedy").out.substr(0, 40),
+            r.out.substr(0, 40));
+}
+
+TEST_F(Cli, BadInputExitsWithMessageNamingIt) {
+  auto r = sh("info " + (dir_ / "nope").string());
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("config.json"), std::string::npos) << r.out;
+
+  const fs::path bad = dir_ / "bad";
+  fs::create_directories(bad);
+  fs::copy_file(fs::path(model()) / "model.safetensors", bad / "model.safetensors");
+  std::ofstream(bad / "config.json") << R"({"model_type": "llama", "vocab_size": "many"})";
+  r = sh("info " + bad.string());
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("vocab_size"), std::string::npos) << r.out;
+
+  r = sh("logits " + model() + " --ids 1,x,3");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("'x'"), std::string::npos) << r.out;
+
+  r = sh("init " + (dir_ / "p").string() + " --preset enormous");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("qwen2-0.5b"), std::string::npos) << r.out;  // lists presets
+}
+
+}  // namespace
