@@ -90,7 +90,7 @@ TEST(Checkpoint, ShardsGreedilyAndGivesOversizedTensorsTheirOwnShard) {
 TEST(Checkpoint, RewritingSwitchesLayoutAndRemovesStaleFiles) {
   ScratchDir dir;
   Tensors many;
-  for (int i = 0; i < 5; ++i) many.add("t" + std::to_string(i), 16);
+  for (const char* name : {"t0", "t1", "t2", "t3", "t4"}) many.add(name, 16);
   write_checkpoint(dir.str(), many.data, {}, 16);  // five shards
   EXPECT_EQ(dir.list().size(), 6u);
 
