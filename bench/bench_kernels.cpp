@@ -31,6 +31,13 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+double best(const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); }
+
+// Bandwidth in GB/s: median and best of the repetitions.
+struct Bandwidth {
+  double median_gbs, best_gbs;
+};
+
 // Random bf16 weights in [-0.05, 0.05): real data, so every page is backed and never shared.
 std::vector<uint16_t> random_bf16(size_t n, uint32_t seed) {
   std::vector<uint16_t> w(n);
@@ -47,22 +54,25 @@ std::vector<uint16_t> random_bf16(size_t n, uint32_t seed) {
   return w;
 }
 
-// Read bandwidth in GB/s: sum a 1 GiB buffer on all pool threads (median of 7).
-double read_bandwidth_gbs() {
-  const size_t n = (size_t{1} << 30) / sizeof(uint64_t);
-  std::vector<uint64_t> buf(n);
-  ThreadPool& pool = ThreadPool::global();
-  pool.parallel_for(static_cast<int64_t>(n), 1 << 16, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) buf[static_cast<size_t>(i)] = static_cast<uint64_t>(i);
-  });
-  std::vector<double> gbs;
-  volatile uint64_t sink = 0;
-  for (int rep = 0; rep < 7; ++rep) {
+// Read bandwidth: the time to sum a 1 GiB buffer on all pool threads. Kept
+// alive so kernel timings can be interleaved with it (the machine's bandwidth
+// drifts by tens of percent within seconds).
+class ReadProbe {
+ public:
+  ReadProbe() : buf_((size_t{1} << 30) / sizeof(uint64_t)) {
+    ThreadPool::global().parallel_for(n(), 1 << 16, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) buf_[static_cast<size_t>(i)] = static_cast<uint64_t>(i);
+    });
+  }
+  int64_t n() const { return static_cast<int64_t>(buf_.size()); }
+  double gb() const { return static_cast<double>(buf_.size() * sizeof(uint64_t)) / 1e9; }
+  // One timed pass, in seconds.
+  double sample() {
     std::vector<uint64_t> partial(64, 0);
     const auto t0 = Clock::now();
-    pool.parallel_for(static_cast<int64_t>(n), 1 << 16, [&](int64_t b, int64_t e) {
+    ThreadPool::global().parallel_for(n(), 1 << 16, [&](int64_t b, int64_t e) {
       uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-      const uint64_t* p = buf.data();
+      const uint64_t* p = buf_.data();
       int64_t i = b;
       for (; i + 4 <= e; i += 4) {
         s0 += p[i];
@@ -74,11 +84,19 @@ double read_bandwidth_gbs() {
       partial[static_cast<size_t>(b / (1 << 16)) % 64] += s0 + s1 + s2 + s3;
     });
     const double t = seconds_since(t0);
-    for (uint64_t v : partial) sink = sink + v;
-    gbs.push_back(static_cast<double>(n * sizeof(uint64_t)) / t / 1e9);
+    for (uint64_t v : partial) sink_ = sink_ + v;
+    return t;
   }
-  return median(gbs);
-}
+  Bandwidth measure(int reps) {
+    std::vector<double> secs;
+    for (int r = 0; r < reps; ++r) secs.push_back(sample());
+    return {gb() / median(secs), gb() / best(secs)};
+  }
+
+ private:
+  std::vector<uint64_t> buf_;
+  volatile uint64_t sink_ = 0;
+};
 
 struct Shape {
   const char* name;
@@ -87,22 +105,22 @@ struct Shape {
 };
 
 const Shape kLayerShapes[] = {
-    {"q_proj", 896, 896, true},      {"k_proj", 128, 896, true},
-    {"v_proj", 128, 896, true},      {"o_proj", 896, 896, false},
-    {"gate_proj", 4864, 896, false}, {"up_proj", 4864, 896, false},
+    {"q_proj", 896, 896, true},      {"k_proj", 128, 896, true},      {"v_proj", 128, 896, true},
+    {"o_proj", 896, 896, false},     {"gate_proj", 4864, 896, false}, {"up_proj", 4864, 896, false},
     {"down_proj", 896, 4864, false},
 };
 const Shape kLmHead = {"lm_head", 151936, 896, false};
 
 // Times linear_bf16 on `copies` distinct weight copies in rotation (so small
 // layers stream from memory as in a real forward, not from cache).
-void bench_shape(const Shape& s, double bw_gbs) {
+void bench_shape(const Shape& s, ReadProbe& probe) {
   const size_t w_elems = static_cast<size_t>(s.n * s.k);
   const size_t w_bytes = w_elems * 2;
-  const size_t copies = std::max<size_t>(1, std::min<size_t>(64, (size_t{512} << 20) / w_bytes));
+  const size_t copies = std::max<size_t>(1, std::min<size_t>(4096, (size_t{512} << 20) / w_bytes));
   const std::vector<uint16_t> w = random_bf16(w_elems * copies, 7);
   std::vector<float> bias(static_cast<size_t>(s.n), 0.01f);
   for (int64_t M : {1, 4, 16}) {
+    const Bandwidth bw = probe.measure(3);  // just before, as the reference for this line
     std::vector<float> x(static_cast<size_t>(M * s.k), 0.5f), y(static_cast<size_t>(M * s.n));
     const int reps = static_cast<int>(std::max<size_t>(10, std::min<size_t>(400, copies * 4)));
     std::vector<double> times;
@@ -116,15 +134,19 @@ void bench_shape(const Shape& s, double bw_gbs) {
     }
     const double t = median(times);
     const double gbs = static_cast<double>(w_bytes) / t / 1e9;
+    const double gbs_best = static_cast<double>(w_bytes) / best(times) / 1e9;
     const double gflops = 2.0 * static_cast<double>(M * s.n * s.k) / t / 1e9;
-    std::printf("%-10s %6lld x %-5lld M=%-3lld %9.1f us %7.1f GB/s %7.1f GFLOP/s %6.0f%% of read bw\n",
-                s.name, static_cast<long long>(s.n), static_cast<long long>(s.k),
-                static_cast<long long>(M), t * 1e6, gbs, gflops, 100.0 * gbs / bw_gbs);
+    std::printf(
+        "%-9s %6lld x %-4lld M=%-2lld %8.1f us %5.1f GB/s (best %5.1f) %6.1f GFLOP/s "
+        "%4.0f%% of read bw (best/best %4.0f%%)\n",
+        s.name, static_cast<long long>(s.n), static_cast<long long>(s.k), static_cast<long long>(M),
+        t * 1e6, gbs, gbs_best, gflops, 100.0 * gbs / bw.median_gbs,
+        100.0 * gbs_best / bw.best_gbs);
   }
 }
 
 // The per-token chain at M = 1 with every layer's weights distinct (~0.99 GB).
-void bench_chain(double bw_gbs) {
+void bench_chain(ReadProbe& probe) {
   const int n_layers = 24;
   std::vector<std::vector<uint16_t>> layers;
   size_t bytes = 0;
@@ -136,8 +158,9 @@ void bench_chain(double bw_gbs) {
   const std::vector<uint16_t> lm_head = random_bf16(static_cast<size_t>(kLmHead.n * kLmHead.k), 9);
   bytes += lm_head.size() * 2;
   std::vector<float> x(4864, 0.5f), y(static_cast<size_t>(kLmHead.n)), bias(4864, 0.01f);
-  std::vector<double> times;
+  std::vector<double> times, probe_secs;
   for (int tok = -1; tok < 15; ++tok) {
+    if (tok >= 0) probe_secs.push_back(probe.sample());  // interleaved with the tokens
     const auto t0 = Clock::now();
     size_t i = 0;
     for (int l = 0; l < n_layers; ++l)
@@ -148,12 +171,16 @@ void bench_chain(double bw_gbs) {
                                  y.data());
     if (tok >= 0) times.push_back(seconds_since(t0));
   }
-  const double t = median(times);
-  const double floor_tps = bw_gbs * 1e9 / static_cast<double>(bytes);
-  std::printf("chain: %.3f GB/token, %.2f ms/token = %.1f tokens/s; floor %.1f tokens/s "
-              "(%.0f%%), %.1f GB/s\n",
-              static_cast<double>(bytes) / 1e9, t * 1e3, 1.0 / t, floor_tps,
-              100.0 / t / floor_tps, static_cast<double>(bytes) / t / 1e9);
+  const Bandwidth bw{probe.gb() / median(probe_secs), probe.gb() / best(probe_secs)};
+  std::printf("memory read bandwidth during the chain: median %.1f GB/s, best %.1f GB/s\n",
+              bw.median_gbs, bw.best_gbs);
+  const double t = median(times), tb = best(times);
+  const double gb = static_cast<double>(bytes) / 1e9;
+  std::printf(
+      "chain M=1: %.3f GB/token, median %.2f ms = %.1f tokens/s (%.0f%% of the floor "
+      "%.1f tokens/s); best %.2f ms = %.1f tokens/s (%.0f%% of the best floor %.1f)\n",
+      gb, t * 1e3, 1.0 / t, 100.0 * gb / t / bw.median_gbs, bw.median_gbs / gb, tb * 1e3, 1.0 / tb,
+      100.0 * gb / tb / bw.best_gbs, bw.best_gbs / gb);
 }
 
 // Fixed cost of one call: parallel_for with an empty body, and a tiny linear.
@@ -182,14 +209,15 @@ int main(int argc, char** argv) {
   std::printf("isa %s, %d threads\n", finmoe::kernels::isa_name(), pool.num_threads());
   if (what == "all" || what == "overhead") bench_overhead();
   if (what == "overhead") return 0;
-  const double bw = read_bandwidth_gbs();
-  std::printf("memory read bandwidth (1 GiB, %d threads): %.1f GB/s\n", pool.num_threads(), bw);
+  ReadProbe probe;
+  const Bandwidth bw = probe.measure(7);
+  std::printf("memory read bandwidth (1 GiB, %d threads): median %.1f GB/s, best %.1f GB/s\n",
+              pool.num_threads(), bw.median_gbs, bw.best_gbs);
   if (what == "all" || what == "shapes") {
-    for (const Shape& s : kLayerShapes) bench_shape(s, bw);
-    bench_shape(kLmHead, bw);
+    std::printf("(each line's %% is against 3 bandwidth samples taken just before it)\n");
+    for (const Shape& s : kLayerShapes) bench_shape(s, probe);
+    bench_shape(kLmHead, probe);
   }
-  if (what == "all" || what == "chain") bench_chain(bw);
-  const double bw_after = read_bandwidth_gbs();
-  std::printf("memory read bandwidth again: %.1f GB/s (the spread is the noise)\n", bw_after);
+  if (what == "all" || what == "chain") bench_chain(probe);
   return 0;
 }

@@ -29,7 +29,7 @@ CpuFeatures detect() {
   const bool f16c = (c >> 29) & 1;
   if (!osxsave) return f;  // the OS does not save YMM/ZMM state: no AVX at all
   const uint64_t xcr0 = read_xcr0();
-  const bool os_ymm = (xcr0 & 0x6) == 0x6;     // XMM | YMM
+  const bool os_ymm = (xcr0 & 0x6) == 0x6;    // XMM | YMM
   const bool os_zmm = (xcr0 & 0xe6) == 0xe6;  // + opmask, ZMM_Hi256, Hi16_ZMM
   if (!os_ymm) return f;
   f.fma = fma;

@@ -1,5 +1,7 @@
 #include "kernels/linear.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -14,6 +16,8 @@ namespace {
 
 // Output rows per thread chunk: a multiple of every kernel's row block.
 constexpr int64_t kGrain = 16;
+// Smallest chunk: shorter runs of rows restart the hardware prefetcher too often.
+constexpr int64_t kMinChunk = 64;
 // Below this many weights (128 KiB of bf16) waking a worker costs more than it saves.
 constexpr int64_t kMinParallelWeights = 64 * 1024;
 
@@ -37,14 +41,27 @@ void require(Isa isa) {
     throw Error(std::string("kernels: this CPU cannot run the ") + isa_name(isa) + " path");
 }
 
-// Runs rows(n0, n1) over [0, N), on all threads when the weights are big enough.
+// Runs rows(n0, n1) over [0, N) on all threads when the weights are big
+// enough. Chunks are handed out dynamically (~32 per thread, multiples of
+// kGrain rows): on a shared machine one core is often slower, and a static
+// split would leave the other idle at the end.
 template <class F>
 void split_rows(int64_t N, int64_t K, const F& rows) {
-  if (N * K < kMinParallelWeights) {
+  ThreadPool& pool = ThreadPool::global();
+  const int64_t threads = pool.num_threads();
+  const int64_t chunk = (std::max(kMinChunk, N / (threads * 32)) + kGrain - 1) / kGrain * kGrain;
+  if (threads == 1 || N * K < kMinParallelWeights || N <= chunk) {
     rows(int64_t{0}, N);
     return;
   }
-  ThreadPool::global().parallel_for(N, kGrain, rows);
+  std::atomic<int64_t> next{0};
+  pool.parallel_for(threads, 1, [&](int64_t, int64_t) {
+    for (;;) {
+      const int64_t n0 = next.fetch_add(chunk, std::memory_order_relaxed);
+      if (n0 >= N) return;
+      rows(n0, std::min(N, n0 + chunk));
+    }
+  });
 }
 
 // Per-thread scratch for the converted activations, grown as needed, 64-byte aligned.
@@ -77,7 +94,8 @@ void rows_scalar(const float* x, int64_t M, int64_t K, const Wt* W, int64_t n0, 
       for (; k + 8 <= K; k += 8)
         for (int i = 0; i < 8; ++i) part[i] += xm[k + i] * widen(w[k + i]);
       for (; k < K; ++k) part[k & 7] += xm[k] * widen(w[k]);
-      float s = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+      float s =
+          ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
       y[m * ldy + n] = s + (bias ? bias[n] : 0.0f);
     }
   }
@@ -128,8 +146,7 @@ void linear_bf16_isa(Isa isa, const float* x, int64_t M, int64_t K, const uint16
       float* xr = scratch<float>(static_cast<size_t>(M * K));
       for (int64_t i = 0; i < M * K; ++i) xr[i] = bf16_to_float(float_to_bf16(x[i]));
       split_rows(N, K, [&](int64_t n0, int64_t n1) {
-        rows_scalar(xr, M, K, W, n0, n1, bias, y, N,
-                    [](uint16_t w) { return bf16_to_float(w); });
+        rows_scalar(xr, M, K, W, n0, n1, bias, y, N, [](uint16_t w) { return bf16_to_float(w); });
       });
       return;
     }
@@ -166,8 +183,8 @@ void linear_bf16(const float* x, int64_t M, int64_t K, const uint16_t* W, int64_
   linear_bf16_isa(active_isa(), x, M, K, W, N, bias, y);
 }
 
-void linear_f32(const float* x, int64_t M, int64_t K, const float* W, int64_t N,
-                const float* bias, float* y) {
+void linear_f32(const float* x, int64_t M, int64_t K, const float* W, int64_t N, const float* bias,
+                float* y) {
   linear_f32_isa(active_isa(), x, M, K, W, N, bias, y);
 }
 

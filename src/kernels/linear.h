@@ -5,14 +5,20 @@
 // bits) or float32. Multi-threaded over N with the global ThreadPool.
 // Dispatch: AVX-512 BF16 (vdpbf16ps) > AVX2+FMA > scalar, picked at runtime.
 // Accuracy: the bf16 path rounds x to bf16 (round-to-nearest-even) and
-// accumulates in float32, as torch's bf16 matmul does.
+// accumulates in float32, as torch's bf16 matmul does; the AVX-512 path
+// flushes bf16 denormals to zero (vdpbf16ps), which only affects |x| < 1e-38.
+// Contract: W is read once per call (M rows of x share every W load), so the
+// cost at M <= 16 is close to streaming W from memory. x, W, y must not
+// overlap; bias may be null; K == 0 gives y = bias (or 0). Throws
+// finmoe::Error on negative shapes or null buffers for a non-empty shape.
+// Thread safety: concurrent calls are safe (they serialise on the pool).
 #include <cstdint>
 
 namespace finmoe::kernels {
 
 void linear_bf16(const float* x, int64_t M, int64_t K, const uint16_t* W, int64_t N,
                  const float* bias, float* y);
-void linear_f32(const float* x, int64_t M, int64_t K, const float* W, int64_t N,
-                const float* bias, float* y);
+void linear_f32(const float* x, int64_t M, int64_t K, const float* W, int64_t N, const float* bias,
+                float* y);
 
 }  // namespace finmoe::kernels

@@ -10,7 +10,7 @@ namespace {
 constexpr int kRows = 4;
 
 inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
-  const __m256 ab = _mm256_hadd_ps(a, b);     // [a01 a23 b01 b23 | a45 a67 b45 b67]
+  const __m256 ab = _mm256_hadd_ps(a, b);  // [a01 a23 b01 b23 | a45 a67 b45 b67]
   const __m256 cd = _mm256_hadd_ps(c, d);
   const __m256 s = _mm256_hadd_ps(ab, cd);  // [a0-3 b0-3 c0-3 d0-3 | a4-7 ...]
   return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
@@ -35,8 +35,8 @@ void store_sums(__m256 (&acc)[MT][R], const float (&tail)[MT][R], const float* b
                 float* y, int64_t ldy) {
   for (int m = 0; m < MT; ++m) {
     if constexpr (R == 4) {
-      __m128 s = _mm_add_ps(hsum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]),
-                            _mm_loadu_ps(tail[m]));
+      __m128 s =
+          _mm_add_ps(hsum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]), _mm_loadu_ps(tail[m]));
       if (bias) s = _mm_add_ps(s, _mm_loadu_ps(bias + n));
       _mm_storeu_ps(y + m * ldy + n, s);
     } else {

@@ -2,6 +2,8 @@
 // after best_isa() said the CPU runs them.
 #include <immintrin.h>
 
+#include <cstdint>
+
 // GCC 12 flags _mm512_undefined_ps() inside its own shuffle/extract intrinsics (a false positive).
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -19,10 +21,13 @@ inline __m512bh as_bh(__m512i v) { return (__m512bh)v; }
 // Four zmm accumulators -> their four horizontal sums, in order.
 inline __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
   // 128-bit lanes: [a0+a2, a1+a3, b0+b2, b1+b3] and the same for c, d.
-  const __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xee));
-  const __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xee));
+  const __m512 ab =
+      _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xee));
+  const __m512 cd =
+      _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xee));
   // lanes: [a, b, c, d] partial sums of 4 floats each.
-  const __m512 s = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xdd));
+  const __m512 s =
+      _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xdd));
   const __m128 sa = _mm512_castps512_ps128(s);
   const __m128 sb = _mm512_extractf32x4_ps(s, 1);
   const __m128 sc = _mm512_extractf32x4_ps(s, 2);
@@ -36,14 +41,22 @@ inline void dot_bf16(const uint16_t* xb, int64_t ldx, const uint16_t* w, int64_t
                      __m512 (&acc)[MT][R]) {
   for (int m = 0; m < MT; ++m)
     for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
+  // The R rows are R interleaved streams, which the hardware prefetcher follows
+  // poorly; prefetching the next block (contiguous) in address order keeps
+  // the memory pipe full. Prefetches past the matrix end are harmless (an
+  // integer address, so no out-of-range pointer is ever formed).
+  uintptr_t next = reinterpret_cast<uintptr_t>(w + R * K);
   int64_t k = 0;
-  for (; k + 32 <= K; k += 32) {
+  for (; k + 32 <= K; k += 32, next += R * 64) {
     __m512bh wv[R];
     for (int r = 0; r < R; ++r) wv[r] = as_bh(_mm512_loadu_si512(w + r * K + k));
     for (int m = 0; m < MT; ++m) {
       const __m512bh xv = as_bh(_mm512_load_si512(xb + m * ldx + k));
       for (int r = 0; r < R; ++r) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv, wv[r]);
     }
+    if constexpr (R > 1)
+      for (int r = 0; r < R; ++r)
+        _mm_prefetch(reinterpret_cast<const char*>(next + r * 64), _MM_HINT_T0);
   }
   if (k < K) {
     // Masked W loads read zeros past the row (never garbage that could be NaN); x is zero-padded.
@@ -61,14 +74,18 @@ template <int R, int MT>
 inline void dot_f32(const float* x, int64_t K, const float* w, __m512 (&acc)[MT][R]) {
   for (int m = 0; m < MT; ++m)
     for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
+  uintptr_t next = reinterpret_cast<uintptr_t>(w + R * K);  // as in dot_bf16
   int64_t k = 0;
-  for (; k + 16 <= K; k += 16) {
+  for (; k + 16 <= K; k += 16, next += R * 64) {
     __m512 wv[R];
     for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_ps(w + r * K + k);
     for (int m = 0; m < MT; ++m) {
       const __m512 xv = _mm512_loadu_ps(x + m * K + k);
       for (int r = 0; r < R; ++r) acc[m][r] = _mm512_fmadd_ps(xv, wv[r], acc[m][r]);
     }
+    if constexpr (R > 1)
+      for (int r = 0; r < R; ++r)
+        _mm_prefetch(reinterpret_cast<const char*>(next + r * 64), _MM_HINT_T0);
   }
   if (k < K) {
     const __mmask16 mask = static_cast<__mmask16>((1u << (K - k)) - 1);
@@ -121,10 +138,18 @@ inline void rows_bf16(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx, con
     const uint16_t* xm = xb + m * ldx;
     float* ym = y + m * ldy;
     switch (M - m < 4 ? M - m : 4) {
-      case 4: block_bf16<R, 4>(xm, ldx, K, W, n, bias, ym, ldy); break;
-      case 3: block_bf16<R, 3>(xm, ldx, K, W, n, bias, ym, ldy); break;
-      case 2: block_bf16<R, 2>(xm, ldx, K, W, n, bias, ym, ldy); break;
-      default: block_bf16<R, 1>(xm, ldx, K, W, n, bias, ym, ldy); break;
+      case 4:
+        block_bf16<R, 4>(xm, ldx, K, W, n, bias, ym, ldy);
+        break;
+      case 3:
+        block_bf16<R, 3>(xm, ldx, K, W, n, bias, ym, ldy);
+        break;
+      case 2:
+        block_bf16<R, 2>(xm, ldx, K, W, n, bias, ym, ldy);
+        break;
+      default:
+        block_bf16<R, 1>(xm, ldx, K, W, n, bias, ym, ldy);
+        break;
     }
   }
 }
@@ -136,10 +161,18 @@ inline void rows_f32(const float* x, int64_t M, int64_t K, const float* W, int64
     const float* xm = x + m * K;
     float* ym = y + m * ldy;
     switch (M - m < 4 ? M - m : 4) {
-      case 4: block_f32<R, 4>(xm, K, W, n, bias, ym, ldy); break;
-      case 3: block_f32<R, 3>(xm, K, W, n, bias, ym, ldy); break;
-      case 2: block_f32<R, 2>(xm, K, W, n, bias, ym, ldy); break;
-      default: block_f32<R, 1>(xm, K, W, n, bias, ym, ldy); break;
+      case 4:
+        block_f32<R, 4>(xm, K, W, n, bias, ym, ldy);
+        break;
+      case 3:
+        block_f32<R, 3>(xm, K, W, n, bias, ym, ldy);
+        break;
+      case 2:
+        block_f32<R, 2>(xm, K, W, n, bias, ym, ldy);
+        break;
+      default:
+        block_f32<R, 1>(xm, K, W, n, bias, ym, ldy);
+        break;
     }
   }
 }
@@ -163,8 +196,8 @@ void pack_x_bf16_avx512(const float* x, int64_t M, int64_t K, uint16_t* xb, int6
 }
 
 void linear_bf16_rows_avx512(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx,
-                             const uint16_t* W, int64_t n0, int64_t n1, const float* bias,
-                             float* y, int64_t ldy) {
+                             const uint16_t* W, int64_t n0, int64_t n1, const float* bias, float* y,
+                             int64_t ldy) {
   int64_t n = n0;
   for (; n + kRows <= n1; n += kRows) rows_bf16<kRows>(xb, M, K, ldx, W, n, bias, y, ldy);
   for (; n < n1; ++n) rows_bf16<1>(xb, M, K, ldx, W, n, bias, y, ldy);

@@ -24,8 +24,8 @@ float bf16_to_float(uint16_t b);
 // zero beyond K (pack_x_bf16_avx512 writes it).
 void pack_x_bf16_avx512(const float* x, int64_t M, int64_t K, uint16_t* xb, int64_t ldx);
 void linear_bf16_rows_avx512(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx,
-                             const uint16_t* W, int64_t n0, int64_t n1, const float* bias,
-                             float* y, int64_t ldy);
+                             const uint16_t* W, int64_t n0, int64_t n1, const float* bias, float* y,
+                             int64_t ldy);
 void linear_f32_rows_avx512(const float* x, int64_t M, int64_t K, const float* W, int64_t n0,
                             int64_t n1, const float* bias, float* y, int64_t ldy);
 

@@ -116,9 +116,8 @@ struct ThreadPool::Impl {
 
 ThreadPool& ThreadPool::global() {
   // Leaked on purpose: workers must outlive every static that may still call kernels at exit.
-  static ThreadPool* pool =
-      new ThreadPool(env_int("FINMOE_NUM_THREADS", affinity_cpu_count(), 1),
-                     env_int("FINMOE_SPIN_US", 100, 0));
+  static ThreadPool* pool = new ThreadPool(env_int("FINMOE_NUM_THREADS", affinity_cpu_count(), 1),
+                                           env_int("FINMOE_SPIN_US", 100, 0));
   return *pool;
 }
 
@@ -127,7 +126,8 @@ ThreadPool::ThreadPool(int num_threads, int spin_us) : impl_(new Impl) {
   impl_->n_threads = num_threads;
   impl_->spin = std::chrono::microseconds(std::max(0, spin_us));
   impl_->workers.reserve(num_threads - 1);
-  for (int t = 1; t < num_threads; ++t) impl_->workers.emplace_back([this, t] { impl_->worker_loop(t); });
+  for (int t = 1; t < num_threads; ++t)
+    impl_->workers.emplace_back([this, t] { impl_->worker_loop(t); });
 }
 
 ThreadPool::~ThreadPool() {

@@ -34,7 +34,7 @@ constexpr float kSentinel = -12345.f;
 double round_to_bf16(double v) {
   if (v == 0 || !std::isfinite(v)) return v;
   int e = 0;
-  std::frexp(v, &e);                                     // v = f * 2^e, 0.5 <= |f| < 1
+  std::frexp(v, &e);                                               // v = f * 2^e, 0.5 <= |f| < 1
   return std::ldexp(std::nearbyint(std::ldexp(v, 8 - e)), e - 8);  // keep 8 significant bits
 }
 
@@ -122,9 +122,8 @@ const Problem& problem(bool bf16, int64_t M, int64_t K, int64_t N) {
 
 // Runs one shape and checks every output and the guard cells after y.
 void check_shape(Isa isa, bool bf16, int64_t M, int64_t K, int64_t N, bool with_bias) {
-  SCOPED_TRACE(std::string(bf16 ? "bf16" : "f32") + " M=" + std::to_string(M) +
-               " K=" + std::to_string(K) + " N=" + std::to_string(N) +
-               (with_bias ? " bias" : " no-bias"));
+  SCOPED_TRACE(std::string(bf16 ? "bf16" : "f32") + " M=" + std::to_string(M) + " K=" +
+               std::to_string(K) + " N=" + std::to_string(N) + (with_bias ? " bias" : " no-bias"));
   const Problem& p = problem(bf16, M, K, N);
   const int64_t guard = 64;
   std::vector<float> y(size_t(M * N + guard), kSentinel);
@@ -141,7 +140,8 @@ void check_shape(Isa isa, bool bf16, int64_t M, int64_t K, int64_t N, bool with_
     ASSERT_LE(std::fabs(y[size_t(i)] - ref), tol)
         << "y[" << i / N << "," << i % N << "] = " << y[size_t(i)] << ", reference " << ref;
   }
-  for (int64_t i = M * N; i < M * N + guard; ++i) ASSERT_EQ(y[size_t(i)], kSentinel) << "wrote past y";
+  for (int64_t i = M * N; i < M * N + guard; ++i)
+    ASSERT_EQ(y[size_t(i)], kSentinel) << "wrote past y";
 }
 
 class LinearIsa : public ::testing::TestWithParam<Isa> {
@@ -192,7 +192,8 @@ TEST_P(LinearIsa, Bf16RoundsXToNearestEven) {
   EXPECT_EQ(y[1], 1.f + 1.f / 64);
 }
 
-INSTANTIATE_TEST_SUITE_P(Paths, LinearIsa, ::testing::Values(Isa::kScalar, Isa::kAvx2, Isa::kAvx512),
+INSTANTIATE_TEST_SUITE_P(Paths, LinearIsa,
+                         ::testing::Values(Isa::kScalar, Isa::kAvx2, Isa::kAvx512),
                          [](const auto& info) { return std::string(isa_name(info.param)); });
 
 TEST(Linear, PublicEntryPointsUseTheActivePath) {
@@ -205,7 +206,8 @@ TEST(Linear, PublicEntryPointsUseTheActivePath) {
   const Problem& q = problem(false, 2, 1000, 5);
   std::vector<float> z(2 * 5), z_isa(2 * 5);
   linear_f32(q.x.data(), 2, 1000, q.layer->w_f32.data(), 5, nullptr, z.data());
-  linear_f32_isa(active_isa(), q.x.data(), 2, 1000, q.layer->w_f32.data(), 5, nullptr, z_isa.data());
+  linear_f32_isa(active_isa(), q.x.data(), 2, 1000, q.layer->w_f32.data(), 5, nullptr,
+                 z_isa.data());
   EXPECT_EQ(z, z_isa);
 }
 
