@@ -68,24 +68,29 @@ std::vector<std::pair<int32_t, float>> Sampler::distribution(
   double sum = 0;
   for (int32_t i : cand) sum += (p[i] = std::exp(double(z[i]) - zmax));
   for (int32_t i : cand) p[i] /= sum;
-  auto by_prob = [&](int32_t a, int32_t b) { return p[a] > p[b] || (p[a] == p[b] && a < b); };
   if (params_.top_p < 1.0) {
     // smallest most-probable prefix whose mass reaches top_p (HF drops tokens
-    // whose ascending cumulative mass is <= 1 - top_p). Sorting only a growing
-    // head of the candidates keeps this cheap for 150k vocabularies.
-    size_t head = std::min<size_t>(64, cand.size());
+    // whose ascending cumulative mass is <= 1 - top_p). Sorting (p, id) pairs
+    // by value, and only a growing head of them, keeps this cheap for 150k
+    // vocabularies.
+    std::vector<std::pair<double, int32_t>> byp;
+    byp.reserve(cand.size());
+    for (int32_t i : cand) byp.emplace_back(-p[i], i);  // ascending = most probable first
+    size_t head = std::min<size_t>(64, byp.size());
     while (true) {
-      std::partial_sort(cand.begin(), cand.begin() + head, cand.end(), by_prob);
+      std::partial_sort(byp.begin(), byp.begin() + head, byp.end());
       double cum = 0;
       size_t keep = 0;
       for (size_t i = 0; i < head && keep == 0; ++i)
-        if ((cum += p[cand[i]]) >= params_.top_p - 1e-12) keep = i + 1;
-      if (keep > 0 || head == cand.size()) {
-        cand.resize(keep > 0 ? keep : cand.size());
+        if ((cum -= byp[i].first) >= params_.top_p - 1e-12) keep = i + 1;
+      if (keep > 0 || head == byp.size()) {
+        if (keep > 0) byp.resize(keep);
         break;
       }
-      head = std::min(cand.size(), head * 4);
+      head = head >= 1024 ? byp.size() : std::min(byp.size(), head * 16);
     }
+    cand.clear();
+    for (const auto& [negp, i] : byp) cand.push_back(i);
   }
   if (params_.min_p > 0) {
     double pmax = 0;
