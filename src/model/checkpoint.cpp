@@ -72,8 +72,8 @@ std::string dtype_to_string(torch::Dtype dtype) {
 }
 
 std::vector<TensorSpec> expected_tensors(const ModelConfig& c) {
-  // Built from the module tree itself (no weights allocated: meta-free shapes
-  // come from a tiny construction on CPU would cost memory), so list directly.
+  // Listed from the config rather than read off a built module, so checking a
+  // checkpoint allocates no weights. Must name what TransformerImpl registers.
   const int64_t D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
   const bool o_bias = c.attention_bias && c.model_type != "qwen2";
   std::vector<TensorSpec> out;
