@@ -32,7 +32,7 @@ struct RopeScaling {
 };
 
 struct ModelConfig {
-  std::string model_type;                 // llama | qwen2 | mistral
+  std::string model_type;  // llama | qwen2 | mistral | mixtral | qwen2_moe | finer_moe | finmoe_dense
   std::vector<std::string> architectures; // e.g. ["Qwen2ForCausalLM"]
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
@@ -48,7 +48,7 @@ struct ModelConfig {
   bool rope_interleaved = false;          // finmoe: pairs (2i, 2i+1) instead of HF rotate-half
   int64_t max_position_embeddings = 2048;
   bool tie_word_embeddings = false;
-  bool attention_bias = false;            // qwen2: always true for q/k/v (not o)
+  bool attention_bias = false;            // q/k/v bias (llama family: o_proj too; qwen family: q/k/v only)
   bool mlp_bias = false;
   std::optional<int64_t> sliding_window;  // mistral / qwen2 (use_sliding_window)
   std::string torch_dtype = "float32";    // float32 | bfloat16 | float16
@@ -56,6 +56,23 @@ struct ModelConfig {
   std::vector<int64_t> eos_token_id;      // int or list in config.json
   std::optional<int64_t> pad_token_id;
   double initializer_range = 0.02;
+
+  // ---- Mixture of experts (docs/formats/moe.md). num_experts == 0: every FFN is dense.
+  int64_t num_experts = 0;            // mixtral: num_local_experts; others: num_experts
+  int64_t num_experts_per_tok = 0;    // routed experts per token (top-k); finmoe_dense: all
+  int64_t moe_intermediate_size = 0;  // a routed expert's width (mixtral: intermediate_size)
+  int64_t shared_expert_intermediate_size = 0;  // qwen2_moe / finer_moe; 0 = no shared expert
+  bool norm_topk_prob = false;        // qwen2_moe: renormalise the top-k probabilities
+  int64_t decoder_sparse_step = 1;    // layer i is MoE when (i + 1) % step == 0
+  std::vector<int64_t> mlp_only_layers;  // layers kept dense
+  double router_aux_loss_coef = 0.001;   // alpha of the load-balancing loss
+  // finer_moe (FineRMoE §3.1, the reference repository's keys): N = G_I*R_I*G_O*R_O
+  // experts; each expert's down_proj writes hidden_size/G_O values; top-k = T_I*G_O.
+  int64_t G_I = 1, R_I = 1, G_O = 1, R_O = 1;
+  bool moe_concat_proj = false;       // an extra hidden x hidden projection after the concat
+
+  // Derived in finalize():
+  std::vector<bool> moe_layers;       // per layer: MoE FFN (true) or dense SwiGLU
 
   nlohmann::json raw;  // the parsed file, for round-trip of unknown keys
 
@@ -77,6 +94,21 @@ struct ModelConfig {
   // Derived sizes.
   int64_t q_size() const { return num_attention_heads * head_dim; }
   int64_t kv_size() const { return num_key_value_heads * head_dim; }
+  bool is_moe() const { return num_experts > 0; }
+  bool o_proj_bias() const;  // attention_bias reaches o_proj (llama family) or not (qwen family)
+  // How router logits become expert weights (FineRMoE's bi-level mask is applied
+  // first when G_O*R_O > 1 or T_I < G_I*R_I).
+  enum class Routing {
+    TopKSoftmax,  // mixtral, finer_moe: softmax over the selected top-k logits
+    SoftmaxTopK,  // qwen2_moe: softmax over all experts, keep top-k (renormalised if norm_topk_prob)
+    Dense,        // finmoe_dense: softmax over all experts, all active (FinMoE Eq. 2)
+  };
+  Routing routing() const;
+  int64_t T_I() const { return G_O > 0 ? num_experts_per_tok / G_O : 0; }
+  // Total and activated (per token) parameter counts, as FineRMoE Table 1's #P / #AP.
+  int64_t param_count() const;
+  int64_t active_param_count() const;
+
   // K and V values cached per token over all layers.
   int64_t kv_values_per_token() const { return 2 * num_hidden_layers * kv_size(); }
 };

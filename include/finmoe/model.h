@@ -49,16 +49,34 @@ struct StepBatch {
   void validate(const KVCache& cache) const;
 };
 
+// One MoE layer's routing of its T tokens (rows of the flattened [B*T] batch).
+// The same value feeds the load-balancing loss, ESFT scores and statistics.
+struct RouterOutput {
+  int64_t layer = -1;     // decoder layer index
+  torch::Tensor logits;   // [T, E] float32, the router's raw output
+  torch::Tensor indices;  // [T, k] int64, the experts each token uses (k = E for dense MoE)
+  torch::Tensor weights;  // [T, k] float32, their combination weights
+};
+
 struct ForwardOptions {
   // [B,T] int64 document ids for packed sequences: a token attends only to
   // earlier tokens of the same document, and positions restart at 0 at each
   // document start. Undefined = one document per row.
   torch::Tensor document_ids;
+  // When set, receives one RouterOutput per MoE layer, in layer order.
+  std::vector<RouterOutput>* router_outputs = nullptr;
 };
+
+// Load-balancing loss of DeepSeek-V2 / FineRMoE App. B.1, summed over layers:
+//   L = alpha * sum_i f_i * P_i,  f_i = N/(K*T) * sum_t 1[token t uses expert i],
+//   P_i = 1/T * sum_t s_{i,t},   s = softmax of the router logits over all N experts.
+// Differentiable through the logits (f is a count). Zero for no routers.
+torch::Tensor load_balancing_loss(const std::vector<RouterOutput>& routers, double alpha);
 
 struct ParamCount {
   int64_t total = 0;      // every distinct parameter (tied head counted once)
   int64_t embedding = 0;  // embed_tokens (+ untied lm_head)
+  int64_t active = 0;     // used per token: total minus the routed experts a token skips
 };
 
 class TransformerImpl;

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 
 #include "finmoe/error.h"
 
@@ -105,6 +106,13 @@ class Fields {
       fail(key, "must be an integer or a list of integers, got " + json_type(*it));
     }
   }
+  void read_ids_or_empty(const std::string& key, std::vector<int64_t>& out) const {
+    if (const json* v = get(key)) {
+      if (!v->is_array()) fail(key, "must be a list of integers, got " + json_type(*v));
+      out.clear();
+      for (const auto& e : *v) out.push_back(to_int(key, e));
+    }
+  }
   int64_t required_int(const std::string& key) const {
     if (!has(key)) throw Error(source_ + ": missing required field '" + prefix_ + key + "'");
     return to_int(key, *get(key));
@@ -144,6 +152,23 @@ ModelConfig defaults_for(const std::string& model_type) {
     c.bos_token_id = 1;
     c.eos_token_id = {2};
     c.sliding_window = 4096;
+  } else if (model_type == "mixtral") {
+    c.max_position_embeddings = 4096 * 32;
+    c.rope_theta = 1e6;
+    c.rms_norm_eps = 1e-5;
+    c.bos_token_id = 1;
+    c.eos_token_id = {2};
+    c.num_experts = 8;
+    c.num_experts_per_tok = 2;
+  } else if (model_type == "qwen2_moe" || model_type == "finer_moe") {
+    c.max_position_embeddings = 32768;
+    c.attention_bias = true;  // q/k/v (qkv_bias)
+    c.num_experts = 60;
+    c.num_experts_per_tok = 4;
+    c.moe_intermediate_size = 1408;
+    c.shared_expert_intermediate_size = 5632;
+  } else if (model_type == "finmoe_dense") {
+    c.max_position_embeddings = 2048;
   }
   return c;
 }
@@ -219,9 +244,14 @@ const json* find_or_null(const json& j, const std::string& key) {
 }  // namespace
 
 const std::vector<std::string>& ModelConfig::supported_model_types() {
-  static const std::vector<std::string> types = {"llama", "qwen2", "mistral"};
+  static const std::vector<std::string> types = {"llama",     "qwen2",     "mistral",
+                                                  "mixtral",   "qwen2_moe", "finer_moe",
+                                                  "finmoe_dense"};
   return types;
 }
+
+void finalize_moe(ModelConfig& c,
+                  const std::function<void(const std::string&, const std::string&)>& fail);
 
 ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   if (!j.is_object()) throw Error(source + ": expected a JSON object, got " + json_type(j));
@@ -256,17 +286,44 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   f.read("rope_interleaved", c.rope_interleaved);
   f.read("max_position_embeddings", c.max_position_embeddings);
   f.read("tie_word_embeddings", c.tie_word_embeddings);
-  if (model_type == "llama") {
+  if (model_type == "llama" || model_type == "finmoe_dense") {
     f.read("attention_bias", c.attention_bias);
     f.read("mlp_bias", c.mlp_bias);
   }
-  if (model_type == "qwen2") {
+  if (model_type == "qwen2_moe" || model_type == "finer_moe") f.read("qkv_bias", c.attention_bias);
+  if (model_type == "mixtral") {
+    f.read("num_local_experts", c.num_experts);
+    f.read("num_experts_per_tok", c.num_experts_per_tok);
+    c.moe_intermediate_size = c.intermediate_size;
+    f.read("router_aux_loss_coef", c.router_aux_loss_coef);
+  } else if (model_type == "qwen2_moe" || model_type == "finer_moe" ||
+             model_type == "finmoe_dense") {
+    if (model_type == "finmoe_dense") c.num_experts = f.required_int("num_experts");
+    f.read("num_experts", c.num_experts);
+    f.read("num_experts_per_tok", c.num_experts_per_tok);
+    c.moe_intermediate_size = c.intermediate_size;  // finmoe_dense default
+    f.read("moe_intermediate_size", c.moe_intermediate_size);
+    f.read("shared_expert_intermediate_size", c.shared_expert_intermediate_size);
+    f.read("norm_topk_prob", c.norm_topk_prob);
+    f.read("decoder_sparse_step", c.decoder_sparse_step);
+    f.read_ids_or_empty("mlp_only_layers", c.mlp_only_layers);
+    f.read("router_aux_loss_coef", c.router_aux_loss_coef);
+    if (model_type == "finmoe_dense") c.num_experts_per_tok = c.num_experts;
+  }
+  if (model_type == "finer_moe") {
+    f.read("G_I", c.G_I);
+    f.read("R_I", c.R_I);
+    f.read("G_O", c.G_O);
+    f.read("R_O", c.R_O);
+    f.read("moe_concat_proj", c.moe_concat_proj);
+  }
+  if (model_type == "qwen2" || model_type == "qwen2_moe" || model_type == "finer_moe") {
     bool use_sliding_window = false;
     f.read("use_sliding_window", use_sliding_window);
     std::optional<int64_t> window = 4096;
     f.read("sliding_window", window);
     if (use_sliding_window) c.sliding_window = window;
-  } else if (model_type == "mistral") {
+  } else if (model_type == "mistral" || model_type == "mixtral") {
     f.read("sliding_window", c.sliding_window);
   }
   f.read("torch_dtype", c.torch_dtype);
@@ -312,7 +369,104 @@ void ModelConfig::finalize(const std::string& source) {
   if (std::find(kTorchDtypes.begin(), kTorchDtypes.end(), torch_dtype) == kTorchDtypes.end())
     fail("torch_dtype", "has unsupported value '" + torch_dtype + "' (supported: " +
                             join_list(kTorchDtypes) + ")");
+  finalize_moe(*this, fail);
 }
+
+void finalize_moe(ModelConfig& c,
+                  const std::function<void(const std::string&, const std::string&)>& fail) {
+  const auto str = [](int64_t v) { return std::to_string(v); };
+  c.moe_layers.assign(size_t(c.num_hidden_layers), false);
+  if (c.num_experts == 0) return;
+  const bool mixtral = c.model_type == "mixtral";
+  const std::string n_key = mixtral ? "num_local_experts" : "num_experts";
+  if (c.num_experts < 0) fail(n_key, "must not be negative, got " + str(c.num_experts));
+  if (c.model_type == "finmoe_dense") c.num_experts_per_tok = c.num_experts;
+  if (c.num_experts_per_tok <= 0 || c.num_experts_per_tok > c.num_experts)
+    fail("num_experts_per_tok", "must be in [1, " + n_key + "=" + str(c.num_experts) + "], got " +
+                                    str(c.num_experts_per_tok));
+  if (mixtral) c.moe_intermediate_size = c.intermediate_size;
+  if (c.moe_intermediate_size <= 0)
+    fail("moe_intermediate_size", "must be positive, got " + str(c.moe_intermediate_size));
+  if (c.shared_expert_intermediate_size < 0)
+    fail("shared_expert_intermediate_size", "must not be negative");
+  if (c.decoder_sparse_step <= 0) fail("decoder_sparse_step", "must be positive");
+  for (int64_t l : c.mlp_only_layers)
+    if (l < 0 || l >= c.num_hidden_layers)
+      fail("mlp_only_layers", "names layer " + str(l) + ", the model has " +
+                                  str(c.num_hidden_layers));
+  for (int64_t key_value : {c.G_I, c.R_I, c.G_O, c.R_O})
+    if (key_value <= 0) fail("G_I/R_I/G_O/R_O", "must all be positive");
+  if (c.model_type != "finer_moe" &&
+      (c.G_I != 1 || c.R_I != 1 || c.G_O != 1 || c.R_O != 1 || c.moe_concat_proj))
+    fail("G_O", "granularity keys need model_type finer_moe");
+  const int64_t groups = c.G_I * c.R_I * c.G_O * c.R_O;
+  if (c.model_type == "finer_moe") {
+    if (c.num_experts != groups)
+      fail("num_experts", str(c.num_experts) + " != G_I*R_I*G_O*R_O = " + str(groups));
+    if (c.num_experts_per_tok % c.G_O != 0)
+      fail("num_experts_per_tok", str(c.num_experts_per_tok) +
+                                      " is not a multiple of G_O=" + str(c.G_O) + " (top-k = T_I*G_O)");
+    if (c.T_I() > c.G_I * c.R_I)
+      fail("num_experts_per_tok", "T_I = top_k/G_O = " + str(c.T_I()) +
+                                      " exceeds the experts per group G_I*R_I = " +
+                                      str(c.G_I * c.R_I));
+    if (c.hidden_size % c.G_O != 0)
+      fail("G_O", "hidden_size " + str(c.hidden_size) + " is not divisible by G_O=" + str(c.G_O));
+  }
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const bool dense_only = std::find(c.mlp_only_layers.begin(), c.mlp_only_layers.end(), i) !=
+                            c.mlp_only_layers.end();
+    c.moe_layers[size_t(i)] = !dense_only && (i + 1) % c.decoder_sparse_step == 0;
+  }
+}
+
+bool ModelConfig::o_proj_bias() const {
+  const bool qwen_family =
+      model_type == "qwen2" || model_type == "qwen2_moe" || model_type == "finer_moe";
+  return attention_bias && !qwen_family;
+}
+
+ModelConfig::Routing ModelConfig::routing() const {
+  if (model_type == "finmoe_dense") return Routing::Dense;
+  if (model_type == "qwen2_moe") return Routing::SoftmaxTopK;
+  return Routing::TopKSoftmax;
+}
+
+namespace {
+
+int64_t swiglu_params(int64_t in, int64_t width, int64_t out, bool bias) {
+  return 2 * in * width + width * out + (bias ? 2 * width + out : 0);
+}
+
+// Parameters of one layer; `experts_counted` routed experts of the MoE FFN.
+int64_t layer_params(const ModelConfig& c, size_t layer, int64_t experts_counted) {
+  const int64_t D = c.hidden_size;
+  int64_t n = 2 * D;                                            // the two norms
+  n += D * c.q_size() + 2 * D * c.kv_size() + c.q_size() * D;  // q, k, v, o
+  if (c.attention_bias) n += c.q_size() + 2 * c.kv_size();
+  if (c.o_proj_bias()) n += D;
+  if (!c.is_moe() || !c.moe_layers[layer])
+    return n + swiglu_params(D, c.intermediate_size, D, c.mlp_bias);
+  n += c.num_experts * D;  // router
+  n += experts_counted * swiglu_params(D, c.moe_intermediate_size, D / c.G_O, false);
+  if (c.shared_expert_intermediate_size > 0)
+    n += swiglu_params(D, c.shared_expert_intermediate_size, D, false) + D;  // + its gate
+  if (c.moe_concat_proj) n += D * D;
+  return n;
+}
+
+int64_t count_params(const ModelConfig& c, bool active) {
+  const int64_t D = c.hidden_size, V = c.vocab_size;
+  int64_t n = V * D + D + (c.tie_word_embeddings ? 0 : V * D);
+  for (size_t l = 0; l < size_t(c.num_hidden_layers); ++l)
+    n += layer_params(c, l, active ? c.num_experts_per_tok : c.num_experts);
+  return n;
+}
+
+}  // namespace
+
+int64_t ModelConfig::param_count() const { return count_params(*this, false); }
+int64_t ModelConfig::active_param_count() const { return count_params(*this, true); }
 
 json ModelConfig::to_json() const {
   json j = raw.is_object() ? raw : json::object();
@@ -373,9 +527,35 @@ json ModelConfig::to_json() const {
   put(j, "max_position_embeddings", max_position_embeddings,
       max_position_embeddings == d.max_position_embeddings);
   put(j, "tie_word_embeddings", tie_word_embeddings, tie_word_embeddings == d.tie_word_embeddings);
-  put(j, "attention_bias", attention_bias, attention_bias == d.attention_bias);
-  put(j, "mlp_bias", mlp_bias, mlp_bias == d.mlp_bias);
-  if (model_type == "qwen2") {
+  const bool qwen_moe = model_type == "qwen2_moe" || model_type == "finer_moe";
+  if (qwen_moe) {
+    put(j, "qkv_bias", attention_bias, false);
+  } else if (model_type != "qwen2") {
+    put(j, "attention_bias", attention_bias, attention_bias == d.attention_bias);
+    put(j, "mlp_bias", mlp_bias, mlp_bias == d.mlp_bias);
+  }
+  if (model_type == "mixtral") {
+    j["num_local_experts"] = num_experts;
+    j["num_experts_per_tok"] = num_experts_per_tok;
+    num("router_aux_loss_coef", router_aux_loss_coef, 0.001);
+  } else if (qwen_moe || model_type == "finmoe_dense") {
+    j["num_experts"] = num_experts;
+    j["num_experts_per_tok"] = num_experts_per_tok;
+    j["moe_intermediate_size"] = moe_intermediate_size;
+    j["shared_expert_intermediate_size"] = shared_expert_intermediate_size;
+    j["norm_topk_prob"] = norm_topk_prob;
+    j["decoder_sparse_step"] = decoder_sparse_step;
+    j["mlp_only_layers"] = mlp_only_layers;
+    num("router_aux_loss_coef", router_aux_loss_coef, 0.001);
+  }
+  if (model_type == "finer_moe") {
+    j["G_I"] = G_I;
+    j["R_I"] = R_I;
+    j["G_O"] = G_O;
+    j["R_O"] = R_O;
+    j["moe_concat_proj"] = moe_concat_proj;
+  }
+  if (model_type == "qwen2" || qwen_moe) {
     if (sliding_window) {
       j["use_sliding_window"] = true;
       j["sliding_window"] = *sliding_window;

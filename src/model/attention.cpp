@@ -39,7 +39,7 @@ AttentionImpl::AttentionImpl(const ModelConfig& c, torch::TensorOptions options)
   k_proj = register_module("k_proj", Linear(c.hidden_size, c.kv_size(), qkv_bias, options));
   v_proj = register_module("v_proj", Linear(c.hidden_size, c.kv_size(), qkv_bias, options));
   // qwen2 has q/k/v bias but no o_proj bias; llama's attention_bias covers all four
-  const bool o_bias = c.attention_bias && c.model_type != "qwen2";
+  const bool o_bias = c.o_proj_bias();
   o_proj = register_module("o_proj", Linear(c.q_size(), c.hidden_size, o_bias, options));
 }
 

@@ -53,6 +53,27 @@ bool ignorable(const std::string& name) {
   return name.ends_with("rotary_emb.inv_freq");
 }
 
+// A MoE layer's tensors (see model/moe.h for the layout).
+void moe_tensors(const ModelConfig& c, const std::string& layer, std::vector<TensorSpec>& out) {
+  const int64_t D = c.hidden_size, Fe = c.moe_intermediate_size, E = c.num_experts;
+  const bool mixtral = c.model_type == "mixtral";
+  const std::string p = layer + (mixtral ? "block_sparse_moe." : "mlp.");
+  out.push_back({p + "gate.weight", {E, D}});
+  for (int64_t e = 0; e < E; ++e) {
+    const std::string x = p + "experts." + std::to_string(e) + ".";
+    out.push_back({x + (mixtral ? "w1" : "gate_proj") + ".weight", {Fe, D}});
+    out.push_back({x + (mixtral ? "w2" : "down_proj") + ".weight", {D / c.G_O, Fe}});
+    out.push_back({x + (mixtral ? "w3" : "up_proj") + ".weight", {Fe, D}});
+  }
+  if (const int64_t Fs = c.shared_expert_intermediate_size; Fs > 0) {
+    out.push_back({p + "shared_expert.gate_proj.weight", {Fs, D}});
+    out.push_back({p + "shared_expert.up_proj.weight", {Fs, D}});
+    out.push_back({p + "shared_expert.down_proj.weight", {D, Fs}});
+    out.push_back({p + "shared_expert_gate.weight", {1, D}});
+  }
+  if (c.moe_concat_proj) out.push_back({p + "concat_proj.weight", {D, D}});
+}
+
 }  // namespace
 
 torch::Dtype dtype_from_string(const std::string& name) {
@@ -75,7 +96,7 @@ std::vector<TensorSpec> expected_tensors(const ModelConfig& c) {
   // Listed from the config rather than read off a built module, so checking a
   // checkpoint allocates no weights. Must name what TransformerImpl registers.
   const int64_t D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
-  const bool o_bias = c.attention_bias && c.model_type != "qwen2";
+  const bool o_bias = c.o_proj_bias();
   std::vector<TensorSpec> out;
   out.push_back({"model.embed_tokens.weight", {V, D}});
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
@@ -92,6 +113,10 @@ std::vector<TensorSpec> expected_tensors(const ModelConfig& c) {
     out.push_back({p + "self_attn.o_proj.weight", {D, c.q_size()}});
     if (o_bias) out.push_back({p + "self_attn.o_proj.bias", {D}});
     out.push_back({p + "post_attention_layernorm.weight", {D}});
+    if (c.is_moe() && c.moe_layers.at(size_t(i))) {
+      moe_tensors(c, p, out);
+      continue;
+    }
     out.push_back({p + "mlp.gate_proj.weight", {F, D}});
     out.push_back({p + "mlp.up_proj.weight", {F, D}});
     out.push_back({p + "mlp.down_proj.weight", {D, F}});

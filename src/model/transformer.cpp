@@ -4,13 +4,27 @@
 
 namespace finmoe {
 
-DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, torch::TensorOptions options) {
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t i, torch::TensorOptions options)
+    : index(i) {
   input_layernorm =
       register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps, options));
   self_attn = register_module("self_attn", Attention(c, options));
   post_attention_layernorm =
       register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps, options));
-  mlp = register_module("mlp", Mlp(c.hidden_size, c.intermediate_size, c.mlp_bias, options));
+  if (c.is_moe() && c.moe_layers.at(size_t(i)))
+    moe = register_module(c.model_type == "mixtral" ? "block_sparse_moe" : "mlp", Moe(c, options));
+  else
+    mlp = register_module("mlp", Mlp(c.hidden_size, c.intermediate_size, c.mlp_bias, options));
+}
+
+torch::Tensor DecoderLayerImpl::ffn(const torch::Tensor& x, std::vector<RouterOutput>* routers) {
+  if (!moe) return mlp(x);
+  if (!routers) return moe(x);
+  RouterOutput r;
+  auto y = moe(x, &r);
+  r.layer = index;
+  routers->push_back(std::move(r));
+  return y;
 }
 
 EmbeddingImpl::EmbeddingImpl(int64_t vocab, int64_t dim, torch::TensorOptions options) {
@@ -20,7 +34,7 @@ EmbeddingImpl::EmbeddingImpl(int64_t vocab, int64_t dim, torch::TensorOptions op
 BackboneImpl::BackboneImpl(const ModelConfig& c, torch::TensorOptions options) {
   embed_tokens = register_module("embed_tokens", Embedding(c.vocab_size, c.hidden_size, options));
   layers = register_module("layers", torch::nn::ModuleList());
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(DecoderLayer(c, options));
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(DecoderLayer(c, i, options));
   norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps, options));
 }
 
@@ -76,7 +90,7 @@ torch::Tensor TransformerImpl::forward(const torch::Tensor& tokens, const Forwar
   auto [cos, sin] = rope.cos_sin(positions);  // [B,T,d]
   for (auto& layer : layer_list) {
     x = x + layer->self_attn(layer->input_layernorm(x), cos, sin, mask);
-    x = x + layer->mlp(layer->post_attention_layernorm(x));
+    x = x + layer->ffn(layer->post_attention_layernorm(x), fo.router_outputs);
   }
   return logits(x);  // [B,T,V]
 }
@@ -154,7 +168,7 @@ torch::Tensor TransformerImpl::step(const StepBatch& batch, KVCache& cache) {
   for (size_t l = 0; l < layer_list.size(); ++l) {
     auto& layer = layer_list[l];
     x = x + layer->self_attn->step(layer->input_layernorm(x), plan, cache.layer(int64_t(l)));
-    x = x + layer->mlp(layer->post_attention_layernorm(x));
+    x = x + layer->ffn(layer->post_attention_layernorm(x));
   }
   if (!batch.all_logits) x = x.index_select(0, torch::tensor(last_rows, cpu_long).to(dev));
   return logits(x);
@@ -191,6 +205,9 @@ ParamCount Transformer::param_count() const {
     pc.total += t.numel();
     if (name == "model.embed_tokens.weight" || name == "lm_head.weight") pc.embedding += t.numel();
   }
+  // routed experts a token does not use
+  const ModelConfig& c = config();
+  pc.active = pc.total - (c.param_count() - c.active_param_count());
   return pc;
 }
 

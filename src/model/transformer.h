@@ -4,7 +4,8 @@
 //   model.layers.{i}.input_layernorm.weight         [D]
 //   model.layers.{i}.self_attn.{q,k,v,o}_proj.*     see attention.h
 //   model.layers.{i}.post_attention_layernorm.weight [D]
-//   model.layers.{i}.mlp.{gate,up,down}_proj.*      see mlp.h
+//   model.layers.{i}.mlp.{gate,up,down}_proj.*      see mlp.h (dense FFN layers)
+//   model.layers.{i}.mlp.* | block_sparse_moe.*     see moe.h (MoE layers)
 //   model.norm.weight                               [D]
 //   lm_head.weight                                  [V, D] (absent when tied)
 #include <torch/torch.h>
@@ -12,15 +13,22 @@
 #include "finmoe/model.h"
 #include "model/attention.h"
 #include "model/mlp.h"
+#include "model/moe.h"
 
 namespace finmoe {
 
 class DecoderLayerImpl : public torch::nn::Module {
  public:
-  DecoderLayerImpl(const ModelConfig& config, torch::TensorOptions options);
+  DecoderLayerImpl(const ModelConfig& config, int64_t index, torch::TensorOptions options);
+  // The FFN half: dense SwiGLU or MoE. x [..., D] -> [..., D]; MoE layers append
+  // their routing to `routers` when given.
+  torch::Tensor ffn(const torch::Tensor& x, std::vector<RouterOutput>* routers = nullptr);
+
+  int64_t index;
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   Attention self_attn{nullptr};
-  Mlp mlp{nullptr};
+  Mlp mlp{nullptr};  // dense layers
+  Moe moe{nullptr};  // MoE layers (registered as "mlp", or "block_sparse_moe" for mixtral)
 };
 TORCH_MODULE(DecoderLayer);
 

@@ -182,9 +182,9 @@ TEST(ModelConfig, ErrorsNameTheFieldAndWhatWasExpected) {
   };
   const std::vector<BadConfig> cases = {
       {"unknown model_type", with([](json& j) { j["model_type"] = "gpt2"; }),
-       "config.json: model_type 'gpt2' is not supported (supported: llama, qwen2, mistral)"},
+       "config.json: model_type 'gpt2' is not supported (supported: llama, qwen2, mistral, mixtral, qwen2_moe, finer_moe, finmoe_dense)"},
       {"no model_type", with([](json& j) { j.erase("model_type"); }),
-       "config.json: model_type '' is not supported (supported: llama, qwen2, mistral)"},
+       "config.json: model_type '' is not supported (supported: llama, qwen2, mistral, mixtral, qwen2_moe, finer_moe, finmoe_dense)"},
       {"string size", with([](json& j) { j["hidden_size"] = "64"; }),
        "config.json: field 'hidden_size' must be an integer, got string"},
       {"float size", with([](json& j) { j["vocab_size"] = 100.5; }),

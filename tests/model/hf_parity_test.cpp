@@ -57,7 +57,15 @@ TEST_P(HfParity, Bfloat16StaysCloseToFloat32Reference) {
   auto logits = model.forward(ids);
   // bf16 keeps 8 bits of mantissa: logits of magnitude ~6 move by a few 0.01
   const double scale = expected.abs().max().item<double>();
-  EXPECT_LT(test::max_abs_diff(logits, expected), 0.08 * scale);
+  auto per_token = (logits - expected).abs().amax(-1).flatten();  // [B*T]
+  if (model.config().is_moe()) {
+    // a router score that rounds past its neighbour picks another expert for that
+    // token (a discrete change), so bound most tokens rather than the worst one
+    auto close = (per_token < 0.08 * scale).to(torch::kFloat32).mean().item<double>();
+    EXPECT_GT(close, 0.9);
+  } else {
+    EXPECT_LT(per_token.max().item<double>(), 0.08 * scale);
+  }
   // and the argmax agrees almost everywhere
   auto agree = (logits.argmax(-1) == expected.argmax(-1)).to(torch::kFloat32).mean().item<float>();
   EXPECT_GT(agree, 0.9);
@@ -65,7 +73,8 @@ TEST_P(HfParity, Bfloat16StaysCloseToFloat32Reference) {
 
 INSTANTIATE_TEST_SUITE_P(Architectures, HfParity,
                          ::testing::Values("llama_gqa_llama3rope", "llama_linear_bias_tied",
-                                           "llama_yarn", "qwen2_tied", "mistral_headdim"));
+                                           "llama_yarn", "qwen2_tied", "mistral_headdim",
+                                           "mixtral_top2", "qwen2_moe_shared", "qwen2_moe_norm"));
 
 }  // namespace
 }  // namespace finmoe

@@ -137,7 +137,9 @@ TEST_P(PagedStep, PackedDocumentsEqualSeparateForwards) {
   EXPECT_GT(test::max_abs_diff(plain.narrow(0, 11, 6), model.forward(b.unsqueeze(0))[0]), 1e-3);
 }
 
-INSTANTIATE_TEST_SUITE_P(Architectures, PagedStep, ::testing::Values("llama", "qwen2", "mistral"));
+INSTANTIATE_TEST_SUITE_P(Architectures, PagedStep,
+                         ::testing::Values("llama", "qwen2", "mistral", "mixtral", "qwen2_moe",
+                                           "finer_moe", "finmoe_dense"));
 
 TEST(PagedStepValidation, BadBatchesAreRejectedByField) {
   auto model = random_model("llama");

@@ -52,6 +52,20 @@ inline ModelConfig tiny_config(const std::string& model_type) {
                       {"rms_norm_eps", 1e-5},           {"rope_theta", 10000.0},
                       {"tie_word_embeddings", model_type == "qwen2"},
                       {"initializer_range", 0.2}};
+  // MoE variants of the same shape: the first layer dense where the format allows
+  if (model_type == "mixtral") {
+    j.update({{"num_local_experts", 4}, {"num_experts_per_tok", 2}});
+  } else if (model_type == "qwen2_moe") {
+    j.update({{"num_experts", 6}, {"num_experts_per_tok", 2}, {"moe_intermediate_size", 24},
+              {"shared_expert_intermediate_size", 40}, {"mlp_only_layers", {0}}});
+  } else if (model_type == "finer_moe") {
+    // G_I=2 R_I=2 G_O=2 R_O=2: 16 experts, T_I=1 -> top-2, concat projection
+    j.update({{"num_experts", 16}, {"num_experts_per_tok", 2}, {"moe_intermediate_size", 20},
+              {"shared_expert_intermediate_size", 40}, {"G_I", 2}, {"R_I", 2}, {"G_O", 2},
+              {"R_O", 2}, {"moe_concat_proj", true}});
+  } else if (model_type == "finmoe_dense") {
+    j.update({{"num_experts", 3}, {"moe_intermediate_size", 32}});
+  }
   return ModelConfig::from_json(j, "tiny_config");
 }
 

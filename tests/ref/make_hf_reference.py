@@ -3,7 +3,9 @@
 logits, so finmoe's tests compare against the reference implementation
 without needing torch at test time.
 
-    python tests/ref/make_hf_reference.py tests/data/hf
+    python tests/ref/make_hf_reference.py tests/data/hf [NAME...]
+
+With NAMEs only those variants are (re)written.
 
 Each OUT/<name>/ holds the model as saved by `save_pretrained` (config.json,
 model.safetensors) and reference.safetensors with `input_ids` [B,T] (int64)
@@ -45,6 +47,23 @@ VARIANTS = {
     "mistral_headdim": ("MistralForCausalLM", transformers.MistralConfig, dict(
         num_key_value_heads=2, head_dim=24, rope_theta=10000.0, tie_word_embeddings=False,
         sliding_window=None)),
+    # Mixtral: 4 experts, top-2 (softmax over the selected logits)
+    "mixtral_top2": ("MixtralForCausalLM", transformers.MixtralConfig, dict(
+        num_key_value_heads=2, rope_theta=1000000.0, tie_word_embeddings=False,
+        num_local_experts=4, num_experts_per_tok=2, sliding_window=None)),
+    # Qwen2-MoE: 6 experts top-2 without renormalisation, gated shared expert,
+    # one dense layer (mlp_only_layers)
+    "qwen2_moe_shared": ("Qwen2MoeForCausalLM", transformers.Qwen2MoeConfig, dict(
+        num_hidden_layers=3, num_key_value_heads=2, rope_theta=1000000.0,
+        tie_word_embeddings=False, num_experts=6, num_experts_per_tok=2,
+        moe_intermediate_size=40, shared_expert_intermediate_size=96, norm_topk_prob=False,
+        decoder_sparse_step=1, mlp_only_layers=[1])),
+    # Qwen2-MoE: renormalised top-3 of 5, MoE on every second layer, tied head
+    "qwen2_moe_norm": ("Qwen2MoeForCausalLM", transformers.Qwen2MoeConfig, dict(
+        num_key_value_heads=4, rope_theta=10000.0, tie_word_embeddings=True,
+        num_experts=5, num_experts_per_tok=3, moe_intermediate_size=48,
+        shared_expert_intermediate_size=32, norm_topk_prob=True, decoder_sparse_step=2,
+        mlp_only_layers=[])),
 }
 
 
@@ -60,11 +79,13 @@ def randomize(model, gen):
                 p.copy_(0.15 * noise)
 
 
-def main(out):
+def main(out, only):
     torch.manual_seed(0)
     for i, (name, (arch, cfg_cls, extra)) in enumerate(VARIANTS.items()):
+        if only and name not in only:
+            continue
         gen = torch.Generator().manual_seed(1000 + i)
-        cfg = cfg_cls(**COMMON, **extra)
+        cfg = cfg_cls(**{**COMMON, **extra})
         cfg.torch_dtype = torch.float32
         model = getattr(transformers, arch)(cfg).float().eval()
         randomize(model, gen)
@@ -87,4 +108,4 @@ def main(out):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "tests/data/hf")
+    main(sys.argv[1] if len(sys.argv) > 1 else "tests/data/hf", set(sys.argv[2:]))

@@ -1,0 +1,51 @@
+#pragma once
+// Mixture-of-experts FFN: one module for every routed variant finmoe reads.
+//
+//   mixtral       block_sparse_moe.{gate, experts.{e}.w1|w2|w3}; softmax over the top-k logits
+//   qwen2_moe     mlp.{gate, experts.{e}.*_proj, shared_expert.*, shared_expert_gate};
+//                 softmax over all experts, top-k, optional renormalisation
+//   finer_moe     qwen2_moe's names + mlp.concat_proj; FineRMoE's bi-level router
+//                 (Algorithm 1) and experts writing hidden/G_O slices (concatenation)
+//   finmoe_dense  mlp.{gate, experts.{e}.*_proj}; all experts, softmax gate (FinMoE Eq. 1-2)
+//
+// Experts are separate modules named as in the HF checkpoints (not stacked
+// [E, out, in]): loading stays a zero-copy name walk over the mmapped file, and
+// ESFT can train a chosen subset by toggling requires_grad per expert.
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "finmoe/model.h"
+#include "model/mlp.h"
+
+namespace finmoe {
+
+// Router logits [T, E] (float32) -> selected experts and their weights, per
+// config.routing() and, for finer_moe, FineRMoE's Algorithm 1.
+RouterOutput route(const torch::Tensor& logits, const ModelConfig& config);
+
+// FineRMoE Algorithm 1, lines 7-21: which experts a token may use. logits [T, E]
+// -> bool [T, E]; T_I per group of G_I*R_I experts, and only the groups of the
+// best-scoring candidate (of R_O) of each of the G_O output slices.
+torch::Tensor finer_moe_mask(const torch::Tensor& logits, const ModelConfig& config);
+
+class MoeImpl : public torch::nn::Module {
+ public:
+  MoeImpl(const ModelConfig& config, torch::TensorOptions options);
+  // x [..., D] -> [..., D]. `router`, when given, receives this call's routing.
+  torch::Tensor forward(const torch::Tensor& x, RouterOutput* router = nullptr);
+
+  Linear gate{nullptr};                      // router, weight [E, D]
+  std::vector<Mlp> experts;                  // E experts: D -> moe_intermediate -> D/G_O
+  Mlp shared_expert{nullptr};                // optional, D -> shared_intermediate -> D
+  Linear shared_expert_gate{nullptr};        // optional, weight [1, D]
+  Linear concat_proj{nullptr};               // optional, weight [D, D]
+
+ private:
+  ModelConfig config_;
+  int64_t slice_ = 0;        // values one expert writes: D / G_O
+  int64_t per_slice_ = 0;    // experts per output slice: R_O * G_I * R_I
+};
+TORCH_MODULE(Moe);
+
+}  // namespace finmoe

@@ -1,0 +1,288 @@
+// MoE layers: the FineRMoE router against a plain re-implementation of
+// Algorithm 1, the sparse permute/index_add path against a per-token loop,
+// the dense FinMoE gate against Eq. 1-2, router outputs, the load-balancing
+// loss, parameter counts and checkpoint round trips.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <numeric>
+#include <set>
+
+#include "finmoe/error.h"
+#include "model/moe.h"
+#include "test_util.h"
+
+namespace finmoe {
+namespace {
+
+ModelConfig finer_config(int64_t G_I, int64_t R_I, int64_t G_O, int64_t R_O, int64_t T_I,
+                         bool concat = false, int64_t shared = 0) {
+  nlohmann::json j = {{"model_type", "finer_moe"},
+                      {"vocab_size", 50},
+                      {"hidden_size", 24},
+                      {"intermediate_size", 48},
+                      {"num_hidden_layers", 1},
+                      {"num_attention_heads", 4},
+                      {"num_experts", G_I * R_I * G_O * R_O},
+                      {"num_experts_per_tok", T_I * G_O},
+                      {"moe_intermediate_size", 12},
+                      {"shared_expert_intermediate_size", shared},
+                      {"G_I", G_I},
+                      {"R_I", R_I},
+                      {"G_O", G_O},
+                      {"R_O", R_O},
+                      {"moe_concat_proj", concat}};
+  return ModelConfig::from_json(j, "finer_config");
+}
+
+// Algorithm 1 for one token, written with loops: returns expert -> weight.
+std::map<int64_t, double> reference_finer_route(const std::vector<float>& s, const ModelConfig& c) {
+  const int64_t group = c.G_I * c.R_I, n_groups = c.G_O * c.R_O, T_I = c.T_I();
+  std::vector<bool> sum_mask(s.size(), false), cc_mask(s.size(), false);
+  std::vector<double> cc_score(size_t(n_groups), 0.0);
+  for (int64_t g = 0; g < n_groups; ++g) {
+    std::vector<int64_t> idx(static_cast<size_t>(group));
+    std::iota(idx.begin(), idx.end(), g * group);
+    std::sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return s[a] > s[b]; });
+    for (int64_t i = 0; i < T_I; ++i) sum_mask[size_t(idx[size_t(i)])] = true;
+    for (int64_t j = 0; j < group; ++j) cc_score[size_t(g)] += s[size_t(g * group + j)];
+  }
+  for (int64_t o = 0; o < c.G_O; ++o) {
+    int64_t best = 0;
+    for (int64_t r = 1; r < c.R_O; ++r)
+      if (cc_score[size_t(o * c.R_O + r)] > cc_score[size_t(o * c.R_O + best)]) best = r;
+    const int64_t g = o * c.R_O + best;
+    for (int64_t j = 0; j < group; ++j) cc_mask[size_t(g * group + j)] = true;
+  }
+  std::vector<int64_t> allowed;
+  for (size_t e = 0; e < s.size(); ++e)
+    if (sum_mask[e] && cc_mask[e]) allowed.push_back(int64_t(e));
+  std::sort(allowed.begin(), allowed.end(), [&](int64_t a, int64_t b) { return s[a] > s[b]; });
+  allowed.resize(size_t(c.num_experts_per_tok));
+  double z = 0;
+  for (int64_t e : allowed) z += std::exp(double(s[size_t(e)]));
+  std::map<int64_t, double> out;
+  for (int64_t e : allowed) out[e] = std::exp(double(s[size_t(e)])) / z;
+  return out;
+}
+
+struct Granularity {
+  int64_t G_I, R_I, G_O, R_O, T_I;
+};
+
+class FinerRouter : public ::testing::TestWithParam<Granularity> {};
+
+TEST_P(FinerRouter, MatchesAlgorithmOneOnRandomLogits) {
+  const Granularity g = GetParam();
+  const ModelConfig c = finer_config(g.G_I, g.R_I, g.G_O, g.R_O, g.T_I);
+  auto gen = at::detail::createCPUGenerator(11);
+  auto logits = at::normal(0.0, 2.0, {200, c.num_experts}, gen, torch::TensorOptions());
+  RouterOutput r = route(logits, c);
+  ASSERT_EQ(r.indices.sizes(), (std::vector<int64_t>{200, c.num_experts_per_tok}));
+  for (int64_t t = 0; t < 200; ++t) {
+    auto row = logits[t].contiguous();
+    std::vector<float> s(row.data_ptr<float>(), row.data_ptr<float>() + c.num_experts);
+    auto want = reference_finer_route(s, c);
+    std::map<int64_t, double> got;
+    for (int64_t i = 0; i < c.num_experts_per_tok; ++i)
+      got[r.indices[t][i].item<int64_t>()] = r.weights[t][i].item<double>();
+    ASSERT_EQ(got.size(), want.size()) << "token " << t;
+    for (const auto& [e, w] : want) {
+      ASSERT_TRUE(got.count(e)) << "token " << t << ": expert " << e << " not selected";
+      EXPECT_NEAR(got[e], w, 1e-6) << "token " << t << " expert " << e;
+    }
+    // every output slice g_o gets exactly T_I experts, all from one candidate r_o
+    std::map<int64_t, std::set<int64_t>> per_slice;
+    for (const auto& [e, w] : got) per_slice[e / (c.R_O * c.G_I * c.R_I)].insert(e / (c.G_I * c.R_I));
+    EXPECT_EQ(int64_t(per_slice.size()), c.G_O);
+    for (const auto& [o, groups] : per_slice) EXPECT_EQ(groups.size(), 1u) << "slice " << o;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, FinerRouter,
+                         ::testing::Values(Granularity{4, 1, 1, 1, 2},   // plain top-2 of 4
+                                           Granularity{2, 2, 2, 2, 1},   // 16 experts, top-2
+                                           Granularity{4, 1, 2, 2, 1},   // the paper's shape, small
+                                           Granularity{2, 3, 3, 1, 2},   // G_O=3, no candidates
+                                           Granularity{1, 4, 2, 3, 3})); // replicas only
+
+// The MoE block computed token by token with plain matmuls.
+torch::Tensor reference_moe(MoeImpl& moe, const ModelConfig& c, const torch::Tensor& x,
+                            const RouterOutput& r) {
+  const int64_t D = c.hidden_size, slice = D / c.G_O;
+  auto swiglu = [](Mlp& m, const torch::Tensor& v) {
+    auto h = torch::silu(v.matmul(m->gate_proj->weight.t())) * v.matmul(m->up_proj->weight.t());
+    return h.matmul(m->down_proj->weight.t());
+  };
+  std::vector<torch::Tensor> rows;
+  for (int64_t t = 0; t < x.size(0); ++t) {
+    auto xt = x[t].unsqueeze(0);  // [1, D]
+    auto out = torch::zeros({1, D});
+    for (int64_t i = 0; i < r.indices.size(1); ++i) {
+      const int64_t e = r.indices[t][i].item<int64_t>();
+      const int64_t g_o = e / (c.R_O * c.G_I * c.R_I);
+      out.narrow(1, g_o * slice, slice) += r.weights[t][i].item<double>() * swiglu(moe.experts[size_t(e)], xt);
+    }
+    if (moe.concat_proj) out = out.matmul(moe.concat_proj->weight.t());
+    if (moe.shared_expert)
+      out = out + swiglu(moe.shared_expert, xt) *
+                      torch::sigmoid(xt.matmul(moe.shared_expert_gate->weight.t()));
+    rows.push_back(out);
+  }
+  return torch::cat(rows);
+}
+
+void randomize(torch::nn::Module& m, uint64_t seed) {
+  torch::NoGradGuard g;
+  auto gen = at::detail::createCPUGenerator(seed);
+  for (auto& p : m.parameters()) p.copy_(at::normal(0.0, 0.3, p.sizes(), gen, p.options()));
+}
+
+TEST(Moe, SparsePathEqualsPerTokenLoopWithConcatAndSharedExpert) {
+  for (bool concat : {false, true}) {
+    const ModelConfig c = finer_config(2, 2, 2, 2, 1, concat, /*shared=*/16);
+    Moe moe(c, torch::TensorOptions());
+    randomize(*moe, 5);
+    auto x = at::normal(0.0, 1.0, {37, c.hidden_size}, at::detail::createCPUGenerator(6),
+                        torch::TensorOptions());
+    torch::NoGradGuard g;
+    RouterOutput r;
+    auto y = moe(x, &r);
+    EXPECT_LT(test::max_abs_diff(y, reference_moe(*moe, c, x, r)), 1e-5) << "concat " << concat;
+  }
+}
+
+TEST(Moe, DenseMoeIsSoftmaxWeightedSumOfAllExperts) {
+  auto c = test::tiny_config("finmoe_dense");
+  Moe moe(c, torch::TensorOptions());
+  randomize(*moe, 8);
+  auto x = at::normal(0.0, 1.0, {9, c.hidden_size}, at::detail::createCPUGenerator(9),
+                      torch::TensorOptions());
+  torch::NoGradGuard g;
+  auto G = torch::softmax(x.matmul(moe->gate->weight.t()), -1);  // Eq. 2, [T, N]
+  auto want = torch::zeros_like(x);
+  for (int64_t i = 0; i < c.num_experts; ++i) {
+    auto& f = moe->experts[size_t(i)];
+    auto h = torch::silu(x.matmul(f->gate_proj->weight.t())) * x.matmul(f->up_proj->weight.t());
+    want += G.select(1, i).unsqueeze(1) * h.matmul(f->down_proj->weight.t());  // Eq. 1
+  }
+  EXPECT_LT(test::max_abs_diff(moe(x), want), 1e-5);
+}
+
+TEST(Moe, ForwardReturnsOneRouterOutputPerMoeLayer) {
+  auto c = test::tiny_config("qwen2_moe");  // layer 0 dense (mlp_only_layers)
+  Transformer m(c);
+  init_random(m, 3);
+  std::vector<RouterOutput> routers;
+  torch::NoGradGuard g;
+  m.forward(torch::randint(c.vocab_size, {2, 7}, torch::kInt64), {.router_outputs = &routers});
+  ASSERT_EQ(routers.size(), 1u);
+  EXPECT_EQ(routers[0].layer, 1);
+  EXPECT_EQ(routers[0].logits.sizes(), (std::vector<int64_t>{14, 6}));
+  EXPECT_EQ(routers[0].indices.sizes(), (std::vector<int64_t>{14, 2}));
+  // qwen2_moe without norm_topk_prob: the top-2 of a softmax over all 6
+  auto probs = torch::softmax(routers[0].logits, -1);
+  EXPECT_LT(test::max_abs_diff(routers[0].weights, probs.gather(1, routers[0].indices)), 1e-6);
+  EXPECT_TRUE((routers[0].weights.sum(-1) < 1.0).all().item<bool>());
+}
+
+TEST(Moe, LoadBalancingLossMatchesDefinitionAndHasGradient) {
+  const int64_t T = 30, N = 8, K = 2;
+  auto gen = at::detail::createCPUGenerator(4);
+  auto logits = at::normal(0.0, 1.0, {T, N}, gen, torch::TensorOptions()).requires_grad_(true);
+  RouterOutput r;
+  r.logits = logits;
+  r.indices = std::get<1>(logits.detach().topk(K, -1));
+  r.weights = torch::ones({T, K});
+  const double alpha = 0.01;
+  auto loss = load_balancing_loss({r, r}, alpha);
+  // by the definition, with loops
+  auto s = torch::softmax(logits.detach(), -1);
+  double want = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    double count = 0, p = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t k = 0; k < K; ++k) count += r.indices[t][k].item<int64_t>() == i;
+      p += s[t][i].item<double>();
+    }
+    want += (double(N) / double(K * T) * count) * (p / double(T));
+  }
+  want *= alpha * 2;  // two layers
+  EXPECT_NEAR(loss.item<double>(), want, 1e-7);
+  loss.backward();
+  EXPECT_GT(logits.grad().abs().sum().item<double>(), 0.0);
+  // perfectly balanced uniform routing gives alpha per layer
+  RouterOutput u;
+  u.logits = torch::zeros({4, 4});
+  u.indices = torch::arange(4, torch::kInt64).view({4, 1});
+  EXPECT_NEAR(load_balancing_loss({u}, 0.5).item<double>(), 0.5, 1e-7);
+}
+
+// #P by hand for the finer_moe tiny config (test_util.h): D=48, V=300, 2 layers,
+// 6 heads of 8, 2 KV heads, qkv bias, E=16 experts of width 20 writing D/2,
+// shared expert 40 with its gate, concat projection, untied head.
+TEST(Moe, ParameterCountsMatchTheFormula) {
+  auto c = test::tiny_config("finer_moe");
+  const int64_t D = 48, V = 300, kv = 16;
+  const int64_t attn = D * D + 2 * D * kv + D * D + D + 2 * kv;
+  const int64_t expert = 2 * D * 20 + 20 * (D / 2);
+  const int64_t moe = 16 * D + 16 * expert + (3 * D * 40 + D) + D * D;
+  const int64_t layer = 2 * D + attn + moe;
+  const int64_t total = 2 * V * D + D + 2 * layer;
+  const int64_t active = total - 2 * (16 - 2) * expert;
+  EXPECT_EQ(c.param_count(), total);
+  EXPECT_EQ(c.active_param_count(), active);
+  Transformer m(c);
+  EXPECT_EQ(m.param_count().total, total);
+  EXPECT_EQ(m.param_count().active, active);
+}
+
+class MoeCheckpoint : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(MoeCheckpoint, SaveLoadRoundTripIsBitExact) {
+  Transformer m(test::tiny_config(GetParam()), torch::kBFloat16);
+  init_random(m, 21);
+  test::TempDir dir;
+  save_model(m, dir.str());
+  auto back = load_model(dir.str());
+  EXPECT_EQ(back.dtype(), torch::kBFloat16);
+  ModelConfig want = m.config();
+  want.torch_dtype = "bfloat16";
+  EXPECT_EQ(back.config().to_json(), want.to_json());
+  auto a = m.named_parameters(), b = back.named_parameters();
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    ASSERT_EQ(a[i].first, b[i].first);
+    EXPECT_TRUE(torch::equal(a[i].second, b[i].second)) << a[i].first;
+  }
+  // the declared tensor list is exactly what the module holds
+  auto spec = expected_tensors(m.config());
+  std::set<std::string> declared, held;
+  for (const auto& t : spec) declared.insert(t.name);
+  for (const auto& [name, t] : a) held.insert(name);
+  EXPECT_EQ(declared, held);
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, MoeCheckpoint,
+                         ::testing::Values("mixtral", "qwen2_moe", "finer_moe", "finmoe_dense"));
+
+TEST(MoeConfig, InconsistentGranularityIsAnErrorNamingTheField) {
+  auto j = test::tiny_config("finer_moe").to_json();
+  j["num_experts"] = 12;
+  try {
+    ModelConfig::from_json(j, "x/config.json");
+    FAIL() << "accepted 12 experts for G_I*R_I*G_O*R_O = 16";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("x/config.json: field 'num_experts'"), std::string::npos)
+        << e.what();
+  }
+  j = test::tiny_config("finer_moe").to_json();
+  j["num_experts_per_tok"] = 3;  // not a multiple of G_O = 2
+  EXPECT_THROW(ModelConfig::from_json(j), Error);
+  j = test::tiny_config("mixtral").to_json();
+  j["num_experts_per_tok"] = 5;  // more than the 4 experts
+  EXPECT_THROW(ModelConfig::from_json(j), Error);
+}
+
+}  // namespace
+}  // namespace finmoe
