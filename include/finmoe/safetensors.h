@@ -106,4 +106,68 @@ void write_checkpoint(const std::string& dir, const std::vector<TensorData>& ten
                       const std::map<std::string, std::string>& metadata = {},
                       size_t max_shard_bytes = size_t(5) << 30);
 
+// One tensor of a checkpoint to be written by CheckpointWriter: its data
+// arrives later, so the plan fixes names, shapes and shard boundaries first.
+struct PlannedTensor {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  size_t nbytes() const;  // numel * dtype_size
+};
+
+// Streams a checkpoint into `dir` one tensor at a time, so a converter never
+// holds more than the tensor it is producing. The whole tensor list is given
+// up front: shard boundaries (greedy, as write_checkpoint), names and headers
+// are known before the first byte is written, and each tensor's bytes go
+// straight to its shard file.
+//
+//   CheckpointWriter w(dir, plan);
+//   for (each planned tensor, in plan order) w.write(name, data, nbytes);
+//   w.finish();   // the index (when sharded); stale files of an older checkpoint removed
+//
+// Each shard is written to a temp name and renamed when its last tensor
+// arrives; the index is written by finish(). If the writer is destroyed
+// before finish() (an exception), the shard in progress is deleted and
+// finished shards stay (without an index they are not a loadable checkpoint
+// unless there is only one). Not thread-safe: one owner calls write().
+class CheckpointWriter {
+ public:
+  // Validates the plan (names unique and non-empty, sizes consistent) and
+  // creates `dir`; throws Error naming `dir` and the tensor.
+  CheckpointWriter(std::string dir, std::vector<PlannedTensor> plan,
+                   std::map<std::string, std::string> metadata = {},
+                   size_t max_shard_bytes = size_t(5) << 30);
+  ~CheckpointWriter();
+  CheckpointWriter(const CheckpointWriter&) = delete;
+  CheckpointWriter& operator=(const CheckpointWriter&) = delete;
+
+  // The next planned tensor's bytes. Throws Error when `name` is not the next
+  // tensor of the plan or nbytes differs from the planned size.
+  void write(const std::string& name, const void* data, size_t nbytes);
+  // Throws Error naming the first tensor never written.
+  void finish();
+
+  size_t num_shards() const { return shard_names_.size(); }
+  const std::vector<std::string>& shard_names() const { return shard_names_; }
+  uint64_t total_bytes() const { return total_bytes_; }
+  uint64_t bytes_written() const { return bytes_written_; }
+  size_t tensors_written() const { return next_; }
+
+ private:
+  struct Shard;
+  void open_shard(size_t s);
+
+  std::string dir_;
+  std::vector<PlannedTensor> plan_;
+  std::map<std::string, std::string> metadata_;
+  std::vector<size_t> shard_of_;           // per planned tensor
+  std::vector<size_t> shard_first_;        // first tensor of each shard (+ end sentinel)
+  std::vector<std::string> shard_names_;   // file names in `dir`
+  std::unique_ptr<Shard> open_;            // the shard being filled
+  size_t next_ = 0;                        // next planned tensor
+  uint64_t total_bytes_ = 0;
+  uint64_t bytes_written_ = 0;
+  bool finished_ = false;
+};
+
 }  // namespace finmoe

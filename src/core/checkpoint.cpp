@@ -6,6 +6,7 @@
 #include <map>
 #include <filesystem>
 
+#include "core/file_util.h"
 #include "core/tensor_data_check.h"
 #include "finmoe/config.h"
 #include "finmoe/error.h"
@@ -147,49 +148,124 @@ const std::map<std::string, std::string>& CheckpointReader::metadata() const {
   return files_.empty() ? empty : files_[0]->metadata();
 }
 
+size_t PlannedTensor::nbytes() const {
+  size_t n = dtype_size(dtype);
+  for (int64_t d : shape) n *= size_t(d);
+  return n;
+}
+
+struct CheckpointWriter::Shard {
+  explicit Shard(const std::string& path) : file(path) {}
+  AtomicFile file;
+};
+
+CheckpointWriter::CheckpointWriter(std::string dir, std::vector<PlannedTensor> plan,
+                                   std::map<std::string, std::string> metadata,
+                                   size_t max_shard_bytes)
+    : dir_(std::move(dir)), plan_(std::move(plan)), metadata_(std::move(metadata)) {
+  // All checks before the first file is touched.
+  std::vector<TensorData> as_data;
+  as_data.reserve(plan_.size());
+  for (const auto& t : plan_) {
+    for (int64_t d : t.shape)
+      if (d < 0)
+        throw Error(dir_ + ": tensor '" + t.name + "': negative dimension " + std::to_string(d));
+    as_data.push_back({t.name, t.dtype, t.shape, nullptr, t.nbytes()});
+  }
+  check_tensor_data(dir_, as_data, /*require_data=*/false);
+  std::error_code ec;
+  fs::create_directories(dir_, ec);
+  if (ec) throw Error("cannot create checkpoint directory " + dir_ + ": " + ec.message());
+
+  // Greedy: a tensor never splits; one larger than the limit gets its own shard.
+  size_t shard_bytes = 0;
+  shard_first_.push_back(0);
+  for (size_t i = 0; i < plan_.size(); ++i) {
+    const size_t n = plan_[i].nbytes();
+    if (i > shard_first_.back() && shard_bytes + n > max_shard_bytes) {
+      shard_first_.push_back(i);
+      shard_bytes = 0;
+    }
+    shard_of_.push_back(shard_first_.size() - 1);
+    shard_bytes += n;
+    total_bytes_ += n;
+  }
+  shard_first_.push_back(plan_.size());
+  const size_t n_shards = shard_first_.size() - 1;
+  for (size_t s = 0; s < n_shards; ++s)
+    shard_names_.push_back(n_shards == 1 ? kSingleName : shard_name(s, n_shards));
+}
+
+CheckpointWriter::~CheckpointWriter() = default;  // an uncommitted AtomicFile removes its temp
+
+void CheckpointWriter::open_shard(size_t s) {
+  std::vector<TensorData> header;
+  for (size_t i = shard_first_[s]; i < shard_first_[s + 1]; ++i)
+    header.push_back({plan_[i].name, plan_[i].dtype, plan_[i].shape, nullptr, plan_[i].nbytes()});
+  open_ = std::make_unique<Shard>(join(dir_, shard_names_[s]));
+  open_->file.write(safetensors_header(header, metadata_));
+}
+
+void CheckpointWriter::write(const std::string& name, const void* data, size_t nbytes) {
+  if (finished_) throw Error(dir_ + ": tensor '" + name + "' written after finish()");
+  if (next_ >= plan_.size())
+    throw Error(dir_ + ": tensor '" + name + "' is not in the plan (all " +
+                std::to_string(plan_.size()) + " planned tensors are written)");
+  const PlannedTensor& t = plan_[next_];
+  if (name != t.name)
+    throw Error(dir_ + ": tensor '" + name + "' written out of order, expected '" + t.name + "'");
+  if (nbytes != t.nbytes())
+    throw Error(dir_ + ": tensor '" + name + "' has " + std::to_string(nbytes) +
+                " bytes, planned " + std::to_string(t.nbytes()));
+  if (nbytes > 0 && data == nullptr) throw Error(dir_ + ": tensor '" + name + "': data is null");
+  const size_t s = shard_of_[next_];
+  if (next_ == shard_first_[s]) open_shard(s);
+  open_->file.write(data, nbytes);
+  bytes_written_ += nbytes;
+  ++next_;
+  if (next_ == shard_first_[s + 1]) {
+    open_->file.commit();
+    open_.reset();
+  }
+}
+
+void CheckpointWriter::finish() {
+  if (finished_) return;
+  if (plan_.empty()) {  // still a valid (empty) checkpoint file
+    open_shard(0);
+    open_->file.commit();
+    open_.reset();
+  }
+  if (next_ < plan_.size())
+    throw Error(dir_ + ": checkpoint incomplete, tensor '" + plan_[next_].name +
+                "' (and " + std::to_string(plan_.size() - next_ - 1) + " more) never written");
+  finished_ = true;
+  if (shard_names_.size() == 1) {
+    remove_file(join(dir_, kIndexName));
+    remove_stale_shards(dir_, {});
+    return;
+  }
+  // Shards are in place; then the index, then removal of a stale single file
+  // (which a reader would otherwise prefer).
+  nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+  for (size_t i = 0; i < plan_.size(); ++i) weight_map[plan_[i].name] = shard_names_[shard_of_[i]];
+  nlohmann::ordered_json index = {{"metadata", {{"total_size", total_bytes_}}},
+                                  {"weight_map", weight_map}};
+  write_file_atomic(join(dir_, kIndexName), index.dump(2) + "\n");
+  remove_file(join(dir_, kSingleName));
+  remove_stale_shards(dir_, shard_names_);
+}
+
 void write_checkpoint(const std::string& dir, const std::vector<TensorData>& tensors,
                       const std::map<std::string, std::string>& metadata,
                       size_t max_shard_bytes) {
-  // All checks before the first file is touched.
   check_tensor_data(dir, tensors);
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) throw Error("cannot create checkpoint directory " + dir + ": " + ec.message());
-
-  // Greedy: a tensor never splits; one larger than the limit gets its own shard.
-  std::vector<std::vector<TensorData>> groups(1);
-  size_t group_bytes = 0;
-  uint64_t total = 0;
-  for (const auto& t : tensors) {
-    if (!groups.back().empty() && group_bytes + t.nbytes > max_shard_bytes) {
-      groups.emplace_back();
-      group_bytes = 0;
-    }
-    groups.back().push_back(t);
-    group_bytes += t.nbytes;
-    total += t.nbytes;
-  }
-
-  if (groups.size() == 1) {
-    write_safetensors(join(dir, kSingleName), groups[0], metadata);
-    remove_file(join(dir, kIndexName));
-    remove_stale_shards(dir, {});
-    return;
-  }
-  // Shards first, then the index, then removal of a stale single file (which
-  // a reader would otherwise prefer).
-  nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
-  std::vector<std::string> names;
-  for (size_t i = 0; i < groups.size(); ++i) {
-    names.push_back(shard_name(i, groups.size()));
-    write_safetensors(join(dir, names.back()), groups[i], metadata);
-    for (const auto& t : groups[i]) weight_map[t.name] = names.back();
-  }
-  nlohmann::ordered_json index = {{"metadata", {{"total_size", total}}},
-                                  {"weight_map", weight_map}};
-  write_file_atomic(join(dir, kIndexName), index.dump(2) + "\n");
-  remove_file(join(dir, kSingleName));
-  remove_stale_shards(dir, names);
+  std::vector<PlannedTensor> plan;
+  plan.reserve(tensors.size());
+  for (const auto& t : tensors) plan.push_back({t.name, t.dtype, t.shape});
+  CheckpointWriter writer(dir, std::move(plan), metadata, max_shard_bytes);
+  for (const auto& t : tensors) writer.write(t.name, t.data, t.nbytes);
+  writer.finish();
 }
 
 }  // namespace finmoe

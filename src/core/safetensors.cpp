@@ -221,7 +221,8 @@ const TensorView* SafetensorsFile::find(std::string_view name) const {
 
 // ---------------------------------------------------------------- writing
 
-void check_tensor_data(const std::string& path, const std::vector<TensorData>& tensors) {
+void check_tensor_data(const std::string& path, const std::vector<TensorData>& tensors,
+                       bool require_data) {
   std::set<std::string_view> names;
   for (const auto& t : tensors) {
     const std::string where = path + ": tensor '" + t.name + "'";
@@ -240,13 +241,12 @@ void check_tensor_data(const std::string& path, const std::vector<TensorData>& t
       throw Error(where + ": nbytes " + std::to_string(t.nbytes) + " != numel " +
                   std::to_string(numel) + " x " + std::to_string(dtype_size(t.dtype)) +
                   " bytes of " + std::string(dtype_name(t.dtype)));
-    if (t.nbytes > 0 && t.data == nullptr) throw Error(where + ": data is null");
+    if (require_data && t.nbytes > 0 && t.data == nullptr) throw Error(where + ": data is null");
   }
 }
 
-void write_safetensors(const std::string& path, const std::vector<TensorData>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
-  check_tensor_data(path, tensors);
+std::string safetensors_header(const std::vector<TensorData>& tensors,
+                               const std::map<std::string, std::string>& metadata) {
   // ordered_json keeps the caller's order in the header, __metadata__ first.
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
@@ -260,12 +260,16 @@ void write_safetensors(const std::string& path, const std::vector<TensorData>& t
   std::string json = header.dump();
   // Pad with spaces so the data buffer starts 8-byte aligned (as safetensors does).
   json.append((8 - json.size() % 8) % 8, ' ');
-  uint8_t len[8];
-  for (int i = 0; i < 8; ++i) len[i] = uint8_t(uint64_t(json.size()) >> (8 * i));
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[size_t(i)] = char(uint8_t(uint64_t(json.size()) >> (8 * i)));
+  return out + json;
+}
 
+void write_safetensors(const std::string& path, const std::vector<TensorData>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  check_tensor_data(path, tensors);
   AtomicFile out(path);
-  out.write(len, 8);
-  out.write(json);
+  out.write(safetensors_header(tensors, metadata));
   for (const auto& t : tensors) out.write(t.data, t.nbytes);
   out.commit();
 }
