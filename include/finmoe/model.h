@@ -165,6 +165,9 @@ struct TensorSpec {
 std::vector<TensorSpec> expected_tensors(const ModelConfig& config);
 
 torch::Dtype dtype_from_string(const std::string& name);  // "float32" | "bfloat16" | "float16"
+// "cpu" | "cuda" | "cuda:N"; throws Error when CUDA is asked for and this
+// libtorch has none or sees no device.
+torch::Device device_from_string(const std::string& name);
 std::string dtype_to_string(torch::Dtype dtype);
 
 }  // namespace finmoe

@@ -13,11 +13,12 @@ void add_bench(CLI::App& app, Run& run) {
   auto* b = app.add_subcommand("bench", "Benchmarks");
   b->require_subcommand(1);
   auto* c = b->add_subcommand("decode", "Prefill and decode tokens/s vs the memory-bandwidth floor");
-  static std::string dir, dtype;
+  static std::string dir, dtype, device = "cpu";
   static bool json = false;
   static DecodeBenchOptions o;
   c->add_option("DIR", dir, "model directory")->required();
   c->add_option("--dtype", dtype, "float32 | bfloat16 (default: the checkpoint's)");
+  c->add_option("--device", device, "cpu | cuda | cuda:N")->capture_default_str();
   c->add_option("--prefill", o.prefill_tokens, "prefill length")->capture_default_str();
   c->add_option("--batch", o.batch_sizes, "decode batch sizes")->capture_default_str();
   c->add_option("--steps", o.decode_steps, "timed decode steps")->capture_default_str();
@@ -28,6 +29,7 @@ void add_bench(CLI::App& app, Run& run) {
     run = [] {
       LoadOptions lo;
       if (!dtype.empty()) lo.dtype = dtype_from_string(dtype);
+      lo.device = device_from_string(device);
       auto model = load_model(dir, lo);
       auto r = bench_decode(model, o);
       auto j = r.to_json();

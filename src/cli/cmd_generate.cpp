@@ -14,6 +14,7 @@ namespace {
 struct GenFlags {
   std::string dir;
   std::string dtype;
+  std::string device = "cpu";
   std::string chat_template;
   int64_t max_new_tokens = 128;
   double temperature = 0.7;
@@ -28,6 +29,7 @@ struct GenFlags {
   void add(CLI::App* c) {
     c->add_option("DIR", dir, "model directory")->required();
     c->add_option("--dtype", dtype, "float32 | bfloat16 (default: the checkpoint's)");
+    c->add_option("--device", device, "cpu | cuda | cuda:N")->capture_default_str();
     c->add_option("-n,--max-new-tokens", max_new_tokens, "tokens to generate")->capture_default_str();
     c->add_option("--temperature", temperature, "0 = greedy")->capture_default_str();
     c->add_option("--top-k", top_k, "0 = off")->capture_default_str();
@@ -81,6 +83,7 @@ void add_generate(CLI::App& app, Run& run) {
       auto tok = Tokenizer::from_dir(f.dir);
       LoadOptions lo;
       if (!f.dtype.empty()) lo.dtype = dtype_from_string(f.dtype);
+      lo.device = device_from_string(f.device);
       auto model = load_model(f.dir, lo);
       std::vector<std::vector<int32_t>> ids;
       for (const auto& p : prompts) {
@@ -120,6 +123,7 @@ void add_chat(CLI::App& app, Run& run) {
       const auto kind = f.template_kind().value_or(detect_chat_template(tok.config()));
       LoadOptions lo;
       if (!f.dtype.empty()) lo.dtype = dtype_from_string(f.dtype);
+      lo.device = device_from_string(f.device);
       auto model = load_model(f.dir, lo);
       Generator gen(model, &tok);
       const auto opts = f.options(model.config(), f.dir);

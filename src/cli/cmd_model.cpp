@@ -122,7 +122,7 @@ void add_info(CLI::App& app, Run& run) {
 
 void add_logits(CLI::App& app, Run& run) {
   auto* c = app.add_subcommand("logits", "Top-K next-token log-probabilities at every position (JSON)");
-  static std::string dir, text, ids_arg, dtype;
+  static std::string dir, text, ids_arg, dtype, device = "cpu";
   static int64_t top = 5;
   c->add_option("DIR", dir, "model directory")->required();
   auto* t = c->add_option("--text", text, "text to encode (no special tokens added)");
@@ -130,6 +130,7 @@ void add_logits(CLI::App& app, Run& run) {
   t->excludes(i);
   c->add_option("--top", top, "alternatives per position")->capture_default_str();
   c->add_option("--dtype", dtype, "float32 | bfloat16 (default float32, for comparisons)");
+  c->add_option("--device", device, "cpu | cuda | cuda:N")->capture_default_str();
   c->callback([&run] {
     run = [] {
       if (text.empty() == ids_arg.empty()) throw Error("give exactly one of --text and --ids");
@@ -143,13 +144,14 @@ void add_logits(CLI::App& app, Run& run) {
         ids = parse_ids(ids_arg);
       }
       if (ids.empty()) throw Error("no tokens to score");
-      auto model = load_model(dir, {.dtype = dtype_from_string(dtype.empty() ? "float32" : dtype)});
+      auto model = load_model(dir, {.dtype = dtype_from_string(dtype.empty() ? "float32" : dtype),
+                                    .device = device_from_string(device)});
       for (int32_t id : ids)
         if (id < 0 || id >= model.config().vocab_size)
           throw Error("--ids: token " + std::to_string(id) + " outside the vocabulary");
       torch::NoGradGuard no_grad;
       auto input = torch::tensor(std::vector<int64_t>(ids.begin(), ids.end())).unsqueeze(0);
-      auto logp = torch::log_softmax(model.forward(input)[0], -1);  // [T,V] fp32
+      auto logp = torch::log_softmax(model.forward(input)[0], -1).to(torch::kCPU);  // [T,V] fp32
       auto [vals, idx] = logp.topk(std::min<int64_t>(top, logp.size(1)), -1);
       nlohmann::json out = {{"model", dir}, {"ids", ids}};
       for (int64_t p = 0; p < logp.size(0); ++p) {

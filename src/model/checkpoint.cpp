@@ -83,6 +83,21 @@ torch::Dtype dtype_from_string(const std::string& name) {
   throw Error("dtype '" + name + "' is not supported (supported: float32, bfloat16, float16)");
 }
 
+torch::Device device_from_string(const std::string& name) {
+  if (name == "cpu") return torch::kCPU;
+  if (name == "cuda" || name.starts_with("cuda:")) {
+    if (!torch::cuda::is_available())
+      throw Error("device '" + name + "': this build's libtorch sees no CUDA device (" +
+                  (torch::cuda::device_count() == 0 ? "none found" : "unavailable") + ")");
+    torch::Device d(name);
+    if (d.has_index() && d.index() >= int64_t(torch::cuda::device_count()))
+      throw Error("device '" + name + "': only " + std::to_string(torch::cuda::device_count()) +
+                  " CUDA device(s)");
+    return d;
+  }
+  throw Error("device '" + name + "' is not supported (supported: cpu, cuda, cuda:N)");
+}
+
 std::string dtype_to_string(torch::Dtype dtype) {
   switch (dtype) {
     case torch::kFloat32: return "float32";

@@ -11,7 +11,7 @@ class HfParity : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(HfParity, Float32LogitsMatchTransformers) {
   const std::string dir = test::hf_dir(GetParam());
-  auto model = load_model(dir, {.dtype = torch::kFloat32});
+  auto model = load_model(dir, {.dtype = torch::kFloat32, .device = test::test_device()});
   auto ids = test::read_tensor(dir + "/reference.safetensors", "input_ids");
   auto expected = test::read_tensor(dir + "/reference.safetensors", "logits");
   torch::NoGradGuard no_grad;
@@ -24,7 +24,7 @@ TEST_P(HfParity, Float32LogitsMatchTransformers) {
 TEST_P(HfParity, PagedStepMatchesTransformers) {
   // the inference entry, token by token after a prefill, against HF's logits
   const std::string dir = test::hf_dir(GetParam());
-  auto model = load_model(dir, {.dtype = torch::kFloat32});
+  auto model = load_model(dir, {.dtype = torch::kFloat32, .device = test::test_device()});
   auto ids = test::read_tensor(dir + "/reference.safetensors", "input_ids")[0];
   auto expected = test::read_tensor(dir + "/reference.safetensors", "logits")[0];
   const int64_t T = ids.size(0);
@@ -50,14 +50,14 @@ TEST_P(HfParity, PagedStepMatchesTransformers) {
 
 TEST_P(HfParity, Bfloat16StaysCloseToFloat32Reference) {
   const std::string dir = test::hf_dir(GetParam());
-  auto model = load_model(dir, {.dtype = torch::kBFloat16});
+  auto model = load_model(dir, {.dtype = torch::kBFloat16, .device = test::test_device()});
   auto ids = test::read_tensor(dir + "/reference.safetensors", "input_ids");
   auto expected = test::read_tensor(dir + "/reference.safetensors", "logits");
   torch::NoGradGuard no_grad;
   auto logits = model.forward(ids);
   // bf16 keeps 8 bits of mantissa: logits of magnitude ~6 move by a few 0.01
   const double scale = expected.abs().max().item<double>();
-  auto per_token = (logits - expected).abs().amax(-1).flatten();  // [B*T]
+  auto per_token = (logits.cpu() - expected).abs().amax(-1).flatten();  // [B*T]
   if (model.config().is_moe()) {
     // a router score that rounds past its neighbour picks another expert for that
     // token (a discrete change), so bound most tokens rather than the worst one
@@ -67,7 +67,7 @@ TEST_P(HfParity, Bfloat16StaysCloseToFloat32Reference) {
     EXPECT_LT(per_token.max().item<double>(), 0.08 * scale);
   }
   // and the argmax agrees almost everywhere
-  auto agree = (logits.argmax(-1) == expected.argmax(-1)).to(torch::kFloat32).mean().item<float>();
+  auto agree = (logits.cpu().argmax(-1) == expected.argmax(-1)).to(torch::kFloat32).mean().item<float>();
   EXPECT_GT(agree, 0.9);
 }
 

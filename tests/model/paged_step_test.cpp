@@ -15,7 +15,7 @@ namespace {
 
 Transformer random_model(const std::string& arch, torch::Dtype dtype = torch::kFloat32,
                          uint64_t seed = 7) {
-  Transformer m(test::tiny_config(arch), dtype);
+  Transformer m(test::tiny_config(arch), dtype, test::test_device());
   init_random(m, seed);
   return m;
 }

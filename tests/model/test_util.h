@@ -1,5 +1,6 @@
 #pragma once
 // Shared helpers for the model-layer tests.
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 
@@ -24,7 +25,16 @@ inline torch::Tensor read_tensor(const std::string& file, const std::string& nam
 }
 
 inline double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
-  return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
+  return (a.to(torch::kCPU, torch::kFloat64) - b.to(torch::kCPU, torch::kFloat64))
+      .abs()
+      .max()
+      .item<double>();
+}
+
+// The device model tests run on: FINMOE_TEST_DEVICE (cpu | cuda | cuda:N), default cpu.
+inline torch::Device test_device() {
+  const char* env = std::getenv("FINMOE_TEST_DEVICE");
+  return device_from_string(env && *env ? env : "cpu");
 }
 
 // A fresh directory under the system temp dir, removed on destruction.
