@@ -33,6 +33,12 @@ class AtomicFile {
 // `PATH.tmp-<pid>-<random hex>`: unique per process and call.
 std::string temp_path_for(const std::string& path);
 
+// Removes PATH and everything below it (no error when absent); returns false
+// when something could not be removed. Used instead of
+// std::filesystem::remove_all, which crashes when the process also loads a
+// PyPI libtorch (it exports a broken copy of that libstdc++ function).
+bool remove_tree(const std::string& path);
+
 // "what PATH: strerror(errno)" for a failed system call.
 [[noreturn]] void throw_errno(const std::string& what, const std::string& path);
 

@@ -1,4 +1,5 @@
 // The `finmoe` command end to end: subprocesses on models made at test time.
+#include "core/file_util.h"
 #include <gtest/gtest.h>
 
 #include <array>
@@ -47,7 +48,7 @@ class Cli : public ::testing::Test {
                 data("tokenizer/qwen3"));
     ASSERT_EQ(r.status, 0) << r.out;
   }
-  static void TearDownTestSuite() { fs::remove_all(dir_); }
+  static void TearDownTestSuite() { finmoe::remove_tree(fs::path(dir_).string()); }
   static std::string model() { return (dir_ / "tiny").string(); }
   static fs::path dir_;
 };

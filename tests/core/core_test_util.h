@@ -1,5 +1,6 @@
 #pragma once
 // Helpers shared by the core tests: scratch directories, raw files, Python.
+#include "core/file_util.h"
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -24,12 +25,11 @@ class ScratchDir {
     for (char& c : name)
       if (c == '/') c = '_';
     path_ = std::filesystem::temp_directory_path() / name;
-    std::filesystem::remove_all(path_);
+    finmoe::remove_tree(path_.string());
     std::filesystem::create_directories(path_);
   }
   ~ScratchDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
+    finmoe::remove_tree(path_.string());
   }
   std::string str() const { return path_.string(); }
   std::string operator/(const std::string& name) const { return (path_ / name).string(); }

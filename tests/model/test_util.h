@@ -1,5 +1,6 @@
 #pragma once
 // Shared helpers for the model-layer tests.
+#include "core/file_util.h"
 #include <cstdlib>
 #include <filesystem>
 #include <string>
@@ -45,7 +46,7 @@ struct TempDir {
            ("finmoe-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter()++));
     std::filesystem::create_directories(path);
   }
-  ~TempDir() { std::filesystem::remove_all(path); }
+  ~TempDir() { finmoe::remove_tree(path.string()); }
   std::string str() const { return path.string(); }
   static int& counter() {
     static int c = 0;

@@ -1,5 +1,6 @@
 // tokenizer.json parsing: malformed files, unsupported components, the
 // byte-fallback/Metaspace variant, chat-template detection.
+#include "core/file_util.h"
 #include <filesystem>
 #include <fstream>
 
@@ -29,7 +30,7 @@ class TempTokenizer {
     fs::create_directories(dir_);
     std::ofstream(dir_ / "tokenizer.json") << json;
   }
-  ~TempTokenizer() { fs::remove_all(dir_); }
+  ~TempTokenizer() { finmoe::remove_tree(fs::path(dir_).string()); }
   std::string file() const { return (dir_ / "tokenizer.json").string(); }
 
  private:

@@ -2,6 +2,7 @@
 // implementation) on random text: mixes of ASCII words, Chinese, digits,
 // whitespace runs, punctuation and emoji drawn with a fixed seed.
 // Runs when FINMOE_PYTHON names an interpreter that has `tokenizers`.
+#include "core/file_util.h"
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -98,7 +99,7 @@ TEST_P(PythonCrossCheck, RandomTextEncodesLikeHfTokenizers) {
     cmd += " '" + arg + "'";
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
   auto want = nlohmann::json::parse(std::ifstream(dir / "ids.json"));
-  fs::remove_all(dir);
+  finmoe::remove_tree(fs::path(dir).string());
 
   const Tokenizer& tok = test::golden_tokenizer(GetParam());
   ASSERT_EQ(want.size(), texts.size());
