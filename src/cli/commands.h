@@ -17,5 +17,6 @@ void add_generate(CLI::App& app, Run& run);
 void add_chat(CLI::App& app, Run& run);
 void add_init(CLI::App& app, Run& run);
 void add_bench(CLI::App& app, Run& run);
+void add_experts(CLI::App& app, Run& run);
 
 }  // namespace finmoe::cli
