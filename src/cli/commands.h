@@ -17,6 +17,7 @@ void add_generate(CLI::App& app, Run& run);
 void add_chat(CLI::App& app, Run& run);
 void add_init(CLI::App& app, Run& run);
 void add_bench(CLI::App& app, Run& run);
+void add_upcycle(CLI::App& app, Run& run);
 void add_experts(CLI::App& app, Run& run);
 
 }  // namespace finmoe::cli

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   finmoe::cli::add_chat(app, run);
   finmoe::cli::add_init(app, run);
   finmoe::cli::add_bench(app, run);
+  finmoe::cli::add_upcycle(app, run);
   finmoe::cli::add_experts(app, run);
   try {
     app.parse(argc, argv);
