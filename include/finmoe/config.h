@@ -132,6 +132,11 @@ struct GenerationConfig {
   nlohmann::json to_json() const;
 };
 
+// The HF `architectures` entry for a model_type ("qwen2" -> "Qwen2ForCausalLM";
+// finer_moe -> "FineRMoeForCausalLM" as its reference code; finmoe_dense ->
+// "FinMoeDenseForCausalLM").
+std::string default_architecture(const std::string& model_type);
+
 // Reads a JSON file; throws Error naming the file and the parse position.
 nlohmann::json read_json_file(const std::string& path);
 // Writes `j` to `path` atomically (temp file + rename), pretty-printed.

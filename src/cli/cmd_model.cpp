@@ -59,16 +59,51 @@ void add_info(CLI::App& app, Run& run) {
         total += reader.get(n).numel();
         bytes += int64_t(reader.get(n).nbytes);
       }
+      // per-layer parameters from the declared tensors; MoE and dense layers differ
       const auto specs = expected_tensors(cfg);
-      nlohmann::json layer = nlohmann::json::object();
-      int64_t per_layer = 0;
-      for (const auto& s : specs)
-        if (s.name.starts_with("model.layers.0.")) {
-          int64_t n = 1;
-          for (auto d : s.shape) n *= d;
-          layer[s.name.substr(15)] = s.shape;
-          per_layer += n;
+      std::vector<int64_t> layer_params(size_t(cfg.num_hidden_layers), 0);
+      nlohmann::json layer = nlohmann::json::object();  // tensors of the first (and first MoE) layer
+      const int64_t first_moe = cfg.is_moe() ? int64_t(std::find(cfg.moe_layers.begin(),
+                                                                 cfg.moe_layers.end(), true) -
+                                                       cfg.moe_layers.begin())
+                                             : -1;
+      for (const auto& s : specs) {
+        if (!s.name.starts_with("model.layers.")) continue;
+        const size_t dot = s.name.find('.', 13);
+        const int64_t l = std::stoll(s.name.substr(13, dot - 13));
+        int64_t n = 1;
+        for (auto d : s.shape) n *= d;
+        layer_params[size_t(l)] += n;
+        if (l == 0 || l == first_moe) layer[s.name.substr(13)] = s.shape;
+      }
+      const int64_t per_layer = layer_params.empty() ? 0 : layer_params[0];
+      const int64_t active = cfg.is_moe() ? total - (cfg.param_count() - cfg.active_param_count())
+                                          : total;
+      nlohmann::json moe = nullptr;
+      std::string routing_name;
+      if (cfg.is_moe()) {
+        switch (cfg.routing()) {
+          case ModelConfig::Routing::Dense: routing_name = "dense (softmax over all experts)"; break;
+          case ModelConfig::Routing::SoftmaxTopK:
+            routing_name = std::string("softmax then top-k") +
+                           (cfg.norm_topk_prob ? ", renormalised" : "");
+            break;
+          case ModelConfig::Routing::TopKSoftmax: routing_name = "softmax over the top-k logits"; break;
         }
+        std::vector<int64_t> moe_layers;
+        for (size_t l = 0; l < cfg.moe_layers.size(); ++l)
+          if (cfg.moe_layers[l]) moe_layers.push_back(int64_t(l));
+        moe = {{"num_experts", cfg.num_experts},
+               {"num_experts_per_tok", cfg.num_experts_per_tok},
+               {"moe_intermediate_size", cfg.moe_intermediate_size},
+               {"shared_expert_intermediate_size", cfg.shared_expert_intermediate_size},
+               {"routing", routing_name},
+               {"moe_layers", moe_layers},
+               {"G_I", cfg.G_I}, {"R_I", cfg.R_I}, {"G_O", cfg.G_O}, {"R_O", cfg.R_O},
+               {"T_I", cfg.T_I()},
+               {"moe_concat_proj", cfg.moe_concat_proj},
+               {"params_per_moe_layer", layer_params[size_t(first_moe)]}};
+      }
       nlohmann::json kv = {{"float32", kv_cache_bytes_per_token(cfg, 4)},
                            {"bfloat16", kv_cache_bytes_per_token(cfg, 2)},
                            {"int8", kv_cache_bytes_per_token(cfg, 1)}};
@@ -76,6 +111,7 @@ void add_info(CLI::App& app, Run& run) {
         nlohmann::json j = {{"model_type", cfg.model_type},
                             {"architectures", cfg.architectures},
                             {"total_params", total},
+                            {"active_params", active},
                             {"checkpoint_bytes", bytes},
                             {"num_hidden_layers", cfg.num_hidden_layers},
                             {"hidden_size", cfg.hidden_size},
@@ -91,6 +127,7 @@ void add_info(CLI::App& app, Run& run) {
                             {"max_context", cfg.max_position_embeddings},
                             {"params_per_layer", per_layer},
                             {"layer_tensors", layer},
+                            {"moe", moe},
                             {"kv_cache_bytes_per_token", kv}};
         std::cout << j.dump(2) << "\n";
         return 0;
@@ -104,8 +141,25 @@ void add_info(CLI::App& app, Run& run) {
                 << "q/" << cfg.num_key_value_heads << "kv heads x " << cfg.head_dim
                 << (cfg.attention_bias ? ", qkv bias" : "") << "; SwiGLU " << cfg.hidden_size
                 << "->" << cfg.intermediate_size << "] = " << human(double(per_layer))
-                << " params/layer\n"
-                << "embedding   " << cfg.vocab_size << " x " << cfg.hidden_size
+                << " params in layer 0\n";
+      if (cfg.is_moe()) {
+        std::cout << "experts     " << cfg.num_experts << " x SwiGLU " << cfg.hidden_size << "->"
+                  << cfg.moe_intermediate_size << "->" << cfg.hidden_size / cfg.G_O << ", "
+                  << cfg.num_experts_per_tok << " active per token, " << routing_name;
+        if (cfg.shared_expert_intermediate_size > 0)
+          std::cout << "; shared expert " << cfg.shared_expert_intermediate_size;
+        if (cfg.model_type == "finer_moe")
+          std::cout << "; G_I=" << cfg.G_I << " R_I=" << cfg.R_I << " G_O=" << cfg.G_O
+                    << " R_O=" << cfg.R_O << " T_I=" << cfg.T_I()
+                    << (cfg.moe_concat_proj ? ", concat_proj" : "");
+        std::cout << "\n"
+                  << "moe layers  " << moe["moe_layers"].size() << " of " << cfg.num_hidden_layers
+                  << ", " << human(double(moe["params_per_moe_layer"].get<int64_t>()))
+                  << " params each\n"
+                  << "active      " << human(double(active)) << " params per token ("
+                  << active << ")\n";
+      }
+      std::cout                 << "embedding   " << cfg.vocab_size << " x " << cfg.hidden_size
                 << (cfg.tie_word_embeddings ? " (tied lm_head)" : " + lm_head") << "\n"
                 << "rope        theta " << cfg.rope_theta << ", scaling " << cfg.rope_scaling.rope_type
                 << "\n"

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <functional>
+#include <map>
 
 #include "finmoe/error.h"
 
@@ -577,6 +578,19 @@ json ModelConfig::to_json() const {
       pad_token_id == d.pad_token_id);
   num("initializer_range", initializer_range, d.initializer_range);
   return j;
+}
+
+std::string default_architecture(const std::string& model_type) {
+  static const std::map<std::string, std::string> names = {
+      {"llama", "LlamaForCausalLM"},         {"qwen2", "Qwen2ForCausalLM"},
+      {"mistral", "MistralForCausalLM"},     {"mixtral", "MixtralForCausalLM"},
+      {"qwen2_moe", "Qwen2MoeForCausalLM"},  {"finer_moe", "FineRMoeForCausalLM"},
+      {"finmoe_dense", "FinMoeDenseForCausalLM"}};
+  auto it = names.find(model_type);
+  if (it == names.end())
+    throw Error("model_type '" + model_type + "' is not supported (supported: " +
+                join_list(ModelConfig::supported_model_types()) + ")");
+  return it->second;
 }
 
 ModelConfig ModelConfig::load(const std::string& dir) {

@@ -74,9 +74,7 @@ ModelConfig preset_config(const std::string& preset, const std::string& model_ty
   if (!model_type.empty()) j["model_type"] = model_type;
   if (vocab_size > 0) j["vocab_size"] = vocab_size;
   const std::string arch = j["model_type"];
-  j["architectures"] = {arch == "qwen2"     ? "Qwen2ForCausalLM"
-                        : arch == "mistral" ? "MistralForCausalLM"
-                                            : "LlamaForCausalLM"};
+  j["architectures"] = {default_architecture(arch)};
   j["hidden_act"] = "silu";
   j["initializer_range"] = 0.02;
   j["torch_dtype"] = "bfloat16";
