@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "kernels/isa.h"
+#include "kernels/ops.h"
 
 namespace finmoe::kernels {
 
@@ -15,6 +16,8 @@ void linear_bf16_isa(Isa isa, const float* x, int64_t M, int64_t K, const uint16
                      const float* bias, float* y);
 void linear_f32_isa(Isa isa, const float* x, int64_t M, int64_t K, const float* W, int64_t N,
                     const float* bias, float* y);
+void linear_isa(Isa isa, ElemType x_t, const void* x, int64_t M, int64_t K, ElemType w_t,
+                const void* W, int64_t N, const void* bias, ElemType y_t, void* y);
 
 // float -> bf16 bits, round-to-nearest-even; NaN stays a (quiet) NaN.
 uint16_t float_to_bf16(float v);

@@ -4,7 +4,16 @@
 // skinny-GEMM kernels (kernels/linear.h); otherwise torch::linear.
 #include <torch/torch.h>
 
+#include "kernels/ops.h"
+
 namespace finmoe {
+
+// Whether the fused CPU kernels (src/kernels) may compute on `t`: a CPU
+// float32/bf16 tensor, autograd off, and FINMOE_KERNELS not set to 0.
+// Training (GradMode on) and other devices always take libtorch's ops.
+bool kernel_path(const torch::Tensor& t);
+// t's dtype as the kernels name it; only for float32 / bf16 tensors.
+kernels::ElemType elem_type(const torch::Tensor& t);
 
 class LinearImpl : public torch::nn::Module {
  public:
