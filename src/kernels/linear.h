@@ -30,4 +30,9 @@ void linear_f32(const float* x, int64_t M, int64_t K, const float* W, int64_t N,
 void linear(ElemType x_t, const void* x, int64_t M, int64_t K, ElemType w_t, const void* W,
             int64_t N, const void* bias, ElemType y_t, void* y);
 
+// Whether linear() has its tiled many-row GEMM for bf16 weights on the
+// active path (AVX-512 BF16): then it beats libtorch's bf16 matmul at
+// prefill sizes too. On the other paths only few-row (decode) calls pay off.
+bool linear_bf16_gemm_available();
+
 }  // namespace finmoe::kernels

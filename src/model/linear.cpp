@@ -47,7 +47,10 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight,
   const int64_t in = weight.size(1);
   const int64_t out = weight.size(0);
   const int64_t rows = x.numel() / in;
-  const bool kernel = rows <= kernel_max_rows() && kernel_path(x) &&
+  // Few rows: the skinny kernels stream W once. Many rows of bf16: the tiled GEMM.
+  const bool gemm = weight.scalar_type() == torch::kBFloat16 && kernels::linear_bf16_gemm_available();
+  const bool kernel = kernel_max_rows() > 0 && (rows <= kernel_max_rows() || gemm) &&
+                      kernel_path(x) &&
                       x.scalar_type() == weight.scalar_type() && weight.device().is_cpu() &&
                       weight.is_contiguous() && x.size(-1) == in &&
                       (!bias.defined() || (bias.scalar_type() == weight.scalar_type() &&
