@@ -67,6 +67,17 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight,
   return y;
 }
 
+torch::Tensor silu_mul(const torch::Tensor& gate, const torch::Tensor& up) {
+  if (!kernel_path(gate) || up.scalar_type() != gate.scalar_type() || up.sizes() != gate.sizes() ||
+      !up.device().is_cpu())
+    return torch::silu(gate) * up;
+  auto g = gate.contiguous();
+  auto u = up.contiguous();
+  auto y = torch::empty_like(g);
+  kernels::swiglu(elem_type(g), g.data_ptr(), u.data_ptr(), g.numel(), y.data_ptr());
+  return y;
+}
+
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps_, torch::TensorOptions options) : eps(eps_) {
   weight = register_parameter("weight", torch::ones({dim}, options), false);
 }

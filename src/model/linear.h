@@ -30,6 +30,10 @@ TORCH_MODULE(Linear);
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight,
                      const torch::Tensor& bias);
 
+// silu(gate) * up, SwiGLU's gating product: one fused kernel on the kernel
+// path (same roundings as libtorch's two ops), else torch::silu(gate) * up.
+torch::Tensor silu_mul(const torch::Tensor& gate, const torch::Tensor& up);
+
 // Rows at or below which the kernels are used (FINMOE_KERNEL_MAX_ROWS, default 16; 0 = never).
 int64_t kernel_max_rows();
 
