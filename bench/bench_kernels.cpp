@@ -2,7 +2,8 @@
 // Prints, for the Qwen2-0.5B linears at M = 1, 4, 16: time, GB/s of weights
 // streamed, GFLOP/s, and GB/s as a fraction of a plain 2-thread read of a
 // 1 GiB buffer measured in the same run; then the per-token chain (24 layers
-// x 7 linears + the tied lm_head) at M = 1 as tokens/s vs the bandwidth floor.
+// x 7 linears + the tied lm_head) at M = 1 as tokens/s vs the bandwidth floor;
+// `gemm`: the same linears at prefill sizes against torch::linear.
 // Numbers on a shared VM are noisy: compare ratios within one run.
 #include <algorithm>
 #include <chrono>
@@ -12,6 +13,8 @@
 #include <cstring>
 #include <string>
 #include <vector>
+
+#include <torch/torch.h>
 
 #include "kernels/cpu_features.h"
 #include "kernels/linear.h"
@@ -183,6 +186,41 @@ void bench_chain(ReadProbe& probe) {
       100.0 * gb / tb / bw.best_gbs, bw.best_gbs / gb);
 }
 
+// Many-row (prefill) products: kernels::linear on bf16 tensors (skinny
+// kernel up to 31 rows, tiled GEMM from 32) against torch::linear on the
+// same bf16 tensors, median of the repetitions; GFLOP/s of each and the ratio.
+void bench_gemm() {
+  torch::NoGradGuard no_grad;
+  for (const Shape& s : kLayerShapes) {
+    auto w = torch::randn({s.n, s.k}).mul(0.05).to(torch::kBFloat16);
+    for (int64_t M : {16, 32, 64, 128, 512}) {
+      auto x = torch::randn({M, s.k}).to(torch::kBFloat16);
+      auto y = torch::empty({M, s.n}, x.options());
+      const int reps = M >= 128 ? 5 : 20;
+      std::vector<double> tk, tt;
+      for (int r = -1; r < reps; ++r) {
+        auto t0 = Clock::now();
+        finmoe::kernels::linear(finmoe::kernels::ElemType::kBF16, x.data_ptr(), M, s.k,
+                                finmoe::kernels::ElemType::kBF16, w.data_ptr(), s.n, nullptr,
+                                finmoe::kernels::ElemType::kBF16, y.data_ptr());
+        const double a = seconds_since(t0);
+        t0 = Clock::now();
+        auto yt = torch::linear(x, w);
+        const double b = seconds_since(t0);
+        if (r >= 0) {
+          tk.push_back(a);
+          tt.push_back(b);
+        }
+      }
+      const double flop = 2.0 * double(M) * double(s.n) * double(s.k);
+      const double k = median(tk), t = median(tt);
+      std::printf("%-9s %5lld x %-5lld M=%-4lld kernels %7.1f GFLOP/s  torch %7.1f GFLOP/s  (%.2fx)\n",
+                  s.name, static_cast<long long>(s.n), static_cast<long long>(s.k),
+                  static_cast<long long>(M), flop / k / 1e9, flop / t / 1e9, t / k);
+    }
+  }
+}
+
 // Fixed cost of one call: parallel_for with an empty body, and a tiny linear.
 void bench_overhead() {
   ThreadPool& pool = ThreadPool::global();
@@ -202,13 +240,17 @@ void bench_overhead() {
 
 }  // namespace
 
-// Usage: bench_kernels [all|overhead|shapes|chain]  (default all)
+// Usage: bench_kernels [all|overhead|shapes|chain|gemm]  (default all)
 int main(int argc, char** argv) {
   const std::string what = argc > 1 ? argv[1] : "all";
   ThreadPool& pool = ThreadPool::global();
   std::printf("isa %s, %d threads\n", finmoe::kernels::isa_name(), pool.num_threads());
   if (what == "all" || what == "overhead") bench_overhead();
   if (what == "overhead") return 0;
+  if (what == "gemm") {
+    bench_gemm();
+    return 0;
+  }
   ReadProbe probe;
   const Bandwidth bw = probe.measure(7);
   std::printf("memory read bandwidth (1 GiB, %d threads): median %.1f GB/s, best %.1f GB/s\n",

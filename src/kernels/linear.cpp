@@ -9,6 +9,7 @@
 
 #include "finmoe/error.h"
 #include "kernels/linear_isa.h"
+#include "kernels/ops_isa.h"
 #include "kernels/thread_pool.h"
 
 namespace finmoe::kernels {
@@ -18,6 +19,12 @@ namespace {
 constexpr int64_t kGrain = 16;
 // Smallest chunk: shorter runs of rows restart the hardware prefetcher too often.
 constexpr int64_t kMinChunk = 64;
+// Rows from which the AVX-512 bf16 path switches from the skinny kernel
+// (W streamed once, x re-read from L1 per 4 rows) to the tiled GEMM (W
+// repacked per 32-column panel; compute-bound). bench_kernels gemm measures both.
+constexpr int64_t kGemmMinRows = 32;
+// Output columns per GEMM panel (gemm_avx512.cpp).
+constexpr int64_t kGemmPanel = 32;
 // Below this many weights (128 KiB of bf16) waking a worker costs more than it saves.
 constexpr int64_t kMinParallelWeights = 64 * 1024;
 
@@ -64,8 +71,9 @@ void split_rows(int64_t N, int64_t K, const F& rows) {
   });
 }
 
-// Per-thread scratch for the converted activations, grown as needed, 64-byte aligned.
-template <class T>
+// Per-thread scratch for the converted activations, grown as needed, 64-byte
+// aligned; `Slot` tells apart buffers of one call.
+template <class T, int Slot = 0>
 T* scratch(size_t count) {
   struct Free {
     void operator()(void* p) const { std::free(p); }
@@ -118,19 +126,48 @@ float bf16_to_float(uint16_t b) {
   return f;
 }
 
-void linear_bf16_isa(Isa isa, const float* x, int64_t M, int64_t K, const uint16_t* W, int64_t N,
-                     const float* bias, float* y) {
+namespace {
+
+// y (float32) or yb (bf16) = xb · Wᵀ + bias with the tiled AVX-512 GEMM, one
+// 32-column panel per task, handed out dynamically (see split_rows).
+void gemm_avx512(const uint16_t* xb, int64_t ldx, int64_t M, int64_t K, const uint16_t* W,
+                 int64_t N, const float* bias, float* y, uint16_t* yb) {
+  const int64_t panels = (N + kGemmPanel - 1) / kGemmPanel;
+  std::atomic<int64_t> next{0};
+  auto work = [&](int64_t, int64_t) {
+    uint16_t* packed = scratch<uint16_t, 4>(static_cast<size_t>(gemm_pack_elems_avx512(K)));
+    for (int64_t p; (p = next.fetch_add(1, std::memory_order_relaxed)) < panels;) {
+      const int64_t n0 = p * kGemmPanel;
+      gemm_bf16_avx512(xb, M, K, ldx, W, n0, std::min(N, n0 + kGemmPanel), bias, y, yb, N,
+                       packed);
+    }
+  };
+  ThreadPool& pool = ThreadPool::global();
+  if (panels == 1) return work(0, 1);
+  pool.parallel_for(pool.num_threads(), 1, work);
+}
+
+// linear_bf16_isa, then after(n0, n1) on each finished range of output columns
+// (on the thread that computed it, while the rows are still in cache).
+template <class After>
+void run_bf16(Isa isa, const float* x, int64_t M, int64_t K, const uint16_t* W, int64_t N,
+              const float* bias, float* y, const After& after) {
   check_args("linear_bf16", x, M, K, W, N, y);
   require(isa);
   if (M == 0 || N == 0) return;
-  if (K == 0) return fill_bias(M, N, bias, y);
+  if (K == 0) {
+    fill_bias(M, N, bias, y);
+    return after(int64_t{0}, N);
+  }
   switch (isa) {
     case Isa::kAvx512: {
       const int64_t ldx = (K + 31) / 32 * 32;
       uint16_t* xb = scratch<uint16_t>(static_cast<size_t>(M * ldx));
       pack_x_bf16_avx512(x, M, K, xb, ldx);
+      if (M >= kGemmMinRows) return gemm_avx512(xb, ldx, M, K, W, N, bias, y, nullptr);
       split_rows(N, K, [&](int64_t n0, int64_t n1) {
         linear_bf16_rows_avx512(xb, M, K, ldx, W, n0, n1, bias, y, N);
+        after(n0, n1);
       });
       return;
     }
@@ -139,6 +176,7 @@ void linear_bf16_isa(Isa isa, const float* x, int64_t M, int64_t K, const uint16
       pack_x_bf16_avx2(x, M, K, xr);
       split_rows(N, K, [&](int64_t n0, int64_t n1) {
         linear_bf16_rows_avx2(xr, M, K, W, n0, n1, bias, y, N);
+        after(n0, n1);
       });
       return;
     }
@@ -147,35 +185,120 @@ void linear_bf16_isa(Isa isa, const float* x, int64_t M, int64_t K, const uint16
       for (int64_t i = 0; i < M * K; ++i) xr[i] = bf16_to_float(float_to_bf16(x[i]));
       split_rows(N, K, [&](int64_t n0, int64_t n1) {
         rows_scalar(xr, M, K, W, n0, n1, bias, y, N, [](uint16_t w) { return bf16_to_float(w); });
+        after(n0, n1);
       });
       return;
     }
   }
 }
 
-void linear_f32_isa(Isa isa, const float* x, int64_t M, int64_t K, const float* W, int64_t N,
-                    const float* bias, float* y) {
+template <class After>
+void run_f32(Isa isa, const float* x, int64_t M, int64_t K, const float* W, int64_t N,
+             const float* bias, float* y, const After& after) {
   check_args("linear_f32", x, M, K, W, N, y);
   require(isa);
   if (M == 0 || N == 0) return;
-  if (K == 0) return fill_bias(M, N, bias, y);
+  if (K == 0) {
+    fill_bias(M, N, bias, y);
+    return after(int64_t{0}, N);
+  }
   switch (isa) {
     case Isa::kAvx512:
       split_rows(N, 2 * K, [&](int64_t n0, int64_t n1) {
         linear_f32_rows_avx512(x, M, K, W, n0, n1, bias, y, N);
+        after(n0, n1);
       });
       return;
     case Isa::kAvx2:
       split_rows(N, 2 * K, [&](int64_t n0, int64_t n1) {
         linear_f32_rows_avx2(x, M, K, W, n0, n1, bias, y, N);
+        after(n0, n1);
       });
       return;
     case Isa::kScalar:
       split_rows(N, 2 * K, [&](int64_t n0, int64_t n1) {
         rows_scalar(x, M, K, W, n0, n1, bias, y, N, [](float w) { return w; });
+        after(n0, n1);
       });
       return;
   }
+}
+
+constexpr auto kNothingAfter = [](int64_t, int64_t) {};
+
+}  // namespace
+
+void linear_bf16_isa(Isa isa, const float* x, int64_t M, int64_t K, const uint16_t* W, int64_t N,
+                     const float* bias, float* y) {
+  run_bf16(isa, x, M, K, W, N, bias, y, kNothingAfter);
+}
+
+void linear_f32_isa(Isa isa, const float* x, int64_t M, int64_t K, const float* W, int64_t N,
+                    const float* bias, float* y) {
+  run_f32(isa, x, M, K, W, N, bias, y, kNothingAfter);
+}
+
+void linear_isa(Isa isa, ElemType x_t, const void* x, int64_t M, int64_t K, ElemType w_t,
+                const void* W, int64_t N, const void* bias, ElemType y_t, void* y) {
+  if (M < 0 || K < 0 || N < 0)
+    throw Error("linear: negative shape M=" + std::to_string(M) + " K=" + std::to_string(K) +
+                " N=" + std::to_string(N));
+  if ((M * K > 0 && x == nullptr) || (N * K > 0 && W == nullptr) || (M * N > 0 && y == nullptr))
+    throw Error("linear: null x, W or y for a non-empty shape");
+  const OpsTable& ops = ops_table(isa);
+  require(isa);
+  if (isa == Isa::kAvx512 && w_t == ElemType::kBF16 && M >= kGemmMinRows && K > 0 && N > 0) {
+    // Prefill: x straight into the GEMM's padded bf16 rows, results stored in y's type.
+    const int64_t ldx = (K + 31) / 32 * 32;
+    uint16_t* xb = scratch<uint16_t>(static_cast<size_t>(M * ldx));
+    ThreadPool::global().parallel_for(M, 16, [&](int64_t m0, int64_t m1) {
+      if (x_t == ElemType::kF32) {
+        pack_x_bf16_avx512(static_cast<const float*>(x) + m0 * K, m1 - m0, K, xb + m0 * ldx, ldx);
+        return;
+      }
+      for (int64_t m = m0; m < m1; ++m) {
+        std::memcpy(xb + m * ldx, static_cast<const uint16_t*>(x) + m * K, size_t(K) * 2);
+        std::memset(xb + m * ldx + K, 0, size_t(ldx - K) * 2);
+      }
+    });
+    const float* bf = nullptr;
+    if (bias != nullptr) {
+      float* buf = scratch<float, 2>(static_cast<size_t>(N));
+      ops.convert(w_t, bias, ElemType::kF32, buf, N);
+      bf = buf;
+    }
+    const bool f32_out = y_t == ElemType::kF32;
+    return gemm_avx512(xb, ldx, M, K, static_cast<const uint16_t*>(W), N, bf,
+                       f32_out ? static_cast<float*>(y) : nullptr,
+                       f32_out ? nullptr : static_cast<uint16_t*>(y));
+  }
+  const float* xf = static_cast<const float*>(x);
+  if (x_t != ElemType::kF32 && M * K > 0) {
+    float* buf = scratch<float, 1>(static_cast<size_t>(M * K));
+    ops.convert(x_t, x, ElemType::kF32, buf, M * K);
+    xf = buf;
+  }
+  const float* bf = static_cast<const float*>(bias);
+  if (bias != nullptr && w_t != ElemType::kF32) {
+    float* buf = scratch<float, 2>(static_cast<size_t>(N));
+    ops.convert(w_t, bias, ElemType::kF32, buf, N);
+    bf = buf;
+  }
+  if (y_t == ElemType::kF32) {
+    float* yf = static_cast<float*>(y);
+    if (w_t == ElemType::kF32)
+      return run_f32(isa, xf, M, K, static_cast<const float*>(W), N, bf, yf, kNothingAfter);
+    return run_bf16(isa, xf, M, K, static_cast<const uint16_t*>(W), N, bf, yf, kNothingAfter);
+  }
+  // Sums land in float32 scratch; each finished column range is rounded into y.
+  float* y32 = scratch<float, 3>(static_cast<size_t>(M * N));
+  const auto round_out = [&](int64_t n0, int64_t n1) {
+    for (int64_t m = 0; m < M; ++m)
+      ops.convert(ElemType::kF32, y32 + m * N + n0, y_t, elem_offset(y, y_t, m * N + n0), n1 - n0);
+  };
+  if (w_t == ElemType::kF32)
+    return run_f32(isa, xf, M, K, static_cast<const float*>(W), N, bf, y32, round_out);
+  run_bf16(isa, xf, M, K, static_cast<const uint16_t*>(W), N, bf, y32, round_out);
 }
 
 void linear_bf16(const float* x, int64_t M, int64_t K, const uint16_t* W, int64_t N,
@@ -186,6 +309,13 @@ void linear_bf16(const float* x, int64_t M, int64_t K, const uint16_t* W, int64_
 void linear_f32(const float* x, int64_t M, int64_t K, const float* W, int64_t N, const float* bias,
                 float* y) {
   linear_f32_isa(active_isa(), x, M, K, W, N, bias, y);
+}
+
+bool linear_bf16_gemm_available() { return active_isa() == Isa::kAvx512; }
+
+void linear(ElemType x_t, const void* x, int64_t M, int64_t K, ElemType w_t, const void* W,
+            int64_t N, const void* bias, ElemType y_t, void* y) {
+  linear_isa(active_isa(), x_t, x, M, K, w_t, W, N, bias, y_t, y);
 }
 
 }  // namespace finmoe::kernels

@@ -14,11 +14,25 @@
 // Thread safety: concurrent calls are safe (they serialise on the pool).
 #include <cstdint>
 
+#include "kernels/ops.h"
+
 namespace finmoe::kernels {
 
 void linear_bf16(const float* x, int64_t M, int64_t K, const uint16_t* W, int64_t N,
                  const float* bias, float* y);
 void linear_f32(const float* x, int64_t M, int64_t K, const float* W, int64_t N, const float* bias,
                 float* y);
+
+// The same products on tensors as the model stores them: x [M,K] of x_t,
+// W [N,K] and bias [N] (or null) of w_t, y [M,N] of y_t (bf16 results
+// rounded to nearest even once, after the float32 sum). Saves the
+// conversions around linear_bf16 / linear_f32.
+void linear(ElemType x_t, const void* x, int64_t M, int64_t K, ElemType w_t, const void* W,
+            int64_t N, const void* bias, ElemType y_t, void* y);
+
+// Whether linear() has its tiled many-row GEMM for bf16 weights on the
+// active path (AVX-512 BF16): then it beats libtorch's bf16 matmul at
+// prefill sizes too. On the other paths only few-row (decode) calls pay off.
+bool linear_bf16_gemm_available();
 
 }  // namespace finmoe::kernels

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "kernels/attention.h"
+
 namespace finmoe {
 
 torch::Tensor attention_core(const torch::Tensor& q, const torch::Tensor& k,
@@ -56,8 +58,67 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   return o_proj(out.transpose(1, 2).reshape({B, T, n_head_ * head_dim_}));
 }
 
+bool AttentionImpl::kernels_apply(const torch::Tensor& x, const StepPlan& plan,
+                                  const std::vector<torch::Tensor>& cache) const {
+  const auto long_cpu = [](const torch::Tensor& t) {
+    return t.device().is_cpu() && t.scalar_type() == torch::kInt64 && t.is_contiguous();
+  };
+  if (!kernel_path(x) || q_proj->weight.scalar_type() != x.scalar_type()) return false;
+  if (rope_.rotary_dim() > head_dim_ || !long_cpu(plan.write_slots)) return false;
+  for (const auto* t : {&plan.cos, &plan.sin})
+    if (t->scalar_type() != torch::kFloat32 || !t->is_contiguous() || t->dim() != 2 ||
+        t->size(1) != rope_.rotary_dim())
+      return false;
+  for (const auto& c : cache)
+    if (!kernel_path(c) || !c.is_contiguous()) return false;
+  for (const auto& s : plan.seqs)
+    if (!long_cpu(s.read_slots)) return false;
+  return true;
+}
+
+torch::Tensor AttentionImpl::step_kernels(const torch::Tensor& x, const StepPlan& plan,
+                                          std::vector<torch::Tensor>& cache) {
+  const int64_t N = x.size(0);
+  const kernels::ElemType t = elem_type(x);
+  auto q = q_proj(x).contiguous();  // [N, H*d]
+  auto k = k_proj(x).contiguous();  // [N, Hkv*d]
+  auto v = v_proj(x).contiguous();
+  const int64_t rot = rope_.rotary_dim();
+  kernels::rope(t, q.data_ptr(), N, n_head_, head_dim_, rot, plan.cos.data_ptr<float>(),
+                plan.sin.data_ptr<float>(), rope_.interleaved());
+  kernels::rope(t, k.data_ptr(), N, n_kv_head_, head_dim_, rot, plan.cos.data_ptr<float>(),
+                plan.sin.data_ptr<float>(), rope_.interleaved());
+  const kernels::ElemType ct = elem_type(cache[0]);
+  const int64_t* write = plan.write_slots.data_ptr<int64_t>();
+  kernels::scatter_rows(t, k.data_ptr(), N, n_kv_head_ * head_dim_, ct, cache[0].data_ptr(), write);
+  kernels::scatter_rows(t, v.data_ptr(), N, n_kv_head_ * head_dim_, ct, cache[1].data_ptr(), write);
+
+  std::vector<kernels::AttentionSeq> seqs;
+  seqs.reserve(plan.seqs.size());
+  for (const auto& s : plan.seqs)
+    seqs.push_back({s.q_start, s.q_len, s.read_slots.size(0), s.read_slots.data_ptr<int64_t>()});
+  auto out = torch::empty({N, n_head_ * head_dim_}, x.options());  // [N, H*d]
+  kernels::AttentionArgs args;
+  args.q_t = t;
+  args.q = q.data_ptr();
+  args.n_head = n_head_;
+  args.n_kv_head = n_kv_head_;
+  args.head_dim = head_dim_;
+  args.cache_t = ct;
+  args.k_cache = cache[0].data_ptr();
+  args.v_cache = cache[1].data_ptr();
+  args.seqs = seqs.data();
+  args.n_seqs = static_cast<int64_t>(seqs.size());
+  args.scale = static_cast<float>(scale_);
+  args.out_t = t;
+  args.out = out.data_ptr();
+  kernels::paged_attention(args);
+  return o_proj(out);
+}
+
 torch::Tensor AttentionImpl::step(const torch::Tensor& x, const StepPlan& plan,
                                   std::vector<torch::Tensor>& cache) {
+  if (kernels_apply(x, plan, cache)) return step_kernels(x, plan, cache);
   const int64_t N = x.size(0);
   auto q = rope_.apply(q_proj(x).view({N, n_head_, head_dim_}), plan.cos, plan.sin);
   auto k = rope_.apply(k_proj(x).view({N, n_kv_head_, head_dim_}), plan.cos, plan.sin);

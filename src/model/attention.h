@@ -47,6 +47,13 @@ class AttentionImpl : public torch::nn::Module {
   Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
 
  private:
+  // step() through the fused CPU kernels: RoPE and the cache write in place,
+  // attention read straight from the paged cache.
+  torch::Tensor step_kernels(const torch::Tensor& x, const StepPlan& plan,
+                             std::vector<torch::Tensor>& cache);
+  bool kernels_apply(const torch::Tensor& x, const StepPlan& plan,
+                     const std::vector<torch::Tensor>& cache) const;
+
   int64_t n_head_, n_kv_head_, head_dim_;
   double scale_;
   Rope rope_;

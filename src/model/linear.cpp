@@ -1,10 +1,31 @@
 #include "model/linear.h"
 
 #include <cstdlib>
+#include <string>
 
 #include "kernels/linear.h"
 
 namespace finmoe {
+
+namespace {
+
+bool float_or_bf16(const torch::Tensor& t) {
+  return t.scalar_type() == torch::kFloat32 || t.scalar_type() == torch::kBFloat16;
+}
+
+}  // namespace
+
+bool kernel_path(const torch::Tensor& t) {
+  static const bool enabled = [] {
+    const char* env = std::getenv("FINMOE_KERNELS");
+    return env == nullptr || std::string(env) != "0";
+  }();
+  return enabled && t.device().is_cpu() && !torch::GradMode::is_enabled() && float_or_bf16(t);
+}
+
+kernels::ElemType elem_type(const torch::Tensor& t) {
+  return t.scalar_type() == torch::kBFloat16 ? kernels::ElemType::kBF16 : kernels::ElemType::kF32;
+}
 
 int64_t kernel_max_rows() {
   static const int64_t rows = [] {
@@ -26,28 +47,35 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight,
   const int64_t in = weight.size(1);
   const int64_t out = weight.size(0);
   const int64_t rows = x.numel() / in;
-  const bool kernel = rows <= kernel_max_rows() && x.device().is_cpu() &&
-                      !torch::GradMode::is_enabled() && weight.is_contiguous() &&
-                      (weight.scalar_type() == torch::kBFloat16 ||
-                       weight.scalar_type() == torch::kFloat32);
+  // Few rows: the skinny kernels stream W once. Many rows of bf16: the tiled GEMM.
+  const bool gemm = weight.scalar_type() == torch::kBFloat16 && kernels::linear_bf16_gemm_available();
+  const bool kernel = kernel_max_rows() > 0 && (rows <= kernel_max_rows() || gemm) &&
+                      kernel_path(x) &&
+                      x.scalar_type() == weight.scalar_type() && weight.device().is_cpu() &&
+                      weight.is_contiguous() && x.size(-1) == in &&
+                      (!bias.defined() || (bias.scalar_type() == weight.scalar_type() &&
+                                           bias.is_contiguous() && bias.numel() == out));
   if (!kernel) return torch::linear(x, weight, bias);
 
-  auto x32 = x.to(torch::kFloat32).contiguous();  // [rows, in]
-  auto y = torch::empty({rows, out}, x32.options());
-  torch::Tensor b32;
-  if (bias.defined()) b32 = bias.to(torch::kFloat32).contiguous();
-  const float* bptr = b32.defined() ? b32.data_ptr<float>() : nullptr;
-  if (weight.scalar_type() == torch::kBFloat16) {
-    kernels::linear_bf16(x32.data_ptr<float>(), rows, in,
-                         reinterpret_cast<const uint16_t*>(weight.data_ptr()), out, bptr,
-                         y.data_ptr<float>());
-  } else {
-    kernels::linear_f32(x32.data_ptr<float>(), rows, in, weight.data_ptr<float>(), out, bptr,
-                        y.data_ptr<float>());
-  }
+  auto xc = x.contiguous();  // [rows, in]
   auto sizes = x.sizes().vec();
   sizes.back() = out;
-  return y.view(sizes).to(x.scalar_type());
+  auto y = torch::empty(sizes, x.options());  // [..., out]
+  const auto t = elem_type(x);
+  kernels::linear(t, xc.data_ptr(), rows, in, t, weight.data_ptr(), out,
+                  bias.defined() ? bias.data_ptr() : nullptr, t, y.data_ptr());
+  return y;
+}
+
+torch::Tensor silu_mul(const torch::Tensor& gate, const torch::Tensor& up) {
+  if (!kernel_path(gate) || up.scalar_type() != gate.scalar_type() || up.sizes() != gate.sizes() ||
+      !up.device().is_cpu())
+    return torch::silu(gate) * up;
+  auto g = gate.contiguous();
+  auto u = up.contiguous();
+  auto y = torch::empty_like(g);
+  kernels::swiglu(elem_type(g), g.data_ptr(), u.data_ptr(), g.numel(), y.data_ptr());
+  return y;
 }
 
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps_, torch::TensorOptions options) : eps(eps_) {
@@ -55,6 +83,14 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps_, torch::TensorOptions options)
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  if (kernel_path(x) && weight.scalar_type() == x.scalar_type() && weight.is_contiguous() &&
+      x.dim() >= 1 && x.size(-1) == weight.numel()) {
+    auto xc = x.contiguous();
+    auto y = torch::empty_like(xc);
+    kernels::rms_norm(elem_type(x), xc.data_ptr(), xc.numel() / weight.numel(), weight.numel(),
+                      weight.data_ptr(), static_cast<float>(eps), y.data_ptr());
+    return y;
+  }
   auto xf = x.to(torch::kFloat32);
   auto normed = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
   return weight * normed.to(x.scalar_type());

@@ -4,7 +4,16 @@
 // skinny-GEMM kernels (kernels/linear.h); otherwise torch::linear.
 #include <torch/torch.h>
 
+#include "kernels/ops.h"
+
 namespace finmoe {
+
+// Whether the fused CPU kernels (src/kernels) may compute on `t`: a CPU
+// float32/bf16 tensor, autograd off, and FINMOE_KERNELS not set to 0.
+// Training (GradMode on) and other devices always take libtorch's ops.
+bool kernel_path(const torch::Tensor& t);
+// t's dtype as the kernels name it; only for float32 / bf16 tensors.
+kernels::ElemType elem_type(const torch::Tensor& t);
 
 class LinearImpl : public torch::nn::Module {
  public:
@@ -20,6 +29,10 @@ TORCH_MODULE(Linear);
 // y = x·Wᵀ + b through the decode kernels when they apply, else torch::linear.
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight,
                      const torch::Tensor& bias);
+
+// silu(gate) * up, SwiGLU's gating product: one fused kernel on the kernel
+// path (same roundings as libtorch's two ops), else torch::silu(gate) * up.
+torch::Tensor silu_mul(const torch::Tensor& gate, const torch::Tensor& up);
 
 // Rows at or below which the kernels are used (FINMOE_KERNEL_MAX_ROWS, default 16; 0 = never).
 int64_t kernel_max_rows();

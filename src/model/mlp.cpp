@@ -14,7 +14,7 @@ MlpImpl::MlpImpl(int64_t hidden, int64_t intermediate, bool bias, torch::TensorO
 }
 
 torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
-  return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+  return down_proj(silu_mul(gate_proj(x), up_proj(x)));
 }
 
 }  // namespace finmoe

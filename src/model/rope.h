@@ -22,6 +22,8 @@ class Rope {
 
   const torch::Tensor& inv_freq() const { return inv_freq_; }  // [rotary_dim/2] float32
   double attention_scaling() const { return attention_scaling_; }
+  bool interleaved() const { return interleaved_; }
+  int64_t rotary_dim() const { return 2 * inv_freq_.size(0); }
 
  private:
   torch::Tensor inv_freq_;

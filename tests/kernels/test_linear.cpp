@@ -162,6 +162,18 @@ TEST_P(LinearIsa, Bf16MatchesDoubleReferenceOnBf16RoundedX) {
         }
 }
 
+// Prefill-sized M: the AVX-512 path switches to its tiled GEMM (panels of 32
+// columns, tiles of 12 rows); odd K exercises the zero-padded last k pair.
+TEST_P(LinearIsa, Bf16ManyRowsMatchDoubleReference) {
+  for (int64_t M : {33, 64, 131})
+    for (int64_t K : {1, 31, 896, 1001})
+      for (int64_t N : {1, 5, 33, 1003})
+        for (bool b : {false, true}) {
+          check_shape(GetParam(), true, M, K, N, b);
+          if (HasFatalFailure()) return;
+        }
+}
+
 TEST_P(LinearIsa, F32MatchesDoubleReference) {
   for (int64_t M : kMs)
     for (int64_t K : kKs)

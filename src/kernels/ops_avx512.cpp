@@ -1,0 +1,14 @@
+// OpsTable compiled for the avx512 path (see ops_isa.h).
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/ops_isa.h"
+
+namespace finmoe::kernels {
+namespace {
+#include "kernels/ops_impl.inc"
+}  // namespace
+
+const OpsTable& ops_avx512() { return kTable; }
+
+}  // namespace finmoe::kernels
