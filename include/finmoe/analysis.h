@@ -35,10 +35,10 @@ class Tokenizer;
 
 // One expert's statistics in one layer.
 struct ExpertRouting {
-  int64_t load = 0;              // tokens whose selected experts include e
-  double selection_ratio = 0;    // load / T, in [0, 1]; sums to K over experts
-  double mean_gate = 0;          // (1/T) sum_t g_{e,t}
-  double mean_router_prob = 0;   // (1/T) sum_t s_{e,t}; sums to 1 over experts
+  int64_t load = 0;             // tokens whose selected experts include e
+  double selection_ratio = 0;   // load / T, in [0, 1]; sums to K over experts
+  double mean_gate = 0;         // (1/T) sum_t g_{e,t}
+  double mean_router_prob = 0;  // (1/T) sum_t s_{e,t}; sums to 1 over experts
   // ESFT Eq. 6, average gate score: (1/N_s) sum_j (1/L_j) sum_{t in seq j} g_{e,t}
   double esft_gate = 0;
   // ESFT Eq. 7, token selection ratio: (1/N_s) sum_j (1/L_j) sum_{t in seq j} 1[e selected]/K
@@ -51,13 +51,13 @@ struct ExpertRouting {
 
 // One MoE layer's statistics.
 struct LayerRouting {
-  int64_t layer = -1;     // decoder layer index
-  int64_t tokens = 0;     // T
-  int64_t sequences = 0;  // N_s
-  int64_t top_k = 0;      // K
+  int64_t layer = -1;                  // decoder layer index
+  int64_t tokens = 0;                  // T
+  int64_t sequences = 0;               // N_s
+  int64_t top_k = 0;                   // K
   std::vector<ExpertRouting> experts;  // [E]
-  double imbalance = 0;   // load_imbalance(load): 1 = balanced, E = one expert takes every token
-  double entropy = 0;     // normalized_entropy(load): 1 = uniform, 0 = one expert
+  double imbalance = 0;  // load_imbalance(load): 1 = balanced, E = one expert takes every token
+  double entropy = 0;    // normalized_entropy(load): 1 = uniform, 0 = one expert
 };
 
 // max_e load_e / mean_e load_e; 0 for an empty or all-zero load.
@@ -98,11 +98,11 @@ class RoutingStats {
 
 struct LayerSimilarity {
   int64_t layer = -1;
-  int64_t num_experts = 0;      // E
+  int64_t num_experts = 0;  // E
   int64_t params_per_expert = 0;
-  double mean = 0;              // mean cosine over the E*(E-1)/2 pairs i < j
-  double min = 0, max = 0;      // over the same pairs
-  std::vector<double> matrix;   // [E*E] row-major, cos(expert i, expert j); diagonal 1
+  double mean = 0;             // mean cosine over the E*(E-1)/2 pairs i < j
+  double min = 0, max = 0;     // over the same pairs
+  std::vector<double> matrix;  // [E*E] row-major, cos(expert i, expert j); diagonal 1
 };
 
 // For every MoE layer of `model`: each routed expert's parameters (every
@@ -143,9 +143,9 @@ RoutingStats collect_routing(Transformer& model, const std::vector<TokenChunk>& 
 // ---- report ---------------------------------------------------------------
 
 struct ExpertReport {
-  std::string model;        // model directory, for the report header
+  std::string model;  // model directory, for the report header
   std::string model_type;
-  std::string data;         // corpus path
+  std::string data;  // corpus path
   std::vector<LayerRouting> routing;
   std::vector<LayerSimilarity> similarity;
 };

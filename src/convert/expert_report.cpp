@@ -140,7 +140,8 @@ std::string load_heatmap_svg(const ExpertReport& r) {
     d.text(left - 6, y + cell * 0.5 + 4, "layer " + std::to_string(l.layer), 10, "end");
     for (size_t e = 0; e < l.experts.size(); ++e) {
       const auto& x = l.experts[e];
-      d.rect(left + cell * double(e), y, cell, cell, svg::sequential(hi > 0 ? x.selection_ratio / hi : 0),
+      d.rect(left + cell * double(e), y, cell, cell,
+             svg::sequential(hi > 0 ? x.selection_ratio / hi : 0),
              "layer " + std::to_string(l.layer) + ", expert " + std::to_string(e) + ": selection " +
                  svg::num(x.selection_ratio) + ", gate " + svg::num(x.mean_gate));
     }
@@ -151,7 +152,8 @@ std::string load_heatmap_svg(const ExpertReport& r) {
     d.text(left + cell * (double(e) + 0.5), by + 14, std::to_string(e), 9, "middle");
   d.text(left + cell * double(E) / 2, by + 32, "expert", 11, "middle");
   // colour bar
-  const double bx = left + cell * double(E) + 20, bh = std::max(60.0, cell * double(r.routing.size()));
+  const double bx = left + cell * double(E) + 20,
+               bh = std::max(60.0, cell * double(r.routing.size()));
   for (int k = 0; k < 20; ++k)
     d.rect(bx, top + bh * (1 - (k + 1) / 20.0), 14, bh / 20 + 0.5, svg::sequential(k / 19.0));
   d.text(bx + 18, top + 8, svg::num(hi), 9);
@@ -200,14 +202,16 @@ std::string similarity_svg(const ExpertReport& r) {
     const auto& l = S[shown[k]];
     const auto E = size_t(l.num_experts);
     const double x0 = left + double(k) * (mat + 60), c = mat / double(std::max<size_t>(E, 1));
-    d.text(x0, my - 8, "layer " + std::to_string(l.layer) + " cosine matrix (-1 blue .. 1 red)", 11);
+    d.text(x0, my - 8, "layer " + std::to_string(l.layer) + " cosine matrix (-1 blue .. 1 red)",
+           11);
     for (size_t a = 0; a < E; ++a)
       for (size_t b = 0; b < E; ++b) {
         const double v = l.matrix[a * E + b];
         // tooltips only where the file stays small (E*E cells per matrix)
         d.rect(x0 + c * double(b), my + c * double(a), c, c, svg::diverging(v),
                E > 48 ? std::string()
-                      : "experts " + std::to_string(a) + ", " + std::to_string(b) + ": " + svg::num(v));
+                      : "experts " + std::to_string(a) + ", " + std::to_string(b) + ": " +
+                            svg::num(v));
       }
   }
   return d.str();

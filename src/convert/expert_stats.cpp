@@ -35,8 +35,8 @@ double normalized_entropy(std::span<const double> load) {
 // ---- RoutingStats ----------------------------------------------------------
 
 RoutingStats::RoutingStats(int64_t num_experts) : num_experts_(num_experts) {
-  if (num_experts < 1) throw Error("RoutingStats: num_experts must be positive, got " +
-                                   std::to_string(num_experts));
+  if (num_experts < 1)
+    throw Error("RoutingStats: num_experts must be positive, got " + std::to_string(num_experts));
 }
 
 void RoutingStats::add(const RouterOutput& r, int64_t seq_len) {
@@ -47,7 +47,8 @@ void RoutingStats::add(const RouterOutput& r, int64_t seq_len) {
   if (r.logits.dim() != 2 || r.logits.size(1) != E)
     throw Error(where + ": logits must be [T, " + std::to_string(E) + "]");
   const int64_t T = r.logits.size(0);
-  if (r.indices.dim() != 2 || r.indices.size(0) != T || !r.weights.sizes().equals(r.indices.sizes()))
+  if (r.indices.dim() != 2 || r.indices.size(0) != T ||
+      !r.weights.sizes().equals(r.indices.sizes()))
     throw Error(where + ": indices and weights must both be [T, K] with T = " + std::to_string(T));
   const int64_t K = r.indices.size(1);
   if (K < 1 || K > E) throw Error(where + ": K = " + std::to_string(K) + " outside [1, E]");
@@ -63,18 +64,20 @@ void RoutingStats::add(const RouterOutput& r, int64_t seq_len) {
   Acc& a = layers_[r.layer];
   if (a.load.empty()) {
     a.top_k = K;
-    for (auto* v : {&a.load, &a.gate, &a.prob, &a.esft_gate, &a.esft_token}) v->assign(size_t(E), 0.0);
+    for (auto* v : {&a.load, &a.gate, &a.prob, &a.esft_gate, &a.esft_token})
+      v->assign(size_t(E), 0.0);
   } else if (a.top_k != K) {
     throw Error(where + ": K changed from " + std::to_string(a.top_k) + " to " + std::to_string(K));
   }
   const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
   auto ones = torch::ones({T, K}, f64);
-  auto sel = torch::zeros({T, E}, f64).scatter_add_(1, idx, ones);                   // [T, E] 0/1
-  auto g = torch::zeros({T, E}, f64).scatter_add_(1, idx, r.weights.to(torch::kCPU, torch::kFloat64));  // [T, E]
-  auto s = torch::softmax(r.logits.to(torch::kCPU, torch::kFloat64), -1);             // [T, E]
+  auto sel = torch::zeros({T, E}, f64).scatter_add_(1, idx, ones);  // [T, E] 0/1
+  auto g = torch::zeros({T, E}, f64)
+               .scatter_add_(1, idx, r.weights.to(torch::kCPU, torch::kFloat64));  // [T, E]
+  auto s = torch::softmax(r.logits.to(torch::kCPU, torch::kFloat64), -1);          // [T, E]
   const int64_t S = T / L;
   // ESFT averages within each sequence first, then over sequences
-  auto gate_seq = g.view({S, L, E}).mean(1).sum(0);                // [E]
+  auto gate_seq = g.view({S, L, E}).mean(1).sum(0);                   // [E]
   auto token_seq = (sel / double(K)).view({S, L, E}).mean(1).sum(0);  // [E]
   auto add_to = [](std::vector<double>& acc, const torch::Tensor& v) {
     auto c = v.contiguous();
@@ -94,7 +97,9 @@ void RoutingStats::add(const std::vector<RouterOutput>& routers, int64_t seq_len
   for (const auto& r : routers) add(r, seq_len);
 }
 
-int64_t RoutingStats::tokens() const { return layers_.empty() ? 0 : layers_.begin()->second.tokens; }
+int64_t RoutingStats::tokens() const {
+  return layers_.empty() ? 0 : layers_.begin()->second.tokens;
+}
 
 std::vector<LayerRouting> RoutingStats::results() const {
   std::vector<LayerRouting> out;
@@ -104,9 +109,11 @@ std::vector<LayerRouting> RoutingStats::results() const {
     l.tokens = a.tokens;
     l.sequences = a.sequences;
     l.top_k = a.top_k;
-    const double T = double(std::max<int64_t>(a.tokens, 1)), S = double(std::max<int64_t>(a.sequences, 1));
+    const double T = double(std::max<int64_t>(a.tokens, 1)),
+                 S = double(std::max<int64_t>(a.sequences, 1));
     double gate_total = 0, token_total = 0;
-    for (size_t e = 0; e < a.load.size(); ++e) gate_total += a.esft_gate[e], token_total += a.esft_token[e];
+    for (size_t e = 0; e < a.load.size(); ++e)
+      gate_total += a.esft_gate[e], token_total += a.esft_token[e];
     for (size_t e = 0; e < a.load.size(); ++e) {
       ExpertRouting x;
       x.load = int64_t(std::llround(a.load[e]));
@@ -131,7 +138,8 @@ std::vector<LayerRouting> RoutingStats::results() const {
 namespace {
 
 // "model.layers.{l}.<...>.experts.{e}.<suffix>" -> (l, e, suffix); false for other names.
-bool parse_expert_name(const std::string& name, int64_t& layer, int64_t& expert, std::string& suffix) {
+bool parse_expert_name(const std::string& name, int64_t& layer, int64_t& expert,
+                       std::string& suffix) {
   static const std::string prefix = "model.layers.", mark = ".experts.";
   if (!name.starts_with(prefix)) return false;
   const size_t p = name.find(mark);
@@ -159,7 +167,8 @@ std::vector<LayerSimilarity> expert_similarity(const Transformer& model) {
     int64_t l = 0, e = 0;
     std::string suffix;
     if (!parse_expert_name(name, l, e, suffix)) continue;
-    if (e < 0 || e >= E) throw Error(name + ": expert index outside [0, " + std::to_string(E) + ")");
+    if (e < 0 || e >= E)
+      throw Error(name + ": expert index outside [0, " + std::to_string(E) + ")");
     auto& slot = layers[l][suffix];
     slot.resize(size_t(E));
     slot[size_t(e)] = t;
@@ -178,8 +187,7 @@ std::vector<LayerSimilarity> expert_similarity(const Transformer& model) {
           throw Error(what + ": missing for expert " + std::to_string(e));
       const int64_t n = ts[0].numel();
       for (const auto& t : ts)
-        if (!t.sizes().equals(ts[0].sizes()))
-          throw Error(what + ": experts have different shapes");
+        if (!t.sizes().equals(ts[0].sizes())) throw Error(what + ": experts have different shapes");
       ls.params_per_expert += n;
       // columns in chunks so a real model's layer is never copied whole to float64
       const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 24) / E);
@@ -191,8 +199,8 @@ std::vector<LayerSimilarity> expert_similarity(const Transformer& model) {
         gram += X.mm(X.t());                                           // [E, E]
       }
     }
-    auto norm = gram.diagonal().sqrt();                                  // [E]
-    auto denom = norm.unsqueeze(1) * norm.unsqueeze(0);                  // [E, E]
+    auto norm = gram.diagonal().sqrt();                  // [E]
+    auto denom = norm.unsqueeze(1) * norm.unsqueeze(0);  // [E, E]
     auto cos = torch::where(denom > 0, gram / denom, torch::zeros_like(gram));
     cos.fill_diagonal_(1.0);
     cos = cos.contiguous();
@@ -235,7 +243,9 @@ std::vector<TokenChunk> tokenize_corpus(const std::string& path, const Tokenizer
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(path + ": cannot open the data file");
   const int64_t limit = opt.max_tokens;
-  auto full = [&](const std::vector<int32_t>& t) { return limit > 0 && int64_t(t.size()) >= limit; };
+  auto full = [&](const std::vector<int32_t>& t) {
+    return limit > 0 && int64_t(t.size()) >= limit;
+  };
   std::vector<int32_t> tokens, docs;
   std::string line;
   if (path.ends_with(".jsonl")) {
@@ -264,7 +274,8 @@ std::vector<TokenChunk> tokenize_corpus(const std::string& path, const Tokenizer
         }
         text = render_chat(tok, msgs, /*add_generation_prompt=*/false);
       } else {
-        throw Error(where + ": expected an object with a string field 'text' or an array 'messages'");
+        throw Error(where +
+                    ": expected an object with a string field 'text' or an array 'messages'");
       }
       append_doc(tokens, docs, tok.encode(text, false), doc++, limit);
     }
@@ -327,11 +338,13 @@ RoutingStats collect_routing(Transformer& model, const std::vector<TokenChunk>& 
       ++j;
     }
     const int64_t B = int64_t(j - i);
-    auto tokens = torch::tensor(ids, torch::kInt64).view({B, int64_t(L)}).to(model.device());  // [B, L]
+    auto tokens =
+        torch::tensor(ids, torch::kInt64).view({B, int64_t(L)}).to(model.device());  // [B, L]
     std::vector<RouterOutput> routers;
     ForwardOptions fo;
     fo.router_outputs = &routers;
-    if (multi_doc) fo.document_ids = torch::tensor(docs, torch::kInt64).view({B, int64_t(L)}).to(model.device());
+    if (multi_doc)
+      fo.document_ids = torch::tensor(docs, torch::kInt64).view({B, int64_t(L)}).to(model.device());
     model.forward(tokens, fo);
     stats.add(routers, int64_t(L));  // rows are B sequences of L tokens
     done += B * int64_t(L);

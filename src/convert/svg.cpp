@@ -32,8 +32,13 @@ void Document::text(double x, double y, std::string_view s, double size, const s
   body_ += "<text x=\"" + num(x, 6) + "\" y=\"" + num(y, 6) + "\" font-size=\"" + num(size, 3) +
            "\" text-anchor=\"" + anchor + "\"";
   if (rotate != 0)
-    body_.append(" transform=\"rotate(").append(num(rotate, 4)).append(" ").append(num(x, 6))
-        .append(" ").append(num(y, 6)).append(")\"");
+    body_.append(" transform=\"rotate(")
+        .append(num(rotate, 4))
+        .append(" ")
+        .append(num(x, 6))
+        .append(" ")
+        .append(num(y, 6))
+        .append(")\"");
   body_.append(">").append(escape(s)).append("</text>\n");
 }
 
@@ -48,11 +53,20 @@ std::string escape(std::string_view s) {
   std::string out;
   for (char c : s) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;

@@ -50,14 +50,16 @@ class CliExperts : public ::testing::Test {
   static void SetUpTestSuite() {
     dir_ = fs::temp_directory_path() / ("finmoe-cli-experts-" + std::to_string(::getpid()));
     const std::string tok = std::string(FINMOE_TEST_DATA_DIR) + "/tokenizer/qwen3";
-    auto r = run("init " + dense() + " --preset tiny --arch llama --dtype float32 --seed 5 --tokenizer " + tok);
+    auto r = run("init " + dense() +
+                 " --preset tiny --arch llama --dtype float32 --seed 5 --tokenizer " + tok);
     ASSERT_EQ(r.status, 0) << r.out;
     make_mixtral();
     std::ofstream data(dir_ / "corpus.jsonl");
     for (int i = 0; i < 30; ++i)
       data << nlohmann::json{{"text", "Quarter " + std::to_string(i) +
                                           ": revenue grew, margins held, and the company "
-                                          "repurchased shares worth $" + std::to_string(10 * i) + "m."}}
+                                          "repurchased shares worth $" +
+                                          std::to_string(10 * i) + "m."}}
                   .dump()
            << "\n";
   }
@@ -91,7 +93,8 @@ class CliExperts : public ::testing::Test {
       store.push_back(std::move(v));
       tensors.push_back({name, finmoe::DType::F32, shape, store.back().data(), size_t(n) * 4});
     };
-    const std::map<std::string, std::string> w_name = {{"gate_proj", "w1"}, {"up_proj", "w3"}, {"down_proj", "w2"}};
+    const std::map<std::string, std::string> w_name = {
+        {"gate_proj", "w1"}, {"up_proj", "w3"}, {"down_proj", "w2"}};
     for (const auto& name : reader.names()) {
       const auto& t = reader.get(name);
       const size_t mlp = name.find(".mlp.");
@@ -103,9 +106,11 @@ class CliExperts : public ::testing::Test {
       const std::string layer = name.substr(0, mlp);  // model.layers.{i}
       const std::string proj = name.substr(mlp + 5, name.find('.', mlp + 5) - mlp - 5);
       for (int64_t e = 0; e < kExperts; ++e)
-        add_new(layer + ".block_sparse_moe.experts." + std::to_string(e) + "." + w_name.at(proj) + ".weight",
+        add_new(layer + ".block_sparse_moe.experts." + std::to_string(e) + "." + w_name.at(proj) +
+                    ".weight",
                 t.shape, reinterpret_cast<const float*>(t.data));
-      if (proj == "gate_proj") add_new(layer + ".block_sparse_moe.gate.weight", {kExperts, D}, nullptr);
+      if (proj == "gate_proj")
+        add_new(layer + ".block_sparse_moe.gate.weight", {kExperts, D}, nullptr);
     }
     finmoe::write_checkpoint(out.string(), tensors);
   }
@@ -156,7 +161,10 @@ TEST_F(CliExperts, WritesEveryReportFileWithConsistentStatistics) {
     std::getline(f, layer, ',');
     std::getline(f, expert, ',');
     std::getline(f, load, ',');
-    EXPECT_EQ(std::stoll(load), routing["layers"][size_t(rows / kExperts)]["experts"][size_t(std::stoll(expert))]["load"].get<int64_t>());
+    EXPECT_EQ(
+        std::stoll(load),
+        routing["layers"][size_t(rows / kExperts)]["experts"][size_t(std::stoll(expert))]["load"]
+            .get<int64_t>());
     ++rows;
   }
   EXPECT_EQ(rows, 2 * kExperts);

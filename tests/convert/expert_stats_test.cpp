@@ -90,9 +90,14 @@ TEST(RoutingStats, MatchesCountsFromLoopsOverHandMadeRouting) {
   EXPECT_EQ(l.top_k, 2);
 
   // the expectation, by plain loops: sequences as (router, first row, length)
-  struct Seq { const RouterOutput* r; const std::vector<std::vector<int64_t>>* idx;
-               const std::vector<std::vector<float>>* w; int64_t start, len; };
-  const std::vector<Seq> seqs = {{&r1, &idx1, &w1, 0, 3}, {&r1, &idx1, &w1, 3, 3}, {&r2, &idx2, &w2, 0, 4}};
+  struct Seq {
+    const RouterOutput* r;
+    const std::vector<std::vector<int64_t>>* idx;
+    const std::vector<std::vector<float>>* w;
+    int64_t start, len;
+  };
+  const std::vector<Seq> seqs = {
+      {&r1, &idx1, &w1, 0, 3}, {&r1, &idx1, &w1, 3, 3}, {&r2, &idx2, &w2, 0, 4}};
   std::vector<double> load(E), gate(E), prob(E), esft_gate(E), esft_token(E);
   for (const auto& s : seqs) {
     std::vector<double> sg(E), st(E);
@@ -164,7 +169,8 @@ TEST(RoutingStats, RejectsShapesThatDoNotFit) {
 
 // ---- similarity -------------------------------------------------------------
 
-std::vector<std::pair<std::string, torch::Tensor>> expert_params(Transformer& m, int64_t layer, int64_t e) {
+std::vector<std::pair<std::string, torch::Tensor>> expert_params(Transformer& m, int64_t layer,
+                                                                 int64_t e) {
   std::vector<std::pair<std::string, torch::Tensor>> out;
   const std::string key = "model.layers." + std::to_string(layer) + ".";
   const std::string ex = ".experts." + std::to_string(e) + ".";
@@ -242,17 +248,17 @@ TEST(Corpus, JsonlDocumentsAreConcatenatedAndChunked) {
   const std::vector<std::string> texts = {"Revenue rose 12% year over year.",
                                           "The board approved a dividend of $0.42 per share.",
                                           "Net interest margin narrowed."};
-  std::ofstream(d.path / "c.jsonl") << nlohmann::json{{"text", texts[0]}}.dump() << "\n\n"
-                                    << nlohmann::json{{"text", texts[1]}}.dump() << "\n"
-                                    << nlohmann::json{{"messages", {{{"role", "user"}, {"content", texts[2]}}}}}.dump()
-                                    << "\n";
+  std::ofstream(d.path / "c.jsonl")
+      << nlohmann::json{{"text", texts[0]}}.dump() << "\n\n"
+      << nlohmann::json{{"text", texts[1]}}.dump() << "\n"
+      << nlohmann::json{{"messages", {{{"role", "user"}, {"content", texts[2]}}}}}.dump() << "\n";
   std::vector<int32_t> want, want_doc;
   for (size_t i = 0; i < 3; ++i) {
-    const std::string text =
-        i < 2 ? texts[i] : render_chat(tok, {{"user", texts[2]}}, false);
+    const std::string text = i < 2 ? texts[i] : render_chat(tok, {{"user", texts[2]}}, false);
     for (int32_t id : tok.encode(text)) want.push_back(id), want_doc.push_back(int32_t(i));
   }
-  const auto chunks = tokenize_corpus((d.path / "c.jsonl").string(), tok, {.seq_len = 7, .max_tokens = 0});
+  const auto chunks =
+      tokenize_corpus((d.path / "c.jsonl").string(), tok, {.seq_len = 7, .max_tokens = 0});
   ASSERT_EQ(chunks.size(), (want.size() + 6) / 7);
   std::vector<int32_t> got;
   for (size_t c = 0; c < chunks.size(); ++c) {
@@ -269,7 +275,8 @@ TEST(Corpus, JsonlDocumentsAreConcatenatedAndChunked) {
   }
   EXPECT_EQ(got, want);
 
-  const auto capped = tokenize_corpus((d.path / "c.jsonl").string(), tok, {.seq_len = 4, .max_tokens = 10});
+  const auto capped =
+      tokenize_corpus((d.path / "c.jsonl").string(), tok, {.seq_len = 4, .max_tokens = 10});
   ASSERT_EQ(capped.size(), 3u);
   EXPECT_EQ(capped.back().tokens.size(), 2u);
 }
@@ -336,13 +343,17 @@ TEST(CollectRouting, CountsEveryTokenOnceAndMatchesADirectForward) {
     ForwardOptions fo;
     fo.router_outputs = &routers;
     const auto L = int64_t(c.tokens.size());
-    fo.document_ids = torch::tensor(std::vector<int64_t>(c.document_ids.begin(), c.document_ids.end())).view({1, L});
-    m.forward(torch::tensor(std::vector<int64_t>(c.tokens.begin(), c.tokens.end())).view({1, L}), fo);
+    fo.document_ids =
+        torch::tensor(std::vector<int64_t>(c.document_ids.begin(), c.document_ids.end()))
+            .view({1, L});
+    m.forward(torch::tensor(std::vector<int64_t>(c.tokens.begin(), c.tokens.end())).view({1, L}),
+              fo);
     ASSERT_EQ(routers.size(), 1u);
     auto idx = routers[0].indices.flatten();
     for (int64_t i = 0; i < idx.numel(); ++i) ++want[size_t(idx[i].item<int64_t>())];
   }
-  for (size_t e = 0; e < want.size(); ++e) EXPECT_EQ(res[0].experts[e].load, want[e]) << "expert " << e;
+  for (size_t e = 0; e < want.size(); ++e)
+    EXPECT_EQ(res[0].experts[e].load, want[e]) << "expert " << e;
 }
 
 TEST(CollectRouting, DenseModelIsRejectedNamingItsType) {
