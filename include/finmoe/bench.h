@@ -37,7 +37,8 @@ struct DecodeBenchResult {
 double measure_read_bandwidth(size_t bytes = size_t(1) << 30, int repeats = 3);
 
 // Bytes of weights a batch-1 decode step reads: every parameter but the
-// embedding table (one row read), plus the table again when it is the tied head.
+// embedding table (one row read), plus the table again when it is the tied head;
+// of a MoE layer's routed experts only the num_experts_per_tok a token uses.
 double decode_weight_bytes(const Transformer& model);
 
 DecodeBenchResult bench_decode(Transformer& model, const DecodeBenchOptions& options);

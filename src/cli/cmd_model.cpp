@@ -26,6 +26,19 @@ std::string human(double n) {
   return s.str();
 }
 
+// Bytes with a decimal unit: "988.07 MB", "3.09 GB".
+std::string human_bytes(double n) {
+  const char* units[] = {"B", "KB", "MB", "GB", "TB"};
+  int u = 0;
+  while (std::abs(n) >= 1000 && u < 4) {
+    n /= 1000;
+    ++u;
+  }
+  std::ostringstream s;
+  s << std::fixed << std::setprecision(u ? 2 : 0) << n << " " << units[u];
+  return s.str();
+}
+
 std::vector<int32_t> parse_ids(const std::string& s) {
   std::vector<int32_t> ids;
   std::stringstream ss(s);
@@ -136,7 +149,7 @@ void add_info(CLI::App& app, Run& run) {
                 << "arch        " << cfg.model_type
                 << (cfg.architectures.empty() ? "" : " (" + cfg.architectures[0] + ")") << "\n"
                 << "params      " << human(double(total)) << " (" << total << "), "
-                << human(double(bytes)) << "B on disk, dtype " << cfg.torch_dtype << "\n"
+                << human_bytes(double(bytes)) << " on disk, dtype " << cfg.torch_dtype << "\n"
                 << "layers      " << cfg.num_hidden_layers << " x [attn " << cfg.num_attention_heads
                 << "q/" << cfg.num_key_value_heads << "kv heads x " << cfg.head_dim
                 << (cfg.attention_bias ? ", qkv bias" : "") << "; SwiGLU " << cfg.hidden_size
@@ -167,8 +180,9 @@ void add_info(CLI::App& app, Run& run) {
                 << "KV cache    " << kv["bfloat16"].get<int64_t>() << " B/token bf16, "
                 << kv["float32"].get<int64_t>() << " B/token fp32, " << kv["int8"].get<int64_t>()
                 << " B/token int8; full context bf16: "
-                << human(double(kv["bfloat16"].get<int64_t>()) * double(cfg.max_position_embeddings))
-                << "B\n";
+                << human_bytes(double(kv["bfloat16"].get<int64_t>()) *
+                               double(cfg.max_position_embeddings))
+                << "\n";
       return 0;
     };
   });

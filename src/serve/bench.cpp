@@ -58,7 +58,10 @@ double decode_weight_bytes(const Transformer& model) {
       bytes += b;
     }
   }
-  return bytes;
+  // a token reads only its k routed experts of each MoE layer
+  const ParamCount pc = model.param_count();
+  const auto elem = double(torch::elementSize(model.dtype()));
+  return bytes - double(pc.total - pc.active) * elem;
 }
 
 // Read bandwidth of an accelerator's memory: a reduction over 2 GiB, best of 5.
