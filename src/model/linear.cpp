@@ -96,4 +96,18 @@ torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
   return weight * normed.to(x.scalar_type());
 }
 
+torch::Tensor RMSNormImpl::add_forward(torch::Tensor& x, const torch::Tensor& delta) {
+  if (kernel_path(x) && x.is_contiguous() && weight.scalar_type() == x.scalar_type() &&
+      weight.is_contiguous() && delta.scalar_type() == x.scalar_type() &&
+      delta.sizes() == x.sizes() && x.dim() >= 1 && x.size(-1) == weight.numel()) {
+    auto d = delta.contiguous();
+    auto y = torch::empty_like(x);
+    kernels::add_rms_norm(elem_type(x), x.data_ptr(), d.data_ptr(), x.numel() / weight.numel(),
+                          weight.numel(), weight.data_ptr(), static_cast<float>(eps), y.data_ptr());
+    return y;
+  }
+  x = x + delta;
+  return forward(x);
+}
+
 }  // namespace finmoe

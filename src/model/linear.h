@@ -42,6 +42,9 @@ class RMSNormImpl : public torch::nn::Module {
   RMSNormImpl(int64_t dim, double eps, torch::TensorOptions options);
   // x [..., dim]; normalised in float32 as HF does, then scaled in x's dtype
   torch::Tensor forward(const torch::Tensor& x);
+  // The residual add fused with this norm: x += delta (in place), returns
+  // forward(x). One kernel on the CPU no-grad path.
+  torch::Tensor add_forward(torch::Tensor& x, const torch::Tensor& delta);
 
   torch::Tensor weight;  // [dim]
   double eps;

@@ -69,10 +69,19 @@ torch::Tensor document_positions(const torch::Tensor& doc) {  // [B,T] -> [B,T]
 
 }  // namespace
 
+void TransformerImpl::check_window(int64_t context) const {
+  // Within the window, sliding-window attention is plain causal attention.
+  if (config.sliding_window && context > *config.sliding_window)
+    throw Error("context of " + std::to_string(context) + " tokens exceeds sliding_window " +
+                std::to_string(*config.sliding_window) + " of this " + config.model_type +
+                " model; sliding-window attention beyond the window is not implemented");
+}
+
 torch::Tensor TransformerImpl::forward(const torch::Tensor& tokens, const ForwardOptions& fo) {
   if (tokens.dim() != 2) throw Error("forward: tokens must be [B,T], got " +
                                      std::to_string(tokens.dim()) + " dims");
   const int64_t B = tokens.size(0), T = tokens.size(1);
+  check_window(T);
   auto ids = tokens.to(torch::kInt64);
   torch::Tensor positions, mask;
   if (fo.document_ids.defined()) {
@@ -128,6 +137,7 @@ void StepBatch::validate(const KVCache& cache) const {
 torch::Tensor TransformerImpl::step(const StepBatch& batch, KVCache& cache) {
   torch::NoGradGuard no_grad;
   batch.validate(cache);
+  for (const auto& q : batch.seqs) check_window(q.context_len);
   const int64_t N = static_cast<int64_t>(batch.tokens.size());
   const int64_t bs = cache.block_size();
   const auto dev = options.device();
@@ -165,10 +175,18 @@ torch::Tensor TransformerImpl::step(const StepBatch& batch, KVCache& cache) {
   auto ids = torch::tensor(std::vector<int64_t>(batch.tokens.begin(), batch.tokens.end()), cpu_long)
                  .to(dev);
   auto x = torch::embedding(model->embed_tokens->weight, ids);  // [N,D]
+  // x is the residual stream, owned here: each residual add is fused with the
+  // norm that follows it (the last one with nothing: the final norm runs on
+  // the selected rows only)
+  torch::Tensor h = layer_list.front()->input_layernorm(x);
   for (size_t l = 0; l < layer_list.size(); ++l) {
     auto& layer = layer_list[l];
-    x = x + layer->self_attn->step(layer->input_layernorm(x), plan, cache.layer(int64_t(l)));
-    x = x + layer->ffn(layer->post_attention_layernorm(x));
+    auto attn = layer->self_attn->step(h, plan, cache.layer(int64_t(l)));
+    auto ffn = layer->ffn(layer->post_attention_layernorm->add_forward(x, attn));
+    if (l + 1 < layer_list.size())
+      h = layer_list[l + 1]->input_layernorm->add_forward(x, ffn);
+    else
+      x = x + ffn;
   }
   if (!batch.all_logits) x = x.index_select(0, torch::tensor(last_rows, cpu_long).to(dev));
   return logits(x);

@@ -286,3 +286,42 @@ TEST(MoeConfig, InconsistentGranularityIsAnErrorNamingTheField) {
 
 }  // namespace
 }  // namespace finmoe
+
+namespace finmoe {
+namespace {
+
+TEST(Moe, TrainingForwardGivesGradientsOnlyToRoutedExperts) {
+  auto c = test::tiny_config("mixtral");
+  c.num_experts = 6;
+  c.finalize("test");
+  Transformer m(c);
+  init_random(m, 12);
+  for (auto& [name, t] : m.named_parameters()) t.requires_grad_(true);
+  std::vector<RouterOutput> routers;
+  auto ids = torch::randint(c.vocab_size, {1, 2}, torch::kInt64);  // 2 tokens: at most 4 experts used
+  auto logits = m.forward(ids, {.router_outputs = &routers});
+  auto loss = logits.logsumexp(-1).mean() + load_balancing_loss(routers, 0.01);
+  loss.backward();
+  ASSERT_EQ(routers.size(), 2u);
+  for (const auto& r : routers) {
+    std::set<int64_t> used;
+    for (int64_t v : std::vector<int64_t>(r.indices.data_ptr<int64_t>(),
+                                          r.indices.data_ptr<int64_t>() + r.indices.numel()))
+      used.insert(v);
+    for (const auto& [name, t] : m.named_parameters()) {
+      const std::string p = "model.layers." + std::to_string(r.layer) + ".block_sparse_moe.experts.";
+      if (!name.starts_with(p)) continue;
+      const int64_t e = std::stoll(name.substr(p.size()));
+      const bool has_grad = t.grad().defined() && t.grad().abs().sum().item<double>() > 0;
+      EXPECT_EQ(has_grad, used.count(e) == 1) << name;
+    }
+    // the router learns through both the weights and the balancing loss
+    auto gate = m.named_parameters();
+    for (const auto& [name, t] : gate)
+      if (name == "model.layers." + std::to_string(r.layer) + ".block_sparse_moe.gate.weight")
+        EXPECT_GT(t.grad().abs().sum().item<double>(), 0.0);
+  }
+}
+
+}  // namespace
+}  // namespace finmoe

@@ -188,3 +188,32 @@ TEST(Rope, InterleavedLayoutRotatesAdjacentPairs) {
 
 }  // namespace
 }  // namespace finmoe
+
+namespace finmoe {
+namespace {
+
+TEST(SlidingWindow, ContextBeyondTheWindowIsAnErrorNotASilentFullAttention) {
+  auto cfg = test::tiny_config("mistral");
+  cfg.sliding_window = 8;
+  Transformer m(cfg);
+  init_random(m, 2);
+  torch::NoGradGuard g;
+  EXPECT_NO_THROW(m.forward(torch::randint(cfg.vocab_size, {1, 8}, torch::kInt64)));
+  try {
+    m.forward(torch::randint(cfg.vocab_size, {1, 9}, torch::kInt64));
+    FAIL() << "9 tokens accepted with sliding_window 8";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("sliding_window 8"), std::string::npos) << e.what();
+  }
+  KVCache cache(m, 2, 8);
+  StepBatch b;
+  for (int i = 0; i < 9; ++i) {
+    b.tokens.push_back(i);
+    b.positions.push_back(i);
+  }
+  b.seqs = {{0, 9, 9, {0, 1}}};
+  EXPECT_THROW(m.step(b, cache), Error);
+}
+
+}  // namespace
+}  // namespace finmoe
