@@ -1,4 +1,5 @@
 // finmoe info | logits | init
+#include <array>
 #include <cmath>
 #include <filesystem>
 #include <iomanip>
@@ -14,30 +15,20 @@
 namespace finmoe::cli {
 namespace {
 
-std::string human(double n) {
-  const char* units[] = {"", "K", "M", "B", "T"};
+// n in steps of 1000 with each step's unit: scaled(1.5e6, counts) = "1.50M".
+std::string scaled(double n, const std::array<const char*, 5>& units) {
   int u = 0;
   while (std::abs(n) >= 1000 && u < 4) {
     n /= 1000;
     ++u;
   }
   std::ostringstream s;
-  s << std::fixed << std::setprecision(u ? 2 : 0) << n << units[u];
+  s << std::fixed << std::setprecision(u ? 2 : 0) << n << units[size_t(u)];
   return s.str();
 }
 
-// Bytes with a decimal unit: "988.07 MB", "3.09 GB".
-std::string human_bytes(double n) {
-  const char* units[] = {"B", "KB", "MB", "GB", "TB"};
-  int u = 0;
-  while (std::abs(n) >= 1000 && u < 4) {
-    n /= 1000;
-    ++u;
-  }
-  std::ostringstream s;
-  s << std::fixed << std::setprecision(u ? 2 : 0) << n << " " << units[u];
-  return s.str();
-}
+std::string human(double n) { return scaled(n, {"", "K", "M", "B", "T"}); }
+std::string human_bytes(double n) { return scaled(n, {" B", " KB", " MB", " GB", " TB"}); }
 
 std::vector<int32_t> parse_ids(const std::string& s) {
   std::vector<int32_t> ids;

@@ -1,5 +1,4 @@
 // The `finmoe` command end to end: subprocesses on models made at test time.
-#include "core/file_util.h"
 #include <gtest/gtest.h>
 
 #include <array>
@@ -12,31 +11,16 @@
 #include <nlohmann/json.hpp>
 
 #include "finmoe/safetensors.h"
+#include "cli_util.h"
+#include "core/file_util.h"
 
 namespace {
 
+using finmoe::clitest::Result;
+using finmoe::clitest::run;
+
 namespace fs = std::filesystem;
 
-std::string finmoe_bin() {
-  if (const char* b = std::getenv("FINMOE_BIN")) return b;
-  return FINMOE_CLI_PATH;
-}
-
-struct Result {
-  int status = -1;
-  std::string out;  // stdout + stderr
-};
-
-Result sh(const std::string& args) {
-  Result r;
-  const std::string cmd = finmoe_bin() + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  r.status = WEXITSTATUS(pclose(p));
-  return r;
-}
 
 std::string data(const std::string& rel) { return std::string(FINMOE_TEST_DATA_DIR) + "/" + rel; }
 
@@ -44,7 +28,7 @@ class Cli : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = fs::temp_directory_path() / ("finmoe-cli-" + std::to_string(::getpid()));
-    auto r = sh("init " + model() + " --preset tiny --arch llama --dtype float32 --seed 3 --tokenizer " +
+    auto r = run("init " + model() + " --preset tiny --arch llama --dtype float32 --seed 3 --tokenizer " +
                 data("tokenizer/qwen3"));
     ASSERT_EQ(r.status, 0) << r.out;
   }
@@ -55,7 +39,7 @@ class Cli : public ::testing::Test {
 fs::path Cli::dir_;
 
 TEST_F(Cli, InfoReportsParameterCountAndKvBytes) {
-  auto r = sh("info " + model() + " --json");
+  auto r = run("info " + model() + " --json");
   ASSERT_EQ(r.status, 0) << r.out;
   auto j = nlohmann::json::parse(r.out);
   const int64_t V = j["vocab_size"], D = j["hidden_size"], F = j["intermediate_size"];
@@ -83,7 +67,7 @@ TEST_F(Cli, TokenizeJsonlMatchesGoldenIds) {
     want.push_back(j["ids"]);
   }
   out.close();
-  auto r = sh("tokenize " + model() + " --jsonl " + in.string());
+  auto r = run("tokenize " + model() + " --jsonl " + in.string());
   ASSERT_EQ(r.status, 0) << r.out;
   std::istringstream got(r.out);
   for (size_t i = 0; i < want.size(); ++i) {
@@ -103,7 +87,7 @@ TEST_F(Cli, LogitsMatchTransformersReference) {
   std::string arg;
   for (int64_t t = 0; t < T; ++t)
     arg += (t ? "," : "") + std::to_string(reinterpret_cast<const int64_t*>(ids->data)[t]);
-  auto r = sh("logits " + m + " --ids " + arg + " --top 3");
+  auto r = run("logits " + m + " --ids " + arg + " --top 3");
   ASSERT_EQ(r.status, 0) << r.out;
   auto j = nlohmann::json::parse(r.out);
   ASSERT_EQ(j["positions"].size(), size_t(T));
@@ -122,17 +106,17 @@ TEST_F(Cli, LogitsMatchTransformersReference) {
 }
 
 TEST_F(Cli, GenerateStreamsAndReportsSpeed) {
-  auto r = sh("generate " + model() + " -p 'The balance sheet' -n 8 --greedy");
+  auto r = run("generate " + model() + " -p 'The balance sheet' -n 8 --greedy");
   ASSERT_EQ(r.status, 0) << r.out;
   EXPECT_NE(r.out.find("TTFT"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("decode"), std::string::npos) << r.out;
   // greedy is deterministic
-  EXPECT_EQ(sh("generate " + model() + " -p 'The balance sheet' -n 8 --greedy").out.substr(0, 40),
+  EXPECT_EQ(run("generate " + model() + " -p 'The balance sheet' -n 8 --greedy").out.substr(0, 40),
             r.out.substr(0, 40));
 }
 
 TEST_F(Cli, BadInputExitsWithMessageNamingIt) {
-  auto r = sh("info " + (dir_ / "nope").string());
+  auto r = run("info " + (dir_ / "nope").string());
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.out.find("config.json"), std::string::npos) << r.out;
 
@@ -140,15 +124,15 @@ TEST_F(Cli, BadInputExitsWithMessageNamingIt) {
   fs::create_directories(bad);
   fs::copy_file(fs::path(model()) / "model.safetensors", bad / "model.safetensors");
   std::ofstream(bad / "config.json") << R"({"model_type": "llama", "vocab_size": "many"})";
-  r = sh("info " + bad.string());
+  r = run("info " + bad.string());
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.out.find("vocab_size"), std::string::npos) << r.out;
 
-  r = sh("logits " + model() + " --ids 1,x,3");
+  r = run("logits " + model() + " --ids 1,x,3");
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.out.find("'x'"), std::string::npos) << r.out;
 
-  r = sh("init " + (dir_ / "p").string() + " --preset enormous");
+  r = run("init " + (dir_ / "p").string() + " --preset enormous");
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.out.find("qwen2-0.5b"), std::string::npos) << r.out;  // lists presets
 }

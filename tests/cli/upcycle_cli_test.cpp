@@ -8,28 +8,17 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli_util.h"
 #include "core/file_util.h"
+
 
 namespace {
 
+using finmoe::clitest::Result;
+using finmoe::clitest::run;
+
 namespace fs = std::filesystem;
 
-struct Result {
-  int status = -1;
-  std::string out;  // stdout + stderr
-};
-
-Result run(const std::string& args) {
-  Result r;
-  const char* bin = std::getenv("FINMOE_BIN");
-  const std::string cmd = std::string(bin ? bin : FINMOE_CLI_PATH) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  r.status = WEXITSTATUS(pclose(p));
-  return r;
-}
 
 // The JSON object at the end of a command's output (the progress line, if
 // any, goes before it on stderr).
