@@ -313,6 +313,54 @@ void linear_f32(const float* x, int64_t M, int64_t K, const float* W, int64_t N,
 
 bool linear_bf16_gemm_available() { return active_isa() == Isa::kAvx512; }
 
+void linear_group(ElemType x_t, const void* x, int64_t M, int64_t K, ElemType w_t,
+                  const std::vector<LinearOutput>& outs, ElemType y_t) {
+  const Isa isa = active_isa();
+  if (isa != Isa::kAvx512 || w_t != ElemType::kBF16 || M <= 0 || M >= kGemmMinRows || K <= 0) {
+    for (const auto& o : outs) linear_isa(isa, x_t, x, M, K, w_t, o.W, o.N, o.bias, y_t, o.y);
+    return;
+  }
+  std::vector<int64_t> offset(outs.size() + 1, 0);  // output i owns rows [offset[i], offset[i+1])
+  for (size_t i = 0; i < outs.size(); ++i) {
+    check_args("linear_group", static_cast<const float*>(x), M, K, outs[i].W, outs[i].N,
+               static_cast<float*>(outs[i].y));
+    offset[i + 1] = offset[i] + outs[i].N;
+  }
+  const int64_t total = offset.back();
+  if (total == 0) return;
+  const OpsTable& ops = ops_table(isa);
+  // x -> float32 -> padded bf16 rows, once for every output
+  const float* xf = static_cast<const float*>(x);
+  if (x_t != ElemType::kF32) {
+    float* buf = scratch<float, 1>(static_cast<size_t>(M * K));
+    ops.convert(x_t, x, ElemType::kF32, buf, M * K);
+    xf = buf;
+  }
+  const int64_t ldx = (K + 31) / 32 * 32;
+  uint16_t* xb = scratch<uint16_t>(static_cast<size_t>(M * ldx));
+  pack_x_bf16_avx512(xf, M, K, xb, ldx);
+  float* bias32 = scratch<float, 2>(static_cast<size_t>(total));
+  for (size_t i = 0; i < outs.size(); ++i)
+    if (outs[i].bias) ops.convert(w_t, outs[i].bias, ElemType::kF32, bias32 + offset[i], outs[i].N);
+  // float32 sums: in y itself for float32 outputs, else in scratch rounded per finished range
+  float* y32 = y_t == ElemType::kF32 ? nullptr : scratch<float, 3>(static_cast<size_t>(M * total));
+  split_rows(total, K, [&](int64_t n0, int64_t n1) {
+    for (size_t i = 0; i < outs.size(); ++i) {
+      const int64_t a = std::max(n0, offset[i]) - offset[i];
+      const int64_t b = std::min(n1, offset[i + 1]) - offset[i];
+      if (a >= b) continue;
+      const LinearOutput& o = outs[i];
+      float* yi = y32 ? y32 + M * offset[i] : static_cast<float*>(o.y);  // [M, N_i]
+      linear_bf16_rows_avx512(xb, M, K, ldx, static_cast<const uint16_t*>(o.W), a, b,
+                              o.bias ? bias32 + offset[i] : nullptr, yi, o.N);
+      if (y32)
+        for (int64_t m = 0; m < M; ++m)
+          ops.convert(ElemType::kF32, yi + m * o.N + a, y_t, elem_offset(o.y, y_t, m * o.N + a),
+                      b - a);
+    }
+  });
+}
+
 void linear(ElemType x_t, const void* x, int64_t M, int64_t K, ElemType w_t, const void* W,
             int64_t N, const void* bias, ElemType y_t, void* y) {
   linear_isa(active_isa(), x_t, x, M, K, w_t, W, N, bias, y_t, y);

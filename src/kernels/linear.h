@@ -13,6 +13,7 @@
 // finmoe::Error on negative shapes or null buffers for a non-empty shape.
 // Thread safety: concurrent calls are safe (they serialise on the pool).
 #include <cstdint>
+#include <vector>
 
 #include "kernels/ops.h"
 
@@ -29,6 +30,21 @@ void linear_f32(const float* x, int64_t M, int64_t K, const float* W, int64_t N,
 // conversions around linear_bf16 / linear_f32.
 void linear(ElemType x_t, const void* x, int64_t M, int64_t K, ElemType w_t, const void* W,
             int64_t N, const void* bias, ElemType y_t, void* y);
+
+// One product of a group that shares its input: y [M,N] = x · W[N,K]^T (+ bias[N]).
+struct LinearOutput {
+  const void* W = nullptr;
+  int64_t N = 0;
+  const void* bias = nullptr;  // may be null
+  void* y = nullptr;
+};
+
+// Several products of the same x [M,K] (q/k/v, gate/up): the results of
+// linear() for each output, from one conversion of x and one pass of the
+// thread pool over all their weight rows (no wait between the products).
+// Every W and bias is of w_t, every y of y_t.
+void linear_group(ElemType x_t, const void* x, int64_t M, int64_t K, ElemType w_t,
+                  const std::vector<LinearOutput>& outs, ElemType y_t);
 
 // Whether linear() has its tiled many-row GEMM for bf16 weights on the
 // active path (AVX-512 BF16): then it beats libtorch's bf16 matmul at

@@ -80,9 +80,10 @@ torch::Tensor AttentionImpl::step_kernels(const torch::Tensor& x, const StepPlan
                                           std::vector<torch::Tensor>& cache) {
   const int64_t N = x.size(0);
   const kernels::ElemType t = elem_type(x);
-  auto q = q_proj(x).contiguous();  // [N, H*d]
-  auto k = k_proj(x).contiguous();  // [N, Hkv*d]
-  auto v = v_proj(x).contiguous();
+  auto qkv = linear_group(x, {q_proj.get(), k_proj.get(), v_proj.get()});
+  auto q = qkv[0].contiguous();  // [N, H*d]
+  auto k = qkv[1].contiguous();  // [N, Hkv*d]
+  auto v = qkv[2].contiguous();
   const int64_t rot = rope_.rotary_dim();
   kernels::rope(t, q.data_ptr(), N, n_head_, head_dim_, rot, plan.cos.data_ptr<float>(),
                 plan.sin.data_ptr<float>(), rope_.interleaved());

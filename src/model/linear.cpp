@@ -67,6 +67,35 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight,
   return y;
 }
 
+std::vector<torch::Tensor> linear_group(const torch::Tensor& x,
+                                        const std::vector<const LinearImpl*>& layers) {
+  const int64_t in = x.size(-1);
+  const int64_t rows = x.numel() / std::max<int64_t>(in, 1);
+  bool kernel = kernel_max_rows() > 0 && rows <= kernel_max_rows() && kernel_path(x);
+  for (const LinearImpl* l : layers)
+    kernel = kernel && l->weight.scalar_type() == x.scalar_type() && l->weight.is_contiguous() &&
+             l->weight.device().is_cpu() && l->weight.size(1) == in &&
+             (!l->bias.defined() ||
+              (l->bias.scalar_type() == x.scalar_type() && l->bias.is_contiguous()));
+  std::vector<torch::Tensor> ys;
+  if (!kernel) {
+    for (const LinearImpl* l : layers) ys.push_back(linear(x, l->weight, l->bias));
+    return ys;
+  }
+  auto xc = x.contiguous();  // [rows, in]
+  std::vector<kernels::LinearOutput> outs;
+  for (const LinearImpl* l : layers) {
+    auto sizes = x.sizes().vec();
+    sizes.back() = l->weight.size(0);
+    ys.push_back(torch::empty(sizes, x.options()));  // [..., out_i]
+    outs.push_back({l->weight.data_ptr(), l->weight.size(0),
+                    l->bias.defined() ? l->bias.data_ptr() : nullptr, ys.back().data_ptr()});
+  }
+  const auto t = elem_type(x);
+  kernels::linear_group(t, xc.data_ptr(), rows, in, t, outs, t);
+  return ys;
+}
+
 torch::Tensor silu_mul(const torch::Tensor& gate, const torch::Tensor& up) {
   if (!kernel_path(gate) || up.scalar_type() != gate.scalar_type() || up.sizes() != gate.sizes() ||
       !up.device().is_cpu())

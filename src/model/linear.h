@@ -32,6 +32,11 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight,
 
 // silu(gate) * up, SwiGLU's gating product: one fused kernel on the kernel
 // path (same roundings as libtorch's two ops), else torch::silu(gate) * up.
+// linear(x, layer.weight, layer.bias) for each layer, with one pass of the
+// decode kernels over all their weights when they apply (q/k/v, gate/up).
+std::vector<torch::Tensor> linear_group(const torch::Tensor& x,
+                                        const std::vector<const LinearImpl*>& layers);
+
 torch::Tensor silu_mul(const torch::Tensor& gate, const torch::Tensor& up);
 
 // Rows at or below which the kernels are used (FINMOE_KERNEL_MAX_ROWS, default 16; 0 = never).

@@ -14,7 +14,8 @@ MlpImpl::MlpImpl(int64_t hidden, int64_t intermediate, bool bias, torch::TensorO
 }
 
 torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
-  return down_proj(silu_mul(gate_proj(x), up_proj(x)));
+  auto gate_up = linear_group(x, {gate_proj.get(), up_proj.get()});
+  return down_proj(silu_mul(gate_up[0], gate_up[1]));
 }
 
 }  // namespace finmoe

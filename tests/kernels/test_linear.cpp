@@ -253,3 +253,51 @@ TEST(Linear, Bf16ConversionRoundsToNearestEvenAndKeepsSpecials) {
 
 }  // namespace
 }  // namespace finmoe::kernels
+
+namespace finmoe::kernels {
+namespace {
+
+// bf16 bits of a float (round to nearest even), for building test weights.
+uint16_t to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return uint16_t((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+}
+
+TEST(LinearGroup, EqualsSeparateLinearsForEveryOutputAndDtype) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (int64_t M : {1, 3, 16}) {
+    const int64_t K = 77;                                // not a multiple of 32
+    const std::vector<int64_t> Ns = {40, 19, 128};       // q/k/v-like, odd sizes
+    std::vector<std::vector<uint16_t>> W, B;
+    for (int64_t N : Ns) {
+      W.emplace_back(size_t(N * K));
+      B.emplace_back(size_t(N));
+      for (auto& w : W.back()) w = to_bf16(0.2f * nd(rng));
+      for (auto& b : B.back()) b = to_bf16(nd(rng));
+    }
+    std::vector<uint16_t> x(size_t(M * K));
+    for (auto& v : x) v = to_bf16(nd(rng));
+    for (ElemType y_t : {ElemType::kBF16, ElemType::kF32}) {
+      const size_t es = y_t == ElemType::kF32 ? 4 : 2;
+      std::vector<std::vector<char>> got(Ns.size()), want(Ns.size());
+      std::vector<LinearOutput> outs;
+      for (size_t i = 0; i < Ns.size(); ++i) {
+        got[i].assign(size_t(M * Ns[i]) * es, 0);
+        want[i].assign(size_t(M * Ns[i]) * es, 0);
+        // the middle output without a bias
+        outs.push_back({W[i].data(), Ns[i], i == 1 ? nullptr : B[i].data(), got[i].data()});
+        linear(ElemType::kBF16, x.data(), M, K, ElemType::kBF16, W[i].data(), Ns[i],
+               i == 1 ? nullptr : B[i].data(), y_t, want[i].data());
+      }
+      linear_group(ElemType::kBF16, x.data(), M, K, ElemType::kBF16, outs, y_t);
+      for (size_t i = 0; i < Ns.size(); ++i)
+        EXPECT_EQ(got[i], want[i]) << "M=" << M << " output " << i
+                                   << (y_t == ElemType::kF32 ? " f32" : " bf16");
+    }
+  }
+}
+
+}  // namespace
+}  // namespace finmoe::kernels
