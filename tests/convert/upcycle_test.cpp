@@ -14,6 +14,7 @@
 #include "finmoe/error.h"
 #include "finmoe/model.h"
 #include "finmoe/safetensors.h"
+#include "../expect_error.h"
 
 namespace finmoe {
 namespace {
@@ -21,17 +22,7 @@ namespace {
 using test::max_abs_diff;
 using test::TempDir;
 
-std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
-
-#define EXPECT_CONTAINS(haystack, needle) \
-  EXPECT_NE(std::string(haystack).find(needle), std::string::npos) << (haystack)
+using test::message_of;
 
 // A random dense float32 model of `type` saved in `dir` (intermediate_size 80
 // unless `ffn` says otherwise; hidden 48, 2 layers).

@@ -7,6 +7,7 @@
 #include "finmoe/config.h"
 #include "finmoe/error.h"
 #include "finmoe/safetensors.h"
+#include "../expect_error.h"
 
 namespace finmoe {
 namespace {
@@ -23,17 +24,7 @@ struct Tensors {
   }
 };
 
-std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
-
-#define EXPECT_CONTAINS(haystack, needle) \
-  EXPECT_NE(std::string(haystack).find(needle), std::string::npos) << (haystack)
+using test::message_of;
 
 TEST(Checkpoint, SmallCheckpointIsOneFileAndReadsBack) {
   ScratchDir dir;

@@ -7,23 +7,14 @@
 #include "finmoe/config.h"
 #include "finmoe/error.h"
 #include "finmoe/safetensors.h"
+#include "../expect_error.h"
 
 namespace finmoe {
 namespace {
 
 using test::ScratchDir;
 
-std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
-
-#define EXPECT_CONTAINS(haystack, needle) \
-  EXPECT_NE(std::string(haystack).find(needle), std::string::npos) << (haystack)
+using test::message_of;
 
 // Byte i of tensor k is (k * 31 + i) mod 251: distinct per tensor and offset.
 std::vector<uint8_t> payload(size_t k, size_t n) {
