@@ -77,13 +77,6 @@ std::string join(const std::vector<std::string>& v) {
   return out;
 }
 
-std::string architecture_of(const std::string& model_type) {
-  if (model_type == "mixtral") return "MixtralForCausalLM";
-  if (model_type == "qwen2_moe") return "Qwen2MoeForCausalLM";
-  if (model_type == "finer_moe") return "FineRMoeForCausalLM";
-  return "FinMoeForCausalLM";  // finmoe_dense
-}
-
 template <typename T>
 nlohmann::json opt_json(const std::optional<T>& v) {
   return v ? nlohmann::json(*v) : nlohmann::json(nullptr);
@@ -102,7 +95,7 @@ ModelConfig moe_config(const ModelConfig& dense, const UpcycleOptions& o, const 
     j.erase(k);
   const bool qwen_family = fmt == "qwen2_moe" || fmt == "finer_moe";
   j["model_type"] = fmt;
-  j["architectures"] = {architecture_of(fmt)};
+  j["architectures"] = {default_architecture(fmt)};
   j["rope_theta"] = dense.rope_theta;
   j["rms_norm_eps"] = dense.rms_norm_eps;
   j["max_position_embeddings"] = dense.max_position_embeddings;

@@ -251,8 +251,8 @@ const std::vector<std::string>& ModelConfig::supported_model_types() {
   return types;
 }
 
-void finalize_moe(ModelConfig& c,
-                  const std::function<void(const std::string&, const std::string&)>& fail);
+static void finalize_moe(ModelConfig& c,
+                         const std::function<void(const std::string&, const std::string&)>& fail);
 
 ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   if (!j.is_object()) throw Error(source + ": expected a JSON object, got " + json_type(j));
@@ -373,8 +373,8 @@ void ModelConfig::finalize(const std::string& source) {
   finalize_moe(*this, fail);
 }
 
-void finalize_moe(ModelConfig& c,
-                  const std::function<void(const std::string&, const std::string&)>& fail) {
+static void finalize_moe(ModelConfig& c,
+                         const std::function<void(const std::string&, const std::string&)>& fail) {
   const auto str = [](int64_t v) { return std::to_string(v); };
   c.moe_layers.assign(size_t(c.num_hidden_layers), false);
   if (c.num_experts == 0) return;

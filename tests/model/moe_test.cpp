@@ -175,7 +175,7 @@ TEST(Moe, ForwardReturnsOneRouterOutputPerMoeLayer) {
   init_random(m, 3);
   std::vector<RouterOutput> routers;
   torch::NoGradGuard g;
-  m.forward(torch::randint(c.vocab_size, {2, 7}, torch::kInt64), {.router_outputs = &routers});
+  m.forward(torch::randint(c.vocab_size, {2, 7}, torch::kInt64), {.document_ids = {}, .router_outputs = &routers});
   ASSERT_EQ(routers.size(), 1u);
   EXPECT_EQ(routers[0].layer, 1);
   EXPECT_EQ(routers[0].logits.sizes(), (std::vector<int64_t>{14, 6}));
@@ -299,7 +299,7 @@ TEST(Moe, TrainingForwardGivesGradientsOnlyToRoutedExperts) {
   for (auto& [name, t] : m.named_parameters()) t.requires_grad_(true);
   std::vector<RouterOutput> routers;
   auto ids = torch::randint(c.vocab_size, {1, 2}, torch::kInt64);  // 2 tokens: at most 4 experts used
-  auto logits = m.forward(ids, {.router_outputs = &routers});
+  auto logits = m.forward(ids, {.document_ids = {}, .router_outputs = &routers});
   auto loss = logits.logsumexp(-1).mean() + load_balancing_loss(routers, 0.01);
   loss.backward();
   ASSERT_EQ(routers.size(), 2u);
@@ -316,10 +316,12 @@ TEST(Moe, TrainingForwardGivesGradientsOnlyToRoutedExperts) {
       EXPECT_EQ(has_grad, used.count(e) == 1) << name;
     }
     // the router learns through both the weights and the balancing loss
-    auto gate = m.named_parameters();
-    for (const auto& [name, t] : gate)
-      if (name == "model.layers." + std::to_string(r.layer) + ".block_sparse_moe.gate.weight")
+    const std::string gate = "model.layers." + std::to_string(r.layer) + ".block_sparse_moe.gate.weight";
+    for (const auto& [name, t] : m.named_parameters()) {
+      if (name == gate) {
         EXPECT_GT(t.grad().abs().sum().item<double>(), 0.0);
+      }
+    }
   }
 }
 
