@@ -12,10 +12,10 @@ JOBS=${FINMOE_JOBS:-$(nproc)}
 
 APT_PACKAGES=(build-essential cmake ninja-build ccache pkg-config git python3 python3-venv
   libtorch-dev libopenblas0-pthread nlohmann-json3-dev libcli11-dev libpcre2-dev libicu-dev
-  libgtest-dev libgmock-dev libbenchmark-dev)
+  libgtest-dev libgmock-dev libbenchmark-dev libcpp-httplib-dev libyaml-cpp-dev)
 # Reference implementations the tests compare against (small; the live
 # transformers+torch comparison is opt-in: FINMOE_LIVE_HF=1).
-PIP_PACKAGES=(numpy safetensors tokenizers)
+PIP_PACKAGES=(numpy safetensors tokenizers openai)
 
 log() { printf '\033[1m[finmoe]\033[0m %s\n' "$*" >&2; }
 
