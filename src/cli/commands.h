@@ -19,5 +19,7 @@ void add_init(CLI::App& app, Run& run);
 void add_bench(CLI::App& app, Run& run);
 void add_upcycle(CLI::App& app, Run& run);
 void add_experts(CLI::App& app, Run& run);
+void add_esft(CLI::App& app, Run& run);
+void add_lora(CLI::App& app, Run& run);
 
 }  // namespace finmoe::cli
