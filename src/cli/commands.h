@@ -12,6 +12,7 @@ using Run = std::function<int()>;
 
 void add_info(CLI::App& app, Run& run);
 void add_tokenize(CLI::App& app, Run& run);
+void add_tokenizer(CLI::App& app, Run& run);
 void add_logits(CLI::App& app, Run& run);
 void add_generate(CLI::App& app, Run& run);
 void add_chat(CLI::App& app, Run& run);

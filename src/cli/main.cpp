@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
   finmoe::cli::Run run;
   finmoe::cli::add_info(app, run);
   finmoe::cli::add_tokenize(app, run);
+  finmoe::cli::add_tokenizer(app, run);
   finmoe::cli::add_logits(app, run);
   finmoe::cli::add_generate(app, run);
   finmoe::cli::add_chat(app, run);
