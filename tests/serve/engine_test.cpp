@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
@@ -27,10 +28,15 @@
 namespace finmoe {
 namespace {
 
+// On FINMOE_TEST_DEVICE (default cpu).
 Transformer tiny_model() {
-  Transformer m(test::tiny_config("qwen2"));  // vocab 300, 2 layers, context 128
-  init_random(m, 21);
+  Transformer m(test::tiny_config("qwen2"), torch::kFloat32, test::test_device());
+  init_random(m, 21);  // vocab 300, 2 layers, context 128
   return m;
+}
+
+torch::Tensor as_batch(const std::vector<int32_t>& ids, torch::Device device) {  // [1,T]
+  return torch::tensor(std::vector<int64_t>(ids.begin(), ids.end())).unsqueeze(0).to(device);
 }
 
 std::vector<int32_t> prompt(int n, int salt) {
@@ -398,8 +404,8 @@ TEST(Engine, StopStringsCutTheTextAndNeverStreamIt) {
 // log_softmax of forward()'s last-position logits for prompt + generated[:i].
 torch::Tensor forward_logprobs(Transformer& m, std::vector<int32_t> ids) {
   torch::NoGradGuard no_grad;
-  auto t = torch::tensor(std::vector<int64_t>(ids.begin(), ids.end())).unsqueeze(0);
-  return torch::log_softmax(m.forward(t)[0][-1].to(torch::kFloat64), 0);  // [V]
+  auto z = m.forward(as_batch(ids, m.device()))[0][-1].to(torch::kCPU, torch::kFloat64);  // [V]
+  return torch::log_softmax(z, 0);
 }
 
 TEST(Engine, LogprobsAreLogSoftmaxOfTheRawLogits) {
@@ -453,8 +459,7 @@ TEST(Engine, PresenceAndFrequencyPenaltiesFollowTheOpenAIRule) {
   {
     torch::NoGradGuard no_grad;
     for (int i = 0; i < n; ++i) {
-      auto t = torch::tensor(std::vector<int64_t>(ids.begin(), ids.end())).unsqueeze(0);
-      auto z = m.forward(t)[0][-1].to(torch::kFloat64);
+      auto z = m.forward(as_batch(ids, m.device()))[0][-1].to(torch::kCPU, torch::kFloat64);  // [V]
       for (const auto& [tok, c] : counts) z[tok] -= presence + frequency * c;
       const auto next = int32_t(z.argmax().item<int64_t>());
       want.push_back(next);
@@ -578,7 +583,14 @@ TEST(Engine, BackgroundThreadServesConcurrentSubmitters) {
                                 [&] { return c.finished == int(prompts.size()); }));
   }
   // One more request, still running when stop() comes: it ends with "abort".
-  const auto late = engine.submit(prompt(10, 99), greedy(100), c.callback());
+  // Its first event holds the stepping thread until stop() is under way.
+  std::atomic<bool> stopping{false};
+  auto record = c.callback();
+  const auto late = engine.submit(prompt(10, 99), greedy(100), [&](const RequestOutput& out) {
+    record(out);
+    while (!stopping) std::this_thread::yield();
+  });
+  stopping = true;
   engine.stop();
   EXPECT_EQ(c.get(late).reason, "abort");
   EXPECT_EQ(c.get(late).finished_events, 1);
@@ -593,6 +605,47 @@ TEST(Engine, BackgroundThreadServesConcurrentSubmitters) {
   const auto again = engine.submit(prompts[0], params[0], c.callback());
   engine.run_until_idle();
   EXPECT_EQ(c.get(again).tokens, alone[0].tokens);
+}
+
+TEST(Engine, ConcurrentSubmitAndCancelKeepTheInvariants) {
+  auto m = tiny_model();
+  EngineOptions o = cache_of(m, 64, 4);  // small: preemption under load
+  o.max_batched_tokens = 16;
+  Engine engine(m, nullptr, o);
+  engine.start();
+  Collector c;
+  const int threads = 4, per_thread = 6;
+  std::vector<uint64_t> ids(threads * per_thread);
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t)
+    pool.emplace_back([&, t] {
+      for (int k = 0; k < per_thread; ++k) {
+        const int i = t * per_thread + k;
+        ids[size_t(i)] = engine.submit(prompt(3 + i % 11, i), greedy(12), c.callback());
+        // every other request is cancelled at once, or after an earlier one
+        if (k % 2) engine.cancel(ids[size_t(i - (k % 4 == 1 ? 0 : 1))]);
+      }
+    });
+  for (auto& th : pool) th.join();
+  {
+    std::unique_lock lock(c.mu);
+    // a guard against a hang, not a timing assertion
+    ASSERT_TRUE(c.done.wait_for(lock, std::chrono::minutes(2),
+                                [&] { return c.finished == threads * per_thread; }));
+  }
+  engine.stop();
+  int aborted = 0;
+  for (uint64_t id : ids) {
+    const Collected got = c.get(id);
+    EXPECT_EQ(got.finished_events, 1);
+    EXPECT_TRUE(got.consistent);
+    if (got.reason == "abort") ++aborted;
+    else EXPECT_EQ(got.tokens.size(), 12u);
+  }
+  const EngineStats s = engine.stats();
+  EXPECT_EQ(s.requests_cancelled, aborted);
+  EXPECT_EQ(s.requests_finished + s.requests_cancelled, threads * per_thread);
+  expect_all_blocks_free(engine);
 }
 
 // ---- the scheduling policy alone ----------------------------------------------
