@@ -20,5 +20,6 @@ void add_init(CLI::App& app, Run& run);
 void add_bench(CLI::App& app, Run& run);
 void add_upcycle(CLI::App& app, Run& run);
 void add_experts(CLI::App& app, Run& run);
+void add_train(CLI::App& app, Run& run);
 
 }  // namespace finmoe::cli
