@@ -4,14 +4,13 @@
 #include <filesystem>
 #include <map>
 #include <memory>
-#include <sstream>
+#include <unordered_set>
 
 #include <nlohmann/json.hpp>
 
 #include "core/file_util.h"
 #include "core/progress.h"
 #include "data/debian_package.h"
-#include "data/markup.h"
 #include "data/package_sources.h"
 #include "finmoe/config.h"
 #include "finmoe/corpus.h"
@@ -101,7 +100,7 @@ const PackageSpec& package_spec(const std::string& name) {
 
 std::vector<SourceFile> source_files(const PackageSpec& spec, const std::string& root) {
   std::vector<SourceFile> out;
-  std::vector<std::string> taken;
+  std::unordered_set<std::string> taken;  // a file matched by an earlier rule keeps its place
   for (const auto& rule : spec.rules) {
     const std::string dir = root + "/" + rule.dir;
     std::vector<std::string> rels;
@@ -124,8 +123,7 @@ std::vector<SourceFile> source_files(const PackageSpec& spec, const std::string&
     }
     for (const auto& r : rels) {
       const std::string rel = rule.dir + "/" + r;
-      if (std::find(taken.begin(), taken.end(), rel) != taken.end()) continue;
-      taken.push_back(rel);
+      if (!taken.insert(rel).second) continue;
       out.push_back({root + "/" + rel, rel, rule.format});
     }
   }
@@ -177,8 +175,11 @@ std::string jsonl_line(const std::string& text) {
 CorpusResult fetch_corpus(const CorpusOptions& o) {
   if (!(o.test_fraction >= 0.0 && o.test_fraction < 1.0))
     throw Error("--test-fraction must be in [0, 1), got " + std::to_string(o.test_fraction));
-  if (o.documents.min_chars > o.documents.target_chars || o.documents.target_chars > o.documents.max_chars)
-    throw Error("document sizes must satisfy min <= target <= max characters");
+  if (o.documents.max_chars == 0 || o.documents.min_chars > o.documents.target_chars ||
+      o.documents.target_chars > o.documents.max_chars)
+    throw Error("--min-chars, --target-chars, --max-chars: need min <= target <= max and max > 0, got " +
+                std::to_string(o.documents.min_chars) + ", " + std::to_string(o.documents.target_chars) + ", " +
+                std::to_string(o.documents.max_chars));
   auto log = [&](const std::string& s) {
     if (o.log) o.log(s);
   };

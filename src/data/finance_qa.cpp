@@ -9,7 +9,6 @@
 
 #include "core/file_util.h"
 #include "data/debian_package.h"
-#include "data/markup.h"
 #include "data/package_sources.h"
 #include "finmoe/config.h"
 #include "finmoe/corpus.h"
