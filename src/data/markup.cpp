@@ -429,19 +429,19 @@ std::string normalize_code(std::string_view s) {
 
 BlockKind BlockBuilder::current_kind() const {
   for (auto it = stack_.rbegin(); it != stack_.rend(); ++it)
-    if (it->level >= 0) return it->kind;
+    if (!it->passive) return it->kind;
   return BlockKind::paragraph;
 }
 
 bool BlockBuilder::in_code() const {
   for (const auto& f : stack_)
-    if (f.kind == BlockKind::code && f.level >= 0) return true;
+    if (f.kind == BlockKind::code && !f.passive) return true;
   return false;
 }
 
 bool BlockBuilder::in_row() const {
   for (const auto& f : stack_)
-    if (f.kind == BlockKind::table_row && f.level >= 0) return true;
+    if (f.kind == BlockKind::table_row && !f.passive) return true;
   return false;
 }
 
@@ -452,7 +452,7 @@ void BlockBuilder::flush() {
   b.text = in_code() ? normalize_code(buf_) : normalize_prose(buf_);
   if (b.kind == BlockKind::heading) {
     for (auto it = stack_.rbegin(); it != stack_.rend(); ++it)
-      if (it->level >= 0) {
+      if (!it->passive) {
         b.level = it->level;
         break;
       }
@@ -463,8 +463,7 @@ void BlockBuilder::flush() {
 
 void BlockBuilder::open(BlockKind kind, int level) {
   if (in_row()) {
-    // Blocks inside a table cell are part of the row; level -1 marks a passive frame.
-    stack_.push_back({kind, -1});
+    stack_.push_back({kind, 0, /*passive=*/true});  // a block inside a table cell is part of the row
     return;
   }
   flush();
@@ -475,12 +474,12 @@ void BlockBuilder::open(BlockKind kind, int level) {
       kind = k;
   }
   if (kind != BlockKind::heading) level = 0;
-  stack_.push_back({kind, level});
+  stack_.push_back({kind, level, /*passive=*/false});
 }
 
 void BlockBuilder::close() {
   if (stack_.empty()) return;
-  if (stack_.back().level >= 0) flush();
+  if (!stack_.back().passive) flush();
   stack_.pop_back();
 }
 

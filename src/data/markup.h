@@ -85,6 +85,7 @@ class BlockBuilder {
   struct Frame {
     BlockKind kind;
     int level;
+    bool passive;  // opened inside a table row: part of the row, not a block
   };
   void flush();
   BlockKind current_kind() const;
