@@ -21,5 +21,6 @@ void add_bench(CLI::App& app, Run& run);
 void add_upcycle(CLI::App& app, Run& run);
 void add_experts(CLI::App& app, Run& run);
 void add_train(CLI::App& app, Run& run);
+void add_corpus(CLI::App& app, Run& run);
 
 }  // namespace finmoe::cli
