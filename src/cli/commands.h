@@ -19,5 +19,6 @@ void add_init(CLI::App& app, Run& run);
 void add_bench(CLI::App& app, Run& run);
 void add_upcycle(CLI::App& app, Run& run);
 void add_experts(CLI::App& app, Run& run);
+void add_launch(CLI::App& app, Run& run);
 
 }  // namespace finmoe::cli
