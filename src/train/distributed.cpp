@@ -224,23 +224,26 @@ void DistContext::Impl::rendezvous() {
                 std::to_string(int(config.timeout_s)) + " s: " + message(e) +
                 " (is rank 0 running and are MASTER_ADDR/MASTER_PORT the same on all ranks?)");
   }
-  // Each rank writes "WORLD_SIZE nonce" under its rank's key; two processes
-  // started with the same RANK: the second finds the key taken.
+  // Two processes started with the same RANK: the second finds the rank's key taken.
   std::random_device rd;
-  const std::string world = std::to_string(config.world_size);
-  const std::string me = world + " " + std::to_string(getpid()) + "-" + std::to_string(rd());
-  const std::string key = "finmoe/rank/" + std::to_string(config.rank);
+  const std::string me = std::to_string(getpid()) + "-" + std::to_string(rd());
   std::string got;
-  guarded("rendezvous", [&] { got = str(store->compareSet(key, {}, bytes(me))); });
+  guarded("rendezvous", [&] {
+    got = str(store->compareSet("finmoe/rank/" + std::to_string(config.rank), {}, bytes(me)));
+  });
   if (got != me) {
     throw Error("RANK=" + std::to_string(config.rank) +
                 " was taken by two processes; every process needs its own RANK in [0, WORLD_SIZE)");
   }
-  // Every rank's key (the TCPStore of libtorch 1.x stops waiting for workers
-  // silently at its timeout, so the wait that reports is this one).
+  // Then each rank announces its WORLD_SIZE (with set(): libtorch 1.x's
+  // compareSet does not wake waiting clients) and waits for all the others;
+  // libtorch 1.x's TCPStore stops waiting for workers silently at its
+  // timeout, so the wait that reports is this one.
+  const std::string world = std::to_string(config.world_size);
   std::vector<std::string> keys;
-  for (int r = 0; r < config.world_size; ++r) keys.push_back("finmoe/rank/" + std::to_string(r));
+  for (int r = 0; r < config.world_size; ++r) keys.push_back("finmoe/world/" + std::to_string(r));
   try {
+    store->set(keys[size_t(config.rank)], bytes(world));
     store->wait(keys, timeout);
   } catch (const std::exception& e) {
     std::string missing;
@@ -252,16 +255,14 @@ void DistContext::Impl::rendezvous() {
       missing = "?";  // the master itself is gone
     }
     throw Error(where() + " waited " + std::to_string(int(config.timeout_s)) + " s at " + at +
-                " for ranks [" + missing + "] (" + message(e) + "); are all " +
-                std::to_string(config.world_size) +
+                " for ranks [" + missing + "] (" + message(e) + "); are all " + world +
                 " ranks started with the same MASTER_ADDR, MASTER_PORT and WORLD_SIZE?");
   }
   std::string list;
   bool same = true;
   guarded("rendezvous", [&] {
     for (int r = 0; r < config.world_size; ++r) {
-      const std::string v = str(store->get(keys[r]));
-      const std::string w = v.substr(0, v.find(' '));
+      const std::string w = str(store->get(keys[r]));
       same = same && w == world;
       list += (r ? ", " : "") + std::string("rank ") + std::to_string(r) + ": '" + w + "'";
     }
