@@ -325,6 +325,7 @@ void DistContext::Impl::bucketed(const std::vector<torch::Tensor>& tensors, size
   for (const auto& t : tensors) {
     if (!t.defined()) throw Error(std::string("data parallel ") + what + ": undefined tensor");
   }
+  torch::NoGradGuard no_grad;  // parameters are written in place
   for (const auto& bucket : dist::plan_buckets(tensors, max_bytes)) {
     const auto& first = tensors[bucket[0]];
     // A lone contiguous tensor travels as it is; others through a packed copy.

@@ -347,6 +347,13 @@ TEST(DistWorker, Collectives) {
   ctx.broadcast(b, 1);
   const auto want = rank_tensors(1);
   for (size_t i = 0; i < b.size(); ++i) EXPECT_TRUE(torch::equal(b[i], want[i])) << i;
+  // parameters (leaves that require grad) are broadcast too, packed in one bucket
+  auto w0 = torch::full({3}, double(r), torch::requires_grad());
+  auto w1 = torch::full({2, 2}, double(r), torch::requires_grad());
+  ctx.broadcast({w0, w1}, 0);
+  EXPECT_TRUE(torch::equal(w0, torch::zeros({3})));
+  EXPECT_TRUE(torch::equal(w1, torch::zeros({2, 2})));
+  EXPECT_TRUE(w0.requires_grad());
 
   // scalars
   const auto s = ctx.all_reduce_sum(std::vector<double>{double(r + 1), 10.0, 0.5});
