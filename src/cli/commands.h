@@ -22,5 +22,6 @@ void add_upcycle(CLI::App& app, Run& run);
 void add_experts(CLI::App& app, Run& run);
 void add_train(CLI::App& app, Run& run);
 void add_corpus(CLI::App& app, Run& run);
+void add_launch(CLI::App& app, Run& run);
 
 }  // namespace finmoe::cli
