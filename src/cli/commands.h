@@ -19,5 +19,7 @@ void add_init(CLI::App& app, Run& run);
 void add_bench(CLI::App& app, Run& run);
 void add_upcycle(CLI::App& app, Run& run);
 void add_experts(CLI::App& app, Run& run);
+void add_serve(CLI::App& app, Run& run);
+void add_bench_serve(CLI::App* bench, Run& run);  // `bench serve`, under add_bench's `bench`
 
 }  // namespace finmoe::cli

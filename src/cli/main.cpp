@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   finmoe::cli::add_bench(app, run);
   finmoe::cli::add_upcycle(app, run);
   finmoe::cli::add_experts(app, run);
+  finmoe::cli::add_serve(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
