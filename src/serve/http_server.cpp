@@ -10,6 +10,7 @@
 #include "serve/http_server.h"
 
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -108,6 +109,14 @@ struct Job {
   bool client_gone = false;
 };
 
+// httplib listens with a backlog of 5: a burst of clients overflows it, and
+// under load a connection whose handshake was dropped can reach a worker only
+// after its read timeout. Linux lets listen() be called again to enlarge it.
+class HttpListener : public httplib::Server {
+ public:
+  void enlarge_backlog() { ::listen(svr_sock_, SOMAXCONN); }
+};
+
 void set_json(httplib::Response& res, int status, const nlohmann::json& body) {
   res.status = status;
   res.set_content(serve::dump_json(body), "application/json");
@@ -150,7 +159,7 @@ struct Server::Impl {
   ServerOptions options;
   serve::ApiContext ctx;
   serve::ServerMetrics metrics;
-  httplib::Server http;
+  HttpListener http;
   int64_t created = int64_t(std::time(nullptr));
 
   std::mutex mu;  // guards jobs, next_ticket, shutdown_calls
@@ -289,6 +298,8 @@ bool Server::Impl::pump(Job& job, httplib::DataSink& sink) {
       auto events = job.channel->wait(std::chrono::milliseconds(100));
       if (events.empty() && !sink.is_writable()) return job.client_gone = true, cancel(job), false;
       for (const auto& [choice, out] : events) {
+        if (out.finished && !out.error.empty())
+          std::cerr << "finmoe serve: engine aborted a request on " << job.route << ": " << out.error << "\n";
         const std::string chunk = b.add(choice, out);
         if (stream && !send(chunk)) return job.client_gone = true, cancel(job), false;
       }
@@ -366,6 +377,7 @@ int Server::bind() {
   } else if (!impl_->http.bind_to_port(o.host, port)) {
     throw Error("serve: cannot bind " + o.host + ":" + std::to_string(port) + " (in use, or not a local address)");
   }
+  impl_->http.enlarge_backlog();
   impl_->bound = true;
   return port;
 }

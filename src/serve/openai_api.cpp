@@ -571,7 +571,11 @@ std::string ResponseBuilder::add(int64_t choice, const RequestOutput& out) {
   } else {
     c = {{"index", choice}, {"text", out.text}, {"logprobs", lp_delta}, {"finish_reason", finish}};
   }
-  return sse_event(chunk(json::array({c})));
+  std::string sse = sse_event(chunk(json::array({c})));
+  // the engine gave up on this choice (a failed step): say so in the stream, as vLLM does
+  if (out.finished && out.finish_reason == "abort" && !out.error.empty())
+    sse += sse_event(error_body(500, "The engine aborted this request: " + out.error, "", "engine_error"));
+  return sse;
 }
 
 bool ResponseBuilder::all_finished() const {

@@ -222,7 +222,7 @@ LatencyStats latency(const std::vector<double>& seconds) {
   return s;
 }
 
-nlohmann::json to_json(const LatencyStats& s) {
+nlohmann::json latency_json(const LatencyStats& s) {
   return {{"mean", s.mean}, {"p50", s.p50}, {"p90", s.p90}, {"p99", s.p99}};
 }
 
@@ -257,7 +257,7 @@ ServeBenchResult bench_serve(ServeBenchTarget& target, const ServeBenchOptions& 
   const int64_t V = std::max<int64_t>(2, target.vocab_size());
   std::uniform_int_distribution<int32_t> token(0, int32_t(V - 1));
   const auto n_shared = int64_t(std::llround(o.shared_prefix_ratio * double(o.input_len)));
-  std::vector<int32_t> shared(size_t(n_shared));
+  std::vector<int32_t> shared(static_cast<size_t>(n_shared), 0);
   for (auto& t : shared) t = token(rng);
   std::vector<std::vector<int32_t>> prompts(size_t(o.num_prompts));
   for (auto& p : prompts) {
@@ -356,10 +356,10 @@ nlohmann::json ServeBenchResult::to_json() const {
           {"request_throughput", request_throughput},
           {"output_throughput", output_throughput},
           {"total_token_throughput", total_token_throughput},
-          {"ttft_ms", to_json(ttft)},
-          {"tpot_ms", to_json(tpot)},
-          {"itl_ms", to_json(itl)},
-          {"e2e_ms", to_json(e2e)},
+          {"ttft_ms", latency_json(ttft)},
+          {"tpot_ms", latency_json(tpot)},
+          {"itl_ms", latency_json(itl)},
+          {"e2e_ms", latency_json(e2e)},
           {"max_concurrent_requests", max_concurrent_requests},
           {"max_running_seqs", side.max_running_seen},
           {"kv_capacity_tokens", side.kv_capacity_tokens},

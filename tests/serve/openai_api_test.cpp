@@ -388,6 +388,26 @@ TEST(OpenAiResponse, CompletionStreamWithoutUsageHasNoUsageField) {
   EXPECT_EQ(objs[1]["choices"][0]["finish_reason"], "length");
 }
 
+TEST(OpenAiResponse, AnEngineFailureEndsTheStreamWithAnErrorEvent) {
+  const ApiContext ctx = context();
+  auto req = parse_chat_request(chat_with(R"("stream": true)"), ctx);
+  ResponseBuilder b(req, ctx, "id", 1);
+  RequestOutput o = event({}, "", 0, true, "abort");
+  o.error = "model step failed: out of memory";
+  bool done = false;
+  std::string stream = b.add(0, o);
+  stream += b.stream_end();
+  auto objs = sse_objects(stream, &done);
+  EXPECT_TRUE(done);
+  ASSERT_EQ(objs.size(), 2u);
+  EXPECT_EQ(objs[0]["choices"][0]["finish_reason"], "abort");
+  EXPECT_EQ(objs[1]["error"]["code"], "engine_error");
+  EXPECT_CONTAINS(objs[1]["error"]["message"].get<std::string>(), "out of memory");
+  // a plain cancel (no error) ends quietly
+  ResponseBuilder quiet(req, ctx, "id", 1);
+  EXPECT_EQ(sse_objects(quiet.add(0, event({}, "", 0, true, "abort")), &done).size(), 1u);
+}
+
 TokenLogprob lp(int32_t token, float logprob, std::vector<std::pair<int32_t, float>> top) {
   return {token, logprob, std::move(top)};
 }

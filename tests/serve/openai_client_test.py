@@ -26,13 +26,24 @@ except ImportError:
 FINMOE, DATA = serve_util.args()
 MODEL_NAME = "tiny-test"
 PROMPT = "The balance sheet of a bank"
+SCRATCH = None
+MODEL = None  # one tiny model for every server of this file
+
+
+def setUpModule():
+    global SCRATCH, MODEL
+    SCRATCH = serve_util.ScratchDir("finmoe-serve-openai-")
+    MODEL = serve_util.make_tiny_model(FINMOE, DATA, SCRATCH.path)
+
+
+def tearDownModule():
+    SCRATCH.cleanup()
 
 
 class OpenAiClient(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.scratch = serve_util.ScratchDir("finmoe-serve-openai-")
-        cls.model = serve_util.make_tiny_model(FINMOE, DATA, cls.scratch.path)
+        cls.model = MODEL
         cls.server = serve_util.Server(FINMOE, cls.model, "--served-model-name", MODEL_NAME,
                                        "--kv-cache-memory", "16MiB", "--max-body-bytes", "65536")
         cls.client = openai.OpenAI(base_url=cls.server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
@@ -40,7 +51,6 @@ class OpenAiClient(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         code = cls.server.stop()
-        cls.scratch.cleanup()
         assert code == 0, "server exit code %s\n%s" % (code, cls.server.log())
 
     def chat(self, **kw):
@@ -201,40 +211,33 @@ class OpenAiClient(unittest.TestCase):
 
 class Auth(unittest.TestCase):
     def test_api_key(self):
-        scratch = serve_util.ScratchDir("finmoe-serve-auth-")
+        server = serve_util.Server(FINMOE, MODEL, "--api-key", "sk-right", "--kv-cache-memory", "8MiB")
         try:
-            model = serve_util.make_tiny_model(FINMOE, DATA, scratch.path)
-            server = serve_util.Server(FINMOE, model, "--api-key", "sk-right", "--kv-cache-memory", "8MiB")
-            try:
-                wrong = openai.OpenAI(base_url=server.url + "/v1", api_key="sk-wrong", max_retries=0)
-                with self.assertRaises(openai.AuthenticationError):
-                    wrong.models.list()
-                with self.assertRaises(openai.AuthenticationError):
-                    wrong.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
-                status, _, _ = server.request("POST", "/v1/completions", {"prompt": "x"})  # no header at all
-                self.assertEqual(status, 401)
-                right = openai.OpenAI(base_url=server.url + "/v1", api_key="sk-right", max_retries=0)
-                self.assertEqual([m.id for m in right.models.list().data], [model])
-                r = right.completions.create(model=model, prompt="hi", max_tokens=2)
-                self.assertEqual(len(r.choices), 1)
-                self.assertEqual(server.request("GET", "/health")[0], 200)  # health needs no key
-            finally:
-                self.assertEqual(server.stop(), 0)
+            wrong = openai.OpenAI(base_url=server.url + "/v1", api_key="sk-wrong", max_retries=0)
+            with self.assertRaises(openai.AuthenticationError):
+                wrong.models.list()
+            with self.assertRaises(openai.AuthenticationError):
+                wrong.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+            status, _, _ = server.request("POST", "/v1/completions", {"prompt": "x"})  # no header at all
+            self.assertEqual(status, 401)
+            right = openai.OpenAI(base_url=server.url + "/v1", api_key="sk-right", max_retries=0)
+            self.assertEqual([m.id for m in right.models.list().data], [MODEL])
+            r = right.completions.create(model=MODEL, prompt="hi", max_tokens=2)
+            self.assertEqual(len(r.choices), 1)
+            self.assertEqual(server.request("GET", "/health")[0], 200)  # health needs no key
         finally:
-            scratch.cleanup()
+            self.assertEqual(server.stop(), 0)
 
 
 class Shutdown(unittest.TestCase):
     """SIGTERM lets an in-flight stream finish (or cancels it after
     --shutdown-timeout) and exits 0."""
 
-    def run_stream_through_sigterm(self, timeout_s):
-        scratch = serve_util.ScratchDir("finmoe-serve-term-")
+    def stream_through_sigterm(self, timeout_s):
+        server = serve_util.Server(FINMOE, MODEL, "--kv-cache-memory", "8MiB", "--shutdown-timeout", str(timeout_s))
         try:
-            model = serve_util.make_tiny_model(FINMOE, DATA, scratch.path)
-            server = serve_util.Server(FINMOE, model, "--kv-cache-memory", "8MiB", "--shutdown-timeout", str(timeout_s))
             client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
-            stream = client.completions.create(model=model, prompt=PROMPT, max_tokens=1500, stream=True,
+            stream = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=1500, stream=True,
                                                temperature=0, extra_body={"ignore_eos": True},
                                                stream_options={"include_usage": True})
             chunks = [next(iter(stream))]
@@ -247,15 +250,15 @@ class Shutdown(unittest.TestCase):
             finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
             return finish, chunks[-1].usage
         finally:
-            scratch.cleanup()
+            server.kill()
 
     def test_sigterm_finishes_in_flight_requests(self):
-        finish, usage = self.run_stream_through_sigterm(60)
+        finish, usage = self.stream_through_sigterm(60)
         self.assertEqual(finish, ["length"])
         self.assertEqual(usage.completion_tokens, 1500)
 
     def test_sigterm_cancels_after_the_timeout(self):
-        finish, usage = self.run_stream_through_sigterm(0)
+        finish, usage = self.stream_through_sigterm(0)
         self.assertEqual(finish, ["abort"])
         self.assertLess(usage.completion_tokens, 1500)
 

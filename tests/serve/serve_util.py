@@ -81,12 +81,16 @@ class Server:
             self.kill()
             raise RuntimeError("server did not stop within %ss after SIGTERM\n%s" % (timeout, self.log()))
         self.thread.join(5)
+        self.proc.stdout.close()
         return code
 
     def kill(self):
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self.thread.join(5)
+        if not self.proc.stdout.closed:
+            self.proc.stdout.close()
 
     # ---- raw HTTP ----------------------------------------------------------
     def request(self, method, path, body=None, headers=None, timeout=120):
