@@ -128,7 +128,9 @@ void add_bench_serve(CLI::App* bench, Run& run) {
   c->add_option("--concurrency", o.concurrency, "concurrent clients")->capture_default_str();
   c->add_option("--seed", o.seed, "prompts and arrivals")->capture_default_str();
   c->add_flag("--compare", compare, "batch-1 sequential vs continuous batching at --levels, with throughput ratios");
-  c->add_option("--levels", levels, "client counts for --compare (the first is the baseline)")->capture_default_str();
+  c->add_option("--levels", levels, "client counts for --compare (the first is the baseline)")
+      ->delimiter(',')
+      ->capture_default_str();
   c->add_option("--out", out, "write the results as JSON here");
   ef.add(c);
   c->callback([&run] {

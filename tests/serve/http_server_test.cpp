@@ -1,11 +1,12 @@
 // The HTTP server's socket-free parts: the hand-off of engine events to the
 // worker answering a request (with the latencies it records), the API-key
-// check and byte sizes.
+// check, byte sizes; and the load benchmark's statistics.
 #include <gtest/gtest.h>
 
 #include <thread>
 
 #include "../expect_error.h"
+#include "finmoe/serve_bench.h"
 #include "finmoe/server.h"
 #include "serve/http_server.h"
 
@@ -69,6 +70,33 @@ TEST(HttpServer, ByteSizes) {
   EXPECT_EQ(parse_byte_size("1 GiB"), int64_t(1) << 30);
   for (const char* bad : {"", "GiB", "2XB", "-1GiB", "lots"})
     EXPECT_CONTAINS(test::message_of([&] { parse_byte_size(bad); }), "not a byte size");
+}
+
+TEST(ServeBench, PercentilesInterpolateLikeNumpy) {
+  // numpy.percentile([...], q) with the default linear method
+  EXPECT_DOUBLE_EQ(percentile({4, 1, 3, 2}, 50), 2.5);
+  std::vector<double> v;
+  for (int i = 1; i <= 100; ++i) v.push_back(i);
+  EXPECT_DOUBLE_EQ(percentile(v, 99), 99.01);
+  EXPECT_DOUBLE_EQ(percentile(v, 0), 1);
+  EXPECT_DOUBLE_EQ(percentile(v, 100), 100);
+  EXPECT_DOUBLE_EQ(percentile({7}, 99), 7);
+  EXPECT_EQ(percentile({}, 50), 0);
+}
+
+TEST(ServeBench, CompareTableShowsThroughputRatiosToTheFirstRun) {
+  std::vector<ServeBenchResult> runs(3);
+  const double tput[] = {10, 25, 80};
+  for (int i = 0; i < 3; ++i) {
+    runs[i].options.concurrency = int64_t(1) << (2 * i);
+    runs[i].output_throughput = tput[i];
+  }
+  const std::string t = format_serve_bench_table(runs, true);
+  EXPECT_CONTAINS(t, "speedup");
+  EXPECT_CONTAINS(t, "1.00x");
+  EXPECT_CONTAINS(t, "2.50x");
+  EXPECT_CONTAINS(t, "8.00x");
+  EXPECT_EQ(format_serve_bench_table(runs, false).find("speedup"), std::string::npos);
 }
 
 }  // namespace

@@ -209,6 +209,51 @@ class OpenAiClient(unittest.TestCase):
         self.assertLess(m["finmoe_generation_tokens_total"], 1e9)
 
 
+class BenchServe(unittest.TestCase):
+    """`finmoe bench serve` counts what it asked for: every request, exactly
+    input_len + output_len tokens each, never more clients than allowed."""
+
+    def check(self, runs, levels, num_prompts):
+        self.assertEqual([r["concurrency"] for r in runs], levels)
+        for r in runs:
+            n = max(num_prompts, r["concurrency"])
+            self.assertEqual((r["completed"], r["failed"]), (n, 0), r["first_error"])
+            self.assertEqual(r["input_tokens"], n * 24)
+            self.assertEqual(r["output_tokens"], n * 6)
+            self.assertLessEqual(r["max_concurrent_requests"], r["concurrency"])
+            self.assertGreater(r["output_throughput"], 0)
+            for k in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
+                self.assertLessEqual(r[k]["p50"], r[k]["p99"])
+            self.assertLessEqual(r["ttft_ms"]["p99"], r["e2e_ms"]["p99"] + 1e-6)
+            self.assertGreater(r["kv_capacity_tokens"], 0)
+        self.assertLessEqual(runs[0]["max_running_seqs"], runs[-1]["max_running_seqs"])
+
+    def run_bench(self, *target):
+        out = os.path.join(SCRATCH.path, "bench.json")
+        levels = [1, 3]
+        cmd = [FINMOE, "bench", "serve", *target, "--compare", "--levels", ",".join(map(str, levels)),
+               "--num-prompts", "4", "--input-len", "24", "--output-len", "6", "--shared-prefix-ratio", "0.7",
+               "--out", out]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("speedup", r.stdout)
+        with open(out) as f:
+            runs = json.load(f)["runs"]
+        self.check(runs, levels, 4)
+        # 0.7 of 24 tokens = 17 shared: one full block of 16 is reused by later prompts
+        self.assertGreater(runs[-1]["prefix_hit_rate"], 0)
+
+    def test_in_process_engine(self):
+        self.run_bench(MODEL, "--kv-cache-memory", "8MiB")
+
+    def test_running_server(self):
+        server = serve_util.Server(FINMOE, MODEL, "--kv-cache-memory", "8MiB")
+        try:
+            self.run_bench("--url", server.url)
+        finally:
+            self.assertEqual(server.stop(), 0)
+
+
 class Auth(unittest.TestCase):
     def test_api_key(self):
         server = serve_util.Server(FINMOE, MODEL, "--api-key", "sk-right", "--kv-cache-memory", "8MiB")
