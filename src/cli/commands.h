@@ -23,5 +23,7 @@ void add_experts(CLI::App& app, Run& run);
 void add_train(CLI::App& app, Run& run);
 void add_corpus(CLI::App& app, Run& run);
 void add_launch(CLI::App& app, Run& run);
+void add_serve(CLI::App& app, Run& run);
+void add_bench_serve(CLI::App* bench, Run& run);  // `bench serve`, under add_bench's `bench`
 
 }  // namespace finmoe::cli

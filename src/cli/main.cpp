@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   finmoe::cli::add_train(app, run);
   finmoe::cli::add_corpus(app, run);
   finmoe::cli::add_launch(app, run);
+  finmoe::cli::add_serve(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
