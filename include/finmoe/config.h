@@ -51,6 +51,8 @@ struct ModelConfig {
   bool attention_bias = false;            // q/k/v bias (llama family: o_proj too; qwen family: q/k/v only)
   bool mlp_bias = false;
   std::optional<int64_t> sliding_window;  // mistral / qwen2 (use_sliding_window)
+  int64_t max_window_layers = 28;         // qwen family: layers below this keep full attention
+  std::vector<std::string> layer_types;   // "full_attention" | "sliding_attention"; empty = derived
   std::string torch_dtype = "float32";    // float32 | bfloat16 | float16
   std::optional<int64_t> bos_token_id;
   std::vector<int64_t> eos_token_id;      // int or list in config.json
@@ -73,6 +75,7 @@ struct ModelConfig {
 
   // Derived in finalize():
   std::vector<bool> moe_layers;       // per layer: MoE FFN (true) or dense SwiGLU
+  std::vector<bool> sliding_layers;   // per layer: attends only to the last sliding_window positions
 
   nlohmann::json raw;  // the parsed file, for round-trip of unknown keys
 
@@ -95,6 +98,11 @@ struct ModelConfig {
   int64_t q_size() const { return num_attention_heads * head_dim; }
   int64_t kv_size() const { return num_key_value_heads * head_dim; }
   bool is_moe() const { return num_experts > 0; }
+  // Attention window of a layer: a token sees positions > its own - window;
+  // 0 = full causal attention (HF's sliding_window_overlay).
+  int64_t attention_window(int64_t layer) const {
+    return sliding_window && sliding_layers.at(size_t(layer)) ? *sliding_window : 0;
+  }
   bool o_proj_bias() const;  // attention_bias reaches o_proj (llama family) or not (qwen family)
   // How router logits become expert weights (FineRMoE's bi-level mask is applied
   // first when G_O*R_O > 1 or T_I < G_I*R_I).

@@ -251,6 +251,31 @@ const std::vector<std::string>& ModelConfig::supported_model_types() {
   return types;
 }
 
+// Which layers use the window: layer_types when given, else HF's rule (qwen
+// family: layers from max_window_layers on; mistral/mixtral: every layer).
+static void finalize_sliding(ModelConfig& c,
+                             const std::function<void(const std::string&, const std::string&)>& fail) {
+  const bool qwen = c.model_type == "qwen2" || c.model_type == "qwen2_moe" ||
+                    c.model_type == "finer_moe";
+  c.sliding_layers.assign(size_t(c.num_hidden_layers), false);
+  if (!c.layer_types.empty()) {
+    if (int64_t(c.layer_types.size()) != c.num_hidden_layers)
+      fail("layer_types", "has " + std::to_string(c.layer_types.size()) + " entries for " +
+                              std::to_string(c.num_hidden_layers) + " layers");
+    for (size_t i = 0; i < c.layer_types.size(); ++i) {
+      const auto& t = c.layer_types[i];
+      if (t != "full_attention" && t != "sliding_attention")
+        fail("layer_types", "entry " + std::to_string(i) + " is '" + t +
+                                "' (supported: full_attention, sliding_attention)");
+      c.sliding_layers[i] = c.sliding_window && t == "sliding_attention";
+    }
+    return;
+  }
+  if (!c.sliding_window) return;
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i)
+    c.sliding_layers[size_t(i)] = !qwen || i >= c.max_window_layers;
+}
+
 static void finalize_moe(ModelConfig& c,
                          const std::function<void(const std::string&, const std::string&)>& fail);
 
@@ -324,6 +349,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
     std::optional<int64_t> window = 4096;
     f.read("sliding_window", window);
     if (use_sliding_window) c.sliding_window = window;
+    f.read("max_window_layers", c.max_window_layers);
+    f.read("layer_types", c.layer_types);
   } else if (model_type == "mistral" || model_type == "mixtral") {
     f.read("sliding_window", c.sliding_window);
   }
@@ -365,6 +392,7 @@ void ModelConfig::finalize(const std::string& source) {
   }
   positive("head_dim", head_dim);
   if (sliding_window) positive("sliding_window", *sliding_window);
+  finalize_sliding(*this, fail);
   if (!(rms_norm_eps > 0)) fail("rms_norm_eps", "must be positive");
   if (!(rope_theta > 0)) fail("rope_theta", "must be positive");
   if (std::find(kTorchDtypes.begin(), kTorchDtypes.end(), torch_dtype) == kTorchDtypes.end())
@@ -560,6 +588,7 @@ json ModelConfig::to_json() const {
     if (sliding_window) {
       j["use_sliding_window"] = true;
       j["sliding_window"] = *sliding_window;
+      j["max_window_layers"] = max_window_layers;
     } else if (j.contains("use_sliding_window")) {
       j["use_sliding_window"] = false;  // keeps the file's inactive sliding_window
     }

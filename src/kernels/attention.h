@@ -8,7 +8,8 @@
 //   out  [N, H, d]        (type out_t); may not alias q
 //
 // Sequence s owns queries [q_start, q_start + q_len) at positions
-// context_len - q_len .. context_len - 1; query i sees positions 0..its own,
+// context_len - q_len .. context_len - 1; query i sees positions 0..its own
+// (with a sliding window W > 0: only positions > its own - W),
 // and position p lives in cache row slots[p]. Query head h reads kv head
 // h / (H / Hkv) (GQA; MHA when Hkv == H).
 // out = softmax(q·kᵀ·scale)·v in float32 (exp to ~2 ulp); bf16 inputs are
@@ -37,6 +38,7 @@ struct AttentionArgs {
   const AttentionSeq* seqs = nullptr;
   int64_t n_seqs = 0;
   float scale = 1.0f;
+  int64_t window = 0;  // sliding window; 0 = full causal
   ElemType out_t = ElemType::kF32;
   void* out = nullptr;
 };

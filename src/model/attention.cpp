@@ -25,15 +25,17 @@ torch::Tensor attention_core(const torch::Tensor& q, const torch::Tensor& k,
 #else
   auto scores = torch::matmul(q, kk.transpose(-1, -2)) * scale;  // [B,H,Tq,Tk]
   if (m.defined()) scores = scores.masked_fill(m.logical_not(), -INFINITY);
-  auto probs = torch::softmax(scores, -1, torch::kFloat32).to(q.scalar_type());
+  const auto acc = q.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  auto probs = torch::softmax(scores, -1, acc).to(q.scalar_type());
   return torch::matmul(probs, vv);  // [B,H,Tq,d]
 #endif
 }
 
-AttentionImpl::AttentionImpl(const ModelConfig& c, torch::TensorOptions options)
+AttentionImpl::AttentionImpl(const ModelConfig& c, torch::TensorOptions options, int64_t window)
     : n_head_(c.num_attention_heads),
       n_kv_head_(c.num_key_value_heads),
       head_dim_(c.head_dim),
+      window_(window),
       scale_(1.0 / std::sqrt(double(c.head_dim))),
       rope_(c, c.head_dim) {
   const bool qkv_bias = c.attention_bias;
@@ -111,6 +113,7 @@ torch::Tensor AttentionImpl::step_kernels(const torch::Tensor& x, const StepPlan
   args.seqs = seqs.data();
   args.n_seqs = static_cast<int64_t>(seqs.size());
   args.scale = static_cast<float>(scale_);
+  args.window = window_;
   args.out_t = t;
   args.out = out.data_ptr();
   kernels::paged_attention(args);
@@ -134,8 +137,9 @@ torch::Tensor AttentionImpl::step(const torch::Tensor& x, const StepPlan& plan,
     auto qs = q.narrow(0, s.q_start, s.q_len).transpose(0, 1).unsqueeze(0);  // [1,H,q,d]
     auto ks = k_flat.index_select(0, s.read_slots).to(q.scalar_type());     // [ctx,Hkv,d]
     auto vs = v_flat.index_select(0, s.read_slots).to(q.scalar_type());
+    const auto& mask = window_ > 0 && s.window_mask.defined() ? s.window_mask : s.mask;
     auto o = attention_core(qs, ks.transpose(0, 1).unsqueeze(0), vs.transpose(0, 1).unsqueeze(0),
-                            s.mask, false, scale_);  // [1,H,q,d]
+                            mask, false, scale_);  // [1,H,q,d]
     out.narrow(0, s.q_start, s.q_len).copy_(o.squeeze(0).transpose(0, 1));
   }
   return o_proj(out.view({N, n_head_ * head_dim_}));

@@ -18,6 +18,7 @@ struct StepPlan {
     int64_t q_start = 0, q_len = 0;
     torch::Tensor read_slots;  // [context_len] int64: flat slots of positions 0..context_len-1
     torch::Tensor mask;        // [1,1,q_len,context_len] bool, undefined when all true
+    torch::Tensor window_mask; // mask for sliding-window layers; undefined when = mask
   };
   std::vector<Seq> seqs;
 };
@@ -32,9 +33,11 @@ torch::Tensor attention_core(const torch::Tensor& q, const torch::Tensor& k,
 
 class AttentionImpl : public torch::nn::Module {
  public:
-  AttentionImpl(const ModelConfig& config, torch::TensorOptions options);
+  // window: this layer's sliding window (ModelConfig::attention_window), 0 = full.
+  AttentionImpl(const ModelConfig& config, torch::TensorOptions options, int64_t window = 0);
 
-  // x [B,T,D]; cos/sin [B,T,d]; mask [B,1,T,T] bool or undefined (plain causal)
+  // x [B,T,D]; cos/sin [B,T,d]; mask [B,1,T,T] bool or undefined (plain
+  // causal); a sliding layer is given its windowed mask by the caller
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         const torch::Tensor& mask);
   // x [N,D]; cache: {K, V} each [blocks, block_size, Hkv, d]
@@ -43,6 +46,7 @@ class AttentionImpl : public torch::nn::Module {
 
   CacheSpec cache_spec() const { return {{n_kv_head_, head_dim_}, {n_kv_head_, head_dim_}}; }
   const Rope& rope() const { return rope_; }
+  int64_t window() const { return window_; }
 
   Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
 
@@ -55,6 +59,7 @@ class AttentionImpl : public torch::nn::Module {
                      const std::vector<torch::Tensor>& cache) const;
 
   int64_t n_head_, n_kv_head_, head_dim_;
+  int64_t window_;
   double scale_;
   Rope rope_;
 };

@@ -8,7 +8,7 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t i, torch::Tenso
     : index(i) {
   input_layernorm =
       register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps, options));
-  self_attn = register_module("self_attn", Attention(c, options));
+  self_attn = register_module("self_attn", Attention(c, options, c.attention_window(i)));
   post_attention_layernorm =
       register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps, options));
   if (c.is_moe() && c.moe_layers.at(size_t(i)))
@@ -52,7 +52,7 @@ const torch::Tensor& TransformerImpl::lm_head_weight() const {
 }
 
 torch::Tensor TransformerImpl::logits(const torch::Tensor& hidden) {
-  return finmoe::linear(model->norm(hidden), lm_head_weight(), torch::Tensor()).to(torch::kFloat32);
+  return at_least_float32(finmoe::linear(model->norm(hidden), lm_head_weight(), torch::Tensor()));
 }
 
 namespace {
@@ -69,19 +69,15 @@ torch::Tensor document_positions(const torch::Tensor& doc) {  // [B,T] -> [B,T]
 
 }  // namespace
 
-void TransformerImpl::check_window(int64_t context) const {
-  // Within the window, sliding-window attention is plain causal attention.
-  if (config.sliding_window && context > *config.sliding_window)
-    throw Error("context of " + std::to_string(context) + " tokens exceeds sliding_window " +
-                std::to_string(*config.sliding_window) + " of this " + config.model_type +
-                " model; sliding-window attention beyond the window is not implemented");
+// Keys a query may see under a sliding window: key position > query position - window.
+static torch::Tensor window_overlay(const torch::Tensor& qpos, const torch::Tensor& kpos, int64_t window) {
+  return kpos > qpos - window;
 }
 
 torch::Tensor TransformerImpl::forward(const torch::Tensor& tokens, const ForwardOptions& fo) {
   if (tokens.dim() != 2) throw Error("forward: tokens must be [B,T], got " +
                                      std::to_string(tokens.dim()) + " dims");
   const int64_t B = tokens.size(0), T = tokens.size(1);
-  check_window(T);
   auto ids = tokens.to(torch::kInt64);
   torch::Tensor positions, mask;
   if (fo.document_ids.defined()) {
@@ -94,11 +90,21 @@ torch::Tensor TransformerImpl::forward(const torch::Tensor& tokens, const Forwar
   } else {
     positions = torch::arange(T, ids.options()).unsqueeze(0).expand({B, T});
   }
+  // Sliding layers: the window counts sequence positions (a packed document
+  // starts its own, so the overlay on token indices is the same thing).
+  torch::Tensor window_mask;
+  if (config.sliding_window && T > *config.sliding_window) {
+    auto t = torch::arange(T, ids.options());
+    auto win = window_overlay(t.unsqueeze(1), t.unsqueeze(0), *config.sliding_window);  // [T,T]
+    auto causal = torch::ones({T, T}, win.options()).tril();
+    window_mask = mask.defined() ? mask.logical_and(win) : win.logical_and(causal).view({1, 1, T, T});
+  }
   auto x = torch::embedding(model->embed_tokens->weight, ids);  // [B,T,D]
   const Rope& rope = layer_list.front()->self_attn->rope();
   auto [cos, sin] = rope.cos_sin(positions);  // [B,T,d]
   for (auto& layer : layer_list) {
-    x = x + layer->self_attn(layer->input_layernorm(x), cos, sin, mask);
+    const auto& m = layer->self_attn->window() > 0 && window_mask.defined() ? window_mask : mask;
+    x = x + layer->self_attn(layer->input_layernorm(x), cos, sin, m);
     x = x + layer->ffn(layer->post_attention_layernorm(x), fo.router_outputs);
   }
   return logits(x);  // [B,T,V]
@@ -137,7 +143,6 @@ void StepBatch::validate(const KVCache& cache) const {
 torch::Tensor TransformerImpl::step(const StepBatch& batch, KVCache& cache) {
   torch::NoGradGuard no_grad;
   batch.validate(cache);
-  for (const auto& q : batch.seqs) check_window(q.context_len);
   const int64_t N = static_cast<int64_t>(batch.tokens.size());
   const int64_t bs = cache.block_size();
   const auto dev = options.device();
@@ -163,6 +168,12 @@ torch::Tensor TransformerImpl::step(const StepBatch& batch, KVCache& cache) {
       auto qpos = torch::arange(first, first + s.q_len, cpu_long).unsqueeze(1);
       auto kpos = torch::arange(s.context_len, cpu_long).unsqueeze(0);
       ps.mask = (kpos <= qpos).view({1, 1, s.q_len, s.context_len}).to(dev);
+    }
+    if (config.sliding_window && s.context_len > *config.sliding_window) {
+      auto qpos = torch::arange(first, first + s.q_len, cpu_long).unsqueeze(1);
+      auto kpos = torch::arange(s.context_len, cpu_long).unsqueeze(0);
+      auto m = (kpos <= qpos).logical_and(window_overlay(qpos, kpos, *config.sliding_window));
+      ps.window_mask = m.view({1, 1, s.q_len, s.context_len}).to(dev);
     }
     plan.seqs.push_back(std::move(ps));
     last_rows.push_back(s.q_start + s.q_len - 1);

@@ -63,8 +63,6 @@ class TransformerImpl : public torch::nn::Module {
 
  private:
   torch::Tensor logits(const torch::Tensor& hidden);
-  // Throws Error when `context` tokens exceed config.sliding_window.
-  void check_window(int64_t context) const;
 };
 
 }  // namespace finmoe

@@ -3,6 +3,7 @@
 
 #include "finmoe/error.h"
 #include "finmoe/generate.h"
+#include "serve/text_stream.h"
 
 namespace finmoe {
 namespace {
@@ -12,28 +13,13 @@ double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-// Length of the longest suffix of `text` that is a proper prefix of a stop
-// string: those bytes are held back from streaming until resolved.
-size_t partial_stop_suffix(const std::string& text, const std::vector<std::string>& stops) {
-  size_t hold = 0;
-  for (const auto& s : stops)
-    for (size_t n = std::min(s.size() - 1, text.size()); n > hold; --n)
-      if (text.compare(text.size() - n, n, s, 0, n) == 0) {
-        hold = n;
-        break;
-      }
-  return hold;
-}
-
 struct Sequence {
   std::vector<int32_t> ids;  // prompt + generated
   int64_t prompt_len = 0;
   int64_t cached = 0;        // tokens whose K/V are in the cache
   std::vector<int32_t> blocks;
   Sampler sampler;
-  std::optional<IncrementalDecoder> decoder;
-  std::string text;          // decoded generated text
-  size_t streamed = 0;       // bytes of text already passed to the callback
+  TextStream text;
   bool done = false;
   std::string finish_reason;
 };
@@ -69,12 +55,11 @@ std::vector<GenerationResult> Generator::generate(const std::vector<std::vector<
       throw Error("prompt " + std::to_string(i) + " has " + std::to_string(p.size()) +
                   " tokens; the model's context is " + std::to_string(ctx));
     const int64_t len = std::min<int64_t>(int64_t(p.size()) + opt.max_new_tokens, ctx);
-    Sequence s{p, int64_t(p.size()), 0, {}, Sampler(opt.sampling, opt.sampling.seed + i), {}, {}, 0,
-               false, ""};
+    Sequence s{p, int64_t(p.size()), 0, {}, Sampler(opt.sampling, opt.sampling.seed + i),
+               TextStream(tokenizer_, opt.stop_strings), false, ""};
     const int64_t nb = (len + bs - 1) / bs;
     for (int64_t b = 0; b < nb; ++b) s.blocks.push_back(int32_t(total_blocks + b));
     total_blocks += nb;
-    if (tokenizer_) s.decoder.emplace(*tokenizer_, /*skip_special_tokens=*/true);
     seqs.push_back(std::move(s));
   }
   if (!cache_ || cache_->num_blocks() < total_blocks || cache_->block_size() != bs)
@@ -93,24 +78,19 @@ std::vector<GenerationResult> Generator::generate(const std::vector<std::vector<
     const int64_t generated = int64_t(s.ids.size()) - s.prompt_len;
     const bool stop_token = std::find(opt.stop_token_ids.begin(), opt.stop_token_ids.end(),
                                       token) != opt.stop_token_ids.end();
-    if (s.decoder) {
-      s.text += stop_token ? s.decoder->flush() : s.decoder->push(token);
-      for (const auto& stop : opt.stop_strings) {
-        const auto at = s.text.find(stop);
-        if (at != std::string::npos) {
-          s.text.resize(at);
-          finish(s, "stop");
-        }
-      }
-      const size_t hold = s.done ? 0 : partial_stop_suffix(s.text, opt.stop_strings);
-      if (on_text && s.text.size() - hold > s.streamed) {
-        on_text(i, s.text.substr(s.streamed, s.text.size() - hold - s.streamed));
-        s.streamed = s.text.size() - hold;
-      }
+    if (stop_token) {
+      s.text.finish();
+      finish(s, "stop");
+    } else if (s.text.push(token)) {
+      finish(s, "stop");
+    } else if (generated >= opt.max_new_tokens || int64_t(s.ids.size()) >= ctx) {
+      s.text.finish();
+      finish(s, "length");
     }
-    if (s.done) return;
-    if (stop_token) finish(s, "stop");
-    else if (generated >= opt.max_new_tokens || int64_t(s.ids.size()) >= ctx) finish(s, "length");
+    if (on_text) {
+      const std::string piece = s.text.take();
+      if (!piece.empty()) on_text(i, piece);
+    }
   };
 
   std::vector<float> row;
@@ -172,7 +152,7 @@ std::vector<GenerationResult> Generator::generate(const std::vector<std::vector<
   for (auto& s : seqs) {
     GenerationResult r;
     r.tokens.assign(s.ids.begin() + s.prompt_len, s.ids.end());
-    r.text = std::move(s.text);
+    r.text = s.text.text();
     r.finish_reason = s.finish_reason.empty() ? "length" : s.finish_reason;
     r.prompt_tokens = s.prompt_len;
     out.push_back(std::move(r));

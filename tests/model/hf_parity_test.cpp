@@ -74,7 +74,8 @@ TEST_P(HfParity, Bfloat16StaysCloseToFloat32Reference) {
 INSTANTIATE_TEST_SUITE_P(Architectures, HfParity,
                          ::testing::Values("llama_gqa_llama3rope", "llama_linear_bias_tied",
                                            "llama_yarn", "qwen2_tied", "mistral_headdim",
-                                           "mixtral_top2", "qwen2_moe_shared", "qwen2_moe_norm"));
+                                           "mixtral_top2", "qwen2_moe_shared", "qwen2_moe_norm",
+                                           "mistral_sliding", "qwen2_sliding"));
 
 }  // namespace
 }  // namespace finmoe

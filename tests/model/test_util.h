@@ -55,7 +55,11 @@ struct TempDir {
 };
 
 // A small random model of the given architecture (seeded).
-inline ModelConfig tiny_config(const std::string& model_type) {
+// "mistral_sliding" / "qwen2_sliding": those types with a sliding window
+// shorter than the tests' sequences (qwen2: on layer 1 only).
+inline ModelConfig tiny_config(const std::string& variant) {
+  const bool sliding = variant.ends_with("_sliding");
+  const std::string model_type = sliding ? variant.substr(0, variant.size() - 8) : variant;
   nlohmann::json j = {{"model_type", model_type},       {"vocab_size", 300},
                       {"hidden_size", 48},              {"intermediate_size", 80},
                       {"num_hidden_layers", 2},         {"num_attention_heads", 6},
@@ -77,6 +81,10 @@ inline ModelConfig tiny_config(const std::string& model_type) {
   } else if (model_type == "finmoe_dense") {
     j.update({{"num_experts", 3}, {"moe_intermediate_size", 32}});
   }
+  if (sliding && model_type == "qwen2")
+    j.update({{"use_sliding_window", true}, {"sliding_window", 7}, {"max_window_layers", 1}});
+  else if (sliding)
+    j.update({{"sliding_window", 9}});
   return ModelConfig::from_json(j, "tiny_config");
 }
 

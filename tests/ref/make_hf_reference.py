@@ -47,6 +47,14 @@ VARIANTS = {
     "mistral_headdim": ("MistralForCausalLM", transformers.MistralConfig, dict(
         num_key_value_heads=2, head_dim=24, rope_theta=10000.0, tie_word_embeddings=False,
         sliding_window=None)),
+    # mistral with a 16-token sliding window on every layer (inputs are 80 long)
+    "mistral_sliding": ("MistralForCausalLM", transformers.MistralConfig, dict(
+        num_key_value_heads=2, rope_theta=10000.0, tie_word_embeddings=False,
+        sliding_window=16)),
+    # qwen2 with use_sliding_window: layer 0 full (max_window_layers=1), layer 1 a 12-token window
+    "qwen2_sliding": ("Qwen2ForCausalLM", transformers.Qwen2Config, dict(
+        num_key_value_heads=2, rope_theta=1000000.0, tie_word_embeddings=True,
+        use_sliding_window=True, sliding_window=12, max_window_layers=1)),
     # Mixtral: 4 experts, top-2 (softmax over the selected logits)
     "mixtral_top2": ("MixtralForCausalLM", transformers.MixtralConfig, dict(
         num_key_value_heads=2, rope_theta=1000000.0, tie_word_embeddings=False,
