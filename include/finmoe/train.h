@@ -31,6 +31,7 @@
 #include <nlohmann/json.hpp>
 
 #include "finmoe/dataset.h"
+#include "finmoe/lora.h"
 
 namespace finmoe {
 
@@ -43,8 +44,9 @@ class Transformer;
 //   hybrid    FinMoE §4.2: text and instruction files shuffled into one stream
 //             (data.instruction_files and data.instruction_ratio required)
 //   kd        forward-KL distillation from kd.teacher (YouZhi §3.2)
-//   esft      only the selected experts (ESFT)      } not built here: they plug
-//   lora      low-rank adapters                     } into make_train_method()
+//   esft      only the experts esft.expert_config selects (ESFT, docs/esft.md);
+//             checkpoints are ESFT delta directories
+//   lora      low-rank adapters (lora.*); checkpoints are PEFT adapter directories
 enum class TrainMode { Pretrain, Cpt, Sft, Hybrid, Kd, Esft, Lora };
 
 std::string_view to_string(TrainMode mode);
@@ -57,7 +59,13 @@ struct KdConfig {
   double alpha = 1.0;        // loss = alpha * KL + (1 - alpha) * CE
 };
 
-// Every field is a YAML key of the same name (nested: data.*, eval_data.*, kd.*).
+struct EsftTrainConfig {
+  std::string expert_config;  // expert_cfg.json (`finmoe esft select`); required in mode esft
+};
+
+// Every field is a YAML key of the same name (nested: data.*, eval_data.*, kd.*,
+// esft.*, lora.* with lora.r, lora.alpha, lora.dropout, lora.target_modules,
+// lora.use_rslora of LoraConfig).
 struct TrainConfig {
   TrainMode mode = TrainMode::Pretrain;
 
@@ -100,6 +108,10 @@ struct TrainConfig {
   // ---- losses
   std::optional<double> moe_aux_loss_alpha;  // load-balancing alpha; default: router_aux_loss_coef
   KdConfig kd;
+
+  // ---- parameter-efficient modes
+  EsftTrainConfig esft;
+  LoraConfig lora;
 
   // ---- run
   uint64_t seed = 0;
@@ -190,6 +202,10 @@ struct TrainSummary {
   double final_loss = 0;
   std::optional<EvalResult> final_eval;
   std::string checkpoint;  // the last checkpoint written
+  int64_t trainable_params = 0;  // elements of the tensors the mode trains
+  int64_t model_params = 0;      // elements of the model's parameters (adapters not included)
+  int64_t checkpoint_bytes = 0;  // safetensors bytes of the last checkpoint's model part
+                                 // (HF weights, ESFT delta or LoRA adapter; no optimizer state)
   nlohmann::json to_json() const;
 };
 

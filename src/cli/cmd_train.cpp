@@ -30,27 +30,34 @@ std::string quoted_list(const std::vector<std::string>& v) {
 
 void add_train(CLI::App& app, Run& run) {
   auto* c = app.add_subcommand(
-      "train", "Train a model: pretrain | cpt | sft | hybrid | kd (keys: docs/training.md)");
+      "train",
+      "Train a model: pretrain | cpt | sft | hybrid | kd | esft | lora (keys: docs/training.md)");
   static std::string config_file;
   static std::vector<std::string> sets;
   static std::optional<std::string> mode, model, preset, tokenizer, output, device, precision,
-      schedule, teacher, resume;
+      schedule, teacher, resume, expert_config;
   static std::vector<std::string> data, eval_data;
   static std::optional<std::string> lr, min_lr, max_steps, num_tokens, warmup, batch, seq_len,
-      accum, seed, save_interval, eval_interval, grad_clip, weight_decay;
+      accum, seed, save_interval, eval_interval, grad_clip, weight_decay, lora_r, lora_alpha;
   static bool dry_run = false, json = false;
   c->add_option("-c,--config", config_file, "YAML train config (optional: flags alone also work)");
   c->add_option("--set", sets,
                 "KEY=VALUE override of any config key, dotted for sections "
                 "(data.seq_len=256); repeatable, applied before the flags below");
   auto* m = "Model and output";
-  c->add_option("--mode", mode, "pretrain | cpt | sft | hybrid | kd (default pretrain)")->group(m);
+  c->add_option("--mode", mode, "pretrain | cpt | sft | hybrid | kd | esft | lora (default pretrain)")
+      ->group(m);
   c->add_option("--model", model, "HF model directory to start from")->group(m);
   c->add_option("--init-preset", preset, "a seeded preset instead of --model (finmoe init)")
       ->group(m);
   c->add_option("--tokenizer", tokenizer, "tokenizer directory (default: the model's)")->group(m);
   c->add_option("-o,--output-dir", output, "checkpoints, metrics, plots")->group(m);
   c->add_option("--teacher", teacher, "teacher model directory (mode kd)")->group(m);
+  c->add_option("--expert-config", expert_config,
+                "expert_cfg.json from `finmoe esft select` (mode esft)")
+      ->group(m);
+  c->add_option("--lora-r", lora_r, "LoRA rank (mode lora; default 8)")->group(m);
+  c->add_option("--lora-alpha", lora_alpha, "LoRA alpha (mode lora; default 16)")->group(m);
   c->add_option("--device", device, "cpu | cuda | cuda:N (default cpu)")->group(m);
   c->add_option("--precision", precision, "auto | fp32 | bf16 (default auto)")->group(m);
   c->add_option("--resume", resume, "auto | CHECKPOINT_DIR | OUTPUT_DIR")->group(m);
@@ -96,6 +103,9 @@ void add_train(CLI::App& app, Run& run) {
       str("tokenizer", tokenizer);
       str("output_dir", output);
       str("kd.teacher", teacher);
+      str("esft.expert_config", expert_config);
+      num("lora.r", lora_r);
+      num("lora.alpha", lora_alpha);
       str("device", device);
       str("precision", precision);
       str("resume", resume);
@@ -133,6 +143,11 @@ void add_train(CLI::App& app, Run& run) {
         if (s.final_eval)
           std::printf("eval: loss %.4f, perplexity %.3f over %lld tokens\n", s.final_eval->loss,
                       s.final_eval->ppl, static_cast<long long>(s.final_eval->tokens));
+        std::printf("trainable: %lld of %lld parameters (%.2f%%); checkpoint weights %lld bytes\n",
+                    static_cast<long long>(s.trainable_params),
+                    static_cast<long long>(s.model_params),
+                    s.model_params ? 100.0 * double(s.trainable_params) / double(s.model_params) : 0.0,
+                    static_cast<long long>(s.checkpoint_bytes));
         std::printf("checkpoint: %s\n", s.checkpoint.c_str());
       }
       return 0;

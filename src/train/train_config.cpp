@@ -192,6 +192,24 @@ const std::vector<Field<KdConfig>>& kd_fields() {
   return f;
 }
 
+const std::vector<Field<EsftTrainConfig>>& esft_fields() {
+  static const std::vector<Field<EsftTrainConfig>> f = {
+      field("expert_config", &EsftTrainConfig::expert_config),
+  };
+  return f;
+}
+
+const std::vector<Field<LoraConfig>>& lora_fields() {
+  static const std::vector<Field<LoraConfig>> f = {
+      field("r", &LoraConfig::r),
+      field("alpha", &LoraConfig::alpha),
+      field("dropout", &LoraConfig::dropout),
+      field("target_modules", &LoraConfig::target_modules),
+      field("use_rslora", &LoraConfig::use_rslora),
+  };
+  return f;
+}
+
 template <class S>
 std::string known_keys(const std::vector<Field<S>>& fields, const std::string& extra = "") {
   std::string s;
@@ -324,6 +342,13 @@ void TrainConfig::validate() const {
   need(!moe_aux_loss_alpha || *moe_aux_loss_alpha >= 0, "moe_aux_loss_alpha must be >= 0");
   need(kd.temperature > 0, "kd.temperature must be positive");
   need(kd.alpha >= 0 && kd.alpha <= 1, "kd.alpha must be in [0, 1]");
+  need(mode != TrainMode::Esft || (!esft.expert_config.empty() && !model.empty()),
+       "mode esft needs `model` and esft.expert_config (from `finmoe esft select`)");
+  need(mode != TrainMode::Lora || !model.empty(), "mode lora adapts a model: `model` is required");
+  need(lora.r >= 1, "lora.r must be >= 1");
+  need(lora.alpha > 0, "lora.alpha must be positive");
+  need(lora.dropout >= 0 && lora.dropout < 1, "lora.dropout must be in [0, 1)");
+  need(!lora.target_modules.empty(), "lora.target_modules must name at least one module");
   need(save_interval >= 0 && keep_checkpoints >= 0 && log_interval >= 0,
        "save_interval, keep_checkpoints and log_interval must be >= 0");
 }
@@ -333,6 +358,8 @@ nlohmann::json TrainConfig::to_json() const {
   j["data"] = write_section(data, data_fields());
   j["eval_data"] = write_section(eval_data, data_fields());
   j["kd"] = write_section(kd, kd_fields());
+  j["esft"] = write_section(esft, esft_fields());
+  j["lora"] = write_section(lora, lora_fields());
   return j;
 }
 
@@ -351,7 +378,7 @@ TrainConfig parse_train_config(const std::string& yaml, const std::string& sourc
   TrainConfig c;
   // Top-level scalars first: sections take defaults from them (data.seed from
   // seed, data.format from mode, eval_data from data).
-  YAML::Node data, eval_data, kd;
+  YAML::Node data, eval_data, kd, esft, lora;
   for (auto it = root.begin(); it != root.end(); ++it) {
     const std::string key = it->first.as<std::string>();
     if (key == "data")
@@ -360,14 +387,20 @@ TrainConfig parse_train_config(const std::string& yaml, const std::string& sourc
       eval_data.reset(it->second);
     else if (key == "kd")
       kd.reset(it->second);
+    else if (key == "esft")
+      esft.reset(it->second);
+    else if (key == "lora")
+      lora.reset(it->second);
     else if (std::none_of(top_fields().begin(), top_fields().end(),
                           [&](const auto& f) { return f.key == key; }))
       throw Error(where(source, it->first, key) +
-                  ": unknown key (known: " + known_keys(top_fields(), "data, eval_data, kd") + ")");
+                  ": unknown key (known: " +
+                  known_keys(top_fields(), "data, eval_data, kd, esft, lora") + ")");
   }
   for (auto it = root.begin(); it != root.end(); ++it) {
     const std::string key = it->first.as<std::string>();
-    if (key == "data" || key == "eval_data" || key == "kd") continue;
+    if (key == "data" || key == "eval_data" || key == "kd" || key == "esft" || key == "lora")
+      continue;
     for (const auto& f : top_fields())
       if (f.key == key) f.read(c, it->second, where(source, it->second, key));
   }
@@ -383,6 +416,8 @@ TrainConfig parse_train_config(const std::string& yaml, const std::string& sourc
   c.eval_data.shuffle = false;
   if (eval_data) read_section(c.eval_data, eval_data, data_fields(), source, "eval_data.");
   if (kd) read_section(c.kd, kd, kd_fields(), source, "kd.");
+  if (esft) read_section(c.esft, esft, esft_fields(), source, "esft.");
+  if (lora) read_section(c.lora, lora, lora_fields(), source, "lora.");
 
   try {
     c.validate();

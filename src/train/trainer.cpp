@@ -26,6 +26,7 @@
 #include "finmoe/train.h"
 #include "train/losses.h"
 #include "train/optimizer.h"
+#include "train/peft_methods.h"
 #include "train/schedule.h"
 
 namespace finmoe {
@@ -78,11 +79,11 @@ std::unique_ptr<TrainMethod> make_train_method(const TrainConfig& config) {
     case TrainMode::Kd:
       return std::make_unique<FullTraining>();
     case TrainMode::Esft:
+      return make_esft_method(config);
     case TrainMode::Lora:
-      break;
+      return make_lora_method(config);
   }
-  throw Error("mode '" + std::string(to_string(config.mode)) +
-              "' has no training method in this build (modes: pretrain, cpt, sft, hybrid, kd)");
+  throw Error("mode '" + std::string(to_string(config.mode)) + "' has no training method");
 }
 
 // ---- metrics -----------------------------------------------------------------
@@ -123,7 +124,9 @@ StepMetrics StepMetrics::from_json(const nlohmann::json& j) {
 nlohmann::json TrainSummary::to_json() const {
   nlohmann::json j = {{"steps", steps},           {"tokens", tokens},
                       {"seconds", seconds},       {"tokens_per_second", tokens_per_second},
-                      {"final_loss", final_loss}, {"checkpoint", checkpoint}};
+                      {"final_loss", final_loss}, {"checkpoint", checkpoint},
+                      {"trainable_params", trainable_params}, {"model_params", model_params},
+                      {"checkpoint_bytes", checkpoint_bytes}};
   if (final_eval)
     j["final_eval"] = {
         {"loss", final_eval->loss}, {"ppl", final_eval->ppl}, {"tokens", final_eval->tokens}};
@@ -779,6 +782,12 @@ TrainSummary Trainer::run() {
   sum.final_loss = s.history.empty() ? 0.0 : s.history.back().loss;
   sum.final_eval = last_eval;
   sum.checkpoint = s.last_checkpoint;
+  // the model part of the checkpoint: what the method saved, without the optimizer state
+  for (const auto& e : fs::directory_iterator(s.last_checkpoint))
+    if (e.path().extension() == ".safetensors" && e.path().filename() != "optimizer.safetensors")
+      sum.checkpoint_bytes += int64_t(e.file_size());
+  for (const auto& [name, t] : s.trainable) sum.trainable_params += t.numel();
+  for (const auto& [name, t] : s.model->named_parameters()) sum.model_params += t.numel();
   write_file_atomic(c.output_dir + "/loss.svg",
                     loss_curve_svg(s.history, std::string(to_string(c.mode)) + ": loss by step"));
   write_json_file(c.output_dir + "/train_summary.json", sum.to_json());

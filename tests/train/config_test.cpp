@@ -164,9 +164,20 @@ TEST(TrainConfig, JsonRoundTripsThroughTheParser) {
   EXPECT_EQ(back.to_json(), j);
 }
 
-TEST(TrainConfig, ModesWithoutAMethodAreClearErrors) {
-  TrainConfig c = parse_train_config(kYaml, "train.yaml", {"mode=esft"});
-  EXPECT_CONTAINS(message_of([&] { make_train_method(c); }), "mode 'esft'");
+TEST(TrainConfig, EsftAndLoraSectionsAndTheirRequirements) {
+  EXPECT_CONTAINS(message_of([] { parse_train_config(kYaml, "train.yaml", {"mode=esft"}); }),
+                  "esft.expert_config");
+  TrainConfig c = parse_train_config(kYaml, "train.yaml",
+                                     {"mode=lora", "lora.r=4", "lora.alpha=32",
+                                      "lora.target_modules=[q_proj, v_proj]"});
+  EXPECT_EQ(c.lora.r, 4);
+  EXPECT_DOUBLE_EQ(c.lora.scaling(), 8.0);
+  EXPECT_EQ(c.lora.target_modules, (std::vector<std::string>{"q_proj", "v_proj"}));
+  EXPECT_EQ(c.to_json()["lora"]["alpha"], 32.0);
+  EXPECT_CONTAINS(message_of([] { parse_train_config(kYaml, "train.yaml", {"lora.r=0"}); }),
+                  "lora.r");
+  EXPECT_CONTAINS(message_of([] { parse_train_config(kYaml, "train.yaml", {"lora.rank=4"}); }),
+                  "lora.rank");
   EXPECT_EQ(train_mode_from_string("lora"), TrainMode::Lora);
   EXPECT_EQ(to_string(TrainMode::Hybrid), "hybrid");
 }

@@ -18,6 +18,8 @@
 #include "finmoe/model.h"
 #include "finmoe/safetensors.h"
 #include "finmoe/tokenizer.h"
+#include "finmoe/train.h"
+#include "train_test_util.h"
 
 namespace finmoe {
 namespace {
@@ -464,6 +466,76 @@ TEST(EsftScoring, ScoresATaskFileThroughTheModel) {
                     score_experts(dense, tok, data);
                   }),
                   "no routed experts");
+}
+
+// ---- through the trainer (finmoe train --mode esft) -------------------------------
+
+TEST(EsftTrainer, TrainsOnlyTheSelectedExpertsAndCheckpointsALoadableDelta) {
+  test::TempDir model, out;
+  const ModelConfig mc = test::save_tiny_model("qwen2_moe", model.str(), 3);
+  ExpertConfig experts;
+  experts.experts[1] = {0, 2, 5};
+  const std::string cfg_path = model.str() + "/expert_cfg.json";
+  save_expert_config(cfg_path, experts);
+  TrainConfig c = test::tiny_train_config(model.str(), out.str());
+  c.mode = TrainMode::Esft;
+  c.esft.expert_config = cfg_path;
+  c.max_steps = 4;
+  Trainer t(c, test::synthetic_hooks(mc.vocab_size));
+  const TrainSummary s = t.run();
+
+  auto base = load_model(model.str(), {.dtype = torch::kFloat32});
+  std::map<std::string, torch::Tensor> base_params;
+  for (const auto& [n, p] : base.named_parameters()) base_params[n] = p;
+  int moved = 0;
+  for (const auto& [n, p] : t.model().named_parameters()) {
+    const bool same = torch::equal(p.detach(), base_params.at(n));
+    if (!esft_trains(experts, n)) {
+      EXPECT_TRUE(same) << n << " is frozen but moved";
+    }
+    moved += !same;
+  }
+  EXPECT_GT(moved, 0);
+  const EsftParamCount n = esft_param_count(mc, experts);
+  EXPECT_EQ(s.trainable_params, n.trainable);
+  EXPECT_EQ(s.model_params, n.total);
+  // the checkpoint is an ESFT delta: only the trained tensors are stored
+  ASSERT_TRUE(is_esft_delta(s.checkpoint));
+  const EsftDeltaInfo d = read_esft_delta(s.checkpoint);
+  EXPECT_EQ(d.params, n.trainable);
+  EXPECT_EQ(s.checkpoint_bytes, d.bytes);
+  EXPECT_EQ(d.experts.experts, experts.experts);
+  torch::NoGradGuard no_grad;
+  auto ids = torch::randint(mc.vocab_size, {2, 10}, torch::kInt64);
+  auto reloaded = load_model(s.checkpoint, {.dtype = torch::kFloat32});
+  EXPECT_EQ(test::max_abs_diff(reloaded.forward(ids), t.model().forward(ids)), 0.0);
+}
+
+TEST(EsftTrainer, ResumedRunEqualsUninterruptedRun) {
+  test::TempDir model, full, part;
+  const ModelConfig mc = test::save_tiny_model("mixtral", model.str(), 4);
+  ExpertConfig experts;
+  experts.experts = {{0, {1}}, {1, {0, 3}}};
+  const std::string cfg_path = model.str() + "/expert_cfg.json";
+  save_expert_config(cfg_path, experts);
+  TrainConfig c = test::tiny_train_config(model.str(), full.str());
+  c.mode = TrainMode::Esft;
+  c.esft.expert_config = cfg_path;
+  c.max_steps = 4;
+  c.save_interval = 2;
+  Trainer uninterrupted(c, test::synthetic_hooks(mc.vocab_size));
+  uninterrupted.run();
+  c.output_dir = part.str();
+  c.resume = full.str() + "/checkpoint-2";
+  Trainer resumed(c, test::synthetic_hooks(mc.vocab_size));
+  EXPECT_EQ(resumed.step_count(), 2);
+  resumed.run();
+  ASSERT_EQ(resumed.history().size(), 4u);
+  for (size_t i = 0; i < 4; ++i)
+    EXPECT_EQ(resumed.history()[i].loss, uninterrupted.history()[i].loss) << "step " << i + 1;
+  auto a = uninterrupted.model().named_parameters(), b = resumed.model().named_parameters();
+  for (size_t i = 0; i < a.size(); ++i)
+    EXPECT_TRUE(torch::equal(a[i].second, b[i].second)) << a[i].first;
 }
 
 }  // namespace

@@ -322,12 +322,13 @@ TEST(Trainer, ErrorsNameTheProblem) {
   k.kd.teacher = teacher.str();
   EXPECT_CONTAINS(message_of([&] { Trainer t(k, test::synthetic_hooks(mc.vocab_size)); }),
                   "vocabulary of 200");
-  // esft / lora have no method yet
+  // the parameter-efficient modes check their settings against the model
   TrainConfig e = c;
   e.output_dir = out2.str();
   e.mode = TrainMode::Lora;
+  e.lora.target_modules = {"w1"};  // a mixtral name on a qwen2 model
   EXPECT_CONTAINS(message_of([&] { Trainer t(e, test::synthetic_hooks(mc.vocab_size)); }),
-                  "mode 'lora'");
+                  "'w1' matches no linear layer");
 }
 
 }  // namespace
