@@ -314,29 +314,32 @@ void Server::Impl::handle_generate(const httplib::Request& req, httplib::Respons
 
 // Writes the whole response of `job`; false when the client went away.
 bool Server::Impl::pump(Job& job, httplib::DataSink& sink) {
+  auto client_gone = [&] {
+    job.client_gone = true;
+    cancel(job);
+    return false;  // httplib closes the connection
+  };
   try {
     ResponseBuilder& b = *job.builder;
     const bool stream = job.request.stream;
     auto send = [&](const std::string& s) { return s.empty() || sink.write(s.data(), s.size()); };
-    if (stream && !send(b.stream_start())) return job.client_gone = true, cancel(job), false;
+    if (stream && !send(b.stream_start())) return client_gone();
     // Whether the client is still there is checked every 100 ms even while
     // tokens flow: a non-streaming request writes nothing until the end.
     auto checked = Clock::now();
     while (!b.all_finished()) {
       auto events = job.channel->wait(std::chrono::milliseconds(100));
       if (Clock::now() - checked >= std::chrono::milliseconds(100)) {
-        if (!sink.is_writable()) return job.client_gone = true, cancel(job), false;
+        if (!sink.is_writable()) return client_gone();
         checked = Clock::now();
       }
       for (const auto& [choice, out] : events) {
         if (out.finished && !out.error.empty())
           std::cerr << "finmoe serve: engine aborted a request on " << job.route << ": " << out.error << "\n";
-        const std::string chunk = b.add(choice, out);
-        if (stream && !send(chunk)) return job.client_gone = true, cancel(job), false;
+        if (!send(b.add(choice, out))) return client_gone();  // "" when not streaming
       }
     }
-    const std::string tail = stream ? b.stream_end() : serve::dump_json(b.response());
-    if (!send(tail)) return job.client_gone = true, false;
+    if (!send(stream ? b.stream_end() : serve::dump_json(b.response()))) return client_gone();
     sink.done();
     return true;
   } catch (const std::exception& e) {
