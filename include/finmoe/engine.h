@@ -43,7 +43,6 @@ struct EngineOptions {
   int64_t max_batched_tokens = 512;           // tokens per step (decode + prefill chunks)
   bool enable_prefix_caching = true;
   int64_t max_model_len = 0;                  // 0 = the model's max_position_embeddings
-                                              // (or its sliding_window when smaller)
 };
 
 // What a request asks for. validate() throws Error naming the field.

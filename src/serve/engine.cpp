@@ -106,15 +106,11 @@ EngineOptions resolve(const Transformer& model, EngineOptions o) {
   positive(o.max_num_seqs, "max_num_seqs");
   positive(o.max_batched_tokens, "max_batched_tokens");
   const ModelConfig& c = model.config();
-  int64_t limit = c.max_position_embeddings;
-  std::string what = "max_position_embeddings";
-  if (c.sliding_window && *c.sliding_window < limit) {
-    limit = *c.sliding_window;
-    what = "sliding_window";
-  }
+  const int64_t limit = c.max_position_embeddings;
   if (o.max_model_len < 0 || o.max_model_len > limit)
     throw Error("EngineOptions.max_model_len must be in [0, " + std::to_string(limit) +
-                "] (the model's " + what + "; 0 = that), got " + std::to_string(o.max_model_len));
+                "] (the model's max_position_embeddings; 0 = that), got " +
+                std::to_string(o.max_model_len));
   if (o.max_model_len == 0) o.max_model_len = limit;
   return o;
 }
