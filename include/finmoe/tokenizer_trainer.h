@@ -56,9 +56,10 @@ class BpeTrainer {
   // Adds a file, streamed (never held whole in memory): a `.jsonl` file is one
   // record per line, {"text": ...} or {"messages": [{"content": ...}, ...]}
   // (each message's content is a text); any other file is plain text, cut
-  // into blocks only where a line starting with a non-space character
-  // begins, where Qwen2's regex never joins two words (so the words are those
-  // of the whole file). `progress(bytes read)` is called now and then.
+  // into ~1 MiB blocks only in front of a line whose first character is not
+  // white space or a control, where Qwen2's regex never joins two words (so
+  // the words are those of the whole file). `progress(bytes read)` is called
+  // now and then.
   void feed_file(const std::string& path, const std::function<void(int64_t)>& progress = {});
 
   int64_t num_words() const;      // distinct words so far

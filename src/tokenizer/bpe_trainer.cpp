@@ -174,15 +174,12 @@ void count_block(const Block& b, const std::string& path, const WordSplitter& sp
   }
 }
 
-// Where a plain-text block may end: after a '\n' followed by an ASCII
-// non-space character. No match of Qwen2's regex spans such a point (a
-// newline run never continues into a letter, and a word never starts with a
-// newline), so the blocks split into the words of the whole text.
+// Where a plain-text block may end: the last line start in buf[from..) at
+// which Qwen2's regex never joins two words (tok::can_start_block), so the blocks
+// split into the words of the whole text.
 size_t safe_cut(const std::string& buf, size_t from) {
-  for (size_t i = buf.size(); i-- > from + 1;) {
-    unsigned char c = static_cast<unsigned char>(buf[i]);
-    if (buf[i - 1] == '\n' && c < 0x80 && c > ' ' && c != 0x7F) return i;
-  }
+  for (size_t i = buf.size(); i-- > from + 1;)
+    if (buf[i - 1] == '\n' && tok::can_start_block(std::string_view(buf).substr(i))) return i;
   return std::string::npos;
 }
 

@@ -283,16 +283,14 @@ class Reader {
       }
       return b;
     }
-    // Plain text: whole lines up to about block_bytes, cut only before a line
-    // that starts with an ASCII non-space character (no pre-tokenizer word
-    // spans such a cut).
+    // Plain text: whole lines up to about block_bytes, cut only in front of a
+    // line where no pre-tokenizer word spans the cut (tok::can_start_block).
     std::string text;
     uint64_t pos = at;
     bool ends = true;
     while (in.line(line)) {
       if (corpus_.paragraphs && blank(line)) break;
-      const unsigned char c0 = static_cast<unsigned char>(line[0]);
-      if (text.size() >= block_bytes_ && c0 > ' ' && c0 < 0x7F) {
+      if (text.size() >= block_bytes_ && tok::can_start_block(line)) {
         ends = false;
         break;
       }

@@ -242,10 +242,16 @@ TEST(Packing, ShuffleBufferDrawsEachRowOnceFromTheNextRows) {
 // ---- plain text ------------------------------------------------------------------
 
 TEST(PlainText, BlocksTokenizeLikeTheWholeFile) {
-  // Lines starting with spaces, blank lines, CRLF, Chinese: tiny blocks must
-  // give exactly the ids of encoding the whole file at once.
+  // Lines starting with spaces, ideographic/no-break spaces, Chinese,
+  // punctuation; blank lines, CRLF: tiny blocks must give exactly the ids of
+  // encoding the whole file at once.
+  const std::vector<std::string> starts = {"", "   ", "\xE3\x80\x80", "\xC2\xA0", "资产 ", "\xE3\x80\x82", "- ", "\t"};
   std::string text;
-  for (const auto& d : make_docs(30, 6, 10)) text += d + (text.size() % 3 ? "\n" : "\r\n\n   ");
+  int i = 0;
+  for (const auto& d : make_docs(40, 6, 10)) {
+    text += starts[size_t(i) % starts.size()] + d + (i % 3 ? "\n" : "\r\n\n");
+    ++i;
+  }
   TempDir dir("blocks");
   DataConfig c;
   c.files = {dir.write("book.txt", text)};
@@ -485,11 +491,12 @@ DataConfig hybrid_config(const TempDir& dir) {
              dir.write("book.txt", jsonl_texts(make_docs(5, 12)) /* any text */),
              dir.write("paras.md", "one para\n\ntwo para\nstill two\n\n\nthree\n")};
   std::string sft;
-  for (int i = 0; i < 7; ++i)
-    sft += json{{"messages", {{{"role", "user"}, {"content", "q" + std::to_string(i)}},
-                              {{"role", "assistant"}, {"content", "answer " + std::to_string(i)}}}}}
-               .dump() +
-           "\n";
+  for (int i = 0; i < 7; ++i) {
+    const std::string n = std::to_string(i);
+    json msgs = json::array({{{"role", "user"}, {"content", "q" + n}},
+                             {{"role", "assistant"}, {"content", "answer " + n}}});
+    sft += json{{"messages", msgs}}.dump() + "\n";
+  }
   c.instruction_files = {dir.write("sft.jsonl", sft)};
   c.instruction_ratio = 0.3;
   c.seq_len = 24;
