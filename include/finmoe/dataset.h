@@ -9,15 +9,16 @@
 // Thread safety: a BatchSource is used by one thread.
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json_fwd.hpp>
 #include <torch/torch.h>
 
-namespace finmoe {
+#include "finmoe/tokenizer.h"
 
-class Tokenizer;
+namespace finmoe {
 
 // One micro-batch. labels[b,t] is the target for position t (already shifted:
 // the token that follows tokens[b,t]); -100 means no loss at that position
@@ -46,7 +47,30 @@ struct DataConfig {
   bool shuffle = true;
   uint64_t seed = 0;
   std::string chat_template;    // override ("chatml", "llama3", ...); "" = the tokenizer's
+  // Plain text files: "file" = the whole file is one document (read in blocks,
+  // never whole); "paragraph" = every blank-line-separated block is a document.
+  std::string text_documents = "file";
+  // With shuffle: packed rows held back and drawn at random, so rows of one
+  // long document spread over batches; 0 = none.
+  int64_t shuffle_buffer = 64;
+  // Plain text is read and tokenized in blocks of about this many bytes.
+  int64_t text_block_bytes = 1 << 16;
 };
+
+// One conversation tokenized for SFT: the chat template's rendering, with a
+// loss mask over the assistant turns (their content and end-of-turn token,
+// e.g. <|im_end|> / <|eot_id|>; never the role header). The text before each
+// assistant turn is tokenized apart from the turn, as it is at inference
+// (prompt, then generated tokens); for ordinary content this equals encoding
+// the whole rendering. Throws Error for an unknown role, or a template whose
+// rendering of the conversation does not start with its rendering of the
+// messages before an assistant turn (+ generation prompt).
+struct ChatTokens {
+  std::vector<int32_t> ids;
+  std::vector<uint8_t> loss_mask;  // per id: 1 = an assistant token
+};
+ChatTokens tokenize_chat(const Tokenizer& tokenizer, const std::vector<ChatMessage>& messages,
+                         std::optional<ChatTemplateKind> kind = std::nullopt);
 
 class BatchSource {
  public:
@@ -59,8 +83,10 @@ class BatchSource {
   virtual void restore(const nlohmann::json& state) = 0;
 };
 
-// Builds the source a config describes. Throws Error naming the file (and
-// line) for unreadable files or malformed records.
+// Builds the source a config describes; `tokenizer` must outlive it. Every
+// file is scanned once here (records checked, byte offsets indexed; no text
+// is kept). Throws Error naming the file (and line) for unreadable files or
+// malformed records, and for a corpus without documents.
 std::unique_ptr<BatchSource> make_batch_source(const DataConfig& config, const Tokenizer& tokenizer);
 
 }  // namespace finmoe

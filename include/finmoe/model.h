@@ -53,9 +53,9 @@ struct StepBatch {
 // The same value feeds the load-balancing loss, ESFT scores and statistics.
 struct RouterOutput {
   int64_t layer = -1;     // decoder layer index
-  torch::Tensor logits;   // [T, E] float32, the router's raw output
+  torch::Tensor logits;   // [T, E] float32 (float64 for a float64 model), the router's raw output
   torch::Tensor indices;  // [T, k] int64, the experts each token uses (k = E for dense MoE)
-  torch::Tensor weights;  // [T, k] float32, their combination weights
+  torch::Tensor weights;  // [T, k] logits' dtype, their combination weights
 };
 
 struct ForwardOptions {
@@ -95,7 +95,7 @@ class Transformer {
   torch::Dtype dtype() const;
   torch::Device device() const;
 
-  // tokens [B,T] int64 -> logits [B,T,V] float32.
+  // tokens [B,T] int64 -> logits [B,T,V] float32 (float64 for a float64 model).
   torch::Tensor forward(const torch::Tensor& tokens, const ForwardOptions& options = {});
   // Writes the batch's K/V into `cache`, returns float32 logits [S,V] (one per
   // sequence, its last token) or [N,V] with batch.all_logits. No autograd.

@@ -12,6 +12,7 @@ using Run = std::function<int()>;
 
 void add_info(CLI::App& app, Run& run);
 void add_tokenize(CLI::App& app, Run& run);
+void add_tokenizer(CLI::App& app, Run& run);
 void add_logits(CLI::App& app, Run& run);
 void add_generate(CLI::App& app, Run& run);
 void add_chat(CLI::App& app, Run& run);
@@ -19,5 +20,10 @@ void add_init(CLI::App& app, Run& run);
 void add_bench(CLI::App& app, Run& run);
 void add_upcycle(CLI::App& app, Run& run);
 void add_experts(CLI::App& app, Run& run);
+void add_train(CLI::App& app, Run& run);
+void add_corpus(CLI::App& app, Run& run);
+void add_launch(CLI::App& app, Run& run);
+void add_serve(CLI::App& app, Run& run);
+void add_bench_serve(CLI::App* bench, Run& run);  // `bench serve`, under add_bench's `bench`
 
 }  // namespace finmoe::cli

@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
   finmoe::cli::Run run;
   finmoe::cli::add_info(app, run);
   finmoe::cli::add_tokenize(app, run);
+  finmoe::cli::add_tokenizer(app, run);
   finmoe::cli::add_logits(app, run);
   finmoe::cli::add_generate(app, run);
   finmoe::cli::add_chat(app, run);
@@ -19,6 +20,10 @@ int main(int argc, char** argv) {
   finmoe::cli::add_bench(app, run);
   finmoe::cli::add_upcycle(app, run);
   finmoe::cli::add_experts(app, run);
+  finmoe::cli::add_train(app, run);
+  finmoe::cli::add_corpus(app, run);
+  finmoe::cli::add_launch(app, run);
+  finmoe::cli::add_serve(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

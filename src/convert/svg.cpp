@@ -27,6 +27,28 @@ void Document::line(double x1, double y1, double x2, double y2, const std::strin
            num(width, 3) + "\"/>\n";
 }
 
+void Document::polyline(const std::vector<std::pair<double, double>>& points,
+                        const std::string& stroke, double width) {
+  if (points.empty()) return;
+  body_ += "<polyline fill=\"none\" stroke=\"" + stroke + "\" stroke-width=\"" + num(width, 3) +
+           "\" points=\"";
+  for (size_t i = 0; i < points.size(); ++i)
+    body_.append(i ? " " : "").append(num(points[i].first, 6)).append(",").append(
+        num(points[i].second, 6));
+  body_ += "\"/>\n";
+}
+
+void Document::circle(double cx, double cy, double r, const std::string& fill,
+                      const std::string& title) {
+  body_ += "<circle cx=\"" + num(cx, 6) + "\" cy=\"" + num(cy, 6) + "\" r=\"" + num(r, 4) +
+           "\" fill=\"" + fill + "\"";
+  if (title.empty()) {
+    body_ += "/>\n";
+  } else {
+    body_ += "><title>" + escape(title) + "</title></circle>\n";
+  }
+}
+
 void Document::text(double x, double y, std::string_view s, double size, const std::string& anchor,
                     double rotate) {
   body_ += "<text x=\"" + num(x, 6) + "\" y=\"" + num(y, 6) + "\" font-size=\"" + num(size, 3) +

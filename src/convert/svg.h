@@ -3,6 +3,8 @@
 // text in user units, plus colour scales. Not part of the public API.
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 namespace finmoe::svg {
 
@@ -14,6 +16,11 @@ class Document {
             const std::string& title = "");
   void line(double x1, double y1, double x2, double y2, const std::string& stroke = "#444",
             double width = 1.0);
+  // A line through `points` (x, y), e.g. a curve of a plot.
+  void polyline(const std::vector<std::pair<double, double>>& points,
+                const std::string& stroke = "#1f77b4", double width = 1.5);
+  void circle(double cx, double cy, double r, const std::string& fill,
+              const std::string& title = "");
   // anchor: start | middle | end; rotate: degrees about (x, y).
   void text(double x, double y, std::string_view s, double size = 11,
             const std::string& anchor = "start", double rotate = 0);

@@ -41,7 +41,7 @@ Progress::~Progress() {
 }
 
 std::string Progress::format(const std::string& label, int64_t done, int64_t total,
-                             const std::string& unit, double seconds) {
+                             const std::string& unit, double seconds, const std::string& status) {
   const double rate = seconds > 0 ? double(done) / seconds : 0.0;
   std::string s = label;
   s.append("  ").append(std::to_string(done));
@@ -53,6 +53,7 @@ std::string Progress::format(const std::string& label, int64_t done, int64_t tot
     s += "  ETA ";
     s += mmss(done >= total ? 0.0 : eta);
   }
+  if (!status.empty()) s.append("  ").append(status);
   return s;
 }
 
@@ -66,6 +67,23 @@ void Progress::update(int64_t done) {
   print(false);
 }
 
+void Progress::update(int64_t done, std::string status) {
+  status_ = std::move(status);
+  update(done);
+}
+
+void Progress::message(const std::string& line) {
+  if (tty_ && last_len_ > 0) {
+    // clear the progress line, print the message, redraw below it
+    std::fprintf(stderr, "\r%s\r%s\n", std::string(last_len_, ' ').c_str(), line.c_str());
+    last_len_ = 0;
+    if (!finished_) print(false);
+  } else {
+    std::fprintf(stderr, "%s\n", line.c_str());
+  }
+  std::fflush(stderr);
+}
+
 void Progress::finish() {
   if (finished_) return;
   finished_ = true;
@@ -74,7 +92,7 @@ void Progress::finish() {
 
 void Progress::print(bool final) {
   double seconds = std::chrono::duration<double>(Clock::now() - start_).count();
-  std::string line = format(label_, done_, total_, unit_, seconds);
+  std::string line = format(label_, done_, total_, unit_, seconds, status_);
   if (tty_) {
     // Pad over the previous, possibly longer, line.
     std::string pad(last_len_ > line.size() ? last_len_ - line.size() : 0, ' ');

@@ -25,7 +25,8 @@ torch::Tensor attention_core(const torch::Tensor& q, const torch::Tensor& k,
 #else
   auto scores = torch::matmul(q, kk.transpose(-1, -2)) * scale;  // [B,H,Tq,Tk]
   if (m.defined()) scores = scores.masked_fill(m.logical_not(), -INFINITY);
-  auto probs = torch::softmax(scores, -1, torch::kFloat32).to(q.scalar_type());
+  const auto acc = q.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  auto probs = torch::softmax(scores, -1, acc).to(q.scalar_type());
   return torch::matmul(probs, vv);  // [B,H,Tq,d]
 #endif
 }

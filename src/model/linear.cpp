@@ -120,7 +120,7 @@ torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
                       weight.data_ptr(), static_cast<float>(eps), y.data_ptr());
     return y;
   }
-  auto xf = x.to(torch::kFloat32);
+  auto xf = at_least_float32(x);
   auto normed = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
   return weight * normed.to(x.scalar_type());
 }

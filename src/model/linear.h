@@ -39,6 +39,13 @@ std::vector<torch::Tensor> linear_group(const torch::Tensor& x,
 
 torch::Tensor silu_mul(const torch::Tensor& gate, const torch::Tensor& up);
 
+// t in float32, or unchanged when it is float64: reductions (norms, softmax,
+// logits) run in at least float32, and a float64 model (gradient checks) stays
+// float64 throughout.
+inline torch::Tensor at_least_float32(const torch::Tensor& t) {
+  return t.scalar_type() == torch::kFloat64 ? t : t.to(torch::kFloat32);
+}
+
 // Rows at or below which the kernels are used (FINMOE_KERNEL_MAX_ROWS, default 16; 0 = never).
 int64_t kernel_max_rows();
 

@@ -20,7 +20,7 @@ torch::Tensor finer_moe_mask(const torch::Tensor& logits, const ModelConfig& c) 
 
 RouterOutput route(const torch::Tensor& logits_in, const ModelConfig& c) {
   RouterOutput r;
-  r.logits = logits_in.to(torch::kFloat32);  // [T, E]
+  r.logits = at_least_float32(logits_in);  // [T, E]
   const int64_t T = r.logits.size(0), E = c.num_experts, k = c.num_experts_per_tok;
   switch (c.routing()) {
     case ModelConfig::Routing::Dense:

@@ -52,7 +52,7 @@ const torch::Tensor& TransformerImpl::lm_head_weight() const {
 }
 
 torch::Tensor TransformerImpl::logits(const torch::Tensor& hidden) {
-  return finmoe::linear(model->norm(hidden), lm_head_weight(), torch::Tensor()).to(torch::kFloat32);
+  return at_least_float32(finmoe::linear(model->norm(hidden), lm_head_weight(), torch::Tensor()));
 }
 
 namespace {

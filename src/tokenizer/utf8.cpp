@@ -120,6 +120,20 @@ void utf8_append(std::string& out, char32_t cp) {
   }
 }
 
+bool can_start_block(std::string_view line) {
+  if (line.empty() || utf8_valid_len(line, 0) == 0) return false;
+  size_t k = 0;
+  const char32_t cp = utf8_next(line, k);
+  if (cp <= 0x20 || (cp >= 0x7F && cp <= 0xA0)) return false;  // controls, space, NBSP
+  switch (cp) {  // the other Unicode White_Space characters, and zero-width ones to be safe
+    case 0x1680: case 0x180E: case 0x2028: case 0x2029: case 0x202F: case 0x205F: case 0x3000:
+    case 0xFEFF:
+      return false;
+    default:
+      return !(cp >= 0x2000 && cp <= 0x200B);
+  }
+}
+
 ByteLevelMap::ByteLevelMap() {
   cp_to_byte.fill(-1);
   // Printable Latin-1 bytes map to themselves; the rest to 256, 257, ... in order.

@@ -23,6 +23,13 @@ inline size_t utf8_char_len(unsigned char c) {
 char32_t utf8_next(std::string_view s, size_t& i);
 void utf8_append(std::string& out, char32_t cp);
 
+// Whether text that ends with '\n' may be cut in front of `line` without
+// changing the words the GPT-2 / Qwen2 / Llama-3 split regexes find: true
+// when line's first character is valid and neither white space nor a control
+// (no match of those regexes runs from a newline into such a character, and
+// none looks behind). Lets long text be tokenized in blocks.
+bool can_start_block(std::string_view line);
+
 // GPT-2's reversible map from bytes to printable code points ("Ġ" = space).
 struct ByteLevelMap {
   std::array<std::string, 256> byte_to_utf8;  // byte -> UTF-8 of its code point

@@ -17,6 +17,25 @@ TEST(Progress, FormatsCountRateAndEta) {
   EXPECT_EQ(Progress::format("x", 1, 7201, "it", 1.0), "x  1/7201 it  1.00 it/s  ETA 2:00:00");
 }
 
+TEST(Progress, AppendsAStatusAfterTheEta) {
+  EXPECT_EQ(Progress::format("train", 10, 40, "steps", 5.0, "loss 2.1000  lr 3.00e-04"),
+            "train  10/40 steps  2.00 steps/s  ETA 00:15  loss 2.1000  lr 3.00e-04");
+}
+
+TEST(Progress, MessagesGoOnTheirOwnLines) {
+  testing::internal::CaptureStderr();
+  {
+    Progress p("job", 2, "steps");
+    p.update(1, "loss 1.0");
+    p.message("step 1 done");
+    p.update(2, "loss 0.5");
+  }
+  std::string err = testing::internal::GetCapturedStderr();
+  EXPECT_NE(err.find("step 1 done\n"), std::string::npos) << err;
+  EXPECT_NE(err.find("job  2/2 steps"), std::string::npos) << err;
+  EXPECT_NE(err.find("loss 0.5"), std::string::npos) << err;
+}
+
 TEST(Progress, PrintsAFinalLine) {
   testing::internal::CaptureStderr();
   {

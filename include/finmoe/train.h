@@ -1,0 +1,235 @@
+#pragma once
+// Training: pretraining, continual pretraining, SFT, FinMoE's hybrid tuning
+// (FinMoE §4) and forward-KL distillation (YouZhi §3.2) of one Transformer,
+// with AdamW, warmup + cosine/linear/constant schedules, gradient
+// accumulation and clipping, the MoE load-balancing loss (FineRMoE App. B.1),
+// periodic held-out perplexity, atomic checkpoints and exact resume.
+//
+//   TrainConfig cfg = load_train_config("train.yaml", {"lr=1e-4"});
+//   Trainer trainer(cfg);
+//   TrainSummary s = trainer.run();
+//
+// Config keys, defaults, the checkpoint layout and the metrics files are
+// described in docs/training.md.
+//
+// Errors: bad configuration (unknown key, wrong type, missing model or data,
+// inconsistent mode) throws finmoe::Error naming the key; so do a non-finite
+// loss and tokens outside the model's vocabulary.
+//
+// Thread safety: a Trainer is used by one thread.
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <torch/torch.h>
+#include <nlohmann/json.hpp>
+
+#include "finmoe/dataset.h"
+
+namespace finmoe {
+
+class Transformer;
+
+// What is trained (see TrainMethod below) and which data checks apply.
+//   pretrain  every parameter; the model may be a seeded preset (init_preset)
+//   cpt       continual pretraining of an existing model (`model` required)
+//   sft       instruction tuning; data.format defaults to "sft"
+//   hybrid    FinMoE §4.2: text and instruction files shuffled into one stream
+//             (data.instruction_files and data.instruction_ratio required)
+//   kd        forward-KL distillation from kd.teacher (YouZhi §3.2)
+//   esft      only the selected experts (ESFT)      } not built here: they plug
+//   lora      low-rank adapters                     } into make_train_method()
+enum class TrainMode { Pretrain, Cpt, Sft, Hybrid, Kd, Esft, Lora };
+
+std::string_view to_string(TrainMode mode);
+// Throws Error listing the modes.
+TrainMode train_mode_from_string(std::string_view name);
+
+struct KdConfig {
+  std::string teacher;       // teacher model directory (mode kd); same vocabulary as the student
+  double temperature = 1.0;  // tau: both distributions are softmax(z / tau); KL scaled by tau^2
+  double alpha = 1.0;        // loss = alpha * KL + (1 - alpha) * CE
+};
+
+// Every field is a YAML key of the same name (nested: data.*, eval_data.*, kd.*).
+struct TrainConfig {
+  TrainMode mode = TrainMode::Pretrain;
+
+  // ---- model
+  std::string model;            // HF directory to start from
+  std::string init_preset;      // when `model` is empty: a seeded preset (finmoe init)
+  std::string init_model_type;  // preset's architecture override ("" = the preset's)
+  int64_t init_vocab_size = 0;  // 0 = the tokenizer's vocabulary (else the preset's)
+  std::string tokenizer;        // directory with tokenizer.json; "" = `model`
+  std::string output_dir;       // required: checkpoints, metrics, plots
+  std::string device = "cpu";   // cpu | cuda | cuda:N
+  // auto: bf16 autocast on CUDA, fp32 on CPU; fp32; bf16 (autocast). The
+  // weights and optimizer state are float32 in every case.
+  std::string precision = "auto";
+
+  // ---- data (dataset.h). data.seed defaults to `seed`.
+  DataConfig data;
+  // Held-out data; files empty = no evaluation. Unset keys are taken from
+  // `data` (seq_len, batch_size, format, ...), shuffle defaults to false.
+  DataConfig eval_data;
+  int64_t eval_interval = 0;  // steps between evaluations; 0 = only at the end
+  int64_t eval_batches = 8;   // fixed batches read once from eval_data
+
+  // ---- optimizer: AdamW as PyTorch's (decoupled weight decay).
+  double lr = 3e-4;
+  double min_lr = 0.0;
+  std::array<double, 2> betas = {0.9, 0.95};
+  double eps = 1e-8;
+  double weight_decay = 0.1;  // Megatron-style: only tensors of 2+ dims (not norms, biases)
+
+  // ---- schedule: linear warmup to lr, then cosine | linear | constant to min_lr.
+  std::string schedule = "cosine";
+  int64_t warmup_steps = 0;
+  double warmup_ratio = 0.0;  // of the total steps, when warmup_steps is 0 (FineRMoE: 0.01)
+  int64_t max_steps = 0;      // optimizer steps; or
+  int64_t num_tokens = 0;     // train until this many input tokens (when max_steps is 0)
+  double grad_clip = 1.0;     // global L2 norm; 0 = off
+  int64_t grad_accum = 1;     // micro-batches (of data.batch_size) per optimizer step
+
+  // ---- losses
+  std::optional<double> moe_aux_loss_alpha;  // load-balancing alpha; default: router_aux_loss_coef
+  KdConfig kd;
+
+  // ---- run
+  uint64_t seed = 0;
+  int64_t save_interval = 0;     // steps between checkpoints; 0 = only at the end
+  int64_t keep_checkpoints = 0;  // newest N checkpoint-* kept; 0 = all
+  int64_t log_interval = 10;     // steps between log lines (metrics files get every step); 0 = none
+  std::string resume;            // "" | "auto" (OUTPUT/latest if present) | checkpoint dir
+
+  // Optimizer steps this config runs (max_steps, or num_tokens over the
+  // tokens of one step, rounded up).
+  int64_t total_steps() const;
+  // Checks values and mode requirements; throws Error naming the key.
+  void validate() const;
+  nlohmann::json to_json() const;
+};
+
+// Parses YAML text. `overrides` are "key=value" (dotted keys for nested
+// sections, values in YAML: "lr=1e-4", "data.files=[a.jsonl, b.jsonl]")
+// applied over the file. Unknown keys and wrongly typed values throw Error
+// naming `source` and the key. Validates the result.
+TrainConfig parse_train_config(const std::string& yaml, const std::string& source,
+                               const std::vector<std::string>& overrides = {});
+// Reads `path` ("" = overrides only) and parses it as above.
+TrainConfig load_train_config(const std::string& path,
+                              const std::vector<std::string>& overrides = {});
+
+// ---- what a mode trains -------------------------------------------------
+
+using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
+
+// The one place where modes differ in the model: which tensors the optimizer
+// updates and what a checkpoint holds. Full training (pretrain, cpt, sft,
+// hybrid, kd) trains every parameter and saves an HF checkpoint.
+//
+// Extension point for ESFT (train only the selected experts, save only them)
+// and LoRA (adapters): implement a TrainMethod and return it from
+// make_train_method() for TrainMode::Esft / TrainMode::Lora. The Trainer calls
+//   prepare(model)            once, after the base model is loaded (and before
+//                             any resume), to get the trainable tensors;
+//   save(model, dir)          for each checkpoint (dir is a fresh temp dir);
+//   load(model, dir)          on resume, with a dir written by save().
+// Optimizer state is kept per name returned by prepare(); the names must be
+// stable across runs.
+class TrainMethod {
+ public:
+  virtual ~TrainMethod() = default;
+  // Sets requires_grad on exactly the returned tensors (others off).
+  virtual NamedTensors prepare(Transformer& model) = 0;
+  virtual void save(Transformer& model, const std::string& dir) = 0;
+  virtual void load(Transformer& model, const std::string& dir) = 0;
+};
+
+// The switch over modes. Throws Error for modes without an implementation.
+std::unique_ptr<TrainMethod> make_train_method(const TrainConfig& config);
+
+// ---- the trainer --------------------------------------------------------
+
+// One optimizer step's numbers (a row of metrics.jsonl / metrics.csv).
+struct StepMetrics {
+  int64_t step = 0;     // optimizer steps done, this one included
+  double loss = 0;      // the optimised objective: lm or kd mix + aux
+  double lm_loss = 0;   // mean cross-entropy over the window's label tokens
+  double aux_loss = 0;  // load-balancing loss (alpha applied), mean over micro-batches
+  double kd_loss = 0;   // tau^2 * mean KL(p_teacher || p_student) over label tokens
+  double lr = 0;
+  double grad_norm = 0;             // global L2 norm before clipping
+  int64_t tokens = 0;               // input tokens seen so far (B*T per micro-batch)
+  int64_t loss_tokens = 0;          // label tokens of this step
+  double tokens_per_second = 0;     // this step's input tokens over its wall time
+  std::optional<double> eval_loss;  // when evaluated after this step
+  std::optional<double> eval_ppl;
+
+  nlohmann::json to_json() const;
+  static StepMetrics from_json(const nlohmann::json& j);
+};
+
+struct EvalResult {
+  double loss = 0;  // mean cross-entropy per label token
+  double ppl = 0;   // exp(loss)
+  int64_t tokens = 0;
+};
+
+struct TrainSummary {
+  int64_t steps = 0;
+  int64_t tokens = 0;
+  double seconds = 0;            // this process's training time
+  double tokens_per_second = 0;  // input tokens / seconds, this process
+  double final_loss = 0;
+  std::optional<EvalResult> final_eval;
+  std::string checkpoint;  // the last checkpoint written
+  nlohmann::json to_json() const;
+};
+
+struct TrainerHooks {
+  // Builds the training / eval streams. Default: make_batch_source() with the
+  // tokenizer of config.tokenizer (or config.model).
+  std::function<std::unique_ptr<BatchSource>(const DataConfig&)> make_source;
+  bool progress = true;  // a progress line (and log lines) on stderr
+};
+
+class Trainer {
+ public:
+  // Loads (or initialises) the model, the teacher, the data and the optimizer;
+  // resumes from a checkpoint when config.resume says so.
+  explicit Trainer(TrainConfig config, TrainerHooks hooks = {});
+  ~Trainer();
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  // Steps until total_steps(), evaluating, logging and checkpointing as
+  // configured; a final evaluation and checkpoint, loss.svg and
+  // train_summary.json at the end.
+  TrainSummary run();
+  // One optimizer step over grad_accum micro-batches (no eval, no checkpoint).
+  StepMetrics step();
+  // Perplexity on the fixed eval batches; throws Error without eval data.
+  EvalResult evaluate();
+  // Writes OUTPUT/checkpoint-<step> atomically and points OUTPUT/latest at
+  // it; returns its path.
+  std::string save_checkpoint();
+
+  int64_t step_count() const;
+  int64_t total_steps() const;
+  const TrainConfig& config() const;
+  const std::vector<StepMetrics>& history() const;
+  Transformer& model();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace finmoe

@@ -1,0 +1,695 @@
+// Training batches from text and SFT corpora (include/finmoe/dataset.h).
+//
+// Construction indexes every document (file, byte offset, line) without
+// keeping any text. A Stream walks its documents in a per-epoch order (a
+// seeded shuffle), reads each one by its offset (plain text in blocks),
+// tokenizes it and packs the tokens into rows of T+1; a shuffle buffer of
+// rows decorrelates neighbouring rows. The mixer draws each row of a batch
+// from the pretraining or the instruction stream by a seeded coin flip.
+//
+// Everything random comes from SplitMix64 generators whose one-word state is
+// part of state(); the epoch order is recomputed from (seed, epoch). A row is
+// always built from the stream position alone (no partial row is carried
+// between rows), so state() is small: position + buffered rows + generators.
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <numeric>
+#include <optional>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "finmoe/dataset.h"
+#include "finmoe/error.h"
+#include "tokenizer/utf8.h"
+
+namespace finmoe {
+
+namespace {
+
+using json = nlohmann::json;
+
+constexpr int kStateVersion = 1;
+
+// SplitMix64 (Steele et al.): one 64-bit word of state, good enough for
+// shuffles and coin flips, and the same numbers on every platform.
+struct Rng {
+  uint64_t state = 0;
+  uint64_t next() {
+    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  // Uniform in [0, n), n > 0 (multiply-shift with rejection: no modulo bias).
+  uint64_t below(uint64_t n) {
+    unsigned __int128 m = static_cast<unsigned __int128>(next()) * n;
+    if (uint64_t(m) < n) {
+      const uint64_t threshold = (0 - n) % n;
+      while (uint64_t(m) < threshold) m = static_cast<unsigned __int128>(next()) * n;
+    }
+    return uint64_t(m >> 64);
+  }
+  double uniform() { return double(next() >> 11) * 0x1.0p-53; }  // [0, 1)
+};
+
+// Independent seeds for the generators derived from the user's seed.
+uint64_t derive_seed(uint64_t seed, uint64_t what, uint64_t epoch = 0) {
+  Rng r{seed ^ (what * 0xD1B54A32D192ED03ull)};
+  r.state ^= r.next() + epoch * 0x8CB92BA72F3D8DD7ull;
+  return r.next();
+}
+
+enum class Format { Auto, Text, Sft };
+
+bool blank(std::string_view s) { return s.find_first_not_of(" \t\r\n") == std::string_view::npos; }
+
+// A FILE* with POSIX getline; closes itself.
+class InFile {
+ public:
+  explicit InFile(const std::string& path) : path_(path), f_(std::fopen(path.c_str(), "rb")) {
+    if (!f_) throw Error(path + ": cannot open the data file (" + std::strerror(errno) + ")");
+  }
+  ~InFile() {
+    std::free(buf_);
+    if (f_) std::fclose(f_);
+  }
+  InFile(const InFile&) = delete;
+  InFile& operator=(const InFile&) = delete;
+  void seek(uint64_t offset) {
+    if (::fseeko(f_, off_t(offset), SEEK_SET) != 0)
+      throw Error(path_ + ": cannot seek to byte " + std::to_string(offset));
+  }
+  // The next line with its '\n'; false at the end of the file.
+  bool line(std::string_view& out) {
+    ssize_t n = ::getline(&buf_, &cap_, f_);
+    if (n < 0) {
+      if (std::ferror(f_)) throw Error(path_ + ": read error");
+      return false;
+    }
+    out = std::string_view(buf_, size_t(n));
+    return true;
+  }
+
+ private:
+  std::string path_;
+  std::FILE* f_;
+  char* buf_ = nullptr;
+  size_t cap_ = 0;
+};
+
+// The messages of an SFT record; throws naming `where` for a malformed one.
+std::vector<ChatMessage> parse_messages(const json& rec, const std::string& where) {
+  const json& ms = rec["messages"];
+  std::vector<ChatMessage> out;
+  bool assistant = false;
+  for (size_t i = 0; i < ms.size(); ++i) {
+    const json& m = ms[i];
+    const std::string at = where + ": messages[" + std::to_string(i) + "]";
+    if (!m.is_object() || !m.contains("role") || !m["role"].is_string())
+      throw Error(at + ": expected an object with a string field 'role'");
+    if (!m.contains("content") || !m["content"].is_string())
+      throw Error(at + ": expected a string field 'content'");
+    ChatMessage cm{m["role"].get<std::string>(), m["content"].get<std::string>()};
+    if (cm.role != "system" && cm.role != "user" && cm.role != "assistant")
+      throw Error(at + ".role '" + cm.role + "' not supported (system, user, assistant)");
+    assistant |= cm.role == "assistant";
+    out.push_back(std::move(cm));
+  }
+  if (!assistant) throw Error(where + ": messages has no assistant turn (nothing to learn)");
+  return out;
+}
+
+enum class Kind { Text, Sft, Empty };
+
+// Checks one JSONL record against the format; Empty for a text record with "".
+Kind classify(const json& rec, Format format, const std::string& where) {
+  const bool text = rec.is_object() && rec.contains("text");
+  const bool msgs = rec.is_object() && rec.contains("messages");
+  if (format == Format::Text || (format == Format::Auto && text)) {
+    if (!text || !rec["text"].is_string())
+      throw Error(where + (format == Format::Text ? ": expected an object with a string field 'text'"
+                                                  : ": 'text' must be a string"));
+    return rec["text"].get_ref<const std::string&>().empty() ? Kind::Empty : Kind::Text;
+  }
+  if (!msgs)
+    throw Error(where + (format == Format::Sft
+                             ? ": expected an object with an array 'messages'"
+                             : ": expected an object with a string field 'text' or an array 'messages'"));
+  if (!rec["messages"].is_array()) throw Error(where + ": 'messages' must be an array");
+  parse_messages(rec, where);
+  return Kind::Sft;
+}
+
+json parse_line(std::string_view line, const std::string& where) {
+  try {
+    return json::parse(line);
+  } catch (const json::parse_error& e) {
+    throw Error(where + ": invalid JSON: " + e.what());
+  }
+}
+
+// ---- the document index -----------------------------------------------------------
+
+struct SourceFile {
+  std::string path;
+  bool jsonl = false;
+  uint64_t size = 0;
+};
+
+struct DocRef {
+  uint64_t offset;  // of the document's first byte (JSONL: its line)
+  uint64_t line;    // 1-based, for messages
+  uint32_t file;
+};
+
+struct Corpus {
+  std::vector<SourceFile> files;
+  std::vector<DocRef> docs;
+  Format format = Format::Auto;
+  bool paragraphs = false;
+  bool has_sft = false;
+};
+
+Corpus index_corpus(const std::vector<std::string>& paths, Format format, bool paragraphs,
+                    const std::string& what) {
+  Corpus c;
+  c.format = format;
+  c.paragraphs = paragraphs;
+  for (const auto& path : paths) {
+    const uint32_t fi = uint32_t(c.files.size());
+    struct stat st {};
+    InFile in(path);  // names an unreadable file first
+    if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode))
+      throw Error(path + ": not a regular file");
+    SourceFile sf{path, path.ends_with(".jsonl"), uint64_t(st.st_size)};
+    c.files.push_back(sf);
+    std::string_view line;
+    uint64_t off = 0, ln = 0;
+    if (sf.jsonl) {
+      while (in.line(line)) {
+        ++ln;
+        const uint64_t here = off;
+        off += line.size();
+        if (blank(line)) continue;
+        const std::string where = path + ":" + std::to_string(ln);
+        Kind k = classify(parse_line(line, where), format, where);
+        if (k == Kind::Empty) continue;
+        c.has_sft |= k == Kind::Sft;
+        c.docs.push_back({here, ln, fi});
+      }
+    } else if (format == Format::Sft) {
+      throw Error(path + ": a plain text file cannot hold SFT examples (format 'sft' needs .jsonl "
+                         "records with 'messages')");
+    } else if (!paragraphs) {
+      if (sf.size > 0) c.docs.push_back({0, 1, fi});
+    } else {
+      bool in_par = false;
+      while (in.line(line)) {
+        ++ln;
+        if (blank(line)) in_par = false;
+        else if (!in_par) {
+          in_par = true;
+          c.docs.push_back({off, ln, fi});
+        }
+        off += line.size();
+      }
+    }
+  }
+  if (c.docs.empty()) {
+    std::string list;
+    for (const auto& p : paths) list += (list.empty() ? "" : ", ") + p;
+    throw Error(what + ": no documents in " + (list.empty() ? "(no files)" : list) +
+                " (empty files, blank lines or empty texts only)");
+  }
+  if (c.docs.size() > 0xFFFFFFFFull) throw Error(what + ": more than 2^32 documents");
+  return c;
+}
+
+// ---- reading and tokenizing documents ----------------------------------------------
+
+// A document, or a block of a long plain-text document, as token ids.
+struct Block {
+  std::vector<int32_t> ids;
+  std::vector<uint8_t> target;  // per id: 1 = a loss target (predicted from the token before)
+  bool atomic = false;          // an SFT example: packed whole (or truncated), never split
+  uint64_t next = 0;            // offset of the document's next block; 0 = the document ends here
+};
+
+struct Tokens {
+  const Tokenizer* tok;
+  int32_t eos;
+  int32_t pad;
+  std::optional<int32_t> bos;  // prepended to text documents (add_bos_token)
+  std::optional<ChatTemplateKind> chat;
+};
+
+class Reader {
+ public:
+  Reader(const Corpus& c, const Tokens& t, int64_t block_bytes)
+      : corpus_(c), tok_(t), block_bytes_(uint64_t(block_bytes)) {}
+
+  // The block of document `d` that starts at byte `at`.
+  Block read(const DocRef& d, uint64_t at) {
+    const SourceFile& sf = corpus_.files[d.file];
+    InFile& in = file(d.file);
+    in.seek(at);
+    std::string_view line;
+    Block b;
+    if (sf.jsonl) {
+      const std::string where = sf.path + ":" + std::to_string(d.line);
+      if (!in.line(line)) throw Error(where + ": the file ended early (changed since it was indexed?)");
+      json rec = parse_line(line, where);
+      Kind k = classify(rec, corpus_.format, where);
+      if (k == Kind::Sft) {
+        ChatTokens ct;
+        try {
+          ct = tokenize_chat(*tok_.tok, parse_messages(rec, where), tok_.chat);
+        } catch (const Error& e) {
+          throw Error(where + ": " + e.what());
+        }
+        b.ids = std::move(ct.ids);
+        b.target = std::move(ct.loss_mask);
+        b.atomic = true;
+        b.ids.push_back(tok_.eos);  // separator; not a target of an SFT example
+        b.target.push_back(0);
+      } else {
+        text_ids(rec["text"].get_ref<const std::string&>(), true, true, where, b);
+      }
+      return b;
+    }
+    // Plain text: whole lines up to about block_bytes, cut only in front of a
+    // line where no pre-tokenizer word spans the cut (tok::can_start_block).
+    std::string text;
+    uint64_t pos = at;
+    bool ends = true;
+    while (in.line(line)) {
+      if (corpus_.paragraphs && blank(line)) break;
+      if (text.size() >= block_bytes_ && tok::can_start_block(line)) {
+        ends = false;
+        break;
+      }
+      text.append(line);
+      pos += line.size();
+    }
+    b.next = ends ? 0 : pos;
+    const std::string where = sf.path + " (bytes " + std::to_string(at) + ".." + std::to_string(pos) + ")";
+    text_ids(text, at == d.offset, ends, where, b);
+    return b;
+  }
+
+ private:
+  void text_ids(std::string_view text, bool first, bool last, const std::string& where, Block& b) {
+    if (size_t bad = tok::utf8_first_invalid(text); bad != std::string_view::npos)
+      throw Error(where + ": text is not valid UTF-8 (byte " + std::to_string(bad) + " of the text)");
+    if (first && tok_.bos) b.ids.push_back(*tok_.bos);
+    std::vector<int32_t> ids = tok_.tok->encode(text, /*add_special_tokens=*/false);
+    b.ids.insert(b.ids.end(), ids.begin(), ids.end());
+    if (last) b.ids.push_back(tok_.eos);
+    b.target.assign(b.ids.size(), 1);
+  }
+
+  InFile& file(uint32_t i) {
+    for (auto& [idx, f] : open_)
+      if (idx == i) return *f;
+    if (open_.size() >= 16) open_.erase(open_.begin());  // few open files, oldest closed first
+    open_.emplace_back(i, std::make_unique<InFile>(corpus_.files[i].path));
+    return *open_.back().second;
+  }
+
+  const Corpus& corpus_;
+  Tokens tok_;
+  uint64_t block_bytes_;
+  std::vector<std::pair<uint32_t, std::unique_ptr<InFile>>> open_;
+};
+
+// ---- packing ----------------------------------------------------------------------
+
+// One packed row of T+1 tokens: inputs x[0..T), labels from x[1..T].
+struct Row {
+  std::vector<int32_t> x;
+  std::vector<uint8_t> target;  // x[i] is a loss target (for position i-1)
+  std::vector<int32_t> doc;     // document number within the row: 0, 1, ...
+};
+
+json row_to_json(const Row& r) {
+  std::string target(r.target.size(), '0');
+  for (size_t i = 0; i < r.target.size(); ++i)
+    if (r.target[i]) target[i] = '1';
+  json runs = json::array();  // doc ids are 0,1,2,... in order: their run lengths suffice
+  for (size_t i = 0; i < r.doc.size();) {
+    size_t j = i;
+    while (j < r.doc.size() && r.doc[j] == r.doc[i]) ++j;
+    runs.push_back(j - i);
+    i = j;
+  }
+  return {{"x", r.x}, {"target", target}, {"docs", runs}};
+}
+
+Row row_from_json(const json& j, size_t L, const std::string& where) {
+  Row r;
+  try {
+    r.x = j.at("x").get<std::vector<int32_t>>();
+    const std::string t = j.at("target").get<std::string>();
+    for (char c : t) r.target.push_back(c == '1');
+    int32_t id = 0;
+    for (const auto& n : j.at("docs")) {
+      r.doc.insert(r.doc.end(), n.get<size_t>(), id);
+      ++id;
+    }
+  } catch (const json::exception& e) {
+    throw Error(where + ": malformed buffered row: " + e.what());
+  }
+  if (r.x.size() != L || r.target.size() != L || r.doc.size() != L)
+    throw Error(where + ": buffered row of " + std::to_string(r.x.size()) + " tokens, expected " +
+                std::to_string(L));
+  return r;
+}
+
+struct StreamParams {
+  int64_t seq_len;
+  bool shuffle;
+  uint64_t seed;
+  uint64_t id;  // 0 = pretraining stream, 1 = instruction stream
+  size_t buffer;
+};
+
+class Stream {
+ public:
+  Stream(Corpus corpus, const Tokens& t, const StreamParams& p, int64_t block_bytes)
+      : corpus_(std::move(corpus)), reader_(corpus_, t, block_bytes), p_(p), L_(size_t(p.seq_len) + 1),
+        pad_(t.pad), buffer_rng_{derive_seed(p.seed, 10 + p.id)} {
+    start_epoch(0);
+  }
+
+  Row next() {
+    if (!p_.shuffle || p_.buffer == 0) return pack();
+    while (buffer_.size() < p_.buffer) buffer_.push_back(pack());
+    const size_t i = size_t(buffer_rng_.below(buffer_.size()));
+    Row r = std::move(buffer_[i]);
+    buffer_[i] = pack();
+    return r;
+  }
+
+  json state() const {
+    json buf = json::array();
+    for (const auto& r : buffer_) buf.push_back(row_to_json(r));
+    return {{"epoch", epoch_}, {"document", pos_},    {"block_offset", block_at_},
+            {"consumed", consumed_}, {"rng", buffer_rng_.state}, {"buffer", buf}};
+  }
+
+  void restore(const json& s, const std::string& where) {
+    try {
+      const uint64_t epoch = s.at("epoch").get<uint64_t>();
+      const size_t pos = s.at("document").get<size_t>();
+      if (pos >= corpus_.docs.size())
+        throw Error(where + ".document " + std::to_string(pos) + " is beyond the " +
+                    std::to_string(corpus_.docs.size()) + " documents");
+      std::vector<Row> buffer;
+      for (const auto& r : s.at("buffer")) buffer.push_back(row_from_json(r, L_, where));
+      if (buffer.size() > p_.buffer) throw Error(where + ": more buffered rows than shuffle_buffer");
+      start_epoch(epoch);
+      pos_ = pos;
+      block_at_ = s.at("block_offset").get<uint64_t>();
+      consumed_ = s.at("consumed").get<size_t>();
+      buffer_rng_.state = s.at("rng").get<uint64_t>();
+      buffer_ = std::move(buffer);
+      block_.reset();
+    } catch (const json::exception& e) {
+      throw Error(where + ": malformed state: " + e.what());
+    }
+  }
+
+ private:
+  void start_epoch(uint64_t epoch) {
+    epoch_ = epoch;
+    const size_t n = corpus_.docs.size();
+    order_.resize(n);
+    std::iota(order_.begin(), order_.end(), 0u);
+    if (p_.shuffle) {  // Fisher-Yates with this epoch's generator
+      Rng r{derive_seed(p_.seed, p_.id, epoch)};
+      for (size_t i = n; i-- > 1;) std::swap(order_[i], order_[size_t(r.below(i + 1))]);
+    }
+    pos_ = 0;
+    block_at_ = corpus_.docs[order_[0]].offset;
+    consumed_ = 0;
+    block_.reset();
+  }
+
+  const DocRef& doc() const { return corpus_.docs[order_[pos_]]; }
+
+  const Block& block() {
+    if (!block_) block_ = reader_.read(doc(), block_at_);
+    return *block_;
+  }
+
+  void next_doc() {
+    if (++pos_ == order_.size()) {
+      start_epoch(epoch_ + 1);
+    } else {
+      block_at_ = doc().offset;
+      consumed_ = 0;
+      block_.reset();
+    }
+  }
+
+  // Builds one row from the current position. Text documents flow across
+  // rows; an SFT example goes whole into a row (truncated to T+1 tokens when
+  // longer; dropped if no assistant token survives), else the row is padded
+  // and the example opens the next row.
+  Row pack() {
+    Row r;
+    r.x.reserve(L_);
+    r.target.reserve(L_);
+    r.doc.reserve(L_);
+    int32_t next_id = 0, cur_id = -1;  // cur_id: the current document's number in this row
+    size_t dropped = 0;
+    auto append = [&](const Block& b, size_t from, size_t n) {
+      if (cur_id < 0) cur_id = next_id++;
+      r.x.insert(r.x.end(), b.ids.begin() + long(from), b.ids.begin() + long(from + n));
+      r.target.insert(r.target.end(), b.target.begin() + long(from), b.target.begin() + long(from + n));
+      r.doc.insert(r.doc.end(), n, cur_id);
+    };
+    while (r.x.size() < L_) {
+      const Block& b = block();
+      if (b.atomic) {
+        const size_t n = std::min(b.ids.size(), L_);
+        if (std::none_of(b.target.begin(), b.target.begin() + long(n), [](uint8_t t) { return t; })) {
+          if (++dropped > corpus_.docs.size())
+            throw Error("no SFT example has an assistant token within seq_len " +
+                        std::to_string(L_ - 1) + " tokens");
+          next_doc();
+          cur_id = -1;
+          continue;
+        }
+        if (r.x.size() + n > L_) {  // pad: padding is one more "document" without targets
+          const size_t k = L_ - r.x.size();
+          r.x.insert(r.x.end(), k, pad_);
+          r.target.insert(r.target.end(), k, 0);
+          r.doc.insert(r.doc.end(), k, next_id);
+          break;
+        }
+        append(b, 0, n);
+        next_doc();
+        cur_id = -1;
+        continue;
+      }
+      if (consumed_ == b.ids.size()) {
+        if (b.next != 0) {  // the same document continues in its next block
+          block_at_ = b.next;
+          consumed_ = 0;
+          block_.reset();
+        } else {
+          next_doc();
+          cur_id = -1;
+        }
+        continue;
+      }
+      const size_t n = std::min(b.ids.size() - consumed_, L_ - r.x.size());
+      append(b, consumed_, n);
+      consumed_ += n;
+    }
+    return r;
+  }
+
+  Corpus corpus_;
+  Reader reader_;
+  StreamParams p_;
+  size_t L_;
+  int32_t pad_;
+  // position: document order_[pos_] of epoch epoch_, its block at byte
+  // block_at_, of which consumed_ tokens are packed already
+  uint64_t epoch_ = 0;
+  size_t pos_ = 0;
+  uint64_t block_at_ = 0;
+  size_t consumed_ = 0;
+  std::vector<uint32_t> order_;
+  std::optional<Block> block_;  // cache of the block at the position
+  Rng buffer_rng_;
+  std::vector<Row> buffer_;
+};
+
+// ---- the batch source --------------------------------------------------------------
+
+Format parse_format(const std::string& f) {
+  if (f == "auto") return Format::Auto;
+  if (f == "text") return Format::Text;
+  if (f == "sft") return Format::Sft;
+  throw Error("DataConfig.format '" + f + "' unknown (auto, text, sft)");
+}
+
+json file_list(const std::vector<std::string>& paths) {
+  json out = json::array();
+  for (const auto& p : paths) {
+    struct stat st {};
+    out.push_back({{"path", p}, {"bytes", ::stat(p.c_str(), &st) == 0 ? uint64_t(st.st_size) : 0}});
+  }
+  return out;
+}
+
+class DataSource : public BatchSource {
+ public:
+  DataSource(const DataConfig& c, const Tokenizer& tok) : c_(c) {
+    if (c.seq_len < 1) throw Error("DataConfig.seq_len must be >= 1, got " + std::to_string(c.seq_len));
+    if (c.batch_size < 1)
+      throw Error("DataConfig.batch_size must be >= 1, got " + std::to_string(c.batch_size));
+    if (c.shuffle_buffer < 0) throw Error("DataConfig.shuffle_buffer must be >= 0");
+    if (c.text_block_bytes < 1) throw Error("DataConfig.text_block_bytes must be >= 1");
+    if (c.text_documents != "file" && c.text_documents != "paragraph")
+      throw Error("DataConfig.text_documents '" + c.text_documents + "' unknown (file, paragraph)");
+    const Format format = parse_format(c.format);
+    if (!(c.instruction_ratio >= 0.0 && c.instruction_ratio <= 1.0))
+      throw Error("DataConfig.instruction_ratio must be in [0, 1], got " +
+                  std::to_string(c.instruction_ratio));
+    if (c.instruction_ratio > 0 && c.instruction_files.empty())
+      throw Error("DataConfig.instruction_ratio > 0 needs instruction_files");
+    if (c.instruction_ratio == 0 && !c.instruction_files.empty())
+      throw Error("DataConfig.instruction_files are given but instruction_ratio is 0");
+    if (c.instruction_ratio < 1 && c.files.empty()) throw Error("DataConfig.files: no training files");
+    if (c.instruction_ratio == 1 && !c.files.empty())
+      throw Error("DataConfig.instruction_ratio 1 draws only from instruction_files; files would be unused");
+
+    Tokens t;
+    t.tok = &tok;
+    auto eos = tok.eos_id();
+    if (!eos)
+      throw Error("the tokenizer has no eos_token (tokenizer_config.json); packing puts it between documents");
+    t.eos = *eos;
+    auto pad = tok.config().pad_token.empty() ? std::nullopt : tok.token_to_id(tok.config().pad_token);
+    t.pad = pad ? *pad : *eos;
+    if (tok.config().add_bos_token) t.bos = tok.bos_id();
+
+    const bool paragraphs = c.text_documents == "paragraph";
+    std::optional<Corpus> main, instr;
+    if (c.instruction_ratio < 1) main = index_corpus(c.files, format, paragraphs, "DataConfig.files");
+    if (c.instruction_ratio > 0)
+      instr = index_corpus(c.instruction_files, Format::Sft, paragraphs, "DataConfig.instruction_files");
+    if (!c.chat_template.empty()) {
+      t.chat = chat_template_from_name(c.chat_template);
+    } else if ((main && main->has_sft) || instr) {
+      try {
+        t.chat = detect_chat_template(tok.config());
+      } catch (const Error& e) {
+        throw Error(std::string("the data holds SFT records ('messages'): ") + e.what());
+      }
+    }
+    auto params = [&](uint64_t id) {
+      return StreamParams{c.seq_len, c.shuffle, c.seed, id, size_t(c.shuffle_buffer)};
+    };
+    if (main) main_ = std::make_unique<Stream>(std::move(*main), t, params(0), c.text_block_bytes);
+    if (instr) instr_ = std::make_unique<Stream>(std::move(*instr), t, params(1), c.text_block_bytes);
+    mix_.state = derive_seed(c.seed, 2);
+
+    // What a state must have been saved under. batch_size and document_mask
+    // only shape batches out of the same rows, so they may change on resume.
+    config_ = {{"files", file_list(c.files)},
+               {"instruction_files", file_list(c.instruction_files)},
+               {"format", c.format},
+               {"instruction_ratio", c.instruction_ratio},
+               {"seq_len", c.seq_len},
+               {"shuffle", c.shuffle},
+               {"seed", c.seed},
+               {"chat_template", c.chat_template},
+               {"text_documents", c.text_documents},
+               {"shuffle_buffer", c.shuffle_buffer},
+               {"text_block_bytes", c.text_block_bytes},
+               {"tokenizer", {{"vocab_size", tok.vocab_size()}, {"eos_id", t.eos}, {"pad_id", t.pad}}}};
+  }
+
+  TrainBatch next() override {
+    const int64_t B = c_.batch_size, T = c_.seq_len;
+    auto tokens = torch::empty({B, T}, torch::kInt64);  // [B,T]
+    auto labels = torch::empty({B, T}, torch::kInt64);  // [B,T]
+    torch::Tensor docs;
+    if (c_.document_mask) docs = torch::empty({B, T}, torch::kInt64);  // [B,T]
+    int64_t* tp = tokens.data_ptr<int64_t>();
+    int64_t* lp = labels.data_ptr<int64_t>();
+    int64_t* dp = c_.document_mask ? docs.data_ptr<int64_t>() : nullptr;
+    for (int64_t b = 0; b < B; ++b) {
+      Row r = draw();
+      for (int64_t t = 0; t < T; ++t) {
+        const size_t i = size_t(t);
+        tp[b * T + t] = r.x[i];
+        // x[t+1] is the label of position t unless it is no target, or lies
+        // in another document when documents are masked.
+        const bool label = r.target[i + 1] && (!c_.document_mask || r.doc[i] == r.doc[i + 1]);
+        lp[b * T + t] = label ? r.x[i + 1] : -100;
+        if (dp) dp[b * T + t] = r.doc[i];
+      }
+    }
+    return {tokens, labels, docs};
+  }
+
+  json state() const override {
+    json s = {{"version", kStateVersion}, {"config", config_}, {"mix_rng", mix_.state}};
+    if (main_) s["pretraining"] = main_->state();
+    if (instr_) s["instruction"] = instr_->state();
+    return s;
+  }
+
+  void restore(const json& s) override {
+    if (!s.is_object() || !s.contains("version") || s["version"] != kStateVersion)
+      throw Error("BatchSource::restore: expected a data state of version " +
+                  std::to_string(kStateVersion));
+    if (!s.contains("config") || !s["config"].is_object())
+      throw Error("BatchSource::restore: the state has no config");
+    for (const auto& [key, value] : config_.items()) {
+      const json& saved = s["config"].contains(key) ? s["config"][key] : json();
+      if (saved != value)
+        throw Error("BatchSource::restore: " + key + " differs: the state was saved with " +
+                    saved.dump() + ", this source has " + value.dump());
+    }
+    try {
+      if (main_) main_->restore(s.at("pretraining"), "data state.pretraining");
+      if (instr_) instr_->restore(s.at("instruction"), "data state.instruction");
+      mix_.state = s.at("mix_rng").get<uint64_t>();
+    } catch (const json::exception& e) {
+      throw Error(std::string("BatchSource::restore: malformed state: ") + e.what());
+    }
+  }
+
+ private:
+  Row draw() {
+    if (!instr_) return main_->next();
+    if (!main_) return instr_->next();
+    return mix_.uniform() < c_.instruction_ratio ? instr_->next() : main_->next();
+  }
+
+  DataConfig c_;
+  std::unique_ptr<Stream> main_, instr_;
+  Rng mix_;
+  json config_;
+};
+
+}  // namespace
+
+std::unique_ptr<BatchSource> make_batch_source(const DataConfig& config, const Tokenizer& tokenizer) {
+  return std::make_unique<DataSource>(config, tokenizer);
+}
+
+}  // namespace finmoe

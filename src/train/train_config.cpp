@@ -1,0 +1,404 @@
+// TrainConfig: YAML parsing with dotted-key overrides, validation, JSON.
+//
+// Each section is one table of fields (key, member): the same table parses
+// YAML and writes JSON, so a key is declared once.
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "finmoe/error.h"
+#include "finmoe/train.h"
+
+namespace finmoe {
+
+namespace {
+
+constexpr std::array<std::pair<TrainMode, std::string_view>, 7> kModes = {{
+    {TrainMode::Pretrain, "pretrain"},
+    {TrainMode::Cpt, "cpt"},
+    {TrainMode::Sft, "sft"},
+    {TrainMode::Hybrid, "hybrid"},
+    {TrainMode::Kd, "kd"},
+    {TrainMode::Esft, "esft"},
+    {TrainMode::Lora, "lora"},
+}};
+
+// "source:LINE: key" for messages about a value.
+std::string where(const std::string& source, const YAML::Node& n, const std::string& key) {
+  const YAML::Mark m = n.Mark();
+  std::string s = source;
+  if (!m.is_null() && m.line >= 0) s += ":" + std::to_string(m.line + 1);
+  return s + ": " + key;
+}
+
+std::string scalar_text(const YAML::Node& n) {
+  if (n.IsScalar()) return n.Scalar();
+  if (n.IsSequence()) return "a list";
+  if (n.IsMap()) return "a mapping";
+  return "nothing";
+}
+
+template <class T>
+T as(const YAML::Node& n, const std::string& what, const std::string& expected) {
+  try {
+    if (!n.IsScalar()) throw YAML::Exception(YAML::Mark::null_mark(), "not a scalar");
+    return n.as<T>();
+  } catch (const YAML::Exception&) {
+    throw Error(what + ": expected " + expected + ", got " +
+                (n.IsScalar() ? "'" + n.Scalar() + "'" : scalar_text(n)));
+  }
+}
+
+// One key of a section: how to read it from YAML and write it to JSON.
+template <class S>
+struct Field {
+  std::string key;
+  std::function<void(S&, const YAML::Node&, const std::string&)> read;
+  std::function<nlohmann::json(const S&)> write;
+};
+
+template <class S, class T>
+Field<S> field(std::string key, T S::*member) {
+  Field<S> f;
+  f.key = key;
+  f.read = [member](S& s, const YAML::Node& n, const std::string& what) {
+    if constexpr (std::is_same_v<T, std::string>) {
+      s.*member = n.IsNull() ? std::string() : as<std::string>(n, what, "a string");
+    } else if constexpr (std::is_same_v<T, bool>) {
+      s.*member = as<bool>(n, what, "true or false");
+    } else if constexpr (std::is_same_v<T, int64_t> || std::is_same_v<T, uint64_t>) {
+      // integers may be written as 2e9 (num_tokens)
+      const char* expected = std::is_same_v<T, int64_t> ? "an integer" : "a non-negative integer";
+      if (n.IsScalar() && !(std::is_same_v<T, uint64_t> && n.Scalar().starts_with("-"))) {
+        try {
+          s.*member = n.as<T>();
+          return;
+        } catch (const YAML::Exception&) {
+        }
+      }
+      const double v = as<double>(n, what, expected);
+      if (v != std::floor(v) || std::abs(v) > 9.0e15 || (std::is_same_v<T, uint64_t> && v < 0))
+        throw Error(what + ": expected " + expected + ", got '" + n.Scalar() + "'");
+      s.*member = static_cast<T>(v);
+    } else if constexpr (std::is_same_v<T, double>) {
+      s.*member = as<double>(n, what, "a number");
+    } else if constexpr (std::is_same_v<T, std::optional<double>>) {
+      if (n.IsNull())
+        s.*member = std::nullopt;
+      else
+        s.*member = as<double>(n, what, "a number");
+    } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+      std::vector<std::string> v;
+      if (n.IsScalar()) {
+        v.push_back(n.Scalar());
+      } else if (n.IsSequence()) {
+        for (size_t i = 0; i < n.size(); ++i)
+          v.push_back(as<std::string>(n[i], what + "[" + std::to_string(i) + "]", "a string"));
+      } else if (!n.IsNull()) {
+        throw Error(what + ": expected a file name or a list of them, got " + scalar_text(n));
+      }
+      s.*member = std::move(v);
+    } else if constexpr (std::is_same_v<T, std::array<double, 2>>) {
+      if (!n.IsSequence() || n.size() != 2)
+        throw Error(what + ": expected a list of two numbers, e.g. [0.9, 0.95]");
+      s.*member = {as<double>(n[0], what + "[0]", "a number"),
+                   as<double>(n[1], what + "[1]", "a number")};
+    } else if constexpr (std::is_same_v<T, TrainMode>) {
+      try {
+        s.*member = train_mode_from_string(as<std::string>(n, what, "a string"));
+      } catch (const Error& e) {
+        throw Error(what + ": " + e.what());
+      }
+    } else {
+      static_assert(sizeof(T) == 0, "no reader for this field type");
+    }
+  };
+  f.write = [member](const S& s) -> nlohmann::json {
+    const T& v = s.*member;
+    if constexpr (std::is_same_v<T, std::optional<double>>) {
+      return v ? nlohmann::json(*v) : nlohmann::json(nullptr);
+    } else if constexpr (std::is_same_v<T, TrainMode>) {
+      return std::string(to_string(v));
+    } else {
+      return v;
+    }
+  };
+  return f;
+}
+
+const std::vector<Field<TrainConfig>>& top_fields() {
+  using C = TrainConfig;
+  static const std::vector<Field<C>> f = {
+      field("mode", &C::mode),
+      field("model", &C::model),
+      field("init_preset", &C::init_preset),
+      field("init_model_type", &C::init_model_type),
+      field("init_vocab_size", &C::init_vocab_size),
+      field("tokenizer", &C::tokenizer),
+      field("output_dir", &C::output_dir),
+      field("device", &C::device),
+      field("precision", &C::precision),
+      field("eval_interval", &C::eval_interval),
+      field("eval_batches", &C::eval_batches),
+      field("lr", &C::lr),
+      field("min_lr", &C::min_lr),
+      field("betas", &C::betas),
+      field("eps", &C::eps),
+      field("weight_decay", &C::weight_decay),
+      field("schedule", &C::schedule),
+      field("warmup_steps", &C::warmup_steps),
+      field("warmup_ratio", &C::warmup_ratio),
+      field("max_steps", &C::max_steps),
+      field("num_tokens", &C::num_tokens),
+      field("grad_clip", &C::grad_clip),
+      field("grad_accum", &C::grad_accum),
+      field("moe_aux_loss_alpha", &C::moe_aux_loss_alpha),
+      field("seed", &C::seed),
+      field("save_interval", &C::save_interval),
+      field("keep_checkpoints", &C::keep_checkpoints),
+      field("log_interval", &C::log_interval),
+      field("resume", &C::resume),
+  };
+  return f;
+}
+
+const std::vector<Field<DataConfig>>& data_fields() {
+  using D = DataConfig;
+  static const std::vector<Field<D>> f = {
+      field("files", &D::files),
+      field("format", &D::format),
+      field("instruction_files", &D::instruction_files),
+      field("instruction_ratio", &D::instruction_ratio),
+      field("seq_len", &D::seq_len),
+      field("batch_size", &D::batch_size),
+      field("document_mask", &D::document_mask),
+      field("shuffle", &D::shuffle),
+      field("seed", &D::seed),
+      field("chat_template", &D::chat_template),
+  };
+  return f;
+}
+
+const std::vector<Field<KdConfig>>& kd_fields() {
+  static const std::vector<Field<KdConfig>> f = {
+      field("teacher", &KdConfig::teacher),
+      field("temperature", &KdConfig::temperature),
+      field("alpha", &KdConfig::alpha),
+  };
+  return f;
+}
+
+template <class S>
+std::string known_keys(const std::vector<Field<S>>& fields, const std::string& extra = "") {
+  std::string s;
+  for (const auto& f : fields) s += (s.empty() ? "" : ", ") + f.key;
+  return extra.empty() ? s : s + ", " + extra;
+}
+
+// Reads a mapping into `s`; returns the keys it set.
+template <class S>
+std::set<std::string> read_section(S& s, const YAML::Node& node,
+                                   const std::vector<Field<S>>& fields, const std::string& source,
+                                   const std::string& prefix) {
+  if (!node.IsMap() && !node.IsNull())
+    throw Error(
+        where(source, node, prefix.empty() ? "(top level)" : prefix.substr(0, prefix.size() - 1)) +
+        ": expected a mapping of keys, got " + scalar_text(node));
+  std::set<std::string> seen;
+  if (node.IsNull()) return seen;
+  for (auto it = node.begin(); it != node.end(); ++it) {
+    const std::string key = it->first.as<std::string>();
+    const Field<S>* f = nullptr;
+    for (const auto& cand : fields)
+      if (cand.key == key) f = &cand;
+    if (!f)
+      throw Error(where(source, it->first, prefix + key) +
+                  ": unknown key (known: " + known_keys(fields) + ")");
+    f->read(s, it->second, where(source, it->second, prefix + key));
+    seen.insert(key);
+  }
+  return seen;
+}
+
+template <class S>
+nlohmann::json write_section(const S& s, const std::vector<Field<S>>& fields) {
+  nlohmann::json j = nlohmann::json::object();
+  for (const auto& f : fields) j[f.key] = f.write(s);
+  return j;
+}
+
+// Sets root[a][b]... = value for a dotted key, creating mappings on the way.
+void set_path(YAML::Node node, const std::vector<std::string>& path, size_t i,
+              const YAML::Node& value) {
+  if (i + 1 == path.size()) {
+    node[path[i]] = value;
+    return;
+  }
+  if (!node[path[i]].IsMap()) node[path[i]] = YAML::Node(YAML::NodeType::Map);
+  set_path(node[path[i]], path, i + 1, value);
+}
+
+void apply_override(YAML::Node& root, const std::string& o) {
+  const size_t eq = o.find('=');
+  if (eq == std::string::npos || eq == 0)
+    throw Error("override '" + o + "': expected KEY=VALUE (e.g. lr=1e-4, data.seq_len=256)");
+  std::vector<std::string> path;
+  std::stringstream ks(o.substr(0, eq));
+  for (std::string part; std::getline(ks, part, '.');) {
+    if (part.empty()) throw Error("override '" + o + "': empty key part");
+    path.push_back(part);
+  }
+  YAML::Node value;
+  try {
+    value = YAML::Load(o.substr(eq + 1));
+  } catch (const YAML::Exception& e) {
+    throw Error("override '" + o + "': the value is not valid YAML: " + e.msg);
+  }
+  set_path(root, path, 0, value);
+}
+
+}  // namespace
+
+std::string_view to_string(TrainMode mode) {
+  for (const auto& [m, name] : kModes)
+    if (m == mode) return name;
+  return "?";
+}
+
+TrainMode train_mode_from_string(std::string_view name) {
+  std::string names;
+  for (const auto& [m, n] : kModes) {
+    if (n == name) return m;
+    names += (names.empty() ? "" : ", ") + std::string(n);
+  }
+  throw Error("unknown mode '" + std::string(name) + "' (modes: " + names + ")");
+}
+
+int64_t TrainConfig::total_steps() const {
+  if (max_steps > 0) return max_steps;
+  const int64_t per_step = grad_accum * data.batch_size * data.seq_len;
+  return per_step > 0 ? (num_tokens + per_step - 1) / per_step : 0;
+}
+
+void TrainConfig::validate() const {
+  auto need = [](bool ok, const std::string& msg) {
+    if (!ok) throw Error("train config: " + msg);
+  };
+  need(!output_dir.empty(), "output_dir is required");
+  need(model.empty() != init_preset.empty(),
+       "exactly one of model (a directory) and init_preset (a preset name) is required");
+  need(mode != TrainMode::Cpt || !model.empty(), "mode cpt continues a model: `model` is required");
+  need(mode != TrainMode::Kd || !kd.teacher.empty(),
+       "mode kd needs kd.teacher (a model directory)");
+  need(mode != TrainMode::Hybrid || (!data.instruction_files.empty() &&
+                                     data.instruction_ratio > 0 && data.instruction_ratio < 1),
+       "mode hybrid (FinMoE §4.2) needs data.instruction_files and 0 < data.instruction_ratio < 1");
+  need(!data.files.empty() || !data.instruction_files.empty(), "data.files is required");
+  need(data.seq_len > 0, "data.seq_len must be positive");
+  need(data.batch_size > 0, "data.batch_size must be positive");
+  need(eval_data.seq_len > 0 && eval_data.batch_size > 0,
+       "eval_data.seq_len and eval_data.batch_size must be positive");
+  need(eval_interval >= 0, "eval_interval must be >= 0");
+  need(eval_batches >= 1, "eval_batches must be >= 1");
+  need(device == "cpu" || device == "cuda" || device.starts_with("cuda:"),
+       "device must be cpu, cuda or cuda:N, got '" + device + "'");
+  need(precision == "auto" || precision == "fp32" || precision == "bf16",
+       "precision must be auto, fp32 or bf16, got '" + precision + "'");
+  need(std::isfinite(lr) && lr > 0, "lr must be positive");
+  need(min_lr >= 0 && min_lr <= lr, "min_lr must be in [0, lr]");
+  need(betas[0] >= 0 && betas[0] < 1 && betas[1] >= 0 && betas[1] < 1, "betas must be in [0, 1)");
+  need(eps >= 0, "eps must be >= 0");
+  need(weight_decay >= 0, "weight_decay must be >= 0");
+  need(schedule == "cosine" || schedule == "linear" || schedule == "constant",
+       "schedule must be cosine, linear or constant, got '" + schedule + "'");
+  need(warmup_steps >= 0, "warmup_steps must be >= 0");
+  need(warmup_ratio >= 0 && warmup_ratio < 1, "warmup_ratio must be in [0, 1)");
+  need(max_steps >= 0 && num_tokens >= 0, "max_steps and num_tokens must be >= 0");
+  need(max_steps > 0 || num_tokens > 0, "max_steps or num_tokens is required");
+  need(grad_clip >= 0, "grad_clip must be >= 0 (0 = off)");
+  need(grad_accum >= 1, "grad_accum must be >= 1");
+  need(!moe_aux_loss_alpha || *moe_aux_loss_alpha >= 0, "moe_aux_loss_alpha must be >= 0");
+  need(kd.temperature > 0, "kd.temperature must be positive");
+  need(kd.alpha >= 0 && kd.alpha <= 1, "kd.alpha must be in [0, 1]");
+  need(save_interval >= 0 && keep_checkpoints >= 0 && log_interval >= 0,
+       "save_interval, keep_checkpoints and log_interval must be >= 0");
+}
+
+nlohmann::json TrainConfig::to_json() const {
+  nlohmann::json j = write_section(*this, top_fields());
+  j["data"] = write_section(data, data_fields());
+  j["eval_data"] = write_section(eval_data, data_fields());
+  j["kd"] = write_section(kd, kd_fields());
+  return j;
+}
+
+TrainConfig parse_train_config(const std::string& yaml, const std::string& source,
+                               const std::vector<std::string>& overrides) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml);
+  } catch (const YAML::Exception& e) {
+    throw Error(source + ":" + std::to_string(e.mark.line + 1) + ": invalid YAML: " + e.msg);
+  }
+  if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  if (!root.IsMap()) throw Error(source + ": expected a mapping of keys at the top level");
+  for (const auto& o : overrides) apply_override(root, o);
+
+  TrainConfig c;
+  // Top-level scalars first: sections take defaults from them (data.seed from
+  // seed, data.format from mode, eval_data from data).
+  YAML::Node data, eval_data, kd;
+  for (auto it = root.begin(); it != root.end(); ++it) {
+    const std::string key = it->first.as<std::string>();
+    if (key == "data")
+      data.reset(it->second);
+    else if (key == "eval_data")
+      eval_data.reset(it->second);
+    else if (key == "kd")
+      kd.reset(it->second);
+    else if (std::none_of(top_fields().begin(), top_fields().end(),
+                          [&](const auto& f) { return f.key == key; }))
+      throw Error(where(source, it->first, key) +
+                  ": unknown key (known: " + known_keys(top_fields(), "data, eval_data, kd") + ")");
+  }
+  for (auto it = root.begin(); it != root.end(); ++it) {
+    const std::string key = it->first.as<std::string>();
+    if (key == "data" || key == "eval_data" || key == "kd") continue;
+    for (const auto& f : top_fields())
+      if (f.key == key) f.read(c, it->second, where(source, it->second, key));
+  }
+
+  c.data.seed = c.seed;
+  if (c.mode == TrainMode::Sft) c.data.format = "sft";
+  if (data) read_section(c.data, data, data_fields(), source, "data.");
+
+  c.eval_data = c.data;
+  c.eval_data.files.clear();
+  c.eval_data.instruction_files.clear();
+  c.eval_data.instruction_ratio = 0;
+  c.eval_data.shuffle = false;
+  if (eval_data) read_section(c.eval_data, eval_data, data_fields(), source, "eval_data.");
+  if (kd) read_section(c.kd, kd, kd_fields(), source, "kd.");
+
+  try {
+    c.validate();
+  } catch (const Error& e) {
+    throw Error(source + ": " + e.what());
+  }
+  return c;
+}
+
+TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides) {
+  if (path.empty()) return parse_train_config("", "command-line options", overrides);
+  std::ifstream in(path);
+  if (!in) throw Error("cannot read train config " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse_train_config(ss.str(), path, overrides);
+}
+
+}  // namespace finmoe
