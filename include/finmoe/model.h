@@ -140,12 +140,17 @@ int64_t kv_cache_bytes_per_token(const ModelConfig& config, int64_t element_byte
 struct LoadOptions {
   std::optional<torch::Dtype> dtype;  // default: config.torch_dtype
   torch::Device device = torch::kCPU;
+  // A LoRA adapter directory (PEFT layout, finmoe/lora.h) attached, unmerged,
+  // after loading; empty = none.
+  std::string lora_adapter = {};
 };
 
 // Loads an HF checkpoint directory (config.json + safetensors). Tensors whose
 // dtype and device already match are used in place (memory-mapped, private
 // copy-on-write). Missing, unexpected or wrongly shaped tensors throw Error
-// naming the tensor and file.
+// naming the tensor and file. A directory holding an ESFT delta
+// (finmoe/esft.h, docs/formats/esft.md) loads as its base model with the
+// delta's tensors in place of the base's.
 Transformer load_model(const std::string& dir, const LoadOptions& options = {});
 
 // Writes config.json + safetensors (sharded past max_shard_bytes) into `dir`,

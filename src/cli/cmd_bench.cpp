@@ -12,6 +12,7 @@ namespace finmoe::cli {
 void add_bench(CLI::App& app, Run& run) {
   auto* b = app.add_subcommand("bench", "Benchmarks");
   b->require_subcommand(1);
+  add_bench_serve(b, run);
   auto* c = b->add_subcommand("decode", "Prefill and decode tokens/s vs the memory-bandwidth floor");
   static std::string dir, dtype, device = "cpu";
   static bool json = false;

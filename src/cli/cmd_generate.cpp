@@ -16,6 +16,7 @@ struct GenFlags {
   std::string dtype;
   std::string device = "cpu";
   std::string chat_template;
+  std::string adapter;
   int64_t max_new_tokens = 128;
   double temperature = 0.7;
   int64_t top_k = 0;
@@ -30,6 +31,7 @@ struct GenFlags {
     c->add_option("DIR", dir, "model directory")->required();
     c->add_option("--dtype", dtype, "float32 | bfloat16 (default: the checkpoint's)");
     c->add_option("--device", device, "cpu | cuda | cuda:N")->capture_default_str();
+    c->add_option("--adapter", adapter, "LoRA adapter directory (PEFT layout), applied unmerged");
     c->add_option("-n,--max-new-tokens", max_new_tokens, "tokens to generate")->capture_default_str();
     c->add_option("--temperature", temperature, "0 = greedy")->capture_default_str();
     c->add_option("--top-k", top_k, "0 = off")->capture_default_str();
@@ -84,6 +86,7 @@ void add_generate(CLI::App& app, Run& run) {
       LoadOptions lo;
       if (!f.dtype.empty()) lo.dtype = dtype_from_string(f.dtype);
       lo.device = device_from_string(f.device);
+      lo.lora_adapter = f.adapter;
       auto model = load_model(f.dir, lo);
       std::vector<std::vector<int32_t>> ids;
       for (const auto& p : prompts) {
@@ -124,6 +127,7 @@ void add_chat(CLI::App& app, Run& run) {
       LoadOptions lo;
       if (!f.dtype.empty()) lo.dtype = dtype_from_string(f.dtype);
       lo.device = device_from_string(f.device);
+      lo.lora_adapter = f.adapter;
       auto model = load_model(f.dir, lo);
       Generator gen(model, &tok);
       const auto opts = f.options(model.config(), f.dir);

@@ -8,6 +8,7 @@
 
 #include "cli/commands.h"
 #include "finmoe/error.h"
+#include "finmoe/esft.h"
 #include "finmoe/model.h"
 #include "finmoe/safetensors.h"
 #include "finmoe/tokenizer.h"
@@ -29,6 +30,14 @@ std::string scaled(double n, const std::array<const char*, 5>& units) {
 
 std::string human(double n) { return scaled(n, {"", "K", "M", "B", "T"}); }
 std::string human_bytes(double n) { return scaled(n, {" B", " KB", " MB", " GB", " TB"}); }
+
+// ", + shared experts, + non-expert modules" for the flags an ESFT delta trains.
+std::string esft_flags(const nlohmann::json& esft) {
+  std::string s;
+  if (esft["shared_experts"].get<bool>()) s += ", + shared experts";
+  if (esft["non_expert_modules"].get<bool>()) s += ", + non-expert modules";
+  return s;
+}
 
 std::vector<int32_t> parse_ids(const std::string& s) {
   std::vector<int32_t> ids;
@@ -56,8 +65,22 @@ void add_info(CLI::App& app, Run& run) {
   c->add_flag("--json", json, "print one JSON object");
   c->callback([&run] {
     run = [] {
-      ModelConfig cfg = ModelConfig::load(dir);
-      auto reader = CheckpointReader::open(dir);
+      // an ESFT delta: describe its base, then what the delta replaces
+      std::string model_dir = dir;
+      nlohmann::json esft = nullptr;
+      if (is_esft_delta(dir)) {
+        const EsftDeltaInfo d = read_esft_delta(dir);
+        model_dir = esft_delta_base(d);
+        int64_t experts = 0;
+        for (const auto& [layer, ids] : d.experts.experts) experts += int64_t(ids.size());
+        esft = {{"base_model", model_dir},         {"tensors", d.tensors},
+                {"params", d.params},              {"bytes", d.bytes},
+                {"routed_experts", experts},       {"layers", d.experts.experts.size()},
+                {"shared_experts", d.experts.shared_experts},
+                {"non_expert_modules", d.experts.non_expert_modules}};
+      }
+      ModelConfig cfg = ModelConfig::load(model_dir);
+      auto reader = CheckpointReader::open(model_dir);
       int64_t total = 0, bytes = 0;
       for (const auto& n : reader.names()) {
         total += reader.get(n).numel();
@@ -132,11 +155,22 @@ void add_info(CLI::App& app, Run& run) {
                             {"params_per_layer", per_layer},
                             {"layer_tensors", layer},
                             {"moe", moe},
-                            {"kv_cache_bytes_per_token", kv}};
+                            {"kv_cache_bytes_per_token", kv},
+                            {"esft_delta", esft}};
         std::cout << j.dump(2) << "\n";
         return 0;
       }
-      std::cout << "model       " << dir << "\n"
+      if (!esft.is_null())
+        std::cout << "esft delta  " << dir << ": " << esft["tensors"].get<int64_t>()
+                  << " trained tensors, " << human(double(esft["params"].get<int64_t>())) << " params ("
+                  << std::fixed << std::setprecision(2)
+                  << 100.0 * double(esft["params"].get<int64_t>()) / double(std::max<int64_t>(total, 1))
+                  << "% of the model), " << human_bytes(double(esft["bytes"].get<int64_t>()))
+                  << " on disk; " << esft["routed_experts"].get<int64_t>() << " routed experts in "
+                  << esft["layers"].get<size_t>() << " layers"
+                  << esft_flags(esft) << "\n"
+                  << std::defaultfloat;
+      std::cout << "model       " << model_dir << "\n"
                 << "arch        " << cfg.model_type
                 << (cfg.architectures.empty() ? "" : " (" + cfg.architectures[0] + ")") << "\n"
                 << "params      " << human(double(total)) << " (" << total << "), "
@@ -181,7 +215,7 @@ void add_info(CLI::App& app, Run& run) {
 
 void add_logits(CLI::App& app, Run& run) {
   auto* c = app.add_subcommand("logits", "Top-K next-token log-probabilities at every position (JSON)");
-  static std::string dir, text, ids_arg, dtype, device = "cpu";
+  static std::string dir, text, ids_arg, dtype, device = "cpu", adapter;
   static int64_t top = 5;
   c->add_option("DIR", dir, "model directory")->required();
   auto* t = c->add_option("--text", text, "text to encode (no special tokens added)");
@@ -190,6 +224,7 @@ void add_logits(CLI::App& app, Run& run) {
   c->add_option("--top", top, "alternatives per position")->capture_default_str();
   c->add_option("--dtype", dtype, "float32 | bfloat16 (default float32, for comparisons)");
   c->add_option("--device", device, "cpu | cuda | cuda:N")->capture_default_str();
+  c->add_option("--adapter", adapter, "LoRA adapter directory (PEFT layout), applied unmerged");
   c->callback([&run] {
     run = [] {
       if (text.empty() == ids_arg.empty()) throw Error("give exactly one of --text and --ids");
@@ -204,7 +239,8 @@ void add_logits(CLI::App& app, Run& run) {
       }
       if (ids.empty()) throw Error("no tokens to score");
       auto model = load_model(dir, {.dtype = dtype_from_string(dtype.empty() ? "float32" : dtype),
-                                    .device = device_from_string(device)});
+                                    .device = device_from_string(device),
+                                    .lora_adapter = adapter});
       for (int32_t id : ids)
         if (id < 0 || id >= model.config().vocab_size)
           throw Error("--ids: token " + std::to_string(id) + " outside the vocabulary");

@@ -1,8 +1,11 @@
 // Loading, saving and initialising Transformer weights in HF format.
+#include <filesystem>
 #include <map>
 #include <set>
 
 #include "finmoe/error.h"
+#include "finmoe/esft.h"
+#include "finmoe/lora.h"
 #include "finmoe/model.h"
 #include "finmoe/safetensors.h"
 #include "model/transformer.h"
@@ -147,6 +150,25 @@ std::vector<TensorSpec> expected_tensors(const ModelConfig& c) {
 }
 
 Transformer load_model(const std::string& dir, const LoadOptions& options) {
+  if (!options.lora_adapter.empty()) {
+    LoadOptions plain = options;
+    plain.lora_adapter.clear();
+    Transformer model = load_model(dir, plain);
+    load_lora_adapter(model, options.lora_adapter);
+    return model;
+  }
+  if (is_esft_delta(dir)) {
+    const EsftDeltaInfo delta = read_esft_delta(dir);
+    const std::string base = esft_delta_base(delta);
+    if (!std::filesystem::is_directory(base))
+      throw Error(dir + ": the ESFT delta's base model " + base +
+                  " is not a directory (base_model in esft_delta.json)");
+    if (is_esft_delta(base))
+      throw Error(dir + ": base_model " + base + " is itself an ESFT delta (not supported)");
+    Transformer model = load_model(base, options);
+    apply_esft_delta(model, dir);
+    return model;
+  }
   ModelConfig config = ModelConfig::load(dir);
   const torch::Dtype dtype = options.dtype.value_or(dtype_from_string(config.torch_dtype));
   Transformer model(config, dtype, options.device);

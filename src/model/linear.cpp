@@ -40,7 +40,19 @@ LinearImpl::LinearImpl(int64_t in, int64_t out, bool with_bias, torch::TensorOpt
   if (with_bias) bias = register_parameter("bias", torch::zeros({out}, options), false);
 }
 
-torch::Tensor LinearImpl::forward(const torch::Tensor& x) { return linear(x, weight, bias); }
+torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
+  auto y = linear(x, weight, bias);
+  return has_lora() ? add_lora(y, x) : y;
+}
+
+torch::Tensor LinearImpl::add_lora(const torch::Tensor& y, const torch::Tensor& x) const {
+  auto h = x.to(lora_A.scalar_type());
+  // dropout only in training: modules start in train mode, so gradients decide
+  if (lora_dropout > 0 && is_training() && torch::GradMode::is_enabled())
+    h = torch::dropout(h, lora_dropout, /*train=*/true);
+  auto z = torch::linear(torch::linear(h, lora_A), lora_B);  // [..., r] -> [..., out]
+  return (y + z * lora_scaling).to(y.scalar_type());
+}
 
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight,
                      const torch::Tensor& bias) {
@@ -73,13 +85,17 @@ std::vector<torch::Tensor> linear_group(const torch::Tensor& x,
   const int64_t rows = x.numel() / std::max<int64_t>(in, 1);
   bool kernel = kernel_max_rows() > 0 && rows <= kernel_max_rows() && kernel_path(x);
   for (const LinearImpl* l : layers)
-    kernel = kernel && l->weight.scalar_type() == x.scalar_type() && l->weight.is_contiguous() &&
+    kernel = kernel && !l->has_lora() && l->weight.scalar_type() == x.scalar_type() &&
+             l->weight.is_contiguous() &&
              l->weight.device().is_cpu() && l->weight.size(1) == in &&
              (!l->bias.defined() ||
               (l->bias.scalar_type() == x.scalar_type() && l->bias.is_contiguous()));
   std::vector<torch::Tensor> ys;
   if (!kernel) {
-    for (const LinearImpl* l : layers) ys.push_back(linear(x, l->weight, l->bias));
+    for (const LinearImpl* l : layers) {
+      auto y = linear(x, l->weight, l->bias);
+      ys.push_back(l->has_lora() ? l->add_lora(y, x) : y);
+    }
     return ys;
   }
   auto xc = x.contiguous();  // [rows, in]

@@ -18,11 +18,23 @@ kernels::ElemType elem_type(const torch::Tensor& t);
 class LinearImpl : public torch::nn::Module {
  public:
   LinearImpl(int64_t in, int64_t out, bool bias, torch::TensorOptions options);
-  // x [..., in] -> [..., out]
+  // x [..., in] -> [..., out]: x·Wᵀ + b, plus the LoRA term when an adapter is attached
   torch::Tensor forward(const torch::Tensor& x);
+
+  // y + scaling · B(A(dropout(x))), the LoRA term computed in the adapter's
+  // dtype and the sum returned in y's (as PEFT does); x [..., in], y [..., out]
+  // the base output. Needs has_lora().
+  torch::Tensor add_lora(const torch::Tensor& y, const torch::Tensor& x) const;
+  bool has_lora() const { return lora_A.defined(); }
 
   torch::Tensor weight;  // [out, in]
   torch::Tensor bias;    // [out] or undefined
+  // LoRA adapter (finmoe/lora.h attaches and detaches it). Plain tensors, not
+  // registered parameters: named_parameters() stays the checkpoint's names.
+  torch::Tensor lora_A;  // [r, in] or undefined
+  torch::Tensor lora_B;  // [out, r] or undefined
+  double lora_scaling = 0.0;  // alpha / r (alpha / sqrt(r) with rsLoRA)
+  double lora_dropout = 0.0;  // on x before A, in train mode with autograd on
 };
 TORCH_MODULE(Linear);
 

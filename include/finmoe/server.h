@@ -1,0 +1,85 @@
+#pragma once
+// An OpenAI-compatible HTTP server over the serving engine (engine.h).
+//
+// Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions
+// (JSON or server-sent events with "stream": true), GET /health, GET /metrics
+// (Prometheus text). docs/serving.md lists every field and metric.
+//
+// Errors come back as OpenAI error objects {"error": {message, type, param,
+// code}}: 400 for bad requests (the field is named in "param"), 401 for a
+// missing or wrong API key, 404 for unknown routes, 413 for bodies over
+// max_body_bytes, 503 while shutting down, 500 for internal errors; the server
+// keeps serving after each. A client that disconnects cancels its requests.
+//
+// Usage:
+//   Engine engine(model, &tokenizer, engine_options);
+//   Server server(engine, tokenizer, model.config(), options);
+//   server.bind();        // throws Error if the address is taken
+//   server.serve();       // blocks until shutdown(); starts and stops the engine
+//
+// Thread safety: shutdown() may be called from any thread (and from a signal
+// watcher); the other members from the thread that owns the Server.
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "finmoe/config.h"
+#include "finmoe/engine.h"
+#include "finmoe/tokenizer.h"
+
+namespace finmoe {
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";
+  int port = 8000;                                // 0 = any free port (bind() returns it)
+  std::string served_model_name = "finmoe";       // the id of /v1/models; requests must name it
+  std::string api_key;                            // "" = no auth; else /v1/* need "Authorization: Bearer KEY"
+  int64_t max_body_bytes = int64_t(8) << 20;      // larger request bodies get 413
+  int http_threads = 256;                         // connections served at once (each stream holds one)
+  std::optional<ChatTemplateKind> chat_template;  // overrides the tokenizer's detected template
+  std::vector<int32_t> eos_token_ids;             // stop tokens of every request (unless ignore_eos)
+  SamplingParams default_sampling;                // for fields a request leaves out (generation_config)
+  double shutdown_timeout_s = 30;                 // shutdown(): wait this long for in-flight requests
+  bool log_requests = true;                       // one stderr line per completion request
+};
+
+class Server {
+ public:
+  // Keeps references to engine and tokenizer; they must outlive the Server.
+  // `config` is the engine's model's: its vocabulary bounds token-id prompts
+  // and its max_position_embeddings the context when the engine sets none.
+  Server(Engine& engine, const Tokenizer& tokenizer, const ModelConfig& config, ServerOptions options);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Binds options.host:options.port; returns the port bound. Throws Error if
+  // it cannot bind.
+  int bind();
+  // Starts the engine, answers requests until shutdown() has finished, stops
+  // the engine. Call bind() first.
+  void serve();
+  // Graceful stop: new requests get 503, in-flight ones may finish for up to
+  // shutdown_timeout_s, then the rest are cancelled (finish_reason "abort")
+  // and serve() returns. Safe from any thread; returns at once. A second call
+  // cancels in-flight requests without waiting further.
+  void shutdown();
+
+  const ServerOptions& options() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// "2GiB", "512MiB", "1.5GB", "64KB", "1000000" -> bytes (KiB/MiB/GiB/TiB are
+// powers of 1024, KB/MB/GB/TB of 1000, a bare number is bytes). Throws Error.
+int64_t parse_byte_size(const std::string& text);
+
+// bind(), serve() and shutdown() on the first SIGINT or SIGTERM (a second one
+// cancels what is still running). Prints the address to stderr.
+void run_server(Server& server);
+
+}  // namespace finmoe

@@ -1,0 +1,180 @@
+// finmoe serve | bench serve
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <optional>
+
+#include "cli/commands.h"
+#include "finmoe/engine.h"
+#include "finmoe/error.h"
+#include "finmoe/serve_bench.h"
+#include "finmoe/server.h"
+
+namespace finmoe::cli {
+namespace {
+
+// The model and engine options serve and bench serve share: one registry.
+struct EngineFlags {
+  std::string dtype, device = "cpu", kv_memory = "2GiB";
+  EngineOptions engine;
+  bool no_prefix_caching = false;
+
+  void add(CLI::App* c) {
+    const char* g = "Engine";
+    c->add_option("--kv-cache-memory", kv_memory, "KV-cache budget (e.g. 2GiB, 512MiB)")->capture_default_str()->group(g);
+    c->add_option("--max-num-seqs", engine.max_num_seqs, "sequences running per step")->capture_default_str()->group(g);
+    c->add_option("--max-batched-tokens", engine.max_batched_tokens, "tokens per step (decode + prefill chunks)")
+        ->capture_default_str()
+        ->group(g);
+    c->add_option("--block-size", engine.block_size, "tokens per KV block")->capture_default_str()->group(g);
+    c->add_option("--max-model-len", engine.max_model_len, "context length (0 = the model's)")
+        ->capture_default_str()
+        ->group(g);
+    c->add_flag("--no-prefix-caching", no_prefix_caching, "do not share KV blocks of identical prompt prefixes")
+        ->group(g);
+    c->add_option("--dtype", dtype, "float32 | bfloat16 (default: the checkpoint's)")->group("Model");
+    c->add_option("--device", device, "cpu | cuda | cuda:N")->capture_default_str()->group("Model");
+  }
+
+  EngineOptions options() {
+    EngineOptions o = engine;
+    o.kv_cache_bytes = parse_byte_size(kv_memory);
+    o.enable_prefix_caching = !no_prefix_caching;
+    return o;
+  }
+
+  Transformer load(const std::string& dir) const {
+    LoadOptions lo;
+    if (!dtype.empty()) lo.dtype = dtype_from_string(dtype);
+    lo.device = device_from_string(device);
+    return load_model(dir, lo);
+  }
+};
+
+void print_capacity(const std::string& dir, const Transformer& model, const Engine& engine, const std::string& device) {
+  const EngineStats st = engine.stats();
+  const int64_t L = engine.options().max_model_len > 0 ? engine.options().max_model_len
+                                                       : model.config().max_position_embeddings;
+  std::cerr << "finmoe: " << dir << " (" << dtype_to_string(model.dtype()) << ", " << device << ")\n"
+            << "finmoe: KV cache " << st.num_blocks << " blocks x " << st.block_size << " tokens = "
+            << st.max_tokens_in_cache << " tokens; " << st.max_full_length_seqs << " sequence(s) of the full context ("
+            << L << " tokens) fit at once\n";
+}
+
+}  // namespace
+
+void add_serve(CLI::App& app, Run& run) {
+  auto* c = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching (docs/serving.md)");
+  static std::string dir, chat_template, served_name;
+  static EngineFlags ef;
+  static ServerOptions so;
+  c->add_option("DIR", dir, "model directory")->required();
+  const char* g = "Server";
+  c->add_option("--host", so.host, "address to listen on")->capture_default_str()->group(g);
+  c->add_option("--port", so.port, "port (0 = any free port)")->capture_default_str()->group(g);
+  c->add_option("--served-model-name", served_name, "model id clients send (default: DIR as given)")->group(g);
+  c->add_option("--api-key", so.api_key, "require 'Authorization: Bearer KEY' on /v1/* (or env FINMOE_API_KEY)")
+      ->group(g);
+  c->add_option("--max-body-bytes", so.max_body_bytes, "larger request bodies get 413")->capture_default_str()->group(g);
+  c->add_option("--http-threads", so.http_threads, "connections served at once")->capture_default_str()->group(g);
+  c->add_option("--shutdown-timeout", so.shutdown_timeout_s, "seconds in-flight requests may finish after SIGTERM")
+      ->capture_default_str()
+      ->group(g);
+  c->add_option("--chat-template", chat_template, "chatml | llama3 | deepseek_v3 (default: detect)")->group(g);
+  ef.add(c);
+  c->callback([&run] {
+    run = [] {
+      if (so.api_key.empty())
+        if (const char* k = std::getenv("FINMOE_API_KEY")) so.api_key = k;
+      so.served_model_name = served_name.empty() ? dir : served_name;
+      // the template is checked now, not at the first chat request
+      auto tok = Tokenizer::from_dir(dir);
+      so.chat_template = chat_template.empty() ? detect_chat_template(tok.config()) : chat_template_from_name(chat_template);
+      auto model = ef.load(dir);
+      const auto gen = GenerationConfig::load(dir, model.config());
+      for (int64_t e : gen.eos_token_id) so.eos_token_ids.push_back(int32_t(e));
+      // generation_config.json's sampling values are the defaults (as vLLM)
+      so.default_sampling.temperature = gen.temperature;
+      so.default_sampling.top_k = gen.top_k;
+      so.default_sampling.top_p = gen.top_p;
+      so.default_sampling.min_p = gen.min_p;
+      so.default_sampling.repetition_penalty = gen.repetition_penalty;
+      Engine engine(model, &tok, ef.options());
+      print_capacity(dir, model, engine, ef.device);
+      Server server(engine, tok, model.config(), so);
+      run_server(server);
+      return 0;
+    };
+  });
+}
+
+void add_bench_serve(CLI::App* bench, Run& run) {
+  auto* c = bench->add_subcommand(
+      "serve", "Serving load test: TTFT, TPOT, ITL, throughput vs concurrency (a server at --url, or DIR in-process)");
+  static std::string dir, url, api_key, out;
+  static ServeBenchOptions o;
+  static bool compare = false;
+  static std::vector<int64_t> levels = {1, 4, 16, 64};
+  static EngineFlags ef;
+  c->add_option("DIR", dir, "model directory (in-process engine)");
+  c->add_option("--url", url, "a running `finmoe serve` (http://host:port) instead of DIR");
+  c->add_option("--api-key", api_key, "Bearer token for --url");
+  c->add_option("--num-prompts", o.num_prompts, "requests per run")->capture_default_str();
+  c->add_option("--input-len", o.input_len, "prompt tokens")->capture_default_str();
+  c->add_option("--output-len", o.output_len, "generated tokens per request")->capture_default_str();
+  c->add_option("--shared-prefix-ratio", o.shared_prefix_ratio, "leading fraction of prompts shared by all")
+      ->capture_default_str();
+  c->add_option("--request-rate", o.request_rate, "Poisson arrivals per second (0 = closed loop)")->capture_default_str();
+  c->add_option("--concurrency", o.concurrency, "concurrent clients")->capture_default_str();
+  c->add_option("--seed", o.seed, "prompts and arrivals")->capture_default_str();
+  c->add_flag("--compare", compare, "batch-1 sequential vs continuous batching at --levels, with throughput ratios");
+  c->add_option("--levels", levels, "client counts for --compare (the first is the baseline)")
+      ->delimiter(',')
+      ->capture_default_str();
+  c->add_option("--out", out, "write the results as JSON here");
+  ef.add(c);
+  c->callback([&run] {
+    run = [] {
+      if (dir.empty() == url.empty()) throw Error("bench serve: give a model DIR or --url, not both");
+      std::optional<Transformer> model;
+      std::optional<Engine> engine;
+      std::unique_ptr<ServeBenchTarget> target;
+      std::optional<Tokenizer> tok;
+      if (!url.empty()) {
+        target = make_http_target(url, api_key);
+      } else {
+        model.emplace(ef.load(dir));
+        if (std::filesystem::exists(std::filesystem::path(dir) / "tokenizer.json")) tok.emplace(Tokenizer::from_dir(dir));
+        engine.emplace(*model, tok ? &*tok : nullptr, ef.options());
+        print_capacity(dir, *model, *engine, ef.device);
+        engine->start();
+        const int64_t L = ef.engine.max_model_len > 0 ? ef.engine.max_model_len : model->config().max_position_embeddings;
+        target = make_engine_target(*engine, model->config().vocab_size, L);
+      }
+      // one short request first: lazy allocations and first-call costs stay out of the numbers
+      target->run(std::vector<int32_t>(8, 1), 2);
+      std::vector<ServeBenchResult> runs;
+      for (int64_t c : compare ? levels : std::vector<int64_t>{o.concurrency}) {
+        ServeBenchOptions oc = o;
+        oc.concurrency = c;
+        if (compare) oc.num_prompts = std::max(o.num_prompts, c);  // enough requests to reach c at once
+        runs.push_back(bench_serve(*target, oc));
+      }
+      if (engine) engine->stop();
+      std::cout << format_serve_bench_table(runs, compare);
+      if (!out.empty()) {
+        nlohmann::json j = {{"compare", compare}, {"runs", nlohmann::json::array()}};
+        for (const auto& r : runs) j["runs"].push_back(r.to_json());
+        write_json_file(out, j);
+        std::cerr << "wrote " << out << "\n";
+      }
+      for (const auto& r : runs)
+        if (r.failed > 0)
+          throw Error("bench serve: " + std::to_string(r.failed) + " request(s) failed at " +
+                      std::to_string(r.options.concurrency) + " clients: " + r.first_error);
+      return 0;
+    };
+  });
+}
+
+}  // namespace finmoe::cli

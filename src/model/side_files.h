@@ -1,0 +1,14 @@
+#pragma once
+// The files of a model directory besides its weights: config, generation
+// defaults, tokenizer and chat template. Internal to the model layer.
+#include <string>
+
+namespace finmoe {
+
+// Copies each of those files that `from` has into `to` (atomically; `to` must
+// exist): generation_config.json, tokenizer.json, tokenizer_config.json,
+// special_tokens_map.json, vocab.json, merges.txt, tokenizer.model,
+// chat_template.jinja, chat_template.json, and config.json when with_config.
+void copy_side_files(const std::string& from, const std::string& to, bool with_config);
+
+}  // namespace finmoe

@@ -1,0 +1,630 @@
+#include "serve/openai_api.h"
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <set>
+#include <sstream>
+
+namespace finmoe::serve {
+namespace {
+
+std::string default_type(int status) {
+  switch (status) {
+    case 401: return "authentication_error";
+    case 403: return "permission_error";
+    case 404: return "not_found_error";
+    case 429: return "rate_limit_error";
+    case 500: return "internal_server_error";
+    case 503: return "service_unavailable_error";
+    default: return "invalid_request_error";
+  }
+}
+
+json null_or(const std::string& s) { return s.empty() ? json(nullptr) : json(s); }
+
+std::string type_name(const json& v) {
+  if (v.is_boolean()) return "boolean";
+  if (v.is_number_integer() || v.is_number_unsigned()) return "integer";
+  if (v.is_number()) return "number";
+  if (v.is_string()) return "string";
+  if (v.is_array()) return "array";
+  if (v.is_object()) return "object";
+  return "null";
+}
+
+std::string num(double v) {
+  std::ostringstream s;
+  s << v;
+  return s.str();
+}
+
+ApiError invalid(const std::string& param, const std::string& message, const std::string& code = "") {
+  return ApiError(400, message, param, code);
+}
+
+ApiError wrong_type(const std::string& param, const std::string& expected, const json& got) {
+  return invalid(param, "'" + param + "' must be " + expected + ", got " + type_name(got) + " (" +
+                            dump_json(got).substr(0, 60) + ")");
+}
+
+// Reads the fields of one request object. Every name read is "known"; the
+// rest are rejected as OpenAI does ("Unrecognized request argument").
+class Fields {
+ public:
+  explicit Fields(const json& j) : j_(j) {}
+
+  // The value of `name`, or nullptr when absent or null (OpenAI treats an
+  // explicit null as "not given").
+  const json* get(const std::string& name) {
+    known_.insert(name);
+    auto it = j_.find(name);
+    if (it == j_.end() || it->is_null()) return nullptr;
+    return &*it;
+  }
+
+  std::optional<bool> boolean(const std::string& name) {
+    const json* v = get(name);
+    if (!v) return std::nullopt;
+    if (!v->is_boolean()) throw wrong_type(name, "a boolean", *v);
+    return v->get<bool>();
+  }
+
+  std::optional<std::string> string(const std::string& name) {
+    const json* v = get(name);
+    if (!v) return std::nullopt;
+    if (!v->is_string()) throw wrong_type(name, "a string", *v);
+    return v->get<std::string>();
+  }
+
+  // A number in [lo, hi] (open ends where asked).
+  std::optional<double> number(const std::string& name, double lo, double hi, bool lo_open = false) {
+    const json* v = get(name);
+    if (!v) return std::nullopt;
+    if (!v->is_number()) throw wrong_type(name, "a number", *v);
+    const double x = v->get<double>();
+    if (!std::isfinite(x) || (lo_open ? x <= lo : x < lo) || x > hi)
+      throw invalid(name, "'" + name + "' must be in " + (lo_open ? "(" : "[") + num(lo) + ", " + num(hi) +
+                              "], got " + num(x));
+    return x;
+  }
+
+  // An integer in [lo, hi]; 3.0 counts as an integer, 3.5 does not.
+  std::optional<int64_t> integer(const std::string& name, int64_t lo, int64_t hi) {
+    const json* v = get(name);
+    if (!v) return std::nullopt;
+    int64_t x = 0;
+    if (v->is_number_unsigned()) {
+      const uint64_t u = v->get<uint64_t>();
+      x = u > uint64_t(INT64_MAX) ? INT64_MAX : int64_t(u);
+    } else if (v->is_number_integer()) {
+      x = v->get<int64_t>();
+    } else if (v->is_number_float() && std::floor(v->get<double>()) == v->get<double>() &&
+               std::fabs(v->get<double>()) < 9e18) {
+      x = int64_t(v->get<double>());
+    } else {
+      throw wrong_type(name, "an integer", *v);
+    }
+    if (x < lo || x > hi)
+      throw invalid(name, "'" + name + "' must be in [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                              "], got " + std::to_string(x));
+    return x;
+  }
+
+  // Fields accepted for compatibility and ignored (user, metadata, ...).
+  void ignore(std::initializer_list<const char*> names) {
+    for (const char* n : names) known_.insert(n);
+  }
+
+  // Options finmoe does not implement: accepted only as null / empty / off.
+  void unsupported_unless_empty(const std::string& name) {
+    const json* v = get(name);
+    if (v && !v->empty()) throw invalid(name, "'" + name + "' is not supported by this server", "unsupported_parameter");
+  }
+
+  void reject_unknown() const {
+    for (auto it = j_.begin(); it != j_.end(); ++it)
+      if (!known_.count(it.key()))
+        throw invalid(it.key(), "Unrecognized request argument supplied: " + it.key(), "unrecognized_argument");
+  }
+
+ private:
+  const json& j_;
+  std::set<std::string> known_;
+};
+
+json parse_body(std::string_view body) {
+  json j;
+  try {
+    j = json::parse(body);
+  } catch (const json::parse_error& e) {
+    throw ApiError(400,
+                   "We could not parse the JSON body of your request: " + std::string(e.what()) +
+                       ". The body must be one JSON object.",
+                   "", "invalid_json");
+  }
+  if (!j.is_object())
+    throw ApiError(400, "The request body must be a JSON object, got " + type_name(j), "", "invalid_json");
+  return j;
+}
+
+std::vector<std::string> parse_stop(Fields& f) {
+  const json* v = f.get("stop");
+  if (!v) return {};
+  std::vector<std::string> out;
+  if (v->is_string()) {
+    out.push_back(v->get<std::string>());
+  } else if (v->is_array()) {
+    for (size_t i = 0; i < v->size(); ++i) {
+      if (!(*v)[i].is_string()) throw wrong_type("stop[" + std::to_string(i) + "]", "a string", (*v)[i]);
+      out.push_back((*v)[i].get<std::string>());
+    }
+  } else {
+    throw wrong_type("stop", "a string or an array of strings", *v);
+  }
+  for (const auto& s : out)
+    if (s.empty()) throw invalid("stop", "'stop' strings must not be empty");
+  return out;
+}
+
+// The fields both endpoints share, into `p` and `r`. `lp_top` is the number
+// of top logprobs asked (or -1), set by the caller.
+RequestParams parse_common(Fields& f, ApiRequest& r, const ApiContext& ctx) {
+  if (auto m = f.string("model"); m && *m != ctx.model_name)
+    throw ApiError(400, "The model `" + *m + "` does not exist. This server serves `" + ctx.model_name + "`.",
+                   "model", "model_not_found");
+  r.stream = f.boolean("stream").value_or(false);
+  if (const json* so = f.get("stream_options")) {
+    if (!so->is_object()) throw wrong_type("stream_options", "an object", *so);
+    if (!r.stream) throw invalid("stream_options", "'stream_options' is only allowed when 'stream' is true");
+    for (auto it = so->begin(); it != so->end(); ++it) {
+      if (it.key() == "include_usage") {
+        if (it->is_null()) continue;
+        if (!it->is_boolean()) throw wrong_type("stream_options.include_usage", "a boolean", *it);
+        r.include_usage = it->get<bool>();
+      } else {
+        throw invalid("stream_options." + it.key(), "Unrecognized stream option: " + it.key(),
+                      "unrecognized_argument");
+      }
+    }
+  }
+  r.n = f.integer("n", 1, 128).value_or(1);
+
+  RequestParams p;
+  p.sampling = ctx.default_sampling;
+  if (auto v = f.number("temperature", 0, 2)) p.sampling.temperature = *v;
+  if (auto v = f.number("top_p", 0, 1, /*lo_open=*/true)) p.sampling.top_p = *v;
+  if (auto v = f.integer("top_k", -1, INT32_MAX)) p.sampling.top_k = *v <= 0 ? 0 : *v;  // -1 / 0 = off (vLLM)
+  if (auto v = f.number("min_p", 0, 1)) p.sampling.min_p = *v;
+  if (auto v = f.number("repetition_penalty", 0, 1e6, /*lo_open=*/true)) p.sampling.repetition_penalty = *v;
+  if (auto v = f.number("presence_penalty", -2, 2)) p.presence_penalty = *v;
+  if (auto v = f.number("frequency_penalty", -2, 2)) p.frequency_penalty = *v;
+  if (auto v = f.integer("seed", INT64_MIN, INT64_MAX)) {
+    p.sampling.seed = uint64_t(*v);
+    p.seed_given = true;
+  }
+  p.stop_strings = parse_stop(f);
+  p.include_stop_str_in_output = f.boolean("include_stop_str_in_output").value_or(false);
+  if (!f.boolean("ignore_eos").value_or(false)) p.stop_token_ids = ctx.eos_token_ids;
+  f.unsupported_unless_empty("logit_bias");
+  f.ignore({"user", "metadata", "store", "service_tier"});
+  return p;
+}
+
+void check_token_ids(const std::vector<int32_t>& ids, const ApiContext& ctx, const std::string& param) {
+  for (int32_t id : ids)
+    if (id < 0 || id >= ctx.vocab_size)
+      throw invalid(param, "'" + param + "' holds token id " + std::to_string(id) + ", outside the vocabulary [0, " +
+                               std::to_string(ctx.vocab_size) + ")");
+}
+
+// Prompt length against the context, and max_tokens for this prompt.
+RequestParams fit_prompt(const RequestParams& base, const std::vector<int32_t>& prompt,
+                         std::optional<int64_t> max_tokens, int64_t default_max_tokens,
+                         const ApiContext& ctx, const std::string& prompt_param) {
+  const auto P = int64_t(prompt.size());
+  const int64_t L = ctx.max_model_len;
+  const std::string what = prompt_param == "messages" ? "messages" : "prompt";
+  if (P == 0) throw invalid(prompt_param, "'" + prompt_param + "' must not be empty");
+  if (P >= L)
+    throw invalid(prompt_param,
+                  "This model's maximum context length is " + std::to_string(L) + " tokens. However, your " + what +
+                      " resulted in " + std::to_string(P) + " tokens, which leaves no room for a completion. "
+                      "Please reduce the length of the " + what + ".",
+                  "context_length_exceeded");
+  RequestParams p = base;
+  if (max_tokens) {
+    if (P + *max_tokens > L)
+      throw invalid(prompt_param,
+                    "This model's maximum context length is " + std::to_string(L) + " tokens. However, you requested " +
+                        std::to_string(P + *max_tokens) + " tokens (" + std::to_string(P) + " in the " + what + ", " +
+                        std::to_string(*max_tokens) + " in the completion). Please reduce the length of the " + what +
+                        " or completion.",
+                    "context_length_exceeded");
+    p.max_tokens = *max_tokens;
+  } else {
+    p.max_tokens = std::min(default_max_tokens, L - P);
+  }
+  return p;
+}
+
+std::string message_content(const json& m, size_t i) {
+  const std::string where = "messages[" + std::to_string(i) + "].content";
+  auto it = m.find("content");
+  if (it == m.end() || it->is_null()) return "";
+  if (it->is_string()) return it->get<std::string>();
+  if (!it->is_array()) throw wrong_type(where, "a string or an array of content parts", *it);
+  // text parts joined by newlines (as vLLM)
+  std::string out;
+  for (size_t k = 0; k < it->size(); ++k) {
+    const json& part = (*it)[k];
+    const std::string pw = where + "[" + std::to_string(k) + "]";
+    if (!part.is_object()) throw wrong_type(pw, "an object", part);
+    auto type = part.find("type");
+    if (type == part.end() || !type->is_string()) throw invalid(pw + ".type", "'" + pw + ".type' must be a string");
+    if (*type != "text")
+      throw invalid(pw + ".type", "content parts of type '" + type->get<std::string>() +
+                                      "' are not supported (text only)", "unsupported_parameter");
+    auto text = part.find("text");
+    if (text == part.end() || !text->is_string()) throw invalid(pw + ".text", "'" + pw + ".text' must be a string");
+    if (k) out += "\n";
+    out += text->get<std::string>();
+  }
+  return out;
+}
+
+std::vector<ChatMessage> parse_messages(Fields& f) {
+  const json* v = f.get("messages");
+  if (!v) throw invalid("messages", "'messages' is required", "missing_required_parameter");
+  if (!v->is_array()) throw wrong_type("messages", "an array", *v);
+  if (v->empty()) throw invalid("messages", "'messages' must hold at least one message");
+  std::vector<ChatMessage> out;
+  for (size_t i = 0; i < v->size(); ++i) {
+    const json& m = (*v)[i];
+    const std::string where = "messages[" + std::to_string(i) + "]";
+    if (!m.is_object()) throw wrong_type(where, "an object", m);
+    auto role = m.find("role");
+    if (role == m.end() || !role->is_string())
+      throw invalid(where + ".role", "'" + where + ".role' must be a string");
+    std::string r = role->get<std::string>();
+    if (r == "developer") r = "system";  // OpenAI's newer name for the system role
+    if (r != "system" && r != "user" && r != "assistant")
+      throw invalid(where + ".role", "'" + where + ".role' must be one of system, developer, user, assistant; got '" +
+                                         role->get<std::string>() + "'");
+    for (auto it = m.begin(); it != m.end(); ++it) {
+      const std::string& k = it.key();
+      if (k == "role" || k == "content" || k == "name") continue;
+      if ((k == "tool_calls" || k == "function_call" || k == "refusal") && (it->is_null() || it->empty())) continue;
+      throw invalid(where + "." + k, "'" + where + "." + k + "' is not supported by this server", "unsupported_parameter");
+    }
+    out.push_back({r, message_content(m, i)});
+  }
+  return out;
+}
+
+// Token ids of a JSON array of integers, or nullopt if it is not one.
+std::optional<std::vector<int32_t>> as_ids(const json& v) {
+  if (!v.is_array() || v.empty()) return std::nullopt;
+  std::vector<int32_t> ids;
+  for (const auto& e : v) {
+    if (!e.is_number_integer() && !e.is_number_unsigned()) return std::nullopt;
+    const int64_t x = e.is_number_unsigned() ? int64_t(std::min<uint64_t>(e.get<uint64_t>(), INT32_MAX)) : e.get<int64_t>();
+    ids.push_back(int32_t(std::clamp<int64_t>(x, INT32_MIN, INT32_MAX)));
+  }
+  return ids;
+}
+
+// prompt: a string, a list of strings, a list of token ids, or a list of such lists.
+std::vector<std::vector<int32_t>> parse_prompt(Fields& f, const ApiContext& ctx) {
+  const json* v = f.get("prompt");
+  if (!v) throw invalid("prompt", "'prompt' is required", "missing_required_parameter");
+  auto encode = [&](const std::string& s) { return ctx.tokenizer->encode(s, /*add_special_tokens=*/true); };
+  const std::string expected = "a string, an array of strings, an array of token ids or an array of such arrays";
+  std::vector<std::vector<int32_t>> out;
+  if (v->is_string()) {
+    out.push_back(encode(v->get<std::string>()));
+  } else if (auto ids = as_ids(*v)) {
+    check_token_ids(*ids, ctx, "prompt");
+    out.push_back(*ids);
+  } else if (v->is_array() && !v->empty()) {
+    for (size_t i = 0; i < v->size(); ++i) {
+      const json& e = (*v)[i];
+      const std::string where = "prompt[" + std::to_string(i) + "]";
+      if (e.is_string()) {
+        out.push_back(encode(e.get<std::string>()));
+      } else if (auto sub = as_ids(e)) {
+        check_token_ids(*sub, ctx, where);
+        out.push_back(*sub);
+      } else {
+        throw wrong_type(where, "a string or an array of token ids", e);
+      }
+    }
+  } else if (v->is_array()) {
+    throw invalid("prompt", "'prompt' must not be empty");
+  } else {
+    throw wrong_type("prompt", expected, *v);
+  }
+  return out;
+}
+
+}  // namespace
+
+// ---- errors --------------------------------------------------------------
+
+ApiError::ApiError(int status, std::string message, std::string param, std::string code, std::string type)
+    : Error(std::move(message)),
+      status_(status),
+      param_(std::move(param)),
+      code_(std::move(code)),
+      type_(type.empty() ? default_type(status) : std::move(type)) {}
+
+json ApiError::body() const { return error_body(status_, what(), param_, code_, type_); }
+
+json error_body(int status, const std::string& message, const std::string& param, const std::string& code,
+                const std::string& type) {
+  return {{"error",
+           {{"message", message},
+            {"type", type.empty() ? default_type(status) : type},
+            {"param", null_or(param)},
+            {"code", null_or(code)}}}};
+}
+
+// ---- parsing -------------------------------------------------------------
+
+RequestParams ApiRequest::choice_params(int64_t c) const {
+  RequestParams p = params.at(size_t(c / n));
+  if (p.seed_given) p.sampling.seed += uint64_t(c % n);
+  return p;
+}
+
+ApiRequest parse_completion_request(std::string_view body, const ApiContext& ctx) {
+  const json j = parse_body(body);
+  Fields f(j);
+  ApiRequest r;
+  r.endpoint = Endpoint::Completions;
+  RequestParams base = parse_common(f, r, ctx);
+  if (const json* lp = f.get("logprobs")) {
+    // the legacy API: an integer count (a boolean is the chat API's form)
+    if (lp->is_boolean()) throw wrong_type("logprobs", "an integer (top logprobs per token)", *lp);
+    base.logprobs = int32_t(*f.integer("logprobs", 0, ctx.max_logprobs));
+    r.logprobs = true;
+  }
+  if (f.boolean("echo").value_or(false)) throw invalid("echo", "'echo' is not supported by this server", "unsupported_parameter");
+  if (auto s = f.string("suffix"); s && !s->empty())
+    throw invalid("suffix", "'suffix' is not supported by this server", "unsupported_parameter");
+  if (auto b = f.integer("best_of", 1, 128); b && *b != r.n)
+    throw invalid("best_of", "'best_of' other than n is not supported by this server", "unsupported_parameter");
+  const auto max_tokens = f.integer("max_tokens", 1, INT32_MAX);
+  r.prompts = parse_prompt(f, ctx);
+  f.reject_unknown();
+  for (size_t i = 0; i < r.prompts.size(); ++i)
+    r.params.push_back(fit_prompt(base, r.prompts[i], max_tokens, /*OpenAI's default*/ 16, ctx,
+                                  r.prompts.size() == 1 ? "prompt" : "prompt[" + std::to_string(i) + "]"));
+  return r;
+}
+
+ApiRequest parse_chat_request(std::string_view body, const ApiContext& ctx) {
+  const json j = parse_body(body);
+  Fields f(j);
+  ApiRequest r;
+  r.endpoint = Endpoint::Chat;
+  RequestParams base = parse_common(f, r, ctx);
+  r.logprobs = f.boolean("logprobs").value_or(false);
+  const auto top = f.integer("top_logprobs", 0, ctx.max_logprobs);
+  if (top && !r.logprobs) throw invalid("top_logprobs", "'top_logprobs' requires 'logprobs' to be true");
+  if (r.logprobs) base.logprobs = int32_t(top.value_or(0));
+  auto max_tokens = f.integer("max_completion_tokens", 1, INT32_MAX);
+  if (auto legacy = f.integer("max_tokens", 1, INT32_MAX); !max_tokens) max_tokens = legacy;
+  for (const char* name : {"tools", "functions"}) f.unsupported_unless_empty(name);
+  for (const char* name : {"tool_choice", "function_call"})
+    if (auto s = f.get(name); s && !(s->is_string() && *s == "none"))
+      throw invalid(name, std::string("'") + name + "' is not supported by this server", "unsupported_parameter");
+  if (const json* rf = f.get("response_format")) {
+    if (!rf->is_object() || rf->value("type", "") != "text")
+      throw invalid("response_format", "'response_format' other than {\"type\": \"text\"} is not supported by this server",
+                    "unsupported_parameter");
+  }
+  f.ignore({"parallel_tool_calls"});
+  const auto messages = parse_messages(f);
+  f.reject_unknown();
+  std::string text;
+  try {
+    text = render_chat(*ctx.tokenizer, messages, /*add_generation_prompt=*/true, ctx.chat_template);
+  } catch (const Error& e) {
+    throw invalid("messages", std::string("cannot apply the chat template: ") + e.what());
+  }
+  r.prompts.push_back(ctx.tokenizer->encode(text, /*add_special_tokens=*/false));
+  r.params.push_back(fit_prompt(base, r.prompts[0], max_tokens, ctx.max_model_len, ctx, "messages"));
+  return r;
+}
+
+// ---- framing -------------------------------------------------------------
+
+std::string dump_json(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+std::string sse_event(const json& j) { return "data: " + dump_json(j) + "\n\n"; }
+
+std::string sse_done() { return "data: [DONE]\n\n"; }
+
+std::string make_response_id(Endpoint endpoint) {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  static const char* hex = "0123456789abcdef";
+  std::string id = endpoint == Endpoint::Chat ? "chatcmpl-" : "cmpl-";
+  for (int i = 0; i < 24; ++i) id += hex[rng() & 15];
+  return id;
+}
+
+// ---- responses -----------------------------------------------------------
+
+namespace {
+
+// Characters (code points) in UTF-8 text, as Python's len() counts them.
+int64_t code_points(const std::string& s) {
+  int64_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
+json bytes_of(const std::string& s) {
+  json b = json::array();
+  for (unsigned char c : s) b.push_back(int(c));
+  return b;
+}
+
+// JSON has no -inf: a token the model rules out reports -9999 (as vLLM).
+double finite_logprob(float lp) { return std::isfinite(lp) ? double(lp) : -9999.0; }
+
+}  // namespace
+
+ResponseBuilder::ResponseBuilder(const ApiRequest& request, const ApiContext& ctx, std::string id, int64_t created)
+    : request_(request), ctx_(ctx), id_(std::move(id)), created_(created), choices_(size_t(request.num_choices())) {}
+
+json ResponseBuilder::chunk(json choices) const {
+  json c = {{"id", id_},
+            {"object", request_.endpoint == Endpoint::Chat ? "chat.completion.chunk" : "text_completion"},
+            {"created", created_},
+            {"model", ctx_.model_name},
+            {"choices", std::move(choices)}};
+  if (request_.include_usage) c["usage"] = nullptr;
+  return c;
+}
+
+std::string ResponseBuilder::stream_start() const {
+  if (request_.endpoint != Endpoint::Chat) return "";
+  std::string out;
+  for (int64_t c = 0; c < request_.num_choices(); ++c)
+    out += sse_event(chunk(json::array({{{"index", c},
+                                         {"delta", {{"role", "assistant"}, {"content", ""}}},
+                                         {"logprobs", nullptr},
+                                         {"finish_reason", nullptr}}})));
+  return out;
+}
+
+json ResponseBuilder::logprobs_delta(Choice& ch, const std::vector<TokenLogprob>& lps) {
+  const Tokenizer& tok = *ctx_.tokenizer;
+  auto piece = [&](int32_t id) { return tok.decode(std::span<const int32_t>(&id, 1)); };
+  if (request_.endpoint == Endpoint::Chat) {
+    json content = json::array();
+    for (const auto& lp : lps) {
+      const std::string s = piece(lp.token);
+      json top = json::array();
+      for (const auto& [id, l] : lp.top) {
+        const std::string ts = piece(id);
+        top.push_back({{"token", ts}, {"logprob", finite_logprob(l)}, {"bytes", bytes_of(ts)}});
+      }
+      json e = {{"token", s}, {"logprob", finite_logprob(lp.logprob)}, {"bytes", bytes_of(s)}, {"top_logprobs", top}};
+      content.push_back(e);
+      ch.logprobs_content.push_back(e);
+    }
+    return {{"content", content}, {"refusal", nullptr}};
+  }
+  json d = {{"tokens", json::array()}, {"token_logprobs", json::array()}, {"top_logprobs", json::array()},
+            {"text_offset", json::array()}};
+  for (const auto& lp : lps) {
+    const std::string s = piece(lp.token);
+    // the legacy format always includes the sampled token among the top ones
+    json top = json::object();
+    for (const auto& [id, l] : lp.top) top[piece(id)] = finite_logprob(l);
+    if (!top.contains(s)) top[s] = finite_logprob(lp.logprob);
+    d["tokens"].push_back(s);
+    d["token_logprobs"].push_back(finite_logprob(lp.logprob));
+    d["top_logprobs"].push_back(top);
+    d["text_offset"].push_back(ch.text_offset);
+    ch.text_offset += code_points(s);
+  }
+  ch.legacy_tokens.insert(ch.legacy_tokens.end(), d["tokens"].begin(), d["tokens"].end());
+  ch.legacy_token_logprobs.insert(ch.legacy_token_logprobs.end(), d["token_logprobs"].begin(),
+                                  d["token_logprobs"].end());
+  ch.legacy_top_logprobs.insert(ch.legacy_top_logprobs.end(), d["top_logprobs"].begin(), d["top_logprobs"].end());
+  ch.legacy_text_offset.insert(ch.legacy_text_offset.end(), d["text_offset"].begin(), d["text_offset"].end());
+  return d;
+}
+
+std::string ResponseBuilder::add(int64_t choice, const RequestOutput& out) {
+  Choice& ch = choices_.at(size_t(choice));
+  ch.text += out.text;
+  ch.completion_tokens = out.completion_tokens;
+  ch.prompt_tokens = out.prompt_tokens;
+  if (out.finished) {
+    ch.finished = true;
+    ch.finish_reason = out.finish_reason;
+  }
+  json lp_delta = nullptr;
+  if (request_.logprobs) {
+    // A final stop token (eos) is not part of the text: OpenAI does not list it.
+    std::vector<TokenLogprob> lps = out.logprobs;
+    const auto& stops = request_.params.at(size_t(choice / request_.n)).stop_token_ids;
+    if (out.finished && out.finish_reason == "stop" && !lps.empty() && !out.token_ids.empty() &&
+        lps.size() == out.token_ids.size() &&
+        std::find(stops.begin(), stops.end(), out.token_ids.back()) != stops.end())
+      lps.pop_back();
+    if (!lps.empty()) lp_delta = logprobs_delta(ch, lps);
+  }
+  if (!request_.stream) return "";
+  if (out.text.empty() && lp_delta.is_null() && !out.finished) return "";
+  json finish = out.finished ? json(out.finish_reason) : json(nullptr);
+  json c;
+  if (request_.endpoint == Endpoint::Chat) {
+    json delta = json::object();
+    if (!out.text.empty()) delta["content"] = out.text;
+    c = {{"index", choice}, {"delta", delta}, {"logprobs", lp_delta}, {"finish_reason", finish}};
+  } else {
+    c = {{"index", choice}, {"text", out.text}, {"logprobs", lp_delta}, {"finish_reason", finish}};
+  }
+  std::string sse = sse_event(chunk(json::array({c})));
+  // the engine gave up on this choice (a failed step): say so in the stream, as vLLM does
+  if (out.finished && out.finish_reason == "abort" && !out.error.empty())
+    sse += sse_event(error_body(500, "The engine aborted this request: " + out.error, "", "engine_error"));
+  return sse;
+}
+
+bool ResponseBuilder::all_finished() const {
+  return std::all_of(choices_.begin(), choices_.end(), [](const Choice& c) { return c.finished; });
+}
+
+json ResponseBuilder::usage() const {
+  int64_t prompt = 0, completion = 0;
+  for (const auto& p : request_.prompts) prompt += int64_t(p.size());
+  for (const auto& c : choices_) completion += c.completion_tokens;
+  return {{"prompt_tokens", prompt}, {"completion_tokens", completion}, {"total_tokens", prompt + completion}};
+}
+
+std::string ResponseBuilder::stream_end() const {
+  std::string out;
+  if (request_.include_usage) {
+    json c = chunk(json::array());
+    c["usage"] = usage();
+    out += sse_event(c);
+  }
+  return out + sse_done();
+}
+
+json ResponseBuilder::response() const {
+  json choices = json::array();
+  for (size_t i = 0; i < choices_.size(); ++i) {
+    const Choice& ch = choices_[i];
+    json finish = ch.finished ? json(ch.finish_reason) : json(nullptr);
+    if (request_.endpoint == Endpoint::Chat) {
+      json lp = request_.logprobs ? json{{"content", ch.logprobs_content}, {"refusal", nullptr}} : json(nullptr);
+      choices.push_back({{"index", i},
+                         {"message", {{"role", "assistant"}, {"content", ch.text}, {"refusal", nullptr}}},
+                         {"logprobs", lp},
+                         {"finish_reason", finish}});
+    } else {
+      json lp = request_.logprobs ? json{{"tokens", ch.legacy_tokens},
+                                         {"token_logprobs", ch.legacy_token_logprobs},
+                                         {"top_logprobs", ch.legacy_top_logprobs},
+                                         {"text_offset", ch.legacy_text_offset}}
+                                  : json(nullptr);
+      choices.push_back({{"index", i}, {"text", ch.text}, {"logprobs", lp}, {"finish_reason", finish}});
+    }
+  }
+  return {{"id", id_},
+          {"object", request_.endpoint == Endpoint::Chat ? "chat.completion" : "text_completion"},
+          {"created", created_},
+          {"model", ctx_.model_name},
+          {"choices", choices},
+          {"usage", usage()}};
+}
+
+}  // namespace finmoe::serve

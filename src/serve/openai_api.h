@@ -1,0 +1,137 @@
+#pragma once
+// The OpenAI HTTP API without HTTP: request bodies of /v1/completions and
+// /v1/chat/completions parsed and validated into engine requests, and the
+// JSON / server-sent-event bodies built from engine outputs. The HTTP server
+// (http_server.cpp) only moves these strings over sockets, so everything the
+// API promises is tested here without a socket or an engine.
+//
+// Thread safety: parse_* are pure functions; a ResponseBuilder belongs to one
+// HTTP request and is used from one thread at a time.
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "finmoe/engine.h"
+#include "finmoe/error.h"
+#include "finmoe/tokenizer.h"
+
+namespace finmoe::serve {
+
+using nlohmann::json;
+
+// A request the server rejects, as OpenAI reports it: the HTTP status and the
+// body {"error": {"message", "type", "param", "code"}}. `param` names the
+// offending request field ("" = null).
+class ApiError : public Error {
+ public:
+  ApiError(int status, std::string message, std::string param = "", std::string code = "",
+           std::string type = "");
+  int status() const { return status_; }
+  const std::string& param() const { return param_; }
+  const std::string& code() const { return code_; }
+  const std::string& type() const { return type_; }
+  json body() const;
+
+ private:
+  int status_;
+  std::string param_, code_, type_;
+};
+
+// The OpenAI error body for any status; type defaults by status
+// (400/404/413 invalid_request_error, 401 authentication_error... as OpenAI).
+json error_body(int status, const std::string& message, const std::string& param = "",
+                const std::string& code = "", const std::string& type = "");
+
+// What the parser needs to know about the served model.
+struct ApiContext {
+  std::string model_name;                         // the id clients must send as "model"
+  const Tokenizer* tokenizer = nullptr;           // renders chat, encodes text (required)
+  std::optional<ChatTemplateKind> chat_template;  // overrides detection
+  std::vector<int32_t> eos_token_ids;             // stop tokens unless "ignore_eos"
+  int64_t max_model_len = 0;                      // prompt + completion tokens at most
+  int64_t vocab_size = 0;                         // token-id prompts must be below it
+  int32_t max_logprobs = 20;                      // top logprobs per token at most
+  SamplingParams default_sampling;                // for fields a request leaves out (generation_config)
+};
+
+enum class Endpoint { Completions, Chat };
+
+// A validated request: one engine request per (prompt, choice).
+struct ApiRequest {
+  Endpoint endpoint = Endpoint::Completions;
+  std::vector<std::vector<int32_t>> prompts;  // completions may batch prompts; chat has one
+  int64_t n = 1;                              // choices per prompt
+  bool stream = false;
+  bool include_usage = false;  // stream_options.include_usage
+  bool logprobs = false;       // return logprobs (params.logprobs = top-N count)
+  // Per-prompt engine parameters, complete (stop tokens, max_tokens for that
+  // prompt's length). Choice j of a seeded request uses seed + j, so n
+  // choices differ and each is reproducible.
+  std::vector<RequestParams> params;
+
+  int64_t num_choices() const { return int64_t(prompts.size()) * n; }
+  // Parameters of choice c (index = prompt * n + j).
+  RequestParams choice_params(int64_t c) const;
+};
+
+// Parse and validate a request body. Throws ApiError (400) naming the field
+// for invalid JSON, a wrong type, an out-of-range value, an unsupported
+// option, an unknown model or a prompt that does not fit max_model_len.
+ApiRequest parse_completion_request(std::string_view body, const ApiContext& ctx);
+ApiRequest parse_chat_request(std::string_view body, const ApiContext& ctx);
+
+// "data: <json>\n\n" and the closing "data: [DONE]\n\n" of a server-sent-event stream.
+std::string sse_event(const json& j);
+std::string sse_done();
+// JSON text for a body: compact, invalid UTF-8 replaced (never throws).
+std::string dump_json(const json& j);
+
+// The id strings of responses: "cmpl-<24 hex>" / "chatcmpl-<24 hex>".
+std::string make_response_id(Endpoint endpoint);
+
+// Builds the responses of one request from the engine's events, streaming
+// or not. Feed every RequestOutput of choice c to add(); the events of one
+// choice in order, choices in any interleaving.
+class ResponseBuilder {
+ public:
+  ResponseBuilder(const ApiRequest& request, const ApiContext& ctx, std::string id, int64_t created);
+
+  // Streaming: the first bytes (chat: the assistant role chunk of each choice).
+  std::string stream_start() const;
+  // Records the event; when streaming returns the SSE chunk to send for it
+  // ("" when it carries nothing a client sees).
+  std::string add(int64_t choice, const RequestOutput& out);
+  // Streaming: the usage chunk (when asked for) and [DONE].
+  std::string stream_end() const;
+  // Non-streaming: the whole response body once every choice finished.
+  json response() const;
+
+  bool all_finished() const;
+  json usage() const;
+
+ private:
+  struct Choice {
+    std::string text;
+    std::string finish_reason;
+    bool finished = false;
+    int64_t prompt_tokens = 0, completion_tokens = 0;
+    json logprobs_content = json::array();  // chat: [{token, logprob, bytes, top_logprobs}]
+    json legacy_tokens = json::array(), legacy_token_logprobs = json::array(),
+         legacy_top_logprobs = json::array(), legacy_text_offset = json::array();
+    int64_t text_offset = 0;  // characters so far, for text_offset
+  };
+  json chunk(json choices) const;
+  json logprobs_delta(Choice& c, const std::vector<TokenLogprob>& lps);
+
+  const ApiRequest& request_;
+  const ApiContext& ctx_;
+  std::string id_;
+  int64_t created_;
+  std::vector<Choice> choices_;
+};
+
+}  // namespace finmoe::serve

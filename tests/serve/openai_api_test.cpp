@@ -1,0 +1,571 @@
+// The OpenAI API layer without sockets or an engine: request validation
+// (each field, errors naming the param), prompts (chat ids against Hugging
+// Face's golden renderings), response and SSE shaping, metrics text format.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "../expect_error.h"
+#include "serve/metrics.h"
+#include "serve/openai_api.h"
+
+namespace finmoe::serve {
+namespace {
+
+const Tokenizer& qwen3() {
+  static Tokenizer t = Tokenizer::from_dir(std::string(FINMOE_TEST_DATA_DIR) + "/tokenizer/qwen3");
+  return t;
+}
+
+ApiContext context() {
+  ApiContext c;
+  c.model_name = "tiny";
+  c.tokenizer = &qwen3();
+  c.eos_token_ids = {151645, 151643};
+  c.max_model_len = 64;
+  c.vocab_size = qwen3().vocab_size();
+  return c;
+}
+
+
+// The ApiError a body raises, or a status of 0 when it parses.
+struct Rejection {
+  int status = 0;
+  std::string param, code, message;
+};
+Rejection reject(Endpoint e, const std::string& body) {
+  const ApiContext ctx = context();
+  try {
+    if (e == Endpoint::Chat) parse_chat_request(body, ctx);
+    else parse_completion_request(body, ctx);
+  } catch (const ApiError& err) {
+    return {err.status(), err.param(), err.code(), err.what()};
+  }
+  return {};
+}
+
+const char* kChat = R"("messages": [{"role": "user", "content": "hi"}])";
+
+std::string chat_with(const std::string& field) { return std::string("{") + kChat + ", " + field + "}"; }
+std::string completion_with(const std::string& field) { return R"({"prompt": "hi", )" + field + "}"; }
+
+// ---- request validation ----------------------------------------------------
+
+TEST(OpenAiRequest, EachBadFieldIsA400NamingTheParam) {
+  struct Case {
+    std::string field, param;
+  };
+  const std::vector<Case> both = {
+      {R"("temperature": -0.1)", "temperature"},     {R"("temperature": 2.5)", "temperature"},
+      {R"("temperature": "hot")", "temperature"},    {R"("top_p": 0)", "top_p"},
+      {R"("top_p": 1.01)", "top_p"},                 {R"("top_k": -2)", "top_k"},
+      {R"("top_k": 1.5)", "top_k"},                  {R"("min_p": 1.5)", "min_p"},
+      {R"("n": 0)", "n"},                            {R"("n": "2")", "n"},
+      {R"("max_tokens": 0)", "max_tokens"},          {R"("max_tokens": true)", "max_tokens"},
+      {R"("presence_penalty": 2.5)", "presence_penalty"},
+      {R"("frequency_penalty": -3)", "frequency_penalty"},
+      {R"("repetition_penalty": 0)", "repetition_penalty"},
+      {R"("seed": "x")", "seed"},                    {R"("stop": 3)", "stop"},
+      {R"("stop": ["a", 1])", "stop[1]"},            {R"("stop": "")", "stop"},
+      {R"("stream": "yes")", "stream"},              {R"("stream_options": {"include_usage": true})", "stream_options"},
+      {R"("stream": true, "stream_options": {"include_usage": 1})", "stream_options.include_usage"},
+      {R"("stream": true, "stream_options": {"foo": 1})", "stream_options.foo"},
+      {R"("model": "gpt-4")", "model"},              {R"("model": 7)", "model"},
+      {R"("logit_bias": {"1": 5})", "logit_bias"},   {R"("max_token": 5)", "max_token"},
+      {R"("ignore_eos": 1)", "ignore_eos"},
+  };
+  for (const auto& c : both) {
+    for (Endpoint e : {Endpoint::Chat, Endpoint::Completions}) {
+      const std::string body = e == Endpoint::Chat ? chat_with(c.field) : completion_with(c.field);
+      const Rejection r = reject(e, body);
+      EXPECT_EQ(r.status, 400) << body;
+      EXPECT_EQ(r.param, c.param) << body << " -> " << r.message;
+    }
+  }
+  const std::vector<Case> chat = {
+      {R"("logprobs": 3)", "logprobs"},
+      {R"("logprobs": true, "top_logprobs": 21)", "top_logprobs"},
+      {R"("top_logprobs": 2)", "top_logprobs"},  // without logprobs: true
+      {R"("max_completion_tokens": -1)", "max_completion_tokens"},
+      {R"("tools": [{"type": "function"}])", "tools"},
+      {R"("response_format": {"type": "json_object"})", "response_format"},
+  };
+  for (const auto& c : chat) {
+    const Rejection r = reject(Endpoint::Chat, chat_with(c.field));
+    EXPECT_EQ(r.status, 400) << c.field;
+    EXPECT_EQ(r.param, c.param) << c.field << " -> " << r.message;
+  }
+  const std::vector<Case> completion = {
+      {R"("logprobs": 21)", "logprobs"}, {R"("logprobs": true)", "logprobs"}, {R"("echo": true)", "echo"},
+      {R"("best_of": 3)", "best_of"},    {R"("suffix": "x")", "suffix"},
+  };
+  for (const auto& c : completion) {
+    const Rejection r = reject(Endpoint::Completions, completion_with(c.field));
+    EXPECT_EQ(r.status, 400) << c.field;
+    EXPECT_EQ(r.param, c.param) << c.field << " -> " << r.message;
+  }
+}
+
+TEST(OpenAiRequest, MessagesAndPromptsAreChecked) {
+  struct Case {
+    Endpoint e;
+    std::string body, param;
+  };
+  const std::vector<Case> cases = {
+      {Endpoint::Chat, R"({})", "messages"},
+      {Endpoint::Chat, R"({"messages": []})", "messages"},
+      {Endpoint::Chat, R"({"messages": "hi"})", "messages"},
+      {Endpoint::Chat, R"({"messages": [{"content": "hi"}]})", "messages[0].role"},
+      {Endpoint::Chat, R"({"messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]})",
+       "messages[1].role"},
+      {Endpoint::Chat, R"({"messages": [{"role": "user", "content": 5}]})", "messages[0].content"},
+      {Endpoint::Chat, R"({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})",
+       "messages[0].content[0].type"},
+      {Endpoint::Chat, R"({"messages": [{"role": "user", "content": "a", "audio": {}}]})", "messages[0].audio"},
+      {Endpoint::Completions, R"({})", "prompt"},
+      {Endpoint::Completions, R"({"prompt": 5})", "prompt"},
+      {Endpoint::Completions, R"({"prompt": []})", "prompt"},
+      {Endpoint::Completions, R"({"prompt": [1, -1]})", "prompt"},
+      {Endpoint::Completions, R"({"prompt": [1, 999999999]})", "prompt"},
+      {Endpoint::Completions, R"({"prompt": ["a", {"x": 1}]})", "prompt[1]"},
+      {Endpoint::Completions, R"({"prompt": [[1, 2], [3, -4]]})", "prompt[1]"},
+      {Endpoint::Completions, R"({"prompt": ""})", "prompt"},
+  };
+  for (const auto& c : cases) {
+    const Rejection r = reject(c.e, c.body);
+    EXPECT_EQ(r.status, 400) << c.body;
+    EXPECT_EQ(r.param, c.param) << c.body << " -> " << r.message;
+  }
+}
+
+TEST(OpenAiRequest, InvalidJsonAndNonObjectBodies) {
+  for (const std::string body : {"{", "not json", "[1, 2]", "\"text\"", ""}) {
+    const Rejection r = reject(Endpoint::Chat, body);
+    EXPECT_EQ(r.status, 400) << body;
+    EXPECT_EQ(r.code, "invalid_json") << body;
+  }
+}
+
+TEST(OpenAiRequest, PromptLongerThanTheContextIsRejected) {
+  // max_model_len 64: 70 token ids leave no room; 60 + max_tokens 10 exceed it
+  std::string ids70 = "[", ids60 = "[";
+  for (int i = 0; i < 70; ++i) ids70 += std::string(i ? "," : "") + "100";
+  for (int i = 0; i < 60; ++i) ids60 += std::string(i ? "," : "") + "100";
+  Rejection r = reject(Endpoint::Completions, R"({"prompt": )" + ids70 + "]}");
+  EXPECT_EQ(r.param, "prompt");
+  EXPECT_EQ(r.code, "context_length_exceeded");
+  EXPECT_CONTAINS(r.message, "maximum context length is 64");
+  r = reject(Endpoint::Completions, R"({"prompt": )" + ids60 + R"(], "max_tokens": 10})");
+  EXPECT_EQ(r.code, "context_length_exceeded");
+  EXPECT_CONTAINS(r.message, "60 in the prompt, 10 in the completion");
+  // without max_tokens the completion gets what is left of the context
+  auto ok = parse_completion_request(R"({"prompt": )" + ids60 + R"(], "max_tokens": null})", context());
+  EXPECT_EQ(ok.params[0].max_tokens, 4);
+  std::string long_text(400, 'x');
+  r = reject(Endpoint::Chat, R"({"messages": [{"role": "user", "content": ")" + std::string(500, 'y') + " " +
+                                 long_text + R"("}]})");
+  EXPECT_EQ(r.param, "messages");
+  EXPECT_EQ(r.code, "context_length_exceeded");
+}
+
+TEST(OpenAiRequest, FieldsLandInTheEngineParams) {
+  auto r = parse_chat_request(chat_with(R"("temperature": 0.5, "top_p": 0.9, "top_k": 7, "min_p": 0.1,
+      "presence_penalty": 0.5, "frequency_penalty": -0.5, "repetition_penalty": 1.1, "seed": 42,
+      "stop": ["END", "##"], "n": 3, "max_completion_tokens": 9, "max_tokens": 20, "logprobs": true,
+      "top_logprobs": 4, "stream": true, "stream_options": {"include_usage": true}, "user": "u1",
+      "model": "tiny")"),
+                              context());
+  ASSERT_EQ(r.params.size(), 1u);
+  const RequestParams& p = r.params[0];
+  EXPECT_EQ(p.sampling.temperature, 0.5);
+  EXPECT_EQ(p.sampling.top_p, 0.9);
+  EXPECT_EQ(p.sampling.top_k, 7);
+  EXPECT_EQ(p.sampling.min_p, 0.1);
+  EXPECT_EQ(p.sampling.repetition_penalty, 1.1);
+  EXPECT_EQ(p.presence_penalty, 0.5);
+  EXPECT_EQ(p.frequency_penalty, -0.5);
+  EXPECT_TRUE(p.seed_given);
+  EXPECT_EQ(p.sampling.seed, 42u);
+  EXPECT_EQ(p.stop_strings, (std::vector<std::string>{"END", "##"}));
+  EXPECT_EQ(p.stop_token_ids, (std::vector<int32_t>{151645, 151643}));
+  EXPECT_EQ(p.max_tokens, 9);  // max_completion_tokens wins over the legacy max_tokens
+  EXPECT_EQ(p.logprobs, 4);
+  EXPECT_EQ(r.n, 3);
+  EXPECT_TRUE(r.stream);
+  EXPECT_TRUE(r.include_usage);
+  EXPECT_TRUE(r.logprobs);
+  // the n choices are seeded apart, each reproducibly
+  EXPECT_EQ(r.num_choices(), 3);
+  EXPECT_EQ(r.choice_params(0).sampling.seed, 42u);
+  EXPECT_EQ(r.choice_params(2).sampling.seed, 44u);
+
+  auto c = parse_completion_request(completion_with(R"("logprobs": 0, "ignore_eos": true, "top_k": -1,
+      "stop": "x", "temperature": 0)"),
+                                    context());
+  EXPECT_EQ(c.params[0].logprobs, 0);
+  EXPECT_TRUE(c.logprobs);
+  EXPECT_TRUE(c.params[0].stop_token_ids.empty());
+  EXPECT_EQ(c.params[0].sampling.top_k, 0);
+  EXPECT_EQ(c.params[0].stop_strings, std::vector<std::string>{"x"});
+  EXPECT_EQ(c.params[0].max_tokens, 16);  // OpenAI's default for completions
+  EXPECT_FALSE(c.params[0].seed_given);
+  EXPECT_EQ(c.params[0].logprobs, 0);
+
+  auto off = parse_chat_request(std::string("{") + kChat + "}", context());
+  EXPECT_EQ(off.params[0].logprobs, -1);
+  EXPECT_FALSE(off.stream);
+  // chat without max_tokens: the rest of the context
+  EXPECT_EQ(off.params[0].max_tokens, 64 - int64_t(off.prompts[0].size()));
+}
+
+TEST(OpenAiRequest, DefaultsComeFromTheContext) {
+  ApiContext ctx = context();
+  ctx.default_sampling.temperature = 0.7;
+  ctx.default_sampling.top_k = 20;
+  auto r = parse_chat_request(std::string("{") + kChat + "}", ctx);
+  EXPECT_EQ(r.params[0].sampling.temperature, 0.7);
+  EXPECT_EQ(r.params[0].sampling.top_k, 20);
+  r = parse_chat_request(chat_with(R"("temperature": 0)"), ctx);
+  EXPECT_EQ(r.params[0].sampling.temperature, 0.0);
+}
+
+TEST(OpenAiRequest, ChatPromptsEqualHuggingFaceRenderings) {
+  // ids of apply_chat_template(tokenize=True) by HF transformers (golden file)
+  std::ifstream in(std::string(FINMOE_TEST_DATA_DIR) + "/tokenizer/qwen3/qwen3.chat.jsonl");
+  ASSERT_TRUE(in);
+  ApiContext ctx = context();
+  ctx.max_model_len = 4096;
+  std::string line;
+  int checked = 0;
+  while (std::getline(in, line)) {
+    auto g = json::parse(line);
+    if (!g["add_generation_prompt"].get<bool>()) continue;
+    auto r = parse_chat_request(dump_json({{"messages", g["messages"]}}), ctx);
+    EXPECT_EQ(r.prompts[0], g["ids"].get<std::vector<int32_t>>()) << line;
+    ++checked;
+  }
+  EXPECT_GT(checked, 0);
+}
+
+TEST(OpenAiRequest, CompletionPromptForms) {
+  const ApiContext ctx = context();
+  auto text = parse_completion_request(R"({"prompt": "Hello world"})", ctx);
+  ASSERT_EQ(text.prompts.size(), 1u);
+  EXPECT_EQ(text.prompts[0], qwen3().encode("Hello world", true));
+  auto ids = parse_completion_request(R"({"prompt": [9707, 1879]})", ctx);
+  EXPECT_EQ(ids.prompts[0], (std::vector<int32_t>{9707, 1879}));
+  auto batch = parse_completion_request(R"({"prompt": ["a", [1, 2, 3]], "n": 2})", ctx);
+  ASSERT_EQ(batch.prompts.size(), 2u);
+  EXPECT_EQ(batch.prompts[1], (std::vector<int32_t>{1, 2, 3}));
+  EXPECT_EQ(batch.num_choices(), 4);
+  // content parts join with newlines; developer is the system role
+  auto parts = parse_chat_request(R"({"messages": [{"role": "developer", "content": "S"},
+      {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]})",
+                                  ctx);
+  EXPECT_EQ(parts.prompts[0],
+            qwen3().encode("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\na\nb<|im_end|>\n<|im_start|>assistant\n"));
+}
+
+// ---- responses -------------------------------------------------------------
+
+RequestOutput event(std::vector<int32_t> ids, std::string text, int64_t completion, bool finished = false,
+                    std::string reason = "") {
+  RequestOutput o;
+  o.token_ids = std::move(ids);
+  o.text = std::move(text);
+  o.completion_tokens = completion;
+  o.prompt_tokens = 3;
+  o.finished = finished;
+  o.finish_reason = std::move(reason);
+  return o;
+}
+
+// The JSON objects of an SSE stream; checks the framing on the way.
+std::vector<json> sse_objects(const std::string& stream, bool* saw_done) {
+  std::vector<json> out;
+  *saw_done = false;
+  size_t pos = 0;
+  while (pos < stream.size()) {
+    const size_t end = stream.find("\n\n", pos);
+    EXPECT_NE(end, std::string::npos) << "unterminated event at " << pos;
+    if (end == std::string::npos) break;
+    const std::string ev = stream.substr(pos, end - pos);
+    EXPECT_EQ(ev.rfind("data: ", 0), 0u) << ev;
+    EXPECT_EQ(ev.find('\n'), std::string::npos) << "one data line per event: " << ev;
+    EXPECT_FALSE(*saw_done) << "event after [DONE]";
+    if (ev == "data: [DONE]") *saw_done = true;
+    else out.push_back(json::parse(ev.substr(6)));
+    pos = end + 2;
+  }
+  return out;
+}
+
+TEST(OpenAiResponse, StreamedChatConcatenatesToTheFullResponse) {
+  const ApiContext ctx = context();
+  auto req = parse_chat_request(chat_with(R"("n": 2, "stream": true, "stream_options": {"include_usage": true})"), ctx);
+  auto plain = req;
+  plain.stream = false;
+  plain.include_usage = false;
+  ResponseBuilder s(req, ctx, "chatcmpl-x", 123), full(plain, ctx, "chatcmpl-x", 123);
+  // choices interleave; an event may carry no text (an incomplete character)
+  const std::vector<std::pair<int64_t, RequestOutput>> events = {
+      {0, event({1}, "Hel", 1)},          {1, event({2}, "A", 1)},  {0, event({3}, "", 2)},
+      {0, event({4}, "lo", 3)},           {1, event({5}, "B", 2, true, "length")},
+      {0, event({151645}, "", 4, true, "stop")},
+  };
+  std::string stream = s.stream_start();
+  for (const auto& [c, o] : events) {
+    stream += s.add(c, o);
+    EXPECT_EQ(full.add(c, o), "");  // non-streaming builders send nothing per event
+  }
+  ASSERT_TRUE(s.all_finished());
+  stream += s.stream_end();
+  bool done = false;
+  auto objs = sse_objects(stream, &done);
+  EXPECT_TRUE(done);
+  std::map<int64_t, std::string> text, finish, role;
+  json usage;
+  for (const auto& o : objs) {
+    EXPECT_EQ(o["object"], "chat.completion.chunk");
+    EXPECT_EQ(o["id"], "chatcmpl-x");
+    EXPECT_EQ(o["model"], "tiny");
+    ASSERT_TRUE(o.contains("usage"));
+    if (o["choices"].empty()) {
+      usage = o["usage"];
+      continue;
+    }
+    EXPECT_TRUE(o["usage"].is_null());
+    for (const auto& ch : o["choices"]) {
+      const int64_t i = ch["index"];
+      if (ch["delta"].contains("role")) role[i] = ch["delta"]["role"];
+      if (ch["delta"].contains("content")) text[i] += ch["delta"]["content"].get<std::string>();
+      if (!ch["finish_reason"].is_null()) finish[i] = ch["finish_reason"];
+    }
+  }
+  EXPECT_EQ(objs.back()["choices"].size(), 0u) << "usage comes last, with no choices";
+  EXPECT_EQ(role[0], "assistant");
+  EXPECT_EQ(role[1], "assistant");
+  const json body = full.response();
+  EXPECT_EQ(body["object"], "chat.completion");
+  ASSERT_EQ(body["choices"].size(), 2u);
+  for (int64_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(body["choices"][i]["index"], i);
+    EXPECT_EQ(body["choices"][i]["message"]["role"], "assistant");
+    EXPECT_EQ(body["choices"][i]["message"]["content"], text[i]);
+    EXPECT_EQ(body["choices"][i]["finish_reason"], finish[i]);
+    EXPECT_TRUE(body["choices"][i]["logprobs"].is_null());
+  }
+  EXPECT_EQ(text[0], "Hello");
+  EXPECT_EQ(finish[1], "length");
+  // the prompt counts once for all n choices
+  const int64_t P = int64_t(req.prompts[0].size());
+  EXPECT_EQ(usage, (json{{"prompt_tokens", P}, {"completion_tokens", 6}, {"total_tokens", P + 6}}));
+  EXPECT_EQ(body["usage"], usage);
+}
+
+TEST(OpenAiResponse, CompletionStreamWithoutUsageHasNoUsageField) {
+  const ApiContext ctx = context();
+  auto req = parse_completion_request(completion_with(R"("stream": true)"), ctx);
+  ResponseBuilder b(req, ctx, "cmpl-x", 1);
+  EXPECT_EQ(b.stream_start(), "");
+  std::string stream = b.add(0, event({5}, "x", 1));
+  stream += b.add(0, event({6}, "y", 2, true, "length"));
+  stream += b.stream_end();
+  bool done = false;
+  auto objs = sse_objects(stream, &done);
+  EXPECT_TRUE(done);
+  ASSERT_EQ(objs.size(), 2u);
+  for (const auto& o : objs) {
+    EXPECT_EQ(o["object"], "text_completion");
+    EXPECT_FALSE(o.contains("usage"));
+  }
+  EXPECT_EQ(objs[0]["choices"][0]["text"], "x");
+  EXPECT_TRUE(objs[0]["choices"][0]["finish_reason"].is_null());
+  EXPECT_EQ(objs[1]["choices"][0]["finish_reason"], "length");
+}
+
+TEST(OpenAiResponse, AnEngineFailureEndsTheStreamWithAnErrorEvent) {
+  const ApiContext ctx = context();
+  auto req = parse_chat_request(chat_with(R"("stream": true)"), ctx);
+  ResponseBuilder b(req, ctx, "id", 1);
+  RequestOutput o = event({}, "", 0, true, "abort");
+  o.error = "model step failed: out of memory";
+  bool done = false;
+  std::string stream = b.add(0, o);
+  stream += b.stream_end();
+  auto objs = sse_objects(stream, &done);
+  EXPECT_TRUE(done);
+  ASSERT_EQ(objs.size(), 2u);
+  EXPECT_EQ(objs[0]["choices"][0]["finish_reason"], "abort");
+  EXPECT_EQ(objs[1]["error"]["code"], "engine_error");
+  EXPECT_CONTAINS(objs[1]["error"]["message"].get<std::string>(), "out of memory");
+  // a plain cancel (no error) ends quietly
+  ResponseBuilder quiet(req, ctx, "id", 1);
+  EXPECT_EQ(sse_objects(quiet.add(0, event({}, "", 0, true, "abort")), &done).size(), 1u);
+}
+
+TokenLogprob lp(int32_t token, float logprob, std::vector<std::pair<int32_t, float>> top) {
+  return {token, logprob, std::move(top)};
+}
+
+TEST(OpenAiResponse, ChatLogprobsListTokensWithBytesAndTopAlternatives) {
+  const ApiContext ctx = context();
+  auto req = parse_chat_request(chat_with(R"("logprobs": true, "top_logprobs": 2)"), ctx);
+  ResponseBuilder b(req, ctx, "id", 1);
+  const int32_t hello = qwen3().encode("Hello")[0], world = qwen3().encode(" world")[0];
+  RequestOutput a = event({hello}, "Hello", 1);
+  a.logprobs = {lp(hello, -0.5f, {{hello, -0.5f}, {world, -1.5f}})};
+  RequestOutput e = event({world, 151645}, " world", 3, true, "stop");
+  e.logprobs = {lp(world, -0.25f, {{world, -0.25f}, {hello, -2.0f}}),
+                lp(151645, -0.1f, {{151645, -0.1f}, {hello, -3.0f}})};
+  b.add(0, a);
+  b.add(0, e);
+  const json content = b.response()["choices"][0]["logprobs"]["content"];
+  ASSERT_EQ(content.size(), 2u) << "the eos that ended the text is not listed";
+  EXPECT_EQ(content[0]["token"], "Hello");
+  EXPECT_EQ(content[0]["bytes"], (json{72, 101, 108, 108, 111}));
+  EXPECT_FLOAT_EQ(content[0]["logprob"].get<float>(), -0.5f);
+  ASSERT_EQ(content[0]["top_logprobs"].size(), 2u);
+  EXPECT_EQ(content[0]["top_logprobs"][1]["token"], " world");
+  EXPECT_EQ(content[1]["token"], " world");
+  EXPECT_EQ(content[1]["top_logprobs"][1]["bytes"], (json{72, 101, 108, 108, 111}));
+}
+
+TEST(OpenAiResponse, CompletionLogprobsUseTheLegacyShape) {
+  const ApiContext ctx = context();
+  auto req = parse_completion_request(completion_with(R"("logprobs": 1, "stream": true)"), ctx);
+  ResponseBuilder b(req, ctx, "id", 1);
+  const int32_t yen = qwen3().encode("¥")[0], x = qwen3().encode("x")[0];
+  ASSERT_EQ(qwen3().encode("¥").size(), 1u);
+  RequestOutput a = event({yen}, "¥", 1);
+  a.logprobs = {lp(yen, -1.0f, {{x, -0.5f}})};  // sampled token outside the top-1
+  RequestOutput c = event({x}, "x", 2, true, "length");
+  c.logprobs = {lp(x, -2.0f, {{x, -2.0f}})};
+  bool done = false;
+  std::string stream = b.add(0, a);
+  stream += b.add(0, c);
+  auto objs = sse_objects(stream, &done);
+  ASSERT_EQ(objs.size(), 2u);
+  const json l0 = objs[0]["choices"][0]["logprobs"], l1 = objs[1]["choices"][0]["logprobs"];
+  EXPECT_EQ(l0["tokens"], json::array({"¥"}));
+  EXPECT_EQ(l0["top_logprobs"][0].size(), 2u) << "the sampled token is always included";
+  EXPECT_FLOAT_EQ(l0["top_logprobs"][0]["¥"].get<float>(), -1.0f);
+  EXPECT_EQ(l0["text_offset"], json::array({0}));
+  EXPECT_EQ(l1["text_offset"], json::array({1})) << "offsets count characters, not bytes";
+  const json all = b.response()["choices"][0]["logprobs"];
+  EXPECT_EQ(all["tokens"], json::array({"¥", "x"}));
+  EXPECT_EQ(all["token_logprobs"].size(), 2u);
+  EXPECT_EQ(all["text_offset"], json::array({0, 1}));
+}
+
+TEST(OpenAiResponse, ErrorObjectsHaveTheOpenAiShape) {
+  ApiError e(400, "bad", "temperature", "c");
+  EXPECT_EQ(e.body(), (json{{"error", {{"message", "bad"}, {"type", "invalid_request_error"},
+                                        {"param", "temperature"}, {"code", "c"}}}}));
+  EXPECT_EQ(error_body(401, "no")["error"]["type"], "authentication_error");
+  EXPECT_TRUE(error_body(404, "no")["error"]["param"].is_null());
+  EXPECT_TRUE(error_body(404, "no")["error"]["code"].is_null());
+}
+
+TEST(OpenAiResponse, FramingAndIds) {
+  EXPECT_EQ(sse_event(json{{"a", 1}}), "data: {\"a\":1}\n\n");
+  EXPECT_EQ(sse_done(), "data: [DONE]\n\n");
+  // invalid UTF-8 cannot break a response
+  EXPECT_EQ(dump_json(json("a\xff")), "\"a\xEF\xBF\xBD\"");
+  const std::string id = make_response_id(Endpoint::Chat);
+  EXPECT_EQ(id.rfind("chatcmpl-", 0), 0u);
+  EXPECT_EQ(id.size(), 9u + 24u);
+  EXPECT_NE(id, make_response_id(Endpoint::Chat));
+  EXPECT_EQ(make_response_id(Endpoint::Completions).rfind("cmpl-", 0), 0u);
+}
+
+// ---- metrics ---------------------------------------------------------------
+
+// Prometheus text format, read back: families declared once with HELP and TYPE
+// before their samples; histogram buckets cumulative with +Inf == _count.
+TEST(Metrics, PrometheusTextFormat) {
+  EngineStats e;
+  e.num_blocks = 100;
+  e.block_size = 16;
+  e.blocks_used = 25;
+  e.blocks_free = 75;
+  e.running = 3;
+  e.waiting = 2;
+  e.prefix_query_tokens = 200;
+  e.prefix_hit_tokens = 50;
+  e.prompt_tokens = 1234;
+  e.generation_tokens = 567;
+  e.preemptions = 4;
+  ServerMetrics m;
+  for (double v : {0.003, 0.003, 0.2, 99999.0}) m.ttft.observe(v);
+  m.inter_token.observe(0.01);  // on a bound: counted in that bucket (le)
+  m.count_finished("stop");
+  m.count_response(200);
+  m.count_response(400);
+  const std::string text = format_metrics(e, m.snapshot(), "my \"model\"");
+
+  std::map<std::string, std::string> type;
+  std::map<std::string, double> value;  // sample line (name{labels}) -> value
+  std::vector<double> ttft_buckets;     // in the order written
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    ASSERT_FALSE(line.empty());
+    if (line.rfind("# HELP ", 0) == 0) continue;
+    if (line.rfind("# TYPE ", 0) == 0) {
+      std::istringstream t(line.substr(7));
+      std::string name, kind;
+      t >> name >> kind;
+      EXPECT_FALSE(type.count(name)) << "declared twice: " << name;
+      type[name] = kind;
+      continue;
+    }
+    const size_t sp = line.rfind(' ');
+    const std::string sample = line.substr(0, sp);
+    std::string name = sample.substr(0, sample.find('{'));
+    EXPECT_EQ(name.rfind("finmoe_", 0), 0u) << line;
+    EXPECT_NE(sample.find("model_name=\"my \\\"model\\\"\""), std::string::npos) << "escaped label: " << line;
+    std::string family = name;
+    for (const char* suffix : {"_bucket", "_sum", "_count"})
+      if (!type.count(family) && family.size() > strlen(suffix) &&
+          family.compare(family.size() - strlen(suffix), std::string::npos, suffix) == 0)
+        family = family.substr(0, family.size() - strlen(suffix));
+    EXPECT_TRUE(type.count(family)) << "sample before its # TYPE: " << line;
+    value[sample] = std::stod(line.substr(sp + 1));
+    if (name == "finmoe_time_to_first_token_seconds_bucket") ttft_buckets.push_back(value[sample]);
+  }
+  const std::string L = "{model_name=\"my \\\"model\\\"\"";
+  EXPECT_EQ(value["finmoe_num_requests_running" + L + "}"], 3);
+  EXPECT_EQ(value["finmoe_num_requests_waiting" + L + "}"], 2);
+  EXPECT_EQ(value["finmoe_kv_cache_blocks_used" + L + "}"], 25);
+  EXPECT_EQ(value["finmoe_kv_cache_blocks_free" + L + "}"], 75);
+  EXPECT_EQ(value["finmoe_kv_cache_usage_ratio" + L + "}"], 0.25);
+  EXPECT_EQ(value["finmoe_prefix_cache_hit_rate" + L + "}"], 0.25);
+  EXPECT_EQ(value["finmoe_prompt_tokens_total" + L + "}"], 1234);
+  EXPECT_EQ(value["finmoe_generation_tokens_total" + L + "}"], 567);
+  EXPECT_EQ(value["finmoe_num_preemptions_total" + L + "}"], 4);
+  EXPECT_EQ(value["finmoe_request_success_total" + L + ",finished_reason=\"stop\"}"], 1);
+  EXPECT_EQ(value["finmoe_http_responses_total" + L + ",status=\"400\"}"], 1);
+  EXPECT_EQ(type["finmoe_time_to_first_token_seconds"], "histogram");
+  EXPECT_EQ(type["finmoe_prompt_tokens_total"], "counter");
+  EXPECT_EQ(type["finmoe_kv_cache_blocks_free"], "gauge");
+  // buckets: 0.001 -> 0, 0.005 -> 2, 0.25 -> 3, +Inf -> 4 (cumulative)
+  const std::string h = "finmoe_time_to_first_token_seconds";
+  EXPECT_EQ(value[h + "_bucket" + L + ",le=\"0.001\"}"], 0);
+  EXPECT_EQ(value[h + "_bucket" + L + ",le=\"0.005\"}"], 2);
+  EXPECT_EQ(value[h + "_bucket" + L + ",le=\"0.25\"}"], 3);
+  EXPECT_EQ(value[h + "_bucket" + L + ",le=\"2560\"}"], 3);
+  EXPECT_EQ(value[h + "_bucket" + L + ",le=\"+Inf\"}"], 4);
+  EXPECT_EQ(value[h + "_count" + L + "}"], 4);
+  EXPECT_DOUBLE_EQ(value[h + "_sum" + L + "}"], 0.003 + 0.003 + 0.2 + 99999.0);
+  EXPECT_EQ(value["finmoe_inter_token_latency_seconds_bucket" + L + ",le=\"0.01\"}"], 1);
+  EXPECT_EQ(ttft_buckets.size(), 23u);  // 22 bounds + Inf
+  for (size_t i = 1; i < ttft_buckets.size(); ++i) EXPECT_GE(ttft_buckets[i], ttft_buckets[i - 1]) << "cumulative";
+}
+
+}  // namespace
+}  // namespace finmoe::serve
