@@ -194,6 +194,13 @@ struct EvalResult {
   int64_t tokens = 0;
 };
 
+// Mean cross-entropy per label token of `model` over the next `batches`
+// batches of `source`, without gradients (documents masked when the batches
+// carry document_ids). on_batch, when set, gets the batches done so far.
+// Throws Error for batches <= 0.
+EvalResult evaluate_lm(Transformer& model, BatchSource& source, int64_t batches,
+                       const std::function<void(int64_t)>& on_batch = {});
+
 struct TrainSummary {
   int64_t steps = 0;
   int64_t tokens = 0;

@@ -27,5 +27,7 @@ void add_serve(CLI::App& app, Run& run);
 void add_bench_serve(CLI::App* bench, Run& run);  // `bench serve`, under add_bench's `bench`
 void add_esft(CLI::App& app, Run& run);
 void add_lora(CLI::App& app, Run& run);
+void add_eval(CLI::App& app, Run& run);
+void add_demo(CLI::App& app, Run& run);
 
 }  // namespace finmoe::cli

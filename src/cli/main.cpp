@@ -26,6 +26,8 @@ int main(int argc, char** argv) {
   finmoe::cli::add_serve(app, run);
   finmoe::cli::add_esft(app, run);
   finmoe::cli::add_lora(app, run);
+  finmoe::cli::add_eval(app, run);
+  finmoe::cli::add_demo(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -148,7 +148,9 @@ struct Server::Impl {
 
   void routes();
   bool check_auth(const httplib::Request& req, httplib::Response& res) const;
-  void handle_generate(const httplib::Request& req, httplib::Response& res, Endpoint endpoint);
+  void handle_generate(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& read,
+                       Endpoint endpoint);
+  void too_large(httplib::Response& res) const;
   bool pump(Job& job, httplib::DataSink& sink);
   void release(const std::shared_ptr<Job>& job);
   void cancel(Job& job);
@@ -205,11 +207,18 @@ void Server::Impl::routes() {
     if (req.matches[1] == options.served_model_name) set_json(res, 200, model_card());
     else set_error(res, 404, "The model `" + std::string(req.matches[1]) + "` does not exist.", "model", "model_not_found");
   });
-  http.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
-    handle_generate(req, res, Endpoint::Completions);
-  });
-  http.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
-    handle_generate(req, res, Endpoint::Chat);
+  // Bodies are read here, not by httplib, so that the size limit also holds
+  // for chunked uploads (httplib checks only Content-Length).
+  http.Post("/v1/completions",
+            [this](const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& read) {
+              handle_generate(req, res, read, Endpoint::Completions);
+            });
+  http.Post("/v1/chat/completions",
+            [this](const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& read) {
+              handle_generate(req, res, read, Endpoint::Chat);
+            });
+  http.Get(R"(/v1/(chat/)?completions)", [](const httplib::Request& req, httplib::Response& res) {
+    set_error(res, 405, "Method GET is not allowed for " + req.path + "; use POST.", "", "method_not_allowed");
   });
 
   // Responses httplib makes itself (no route, body too large, bad HTTP)
@@ -222,10 +231,7 @@ void Server::Impl::routes() {
         set_error(res, 404, "Unknown request URL: " + req.method + " " + req.path + ".", "", "unknown_url");
         break;
       case 413:
-        set_error(res, 413,
-                  "The request body is larger than the server's limit of " + std::to_string(options.max_body_bytes) +
-                      " bytes.",
-                  "", "request_too_large");
+        too_large(res);
         break;
       default:
         set_error(res, res.status, "HTTP error " + std::to_string(res.status) + ".");
@@ -246,15 +252,34 @@ void Server::Impl::routes() {
   http.set_logger([this](const httplib::Request&, const httplib::Response& res) { metrics.count_response(res.status); });
 }
 
-void Server::Impl::handle_generate(const httplib::Request& req, httplib::Response& res, Endpoint endpoint) {
+void Server::Impl::too_large(httplib::Response& res) const {
+  set_error(res, 413,
+            "The request body is larger than the server's limit of " + std::to_string(options.max_body_bytes) +
+                " bytes.",
+            "", "request_too_large");
+  res.set_header("Connection", "close");  // the rest of the body is not read
+}
+
+void Server::Impl::handle_generate(const httplib::Request& req, httplib::Response& res,
+                                   const httplib::ContentReader& read, Endpoint endpoint) {
   if (!check_auth(req, res)) return;
   if (draining) return set_error(res, 503, "The server is shutting down.");
+  std::string body;
+  bool over = false;
+  const bool complete = read([&](const char* data, size_t n) {
+    over = body.size() + n > size_t(options.max_body_bytes);
+    if (!over) body.append(data, n);
+    return !over;
+  });
+  // httplib refuses a Content-Length over the limit itself (status 413)
+  if (over || res.status == 413) return too_large(res);
+  if (!complete) return set_error(res, 400, "The request body could not be read completely.", "", "invalid_body");
   auto job = std::make_shared<Job>();
   job->arrival = Clock::now();
   job->route = req.path;
   try {
-    job->request = endpoint == Endpoint::Chat ? serve::parse_chat_request(req.body, ctx)
-                                              : serve::parse_completion_request(req.body, ctx);
+    job->request = endpoint == Endpoint::Chat ? serve::parse_chat_request(body, ctx)
+                                              : serve::parse_completion_request(body, ctx);
   } catch (const ApiError& e) {
     return set_json(res, e.status(), e.body());
   } catch (const Error& e) {  // e.g. a tokenizer error on odd input
@@ -289,23 +314,32 @@ void Server::Impl::handle_generate(const httplib::Request& req, httplib::Respons
 
 // Writes the whole response of `job`; false when the client went away.
 bool Server::Impl::pump(Job& job, httplib::DataSink& sink) {
+  auto client_gone = [&] {
+    job.client_gone = true;
+    cancel(job);
+    return false;  // httplib closes the connection
+  };
   try {
     ResponseBuilder& b = *job.builder;
     const bool stream = job.request.stream;
     auto send = [&](const std::string& s) { return s.empty() || sink.write(s.data(), s.size()); };
-    if (stream && !send(b.stream_start())) return job.client_gone = true, cancel(job), false;
+    if (stream && !send(b.stream_start())) return client_gone();
+    // Whether the client is still there is checked every 100 ms even while
+    // tokens flow: a non-streaming request writes nothing until the end.
+    auto checked = Clock::now();
     while (!b.all_finished()) {
       auto events = job.channel->wait(std::chrono::milliseconds(100));
-      if (events.empty() && !sink.is_writable()) return job.client_gone = true, cancel(job), false;
+      if (Clock::now() - checked >= std::chrono::milliseconds(100)) {
+        if (!sink.is_writable()) return client_gone();
+        checked = Clock::now();
+      }
       for (const auto& [choice, out] : events) {
         if (out.finished && !out.error.empty())
           std::cerr << "finmoe serve: engine aborted a request on " << job.route << ": " << out.error << "\n";
-        const std::string chunk = b.add(choice, out);
-        if (stream && !send(chunk)) return job.client_gone = true, cancel(job), false;
+        if (!send(b.add(choice, out))) return client_gone();  // "" when not streaming
       }
     }
-    const std::string tail = stream ? b.stream_end() : serve::dump_json(b.response());
-    if (!send(tail)) return job.client_gone = true, false;
+    if (!send(stream ? b.stream_end() : serve::dump_json(b.response()))) return client_gone();
     sink.done();
     return true;
   } catch (const std::exception& e) {

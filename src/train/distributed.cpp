@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <random>
 #include <tuple>
 
@@ -171,11 +172,32 @@ void unflatten_bucket(const torch::Tensor& flat, const std::vector<torch::Tensor
 
 // ---- the context ------------------------------------------------------------
 
+namespace {
+
+// The TCPStores of this process, by master, rank and world size. A second
+// DistContext (a program that builds two Trainers) reuses the first one's
+// store under a new key generation: making a new one would race rank 0's old
+// server going down. Kept until the process exits (never destroyed, so no
+// server thread is stopped during static destruction).
+struct StoreSlot {
+  c10::intrusive_ptr<c10d::Store> store;
+  int64_t generations = 0;  // DistContexts that have used it
+  bool in_use = false;      // by a live DistContext (then a second one makes its own)
+};
+std::mutex g_slots_mutex;
+std::map<std::string, StoreSlot>& store_slots() {
+  static auto* slots = new std::map<std::string, StoreSlot>;
+  return *slots;
+}
+
+}  // namespace
+
 struct DistContext::Impl {
   DistConfig config;
   std::string backend = "none";
   std::chrono::milliseconds timeout{0};
-  c10::intrusive_ptr<c10d::Store> store;
+  std::string slot;                        // key into store_slots() while in use
+  c10::intrusive_ptr<c10d::Store> store;  // the TCPStore under this context's key prefix
   c10::intrusive_ptr<Group> group;
   torch::Device device{torch::kCPU};  // where scalar and flag vectors travel
   int64_t n_checks = 0;
@@ -198,6 +220,12 @@ struct DistContext::Impl {
     }
   }
 
+  ~Impl() {
+    if (slot.empty()) return;
+    std::lock_guard<std::mutex> lock(g_slots_mutex);
+    store_slots()[slot].in_use = false;
+  }
+
   void rendezvous();
   void make_group(bool cuda);
   void bucketed(const std::vector<torch::Tensor>& tensors, size_t max_bytes, const char* what,
@@ -212,24 +240,45 @@ void DistContext::Impl::rendezvous() {
   o.waitWorkers = true;  // the constructor returns once every rank has connected
   o.timeout = timeout;
   const std::string at = config.master_addr + ":" + std::to_string(config.master_port);
-  try {
-    store = c10::make_intrusive<c10d::TCPStore>(config.master_addr, o);
-  } catch (const std::exception& e) {
-    if (config.rank == 0) {
-      throw Error("rank 0 could not gather the " + std::to_string(config.world_size) +
-                  " ranks at " + at + ": " + message(e) +
-                  " (is the port free, and are all ranks started with the same MASTER_PORT?)");
+  const std::string key = at + " " + std::to_string(config.rank) + "/" + std::to_string(config.world_size);
+  c10::intrusive_ptr<c10d::Store> tcp;
+  int64_t generation = 0;
+  {
+    std::lock_guard<std::mutex> lock(g_slots_mutex);
+    auto it = store_slots().find(key);
+    if (it != store_slots().end() && !it->second.in_use) {
+      tcp = it->second.store;
+      generation = it->second.generations++;
+      it->second.in_use = true;
+      slot = key;
     }
-    throw Error(where() + " could not reach the master (rank 0) at " + at + " within " +
-                std::to_string(int(config.timeout_s)) + " s: " + message(e) +
-                " (is rank 0 running and are MASTER_ADDR/MASTER_PORT the same on all ranks?)");
   }
+  if (!tcp) {
+    try {
+      tcp = c10::make_intrusive<c10d::TCPStore>(config.master_addr, o);
+    } catch (const std::exception& e) {
+      if (config.rank == 0) {
+        throw Error("rank 0 could not gather the " + std::to_string(config.world_size) +
+                    " ranks at " + at + ": " + message(e) +
+                    " (is the port free, and are all ranks started with the same MASTER_PORT?)");
+      }
+      throw Error(where() + " could not reach the master (rank 0) at " + at + " within " +
+                  std::to_string(int(config.timeout_s)) + " s: " + message(e) +
+                  " (is rank 0 running and are MASTER_ADDR/MASTER_PORT the same on all ranks?)");
+    }
+    std::lock_guard<std::mutex> lock(g_slots_mutex);
+    if (!store_slots().count(key)) {
+      store_slots()[key] = {tcp, 1, true};
+      slot = key;
+    }
+  }
+  store = c10::make_intrusive<c10d::PrefixStore>("finmoe/" + std::to_string(generation), tcp);
   // Two processes started with the same RANK: the second finds the rank's key taken.
   std::random_device rd;
   const std::string me = std::to_string(getpid()) + "-" + std::to_string(rd());
   std::string got;
   guarded("rendezvous", [&] {
-    got = str(store->compareSet("finmoe/rank/" + std::to_string(config.rank), {}, bytes(me)));
+    got = str(store->compareSet("rank/" + std::to_string(config.rank), {}, bytes(me)));
   });
   if (got != me) {
     throw Error("RANK=" + std::to_string(config.rank) +
@@ -241,7 +290,7 @@ void DistContext::Impl::rendezvous() {
   // timeout, so the wait that reports is this one.
   const std::string world = std::to_string(config.world_size);
   std::vector<std::string> keys;
-  for (int r = 0; r < config.world_size; ++r) keys.push_back("finmoe/world/" + std::to_string(r));
+  for (int r = 0; r < config.world_size; ++r) keys.push_back("world/" + std::to_string(r));
   try {
     store->set(keys[size_t(config.rank)], bytes(world));
     store->wait(keys, timeout);
@@ -273,7 +322,7 @@ void DistContext::Impl::rendezvous() {
 void DistContext::Impl::make_group(bool cuda) {
   std::string want = config.backend;
   if (want == "auto") want = cuda ? "nccl" : "gloo";
-  auto prefixed = c10::make_intrusive<c10d::PrefixStore>("finmoe/" + want, store);
+  auto prefixed = c10::make_intrusive<c10d::PrefixStore>(want, store);
   if (want == "gloo") {
 #if defined(FINMOE_HAVE_GLOO)
     auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
@@ -439,7 +488,7 @@ void DistContext::barrier() {
 void DistContext::check_same(const std::string& what, const std::string& value) {
   if (!distributed()) return;
   auto& m = *impl_;
-  const std::string prefix = "finmoe/check/" + std::to_string(m.n_checks++) + "/";
+  const std::string prefix = "check/" + std::to_string(m.n_checks++) + "/";
   std::vector<std::string> keys, values;
   for (int r = 0; r < world_size(); ++r) keys.push_back(prefix + std::to_string(r));
   m.guarded("check", [&] {

@@ -179,6 +179,9 @@ const std::vector<Field<DataConfig>>& data_fields() {
       field("shuffle", &D::shuffle),
       field("seed", &D::seed),
       field("chat_template", &D::chat_template),
+      field("text_documents", &D::text_documents),
+      field("shuffle_buffer", &D::shuffle_buffer),
+      field("text_block_bytes", &D::text_block_bytes),
   };
   return f;
 }

@@ -19,6 +19,7 @@
 #include "convert/svg.h"
 #include "core/file_util.h"
 #include "core/progress.h"
+#include "finmoe/distributed.h"
 #include "finmoe/error.h"
 #include "finmoe/model.h"
 #include "finmoe/safetensors.h"
@@ -349,6 +350,9 @@ struct Trainer::Impl {
   LrSchedule schedule;
   std::unique_ptr<BatchSource> source;
   std::vector<TrainBatch> eval_batches;
+  // Data parallel (distributed.h): one process unless torchrun's variables
+  // say otherwise. Only rank 0 writes files and progress.
+  std::unique_ptr<DistContext> dist;
   double aux_alpha = 0;
   int64_t step = 0;
   int64_t tokens = 0;
@@ -429,12 +433,14 @@ struct Trainer::Impl {
     std::vector<TrainBatch> window;
     int64_t label_tokens = 0, input_tokens = 0;
     for (int64_t i = 0; i < config.grad_accum; ++i) {
-      window.push_back(source->next());
-      check_batch(window.back(), "training");
-      label_tokens += window.back().loss_tokens();
-      input_tokens += window.back().tokens.numel();
+      // Every rank draws the same global batch and keeps its own rows.
+      const TrainBatch global = source->next();
+      check_batch(global, "training");
+      label_tokens += global.loss_tokens();
+      input_tokens += global.tokens.numel();
+      window.push_back(dist->shard(global));
     }
-    // Every label token of the window weighs the same.
+    // Every label token of the window (over all ranks) weighs the same.
     const double denom = double(std::max<int64_t>(label_tokens, 1));
     const bool kd = teacher.has_value();
     const double a = config.kd.alpha;
@@ -457,13 +463,21 @@ struct Trainer::Impl {
       }
       torch::Tensor loss = objective / denom;
       if (!routers.empty()) {
-        auto aux = load_balancing_loss(routers, aux_alpha) / double(config.grad_accum);
+        // each rank's aux loss is over its own tokens: the ranks' mean is optimised
+        auto aux = load_balancing_loss(routers, aux_alpha) /
+                   double(config.grad_accum * dist->world_size());
         aux_sum += aux.item<double>();
         loss = loss + aux;
       }
       lm_sum += lm.item<double>();
       loss.backward();
     }
+    // The ranks' gradients (and loss sums) add up to those of the global batch.
+    std::vector<torch::Tensor> params;
+    for (auto& [name, t] : trainable) params.push_back(t);
+    dist->all_reduce_grads(params, /*mean=*/false);
+    const std::vector<double> sums = dist->all_reduce_sum({lm_sum, kd_sum, aux_sum});
+    lm_sum = sums[0], kd_sum = sums[1], aux_sum = sums[2];
     StepMetrics m;
     m.step = step + 1;
     m.lm_loss = lm_sum / denom;
@@ -491,16 +505,20 @@ struct Trainer::Impl {
     if (eval_batches.empty())
       throw Error("evaluate: no eval data (set eval_data.files in the train config)");
     torch::NoGradGuard no_grad;
-    double sum = 0;
-    int64_t n = 0;
-    for (const TrainBatch& b : eval_batches) {
+    double sum = 0, n = 0;
+    for (const TrainBatch& global : eval_batches) {
+      // the ranks split a batch; one with fewer rows than ranks is rank 0's
+      if (global.tokens.size(0) < dist->world_size() && !dist->is_main()) continue;
+      const TrainBatch b = global.tokens.size(0) < dist->world_size() ? global : dist->shard(global);
       auto logits = forward(*model, b, nullptr);
       sum += lm_loss_sum(logits, b.labels.to(device)).item<double>();
-      n += b.loss_tokens();
+      n += double(b.loss_tokens());
     }
+    const std::vector<double> sums = dist->all_reduce_sum({sum, n});
+    sum = sums[0], n = sums[1];
     EvalResult r;
-    r.tokens = n;
-    r.loss = n > 0 ? sum / double(n) : 0.0;
+    r.tokens = int64_t(n);
+    r.loss = n > 0 ? sum / n : 0.0;
     r.ppl = std::exp(r.loss);
     return r;
   }
@@ -526,6 +544,7 @@ struct Trainer::Impl {
 
   void record(const StepMetrics& m) {
     history.push_back(m);
+    if (!jsonl.is_open()) return;  // not rank 0
     jsonl << m.to_json().dump() << "\n";
     csv << csv_row(m);
     jsonl.flush();
@@ -549,6 +568,11 @@ struct Trainer::Impl {
     const fs::path out(config.output_dir);
     const std::string name = "checkpoint-" + std::to_string(step);
     const fs::path final_dir = out / name;
+    if (!dist->is_main()) {  // rank 0 writes the checkpoint; the ranks' states are equal
+      last_checkpoint = final_dir.string();
+      last_checkpoint_step = step;
+      return last_checkpoint;
+    }
     const fs::path tmp = out / ("." + name + ".tmp-" + std::to_string(::getpid()));
     remove_tree(tmp.string());
     fs::create_directories(tmp);
@@ -660,6 +684,12 @@ Trainer::Trainer(TrainConfig config, TrainerHooks hooks) : impl_(std::make_uniqu
   s.hooks = std::move(hooks);
   const TrainConfig& c = s.config;
   s.device = device_from_string(c.device);
+  // Data parallel: WORLD_SIZE > 1 (finmoe launch); rank r uses cuda:LOCAL_RANK for "cuda".
+  const DistConfig dc = dist_config_from_env();
+  if (dc.world_size > 1 && s.device.is_cuda() && !s.device.has_index())
+    s.device = torch::Device(torch::kCUDA, int8_t(dc.local_rank));
+  s.dist = std::make_unique<DistContext>(dc, s.device.is_cuda());
+  s.dist->check_same("the train config", c.to_json().dump());
   s.autocast = c.precision == "bf16" || (c.precision == "auto" && s.device.is_cuda());
   torch::manual_seed(c.seed);
   fs::create_directories(c.output_dir);
@@ -711,8 +741,15 @@ Trainer::Trainer(TrainConfig config, TrainerHooks hooks) : impl_(std::make_uniqu
                          : int64_t(std::llround(c.warmup_ratio * double(s.schedule.total_steps)));
 
   if (!resume.empty()) s.resume_from(resume);
-  write_json_file(c.output_dir + "/train_config.json", c.to_json());
-  s.open_metrics(/*truncate=*/true);
+  // All ranks start from rank 0's weights and agree on where they are.
+  std::vector<torch::Tensor> params;
+  for (auto& [name, t] : s.model->named_parameters()) params.push_back(t);
+  s.dist->broadcast(params);
+  s.dist->check_same("the step to resume from", std::to_string(s.step));
+  if (s.dist->is_main()) {
+    write_json_file(c.output_dir + "/train_config.json", c.to_json());
+    s.open_metrics(/*truncate=*/true);
+  }
 }
 
 Trainer::~Trainer() = default;
@@ -738,7 +775,7 @@ TrainSummary Trainer::run() {
   const int64_t first = s.step;
   const int64_t tokens0 = s.tokens;
   std::optional<Progress> bar;
-  if (s.hooks.progress) bar.emplace("train", total - first, "steps");
+  if (s.hooks.progress && s.dist->is_main()) bar.emplace("train", total - first, "steps");
   const auto t0 = std::chrono::steady_clock::now();
   std::optional<EvalResult> last_eval;
   while (s.step < total) {
@@ -782,12 +819,13 @@ TrainSummary Trainer::run() {
   sum.final_loss = s.history.empty() ? 0.0 : s.history.back().loss;
   sum.final_eval = last_eval;
   sum.checkpoint = s.last_checkpoint;
+  for (const auto& [name, t] : s.trainable) sum.trainable_params += t.numel();
+  for (const auto& [name, t] : s.model->named_parameters()) sum.model_params += t.numel();
+  if (!s.dist->is_main()) return sum;
   // the model part of the checkpoint: what the method saved, without the optimizer state
   for (const auto& e : fs::directory_iterator(s.last_checkpoint))
     if (e.path().extension() == ".safetensors" && e.path().filename() != "optimizer.safetensors")
       sum.checkpoint_bytes += int64_t(e.file_size());
-  for (const auto& [name, t] : s.trainable) sum.trainable_params += t.numel();
-  for (const auto& [name, t] : s.model->named_parameters()) sum.model_params += t.numel();
   write_file_atomic(c.output_dir + "/loss.svg",
                     loss_curve_svg(s.history, std::string(to_string(c.mode)) + ": loss by step"));
   write_json_file(c.output_dir + "/train_summary.json", sum.to_json());

@@ -15,6 +15,12 @@ namespace {
 using finmoe::clitest::run;
 namespace fs = std::filesystem;
 
+// The JSON object printed last, on lines of its own (log lines come before it).
+nlohmann::json summary(const std::string& out) {
+  const size_t p = out.starts_with("{\n") ? 0 : out.rfind("\n{\n") + 1;
+  return nlohmann::json::parse(out.substr(p));
+}
+
 class TrainCli : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -73,6 +79,43 @@ TEST_F(TrainCli, BadConfigsNameTheKey) {
           (dir_ / "out").string() + " --data a.txt --max-steps 1");
   EXPECT_EQ(r.status, 2) << r.out;
   EXPECT_NE(r.out.find("no-model"), std::string::npos) << r.out;
+}
+
+TEST_F(TrainCli, TrainsResumesAndWritesAModelDirectory) {
+  std::string data;
+  for (int i = 0; i < 20; ++i)
+    data += nlohmann::json{{"text", "The bank reported assets of " + std::to_string(i * 1000) +
+                                        " and liabilities of " + std::to_string(i * 700) + "."}}
+                .dump() +
+            "\n";
+  const std::string file = write("data.jsonl", data);
+  const std::string out = (dir_ / "run").string();
+  const std::string common =
+      "train --init-preset tiny --tokenizer " + std::string(FINMOE_TEST_DATA_DIR) +
+      "/tokenizer/qwen3 --data " + file + " --eval-data " + file +
+      " --seq-len 16 --batch-size 1 --set eval_batches=1 --output-dir " + out + " --json";
+  auto r = run(common + " --max-steps 2");
+  ASSERT_EQ(r.status, 0) << r.out;
+  auto j = summary(r.out);
+  EXPECT_EQ(j["steps"], 2);
+  EXPECT_EQ(j["tokens"], 2 * 16);
+  EXPECT_TRUE(j["final_eval"]["ppl"].get<double>() > 1.0);
+  for (const char* f : {"metrics.csv", "metrics.jsonl", "loss.svg", "train_summary.json",
+                        "checkpoint-2/model.safetensors", "checkpoint-2/tokenizer.json"})
+    EXPECT_TRUE(fs::exists(fs::path(out) / f)) << f;
+
+  // a second run into the same directory must resume, not overwrite
+  r = run(common + " --max-steps 3");
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_NE(r.out.find("already holds checkpoints"), std::string::npos) << r.out;
+  r = run(common + " --max-steps 3 --resume auto");
+  ASSERT_EQ(r.status, 0) << r.out;
+  j = summary(r.out);
+  EXPECT_EQ(j["steps"], 3);
+
+  auto info = run("info " + out + "/checkpoint-3 --json");
+  ASSERT_EQ(info.status, 0) << info.out;
+  EXPECT_EQ(nlohmann::json::parse(info.out)["model_type"], "qwen2");
 }
 
 }  // namespace

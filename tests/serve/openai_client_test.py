@@ -5,6 +5,7 @@ made with `finmoe init`. The greedy text is also checked against
 
 Usage: openai_client_test.py FINMOE_BINARY TEST_DATA_DIR  (exit 77 = skipped)
 """
+import http.client
 import json
 import os
 import socket
@@ -183,19 +184,37 @@ class OpenAiClient(unittest.TestCase):
         big = json.dumps({"model": MODEL_NAME, "prompt": "x" * 100000})
         status, _, data = s.request("POST", "/v1/completions", big)
         self.assertEqual(status, 413)
-        self.assertIn("error", json.loads(data))
+        self.assertEqual(json.loads(data)["error"]["code"], "request_too_large")
+        # a chunked upload has no Content-Length: the limit must hold all the same
+        conn = http.client.HTTPConnection(s.host, s.port, timeout=60)
+        conn.request("POST", "/v1/completions", body=iter([big[:50000].encode(), big[50000:].encode()]),
+                     headers={"Content-Type": "application/json"}, encode_chunked=True)
+        r = conn.getresponse()
+        self.assertEqual(r.status, 413)
+        self.assertEqual(json.loads(r.read())["error"]["code"], "request_too_large")
+        conn.close()
+        status, _, data = s.request("GET", "/v1/chat/completions")
+        self.assertEqual(status, 405)
         status, _, _ = s.request("GET", "/health")
         self.assertEqual(status, 200)
         self.chat(max_tokens=2)  # still serving
 
-    def test_disconnected_stream_is_cancelled(self):
+    def test_disconnected_clients_are_cancelled(self):
+        for stream in (True, False):
+            with self.subTest(stream=stream):
+                self.check_disconnect_cancels(stream)
+
+    def check_disconnect_cancels(self, stream):
         before = self.server.metrics().get("finmoe_requests_cancelled_total", 0)
-        body = json.dumps({"model": MODEL_NAME, "prompt": PROMPT, "max_tokens": 1500, "stream": True,
+        body = json.dumps({"model": MODEL_NAME, "prompt": PROMPT, "max_tokens": 1500, "stream": stream,
                            "ignore_eos": True, "temperature": 0})
         sock = socket.create_connection((self.server.host, self.server.port))
         sock.sendall(("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                       "Content-Length: %d\r\n\r\n%s" % (len(body), body)).encode())
-        self.assertIn(b"data: ", sock.recv(4096) + sock.recv(4096))
+        if stream:
+            self.assertIn(b"data: ", sock.recv(4096) + sock.recv(4096))
+        else:
+            time.sleep(0.5)  # generating; nothing is written before the end
         sock.close()
         deadline = time.time() + 30
         while time.time() < deadline:

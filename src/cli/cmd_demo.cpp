@@ -1,0 +1,432 @@
+// finmoe demo: the headline pipeline on real text from Debian packages.
+//
+//   corpus -> tokenizer -> dense base (pretrained from scratch, cached)
+//   -> upcycle (FineRMoE, copy) -> continual pretraining on financial text
+//      (dense, FineRMoE, copy; same tokens) -> held-out perplexity
+//   -> financial QA task: full fine-tuning vs ESFT on the FineRMoE model
+//   -> table on stdout, results.json + SVG curves in the output directory.
+//
+// Every step is a `finmoe` subcommand run as a child process (the same
+// commands a user would type; each prints its own progress), so the demo is
+// also a worked example. Steps whose outputs exist in the cache are skipped.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "convert/svg.h"
+#include "core/file_util.h"
+#include "finmoe/error.h"
+
+namespace finmoe::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+struct DemoOptions {
+  std::string out = "demo-out";
+  std::string cache;       // default ~/.cache/finmoe/demo
+  double scale = 1.0;      // multiplies every step count
+  int64_t vocab = 4096;
+  int64_t seq_len = 256;
+  int64_t batch = 8;
+  bool offline = false;
+  bool skip_esft = false;
+};
+
+std::string self_exe() { return fs::read_symlink("/proc/self/exe").string(); }
+
+void banner(const std::string& s) { std::cout << "\n\033[1m== " << s << "\033[0m\n" << std::flush; }
+
+// Runs `finmoe ARGS...`; stdout goes to `stdout_file` when given. Throws
+// Error naming the step when the child fails.
+void finmoe(const std::vector<std::string>& args, const std::string& stdout_file = "") {
+  std::cout << "$ finmoe";
+  for (const auto& a : args) std::cout << " " << a;
+  std::cout << "\n" << std::flush;
+  const pid_t pid = fork();
+  if (pid < 0) throw Error("demo: fork failed");
+  if (pid == 0) {
+    if (!stdout_file.empty()) {
+      if (!std::freopen(stdout_file.c_str(), "w", stdout)) _exit(127);
+    }
+    std::vector<char*> argv;
+    static std::string exe = self_exe();
+    argv.push_back(exe.data());
+    std::vector<std::string> copy = args;
+    for (auto& a : copy) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(exe.c_str(), argv.data());
+    _exit(127);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    throw Error("demo: step `finmoe " + args.front() + (args.size() > 1 ? " " + args[1] : "") +
+                "` failed (exit status " + std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : -1) +
+                ")");
+}
+
+json read_json(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) throw Error("demo: cannot read " + path);
+  json j;
+  f >> j;
+  return j;
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp);
+    f << text;
+    if (!f) throw Error("demo: cannot write " + tmp);
+  }
+  fs::rename(tmp, path);
+}
+
+int64_t dir_bytes(const std::string& dir) {
+  int64_t n = 0;
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    if (e.is_regular_file() && e.path().extension() == ".safetensors") n += int64_t(e.file_size());
+  return n;
+}
+
+// The newest checkpoint of a `finmoe train` output directory.
+std::string latest_checkpoint(const std::string& run_dir) {
+  std::ifstream f(run_dir + "/latest");
+  std::string name;
+  if (!(f >> name)) throw Error("demo: " + run_dir + "/latest missing: the run did not finish");
+  return run_dir + "/" + name;
+}
+
+struct Curve {
+  std::string name, color;
+  std::vector<std::pair<double, double>> points;  // (tokens, loss)
+};
+
+Curve read_curve(const std::string& run_dir, const std::string& name, const std::string& color,
+                 const char* field) {
+  Curve c{name, color, {}};
+  std::ifstream f(run_dir + "/metrics.jsonl");
+  for (std::string line; std::getline(f, line);) {
+    if (line.empty()) continue;
+    auto j = json::parse(line);
+    if (j.contains(field) && j[field].is_number())
+      c.points.emplace_back(j["tokens"].get<double>(), j[field].get<double>());
+  }
+  return c;
+}
+
+// Loss curves of several runs against tokens seen.
+std::string plot_curves(const std::vector<Curve>& curves, const std::string& title) {
+  const double W = 640, H = 400, L = 60, R = 150, T = 36, B = 46;
+  double x1 = 1, y0 = 1e30, y1 = -1e30;
+  for (const auto& c : curves)
+    for (auto [x, y] : c.points) {
+      x1 = std::max(x1, x);
+      y0 = std::min(y0, y);
+      y1 = std::max(y1, y);
+    }
+  if (y0 > y1) y0 = 0, y1 = 1;
+  if (y1 - y0 < 1e-9) y1 = y0 + 1;
+  svg::Document d(W, H);
+  d.rect(0, 0, W, H, "#ffffff");
+  d.text(W / 2, 22, title, 14, "middle");
+  auto px = [&](double x) { return L + (W - L - R) * x / x1; };
+  auto py = [&](double y) { return T + (H - T - B) * (1 - (y - y0) / (y1 - y0)); };
+  d.line(L, H - B, W - R, H - B);
+  d.line(L, T, L, H - B);
+  for (int i = 0; i <= 4; ++i) {
+    const double y = y0 + (y1 - y0) * i / 4, x = x1 * i / 4;
+    d.text(L - 6, py(y) + 4, svg::num(y), 10, "end");
+    d.text(px(x), H - B + 16, svg::num(x), 10, "middle");
+  }
+  d.text((L + W - R) / 2, H - 8, "tokens", 11, "middle");
+  d.text(16, (T + H - B) / 2, "loss", 11, "middle", -90);
+  for (size_t i = 0; i < curves.size(); ++i) {
+    std::vector<std::pair<double, double>> pts;
+    for (auto [x, y] : curves[i].points) pts.emplace_back(px(x), py(y));
+    if (pts.size() > 1) d.polyline(pts, curves[i].color);
+    d.line(W - R + 12, T + 16 + 18 * i, W - R + 32, T + 16 + 18 * i, curves[i].color, 2.5);
+    d.text(W - R + 38, T + 20 + 18 * i, curves[i].name, 11);
+  }
+  return d.str();
+}
+
+std::string yaml_list(const std::vector<std::string>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + json(v[i]).dump();
+  return s + "]";
+}
+
+class Demo {
+ public:
+  explicit Demo(DemoOptions o) : o_(std::move(o)) {
+    if (o_.cache.empty()) {
+      const char* home = std::getenv("HOME");
+      o_.cache = std::string(home ? home : ".") + "/.cache/finmoe/demo";
+    }
+    fs::create_directories(o_.out);
+    fs::create_directories(o_.cache);
+    o_.out = fs::absolute(o_.out).string();
+    o_.cache = fs::absolute(o_.cache).string();
+  }
+
+  int run() {
+    const auto t0 = std::chrono::steady_clock::now();
+    data();
+    base();
+    upcycle_and_cpt();
+    task();
+    report(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    return 0;
+  }
+
+ private:
+  int64_t steps(int64_t n) const { return std::max<int64_t>(2, std::llround(n * o_.scale)); }
+  std::string corpus(const std::string& domain, const std::string& split) const {
+    return o_.cache + "/corpus/" + domain + "/" + split + ".jsonl";
+  }
+
+  void data() {
+    banner("1. real text from Debian packages (cached in " + o_.cache + ")");
+    std::vector<std::string> offline;
+    if (o_.offline) offline.push_back("--offline");
+    if (!fs::exists(o_.cache + "/corpus/manifest.json")) {
+      std::vector<std::string> a{"corpus", "fetch", "--out", o_.cache + "/corpus"};
+      a.insert(a.end(), offline.begin(), offline.end());
+      finmoe(a);
+    }
+    if (!fs::exists(o_.cache + "/qa/manifest.json")) {
+      std::vector<std::string> a{"corpus", "qa", "--out", o_.cache + "/qa"};
+      a.insert(a.end(), offline.begin(), offline.end());
+      finmoe(a);
+    }
+    tokenizer_ = o_.cache + "/tokenizer";
+    if (!fs::exists(tokenizer_ + "/tokenizer.json")) {
+      banner("2. byte-level BPE tokenizer trained on the corpus");
+      finmoe({"tokenizer", "train", "--vocab-size", std::to_string(o_.vocab),
+              corpus("general", "train"), corpus("fin", "train"), corpus("zh", "train"), tokenizer_});
+    }
+  }
+
+  // A `finmoe train` run from a YAML written here; returns its summary.
+  json train(const std::string& name, const std::string& yaml, const std::string& run_dir) {
+    fs::create_directories(o_.out + "/configs");
+    const std::string cfg = o_.out + "/configs/" + name + ".yaml";
+    write_text(cfg, yaml);
+    if (fs::exists(run_dir)) remove_tree(run_dir);
+    finmoe({"train", "--config", cfg});
+    return read_json(run_dir + "/train_summary.json");
+  }
+
+  std::string common_yaml(const std::string& run_dir, int64_t n_steps, double lr) const {
+    std::ostringstream y;
+    y << "output_dir: " << json(run_dir).dump() << "\n"
+      << "lr: " << lr << "\nmin_lr: " << lr / 10 << "\nwarmup_ratio: 0.05\n"
+      << "max_steps: " << n_steps << "\nweight_decay: 0.1\ngrad_clip: 1.0\n"
+      << "log_interval: 0\nsave_interval: 0\nseed: 1\n";
+    return y.str();
+  }
+
+  std::string data_yaml(const std::vector<std::string>& files, const std::vector<std::string>& eval,
+                        const std::string& format) const {
+    std::ostringstream y;
+    y << "data:\n  files: " << yaml_list(files) << "\n  format: " << format
+      << "\n  seq_len: " << o_.seq_len << "\n  batch_size: " << o_.batch << "\n"
+      << "eval_data:\n  files: " << yaml_list(eval) << "\n  format: " << format << "\n"
+      << "eval_batches: 8\n";
+    return y.str();
+  }
+
+  void base() {
+    base_run_ = o_.cache + "/base-run";
+    if (fs::exists(base_run_ + "/train_summary.json")) {
+      banner("3. dense base model: cached (" + base_run_ + ")");
+    } else {
+      banner("3. a small dense Qwen2-style model pretrained from scratch on general English + Chinese");
+      std::string y = "mode: pretrain\ninit_preset: small\ntokenizer: " + json(tokenizer_).dump() +
+                      "\n" + common_yaml(base_run_, steps(400), 1.5e-3) +
+                      "eval_interval: " + std::to_string(steps(100)) + "\n" +
+                      data_yaml({corpus("general", "train"), corpus("zh", "train")},
+                                {corpus("general", "test")}, "text");
+      train("base", y, base_run_);
+    }
+    base_ = latest_checkpoint(base_run_);
+  }
+
+  json eval_ppl(const std::string& model, const std::string& file, const std::string& format,
+                const std::string& tag) {
+    fs::create_directories(o_.out + "/eval");
+    const std::string out = o_.out + "/eval/" + tag + ".json";
+    finmoe({"eval", "ppl", model, "--data", file, "--format", format, "--seq-len",
+            std::to_string(o_.seq_len), "--batch-size", std::to_string(o_.batch), "--batches", "8",
+            "--json"},
+           out);
+    return read_json(out);
+  }
+
+  void upcycle_and_cpt() {
+    banner("4. upcycle the dense base: FineRMoE and the copy (C32A2-style) baseline");
+    models_["dense"] = base_;
+    for (const char* preset : {"finermoe", "copy"}) {
+      const std::string dir = o_.out + "/upcycled-" + preset;
+      if (fs::exists(dir)) remove_tree(dir);
+      finmoe({"upcycle", base_, dir, "--preset", preset, "--seed", "1"});
+      models_[preset] = dir;
+    }
+    banner("5. continual pretraining on financial English, same tokens for each model");
+    const std::map<std::string, const char*> label{
+        {"dense", "dense"}, {"finermoe", "FineRMoE"}, {"copy", "copy"}};
+    for (const std::string name : {"dense", "finermoe", "copy"}) {
+      const std::string run_dir = o_.out + "/cpt-" + name;
+      std::string y = "mode: cpt\nmodel: " + json(models_[name]).dump() + "\n" +
+                      common_yaml(run_dir, steps(150), 5e-4) +
+                      "eval_interval: " + std::to_string(steps(50)) + "\n" +
+                      data_yaml({corpus("fin", "train")}, {corpus("fin", "test")}, "text");
+      json summary = train("cpt-" + name, y, run_dir);
+      json r;
+      r["model"] = label.at(name);
+      r["tokens"] = summary.value("tokens", 0);
+      r["tokens_per_second"] = summary.value("tokens_per_second", 0.0);
+      r["before"] = {{"fin_ppl", eval_ppl(models_[name], corpus("fin", "test"), "text",
+                                          "before-" + name + "-fin")["ppl"]}};
+      const std::string after = latest_checkpoint(run_dir);
+      cpt_models_[name] = after;
+      r["after"] = {
+          {"fin_ppl", eval_ppl(after, corpus("fin", "test"), "text", name + "-fin")["ppl"]},
+          {"general_ppl",
+           eval_ppl(after, corpus("general", "test"), "text", name + "-general")["ppl"]}};
+      cpt_[name] = r;
+    }
+    write_text(o_.out + "/cpt_loss.svg",
+               plot_curves({read_curve(o_.out + "/cpt-dense", "dense", "#444444", "loss"),
+                            read_curve(o_.out + "/cpt-finermoe", "FineRMoE", "#d62728", "loss"),
+                            read_curve(o_.out + "/cpt-copy", "copy", "#1f77b4", "loss")},
+                           "continual pretraining on financial text: train loss"));
+  }
+
+  json task_run(const std::string& name, const std::string& mode_yaml, const std::string& model) {
+    const std::string run_dir = o_.out + "/task-" + name;
+    std::string y = mode_yaml + "model: " + json(model).dump() + "\n" +
+                    common_yaml(run_dir, steps(80), 3e-4) +
+                    data_yaml({o_.cache + "/qa/train.jsonl"}, {o_.cache + "/qa/test.jsonl"}, "sft");
+    json summary = train("task-" + name, y, run_dir);
+    const std::string ckpt = latest_checkpoint(run_dir);
+    json r;
+    r["method"] = name;
+    r["steps"] = summary.value("steps", 0);
+    r["seconds"] = summary.value("seconds", 0.0);
+    r["seconds_per_step"] = summary.value("seconds", 0.0) / std::max<double>(1, summary.value("steps", 1));
+    r["checkpoint_bytes"] = dir_bytes(ckpt);
+    if (summary.contains("trainable_params")) r["trainable_parameters"] = summary["trainable_params"];
+    r["task_loss"] = eval_ppl(ckpt, o_.cache + "/qa/test.jsonl", "sft", "task-" + name)["loss"];
+    r["general_ppl"] =
+        eval_ppl(ckpt, corpus("general", "test"), "text", "task-" + name + "-general")["ppl"];
+    return r;
+  }
+
+  void task() {
+    banner("6. financial QA task on the FineRMoE model: full fine-tuning vs ESFT");
+    const std::string model = cpt_models_.at("finermoe");
+    json before;
+    before["method"] = "none (after CPT)";
+    before["task_loss"] = eval_ppl(model, o_.cache + "/qa/test.jsonl", "sft", "task-before")["loss"];
+    before["general_ppl"] = cpt_["finermoe"]["after"]["general_ppl"];
+    task_.push_back(before);
+    task_.push_back(task_run("fft", "mode: sft\n", model));
+    if (!o_.skip_esft) {
+      const std::string scores = o_.out + "/esft_scores.json", experts = o_.out + "/esft_experts.json";
+      finmoe({"esft", "score", model, "--data", o_.cache + "/qa/train.jsonl", "--out", scores});
+      finmoe({"esft", "select", scores, "--score", "token", "--p", "0.2", "--out", experts});
+      task_.push_back(
+          task_run("esft", "mode: esft\nesft:\n  expert_config: " + json(experts).dump() + "\n", model));
+    }
+    std::vector<Curve> curves{read_curve(o_.out + "/task-fft", "full FT", "#444444", "loss")};
+    if (!o_.skip_esft) curves.push_back(read_curve(o_.out + "/task-esft", "ESFT", "#d62728", "loss"));
+    write_text(o_.out + "/task_loss.svg", plot_curves(curves, "financial QA fine-tuning: train loss"));
+  }
+
+  void report(double seconds) {
+    json results{{"corpus", read_json(o_.cache + "/corpus/manifest.json")},
+                 {"base", read_json(base_run_ + "/train_summary.json")},
+                 {"cpt", json::array()},
+                 {"task", task_},
+                 {"seconds", seconds}};
+    for (const char* n : {"dense", "finermoe", "copy"}) results["cpt"].push_back(cpt_[n]);
+    write_text(o_.out + "/results.json", results.dump(2) + "\n");
+
+    std::ostringstream t;
+    char buf[256];
+    t << "\nContinual pretraining on financial text (held-out perplexity, lower is better)\n";
+    std::snprintf(buf, sizeof buf, "| %-9s | %8s | %12s | %11s | %11s | %9s |\n", "model",
+                  "tokens", "fin ppl before", "fin ppl after", "general ppl", "tok/s");
+    t << buf << "|-----------|----------|----------------|---------------|-------------|-----------|\n";
+    for (const char* n : {"dense", "finermoe", "copy"}) {
+      const json& r = cpt_[n];
+      std::snprintf(buf, sizeof buf, "| %-9s | %8lld | %14.2f | %13.2f | %11.2f | %9.0f |\n",
+                    r["model"].get<std::string>().c_str(), (long long)r["tokens"].get<int64_t>(),
+                    r["before"]["fin_ppl"].get<double>(), r["after"]["fin_ppl"].get<double>(),
+                    r["after"]["general_ppl"].get<double>(), r["tokens_per_second"].get<double>());
+      t << buf;
+    }
+    t << "\nFinancial QA task on the FineRMoE model (task loss on held-out questions)\n";
+    std::snprintf(buf, sizeof buf, "| %-16s | %9s | %11s | %14s | %12s | %8s |\n", "method",
+                  "task loss", "general ppl", "trainable", "saved bytes", "s/step");
+    t << buf << "|------------------|-----------|-------------|----------------|--------------|----------|\n";
+    for (const json& r : task_) {
+      const auto num = [&](const char* k) { return r.contains(k) ? r[k].get<double>() : NAN; };
+      std::snprintf(buf, sizeof buf, "| %-16s | %9.3f | %11.2f | %14.0f | %12.0f | %8.3f |\n",
+                    r["method"].get<std::string>().c_str(), num("task_loss"), num("general_ppl"),
+                    num("trainable_parameters"), num("checkpoint_bytes"), num("seconds_per_step"));
+      t << buf;
+    }
+    std::snprintf(buf, sizeof buf, "\ntotal %.0f s; results in %s (results.json, cpt_loss.svg, task_loss.svg)\n",
+                  seconds, o_.out.c_str());
+    t << buf;
+    write_text(o_.out + "/summary.md", t.str());
+    std::cout << t.str();
+  }
+
+  DemoOptions o_;
+  std::string tokenizer_, base_run_, base_;
+  std::map<std::string, std::string> models_, cpt_models_;
+  std::map<std::string, json> cpt_;
+  json task_ = json::array();
+};
+
+}  // namespace
+
+void add_demo(CLI::App& app, Run& run) {
+  auto* c = app.add_subcommand(
+      "demo", "The headline pipeline on real Debian-packaged text: tokenizer, dense base, "
+              "upcycling, continual pretraining, ESFT vs full fine-tuning; a results table");
+  static DemoOptions o;
+  c->add_option("--out", o.out, "results directory")->capture_default_str();
+  c->add_option("--cache", o.cache, "downloads, corpus, tokenizer and base model (default ~/.cache/finmoe/demo)");
+  c->add_option("--scale", o.scale, "multiplies every training step count (0.1 = a quick look)")
+      ->capture_default_str();
+  c->add_option("--vocab-size", o.vocab, "tokenizer vocabulary")->capture_default_str();
+  c->add_option("--seq-len", o.seq_len, "training sequence length")->capture_default_str();
+  c->add_option("--batch-size", o.batch, "sequences per step")->capture_default_str();
+  c->add_flag("--offline", o.offline, "use cached Debian packages only");
+  c->add_flag("--skip-esft", o.skip_esft, "full fine-tuning only");
+  c->callback([&run] {
+    run = [] { return Demo(o).run(); };
+  });
+}
+
+}  // namespace finmoe::cli
