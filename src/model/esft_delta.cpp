@@ -256,7 +256,7 @@ EsftDeltaInfo save_esft_delta(const Transformer& model, const ExpertConfig& c,
                    {"base_model", info.base_model},
                    {"tensors", info.tensors},
                    {"params", info.params},
-                   {"dtype", dtype_to_string(keep.front().scalar_type())}});
+                   {"dtype", std::string(dtype_name(st_type(keep.front().scalar_type())))}});
   return info;
 }
 

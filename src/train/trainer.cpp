@@ -741,9 +741,14 @@ Trainer::Trainer(TrainConfig config, TrainerHooks hooks) : impl_(std::make_uniqu
                          : int64_t(std::llround(c.warmup_ratio * double(s.schedule.total_steps)));
 
   if (!resume.empty()) s.resume_from(resume);
-  // All ranks start from rank 0's weights and agree on where they are.
+  // All ranks start from rank 0's weights (and trained tensors outside the
+  // model's parameters, such as adapters) and agree on where they are.
   std::vector<torch::Tensor> params;
-  for (auto& [name, t] : s.model->named_parameters()) params.push_back(t);
+  std::set<const void*> seen;
+  for (auto& [name, t] : s.model->named_parameters())
+    if (seen.insert(t.unsafeGetTensorImpl()).second) params.push_back(t);
+  for (auto& [name, t] : s.trainable)
+    if (seen.insert(t.unsafeGetTensorImpl()).second) params.push_back(t);
   s.dist->broadcast(params);
   s.dist->check_same("the step to resume from", std::to_string(s.step));
   if (s.dist->is_main()) {
