@@ -2,6 +2,7 @@
 # finmoe's one entry point on a fresh Debian 12 machine:
 #   ./finmoe.sh demo    install what is missing, build, run the headline pipeline
 #   ./finmoe.sh test    install what is missing, build, run the whole test suite
+#   ./finmoe.sh tour    install what is missing, build, a one-minute tour of the inference commands
 #   ./finmoe.sh build   install + build only (binary: build/finmoe)
 #   ./finmoe.sh ARGS... any other arguments run the built `finmoe ARGS...`
 set -euo pipefail
@@ -77,7 +78,11 @@ case "$cmd" in
   demo)
     shift || true
     build
-    exec "$ROOT/scripts/demo.sh" "$BUILD/finmoe" "$@" ;;
+    exec "$BUILD/finmoe" demo "$@" ;;
+  tour)
+    shift || true
+    build
+    exec "$ROOT/scripts/tour.sh" "$BUILD/finmoe" "$@" ;;
   *)
     [ -x "$BUILD/finmoe" ] || build
     exec "$BUILD/finmoe" "$@" ;;

@@ -18,6 +18,7 @@
 #include "finmoe/error.h"
 #include "finmoe/model.h"
 #include "finmoe/safetensors.h"
+#include "model/torch_dtype.h"
 
 namespace fs = std::filesystem;
 
@@ -322,25 +323,6 @@ std::string UpcyclePlan::describe() const {
 
 namespace {
 
-torch::ScalarType torch_type(DType d) {
-  switch (d) {
-    case DType::F32: return torch::kFloat32;
-    case DType::F16: return torch::kFloat16;
-    case DType::BF16: return torch::kBFloat16;
-    case DType::F64: return torch::kFloat64;
-    default: throw Error("dtype " + std::string(dtype_name(d)) + " is not a floating type");
-  }
-}
-
-DType st_type(torch::ScalarType t) {
-  switch (t) {
-    case torch::kFloat32: return DType::F32;
-    case torch::kFloat16: return DType::F16;
-    case torch::kBFloat16: return DType::BF16;
-    default: throw Error("internal: no safetensors dtype for output");
-  }
-}
-
 // The tensor names of one MoE layer, split into their role.
 struct Role {
   enum Kind { Copy, Router, ExpertGate, ExpertUp, ExpertDown, SharedGate, SharedUp, SharedDown,
@@ -416,7 +398,7 @@ UpcycleReport upcycle(const std::string& dense_dir, const std::string& out_dir,
   const torch::ScalarType out_type = dtype_from_string(c.torch_dtype);
   const std::vector<TensorSpec> specs = expected_tensors(c);
   std::vector<PlannedTensor> planned;
-  for (const auto& s : specs) planned.push_back({s.name, st_type(out_type), s.shape});
+  for (const auto& s : specs) planned.push_back({s.name, from_torch(out_type), s.shape});
   CheckpointWriter writer(out_dir, planned, {{"format", "pt"}}, o.max_shard_bytes);
 
   // The dense checkpoint's tensor as a zero-copy view of the mapping.
@@ -429,7 +411,7 @@ UpcycleReport upcycle(const std::string& dense_dir, const std::string& out_dir,
       throw Error(reader.file_of(name) + ": tensor '" + name + "' has shape [" + got +
                   "], expected [" + want + "]");
     }
-    return torch::from_blob(v.data, v.shape, torch::TensorOptions().dtype(torch_type(v.dtype)));
+    return torch::from_blob(v.data, v.shape, torch::TensorOptions().dtype(to_torch(v.dtype)));
   };
 
   const int64_t D = c.hidden_size, F = plan.dense.intermediate_size;

@@ -8,12 +8,12 @@
 #include "finmoe/lora.h"
 #include "finmoe/model.h"
 #include "finmoe/safetensors.h"
+#include "model/torch_dtype.h"
 #include "model/transformer.h"
 
 namespace finmoe {
-namespace {
 
-torch::ScalarType to_torch(DType d) {
+c10::ScalarType to_torch(DType d) {
   switch (d) {
     case DType::F64: return torch::kFloat64;
     case DType::F32: return torch::kFloat32;
@@ -29,7 +29,7 @@ torch::ScalarType to_torch(DType d) {
   throw Error("unknown dtype");
 }
 
-DType from_torch(torch::ScalarType t) {
+DType from_torch(c10::ScalarType t) {
   switch (t) {
     case torch::kFloat64: return DType::F64;
     case torch::kFloat32: return DType::F32;
@@ -44,6 +44,8 @@ DType from_torch(torch::ScalarType t) {
     default: throw Error(std::string("dtype ") + c10::toString(t) + " cannot be saved");
   }
 }
+
+namespace {
 
 std::string shape_str(c10::IntArrayRef s) {
   std::string out = "[";

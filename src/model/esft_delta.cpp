@@ -11,6 +11,7 @@
 #include "finmoe/esft.h"
 #include "finmoe/model.h"
 #include "finmoe/safetensors.h"
+#include "model/torch_dtype.h"
 #include "model/side_files.h"
 
 namespace finmoe {
@@ -34,26 +35,6 @@ std::string shape_str(const std::vector<int64_t>& s) {
   std::string out = "[";
   for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
   return out + "]";
-}
-
-torch::ScalarType torch_type(DType d) {
-  switch (d) {
-    case DType::F64: return torch::kFloat64;
-    case DType::F32: return torch::kFloat32;
-    case DType::F16: return torch::kFloat16;
-    case DType::BF16: return torch::kBFloat16;
-    default: throw Error(std::string("dtype ") + std::string(dtype_name(d)) + " is not a float type");
-  }
-}
-
-DType st_type(torch::ScalarType t) {
-  switch (t) {
-    case torch::kFloat64: return DType::F64;
-    case torch::kFloat32: return DType::F32;
-    case torch::kFloat16: return DType::F16;
-    case torch::kBFloat16: return DType::BF16;
-    default: throw Error(std::string("dtype ") + c10::toString(t) + " cannot be saved");
-  }
 }
 
 }  // namespace
@@ -236,7 +217,7 @@ EsftDeltaInfo save_esft_delta(const Transformer& model, const ExpertConfig& c,
   for (const auto& [name, t] : esft_trainable_parameters(model, c)) {
     auto x = t.detach().to(torch::kCPU, dtype.value_or(t.scalar_type())).contiguous();
     keep.push_back(x);
-    tensors.push_back({name, st_type(x.scalar_type()), x.sizes().vec(), x.data_ptr(),
+    tensors.push_back({name, from_torch(x.scalar_type()), x.sizes().vec(), x.data_ptr(),
                        size_t(x.numel()) * x.element_size()});
     info.params += x.numel();
   }
@@ -256,7 +237,7 @@ EsftDeltaInfo save_esft_delta(const Transformer& model, const ExpertConfig& c,
                    {"base_model", info.base_model},
                    {"tensors", info.tensors},
                    {"params", info.params},
-                   {"dtype", std::string(dtype_name(st_type(keep.front().scalar_type())))}});
+                   {"dtype", std::string(dtype_name(from_torch(keep.front().scalar_type())))}});
   return info;
 }
 
@@ -320,7 +301,7 @@ void apply_esft_delta(Transformer& model, const std::string& dir) {
                   shape_str(it->second.sizes().vec()));
     // zero-copy view of the mapping, kept alive by the deleter
     auto blob = torch::from_blob(v.data, v.shape, [file](void*) {},
-                                 torch::TensorOptions().dtype(torch_type(v.dtype)));
+                                 torch::TensorOptions().dtype(to_torch(v.dtype)));
     const auto& p = it->second;
     it->second.set_data(blob.scalar_type() == p.scalar_type() && p.device().is_cpu()
                             ? blob

@@ -12,6 +12,7 @@
 #include "finmoe/error.h"
 #include "finmoe/model.h"
 #include "finmoe/safetensors.h"
+#include "model/torch_dtype.h"
 #include "model/linear.h"
 #include "model/side_files.h"
 
@@ -88,16 +89,6 @@ void check_no_adapters(const Transformer& model) {
   for (const auto& [name, l] : linear_modules(model))
     if (l->has_lora())
       throw Error(name + " already carries a LoRA adapter; merge_lora or remove_lora first");
-}
-
-torch::ScalarType torch_type(DType d) {
-  switch (d) {
-    case DType::F32: return torch::kFloat32;
-    case DType::F16: return torch::kFloat16;
-    case DType::BF16: return torch::kBFloat16;
-    case DType::F64: return torch::kFloat64;
-    default: throw Error(std::string("dtype ") + std::string(dtype_name(d)) + " is not a float type");
-  }
 }
 
 std::string shape_str(c10::IntArrayRef s) {
@@ -341,7 +332,7 @@ AdapterTensors read_adapter(const Transformer& model, const std::string& dir) {
     if (v.shape != want)
       throw Error(where + " has shape " + shape_str(v.shape) + ", expected " + shape_str(want) +
                   " (r = " + std::to_string(config.r) + ")");
-    auto t = torch::from_blob(v.data, v.shape, torch::TensorOptions().dtype(torch_type(v.dtype)))
+    auto t = torch::from_blob(v.data, v.shape, torch::TensorOptions().dtype(to_torch(v.dtype)))
                  .to(l.weight.device(), torch::kFloat32, /*non_blocking=*/false, /*copy=*/true);
     auto& pair = out.by_module[module];
     (is_a ? pair.first : pair.second) = t;

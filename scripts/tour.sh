@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The headline pipeline on an embedded default (no model hub needed):
+# A one-minute tour of the inference commands (no model hub, no download):
 # create a seeded Qwen2-architecture model with the Qwen tokenizer shipped in
 # tests/data, inspect it, tokenize financial text, generate, and benchmark decode.
 set -euo pipefail
-FINMOE=${1:?usage: demo.sh path/to/finmoe [work dir]}
+FINMOE=${1:?usage: tour.sh path/to/finmoe [work dir]}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-WORK=${2:-$ROOT/out/demo}
+WORK=${2:-$ROOT/out/tour}
 MODEL=$WORK/qwen2-small
 mkdir -p "$WORK"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
