@@ -12,7 +12,7 @@ VENV=$ROOT/.venv
 JOBS=${FINMOE_JOBS:-$(nproc)}
 
 APT_PACKAGES=(build-essential cmake ninja-build ccache pkg-config git python3 python3-venv
-  libtorch-dev libopenblas0-pthread nlohmann-json3-dev libcli11-dev libpcre2-dev libicu-dev
+  libtorch-dev libopenblas0-pthread libopenblas0-openmp nlohmann-json3-dev libcli11-dev libpcre2-dev libicu-dev
   libgtest-dev libgmock-dev libbenchmark-dev libcpp-httplib-dev libyaml-cpp-dev zlib1g-dev
   libgloo-dev)
 # Reference implementations the tests compare against (small; the live

@@ -175,6 +175,12 @@ torch::Dtype dtype_from_string(const std::string& name);  // "float32" | "bfloat
 torch::Device device_from_string(const std::string& name);
 std::string dtype_to_string(torch::Dtype dtype);
 
+// Gives libtorch's intra-op (OpenMP) pool kernels::default_num_threads()
+// threads unless OMP_NUM_THREADS is set. Debian's libtorch starts with one,
+// which leaves training and float32 matmuls on one core. Call before the
+// first torch op; the `finmoe` command does.
+void use_all_cpus_for_torch();
+
 }  // namespace finmoe
 
 namespace finmoe {

@@ -4,6 +4,7 @@
 
 #include "cli/commands.h"
 #include "finmoe/error.h"
+#include "finmoe/model.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"finmoe: build, adapt and serve financial Mixture-of-Experts models"};
@@ -34,6 +35,7 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
   try {
+    finmoe::use_all_cpus_for_torch();
     return run();
   } catch (const finmoe::Error& e) {
     std::cerr << "finmoe: error: " << e.what() << "\n";

@@ -114,9 +114,11 @@ struct ThreadPool::Impl {
   }
 };
 
+int default_num_threads() { return env_int("FINMOE_NUM_THREADS", affinity_cpu_count(), 1); }
+
 ThreadPool& ThreadPool::global() {
   // Leaked on purpose: workers must outlive every static that may still call kernels at exit.
-  static ThreadPool* pool = new ThreadPool(env_int("FINMOE_NUM_THREADS", affinity_cpu_count(), 1),
+  static ThreadPool* pool = new ThreadPool(default_num_threads(),
                                            env_int("FINMOE_SPIN_US", 100, 0));
   return *pool;
 }

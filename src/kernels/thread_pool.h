@@ -24,6 +24,10 @@
 
 namespace finmoe::kernels {
 
+// FINMOE_NUM_THREADS, else the number of CPUs this process may run on (its
+// affinity mask). Throws finmoe::Error if the variable is not a valid number.
+int default_num_threads();
+
 class ThreadPool {
  public:
   // The process-wide pool; size from FINMOE_NUM_THREADS, else the number of

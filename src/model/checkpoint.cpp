@@ -1,4 +1,5 @@
 // Loading, saving and initialising Transformer weights in HF format.
+#include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -8,6 +9,7 @@
 #include "finmoe/lora.h"
 #include "finmoe/model.h"
 #include "finmoe/safetensors.h"
+#include "kernels/thread_pool.h"
 #include "model/torch_dtype.h"
 #include "model/transformer.h"
 
@@ -86,6 +88,11 @@ torch::Dtype dtype_from_string(const std::string& name) {
   if (name == "bfloat16" || name == "bf16") return torch::kBFloat16;
   if (name == "float16" || name == "fp16" || name == "f16") return torch::kFloat16;
   throw Error("dtype '" + name + "' is not supported (supported: float32, bfloat16, float16)");
+}
+
+void use_all_cpus_for_torch() {
+  if (const char* s = std::getenv("OMP_NUM_THREADS"); s != nullptr && *s != '\0') return;
+  at::set_num_threads(kernels::default_num_threads());
 }
 
 torch::Device device_from_string(const std::string& name) {
