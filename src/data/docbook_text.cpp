@@ -139,11 +139,8 @@ class DocBookWalker {
     MarkupLexer lex(body, /*html=*/false);
     MarkupToken t;
     while (lex.next(t)) {
-      if (!skip_name_.empty()) {
-        if (t.name == skip_name_) {
-          if (t.type == MarkupToken::start_tag && !t.self_closing) ++skip_depth_;
-          if (t.type == MarkupToken::end_tag && --skip_depth_ == 0) skip_name_.clear();
-        }
+      if (skip_.active()) {
+        skip_.track(t);
         continue;
       }
       switch (t.type) {
@@ -200,10 +197,7 @@ class DocBookWalker {
   void start(const MarkupToken& t) {
     const std::string& n = t.name;
     if (kSkip.count(n)) {
-      if (!t.self_closing) {
-        skip_name_ = n;
-        skip_depth_ = 1;
-      }
+      skip_.begin(t);
       return;
     }
     separate();
@@ -261,8 +255,7 @@ class DocBookWalker {
   data::BlockBuilder out_;
   std::vector<OpenElement> open_;
   int depth_ = 0;
-  std::string skip_name_;
-  int skip_depth_ = 0;
+  data::SkippedElement skip_;
 };
 
 }  // namespace

@@ -52,8 +52,8 @@ class HtmlWalker {
     MarkupLexer lex(html, /*html=*/true);
     MarkupToken t;
     while (lex.next(t)) {
-      if (!skip_name_.empty()) {
-        track_skip(t);
+      if (skip_.active()) {
+        skip_.track(t);
         continue;
       }
       switch (t.type) {
@@ -75,12 +75,6 @@ class HtmlWalker {
   }
 
  private:
-  void track_skip(const MarkupToken& t) {
-    if (t.name != skip_name_) return;
-    if (t.type == MarkupToken::start_tag && !t.self_closing) ++skip_depth_;
-    if (t.type == MarkupToken::end_tag && --skip_depth_ == 0) skip_name_.clear();
-  }
-
   void start(const MarkupToken& t) {
     const std::string& n = t.name;
     if (n == "br") {
@@ -95,10 +89,7 @@ class HtmlWalker {
       return;
     }
     if (kSkip.count(n) || has_skip_class(t)) {
-      if (!t.self_closing) {
-        skip_name_ = n;
-        skip_depth_ = 1;
-      }
+      skip_.begin(t);
       return;
     }
     if (kClosesP.count(n)) close_open_p();
@@ -179,8 +170,7 @@ class HtmlWalker {
 
   data::BlockBuilder out_;
   std::vector<OpenElement> open_;
-  std::string skip_name_;
-  int skip_depth_ = 0;
+  data::SkippedElement skip_;
 };
 
 }  // namespace

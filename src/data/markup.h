@@ -66,6 +66,29 @@ class MarkupLexer {
   std::string raw_text_end_;  // "</script" etc. while inside a raw text element
 };
 
+// The element a converter drops with everything inside it (<script>, a
+// DocBook <remark>, ...). Nested elements of the same name are counted, so
+// the matching end tag ends the skip.
+class SkippedElement {
+ public:
+  bool active() const { return !name_.empty(); }
+  void begin(const MarkupToken& start) {
+    if (start.self_closing) return;
+    name_ = start.name;
+    depth_ = 1;
+  }
+  // Every token while active().
+  void track(const MarkupToken& t) {
+    if (t.name != name_) return;
+    if (t.type == MarkupToken::start_tag && !t.self_closing) ++depth_;
+    if (t.type == MarkupToken::end_tag && --depth_ == 0) name_.clear();
+  }
+
+ private:
+  std::string name_;
+  int depth_ = 0;
+};
+
 // ---- Block builder --------------------------------------------------------------
 
 // Collects text into TextBlocks. Converters call open()/close() around block

@@ -470,17 +470,25 @@ TEST(EsftScoring, ScoresATaskFileThroughTheModel) {
 
 // ---- through the trainer (finmoe train --mode esft) -------------------------------
 
+// A tiny ESFT run of max_steps on the model in model_dir, its expert config
+// saved next to the model.
+TrainConfig esft_train_config(const std::string& model_dir, const std::string& out_dir,
+                              const ExpertConfig& experts, int64_t max_steps) {
+  const std::string cfg_path = model_dir + "/expert_cfg.json";
+  save_expert_config(cfg_path, experts);
+  TrainConfig c = test::tiny_train_config(model_dir, out_dir);
+  c.mode = TrainMode::Esft;
+  c.esft.expert_config = cfg_path;
+  c.max_steps = max_steps;
+  return c;
+}
+
 TEST(EsftTrainer, TrainsOnlyTheSelectedExpertsAndCheckpointsALoadableDelta) {
   test::TempDir model, out;
   const ModelConfig mc = test::save_tiny_model("qwen2_moe", model.str(), 3);
   ExpertConfig experts;
   experts.experts[1] = {0, 2, 5};
-  const std::string cfg_path = model.str() + "/expert_cfg.json";
-  save_expert_config(cfg_path, experts);
-  TrainConfig c = test::tiny_train_config(model.str(), out.str());
-  c.mode = TrainMode::Esft;
-  c.esft.expert_config = cfg_path;
-  c.max_steps = 4;
+  TrainConfig c = esft_train_config(model.str(), out.str(), experts, 4);
   Trainer t(c, test::synthetic_hooks(mc.vocab_size));
   const TrainSummary s = t.run();
 
@@ -516,12 +524,7 @@ TEST(EsftTrainer, ResumedRunEqualsUninterruptedRun) {
   const ModelConfig mc = test::save_tiny_model("mixtral", model.str(), 4);
   ExpertConfig experts;
   experts.experts = {{0, {1}}, {1, {0, 3}}};
-  const std::string cfg_path = model.str() + "/expert_cfg.json";
-  save_expert_config(cfg_path, experts);
-  TrainConfig c = test::tiny_train_config(model.str(), full.str());
-  c.mode = TrainMode::Esft;
-  c.esft.expert_config = cfg_path;
-  c.max_steps = 4;
+  TrainConfig c = esft_train_config(model.str(), full.str(), experts, 4);
   c.save_interval = 2;
   Trainer uninterrupted(c, test::synthetic_hooks(mc.vocab_size));
   uninterrupted.run();
