@@ -30,6 +30,7 @@
 #include "finmoe/engine.h"
 #include "finmoe/error.h"
 #include "finmoe/generate.h"
+#include "finmoe/model.h"
 
 namespace {
 
@@ -68,6 +69,7 @@ int main(int argc, char** argv) {
   }
   auto num = [&](const char* k) { return int64_t(std::stoll(arg.at(k))); };
   try {
+    set_torch_threads_for(TorchWork::kDecoding);
     const ModelConfig cfg = preset_config(arg["preset"]);
     Transformer model(cfg, dtype_from_string(arg["dtype"]), device_from_string(arg["device"]));
     init_random(model, 1);

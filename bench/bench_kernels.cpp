@@ -16,6 +16,7 @@
 
 #include <torch/torch.h>
 
+#include "finmoe/bench.h"
 #include "kernels/cpu_features.h"
 #include "kernels/linear.h"
 #include "kernels/thread_pool.h"
@@ -57,49 +58,18 @@ std::vector<uint16_t> random_bf16(size_t n, uint32_t seed) {
   return w;
 }
 
-// Read bandwidth: the time to sum a 1 GiB buffer on all pool threads. Kept
-// alive so kernel timings can be interleaved with it (the machine's bandwidth
-// drifts by tens of percent within seconds).
-class ReadProbe {
- public:
-  ReadProbe() : buf_((size_t{1} << 30) / sizeof(uint64_t)) {
-    ThreadPool::global().parallel_for(n(), 1 << 16, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) buf_[static_cast<size_t>(i)] = static_cast<uint64_t>(i);
-    });
-  }
-  int64_t n() const { return static_cast<int64_t>(buf_.size()); }
-  double gb() const { return static_cast<double>(buf_.size() * sizeof(uint64_t)) / 1e9; }
-  // One timed pass, in seconds.
-  double sample() {
-    std::vector<uint64_t> partial(64, 0);
-    const auto t0 = Clock::now();
-    ThreadPool::global().parallel_for(n(), 1 << 16, [&](int64_t b, int64_t e) {
-      uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-      const uint64_t* p = buf_.data();
-      int64_t i = b;
-      for (; i + 4 <= e; i += 4) {
-        s0 += p[i];
-        s1 += p[i + 1];
-        s2 += p[i + 2];
-        s3 += p[i + 3];
-      }
-      for (; i < e; ++i) s0 += p[i];
-      partial[static_cast<size_t>(b / (1 << 16)) % 64] += s0 + s1 + s2 + s3;
-    });
-    const double t = seconds_since(t0);
-    for (uint64_t v : partial) sink_ = sink_ + v;
-    return t;
-  }
-  Bandwidth measure(int reps) {
-    std::vector<double> secs;
-    for (int r = 0; r < reps; ++r) secs.push_back(sample());
-    return {gb() / median(secs), gb() / best(secs)};
-  }
+// Bandwidth of samples of the shared read probe (finmoe/bench.h: a 1 GiB
+// buffer summed on all pool threads), taken between kernel timings: the
+// machine's bandwidth drifts by tens of percent within seconds.
+Bandwidth bandwidth_of(const std::vector<double>& gb_s) {
+  return {median(gb_s), *std::max_element(gb_s.begin(), gb_s.end())};
+}
 
- private:
-  std::vector<uint64_t> buf_;
-  volatile uint64_t sink_ = 0;
-};
+Bandwidth measure(finmoe::ReadBandwidthProbe& probe, int reps) {
+  std::vector<double> gb_s;
+  for (int r = 0; r < reps; ++r) gb_s.push_back(probe.sample_gb_s());
+  return bandwidth_of(gb_s);
+}
 
 struct Shape {
   const char* name;
@@ -116,14 +86,14 @@ const Shape kLmHead = {"lm_head", 151936, 896, false};
 
 // Times linear_bf16 on `copies` distinct weight copies in rotation (so small
 // layers stream from memory as in a real forward, not from cache).
-void bench_shape(const Shape& s, ReadProbe& probe) {
+void bench_shape(const Shape& s, finmoe::ReadBandwidthProbe& probe) {
   const size_t w_elems = static_cast<size_t>(s.n * s.k);
   const size_t w_bytes = w_elems * 2;
   const size_t copies = std::max<size_t>(1, std::min<size_t>(4096, (size_t{512} << 20) / w_bytes));
   const std::vector<uint16_t> w = random_bf16(w_elems * copies, 7);
   std::vector<float> bias(static_cast<size_t>(s.n), 0.01f);
   for (int64_t M : {1, 4, 16}) {
-    const Bandwidth bw = probe.measure(3);  // just before, as the reference for this line
+    const Bandwidth bw = measure(probe, 3);  // just before, as the reference for this line
     std::vector<float> x(static_cast<size_t>(M * s.k), 0.5f), y(static_cast<size_t>(M * s.n));
     const int reps = static_cast<int>(std::max<size_t>(10, std::min<size_t>(400, copies * 4)));
     std::vector<double> times;
@@ -149,7 +119,7 @@ void bench_shape(const Shape& s, ReadProbe& probe) {
 }
 
 // The per-token chain at M = 1 with every layer's weights distinct (~0.99 GB).
-void bench_chain(ReadProbe& probe) {
+void bench_chain(finmoe::ReadBandwidthProbe& probe) {
   const int n_layers = 24;
   std::vector<std::vector<uint16_t>> layers;
   size_t bytes = 0;
@@ -161,9 +131,9 @@ void bench_chain(ReadProbe& probe) {
   const std::vector<uint16_t> lm_head = random_bf16(static_cast<size_t>(kLmHead.n * kLmHead.k), 9);
   bytes += lm_head.size() * 2;
   std::vector<float> x(4864, 0.5f), y(static_cast<size_t>(kLmHead.n)), bias(4864, 0.01f);
-  std::vector<double> times, probe_secs;
+  std::vector<double> times, probe_gb_s;
   for (int tok = -1; tok < 15; ++tok) {
-    if (tok >= 0) probe_secs.push_back(probe.sample());  // interleaved with the tokens
+    if (tok >= 0) probe_gb_s.push_back(probe.sample_gb_s());  // interleaved with the tokens
     const auto t0 = Clock::now();
     size_t i = 0;
     for (int l = 0; l < n_layers; ++l)
@@ -174,7 +144,7 @@ void bench_chain(ReadProbe& probe) {
                                  y.data());
     if (tok >= 0) times.push_back(seconds_since(t0));
   }
-  const Bandwidth bw{probe.gb() / median(probe_secs), probe.gb() / best(probe_secs)};
+  const Bandwidth bw = bandwidth_of(probe_gb_s);
   std::printf("memory read bandwidth during the chain: median %.1f GB/s, best %.1f GB/s\n",
               bw.median_gbs, bw.best_gbs);
   const double t = median(times), tb = best(times);
@@ -251,8 +221,8 @@ int main(int argc, char** argv) {
     bench_gemm();
     return 0;
   }
-  ReadProbe probe;
-  const Bandwidth bw = probe.measure(7);
+  finmoe::ReadBandwidthProbe probe;
+  const Bandwidth bw = measure(probe, 7);
   std::printf("memory read bandwidth (1 GiB, %d threads): median %.1f GB/s, best %.1f GB/s\n",
               pool.num_threads(), bw.median_gbs, bw.best_gbs);
   if (what == "all" || what == "shapes") {

@@ -101,7 +101,7 @@ int main(int argc, char** argv) try {
   const std::string script = arg(argc, argv, "--script", default_script());
   const bool json = flag(argc, argv, "--json");
   if (threads > 0) torch::set_num_threads(threads);
-  else use_all_cpus_for_torch();
+  else set_torch_threads_for(TorchWork::kTraining);
 
   const fs::path tmp =
       fs::temp_directory_path() / ("finmoe-bench-train-" + std::to_string(::getpid()));

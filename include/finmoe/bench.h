@@ -1,7 +1,8 @@
 #pragma once
 // Decode/prefill throughput of a model against the memory-bandwidth floor
-// measured in the same run (numbers on a shared machine are only comparable
-// as ratios within one run).
+// measured in the same run. On a shared machine the bandwidth drifts by tens
+// of percent within seconds, so on CPU every timed decode run is bracketed by
+// two bandwidth samples and its ratio to the floor uses their mean.
 #include <cstdint>
 #include <vector>
 
@@ -16,25 +17,40 @@ struct DecodeBenchOptions {
   std::vector<int64_t> batch_sizes{1, 4, 16};
   int64_t context_tokens = 64;  // prompt length of each decoding sequence
   int64_t decode_steps = 32;    // timed steps per batch size
-  int repeats = 2;              // best of
+  int repeats = 3;              // timed runs per figure (best tokens/s, median ratio)
 };
 
 struct DecodeBenchResult {
-  double bandwidth_gb_s = 0;        // measured read bandwidth (all threads)
+  double bandwidth_gb_s = 0;        // read bandwidth (all threads), median of the samples
   double weight_bytes_per_token = 0;  // weights one decode step streams
   double floor_tokens_per_s = 0;    // bandwidth / bytes per token (batch 1)
   double prefill_tokens_per_s = 0;
   struct Decode {
     int64_t batch = 0;
-    double tokens_per_s = 0;
-    double ms_per_step = 0;
+    double tokens_per_s = 0;  // best run
+    double ms_per_step = 0;   // best run
+    // Median over the runs of (steps/s ÷ the floor's steps/s at that run):
+    // how close a step comes to streaming the weights once.
+    double step_ratio_to_floor = 0;
   };
   std::vector<Decode> decode;
   nlohmann::json to_json() const;
 };
 
-// Sums `bytes` of memory with every pool thread, best of `repeats`; GB/s.
-double measure_read_bandwidth(size_t bytes = size_t(1) << 30, int repeats = 3);
+// Read bandwidth of host memory: sums a buffer with every kernel-pool thread.
+// Kept alive so a benchmark can sample it between its timed runs.
+class ReadBandwidthProbe {
+ public:
+  explicit ReadBandwidthProbe(size_t bytes = size_t(1) << 30);
+  double gigabytes() const;
+  // One timed pass over the buffer, in GB/s.
+  double sample_gb_s();
+
+ private:
+  std::vector<uint64_t> buf_;
+  std::vector<uint64_t> partial_;
+  volatile uint64_t sink_ = 0;
+};
 
 // Bytes of weights a batch-1 decode step reads: every parameter but the
 // embedding table (one row read), plus the table again when it is the tied head;

@@ -175,11 +175,19 @@ torch::Dtype dtype_from_string(const std::string& name);  // "float32" | "bfloat
 torch::Device device_from_string(const std::string& name);
 std::string dtype_to_string(torch::Dtype dtype);
 
-// Gives libtorch's intra-op (OpenMP) pool kernels::default_num_threads()
-// threads unless OMP_NUM_THREADS is set. Debian's libtorch starts with one,
-// which leaves training and float32 matmuls on one core. Call before the
-// first torch op; the `finmoe` command does.
-void use_all_cpus_for_torch();
+// What a process mostly runs, for sizing libtorch's intra-op (OpenMP) pool.
+// kTraining: every usable CPU (kernels::default_num_threads()). Debian's
+// libtorch starts with one thread, which leaves training and float32
+// matmuls on one core.
+// kDecoding: one thread. CPU decoding runs its heavy work (linears,
+// attention) on finmoe's own kernel pool; OpenMP workers woken by any large
+// torch op (a logits conversion, a softmax over the vocabulary) then spin on
+// the same cores for milliseconds and slow every kernel after it (measured
+// on 2 cores, Qwen2-0.5B bf16: 41 ms/token with two torch threads, 31 with one).
+// OMP_NUM_THREADS, when set, wins over both. Call before the first torch op;
+// the `finmoe` command does, per subcommand.
+enum class TorchWork { kTraining, kDecoding };
+void set_torch_threads_for(TorchWork work);
 
 }  // namespace finmoe
 

@@ -24,7 +24,7 @@ void add_bench(CLI::App& app, Run& run) {
   c->add_option("--batch", o.batch_sizes, "decode batch sizes")->capture_default_str();
   c->add_option("--steps", o.decode_steps, "timed decode steps")->capture_default_str();
   c->add_option("--context", o.context_tokens, "context per decoding sequence")->capture_default_str();
-  c->add_option("--repeats", o.repeats, "best of N")->capture_default_str();
+  c->add_option("--repeats", o.repeats, "timed runs per figure: best tokens/s, median ratio to the floor")->capture_default_str();
   c->add_flag("--json", json, "print one JSON object");
   c->callback([&run] {
     run = [] {
@@ -44,15 +44,17 @@ void add_bench(CLI::App& app, Run& run) {
       }
       std::cout << std::fixed << std::setprecision(1) << "model " << dir << " (" << j["dtype"].get<std::string>()
                 << ", " << j["threads"].get<int>() << " threads, " << kernels::isa_name() << ")\n"
-                << "memory bandwidth   " << r.bandwidth_gb_s << " GB/s (measured now)\n"
+                << "memory bandwidth   " << r.bandwidth_gb_s
+                << " GB/s (median of samples taken around the timed runs)\n"
                 << "weights per token  " << r.weight_bytes_per_token / 1e6 << " MB\n"
                 << "decode floor       " << r.floor_tokens_per_s << " tok/s at batch 1\n"
                 << "prefill " << o.prefill_tokens << "        " << r.prefill_tokens_per_s << " tok/s\n";
       for (const auto& d : r.decode) {
         std::cout << "decode batch " << std::setw(3) << d.batch << "   " << d.tokens_per_s << " tok/s ("
                   << d.ms_per_step << " ms/step";
-        if (d.batch == 1) std::cout << ", " << std::setprecision(0) << 100 * d.tokens_per_s / r.floor_tokens_per_s
-                                    << "% of floor" << std::setprecision(1);
+        if (d.batch == 1)
+          std::cout << ", " << std::setprecision(0) << 100 * d.step_ratio_to_floor
+                    << "% of floor" << std::setprecision(1);
         std::cout << ")\n";
       }
       return 0;

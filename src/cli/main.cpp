@@ -1,6 +1,7 @@
 // `finmoe`: parse, call the library, print. Library errors (finmoe::Error)
 // become a one-line message and exit code 2; bugs exit 1.
 #include <iostream>
+#include <string>
 
 #include "cli/commands.h"
 #include "finmoe/error.h"
@@ -35,7 +36,13 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
   try {
-    finmoe::use_all_cpus_for_torch();
+    // Commands that decode keep libtorch on one thread (see TorchWork); `bench`
+    // is here for `bench decode` and `bench serve`.
+    const std::string command = app.get_subcommands().front()->get_name();
+    const bool decodes = command == "generate" || command == "chat" || command == "serve" ||
+                         command == "bench" || command == "logits";
+    finmoe::set_torch_threads_for(decodes ? finmoe::TorchWork::kDecoding
+                                          : finmoe::TorchWork::kTraining);
     return run();
   } catch (const finmoe::Error& e) {
     std::cerr << "finmoe: error: " << e.what() << "\n";

@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "finmoe/error.h"
 #include "kernels/linear_isa.h"
@@ -15,10 +17,11 @@
 namespace finmoe::kernels {
 namespace {
 
-// Output rows per thread chunk: a multiple of every kernel's row block.
+// Output rows per claimed chunk: a multiple of every kernel's row block.
 constexpr int64_t kGrain = 16;
-// Smallest chunk: shorter runs of rows restart the hardware prefetcher too often.
-constexpr int64_t kMinChunk = 64;
+// Weight bytes per claimed chunk, about: small enough that the threads finish
+// together, large enough that claiming (one atomic) costs nothing.
+constexpr int64_t kChunkBytes = 64 * 1024;
 // Rows from which the AVX-512 bf16 path switches from the skinny kernel
 // (W streamed once, x re-read from L1 per 4 rows) to the tiled GEMM (W
 // repacked per 32-column panel; compute-bound). bench_kernels gemm measures both.
@@ -48,25 +51,78 @@ void require(Isa isa) {
     throw Error(std::string("kernels: this CPU cannot run the ") + isa_name(isa) + " path");
 }
 
-// Runs rows(n0, n1) over [0, N) on all threads when the weights are big
-// enough. Chunks are handed out dynamically (~32 per thread, multiples of
-// kGrain rows): on a shared machine one core is often slower, and a static
-// split would leave the other idle at the end.
+// Rows [lo, hi) of one thread's share not yet claimed, in one atomic word so
+// that the owner (from the front) and thieves (from the back) never both
+// claim a row.
+class Share {
+ public:
+  void reset(int64_t lo, int64_t hi) { word_.store(pack(lo, hi), std::memory_order_relaxed); }
+  int64_t left() const {
+    const uint64_t w = word_.load(std::memory_order_relaxed);
+    return int64_t(uint32_t(w)) - int64_t(w >> 32);
+  }
+  // Claims up to `rows` rows from the front (owner) or the back (thief) into
+  // [a, b); false when the share is empty. With lo and `rows` multiples of
+  // kGrain every boundary but N is one, whatever the schedule: the kernels'
+  // row blocks, and so the results' rounding, do not depend on it.
+  bool claim(int64_t rows, bool front, int64_t& a, int64_t& b) {
+    uint64_t w = word_.load(std::memory_order_relaxed);
+    for (;;) {
+      const int64_t lo = int64_t(w >> 32), hi = int64_t(uint32_t(w));
+      if (lo >= hi) return false;
+      a = front ? lo : std::max(lo, (hi - rows) / kGrain * kGrain);
+      b = front ? std::min(hi, lo + rows) : hi;
+      if (word_.compare_exchange_weak(w, front ? pack(b, hi) : pack(lo, a),
+                                      std::memory_order_relaxed))
+        return true;
+    }
+  }
+
+ private:
+  static uint64_t pack(int64_t lo, int64_t hi) { return uint64_t(lo) << 32 | uint32_t(hi); }
+  std::atomic<uint64_t> word_{0};
+};
+
+// Runs rows(n0, n1) over [0, N) on all threads when the weights (N rows of K
+// bf16-sized elements) are big enough. Each thread walks its own contiguous
+// share front to back, so its weights arrive as one sequential stream that the
+// prefetchers follow across chunks; a thread done with its share takes chunks
+// from the back of the fullest other share (on a shared machine one core is
+// often slower, and a static split would leave the other idle at the end).
+// Whether split_rows(N, K) runs in one piece, and the rows per claimed chunk.
+int64_t chunk_rows(int64_t K) {
+  const int64_t rows = kChunkBytes / (2 * std::max<int64_t>(K, 1));
+  return std::max<int64_t>(1, (rows + kGrain - 1) / kGrain) * kGrain;
+}
+bool one_piece(int64_t N, int64_t K, int64_t threads) {
+  return threads == 1 || N * K < kMinParallelWeights || N <= chunk_rows(K) || N > INT32_MAX;
+}
+// First row of thread t's share of [0, N) (t == threads: N).
+int64_t share_start(int64_t N, int64_t t, int64_t threads) {
+  return t == threads ? N : N * t / threads / kGrain * kGrain;
+}
+
 template <class F>
 void split_rows(int64_t N, int64_t K, const F& rows) {
   ThreadPool& pool = ThreadPool::global();
   const int64_t threads = pool.num_threads();
-  const int64_t chunk = (std::max(kMinChunk, N / (threads * 32)) + kGrain - 1) / kGrain * kGrain;
-  if (threads == 1 || N * K < kMinParallelWeights || N <= chunk) {
+  if (one_piece(N, K, threads)) {
     rows(int64_t{0}, N);
     return;
   }
-  std::atomic<int64_t> next{0};
-  pool.parallel_for(threads, 1, [&](int64_t, int64_t) {
+  const int64_t chunk = chunk_rows(K);
+  std::vector<Share> shares(static_cast<size_t>(threads));
+  for (int64_t t = 0; t < threads; ++t)
+    shares[size_t(t)].reset(share_start(N, t, threads), share_start(N, t + 1, threads));
+  pool.parallel_for(threads, 1, [&](int64_t t, int64_t) {
+    int64_t a, b;
+    while (shares[size_t(t)].claim(chunk, true, a, b)) rows(a, b);
     for (;;) {
-      const int64_t n0 = next.fetch_add(chunk, std::memory_order_relaxed);
-      if (n0 >= N) return;
-      rows(n0, std::min(N, n0 + chunk));
+      Share* fullest = nullptr;
+      for (auto& s : shares)
+        if (s.left() > 0 && (!fullest || s.left() > fullest->left())) fullest = &s;
+      if (!fullest) return;
+      if (fullest->claim(chunk, false, a, b)) rows(a, b);
     }
   });
 }

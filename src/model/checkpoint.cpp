@@ -90,9 +90,9 @@ torch::Dtype dtype_from_string(const std::string& name) {
   throw Error("dtype '" + name + "' is not supported (supported: float32, bfloat16, float16)");
 }
 
-void use_all_cpus_for_torch() {
+void set_torch_threads_for(TorchWork work) {
   if (const char* s = std::getenv("OMP_NUM_THREADS"); s != nullptr && *s != '\0') return;
-  at::set_num_threads(kernels::default_num_threads());
+  at::set_num_threads(work == TorchWork::kTraining ? kernels::default_num_threads() : 1);
 }
 
 torch::Device device_from_string(const std::string& name) {

@@ -42,13 +42,13 @@ TORCH_MODULE(Linear);
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight,
                      const torch::Tensor& bias);
 
-// silu(gate) * up, SwiGLU's gating product: one fused kernel on the kernel
-// path (same roundings as libtorch's two ops), else torch::silu(gate) * up.
 // linear(x, layer.weight, layer.bias) for each layer, with one pass of the
 // decode kernels over all their weights when they apply (q/k/v, gate/up).
 std::vector<torch::Tensor> linear_group(const torch::Tensor& x,
                                         const std::vector<const LinearImpl*>& layers);
 
+// silu(gate) * up, SwiGLU's gating product: one fused kernel on the kernel
+// path (same roundings as libtorch's two ops), else torch::silu(gate) * up.
 torch::Tensor silu_mul(const torch::Tensor& gate, const torch::Tensor& up);
 
 // t in float32, or unchanged when it is float64: reductions (norms, softmax,

@@ -1,8 +1,13 @@
 #include "finmoe/bench.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <numeric>
+#include <optional>
+#include <string>
+
+#include "finmoe/error.h"
 
 #include "kernels/thread_pool.h"
 
@@ -14,38 +19,42 @@ double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
 }  // namespace
 
-double measure_read_bandwidth(size_t bytes, int repeats) {
-  const size_t n = bytes / sizeof(uint64_t);
-  std::vector<uint64_t> buf(n);
-  auto& pool = kernels::ThreadPool::global();
+ReadBandwidthProbe::ReadBandwidthProbe(size_t bytes)
+    : buf_(bytes / sizeof(uint64_t)), partial_(256, 0) {
   // first touch in parallel so pages spread like the weights do
-  pool.parallel_for(int64_t(n), 4096, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) buf[size_t(i)] = uint64_t(i);
+  kernels::ThreadPool::global().parallel_for(int64_t(buf_.size()), 4096, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) buf_[size_t(i)] = uint64_t(i);
   });
-  std::vector<uint64_t> sums(256, 0);
-  double best = 0;
-  for (int r = 0; r < repeats; ++r) {
-    const auto t = Clock::now();
-    pool.parallel_for(int64_t(n), 4096, [&](int64_t b, int64_t e) {
-      // four independent accumulators keep the loads in flight
-      uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-      int64_t i = b;
-      for (; i + 4 <= e; i += 4) {
-        a0 += buf[size_t(i)];
-        a1 += buf[size_t(i + 1)];
-        a2 += buf[size_t(i + 2)];
-        a3 += buf[size_t(i + 3)];
-      }
-      for (; i < e; ++i) a0 += buf[size_t(i)];
-      sums[size_t(b / 4096) % sums.size()] += a0 + a1 + a2 + a3;
-    });
-    best = std::max(best, double(bytes) / seconds_since(t) / 1e9);
-  }
-  volatile uint64_t sink = std::accumulate(sums.begin(), sums.end(), uint64_t{0});
-  (void)sink;
-  return best;
+}
+
+double ReadBandwidthProbe::gigabytes() const { return double(buf_.size() * sizeof(uint64_t)) / 1e9; }
+
+double ReadBandwidthProbe::sample_gb_s() {
+  const auto t = Clock::now();
+  kernels::ThreadPool::global().parallel_for(int64_t(buf_.size()), 4096, [&](int64_t b, int64_t e) {
+    // four independent accumulators keep the loads in flight
+    uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    int64_t i = b;
+    for (; i + 4 <= e; i += 4) {
+      a0 += buf_[size_t(i)];
+      a1 += buf_[size_t(i + 1)];
+      a2 += buf_[size_t(i + 2)];
+      a3 += buf_[size_t(i + 3)];
+    }
+    for (; i < e; ++i) a0 += buf_[size_t(i)];
+    partial_[size_t(b / 4096) % partial_.size()] += a0 + a1 + a2 + a3;
+  });
+  const double gb_s = gigabytes() / seconds_since(t);
+  sink_ = sink_ + std::accumulate(partial_.begin(), partial_.end(), uint64_t{0});
+  return gb_s;
 }
 
 double decode_weight_bytes(const Transformer& model) {
@@ -77,11 +86,25 @@ double measure_device_read_bandwidth(torch::Device device) {
 }
 
 DecodeBenchResult bench_decode(Transformer& model, const DecodeBenchOptions& o) {
+  if (o.prefill_tokens < 1 || o.context_tokens < 1 || o.decode_steps < 1 || o.repeats < 1)
+    throw Error("bench decode: prefill, context, steps and repeats must be >= 1");
+  for (int64_t B : o.batch_sizes)
+    if (B < 1) throw Error("bench decode: batch sizes must be >= 1, got " + std::to_string(B));
   DecodeBenchResult r;
-  r.bandwidth_gb_s = model.device().is_cpu() ? measure_read_bandwidth()
-                                             : measure_device_read_bandwidth(model.device());
   r.weight_bytes_per_token = decode_weight_bytes(model);
-  r.floor_tokens_per_s = r.bandwidth_gb_s * 1e9 / r.weight_bytes_per_token;
+  // Host memory drifts, so it is sampled around every timed run; an
+  // accelerator's is measured once.
+  const bool cpu = model.device().is_cpu();
+  std::optional<ReadBandwidthProbe> probe;
+  std::vector<double> samples;
+  double device_gb_s = 0;
+  if (cpu) probe.emplace(); else device_gb_s = measure_device_read_bandwidth(model.device());
+  auto bandwidth_now = [&] {
+    if (!cpu) return device_gb_s;
+    samples.push_back(probe->sample_gb_s());
+    return samples.back();
+  };
+  bandwidth_now();
   const int64_t V = model.config().vocab_size;
   const int64_t bs = 16;
   auto token = [&](int64_t i) { return int32_t((i * 7919 + 13) % V); };
@@ -115,6 +138,7 @@ DecodeBenchResult bench_decode(Transformer& model, const DecodeBenchOptions& o) 
     for (int64_t s = 0; s < B; ++s)
       for (int64_t k = 0; k < per_seq; ++k) tables[size_t(s)].push_back(int32_t(s * per_seq + k));
     double best = 1e30;
+    std::vector<double> ratios;
     for (int rep = 0; rep < o.repeats; ++rep) {
       StepBatch prefill;
       for (int64_t s = 0; s < B; ++s) {
@@ -126,6 +150,7 @@ DecodeBenchResult bench_decode(Transformer& model, const DecodeBenchOptions& o) 
         }
       }
       model.step(prefill, cache).to(torch::kCPU);
+      const double before = bandwidth_now();
       const auto t = Clock::now();
       for (int64_t step = 0; step < o.decode_steps; ++step) {
         StepBatch d;
@@ -137,10 +162,18 @@ DecodeBenchResult bench_decode(Transformer& model, const DecodeBenchOptions& o) 
         }
         model.step(d, cache).to(torch::kCPU);
       }
-      best = std::min(best, seconds_since(t));
+      const double secs = seconds_since(t);
+      const double after = bandwidth_now();
+      best = std::min(best, secs);
+      // the floor of this run: the bandwidth sampled around it
+      const double floor_steps_per_s = (before + after) / 2 * 1e9 / r.weight_bytes_per_token;
+      ratios.push_back(double(o.decode_steps) / secs / floor_steps_per_s);
     }
-    r.decode.push_back({B, double(B * o.decode_steps) / best, best / o.decode_steps * 1e3});
+    r.decode.push_back(
+        {B, double(B * o.decode_steps) / best, best / double(o.decode_steps) * 1e3, median(ratios)});
   }
+  r.bandwidth_gb_s = cpu ? median(samples) : device_gb_s;
+  r.floor_tokens_per_s = r.bandwidth_gb_s * 1e9 / r.weight_bytes_per_token;
   return r;
 }
 
@@ -153,7 +186,8 @@ nlohmann::json DecodeBenchResult::to_json() const {
     nlohmann::json e = {{"batch", d.batch},
                         {"tokens_per_s", d.tokens_per_s},
                         {"ms_per_step", d.ms_per_step}};
-    if (d.batch == 1) e["ratio_to_floor"] = d.tokens_per_s / floor_tokens_per_s;
+    e["step_ratio_to_floor"] = d.step_ratio_to_floor;
+    if (d.batch == 1) e["ratio_to_floor"] = d.step_ratio_to_floor;
     j["decode"].push_back(e);
   }
   return j;

@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include "../model/test_util.h"
+#include "../router_output.h"
 #include "finmoe/analysis.h"
 #include "finmoe/error.h"
 #include "finmoe/model.h"
@@ -17,22 +18,11 @@
 namespace finmoe {
 namespace {
 
-// A router output with the given rows of selected experts and weights.
+// A router output with the given rows of selected experts and weights, seeded random logits.
 RouterOutput hand_router(int64_t layer, const std::vector<std::vector<int64_t>>& idx,
                          const std::vector<std::vector<float>>& w, int64_t E, uint64_t seed) {
-  const int64_t T = int64_t(idx.size()), K = int64_t(idx[0].size());
-  RouterOutput r;
-  r.layer = layer;
   torch::manual_seed(seed);
-  r.logits = torch::randn({T, E});
-  r.indices = torch::empty({T, K}, torch::kInt64);
-  r.weights = torch::empty({T, K});
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t k = 0; k < K; ++k) {
-      r.indices[t][k] = idx[size_t(t)][size_t(k)];
-      r.weights[t][k] = w[size_t(t)][size_t(k)];
-    }
-  return r;
+  return test::router_output(layer, idx, w, torch::randn({int64_t(idx.size()), E}));
 }
 
 TEST(LoadBalance, UniformLoadIsBalancedWithFullEntropy) {

@@ -24,7 +24,7 @@ namespace finmoe::kernels {
 namespace {
 
 const int64_t kMs[] = {1, 2, 3, 4, 7, 16, 17, 32};
-const int64_t kKs[] = {1, 15, 32, 896, 4864, 1000};
+const int64_t kKs[] = {1, 15, 32, 96, 896, 4864, 1000};
 const int64_t kNs[] = {1, 5, 16, 896, 1003};
 // |y - ref| <= kRelTol * (|bias| + sum_k |x_k w_k|): float32 accumulation over K <= 4864 terms.
 constexpr double kRelTol = 1e-5;
@@ -221,6 +221,23 @@ TEST(Linear, PublicEntryPointsUseTheActivePath) {
   linear_f32_isa(active_isa(), q.x.data(), 2, 1000, q.layer->w_f32.data(), 5, nullptr,
                  z_isa.data());
   EXPECT_EQ(z, z_isa);
+}
+
+// Threads claim row chunks dynamically (and steal from each other), so which
+// thread computes a row, and in which range, changes from call to call; the
+// result must not.
+TEST(Linear, ResultsDoNotDependOnTheSchedule) {
+  for (const int64_t M : {1, 3}) {
+    const Problem& p = problem(true, M, 896, 1003);
+    std::vector<float> first(size_t(M * 1003)), y(first.size());
+    linear_bf16(p.x.data(), M, 896, p.layer->w_bf16.data(), 1003, p.layer->bias.data(),
+                first.data());
+    for (int rep = 0; rep < 50; ++rep) {
+      linear_bf16(p.x.data(), M, 896, p.layer->w_bf16.data(), 1003, p.layer->bias.data(),
+                  y.data());
+      ASSERT_EQ(y, first) << "M=" << M << " call " << rep;
+    }
+  }
 }
 
 TEST(Linear, RejectsNegativeShapesAndMissingBuffers) {

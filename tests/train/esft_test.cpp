@@ -19,6 +19,7 @@
 #include "finmoe/safetensors.h"
 #include "finmoe/tokenizer.h"
 #include "finmoe/train.h"
+#include "../router_output.h"
 #include "train_test_util.h"
 
 namespace finmoe {
@@ -27,20 +28,10 @@ namespace {
 namespace fs = std::filesystem;
 using test::message_of;
 
+// Routing of T tokens with zero logits: the scores read only indices and weights.
 RouterOutput router(int64_t layer, int64_t E, const std::vector<std::vector<int64_t>>& idx,
                     const std::vector<std::vector<float>>& w) {
-  const int64_t T = int64_t(idx.size()), K = int64_t(idx[0].size());
-  RouterOutput r;
-  r.layer = layer;
-  r.logits = torch::zeros({T, E});  // the scores read only indices and weights
-  r.indices = torch::empty({T, K}, torch::kInt64);
-  r.weights = torch::empty({T, K});
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t k = 0; k < K; ++k) {
-      r.indices[t][k] = idx[size_t(t)][size_t(k)];
-      r.weights[t][k] = w[size_t(t)][size_t(k)];
-    }
-  return r;
+  return test::router_output(layer, idx, w, torch::zeros({int64_t(idx.size()), E}));
 }
 
 void expect_scores(const std::vector<double>& got, const std::vector<double>& want) {
