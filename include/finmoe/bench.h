@@ -42,11 +42,11 @@ struct DecodeBenchResult {
 class ReadBandwidthProbe {
  public:
   explicit ReadBandwidthProbe(size_t bytes = size_t(1) << 30);
-  double gigabytes() const;
   // One timed pass over the buffer, in GB/s.
   double sample_gb_s();
 
  private:
+  double gigabytes() const;
   std::vector<uint64_t> buf_;
   std::vector<uint64_t> partial_;
   volatile uint64_t sink_ = 0;

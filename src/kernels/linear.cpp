@@ -83,34 +83,31 @@ class Share {
   std::atomic<uint64_t> word_{0};
 };
 
-// Runs rows(n0, n1) over [0, N) on all threads when the weights (N rows of K
-// bf16-sized elements) are big enough. Each thread walks its own contiguous
-// share front to back, so its weights arrive as one sequential stream that the
-// prefetchers follow across chunks; a thread done with its share takes chunks
-// from the back of the fullest other share (on a shared machine one core is
-// often slower, and a static split would leave the other idle at the end).
-// Whether split_rows(N, K) runs in one piece, and the rows per claimed chunk.
+// Rows per claimed chunk of K bf16-sized elements each.
 int64_t chunk_rows(int64_t K) {
   const int64_t rows = kChunkBytes / (2 * std::max<int64_t>(K, 1));
   return std::max<int64_t>(1, (rows + kGrain - 1) / kGrain) * kGrain;
-}
-bool one_piece(int64_t N, int64_t K, int64_t threads) {
-  return threads == 1 || N * K < kMinParallelWeights || N <= chunk_rows(K) || N > INT32_MAX;
 }
 // First row of thread t's share of [0, N) (t == threads: N).
 int64_t share_start(int64_t N, int64_t t, int64_t threads) {
   return t == threads ? N : N * t / threads / kGrain * kGrain;
 }
 
+// Runs rows(n0, n1) over [0, N) on all threads when the weights (N rows of K
+// bf16-sized elements) are big enough. Each thread walks its own contiguous
+// share front to back, so its weights arrive as one sequential stream that the
+// prefetchers follow across chunks; a thread done with its share takes chunks
+// from the back of the fullest other share (on a shared machine one core is
+// often slower, and a static split would leave the other idle at the end).
 template <class F>
 void split_rows(int64_t N, int64_t K, const F& rows) {
   ThreadPool& pool = ThreadPool::global();
   const int64_t threads = pool.num_threads();
-  if (one_piece(N, K, threads)) {
+  const int64_t chunk = chunk_rows(K);
+  if (threads == 1 || N * K < kMinParallelWeights || N <= chunk || N > INT32_MAX) {
     rows(int64_t{0}, N);
     return;
   }
-  const int64_t chunk = chunk_rows(K);
   std::vector<Share> shares(static_cast<size_t>(threads));
   for (int64_t t = 0; t < threads; ++t)
     shares[size_t(t)].reset(share_start(N, t, threads), share_start(N, t + 1, threads));

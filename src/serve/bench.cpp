@@ -8,6 +8,7 @@
 #include <string>
 
 #include "finmoe/error.h"
+#include "finmoe/serve_bench.h"
 
 #include "kernels/thread_pool.h"
 
@@ -17,12 +18,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 }  // namespace
@@ -170,9 +165,9 @@ DecodeBenchResult bench_decode(Transformer& model, const DecodeBenchOptions& o) 
       ratios.push_back(double(o.decode_steps) / secs / floor_steps_per_s);
     }
     r.decode.push_back(
-        {B, double(B * o.decode_steps) / best, best / double(o.decode_steps) * 1e3, median(ratios)});
+        {B, double(B * o.decode_steps) / best, best / double(o.decode_steps) * 1e3, percentile(ratios, 50)});
   }
-  r.bandwidth_gb_s = cpu ? median(samples) : device_gb_s;
+  r.bandwidth_gb_s = cpu ? percentile(samples, 50) : device_gb_s;
   r.floor_tokens_per_s = r.bandwidth_gb_s * 1e9 / r.weight_bytes_per_token;
   return r;
 }

@@ -115,6 +115,36 @@ TEST_F(Cli, GenerateStreamsAndReportsSpeed) {
             r.out.substr(0, 40));
 }
 
+TEST_F(Cli, BenchDecodeReportsEveryBatchAgainstTheWeightFloor) {
+  auto info = nlohmann::json::parse(run("info " + model() + " --json").out);
+  auto r = run("bench decode " + model() +
+               " --json --prefill 8 --batch 1 2 --steps 2 --repeats 2 --context 4");
+  ASSERT_EQ(r.status, 0) << r.out;
+  auto j = nlohmann::json::parse(r.out);
+  // tied float32 model: a decode step reads every parameter once (the embedding as the head)
+  ASSERT_TRUE(info["tie_word_embeddings"].get<bool>());
+  EXPECT_EQ(j["weight_bytes_per_token"].get<double>(), 4.0 * info["total_params"].get<double>());
+  EXPECT_GT(j["bandwidth_gb_s"].get<double>(), 0);
+  EXPECT_NEAR(j["floor_tokens_per_s"].get<double>(),
+              j["bandwidth_gb_s"].get<double>() * 1e9 / j["weight_bytes_per_token"].get<double>(),
+              1e-6 * j["floor_tokens_per_s"].get<double>());
+  EXPECT_GT(j["prefill_tokens_per_s"].get<double>(), 0);
+  ASSERT_EQ(j["decode"].size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    const auto& d = j["decode"][i];
+    const double batch = double(i + 1);
+    EXPECT_EQ(d["batch"].get<double>(), batch);
+    // tokens/s and ms/step describe the same best run
+    EXPECT_NEAR(d["tokens_per_s"].get<double>() * d["ms_per_step"].get<double>(), 1e3 * batch,
+                1e-6 * 1e3 * batch);
+    EXPECT_GT(d["step_ratio_to_floor"].get<double>(), 0);
+    EXPECT_EQ(d.contains("ratio_to_floor"), i == 0);
+  }
+  auto bad = run("bench decode " + model() + " --repeats 0");
+  EXPECT_EQ(bad.status, 2);
+  EXPECT_NE(bad.out.find("repeats"), std::string::npos) << bad.out;
+}
+
 TEST_F(Cli, BadInputExitsWithMessageNamingIt) {
   auto r = run("info " + (dir_ / "nope").string());
   EXPECT_EQ(r.status, 2);
