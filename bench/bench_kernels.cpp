@@ -156,37 +156,43 @@ void bench_chain(finmoe::ReadBandwidthProbe& probe) {
       100.0 * gb / tb / bw.best_gbs, bw.best_gbs / gb);
 }
 
-// Many-row (prefill) products: kernels::linear on bf16 tensors (skinny
-// kernel up to 31 rows, tiled GEMM from 32) against torch::linear on the
-// same bf16 tensors, median of the repetitions; GFLOP/s of each and the ratio.
+// Many-row (prefill) products: kernels::linear (skinny kernel up to 31 rows,
+// tiled GEMM from 32) against torch::linear on the same tensors, bf16 and
+// float32 weights, libtorch on as many threads as the kernel pool; median of
+// the repetitions, GFLOP/s of each and the ratio.
 void bench_gemm() {
   torch::NoGradGuard no_grad;
-  for (const Shape& s : kLayerShapes) {
-    auto w = torch::randn({s.n, s.k}).mul(0.05).to(torch::kBFloat16);
-    for (int64_t M : {16, 32, 64, 128, 512}) {
-      auto x = torch::randn({M, s.k}).to(torch::kBFloat16);
-      auto y = torch::empty({M, s.n}, x.options());
-      const int reps = M >= 128 ? 5 : 20;
-      std::vector<double> tk, tt;
-      for (int r = -1; r < reps; ++r) {
-        auto t0 = Clock::now();
-        finmoe::kernels::linear(finmoe::kernels::ElemType::kBF16, x.data_ptr(), M, s.k,
-                                finmoe::kernels::ElemType::kBF16, w.data_ptr(), s.n, nullptr,
-                                finmoe::kernels::ElemType::kBF16, y.data_ptr());
-        const double a = seconds_since(t0);
-        t0 = Clock::now();
-        auto yt = torch::linear(x, w);
-        const double b = seconds_since(t0);
-        if (r >= 0) {
-          tk.push_back(a);
-          tt.push_back(b);
+  torch::set_num_threads(ThreadPool::global().num_threads());
+  for (const auto dtype : {torch::kBFloat16, torch::kFloat32}) {
+    const auto t = dtype == torch::kFloat32 ? finmoe::kernels::ElemType::kF32
+                                            : finmoe::kernels::ElemType::kBF16;
+    for (const Shape& s : kLayerShapes) {
+      auto w = torch::randn({s.n, s.k}).mul(0.05).to(dtype);
+      for (int64_t M : {16, 32, 64, 128, 512}) {
+        auto x = torch::randn({M, s.k}).to(dtype);
+        auto y = torch::empty({M, s.n}, x.options());
+        const int reps = M >= 128 ? 5 : 20;
+        std::vector<double> tk, tt;
+        for (int r = -1; r < reps; ++r) {
+          auto t0 = Clock::now();
+          finmoe::kernels::linear(t, x.data_ptr(), M, s.k, t, w.data_ptr(), s.n, nullptr, t,
+                                  y.data_ptr());
+          const double a = seconds_since(t0);
+          t0 = Clock::now();
+          auto yt = torch::linear(x, w);
+          const double b = seconds_since(t0);
+          if (r >= 0) {
+            tk.push_back(a);
+            tt.push_back(b);
+          }
         }
+        const double flop = 2.0 * double(M) * double(s.n) * double(s.k);
+        const double k = median(tk), tm = median(tt);
+        std::printf("%-4s %-9s %5lld x %-5lld M=%-4lld kernels %7.1f GFLOP/s  torch %7.1f GFLOP/s  (%.2fx)\n",
+                    dtype == torch::kFloat32 ? "f32" : "bf16", s.name,
+                    static_cast<long long>(s.n), static_cast<long long>(s.k),
+                    static_cast<long long>(M), flop / k / 1e9, flop / tm / 1e9, tm / k);
       }
-      const double flop = 2.0 * double(M) * double(s.n) * double(s.k);
-      const double k = median(tk), t = median(tt);
-      std::printf("%-9s %5lld x %-5lld M=%-4lld kernels %7.1f GFLOP/s  torch %7.1f GFLOP/s  (%.2fx)\n",
-                  s.name, static_cast<long long>(s.n), static_cast<long long>(s.k),
-                  static_cast<long long>(M), flop / k / 1e9, flop / t / 1e9, t / k);
     }
   }
 }

@@ -40,12 +40,10 @@ CpuFeatures detect() {
     f.avx512f = (b >> 16) & 1;
     f.avx512bw = (b >> 30) & 1;
     f.avx512vl = (b >> 31) & 1;
+    f.avx512dq = (b >> 17) & 1;
     f.avx512_vnni = (c >> 11) & 1;
-    const bool avx512dq = (b >> 17) & 1;
     unsigned a1 = 0, b1 = 0, c1 = 0, d1 = 0;
     if (__get_cpuid_count(7, 1, &a1, &b1, &c1, &d1)) f.avx512_bf16 = (a1 >> 5) & 1;
-    // The avx512 TUs are built with -mavx512dq too; treat a CPU without DQ as lacking the path.
-    if (!avx512dq) f.avx512_bf16 = false;
   }
   return f;
 }
@@ -58,28 +56,29 @@ const CpuFeatures& cpu_features() {
 }
 
 Isa best_isa(const CpuFeatures& f) {
-  if (f.avx512f && f.avx512bw && f.avx512vl && f.avx512_bf16 && f.avx512_vnni && f.fma && f.f16c)
-    return Isa::kAvx512;
-  if (f.avx2 && f.fma && f.f16c) return Isa::kAvx2;
-  return Isa::kScalar;
+  if (!(f.avx2 && f.fma && f.f16c)) return Isa::kScalar;
+  if (!(f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq)) return Isa::kAvx2;
+  if (!(f.avx512_bf16 && f.avx512_vnni)) return Isa::kAvx512;
+  return Isa::kAvx512Bf16;
 }
 
 Isa select_isa(const CpuFeatures& f, const char* request) {
   const Isa best = best_isa(f);
   if (request == nullptr || *request == '\0') return best;
-  Isa wanted;
-  if (std::strcmp(request, "scalar") == 0) {
-    wanted = Isa::kScalar;
-  } else if (std::strcmp(request, "avx2") == 0) {
-    wanted = Isa::kAvx2;
-  } else if (std::strcmp(request, "avx512") == 0) {
-    wanted = Isa::kAvx512;
-  } else {
+  Isa wanted = Isa::kScalar;
+  bool known = false;
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16})
+    if (std::strcmp(request, isa_name(isa)) == 0) {
+      wanted = isa;
+      known = true;
+    }
+  if (!known)
     throw Error(std::string("FINMOE_ISA: unknown value '") + request +
-                "', expected scalar, avx2 or avx512");
-  }
-  // The variable only lowers the path: asking for more than the CPU has gets the best it has.
-  return static_cast<int>(wanted) < static_cast<int>(best) ? wanted : best;
+                "', expected scalar, avx2, avx512 or avx512_bf16");
+  if (static_cast<int>(wanted) > static_cast<int>(best))
+    throw Error(std::string("FINMOE_ISA=") + request + ": this CPU cannot run that path (its best is " +
+                isa_name(best) + "); unset FINMOE_ISA or ask for a lower one");
+  return wanted;
 }
 
 Isa active_isa() {
@@ -87,10 +86,19 @@ Isa active_isa() {
   return isa;
 }
 
+bool cpu_runs(Isa isa) { return static_cast<int>(isa) <= static_cast<int>(best_isa(cpu_features())); }
+
+void require_isa(Isa isa) {
+  if (!cpu_runs(isa))
+    throw Error(std::string("kernels: this CPU cannot run the ") + isa_name(isa) + " path");
+}
+
 const char* isa_name(Isa isa) {
   switch (isa) {
-    case Isa::kAvx512:
+    case Isa::kAvx512Bf16:
       return "avx512_bf16";
+    case Isa::kAvx512:
+      return "avx512";
     case Isa::kAvx2:
       return "avx2";
     case Isa::kScalar:

@@ -11,13 +11,15 @@ struct CpuFeatures {
   bool avx512f = false;
   bool avx512bw = false;
   bool avx512vl = false;
+  bool avx512dq = false;
   bool avx512_bf16 = false;
   bool avx512_vnni = false;
 };
 
 const CpuFeatures& cpu_features();
-// "avx512_bf16", "avx2", or "scalar": the path linear_* takes on this CPU
-// (FINMOE_ISA=scalar|avx2|avx512 in the environment lowers it, for tests).
+// "avx512_bf16", "avx512", "avx2" or "scalar": the path the kernels take on
+// this CPU (FINMOE_ISA=scalar|avx2|avx512|avx512_bf16 in the environment picks
+// a lower one, to run another CPU's path here).
 const char* isa_name();
 
 }  // namespace finmoe::kernels

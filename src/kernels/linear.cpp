@@ -22,17 +22,19 @@ constexpr int64_t kGrain = 16;
 // Weight bytes per claimed chunk, about: small enough that the threads finish
 // together, large enough that claiming (one atomic) costs nothing.
 constexpr int64_t kChunkBytes = 64 * 1024;
-// Rows from which the AVX-512 bf16 path switches from the skinny kernel
-// (W streamed once, x re-read from L1 per 4 rows) to the tiled GEMM (W
-// repacked per 32-column panel; compute-bound). bench_kernels gemm measures both.
-constexpr int64_t kGemmMinRows = 32;
-// Output columns per GEMM panel (gemm_avx512.cpp).
-constexpr int64_t kGemmPanel = 32;
+// kGemmMinRows (linear.h): from there a product switches from the few-row
+// kernels (W streamed once, x re-read from L1 per row tile) to the tiled GEMM
+// (W repacked per panel; compute-bound). bench_kernels gemm measures both.
+// Output columns per panel of the avx512_bf16 GEMM (gemm_avx512bf16.cpp).
+constexpr int64_t kBf16Panel = 32;
+// Rows of x per GEMM task: a panel streams past at most this block of x,
+// which stays in L2/L3 however long the prompt (M x K floats would not).
+constexpr int64_t kGemmRowBlock = 256;
 // Below this many weights (128 KiB of bf16) waking a worker costs more than it saves.
 constexpr int64_t kMinParallelWeights = 64 * 1024;
 
-void check_args(const char* op, const float* x, int64_t M, int64_t K, const void* W, int64_t N,
-                float* y) {
+void check_args(const char* op, const void* x, int64_t M, int64_t K, const void* W, int64_t N,
+                const void* y) {
   if (M < 0 || K < 0 || N < 0)
     throw Error(std::string(op) + ": negative shape M=" + std::to_string(M) +
                 " K=" + std::to_string(K) + " N=" + std::to_string(N));
@@ -40,16 +42,6 @@ void check_args(const char* op, const float* x, int64_t M, int64_t K, const void
     throw Error(std::string(op) + ": null x, W or y for a non-empty shape");
 }
 
-// y = bias (or 0) when K == 0: the empty sum.
-void fill_bias(int64_t M, int64_t N, const float* bias, float* y) {
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = 0; n < N; ++n) y[m * N + n] = bias ? bias[n] : 0.0f;
-}
-
-void require(Isa isa) {
-  if (static_cast<int>(isa) > static_cast<int>(best_isa(cpu_features())))
-    throw Error(std::string("kernels: this CPU cannot run the ") + isa_name(isa) + " path");
-}
 
 // Rows [lo, hi) of one thread's share not yet claimed, in one atomic word so
 // that the owner (from the front) and thieves (from the back) never both
@@ -93,36 +85,35 @@ int64_t share_start(int64_t N, int64_t t, int64_t threads) {
   return t == threads ? N : N * t / threads / kGrain * kGrain;
 }
 
-// Runs rows(n0, n1) over [0, N) on all threads when the weights (N rows of K
-// bf16-sized elements) are big enough. Each thread walks its own contiguous
-// share front to back, so its weights arrive as one sequential stream that the
-// prefetchers follow across chunks; a thread done with its share takes chunks
-// from the back of the fullest other share (on a shared machine one core is
-// often slower, and a static split would leave the other idle at the end).
-template <class F>
-void split_rows(int64_t N, int64_t K, const F& rows) {
-  ThreadPool& pool = ThreadPool::global();
-  const int64_t threads = pool.num_threads();
-  const int64_t chunk = chunk_rows(K);
-  if (threads == 1 || N * K < kMinParallelWeights || N <= chunk || N > INT32_MAX) {
-    rows(int64_t{0}, N);
-    return;
+// Contiguous shares of [0, N) rows, one per thread. Each thread walks its
+// own share front to back, so its weights arrive as one sequential stream
+// that the prefetchers follow across chunks; a thread done with its share
+// takes chunks from the back of the fullest other share (on a shared machine
+// one core is often slower, and a static split would leave the other idle).
+class Shares {
+ public:
+  Shares(int64_t N, int64_t chunk, int64_t threads) : chunk_(chunk), shares_(size_t(threads)) {
+    for (int64_t t = 0; t < threads; ++t)
+      shares_[size_t(t)].reset(share_start(N, t, threads), share_start(N, t + 1, threads));
   }
-  std::vector<Share> shares(static_cast<size_t>(threads));
-  for (int64_t t = 0; t < threads; ++t)
-    shares[size_t(t)].reset(share_start(N, t, threads), share_start(N, t + 1, threads));
-  pool.parallel_for(threads, 1, [&](int64_t t, int64_t) {
+  // Runs rows(a, b) on chunks until no share has rows left; thread t starts with its own.
+  template <class F>
+  void walk(int64_t t, const F& rows) {
     int64_t a, b;
-    while (shares[size_t(t)].claim(chunk, true, a, b)) rows(a, b);
+    while (shares_[size_t(t)].claim(chunk_, true, a, b)) rows(a, b);
     for (;;) {
       Share* fullest = nullptr;
-      for (auto& s : shares)
+      for (auto& s : shares_)
         if (s.left() > 0 && (!fullest || s.left() > fullest->left())) fullest = &s;
       if (!fullest) return;
-      if (fullest->claim(chunk, false, a, b)) rows(a, b);
+      if (fullest->claim(chunk_, false, a, b)) rows(a, b);
     }
-  });
-}
+  }
+
+ private:
+  int64_t chunk_;
+  std::vector<Share> shares_;
+};
 
 // Per-thread scratch for the converted activations, grown as needed, 64-byte
 // aligned; `Slot` tells apart buffers of one call.
@@ -179,179 +170,300 @@ float bf16_to_float(uint16_t b) {
   return f;
 }
 
+
 namespace {
 
-// y (float32) or yb (bf16) = xb · Wᵀ + bias with the tiled AVX-512 GEMM, one
-// 32-column panel per task, handed out dynamically (see split_rows).
-void gemm_avx512(const uint16_t* xb, int64_t ldx, int64_t M, int64_t K, const uint16_t* W,
-                 int64_t N, const float* bias, float* y, uint16_t* yb) {
-  const int64_t panels = (N + kGemmPanel - 1) / kGemmPanel;
-  std::atomic<int64_t> next{0};
-  auto work = [&](int64_t, int64_t) {
-    uint16_t* packed = scratch<uint16_t, 4>(static_cast<size_t>(gemm_pack_elems_avx512(K)));
-    for (int64_t p; (p = next.fetch_add(1, std::memory_order_relaxed)) < panels;) {
-      const int64_t n0 = p * kGemmPanel;
-      gemm_bf16_avx512(xb, M, K, ldx, W, n0, std::min(N, n0 + kGemmPanel), bias, y, yb, N,
-                       packed);
+// How x enters the kernels of one product.
+enum class XForm {
+  kF32,         // float32 as given (float32 weights)
+  kRounded,     // rounded to bf16, held as float32, in order (GEMMs, avx512 and scalar rows)
+  kEvenOdd,     // the same in pack_x_bf16_avx2's even/odd order (avx2 rows)
+  kBf16Padded,  // bf16, rows padded to 32 (avx512_bf16 rows and GEMM)
+};
+
+XForm xform_for(Isa isa, ElemType w_t, int64_t M) {
+  if (w_t == ElemType::kF32) return XForm::kF32;
+  if (isa == Isa::kAvx512Bf16) return XForm::kBf16Padded;
+  if (isa == Isa::kAvx2 && M < kGemmMinRows) return XForm::kEvenOdd;
+  return XForm::kRounded;
+}
+
+// Rows [m0, m1) of x (x_t, [M, K]) into dst ([M, ldx] of the form's element).
+void prepare_rows(const OpsTable& ops, XForm form, ElemType x_t, const void* x, int64_t K,
+                  int64_t m0, int64_t m1, void* dst, int64_t ldx) {
+  for (int64_t m = m0; m < m1; ++m) {
+    const void* in = elem_offset(x, x_t, m * K);
+    if (form == XForm::kBf16Padded) {
+      uint16_t* out = static_cast<uint16_t*>(dst) + m * ldx;
+      if (x_t == ElemType::kF32)
+        pack_x_bf16_avx512bf16(static_cast<const float*>(in), 1, K, out, ldx);
+      else
+        std::memcpy(out, in, size_t(K) * 2);
+      std::memset(out + K, 0, size_t(ldx - K) * 2);
+      continue;
+    }
+    float* out = static_cast<float*>(dst) + m * ldx;
+    if (x_t == ElemType::kBF16) {  // already bf16: widening is exact, whatever the form
+      if (form != XForm::kEvenOdd) {
+        ops.convert(ElemType::kBF16, in, ElemType::kF32, out, K);
+      } else {
+        float* tmp = scratch<float, 7>(size_t(K));
+        ops.convert(ElemType::kBF16, in, ElemType::kF32, tmp, K);
+        pack_x_bf16_avx2(tmp, 1, K, out);
+      }
+      continue;
+    }
+    const float* xf = static_cast<const float*>(in);
+    if (form == XForm::kF32) {
+      std::memcpy(out, xf, size_t(K) * 4);
+    } else if (form == XForm::kEvenOdd) {
+      pack_x_bf16_avx2(xf, 1, K, out);
+    } else {
+      uint16_t* tmp = scratch<uint16_t, 6>(size_t(K));
+      ops.convert(ElemType::kF32, xf, ElemType::kBF16, tmp, K);
+      ops.convert(ElemType::kBF16, tmp, ElemType::kF32, out, K);
+    }
+  }
+}
+
+// One product as the kernels see it.
+struct Job {
+  const LinearProduct* p = nullptr;
+  XForm form = XForm::kF32;
+  const void* x = nullptr;  // prepared x: float32 or bf16 (kBf16Padded) [M, ldx]
+  int64_t ldx = 0;
+  const float* bias = nullptr;  // float32 or null
+  float* y32 = nullptr;  // float32 sums of the few-row kernels: y itself or scratch [M, N]
+  bool gemm = false;
+  int64_t virt0 = 0;  // few-row jobs: first row in the batch's row space (a multiple of kGrain)
+};
+
+struct GemmTask {
+  int64_t job, m0, m1, n0, n1;
+};
+
+// Columns [n0, n1) of job j's few-row product, into j.y32.
+void rows_of(Isa isa, const Job& j, int64_t K, ElemType w_t, int64_t n0, int64_t n1) {
+  const LinearProduct& p = *j.p;
+  const float* xf = static_cast<const float*>(j.x);
+  const uint16_t* wb = static_cast<const uint16_t*>(p.W);
+  const float* wf = static_cast<const float*>(p.W);
+  const bool bf16 = w_t == ElemType::kBF16;
+  switch (isa) {
+    case Isa::kAvx512Bf16:
+      if (bf16)
+        return linear_bf16_rows_avx512bf16(static_cast<const uint16_t*>(j.x), p.M, K, j.ldx, wb,
+                                           n0, n1, j.bias, j.y32, p.N);
+      return linear_f32_rows_avx512(xf, p.M, K, wf, n0, n1, j.bias, j.y32, p.N);
+    case Isa::kAvx512:
+      if (bf16) return linear_bf16_rows_avx512(xf, p.M, K, wb, n0, n1, j.bias, j.y32, p.N);
+      return linear_f32_rows_avx512(xf, p.M, K, wf, n0, n1, j.bias, j.y32, p.N);
+    case Isa::kAvx2:
+      if (bf16) return linear_bf16_rows_avx2(xf, p.M, K, wb, n0, n1, j.bias, j.y32, p.N);
+      return linear_f32_rows_avx2(xf, p.M, K, wf, n0, n1, j.bias, j.y32, p.N);
+    case Isa::kScalar:
+      if (bf16)
+        return rows_scalar(xf, p.M, K, wb, n0, n1, j.bias, j.y32, p.N,
+                           [](uint16_t w) { return bf16_to_float(w); });
+      return rows_scalar(xf, p.M, K, wf, n0, n1, j.bias, j.y32, p.N, [](float w) { return w; });
+  }
+}
+
+const GemmF32& gemm_f32_for(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512Bf16:
+    case Isa::kAvx512:
+      return gemm_f32_avx512();
+    case Isa::kAvx2:
+      return gemm_f32_avx2();
+    case Isa::kScalar:
+      break;
+  }
+  return gemm_f32_scalar();
+}
+
+void run_gemm(Isa isa, const Job& j, const GemmTask& t, int64_t K, ElemType w_t, ElemType y_t) {
+  const LinearProduct& p = *j.p;
+  float* yf = y_t == ElemType::kF32 ? static_cast<float*>(p.y) + t.m0 * p.N : nullptr;
+  uint16_t* yb = y_t == ElemType::kF32 ? nullptr : static_cast<uint16_t*>(p.y) + t.m0 * p.N;
+  if (j.form == XForm::kBf16Padded) {
+    uint16_t* packed = scratch<uint16_t, 4>(size_t(gemm_pack_elems_avx512bf16(K)));
+    gemm_bf16_avx512bf16(static_cast<const uint16_t*>(j.x) + t.m0 * j.ldx, t.m1 - t.m0, K, j.ldx,
+                         static_cast<const uint16_t*>(p.W), t.n0, t.n1, j.bias, yf, yb, p.N,
+                         packed);
+    return;
+  }
+  const GemmF32& g = gemm_f32_for(isa);
+  float* work = scratch<float, 5>(size_t(g.scratch_floats(t.m1 - t.m0, K)));
+  g.run(static_cast<const float*>(j.x) + t.m0 * j.ldx, t.m1 - t.m0, K, j.ldx, w_t, p.W, t.n0, t.n1,
+        j.bias, yf, yb, p.N, work);
+}
+
+// The core of every entry point: products of one K and types; bias of bias_t.
+void run_batch(Isa isa, ElemType x_t, int64_t K, ElemType w_t, ElemType bias_t,
+               const std::vector<LinearProduct>& products, ElemType y_t) {
+  require_isa(isa);
+  if (K < 0) throw Error("linear: negative K=" + std::to_string(K));
+  for (const LinearProduct& p : products) check_args("linear", p.x, p.M, K, p.W, p.N, p.y);
+  const OpsTable& ops = ops_table(isa);
+  std::vector<Job> jobs;
+  for (const LinearProduct& p : products)
+    if (p.M > 0 && p.N > 0) jobs.push_back(Job{&p});
+  if (jobs.empty()) return;
+  if (K == 0) {  // the empty sum: y = bias (or 0)
+    std::vector<float> row;
+    for (const Job& j : jobs) {
+      row.assign(size_t(j.p->N), 0.0f);
+      if (j.p->bias) ops.convert(bias_t, j.p->bias, ElemType::kF32, row.data(), j.p->N);
+      for (int64_t m = 0; m < j.p->M; ++m)
+        ops.convert(ElemType::kF32, row.data(), y_t, elem_offset(j.p->y, y_t, m * j.p->N), j.p->N);
+    }
+    return;
+  }
+
+  // Scratch layout: prepared x of each distinct (x, M), float32 biases, float32 sums.
+  size_t x_bytes = 0, bias_floats = 0, sum_floats = 0;
+  std::vector<size_t> x_at(jobs.size()), bias_at(jobs.size()), sum_at(jobs.size());
+  std::vector<bool> x_owner(jobs.size(), false);
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    Job& j = jobs[i];
+    const LinearProduct& p = *j.p;
+    j.form = xform_for(isa, w_t, p.M);
+    j.gemm = p.M >= kGemmMinRows;
+    j.ldx = j.form == XForm::kBf16Padded ? (K + 31) / 32 * 32 : K;
+    bool shared = false;
+    for (size_t k = i; k-- > 0 && !shared;)  // products sharing x are adjacent (q/k/v, gate/up)
+      if (jobs[k].p->x == p.x && jobs[k].p->M == p.M) {
+        x_at[i] = x_at[k];
+        shared = true;
+      }
+    if (!shared && !(j.form == XForm::kF32 && x_t == ElemType::kF32)) {
+      x_at[i] = x_bytes;
+      x_owner[i] = true;
+      x_bytes += size_t(p.M * j.ldx) * (j.form == XForm::kBf16Padded ? 2 : 4);
+      x_bytes = (x_bytes + 63) / 64 * 64;
+    }
+    if (p.bias && bias_t != ElemType::kF32) {
+      bias_at[i] = bias_floats;
+      bias_floats += size_t(p.N);
+    }
+    if (!j.gemm && y_t != ElemType::kF32) {
+      sum_at[i] = sum_floats;
+      sum_floats += size_t(p.M * p.N);
+    }
+  }
+  char* xbuf = x_bytes ? scratch<char, 0>(x_bytes) : nullptr;
+  float* bias32 = bias_floats ? scratch<float, 2>(bias_floats) : nullptr;
+  float* sums = sum_floats ? scratch<float, 3>(sum_floats) : nullptr;
+
+  std::vector<GemmTask> tasks;
+  int64_t virt_rows = 0, work = 0, prep = 0;
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    Job& j = jobs[i];
+    const LinearProduct& p = *j.p;
+    j.x = j.form == XForm::kF32 && x_t == ElemType::kF32 ? p.x : xbuf + x_at[i];
+    if (p.bias)
+      j.bias = bias_t == ElemType::kF32 ? static_cast<const float*>(p.bias) : bias32 + bias_at[i];
+    if (x_owner[i]) prep += p.M * K;
+    work += p.M * p.N * K;
+    if (j.gemm) {
+      const int64_t panel = j.form == XForm::kBf16Padded ? kBf16Panel : gemm_f32_for(isa).panel;
+      for (int64_t n0 = 0; n0 < p.N; n0 += panel)
+        for (int64_t m0 = 0; m0 < p.M; m0 += kGemmRowBlock)
+          tasks.push_back({int64_t(i), m0, std::min(p.M, m0 + kGemmRowBlock), n0,
+                           std::min(p.N, n0 + panel)});
+    } else {
+      j.y32 = y_t == ElemType::kF32 ? static_cast<float*>(p.y) : sums + sum_at[i];
+      j.virt0 = (virt_rows + kGrain - 1) / kGrain * kGrain;
+      virt_rows = j.virt0 + p.N;
+    }
+  }
+
+  ThreadPool& pool = ThreadPool::global();
+  const int64_t threads = pool.num_threads();
+  // x and bias conversions, over the pool when there is enough of them
+  const auto prepare = [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const Job& j = jobs[size_t(i)];
+      if (x_owner[size_t(i)])
+        prepare_rows(ops, j.form, x_t, j.p->x, K, 0, j.p->M, const_cast<void*>(j.x), j.ldx);
+      if (j.p->bias && bias_t != ElemType::kF32)
+        ops.convert(bias_t, j.p->bias, ElemType::kF32, const_cast<float*>(j.bias), j.p->N);
     }
   };
-  ThreadPool& pool = ThreadPool::global();
-  if (panels == 1) return work(0, 1);
-  pool.parallel_for(pool.num_threads(), 1, work);
-}
+  if (jobs.size() == 1 && x_owner[0] && jobs[0].p->M * K >= kMinParallelWeights) {
+    const Job& j = jobs[0];
+    pool.parallel_for(j.p->M, kGrain, [&](int64_t m0, int64_t m1) {
+      prepare_rows(ops, j.form, x_t, j.p->x, K, m0, m1, const_cast<void*>(j.x), j.ldx);
+    });
+    if (j.p->bias && bias_t != ElemType::kF32)
+      ops.convert(bias_t, j.p->bias, ElemType::kF32, const_cast<float*>(j.bias), j.p->N);
+  } else if (prep >= kMinParallelWeights) {
+    pool.parallel_for(int64_t(jobs.size()), 1, prepare);
+  } else {
+    prepare(0, int64_t(jobs.size()));
+  }
 
-// linear_bf16_isa, then after(n0, n1) on each finished range of output columns
-// (on the thread that computed it, while the rows are still in cache).
-template <class After>
-void run_bf16(Isa isa, const float* x, int64_t M, int64_t K, const uint16_t* W, int64_t N,
-              const float* bias, float* y, const After& after) {
-  check_args("linear_bf16", x, M, K, W, N, y);
-  require(isa);
-  if (M == 0 || N == 0) return;
-  if (K == 0) {
-    fill_bias(M, N, bias, y);
-    return after(int64_t{0}, N);
+  // Few-row products: rows [a, b) of the batch's row space, job by job; bf16
+  // results rounded from the float32 sums while they are in cache.
+  std::vector<int64_t> virt_jobs;  // few-row jobs in row-space order
+  for (size_t i = 0; i < jobs.size(); ++i)
+    if (!jobs[i].gemm) virt_jobs.push_back(int64_t(i));
+  const auto rows = [&](int64_t a, int64_t b) {
+    for (int64_t i : virt_jobs) {
+      const Job& j = jobs[size_t(i)];
+      const int64_t n0 = std::max(a, j.virt0) - j.virt0;
+      const int64_t n1 = std::min(b, j.virt0 + j.p->N) - j.virt0;
+      if (n0 >= n1) continue;
+      rows_of(isa, j, K, w_t, n0, n1);
+      if (y_t != ElemType::kF32)
+        for (int64_t m = 0; m < j.p->M; ++m)
+          ops.convert(ElemType::kF32, j.y32 + m * j.p->N + n0, y_t,
+                      elem_offset(j.p->y, y_t, m * j.p->N + n0), n1 - n0);
+    }
+  };
+  const int64_t n_tasks = int64_t(tasks.size());
+  const int64_t w_scale = w_t == ElemType::kF32 ? 2 : 1;  // weights in bf16-sized units
+  const int64_t chunk = chunk_rows(K * w_scale);
+  const bool parallel = threads > 1 && virt_rows <= INT32_MAX &&
+                        (n_tasks > 1 || virt_rows * K * w_scale >= kMinParallelWeights) &&
+                        (n_tasks > 0 || virt_rows > chunk) && work >= kMinParallelWeights;
+  if (!parallel) {
+    for (const GemmTask& t : tasks) run_gemm(isa, jobs[size_t(t.job)], t, K, w_t, y_t);
+    if (virt_rows > 0) rows(0, virt_rows);
+    return;
   }
-  switch (isa) {
-    case Isa::kAvx512: {
-      const int64_t ldx = (K + 31) / 32 * 32;
-      uint16_t* xb = scratch<uint16_t>(static_cast<size_t>(M * ldx));
-      pack_x_bf16_avx512(x, M, K, xb, ldx);
-      if (M >= kGemmMinRows) return gemm_avx512(xb, ldx, M, K, W, N, bias, y, nullptr);
-      split_rows(N, K, [&](int64_t n0, int64_t n1) {
-        linear_bf16_rows_avx512(xb, M, K, ldx, W, n0, n1, bias, y, N);
-        after(n0, n1);
-      });
-      return;
-    }
-    case Isa::kAvx2: {
-      float* xr = scratch<float>(static_cast<size_t>(M * K));
-      pack_x_bf16_avx2(x, M, K, xr);
-      split_rows(N, K, [&](int64_t n0, int64_t n1) {
-        linear_bf16_rows_avx2(xr, M, K, W, n0, n1, bias, y, N);
-        after(n0, n1);
-      });
-      return;
-    }
-    case Isa::kScalar: {
-      float* xr = scratch<float>(static_cast<size_t>(M * K));
-      for (int64_t i = 0; i < M * K; ++i) xr[i] = bf16_to_float(float_to_bf16(x[i]));
-      split_rows(N, K, [&](int64_t n0, int64_t n1) {
-        rows_scalar(xr, M, K, W, n0, n1, bias, y, N, [](uint16_t w) { return bf16_to_float(w); });
-        after(n0, n1);
-      });
-      return;
-    }
-  }
+  std::atomic<int64_t> next{0};
+  Shares shares(virt_rows, chunk, threads);
+  pool.parallel_for(threads, 1, [&](int64_t t, int64_t) {
+    for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < n_tasks;)
+      run_gemm(isa, jobs[size_t(tasks[size_t(i)].job)], tasks[size_t(i)], K, w_t, y_t);
+    shares.walk(t, rows);
+  });
 }
-
-template <class After>
-void run_f32(Isa isa, const float* x, int64_t M, int64_t K, const float* W, int64_t N,
-             const float* bias, float* y, const After& after) {
-  check_args("linear_f32", x, M, K, W, N, y);
-  require(isa);
-  if (M == 0 || N == 0) return;
-  if (K == 0) {
-    fill_bias(M, N, bias, y);
-    return after(int64_t{0}, N);
-  }
-  switch (isa) {
-    case Isa::kAvx512:
-      split_rows(N, 2 * K, [&](int64_t n0, int64_t n1) {
-        linear_f32_rows_avx512(x, M, K, W, n0, n1, bias, y, N);
-        after(n0, n1);
-      });
-      return;
-    case Isa::kAvx2:
-      split_rows(N, 2 * K, [&](int64_t n0, int64_t n1) {
-        linear_f32_rows_avx2(x, M, K, W, n0, n1, bias, y, N);
-        after(n0, n1);
-      });
-      return;
-    case Isa::kScalar:
-      split_rows(N, 2 * K, [&](int64_t n0, int64_t n1) {
-        rows_scalar(x, M, K, W, n0, n1, bias, y, N, [](float w) { return w; });
-        after(n0, n1);
-      });
-      return;
-  }
-}
-
-constexpr auto kNothingAfter = [](int64_t, int64_t) {};
 
 }  // namespace
 
 void linear_bf16_isa(Isa isa, const float* x, int64_t M, int64_t K, const uint16_t* W, int64_t N,
                      const float* bias, float* y) {
-  run_bf16(isa, x, M, K, W, N, bias, y, kNothingAfter);
+  run_batch(isa, ElemType::kF32, K, ElemType::kBF16, ElemType::kF32, {{x, M, W, N, bias, y}},
+            ElemType::kF32);
 }
 
 void linear_f32_isa(Isa isa, const float* x, int64_t M, int64_t K, const float* W, int64_t N,
                     const float* bias, float* y) {
-  run_f32(isa, x, M, K, W, N, bias, y, kNothingAfter);
+  run_batch(isa, ElemType::kF32, K, ElemType::kF32, ElemType::kF32, {{x, M, W, N, bias, y}},
+            ElemType::kF32);
 }
 
 void linear_isa(Isa isa, ElemType x_t, const void* x, int64_t M, int64_t K, ElemType w_t,
                 const void* W, int64_t N, const void* bias, ElemType y_t, void* y) {
-  if (M < 0 || K < 0 || N < 0)
-    throw Error("linear: negative shape M=" + std::to_string(M) + " K=" + std::to_string(K) +
-                " N=" + std::to_string(N));
-  if ((M * K > 0 && x == nullptr) || (N * K > 0 && W == nullptr) || (M * N > 0 && y == nullptr))
-    throw Error("linear: null x, W or y for a non-empty shape");
-  const OpsTable& ops = ops_table(isa);
-  require(isa);
-  if (isa == Isa::kAvx512 && w_t == ElemType::kBF16 && M >= kGemmMinRows && K > 0 && N > 0) {
-    // Prefill: x straight into the GEMM's padded bf16 rows, results stored in y's type.
-    const int64_t ldx = (K + 31) / 32 * 32;
-    uint16_t* xb = scratch<uint16_t>(static_cast<size_t>(M * ldx));
-    ThreadPool::global().parallel_for(M, 16, [&](int64_t m0, int64_t m1) {
-      if (x_t == ElemType::kF32) {
-        pack_x_bf16_avx512(static_cast<const float*>(x) + m0 * K, m1 - m0, K, xb + m0 * ldx, ldx);
-        return;
-      }
-      for (int64_t m = m0; m < m1; ++m) {
-        std::memcpy(xb + m * ldx, static_cast<const uint16_t*>(x) + m * K, size_t(K) * 2);
-        std::memset(xb + m * ldx + K, 0, size_t(ldx - K) * 2);
-      }
-    });
-    const float* bf = nullptr;
-    if (bias != nullptr) {
-      float* buf = scratch<float, 2>(static_cast<size_t>(N));
-      ops.convert(w_t, bias, ElemType::kF32, buf, N);
-      bf = buf;
-    }
-    const bool f32_out = y_t == ElemType::kF32;
-    return gemm_avx512(xb, ldx, M, K, static_cast<const uint16_t*>(W), N, bf,
-                       f32_out ? static_cast<float*>(y) : nullptr,
-                       f32_out ? nullptr : static_cast<uint16_t*>(y));
-  }
-  const float* xf = static_cast<const float*>(x);
-  if (x_t != ElemType::kF32 && M * K > 0) {
-    float* buf = scratch<float, 1>(static_cast<size_t>(M * K));
-    ops.convert(x_t, x, ElemType::kF32, buf, M * K);
-    xf = buf;
-  }
-  const float* bf = static_cast<const float*>(bias);
-  if (bias != nullptr && w_t != ElemType::kF32) {
-    float* buf = scratch<float, 2>(static_cast<size_t>(N));
-    ops.convert(w_t, bias, ElemType::kF32, buf, N);
-    bf = buf;
-  }
-  if (y_t == ElemType::kF32) {
-    float* yf = static_cast<float*>(y);
-    if (w_t == ElemType::kF32)
-      return run_f32(isa, xf, M, K, static_cast<const float*>(W), N, bf, yf, kNothingAfter);
-    return run_bf16(isa, xf, M, K, static_cast<const uint16_t*>(W), N, bf, yf, kNothingAfter);
-  }
-  // Sums land in float32 scratch; each finished column range is rounded into y.
-  float* y32 = scratch<float, 3>(static_cast<size_t>(M * N));
-  const auto round_out = [&](int64_t n0, int64_t n1) {
-    for (int64_t m = 0; m < M; ++m)
-      ops.convert(ElemType::kF32, y32 + m * N + n0, y_t, elem_offset(y, y_t, m * N + n0), n1 - n0);
-  };
-  if (w_t == ElemType::kF32)
-    return run_f32(isa, xf, M, K, static_cast<const float*>(W), N, bf, y32, round_out);
-  run_bf16(isa, xf, M, K, static_cast<const uint16_t*>(W), N, bf, y32, round_out);
+  run_batch(isa, x_t, K, w_t, w_t, {{x, M, W, N, bias, y}}, y_t);
+}
+
+void linear_batch_isa(Isa isa, ElemType x_t, int64_t K, ElemType w_t,
+                      const std::vector<LinearProduct>& products, ElemType y_t) {
+  run_batch(isa, x_t, K, w_t, w_t, products, y_t);
 }
 
 void linear_bf16(const float* x, int64_t M, int64_t K, const uint16_t* W, int64_t N,
@@ -364,59 +476,22 @@ void linear_f32(const float* x, int64_t M, int64_t K, const float* W, int64_t N,
   linear_f32_isa(active_isa(), x, M, K, W, N, bias, y);
 }
 
-bool linear_bf16_gemm_available() { return active_isa() == Isa::kAvx512; }
-
-void linear_group(ElemType x_t, const void* x, int64_t M, int64_t K, ElemType w_t,
-                  const std::vector<LinearOutput>& outs, ElemType y_t) {
-  const Isa isa = active_isa();
-  if (isa != Isa::kAvx512 || w_t != ElemType::kBF16 || M <= 0 || M >= kGemmMinRows || K <= 0) {
-    for (const auto& o : outs) linear_isa(isa, x_t, x, M, K, w_t, o.W, o.N, o.bias, y_t, o.y);
-    return;
-  }
-  std::vector<int64_t> offset(outs.size() + 1, 0);  // output i owns rows [offset[i], offset[i+1])
-  for (size_t i = 0; i < outs.size(); ++i) {
-    check_args("linear_group", static_cast<const float*>(x), M, K, outs[i].W, outs[i].N,
-               static_cast<float*>(outs[i].y));
-    offset[i + 1] = offset[i] + outs[i].N;
-  }
-  const int64_t total = offset.back();
-  if (total == 0) return;
-  const OpsTable& ops = ops_table(isa);
-  // x -> float32 -> padded bf16 rows, once for every output
-  const float* xf = static_cast<const float*>(x);
-  if (x_t != ElemType::kF32) {
-    float* buf = scratch<float, 1>(static_cast<size_t>(M * K));
-    ops.convert(x_t, x, ElemType::kF32, buf, M * K);
-    xf = buf;
-  }
-  const int64_t ldx = (K + 31) / 32 * 32;
-  uint16_t* xb = scratch<uint16_t>(static_cast<size_t>(M * ldx));
-  pack_x_bf16_avx512(xf, M, K, xb, ldx);
-  float* bias32 = scratch<float, 2>(static_cast<size_t>(total));
-  for (size_t i = 0; i < outs.size(); ++i)
-    if (outs[i].bias) ops.convert(w_t, outs[i].bias, ElemType::kF32, bias32 + offset[i], outs[i].N);
-  // float32 sums: in y itself for float32 outputs, else in scratch rounded per finished range
-  float* y32 = y_t == ElemType::kF32 ? nullptr : scratch<float, 3>(static_cast<size_t>(M * total));
-  split_rows(total, K, [&](int64_t n0, int64_t n1) {
-    for (size_t i = 0; i < outs.size(); ++i) {
-      const int64_t a = std::max(n0, offset[i]) - offset[i];
-      const int64_t b = std::min(n1, offset[i + 1]) - offset[i];
-      if (a >= b) continue;
-      const LinearOutput& o = outs[i];
-      float* yi = y32 ? y32 + M * offset[i] : static_cast<float*>(o.y);  // [M, N_i]
-      linear_bf16_rows_avx512(xb, M, K, ldx, static_cast<const uint16_t*>(o.W), a, b,
-                              o.bias ? bias32 + offset[i] : nullptr, yi, o.N);
-      if (y32)
-        for (int64_t m = 0; m < M; ++m)
-          ops.convert(ElemType::kF32, yi + m * o.N + a, y_t, elem_offset(o.y, y_t, m * o.N + a),
-                      b - a);
-    }
-  });
-}
-
 void linear(ElemType x_t, const void* x, int64_t M, int64_t K, ElemType w_t, const void* W,
             int64_t N, const void* bias, ElemType y_t, void* y) {
   linear_isa(active_isa(), x_t, x, M, K, w_t, W, N, bias, y_t, y);
+}
+
+void linear_batch(ElemType x_t, int64_t K, ElemType w_t, const std::vector<LinearProduct>& products,
+                  ElemType y_t) {
+  run_batch(active_isa(), x_t, K, w_t, w_t, products, y_t);
+}
+
+void linear_group(ElemType x_t, const void* x, int64_t M, int64_t K, ElemType w_t,
+                  const std::vector<LinearOutput>& outs, ElemType y_t) {
+  std::vector<LinearProduct> products;
+  products.reserve(outs.size());
+  for (const LinearOutput& o : outs) products.push_back({x, M, o.W, o.N, o.bias, o.y});
+  run_batch(active_isa(), x_t, K, w_t, w_t, products, y_t);
 }
 
 }  // namespace finmoe::kernels

@@ -1,16 +1,20 @@
 #pragma once
-// Skinny matrix products for decode: y[M,N] = x[M,K] · W[N,K]^T (+ bias[N]),
-// W in Hugging Face's [out, in] row-major layout, M small (1..32).
-// Activations x and results y are float32; weights are bf16 (raw uint16
-// bits) or float32. Multi-threaded over N with the global ThreadPool.
-// Dispatch: AVX-512 BF16 (vdpbf16ps) > AVX2+FMA > scalar, picked at runtime.
-// Accuracy: the bf16 path rounds x to bf16 (round-to-nearest-even) and
-// accumulates in float32, as torch's bf16 matmul does; the AVX-512 path
-// flushes bf16 denormals to zero (vdpbf16ps), which only affects |x| < 1e-38.
-// Contract: W is read once per call (M rows of x share every W load), so the
-// cost at M <= 16 is close to streaming W from memory. x, W, y must not
-// overlap; bias may be null; K == 0 gives y = bias (or 0). Throws
-// finmoe::Error on negative shapes or null buffers for a non-empty shape.
+// Matrix products for inference: y[M,N] = x[M,K] · W[N,K]^T (+ bias[N]),
+// W in Hugging Face's [out, in] row-major layout, any M: few rows (decode)
+// stream W once with every row of x sharing each load; from kGemmMinRows
+// rows (prefill) a tiled GEMM repacks W per panel of columns and is
+// compute-bound. Weights are bf16 (raw uint16 bits) or float32.
+// Multi-threaded over N with the global ThreadPool.
+// Dispatch (kernels/isa.h), picked at runtime: avx512_bf16 (vdpbf16ps) >
+// avx512 (float32 FMA, bf16 widened in registers) > avx2 (the same on ymm) >
+// scalar (SSE2).
+// Accuracy: with bf16 weights x is rounded to bf16 (round-to-nearest-even)
+// and the products accumulate in float32, as torch's bf16 matmul does, on
+// every path; avx512_bf16 flushes bf16 denormals to zero (vdpbf16ps), which
+// only affects |x| < 1e-38. Paths differ only in the order of the float32 sums.
+// Contract: x, W, y must not overlap; bias may be null; K == 0 gives y =
+// bias (or 0). Throws finmoe::Error on negative shapes or null buffers for a
+// non-empty shape. Results do not depend on the thread schedule.
 // Thread safety: concurrent calls are safe (they serialise on the pool).
 #include <cstdint>
 #include <vector>
@@ -39,16 +43,29 @@ struct LinearOutput {
   void* y = nullptr;
 };
 
-// Several products of the same x [M,K] (q/k/v, gate/up): the results of
-// linear() for each output, from one conversion of x and one pass of the
-// thread pool over all their weight rows (no wait between the products).
-// Every W and bias is of w_t, every y of y_t.
+// Several products of the same x [M,K] (q/k/v, gate/up): linear_batch with
+// x shared. Every W and bias is of w_t, every y of y_t.
 void linear_group(ElemType x_t, const void* x, int64_t M, int64_t K, ElemType w_t,
                   const std::vector<LinearOutput>& outs, ElemType y_t);
 
-// Whether linear() has its tiled many-row GEMM for bf16 weights on the
-// active path (AVX-512 BF16): then it beats libtorch's bf16 matmul at
-// prefill sizes too. On the other paths only few-row (decode) calls pay off.
-bool linear_bf16_gemm_available();
+// One of several independent products of a batch: y [M,N] = x [M,K] · W[N,K]^T (+ bias[N]).
+struct LinearProduct {
+  const void* x = nullptr;
+  int64_t M = 0;
+  const void* W = nullptr;
+  int64_t N = 0;
+  const void* bias = nullptr;  // may be null
+  void* y = nullptr;
+};
+
+// The results of linear() for every product (all of x_t / w_t / y_t and the
+// same K), in one pass of the thread pool over all their weights: grouped
+// expert GEMMs (each expert's tokens times its weights, no wait between the
+// experts) and q/k/v or gate/up sharing one x (converted once).
+void linear_batch(ElemType x_t, int64_t K, ElemType w_t, const std::vector<LinearProduct>& products,
+                  ElemType y_t);
+
+// Rows from which a product runs the tiled GEMM instead of the few-row kernels.
+constexpr int64_t kGemmMinRows = 32;
 
 }  // namespace finmoe::kernels

@@ -2,6 +2,8 @@
 // best_isa() said the CPU runs them.
 #include <immintrin.h>
 
+#include <cstdint>
+
 #include "kernels/linear_isa.h"
 
 namespace finmoe::kernels {
@@ -104,6 +106,51 @@ void block_f32(const float* x, int64_t K, const float* W, int64_t n, const float
   store_sums<R, MT>(acc, tail, bias, n, y, ldy);
 }
 
+// One token (M = 1): W's rows one after another, a single sequential stream
+// with a software prefetch kStreamAhead bytes ahead (as on the AVX-512 paths),
+// two accumulators per dtype step to hide the FMA latency.
+constexpr int64_t kStreamAhead = 8192;
+
+inline float row_dot_bf16(const float* xr, const uint16_t* w, int64_t K) {
+  const __m256i hi_mask = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  const uintptr_t ahead = reinterpret_cast<uintptr_t>(w) + kStreamAhead;
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+    _mm_prefetch(reinterpret_cast<const char*>(ahead + k * 2), _MM_HINT_T0);
+    for (int64_t j = 0; j < 32; j += 16) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k + j));
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + k + j),
+                           _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + k + j + 8),
+                           _mm256_castsi256_ps(_mm256_and_si256(v, hi_mask)), a1);
+    }
+  }
+  for (; k + 16 <= K; k += 16) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + k), _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), a0);
+    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + k + 8), _mm256_castsi256_ps(_mm256_and_si256(v, hi_mask)),
+                         a1);
+  }
+  float tail = 0.0f;
+  for (; k < K; ++k) tail += xr[k] * widen(w[k]);
+  return hsum(_mm256_add_ps(a0, a1)) + tail;
+}
+
+inline float row_dot_f32(const float* x, const float* w, int64_t K) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  const uintptr_t ahead = reinterpret_cast<uintptr_t>(w) + kStreamAhead;
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    _mm_prefetch(reinterpret_cast<const char*>(ahead + k * 4), _MM_HINT_T0);
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), _mm256_loadu_ps(w + k), a0);
+    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), _mm256_loadu_ps(w + k + 8), a1);
+  }
+  float tail = 0.0f;
+  for (; k < K; ++k) tail += x[k] * w[k];
+  return hsum(_mm256_add_ps(a0, a1)) + tail;
+}
+
 // x tiled by 2 rows: 8 accumulators + W temporaries fit the 16 ymm registers.
 template <int R>
 void rows_bf16(const float* xr, int64_t M, int64_t K, const uint16_t* W, int64_t n,
@@ -121,7 +168,49 @@ void rows_f32(const float* x, int64_t M, int64_t K, const float* W, int64_t n, c
   if (m < M) block_f32<R, 1>(x + m * K, K, W, n, bias, y + m * ldy, ldy);
 }
 
+// ---- the tiled GEMM (gemm_f32_impl.inc) on ymm registers ----
+using Vec = __m256;
+constexpr int kLanes = 8;
+constexpr int kTileRows = 6;  // 12 sums + 2 panel vectors + 1 broadcast of 16 ymm
+constexpr int64_t kKc = 256;  // 256 x 16 floats = 16 KiB of panel per k block
+inline Vec vzero() { return _mm256_setzero_ps(); }
+inline Vec vload(const float* p) { return _mm256_loadu_ps(p); }
+inline void vstore(float* p, Vec v) { _mm256_storeu_ps(p, v); }
+inline Vec vfma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+inline Vec vbcast(float s) { return _mm256_set1_ps(s); }
+inline Vec load_widened(const float* p) { return _mm256_loadu_ps(p); }
+inline Vec load_widened(const uint16_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+// 8 x 8 transpose: unpack pairs, then 2x2 blocks, then the two 128-bit halves.
+inline void transpose_lanes(Vec (&r)[8]) {
+  Vec t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int g = 0; g < 8; g += 4) {  // u[g + j], half l: rows g..g+3 at column 4l + j
+    u[g + 0] = _mm256_shuffle_ps(t[g], t[g + 2], 0x44);
+    u[g + 1] = _mm256_shuffle_ps(t[g], t[g + 2], 0xee);
+    u[g + 2] = _mm256_shuffle_ps(t[g + 1], t[g + 3], 0x44);
+    u[g + 3] = _mm256_shuffle_ps(t[g + 1], t[g + 3], 0xee);
+  }
+  for (int j = 0; j < 4; ++j) {
+    r[j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
+    r[4 + j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
+  }
+}
+
+#include "kernels/gemm_f32_impl.inc"
+
 }  // namespace
+
+const GemmF32& gemm_f32_avx2() {
+  static constexpr GemmF32 kGemm{kPanel, &gemm_run};
+  return kGemm;
+}
 
 void pack_x_bf16_avx2(const float* x, int64_t M, int64_t K, float* xr) {
   for (int64_t m = 0; m < M; ++m) {
@@ -139,6 +228,11 @@ void pack_x_bf16_avx2(const float* x, int64_t M, int64_t K, float* xr) {
 
 void linear_bf16_rows_avx2(const float* xr, int64_t M, int64_t K, const uint16_t* W, int64_t n0,
                            int64_t n1, const float* bias, float* y, int64_t ldy) {
+  if (M == 1) {
+    for (int64_t n = n0; n < n1; ++n)
+      y[n] = row_dot_bf16(xr, W + n * K, K) + (bias ? bias[n] : 0.0f);
+    return;
+  }
   int64_t n = n0;
   for (; n + kRows <= n1; n += kRows) rows_bf16<kRows>(xr, M, K, W, n, bias, y, ldy);
   for (; n < n1; ++n) rows_bf16<1>(xr, M, K, W, n, bias, y, ldy);
@@ -146,6 +240,10 @@ void linear_bf16_rows_avx2(const float* xr, int64_t M, int64_t K, const uint16_t
 
 void linear_f32_rows_avx2(const float* x, int64_t M, int64_t K, const float* W, int64_t n0,
                           int64_t n1, const float* bias, float* y, int64_t ldy) {
+  if (M == 1) {
+    for (int64_t n = n0; n < n1; ++n) y[n] = row_dot_f32(x, W + n * K, K) + (bias ? bias[n] : 0.0f);
+    return;
+  }
   int64_t n = n0;
   for (; n + kRows <= n1; n += kRows) rows_f32<kRows>(x, M, K, W, n, bias, y, ldy);
   for (; n < n1; ++n) rows_f32<1>(x, M, K, W, n, bias, y, ldy);

@@ -1,5 +1,6 @@
-// AVX-512 kernels (compiled with -mavx512{f,bw,vl,dq,bf16,vnni}): only called
-// after best_isa() said the CPU runs them.
+// AVX-512F kernels (compiled with -mavx512{f,bw,vl,dq} -mfma -mf16c): the
+// avx512 path (float32 FMA, bf16 weights widened in registers) and the
+// float32 weights of the avx512_bf16 path. Only called at or above avx512.
 #include <immintrin.h>
 
 #include <cstdint>
@@ -13,232 +14,182 @@
 namespace finmoe::kernels {
 namespace {
 
+#include "kernels/linear_avx512_sums.inc"
+
 constexpr int kRows = 4;  // output rows (W rows) per block: 4 independent streams
 
-// Same 512 bits seen as 32 bf16 (a GCC/Clang vector cast, no instruction).
-inline __m512bh as_bh(__m512i v) { return (__m512bh)v; }
-
-// Four zmm accumulators -> their four horizontal sums, in order.
-inline __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
-  // 128-bit lanes: [a0+a2, a1+a3, b0+b2, b1+b3] and the same for c, d.
-  const __m512 ab =
-      _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xee));
-  const __m512 cd =
-      _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xee));
-  // lanes: [a, b, c, d] partial sums of 4 floats each.
-  const __m512 s =
-      _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xdd));
-  const __m128 sa = _mm512_castps512_ps128(s);
-  const __m128 sb = _mm512_extractf32x4_ps(s, 1);
-  const __m128 sc = _mm512_extractf32x4_ps(s, 2);
-  const __m128 sd = _mm512_extractf32x4_ps(s, 3);
-  return _mm_hadd_ps(_mm_hadd_ps(sa, sb), _mm_hadd_ps(sc, sd));
+// 16 consecutive weights as float32; bf16 widened exactly (a shift into the high half).
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const uint16_t* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+// The first `mask` lanes of the same, zeros beyond (never reads past them).
+inline __m512 load16(const float* p, __mmask16 mask) { return _mm512_maskz_loadu_ps(mask, p); }
+inline __m512 load16(const uint16_t* p, __mmask16 mask) {
+  const __m256i h = _mm256_maskz_loadu_epi16(mask, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-// acc[m][r] = sum over k of xb[m][k] * w[r][k], R rows of W with stride K.
-template <int R, int MT>
-inline void dot_bf16(const uint16_t* xb, int64_t ldx, const uint16_t* w, int64_t K,
-                     __m512 (&acc)[MT][R]) {
+// acc[m][r] = sum over k of x[m][k] * w[r][k], R rows of W with stride K.
+template <int R, int MT, class Wt>
+inline void dot(const float* x, int64_t K, const Wt* w, __m512 (&acc)[MT][R]) {
   for (int m = 0; m < MT; ++m)
     for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
   // The R rows are R interleaved streams, which the hardware prefetcher follows
-  // poorly; prefetching the next block (contiguous) in address order keeps
-  // the memory pipe full. Prefetches past the matrix end are harmless (an
-  // integer address, so no out-of-range pointer is ever formed).
+  // poorly; prefetching the next block (contiguous) in address order keeps the
+  // memory pipe full. Past the matrix end the prefetch is harmless (an integer
+  // address: no out-of-range pointer is formed).
   uintptr_t next = reinterpret_cast<uintptr_t>(w + R * K);
+  constexpr int64_t kStep = 64 / sizeof(Wt) < 16 ? 16 : 64 / sizeof(Wt);  // one cache line of W
   int64_t k = 0;
-  for (; k + 32 <= K; k += 32, next += R * 64) {
-    __m512bh wv[R];
-    for (int r = 0; r < R; ++r) wv[r] = as_bh(_mm512_loadu_si512(w + r * K + k));
-    for (int m = 0; m < MT; ++m) {
-      const __m512bh xv = as_bh(_mm512_load_si512(xb + m * ldx + k));
-      for (int r = 0; r < R; ++r) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv, wv[r]);
+  for (; k + kStep <= K; k += kStep, next += R * 64) {
+    for (int64_t j = 0; j < kStep; j += 16) {
+      __m512 wv[R];
+      for (int r = 0; r < R; ++r) wv[r] = load16(w + r * K + k + j);
+      for (int m = 0; m < MT; ++m) {
+        const __m512 xv = _mm512_loadu_ps(x + m * K + k + j);
+        for (int r = 0; r < R; ++r) acc[m][r] = _mm512_fmadd_ps(xv, wv[r], acc[m][r]);
+      }
     }
     if constexpr (R > 1)
       for (int r = 0; r < R; ++r)
         _mm_prefetch(reinterpret_cast<const char*>(next + r * 64), _MM_HINT_T0);
   }
-  if (k < K) {
-    // Masked W loads read zeros past the row (never garbage that could be NaN); x is zero-padded.
-    const __mmask32 mask = (__mmask32{1} << (K - k)) - 1;
-    __m512bh wv[R];
-    for (int r = 0; r < R; ++r) wv[r] = as_bh(_mm512_maskz_loadu_epi16(mask, w + r * K + k));
-    for (int m = 0; m < MT; ++m) {
-      const __m512bh xv = as_bh(_mm512_load_si512(xb + m * ldx + k));
-      for (int r = 0; r < R; ++r) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv, wv[r]);
-    }
-  }
-}
-
-template <int R, int MT>
-inline void dot_f32(const float* x, int64_t K, const float* w, __m512 (&acc)[MT][R]) {
-  for (int m = 0; m < MT; ++m)
-    for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
-  uintptr_t next = reinterpret_cast<uintptr_t>(w + R * K);  // as in dot_bf16
-  int64_t k = 0;
-  for (; k + 16 <= K; k += 16, next += R * 64) {
+  for (; k < K; k += 16) {
+    const __mmask16 mask = K - k >= 16 ? 0xffff : static_cast<__mmask16>((1u << (K - k)) - 1);
     __m512 wv[R];
-    for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_ps(w + r * K + k);
+    for (int r = 0; r < R; ++r) wv[r] = load16(w + r * K + k, mask);
     for (int m = 0; m < MT; ++m) {
-      const __m512 xv = _mm512_loadu_ps(x + m * K + k);
-      for (int r = 0; r < R; ++r) acc[m][r] = _mm512_fmadd_ps(xv, wv[r], acc[m][r]);
-    }
-    if constexpr (R > 1)
-      for (int r = 0; r < R; ++r)
-        _mm_prefetch(reinterpret_cast<const char*>(next + r * 64), _MM_HINT_T0);
-  }
-  if (k < K) {
-    const __mmask16 mask = static_cast<__mmask16>((1u << (K - k)) - 1);
-    __m512 wv[R];
-    for (int r = 0; r < R; ++r) wv[r] = _mm512_maskz_loadu_ps(mask, w + r * K + k);
-    for (int m = 0; m < MT; ++m) {
-      const __m512 xv = _mm512_maskz_loadu_ps(mask, x + m * K + k);
+      const __m512 xv = load16(x + m * K + k, mask);
       for (int r = 0; r < R; ++r) acc[m][r] = _mm512_fmadd_ps(xv, wv[r], acc[m][r]);
     }
   }
 }
 
-// Writes the sums of acc (+ bias) to y[m, n .. n+R).
-template <int R, int MT>
-inline void store_sums(__m512 (&acc)[MT][R], const float* bias, int64_t n, float* y, int64_t ldy) {
-  if constexpr (R == 4) {
-    const __m128 b = bias ? _mm_loadu_ps(bias + n) : _mm_setzero_ps();
-    for (int m = 0; m < MT; ++m)
-      _mm_storeu_ps(y + m * ldy + n,
-                    _mm_add_ps(hsum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]), b));
-  } else {
-    for (int m = 0; m < MT; ++m)
-      for (int r = 0; r < R; ++r)
-        y[m * ldy + n + r] = _mm512_reduce_add_ps(acc[m][r]) + (bias ? bias[n + r] : 0.0f);
-  }
-}
-
-template <int R, int MT>
-inline void block_bf16(const uint16_t* xb, int64_t ldx, int64_t K, const uint16_t* W, int64_t n,
-                       const float* bias, float* y, int64_t ldy) {
+template <int R, int MT, class Wt>
+inline void block(const float* x, int64_t K, const Wt* W, int64_t n, const float* bias, float* y,
+                  int64_t ldy) {
   __m512 acc[MT][R];
-  dot_bf16<R, MT>(xb, ldx, W + n * K, K, acc);
-  store_sums<R, MT>(acc, bias, n, y, ldy);
-}
-
-template <int R, int MT>
-inline void block_f32(const float* x, int64_t K, const float* W, int64_t n, const float* bias,
-                      float* y, int64_t ldy) {
-  __m512 acc[MT][R];
-  dot_f32<R, MT>(x, K, W + n * K, acc);
+  dot<R, MT>(x, K, W + n * K, acc);
   store_sums<R, MT>(acc, bias, n, y, ldy);
 }
 
 // Row block of R outputs for all M rows of x, tiled by 4 rows of x: W's
 // block is read from memory once and re-read from L1/L2 for later tiles.
-template <int R>
-inline void rows_bf16(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx, const uint16_t* W,
-                      int64_t n, const float* bias, float* y, int64_t ldy) {
-  for (int64_t m = 0; m < M; m += 4) {
-    const uint16_t* xm = xb + m * ldx;
-    float* ym = y + m * ldy;
-    switch (M - m < 4 ? M - m : 4) {
-      case 4:
-        block_bf16<R, 4>(xm, ldx, K, W, n, bias, ym, ldy);
-        break;
-      case 3:
-        block_bf16<R, 3>(xm, ldx, K, W, n, bias, ym, ldy);
-        break;
-      case 2:
-        block_bf16<R, 2>(xm, ldx, K, W, n, bias, ym, ldy);
-        break;
-      default:
-        block_bf16<R, 1>(xm, ldx, K, W, n, bias, ym, ldy);
-        break;
-    }
-  }
-}
-
-// One token (M = 1): W's rows one after another, so the weights are read as a
-// single sequential stream (what the hardware prefetcher follows best) with a
-// software prefetch kStreamAhead bytes ahead; two accumulators hide the
-// dpbf16 latency. On the Qwen2-0.5B decode chain this reads 15-20% faster
-// than 4 interleaved rows when the memory bus has headroom (76-78% vs 64-66%
-// of a 64 GB/s read probe) and the same when it is busy (~94% of 35 GB/s).
-constexpr int64_t kStreamAhead = 8192;
-
-inline float row_dot_bf16(const uint16_t* x, const uint16_t* w, int64_t K) {
-  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-  const uintptr_t ahead = reinterpret_cast<uintptr_t>(w) + kStreamAhead;  // as in dot_bf16
-  int64_t k = 0;
-  for (; k + 64 <= K; k += 64) {
-    _mm_prefetch(reinterpret_cast<const char*>(ahead + k * 2), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(ahead + k * 2 + 64), _MM_HINT_T0);
-    a0 = _mm512_dpbf16_ps(a0, as_bh(_mm512_load_si512(x + k)), as_bh(_mm512_loadu_si512(w + k)));
-    a1 = _mm512_dpbf16_ps(a1, as_bh(_mm512_load_si512(x + k + 32)),
-                          as_bh(_mm512_loadu_si512(w + k + 32)));
-  }
-  for (; k < K; k += 32) {  // x is zero-padded; W past the row is masked off
-    const __mmask32 mask = K - k >= 32 ? ~__mmask32{0} : (__mmask32{1} << (K - k)) - 1;
-    a0 = _mm512_dpbf16_ps(a0, as_bh(_mm512_load_si512(x + k)),
-                          as_bh(_mm512_maskz_loadu_epi16(mask, w + k)));
-  }
-  return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-}
-
-template <int R>
-inline void rows_f32(const float* x, int64_t M, int64_t K, const float* W, int64_t n,
-                     const float* bias, float* y, int64_t ldy) {
+template <int R, class Wt>
+inline void rows(const float* x, int64_t M, int64_t K, const Wt* W, int64_t n, const float* bias,
+                 float* y, int64_t ldy) {
   for (int64_t m = 0; m < M; m += 4) {
     const float* xm = x + m * K;
     float* ym = y + m * ldy;
     switch (M - m < 4 ? M - m : 4) {
       case 4:
-        block_f32<R, 4>(xm, K, W, n, bias, ym, ldy);
+        block<R, 4>(xm, K, W, n, bias, ym, ldy);
         break;
       case 3:
-        block_f32<R, 3>(xm, K, W, n, bias, ym, ldy);
+        block<R, 3>(xm, K, W, n, bias, ym, ldy);
         break;
       case 2:
-        block_f32<R, 2>(xm, K, W, n, bias, ym, ldy);
+        block<R, 2>(xm, K, W, n, bias, ym, ldy);
         break;
       default:
-        block_f32<R, 1>(xm, K, W, n, bias, ym, ldy);
+        block<R, 1>(xm, K, W, n, bias, ym, ldy);
         break;
     }
   }
 }
 
-}  // namespace
+// One token (M = 1): W's rows one after another, a single sequential stream
+// with a software prefetch kStreamAhead bytes ahead (linear_avx512bf16.cpp
+// measures why).
+constexpr int64_t kStreamAhead = 8192;
 
-void pack_x_bf16_avx512(const float* x, int64_t M, int64_t K, uint16_t* xb, int64_t ldx) {
-  for (int64_t m = 0; m < M; ++m) {
-    const float* xr = x + m * K;
-    uint16_t* out = xb + m * ldx;
-    for (int64_t k = 0; k < ldx; k += 32) {
-      const int64_t left = K - k;
-      const __mmask16 lo = left >= 16 ? 0xffff : left <= 0 ? 0 : (1u << left) - 1;
-      const __mmask16 hi = left >= 32 ? 0xffff : left <= 16 ? 0 : (1u << (left - 16)) - 1;
-      const __m512 a = _mm512_maskz_loadu_ps(lo, xr + k);
-      const __m512 b = _mm512_maskz_loadu_ps(hi, xr + k + 16);
-      // cvtne2ps_pbh(hi_half, lo_half): round-to-nearest-even.
-      _mm512_storeu_si512(out + k, (__m512i)_mm512_cvtne2ps_pbh(b, a));
-    }
+template <class Wt>
+inline float row_dot(const float* x, const Wt* w, int64_t K) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+  const uintptr_t ahead = reinterpret_cast<uintptr_t>(w) + kStreamAhead;
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+    _mm_prefetch(reinterpret_cast<const char*>(ahead + k * sizeof(Wt)), _MM_HINT_T0);
+    if constexpr (sizeof(Wt) == 4)
+      _mm_prefetch(reinterpret_cast<const char*>(ahead + k * sizeof(Wt) + 64), _MM_HINT_T0);
+    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), load16(w + k), a0);
+    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 16), load16(w + k + 16), a1);
   }
+  for (; k < K; k += 16) {
+    const __mmask16 mask = K - k >= 16 ? 0xffff : static_cast<__mmask16>((1u << (K - k)) - 1);
+    a0 = _mm512_fmadd_ps(load16(x + k, mask), load16(w + k, mask), a0);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
 }
 
-void linear_bf16_rows_avx512(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx,
-                             const uint16_t* W, int64_t n0, int64_t n1, const float* bias, float* y,
-                             int64_t ldy) {
+template <class Wt>
+void rows_any(const float* x, int64_t M, int64_t K, const Wt* W, int64_t n0, int64_t n1,
+              const float* bias, float* y, int64_t ldy) {
   if (M == 1) {
-    for (int64_t n = n0; n < n1; ++n) y[n] = row_dot_bf16(xb, W + n * K, K) + (bias ? bias[n] : 0.0f);
+    for (int64_t n = n0; n < n1; ++n) y[n] = row_dot(x, W + n * K, K) + (bias ? bias[n] : 0.0f);
     return;
   }
   int64_t n = n0;
-  for (; n + kRows <= n1; n += kRows) rows_bf16<kRows>(xb, M, K, ldx, W, n, bias, y, ldy);
-  for (; n < n1; ++n) rows_bf16<1>(xb, M, K, ldx, W, n, bias, y, ldy);
+  for (; n + kRows <= n1; n += kRows) rows<kRows>(x, M, K, W, n, bias, y, ldy);
+  for (; n < n1; ++n) rows<1>(x, M, K, W, n, bias, y, ldy);
 }
+
+// ---- the tiled GEMM (gemm_f32_impl.inc) on zmm registers ----
+using Vec = __m512;
+constexpr int kLanes = 16;
+constexpr int kTileRows = 12;  // 24 sums + 2 panel vectors + 1 broadcast of 32 zmm
+constexpr int64_t kKc = 128;   // 128 x 32 floats = 16 KiB of panel per k block
+inline Vec vzero() { return _mm512_setzero_ps(); }
+inline Vec vload(const float* p) { return _mm512_loadu_ps(p); }
+inline void vstore(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+inline Vec vfma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+inline Vec vbcast(float s) { return _mm512_set1_ps(s); }
+inline Vec load_widened(const float* p) { return load16(p); }
+inline Vec load_widened(const uint16_t* p) { return load16(p); }
+
+// 16 x 16 transpose: unpack pairs, then 2x2 blocks, then 128-bit lanes twice.
+inline void transpose_lanes(Vec (&r)[16]) {
+  Vec t[16], u[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int g = 0; g < 16; g += 4) {  // u[g + j], lane l: rows g..g+3 at column 4l + j
+    u[g + 0] = _mm512_shuffle_ps(t[g], t[g + 2], 0x44);
+    u[g + 1] = _mm512_shuffle_ps(t[g], t[g + 2], 0xee);
+    u[g + 2] = _mm512_shuffle_ps(t[g + 1], t[g + 3], 0x44);
+    u[g + 3] = _mm512_shuffle_ps(t[g + 1], t[g + 3], 0xee);
+  }
+  for (int h = 0; h < 16; h += 8)
+    for (int j = 0; j < 4; ++j) {
+      t[h + j] = _mm512_shuffle_f32x4(u[h + j], u[h + 4 + j], 0x88);
+      t[h + 4 + j] = _mm512_shuffle_f32x4(u[h + j], u[h + 4 + j], 0xdd);
+    }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+  }
+}
+
+#include "kernels/gemm_f32_impl.inc"
+
+}  // namespace
 
 void linear_f32_rows_avx512(const float* x, int64_t M, int64_t K, const float* W, int64_t n0,
                             int64_t n1, const float* bias, float* y, int64_t ldy) {
-  int64_t n = n0;
-  for (; n + kRows <= n1; n += kRows) rows_f32<kRows>(x, M, K, W, n, bias, y, ldy);
-  for (; n < n1; ++n) rows_f32<1>(x, M, K, W, n, bias, y, ldy);
+  rows_any(x, M, K, W, n0, n1, bias, y, ldy);
+}
+
+void linear_bf16_rows_avx512(const float* xr, int64_t M, int64_t K, const uint16_t* W, int64_t n0,
+                             int64_t n1, const float* bias, float* y, int64_t ldy) {
+  rows_any(xr, M, K, W, n0, n1, bias, y, ldy);
+}
+
+const GemmF32& gemm_f32_avx512() {
+  static constexpr GemmF32 kGemm{kPanel, &gemm_run};
+  return kGemm;
 }
 
 }  // namespace finmoe::kernels

@@ -1,12 +1,16 @@
 #pragma once
-// Per-ISA row-range kernels behind linear.h, and an explicit-ISA entry point
-// for tests and benchmarks. Each *_rows_* function computes output columns
-// [n0, n1) of y[M, ldy] for all M rows; callers split N across threads.
-// The *_avx512 / *_avx2 functions live in translation units compiled for
-// their ISA: call them only when best_isa(cpu_features()) allows.
+// Per-ISA kernels behind linear.h, and explicit-ISA entry points for tests
+// and benchmarks. Each *_rows_* function computes output columns [n0, n1) of
+// y[M, ldy] for all M rows (few rows: W streamed once); the GEMMs do the same
+// for many rows; callers split N across threads. Functions named *_avx2,
+// *_avx512 and *_avx512bf16 live in translation units compiled for that
+// ISA: call them only when cpu_runs() allows (kernels/isa.h).
 #include <cstdint>
 
+#include <vector>
+
 #include "kernels/isa.h"
+#include "kernels/linear.h"
 #include "kernels/ops.h"
 
 namespace finmoe::kernels {
@@ -18,26 +22,50 @@ void linear_f32_isa(Isa isa, const float* x, int64_t M, int64_t K, const float* 
                     const float* bias, float* y);
 void linear_isa(Isa isa, ElemType x_t, const void* x, int64_t M, int64_t K, ElemType w_t,
                 const void* W, int64_t N, const void* bias, ElemType y_t, void* y);
+// linear_batch (linear.h) on an explicit path.
+void linear_batch_isa(Isa isa, ElemType x_t, int64_t K, ElemType w_t,
+                      const std::vector<LinearProduct>& products, ElemType y_t);
 
 // float -> bf16 bits, round-to-nearest-even; NaN stays a (quiet) NaN.
 uint16_t float_to_bf16(float v);
 float bf16_to_float(uint16_t b);
 
+// Tiled float32 GEMM for many rows, one per ISA (gemm_f32_impl.inc).
+struct GemmF32 {
+  // Output columns per packed panel: callers split N on multiples of it.
+  int64_t panel;
+  // y or yb [M, ldy], columns [n0, n1) = x[M, K] (float32, row stride ldx) ·
+  // W[n0:n1, K]ᵀ (+ bias), W of w_t (bf16 widened exactly); float32 into y,
+  // or rounded to nearest even bf16 into yb when y is null. K > 0. `scratch`:
+  // gemm_f32_scratch(M, K) floats, private to the calling thread.
+  void (*run)(const float* x, int64_t M, int64_t K, int64_t ldx, ElemType w_t, const void* W,
+              int64_t n0, int64_t n1, const float* bias, float* y, uint16_t* yb, int64_t ldy,
+              float* scratch);
+  int64_t scratch_floats(int64_t M, int64_t K) const { return (K + M) * panel; }
+};
+const GemmF32& gemm_f32_scalar();
+const GemmF32& gemm_f32_avx2();
+const GemmF32& gemm_f32_avx512();
+
 // AVX-512 BF16. xb: x rounded to bf16, [M, ldx], ldx a multiple of 32 >= K,
-// zero beyond K (pack_x_bf16_avx512 writes it).
-void pack_x_bf16_avx512(const float* x, int64_t M, int64_t K, uint16_t* xb, int64_t ldx);
-void linear_bf16_rows_avx512(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx,
-                             const uint16_t* W, int64_t n0, int64_t n1, const float* bias, float* y,
-                             int64_t ldy);
-// Tiled GEMM for many rows (gemm_avx512.cpp): columns [n0, n1) of
+// zero beyond K (pack_x_bf16_avx512bf16 writes it).
+void pack_x_bf16_avx512bf16(const float* x, int64_t M, int64_t K, uint16_t* xb, int64_t ldx);
+void linear_bf16_rows_avx512bf16(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx,
+                                 const uint16_t* W, int64_t n0, int64_t n1, const float* bias,
+                                 float* y, int64_t ldy);
+// Tiled GEMM for many rows (gemm_avx512bf16.cpp): columns [n0, n1) of
 // xb (as above) times Wᵀ (+ bias), into y (float32) or, when y is null, into
 // yb (bf16, rounded to nearest even; denormal results flush to zero), both
-// [M, ldy]. `packed` is 64-byte aligned scratch of gemm_pack_elems_avx512(K)
+// [M, ldy]. `packed` is 64-byte aligned scratch of gemm_pack_elems_avx512bf16(K)
 // elements, private to the calling thread.
-int64_t gemm_pack_elems_avx512(int64_t K);
-void gemm_bf16_avx512(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx, const uint16_t* W,
-                      int64_t n0, int64_t n1, const float* bias, float* y, uint16_t* yb,
-                      int64_t ldy, uint16_t* packed);
+int64_t gemm_pack_elems_avx512bf16(int64_t K);
+void gemm_bf16_avx512bf16(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx,
+                          const uint16_t* W, int64_t n0, int64_t n1, const float* bias, float* y,
+                          uint16_t* yb, int64_t ldy, uint16_t* packed);
+
+// AVX-512F (linear_avx512.cpp): x (xr: rounded to bf16 for bf16 W) [M, K] in order.
+void linear_bf16_rows_avx512(const float* xr, int64_t M, int64_t K, const uint16_t* W, int64_t n0,
+                             int64_t n1, const float* bias, float* y, int64_t ldy);
 void linear_f32_rows_avx512(const float* x, int64_t M, int64_t K, const float* W, int64_t n0,
                             int64_t n1, const float* bias, float* y, int64_t ldy);
 

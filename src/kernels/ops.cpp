@@ -56,9 +56,9 @@ float* scratch_floats(int slot, int64_t n) {
 }
 
 const OpsTable& ops_table(Isa isa) {
-  if (static_cast<int>(isa) > static_cast<int>(best_isa(cpu_features())))
-    throw Error(std::string("kernels: this CPU cannot run the ") + isa_name(isa) + " path");
+  require_isa(isa);
   switch (isa) {
+    case Isa::kAvx512Bf16:
     case Isa::kAvx512:
       return ops_avx512();
     case Isa::kAvx2:

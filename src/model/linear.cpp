@@ -1,6 +1,7 @@
 #include "model/linear.h"
 
 #include <cstdlib>
+#include <limits>
 #include <string>
 
 #include "kernels/linear.h"
@@ -30,7 +31,7 @@ kernels::ElemType elem_type(const torch::Tensor& t) {
 int64_t kernel_max_rows() {
   static const int64_t rows = [] {
     const char* env = std::getenv("FINMOE_KERNEL_MAX_ROWS");
-    return env ? std::atoll(env) : int64_t{16};
+    return env ? std::atoll(env) : std::numeric_limits<int64_t>::max();
   }();
   return rows;
 }
@@ -59,10 +60,8 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight,
   const int64_t in = weight.size(1);
   const int64_t out = weight.size(0);
   const int64_t rows = x.numel() / in;
-  // Few rows: the skinny kernels stream W once. Many rows of bf16: the tiled GEMM.
-  const bool gemm = weight.scalar_type() == torch::kBFloat16 && kernels::linear_bf16_gemm_available();
-  const bool kernel = kernel_max_rows() > 0 && (rows <= kernel_max_rows() || gemm) &&
-                      kernel_path(x) &&
+  // Few rows: the skinny kernels stream W once. Many rows: the tiled GEMM.
+  const bool kernel = rows <= kernel_max_rows() && kernel_path(x) &&
                       x.scalar_type() == weight.scalar_type() && weight.device().is_cpu() &&
                       weight.is_contiguous() && x.size(-1) == in &&
                       (!bias.defined() || (bias.scalar_type() == weight.scalar_type() &&
@@ -83,7 +82,7 @@ std::vector<torch::Tensor> linear_group(const torch::Tensor& x,
                                         const std::vector<const LinearImpl*>& layers) {
   const int64_t in = x.size(-1);
   const int64_t rows = x.numel() / std::max<int64_t>(in, 1);
-  bool kernel = kernel_max_rows() > 0 && rows <= kernel_max_rows() && kernel_path(x);
+  bool kernel = rows <= kernel_max_rows() && kernel_path(x);
   for (const LinearImpl* l : layers)
     kernel = kernel && !l->has_lora() && l->weight.scalar_type() == x.scalar_type() &&
              l->weight.is_contiguous() &&

@@ -58,7 +58,8 @@ inline torch::Tensor at_least_float32(const torch::Tensor& t) {
   return t.scalar_type() == torch::kFloat64 ? t : t.to(torch::kFloat32);
 }
 
-// Rows at or below which the kernels are used (FINMOE_KERNEL_MAX_ROWS, default 16; 0 = never).
+// Rows at or below which linears run finmoe's kernels, else libtorch's
+// (FINMOE_KERNEL_MAX_ROWS, default: all rows; 0 = never; 16 = decode only).
 int64_t kernel_max_rows();
 
 class RMSNormImpl : public torch::nn::Module {

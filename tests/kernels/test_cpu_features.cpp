@@ -1,4 +1,5 @@
-// ISA selection: FINMOE_ISA can only lower the path, and unknown values are errors.
+// ISA selection: FINMOE_ISA picks a path the CPU runs; unknown values and paths
+// the CPU lacks are errors naming the variable (never a SIGILL later).
 #include <gtest/gtest.h>
 
 #include <string>
@@ -16,40 +17,66 @@ CpuFeatures avx2_only() {
   return f;
 }
 
-CpuFeatures zen4_like() {
+CpuFeatures skylake_sp_like() {
   CpuFeatures f = avx2_only();
-  f.avx512f = f.avx512bw = f.avx512vl = f.avx512_bf16 = f.avx512_vnni = true;
+  f.avx512f = f.avx512bw = f.avx512vl = f.avx512dq = true;
   return f;
+}
+
+CpuFeatures zen4_like() {
+  CpuFeatures f = skylake_sp_like();
+  f.avx512_bf16 = f.avx512_vnni = true;
+  return f;
+}
+
+void expect_error_naming(const CpuFeatures& f, const char* request, const char* word) {
+  try {
+    select_isa(f, request);
+    ADD_FAILURE() << "no exception for FINMOE_ISA=" << request;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("FINMOE_ISA"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(word), std::string::npos) << e.what();
+  }
 }
 
 TEST(CpuFeatures, BestPathNeedsEveryFeatureItUses) {
   EXPECT_EQ(best_isa(CpuFeatures{}), Isa::kScalar);
   EXPECT_EQ(best_isa(avx2_only()), Isa::kAvx2);
-  EXPECT_EQ(best_isa(zen4_like()), Isa::kAvx512);
+  EXPECT_EQ(best_isa(skylake_sp_like()), Isa::kAvx512);
+  EXPECT_EQ(best_isa(zen4_like()), Isa::kAvx512Bf16);
   CpuFeatures no_bf16 = zen4_like();
-  no_bf16.avx512_bf16 = false;
-  EXPECT_EQ(best_isa(no_bf16), Isa::kAvx2);
+  no_bf16.avx512_bf16 = false;  // Cascade Lake / Ice Lake: VNNI without BF16
+  EXPECT_EQ(best_isa(no_bf16), Isa::kAvx512);
+  CpuFeatures no_dq = skylake_sp_like();
+  no_dq.avx512dq = false;
+  EXPECT_EQ(best_isa(no_dq), Isa::kAvx2);
   CpuFeatures no_fma = avx2_only();
   no_fma.fma = false;
   EXPECT_EQ(best_isa(no_fma), Isa::kScalar);
 }
 
-TEST(CpuFeatures, RequestOnlyLowersThePath) {
-  EXPECT_EQ(select_isa(zen4_like(), nullptr), Isa::kAvx512);
-  EXPECT_EQ(select_isa(zen4_like(), ""), Isa::kAvx512);
+TEST(CpuFeatures, RequestPicksAnyPathTheCpuRuns) {
+  EXPECT_EQ(select_isa(zen4_like(), nullptr), Isa::kAvx512Bf16);
+  EXPECT_EQ(select_isa(zen4_like(), ""), Isa::kAvx512Bf16);
+  EXPECT_EQ(select_isa(zen4_like(), "avx512_bf16"), Isa::kAvx512Bf16);
+  EXPECT_EQ(select_isa(zen4_like(), "avx512"), Isa::kAvx512);
   EXPECT_EQ(select_isa(zen4_like(), "avx2"), Isa::kAvx2);
   EXPECT_EQ(select_isa(zen4_like(), "scalar"), Isa::kScalar);
-  EXPECT_EQ(select_isa(avx2_only(), "avx512"), Isa::kAvx2);
-  EXPECT_EQ(select_isa(CpuFeatures{}, "avx2"), Isa::kScalar);
+  EXPECT_EQ(select_isa(skylake_sp_like(), "avx512"), Isa::kAvx512);
+  EXPECT_EQ(select_isa(CpuFeatures{}, "scalar"), Isa::kScalar);
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16})
+    EXPECT_EQ(select_isa(zen4_like(), isa_name(isa)), isa) << isa_name(isa);
+}
+
+TEST(CpuFeatures, RequestAboveTheCpuIsAnErrorNotASigill) {
+  expect_error_naming(avx2_only(), "avx512", "cannot run");
+  expect_error_naming(skylake_sp_like(), "avx512_bf16", "cannot run");
+  expect_error_naming(CpuFeatures{}, "avx2", "cannot run");
 }
 
 TEST(CpuFeatures, UnknownRequestIsAnErrorNamingTheVariable) {
-  try {
-    select_isa(zen4_like(), "sse9");
-    FAIL() << "no exception";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("FINMOE_ISA"), std::string::npos) << e.what();
-  }
+  expect_error_naming(zen4_like(), "sse9", "sse9");
+  expect_error_naming(zen4_like(), "AVX2", "AVX2");
 }
 
 TEST(CpuFeatures, ActivePathIsOneThisCpuRuns) {

@@ -147,7 +147,7 @@ void check_shape(Isa isa, bool bf16, int64_t M, int64_t K, int64_t N, bool with_
 class LinearIsa : public ::testing::TestWithParam<Isa> {
  protected:
   void SetUp() override {
-    if (static_cast<int>(GetParam()) > static_cast<int>(best_isa(cpu_features())))
+    if (!cpu_runs(GetParam()))
       GTEST_SKIP() << "this CPU lacks the " << isa_name(GetParam()) << " path";
   }
 };
@@ -162,14 +162,26 @@ TEST_P(LinearIsa, Bf16MatchesDoubleReferenceOnBf16RoundedX) {
         }
 }
 
-// Prefill-sized M: the AVX-512 path switches to its tiled GEMM (panels of 32
-// columns, tiles of 12 rows); odd K exercises the zero-padded last k pair.
+// Prefill-sized M: every path switches to its tiled GEMM (panels of 8-32
+// columns, tiles of 6-12 rows); odd K exercises the zero-padded last k pair
+// of avx512_bf16 and the k tails of the panel transposes.
 TEST_P(LinearIsa, Bf16ManyRowsMatchDoubleReference) {
-  for (int64_t M : {33, 64, 131})
+  for (int64_t M : {33, 64, 131, 300})
     for (int64_t K : {1, 31, 896, 1001})
       for (int64_t N : {1, 5, 33, 1003})
         for (bool b : {false, true}) {
           check_shape(GetParam(), true, M, K, N, b);
+          if (HasFatalFailure()) return;
+        }
+}
+
+// Past kGemmRowBlock (256) rows a product splits into row blocks per panel.
+TEST_P(LinearIsa, F32ManyRowsMatchDoubleReference) {
+  for (int64_t M : {32, 45, 300})
+    for (int64_t K : {1, 31, 896})
+      for (int64_t N : {1, 17, 33, 1003})
+        for (bool b : {false, true}) {
+          check_shape(GetParam(), false, M, K, N, b);
           if (HasFatalFailure()) return;
         }
 }
@@ -205,7 +217,7 @@ TEST_P(LinearIsa, Bf16RoundsXToNearestEven) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Paths, LinearIsa,
-                         ::testing::Values(Isa::kScalar, Isa::kAvx2, Isa::kAvx512),
+                         ::testing::Values(Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16),
                          [](const auto& info) { return std::string(isa_name(info.param)); });
 
 TEST(Linear, PublicEntryPointsUseTheActivePath) {
@@ -313,6 +325,77 @@ TEST(LinearGroup, EqualsSeparateLinearsForEveryOutputAndDtype) {
         EXPECT_EQ(got[i], want[i]) << "M=" << M << " output " << i
                                    << (y_t == ElemType::kF32 ? " f32" : " bf16");
     }
+  }
+}
+
+// A batch of products with their own x, M and W (grouped expert GEMMs, few-row
+// and many-row products mixed) gives exactly what separate linear() calls
+// give, on every path, for both weight dtypes and both result dtypes.
+class LinearBatchIsa : public ::testing::TestWithParam<Isa> {
+ protected:
+  void SetUp() override {
+    if (!cpu_runs(GetParam())) GTEST_SKIP() << "this CPU lacks the " << isa_name(GetParam()) << " path";
+  }
+};
+
+TEST_P(LinearBatchIsa, EqualsSeparateLinearsBitForBit) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const int64_t K = 200, N = 37;
+  const std::vector<int64_t> Ms = {1, 0, 5, 40, 2, 300, 16, 33};  // an expert with no tokens too
+  for (ElemType w_t : {ElemType::kBF16, ElemType::kF32})
+    for (ElemType y_t : {ElemType::kBF16, ElemType::kF32}) {
+      const size_t ws = w_t == ElemType::kF32 ? 4 : 2, ys = y_t == ElemType::kF32 ? 4 : 2;
+      std::vector<std::vector<char>> X, W, B, got, want;
+      std::vector<LinearProduct> products;
+      for (int64_t M : Ms) {
+        X.emplace_back(size_t(M * K) * ws);
+        W.emplace_back(size_t(N * K) * ws);
+        B.emplace_back(size_t(N) * ws);
+        for (auto* buf : {&X.back(), &W.back(), &B.back()})
+          for (size_t i = 0; i < buf->size() / ws; ++i) {
+            const float v = 0.5f * nd(rng);
+            if (w_t == ElemType::kF32)
+              std::memcpy(buf->data() + 4 * i, &v, 4);
+            else
+              reinterpret_cast<uint16_t*>(buf->data())[i] = to_bf16(v);
+          }
+        got.emplace_back(size_t(M * N) * ys, 0);
+        want.emplace_back(size_t(M * N) * ys, 0);
+      }
+      for (size_t i = 0; i < Ms.size(); ++i) {
+        const void* bias = i % 3 == 1 ? nullptr : B[i].data();
+        products.push_back({X[i].data(), Ms[i], W[i].data(), N, bias, got[i].data()});
+        linear_isa(GetParam(), w_t, X[i].data(), Ms[i], K, w_t, W[i].data(), N, bias, y_t,
+                   want[i].data());
+      }
+      linear_batch_isa(GetParam(), w_t, K, w_t, products, y_t);
+      for (size_t i = 0; i < Ms.size(); ++i)
+        EXPECT_EQ(got[i], want[i]) << "product " << i << " M=" << Ms[i]
+                                   << (w_t == ElemType::kF32 ? " f32 W" : " bf16 W")
+                                   << (y_t == ElemType::kF32 ? " f32 y" : " bf16 y");
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Paths, LinearBatchIsa,
+                         ::testing::Values(Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16),
+                         [](const auto& info) { return std::string(isa_name(info.param)); });
+
+// Every path's GEMM rounds a bf16 result once from its float32 sum: the bf16
+// output equals the float32 output rounded to nearest even.
+TEST_P(LinearBatchIsa, GemmBf16ResultsAreTheFloat32ResultsRounded) {
+  const Problem& p = problem(true, 70, 896, 1003);
+  std::vector<uint16_t> xb(p.x.size()), wb = p.layer->w_bf16;
+  for (size_t i = 0; i < xb.size(); ++i) xb[i] = float_to_bf16(p.x[i]);
+  std::vector<float> y32(70 * 1003);
+  std::vector<uint16_t> y16(70 * 1003);
+  linear_isa(GetParam(), ElemType::kBF16, xb.data(), 70, 896, ElemType::kBF16, wb.data(), 1003,
+             nullptr, ElemType::kF32, y32.data());
+  linear_isa(GetParam(), ElemType::kBF16, xb.data(), 70, 896, ElemType::kBF16, wb.data(), 1003,
+             nullptr, ElemType::kBF16, y16.data());
+  for (size_t i = 0; i < y16.size(); ++i) {
+    if (std::fabs(y32[i]) < 1e-37f) continue;  // avx512_bf16 flushes denormal results
+    ASSERT_EQ(y16[i], float_to_bf16(y32[i])) << "element " << i;
   }
 }
 

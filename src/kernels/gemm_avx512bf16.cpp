@@ -1,5 +1,5 @@
 // Tiled bf16 GEMM for prefill-sized M (compiled with -mavx512{f,bw,vl,dq,bf16,vnni}; only
-// called after best_isa() said the CPU runs it).
+// called on the avx512_bf16 path).
 //
 // y[M, n0:n1) = xb[M, K] · W[n0:n1, K]ᵀ (+ bias). W is repacked per panel of
 // 32 output columns into K/2 pairs x 32 columns x 2 (the operand layout of
@@ -105,9 +105,9 @@ constexpr TileFn kTail[kTile + 1] = {nullptr,      &tiles_of<1>, &tiles_of<2>,  
 
 }  // namespace
 
-int64_t gemm_pack_elems_avx512(int64_t K) { return (K + 1) / 2 * 2 * kPanel; }
+int64_t gemm_pack_elems_avx512bf16(int64_t K) { return (K + 1) / 2 * 2 * kPanel; }
 
-void gemm_bf16_avx512(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx, const uint16_t* W,
+void gemm_bf16_avx512bf16(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx, const uint16_t* W,
                       int64_t n0, int64_t n1, const float* bias, float* y, uint16_t* yb,
                       int64_t ldy, uint16_t* packed) {
   const int64_t pairs = (K + 1) / 2;

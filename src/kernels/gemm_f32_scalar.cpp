@@ -1,0 +1,38 @@
+// The tiled float32 GEMM (gemm_f32_impl.inc) for the scalar path: baseline
+// x86-64, so SSE2 (4 lanes, no FMA: a multiply then an add).
+#include <emmintrin.h>
+#include <xmmintrin.h>
+
+#include <cstdint>
+
+#include "kernels/linear_isa.h"
+
+namespace finmoe::kernels {
+namespace {
+
+using Vec = __m128;
+constexpr int kLanes = 4;
+constexpr int kTileRows = 6;  // 12 sums + 2 panel vectors + 1 broadcast of 16 xmm
+constexpr int64_t kKc = 512;  // 512 x 8 floats = 16 KiB of panel per k block
+inline Vec vzero() { return _mm_setzero_ps(); }
+inline Vec vload(const float* p) { return _mm_loadu_ps(p); }
+inline void vstore(float* p, Vec v) { _mm_storeu_ps(p, v); }
+inline Vec vfma(Vec a, Vec b, Vec c) { return _mm_add_ps(_mm_mul_ps(a, b), c); }
+inline Vec vbcast(float s) { return _mm_set1_ps(s); }
+inline Vec load_widened(const float* p) { return _mm_loadu_ps(p); }
+inline Vec load_widened(const uint16_t* p) {  // (0, w) 16-bit pairs = w << 16 per 32-bit lane
+  const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  return _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), h));
+}
+inline void transpose_lanes(Vec (&r)[4]) { _MM_TRANSPOSE4_PS(r[0], r[1], r[2], r[3]); }
+
+#include "kernels/gemm_f32_impl.inc"
+
+}  // namespace
+
+const GemmF32& gemm_f32_scalar() {
+  static constexpr GemmF32 kGemm{kPanel, &gemm_run};
+  return kGemm;
+}
+
+}  // namespace finmoe::kernels
