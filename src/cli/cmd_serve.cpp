@@ -9,6 +9,8 @@
 #include "finmoe/error.h"
 #include "finmoe/serve_bench.h"
 #include "finmoe/server.h"
+#include "kernels/cpu_features.h"
+#include "kernels/thread_pool.h"
 
 namespace finmoe::cli {
 namespace {
@@ -55,7 +57,11 @@ void print_capacity(const std::string& dir, const Transformer& model, const Engi
   const EngineStats st = engine.stats();
   const int64_t L = engine.options().max_model_len > 0 ? engine.options().max_model_len
                                                        : model.config().max_position_embeddings;
-  std::cerr << "finmoe: " << dir << " (" << dtype_to_string(model.dtype()) << ", " << device << ")\n"
+  std::cerr << "finmoe: " << dir << " (" << dtype_to_string(model.dtype()) << ", " << device;
+  if (model.device().is_cpu())
+    std::cerr << ", kernels " << kernels::isa_name() << " on "
+              << kernels::ThreadPool::global().num_threads() << " threads";
+  std::cerr << ")\n"
             << "finmoe: KV cache " << st.num_blocks << " blocks x " << st.block_size << " tokens = "
             << st.max_tokens_in_cache << " tokens; " << st.max_full_length_seqs << " sequence(s) of the full context ("
             << L << " tokens) fit at once\n";
@@ -161,9 +167,15 @@ void add_bench_serve(CLI::App* bench, Run& run) {
         runs.push_back(bench_serve(*target, oc));
       }
       if (engine) engine->stop();
+      // the kernel path an in-process engine ran (a server at --url reports its own at start-up)
+      const std::string isa = engine ? kernels::isa_name() : "";
+      if (engine)
+        std::cout << "kernels " << isa << ", " << kernels::ThreadPool::global().num_threads()
+                  << " threads\n";
       std::cout << format_serve_bench_table(runs, compare);
       if (!out.empty()) {
         nlohmann::json j = {{"compare", compare}, {"runs", nlohmann::json::array()}};
+        if (engine) j["isa"] = isa;
         for (const auto& r : runs) j["runs"].push_back(r.to_json());
         write_json_file(out, j);
         std::cerr << "wrote " << out << "\n";

@@ -6,6 +6,7 @@
 #include "cli/commands.h"
 #include "finmoe/error.h"
 #include "finmoe/model.h"
+#include "kernels/isa.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"finmoe: build, adapt and serve financial Mixture-of-Experts models"};
@@ -38,6 +39,7 @@ int main(int argc, char** argv) {
   try {
     // Commands that decode keep libtorch on one thread (see TorchWork); `bench`
     // is here for `bench decode` and `bench serve`.
+    finmoe::kernels::active_isa();  // a bad FINMOE_ISA fails here, naming the variable
     const std::string command = app.get_subcommands().front()->get_name();
     const bool decodes = command == "generate" || command == "chat" || command == "serve" ||
                          command == "bench" || command == "logits";

@@ -1,6 +1,12 @@
 #include "model/moe.h"
 
+#include <algorithm>
+#include <string>
+#include <vector>
+
 #include "finmoe/error.h"
+#include "kernels/linear.h"
+#include "kernels/ops.h"
 
 namespace finmoe {
 
@@ -82,6 +88,86 @@ MoeImpl::MoeImpl(const ModelConfig& c, torch::TensorOptions options) : config_(c
   if (c.moe_concat_proj) concat_proj = register_module("concat_proj", Linear(D, D, false, options));
 }
 
+bool MoeImpl::grouped_applies(const torch::Tensor& x) const {
+  if (!kernel_path(x) || rows_over_kernel_limit(x)) return false;
+  for (const Mlp& e : experts)
+    for (const LinearImpl* l : {e->gate_proj.get(), e->up_proj.get(), e->down_proj.get()})
+      if (l->has_lora() || l->bias.defined() || l->weight.scalar_type() != x.scalar_type() ||
+          !l->weight.is_contiguous() || !l->weight.device().is_cpu())
+        return false;
+  return true;
+}
+
+bool MoeImpl::rows_over_kernel_limit(const torch::Tensor& x) const {
+  return x.numel() / std::max<int64_t>(x.size(-1), 1) > kernel_max_rows();
+}
+
+// The routed experts on the kernel path: (token, slot) pairs sorted by expert
+// (a stable counting sort), then one kernels::linear_batch for every
+// expert's gate and up projections, one SwiGLU over all rows, one
+// linear_batch for the down projections, and a float32 weighted scatter-add
+// into each token's row (or its G_O slice). x [T, D] contiguous -> [T, D].
+torch::Tensor MoeImpl::experts_grouped(const torch::Tensor& x, const RouterOutput& r) {
+  const int64_t T = x.size(0), D = x.size(1), E = config_.num_experts;
+  const int64_t I = config_.moe_intermediate_size;
+  auto indices = r.indices.contiguous();                    // [T, k]
+  auto weights = r.weights.to(torch::kFloat32).contiguous();  // [T, k]
+  const int64_t k = indices.size(1), pairs = T * k;
+  const int64_t* idx = indices.data_ptr<int64_t>();
+  std::vector<int64_t> start(size_t(E) + 1, 0);  // expert e owns sorted rows [start[e], start[e+1])
+  for (int64_t i = 0; i < pairs; ++i) {
+    if (idx[i] < 0 || idx[i] >= E)
+      throw Error("moe: router chose expert " + std::to_string(idx[i]) + " of " + std::to_string(E));
+    ++start[size_t(idx[i]) + 1];
+  }
+  for (int64_t e = 0; e < E; ++e) start[size_t(e) + 1] += start[size_t(e)];
+  std::vector<int64_t> pair_of(static_cast<size_t>(pairs));  // sorted row -> (token * k + slot)
+  {
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    for (int64_t i = 0; i < pairs; ++i) pair_of[size_t(fill[size_t(idx[i])]++)] = i;
+  }
+  auto rows = torch::from_blob(pair_of.data(), {pairs}, torch::kInt64).div(k, "floor");  // [P]
+  auto xs = x.index_select(0, rows);                                  // [P, D]
+  auto gate = torch::empty({pairs, I}, x.options());                  // [P, I]
+  auto up = torch::empty({pairs, I}, x.options());
+  auto ys = torch::empty({pairs, slice_}, x.options());               // [P, D/G_O]
+  const auto t = elem_type(x);
+  const int64_t es = kernels::elem_size(t);
+  const auto row_ptr = [es](const torch::Tensor& m, int64_t row) {
+    return static_cast<char*>(m.data_ptr()) + row * m.size(1) * es;
+  };
+  std::vector<kernels::LinearProduct> gate_up, down;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t n = start[size_t(e) + 1] - start[size_t(e)], s = start[size_t(e)];
+    if (n == 0) continue;
+    const Mlp& m = experts[size_t(e)];
+    gate_up.push_back({row_ptr(xs, s), n, m->gate_proj->weight.data_ptr(), I, nullptr, row_ptr(gate, s)});
+    gate_up.push_back({row_ptr(xs, s), n, m->up_proj->weight.data_ptr(), I, nullptr, row_ptr(up, s)});
+    down.push_back({row_ptr(gate, s), n, m->down_proj->weight.data_ptr(), slice_, nullptr, row_ptr(ys, s)});
+  }
+  kernels::linear_batch(t, D, t, gate_up, t);
+  kernels::swiglu(t, gate.data_ptr(), up.data_ptr(), pairs * I, gate.data_ptr());  // gate := h
+  kernels::linear_batch(t, I, t, down, t);
+
+  // out[token, slice of e] += weight * ys[row], summed in float32, rounded once
+  auto y32 = ys.to(torch::kFloat32);                     // [P, D/G_O]
+  auto out32 = torch::zeros({T, D}, x.options().dtype(torch::kFloat32));  // [T, D]
+  const float* yp = y32.data_ptr<float>();
+  const float* wp = weights.data_ptr<float>();
+  float* op = out32.data_ptr<float>();
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t col0 = slice_ == D ? 0 : (e / per_slice_) * slice_;
+    for (int64_t row = start[size_t(e)]; row < start[size_t(e) + 1]; ++row) {
+      const int64_t pair = pair_of[size_t(row)];
+      const float w = wp[pair];
+      float* o = op + (pair / k) * D + col0;
+      const float* y = yp + row * slice_;
+      for (int64_t j = 0; j < slice_; ++j) o[j] += w * y[j];
+    }
+  }
+  return out32.to(x.scalar_type());
+}
+
 torch::Tensor MoeImpl::forward(const torch::Tensor& x_in, RouterOutput* router_out) {
   const auto shape = x_in.sizes().vec();
   const int64_t D = shape.back();
@@ -91,7 +177,9 @@ torch::Tensor MoeImpl::forward(const torch::Tensor& x_in, RouterOutput* router_o
   auto out = torch::zeros({T, D}, x.options());  // [T, D]
   const auto dtype = x.scalar_type();
 
-  if (config_.routing() == ModelConfig::Routing::Dense) {
+  if (grouped_applies(x)) {
+    out = experts_grouped(x.contiguous(), r);
+  } else if (config_.routing() == ModelConfig::Routing::Dense) {
     auto w = r.weights.to(dtype);  // [T, E]
     for (int64_t e = 0; e < config_.num_experts; ++e)
       out = out + experts[size_t(e)](x) * w.select(1, e).unsqueeze(1);

@@ -42,6 +42,12 @@ class MoeImpl : public torch::nn::Module {
   Linear concat_proj{nullptr};               // optional, weight [D, D]
 
  private:
+  // Whether the routed experts can run grouped on the CPU kernels (no
+  // autograd, CPU weights of x's dtype, no LoRA or bias on an expert).
+  bool grouped_applies(const torch::Tensor& x) const;
+  bool rows_over_kernel_limit(const torch::Tensor& x) const;
+  torch::Tensor experts_grouped(const torch::Tensor& x, const RouterOutput& r);
+
   ModelConfig config_;
   int64_t slice_ = 0;        // values one expert writes: D / G_O
   int64_t per_slice_ = 0;    // experts per output slice: R_O * G_I * R_I

@@ -11,6 +11,7 @@
 #include "finmoe/error.h"
 #include "model/moe.h"
 #include "test_util.h"
+#include "../tolerance.h"
 
 namespace finmoe {
 namespace {
@@ -106,27 +107,32 @@ INSTANTIATE_TEST_SUITE_P(Shapes, FinerRouter,
                                            Granularity{2, 3, 3, 1, 2},   // G_O=3, no candidates
                                            Granularity{1, 4, 2, 3, 3})); // replicas only
 
-// The MoE block computed token by token with plain matmuls.
+// v · Wᵀ in float64: references are computed in another precision than the code they check.
+torch::Tensor mm64(const torch::Tensor& v, const torch::Tensor& W) {
+  return v.to(torch::kFloat64).matmul(W.to(torch::kFloat64).t());
+}
+
+// The MoE block computed token by token with plain float64 matmuls.
 torch::Tensor reference_moe(MoeImpl& moe, const ModelConfig& c, const torch::Tensor& x,
                             const RouterOutput& r) {
   const int64_t D = c.hidden_size, slice = D / c.G_O;
   auto swiglu = [](Mlp& m, const torch::Tensor& v) {
-    auto h = torch::silu(v.matmul(m->gate_proj->weight.t())) * v.matmul(m->up_proj->weight.t());
-    return h.matmul(m->down_proj->weight.t());
+    auto h = torch::silu(mm64(v, m->gate_proj->weight)) * mm64(v, m->up_proj->weight);
+    return mm64(h, m->down_proj->weight);
   };
   std::vector<torch::Tensor> rows;
   for (int64_t t = 0; t < x.size(0); ++t) {
-    auto xt = x[t].unsqueeze(0);  // [1, D]
-    auto out = torch::zeros({1, D});
+    auto xt = x[t].unsqueeze(0).to(torch::kFloat64);  // [1, D]
+    auto out = torch::zeros({1, D}, torch::kFloat64);
     for (int64_t i = 0; i < r.indices.size(1); ++i) {
       const int64_t e = r.indices[t][i].item<int64_t>();
       const int64_t g_o = e / (c.R_O * c.G_I * c.R_I);
       out.narrow(1, g_o * slice, slice) += r.weights[t][i].item<double>() * swiglu(moe.experts[size_t(e)], xt);
     }
-    if (moe.concat_proj) out = out.matmul(moe.concat_proj->weight.t());
+    if (moe.concat_proj) out = mm64(out, moe.concat_proj->weight);
     if (moe.shared_expert)
       out = out + swiglu(moe.shared_expert, xt) *
-                      torch::sigmoid(xt.matmul(moe.shared_expert_gate->weight.t()));
+                      torch::sigmoid(mm64(xt, moe.shared_expert_gate->weight));
     rows.push_back(out);
   }
   return torch::cat(rows);
@@ -148,7 +154,7 @@ TEST(Moe, SparsePathEqualsPerTokenLoopWithConcatAndSharedExpert) {
     torch::NoGradGuard g;
     RouterOutput r;
     auto y = moe(x, &r);
-    EXPECT_LT(test::max_abs_diff(y, reference_moe(*moe, c, x, r)), 1e-5) << "concat " << concat;
+    EXPECT_TRUE(test::AllClose(y, reference_moe(*moe, c, x, r), 1e-5)) << "concat " << concat;
   }
 }
 
@@ -159,14 +165,14 @@ TEST(Moe, DenseMoeIsSoftmaxWeightedSumOfAllExperts) {
   auto x = at::normal(0.0, 1.0, {9, c.hidden_size}, at::detail::createCPUGenerator(9),
                       torch::TensorOptions());
   torch::NoGradGuard g;
-  auto G = torch::softmax(x.matmul(moe->gate->weight.t()), -1);  // Eq. 2, [T, N]
-  auto want = torch::zeros_like(x);
+  auto G = torch::softmax(mm64(x, moe->gate->weight), -1);  // Eq. 2, [T, N]
+  auto want = torch::zeros(x.sizes(), torch::kFloat64);
   for (int64_t i = 0; i < c.num_experts; ++i) {
     auto& f = moe->experts[size_t(i)];
-    auto h = torch::silu(x.matmul(f->gate_proj->weight.t())) * x.matmul(f->up_proj->weight.t());
-    want += G.select(1, i).unsqueeze(1) * h.matmul(f->down_proj->weight.t());  // Eq. 1
+    auto h = torch::silu(mm64(x, f->gate_proj->weight)) * mm64(x, f->up_proj->weight);
+    want += G.select(1, i).unsqueeze(1) * mm64(h, f->down_proj->weight);  // Eq. 1
   }
-  EXPECT_LT(test::max_abs_diff(moe(x), want), 1e-5);
+  EXPECT_TRUE(test::AllClose(moe(x), want, 1e-5));
 }
 
 TEST(Moe, ForwardReturnsOneRouterOutputPerMoeLayer) {

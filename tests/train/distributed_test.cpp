@@ -26,6 +26,7 @@
 #include <torch/torch.h>
 
 #include "../expect_error.h"
+#include "../tolerance.h"
 #include "finmoe/dataset.h"
 #include "finmoe/distributed.h"
 #include "finmoe/model.h"
@@ -467,7 +468,8 @@ TEST(DistTrainer, TwoRanksReachTheWeightsOfOneProcessAndResume) {
   size_t i = 0;
   for (auto& [name, t] : one.model().named_parameters()) {
     ASSERT_EQ(theirs[i].first, name);
-    EXPECT_LT(test::max_abs_diff(t, theirs[i].second), 1e-5) << name;
+    // float32 gradients summed over ranks vs in one process: another order of sums
+    EXPECT_TRUE(test::AllClose(theirs[i].second, t, 1e-4)) << name;
     EXPECT_GT(test::max_abs_diff(t, start[i].second), 1e-4) << name << " did not train";
     ++i;
   }
@@ -479,13 +481,13 @@ TEST(DistTrainer, TwoRanksReachTheWeightsOfOneProcessAndResume) {
   ASSERT_EQ(rows.size(), 4u);
   for (size_t k = 0; k < 4; ++k) {
     const StepMetrics& h = one.history()[k];
-    EXPECT_NEAR(rows[k]["lm_loss"].get<double>(), h.lm_loss, 1e-5) << k;
+    EXPECT_TRUE(test::NearRel(rows[k]["lm_loss"].get<double>(), h.lm_loss, 1e-5)) << k;
     EXPECT_EQ(rows[k]["loss_tokens"].get<int64_t>(), h.loss_tokens) << k;
     EXPECT_EQ(rows[k]["tokens"].get<int64_t>(), h.tokens) << k;
     EXPECT_NEAR(rows[k]["grad_norm"].get<double>(), h.grad_norm, 1e-5 * h.grad_norm) << k;
   }
   ASSERT_TRUE(rows[3].contains("eval_loss"));
-  EXPECT_NEAR(rows[3]["eval_loss"].get<double>(), *one.history()[3].eval_loss, 1e-5);
+  EXPECT_TRUE(test::NearRel(rows[3]["eval_loss"].get<double>(), *one.history()[3].eval_loss, 1e-5));
 }
 
 TEST(DistWorker, Trainer) {
