@@ -24,7 +24,13 @@ inline Vec load_widened(const uint16_t* p) {  // (0, w) 16-bit pairs = w << 16 p
   const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
   return _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), h));
 }
-inline void transpose_lanes(Vec (&r)[4]) { _MM_TRANSPOSE4_PS(r[0], r[1], r[2], r[3]); }
+inline Vec vunpacklo(Vec a, Vec b) { return _mm_unpacklo_ps(a, b); }
+inline Vec vunpackhi(Vec a, Vec b) { return _mm_unpackhi_ps(a, b); }
+inline Vec vshuffle_lo(Vec a, Vec b) { return _mm_shuffle_ps(a, b, 0x44); }
+inline Vec vshuffle_hi(Vec a, Vec b) { return _mm_shuffle_ps(a, b, 0xee); }
+inline void permute_lanes(const Vec (&u)[4], Vec (&r)[4]) {  // one 128-bit lane: done
+  for (int j = 0; j < 4; ++j) r[j] = u[j];
+}
 
 #include "kernels/gemm_f32_impl.inc"
 

@@ -27,9 +27,10 @@ constexpr int64_t kChunkBytes = 64 * 1024;
 // (W repacked per panel; compute-bound). bench_kernels gemm measures both.
 // Output columns per panel of the avx512_bf16 GEMM (gemm_avx512bf16.cpp).
 constexpr int64_t kBf16Panel = 32;
-// Rows of x per GEMM task: a panel streams past at most this block of x,
-// which stays in L2/L3 however long the prompt (M x K floats would not).
-constexpr int64_t kGemmRowBlock = 256;
+// Rows of x per GEMM task: a panel streams past at most this block of x
+// (<= 10 MB at K = 4864), which stays in L3 however long the prompt; each
+// block repacks the panel, so a 512-token prefill packs once.
+constexpr int64_t kGemmRowBlock = 512;
 // Below this many weights (128 KiB of bf16) waking a worker costs more than it saves.
 constexpr int64_t kMinParallelWeights = 64 * 1024;
 

@@ -184,19 +184,12 @@ inline Vec load_widened(const uint16_t* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-// 8 x 8 transpose: unpack pairs, then 2x2 blocks, then the two 128-bit halves.
-inline void transpose_lanes(Vec (&r)[8]) {
-  Vec t[8], u[8];
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int g = 0; g < 8; g += 4) {  // u[g + j], half l: rows g..g+3 at column 4l + j
-    u[g + 0] = _mm256_shuffle_ps(t[g], t[g + 2], 0x44);
-    u[g + 1] = _mm256_shuffle_ps(t[g], t[g + 2], 0xee);
-    u[g + 2] = _mm256_shuffle_ps(t[g + 1], t[g + 3], 0x44);
-    u[g + 3] = _mm256_shuffle_ps(t[g + 1], t[g + 3], 0xee);
-  }
+inline Vec vunpacklo(Vec a, Vec b) { return _mm256_unpacklo_ps(a, b); }
+inline Vec vunpackhi(Vec a, Vec b) { return _mm256_unpackhi_ps(a, b); }
+inline Vec vshuffle_lo(Vec a, Vec b) { return _mm256_shuffle_ps(a, b, 0x44); }
+inline Vec vshuffle_hi(Vec a, Vec b) { return _mm256_shuffle_ps(a, b, 0xee); }
+// u[j] / u[4 + j] hold rows 0..3 / 4..7: column j from their low halves, 4 + j from their high ones
+inline void permute_lanes(const Vec (&u)[8], Vec (&r)[8]) {
   for (int j = 0; j < 4; ++j) {
     r[j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
     r[4 + j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);

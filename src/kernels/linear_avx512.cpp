@@ -149,19 +149,14 @@ inline Vec vbcast(float s) { return _mm512_set1_ps(s); }
 inline Vec load_widened(const float* p) { return load16(p); }
 inline Vec load_widened(const uint16_t* p) { return load16(p); }
 
-// 16 x 16 transpose: unpack pairs, then 2x2 blocks, then 128-bit lanes twice.
-inline void transpose_lanes(Vec (&r)[16]) {
-  Vec t[16], u[16];
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int g = 0; g < 16; g += 4) {  // u[g + j], lane l: rows g..g+3 at column 4l + j
-    u[g + 0] = _mm512_shuffle_ps(t[g], t[g + 2], 0x44);
-    u[g + 1] = _mm512_shuffle_ps(t[g], t[g + 2], 0xee);
-    u[g + 2] = _mm512_shuffle_ps(t[g + 1], t[g + 3], 0x44);
-    u[g + 3] = _mm512_shuffle_ps(t[g + 1], t[g + 3], 0xee);
-  }
+inline Vec vunpacklo(Vec a, Vec b) { return _mm512_unpacklo_ps(a, b); }
+inline Vec vunpackhi(Vec a, Vec b) { return _mm512_unpackhi_ps(a, b); }
+inline Vec vshuffle_lo(Vec a, Vec b) { return _mm512_shuffle_ps(a, b, 0x44); }
+inline Vec vshuffle_hi(Vec a, Vec b) { return _mm512_shuffle_ps(a, b, 0xee); }
+// u[4g + j] holds rows 4g..4g+3, its lane l column 4l + j: two rounds of
+// 128-bit lane shuffles gather each column's four lanes.
+inline void permute_lanes(const Vec (&u)[16], Vec (&r)[16]) {
+  Vec t[16];
   for (int h = 0; h < 16; h += 8)
     for (int j = 0; j < 4; ++j) {
       t[h + j] = _mm512_shuffle_f32x4(u[h + j], u[h + 4 + j], 0x88);

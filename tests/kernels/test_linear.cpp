@@ -166,7 +166,7 @@ TEST_P(LinearIsa, Bf16MatchesDoubleReferenceOnBf16RoundedX) {
 // columns, tiles of 6-12 rows); odd K exercises the zero-padded last k pair
 // of avx512_bf16 and the k tails of the panel transposes.
 TEST_P(LinearIsa, Bf16ManyRowsMatchDoubleReference) {
-  for (int64_t M : {33, 64, 131, 300})
+  for (int64_t M : {33, 64, 131, 600})
     for (int64_t K : {1, 31, 896, 1001})
       for (int64_t N : {1, 5, 33, 1003})
         for (bool b : {false, true}) {
@@ -175,9 +175,9 @@ TEST_P(LinearIsa, Bf16ManyRowsMatchDoubleReference) {
         }
 }
 
-// Past kGemmRowBlock (256) rows a product splits into row blocks per panel.
+// Past kGemmRowBlock (512) rows a product splits into row blocks per panel.
 TEST_P(LinearIsa, F32ManyRowsMatchDoubleReference) {
-  for (int64_t M : {32, 45, 300})
+  for (int64_t M : {32, 45, 600})
     for (int64_t K : {1, 31, 896})
       for (int64_t N : {1, 17, 33, 1003})
         for (bool b : {false, true}) {
@@ -342,7 +342,7 @@ TEST_P(LinearBatchIsa, EqualsSeparateLinearsBitForBit) {
   std::mt19937 rng(11);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   const int64_t K = 200, N = 37;
-  const std::vector<int64_t> Ms = {1, 0, 5, 40, 2, 300, 16, 33};  // an expert with no tokens too
+  const std::vector<int64_t> Ms = {1, 0, 5, 40, 2, 600, 16, 33};  // an expert with no tokens too
   for (ElemType w_t : {ElemType::kBF16, ElemType::kF32})
     for (ElemType y_t : {ElemType::kBF16, ElemType::kF32}) {
       const size_t ws = w_t == ElemType::kF32 ? 4 : 2, ys = y_t == ElemType::kF32 ? 4 : 2;
