@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "test_util.h"
+#include "../tolerance.h"
 
 namespace finmoe {
 namespace {
@@ -17,8 +18,7 @@ TEST_P(HfParity, Float32LogitsMatchTransformers) {
   torch::NoGradGuard no_grad;
   auto logits = model.forward(ids);
   ASSERT_EQ(logits.sizes(), expected.sizes());
-  const double diff = test::max_abs_diff(logits, expected);
-  EXPECT_LT(diff, 1e-4) << GetParam() << " max |diff| " << diff;
+  EXPECT_TRUE(test::AllClose(logits, expected, 1e-4, /*floor=*/1.0)) << GetParam();
 }
 
 TEST_P(HfParity, PagedStepMatchesTransformers) {
@@ -42,8 +42,8 @@ TEST_P(HfParity, PagedStepMatchesTransformers) {
     batch.seqs.push_back({0, n, done + n, blocks});
     batch.all_logits = true;
     auto logits = model.step(batch, cache);
-    const double diff = test::max_abs_diff(logits, expected.narrow(0, done, n));
-    ASSERT_LT(diff, 1e-4) << GetParam() << " at position " << done;
+    ASSERT_TRUE(test::AllClose(logits, expected.narrow(0, done, n), 1e-4, /*floor=*/1.0))
+        << GetParam() << " at position " << done;
     done += n;
   }
 }

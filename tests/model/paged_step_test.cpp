@@ -9,6 +9,7 @@
 #include "finmoe/error.h"
 #include "model/rope.h"
 #include "test_util.h"
+#include "../tolerance.h"
 
 namespace finmoe {
 namespace {
@@ -75,7 +76,7 @@ TEST_P(PagedStep, RaggedMixedBatchesEqualFullForward) {
       const auto& q = batch.seqs[k];
       auto got = logits.narrow(0, q.q_start, q.q_len);
       auto want = full[rows[k].first].narrow(0, rows[k].second, q.q_len);
-      ASSERT_LT(test::max_abs_diff(got, want), 1e-4)
+      ASSERT_TRUE(test::AllClose(got, want, 1e-4, /*floor=*/1.0))
           << "sequence " << rows[k].first << " positions " << rows[k].second << "+" << q.q_len;
     }
     ++steps;
@@ -97,8 +98,8 @@ TEST_P(PagedStep, LastTokenLogitsPerSequence) {
   batch.seqs = {{0, 9, 9, {0}}, {9, 4, 4, {5}}};
   auto logits = model.step(batch, cache);  // [2,V]
   ASSERT_EQ(logits.size(0), 2);
-  EXPECT_LT(test::max_abs_diff(logits[0], model.forward(a.unsqueeze(0))[0][8]), 1e-4);
-  EXPECT_LT(test::max_abs_diff(logits[1], model.forward(b.unsqueeze(0))[0][3]), 1e-4);
+  EXPECT_TRUE(test::AllClose(logits[0], model.forward(a.unsqueeze(0))[0][8], 1e-4, 1.0));
+  EXPECT_TRUE(test::AllClose(logits[1], model.forward(b.unsqueeze(0))[0][3], 1e-4, 1.0));
 }
 
 TEST_P(PagedStep, Bfloat16StepTracksBfloat16Forward) {
@@ -139,9 +140,9 @@ TEST_P(PagedStep, PackedDocumentsEqualSeparateForwards) {
                           torch::full({9}, 2, torch::kInt64)})
                   .unsqueeze(0);
   auto logits = model.forward(packed, {.document_ids = docs})[0];
-  EXPECT_LT(test::max_abs_diff(logits.narrow(0, 0, 11), model.forward(a.unsqueeze(0))[0]), 1e-4);
-  EXPECT_LT(test::max_abs_diff(logits.narrow(0, 11, 6), model.forward(b.unsqueeze(0))[0]), 1e-4);
-  EXPECT_LT(test::max_abs_diff(logits.narrow(0, 17, 9), model.forward(c.unsqueeze(0))[0]), 1e-4);
+  EXPECT_TRUE(test::AllClose(logits.narrow(0, 0, 11), model.forward(a.unsqueeze(0))[0], 1e-4, 1.0));
+  EXPECT_TRUE(test::AllClose(logits.narrow(0, 11, 6), model.forward(b.unsqueeze(0))[0], 1e-4, 1.0));
+  EXPECT_TRUE(test::AllClose(logits.narrow(0, 17, 9), model.forward(c.unsqueeze(0))[0], 1e-4, 1.0));
   // without the document mask the later documents see the earlier ones
   auto plain = model.forward(packed)[0];
   EXPECT_GT(test::max_abs_diff(plain.narrow(0, 11, 6), model.forward(b.unsqueeze(0))[0]), 1e-3);

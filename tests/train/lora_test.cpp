@@ -15,6 +15,7 @@
 
 #include "../expect_error.h"
 #include "../model/test_util.h"
+#include "../tolerance.h"
 #include "finmoe/lora.h"
 #include "finmoe/model.h"
 #include "finmoe/safetensors.h"
@@ -43,8 +44,7 @@ TEST_P(PeftReference, UnmergedAdapterGivesPeftLogits) {
   auto ids = reference_logits("input_ids");
   torch::NoGradGuard no_grad;
   auto logits = model.forward(ids);
-  const double diff = test::max_abs_diff(logits, reference_logits(GetParam() + ".logits"));
-  EXPECT_LT(diff, 1e-4) << "max |diff| " << diff;
+  EXPECT_TRUE(test::AllClose(logits, reference_logits(GetParam() + ".logits"), 1e-4, /*floor=*/1.0));
   // the adapter matters: far from the base model's logits
   EXPECT_GT(test::max_abs_diff(logits, reference_logits("base_logits")), 0.5);
 }
@@ -62,8 +62,8 @@ TEST_P(PeftReference, MergedCheckpointGivesPeftMergedLogits) {
   auto model = load_model(out, {.dtype = torch::kFloat32, .device = test::test_device()});
   torch::NoGradGuard no_grad;
   auto logits = model.forward(reference_logits("input_ids"));
-  EXPECT_LT(test::max_abs_diff(logits, reference_logits(GetParam() + ".merged_logits")), 1e-4);
-  EXPECT_LT(test::max_abs_diff(logits, reference_logits(GetParam() + ".logits")), 1e-4);
+  EXPECT_TRUE(test::AllClose(logits, reference_logits(GetParam() + ".merged_logits"), 1e-4, /*floor=*/1.0));
+  EXPECT_TRUE(test::AllClose(logits, reference_logits(GetParam() + ".logits"), 1e-4, /*floor=*/1.0));
   // an existing, non-empty OUT is never overwritten
   EXPECT_CONTAINS(message_of([&] { merge_lora_checkpoint(lora_dir("base"), lora_dir(GetParam()), out); }),
                   "not an empty directory");
@@ -83,7 +83,7 @@ TEST_P(PeftReference, PagedDecodeWithAdapterMatchesForward) {
     b.positions = {int32_t(t)};
     b.seqs.push_back({0, 1, t + 1, {0, 1, 2, 3}});
     auto logits = model.step(b, cache);  // [1, V]
-    ASSERT_LT(test::max_abs_diff(logits[0], expected[t]), 1e-4) << "position " << t;
+    ASSERT_TRUE(test::AllClose(logits[0], expected[t], 1e-4, /*floor=*/1.0)) << "position " << t;
   }
 }
 
@@ -172,7 +172,7 @@ TEST(Lora, FreshAdapterIsTheIdentityWithPeftInit) {
   const auto params = add_lora(model, cfg, 1);
   ASSERT_FALSE(params.empty());
   torch::NoGradGuard no_grad;
-  EXPECT_LT(test::max_abs_diff(model.forward(ids), reference_logits("base_logits")), 1e-4);
+  EXPECT_TRUE(test::AllClose(model.forward(ids), reference_logits("base_logits"), 1e-4, /*floor=*/1.0));
   for (const auto& [n, t] : params) {
     EXPECT_TRUE(t.requires_grad()) << n;
     EXPECT_EQ(t.scalar_type(), torch::kFloat32);
@@ -220,7 +220,7 @@ TEST(Lora, TrainingMovesOnlyTheAdapterAndMergeKeepsTheResult) {
   EXPECT_GT(test::max_abs_diff(adapted, reference_logits("base_logits")), 1e-4);
   merge_lora(model);
   EXPECT_TRUE(lora_parameters(model).empty());
-  EXPECT_LT(test::max_abs_diff(model.forward(ids), adapted), 1e-4);
+  EXPECT_TRUE(test::AllClose(model.forward(ids), adapted, 1e-4, /*floor=*/1.0));
 }
 
 TEST(Lora, WeightsReloadInPlaceIntoAttachedAdapters) {
