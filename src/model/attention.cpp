@@ -37,7 +37,7 @@ AttentionImpl::AttentionImpl(const ModelConfig& c, torch::TensorOptions options,
       head_dim_(c.head_dim),
       window_(window),
       scale_(1.0 / std::sqrt(double(c.head_dim))),
-      rope_(c, c.head_dim) {
+      rope_(c, c.head_dim, options.device()) {
   const bool qkv_bias = c.attention_bias;
   q_proj = register_module("q_proj", Linear(c.hidden_size, c.q_size(), qkv_bias, options));
   k_proj = register_module("k_proj", Linear(c.hidden_size, c.kv_size(), qkv_bias, options));
