@@ -122,6 +122,9 @@ torch::Tensor AttentionImpl::step_kernels(const torch::Tensor& x, const StepPlan
 
 torch::Tensor AttentionImpl::step(const torch::Tensor& x, const StepPlan& plan,
                                   std::vector<torch::Tensor>& cache) {
+#if FINMOE_HAVE_CUDA
+  if (plan.paged.defined()) return step_cuda(x, plan, cache);
+#endif
   if (kernels_apply(x, plan, cache)) return step_kernels(x, plan, cache);
   const int64_t N = x.size(0);
   auto q = rope_.apply(q_proj(x).view({N, n_head_, head_dim_}), plan.cos, plan.sin);
