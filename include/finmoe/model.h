@@ -111,6 +111,8 @@ class Transformer {
   std::shared_ptr<TransformerImpl> impl_;
 };
 
+class StepGraphs;  // CUDA graphs of decode steps (src/model/cuda/step_graphs.h)
+
 // A paged KV cache for every layer of one model. Owned by whoever schedules
 // sequences (Generator, serving engine); the block allocation policy is theirs.
 class KVCache {
@@ -125,11 +127,16 @@ class KVCache {
   // Bytes one token occupies over all layers.
   int64_t bytes_per_token() const;
   int64_t total_bytes() const { return bytes_per_token() * num_blocks_ * block_size_; }
+  // Internal to Transformer::step: the CUDA graphs captured against this
+  // cache's tensors, which live and die with it; null until a CUDA decode
+  // step captures one.
+  std::shared_ptr<StepGraphs>& step_graphs() { return step_graphs_; }
 
  private:
   int64_t num_blocks_;
   int64_t block_size_;
   std::vector<std::vector<torch::Tensor>> layers_;
+  std::shared_ptr<StepGraphs> step_graphs_;
 };
 
 // KV-cache bytes per token for a config and element size, without building a model.

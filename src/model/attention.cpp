@@ -37,7 +37,7 @@ AttentionImpl::AttentionImpl(const ModelConfig& c, torch::TensorOptions options,
       head_dim_(c.head_dim),
       window_(window),
       scale_(1.0 / std::sqrt(double(c.head_dim))),
-      rope_(c, c.head_dim) {
+      rope_(c, c.head_dim, options.device()) {
   const bool qkv_bias = c.attention_bias;
   q_proj = register_module("q_proj", Linear(c.hidden_size, c.q_size(), qkv_bias, options));
   k_proj = register_module("k_proj", Linear(c.hidden_size, c.kv_size(), qkv_bias, options));
@@ -122,6 +122,9 @@ torch::Tensor AttentionImpl::step_kernels(const torch::Tensor& x, const StepPlan
 
 torch::Tensor AttentionImpl::step(const torch::Tensor& x, const StepPlan& plan,
                                   std::vector<torch::Tensor>& cache) {
+#if FINMOE_HAVE_CUDA
+  if (plan.paged.defined()) return step_cuda(x, plan, cache);
+#endif
   if (kernels_apply(x, plan, cache)) return step_kernels(x, plan, cache);
   const int64_t N = x.size(0);
   auto q = rope_.apply(q_proj(x).view({N, n_head_, head_dim_}), plan.cos, plan.sin);

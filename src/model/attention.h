@@ -6,6 +6,7 @@
 
 #include "finmoe/model.h"
 #include "model/linear.h"
+#include "model/paged_batch.h"
 #include "model/rope.h"
 
 namespace finmoe {
@@ -13,6 +14,7 @@ namespace finmoe {
 // What every layer of one step() shares: computed once per step.
 struct StepPlan {
   torch::Tensor cos, sin;      // [N, rotary_dim]
+  // CPU kernels and libtorch's per-sequence attention:
   torch::Tensor write_slots;   // [N] int64: flat cache slot of each new token
   struct Seq {
     int64_t q_start = 0, q_len = 0;
@@ -21,6 +23,8 @@ struct StepPlan {
     torch::Tensor window_mask; // mask for sliding-window layers; undefined when = mask
   };
   std::vector<Seq> seqs;
+  // The CUDA kernels (defined only on that path, which leaves the above empty)
+  PagedBatch paged;
 };
 
 // softmax(q·kᵀ·scale + mask)·v with GQA head sharing.
@@ -57,6 +61,9 @@ class AttentionImpl : public torch::nn::Module {
                              std::vector<torch::Tensor>& cache);
   bool kernels_apply(const torch::Tensor& x, const StepPlan& plan,
                      const std::vector<torch::Tensor>& cache) const;
+  // step() through the CUDA kernels (model/cuda/attention_step.cpp; CUDA builds only).
+  torch::Tensor step_cuda(const torch::Tensor& x, const StepPlan& plan,
+                          std::vector<torch::Tensor>& cache);
 
   int64_t n_head_, n_kv_head_, head_dim_;
   int64_t window_;

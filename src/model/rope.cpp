@@ -67,10 +67,10 @@ std::pair<torch::Tensor, double> rope_inv_freq(const ModelConfig& c, int64_t dim
               "' is not supported (supported: default, linear, llama3, yarn)");
 }
 
-Rope::Rope(const ModelConfig& config, int64_t rotary_dim)
+Rope::Rope(const ModelConfig& config, int64_t rotary_dim, torch::Device device)
     : interleaved_(config.rope_interleaved) {
   auto [inv, scale] = rope_inv_freq(config, rotary_dim);
-  inv_freq_ = inv;
+  inv_freq_ = inv.to(device);
   attention_scaling_ = scale;
 }
 

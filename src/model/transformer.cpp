@@ -143,6 +143,13 @@ void StepBatch::validate(const KVCache& cache) const {
 torch::Tensor TransformerImpl::step(const StepBatch& batch, KVCache& cache) {
   torch::NoGradGuard no_grad;
   batch.validate(cache);
+  if (cuda_kernels_apply(cache)) {
+#if FINMOE_HAVE_CUDA
+    if (cuda_graphs_enabled())
+      if (auto logits = step_graph(batch, cache); logits.defined()) return logits;
+#endif
+    return step_paged(batch, cache);
+  }
   const int64_t N = static_cast<int64_t>(batch.tokens.size());
   const int64_t bs = cache.block_size();
   const auto dev = options.device();
@@ -181,10 +188,57 @@ torch::Tensor TransformerImpl::step(const StepBatch& batch, KVCache& cache) {
   plan.write_slots = torch::tensor(write, cpu_long).to(dev);
   auto positions = torch::tensor(std::vector<int64_t>(batch.positions.begin(), batch.positions.end()),
                                  cpu_long).to(dev);
-  std::tie(plan.cos, plan.sin) = layer_list.front()->self_attn->rope().cos_sin(positions);
-
   auto ids = torch::tensor(std::vector<int64_t>(batch.tokens.begin(), batch.tokens.end()), cpu_long)
                  .to(dev);
+  torch::Tensor rows;
+  if (!batch.all_logits) rows = torch::tensor(last_rows, cpu_long).to(dev);
+  return step_layers(ids, positions, plan, cache, rows);
+}
+
+bool TransformerImpl::cuda_kernels_apply(KVCache& cache) const {
+#if FINMOE_HAVE_CUDA
+  if (!options.device().is_cuda() || !cuda_attention_kernels_enabled()) return false;
+  const auto dtype = options.dtype().toScalarType();
+  for (size_t l = 0; l < layer_list.size(); ++l) {
+    const auto& attn = layer_list[l]->self_attn;
+    if (!cuda_attention_supports(dtype, config.head_dim, attn->rope().rotary_dim())) return false;
+    for (const auto& t : cache.layer(int64_t(l)))
+      if (t.scalar_type() != dtype || !t.is_contiguous()) return false;
+  }
+  return true;
+#else
+  return false;  // a CPU libtorch has no CUDA tensors
+#endif
+}
+
+// The CUDA kernels' step: the whole plan in one int32 transfer.
+torch::Tensor TransformerImpl::step_paged(const StepBatch& batch, KVCache& cache) {
+  const int64_t bs = cache.block_size();
+  int64_t max_context = 0, max_q = 0;
+  for (const auto& s : batch.seqs) {
+    max_context = std::max(max_context, s.context_len);
+    max_q = std::max(max_q, s.q_len);
+  }
+  // a work item of q_tile queries sizes the kernel's shared memory: no larger than needed
+  const int64_t q_tile =
+      std::min(max_q, paged_q_tile(config.num_attention_heads, config.num_key_value_heads));
+  const PagedLayout layout = paged_layout(batch, bs, q_tile);
+  auto buffer = pack_paged_batch(batch, layout, bs, q_tile, /*pinned=*/true)
+                    .to(options.device(), /*non_blocking=*/true);
+  StepPlan plan;
+  plan.paged = view_paged_batch(buffer, layout, bs, q_tile, max_context);
+  torch::Tensor rows;  // each sequence's last token
+  if (!batch.all_logits && layout.n_seqs != layout.n_tokens) {
+    auto seqs = plan.paged.seqs.to(torch::kInt64);
+    rows = seqs.select(1, 0) + seqs.select(1, 1) - 1;  // [S]
+  }
+  return step_layers(plan.paged.ids, plan.paged.positions, plan, cache, rows);
+}
+
+torch::Tensor TransformerImpl::step_layers(const torch::Tensor& ids, const torch::Tensor& positions,
+                                           StepPlan& plan, KVCache& cache,
+                                           const torch::Tensor& rows) {
+  std::tie(plan.cos, plan.sin) = layer_list.front()->self_attn->rope().cos_sin(positions);
   auto x = torch::embedding(model->embed_tokens->weight, ids);  // [N,D]
   // x is the residual stream, owned here: each residual add is fused with the
   // norm that follows it (the last one with nothing: the final norm runs on
@@ -199,7 +253,7 @@ torch::Tensor TransformerImpl::step(const StepBatch& batch, KVCache& cache) {
     else
       x = x + ffn;
   }
-  if (!batch.all_logits) x = x.index_select(0, torch::tensor(last_rows, cpu_long).to(dev));
+  if (rows.defined()) x = x.index_select(0, rows);
   return logits(x);
 }
 

@@ -53,6 +53,11 @@ class TransformerImpl : public torch::nn::Module {
   TransformerImpl(const ModelConfig& config, torch::TensorOptions options);
   torch::Tensor forward(const torch::Tensor& tokens, const ForwardOptions& options);
   torch::Tensor step(const StepBatch& batch, KVCache& cache);
+  // step()'s layers from device inputs: ids/positions [N] -> logits [R,V] of
+  // the token rows `rows` [R] (undefined: all N). Fills plan.cos/sin; the
+  // rest of the plan is the caller's.
+  torch::Tensor step_layers(const torch::Tensor& ids, const torch::Tensor& positions,
+                            StepPlan& plan, KVCache& cache, const torch::Tensor& rows);
   const torch::Tensor& lm_head_weight() const;
 
   ModelConfig config;
@@ -63,6 +68,13 @@ class TransformerImpl : public torch::nn::Module {
 
  private:
   torch::Tensor logits(const torch::Tensor& hidden);
+  // CUDA steps: whether the kernels take this model and cache (and
+  // FINMOE_CUDA_ATTENTION allows them); the step through them, eagerly.
+  bool cuda_kernels_apply(KVCache& cache) const;
+  torch::Tensor step_paged(const StepBatch& batch, KVCache& cache);
+  // A decode-only batch replayed through a CUDA graph (model/cuda/step_graphs.h;
+  // CUDA builds only); undefined when the batch or the model does not qualify.
+  torch::Tensor step_graph(const StepBatch& batch, KVCache& cache);
 };
 
 }  // namespace finmoe

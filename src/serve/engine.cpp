@@ -16,6 +16,7 @@
 
 #include "finmoe/block_manager.h"
 #include "finmoe/error.h"
+#include "serve/host_logits.h"
 #include "serve/scheduler.h"
 #include "serve/text_stream.h"
 
@@ -317,7 +318,7 @@ bool Engine::Impl::step_locked() {
   }
   torch::Tensor logits;
   try {
-    logits = model.step(batch, cache).to(torch::kCPU).contiguous();  // [S,V] float32
+    logits = logits_to_host(model.step(batch, cache));  // [S,V] float32
   } catch (const std::exception& ex) {
     for (const auto& e : plan) {
       Request& r = *requests.at(static_cast<uint64_t>(e.seq->id));

@@ -3,6 +3,7 @@
 
 #include "finmoe/error.h"
 #include "finmoe/generate.h"
+#include "serve/host_logits.h"
 #include "serve/text_stream.h"
 
 namespace finmoe {
@@ -122,7 +123,7 @@ std::vector<GenerationResult> Generator::generate(const std::vector<std::vector<
     }
     if (members.empty()) break;
     const auto ts = Clock::now();
-    auto logits = model_.step(batch, *cache_).to(torch::kCPU).contiguous();  // [S,V]
+    auto logits = logits_to_host(model_.step(batch, *cache_));  // [S,V]
     int64_t step_prefill = 0;
     for (size_t m = 0; m < members.size(); ++m) {
       Sequence& s = seqs[members[m]];

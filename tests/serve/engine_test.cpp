@@ -20,6 +20,7 @@
 
 #include "../expect_error.h"
 #include "../model/test_util.h"
+#include "../scoped_env.h"
 #include "finmoe/block_manager.h"
 #include "finmoe/error.h"
 #include "finmoe/generate.h"
@@ -213,6 +214,32 @@ TEST(Engine, GreedyEqualsGenerator) {
   engine.run_until_idle();
   for (size_t i = 0; i < prompts.size(); ++i)
     EXPECT_EQ(c.get(ids[i]).tokens, want[i].tokens) << "prompt " << i;
+}
+
+// On CUDA, decode-only steps replay CUDA graphs and attention runs in the
+// paged kernels: neither may change the tokens (float32 model).
+TEST(Engine, CudaGraphsAndKernelsKeepGreedyOutputs) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  Transformer m(test::tiny_config("qwen2"), torch::kFloat32, torch::Device(torch::kCUDA));
+  init_random(m, 21);
+  EngineOptions o = cache_of(m, 512, 4);
+  o.max_batched_tokens = 16;  // prefill chunks share steps with decodes
+  auto run = [&](const char* attention, const char* graphs) {
+    test::ScopedEnv a("FINMOE_CUDA_ATTENTION", attention), g("FINMOE_CUDA_GRAPHS", graphs);
+    Engine engine(m, nullptr, o);
+    Collector c;
+    std::vector<uint64_t> ids;
+    // sequences finish at different steps: decode batches of 7 down to 1
+    for (int i = 0; i < 7; ++i)
+      ids.push_back(engine.submit(prompt(4 + 6 * i, i), greedy(8 + 3 * i), c.callback()));
+    engine.run_until_idle();
+    std::vector<std::vector<int32_t>> out;
+    for (auto id : ids) out.push_back(c.get(id).tokens);
+    return out;
+  };
+  const auto with_graphs = run(nullptr, nullptr);
+  EXPECT_EQ(with_graphs, run(nullptr, "0"));
+  EXPECT_EQ(with_graphs, run("eager", nullptr));
 }
 
 TEST(Engine, LongSequenceStopsAtTheCacheSizeInsteadOfHanging) {

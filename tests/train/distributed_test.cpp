@@ -26,6 +26,7 @@
 #include <torch/torch.h>
 
 #include "../expect_error.h"
+#include "../scoped_env.h"
 #include "../tolerance.h"
 #include "finmoe/dataset.h"
 #include "finmoe/distributed.h"
@@ -38,30 +39,7 @@ namespace finmoe {
 namespace {
 
 using test::message_of;
-
-// Sets an environment variable for one scope, restoring the old value.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    if (const char* old = std::getenv(name)) old_ = old;
-    if (value) {
-      ::setenv(name, value, 1);
-    } else {
-      ::unsetenv(name);
-    }
-  }
-  ~ScopedEnv() {
-    if (old_) {
-      ::setenv(name_.c_str(), old_->c_str(), 1);
-    } else {
-      ::unsetenv(name_.c_str());
-    }
-  }
-
- private:
-  std::string name_;
-  std::optional<std::string> old_;
-};
+using test::ScopedEnv;
 
 // A port that a listening socket holds until destruction (or a free one after release()).
 struct HeldPort {
