@@ -239,7 +239,9 @@ TEST(Upcycle, NvShardUsesVirtualGroupRouterAndCubeRootScaling) {
   for (int64_t e = 0; e < 64; ++e) {
     // a replica's 8 shards share one router row; replicas differ
     EXPECT_TRUE(router[e].equal(router[e - e % 8])) << e;
-    if (e % 8 == 0 && e > 0) EXPECT_FALSE(router[e].equal(router[e - 8])) << e;
+    if (e % 8 == 0 && e > 0) {
+      EXPECT_FALSE(router[e].equal(router[e - 8])) << e;
+    }
   }
   const double s = std::cbrt(8.0);  // 2
   const auto up = tensor_of(rd, "model.layers.0.mlp.up_proj.weight");      // [80, 48]

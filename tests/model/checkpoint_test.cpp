@@ -59,7 +59,9 @@ TEST(Checkpoint, InitRandomIsSeeded) {
   const double sd = pa[0].second.std().item<double>();
   EXPECT_NEAR(sd, a.config().initializer_range, 0.02);
   for (auto& [name, t] : pa)
-    if (name.ends_with("norm.weight")) EXPECT_TRUE(torch::equal(t, torch::ones_like(t)));
+    if (name.ends_with("norm.weight")) {
+      EXPECT_TRUE(torch::equal(t, torch::ones_like(t)));
+    }
 }
 
 class BrokenCheckpoint : public ::testing::Test {
