@@ -184,6 +184,10 @@ inline Vec load_widened(const uint16_t* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
+inline Vec load_widened(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+
 // 8 x 8 transpose: unpack pairs, then 2x2 blocks, then the two 128-bit halves.
 inline void transpose_lanes(Vec (&r)[8]) {
   Vec t[8], u[8];
@@ -208,7 +212,7 @@ inline void transpose_lanes(Vec (&r)[8]) {
 }  // namespace
 
 const GemmF32& gemm_f32_avx2() {
-  static constexpr GemmF32 kGemm{kPanel, &gemm_run};
+  static constexpr GemmF32 kGemm{kPanel, &gemm_run, &gemm_run_int8};
   return kGemm;
 }
 
