@@ -199,7 +199,7 @@ void bench_gemm8() {
   const finmoe::kernels::Int8Format f{0, ElemType::kBF16};
   for (const Shape& s : kLayerShapes) {
     const ChainWeights wb = chain_weights(s, 5, nullptr), w8 = chain_weights(s, 5, &f);
-    for (int64_t M : {16, 32, 128, 512}) {
+    for (int64_t M : {1, 4, 8, 16, 32, 128}) {
       std::vector<uint16_t> x(static_cast<size_t>(M * s.k), 0x3f00), y(static_cast<size_t>(M * s.n));
       const int reps = M >= 128 ? 5 : 20;
       std::vector<double> t8, tb;

@@ -198,10 +198,11 @@ int64_t xform_elem_bytes(XForm form) {
 XForm xform_for(Isa isa, ElemType x_t, const WeightFormat& w, int64_t M) {
   // int8 GEMMs take x as it comes: bf16 activations into the bf16 GEMM (W
   // dequantized to bf16), float32 ones into the float32 GEMM (W exact)
-  if (w.int8)
-    return M < kGemmMinRows                                       ? XForm::kQ8
-           : isa == Isa::kAvx512Bf16 && x_t == ElemType::kBF16 ? XForm::kBf16Padded
-                                                                  : XForm::kF32;
+  if (w.int8) {
+    const bool bf16_dots = isa == Isa::kAvx512Bf16 && x_t == ElemType::kBF16;
+    if (M >= kGemmMinRows) return bf16_dots ? XForm::kBf16Padded : XForm::kF32;
+    return bf16_dots && M >= kInt8Bf16xMinRows ? XForm::kBf16Padded : XForm::kQ8;
+  }
   if (w.float_t == ElemType::kF32) return XForm::kF32;
   if (isa == Isa::kAvx512Bf16) return XForm::kBf16Padded;
   if (isa == Isa::kAvx2 && M < kGemmMinRows) return XForm::kEvenOdd;
@@ -269,11 +270,11 @@ struct GemmTask {
 // Columns [n0, n1) of job j's few-row product, into j.y32.
 void rows_of(Isa isa, const Job& j, int64_t K, const WeightFormat& w, int64_t n0, int64_t n1) {
   const LinearProduct& p = *j.p;
-  if (w.int8)
-    return q8_rows(isa,
-                   {static_cast<const uint8_t*>(j.x), j.ldx, p.M, K,
-                    static_cast<const int8_t*>(p.W), p.scale, w.q8, j.bias, j.y32, p.N},
-                   n0, n1);
+  if (w.int8) {
+    const Q8Args a{j.x, j.ldx * xform_elem_bytes(j.form), p.M, K, static_cast<const int8_t*>(p.W),
+                   p.scale, w.q8, j.bias, j.y32, p.N};
+    return j.form == XForm::kBf16Padded ? q8_rows_bf16x_avx512bf16(a, n0, n1) : q8_rows(isa, a, n0, n1);
+  }
   const float* xf = static_cast<const float*>(j.x);
   const uint16_t* wb = static_cast<const uint16_t*>(p.W);
   const float* wf = static_cast<const float*>(p.W);

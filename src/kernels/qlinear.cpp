@@ -78,19 +78,6 @@ void dequantize_int8(const int8_t* q, const void* scale, const Int8Format& f, in
 
 // ---- activation records ----------------------------------------------------
 
-int64_t q8_padded(int64_t K) { return (K + 63) / 64 * 64; }
-
-int64_t q8_record_bytes(int64_t K) {
-  const int64_t Kp = q8_padded(K);
-  return (3 * Kp + Kp / 8 + 63) / 64 * 64;
-}
-
-Q8Record q8_record(uint8_t* rec, int64_t K) {
-  const int64_t Kp = q8_padded(K);
-  return {reinterpret_cast<int8_t*>(rec), reinterpret_cast<int32_t*>(rec + Kp),
-          reinterpret_cast<float*>(rec + 2 * Kp), reinterpret_cast<float*>(rec + 3 * Kp)};
-}
-
 void quantize_x_q8_scalar(ElemType x_t, const void* x, int64_t K, uint8_t* rec) {
   const int64_t Kp = q8_padded(K);
   const Q8Record r = q8_record(rec, K);
@@ -122,7 +109,7 @@ void q8_rows_scalar(const Q8Args& a, int64_t n0, int64_t n1) {
   for (int64_t n = n0; n < n1; ++n) {
     const int8_t* w = a.W + n * a.K;
     for (int64_t m = 0; m < a.M; ++m) {
-      const Q8Record r = q8_record(const_cast<uint8_t*>(a.x + m * a.x_stride), a.K);
+      const Q8Record r = q8_record(a, m);
       float acc = 0.0f;
       for (int64_t b = 0; b < blocks; ++b) {
         int32_t dot = 0;

@@ -6,7 +6,8 @@
 // Scales are float32 or bf16 (raw uint16 bits), the bias and x of the
 // activations' type.
 //
-// Few rows (decode, M < kGemmMinRows): x is quantized on the fly per block of
+// Few rows (decode, M < kGemmMinRows; with bf16 x on avx512_bf16 only below
+// kInt8Bf16xMinRows = 8, see below): x is quantized on the fly per block of
 // 32 values, as llama.cpp's Q8_0 activations: d = max|x_block| / 127,
 // xq = round-to-nearest-even(x * (127 / max|x_block|)), so x[m, k] ≈
 // d[m, k/32] * xq[m, k]. Then
@@ -16,6 +17,11 @@
 // (VNNI vpdpbusd, W flipped to unsigned), avx512 (vpmaddubsw + vpmaddwd on
 // zmm), avx2 (vpsignb + vpmaddubsw + vpmaddwd) and scalar. Paths differ only
 // in the order of the float32 sums.
+// Batched decode with bf16 x on avx512_bf16 (8 <= M < kGemmMinRows): a few
+// rows of W at a time are dequantized to bf16 (s · q rounded to nearest
+// even) and the bf16 kernels' tiles run over them: three vector operations
+// per 64 weights and row of x (the quantized path) would make it
+// compute-bound.
 // Many rows (prefill, M >= kGemmMinRows): x is not quantized; W is
 // dequantized panel by panel into the tiled GEMMs of linear_isa.h: for bf16
 // x on avx512_bf16 into the bf16 GEMM (s · q rounded to nearest even bf16,

@@ -14,8 +14,6 @@
 namespace finmoe::kernels {
 namespace {
 
-constexpr int64_t kStreamAhead = 8192;  // software prefetch distance, as the bf16 kernels
-
 inline float hsum(__m256 a) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -33,18 +31,19 @@ inline __m256i dot4(__m256i w, __m256i q) {
 }
 
 // y[m0 .. m0+MT) at column n. One row of W streams once for the MT records;
-// a single record alternates two accumulators to hide the FMA latency.
+// a single record alternates two accumulators to hide the FMA latency. No
+// software prefetch, as on AVX-512 (qlinear_avx512_impl.inc): it measured
+// slower than the hardware prefetchers alone.
 template <int MT, bool kGroup, class S>
 void block_rows(const Q8Args& a, const S* scale, int64_t per_row, int64_t n, int64_t m0) {
   constexpr int C = MT == 1 ? 2 : 1;
   const int64_t K = a.K;
   const int8_t* w = a.W + n * K;
   Q8Record r[MT];
-  for (int m = 0; m < MT; ++m) r[m] = q8_record(const_cast<uint8_t*>(a.x + (m0 + m) * a.x_stride), K);
+  for (int m = 0; m < MT; ++m) r[m] = q8_record(a, m0 + m);
   __m256 acc[C][MT];
   for (int c = 0; c < C; ++c)
     for (int m = 0; m < MT; ++m) acc[c][m] = _mm256_setzero_ps();
-  const uintptr_t ahead = reinterpret_cast<uintptr_t>(w) + kStreamAhead;
   const auto block = [&](int64_t b, __m256i wv, __m256(&sums)[MT]) {
     const float sw = kGroup ? scale1(scale, n * per_row + b) : 1.0f;
     for (int m = 0; m < MT; ++m) {
@@ -59,7 +58,6 @@ void block_rows(const Q8Args& a, const S* scale, int64_t per_row, int64_t n, int
   const int64_t full = K / 32;
   int64_t b = 0;
   for (; b + C <= full; b += C) {
-    _mm_prefetch(reinterpret_cast<const char*>(ahead + 32 * b), _MM_HINT_T0);
     block(b, load(b), acc[0]);
     if constexpr (C == 2) block(b + 1, load(b + 1), acc[C - 1]);
   }

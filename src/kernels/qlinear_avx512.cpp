@@ -23,6 +23,7 @@ inline __m512i dot4(__m512i w, __m512i q, const int32_t*) {
   return _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(q), signed_w), _mm512_set1_epi16(1));
 }
 
+#include "kernels/linear_avx512_sums.inc"
 #include "kernels/qlinear_avx512_impl.inc"
 
 }  // namespace

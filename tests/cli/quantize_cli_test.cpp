@@ -99,6 +99,11 @@ TEST_F(QuantizeCli, LogitsGenerateEvalAndBenchTakeTheQuantizedDirectory) {
   auto eq = json_of("eval ppl " + path("int8") + " --data " + text +
                     " --seq-len 16 --batch-size 2 --batches 1 --json");
   EXPECT_NEAR(eq["ppl"].get<double>(), ef["ppl"].get<double>(), 0.02 * ef["ppl"].get<double>());
+  // bf16 activations (the batched kernels and the bf16 GEMM)
+  auto eb = json_of("eval ppl " + path("int8") + " --data " + text +
+                    " --seq-len 16 --batch-size 2 --batches 1 --json --dtype bfloat16");
+  EXPECT_EQ(eb["dtype"], "bfloat16");
+  EXPECT_NEAR(eb["ppl"].get<double>(), ef["ppl"].get<double>(), 0.03 * ef["ppl"].get<double>());
 
   // a decode step streams the int8 weights with their scales (the tied embedding as the head)
   auto info = json_of("info " + path("int8") + " --json");

@@ -148,21 +148,41 @@ class Int8Isa : public ::testing::TestWithParam<Isa> {
   }
 };
 
-// Few rows: y = Σ_b d_b s_b Σ xq q (+ bias) in double, on x quantized here.
-void check_few_rows(Int8Isa& t, const Int8Format& f, int64_t M, int64_t K, int64_t N, bool bias,
-                    ElemType x_t, ElemType y_t) {
+// What a product computes (qlinear.h), by rows, ISA and activation type.
+enum class Math {
+  kQuantizedX,  // few rows: Σ_b d_b s_b Σ xq q, x quantized per block of 32
+  kBf16W,       // bf16 x on avx512_bf16 from kInt8Bf16xMinRows rows: Σ x · bf16(s q)
+  kExactW,      // many rows otherwise: Σ x · s q
+};
+Math math_of(Isa isa, ElemType x_t, int64_t M) {
+  const bool bf16_dots = isa == Isa::kAvx512Bf16 && x_t == ElemType::kBF16;
+  if (bf16_dots && M >= kInt8Bf16xMinRows) return Math::kBf16W;
+  return M < kGemmMinRows ? Math::kQuantizedX : Math::kExactW;
+}
+
+// One product on this path against the double reference of its math.
+void check(Int8Isa& t, const Int8Format& f, int64_t M, int64_t K, int64_t N, bool bias,
+           ElemType x_t, ElemType y_t) {
   SCOPED_TRACE(fmt_name(f) + " M=" + std::to_string(M) + " K=" + std::to_string(K) + " N=" +
                std::to_string(N) + (bias ? " bias" : "") + (x_t == ElemType::kBF16 ? " x bf16" : "") +
                (y_t == ElemType::kBF16 ? " y bf16" : ""));
+  const Math math = math_of(t.GetParam(), x_t, M);
   const QLayer l = make_layer(f, N, K, uint32_t(K * 31 + N));
   const auto x = random_x(M, K, uint32_t(M * 7 + K), x_t == ElemType::kBF16);
   const auto y = t.run(x_t, x, M, l, bias, y_t);
+  const auto w = [&](int64_t n, int64_t k) {  // the weight the math multiplies
+    const float v = float(l.s_at(n, k)) * float(l.q[size_t(n * K + k)]);
+    return math == Math::kBf16W ? bf16_value(bf16_bits(v)) : double(v);
+  };
   for (int64_t m = 0; m < M; ++m) {
     const RefQ8 r = ref_quantize(x.data() + m * K, K);
     for (int64_t n = 0; n < N; ++n) {
       double ref = 0, mag = 0;
       for (int64_t k = 0; k < K; ++k) {
-        const double term = r.d[size_t(k / 32)] * l.s_at(n, k) * r.q[size_t(k)] * l.q[size_t(n * K + k)];
+        const double term =
+            math == Math::kQuantizedX
+                ? r.d[size_t(k / 32)] * l.s_at(n, k) * r.q[size_t(k)] * l.q[size_t(n * K + k)]
+                : double(x[size_t(m * K + k)]) * w(n, k);
         ref += term;
         mag += std::fabs(term);
       }
@@ -183,17 +203,19 @@ TEST_P(Int8Isa, FewRowsMatchDoubleReferenceOfTheQuantizedMath) {
     for (int64_t M : {1, 2, 3, 4, 5, 16, 31})
       for (int64_t K : {1, 31, 32, 33, 64, 100, 896, 1000})
         for (int64_t N : {1, 5, 19}) {
-          check_few_rows(*this, f, M, K, N, (M + N) % 2 == 0, ElemType::kF32, ElemType::kF32);
+          check(*this, f, M, K, N, (M + N) % 2 == 0, ElemType::kF32, ElemType::kF32);
           if (HasFatalFailure()) return;
         }
 }
 
-TEST_P(Int8Isa, FewRowsTakeBf16ActivationsAndWriteBf16Results) {
+// bf16 activations: quantized per block for a few rows; on avx512_bf16 from
+// kInt8Bf16xMinRows rows the bf16 dot products of dequantized W.
+TEST_P(Int8Isa, Bf16ActivationsAndBf16Results) {
   for (const Int8Format& f : kFormats)
-    for (int64_t M : {1, 3})
+    for (int64_t M : {int64_t{1}, int64_t{3}, kInt8Bf16xMinRows, int64_t{16}, int64_t{31}})
       for (int64_t K : {33, 896, 4864})
         for (ElemType y_t : {ElemType::kF32, ElemType::kBF16}) {
-          check_few_rows(*this, f, M, K, 130, true, ElemType::kBF16, y_t);
+          check(*this, f, M, K, M < 16 ? 130 : 37, true, ElemType::kBF16, y_t);
           if (HasFatalFailure()) return;
         }
 }
@@ -206,31 +228,8 @@ TEST_P(Int8Isa, ManyRowsMatchDoubleReferenceOfTheDequantizedWeights) {
       for (int64_t K : {1, 31, 100, 896})
         for (int64_t N : {1, 17, 33, 70})
           for (ElemType x_t : {ElemType::kF32, ElemType::kBF16}) {
-            SCOPED_TRACE(fmt_name(f) + " M=" + std::to_string(M) + " K=" + std::to_string(K) +
-                         " N=" + std::to_string(N) + (x_t == ElemType::kBF16 ? " bf16" : " f32"));
-            const QLayer l = make_layer(f, N, K, uint32_t(K * 17 + N));
-            const auto x = random_x(M, K, uint32_t(M + K), x_t == ElemType::kBF16);
-            const bool bias = N % 2 == 1;
-            const auto y = run(x_t, x, M, l, bias, ElemType::kF32);
-            const bool bf16_w = GetParam() == Isa::kAvx512Bf16 && x_t == ElemType::kBF16;
-            const auto w = [&](int64_t n, int64_t k) {
-              const float v = float(l.s_at(n, k)) * float(l.q[size_t(n * K + k)]);
-              return bf16_w ? bf16_value(bf16_bits(v)) : double(v);
-            };
-            for (int64_t m = 0; m < M; ++m)
-              for (int64_t n = 0; n < N; ++n) {
-                double ref = 0, mag = 0;
-                for (int64_t k = 0; k < K; ++k) {
-                  const double term = double(x[size_t(m * K + k)]) * w(n, k);
-                  ref += term;
-                  mag += std::fabs(term);
-                }
-                const double b = bias ? (x_t == ElemType::kBF16 ? bf16_value(bf16_bits(l.bias[size_t(n)]))
-                                                                : double(l.bias[size_t(n)]))
-                                      : 0.0;
-                ASSERT_LE(std::fabs(y[size_t(m * N + n)] - (ref + b)), kRelTol * (mag + std::fabs(b)) + 1e-30)
-                    << "y[" << m << "," << n << "]";
-              }
+            check(*this, f, M, K, N, N % 2 == 1, x_t, ElemType::kF32);
+            if (HasFatalFailure()) return;
           }
 }
 
