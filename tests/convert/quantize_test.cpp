@@ -16,6 +16,7 @@
 #include "finmoe/model.h"
 #include "finmoe/quantize.h"
 #include "finmoe/safetensors.h"
+#include "model/linear.h"
 
 namespace finmoe {
 namespace {
@@ -201,6 +202,30 @@ TEST(Quantize, LibtorchPathGivesTheKernelsLogits) {
   const auto kernels = forward(q, prompt());
   const auto libtorch = q.forward(prompt())[0].detach();  // GradMode on: torch ops
   EXPECT_LT(rel_diff(libtorch, kernels), 1e-5);
+}
+
+// What attention and the MLP ask before calling the kernels: an int8 layer
+// takes activations of any float type, on the CPU without autograd.
+TEST(Quantize, Int8LinearsTakeTheKernelPath) {
+  TempDir src, out;
+  make_model("qwen2", src.str(), 4);
+  quantize_checkpoint(src.str(), out.str() + "/q", opts(0));
+  Transformer q = load_model(out.str() + "/q", {torch::kBFloat16});
+  int64_t linears = 0;
+  for (const auto& item : q.module().named_modules()) {
+    const auto* l = dynamic_cast<const LinearImpl*>(item.value().get());
+    if (!l) continue;
+    ++linears;
+    ASSERT_TRUE(l->quantized()) << item.key();
+    EXPECT_EQ(l->weight.scalar_type(), torch::kInt8);
+    auto x = torch::ones({1, l->weight.size(1)}, torch::kBFloat16);
+    torch::NoGradGuard no_grad;
+    EXPECT_TRUE(l->kernel_input(x)) << item.key();
+    EXPECT_TRUE(l->kernel_input(x.to(torch::kFloat32))) << item.key();
+    torch::AutoGradMode grad(true);
+    EXPECT_FALSE(l->kernel_input(x)) << item.key();  // autograd: libtorch dequantizes
+  }
+  EXPECT_EQ(linears, 2 * 7);
 }
 
 TEST(Quantize, SavedQuantizedModelLoadsBackUnchanged) {
