@@ -4,6 +4,9 @@
 // 1 GiB buffer measured in the same run; then the per-token chain (24 layers
 // x 7 linears + the tied lm_head) at M = 1 as tokens/s vs the bandwidth floor;
 // `gemm`: the same linears at prefill sizes against torch::linear.
+// `chain8`: the chain with int8 weights (kernels/qlinear.h), per output
+// channel and per group of 32, bf16 scales; `gemm8`: int8 prefill products
+// against the bf16 kernels on the same shapes.
 // Numbers on a shared VM are noisy: compare ratios within one run.
 #include <algorithm>
 #include <chrono>
@@ -19,6 +22,7 @@
 #include "finmoe/bench.h"
 #include "kernels/cpu_features.h"
 #include "kernels/linear.h"
+#include "kernels/qlinear.h"
 #include "kernels/thread_pool.h"
 
 namespace {
@@ -118,30 +122,61 @@ void bench_shape(const Shape& s, finmoe::ReadBandwidthProbe& probe) {
   }
 }
 
-// The per-token chain at M = 1 with every layer's weights distinct (~0.99 GB).
-void bench_chain(finmoe::ReadBandwidthProbe& probe) {
+// One layer's weights in the chain: bf16, or int8 (from the bf16 ones) with bf16 scales.
+struct ChainWeights {
+  std::vector<uint16_t> bf16;
+  std::vector<int8_t> q;
+  std::vector<uint16_t> scale;
+  size_t bytes() const { return bf16.size() * 2 + q.size() + scale.size() * 2; }
+};
+
+ChainWeights chain_weights(const Shape& s, uint32_t seed, const finmoe::kernels::Int8Format* f) {
+  ChainWeights w;
+  w.bf16 = random_bf16(static_cast<size_t>(s.n * s.k), seed);
+  if (!f) return w;
+  std::vector<float> wf(w.bf16.size());
+  for (size_t i = 0; i < wf.size(); ++i) {
+    const uint32_t u = uint32_t{w.bf16[i]} << 16;
+    std::memcpy(&wf[i], &u, 4);
+  }
+  w.q.resize(wf.size());
+  w.scale.resize(static_cast<size_t>(s.n * finmoe::kernels::int8_scales_per_row(*f, s.k)));
+  finmoe::kernels::quantize_int8(wf.data(), s.n, s.k, *f, w.q.data(), w.scale.data());
+  w.bf16.clear();
+  return w;
+}
+
+// The per-token chain at M = 1 with every layer's weights distinct (~0.99 GB
+// in bf16, ~0.5 GB in int8): `f` null for bf16 weights.
+void bench_chain(finmoe::ReadBandwidthProbe& probe, const finmoe::kernels::Int8Format* f) {
   const int n_layers = 24;
-  std::vector<std::vector<uint16_t>> layers;
+  std::vector<ChainWeights> layers;
   size_t bytes = 0;
   for (int l = 0; l < n_layers; ++l)
     for (const Shape& s : kLayerShapes) {
-      layers.push_back(random_bf16(static_cast<size_t>(s.n * s.k), 100 + l));
-      bytes += layers.back().size() * 2;
+      layers.push_back(chain_weights(s, 100 + l, f));
+      bytes += layers.back().bytes();
     }
-  const std::vector<uint16_t> lm_head = random_bf16(static_cast<size_t>(kLmHead.n * kLmHead.k), 9);
-  bytes += lm_head.size() * 2;
+  layers.push_back(chain_weights(kLmHead, 9, f));
+  bytes += layers.back().bytes();
   std::vector<float> x(4864, 0.5f), y(static_cast<size_t>(kLmHead.n)), bias(4864, 0.01f);
+  const auto linear = [&](const ChainWeights& w, const Shape& s) {
+    const float* b = s.bias ? bias.data() : nullptr;
+    if (f)
+      finmoe::kernels::linear_int8(finmoe::kernels::ElemType::kF32, x.data(), 1, s.k, w.q.data(),
+                                   w.scale.data(), *f, s.n, b, finmoe::kernels::ElemType::kF32,
+                                   y.data());
+    else
+      finmoe::kernels::linear_bf16(x.data(), 1, s.k, w.bf16.data(), s.n, b, y.data());
+  };
   std::vector<double> times, probe_gb_s;
   for (int tok = -1; tok < 15; ++tok) {
     if (tok >= 0) probe_gb_s.push_back(probe.sample_gb_s());  // interleaved with the tokens
     const auto t0 = Clock::now();
     size_t i = 0;
     for (int l = 0; l < n_layers; ++l)
-      for (const Shape& s : kLayerShapes)
-        finmoe::kernels::linear_bf16(x.data(), 1, s.k, layers[i++].data(), s.n,
-                                     s.bias ? bias.data() : nullptr, y.data());
-    finmoe::kernels::linear_bf16(x.data(), 1, kLmHead.k, lm_head.data(), kLmHead.n, nullptr,
-                                 y.data());
+      for (const Shape& s : kLayerShapes) linear(layers[i++], s);
+    linear(layers[i], kLmHead);
     if (tok >= 0) times.push_back(seconds_since(t0));
   }
   const Bandwidth bw = bandwidth_of(probe_gb_s);
@@ -150,10 +185,45 @@ void bench_chain(finmoe::ReadBandwidthProbe& probe) {
   const double t = median(times), tb = best(times);
   const double gb = static_cast<double>(bytes) / 1e9;
   std::printf(
-      "chain M=1: %.3f GB/token, median %.2f ms = %.1f tokens/s (%.0f%% of the floor "
+      "chain %s M=1: %.3f GB/token, median %.2f ms = %.1f tokens/s (%.0f%% of the floor "
       "%.1f tokens/s); best %.2f ms = %.1f tokens/s (%.0f%% of the best floor %.1f)\n",
-      gb, t * 1e3, 1.0 / t, 100.0 * gb / t / bw.median_gbs, bw.median_gbs / gb, tb * 1e3, 1.0 / tb,
+      !f ? "bf16" : f->group ? "int8/group32" : "int8/channel", gb, t * 1e3, 1.0 / t,
+      100.0 * gb / t / bw.median_gbs, bw.median_gbs / gb, tb * 1e3, 1.0 / tb,
       100.0 * gb / tb / bw.best_gbs, bw.best_gbs / gb);
+}
+
+// Prefill-sized int8 products (per channel, bf16 scales) against the bf16
+// kernels on the same shapes: GFLOP/s of each, median of the repetitions.
+void bench_gemm8() {
+  using finmoe::kernels::ElemType;
+  const finmoe::kernels::Int8Format f{0, ElemType::kBF16};
+  for (const Shape& s : kLayerShapes) {
+    const ChainWeights wb = chain_weights(s, 5, nullptr), w8 = chain_weights(s, 5, &f);
+    for (int64_t M : {1, 4, 8, 16, 32, 128}) {
+      std::vector<uint16_t> x(static_cast<size_t>(M * s.k), 0x3f00), y(static_cast<size_t>(M * s.n));
+      const int reps = M >= 128 ? 5 : 20;
+      std::vector<double> t8, tb;
+      for (int r = -1; r < reps; ++r) {
+        auto t0 = Clock::now();
+        finmoe::kernels::linear_int8(ElemType::kBF16, x.data(), M, s.k, w8.q.data(), w8.scale.data(),
+                                     f, s.n, nullptr, ElemType::kBF16, y.data());
+        const double a = seconds_since(t0);
+        t0 = Clock::now();
+        finmoe::kernels::linear(ElemType::kBF16, x.data(), M, s.k, ElemType::kBF16, wb.bf16.data(),
+                                s.n, nullptr, ElemType::kBF16, y.data());
+        const double b = seconds_since(t0);
+        if (r >= 0) {
+          t8.push_back(a);
+          tb.push_back(b);
+        }
+      }
+      const double flop = 2.0 * double(M) * double(s.n) * double(s.k);
+      std::printf("%-9s %5lld x %-5lld M=%-4lld int8 %7.1f GFLOP/s  bf16 %7.1f GFLOP/s  (%.2fx)\n",
+                  s.name, static_cast<long long>(s.n), static_cast<long long>(s.k),
+                  static_cast<long long>(M), flop / median(t8) / 1e9, flop / median(tb) / 1e9,
+                  median(tb) / median(t8));
+    }
+  }
 }
 
 // Many-row (prefill) products: kernels::linear (skinny kernel up to 31 rows,
@@ -216,7 +286,7 @@ void bench_overhead() {
 
 }  // namespace
 
-// Usage: bench_kernels [all|overhead|shapes|chain|gemm]  (default all)
+// Usage: bench_kernels [all|overhead|shapes|chain|chain8|gemm|gemm8]  (default all)
 int main(int argc, char** argv) {
   const std::string what = argc > 1 ? argv[1] : "all";
   ThreadPool& pool = ThreadPool::global();
@@ -225,6 +295,10 @@ int main(int argc, char** argv) {
   if (what == "overhead") return 0;
   if (what == "gemm") {
     bench_gemm();
+    return 0;
+  }
+  if (what == "gemm8") {
+    bench_gemm8();
     return 0;
   }
   finmoe::ReadBandwidthProbe probe;
@@ -236,6 +310,13 @@ int main(int argc, char** argv) {
     for (const Shape& s : kLayerShapes) bench_shape(s, probe);
     bench_shape(kLmHead, probe);
   }
-  if (what == "all" || what == "chain") bench_chain(probe);
+  if (what == "all" || what == "chain") bench_chain(probe, nullptr);
+  if (what == "chain8") {
+    const finmoe::kernels::Int8Format channel{0, finmoe::kernels::ElemType::kBF16};
+    const finmoe::kernels::Int8Format group{finmoe::kernels::kInt8Group,
+                                            finmoe::kernels::ElemType::kBF16};
+    bench_chain(probe, &channel);
+    bench_chain(probe, &group);
+  }
   return 0;
 }

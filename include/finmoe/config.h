@@ -31,6 +31,26 @@ struct RopeScaling {
   double mscale_all_dim = 0.0;
 };
 
+// `quantization_config` of an 8-bit checkpoint written by `finmoe quantize`
+// (docs/formats/int8.md). A module's 2-D `weight` is stored as int8 with a
+// `weight_scale` beside it unless the module is listed in `ignore`; norms and
+// biases are never quantized.
+struct QuantizationConfig {
+  static constexpr int64_t kFormatVersion = 1;  // the newest this build reads
+  std::string quant_method = "finmoe_int8";     // the only method
+  int64_t format_version = kFormatVersion;
+  int64_t bits = 8;
+  int64_t group_size = 0;                 // 0: one scale per output channel; or 32
+  std::string scale_dtype = "bfloat16";   // bfloat16 | float32
+  std::vector<std::string> ignore;        // module names kept in torch_dtype (router gates)
+
+  // Whether the tensor `name` (HF name, `shape`) is stored as int8: the 2-D
+  // `<module>.weight` of a module not in `ignore`.
+  bool quantizes(const std::string& name, const std::vector<int64_t>& shape) const;
+  static QuantizationConfig from_json(const nlohmann::json& j, const std::string& source);
+  nlohmann::json to_json() const;
+};
+
 struct ModelConfig {
   std::string model_type;  // llama | qwen2 | mistral | mixtral | qwen2_moe | finer_moe | finmoe_dense
   std::vector<std::string> architectures; // e.g. ["Qwen2ForCausalLM"]
@@ -58,6 +78,8 @@ struct ModelConfig {
   std::vector<int64_t> eos_token_id;      // int or list in config.json
   std::optional<int64_t> pad_token_id;
   double initializer_range = 0.02;
+  // `quantization_config`: int8 weights (docs/formats/int8.md); none for float checkpoints.
+  std::optional<QuantizationConfig> quantization;
 
   // ---- Mixture of experts (docs/formats/moe.md). num_experts == 0: every FFN is dense.
   int64_t num_experts = 0;            // mixtral: num_local_experts; others: num_experts

@@ -21,6 +21,7 @@
 #include <torch/torch.h>
 
 #include "finmoe/config.h"
+#include "finmoe/safetensors.h"
 
 namespace finmoe {
 
@@ -169,12 +170,28 @@ void save_model(const Transformer& model, const std::string& dir,
 // N(0, initializer_range) for linears and embeddings, ones for norms, zero biases.
 void init_random(Transformer& model, uint64_t seed);
 
-// The tensors an architecture expects, with shapes (llama.cpp-style declaration).
+// The tensors an architecture expects, with shapes (llama.cpp-style
+// declaration). With config.quantization the quantized weights are I8 and
+// each is followed by its `<module>.weight_scale` (docs/formats/int8.md).
 struct TensorSpec {
   std::string name;
   std::vector<int64_t> shape;
+  std::optional<DType> dtype = std::nullopt;  // fixed (int8 weights, scales); else any float
 };
 std::vector<TensorSpec> expected_tensors(const ModelConfig& config);
+// The tensor `spec` declares, from `reader`; throws Error naming the
+// directory or file when it is missing or has another shape.
+const TensorView& checked_tensor(const CheckpointReader& reader, const TensorSpec& spec,
+                                 const ModelConfig& config);
+// Throws Error naming the first tensor of `reader` that `specs` does not
+// declare (a derived rotary table and a tied head's redundant copy excepted).
+void check_no_extra_tensors(const CheckpointReader& reader, const std::vector<TensorSpec>& specs,
+                            const ModelConfig& config);
+
+// Throws Error when `model` holds int8 weights (an 8-bit checkpoint):
+// training, LoRA merging and ESFT deltas need bf16/f32 weights. `what` names
+// the operation and the directory it was given.
+void require_float_weights(const Transformer& model, const std::string& what);
 
 torch::Dtype dtype_from_string(const std::string& name);  // "float32" | "bfloat16" | "float16"
 // "cpu" | "cuda" | "cuda:N"; throws Error when CUDA is asked for and this

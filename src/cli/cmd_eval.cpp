@@ -16,7 +16,7 @@ void add_eval(CLI::App& app, Run& run) {
   e->require_subcommand(1);
   auto* p = e->add_subcommand(
       "ppl", "Perplexity per label token on held-out files (text: every token; sft: assistant tokens)");
-  static std::string dir, format = "auto", device = "cpu";
+  static std::string dir, format = "auto", device = "cpu", dtype = "float32";
   static std::vector<std::string> files;
   static int64_t seq_len = 256, batch_size = 8, batches = 16;
   static bool json = false;
@@ -30,10 +30,14 @@ void add_eval(CLI::App& app, Run& run) {
                 "batches to evaluate (the files are read in order and wrap around)")
       ->capture_default_str();
   p->add_option("--device", device, "cpu | cuda | cuda:N")->capture_default_str();
+  p->add_option("--dtype", dtype,
+                "float32 | bfloat16: the weights (int8 ones stay int8) and activations")
+      ->capture_default_str();
   p->add_flag("--json", json, "print one JSON object");
   p->callback([&run] {
     run = [] {
-      auto model = load_model(dir, {.dtype = torch::kFloat32, .device = device_from_string(device)});
+      auto model =
+          load_model(dir, {.dtype = dtype_from_string(dtype), .device = device_from_string(device)});
       const auto tok = Tokenizer::from_dir(dir);
       DataConfig dc;
       dc.files = files;
@@ -48,8 +52,8 @@ void add_eval(CLI::App& app, Run& run) {
         r = evaluate_lm(model, *source, batches, [&](int64_t done) { bar.update(done); });
       }
       if (json) {
-        std::cout << nlohmann::json{{"model", dir}, {"data", files}, {"loss", r.loss},
-                                    {"ppl", r.ppl}, {"tokens", r.tokens}}
+        std::cout << nlohmann::json{{"model", dir}, {"data", files}, {"dtype", dtype},
+                                    {"loss", r.loss}, {"ppl", r.ppl}, {"tokens", r.tokens}}
                          .dump()
                   << "\n";
       } else {

@@ -82,9 +82,23 @@ void add_info(CLI::App& app, Run& run) {
       ModelConfig cfg = ModelConfig::load(model_dir);
       auto reader = CheckpointReader::open(model_dir);
       int64_t total = 0, bytes = 0;
+      int64_t int8_tensors = 0, int8_weights = 0, int8_bytes = 0;  // 8-bit weights and their scales
       for (const auto& n : reader.names()) {
-        total += reader.get(n).numel();
-        bytes += int64_t(reader.get(n).nbytes);
+        const TensorView& v = reader.get(n);
+        bytes += int64_t(v.nbytes);
+        if (v.dtype == DType::I8) {
+          ++int8_tensors;
+          int8_weights += v.numel();
+        }
+        if (v.dtype == DType::I8 || n.ends_with(".weight_scale")) int8_bytes += int64_t(v.nbytes);
+        if (!n.ends_with(".weight_scale")) total += v.numel();  // scales are not parameters
+      }
+      nlohmann::json quant = nullptr;
+      if (cfg.quantization) {
+        quant = cfg.quantization->to_json();
+        quant["int8_tensors"] = int8_tensors;
+        quant["int8_weights"] = int8_weights;
+        quant["int8_bytes"] = int8_bytes;  // values and scales
       }
       // per-layer parameters from the declared tensors; MoE and dense layers differ
       const auto specs = expected_tensors(cfg);
@@ -98,7 +112,7 @@ void add_info(CLI::App& app, Run& run) {
         if (!s.name.starts_with("model.layers.")) continue;
         const size_t dot = s.name.find('.', 13);
         const int64_t l = std::stoll(s.name.substr(13, dot - 13));
-        int64_t n = 1;
+        int64_t n = s.name.ends_with(".weight_scale") ? 0 : 1;
         for (auto d : s.shape) n *= d;
         layer_params[size_t(l)] += n;
         if (l == 0 || l == first_moe) layer[s.name.substr(13)] = s.shape;
@@ -156,6 +170,7 @@ void add_info(CLI::App& app, Run& run) {
                             {"layer_tensors", layer},
                             {"moe", moe},
                             {"kv_cache_bytes_per_token", kv},
+                            {"quantization", quant},
                             {"esft_delta", esft}};
         std::cout << j.dump(2) << "\n";
         return 0;
@@ -180,6 +195,18 @@ void add_info(CLI::App& app, Run& run) {
                 << (cfg.attention_bias ? ", qkv bias" : "") << "; SwiGLU " << cfg.hidden_size
                 << "->" << cfg.intermediate_size << "] = " << human(double(per_layer))
                 << " params in layer 0\n";
+      if (cfg.quantization) {
+        const QuantizationConfig& q = *cfg.quantization;
+        std::cout << "weights     int8 (" << q.quant_method << " v" << q.format_version << "), "
+                  << (q.group_size ? "a scale per group of " + std::to_string(q.group_size) + " inputs"
+                                   : std::string("a scale per output channel"))
+                  << ", " << q.scale_dtype << " scales: " << int8_tensors << " tensors, "
+                  << human(double(int8_weights)) << " weights in " << human_bytes(double(int8_bytes))
+                  << " (" << std::fixed << std::setprecision(3)
+                  << double(int8_bytes) / double(std::max<int64_t>(int8_weights, 1))
+                  << " B/weight)" << std::defaultfloat << "; " << q.ignore.size()
+                  << " modules kept in " << cfg.torch_dtype << "\n";
+      }
       if (cfg.is_moe()) {
         std::cout << "experts     " << cfg.num_experts << " x SwiGLU " << cfg.hidden_size << "->"
                   << cfg.moe_intermediate_size << "->" << cfg.hidden_size / cfg.G_O << ", "

@@ -202,6 +202,9 @@ UpcyclePlan plan_upcycle(const ModelConfig& dense, const UpcycleOptions& options
                 "' is not a dense model; upcycling reads llama, qwen2 or mistral checkpoints");
   if (dense.mlp_bias)
     throw Error("config.json: field 'mlp_bias' is true; experts carry no biases");
+  if (dense.quantization)
+    throw Error("config.json: field 'quantization_config' is set: upcycling needs bf16/f32 "
+                "weights; upcycle the checkpoint it was quantized from, then quantize the result");
   auto str = [](int64_t v) { return std::to_string(v); };
   if (o.R_I == 0) o.R_I = o.G_I;
   if (o.R_O == 0) o.R_O = o.G_O;

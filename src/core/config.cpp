@@ -360,6 +360,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   f.read_ids("eos_token_id", c.eos_token_id);
   f.read("pad_token_id", c.pad_token_id);
   f.read("initializer_range", c.initializer_range);
+  if (f.has("quantization_config"))
+    c.quantization = QuantizationConfig::from_json(j["quantization_config"], source);
   c.finalize(source);
   return c;
 }
@@ -606,7 +608,59 @@ json ModelConfig::to_json() const {
   put(j, "pad_token_id", pad_token_id ? json(*pad_token_id) : json(nullptr),
       pad_token_id == d.pad_token_id);
   num("initializer_range", initializer_range, d.initializer_range);
+  if (quantization)
+    j["quantization_config"] = quantization->to_json();
+  else
+    j.erase("quantization_config");
   return j;
+}
+
+// ------------------------------------------------------------ quantization
+
+bool QuantizationConfig::quantizes(const std::string& name, const std::vector<int64_t>& shape) const {
+  constexpr std::string_view kSuffix = ".weight";
+  if (shape.size() != 2 || !name.ends_with(kSuffix)) return false;
+  const std::string module = name.substr(0, name.size() - kSuffix.size());
+  return std::find(ignore.begin(), ignore.end(), module) == ignore.end();
+}
+
+QuantizationConfig QuantizationConfig::from_json(const json& j, const std::string& source) {
+  if (!j.is_object())
+    throw Error(source + ": field 'quantization_config' must be an object, got " + json_type(j));
+  Fields f(j, source, "quantization_config.");
+  QuantizationConfig q;
+  std::string method;
+  f.read("quant_method", method);
+  if (method != q.quant_method)
+    f.fail("quant_method", "is '" + method + "'; finmoe reads only '" + q.quant_method +
+                               "' (checkpoints written by `finmoe quantize`)");
+  q.format_version = f.required_int("format_version");
+  if (q.format_version < 1 || q.format_version > kFormatVersion)
+    f.fail("format_version", "is " + std::to_string(q.format_version) +
+                                 "; this finmoe reads version " + std::to_string(kFormatVersion) +
+                                 (q.format_version > kFormatVersion
+                                      ? " (the checkpoint is newer: update finmoe)"
+                                      : ""));
+  f.read("bits", q.bits);
+  if (q.bits != 8) f.fail("bits", "must be 8, got " + std::to_string(q.bits));
+  f.read("group_size", q.group_size);
+  if (q.group_size != 0 && q.group_size != 32)
+    f.fail("group_size", "must be 0 (per output channel) or 32, got " + std::to_string(q.group_size));
+  f.read("scale_dtype", q.scale_dtype);
+  if (q.scale_dtype != "bfloat16" && q.scale_dtype != "float32")
+    f.fail("scale_dtype", "must be bfloat16 or float32, got '" + q.scale_dtype + "'");
+  bool symmetric = true;
+  f.read("symmetric", symmetric);
+  if (!symmetric) f.fail("symmetric", "must be true (finmoe_int8 has no zero points)");
+  f.read("ignore", q.ignore);
+  return q;
+}
+
+json QuantizationConfig::to_json() const {
+  return {{"quant_method", quant_method}, {"format_version", format_version},
+          {"bits", bits},                 {"symmetric", true},
+          {"group_size", group_size == 0 ? json(nullptr) : json(group_size)},
+          {"scale_dtype", scale_dtype},   {"ignore", ignore}};
 }
 
 std::string default_architecture(const std::string& model_type) {

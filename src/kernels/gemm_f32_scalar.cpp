@@ -24,6 +24,14 @@ inline Vec load_widened(const uint16_t* p) {  // (0, w) 16-bit pairs = w << 16 p
   const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
   return _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), h));
 }
+inline Vec load_widened(const int8_t* p) {  // 4 bytes, each sign-extended to 32 bits
+  int32_t v;
+  __builtin_memcpy(&v, p, 4);
+  __m128i b = _mm_cvtsi32_si128(v);
+  b = _mm_unpacklo_epi8(b, b);
+  b = _mm_unpacklo_epi16(b, b);
+  return _mm_cvtepi32_ps(_mm_srai_epi32(b, 24));
+}
 inline Vec vunpacklo(Vec a, Vec b) { return _mm_unpacklo_ps(a, b); }
 inline Vec vunpackhi(Vec a, Vec b) { return _mm_unpackhi_ps(a, b); }
 inline Vec vshuffle_lo(Vec a, Vec b) { return _mm_shuffle_ps(a, b, 0x44); }
@@ -37,7 +45,7 @@ inline void permute_lanes(const Vec (&u)[4], Vec (&r)[4]) {  // one 128-bit lane
 }  // namespace
 
 const GemmF32& gemm_f32_scalar() {
-  static constexpr GemmF32 kGemm{kPanel, &gemm_run};
+  static constexpr GemmF32 kGemm{kPanel, &gemm_run, &gemm_run_int8};
   return kGemm;
 }
 

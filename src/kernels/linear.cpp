@@ -12,6 +12,7 @@
 #include "finmoe/error.h"
 #include "kernels/linear_isa.h"
 #include "kernels/ops_isa.h"
+#include "kernels/qlinear_isa.h"
 #include "kernels/thread_pool.h"
 
 namespace finmoe::kernels {
@@ -76,9 +77,9 @@ class Share {
   std::atomic<uint64_t> word_{0};
 };
 
-// Rows per claimed chunk of K bf16-sized elements each.
-int64_t chunk_rows(int64_t K) {
-  const int64_t rows = kChunkBytes / (2 * std::max<int64_t>(K, 1));
+// Rows per claimed chunk of rows of `row_bytes` weight bytes each.
+int64_t chunk_rows(int64_t row_bytes) {
+  const int64_t rows = kChunkBytes / std::max<int64_t>(row_bytes, 1);
   return std::max<int64_t>(1, (rows + kGrain - 1) / kGrain) * kGrain;
 }
 // First row of thread t's share of [0, N) (t == threads: N).
@@ -174,26 +175,50 @@ float bf16_to_float(uint16_t b) {
 
 namespace {
 
+// The weights of a batch's products.
+struct WeightFormat {
+  bool int8 = false;
+  ElemType float_t = ElemType::kBF16;  // float weights: their type
+  Int8Format q8;                       // int8 weights: their scales
+  int64_t bytes() const { return int8 ? 1 : elem_size(float_t); }
+};
+
 // How x enters the kernels of one product.
 enum class XForm {
-  kF32,         // float32 as given (float32 weights)
+  kF32,         // float32 as given (float32 weights; int8 weights' GEMM)
   kRounded,     // rounded to bf16, held as float32, in order (GEMMs, avx512 and scalar rows)
   kEvenOdd,     // the same in pack_x_bf16_avx2's even/odd order (avx2 rows)
   kBf16Padded,  // bf16, rows padded to 32 (avx512_bf16 rows and GEMM)
+  kQ8,          // quantized per block of 32, one q8_record_bytes(K) record per row (int8 rows)
 };
 
-XForm xform_for(Isa isa, ElemType w_t, int64_t M) {
-  if (w_t == ElemType::kF32) return XForm::kF32;
+int64_t xform_elem_bytes(XForm form) {
+  return form == XForm::kQ8 ? 1 : form == XForm::kBf16Padded ? 2 : 4;
+}
+
+XForm xform_for(Isa isa, ElemType x_t, const WeightFormat& w, int64_t M) {
+  // int8 GEMMs take x as it comes: bf16 activations into the bf16 GEMM (W
+  // dequantized to bf16), float32 ones into the float32 GEMM (W exact)
+  if (w.int8) {
+    const bool bf16_dots = isa == Isa::kAvx512Bf16 && x_t == ElemType::kBF16;
+    if (M >= kGemmMinRows) return bf16_dots ? XForm::kBf16Padded : XForm::kF32;
+    return bf16_dots && M >= kInt8Bf16xMinRows ? XForm::kBf16Padded : XForm::kQ8;
+  }
+  if (w.float_t == ElemType::kF32) return XForm::kF32;
   if (isa == Isa::kAvx512Bf16) return XForm::kBf16Padded;
   if (isa == Isa::kAvx2 && M < kGemmMinRows) return XForm::kEvenOdd;
   return XForm::kRounded;
 }
 
 // Rows [m0, m1) of x (x_t, [M, K]) into dst ([M, ldx] of the form's element).
-void prepare_rows(const OpsTable& ops, XForm form, ElemType x_t, const void* x, int64_t K,
+void prepare_rows(Isa isa, const OpsTable& ops, XForm form, ElemType x_t, const void* x, int64_t K,
                   int64_t m0, int64_t m1, void* dst, int64_t ldx) {
   for (int64_t m = m0; m < m1; ++m) {
     const void* in = elem_offset(x, x_t, m * K);
+    if (form == XForm::kQ8) {
+      quantize_x_q8(isa, x_t, in, K, static_cast<uint8_t*>(dst) + m * ldx);
+      continue;
+    }
     if (form == XForm::kBf16Padded) {
       uint16_t* out = static_cast<uint16_t*>(dst) + m * ldx;
       if (x_t == ElemType::kF32)
@@ -231,7 +256,7 @@ void prepare_rows(const OpsTable& ops, XForm form, ElemType x_t, const void* x, 
 struct Job {
   const LinearProduct* p = nullptr;
   XForm form = XForm::kF32;
-  const void* x = nullptr;  // prepared x: float32 or bf16 (kBf16Padded) [M, ldx]
+  const void* x = nullptr;  // prepared x: float32, bf16 (kBf16Padded) or records (kQ8) [M, ldx]
   int64_t ldx = 0;
   const float* bias = nullptr;  // float32 or null
   float* y32 = nullptr;  // float32 sums of the few-row kernels: y itself or scratch [M, N]
@@ -244,12 +269,17 @@ struct GemmTask {
 };
 
 // Columns [n0, n1) of job j's few-row product, into j.y32.
-void rows_of(Isa isa, const Job& j, int64_t K, ElemType w_t, int64_t n0, int64_t n1) {
+void rows_of(Isa isa, const Job& j, int64_t K, const WeightFormat& w, int64_t n0, int64_t n1) {
   const LinearProduct& p = *j.p;
+  if (w.int8) {
+    const Q8Args a{j.x, j.ldx * xform_elem_bytes(j.form), p.M, K, static_cast<const int8_t*>(p.W),
+                   p.scale, w.q8, j.bias, j.y32, p.N};
+    return j.form == XForm::kBf16Padded ? q8_rows_bf16x_avx512bf16(a, n0, n1) : q8_rows(isa, a, n0, n1);
+  }
   const float* xf = static_cast<const float*>(j.x);
   const uint16_t* wb = static_cast<const uint16_t*>(p.W);
   const float* wf = static_cast<const float*>(p.W);
-  const bool bf16 = w_t == ElemType::kBF16;
+  const bool bf16 = w.float_t == ElemType::kBF16;
   switch (isa) {
     case Isa::kAvx512Bf16:
       if (bf16)
@@ -283,29 +313,42 @@ const GemmF32& gemm_f32_for(Isa isa) {
   return gemm_f32_scalar();
 }
 
-void run_gemm(Isa isa, const Job& j, const GemmTask& t, int64_t K, ElemType w_t, ElemType y_t) {
+void run_gemm(Isa isa, const Job& j, const GemmTask& t, int64_t K, const WeightFormat& w,
+              ElemType y_t) {
   const LinearProduct& p = *j.p;
   float* yf = y_t == ElemType::kF32 ? static_cast<float*>(p.y) + t.m0 * p.N : nullptr;
   uint16_t* yb = y_t == ElemType::kF32 ? nullptr : static_cast<uint16_t*>(p.y) + t.m0 * p.N;
   if (j.form == XForm::kBf16Padded) {
     uint16_t* packed = scratch<uint16_t, 4>(size_t(gemm_pack_elems_avx512bf16(K)));
-    gemm_bf16_avx512bf16(static_cast<const uint16_t*>(j.x) + t.m0 * j.ldx, t.m1 - t.m0, K, j.ldx,
-                         static_cast<const uint16_t*>(p.W), t.n0, t.n1, j.bias, yf, yb, p.N,
-                         packed);
+    const uint16_t* xb = static_cast<const uint16_t*>(j.x) + t.m0 * j.ldx;
+    if (w.int8)
+      gemm_int8_avx512bf16(xb, t.m1 - t.m0, K, j.ldx, static_cast<const int8_t*>(p.W), p.scale,
+                           w.q8, t.n0, t.n1, j.bias, yf, yb, p.N, packed);
+    else
+      gemm_bf16_avx512bf16(xb, t.m1 - t.m0, K, j.ldx, static_cast<const uint16_t*>(p.W), t.n0,
+                           t.n1, j.bias, yf, yb, p.N, packed);
     return;
   }
   const GemmF32& g = gemm_f32_for(isa);
   float* work = scratch<float, 5>(size_t(g.scratch_floats(t.m1 - t.m0, K)));
-  g.run(static_cast<const float*>(j.x) + t.m0 * j.ldx, t.m1 - t.m0, K, j.ldx, w_t, p.W, t.n0, t.n1,
-        j.bias, yf, yb, p.N, work);
+  const float* x = static_cast<const float*>(j.x) + t.m0 * j.ldx;
+  if (w.int8)
+    g.run_int8(x, t.m1 - t.m0, K, j.ldx, static_cast<const int8_t*>(p.W), p.scale, w.q8, t.n0,
+               t.n1, j.bias, yf, yb, p.N, work);
+  else
+    g.run(x, t.m1 - t.m0, K, j.ldx, w.float_t, p.W, t.n0, t.n1, j.bias, yf, yb, p.N, work);
 }
 
 // The core of every entry point: products of one K and types; bias of bias_t.
-void run_batch(Isa isa, ElemType x_t, int64_t K, ElemType w_t, ElemType bias_t,
+void run_batch(Isa isa, ElemType x_t, int64_t K, const WeightFormat& w, ElemType bias_t,
                const std::vector<LinearProduct>& products, ElemType y_t) {
   require_isa(isa);
   if (K < 0) throw Error("linear: negative K=" + std::to_string(K));
-  for (const LinearProduct& p : products) check_args("linear", p.x, p.M, K, p.W, p.N, p.y);
+  for (const LinearProduct& p : products) {
+    check_args("linear", p.x, p.M, K, p.W, p.N, p.y);
+    if (w.int8 && p.N * K > 0 && p.scale == nullptr)
+      throw Error("linear: int8 weights without scales");
+  }
   const OpsTable& ops = ops_table(isa);
   std::vector<Job> jobs;
   for (const LinearProduct& p : products)
@@ -329,9 +372,11 @@ void run_batch(Isa isa, ElemType x_t, int64_t K, ElemType w_t, ElemType bias_t,
   for (size_t i = 0; i < jobs.size(); ++i) {
     Job& j = jobs[i];
     const LinearProduct& p = *j.p;
-    j.form = xform_for(isa, w_t, p.M);
+    j.form = xform_for(isa, x_t, w, p.M);
     j.gemm = p.M >= kGemmMinRows;
-    j.ldx = j.form == XForm::kBf16Padded ? (K + 31) / 32 * 32 : K;
+    j.ldx = j.form == XForm::kBf16Padded ? (K + 31) / 32 * 32
+            : j.form == XForm::kQ8       ? q8_record_bytes(K)
+                                         : K;
     bool shared = false;
     for (size_t k = i; k-- > 0 && !shared;)  // products sharing x are adjacent (q/k/v, gate/up)
       if (jobs[k].p->x == p.x && jobs[k].p->M == p.M) {
@@ -341,7 +386,7 @@ void run_batch(Isa isa, ElemType x_t, int64_t K, ElemType w_t, ElemType bias_t,
     if (!shared && !(j.form == XForm::kF32 && x_t == ElemType::kF32)) {
       x_at[i] = x_bytes;
       x_owner[i] = true;
-      x_bytes += size_t(p.M * j.ldx) * (j.form == XForm::kBf16Padded ? 2 : 4);
+      x_bytes += size_t(p.M * j.ldx * xform_elem_bytes(j.form));
       x_bytes = (x_bytes + 63) / 64 * 64;
     }
     if (p.bias && bias_t != ElemType::kF32) {
@@ -387,7 +432,7 @@ void run_batch(Isa isa, ElemType x_t, int64_t K, ElemType w_t, ElemType bias_t,
     for (int64_t i = i0; i < i1; ++i) {
       const Job& j = jobs[size_t(i)];
       if (x_owner[size_t(i)])
-        prepare_rows(ops, j.form, x_t, j.p->x, K, 0, j.p->M, const_cast<void*>(j.x), j.ldx);
+        prepare_rows(isa, ops, j.form, x_t, j.p->x, K, 0, j.p->M, const_cast<void*>(j.x), j.ldx);
       if (j.p->bias && bias_t != ElemType::kF32)
         ops.convert(bias_t, j.p->bias, ElemType::kF32, const_cast<float*>(j.bias), j.p->N);
     }
@@ -395,7 +440,7 @@ void run_batch(Isa isa, ElemType x_t, int64_t K, ElemType w_t, ElemType bias_t,
   if (jobs.size() == 1 && x_owner[0] && jobs[0].p->M * K >= kMinParallelWeights) {
     const Job& j = jobs[0];
     pool.parallel_for(j.p->M, kGrain, [&](int64_t m0, int64_t m1) {
-      prepare_rows(ops, j.form, x_t, j.p->x, K, m0, m1, const_cast<void*>(j.x), j.ldx);
+      prepare_rows(isa, ops, j.form, x_t, j.p->x, K, m0, m1, const_cast<void*>(j.x), j.ldx);
     });
     if (j.p->bias && bias_t != ElemType::kF32)
       ops.convert(bias_t, j.p->bias, ElemType::kF32, const_cast<float*>(j.bias), j.p->N);
@@ -416,7 +461,7 @@ void run_batch(Isa isa, ElemType x_t, int64_t K, ElemType w_t, ElemType bias_t,
       const int64_t n0 = std::max(a, j.virt0) - j.virt0;
       const int64_t n1 = std::min(b, j.virt0 + j.p->N) - j.virt0;
       if (n0 >= n1) continue;
-      rows_of(isa, j, K, w_t, n0, n1);
+      rows_of(isa, j, K, w, n0, n1);
       if (y_t != ElemType::kF32)
         for (int64_t m = 0; m < j.p->M; ++m)
           ops.convert(ElemType::kF32, j.y32 + m * j.p->N + n0, y_t,
@@ -424,13 +469,13 @@ void run_batch(Isa isa, ElemType x_t, int64_t K, ElemType w_t, ElemType bias_t,
     }
   };
   const int64_t n_tasks = int64_t(tasks.size());
-  const int64_t w_scale = w_t == ElemType::kF32 ? 2 : 1;  // weights in bf16-sized units
-  const int64_t chunk = chunk_rows(K * w_scale);
+  const int64_t row_bytes = K * w.bytes();
+  const int64_t chunk = chunk_rows(row_bytes);
   const bool parallel = threads > 1 && virt_rows <= INT32_MAX &&
-                        (n_tasks > 1 || virt_rows * K * w_scale >= kMinParallelWeights) &&
+                        (n_tasks > 1 || virt_rows * row_bytes >= 2 * kMinParallelWeights) &&
                         (n_tasks > 0 || virt_rows > chunk) && work >= kMinParallelWeights;
   if (!parallel) {
-    for (const GemmTask& t : tasks) run_gemm(isa, jobs[size_t(t.job)], t, K, w_t, y_t);
+    for (const GemmTask& t : tasks) run_gemm(isa, jobs[size_t(t.job)], t, K, w, y_t);
     if (virt_rows > 0) rows(0, virt_rows);
     return;
   }
@@ -438,33 +483,43 @@ void run_batch(Isa isa, ElemType x_t, int64_t K, ElemType w_t, ElemType bias_t,
   Shares shares(virt_rows, chunk, threads);
   pool.parallel_for(threads, 1, [&](int64_t t, int64_t) {
     for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < n_tasks;)
-      run_gemm(isa, jobs[size_t(tasks[size_t(i)].job)], tasks[size_t(i)], K, w_t, y_t);
+      run_gemm(isa, jobs[size_t(tasks[size_t(i)].job)], tasks[size_t(i)], K, w, y_t);
     shares.walk(t, rows);
   });
 }
+
+WeightFormat float_weights(ElemType w_t) { return {false, w_t, {}}; }
 
 }  // namespace
 
 void linear_bf16_isa(Isa isa, const float* x, int64_t M, int64_t K, const uint16_t* W, int64_t N,
                      const float* bias, float* y) {
-  run_batch(isa, ElemType::kF32, K, ElemType::kBF16, ElemType::kF32, {{x, M, W, N, bias, y}},
+  run_batch(isa, ElemType::kF32, K, float_weights(ElemType::kBF16), ElemType::kF32,
+            {{x, M, W, N, bias, y}},
             ElemType::kF32);
 }
 
 void linear_f32_isa(Isa isa, const float* x, int64_t M, int64_t K, const float* W, int64_t N,
                     const float* bias, float* y) {
-  run_batch(isa, ElemType::kF32, K, ElemType::kF32, ElemType::kF32, {{x, M, W, N, bias, y}},
+  run_batch(isa, ElemType::kF32, K, float_weights(ElemType::kF32), ElemType::kF32,
+            {{x, M, W, N, bias, y}},
             ElemType::kF32);
 }
 
 void linear_isa(Isa isa, ElemType x_t, const void* x, int64_t M, int64_t K, ElemType w_t,
                 const void* W, int64_t N, const void* bias, ElemType y_t, void* y) {
-  run_batch(isa, x_t, K, w_t, w_t, {{x, M, W, N, bias, y}}, y_t);
+  run_batch(isa, x_t, K, float_weights(w_t), w_t, {{x, M, W, N, bias, y}}, y_t);
 }
 
 void linear_batch_isa(Isa isa, ElemType x_t, int64_t K, ElemType w_t,
                       const std::vector<LinearProduct>& products, ElemType y_t) {
-  run_batch(isa, x_t, K, w_t, w_t, products, y_t);
+  run_batch(isa, x_t, K, float_weights(w_t), w_t, products, y_t);
+}
+
+void linear_int8_batch_isa(Isa isa, ElemType x_t, int64_t K, const Int8Format& f,
+                           const std::vector<LinearProduct>& products, ElemType y_t) {
+  int8_scales_per_row(f, K);  // validates the group
+  run_batch(isa, x_t, K, {true, ElemType::kBF16, f}, x_t, products, y_t);
 }
 
 void linear_bf16(const float* x, int64_t M, int64_t K, const uint16_t* W, int64_t N,
@@ -484,7 +539,7 @@ void linear(ElemType x_t, const void* x, int64_t M, int64_t K, ElemType w_t, con
 
 void linear_batch(ElemType x_t, int64_t K, ElemType w_t, const std::vector<LinearProduct>& products,
                   ElemType y_t) {
-  run_batch(active_isa(), x_t, K, w_t, w_t, products, y_t);
+  run_batch(active_isa(), x_t, K, float_weights(w_t), w_t, products, y_t);
 }
 
 void linear_group(ElemType x_t, const void* x, int64_t M, int64_t K, ElemType w_t,
@@ -492,7 +547,7 @@ void linear_group(ElemType x_t, const void* x, int64_t M, int64_t K, ElemType w_
   std::vector<LinearProduct> products;
   products.reserve(outs.size());
   for (const LinearOutput& o : outs) products.push_back({x, M, o.W, o.N, o.bias, o.y});
-  run_batch(active_isa(), x_t, K, w_t, w_t, products, y_t);
+  run_batch(active_isa(), x_t, K, float_weights(w_t), w_t, products, y_t);
 }
 
 }  // namespace finmoe::kernels

@@ -3,7 +3,8 @@
 // W in Hugging Face's [out, in] row-major layout, any M: few rows (decode)
 // stream W once with every row of x sharing each load; from kGemmMinRows
 // rows (prefill) a tiled GEMM repacks W per panel of columns and is
-// compute-bound. Weights are bf16 (raw uint16 bits) or float32.
+// compute-bound. Weights are bf16 (raw uint16 bits) or float32; int8
+// weights with scales go through the same scheduler (qlinear.h).
 // Multi-threaded over N with the global ThreadPool.
 // Dispatch (kernels/isa.h), picked at runtime: avx512_bf16 (vdpbf16ps) >
 // avx512 (float32 FMA, bf16 widened in registers) > avx2 (the same on ymm) >
@@ -41,6 +42,7 @@ struct LinearOutput {
   int64_t N = 0;
   const void* bias = nullptr;  // may be null
   void* y = nullptr;
+  const void* scale = nullptr;  // int8 W only (qlinear.h): its scales
 };
 
 // Several products of the same x [M,K] (q/k/v, gate/up): linear_batch with
@@ -56,6 +58,7 @@ struct LinearProduct {
   int64_t N = 0;
   const void* bias = nullptr;  // may be null
   void* y = nullptr;
+  const void* scale = nullptr;  // int8 W only (qlinear.h): its scales
 };
 
 // The results of linear() for every product (all of x_t / w_t / y_t and the

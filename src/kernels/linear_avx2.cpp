@@ -184,6 +184,9 @@ inline Vec load_widened(const uint16_t* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
+inline Vec load_widened(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
 inline Vec vunpacklo(Vec a, Vec b) { return _mm256_unpacklo_ps(a, b); }
 inline Vec vunpackhi(Vec a, Vec b) { return _mm256_unpackhi_ps(a, b); }
 inline Vec vshuffle_lo(Vec a, Vec b) { return _mm256_shuffle_ps(a, b, 0x44); }
@@ -201,7 +204,7 @@ inline void permute_lanes(const Vec (&u)[8], Vec (&r)[8]) {
 }  // namespace
 
 const GemmF32& gemm_f32_avx2() {
-  static constexpr GemmF32 kGemm{kPanel, &gemm_run};
+  static constexpr GemmF32 kGemm{kPanel, &gemm_run, &gemm_run_int8};
   return kGemm;
 }
 

@@ -149,6 +149,9 @@ inline Vec vbcast(float s) { return _mm512_set1_ps(s); }
 inline Vec load_widened(const float* p) { return load16(p); }
 inline Vec load_widened(const uint16_t* p) { return load16(p); }
 
+inline Vec load_widened(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
 inline Vec vunpacklo(Vec a, Vec b) { return _mm512_unpacklo_ps(a, b); }
 inline Vec vunpackhi(Vec a, Vec b) { return _mm512_unpackhi_ps(a, b); }
 inline Vec vshuffle_lo(Vec a, Vec b) { return _mm512_shuffle_ps(a, b, 0x44); }
@@ -183,7 +186,7 @@ void linear_bf16_rows_avx512(const float* xr, int64_t M, int64_t K, const uint16
 }
 
 const GemmF32& gemm_f32_avx512() {
-  static constexpr GemmF32 kGemm{kPanel, &gemm_run};
+  static constexpr GemmF32 kGemm{kPanel, &gemm_run, &gemm_run_int8};
   return kGemm;
 }
 

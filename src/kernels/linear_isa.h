@@ -12,6 +12,7 @@
 #include "kernels/isa.h"
 #include "kernels/linear.h"
 #include "kernels/ops.h"
+#include "kernels/qlinear.h"
 
 namespace finmoe::kernels {
 
@@ -41,6 +42,11 @@ struct GemmF32 {
   void (*run)(const float* x, int64_t M, int64_t K, int64_t ldx, ElemType w_t, const void* W,
               int64_t n0, int64_t n1, const float* bias, float* y, uint16_t* yb, int64_t ldy,
               float* scratch);
+  // The same with int8 W [N, K] and `scale` of format f (qlinear.h), each
+  // panel dequantized to float32 (s · q, exact) as it is packed.
+  void (*run_int8)(const float* x, int64_t M, int64_t K, int64_t ldx, const int8_t* W,
+                   const void* scale, const Int8Format& f, int64_t n0, int64_t n1,
+                   const float* bias, float* y, uint16_t* yb, int64_t ldy, float* scratch);
   int64_t scratch_floats(int64_t M, int64_t K) const { return (K + M) * panel; }
 };
 const GemmF32& gemm_f32_scalar();
@@ -62,6 +68,12 @@ int64_t gemm_pack_elems_avx512bf16(int64_t K);
 void gemm_bf16_avx512bf16(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx,
                           const uint16_t* W, int64_t n0, int64_t n1, const float* bias, float* y,
                           uint16_t* yb, int64_t ldy, uint16_t* packed);
+// The same with int8 W [N, K] and scales of format f (qlinear.h): each panel
+// is dequantized to bf16 (s · q rounded to nearest even) as it is packed.
+void gemm_int8_avx512bf16(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx, const int8_t* W,
+                          const void* scale, const Int8Format& f, int64_t n0, int64_t n1,
+                          const float* bias, float* y, uint16_t* yb, int64_t ldy,
+                          uint16_t* packed);
 
 // AVX-512F (linear_avx512.cpp): x (xr: rounded to bf16 for bf16 W) [M, K] in order.
 void linear_bf16_rows_avx512(const float* xr, int64_t M, int64_t K, const uint16_t* W, int64_t n0,

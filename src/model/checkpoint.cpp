@@ -1,4 +1,5 @@
 // Loading, saving and initialising Transformer weights in HF format.
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
@@ -58,6 +59,16 @@ std::string shape_str(c10::IntArrayRef s) {
 // Names some checkpoints carry that are derived, not learned.
 bool ignorable(const std::string& name) {
   return name.ends_with("rotary_emb.inv_freq");
+}
+
+// int8 weights hold [-127, 127]: the kernels' sign trick has no -128.
+void check_int8_range(const TensorView& v, const std::string& file) {
+  const auto* q = reinterpret_cast<const int8_t*>(v.data);
+  int8_t lowest = 0;
+  for (size_t i = 0; i < v.nbytes; ++i) lowest = std::min(lowest, q[i]);
+  if (lowest == -128)
+    throw Error(file + ": tensor '" + v.name +
+                "' holds -128; int8 weights must lie in [-127, 127] (docs/formats/int8.md)");
 }
 
 // A MoE layer's tensors (see model/moe.h for the layout).
@@ -155,7 +166,56 @@ std::vector<TensorSpec> expected_tensors(const ModelConfig& c) {
   }
   out.push_back({"model.norm.weight", {D}});
   if (!c.tie_word_embeddings) out.push_back({"lm_head.weight", {V, D}});
-  return out;
+  if (!c.quantization) return out;
+  // 8-bit: each quantized weight as I8, its scales right after it
+  const QuantizationConfig& q = *c.quantization;
+  const DType scale_t = from_torch(dtype_from_string(q.scale_dtype));
+  std::vector<TensorSpec> quantized;
+  for (TensorSpec& s : out) {
+    const bool int8 = q.quantizes(s.name, s.shape);
+    const std::string module = s.name.substr(0, s.name.size() - 7);  // without ".weight"
+    const int64_t rows = int8 ? s.shape[0] : 0, cols = int8 ? s.shape[1] : 0;
+    if (int8) s.dtype = DType::I8;
+    quantized.push_back(std::move(s));
+    if (int8)
+      quantized.push_back({module + ".weight_scale",
+                           {rows, q.group_size ? (cols + q.group_size - 1) / q.group_size : 1},
+                           scale_t});
+  }
+  return quantized;
+}
+
+const TensorView& checked_tensor(const CheckpointReader& reader, const TensorSpec& spec,
+                                 const ModelConfig& config) {
+  if (!reader.has(spec.name))
+    throw Error("checkpoint " + reader.dir() + ": missing tensor '" + spec.name +
+                "' (expected shape " + shape_str(spec.shape) + " for model_type " +
+                config.model_type + ")");
+  const TensorView& view = reader.get(spec.name);
+  if (view.shape != spec.shape)
+    throw Error(reader.file_of(spec.name) + ": tensor '" + spec.name + "' has shape " +
+                shape_str(view.shape) + ", expected " + shape_str(spec.shape));
+  return view;
+}
+
+void check_no_extra_tensors(const CheckpointReader& reader, const std::vector<TensorSpec>& specs,
+                            const ModelConfig& config) {
+  std::set<std::string> expected;
+  for (const TensorSpec& s : specs) expected.insert(s.name);
+  for (const auto& name : reader.names()) {
+    if (expected.count(name) || ignorable(name)) continue;
+    if (name == "lm_head.weight" && config.tie_word_embeddings) continue;  // redundant copy
+    throw Error(reader.file_of(name) + ": unexpected tensor '" + name + "' for model_type " +
+                config.model_type + " (is config.json for this checkpoint?)");
+  }
+}
+
+void require_float_weights(const Transformer& model, const std::string& what) {
+  if (!model.config().quantization) return;
+  throw Error(what + ": the model has int8 weights (quantization_config '" +
+              model.config().quantization->quant_method +
+              "' in config.json); this needs bf16/f32 weights: use the checkpoint it was "
+              "quantized from, and quantize the result");
 }
 
 Transformer load_model(const std::string& dir, const LoadOptions& options) {
@@ -175,6 +235,7 @@ Transformer load_model(const std::string& dir, const LoadOptions& options) {
     if (is_esft_delta(base))
       throw Error(dir + ": base_model " + base + " is itself an ESFT delta (not supported)");
     Transformer model = load_model(base, options);
+    require_float_weights(model, dir + ": the ESFT delta's base model " + base);
     apply_esft_delta(model, dir);
     return model;
   }
@@ -186,36 +247,30 @@ Transformer load_model(const std::string& dir, const LoadOptions& options) {
   std::map<std::string, torch::Tensor> params;
   for (auto& [name, t] : model.named_parameters()) params.emplace(name, t);
 
-  std::set<std::string> seen;
   torch::NoGradGuard no_grad;
-  for (const TensorSpec& spec : expected_tensors(config)) {
+  const std::vector<TensorSpec> specs = expected_tensors(config);
+  for (const TensorSpec& spec : specs) {
     auto it = params.find(spec.name);
     if (it == params.end()) throw Error("internal: no parameter for " + spec.name);
-    if (!reader->has(spec.name))
-      throw Error("checkpoint " + dir + ": missing tensor '" + spec.name + "' (expected shape " +
-                  shape_str(spec.shape) + " for model_type " + config.model_type + ")");
-    const TensorView& view = reader->get(spec.name);
-    if (view.shape != spec.shape)
-      throw Error(reader->file_of(spec.name) + ": tensor '" + spec.name + "' has shape " +
-                  shape_str(view.shape) + ", expected " + shape_str(spec.shape));
+    const TensorView& view = checked_tensor(*reader, spec, config);
     const auto src_type = to_torch(view.dtype);
-    if (!c10::isFloatingType(src_type))
+    if (spec.dtype ? view.dtype != *spec.dtype : !c10::isFloatingType(src_type))
       throw Error(reader->file_of(spec.name) + ": tensor '" + spec.name + "' has dtype " +
-                  std::string(dtype_name(view.dtype)) + ", expected a floating type");
+                  std::string(dtype_name(view.dtype)) + ", expected " +
+                  (spec.dtype ? std::string(dtype_name(*spec.dtype)) +
+                                    " (config.json's quantization_config, docs/formats/int8.md)"
+                              : std::string("a floating type")));
+    if (view.dtype == DType::I8) check_int8_range(view, reader->file_of(spec.name));
     // zero-copy view of the private mapping; the deleter keeps the files mapped
     auto blob = torch::from_blob(view.data, view.shape, [reader](void*) {},
                                  torch::TensorOptions().dtype(src_type));
     torch::Tensor value = blob;
-    if (src_type != dtype || !options.device.is_cpu()) value = blob.to(options.device, dtype);
+    // int8 weights and their scales keep their dtype; everything else becomes the model's
+    const torch::Dtype want = spec.dtype ? src_type : dtype;
+    if (src_type != want || !options.device.is_cpu()) value = blob.to(options.device, want);
     it->second.set_data(value);
-    seen.insert(spec.name);
   }
-  for (const auto& name : reader->names()) {
-    if (seen.count(name) || ignorable(name)) continue;
-    if (name == "lm_head.weight" && config.tie_word_embeddings) continue;  // redundant copy
-    throw Error(reader->file_of(name) + ": unexpected tensor '" + name + "' for model_type " +
-                config.model_type + " (is config.json for this checkpoint?)");
-  }
+  check_no_extra_tensors(*reader, specs, config);
   return model;
 }
 

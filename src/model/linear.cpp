@@ -4,6 +4,8 @@
 #include <limits>
 #include <string>
 
+#include "finmoe/error.h"
+#include "finmoe/model.h"
 #include "kernels/linear.h"
 
 namespace finmoe {
@@ -41,8 +43,41 @@ LinearImpl::LinearImpl(int64_t in, int64_t out, bool with_bias, torch::TensorOpt
   if (with_bias) bias = register_parameter("bias", torch::zeros({out}, options), false);
 }
 
+bool LinearImpl::kernel_input(const torch::Tensor& x) const {
+  return kernel_path(x) && (quantized() || weight.scalar_type() == x.scalar_type());
+}
+
+void LinearImpl::use_int8(const QuantizationConfig& q) {
+  weight_scale = int8_layout(*this, weight, q);
+}
+
+torch::Tensor int8_layout(torch::nn::Module& module, torch::Tensor& weight,
+                          const QuantizationConfig& q) {
+  const int64_t rows = weight.size(0), cols = weight.size(1);
+  const int64_t groups = q.group_size ? (cols + q.group_size - 1) / q.group_size : 1;
+  const auto on = torch::TensorOptions().device(weight.device());
+  torch::NoGradGuard no_grad;
+  weight.set_data(torch::zeros({rows, cols}, on.dtype(torch::kInt8)));
+  return module.register_parameter(
+      "weight_scale", torch::zeros({rows, groups}, on.dtype(dtype_from_string(q.scale_dtype))),
+      false);
+}
+
+kernels::Int8Format int8_format(const torch::Tensor& scale) {
+  return {scale.size(1) == 1 ? 0 : kernels::kInt8Group,
+          scale.scalar_type() == torch::kFloat32 ? kernels::ElemType::kF32
+                                                 : kernels::ElemType::kBF16};
+}
+
+torch::Tensor dequantize(const torch::Tensor& q, const torch::Tensor& scale, torch::Dtype dtype) {
+  const int64_t cols = q.size(1), groups = scale.size(1);
+  auto s = scale.to(torch::kFloat32);  // [rows, groups]
+  if (groups > 1) s = s.repeat_interleave(kernels::kInt8Group, 1).narrow(1, 0, cols);
+  return (q.to(torch::kFloat32) * s).to(dtype);  // [rows, cols]
+}
+
 torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
-  auto y = linear(x, weight, bias);
+  auto y = linear(x, weight, bias, weight_scale);
   return has_lora() ? add_lora(y, x) : y;
 }
 
@@ -55,26 +90,47 @@ torch::Tensor LinearImpl::add_lora(const torch::Tensor& y, const torch::Tensor& 
   return (y + z * lora_scaling).to(y.scalar_type());
 }
 
+namespace {
+
+// Whether the kernels take weight (and its scales) for x; bias of x's type.
+bool kernel_weights(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                    const torch::Tensor& scale) {
+  const bool int8 = scale.defined();
+  return weight.device().is_cpu() && weight.is_contiguous() && x.size(-1) == weight.size(1) &&
+         (int8 ? weight.scalar_type() == torch::kInt8 && scale.is_contiguous() &&
+                     scale.device().is_cpu()
+               : weight.scalar_type() == x.scalar_type()) &&
+         (!bias.defined() || (bias.scalar_type() == x.scalar_type() && bias.is_contiguous() &&
+                              bias.numel() == weight.size(0)));
+}
+
+}  // namespace
+
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight,
-                     const torch::Tensor& bias) {
+                     const torch::Tensor& bias, const torch::Tensor& weight_scale) {
   const int64_t in = weight.size(1);
   const int64_t out = weight.size(0);
   const int64_t rows = x.numel() / in;
   // Few rows: the skinny kernels stream W once. Many rows: the tiled GEMM.
-  const bool kernel = rows <= kernel_max_rows() && kernel_path(x) &&
-                      x.scalar_type() == weight.scalar_type() && weight.device().is_cpu() &&
-                      weight.is_contiguous() && x.size(-1) == in &&
-                      (!bias.defined() || (bias.scalar_type() == weight.scalar_type() &&
-                                           bias.is_contiguous() && bias.numel() == out));
-  if (!kernel) return torch::linear(x, weight, bias);
+  const bool kernel =
+      rows <= kernel_max_rows() && kernel_path(x) && kernel_weights(x, weight, bias, weight_scale);
+  if (!kernel) {
+    if (!weight_scale.defined()) return torch::linear(x, weight, bias);
+    // int8 off the kernel path (CUDA, FINMOE_KERNELS=0): dequantized for this call
+    return torch::linear(x, dequantize(weight, weight_scale, x.scalar_type()), bias);
+  }
 
   auto xc = x.contiguous();  // [rows, in]
   auto sizes = x.sizes().vec();
   sizes.back() = out;
   auto y = torch::empty(sizes, x.options());  // [..., out]
   const auto t = elem_type(x);
-  kernels::linear(t, xc.data_ptr(), rows, in, t, weight.data_ptr(), out,
-                  bias.defined() ? bias.data_ptr() : nullptr, t, y.data_ptr());
+  const void* b = bias.defined() ? bias.data_ptr() : nullptr;
+  if (weight_scale.defined())
+    kernels::linear_int8(t, xc.data_ptr(), rows, in, weight.data_ptr<int8_t>(),
+                         weight_scale.data_ptr(), int8_format(weight_scale), out, b, t, y.data_ptr());
+  else
+    kernels::linear(t, xc.data_ptr(), rows, in, t, weight.data_ptr(), out, b, t, y.data_ptr());
   return y;
 }
 
@@ -82,17 +138,22 @@ std::vector<torch::Tensor> linear_group(const torch::Tensor& x,
                                         const std::vector<const LinearImpl*>& layers) {
   const int64_t in = x.size(-1);
   const int64_t rows = x.numel() / std::max<int64_t>(in, 1);
-  bool kernel = rows <= kernel_max_rows() && kernel_path(x);
-  for (const LinearImpl* l : layers)
-    kernel = kernel && !l->has_lora() && l->weight.scalar_type() == x.scalar_type() &&
-             l->weight.is_contiguous() &&
-             l->weight.device().is_cpu() && l->weight.size(1) == in &&
-             (!l->bias.defined() ||
-              (l->bias.scalar_type() == x.scalar_type() && l->bias.is_contiguous()));
+  bool kernel = rows <= kernel_max_rows() && kernel_path(x) && !layers.empty();
+  // one pass needs one weight format: all float, or all int8 with the same scales' layout
+  const LinearImpl* first = layers.empty() ? nullptr : layers.front();
+  const bool int8 = first && first->quantized();
+  for (const LinearImpl* l : layers) {
+    kernel = kernel && !l->has_lora() && l->quantized() == int8 &&
+             kernel_weights(x, l->weight, l->bias, l->weight_scale);
+    if (kernel && int8) {
+      const auto f = int8_format(l->weight_scale), f0 = int8_format(first->weight_scale);
+      kernel = f.group == f0.group && f.scale_t == f0.scale_t;
+    }
+  }
   std::vector<torch::Tensor> ys;
   if (!kernel) {
     for (const LinearImpl* l : layers) {
-      auto y = linear(x, l->weight, l->bias);
+      auto y = linear(x, l->weight, l->bias, l->weight_scale);
       ys.push_back(l->has_lora() ? l->add_lora(y, x) : y);
     }
     return ys;
@@ -104,10 +165,14 @@ std::vector<torch::Tensor> linear_group(const torch::Tensor& x,
     sizes.back() = l->weight.size(0);
     ys.push_back(torch::empty(sizes, x.options()));  // [..., out_i]
     outs.push_back({l->weight.data_ptr(), l->weight.size(0),
-                    l->bias.defined() ? l->bias.data_ptr() : nullptr, ys.back().data_ptr()});
+                    l->bias.defined() ? l->bias.data_ptr() : nullptr, ys.back().data_ptr(),
+                    int8 ? l->weight_scale.data_ptr() : nullptr});
   }
   const auto t = elem_type(x);
-  kernels::linear_group(t, xc.data_ptr(), rows, in, t, outs, t);
+  if (int8)
+    kernels::linear_group_int8(t, xc.data_ptr(), rows, in, int8_format(first->weight_scale), outs, t);
+  else
+    kernels::linear_group(t, xc.data_ptr(), rows, in, t, outs, t);
   return ys;
 }
 

@@ -2,9 +2,14 @@
 // Linear layer with HF's [out, in] weight; the module behind every projection.
 // Without autograd, on CPU, for a few rows (decode) it calls the hand-written
 // skinny-GEMM kernels (kernels/linear.h); otherwise torch::linear.
+// A layer of an 8-bit checkpoint (docs/formats/int8.md) holds an int8 weight
+// and its `weight_scale`: the CPU kernels compute with them directly
+// (kernels/qlinear.h); every other path dequantizes on the fly.
 #include <torch/torch.h>
 
+#include "finmoe/config.h"
 #include "kernels/ops.h"
+#include "kernels/qlinear.h"
 
 namespace finmoe {
 
@@ -27,8 +32,17 @@ class LinearImpl : public torch::nn::Module {
   torch::Tensor add_lora(const torch::Tensor& y, const torch::Tensor& x) const;
   bool has_lora() const { return lora_A.defined(); }
 
-  torch::Tensor weight;  // [out, in]
+  // Whether the CPU kernels can compute this layer on x: float weights of
+  // x's type, or int8 ones.
+  bool kernel_input(const torch::Tensor& x) const;
+  bool quantized() const { return weight_scale.defined(); }
+  // Lays the layer out for int8 weights of `q` (zeros until loaded): weight
+  // int8 [out, in], weight_scale [out, 1] or [out, ceil(in / 32)].
+  void use_int8(const QuantizationConfig& q);
+
+  torch::Tensor weight;  // [out, in], float, or int8 when quantized
   torch::Tensor bias;    // [out] or undefined
+  torch::Tensor weight_scale;  // int8 weight: [out, 1] or [out, ceil(in/32)] bf16/f32; else undefined
   // LoRA adapter (finmoe/lora.h attaches and detaches it). Plain tensors, not
   // registered parameters: named_parameters() stays the checkpoint's names.
   torch::Tensor lora_A;  // [r, in] or undefined
@@ -39,8 +53,20 @@ class LinearImpl : public torch::nn::Module {
 TORCH_MODULE(Linear);
 
 // y = x·Wᵀ + b through the decode kernels when they apply, else torch::linear.
+// An int8 weight comes with its weight_scale (else undefined).
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight,
-                     const torch::Tensor& bias);
+                     const torch::Tensor& bias, const torch::Tensor& weight_scale = {});
+
+// Int8 weights of an 8-bit checkpoint, shared by LinearImpl and the embedding.
+// An int8 [rows, cols] tensor and its scales [rows, 1] or [rows, ceil(cols/32)]
+// (bf16/f32) as `dtype`: s·q per element.
+torch::Tensor dequantize(const torch::Tensor& q, const torch::Tensor& scale, torch::Dtype dtype);
+// Replaces `weight`'s data by int8 zeros and registers `weight_scale` on
+// `module` in the layout of q (see LinearImpl::use_int8).
+torch::Tensor int8_layout(torch::nn::Module& module, torch::Tensor& weight,
+                          const QuantizationConfig& q);
+// The kernels' description of an int8 weight's scales (group from their shape).
+kernels::Int8Format int8_format(const torch::Tensor& scale);
 
 // linear(x, layer.weight, layer.bias) for each layer, with one pass of the
 // decode kernels over all their weights when they apply (q/k/v, gate/up).

@@ -383,6 +383,7 @@ void merge_lora_checkpoint(const std::string& base_dir, const std::string& adapt
   LoadOptions lo;
   lo.dtype = dtype;
   auto model = load_model(base_dir, lo);
+  require_float_weights(model, "lora merge: base model " + base_dir);
   load_lora_adapter(model, adapter_dir);
   merge_lora(model);
   // everything goes to a sibling temp directory renamed into place at the end

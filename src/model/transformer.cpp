@@ -1,5 +1,7 @@
 #include "model/transformer.h"
 
+#include <set>
+
 #include "finmoe/error.h"
 
 namespace finmoe {
@@ -31,6 +33,15 @@ EmbeddingImpl::EmbeddingImpl(int64_t vocab, int64_t dim, torch::TensorOptions op
   weight = register_parameter("weight", torch::zeros({vocab, dim}, options), false);
 }
 
+torch::Tensor EmbeddingImpl::lookup(const torch::Tensor& ids, torch::Dtype dtype) const {
+  if (!weight_scale.defined()) return torch::embedding(weight, ids);
+  auto flat = ids.flatten();  // [N]
+  auto rows = dequantize(weight.index_select(0, flat), weight_scale.index_select(0, flat), dtype);
+  auto sizes = ids.sizes().vec();
+  sizes.push_back(weight.size(1));
+  return rows.view(sizes);  // [..., D]
+}
+
 BackboneImpl::BackboneImpl(const ModelConfig& c, torch::TensorOptions options) {
   embed_tokens = register_module("embed_tokens", Embedding(c.vocab_size, c.hidden_size, options));
   layers = register_module("layers", torch::nn::ModuleList());
@@ -45,14 +56,36 @@ TransformerImpl::TransformerImpl(const ModelConfig& c, torch::TensorOptions opts
     lm_head = register_module("lm_head", Linear(c.hidden_size, c.vocab_size, false, opts));
   for (const auto& m : *model->layers)
     layer_list.emplace_back(std::dynamic_pointer_cast<DecoderLayerImpl>(m));
+  if (c.quantization) use_int8(*c.quantization);
+}
+
+void TransformerImpl::use_int8(const QuantizationConfig& q) {
+  std::set<std::string> ignored(q.ignore.begin(), q.ignore.end());
+  for (const auto& item : named_modules("", /*include_self=*/false)) {
+    auto* linear = dynamic_cast<LinearImpl*>(item.value().get());
+    auto* embedding = dynamic_cast<EmbeddingImpl*>(item.value().get());
+    if (!linear && !embedding) continue;
+    if (ignored.erase(item.key())) continue;
+    if (linear) linear->use_int8(q);
+    if (embedding) embedding->weight_scale = int8_layout(*embedding, embedding->weight, q);
+  }
+  if (!ignored.empty())
+    throw Error("config.json: field 'quantization_config.ignore' names '" + *ignored.begin() +
+                "', which is not a linear or embedding module of this " + config.model_type +
+                " model");
 }
 
 const torch::Tensor& TransformerImpl::lm_head_weight() const {
   return lm_head ? lm_head->weight : model->embed_tokens->weight;
 }
 
+const torch::Tensor& TransformerImpl::lm_head_scale() const {
+  return lm_head ? lm_head->weight_scale : model->embed_tokens->weight_scale;
+}
+
 torch::Tensor TransformerImpl::logits(const torch::Tensor& hidden) {
-  return at_least_float32(finmoe::linear(model->norm(hidden), lm_head_weight(), torch::Tensor()));
+  return at_least_float32(
+      finmoe::linear(model->norm(hidden), lm_head_weight(), torch::Tensor(), lm_head_scale()));
 }
 
 namespace {
@@ -99,7 +132,7 @@ torch::Tensor TransformerImpl::forward(const torch::Tensor& tokens, const Forwar
     auto causal = torch::ones({T, T}, win.options()).tril();
     window_mask = mask.defined() ? mask.logical_and(win) : win.logical_and(causal).view({1, 1, T, T});
   }
-  auto x = torch::embedding(model->embed_tokens->weight, ids);  // [B,T,D]
+  auto x = model->embed_tokens->lookup(ids, options.dtype().toScalarType());  // [B,T,D]
   const Rope& rope = layer_list.front()->self_attn->rope();
   auto [cos, sin] = rope.cos_sin(positions);  // [B,T,d]
   for (auto& layer : layer_list) {
@@ -239,7 +272,7 @@ torch::Tensor TransformerImpl::step_layers(const torch::Tensor& ids, const torch
                                            StepPlan& plan, KVCache& cache,
                                            const torch::Tensor& rows) {
   std::tie(plan.cos, plan.sin) = layer_list.front()->self_attn->rope().cos_sin(positions);
-  auto x = torch::embedding(model->embed_tokens->weight, ids);  // [N,D]
+  auto x = model->embed_tokens->lookup(ids, options.dtype().toScalarType());  // [N,D]
   // x is the residual stream, owned here: each residual add is fused with the
   // norm that follows it (the last one with nothing: the final norm runs on
   // the selected rows only)
@@ -285,6 +318,7 @@ CacheSpec Transformer::cache_spec(int64_t layer) const {
 ParamCount Transformer::param_count() const {
   ParamCount pc;
   for (const auto& [name, t] : named_parameters()) {
+    if (name.ends_with(".weight_scale")) continue;  // int8 scales: not parameters of the model
     pc.total += t.numel();
     if (name == "model.embed_tokens.weight" || name == "lm_head.weight") pc.embedding += t.numel();
   }

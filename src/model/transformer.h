@@ -8,6 +8,8 @@
 //   model.layers.{i}.mlp.* | block_sparse_moe.*     see moe.h (MoE layers)
 //   model.norm.weight                               [D]
 //   lm_head.weight                                  [V, D] (absent when tied)
+// An 8-bit checkpoint (docs/formats/int8.md) stores the 2-D weights of
+// linears and the embedding as int8 with a `weight_scale` beside each.
 #include <torch/torch.h>
 
 #include "finmoe/model.h"
@@ -35,7 +37,10 @@ TORCH_MODULE(DecoderLayer);
 class EmbeddingImpl : public torch::nn::Module {
  public:
   EmbeddingImpl(int64_t vocab, int64_t dim, torch::TensorOptions options);
-  torch::Tensor weight;  // [V, D]
+  // Rows of `ids` (any shape) -> [..., D] in `dtype` (int8 rows dequantized).
+  torch::Tensor lookup(const torch::Tensor& ids, torch::Dtype dtype) const;
+  torch::Tensor weight;        // [V, D], float or int8
+  torch::Tensor weight_scale;  // int8 weight: [V, 1] or [V, ceil(D/32)]; else undefined
 };
 TORCH_MODULE(Embedding);
 
@@ -59,6 +64,10 @@ class TransformerImpl : public torch::nn::Module {
   torch::Tensor step_layers(const torch::Tensor& ids, const torch::Tensor& positions,
                             StepPlan& plan, KVCache& cache, const torch::Tensor& rows);
   const torch::Tensor& lm_head_weight() const;
+  const torch::Tensor& lm_head_scale() const;  // undefined unless the head is int8
+  // Lays out the int8 weights of an 8-bit config (every linear and the
+  // embedding but q.ignore's); throws Error for an ignore entry naming no such module.
+  void use_int8(const QuantizationConfig& q);
 
   ModelConfig config;
   torch::TensorOptions options;

@@ -54,19 +54,19 @@ double ReadBandwidthProbe::sample_gb_s() {
 }
 
 double decode_weight_bytes(const Transformer& model) {
+  // Each tensor at its own element size: int8 weights count their bytes and scales.
+  const ModelConfig& c = model.config();
   double bytes = 0;
   for (const auto& [name, t] : model.named_parameters()) {
-    const double b = double(t.numel()) * double(t.element_size());
-    if (name == "model.embed_tokens.weight") {
-      if (model.config().tie_word_embeddings) bytes += b;  // read whole as lm_head
-    } else {
-      bytes += b;
+    double b = double(t.numel()) * double(t.element_size());
+    if (name.starts_with("model.embed_tokens.")) {
+      if (!c.tie_word_embeddings) continue;  // a token reads one row
+    } else if (name.find(".experts.") != std::string::npos) {
+      b *= double(c.num_experts_per_tok) / double(c.num_experts);  // its k routed experts
     }
+    bytes += b;
   }
-  // a token reads only its k routed experts of each MoE layer
-  const ParamCount pc = model.param_count();
-  const auto elem = double(torch::elementSize(model.dtype()));
-  return bytes - double(pc.total - pc.active) * elem;
+  return bytes;
 }
 
 // Read bandwidth of an accelerator's memory: a reduction over 2 GiB, best of 5.

@@ -385,6 +385,7 @@ struct Trainer::Impl {
   void load_model() {
     if (!config.model.empty()) {
       model.emplace(finmoe::load_model(config.model, {torch::kFloat32, device}));
+      require_float_weights(*model, "train: model " + config.model);
       return;
     }
     int64_t vocab = config.init_vocab_size;
