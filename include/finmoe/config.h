@@ -13,6 +13,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "finmoe/error.h"
+
 namespace finmoe {
 
 // `rope_scaling` of config.json (HF `rope_type`, or the older `type` key).
@@ -167,7 +169,29 @@ struct GenerationConfig {
 // "FinMoeDenseForCausalLM").
 std::string default_architecture(const std::string& model_type);
 
-// Reads a JSON file; throws Error naming the file and the parse position.
+// The deepest nesting of arrays and objects any JSON input may have: files,
+// JSONL records and request bodies alike. Deeper input is refused before it
+// is parsed (nlohmann's dump and comparisons recurse on depth).
+inline constexpr int kMaxJsonDepth = 64;
+
+// Thrown by parse_json for input that is not JSON or nests too deep; what()
+// begins with the `source` given.
+struct JsonError : Error {
+  using Error::Error;
+};
+
+// Parses `text` as JSON without recursing on its depth: a scan first checks
+// that arrays and objects nest at most `max_depth` levels (error naming the
+// byte offset), then nlohmann parses it. Errors name `source` (a file, a
+// "file:line", or "the request body") and the position.
+nlohmann::json parse_json(std::string_view text, std::string_view source,
+                          int max_depth = kMaxJsonDepth);
+// The nesting depth of arrays and objects in `text` up to `limit` (returns
+// limit + 1 as soon as it is exceeded, with `*offset` the byte where).
+int json_depth(std::string_view text, int limit, size_t* offset = nullptr);
+
+// Reads a JSON file through parse_json; throws Error naming the file and the
+// parse position.
 nlohmann::json read_json_file(const std::string& path);
 // Writes `j` to `path` atomically (temp file + rename), pretty-printed.
 void write_json_file(const std::string& path, const nlohmann::json& j);

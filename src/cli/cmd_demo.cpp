@@ -25,6 +25,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "finmoe/config.h"
 #include "convert/svg.h"
 #include "core/file_util.h"
 #include "finmoe/error.h"
@@ -123,7 +124,7 @@ Curve read_curve(const std::string& run_dir, const std::string& name, const std:
   std::ifstream f(run_dir + "/metrics.jsonl");
   for (std::string line; std::getline(f, line);) {
     if (line.empty()) continue;
-    auto j = json::parse(line);
+    auto j = parse_json(line, run_dir + "/metrics.jsonl");
     if (j.contains(field) && j[field].is_number())
       c.points.emplace_back(j["tokens"].get<double>(), j[field].get<double>());
   }

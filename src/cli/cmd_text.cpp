@@ -33,12 +33,7 @@ void add_tokenize(CLI::App& app, Run& run) {
         while (std::getline(in, line)) {
           ++n;
           if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-          nlohmann::json rec;
-          try {
-            rec = nlohmann::json::parse(line);
-          } catch (const nlohmann::json::parse_error& e) {
-            throw Error(jsonl + ":" + std::to_string(n) + ": invalid JSON: " + e.what());
-          }
+          const nlohmann::json rec = parse_json(line, jsonl + ":" + std::to_string(n));
           if (!rec.is_object() || !rec.contains("text") || !rec["text"].is_string())
             throw Error(jsonl + ":" + std::to_string(n) + ": expected an object with a string field 'text'");
           std::cout << nlohmann::json{{"ids", tok.encode(rec["text"].get<std::string>(), special)}}.dump()

@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include "finmoe/analysis.h"
+#include "finmoe/config.h"
 #include "finmoe/error.h"
 #include "finmoe/model.h"
 #include "finmoe/tokenizer.h"
@@ -255,12 +256,7 @@ std::vector<TokenChunk> tokenize_corpus(const std::string& path, const Tokenizer
       ++n;
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
       const std::string where = path + ":" + std::to_string(n);
-      nlohmann::json rec;
-      try {
-        rec = nlohmann::json::parse(line);
-      } catch (const nlohmann::json::parse_error& e) {
-        throw Error(where + ": invalid JSON: " + e.what());
-      }
+      const nlohmann::json rec = parse_json(line, where);
       std::string text;
       if (rec.is_object() && rec.contains("text") && rec["text"].is_string()) {
         text = rec["text"].get<std::string>();

@@ -1,6 +1,7 @@
 // safetensors reading (mmap, validated header) and atomic writing.
 // Format: docs/formats/safetensors.md.
 #include "finmoe/safetensors.h"
+#include "finmoe/config.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -122,9 +123,9 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
 
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(base + 8, base + 8 + header_len);
-  } catch (const nlohmann::json::exception& e) {
-    throw fail(std::string("header is not valid JSON: ") + e.what());
+    header = parse_json({reinterpret_cast<const char*>(base + 8), size_t(header_len)}, "header");
+  } catch (const JsonError& e) {
+    throw fail(e.what());
   }
   if (!header.is_object()) throw fail("header must be a JSON object, got " + json_type(header));
 

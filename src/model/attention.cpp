@@ -65,7 +65,7 @@ bool AttentionImpl::kernels_apply(const torch::Tensor& x, const StepPlan& plan,
   const auto long_cpu = [](const torch::Tensor& t) {
     return t.device().is_cpu() && t.scalar_type() == torch::kInt64 && t.is_contiguous();
   };
-  if (!kernel_path(x) || q_proj->weight.scalar_type() != x.scalar_type()) return false;
+  if (!q_proj->kernel_input(x)) return false;  // float weights of the activations' dtype, or int8
   if (rope_.rotary_dim() > head_dim_ || !long_cpu(plan.write_slots)) return false;
   for (const auto* t : {&plan.cos, &plan.sin})
     if (t->scalar_type() != torch::kFloat32 || !t->is_contiguous() || t->dim() != 2 ||

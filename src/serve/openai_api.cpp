@@ -1,4 +1,5 @@
 #include "serve/openai_api.h"
+#include "finmoe/config.h"
 
 #include <algorithm>
 #include <cmath>
@@ -136,11 +137,12 @@ class Fields {
 json parse_body(std::string_view body) {
   json j;
   try {
-    j = json::parse(body);
-  } catch (const json::parse_error& e) {
+    j = parse_json(body, "the request body");
+  } catch (const JsonError& e) {
     throw ApiError(400,
                    "We could not parse the JSON body of your request: " + std::string(e.what()) +
-                       ". The body must be one JSON object.",
+                       ". The body must be one JSON object, nested at most " +
+                       std::to_string(kMaxJsonDepth) + " levels.",
                    "", "invalid_json");
   }
   if (!j.is_object())

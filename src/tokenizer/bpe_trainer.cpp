@@ -154,12 +154,7 @@ void count_block(const Block& b, const std::string& path, const WordSplitter& sp
     pos = nl + 1;
     ++line_no;
     if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;
-    nlohmann::json rec;
-    try {
-      rec = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
-      throw Error(where + ": invalid JSON: " + e.what());
-    }
+    const nlohmann::json rec = parse_json(line, where);
     if (rec.is_object() && rec.contains("text") && rec["text"].is_string()) {
       splitter.count(rec["text"].get_ref<const std::string&>(), counts);
     } else if (rec.is_object() && rec.contains("messages") && rec["messages"].is_array()) {

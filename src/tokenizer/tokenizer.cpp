@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "finmoe/error.h"
+#include "finmoe/config.h"
 #include "tokenizer/tokenizer_impl.h"
 #include "tokenizer/utf8.h"
 
@@ -20,11 +21,7 @@ json parse_json_file(const std::string& path) {
   if (!in) throw Error(path + ": cannot open");
   std::stringstream ss;
   ss << in.rdbuf();
-  try {
-    return json::parse(ss.str());
-  } catch (const json::parse_error& e) {
-    throw Error(path + ": invalid JSON: " + e.what());
-  }
+  return parse_json(ss.str(), path);
 }
 
 // A token field of tokenizer_config.json: "str", {"content": "str", ...} or null.

@@ -25,6 +25,7 @@
 #include <nlohmann/json.hpp>
 
 #include "finmoe/dataset.h"
+#include "finmoe/config.h"
 #include "finmoe/error.h"
 #include "tokenizer/utf8.h"
 
@@ -147,11 +148,7 @@ Kind classify(const json& rec, Format format, const std::string& where) {
 }
 
 json parse_line(std::string_view line, const std::string& where) {
-  try {
-    return json::parse(line);
-  } catch (const json::parse_error& e) {
-    throw Error(where + ": invalid JSON: " + e.what());
-  }
+  return parse_json(line, where);
 }
 
 // ---- the document index -----------------------------------------------------------

@@ -17,6 +17,7 @@
 #include <sstream>
 
 #include "convert/svg.h"
+#include "finmoe/config.h"
 #include "core/file_util.h"
 #include "core/progress.h"
 #include "finmoe/distributed.h"
@@ -670,9 +671,12 @@ struct Trainer::Impl {
     restore_rng(state.at("rng"), device, state_file);
     source->restore(state.at("data"));
     history.clear();
-    std::ifstream in(dir + "/metrics.jsonl");
+    const std::string metrics = dir + "/metrics.jsonl";
+    std::ifstream in(metrics);
+    int64_t n = 0;
     for (std::string line; std::getline(in, line);)
-      if (!line.empty()) history.push_back(StepMetrics::from_json(nlohmann::json::parse(line)));
+      if (++n, !line.empty())
+        history.push_back(StepMetrics::from_json(parse_json(line, metrics + ":" + std::to_string(n))));
     last_checkpoint = dir;
     last_checkpoint_step = step;
   }

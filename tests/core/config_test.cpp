@@ -37,6 +37,37 @@ std::string error_of(const json& j) {
   return "<no error>";
 }
 
+// The depth scan agrees with the structure: brackets inside strings and
+// escaped quotes do not count; the limit is inclusive.
+TEST(Json, DepthScanIgnoresStringsAndRefusesDeepInputBeforeParsing) {
+  EXPECT_EQ(json_depth(R"({"a": [1, {"b": "[[[[\"{{{"}]})", 100), 3);
+  EXPECT_EQ(json_depth("[]", 100), 1);
+  EXPECT_EQ(json_depth(R"("[[[")", 100), 0);
+  const std::string at_limit = std::string(64, '[') + std::string(64, ']');
+  EXPECT_EQ(parse_json(at_limit, "x").dump(), at_limit);
+  size_t where = 0;
+  const std::string deep = R"({"k": )" + std::string(1000000, '[') + std::string(1000000, ']') + "}";
+  EXPECT_EQ(json_depth(deep, 64, &where), 65);
+  EXPECT_EQ(where, 6u + 63u);
+  try {
+    parse_json(deep, "config.json");
+    FAIL() << "no error";
+  } catch (const JsonError& e) {
+    EXPECT_STREQ(e.what(), "config.json: JSON nested deeper than 64 levels (at byte 69)");
+  }
+  ScratchDir dir;
+  const auto path = dir / "config.json";
+  write_file_atomic(path, deep);
+  try {
+    read_json_file(path);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()).rfind(path + ": JSON nested deeper than 64 levels", 0), 0u)
+        << e.what();
+  }
+  EXPECT_THROW(parse_json("{\"a\": }", "body"), JsonError);
+}
+
 TEST(ModelConfig, ParsesQwen25_05B) {
   ModelConfig c = parse_file("qwen2.5-0.5b.json");
   EXPECT_EQ(c.model_type, "qwen2");
