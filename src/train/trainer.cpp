@@ -4,9 +4,11 @@
 
 #include <torch/version.h>
 
+#include <signal.h>
 #include <unistd.h>
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -575,26 +577,15 @@ struct Trainer::Impl {
       last_checkpoint_step = step;
       return last_checkpoint;
     }
+    remove_dead_runs_temp_dirs(out);
     const fs::path tmp = out / ("." + name + ".tmp-" + std::to_string(::getpid()));
     remove_tree(tmp.string());
-    fs::create_directories(tmp);
-    method->save(*model, tmp.string());
-    copy_tokenizer_files(tmp.string());
-    optimizer->save((tmp / "optimizer.safetensors").string());
-    nlohmann::json state = {{"format", "finmoe-trainer-state"},
-                            {"version", kStateVersion},
-                            {"step", step},
-                            {"tokens", tokens},
-                            {"mode", std::string(to_string(config.mode))},
-                            {"total_steps", config.total_steps()},
-                            {"next_lr", schedule.at(step)},
-                            {"rng", rng_state(device)},
-                            {"data", source->state()},
-                            {"config", config.to_json()}};
-    write_json_file((tmp / "trainer_state.json").string(), state);
-    std::string rows;
-    for (const auto& m : history) rows += m.to_json().dump() + "\n";
-    write_file_atomic((tmp / "metrics.jsonl").string(), rows);
+    try {
+      write_checkpoint(tmp);
+    } catch (...) {  // e.g. a full disk: no half-written directory stays behind
+      remove_tree(tmp.string());
+      throw;
+    }
     // Swap the finished directory in: a reader sees the old one or the new one.
     std::error_code ec;
     if (fs::exists(final_dir)) {
@@ -614,6 +605,43 @@ struct Trainer::Impl {
     last_checkpoint_step = step;
     prune_checkpoints();
     return last_checkpoint;
+  }
+
+  // The directories a save killed mid-way (SIGKILL, power loss) left behind:
+  // `.checkpoint-N.tmp-PID` / `.old-PID` of a process that no longer runs.
+  static void remove_dead_runs_temp_dirs(const fs::path& out) {
+    for (const auto& e : fs::directory_iterator(out)) {
+      const std::string n = e.path().filename().string();
+      if (!e.is_directory() || !n.starts_with(".checkpoint-")) continue;
+      const size_t dash = n.rfind('-');
+      const bool temp = n.find(".tmp-") != std::string::npos || n.find(".old-") != std::string::npos;
+      if (!temp || dash == std::string::npos) continue;
+      const int pid = std::atoi(n.c_str() + dash + 1);
+      if (pid > 0 && pid != ::getpid() && ::kill(pid, 0) != 0 && errno == ESRCH)
+        remove_tree(e.path().string());
+    }
+  }
+
+  // Everything a checkpoint holds, into the fresh directory `tmp`.
+  void write_checkpoint(const fs::path& tmp) {
+    fs::create_directories(tmp);
+    method->save(*model, tmp.string());
+    copy_tokenizer_files(tmp.string());
+    optimizer->save((tmp / "optimizer.safetensors").string());
+    nlohmann::json state = {{"format", "finmoe-trainer-state"},
+                            {"version", kStateVersion},
+                            {"step", step},
+                            {"tokens", tokens},
+                            {"mode", std::string(to_string(config.mode))},
+                            {"total_steps", config.total_steps()},
+                            {"next_lr", schedule.at(step)},
+                            {"rng", rng_state(device)},
+                            {"data", source->state()},
+                            {"config", config.to_json()}};
+    write_json_file((tmp / "trainer_state.json").string(), state);
+    std::string rows;
+    for (const auto& m : history) rows += m.to_json().dump() + "\n";
+    write_file_atomic((tmp / "metrics.jsonl").string(), rows);
   }
 
   // Keeps the newest keep_checkpoints checkpoint-* directories.

@@ -34,8 +34,8 @@ def make_tiny_model(finmoe, data_dir, out_dir, seed=3):
 class Server:
     """`finmoe serve MODEL --port 0 ...` until stop(); the port is read from its log."""
 
-    def __init__(self, finmoe, model, *extra, timeout=120):
-        self.cmd = [finmoe, "serve", model, "--host", "127.0.0.1", "--port", "0"] + list(extra)
+    def __init__(self, finmoe, model, *extra, timeout=120, port=0):
+        self.cmd = [finmoe, "serve", model, "--host", "127.0.0.1", "--port", str(port)] + list(extra)
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines = []
         self.port = None
