@@ -74,6 +74,41 @@ VARIANTS = {
         mlp_only_layers=[])),
 }
 
+# DeepSeek-V2/V3 (MLA attention + DeepSeekMoE): 4 heads of q/k 16 NoPE + 8 RoPE
+# dims and 12-dim values, latent KV of 32, 8 routed experts (2-3 per token)
+# plus shared ones, layer 0 dense (first_k_dense_replace). `DeepseekV2Config`
+# and `DeepseekV3Config` exist from transformers 4.51; the yarn variants carry
+# DeepSeek's mscale / mscale_all_dim.
+MLA = dict(kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=12,
+           num_hidden_layers=3, first_k_dense_replace=1, n_routed_experts=8,
+           moe_intermediate_size=24, tie_word_embeddings=False)
+YARN = dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=32,
+            beta_fast=32.0, beta_slow=1.0, mscale=0.707, mscale_all_dim=0.707)
+if hasattr(transformers, "DeepseekV3Config"):
+    VARIANTS.update({
+        # V2-Lite-like: q_proj (no q LoRA), softmax scores, greedy top-2, 2 shared experts
+        "deepseek_v2_greedy": ("DeepseekV2ForCausalLM", transformers.DeepseekV2Config, dict(
+            MLA, num_key_value_heads=4, q_lora_rank=None, n_shared_experts=2, num_experts_per_tok=2,
+            topk_method="greedy", routed_scaling_factor=1.0, norm_topk_prob=False,
+            rope_parameters=dict(rope_type="default", rope_theta=10000.0))),
+        # V2: q LoRA, group-limited greedy (4 groups, best 2), scaled weights, yarn
+        "deepseek_v2_group_yarn": ("DeepseekV2ForCausalLM", transformers.DeepseekV2Config, dict(
+            MLA, num_key_value_heads=4, q_lora_rank=24, n_shared_experts=1, num_experts_per_tok=3,
+            topk_method="group_limited_greedy", n_group=4, topk_group=2, routed_scaling_factor=1.5,
+            norm_topk_prob=False, rope_parameters=YARN)),
+        # V3: q LoRA, sigmoid + e_score_correction_bias (noaux_tc), 4 groups / best 2,
+        # renormalised top-3 x 2.5, interleaved rope pairs, yarn
+        "deepseek_v3_noaux_yarn": ("DeepseekV3ForCausalLM", transformers.DeepseekV3Config, dict(
+            MLA, num_key_value_heads=4, q_lora_rank=24, n_shared_experts=1, num_experts_per_tok=3,
+            n_group=4, topk_group=2, routed_scaling_factor=2.5, norm_topk_prob=True,
+            rope_interleave=True, rope_parameters=YARN)),
+        # V3 without q LoRA, one group, no renormalisation, rotate-half rope
+        "deepseek_v3_plain": ("DeepseekV3ForCausalLM", transformers.DeepseekV3Config, dict(
+            MLA, num_key_value_heads=4, q_lora_rank=None, n_shared_experts=2, num_experts_per_tok=2,
+            n_group=1, topk_group=1, routed_scaling_factor=1.0, norm_topk_prob=False,
+            rope_interleave=False, rope_parameters=dict(rope_type="default", rope_theta=10000.0))),
+    })
+
 
 def randomize(model, gen):
     # HF's init leaves norms at 1 and biases at 0, which would hide a missing
@@ -85,6 +120,9 @@ def randomize(model, gen):
                 p.copy_(1.0 + 0.2 * noise)
             else:
                 p.copy_(0.15 * noise)
+        for name, b in model.named_buffers():  # DeepSeek-V3's noaux_tc routing bias
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(0.3 * torch.randn(b.shape, generator=gen, dtype=torch.float32))
 
 
 def main(out, only):
@@ -109,10 +147,23 @@ def main(out, only):
                   os.path.join(d, "reference.safetensors"),
                   metadata={"transformers": transformers.__version__, "torch": torch.__version__})
         print(f"{name}: logits {tuple(logits.shape)} |max| {logits.abs().max():.3f}")
+    write_readme(out)
+
+
+def write_readme(out):
+    """README.md: each variant with the versions its reference file records."""
+    from safetensors import safe_open
+    lines = ["Tiny random models saved by Hugging Face transformers and their float32 logits,",
+             "made by tests/ref/make_hf_reference.py. Not produced by finmoe.", ""]
+    for name in sorted(os.listdir(out)):
+        ref = os.path.join(out, name, "reference.safetensors")
+        if os.path.exists(ref):
+            with safe_open(ref, "pt") as f:
+                meta = f.metadata() or {}
+            lines.append(f"- {name}: transformers {meta.get('transformers', '?')}, "
+                         f"torch {meta.get('torch', '?')}")
     with open(os.path.join(out, "README.md"), "w") as f:
-        f.write("Tiny random models saved by Hugging Face transformers "
-                f"{transformers.__version__} (torch {torch.__version__}) and their float32 "
-                "logits, made by tests/ref/make_hf_reference.py. Not produced by finmoe.\n")
+        f.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
