@@ -55,6 +55,7 @@ struct QuantizationConfig {
 
 struct ModelConfig {
   std::string model_type;  // llama | qwen2 | mistral | mixtral | qwen2_moe | finer_moe | finmoe_dense
+                           // | deepseek_v2 | deepseek_v3
   std::vector<std::string> architectures; // e.g. ["Qwen2ForCausalLM"]
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
@@ -97,6 +98,31 @@ struct ModelConfig {
   int64_t G_I = 1, R_I = 1, G_O = 1, R_O = 1;
   bool moe_concat_proj = false;       // an extra hidden x hidden projection after the concat
 
+  // ---- DeepSeek-V2/V3 (docs/formats/deepseek.md). Multi-head latent attention:
+  // q = q_proj(x), or q_b_proj(q_a_layernorm(q_a_proj(x))) when q_lora_rank > 0;
+  // [latent | k_rope] = kv_a_proj_with_mqa(x); [k_nope | v] per head =
+  // kv_b_proj(kv_a_layernorm(latent)); the rope part is shared by all heads.
+  int64_t q_lora_rank = 0;           // 0 (null in config.json): q_proj
+  int64_t kv_lora_rank = 0;          // > 0: the model uses MLA
+  int64_t qk_nope_head_dim = 0;
+  int64_t qk_rope_head_dim = 0;      // = head_dim (the rope's dims)
+  int64_t v_head_dim = 0;
+  // DeepSeekMoE: n_shared_experts always-on experts of moe_intermediate_size
+  // each (one MLP of their summed width, no gate); routed weights times
+  // routed_scaling_factor; scoring softmax | sigmoid; topk_method greedy |
+  // group_limited_greedy (best topk_group of n_group groups by their best
+  // score) | noaux_tc (sigmoid + e_score_correction_bias for the choice,
+  // groups by their best two). Layer i is MoE when i >= first_k_dense_replace
+  // and i % moe_layer_freq == 0.
+  int64_t n_shared_experts = 0;
+  double routed_scaling_factor = 1.0;
+  std::string scoring_func = "softmax";
+  std::string topk_method = "greedy";
+  int64_t n_group = 1;
+  int64_t topk_group = 1;
+  int64_t first_k_dense_replace = 0;
+  int64_t moe_layer_freq = 1;
+
   // Derived in finalize():
   std::vector<bool> moe_layers;       // per layer: MoE FFN (true) or dense SwiGLU
   std::vector<bool> sliding_layers;   // per layer: attends only to the last sliding_window positions
@@ -134,6 +160,7 @@ struct ModelConfig {
     TopKSoftmax,  // mixtral, finer_moe: softmax over the selected top-k logits
     SoftmaxTopK,  // qwen2_moe: softmax over all experts, keep top-k (renormalised if norm_topk_prob)
     Dense,        // finmoe_dense: softmax over all experts, all active (FinMoE Eq. 2)
+    DeepSeek,     // deepseek_v2/v3: scoring_func, topk_method, groups, scaling factor
   };
   Routing routing() const;
   int64_t T_I() const { return G_O > 0 ? num_experts_per_tok / G_O : 0; }
@@ -141,8 +168,16 @@ struct ModelConfig {
   int64_t param_count() const;
   int64_t active_param_count() const;
 
-  // K and V values cached per token over all layers.
-  int64_t kv_values_per_token() const { return 2 * num_hidden_layers * kv_size(); }
+  bool is_deepseek() const { return model_type == "deepseek_v2" || model_type == "deepseek_v3"; }
+  bool is_mla() const { return kv_lora_rank > 0; }
+  int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
+  // K and V values cached per token over all layers (MLA: its expanded
+  // per-head keys and values, which is what the cache holds today).
+  int64_t kv_values_per_token() const {
+    if (is_mla())
+      return num_hidden_layers * num_attention_heads * (qk_head_dim() + v_head_dim);
+    return 2 * num_hidden_layers * kv_size();
+  }
 };
 
 struct GenerationConfig {

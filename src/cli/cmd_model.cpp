@@ -130,6 +130,14 @@ void add_info(CLI::App& app, Run& run) {
                            (cfg.norm_topk_prob ? ", renormalised" : "");
             break;
           case ModelConfig::Routing::TopKSoftmax: routing_name = "softmax over the top-k logits"; break;
+          case ModelConfig::Routing::DeepSeek:
+            routing_name = cfg.scoring_func + " scores, " + cfg.topk_method +
+                           (cfg.n_group > 1 ? " (best " + std::to_string(cfg.topk_group) + " of " +
+                                                  std::to_string(cfg.n_group) + " groups)"
+                                            : std::string()) +
+                           (cfg.norm_topk_prob ? ", renormalised" : "") + ", x" +
+                           std::to_string(cfg.routed_scaling_factor).substr(0, 4);
+            break;
         }
         std::vector<int64_t> moe_layers;
         for (size_t l = 0; l < cfg.moe_layers.size(); ++l)
@@ -195,6 +203,12 @@ void add_info(CLI::App& app, Run& run) {
                 << (cfg.attention_bias ? ", qkv bias" : "") << "; SwiGLU " << cfg.hidden_size
                 << "->" << cfg.intermediate_size << "] = " << human(double(per_layer))
                 << " params in layer 0\n";
+      if (cfg.is_mla())
+        std::cout << "mla         q " << (cfg.q_lora_rank > 0 ? "lora " + std::to_string(cfg.q_lora_rank)
+                                                              : std::string("proj"))
+                  << ", kv latent " << cfg.kv_lora_rank << " + rope " << cfg.qk_rope_head_dim
+                  << "; per head qk " << cfg.qk_nope_head_dim << "+" << cfg.qk_rope_head_dim
+                  << ", v " << cfg.v_head_dim << "\n";
       if (cfg.quantization) {
         const QuantizationConfig& q = *cfg.quantization;
         std::cout << "weights     int8 (" << q.quant_method << " v" << q.format_version << "), "

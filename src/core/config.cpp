@@ -170,6 +170,29 @@ ModelConfig defaults_for(const std::string& model_type) {
     c.shared_expert_intermediate_size = 5632;
   } else if (model_type == "finmoe_dense") {
     c.max_position_embeddings = 2048;
+  } else if (model_type == "deepseek_v2" || model_type == "deepseek_v3") {
+    // HF's DeepseekV2Config / DeepseekV3Config defaults
+    const bool v3 = model_type == "deepseek_v3";
+    c.max_position_embeddings = v3 ? 4096 : 2048;
+    c.bos_token_id = v3 ? 0 : 1;
+    c.eos_token_id = {v3 ? 1 : 2};
+    c.q_lora_rank = 1536;
+    c.kv_lora_rank = 512;
+    c.qk_nope_head_dim = 128;
+    c.qk_rope_head_dim = 64;
+    c.v_head_dim = 128;
+    c.num_experts = v3 ? 256 : 64;
+    c.num_experts_per_tok = v3 ? 8 : 0;  // v2: no default, the config must say
+    c.moe_intermediate_size = v3 ? 2048 : 1407;
+    c.n_shared_experts = v3 ? 1 : 2;
+    c.routed_scaling_factor = v3 ? 2.5 : 1.0;
+    c.scoring_func = v3 ? "sigmoid" : "softmax";
+    c.topk_method = v3 ? "noaux_tc" : "greedy";
+    c.n_group = v3 ? 8 : 1;
+    c.topk_group = v3 ? 4 : 1;
+    c.first_k_dense_replace = v3 ? 3 : 0;
+    c.norm_topk_prob = v3;
+    c.rope_interleaved = true;  // v2 always; v3 unless rope_interleave is false
   }
   return c;
 }
@@ -245,9 +268,9 @@ const json* find_or_null(const json& j, const std::string& key) {
 }  // namespace
 
 const std::vector<std::string>& ModelConfig::supported_model_types() {
-  static const std::vector<std::string> types = {"llama",     "qwen2",     "mistral",
-                                                  "mixtral",   "qwen2_moe", "finer_moe",
-                                                  "finmoe_dense"};
+  static const std::vector<std::string> types = {
+      "llama",     "qwen2",        "mistral",     "mixtral",    "qwen2_moe",
+      "finer_moe", "finmoe_dense", "deepseek_v2", "deepseek_v3"};
   return types;
 }
 
@@ -278,6 +301,37 @@ static void finalize_sliding(ModelConfig& c,
 
 static void finalize_moe(ModelConfig& c,
                          const std::function<void(const std::string&, const std::string&)>& fail);
+
+// The MLA and DeepSeekMoE keys of a deepseek_v2 / deepseek_v3 config.json.
+static void read_deepseek(const Fields& f, ModelConfig& c) {
+  std::optional<int64_t> q_lora = c.q_lora_rank;
+  f.read("q_lora_rank", q_lora);  // null: q_proj
+  c.q_lora_rank = q_lora.value_or(0);
+  f.read("kv_lora_rank", c.kv_lora_rank);
+  f.read("qk_nope_head_dim", c.qk_nope_head_dim);
+  f.read("qk_rope_head_dim", c.qk_rope_head_dim);
+  f.read("v_head_dim", c.v_head_dim);
+  c.head_dim = c.qk_rope_head_dim;  // the rope's dims, as HF's config sets it
+  if (c.model_type == "deepseek_v3") f.read("rope_interleave", c.rope_interleaved);
+  f.read("attention_bias", c.attention_bias);
+  f.read("n_routed_experts", c.num_experts);
+  f.read("num_experts_per_tok", c.num_experts_per_tok);
+  f.read("moe_intermediate_size", c.moe_intermediate_size);
+  f.read("n_shared_experts", c.n_shared_experts);
+  c.shared_expert_intermediate_size = c.moe_intermediate_size * c.n_shared_experts;
+  f.read("routed_scaling_factor", c.routed_scaling_factor);
+  f.read("scoring_func", c.scoring_func);
+  f.read("topk_method", c.topk_method);
+  std::optional<int64_t> n_group = c.n_group, topk_group = c.topk_group;
+  f.read("n_group", n_group);
+  f.read("topk_group", topk_group);
+  c.n_group = n_group.value_or(1);
+  c.topk_group = topk_group.value_or(1);
+  f.read("norm_topk_prob", c.norm_topk_prob);
+  f.read("first_k_dense_replace", c.first_k_dense_replace);
+  f.read("moe_layer_freq", c.moe_layer_freq);
+  f.read("aux_loss_alpha", c.router_aux_loss_coef);
+}
 
 ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   if (!j.is_object()) throw Error(source + ": expected a JSON object, got " + json_type(j));
@@ -336,6 +390,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
     f.read("router_aux_loss_coef", c.router_aux_loss_coef);
     if (model_type == "finmoe_dense") c.num_experts_per_tok = c.num_experts;
   }
+  if (c.is_deepseek()) read_deepseek(f, c);
   if (model_type == "finer_moe") {
     f.read("G_I", c.G_I);
     f.read("R_I", c.R_I);
@@ -393,6 +448,17 @@ void ModelConfig::finalize(const std::string& source) {
     head_dim = hidden_size / num_attention_heads;
   }
   positive("head_dim", head_dim);
+  if (is_deepseek()) {
+    positive("kv_lora_rank", kv_lora_rank);
+    positive("qk_rope_head_dim", qk_rope_head_dim);
+    positive("v_head_dim", v_head_dim);
+    if (qk_nope_head_dim < 0) fail("qk_nope_head_dim", "must not be negative");
+    if (q_lora_rank < 0) fail("q_lora_rank", "must be positive or null");
+    if (qk_rope_head_dim % 2 != 0)
+      fail("qk_rope_head_dim", "must be even (rope rotates pairs), got " +
+                                   std::to_string(qk_rope_head_dim));
+    head_dim = qk_rope_head_dim;
+  }
   if (sliding_window) positive("sliding_window", *sliding_window);
   finalize_sliding(*this, fail);
   if (!(rms_norm_eps > 0)) fail("rms_norm_eps", "must be positive");
@@ -403,13 +469,37 @@ void ModelConfig::finalize(const std::string& source) {
   finalize_moe(*this, fail);
 }
 
+static void finalize_deepseek_moe(
+    ModelConfig& c, const std::function<void(const std::string&, const std::string&)>& fail) {
+  const auto str = [](int64_t v) { return std::to_string(v); };
+  if (c.scoring_func != "softmax" && c.scoring_func != "sigmoid")
+    fail("scoring_func", "has unsupported value '" + c.scoring_func + "' (supported: softmax, sigmoid)");
+  if (c.topk_method != "greedy" && c.topk_method != "group_limited_greedy" &&
+      c.topk_method != "noaux_tc")
+    fail("topk_method", "has unsupported value '" + c.topk_method +
+                            "' (supported: greedy, group_limited_greedy, noaux_tc)");
+  if (c.n_group <= 0 || c.num_experts % c.n_group != 0)
+    fail("n_group", str(c.n_group) + " does not divide n_routed_experts " + str(c.num_experts));
+  if (c.topk_group <= 0 || c.topk_group > c.n_group)
+    fail("topk_group", "must be in [1, n_group=" + str(c.n_group) + "], got " + str(c.topk_group));
+  if (c.topk_method == "noaux_tc" && c.num_experts / c.n_group < 2)
+    fail("n_group", "noaux_tc scores a group by its best two experts: needs >= 2 experts per group");
+  if (c.first_k_dense_replace < 0) fail("first_k_dense_replace", "must not be negative");
+  if (c.moe_layer_freq <= 0) fail("moe_layer_freq", "must be positive");
+  if (c.n_shared_experts < 0) fail("n_shared_experts", "must not be negative");
+  if (!(c.routed_scaling_factor > 0)) fail("routed_scaling_factor", "must be positive");
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i)
+    c.moe_layers[size_t(i)] = i >= c.first_k_dense_replace && i % c.moe_layer_freq == 0;
+}
+
 static void finalize_moe(ModelConfig& c,
                          const std::function<void(const std::string&, const std::string&)>& fail) {
   const auto str = [](int64_t v) { return std::to_string(v); };
   c.moe_layers.assign(size_t(c.num_hidden_layers), false);
   if (c.num_experts == 0) return;
   const bool mixtral = c.model_type == "mixtral";
-  const std::string n_key = mixtral ? "num_local_experts" : "num_experts";
+  const std::string n_key =
+      mixtral ? "num_local_experts" : c.is_deepseek() ? "n_routed_experts" : "num_experts";
   if (c.num_experts < 0) fail(n_key, "must not be negative, got " + str(c.num_experts));
   if (c.model_type == "finmoe_dense") c.num_experts_per_tok = c.num_experts;
   if (c.num_experts_per_tok <= 0 || c.num_experts_per_tok > c.num_experts)
@@ -444,6 +534,10 @@ static void finalize_moe(ModelConfig& c,
     if (c.hidden_size % c.G_O != 0)
       fail("G_O", "hidden_size " + str(c.hidden_size) + " is not divisible by G_O=" + str(c.G_O));
   }
+  if (c.is_deepseek()) {
+    finalize_deepseek_moe(c, fail);
+    return;
+  }
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const bool dense_only = std::find(c.mlp_only_layers.begin(), c.mlp_only_layers.end(), i) !=
                             c.mlp_only_layers.end();
@@ -460,6 +554,7 @@ bool ModelConfig::o_proj_bias() const {
 ModelConfig::Routing ModelConfig::routing() const {
   if (model_type == "finmoe_dense") return Routing::Dense;
   if (model_type == "qwen2_moe") return Routing::SoftmaxTopK;
+  if (is_deepseek()) return Routing::DeepSeek;
   return Routing::TopKSoftmax;
 }
 
@@ -472,16 +567,25 @@ int64_t swiglu_params(int64_t in, int64_t width, int64_t out, bool bias) {
 // Parameters of one layer; `experts_counted` routed experts of the MoE FFN.
 int64_t layer_params(const ModelConfig& c, size_t layer, int64_t experts_counted) {
   const int64_t D = c.hidden_size;
-  int64_t n = 2 * D;                                            // the two norms
-  n += D * c.q_size() + 2 * D * c.kv_size() + c.q_size() * D;  // q, k, v, o
-  if (c.attention_bias) n += c.q_size() + 2 * c.kv_size();
-  if (c.o_proj_bias()) n += D;
+  int64_t n = 2 * D;  // the two norms
+  if (c.is_mla()) {
+    const int64_t H = c.num_attention_heads, R = c.kv_lora_rank, qr = c.q_lora_rank;
+    n += qr > 0 ? D * qr + qr + qr * H * c.qk_head_dim() : D * H * c.qk_head_dim();
+    n += D * (R + c.qk_rope_head_dim) + R + R * H * (c.qk_nope_head_dim + c.v_head_dim);
+    n += H * c.v_head_dim * D;
+    if (c.attention_bias) n += (qr > 0 ? qr : 0) + R + c.qk_rope_head_dim + D;
+  } else {
+    n += D * c.q_size() + 2 * D * c.kv_size() + c.q_size() * D;  // q, k, v, o
+    if (c.attention_bias) n += c.q_size() + 2 * c.kv_size();
+    if (c.o_proj_bias()) n += D;
+  }
   if (!c.is_moe() || !c.moe_layers[layer])
     return n + swiglu_params(D, c.intermediate_size, D, c.mlp_bias);
   n += c.num_experts * D;  // router
+  if (c.is_deepseek() && c.topk_method == "noaux_tc") n += c.num_experts;  // its choice bias
   n += experts_counted * swiglu_params(D, c.moe_intermediate_size, D / c.G_O, false);
-  if (c.shared_expert_intermediate_size > 0)
-    n += swiglu_params(D, c.shared_expert_intermediate_size, D, false) + D;  // + its gate
+  if (c.shared_expert_intermediate_size > 0)  // + its gate, except DeepSeek's
+    n += swiglu_params(D, c.shared_expert_intermediate_size, D, false) + (c.is_deepseek() ? 0 : D);
   if (c.moe_concat_proj) n += D * D;
   return n;
 }
@@ -554,7 +658,11 @@ json ModelConfig::to_json() const {
     }
     j["rope_scaling"] = rs;
   }
-  put(j, "rope_interleaved", rope_interleaved, !rope_interleaved);
+  if (is_deepseek()) {  // v2's pairs are always interleaved; v3 says so in rope_interleave
+    if (model_type == "deepseek_v3") j["rope_interleave"] = rope_interleaved;
+  } else {
+    put(j, "rope_interleaved", rope_interleaved, !rope_interleaved);
+  }
   put(j, "max_position_embeddings", max_position_embeddings,
       max_position_embeddings == d.max_position_embeddings);
   put(j, "tie_word_embeddings", tie_word_embeddings, tie_word_embeddings == d.tie_word_embeddings);
@@ -578,6 +686,25 @@ json ModelConfig::to_json() const {
     j["decoder_sparse_step"] = decoder_sparse_step;
     j["mlp_only_layers"] = mlp_only_layers;
     num("router_aux_loss_coef", router_aux_loss_coef, 0.001);
+  }
+  if (is_deepseek()) {
+    j["q_lora_rank"] = q_lora_rank > 0 ? json(q_lora_rank) : json(nullptr);
+    j["kv_lora_rank"] = kv_lora_rank;
+    j["qk_nope_head_dim"] = qk_nope_head_dim;
+    j["qk_rope_head_dim"] = qk_rope_head_dim;
+    j["v_head_dim"] = v_head_dim;
+    j["n_routed_experts"] = num_experts;
+    j["num_experts_per_tok"] = num_experts_per_tok;
+    j["moe_intermediate_size"] = moe_intermediate_size;
+    j["n_shared_experts"] = n_shared_experts;
+    num("routed_scaling_factor", routed_scaling_factor, -1.0);
+    j["scoring_func"] = scoring_func;
+    j["topk_method"] = topk_method;
+    j["n_group"] = n_group;
+    j["topk_group"] = topk_group;
+    j["norm_topk_prob"] = norm_topk_prob;
+    j["first_k_dense_replace"] = first_k_dense_replace;
+    j["moe_layer_freq"] = moe_layer_freq;
   }
   if (model_type == "finer_moe") {
     j["G_I"] = G_I;
@@ -668,7 +795,8 @@ std::string default_architecture(const std::string& model_type) {
       {"llama", "LlamaForCausalLM"},         {"qwen2", "Qwen2ForCausalLM"},
       {"mistral", "MistralForCausalLM"},     {"mixtral", "MixtralForCausalLM"},
       {"qwen2_moe", "Qwen2MoeForCausalLM"},  {"finer_moe", "FineRMoeForCausalLM"},
-      {"finmoe_dense", "FinMoeDenseForCausalLM"}};
+      {"finmoe_dense", "FinMoeDenseForCausalLM"}, {"deepseek_v2", "DeepseekV2ForCausalLM"},
+      {"deepseek_v3", "DeepseekV3ForCausalLM"}};
   auto it = names.find(model_type);
   if (it == names.end())
     throw Error("model_type '" + model_type + "' is not supported (supported: " +

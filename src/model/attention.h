@@ -1,7 +1,13 @@
 #pragma once
 // Grouped-query attention (MHA when kv_heads == heads) with optional q/k/v
 // bias, RoPE, and two entries: the training forward over [B,T] and the
-// paged-KV inference step over a ragged batch.
+// paged-KV inference step over a ragged batch. DeepSeek's multi-head latent
+// attention (config.is_mla()) is the same module with other projections:
+//   q_proj | q_a_proj, q_a_layernorm, q_b_proj     q [H, qk_nope + qk_rope]
+//   kv_a_proj_with_mqa -> [latent kv_lora_rank | k_rope], k_rope shared by the heads
+//   kv_a_layernorm, kv_b_proj: latent -> [H, qk_nope + v_head_dim]
+//   o_proj                                          [D, H * v_head_dim]
+// Its cache holds the expanded per-head K and V (a latent cache is not there yet).
 #include <torch/torch.h>
 
 #include "finmoe/model.h"
@@ -48,13 +54,28 @@ class AttentionImpl : public torch::nn::Module {
   torch::Tensor step(const torch::Tensor& x, const StepPlan& plan,
                      std::vector<torch::Tensor>& cache);
 
-  CacheSpec cache_spec() const { return {{n_kv_head_, head_dim_}, {n_kv_head_, head_dim_}}; }
+  CacheSpec cache_spec() const {
+    if (mla_) return {{n_head_, nope_dim_ + head_dim_}, {n_head_, v_dim_}};
+    return {{n_kv_head_, head_dim_}, {n_kv_head_, head_dim_}};
+  }
   const Rope& rope() const { return rope_; }
   int64_t window() const { return window_; }
 
   Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  // MLA only (k_proj and v_proj stay null; q_proj too when q_lora_rank > 0)
+  Linear q_a_proj{nullptr}, q_b_proj{nullptr}, kv_a_proj_with_mqa{nullptr}, kv_b_proj{nullptr};
+  RMSNorm q_a_layernorm{nullptr}, kv_a_layernorm{nullptr};
 
  private:
+  // MLA: per-head q, k [..., H, qk_nope + qk_rope] (rope applied) and v
+  // [..., H, v_head_dim] of x [..., D]; cos/sin [..., qk_rope].
+  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> mla_qkv(const torch::Tensor& x,
+                                                                  const torch::Tensor& cos,
+                                                                  const torch::Tensor& sin);
+  // step()'s libtorch path from q [N,H,dk], k [N,Hkv,dk], v [N,Hkv,dv]: writes
+  // k/v to the cache, attends per sequence, returns [N, H*dv] before o_proj.
+  torch::Tensor step_torch(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                           const StepPlan& plan, std::vector<torch::Tensor>& cache);
   // step() through the fused CPU kernels: RoPE and the cache write in place,
   // attention read straight from the paged cache.
   torch::Tensor step_kernels(const torch::Tensor& x, const StepPlan& plan,
@@ -65,7 +86,9 @@ class AttentionImpl : public torch::nn::Module {
   torch::Tensor step_cuda(const torch::Tensor& x, const StepPlan& plan,
                           std::vector<torch::Tensor>& cache);
 
-  int64_t n_head_, n_kv_head_, head_dim_;
+  int64_t n_head_, n_kv_head_, head_dim_;  // MLA: head_dim_ = qk_rope_head_dim
+  bool mla_ = false;
+  int64_t nope_dim_ = 0, v_dim_ = 0, kv_lora_ = 0;
   int64_t window_;
   double scale_;
   Rope rope_;

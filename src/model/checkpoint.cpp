@@ -72,11 +72,34 @@ void check_int8_range(const TensorView& v, const std::string& file) {
 }
 
 // A MoE layer's tensors (see model/moe.h for the layout).
+// MLA (attention.h): q_proj or its low-rank pair, the joint KV projection, o_proj.
+void mla_tensors(const ModelConfig& c, const std::string& p, std::vector<TensorSpec>& out) {
+  const int64_t D = c.hidden_size, H = c.num_attention_heads, R = c.kv_lora_rank;
+  const int64_t qr = c.q_lora_rank, rope = c.qk_rope_head_dim;
+  const bool bias = c.attention_bias;
+  if (qr > 0) {
+    out.push_back({p + "q_a_proj.weight", {qr, D}});
+    if (bias) out.push_back({p + "q_a_proj.bias", {qr}});
+    out.push_back({p + "q_a_layernorm.weight", {qr}});
+    out.push_back({p + "q_b_proj.weight", {H * c.qk_head_dim(), qr}});
+  } else {
+    out.push_back({p + "q_proj.weight", {H * c.qk_head_dim(), D}});
+  }
+  out.push_back({p + "kv_a_proj_with_mqa.weight", {R + rope, D}});
+  if (bias) out.push_back({p + "kv_a_proj_with_mqa.bias", {R + rope}});
+  out.push_back({p + "kv_a_layernorm.weight", {R}});
+  out.push_back({p + "kv_b_proj.weight", {H * (c.qk_nope_head_dim + c.v_head_dim), R}});
+  out.push_back({p + "o_proj.weight", {D, H * c.v_head_dim}});
+  if (bias) out.push_back({p + "o_proj.bias", {D}});
+}
+
 void moe_tensors(const ModelConfig& c, const std::string& layer, std::vector<TensorSpec>& out) {
   const int64_t D = c.hidden_size, Fe = c.moe_intermediate_size, E = c.num_experts;
   const bool mixtral = c.model_type == "mixtral";
   const std::string p = layer + (mixtral ? "block_sparse_moe." : "mlp.");
   out.push_back({p + "gate.weight", {E, D}});
+  if (c.is_deepseek() && c.topk_method == "noaux_tc")
+    out.push_back({p + "gate.e_score_correction_bias", {E}});
   for (int64_t e = 0; e < E; ++e) {
     const std::string x = p + "experts." + std::to_string(e) + ".";
     out.push_back({x + (mixtral ? "w1" : "gate_proj") + ".weight", {Fe, D}});
@@ -84,10 +107,11 @@ void moe_tensors(const ModelConfig& c, const std::string& layer, std::vector<Ten
     out.push_back({x + (mixtral ? "w3" : "up_proj") + ".weight", {Fe, D}});
   }
   if (const int64_t Fs = c.shared_expert_intermediate_size; Fs > 0) {
-    out.push_back({p + "shared_expert.gate_proj.weight", {Fs, D}});
-    out.push_back({p + "shared_expert.up_proj.weight", {Fs, D}});
-    out.push_back({p + "shared_expert.down_proj.weight", {D, Fs}});
-    out.push_back({p + "shared_expert_gate.weight", {1, D}});
+    const std::string s = p + (c.is_deepseek() ? "shared_experts." : "shared_expert.");
+    out.push_back({s + "gate_proj.weight", {Fs, D}});
+    out.push_back({s + "up_proj.weight", {Fs, D}});
+    out.push_back({s + "down_proj.weight", {D, Fs}});
+    if (!c.is_deepseek()) out.push_back({p + "shared_expert_gate.weight", {1, D}});
   }
   if (c.moe_concat_proj) out.push_back({p + "concat_proj.weight", {D, D}});
 }
@@ -140,16 +164,20 @@ std::vector<TensorSpec> expected_tensors(const ModelConfig& c) {
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
     out.push_back({p + "input_layernorm.weight", {D}});
-    out.push_back({p + "self_attn.q_proj.weight", {c.q_size(), D}});
-    out.push_back({p + "self_attn.k_proj.weight", {c.kv_size(), D}});
-    out.push_back({p + "self_attn.v_proj.weight", {c.kv_size(), D}});
-    if (c.attention_bias) {
-      out.push_back({p + "self_attn.q_proj.bias", {c.q_size()}});
-      out.push_back({p + "self_attn.k_proj.bias", {c.kv_size()}});
-      out.push_back({p + "self_attn.v_proj.bias", {c.kv_size()}});
+    if (c.is_mla()) {
+      mla_tensors(c, p + "self_attn.", out);
+    } else {
+      out.push_back({p + "self_attn.q_proj.weight", {c.q_size(), D}});
+      out.push_back({p + "self_attn.k_proj.weight", {c.kv_size(), D}});
+      out.push_back({p + "self_attn.v_proj.weight", {c.kv_size(), D}});
+      if (c.attention_bias) {
+        out.push_back({p + "self_attn.q_proj.bias", {c.q_size()}});
+        out.push_back({p + "self_attn.k_proj.bias", {c.kv_size()}});
+        out.push_back({p + "self_attn.v_proj.bias", {c.kv_size()}});
+      }
+      out.push_back({p + "self_attn.o_proj.weight", {D, c.q_size()}});
+      if (o_bias) out.push_back({p + "self_attn.o_proj.bias", {D}});
     }
-    out.push_back({p + "self_attn.o_proj.weight", {D, c.q_size()}});
-    if (o_bias) out.push_back({p + "self_attn.o_proj.bias", {D}});
     out.push_back({p + "post_attention_layernorm.weight", {D}});
     if (c.is_moe() && c.moe_layers.at(size_t(i))) {
       moe_tensors(c, p, out);

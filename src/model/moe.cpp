@@ -1,6 +1,7 @@
 #include "model/moe.h"
 
 #include <algorithm>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -24,7 +25,43 @@ torch::Tensor finer_moe_mask(const torch::Tensor& logits, const ModelConfig& c) 
   return sum_mask.logical_and(cc_mask).reshape({T, c.num_experts});       // [T, E]
 }
 
-RouterOutput route(const torch::Tensor& logits_in, const ModelConfig& c) {
+// DeepSeekMoE: scores (softmax or sigmoid), the choice among the best
+// topk_group of n_group groups, the chosen experts' scores as weights,
+// renormalised and scaled as each version does (v2: renormalised or scaled;
+// v3: renormalised when asked, then scaled).
+void route_deepseek(RouterOutput& r, const ModelConfig& c, const torch::Tensor& choice_bias) {
+  const int64_t T = r.logits.size(0), E = c.num_experts, k = c.num_experts_per_tok;
+  auto scores = c.scoring_func == "sigmoid" ? torch::sigmoid(r.logits) : torch::softmax(r.logits, -1);
+  auto choice = choice_bias.defined() ? scores + choice_bias.to(scores.scalar_type()) : scores;
+  const bool noaux = c.topk_method == "noaux_tc";
+  if (c.topk_method != "greedy" && c.n_group > 1) {
+    const int64_t per_group = E / c.n_group;
+    auto grouped = choice.view({T, c.n_group, per_group});
+    auto group_scores = noaux ? std::get<0>(grouped.topk(2, -1)).sum(-1)  // best two
+                              : std::get<0>(grouped.max(-1));              // best one
+    auto best = std::get<1>(group_scores.topk(c.topk_group, -1));         // [T, topk_group]
+    auto keep = torch::zeros({T, c.n_group}, scores.options().dtype(torch::kBool))
+                    .scatter_(1, best, true)
+                    .unsqueeze(-1)
+                    .expand({T, c.n_group, per_group})
+                    .reshape({T, E});
+    // HF: v3 masks with -inf, v2 with 0 (scores are positive there)
+    choice = choice.masked_fill(keep.logical_not(),
+                                noaux ? -std::numeric_limits<double>::infinity() : 0.0);
+  }
+  r.indices = std::get<1>(choice.topk(k, -1));  // [T, k]
+  r.weights = scores.gather(1, r.indices);
+  const auto normalised = [&] { return r.weights / (r.weights.sum(-1, true) + 1e-20); };
+  if (c.model_type == "deepseek_v2") {
+    r.weights = k > 1 && c.norm_topk_prob ? normalised() : r.weights * c.routed_scaling_factor;
+  } else {
+    if (c.norm_topk_prob) r.weights = normalised();
+    r.weights = r.weights * c.routed_scaling_factor;
+  }
+}
+
+RouterOutput route(const torch::Tensor& logits_in, const ModelConfig& c,
+                   const torch::Tensor& choice_bias) {
   RouterOutput r;
   r.logits = at_least_float32(logits_in);  // [T, E]
   const int64_t T = r.logits.size(0), E = c.num_experts, k = c.num_experts_per_tok;
@@ -39,6 +76,9 @@ RouterOutput route(const torch::Tensor& logits_in, const ModelConfig& c) {
       if (c.norm_topk_prob) r.weights = r.weights / r.weights.sum(-1, /*keepdim=*/true);
       break;
     }
+    case ModelConfig::Routing::DeepSeek:
+      route_deepseek(r, c, choice_bias);
+      break;
     case ModelConfig::Routing::TopKSoftmax: {
       auto masked = r.logits;
       if (c.G_O * c.R_O > 1 || c.T_I() < c.G_I * c.R_I)
@@ -75,15 +115,20 @@ MoeImpl::MoeImpl(const ModelConfig& c, torch::TensorOptions options) : config_(c
   per_slice_ = c.R_O * c.G_I * c.R_I;
   const bool mixtral = c.model_type == "mixtral";
   gate = register_module("gate", Linear(D, c.num_experts, false, options));
+  if (c.is_deepseek() && c.topk_method == "noaux_tc")
+    score_bias = gate->register_parameter("e_score_correction_bias",
+                                          torch::zeros({c.num_experts}, options), false);
   auto list = register_module("experts", torch::nn::ModuleList());
   for (int64_t e = 0; e < c.num_experts; ++e) {
     experts.push_back(Mlp(D, c.moe_intermediate_size, false, options, slice_, mixtral));
     list->push_back(experts.back());
   }
   if (c.shared_expert_intermediate_size > 0) {
-    shared_expert = register_module(
-        "shared_expert", Mlp(D, c.shared_expert_intermediate_size, false, options));
-    shared_expert_gate = register_module("shared_expert_gate", Linear(D, 1, false, options));
+    shared_expert =
+        register_module(c.is_deepseek() ? "shared_experts" : "shared_expert",
+                        Mlp(D, c.shared_expert_intermediate_size, false, options));
+    if (!c.is_deepseek())
+      shared_expert_gate = register_module("shared_expert_gate", Linear(D, 1, false, options));
   }
   if (c.moe_concat_proj) concat_proj = register_module("concat_proj", Linear(D, D, false, options));
 }
@@ -173,7 +218,7 @@ torch::Tensor MoeImpl::forward(const torch::Tensor& x_in, RouterOutput* router_o
   const int64_t D = shape.back();
   auto x = x_in.reshape({-1, D});  // [T, D]
   const int64_t T = x.size(0);
-  RouterOutput r = route(gate(x), config_);
+  RouterOutput r = route(gate(x), config_, score_bias);
   auto out = torch::zeros({T, D}, x.options());  // [T, D]
   const auto dtype = x.scalar_type();
 
@@ -211,7 +256,10 @@ torch::Tensor MoeImpl::forward(const torch::Tensor& x_in, RouterOutput* router_o
     }
   }
   if (concat_proj) out = concat_proj(out);
-  if (shared_expert) out = out + shared_expert(x) * torch::sigmoid(shared_expert_gate(x));
+  if (shared_expert_gate)
+    out = out + shared_expert(x) * torch::sigmoid(shared_expert_gate(x));
+  else if (shared_expert)
+    out = out + shared_expert(x);
   if (router_out) *router_out = std::move(r);
   return out.view(shape);
 }

@@ -7,6 +7,8 @@
 //   finer_moe     qwen2_moe's names + mlp.concat_proj; FineRMoE's bi-level router
 //                 (Algorithm 1) and experts writing hidden/G_O slices (concatenation)
 //   finmoe_dense  mlp.{gate, experts.{e}.*_proj}; all experts, softmax gate (FinMoE Eq. 1-2)
+//   deepseek_v2/3 mlp.{gate[.e_score_correction_bias], experts.{e}.*_proj, shared_experts.*};
+//                 DeepSeekMoE routing (ModelConfig::Routing::DeepSeek), ungated shared experts
 //
 // Experts are separate modules named as in the HF checkpoints (not stacked
 // [E, out, in]): loading stays a zero-copy name walk over the mmapped file, and
@@ -21,8 +23,11 @@
 namespace finmoe {
 
 // Router logits [T, E] (float32) -> selected experts and their weights, per
-// config.routing() and, for finer_moe, FineRMoE's Algorithm 1.
-RouterOutput route(const torch::Tensor& logits, const ModelConfig& config);
+// config.routing() and, for finer_moe, FineRMoE's Algorithm 1. `choice_bias`
+// [E] (DeepSeek's noaux_tc e_score_correction_bias) shifts which experts are
+// chosen, not their weights.
+RouterOutput route(const torch::Tensor& logits, const ModelConfig& config,
+                   const torch::Tensor& choice_bias = {});
 
 // FineRMoE Algorithm 1, lines 7-21: which experts a token may use. logits [T, E]
 // -> bool [T, E]; T_I per group of G_I*R_I experts, and only the groups of the
@@ -36,9 +41,11 @@ class MoeImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, RouterOutput* router = nullptr);
 
   Linear gate{nullptr};                      // router, weight [E, D]
+  torch::Tensor score_bias;                  // deepseek noaux_tc: gate.e_score_correction_bias [E]
   std::vector<Mlp> experts;                  // E experts: D -> moe_intermediate -> D/G_O
   Mlp shared_expert{nullptr};                // optional, D -> shared_intermediate -> D
-  Linear shared_expert_gate{nullptr};        // optional, weight [1, D]
+                                             // ("shared_experts" in deepseek checkpoints)
+  Linear shared_expert_gate{nullptr};        // optional, weight [1, D]; none for deepseek
   Linear concat_proj{nullptr};               // optional, weight [D, D]
 
  private:

@@ -230,7 +230,8 @@ torch::Tensor TransformerImpl::step(const StepBatch& batch, KVCache& cache) {
 
 bool TransformerImpl::cuda_kernels_apply(KVCache& cache) const {
 #if FINMOE_HAVE_CUDA
-  if (!options.device().is_cuda() || !cuda_attention_kernels_enabled()) return false;
+  if (!options.device().is_cuda() || !cuda_attention_kernels_enabled() || config.is_mla())
+    return false;
   const auto dtype = options.dtype().toScalarType();
   for (size_t l = 0; l < layer_list.size(); ++l) {
     const auto& attn = layer_list[l]->self_attn;

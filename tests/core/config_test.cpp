@@ -68,6 +68,51 @@ TEST(Json, DepthScanIgnoresStringsAndRefusesDeepInputBeforeParsing) {
   EXPECT_THROW(parse_json("{\"a\": }", "body"), JsonError);
 }
 
+// A DeepSeek-V3-shaped config: HF's defaults fill what it leaves out, the
+// MoE layer rule and the MLA sizes follow, and bad routing keys are named.
+TEST(ModelConfig, DeepseekKeysDefaultsAndErrors) {
+  json j = minimal("deepseek_v3");
+  j["n_routed_experts"] = 16;
+  j["moe_intermediate_size"] = 32;
+  j["num_hidden_layers"] = 5;
+  j["first_k_dense_replace"] = 1;
+  j["moe_layer_freq"] = 2;
+  j["q_lora_rank"] = nullptr;
+  ModelConfig c = ModelConfig::from_json(j);
+  EXPECT_TRUE(c.is_mla());
+  EXPECT_EQ(c.q_lora_rank, 0);
+  EXPECT_EQ(c.kv_lora_rank, 512);
+  EXPECT_EQ(c.head_dim, 64);  // the rope part
+  EXPECT_EQ(c.qk_head_dim(), 192);
+  EXPECT_EQ(c.routing(), ModelConfig::Routing::DeepSeek);
+  EXPECT_EQ(c.scoring_func, "sigmoid");
+  EXPECT_EQ(c.topk_method, "noaux_tc");
+  EXPECT_EQ(c.num_experts_per_tok, 8);
+  EXPECT_EQ(c.shared_expert_intermediate_size, 32);  // 1 shared expert x 32
+  EXPECT_EQ(c.moe_layers, (std::vector<bool>{false, false, true, false, true}));
+  EXPECT_TRUE(c.rope_interleaved);
+  EXPECT_EQ(c.kv_values_per_token(), 5 * 4 * (192 + 128));  // expanded K and V per head
+  const ModelConfig back = ModelConfig::from_json(c.to_json());
+  EXPECT_EQ(back.moe_layers, c.moe_layers);
+  EXPECT_EQ(back.q_lora_rank, 0);
+  EXPECT_EQ(back.n_group, 8);
+  EXPECT_EQ(c.to_json()["q_lora_rank"], nullptr);
+
+  const std::vector<std::pair<json, std::string>> bad = {
+      {{{"topk_method", "random"}}, "field 'topk_method' has unsupported value 'random'"},
+      {{{"scoring_func", "relu"}}, "field 'scoring_func' has unsupported value 'relu'"},
+      {{{"n_group", 3}}, "field 'n_group' 3 does not divide n_routed_experts 16"},
+      {{{"topk_group", 9}}, "field 'topk_group' must be in [1, n_group=8], got 9"},
+      {{{"qk_rope_head_dim", 7}}, "field 'qk_rope_head_dim' must be even"},
+      {{{"kv_lora_rank", 0}}, "field 'kv_lora_rank' must be positive"},
+  };
+  for (const auto& [patch, msg] : bad) {
+    json k = j;
+    k.update(patch);
+    EXPECT_NE(error_of(k).find(msg), std::string::npos) << error_of(k);
+  }
+}
+
 TEST(ModelConfig, ParsesQwen25_05B) {
   ModelConfig c = parse_file("qwen2.5-0.5b.json");
   EXPECT_EQ(c.model_type, "qwen2");
@@ -213,9 +258,9 @@ TEST(ModelConfig, ErrorsNameTheFieldAndWhatWasExpected) {
   };
   const std::vector<BadConfig> cases = {
       {"unknown model_type", with([](json& j) { j["model_type"] = "gpt2"; }),
-       "config.json: model_type 'gpt2' is not supported (supported: llama, qwen2, mistral, mixtral, qwen2_moe, finer_moe, finmoe_dense)"},
+       "config.json: model_type 'gpt2' is not supported (supported: llama, qwen2, mistral, mixtral, qwen2_moe, finer_moe, finmoe_dense, deepseek_v2, deepseek_v3)"},
       {"no model_type", with([](json& j) { j.erase("model_type"); }),
-       "config.json: model_type '' is not supported (supported: llama, qwen2, mistral, mixtral, qwen2_moe, finer_moe, finmoe_dense)"},
+       "config.json: model_type '' is not supported (supported: llama, qwen2, mistral, mixtral, qwen2_moe, finer_moe, finmoe_dense, deepseek_v2, deepseek_v3)"},
       {"string size", with([](json& j) { j["hidden_size"] = "64"; }),
        "config.json: field 'hidden_size' must be an integer, got string"},
       {"float size", with([](json& j) { j["vocab_size"] = 100.5; }),

@@ -75,7 +75,9 @@ INSTANTIATE_TEST_SUITE_P(Architectures, HfParity,
                          ::testing::Values("llama_gqa_llama3rope", "llama_linear_bias_tied",
                                            "llama_yarn", "qwen2_tied", "mistral_headdim",
                                            "mixtral_top2", "qwen2_moe_shared", "qwen2_moe_norm",
-                                           "mistral_sliding", "qwen2_sliding"));
+                                           "mistral_sliding", "qwen2_sliding",
+                                           "deepseek_v2_greedy", "deepseek_v2_group_yarn",
+                                           "deepseek_v3_noaux_yarn", "deepseek_v3_plain"));
 
 }  // namespace
 }  // namespace finmoe
