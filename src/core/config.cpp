@@ -434,7 +434,8 @@ void ModelConfig::finalize(const std::string& source) {
   positive("num_hidden_layers", num_hidden_layers);
   positive("num_attention_heads", num_attention_heads);
   positive("max_position_embeddings", max_position_embeddings);
-  if (num_key_value_heads == 0) num_key_value_heads = num_attention_heads;
+  // MLA expands keys and values per head: HF's grouping must see no sharing
+  if (num_key_value_heads == 0 || is_mla()) num_key_value_heads = num_attention_heads;
   positive("num_key_value_heads", num_key_value_heads);
   if (num_attention_heads % num_key_value_heads != 0)
     fail("num_attention_heads", std::to_string(num_attention_heads) +

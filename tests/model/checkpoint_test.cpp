@@ -20,8 +20,10 @@ std::string error_of(const std::function<void()>& fn) {
 }
 
 TEST(Checkpoint, SaveLoadRoundTripIsBitExact) {
+  for (const char* variant : {"qwen2", "deepseek_v2", "deepseek_v3"})
   for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
-    Transformer m(test::tiny_config("qwen2"), dtype);
+    SCOPED_TRACE(variant);
+    Transformer m(test::tiny_config(variant), dtype);
     init_random(m, 11);
     test::TempDir dir;
     save_model(m, dir.str(), /*max_shard_bytes=*/40000);  // forces several shards
@@ -44,6 +46,19 @@ TEST(Checkpoint, ParamCountMatchesFormula) {
   const int64_t per_layer = 2 * D + D * c.q_size() * 2 + 2 * D * c.kv_size() + 3 * D * F;
   EXPECT_EQ(m.param_count().total, 2 * V * D + D + c.num_hidden_layers * per_layer);
   EXPECT_EQ(kv_cache_bytes_per_token(c, 2), 2 * 2 * c.num_hidden_layers * c.kv_size());
+}
+
+// The modules a config builds hold exactly the parameters its formula counts
+// (MLA's projections and norms, DeepSeek's ungated shared experts and choice bias).
+TEST(Checkpoint, ModuleParametersMatchTheConfigsCount) {
+  for (const char* variant : {"llama", "qwen2_moe", "finer_moe", "deepseek_v2", "deepseek_v3"}) {
+    const auto c = test::tiny_config(variant);
+    Transformer m(c);
+    int64_t n = 0;
+    for (const auto& [name, t] : m.named_parameters()) n += t.numel();
+    EXPECT_EQ(n, c.param_count()) << variant;
+    EXPECT_EQ(m.named_parameters().size(), expected_tensors(c).size()) << variant;
+  }
 }
 
 TEST(Checkpoint, InitRandomIsSeeded) {

@@ -52,7 +52,8 @@ TEST_P(HfLive, SavedCheckpointLoadsInTransformersWithSameLogits) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, HfLive,
-                         ::testing::Values("llama", "qwen2", "mistral", "mixtral", "qwen2_moe"));
+                         ::testing::Values("llama", "qwen2", "mistral", "mixtral", "qwen2_moe",
+                                           "deepseek_v2", "deepseek_v3"));
 
 }  // namespace
 }  // namespace finmoe

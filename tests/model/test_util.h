@@ -80,6 +80,20 @@ inline ModelConfig tiny_config(const std::string& variant) {
               {"R_O", 2}, {"moe_concat_proj", true}});
   } else if (model_type == "finmoe_dense") {
     j.update({{"num_experts", 3}, {"moe_intermediate_size", 32}});
+  } else if (model_type == "deepseek_v2") {
+    // MLA without q LoRA, 4 routed experts (group-limited greedy over 2 groups) + 1 shared
+    j.update({{"q_lora_rank", nullptr}, {"kv_lora_rank", 16}, {"qk_nope_head_dim", 8},
+              {"qk_rope_head_dim", 4}, {"v_head_dim", 6}, {"n_routed_experts", 4},
+              {"num_experts_per_tok", 2}, {"moe_intermediate_size", 16}, {"n_shared_experts", 1},
+              {"topk_method", "group_limited_greedy"}, {"n_group", 2}, {"topk_group", 1},
+              {"routed_scaling_factor", 1.5}, {"first_k_dense_replace", 1}});
+  } else if (model_type == "deepseek_v3") {
+    // MLA with q LoRA, noaux_tc over 2 groups of 3, renormalised and scaled
+    j.update({{"q_lora_rank", 12}, {"kv_lora_rank", 16}, {"qk_nope_head_dim", 8},
+              {"qk_rope_head_dim", 4}, {"v_head_dim", 6}, {"n_routed_experts", 6},
+              {"num_experts_per_tok", 2}, {"moe_intermediate_size", 16}, {"n_shared_experts", 1},
+              {"n_group", 2}, {"topk_group", 1}, {"routed_scaling_factor", 2.0},
+              {"first_k_dense_replace", 1}});
   }
   if (sliding && model_type == "qwen2")
     j.update({{"use_sliding_window", true}, {"sliding_window", 7}, {"max_window_layers", 1}});
