@@ -78,7 +78,8 @@ using StreamCallback = std::function<void(size_t sequence, const std::string& te
 
 class Generator {
  public:
-  // tokenizer may be null: then no text and no stop strings.
+  // tokenizer may be null: then no text and no stop strings. With one, ids
+  // it has no token for (a vocabulary padded past it) are never sampled.
   Generator(Transformer& model, const Tokenizer* tokenizer);
 
   std::vector<GenerationResult> generate(const std::vector<std::vector<int32_t>>& prompts,
