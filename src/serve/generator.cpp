@@ -29,7 +29,9 @@ struct Sequence {
 }  // namespace
 
 Generator::Generator(Transformer& model, const Tokenizer* tokenizer)
-    : model_(model), tokenizer_(tokenizer) {}
+    : model_(model),
+      tokenizer_(tokenizer),
+      sampleable_(std::make_shared<const SampleableVocab>(model.config().vocab_size, tokenizer)) {}
 
 std::vector<GenerationResult> Generator::generate(const std::vector<std::vector<int32_t>>& prompts,
                                                   const GenerationOptions& opt,
@@ -41,8 +43,6 @@ std::vector<GenerationResult> Generator::generate(const std::vector<std::vector<
     throw Error("stop strings need a tokenizer");
   const auto& cfg = model_.config();
   const int64_t ctx = cfg.max_position_embeddings;
-  const SampleableVocab sampleable(cfg.vocab_size,
-                                   tokenizer_);  // a padded vocabulary is never sampled
   std::vector<float> masked;
   const int64_t bs = opt.block_size;
 
@@ -137,7 +137,7 @@ std::vector<GenerationResult> Generator::generate(const std::vector<std::vector<
       if (s.cached < int64_t(s.ids.size())) continue;  // prompt chunk, more to come
       const float* p = logits[int64_t(m)].data_ptr<float>();
       const int32_t tok =
-          s.sampler.sample(sampleable.apply({p, size_t(cfg.vocab_size)}, masked), s.ids);
+          s.sampler.sample(sampleable_->apply({p, size_t(cfg.vocab_size)}, masked), s.ids);
       emit(members[m], tok);
       if (first_token) {
         st.ttft_s = seconds_since(t0);
