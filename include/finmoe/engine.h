@@ -46,14 +46,17 @@ struct EngineOptions {
 };
 
 // What a request asks for. validate() throws Error naming the field.
-// Logits are processed as: presence/frequency penalties (OpenAI: logits[t] -=
-// presence * (count[t] > 0) + frequency * count[t], counts over generated
-// tokens) -> the Sampler's HF order (repetition penalty over prompt +
-// generated, temperature, top_k, top_p, min_p) -> sample.
+// Logits are processed as: ids without a token masked (SampleableVocab: a
+// vocabulary padded past the tokenizer is never sampled) -> logit_bias added
+// -> presence/frequency penalties (OpenAI: logits[t] -= presence * (count[t] >
+// 0) + frequency * count[t], counts over generated tokens) -> the Sampler's HF
+// order (repetition penalty over prompt + generated, temperature, top_k,
+// top_p, min_p) -> sample.
 struct RequestParams {
   SamplingParams sampling;          // temperature, top_k/p, min_p, repetition penalty, seed
   double presence_penalty = 0.0;    // OpenAI rule, over generated tokens; [-2, 2]
   double frequency_penalty = 0.0;   // OpenAI rule, over generated tokens; [-2, 2]
+  std::vector<std::pair<int32_t, float>> logit_bias;  // (token id, bias in [-100, 100]) added
   int64_t max_tokens = 16;          // new tokens at most, >= 1 (capped by max_model_len)
   std::vector<int32_t> stop_token_ids;    // eos etc.; the stop token is not in the text
   std::vector<std::string> stop_strings;  // text stops; cut before the stop string
@@ -67,7 +70,9 @@ struct RequestParams {
 
 struct TokenLogprob {
   int32_t token = 0;
-  float logprob = 0;                               // log-softmax of the raw logits
+  // log-softmax of the raw logits of the sampleable ids (before bias,
+  // penalties and temperature)
+  float logprob = 0;
   std::vector<std::pair<int32_t, float>> top;      // top-N (id, logprob), best first
 };
 
@@ -110,7 +115,8 @@ struct EngineStats {
 class Engine {
  public:
   // The engine keeps references to model and tokenizer (tokenizer may be null:
-  // then no text and no stop strings). Allocates the KV cache now. Throws
+  // then no text and no stop strings; with one, ids it has no token for are
+  // never sampled). Allocates the KV cache now. Throws
   // Error naming the option when options are invalid or kv_cache_bytes holds
   // no block.
   Engine(Transformer& model, const Tokenizer* tokenizer, const EngineOptions& options);

@@ -7,6 +7,7 @@
 // Thread safety: one Generator per thread.
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <random>
 #include <span>
@@ -76,9 +77,12 @@ struct GenerationStats {
 // Called for each new piece of text (UTF-8 complete, never part of a stop string).
 using StreamCallback = std::function<void(size_t sequence, const std::string& text)>;
 
+class SampleableVocab;  // src/serve/sampleable_vocab.h
+
 class Generator {
  public:
-  // tokenizer may be null: then no text and no stop strings.
+  // tokenizer may be null: then no text and no stop strings. With one, ids
+  // it has no token for (a vocabulary padded past it) are never sampled.
   Generator(Transformer& model, const Tokenizer* tokenizer);
 
   std::vector<GenerationResult> generate(const std::vector<std::vector<int32_t>>& prompts,
@@ -89,6 +93,7 @@ class Generator {
  private:
   Transformer& model_;
   const Tokenizer* tokenizer_;
+  std::shared_ptr<const SampleableVocab> sampleable_;  // the ids with a token
   std::optional<KVCache> cache_;  // grown on demand, reused across calls
 };
 

@@ -7,9 +7,10 @@
 //
 // Errors come back as OpenAI error objects {"error": {message, type, param,
 // code}}: 400 for bad requests (the field is named in "param"), 401 for a
-// missing or wrong API key, 404 for unknown routes, 413 for bodies over
-// max_body_bytes, 503 while shutting down, 500 for internal errors; the server
-// keeps serving after each. A client that disconnects cancels its requests.
+// missing or wrong API key, 404 for unknown routes, 405 for a wrong method,
+// 408/413/414/431 for requests over the HTTP limits, 503 while shutting down,
+// 500 for internal errors; the server keeps serving after each. A client that
+// disconnects cancels its requests.
 //
 // Usage:
 //   Engine engine(model, &tokenizer, engine_options);
@@ -31,6 +32,34 @@
 
 namespace finmoe {
 
+// What one completion request may ask for. A request over a limit is a 400
+// naming the field and the limit; nothing of it reaches the engine.
+struct RequestLimits {
+  int64_t max_prompts = 64;       // prompts in one /v1/completions request
+  int64_t max_n = 128;            // choices per prompt ("n", "best_of"; OpenAI's maximum)
+  int64_t max_choices = 256;      // prompts x n
+  int64_t max_stop = 16;          // stop strings
+  int64_t max_stop_bytes = 4096;  // their total length
+  int64_t max_logit_bias = 300;   // logit_bias entries
+  int64_t max_messages = 1024;    // chat messages
+};
+
+// What one HTTP request may be, checked while it is read: a request over a
+// limit gets an OpenAI error body (status in the comment) and its connection
+// is closed without reading the rest of it. max_body_bytes lives in
+// ServerOptions.
+struct HttpLimits {
+  int64_t max_request_line = 8192;   // bytes, CRLF included; 414
+  int64_t max_header_line = 8192;    // bytes of one header line; 431
+  int64_t max_header_count = 100;    // header lines; 431
+  int64_t max_chunk_line = 1024;     // a chunk-size line with its extensions; 400
+  double header_timeout_s = 10;      // request line + headers, from their first byte; 408
+  double read_timeout_s = 30;        // the longest wait for more body bytes; 408
+  double write_timeout_s = 30;       // the longest wait to send (a client that stopped reading)
+  double keep_alive_timeout_s = 10;  // an idle connection is closed after this
+  int64_t max_requests_per_connection = 100;  // then the response says Connection: close
+};
+
 struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 8000;                                // 0 = any free port (bind() returns it)
@@ -43,6 +72,12 @@ struct ServerOptions {
   SamplingParams default_sampling;                // for fields a request leaves out (generation_config)
   double shutdown_timeout_s = 30;                 // shutdown(): wait this long for in-flight requests
   bool log_requests = true;                       // one stderr line per completion request
+  RequestLimits limits;                           // per completion request (400 over a limit)
+  HttpLimits http;                                // per HTTP request and connection
+  // Sequences one HTTP request has in the engine at once (its prompts x n
+  // choices); the rest wait in the server and go in as earlier ones finish,
+  // so one huge request cannot hold every running slot. 0 = no cap.
+  int64_t max_seqs_per_request = 16;
 };
 
 class Server {

@@ -289,12 +289,22 @@ void add_logits(CLI::App& app, Run& run) {
       auto input = torch::tensor(std::vector<int64_t>(ids.begin(), ids.end())).unsqueeze(0);
       auto logp = torch::log_softmax(model.forward(input)[0], -1).to(torch::kCPU);  // [T,V] fp32
       auto [vals, idx] = logp.topk(std::min<int64_t>(top, logp.size(1)), -1);
+      // null for an id the tokenizer has no token for: a vocabulary padded
+      // past the tokenizer (Qwen) has rows the model scores but no text
+      auto token_of = [&](int32_t id) -> nlohmann::json {
+        if (id >= tok->vocab_size()) return nullptr;
+        try {
+          return tok->id_to_token(id);
+        } catch (const Error&) {  // a gap among the added tokens
+          return nullptr;
+        }
+      };
       nlohmann::json out = {{"model", dir}, {"ids", ids}};
       for (int64_t p = 0; p < logp.size(0); ++p) {
         nlohmann::json alts = nlohmann::json::array();
         for (int64_t k = 0; k < vals.size(1); ++k) {
           nlohmann::json a = {{"id", idx[p][k].item<int64_t>()}, {"logprob", vals[p][k].item<double>()}};
-          if (tok) a["token"] = tok->id_to_token(int32_t(idx[p][k].item<int64_t>()));
+          if (tok) a["token"] = token_of(int32_t(idx[p][k].item<int64_t>()));
           alts.push_back(a);
         }
         out["positions"].push_back({{"position", p}, {"token_id", ids[size_t(p)]}, {"top", alts}});

@@ -1,6 +1,7 @@
 // finmoe serve | bench serve
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <optional>
 
@@ -67,11 +68,23 @@ void print_capacity(const std::string& dir, const Transformer& model, const Engi
             << L << " tokens) fit at once\n";
 }
 
+// The first line of `path`, without its line end. Throws Error naming the
+// file when it cannot be read or holds no key.
+std::string read_api_key(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw Error("--api-key-file " + path + ": cannot open");
+  std::string key;
+  std::getline(in, key);
+  while (!key.empty() && (key.back() == '\r' || key.back() == ' ' || key.back() == '\t')) key.pop_back();
+  if (key.empty()) throw Error("--api-key-file " + path + ": the first line is empty (expected the key)");
+  return key;
+}
+
 }  // namespace
 
 void add_serve(CLI::App& app, Run& run) {
   auto* c = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching (docs/serving.md)");
-  static std::string dir, chat_template, served_name;
+  static std::string dir, chat_template, served_name, api_key_file;
   static EngineFlags ef;
   static ServerOptions so;
   c->add_option("DIR", dir, "model directory")->required();
@@ -79,17 +92,49 @@ void add_serve(CLI::App& app, Run& run) {
   c->add_option("--host", so.host, "address to listen on")->capture_default_str()->group(g);
   c->add_option("--port", so.port, "port (0 = any free port)")->capture_default_str()->group(g);
   c->add_option("--served-model-name", served_name, "model id clients send (default: DIR as given)")->group(g);
-  c->add_option("--api-key", so.api_key, "require 'Authorization: Bearer KEY' on /v1/* (or env FINMOE_API_KEY)")
+  auto* key = c->add_option("--api-key", so.api_key,
+                             "require 'Authorization: Bearer KEY' on /v1/*; a key given here is visible to every "
+                             "user in `ps`: prefer --api-key-file or the env FINMOE_API_KEY")
+                   ->group(g);
+  c->add_option("--api-key-file", api_key_file, "read the API key from this file (its first line)")
+      ->excludes(key)
       ->group(g);
   c->add_option("--max-body-bytes", so.max_body_bytes, "larger request bodies get 413")->capture_default_str()->group(g);
   c->add_option("--http-threads", so.http_threads, "connections served at once")->capture_default_str()->group(g);
+  c->add_option("--header-timeout", so.http.header_timeout_s, "seconds a request line + headers may take (408)")
+      ->capture_default_str()
+      ->group(g);
+  c->add_option("--read-timeout", so.http.read_timeout_s, "seconds to wait for more request body bytes (408)")
+      ->capture_default_str()
+      ->group(g);
+  c->add_option("--keep-alive-timeout", so.http.keep_alive_timeout_s, "seconds an idle connection stays open")
+      ->capture_default_str()
+      ->group(g);
   c->add_option("--shutdown-timeout", so.shutdown_timeout_s, "seconds in-flight requests may finish after SIGTERM")
       ->capture_default_str()
       ->group(g);
   c->add_option("--chat-template", chat_template, "chatml | llama3 | deepseek_v3 (default: detect)")->group(g);
+  const char* l = "Request limits (400 over a limit)";
+  RequestLimits& lim = so.limits;
+  c->add_option("--max-prompts-per-request", lim.max_prompts, "prompts in one /v1/completions request")
+      ->capture_default_str()
+      ->group(l);
+  c->add_option("--max-n", lim.max_n, "choices per prompt (n, best_of)")->capture_default_str()->group(l);
+  c->add_option("--max-choices-per-request", lim.max_choices, "prompts x n")->capture_default_str()->group(l);
+  c->add_option("--max-stop-strings", lim.max_stop, "stop strings")->capture_default_str()->group(l);
+  c->add_option("--max-stop-bytes", lim.max_stop_bytes, "total bytes of the stop strings")
+      ->capture_default_str()
+      ->group(l);
+  c->add_option("--max-logit-bias", lim.max_logit_bias, "logit_bias entries")->capture_default_str()->group(l);
+  c->add_option("--max-messages", lim.max_messages, "chat messages")->capture_default_str()->group(l);
+  c->add_option("--max-seqs-per-request", so.max_seqs_per_request,
+                "sequences one request runs at once; its other choices wait for them (0 = no cap)")
+      ->capture_default_str()
+      ->group(l);
   ef.add(c);
   c->callback([&run] {
     run = [] {
+      if (!api_key_file.empty()) so.api_key = read_api_key(api_key_file);
       if (so.api_key.empty())
         if (const char* k = std::getenv("FINMOE_API_KEY")) so.api_key = k;
       so.served_model_name = served_name.empty() ? dir : served_name;

@@ -17,6 +17,7 @@
 #include "finmoe/block_manager.h"
 #include "finmoe/error.h"
 #include "serve/host_logits.h"
+#include "serve/sampleable_vocab.h"
 #include "serve/scheduler.h"
 #include "serve/text_stream.h"
 
@@ -37,6 +38,13 @@ void RequestParams::validate() const {
                   std::to_string(stop_token_ids[i]));
   for (size_t i = 0; i < stop_strings.size(); ++i)
     if (stop_strings[i].empty()) throw Error("stop_strings[" + std::to_string(i) + "] is empty");
+  for (size_t i = 0; i < logit_bias.size(); ++i) {
+    const auto& [id, bias] = logit_bias[i];
+    if (id < 0 || !(bias >= -100 && bias <= 100))
+      throw Error("logit_bias[" + std::to_string(i) +
+                  "] must be a token id >= 0 and a bias in [-100, 100], got (" +
+                  std::to_string(id) + ", " + std::to_string(bias) + ")");
+  }
 }
 
 namespace {
@@ -63,6 +71,7 @@ struct Request {
   int64_t max_len;  // prompt + max_tokens, capped by max_model_len and the cache
   std::unordered_map<int32_t, int32_t> counts;  // generated token -> occurrences (penalties)
   bool penalized() const { return params.presence_penalty != 0 || params.frequency_penalty != 0; }
+  bool adjusted() const { return !params.logit_bias.empty() || (penalized() && !counts.empty()); }
 };
 
 // An event waiting to be delivered after the step's bookkeeping is done.
@@ -135,6 +144,7 @@ struct Engine::Impl {
         options(resolve(m, o)),
         num_blocks(num_blocks_for(m, options)),
         seq_cap(std::min(options.max_model_len, num_blocks * options.block_size)),
+        sampleable(m.config().vocab_size, tok),
         cache(m, num_blocks, options.block_size),
         blocks(num_blocks, options.block_size, options.enable_prefix_caching),
         scheduler(blocks, options.max_num_seqs, options.max_batched_tokens),
@@ -147,6 +157,7 @@ struct Engine::Impl {
   const EngineOptions options;
   const int64_t num_blocks;
   const int64_t seq_cap;  // longest sequence: max_model_len, or the whole cache when smaller
+  const SampleableVocab sampleable;  // ids with a token (the rest are never sampled)
 
   // ---- owned by the stepping thread (guarded by step_mu) ----
   KVCache cache;
@@ -191,6 +202,11 @@ void Engine::Impl::check(const std::vector<int32_t>& prompt, const RequestParams
       throw Error("prompt token " + std::to_string(i) + " (id " + std::to_string(prompt[i]) +
                   ") is outside the vocabulary (size " + std::to_string(vocab) + ")");
   params.validate();
+  for (size_t i = 0; i < params.logit_bias.size(); ++i)
+    if (params.logit_bias[i].first >= vocab)
+      throw Error("logit_bias[" + std::to_string(i) + "] (token " +
+                  std::to_string(params.logit_bias[i].first) +
+                  ") is outside the vocabulary (size " + std::to_string(vocab) + ")");
   for (size_t i = 0; i < params.stop_token_ids.size(); ++i)
     if (params.stop_token_ids[i] >= vocab)
       throw Error("stop_token_ids[" + std::to_string(i) + "] (" +
@@ -231,17 +247,21 @@ void Engine::Impl::end(Request& r, const char* reason, RequestOutput& out,
     ++finished;
 }
 
-void Engine::Impl::sample(Request& r, std::span<const float> logits, RequestOutput& out) {
-  // Presence/frequency penalties go before the sampler's own warpers.
-  std::vector<float> penalized;
+void Engine::Impl::sample(Request& r, std::span<const float> raw, RequestOutput& out) {
+  std::vector<float> masked, adjusted;
+  const std::span<const float> logits = sampleable.apply(raw, masked);  // [sampleable ids]
+  // logit_bias and presence/frequency penalties go before the sampler's own warpers.
   std::span<const float> z = logits;
-  if (r.penalized() && !r.counts.empty()) {
-    penalized.assign(logits.begin(), logits.end());
-    for (const auto& [tok, count] : r.counts) {
-      penalized[size_t(tok)] -= float(r.params.frequency_penalty * count);
-      penalized[size_t(tok)] -= float(r.params.presence_penalty);
-    }
-    z = penalized;
+  if (r.adjusted()) {
+    adjusted.assign(logits.begin(), logits.end());
+    for (const auto& [tok, bias] : r.params.logit_bias)
+      if (size_t(tok) < adjusted.size()) adjusted[size_t(tok)] += bias;
+    if (r.penalized())
+      for (const auto& [tok, count] : r.counts) {
+        adjusted[size_t(tok)] -= float(r.params.frequency_penalty * count);
+        adjusted[size_t(tok)] -= float(r.params.presence_penalty);
+      }
+    z = adjusted;
   }
   const int32_t tok = r.sampler.sample(z, r.seq.tokens);
   if (r.params.logprobs >= 0) out.logprobs.push_back(token_logprob(logits, tok, r.params.logprobs));

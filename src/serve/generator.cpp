@@ -4,6 +4,7 @@
 #include "finmoe/error.h"
 #include "finmoe/generate.h"
 #include "serve/host_logits.h"
+#include "serve/sampleable_vocab.h"
 #include "serve/text_stream.h"
 
 namespace finmoe {
@@ -28,7 +29,9 @@ struct Sequence {
 }  // namespace
 
 Generator::Generator(Transformer& model, const Tokenizer* tokenizer)
-    : model_(model), tokenizer_(tokenizer) {}
+    : model_(model),
+      tokenizer_(tokenizer),
+      sampleable_(std::make_shared<const SampleableVocab>(model.config().vocab_size, tokenizer)) {}
 
 std::vector<GenerationResult> Generator::generate(const std::vector<std::vector<int32_t>>& prompts,
                                                   const GenerationOptions& opt,
@@ -40,6 +43,7 @@ std::vector<GenerationResult> Generator::generate(const std::vector<std::vector<
     throw Error("stop strings need a tokenizer");
   const auto& cfg = model_.config();
   const int64_t ctx = cfg.max_position_embeddings;
+  std::vector<float> masked;
   const int64_t bs = opt.block_size;
 
   // blocks: each sequence gets a fixed range sized for prompt + max_new_tokens
@@ -132,7 +136,8 @@ std::vector<GenerationResult> Generator::generate(const std::vector<std::vector<
       s.cached += n;
       if (s.cached < int64_t(s.ids.size())) continue;  // prompt chunk, more to come
       const float* p = logits[int64_t(m)].data_ptr<float>();
-      const int32_t tok = s.sampler.sample({p, size_t(cfg.vocab_size)}, s.ids);
+      const int32_t tok =
+          s.sampler.sample(sampleable_->apply({p, size_t(cfg.vocab_size)}, masked), s.ids);
       emit(members[m], tok);
       if (first_token) {
         st.ttft_s = seconds_since(t0);

@@ -150,13 +150,28 @@ json parse_body(std::string_view body) {
   return j;
 }
 
-std::vector<std::string> parse_stop(Fields& f) {
+// A request over one of the server's RequestLimits.
+ApiError over_limit(const std::string& param, const std::string& things, int64_t got, int64_t limit) {
+  return invalid(param, "'" + param + "' holds " + std::to_string(got) + " " + things + "; this server accepts at most " +
+                            std::to_string(limit) + " per request",
+                 "limit_exceeded");
+}
+
+ApiError too_many_choices(const ApiRequest& r, int64_t limit) {
+  return invalid("n", "The request asks for " + std::to_string(r.num_choices()) + " choices (" +
+                          std::to_string(r.prompts.size()) + " prompt(s) x n = " + std::to_string(r.n) +
+                          "); this server accepts at most " + std::to_string(limit) + " per request",
+                 "limit_exceeded");
+}
+
+std::vector<std::string> parse_stop(Fields& f, const RequestLimits& limits) {
   const json* v = f.get("stop");
   if (!v) return {};
   std::vector<std::string> out;
   if (v->is_string()) {
     out.push_back(v->get<std::string>());
   } else if (v->is_array()) {
+    if (int64_t(v->size()) > limits.max_stop) throw over_limit("stop", "strings", int64_t(v->size()), limits.max_stop);
     for (size_t i = 0; i < v->size(); ++i) {
       if (!(*v)[i].is_string()) throw wrong_type("stop[" + std::to_string(i) + "]", "a string", (*v)[i]);
       out.push_back((*v)[i].get<std::string>());
@@ -164,8 +179,40 @@ std::vector<std::string> parse_stop(Fields& f) {
   } else {
     throw wrong_type("stop", "a string or an array of strings", *v);
   }
-  for (const auto& s : out)
+  int64_t bytes = 0;
+  for (const auto& s : out) {
     if (s.empty()) throw invalid("stop", "'stop' strings must not be empty");
+    bytes += int64_t(s.size());
+  }
+  if (bytes > limits.max_stop_bytes)
+    throw invalid("stop", "'stop' strings total " + std::to_string(bytes) + " bytes; this server accepts at most " +
+                              std::to_string(limits.max_stop_bytes) + " per request",
+                  "limit_exceeded");
+  return out;
+}
+
+// {"token id": bias in [-100, 100]} (OpenAI's form: keys are strings).
+std::vector<std::pair<int32_t, float>> parse_logit_bias(Fields& f, const ApiContext& ctx) {
+  const json* v = f.get("logit_bias");
+  if (!v) return {};
+  if (!v->is_object()) throw wrong_type("logit_bias", "an object mapping token ids to biases", *v);
+  if (int64_t(v->size()) > ctx.limits.max_logit_bias)
+    throw over_limit("logit_bias", "entries", int64_t(v->size()), ctx.limits.max_logit_bias);
+  std::vector<std::pair<int32_t, float>> out;
+  for (auto it = v->begin(); it != v->end(); ++it) {
+    const std::string& key = it.key();
+    const bool digits = !key.empty() && key.size() <= 10 &&
+                        std::all_of(key.begin(), key.end(), [](char c) { return c >= '0' && c <= '9'; });
+    const int64_t id = digits ? std::stoll(key) : -1;
+    if (id < 0 || id >= ctx.vocab_size)
+      throw invalid("logit_bias", "'logit_bias' keys must be token ids in [0, " + std::to_string(ctx.vocab_size) +
+                                      "), got '" + key.substr(0, 40) + "'");
+    if (!it->is_number()) throw wrong_type("logit_bias", "an object whose values are numbers", *it);
+    const double bias = it->get<double>();
+    if (!(bias >= -100 && bias <= 100))
+      throw invalid("logit_bias", "'logit_bias' values must be in [-100, 100], got " + num(bias) + " for token " + key);
+    out.emplace_back(int32_t(id), float(bias));
+  }
   return out;
 }
 
@@ -190,7 +237,7 @@ RequestParams parse_common(Fields& f, ApiRequest& r, const ApiContext& ctx) {
       }
     }
   }
-  r.n = f.integer("n", 1, 128).value_or(1);
+  r.n = f.integer("n", 1, ctx.limits.max_n).value_or(1);
 
   RequestParams p;
   p.sampling = ctx.default_sampling;
@@ -205,10 +252,10 @@ RequestParams parse_common(Fields& f, ApiRequest& r, const ApiContext& ctx) {
     p.sampling.seed = uint64_t(*v);
     p.seed_given = true;
   }
-  p.stop_strings = parse_stop(f);
+  p.stop_strings = parse_stop(f, ctx.limits);
   p.include_stop_str_in_output = f.boolean("include_stop_str_in_output").value_or(false);
   if (!f.boolean("ignore_eos").value_or(false)) p.stop_token_ids = ctx.eos_token_ids;
-  f.unsupported_unless_empty("logit_bias");
+  p.logit_bias = parse_logit_bias(f, ctx);
   f.ignore({"user", "metadata", "store", "service_tier"});
   return p;
 }
@@ -222,8 +269,8 @@ void check_token_ids(const std::vector<int32_t>& ids, const ApiContext& ctx, con
 
 // Prompt length against the context, and max_tokens for this prompt.
 RequestParams fit_prompt(const RequestParams& base, const std::vector<int32_t>& prompt,
-                         std::optional<int64_t> max_tokens, int64_t default_max_tokens,
-                         const ApiContext& ctx, const std::string& prompt_param) {
+                         std::optional<int64_t> max_tokens, const std::string& max_tokens_param,
+                         int64_t default_max_tokens, const ApiContext& ctx, const std::string& prompt_param) {
   const auto P = int64_t(prompt.size());
   const int64_t L = ctx.max_model_len;
   const std::string what = prompt_param == "messages" ? "messages" : "prompt";
@@ -234,10 +281,17 @@ RequestParams fit_prompt(const RequestParams& base, const std::vector<int32_t>& 
                       " resulted in " + std::to_string(P) + " tokens, which leaves no room for a completion. "
                       "Please reduce the length of the " + what + ".",
                   "context_length_exceeded");
+  if (ctx.kv_cache_tokens > 0 && P >= ctx.kv_cache_tokens)
+    throw invalid(prompt_param,
+                  "The server's KV cache holds " + std::to_string(ctx.kv_cache_tokens) + " tokens. However, your " +
+                      what + " resulted in " + std::to_string(P) + " tokens, which leaves no room for a completion. "
+                      "Please reduce the length of the " + what + ".",
+                  "context_length_exceeded");
   RequestParams p = base;
   if (max_tokens) {
+    // the prompt fits: the completion's length is what is too long (vLLM names max_tokens too)
     if (P + *max_tokens > L)
-      throw invalid(prompt_param,
+      throw invalid(max_tokens_param,
                     "This model's maximum context length is " + std::to_string(L) + " tokens. However, you requested " +
                         std::to_string(P + *max_tokens) + " tokens (" + std::to_string(P) + " in the " + what + ", " +
                         std::to_string(*max_tokens) + " in the completion). Please reduce the length of the " + what +
@@ -275,11 +329,13 @@ std::string message_content(const json& m, size_t i) {
   return out;
 }
 
-std::vector<ChatMessage> parse_messages(Fields& f) {
+std::vector<ChatMessage> parse_messages(Fields& f, const RequestLimits& limits) {
   const json* v = f.get("messages");
   if (!v) throw invalid("messages", "'messages' is required", "missing_required_parameter");
   if (!v->is_array()) throw wrong_type("messages", "an array", *v);
   if (v->empty()) throw invalid("messages", "'messages' must hold at least one message");
+  if (int64_t(v->size()) > limits.max_messages)
+    throw over_limit("messages", "messages", int64_t(v->size()), limits.max_messages);
   std::vector<ChatMessage> out;
   for (size_t i = 0; i < v->size(); ++i) {
     const json& m = (*v)[i];
@@ -320,20 +376,28 @@ std::optional<std::vector<int32_t>> as_ids(const json& v) {
 std::vector<std::vector<int32_t>> parse_prompt(Fields& f, const ApiContext& ctx) {
   const json* v = f.get("prompt");
   if (!v) throw invalid("prompt", "'prompt' is required", "missing_required_parameter");
-  auto encode = [&](const std::string& s) { return ctx.tokenizer->encode(s, /*add_special_tokens=*/true); };
+  auto encode = [&](const std::string& s, const std::string& where) {
+    try {
+      return ctx.tokenizer->encode(s, /*add_special_tokens=*/true);
+    } catch (const Error& e) {
+      throw invalid(where, "'" + where + "' cannot be tokenized: " + e.what());
+    }
+  };
   const std::string expected = "a string, an array of strings, an array of token ids or an array of such arrays";
   std::vector<std::vector<int32_t>> out;
   if (v->is_string()) {
-    out.push_back(encode(v->get<std::string>()));
+    out.push_back(encode(v->get<std::string>(), "prompt"));
   } else if (auto ids = as_ids(*v)) {
     check_token_ids(*ids, ctx, "prompt");
     out.push_back(*ids);
   } else if (v->is_array() && !v->empty()) {
+    if (int64_t(v->size()) > ctx.limits.max_prompts)
+      throw over_limit("prompt", "prompts", int64_t(v->size()), ctx.limits.max_prompts);
     for (size_t i = 0; i < v->size(); ++i) {
       const json& e = (*v)[i];
       const std::string where = "prompt[" + std::to_string(i) + "]";
       if (e.is_string()) {
-        out.push_back(encode(e.get<std::string>()));
+        out.push_back(encode(e.get<std::string>(), where));
       } else if (auto sub = as_ids(e)) {
         check_token_ids(*sub, ctx, where);
         out.push_back(*sub);
@@ -394,13 +458,14 @@ ApiRequest parse_completion_request(std::string_view body, const ApiContext& ctx
   if (f.boolean("echo").value_or(false)) throw invalid("echo", "'echo' is not supported by this server", "unsupported_parameter");
   if (auto s = f.string("suffix"); s && !s->empty())
     throw invalid("suffix", "'suffix' is not supported by this server", "unsupported_parameter");
-  if (auto b = f.integer("best_of", 1, 128); b && *b != r.n)
+  if (auto b = f.integer("best_of", 1, ctx.limits.max_n); b && *b != r.n)
     throw invalid("best_of", "'best_of' other than n is not supported by this server", "unsupported_parameter");
   const auto max_tokens = f.integer("max_tokens", 1, INT32_MAX);
   r.prompts = parse_prompt(f, ctx);
   f.reject_unknown();
+  if (r.num_choices() > ctx.limits.max_choices) throw too_many_choices(r, ctx.limits.max_choices);
   for (size_t i = 0; i < r.prompts.size(); ++i)
-    r.params.push_back(fit_prompt(base, r.prompts[i], max_tokens, /*OpenAI's default*/ 16, ctx,
+    r.params.push_back(fit_prompt(base, r.prompts[i], max_tokens, "max_tokens", /*OpenAI's default*/ 16, ctx,
                                   r.prompts.size() == 1 ? "prompt" : "prompt[" + std::to_string(i) + "]"));
   return r;
 }
@@ -416,18 +481,20 @@ ApiRequest parse_chat_request(std::string_view body, const ApiContext& ctx) {
   if (top && !r.logprobs) throw invalid("top_logprobs", "'top_logprobs' requires 'logprobs' to be true");
   if (r.logprobs) base.logprobs = int32_t(top.value_or(0));
   auto max_tokens = f.integer("max_completion_tokens", 1, INT32_MAX);
+  const std::string max_tokens_param = max_tokens ? "max_completion_tokens" : "max_tokens";
   if (auto legacy = f.integer("max_tokens", 1, INT32_MAX); !max_tokens) max_tokens = legacy;
   for (const char* name : {"tools", "functions"}) f.unsupported_unless_empty(name);
   for (const char* name : {"tool_choice", "function_call"})
     if (auto s = f.get(name); s && !(s->is_string() && *s == "none"))
       throw invalid(name, std::string("'") + name + "' is not supported by this server", "unsupported_parameter");
   if (const json* rf = f.get("response_format")) {
-    if (!rf->is_object() || rf->value("type", "") != "text")
+    const auto type = rf->is_object() ? rf->find("type") : rf->end();
+    if (type == rf->end() || *type != "text")
       throw invalid("response_format", "'response_format' other than {\"type\": \"text\"} is not supported by this server",
                     "unsupported_parameter");
   }
   f.ignore({"parallel_tool_calls"});
-  const auto messages = parse_messages(f);
+  const auto messages = parse_messages(f, ctx.limits);
   f.reject_unknown();
   std::string text;
   try {
@@ -435,8 +502,13 @@ ApiRequest parse_chat_request(std::string_view body, const ApiContext& ctx) {
   } catch (const Error& e) {
     throw invalid("messages", std::string("cannot apply the chat template: ") + e.what());
   }
-  r.prompts.push_back(ctx.tokenizer->encode(text, /*add_special_tokens=*/false));
-  r.params.push_back(fit_prompt(base, r.prompts[0], max_tokens, ctx.max_model_len, ctx, "messages"));
+  try {
+    r.prompts.push_back(ctx.tokenizer->encode(text, /*add_special_tokens=*/false));
+  } catch (const Error& e) {
+    throw invalid("messages", std::string("'messages' cannot be tokenized: ") + e.what());
+  }
+  if (r.num_choices() > ctx.limits.max_choices) throw too_many_choices(r, ctx.limits.max_choices);
+  r.params.push_back(fit_prompt(base, r.prompts[0], max_tokens, max_tokens_param, ctx.max_model_len, ctx, "messages"));
   return r;
 }
 

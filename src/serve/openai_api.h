@@ -17,6 +17,7 @@
 
 #include "finmoe/engine.h"
 #include "finmoe/error.h"
+#include "finmoe/server.h"
 #include "finmoe/tokenizer.h"
 
 namespace finmoe::serve {
@@ -53,9 +54,12 @@ struct ApiContext {
   std::optional<ChatTemplateKind> chat_template;  // overrides detection
   std::vector<int32_t> eos_token_ids;             // stop tokens unless "ignore_eos"
   int64_t max_model_len = 0;                      // prompt + completion tokens at most
+  int64_t kv_cache_tokens = 0;                    // the engine's whole KV cache: a prompt must be
+                                                  // shorter (0 = not checked)
   int64_t vocab_size = 0;                         // token-id prompts must be below it
   int32_t max_logprobs = 20;                      // top logprobs per token at most
   SamplingParams default_sampling;                // for fields a request leaves out (generation_config)
+  RequestLimits limits;                           // prompts, n, stop strings, logit_bias, messages
 };
 
 enum class Endpoint { Completions, Chat };
@@ -80,7 +84,8 @@ struct ApiRequest {
 
 // Parse and validate a request body. Throws ApiError (400) naming the field
 // for invalid JSON, a wrong type, an out-of-range value, an unsupported
-// option, an unknown model or a prompt that does not fit max_model_len.
+// option, an unknown model, a request over ctx.limits, or a prompt that does
+// not fit max_model_len (with max_tokens: "max_tokens" is named).
 ApiRequest parse_completion_request(std::string_view body, const ApiContext& ctx);
 ApiRequest parse_chat_request(std::string_view body, const ApiContext& ctx);
 

@@ -474,6 +474,88 @@ TEST(Engine, LogprobsAreLogSoftmaxOfTheRawLogits) {
   EXPECT_TRUE(c0.logprobs[0].top.empty());
 }
 
+TEST(Engine, LogitBiasIsAddedToTheLogitsBeforeSampling) {
+  auto m = tiny_model();
+  const auto free_run = run_alone(m, nullptr, prompt(6, 7), greedy(5)).tokens;
+  const std::vector<std::pair<int32_t, float>> bias = {
+      {free_run[0], -100.f}, {42, 2.5f}, {7, -1.f}};
+  // Reference: full forward each step, the bias added, argmax.
+  auto ids = prompt(6, 7);
+  std::vector<int32_t> want;
+  {
+    torch::NoGradGuard no_grad;
+    for (int i = 0; i < 5; ++i) {
+      auto z = m.forward(as_batch(ids, m.device()))[0][-1].to(torch::kCPU, torch::kFloat64);  // [V]
+      for (const auto& [tok, b] : bias) z[tok] += b;
+      want.push_back(int32_t(z.argmax().item<int64_t>()));
+      ids.push_back(want.back());
+    }
+  }
+  RequestParams p = greedy(5);
+  p.logit_bias = bias;
+  p.logprobs = 1;
+  const auto got = run_alone(m, nullptr, prompt(6, 7), p);
+  EXPECT_EQ(got.tokens, want);
+  EXPECT_NE(got.tokens[0], free_run[0]) << "-100 rules the greedy choice out";
+  // logprobs stay those of the raw logits: the banned token is still the most likely
+  EXPECT_EQ(got.logprobs[0].top.front().first, free_run[0]);
+  p.logit_bias = {{42, 100.f}};
+  EXPECT_EQ(run_alone(m, nullptr, prompt(6, 7), p).tokens, std::vector<int32_t>(5, 42));
+}
+
+// A Qwen-shaped vocabulary: 151,936 model rows, 151,669 tokenizer tokens. The
+// padded rows are scaled up until they dominate the logits, as a model that
+// strays can make them.
+TEST(Engine, IdsWithoutATokenAreNeverSampled) {
+  const std::string tok_dir = std::string(FINMOE_TEST_DATA_DIR) + "/tokenizer/qwen3";
+  if (!std::filesystem::exists(tok_dir + "/tokenizer.json")) GTEST_SKIP() << "no tokenizer data";
+  const auto tok = Tokenizer::from_dir(tok_dir);
+  const int64_t n_tok = tok.vocab_size();
+  ModelConfig cfg = test::tiny_config("qwen2");  // tied embeddings: the rows are also the lm_head
+  cfg.vocab_size = 151936;
+  ASSERT_LT(n_tok, cfg.vocab_size);
+  Transformer m(cfg, torch::kFloat32, test::test_device());
+  init_random(m, 21);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& [name, t] : m.named_parameters())
+      if (name == "model.embed_tokens.weight") t.slice(0, n_tok).mul_(25);  // [V - n_tok, D]
+  }
+  // Reference: argmax over the ids with a token; the unmasked argmax is a padded id.
+  const int steps = 6;
+  auto ids = prompt(9, 1);
+  std::vector<int32_t> want;
+  {
+    torch::NoGradGuard no_grad;
+    for (int i = 0; i < steps; ++i) {
+      auto z = m.forward(as_batch(ids, m.device()))[0][-1].to(torch::kCPU, torch::kFloat64);  // [V]
+      ASSERT_GE(z.argmax().item<int64_t>(), n_tok)
+          << "step " << i << ": the padded rows must dominate";
+      want.push_back(int32_t(z.slice(0, 0, n_tok).argmax().item<int64_t>()));
+      ids.push_back(want.back());
+    }
+  }
+  RequestParams p = greedy(steps);
+  p.logprobs = 5;
+  const auto got = run_alone(m, &tok, prompt(9, 1), p);
+  EXPECT_EQ(got.tokens, want);
+  EXPECT_EQ(got.text, tok.decode(got.tokens, /*skip_special_tokens=*/true));
+  for (const auto& lp : got.logprobs)
+    for (const auto& [id, l] : lp.top) EXPECT_LT(id, n_tok) << "a padded id among the top logprobs";
+  // Sampling, too: at temperature 1 an unmasked sampler would draw padded ids.
+  RequestParams hot = seeded(24, 5);
+  hot.sampling.top_k = 0;
+  for (int32_t t : run_alone(m, &tok, prompt(9, 1), hot).tokens) EXPECT_LT(t, n_tok);
+  // Without a tokenizer every row is a token: the padded argmax comes out.
+  EXPECT_GE(run_alone(m, nullptr, prompt(9, 1), greedy(1)).tokens.at(0), n_tok);
+
+  Generator gen(m, &tok);
+  GenerationOptions go;
+  go.sampling.temperature = 0;
+  go.max_new_tokens = steps;
+  EXPECT_EQ(gen.generate({prompt(9, 1)}, go).at(0).tokens, want) << "the Generator masks them too";
+}
+
 TEST(Engine, PresenceAndFrequencyPenaltiesFollowTheOpenAIRule) {
   auto m = tiny_model();
   const double presence = 0.7, frequency = 0.9;
@@ -533,6 +615,14 @@ TEST(Engine, SubmitRejectsBadRequestsNamingTheField) {
                   "stop_token_ids[0]");
   EXPECT_CONTAINS(submit({1}, with([](RequestParams& p) { p.stop_strings = {"x"}; })),
                   "stop_strings");
+  EXPECT_CONTAINS(submit({1}, with([](RequestParams& p) {
+                           p.logit_bias = {{300, 1.f}};
+                         })),
+                  "logit_bias[0]");
+  EXPECT_CONTAINS(submit({1}, with([](RequestParams& p) {
+                           p.logit_bias = {{1, 1.f}, {2, 101.f}};
+                         })),
+                  "logit_bias[1]");
   EXPECT_EQ(engine.stats().waiting, 0);  // nothing was queued
   EXPECT_FALSE(engine.step());
 

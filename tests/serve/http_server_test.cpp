@@ -59,6 +59,10 @@ TEST(HttpServer, BearerTokenCheck) {
   EXPECT_FALSE(authorized("sk-1", "sk-1"));
   EXPECT_FALSE(authorized("Basic sk-1", "sk-1"));
   EXPECT_FALSE(authorized("", "sk-1"));
+  // the whole value is compared: nothing may follow the key, not even after a NUL
+  EXPECT_FALSE(authorized(std::string("Bearer sk-1\0anything", 20), "sk-1"));
+  EXPECT_FALSE(authorized(std::string("Bearer sk-1\0", 12), "sk-1"));
+  EXPECT_FALSE(authorized("Bearer sk-", "sk-1"));
 }
 
 TEST(HttpServer, ByteSizes) {

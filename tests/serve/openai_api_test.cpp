@@ -3,6 +3,7 @@
 // Face's golden renderings), response and SSE shaping, metrics text format.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -37,8 +38,7 @@ struct Rejection {
   int status = 0;
   std::string param, code, message;
 };
-Rejection reject(Endpoint e, const std::string& body) {
-  const ApiContext ctx = context();
+Rejection reject(Endpoint e, const std::string& body, const ApiContext& ctx = context()) {
   try {
     if (e == Endpoint::Chat) parse_chat_request(body, ctx);
     else parse_completion_request(body, ctx);
@@ -60,22 +60,38 @@ TEST(OpenAiRequest, EachBadFieldIsA400NamingTheParam) {
     std::string field, param;
   };
   const std::vector<Case> both = {
-      {R"("temperature": -0.1)", "temperature"},     {R"("temperature": 2.5)", "temperature"},
-      {R"("temperature": "hot")", "temperature"},    {R"("top_p": 0)", "top_p"},
-      {R"("top_p": 1.01)", "top_p"},                 {R"("top_k": -2)", "top_k"},
-      {R"("top_k": 1.5)", "top_k"},                  {R"("min_p": 1.5)", "min_p"},
-      {R"("n": 0)", "n"},                            {R"("n": "2")", "n"},
-      {R"("max_tokens": 0)", "max_tokens"},          {R"("max_tokens": true)", "max_tokens"},
+      {R"("temperature": -0.1)", "temperature"},
+      {R"("temperature": 2.5)", "temperature"},
+      {R"("temperature": "hot")", "temperature"},
+      {R"("top_p": 0)", "top_p"},
+      {R"("top_p": 1.01)", "top_p"},
+      {R"("top_k": -2)", "top_k"},
+      {R"("top_k": 1.5)", "top_k"},
+      {R"("min_p": 1.5)", "min_p"},
+      {R"("n": 0)", "n"},
+      {R"("n": "2")", "n"},
+      {R"("max_tokens": 0)", "max_tokens"},
+      {R"("max_tokens": true)", "max_tokens"},
       {R"("presence_penalty": 2.5)", "presence_penalty"},
       {R"("frequency_penalty": -3)", "frequency_penalty"},
       {R"("repetition_penalty": 0)", "repetition_penalty"},
-      {R"("seed": "x")", "seed"},                    {R"("stop": 3)", "stop"},
-      {R"("stop": ["a", 1])", "stop[1]"},            {R"("stop": "")", "stop"},
-      {R"("stream": "yes")", "stream"},              {R"("stream_options": {"include_usage": true})", "stream_options"},
+      {R"("seed": "x")", "seed"},
+      {R"("stop": 3)", "stop"},
+      {R"("stop": ["a", 1])", "stop[1]"},
+      {R"("stop": "")", "stop"},
+      {R"("stream": "yes")", "stream"},
+      {R"("stream_options": {"include_usage": true})", "stream_options"},
       {R"("stream": true, "stream_options": {"include_usage": 1})", "stream_options.include_usage"},
       {R"("stream": true, "stream_options": {"foo": 1})", "stream_options.foo"},
-      {R"("model": "gpt-4")", "model"},              {R"("model": 7)", "model"},
-      {R"("logit_bias": {"1": 5})", "logit_bias"},   {R"("max_token": 5)", "max_token"},
+      {R"("model": "gpt-4")", "model"},
+      {R"("model": 7)", "model"},
+      {R"("logit_bias": {"x": 5})", "logit_bias"},
+      {R"("max_token": 5)", "max_token"},
+      {R"("logit_bias": {"1": 101})", "logit_bias"},
+      {R"("logit_bias": {"-1": 1})", "logit_bias"},
+      {R"("logit_bias": {"1": "5"})", "logit_bias"},
+      {R"("logit_bias": [1, 2])", "logit_bias"},
+      {R"("logit_bias": {"999999999": 1})", "logit_bias"},
       {R"("ignore_eos": 1)", "ignore_eos"},
   };
   for (const auto& c : both) {
@@ -93,6 +109,9 @@ TEST(OpenAiRequest, EachBadFieldIsA400NamingTheParam) {
       {R"("max_completion_tokens": -1)", "max_completion_tokens"},
       {R"("tools": [{"type": "function"}])", "tools"},
       {R"("response_format": {"type": "json_object"})", "response_format"},
+      {R"("response_format": {"type": 5})",
+       "response_format"},  // found by fuzz_test.py (was a 500)
+      {R"("response_format": "text")", "response_format"},
   };
   for (const auto& c : chat) {
     const Rejection r = reject(Endpoint::Chat, chat_with(c.field));
@@ -161,7 +180,24 @@ TEST(OpenAiRequest, PromptLongerThanTheContextIsRejected) {
   EXPECT_CONTAINS(r.message, "maximum context length is 64");
   r = reject(Endpoint::Completions, R"({"prompt": )" + ids60 + R"(], "max_tokens": 10})");
   EXPECT_EQ(r.code, "context_length_exceeded");
+  EXPECT_EQ(r.param, "max_tokens") << "the prompt fits: the completion is what is too long";
   EXPECT_CONTAINS(r.message, "60 in the prompt, 10 in the completion");
+  r = reject(Endpoint::Chat, chat_with(R"("max_completion_tokens": 64)"));
+  EXPECT_EQ(r.param, "max_completion_tokens");
+  EXPECT_EQ(r.code, "context_length_exceeded");
+  r = reject(Endpoint::Chat, chat_with(R"("max_tokens": 64)"));
+  EXPECT_EQ(r.param, "max_tokens");
+  // a prompt the whole KV cache cannot hold next to a new token
+  ApiContext small_cache = context();
+  small_cache.kv_cache_tokens = 32;
+  r = reject(Endpoint::Completions, R"({"prompt": [1, 2, 3]})", small_cache);
+  EXPECT_EQ(r.status, 0) << r.message;
+  std::string ids40 = "[";
+  for (int i = 0; i < 40; ++i) ids40 += std::string(i ? "," : "") + "100";
+  r = reject(Endpoint::Completions, R"({"prompt": )" + ids40 + "]}", small_cache);
+  EXPECT_EQ(r.param, "prompt");
+  EXPECT_EQ(r.code, "context_length_exceeded");
+  EXPECT_CONTAINS(r.message, "KV cache holds 32 tokens");
   // without max_tokens the completion gets what is left of the context
   auto ok = parse_completion_request(R"({"prompt": )" + ids60 + R"(], "max_tokens": null})", context());
   EXPECT_EQ(ok.params[0].max_tokens, 4);
@@ -170,6 +206,56 @@ TEST(OpenAiRequest, PromptLongerThanTheContextIsRejected) {
                                  long_text + R"("}]})");
   EXPECT_EQ(r.param, "messages");
   EXPECT_EQ(r.code, "context_length_exceeded");
+}
+
+TEST(OpenAiRequest, RequestsOverTheServerLimitsNameTheFieldAndTheLimit) {
+  ApiContext ctx = context();
+  ctx.limits = {.max_prompts = 3,
+                .max_n = 4,
+                .max_choices = 6,
+                .max_stop = 2,
+                .max_stop_bytes = 10,
+                .max_logit_bias = 2,
+                .max_messages = 3};
+  struct Case {
+    Endpoint e;
+    std::string body, param, limit;  // limit: in the message
+  };
+  const std::string msg = R"({"role": "user", "content": "x"})";
+  const std::vector<Case> over = {
+      {Endpoint::Completions, R"({"prompt": ["a", "b", "c", "d"]})", "prompt", "at most 3"},
+      {Endpoint::Completions, R"({"prompt": [[1], [2], [3], [4]]})", "prompt", "at most 3"},
+      {Endpoint::Completions, R"({"prompt": "a", "n": 5})", "n", "[1, 4]"},
+      {Endpoint::Completions, R"({"prompt": ["a", "b"], "n": 4})", "n", "at most 6"},
+      {Endpoint::Completions, R"({"prompt": "a", "n": 4, "best_of": 5})", "best_of", "[1, 4]"},
+      {Endpoint::Chat, chat_with(R"("n": 5)"), "n", "[1, 4]"},
+      {Endpoint::Chat, chat_with(R"("stop": ["a", "b", "c"])"), "stop", "at most 2"},
+      {Endpoint::Chat, chat_with(R"("stop": ["aaaaaa", "bbbbb"])"), "stop", "at most 10"},
+      {Endpoint::Chat, chat_with(R"("logit_bias": {"1": 1, "2": 1, "3": 1})"), "logit_bias",
+       "at most 2"},
+      {Endpoint::Chat, R"({"messages": [)" + msg + "," + msg + "," + msg + "," + msg + "]}",
+       "messages", "at most 3"},
+  };
+  for (const auto& c : over) {
+    const Rejection r = reject(c.e, c.body, ctx);
+    EXPECT_EQ(r.status, 400) << c.body;
+    EXPECT_EQ(r.param, c.param) << c.body << " -> " << r.message;
+    EXPECT_CONTAINS(r.message, c.limit);
+  }
+  // exactly at every limit
+  const std::vector<std::pair<Endpoint, std::string>> at = {
+      {Endpoint::Completions, R"({"prompt": ["a", "b", "c"], "n": 2, "stop": ["aaaaa", "bbbbb"]})"},
+      {Endpoint::Chat, R"({"messages": [)" + msg + "," + msg + "," + msg +
+                           R"(], "n": 4, "logit_bias": {"1": 1, "2": -1}})"},
+  };
+  for (const auto& [e, body] : at) {
+    const Rejection r = reject(e, body, ctx);
+    EXPECT_EQ(r.status, 0) << body << " -> " << r.message;
+  }
+  auto lb = parse_chat_request(chat_with(R"("logit_bias": {"5": 100, "17": -2.5})"), ctx);
+  auto got = lb.params[0].logit_bias;
+  std::sort(got.begin(), got.end());
+  EXPECT_EQ(got, (std::vector<std::pair<int32_t, float>>{{5, 100.f}, {17, -2.5f}}));
 }
 
 TEST(OpenAiRequest, FieldsLandInTheEngineParams) {
