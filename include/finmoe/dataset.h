@@ -30,6 +30,13 @@ struct TrainBatch {
   int64_t loss_tokens() const;  // positions with a label
 };
 
+// Upper bounds make_batch_source and the training config put on a batch, far
+// above any run on one process, so that nothing sized by them overflows.
+inline constexpr int64_t kMaxSeqLen = int64_t(1) << 24;
+inline constexpr int64_t kMaxBatchSize = int64_t(1) << 16;    // also buffered rows
+inline constexpr int64_t kMaxBatchTokens = int64_t(1) << 28;  // seq_len x batch_size
+inline constexpr int64_t kMaxTextBlockBytes = int64_t(1) << 30;
+
 struct DataConfig {
   // .jsonl files ({"text": ...} or {"messages": [...]}) or plain text files
   // (one document per file, or per blank-line-separated paragraph block).

@@ -197,7 +197,8 @@ struct EvalResult {
 // Mean cross-entropy per label token of `model` over the next `batches`
 // batches of `source`, without gradients (documents masked when the batches
 // carry document_ids). on_batch, when set, gets the batches done so far.
-// Throws Error for batches <= 0.
+// Throws Error for batches outside [1, kMaxEvalBatches].
+inline constexpr int64_t kMaxEvalBatches = int64_t(1) << 20;
 EvalResult evaluate_lm(Transformer& model, BatchSource& source, int64_t batches,
                        const std::function<void(int64_t)>& on_batch = {});
 
