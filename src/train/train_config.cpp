@@ -12,7 +12,7 @@
 
 #include "finmoe/config.h"
 #include "finmoe/error.h"
-#include "finmoe/train.h"
+#include "finmoe/train_config.h"
 #include "tokenizer/utf8.h"
 #include "train/yaml_bounds.h"
 
