@@ -4,6 +4,8 @@
 #   ./finmoe.sh test    install what is missing, build, run the whole test suite
 #   ./finmoe.sh tour    install what is missing, build, a one-minute tour of the inference commands
 #   ./finmoe.sh build   install + build only (binary: build/finmoe)
+#   ./finmoe.sh test-asan [CTEST ARGS]  the tests built with ASan+UBSan (build-asan/)
+#   ./finmoe.sh fuzz [SECONDS]          each libFuzzer target for SECONDS (default 120; clang-16, build-fuzz/)
 #   ./finmoe.sh ARGS... any other arguments run the built `finmoe ARGS...`
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -64,6 +66,43 @@ build() {
   cmake --build "$BUILD" -j "$JOBS"
 }
 
+# A second build tree with its own CMake options: build_variant DIR CMAKE_ARGS... -- TARGETS...
+build_variant() {
+  local dir=$1
+  shift
+  local args=() targets=()
+  while (($#)) && [ "$1" != -- ]; do args+=("$1"); shift; done
+  shift || true
+  targets=("$@")
+  install_deps
+  export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/ccache}
+  export CCACHE_BASEDIR=$ROOT
+  export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
+  if [ ! -f "$dir/build.ninja" ]; then
+    log "configuring $dir"
+    cmake -S "$ROOT" -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFINMOE_BUILD_BENCH=OFF "${args[@]}"
+  fi
+  log "building ${targets[*]:-everything} in $dir with $JOBS jobs"
+  if ((${#targets[@]})); then
+    cmake --build "$dir" -j "$JOBS" --target "${targets[@]}"
+  else
+    cmake --build "$dir" -j "$JOBS"
+  fi
+}
+
+# Seed inputs of each libFuzzer target from the test data (never written back).
+fuzz_seeds() {
+  local corpus=$1
+  mkdir -p "$corpus"/{safetensors_header,config_json,tokenizer_json,train_yaml}
+  cp "$ROOT"/tests/data/core/fixture.safetensors "$corpus/safetensors_header/"
+  cp "$ROOT"/tests/data/core/configs/*.json "$corpus/config_json/"
+  local n=0
+  for f in "$ROOT"/tests/data/hf/*/config.json; do cp "$f" "$corpus/config_json/hf-$((n++)).json"; done
+  cp "$ROOT"/tests/data/tokenizer/byte_fallback/llama2_style/tokenizer.json "$corpus/tokenizer_json/llama2.json"
+  cp "$ROOT"/tests/data/tokenizer/byte_fallback/metaspace_style/tokenizer.json "$corpus/tokenizer_json/metaspace.json"
+  cp "$ROOT"/fuzz/train.yaml "$corpus/train_yaml/"
+}
+
 # The kernel paths below this CPU's best (src/kernels/isa.h): avx512 (without
 # BF16) when it has AVX-512 BF16, avx2 when it has AVX-512, and scalar.
 lower_isas() {
@@ -97,6 +136,48 @@ case "$cmd" in
         FINMOE_ISA=$isa ctest --output-on-failure -j "$JOBS" -L "$labels"
       done
     fi ;;
+  test-asan)
+    # Every test built with AddressSanitizer + UndefinedBehaviorSanitizer; a
+    # finding aborts the test. libtorch itself is not instrumented.
+    shift || true
+    ASAN_BUILD=${FINMOE_ASAN_BUILD_DIR:-$ROOT/build-asan}
+    targets=()
+    # FINMOE_ASAN_TARGETS="test_core test_tokenizer" builds just those
+    if [ -n "${FINMOE_ASAN_TARGETS:-}" ]; then read -r -a targets <<<"$FINMOE_ASAN_TARGETS"; fi
+    build_variant "$ASAN_BUILD" -DFINMOE_SANITIZE=address,undefined -- "${targets[@]}"
+    setup_venv
+    export FINMOE_PYTHON="$VENV/bin/python"
+    # leaks: libtorch's and yaml-cpp's process-lifetime allocations are not findings
+    export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:abort_on_error=1}
+    export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+    cd "$ASAN_BUILD"
+    ctest --output-on-failure -j "$JOBS" "$@" ;;
+  fuzz)
+    # The libFuzzer targets of fuzz/ (ASan + UBSan), each for SECONDS; a
+    # finding leaves its input in build-fuzz/findings/ and fails the run.
+    shift || true
+    seconds=${1:-120}
+    FUZZ_BUILD=${FINMOE_FUZZ_BUILD_DIR:-$ROOT/build-fuzz}
+    # clang 16 (Debian 12: clang-16, libclang-rt-16-dev for libFuzzer): clang 14
+    # with libstdc++ 12 cannot compile the torch headers fuzz_train_yaml needs in C++20
+    APT_PACKAGES+=(clang-16 libclang-rt-16-dev)
+    CC=${CC:-clang-16} CXX=${CXX:-clang++-16} build_variant "$FUZZ_BUILD" -DFINMOE_FUZZ=ON -DFINMOE_BUILD_TESTS=OFF -- \
+      fuzz_safetensors_header fuzz_config_json fuzz_tokenizer_json fuzz_train_yaml
+    fuzz_seeds "$FUZZ_BUILD/seeds"
+    mkdir -p "$FUZZ_BUILD/findings"
+    export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0}
+    status=0
+    for t in safetensors_header config_json tokenizer_json train_yaml; do
+      mkdir -p "$FUZZ_BUILD/corpus/$t"
+      log "fuzz_$t for ${seconds}s"
+      "$FUZZ_BUILD/fuzz_$t" -max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 \
+        -dict="$ROOT/fuzz/json.dict" -print_final_stats=1 \
+        -artifact_prefix="$FUZZ_BUILD/findings/$t-" "$FUZZ_BUILD/corpus/$t" "$FUZZ_BUILD/seeds/$t" \
+        2>&1 | grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb|==[0-9]+==ERROR|SUMMARY|INFO: Running with)" \
+        || true
+      if ls "$FUZZ_BUILD/findings/$t-"* >/dev/null 2>&1; then status=1; fi
+    done
+    exit $status ;;
   demo)
     shift || true
     build

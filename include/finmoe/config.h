@@ -53,6 +53,19 @@ struct QuantizationConfig {
   nlohmann::json to_json() const;
 };
 
+// Upper bounds ModelConfig::finalize() puts on config.json (docs/formats/config.md,
+// "Limits"): each far beyond released models, so that a corrupt or hostile
+// file is refused before anything is sized from it.
+inline constexpr int64_t kMaxVocabSize = int64_t(1) << 24;         // 16.8M tokens
+inline constexpr int64_t kMaxHiddenSize = int64_t(1) << 17;        // 131072
+inline constexpr int64_t kMaxIntermediateSize = int64_t(1) << 20;  // any FFN or expert width
+inline constexpr int64_t kMaxLayers = int64_t(1) << 12;            // 4096
+inline constexpr int64_t kMaxHeads = int64_t(1) << 12;             // query or key/value heads
+inline constexpr int64_t kMaxHeadDim = int64_t(1) << 13;
+inline constexpr int64_t kMaxExperts = int64_t(1) << 16;    // also each of G_I, R_I, G_O, R_O
+inline constexpr int64_t kMaxPositions = int64_t(1) << 30;  // context, window, original context
+inline constexpr int64_t kMaxParams = int64_t(1) << 48;     // 2.8e14 parameters in all
+
 struct ModelConfig {
   std::string model_type;  // llama | qwen2 | mistral | mixtral | qwen2_moe | finer_moe | finmoe_dense
                            // | deepseek_v2 | deepseek_v3

@@ -16,6 +16,7 @@
 #include <nlohmann/json_fwd.hpp>
 #include <torch/torch.h>
 
+#include "finmoe/data_config.h"
 #include "finmoe/tokenizer.h"
 
 namespace finmoe {
@@ -28,33 +29,6 @@ struct TrainBatch {
   torch::Tensor labels;        // [B,T] int64, -100 = ignored
   torch::Tensor document_ids;  // [B,T] int64 when document masking is on, else undefined
   int64_t loss_tokens() const;  // positions with a label
-};
-
-struct DataConfig {
-  // .jsonl files ({"text": ...} or {"messages": [...]}) or plain text files
-  // (one document per file, or per blank-line-separated paragraph block).
-  std::vector<std::string> files;
-  // "text": language-model loss on every token; "sft": `messages` rendered
-  // with the chat template, loss only on assistant tokens; "auto": per record.
-  std::string format = "auto";
-  // Hybrid tuning: instruction files interleaved with `files`; each packed
-  // sequence comes from the instruction stream with this probability.
-  std::vector<std::string> instruction_files;
-  double instruction_ratio = 0.0;
-  int64_t seq_len = 512;        // T
-  int64_t batch_size = 8;       // B
-  bool document_mask = false;   // fill TrainBatch::document_ids
-  bool shuffle = true;
-  uint64_t seed = 0;
-  std::string chat_template;    // override ("chatml", "llama3", ...); "" = the tokenizer's
-  // Plain text files: "file" = the whole file is one document (read in blocks,
-  // never whole); "paragraph" = every blank-line-separated block is a document.
-  std::string text_documents = "file";
-  // With shuffle: packed rows held back and drawn at random, so rows of one
-  // long document spread over batches; 0 = none.
-  int64_t shuffle_buffer = 64;
-  // Plain text is read and tokenized in blocks of about this many bytes.
-  int64_t text_block_bytes = 1 << 16;
 };
 
 // One conversation tokenized for SFT: the chat template's rendering, with a

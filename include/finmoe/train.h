@@ -32,111 +32,11 @@
 
 #include "finmoe/dataset.h"
 #include "finmoe/lora.h"
+#include "finmoe/train_config.h"
 
 namespace finmoe {
 
 class Transformer;
-
-// What is trained (see TrainMethod below) and which data checks apply.
-//   pretrain  every parameter; the model may be a seeded preset (init_preset)
-//   cpt       continual pretraining of an existing model (`model` required)
-//   sft       instruction tuning; data.format defaults to "sft"
-//   hybrid    FinMoE §4.2: text and instruction files shuffled into one stream
-//             (data.instruction_files and data.instruction_ratio required)
-//   kd        forward-KL distillation from kd.teacher (YouZhi §3.2)
-//   esft      only the experts esft.expert_config selects (ESFT, docs/esft.md);
-//             checkpoints are ESFT delta directories
-//   lora      low-rank adapters (lora.*); checkpoints are PEFT adapter directories
-enum class TrainMode { Pretrain, Cpt, Sft, Hybrid, Kd, Esft, Lora };
-
-std::string_view to_string(TrainMode mode);
-// Throws Error listing the modes.
-TrainMode train_mode_from_string(std::string_view name);
-
-struct KdConfig {
-  std::string teacher;       // teacher model directory (mode kd); same vocabulary as the student
-  double temperature = 1.0;  // tau: both distributions are softmax(z / tau); KL scaled by tau^2
-  double alpha = 1.0;        // loss = alpha * KL + (1 - alpha) * CE
-};
-
-struct EsftTrainConfig {
-  std::string expert_config;  // expert_cfg.json (`finmoe esft select`); required in mode esft
-};
-
-// Every field is a YAML key of the same name (nested: data.*, eval_data.*, kd.*,
-// esft.*, lora.* with lora.r, lora.alpha, lora.dropout, lora.target_modules,
-// lora.use_rslora of LoraConfig).
-struct TrainConfig {
-  TrainMode mode = TrainMode::Pretrain;
-
-  // ---- model
-  std::string model;            // HF directory to start from
-  std::string init_preset;      // when `model` is empty: a seeded preset (finmoe init)
-  std::string init_model_type;  // preset's architecture override ("" = the preset's)
-  int64_t init_vocab_size = 0;  // 0 = the tokenizer's vocabulary (else the preset's)
-  std::string tokenizer;        // directory with tokenizer.json; "" = `model`
-  std::string output_dir;       // required: checkpoints, metrics, plots
-  std::string device = "cpu";   // cpu | cuda | cuda:N
-  // auto: bf16 autocast on CUDA, fp32 on CPU; fp32; bf16 (autocast). The
-  // weights and optimizer state are float32 in every case.
-  std::string precision = "auto";
-
-  // ---- data (dataset.h). data.seed defaults to `seed`.
-  DataConfig data;
-  // Held-out data; files empty = no evaluation. Unset keys are taken from
-  // `data` (seq_len, batch_size, format, ...), shuffle defaults to false.
-  DataConfig eval_data;
-  int64_t eval_interval = 0;  // steps between evaluations; 0 = only at the end
-  int64_t eval_batches = 8;   // fixed batches read once from eval_data
-
-  // ---- optimizer: AdamW as PyTorch's (decoupled weight decay).
-  double lr = 3e-4;
-  double min_lr = 0.0;
-  std::array<double, 2> betas = {0.9, 0.95};
-  double eps = 1e-8;
-  double weight_decay = 0.1;  // Megatron-style: only tensors of 2+ dims (not norms, biases)
-
-  // ---- schedule: linear warmup to lr, then cosine | linear | constant to min_lr.
-  std::string schedule = "cosine";
-  int64_t warmup_steps = 0;
-  double warmup_ratio = 0.0;  // of the total steps, when warmup_steps is 0 (FineRMoE: 0.01)
-  int64_t max_steps = 0;      // optimizer steps; or
-  int64_t num_tokens = 0;     // train until this many input tokens (when max_steps is 0)
-  double grad_clip = 1.0;     // global L2 norm; 0 = off
-  int64_t grad_accum = 1;     // micro-batches (of data.batch_size) per optimizer step
-
-  // ---- losses
-  std::optional<double> moe_aux_loss_alpha;  // load-balancing alpha; default: router_aux_loss_coef
-  KdConfig kd;
-
-  // ---- parameter-efficient modes
-  EsftTrainConfig esft;
-  LoraConfig lora;
-
-  // ---- run
-  uint64_t seed = 0;
-  int64_t save_interval = 0;     // steps between checkpoints; 0 = only at the end
-  int64_t keep_checkpoints = 0;  // newest N checkpoint-* kept; 0 = all
-  int64_t log_interval = 10;     // steps between log lines (metrics files get every step); 0 = none
-  std::string resume;            // "" | "auto" (OUTPUT/latest if present) | checkpoint dir
-
-  // Optimizer steps this config runs (max_steps, or num_tokens over the
-  // tokens of one step, rounded up).
-  int64_t total_steps() const;
-  // Checks values and mode requirements; throws Error naming the key.
-  void validate() const;
-  nlohmann::json to_json() const;
-};
-
-// Parses YAML text. `overrides` are "key=value" (dotted keys for nested
-// sections, values in YAML: "lr=1e-4", "data.files=[a.jsonl, b.jsonl]")
-// applied over the file. Unknown keys and wrongly typed values throw Error
-// naming `source` and the key. Validates the result.
-TrainConfig parse_train_config(const std::string& yaml, const std::string& source,
-                               const std::vector<std::string>& overrides = {});
-// Reads `path` ("" = overrides only) and parses it as above.
-TrainConfig load_train_config(const std::string& path,
-                              const std::vector<std::string>& overrides = {});
 
 // ---- what a mode trains -------------------------------------------------
 
@@ -197,7 +97,8 @@ struct EvalResult {
 // Mean cross-entropy per label token of `model` over the next `batches`
 // batches of `source`, without gradients (documents masked when the batches
 // carry document_ids). on_batch, when set, gets the batches done so far.
-// Throws Error for batches <= 0.
+// Throws Error for batches outside [1, kMaxEvalBatches].
+inline constexpr int64_t kMaxEvalBatches = int64_t(1) << 20;
 EvalResult evaluate_lm(Transformer& model, BatchSource& source, int64_t batches,
                        const std::function<void(int64_t)>& on_batch = {});
 

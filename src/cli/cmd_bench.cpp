@@ -4,10 +4,13 @@
 
 #include "cli/commands.h"
 #include "finmoe/bench.h"
+#include "finmoe/error.h"
 #include "kernels/cpu_features.h"
 #include "kernels/thread_pool.h"
 
 namespace finmoe::cli {
+
+constexpr int64_t kMaxBenchBatch = 4096;  // decoding sequences at once
 
 void add_bench(CLI::App& app, Run& run) {
   auto* b = app.add_subcommand("bench", "Benchmarks");
@@ -32,6 +35,20 @@ void add_bench(CLI::App& app, Run& run) {
       if (!dtype.empty()) lo.dtype = dtype_from_string(dtype);
       lo.device = device_from_string(device);
       auto model = load_model(dir, lo);
+      // sizes within the model's context, so that the benchmark allocates what
+      // a real run of the model would
+      const int64_t ctx = model.config().max_position_embeddings;
+      auto at_most = [](const std::string& option, int64_t v, int64_t limit, const char* what) {
+        if (v > limit)
+          throw Error(option + " is " + std::to_string(v) + ", above " + what + " (" +
+                      std::to_string(limit) + ")");
+      };
+      const char* context = "the model's max_position_embeddings";
+      at_most("--prefill", o.prefill_tokens, ctx, context);
+      at_most("--context", o.context_tokens, ctx, context);
+      at_most("--steps", o.decode_steps, ctx, context);
+      at_most("--context + --steps", o.context_tokens + o.decode_steps, ctx, context);
+      for (int64_t b : o.batch_sizes) at_most("--batch", b, kMaxBenchBatch, "the limit on sequences");
       auto r = bench_decode(model, o);
       auto j = r.to_json();
       j["model"] = dir;

@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "finmoe/config.h"
 #include "finmoe/error.h"
 #include "finmoe/generate.h"
 
@@ -45,6 +46,9 @@ struct GenFlags {
   }
 
   GenerationOptions options(const ModelConfig& cfg, const std::string& model_dir) const {
+    if (max_new_tokens < 0 || max_new_tokens > kMaxPositions)
+      throw Error("--max-new-tokens must be in [0, " + std::to_string(kMaxPositions) + "], got " +
+                  std::to_string(max_new_tokens));
     GenerationOptions o;
     o.sampling.temperature = greedy ? 0.0 : temperature;
     o.sampling.top_k = top_k;

@@ -39,18 +39,26 @@ std::string esft_flags(const nlohmann::json& esft) {
   return s;
 }
 
+// Comma-separated ids, read as int64 so that 4294967297 is refused rather
+// than wrapped to 1; checked against the vocabulary once the model is loaded.
 std::vector<int32_t> parse_ids(const std::string& s) {
   std::vector<int32_t> ids;
   std::stringstream ss(s);
   std::string part;
   while (std::getline(ss, part, ',')) {
+    long long id = 0;
     try {
       size_t used = 0;
-      ids.push_back(int32_t(std::stol(part, &used)));
+      id = std::stoll(part, &used);
       if (used != part.size()) throw std::invalid_argument(part);
-    } catch (const std::exception&) {
+    } catch (const std::invalid_argument&) {
       throw Error("--ids: '" + part + "' is not an integer");
+    } catch (const std::out_of_range&) {
+      throw Error("--ids: '" + part + "' is not a token id (outside 64-bit integers)");
     }
+    if (id < 0 || id > INT32_MAX)
+      throw Error("--ids: " + part + " is not a token id (ids lie in [0, 2^31))");
+    ids.push_back(int32_t(id));
   }
   return ids;
 }
@@ -104,10 +112,11 @@ void add_info(CLI::App& app, Run& run) {
       const auto specs = expected_tensors(cfg);
       std::vector<int64_t> layer_params(size_t(cfg.num_hidden_layers), 0);
       nlohmann::json layer = nlohmann::json::object();  // tensors of the first (and first MoE) layer
-      const int64_t first_moe = cfg.is_moe() ? int64_t(std::find(cfg.moe_layers.begin(),
-                                                                 cfg.moe_layers.end(), true) -
-                                                       cfg.moe_layers.begin())
-                                             : -1;
+      // -1 when no layer is MoE (a dense model, or one whose decoder_sparse_step
+      // or mlp_only_layers leave every layer dense)
+      const auto moe_it = std::find(cfg.moe_layers.begin(), cfg.moe_layers.end(), true);
+      const int64_t first_moe =
+          moe_it == cfg.moe_layers.end() ? -1 : int64_t(moe_it - cfg.moe_layers.begin());
       for (const auto& s : specs) {
         if (!s.name.starts_with("model.layers.")) continue;
         const size_t dot = s.name.find('.', 13);
@@ -148,10 +157,13 @@ void add_info(CLI::App& app, Run& run) {
                {"shared_expert_intermediate_size", cfg.shared_expert_intermediate_size},
                {"routing", routing_name},
                {"moe_layers", moe_layers},
-               {"G_I", cfg.G_I}, {"R_I", cfg.R_I}, {"G_O", cfg.G_O}, {"R_O", cfg.R_O},
+               {"G_I", cfg.G_I},
+               {"R_I", cfg.R_I},
+               {"G_O", cfg.G_O},
+               {"R_O", cfg.R_O},
                {"T_I", cfg.T_I()},
                {"moe_concat_proj", cfg.moe_concat_proj},
-               {"params_per_moe_layer", layer_params[size_t(first_moe)]}};
+               {"params_per_moe_layer", first_moe < 0 ? 0 : layer_params[size_t(first_moe)]}};
       }
       nlohmann::json kv = {{"float32", kv_cache_bytes_per_token(cfg, 4)},
                            {"bfloat16", kv_cache_bytes_per_token(cfg, 2)},
@@ -269,6 +281,7 @@ void add_logits(CLI::App& app, Run& run) {
   c->callback([&run] {
     run = [] {
       if (text.empty() == ids_arg.empty()) throw Error("give exactly one of --text and --ids");
+      if (top < 1) throw Error("--top must be at least 1, got " + std::to_string(top));
       std::vector<int32_t> ids;
       std::optional<Tokenizer> tok;
       if (std::filesystem::exists(dir + "/tokenizer.json")) tok.emplace(Tokenizer::from_dir(dir));

@@ -3,8 +3,9 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
-#include <map>
 #include <filesystem>
+#include <map>
+#include <set>
 
 #include "core/file_util.h"
 #include "core/tensor_data_check.h"
@@ -51,6 +52,25 @@ void remove_stale_shards(const std::string& dir, const std::vector<std::string>&
   }
 }
 
+// A shard named by an index: a file of the directory itself, so an index
+// cannot make the reader open files elsewhere ("../x", "/etc/x", "a/../../x").
+// A symlink placed in the directory is followed: that is the user's doing.
+bool is_plain_file_name(const std::string& name) {
+  return !name.empty() && name != "." && name != ".." &&
+         name.find_first_of(std::string_view("/\\\0", 3)) == std::string::npos;
+}
+
+// Whether `path` is a regular file; a path the system cannot even look up
+// (too long, a loop of links, no permission) is an Error naming it, not a
+// std::filesystem exception.
+bool is_file(const std::string& path) {
+  std::error_code ec;
+  const bool regular = fs::is_regular_file(path, ec);
+  if (ec && ec != std::errc::no_such_file_or_directory && ec != std::errc::not_a_directory)
+    throw Error("cannot look up " + path + ": " + ec.message());
+  return regular;
+}
+
 void remove_file(const std::string& path) {
   std::error_code ec;
   fs::remove(path, ec);
@@ -65,34 +85,38 @@ CheckpointReader CheckpointReader::open(const std::string& dir) {
   const std::string single = join(dir, kSingleName);
   const std::string index_path = join(dir, kIndexName);
   // As in transformers, a single file wins over an index.
-  if (fs::is_regular_file(single)) {
+  if (is_file(single)) {
     r.files_.push_back(SafetensorsFile::open(single));
     const auto& ts = r.files_[0]->tensors();
     for (size_t i = 0; i < ts.size(); ++i) r.index_.emplace(ts[i].name, std::make_pair(0, i));
     return r;
   }
-  if (!fs::is_regular_file(index_path))
+  if (!is_file(index_path))
     throw Error("no checkpoint in " + dir + ": expected " + kSingleName + " or " + kIndexName);
 
   nlohmann::json index = read_json_file(index_path);
   if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
     throw Error(index_path + ": expected an object with a 'weight_map' object");
-  // Shards in order of first mention; name -> shard file.
-  std::vector<std::string> shards;
+  // name -> shard file; the shards sorted by name.
+  std::set<std::string> shard_set;
   std::map<std::string, std::string> listed;
   for (const auto& [name, file] : index["weight_map"].items()) {
     if (!file.is_string())
       throw Error(index_path + ": weight_map['" + name + "'] must be a string, got " +
                   file.type_name());
     std::string shard = file.get<std::string>();
+    if (!is_plain_file_name(shard))
+      throw Error(index_path + ": weight_map['" + name + "'] is '" + shard +
+                  "'; a shard must be a file name inside the checkpoint directory (no '/', "
+                  "no '..')");
     listed[name] = shard;
-    if (std::find(shards.begin(), shards.end(), shard) == shards.end()) shards.push_back(shard);
+    shard_set.insert(std::move(shard));
   }
-  std::sort(shards.begin(), shards.end());
+  const std::vector<std::string> shards(shard_set.begin(), shard_set.end());
   std::map<std::string, size_t> shard_index;
   for (const auto& shard : shards) {
     const std::string path = join(dir, shard);
-    if (!fs::is_regular_file(path))
+    if (!is_file(path))
       throw Error(index_path + ": shard " + shard + " is listed but " + path + " does not exist");
     shard_index[shard] = r.files_.size();
     r.files_.push_back(SafetensorsFile::open(path));

@@ -333,6 +333,11 @@ static void read_deepseek(const Fields& f, ModelConfig& c) {
   f.read("aux_loss_alpha", c.router_aux_loss_coef);
 }
 
+namespace {
+template <class T>
+T count_params(const ModelConfig& c, bool active);
+}  // namespace
+
 ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   if (!j.is_object()) throw Error(source + ": expected a JSON object, got " + json_type(j));
   Fields f(j, source);
@@ -428,6 +433,12 @@ void ModelConfig::finalize(const std::string& source) {
   auto positive = [&](const char* field, int64_t v) {
     if (v <= 0) fail(field, "must be positive, got " + std::to_string(v));
   };
+  // Sizes far beyond any real model are a corrupt or hostile file: refused
+  // before anything is sized from them (docs/formats/config.md, "Limits").
+  auto at_most = [&](const char* field, int64_t v, int64_t limit) {
+    if (v > limit)
+      fail(field, "is " + std::to_string(v) + ", above finmoe's limit of " + std::to_string(limit));
+  };
   positive("vocab_size", vocab_size);
   positive("hidden_size", hidden_size);
   positive("intermediate_size", intermediate_size);
@@ -437,6 +448,24 @@ void ModelConfig::finalize(const std::string& source) {
   // MLA expands keys and values per head: HF's grouping must see no sharing
   if (num_key_value_heads == 0 || is_mla()) num_key_value_heads = num_attention_heads;
   positive("num_key_value_heads", num_key_value_heads);
+  at_most("vocab_size", vocab_size, kMaxVocabSize);
+  at_most("hidden_size", hidden_size, kMaxHiddenSize);
+  at_most("intermediate_size", intermediate_size, kMaxIntermediateSize);
+  at_most("num_hidden_layers", num_hidden_layers, kMaxLayers);
+  at_most("num_attention_heads", num_attention_heads, kMaxHeads);
+  at_most("num_key_value_heads", num_key_value_heads, kMaxHeads);
+  at_most("head_dim", head_dim, kMaxHeadDim);
+  at_most("max_position_embeddings", max_position_embeddings, kMaxPositions);
+  if (sliding_window) at_most("sliding_window", *sliding_window, kMaxPositions);
+  at_most("rope_scaling.original_max_position_embeddings",
+          rope_scaling.original_max_position_embeddings, kMaxPositions);
+  auto token_id = [&](const char* field, int64_t id) {
+    if (id < INT32_MIN || id > INT32_MAX)
+      fail(field, "is " + std::to_string(id) + ", not a token id (32-bit)");
+  };
+  if (bos_token_id) token_id("bos_token_id", *bos_token_id);
+  if (pad_token_id) token_id("pad_token_id", *pad_token_id);
+  for (int64_t id : eos_token_id) token_id("eos_token_id", id);
   if (num_attention_heads % num_key_value_heads != 0)
     fail("num_attention_heads", std::to_string(num_attention_heads) +
                                     " is not a multiple of num_key_value_heads " +
@@ -462,12 +491,24 @@ void ModelConfig::finalize(const std::string& source) {
   }
   if (sliding_window) positive("sliding_window", *sliding_window);
   finalize_sliding(*this, fail);
-  if (!(rms_norm_eps > 0)) fail("rms_norm_eps", "must be positive");
-  if (!(rope_theta > 0)) fail("rope_theta", "must be positive");
+  if (!(rms_norm_eps > 0) || !std::isfinite(rms_norm_eps))
+    fail("rms_norm_eps", "must be positive and finite");
+  if (!(rope_theta > 0) || !std::isfinite(rope_theta))
+    fail("rope_theta", "must be positive and finite");
   if (std::find(kTorchDtypes.begin(), kTorchDtypes.end(), torch_dtype) == kTorchDtypes.end())
     fail("torch_dtype", "has unsupported value '" + torch_dtype + "' (supported: " +
                             join_list(kTorchDtypes) + ")");
   finalize_moe(*this, fail);
+  // Each size is bounded above, their products are not: counted in double,
+  // which cannot overflow, so the int64 counts and tensor shapes derived
+  // from this config never do.
+  const double params = count_params<double>(*this, false);
+  if (params > double(kMaxParams))
+    throw Error(source +
+                ": the sizes (vocab_size, hidden_size, intermediate_size, "
+                "num_hidden_layers, heads, experts) describe " +
+                std::to_string(params) + " parameters, above finmoe's limit of " +
+                std::to_string(kMaxParams));
 }
 
 static void finalize_deepseek_moe(
@@ -502,6 +543,13 @@ static void finalize_moe(ModelConfig& c,
   const std::string n_key =
       mixtral ? "num_local_experts" : c.is_deepseek() ? "n_routed_experts" : "num_experts";
   if (c.num_experts < 0) fail(n_key, "must not be negative, got " + str(c.num_experts));
+  auto at_most = [&](const std::string& field, int64_t v, int64_t limit) {
+    if (v > limit) fail(field, "is " + str(v) + ", above finmoe's limit of " + str(limit));
+  };
+  at_most(n_key, c.num_experts, kMaxExperts);
+  at_most("moe_intermediate_size", c.moe_intermediate_size, kMaxIntermediateSize);
+  at_most("shared_expert_intermediate_size", c.shared_expert_intermediate_size,
+          kMaxIntermediateSize);
   if (c.model_type == "finmoe_dense") c.num_experts_per_tok = c.num_experts;
   if (c.num_experts_per_tok <= 0 || c.num_experts_per_tok > c.num_experts)
     fail("num_experts_per_tok", "must be in [1, " + n_key + "=" + str(c.num_experts) + "], got " +
@@ -517,7 +565,8 @@ static void finalize_moe(ModelConfig& c,
       fail("mlp_only_layers", "names layer " + str(l) + ", the model has " +
                                   str(c.num_hidden_layers));
   for (int64_t key_value : {c.G_I, c.R_I, c.G_O, c.R_O})
-    if (key_value <= 0) fail("G_I/R_I/G_O/R_O", "must all be positive");
+    if (key_value <= 0 || key_value > kMaxExperts)
+      fail("G_I/R_I/G_O/R_O", "must all be in [1, " + str(kMaxExperts) + "]");
   if (c.model_type != "finer_moe" &&
       (c.G_I != 1 || c.R_I != 1 || c.G_O != 1 || c.R_O != 1 || c.moe_concat_proj))
     fail("G_O", "granularity keys need model_type finer_moe");
@@ -539,11 +588,10 @@ static void finalize_moe(ModelConfig& c,
     finalize_deepseek_moe(c, fail);
     return;
   }
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    const bool dense_only = std::find(c.mlp_only_layers.begin(), c.mlp_only_layers.end(), i) !=
-                            c.mlp_only_layers.end();
-    c.moe_layers[size_t(i)] = !dense_only && (i + 1) % c.decoder_sparse_step == 0;
-  }
+  std::vector<bool> dense_only(size_t(c.num_hidden_layers), false);
+  for (int64_t l : c.mlp_only_layers) dense_only[size_t(l)] = true;
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i)
+    c.moe_layers[size_t(i)] = !dense_only[size_t(i)] && (i + 1) % c.decoder_sparse_step == 0;
 }
 
 bool ModelConfig::o_proj_bias() const {
@@ -561,48 +609,56 @@ ModelConfig::Routing ModelConfig::routing() const {
 
 namespace {
 
-int64_t swiglu_params(int64_t in, int64_t width, int64_t out, bool bias) {
+// The counts in T: int64_t for the API, double for finalize()'s overflow check.
+template <class T>
+T swiglu_params(T in, T width, T out, bool bias) {
   return 2 * in * width + width * out + (bias ? 2 * width + out : 0);
 }
 
 // Parameters of one layer; `experts_counted` routed experts of the MoE FFN.
-int64_t layer_params(const ModelConfig& c, size_t layer, int64_t experts_counted) {
-  const int64_t D = c.hidden_size;
-  int64_t n = 2 * D;  // the two norms
+template <class T>
+T layer_params(const ModelConfig& c, size_t layer, T experts_counted) {
+  const T D = T(c.hidden_size), q = T(c.num_attention_heads) * T(c.head_dim),
+          kv = T(c.num_key_value_heads) * T(c.head_dim);
+  T n = 2 * D;  // the two norms
   if (c.is_mla()) {
-    const int64_t H = c.num_attention_heads, R = c.kv_lora_rank, qr = c.q_lora_rank;
-    n += qr > 0 ? D * qr + qr + qr * H * c.qk_head_dim() : D * H * c.qk_head_dim();
-    n += D * (R + c.qk_rope_head_dim) + R + R * H * (c.qk_nope_head_dim + c.v_head_dim);
-    n += H * c.v_head_dim * D;
-    if (c.attention_bias) n += (qr > 0 ? qr : 0) + R + c.qk_rope_head_dim + D;
+    const T H = T(c.num_attention_heads), R = T(c.kv_lora_rank), qr = T(c.q_lora_rank);
+    const T qk = T(c.qk_head_dim()), rope = T(c.qk_rope_head_dim);
+    n += c.q_lora_rank > 0 ? D * qr + qr + qr * H * qk : D * H * qk;
+    n += D * (R + rope) + R + R * H * (T(c.qk_nope_head_dim) + T(c.v_head_dim));
+    n += H * T(c.v_head_dim) * D;
+    if (c.attention_bias) n += (c.q_lora_rank > 0 ? qr : T(0)) + R + rope + D;
   } else {
-    n += D * c.q_size() + 2 * D * c.kv_size() + c.q_size() * D;  // q, k, v, o
-    if (c.attention_bias) n += c.q_size() + 2 * c.kv_size();
+    n += D * q + 2 * D * kv + q * D;  // q, k, v, o
+    if (c.attention_bias) n += q + 2 * kv;
     if (c.o_proj_bias()) n += D;
   }
   if (!c.is_moe() || !c.moe_layers[layer])
-    return n + swiglu_params(D, c.intermediate_size, D, c.mlp_bias);
-  n += c.num_experts * D;  // router
-  if (c.is_deepseek() && c.topk_method == "noaux_tc") n += c.num_experts;  // its choice bias
-  n += experts_counted * swiglu_params(D, c.moe_intermediate_size, D / c.G_O, false);
+    return n + swiglu_params<T>(D, T(c.intermediate_size), D, c.mlp_bias);
+  n += T(c.num_experts) * D;  // router
+  if (c.is_deepseek() && c.topk_method == "noaux_tc") n += T(c.num_experts);  // its choice bias
+  n += experts_counted *
+       swiglu_params<T>(D, T(c.moe_intermediate_size), T(c.hidden_size / c.G_O), false);
   if (c.shared_expert_intermediate_size > 0)  // + its gate, except DeepSeek's
-    n += swiglu_params(D, c.shared_expert_intermediate_size, D, false) + (c.is_deepseek() ? 0 : D);
+    n += swiglu_params<T>(D, T(c.shared_expert_intermediate_size), D, false) +
+         (c.is_deepseek() ? T(0) : D);
   if (c.moe_concat_proj) n += D * D;
   return n;
 }
 
-int64_t count_params(const ModelConfig& c, bool active) {
-  const int64_t D = c.hidden_size, V = c.vocab_size;
-  int64_t n = V * D + D + (c.tie_word_embeddings ? 0 : V * D);
+template <class T>
+T count_params(const ModelConfig& c, bool active) {
+  const T D = T(c.hidden_size), V = T(c.vocab_size);
+  T n = V * D + D + (c.tie_word_embeddings ? 0 : V * D);
   for (size_t l = 0; l < size_t(c.num_hidden_layers); ++l)
-    n += layer_params(c, l, active ? c.num_experts_per_tok : c.num_experts);
+    n += layer_params<T>(c, l, T(active ? c.num_experts_per_tok : c.num_experts));
   return n;
 }
 
 }  // namespace
 
-int64_t ModelConfig::param_count() const { return count_params(*this, false); }
-int64_t ModelConfig::active_param_count() const { return count_params(*this, true); }
+int64_t ModelConfig::param_count() const { return count_params<int64_t>(*this, false); }
+int64_t ModelConfig::active_param_count() const { return count_params<int64_t>(*this, true); }
 
 json ModelConfig::to_json() const {
   json j = raw.is_object() ? raw : json::object();
@@ -840,7 +896,15 @@ GenerationConfig GenerationConfig::from_json(const json& j, const std::string& s
   if (!(g.top_p > 0 && g.top_p <= 1)) f.fail("top_p", "must be in (0, 1]");
   if (!(g.min_p >= 0 && g.min_p <= 1)) f.fail("min_p", "must be in [0, 1]");
   if (!(g.repetition_penalty > 0)) f.fail("repetition_penalty", "must be positive");
-  if (g.max_new_tokens && *g.max_new_tokens < 0) f.fail("max_new_tokens", "must not be negative");
+  if (g.max_new_tokens && (*g.max_new_tokens < 0 || *g.max_new_tokens > kMaxPositions))
+    f.fail("max_new_tokens", "must be in [0, " + std::to_string(kMaxPositions) + "]");
+  auto token_id = [&](const char* key, int64_t id) {
+    if (id < INT32_MIN || id > INT32_MAX)
+      f.fail(key, "is " + std::to_string(id) + ", not a token id (32-bit)");
+  };
+  if (g.bos_token_id) token_id("bos_token_id", *g.bos_token_id);
+  if (g.pad_token_id) token_id("pad_token_id", *g.pad_token_id);
+  for (int64_t id : g.eos_token_id) token_id("eos_token_id", id);
   return g;
 }
 

@@ -34,6 +34,26 @@ int json_depth(std::string_view text, int limit, size_t* offset) {
   return deepest;
 }
 
+namespace {
+
+// The key last read before nlohmann gives up on `text` (a number out of range
+// has no byte offset): found by parsing again, keeping nothing, on the error
+// path only.
+std::string last_key_before_error(std::string_view text) {
+  std::string key;
+  try {
+    auto keep_nothing = [&](int, nlohmann::json::parse_event_t event, nlohmann::json& v) {
+      if (event == nlohmann::json::parse_event_t::key) key = v.get<std::string>();
+      return false;
+    };
+    [[maybe_unused]] const nlohmann::json empty = nlohmann::json::parse(text, keep_nothing);
+  } catch (const nlohmann::json::exception&) {
+  }
+  return key;
+}
+
+}  // namespace
+
 nlohmann::json parse_json(std::string_view text, std::string_view source, int max_depth) {
   size_t at = 0;
   if (json_depth(text, max_depth, &at) > max_depth)
@@ -46,7 +66,9 @@ nlohmann::json parse_json(std::string_view text, std::string_view source, int ma
     throw JsonError(std::string(source) + ": invalid JSON (byte " + std::to_string(e.byte) +
                     "): " + e.what());
   } catch (const nlohmann::json::exception& e) {  // e.g. out_of_range: a number overflows
-    throw JsonError(std::string(source) + ": invalid JSON: " + e.what());
+    const std::string key = last_key_before_error(text);
+    throw JsonError(std::string(source) + ": invalid JSON" +
+                    (key.empty() ? std::string() : " (at field '" + key + "')") + ": " + e.what());
   }
 }
 

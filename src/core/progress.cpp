@@ -10,7 +10,8 @@ namespace finmoe {
 namespace {
 
 std::string mmss(double seconds) {
-  if (!std::isfinite(seconds) || seconds < 0) return "--:--";
+  // unknown, or beyond a readable clock (and beyond lround's range)
+  if (!std::isfinite(seconds) || seconds < 0 || seconds >= 1e9) return "--:--";
   long s = std::lround(seconds);
   char buf[32];
   if (s >= 3600)

@@ -121,12 +121,15 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
   const uint64_t data_size = file_size - 8 - header_len;
   uint8_t* data = base + 8 + header_len;
 
+  const std::string_view header_text(reinterpret_cast<const char*>(base + 8), size_t(header_len));
   nlohmann::json header;
   try {
-    header = parse_json({reinterpret_cast<const char*>(base + 8), size_t(header_len)}, "header");
+    header = parse_json(header_text, "header");
   } catch (const JsonError& e) {
     throw fail(e.what());
   }
+  // JSON whitespace around the object is accepted, as the reference library
+  // (0.8) does: the writers pad with spaces to align the data buffer.
   if (!header.is_object()) throw fail("header must be a JSON object, got " + json_type(header));
 
   struct Range {
@@ -200,11 +203,25 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
   std::sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
   });
-  for (size_t i = 1; i < ranges.size(); ++i) {
-    if (ranges[i].begin < ranges[i - 1].end)
-      throw fail("tensors '" + tensors[ranges[i - 1].index].name + "' and '" +
-                 tensors[ranges[i].index].name + "' overlap in the data buffer");
+  // The tensors tile the data buffer exactly, as the reference library
+  // requires: a gap or a header length off by a byte (padding dropped) would
+  // otherwise read every later tensor from the wrong bytes.
+  uint64_t covered = 0;
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    const std::string& name = tensors[ranges[i].index].name;
+    if (ranges[i].begin < covered)
+      throw fail("tensors '" + tensors[ranges[i - 1].index].name + "' and '" + name +
+                 "' overlap in the data buffer");
+    if (ranges[i].begin > covered)
+      throw fail("tensor '" + name + "' begins at data offset " + std::to_string(ranges[i].begin) +
+                 ", leaving bytes " + std::to_string(covered) + ".." +
+                 std::to_string(ranges[i].begin) + " of the data buffer to no tensor");
+    covered = ranges[i].end;
   }
+  if (covered != data_size)
+    throw fail("the tensors cover " + std::to_string(covered) + " of the " +
+               std::to_string(data_size) +
+               " bytes after the header (header length or data_offsets wrong, or trailing bytes)");
   f->tensors_.reserve(tensors.size());
   for (const Range& r : ranges) f->tensors_.push_back(std::move(tensors[r.index]));
   return f;

@@ -269,26 +269,38 @@ Transformer load_model(const std::string& dir, const LoadOptions& options) {
   }
   ModelConfig config = ModelConfig::load(dir);
   const torch::Dtype dtype = options.dtype.value_or(dtype_from_string(config.torch_dtype));
-  Transformer model(config, dtype, options.device);
   auto reader = std::make_shared<CheckpointReader>(CheckpointReader::open(dir));
 
-  std::map<std::string, torch::Tensor> params;
-  for (auto& [name, t] : model.named_parameters()) params.emplace(name, t);
-
-  torch::NoGradGuard no_grad;
+  // Every tensor's name, shape and dtype checked against config.json before
+  // the model allocates anything: the config's sizes are only trusted once
+  // the checkpoint holds that many bytes.
   const std::vector<TensorSpec> specs = expected_tensors(config);
+  std::vector<const TensorView*> views;
+  views.reserve(specs.size());
   for (const TensorSpec& spec : specs) {
-    auto it = params.find(spec.name);
-    if (it == params.end()) throw Error("internal: no parameter for " + spec.name);
     const TensorView& view = checked_tensor(*reader, spec, config);
-    const auto src_type = to_torch(view.dtype);
-    if (spec.dtype ? view.dtype != *spec.dtype : !c10::isFloatingType(src_type))
+    if (spec.dtype ? view.dtype != *spec.dtype : !c10::isFloatingType(to_torch(view.dtype)))
       throw Error(reader->file_of(spec.name) + ": tensor '" + spec.name + "' has dtype " +
                   std::string(dtype_name(view.dtype)) + ", expected " +
                   (spec.dtype ? std::string(dtype_name(*spec.dtype)) +
                                     " (config.json's quantization_config, docs/formats/int8.md)"
                               : std::string("a floating type")));
     if (view.dtype == DType::I8) check_int8_range(view, reader->file_of(spec.name));
+    views.push_back(&view);
+  }
+  check_no_extra_tensors(*reader, specs, config);
+
+  Transformer model(config, dtype, options.device);
+  std::map<std::string, torch::Tensor> params;
+  for (auto& [name, t] : model.named_parameters()) params.emplace(name, t);
+
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const TensorSpec& spec = specs[i];
+    const TensorView& view = *views[i];
+    auto it = params.find(spec.name);
+    if (it == params.end()) throw Error("internal: no parameter for " + spec.name);
+    const auto src_type = to_torch(view.dtype);
     // zero-copy view of the private mapping; the deleter keeps the files mapped
     auto blob = torch::from_blob(view.data, view.shape, [reader](void*) {},
                                  torch::TensorOptions().dtype(src_type));
@@ -298,7 +310,6 @@ Transformer load_model(const std::string& dir, const LoadOptions& options) {
     if (src_type != want || !options.device.is_cpu()) value = blob.to(options.device, want);
     it->second.set_data(value);
   }
-  check_no_extra_tensors(*reader, specs, config);
   return model;
 }
 

@@ -241,12 +241,15 @@ EsftDeltaInfo save_esft_delta(const Transformer& model, const ExpertConfig& c,
   return info;
 }
 
-bool is_esft_delta(const std::string& dir) { return fs::exists(fs::path(dir) / kDeltaFile); }
+bool is_esft_delta(const std::string& dir) {
+  std::error_code ec;  // a path too long to look up is no delta: the loader names it next
+  return fs::exists(fs::path(dir) / kDeltaFile, ec);
+}
 
 EsftDeltaInfo read_esft_delta(const std::string& dir) {
   const std::string path = (fs::path(dir) / kDeltaFile).string();
   const nlohmann::json j = read_json_file(path);
-  if (!j.is_object() || j.value("format", "") != kFormat)
+  if (!j.is_object() || !j.contains("format") || j["format"] != kFormat)
     throw Error(path + ": 'format' must be \"" + kFormat + "\"");
   if (!j.contains("format_version") || !j["format_version"].is_number_integer())
     throw Error(path + ": 'format_version' must be an integer");

@@ -171,6 +171,12 @@ LoraConfig lora_config_from_json(const nlohmann::json& j, const std::string& sou
     if (v->is_string()) {
       c.target_regex = v->get<std::string>();
       c.target_modules.clear();
+      // std::regex compiles and matches recursively: a short pattern suffices
+      // for module names and keeps a hostile one from exhausting the stack
+      if (c.target_regex.size() > 1024)
+        throw bad("target_modules", "is a regular expression of " +
+                                        std::to_string(c.target_regex.size()) +
+                                        " characters (at most 1024)");
       try {
         std::regex check(c.target_regex);
       } catch (const std::regex_error& e) {

@@ -21,6 +21,15 @@ std::string json_str(const nlohmann::json& j, const std::string& where) {
 
 }  // namespace
 
+int32_t token_id(const nlohmann::json& v, const std::string& where) {
+  if (!v.is_number_integer())
+    throw Error(where + ": expected an integer token id, got " + std::string(v.type_name()));
+  if (v.is_number_unsigned() ? v.get<uint64_t>() > uint64_t(INT32_MAX)
+                             : v.get<int64_t>() < 0 || v.get<int64_t>() > INT32_MAX)
+    throw Error(where + ": token id " + v.dump() + " is outside [0, 2^31)");
+  return int32_t(v.get<int64_t>());
+}
+
 Bpe::Bpe(const nlohmann::json& model, const std::string& file) {
   const std::string where = file + ": model";
   auto flag = [&](const char* key) {
@@ -42,11 +51,8 @@ Bpe::Bpe(const nlohmann::json& model, const std::string& file) {
   auto v = model.find("vocab");
   if (v == model.end() || !v->is_object()) throw Error(where + ".vocab: missing or not an object");
   vocab_.reserve(v->size());
-  for (auto it = v->begin(); it != v->end(); ++it) {
-    if (!it.value().is_number_integer())
-      throw Error(where + ".vocab['" + it.key() + "']: expected an integer id");
-    vocab_.emplace(it.key(), it.value().get<int32_t>());
-  }
+  for (auto it = v->begin(); it != v->end(); ++it)
+    vocab_.emplace(it.key(), token_id(it.value(), where + ".vocab['" + it.key() + "']"));
   if (auto u = model.find("unk_token"); u != model.end() && u->is_string()) {
     auto id = vocab_.find(u->get<std::string>());
     if (id == vocab_.end())

@@ -23,6 +23,14 @@ struct StringHash {
 };
 using Vocab = std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>>;
 
+// How far the largest token id may lie beyond the number of tokens: ids index
+// a dense table, so a corrupt file with one huge id must not size it.
+inline constexpr int64_t kMaxTokenIdSlack = int64_t(1) << 20;
+
+// A token id of tokenizer.json (`where` names the field): an integer in
+// [0, 2^31). HF reads ids as u32; finmoe's ids are int32 throughout.
+int32_t token_id(const nlohmann::json& v, const std::string& where);
+
 class Bpe {
  public:
   // `model` is tokenizer.json's "model" object; `file` names it in errors.

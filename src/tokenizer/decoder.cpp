@@ -1,5 +1,8 @@
 #include "tokenizer/decoder.h"
 
+#include <cctype>
+#include <cstdint>
+
 #include <nlohmann/json.hpp>
 
 #include "finmoe/error.h"
@@ -13,6 +16,24 @@ std::string get_string(const nlohmann::json& j, const char* key, const std::stri
   auto it = j.find(key);
   if (it == j.end() || !it->is_string()) throw Error(where + "." + key + ": missing or not a string");
   return it->get<std::string>();
+}
+
+// Optional fields: absent or null gives the default; a wrong type is an error.
+bool get_bool(const nlohmann::json& j, const char* key, bool dflt, const std::string& where) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return dflt;
+  if (!it->is_boolean()) throw Error(where + "." + key + ": expected true or false");
+  return it->get<bool>();
+}
+
+int get_count(const nlohmann::json& j, const char* key, const std::string& where) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return 0;
+  if (!it->is_number_integer() ||
+      (it->is_number_unsigned() ? it->get<uint64_t>() > INT32_MAX
+                                : it->get<int64_t>() < 0 || it->get<int64_t>() > INT32_MAX))
+    throw Error(where + "." + key + ": expected an integer in [0, 2^31)");
+  return int(it->get<int64_t>());
 }
 
 void replace_all(std::string& s, const std::string& from, const std::string& to) {
@@ -75,8 +96,9 @@ class ByteFallbackDec : public Decoder {
     };
     for (auto& t : tokens) {
       int byte = -1;
-      if (t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>' && std::isxdigit(t[3]) &&
-          std::isxdigit(t[4]))
+      if (t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>' &&
+          std::isxdigit(static_cast<unsigned char>(t[3])) &&
+          std::isxdigit(static_cast<unsigned char>(t[4])))
         byte = std::stoi(t.substr(3, 2), nullptr, 16);
       if (byte >= 0) {
         run.push_back(static_cast<char>(byte));
@@ -105,8 +127,8 @@ class StripDec : public Decoder {
  public:
   StripDec(const nlohmann::json& j, const std::string& where) {
     content_ = get_string(j, "content", where);
-    start_ = j.value("start", 0);
-    stop_ = j.value("stop", 0);
+    start_ = get_count(j, "start", where);
+    stop_ = get_count(j, "stop", where);
   }
   void decode_chain(std::vector<std::string>& tokens) const override {
     if (content_.empty()) return;
@@ -134,7 +156,7 @@ class MetaspaceDec : public Decoder {
     if (j.contains("prepend_scheme"))
       strip_first_ = get_string(j, "prepend_scheme", where) != "never";
     else
-      strip_first_ = j.value("add_prefix_space", true);
+      strip_first_ = get_bool(j, "add_prefix_space", true, where);
   }
   void decode_chain(std::vector<std::string>& tokens) const override {
     for (size_t i = 0; i < tokens.size(); ++i) {

@@ -54,7 +54,8 @@ TokenizerConfig parse_config(const json& cfg, const std::string& file) {
       c.chat_template = it->get<std::string>();
     } else if (it->is_array()) {  // [{name, template}]: the "default" one, else the first
       for (const auto& t : *it) {
-        if (!t.is_object() || !t.contains("template") || !t["template"].is_string())
+        if (!t.is_object() || !t.contains("template") || !t["template"].is_string() ||
+            (t.contains("name") && !t["name"].is_string()))
           throw Error(file + ": chat_template: expected a string or a list of {name, template}");
         if (c.chat_template.empty() || t.value("name", "") == "default")
           c.chat_template = t["template"].get<std::string>();
@@ -73,15 +74,27 @@ TokenizerConfig parse_config(const json& cfg, const std::string& file) {
   return c;
 }
 
+// `j[key]` when it is an object of the given type; else an error naming where.key.
+const json& member(const json& j, const char* key, json::value_t type, const std::string& where) {
+  auto it = j.find(key);
+  if (it == j.end() || it->type() != type)
+    throw Error(where + "." + key + ": missing or not " +
+                (type == json::value_t::array ? "an array" : "an object"));
+  return *it;
+}
+
 // Special-token ids around the text in post_processor's TemplateProcessing "single".
 bool template_processing(const json& pp, const std::string& where, std::vector<int32_t>& prefix,
                          std::vector<int32_t>& suffix) {
   if (pp.is_null()) return false;
-  const std::string type = pp.value("type", "");
+  if (!pp.is_object()) throw Error(where + ": expected an object or null");
+  auto t = pp.find("type");
+  if (t == pp.end() || !t->is_string()) throw Error(where + ".type: missing or not a string");
+  const std::string type = t->get<std::string>();
   if (type == "ByteLevel") return false;  // offsets only
   if (type == "Sequence") {
     bool any = false;
-    const auto& ps = pp.at("processors");
+    const json& ps = member(pp, "processors", json::value_t::array, where);
     for (size_t i = 0; i < ps.size(); ++i)
       any = template_processing(ps[i], where + ".processors[" + std::to_string(i) + "]", prefix,
                                 suffix) || any;
@@ -90,19 +103,39 @@ bool template_processing(const json& pp, const std::string& where, std::vector<i
   if (type != "TemplateProcessing")
     throw Error(where + ".type '" + type +
                 "' not supported (supported: ByteLevel, TemplateProcessing, Sequence)");
-  const json& special = pp.at("special_tokens");
+  const json& special = member(pp, "special_tokens", json::value_t::object, where);
+  const json& single = member(pp, "single", json::value_t::array, where);
   bool after = false;
-  for (const auto& piece : pp.at("single")) {
-    if (piece.contains("Sequence")) {
+  for (size_t i = 0; i < single.size(); ++i) {
+    const json& piece = single[i];
+    const std::string at = where + ".single[" + std::to_string(i) + "]";
+    if (piece.is_object() && piece.contains("Sequence")) {
       after = true;
       continue;
     }
-    const std::string name = piece.at("SpecialToken").at("id").get<std::string>();
+    const json* id = nullptr;
+    if (piece.is_object() && piece.contains("SpecialToken") && piece["SpecialToken"].is_object())
+      if (auto it = piece["SpecialToken"].find("id"); it != piece["SpecialToken"].end()) id = &*it;
+    if (id == nullptr || !id->is_string())
+      throw Error(at + ": expected {\"Sequence\": ...} or {\"SpecialToken\": {\"id\": name}}");
+    const std::string name = id->get<std::string>();
     if (!special.contains(name))
-      throw Error(where + ".single: special token '" + name + "' not in special_tokens");
-    for (const auto& id : special[name].at("ids")) (after ? suffix : prefix).push_back(id.get<int32_t>());
+      throw Error(at + ": special token '" + name + "' not in special_tokens");
+    const std::string ids_at = where + ".special_tokens['" + name + "']";
+    const json& ids = member(special[name], "ids", json::value_t::array, ids_at);
+    for (size_t k = 0; k < ids.size(); ++k)
+      (after ? suffix : prefix)
+          .push_back(tok::token_id(ids[k], ids_at + ".ids[" + std::to_string(k) + "]"));
   }
   return true;
+}
+
+// An optional boolean of an added token (`where` names it).
+bool added_flag(const json& t, const char* key, bool dflt, const std::string& where) {
+  auto it = t.find(key);
+  if (it == t.end() || it->is_null()) return dflt;
+  if (!it->is_boolean()) throw Error(where + "." + key + ": expected true or false");
+  return it->get<bool>();
 }
 
 }  // namespace
@@ -137,6 +170,8 @@ Tokenizer Tokenizer::from_file(const std::string& tokenizer_json) {
   // model
   if (!j.contains("model") || !j["model"].is_object()) throw Error(file + ": model: missing");
   const json& model = j["model"];
+  if (model.contains("type") && !model["type"].is_string())
+    throw Error(file + ": model.type: expected a string");
   std::string mtype = model.value("type", model.contains("merges") ? "BPE" : "");
   if (mtype != "BPE")
     throw Error(file + ": model.type '" + mtype + "' not supported (supported: BPE)");
@@ -154,18 +189,17 @@ Tokenizer Tokenizer::from_file(const std::string& tokenizer_json) {
     for (size_t i = 0; i < at->size(); ++i) {
       const json& t = (*at)[i];
       const std::string where = file + ": added_tokens[" + std::to_string(i) + "]";
-      if (!t.is_object() || !t.contains("id") || !t.contains("content") || !t["id"].is_number_integer() ||
+      if (!t.is_object() || !t.contains("id") || !t.contains("content") ||
           !t["content"].is_string())
         throw Error(where + ": expected {id, content, ...}");
       tok::AddedToken a;
-      a.id = t["id"].get<int32_t>();
+      a.id = tok::token_id(t["id"], where + ".id");
       a.content = t["content"].get<std::string>();
-      a.special = t.value("special", false);
-      a.lstrip = t.value("lstrip", false);
-      a.rstrip = t.value("rstrip", false);
-      a.single_word = t.value("single_word", false);
-      a.normalized = t.value("normalized", !a.special);
-      if (a.id < 0) throw Error(where + ": negative id");
+      a.special = added_flag(t, "special", false, where);
+      a.lstrip = added_flag(t, "lstrip", false, where);
+      a.rstrip = added_flag(t, "rstrip", false, where);
+      a.single_word = added_flag(t, "single_word", false, where);
+      a.normalized = added_flag(t, "normalized", !a.special, where);
       impl->added.push_back(std::move(a));
     }
   }
@@ -186,10 +220,16 @@ Tokenizer Tokenizer::from_file(const std::string& tokenizer_json) {
   impl->raw_matcher = tok::AddedTokenMatcher(raw, raw_c);
   impl->norm_matcher = tok::AddedTokenMatcher(norm, norm_c);
 
-  // id -> token table
+  // id -> token table, dense: ids far beyond the number of tokens are a
+  // corrupt file, not a table of billions of empty entries
   int32_t max_id = -1;
   for (const auto& [s, id] : impl->bpe->vocab()) max_id = std::max(max_id, id);
   for (const auto& a : impl->added) max_id = std::max(max_id, a.id);
+  const int64_t n_tokens = int64_t(impl->bpe->vocab().size() + impl->added.size());
+  if (int64_t(max_id) >= n_tokens + tok::kMaxTokenIdSlack)
+    throw Error(file + ": token id " + std::to_string(max_id) + " is more than " +
+                std::to_string(tok::kMaxTokenIdSlack) + " past the " + std::to_string(n_tokens) +
+                " tokens of model.vocab and added_tokens");
   impl->id_to_token.assign(static_cast<size_t>(max_id + 1), std::string());
   impl->special.assign(static_cast<size_t>(max_id + 1), 0);
   for (const auto& [s, id] : impl->bpe->vocab())

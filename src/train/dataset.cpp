@@ -555,8 +555,17 @@ class DataSource : public BatchSource {
     if (c.seq_len < 1) throw Error("DataConfig.seq_len must be >= 1, got " + std::to_string(c.seq_len));
     if (c.batch_size < 1)
       throw Error("DataConfig.batch_size must be >= 1, got " + std::to_string(c.batch_size));
-    if (c.shuffle_buffer < 0) throw Error("DataConfig.shuffle_buffer must be >= 0");
-    if (c.text_block_bytes < 1) throw Error("DataConfig.text_block_bytes must be >= 1");
+    if (c.seq_len > kMaxSeqLen || c.batch_size > kMaxBatchSize ||
+        c.seq_len * c.batch_size > kMaxBatchTokens)
+      throw Error("DataConfig: seq_len " + std::to_string(c.seq_len) + " x batch_size " +
+                  std::to_string(c.batch_size) + " is too large (at most " +
+                  std::to_string(kMaxSeqLen) + " x " + std::to_string(kMaxBatchSize) + " and " +
+                  std::to_string(kMaxBatchTokens) + " tokens)");
+    if (c.shuffle_buffer < 0 || c.shuffle_buffer > kMaxBatchSize)
+      throw Error("DataConfig.shuffle_buffer must be in [0, " + std::to_string(kMaxBatchSize) + "]");
+    if (c.text_block_bytes < 1 || c.text_block_bytes > kMaxTextBlockBytes)
+      throw Error("DataConfig.text_block_bytes must be in [1, " +
+                  std::to_string(kMaxTextBlockBytes) + "]");
     if (c.text_documents != "file" && c.text_documents != "paragraph")
       throw Error("DataConfig.text_documents '" + c.text_documents + "' unknown (file, paragraph)");
     const Format format = parse_format(c.format);

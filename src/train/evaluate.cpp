@@ -10,7 +10,9 @@ namespace finmoe {
 
 EvalResult evaluate_lm(Transformer& model, BatchSource& source, int64_t batches,
                        const std::function<void(int64_t)>& on_batch) {
-  if (batches <= 0) throw Error("evaluate_lm: batches must be > 0, got " + std::to_string(batches));
+  if (batches <= 0 || batches > kMaxEvalBatches)
+    throw Error("evaluate_lm: batches must be in [1, " + std::to_string(kMaxEvalBatches) +
+                "], got " + std::to_string(batches));
   torch::NoGradGuard no_grad;
   double sum = 0;
   int64_t n = 0;

@@ -10,8 +10,11 @@
 #include <set>
 #include <sstream>
 
+#include "finmoe/config.h"
 #include "finmoe/error.h"
-#include "finmoe/train.h"
+#include "finmoe/train_config.h"
+#include "tokenizer/utf8.h"
+#include "train/yaml_bounds.h"
 
 namespace finmoe {
 
@@ -27,12 +30,24 @@ constexpr std::array<std::pair<TrainMode, std::string_view>, 7> kModes = {{
     {TrainMode::Lora, "lora"},
 }};
 
+constexpr int64_t kMaxLoraRank = int64_t(1) << 16;
+
 // "source:LINE: key" for messages about a value.
 std::string where(const std::string& source, const YAML::Node& n, const std::string& key) {
   const YAML::Mark m = n.Mark();
   std::string s = source;
   if (!m.is_null() && m.line >= 0) s += ":" + std::to_string(m.line + 1);
   return s + ": " + key;
+}
+
+// A mapping key as text; keys that are lists or mappings name no field.
+std::string key_text(const YAML::Node& key, const std::string& source) {
+  if (!key.IsScalar())
+    throw Error(where(source, key, "(key)") + ": expected a key name, got " +
+                (key.IsSequence() ? "a list"
+                 : key.IsMap()    ? "a mapping"
+                                  : "nothing"));
+  return key.Scalar();
 }
 
 std::string scalar_text(const YAML::Node& n) {
@@ -44,13 +59,21 @@ std::string scalar_text(const YAML::Node& n) {
 
 template <class T>
 T as(const YAML::Node& n, const std::string& what, const std::string& expected) {
+  T v;
   try {
     if (!n.IsScalar()) throw YAML::Exception(YAML::Mark::null_mark(), "not a scalar");
-    return n.as<T>();
+    v = n.as<T>();
   } catch (const YAML::Exception&) {
     throw Error(what + ": expected " + expected + ", got " +
                 (n.IsScalar() ? "'" + n.Scalar() + "'" : scalar_text(n)));
   }
+  // yaml-cpp passes invalid UTF-8 (and escapes such as "\uD800") through;
+  // the config is written back as JSON, which must be valid UTF-8
+  if constexpr (std::is_same_v<T, std::string>) {
+    if (const size_t bad = tok::utf8_first_invalid(v); bad != std::string::npos)
+      throw Error(what + ": not valid UTF-8 (byte " + std::to_string(bad) + " of the value)");
+  }
+  return v;
 }
 
 // One key of a section: how to read it from YAML and write it to JSON.
@@ -232,7 +255,7 @@ std::set<std::string> read_section(S& s, const YAML::Node& node,
   std::set<std::string> seen;
   if (node.IsNull()) return seen;
   for (auto it = node.begin(); it != node.end(); ++it) {
-    const std::string key = it->first.as<std::string>();
+    const std::string key = key_text(it->first, source);
     const Field<S>* f = nullptr;
     for (const auto& cand : fields)
       if (cand.key == key) f = &cand;
@@ -274,6 +297,7 @@ void apply_override(YAML::Node& root, const std::string& o) {
     path.push_back(part);
   }
   YAML::Node value;
+  check_yaml_bounds(o.substr(eq + 1), "override '" + o + "'");
   try {
     value = YAML::Load(o.substr(eq + 1));
   } catch (const YAML::Exception& e) {
@@ -323,6 +347,29 @@ void TrainConfig::validate() const {
   need(data.batch_size > 0, "data.batch_size must be positive");
   need(eval_data.seq_len > 0 && eval_data.batch_size > 0,
        "eval_data.seq_len and eval_data.batch_size must be positive");
+  // Upper bounds far above any run on one process, so that nothing sized by
+  // them (batches, buffers, step counts) can overflow or allocate unboundedly.
+  for (const auto& [name, d] :
+       {std::pair<const char*, const DataConfig&>{"data", data},
+        std::pair<const char*, const DataConfig&>{"eval_data", eval_data}}) {
+    const std::string key = name;
+    need(d.seq_len <= kMaxSeqLen, key + ".seq_len must be at most " + std::to_string(kMaxSeqLen));
+    need(d.batch_size <= kMaxBatchSize,
+         key + ".batch_size must be at most " + std::to_string(kMaxBatchSize));
+    need(d.seq_len * d.batch_size <= kMaxBatchTokens,
+         key + ".seq_len x batch_size must be at most " + std::to_string(kMaxBatchTokens) +
+             " tokens");
+    need(d.shuffle_buffer <= kMaxBatchSize,
+         key + ".shuffle_buffer must be at most " + std::to_string(kMaxBatchSize) + " rows");
+    need(d.text_block_bytes <= kMaxTextBlockBytes,
+         key + ".text_block_bytes must be at most " + std::to_string(kMaxTextBlockBytes));
+  }
+  need(init_vocab_size >= 0 && init_vocab_size <= kMaxVocabSize,
+       "init_vocab_size must be in [0, " + std::to_string(kMaxVocabSize) + "]");
+  need(eval_batches <= kMaxBatchSize,
+       "eval_batches must be at most " + std::to_string(kMaxBatchSize));
+  need(grad_accum <= kMaxBatchSize, "grad_accum must be at most " + std::to_string(kMaxBatchSize));
+  need(lora.r <= kMaxLoraRank, "lora.r must be at most " + std::to_string(kMaxLoraRank));
   need(eval_interval >= 0, "eval_interval must be >= 0");
   need(eval_batches >= 1, "eval_batches must be >= 1");
   need(device == "cpu" || device == "cuda" || device.starts_with("cuda:"),
@@ -369,6 +416,7 @@ nlohmann::json TrainConfig::to_json() const {
 TrainConfig parse_train_config(const std::string& yaml, const std::string& source,
                                const std::vector<std::string>& overrides) {
   YAML::Node root;
+  check_yaml_bounds(yaml, source);
   try {
     root = YAML::Load(yaml);
   } catch (const YAML::Exception& e) {
@@ -383,7 +431,7 @@ TrainConfig parse_train_config(const std::string& yaml, const std::string& sourc
   // seed, data.format from mode, eval_data from data).
   YAML::Node data, eval_data, kd, esft, lora;
   for (auto it = root.begin(); it != root.end(); ++it) {
-    const std::string key = it->first.as<std::string>();
+    const std::string key = key_text(it->first, source);
     if (key == "data")
       data.reset(it->second);
     else if (key == "eval_data")
@@ -401,7 +449,7 @@ TrainConfig parse_train_config(const std::string& yaml, const std::string& sourc
                   known_keys(top_fields(), "data, eval_data, kd, esft, lora") + ")");
   }
   for (auto it = root.begin(); it != root.end(); ++it) {
-    const std::string key = it->first.as<std::string>();
+    const std::string key = key_text(it->first, source);
     if (key == "data" || key == "eval_data" || key == "kd" || key == "esft" || key == "lora")
       continue;
     for (const auto& f : top_fields())
@@ -432,11 +480,14 @@ TrainConfig parse_train_config(const std::string& yaml, const std::string& sourc
 
 TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides) {
   if (path.empty()) return parse_train_config("", "command-line options", overrides);
-  std::ifstream in(path);
+  std::ifstream in(path, std::ios::binary);
   if (!in) throw Error("cannot read train config " + path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return parse_train_config(ss.str(), path, overrides);
+  // at most one byte past the limit: enough for check_yaml_bounds to refuse it
+  std::string text(kMaxYamlBytes + 1, '\0');
+  in.read(text.data(), std::streamsize(text.size()));
+  if (in.bad()) throw Error("cannot read train config " + path);
+  text.resize(size_t(in.gcount()));
+  return parse_train_config(text, path, overrides);
 }
 
 }  // namespace finmoe

@@ -682,7 +682,16 @@ struct Trainer::Impl {
   void resume_from(const std::string& dir) {
     const std::string state_file = dir + "/trainer_state.json";
     const nlohmann::json state = read_json_file(state_file);
-    if (state.value("format", "") != "finmoe-trainer-state")
+    try {
+      read_state(state, state_file, dir);
+    } catch (const nlohmann::json::exception& e) {  // a field missing or of the wrong type
+      throw Error(state_file + ": " + e.what());
+    }
+  }
+
+  void read_state(const nlohmann::json& state, const std::string& state_file,
+                  const std::string& dir) {
+    if (!state.is_object() || state.value("format", "") != "finmoe-trainer-state")
       throw Error(state_file + ": not a finmoe trainer state");
     if (state.value("version", 0) != kStateVersion)
       throw Error(state_file + ": trainer state version " +

@@ -1,6 +1,7 @@
 // CheckpointReader / write_checkpoint: single file vs shards, index, errors.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <functional>
 
 #include "core_test_util.h"
@@ -156,6 +157,38 @@ TEST(Checkpoint, ReaderErrorsNameTheDirectoryFilesAndTensors) {
   msg = message_of([&] { CheckpointReader::open(dir.str()); });
   EXPECT_CONTAINS(msg, index_path);
   EXPECT_CONTAINS(msg, "line 2");
+}
+
+// An index names shards inside its own directory: a path that leaves it is
+// refused even when the file it points to exists and is a valid shard.
+TEST(Checkpoint, IndexShardPathsMustStayInTheDirectory) {
+  ScratchDir dir;
+  const std::string model = dir / "model";
+  const std::string outside = dir / "outside";
+  std::filesystem::create_directories(model + "/sub");
+  std::filesystem::create_directories(outside);
+  Tensors t;
+  t.add("a", 4);
+  t.add("b", 4);
+  write_safetensors(model + "/s1.safetensors", {t.data[0]});
+  write_safetensors(outside + "/weights.bin", {t.data[1]});
+  write_safetensors(model + "/sub/s2.safetensors", {t.data[1]});
+  const std::string index_path = model + "/model.safetensors.index.json";
+  for (const std::string& shard :
+       {std::string("../outside/weights.bin"), std::string("../../outside/weights.bin"),
+        outside + "/weights.bin", std::string("sub/s2.safetensors"),
+        std::string("sub/../s1.safetensors"), std::string(".."), std::string("."), std::string(""),
+        std::string("a\\b")}) {
+    write_json_file(index_path, {{"weight_map", {{"a", "s1.safetensors"}, {"b", shard}}}});
+    const std::string msg = message_of([&] { CheckpointReader::open(model); });
+    EXPECT_CONTAINS(msg, index_path);
+    EXPECT_CONTAINS(msg, "weight_map['b'] is '" + shard + "'");
+    EXPECT_CONTAINS(msg, "a file name inside the checkpoint directory");
+  }
+  // the plain names keep working
+  write_safetensors(model + "/s2.safetensors", {t.data[1]});
+  write_json_file(index_path, {{"weight_map", {{"a", "s1.safetensors"}, {"b", "s2.safetensors"}}}});
+  EXPECT_EQ(CheckpointReader::open(model).file_of("b"), model + "/s2.safetensors");
 }
 
 }  // namespace

@@ -412,6 +412,87 @@ TEST(JsonFile, ParseErrorsNameThePathAndLine) {
   }
 }
 
+TEST(JsonFile, ANumberOutOfRangeNamesTheFieldBeforeIt) {
+  ScratchDir dir;
+  test::write_bytes(dir / "config.json", R"({"model_type": "llama", "rope_theta": 1e999})");
+  try {
+    read_json_file(dir / "config.json");
+    FAIL();
+  } catch (const JsonError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find(dir / "config.json"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("at field 'rope_theta'"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("1e999"), std::string::npos) << msg;
+  }
+}
+
+// Sizes beyond any model are refused before anything is sized from them; a
+// config of 10^6 layers used to run for seconds before ending in bad_alloc.
+TEST(ModelConfig, SizesAboveTheLimitsAreRefusedNamingTheField) {
+  const std::vector<std::pair<std::string, int64_t>> over = {
+      {"vocab_size", kMaxVocabSize + 1},
+      {"hidden_size", kMaxHiddenSize + 1},
+      {"intermediate_size", kMaxIntermediateSize + 1},
+      {"num_hidden_layers", 1000000},
+      {"num_attention_heads", kMaxHeads + 1},
+      {"num_key_value_heads", kMaxHeads + 1},
+      {"head_dim", kMaxHeadDim + 1},
+      {"max_position_embeddings", kMaxPositions + 1},
+  };
+  for (const auto& [field, value] : over) {
+    json j = minimal();
+    j[field] = value;
+    const std::string msg = error_of(j);
+    EXPECT_NE(msg.find("field '" + field + "' is " + std::to_string(value) +
+                       ", above finmoe's limit of "),
+              std::string::npos)
+        << msg;
+  }
+  json moe = minimal("qwen2_moe");
+  moe["num_experts"] = kMaxExperts + 1;
+  EXPECT_NE(error_of(moe).find("field 'num_experts' is 65537"), std::string::npos) << error_of(moe);
+  // each size within its limit, their product not: 2^17 x 2^20 x 4096 layers x 2^16 experts
+  moe = minimal("qwen2_moe");
+  moe["hidden_size"] = kMaxHiddenSize;
+  moe["num_attention_heads"] = 1024;
+  moe["num_hidden_layers"] = kMaxLayers;
+  moe["num_experts"] = kMaxExperts;
+  moe["moe_intermediate_size"] = kMaxIntermediateSize;
+  const std::string msg = error_of(moe);
+  EXPECT_NE(msg.find("parameters, above finmoe's limit of 281474976710656"), std::string::npos)
+      << msg;
+  // at the limits a real-sized model still loads: Llama-3.1-405B's shape
+  json big = minimal();
+  big["vocab_size"] = 128256;
+  big["hidden_size"] = 16384;
+  big["intermediate_size"] = 53248;
+  big["num_hidden_layers"] = 126;
+  big["num_attention_heads"] = 128;
+  big["num_key_value_heads"] = 8;
+  const ModelConfig c = ModelConfig::from_json(big);
+  EXPECT_NEAR(double(c.param_count()), 405.8e9, 1e9);
+}
+
+TEST(ModelConfig, TokenIdsMustFit32Bits) {
+  for (const char* field : {"bos_token_id", "eos_token_id", "pad_token_id"}) {
+    json j = minimal();
+    j[field] = int64_t(1) << 32;
+    EXPECT_NE(error_of(j).find(std::string("field '") + field + "' is 4294967296, not a token id"),
+              std::string::npos)
+        << error_of(j);
+  }
+  json gen = {{"eos_token_id", {2, int64_t(1) << 33}}, {"max_new_tokens", int64_t(1) << 40}};
+  try {
+    GenerationConfig::from_json(gen, "generation_config.json");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(
+        std::string(e.what()).find("generation_config.json: field 'max_new_tokens' must be in"),
+        std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(JsonFile, AtomicWriteReplacesAndLeavesNoTempFile) {
   ScratchDir dir;
   write_file_atomic(dir / "f.txt", "one");

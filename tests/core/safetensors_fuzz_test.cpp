@@ -1,10 +1,13 @@
 // Randomized corruption: any mutation of a valid file either opens with
-// every tensor inside the mapping, or throws finmoe::Error. Fixed seed.
+// its tensors tiling the data buffer, or throws finmoe::Error. Fixed seed.
+// Character-level header edits here; structure-aware ones (tests/fuzz_mutations.h)
+// too, and through load_model and the CLI in tests/fuzz/file_fuzz_test.cpp.
 #include <gtest/gtest.h>
 
 #include <cstring>
 #include <random>
 
+#include "../fuzz_mutations.h"
 #include "core_test_util.h"
 #include "finmoe/error.h"
 #include "finmoe/safetensors.h"
@@ -69,12 +72,16 @@ TEST(SafetensorsFuzz, RandomCorruptionsOpenCleanlyOrThrowError) {
   const int kIterations = 4000;
   for (int it = 0; it < kIterations; ++it) {
     std::string s = valid;
-    const int kind = int(rng() % 5);
+    const int kind = int(rng() % 6);
     const int edits = 1 + int(rng() % 3);
     if (kind >= 3) {  // JSON edits, with a length field that matches the new header
       std::string header = s.substr(8, header_len);
       std::string data = s.substr(8 + header_len);
-      for (int e = 0; e < edits; ++e) mutate_json(header, rng);
+      if (kind == 5)  // a value of the tree: an extreme number, another type, a deep nest
+        header = test::fuzz::mutate_json(nlohmann::ordered_json::parse(header), rng,
+                                         {"dtype", "shape", "data_offsets", "__metadata__"});
+      else
+        for (int e = 0; e < edits; ++e) mutate_json(header, rng);
       s = test::raw_safetensors(header, data);
     }
     for (int e = 0; e < edits && kind < 3; ++e) {
@@ -98,18 +105,19 @@ TEST(SafetensorsFuzz, RandomCorruptionsOpenCleanlyOrThrowError) {
       const uint8_t* begin = f->mapped_data();
       const uint8_t* end = begin + f->mapped_size();
       ASSERT_EQ(f->mapped_size(), s.size());
-      const uint8_t* prev_end = nullptr;
+      // the tensors tile the data buffer: each begins where the previous ends
+      uint64_t n = 0;
+      std::memcpy(&n, s.data(), 8);
+      const uint8_t* next = begin + 8 + n;
       for (const auto& t : f->tensors()) {
-        ASSERT_GE(t.data, begin + 8) << "iteration " << it;
+        ASSERT_EQ(t.data, next) << "gap or overlap, iteration " << it;
         ASSERT_LE(t.data + t.nbytes, end) << "iteration " << it;
         ASSERT_EQ(uint64_t(t.numel()) * dtype_size(t.dtype), t.nbytes) << "iteration " << it;
-        if (prev_end) {
-          ASSERT_GE(t.data, prev_end) << "overlap, iteration " << it;
-        }
-        prev_end = t.data + t.nbytes;
+        next = t.data + t.nbytes;
         // The view shows the file's bytes.
         ASSERT_EQ(std::memcmp(t.data, s.data() + (t.data - begin), t.nbytes), 0);
       }
+      ASSERT_EQ(next, end) << "bytes after the last tensor, iteration " << it;
     } catch (const Error& e) {
       ++rejected;
       ASSERT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();

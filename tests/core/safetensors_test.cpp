@@ -182,16 +182,19 @@ TEST(Safetensors, EveryMalformedFileGivesAnErrorNamingFileAndTensor) {
       {"not JSON", raw_safetensors("{not json"), {"header: invalid JSON"}},
       {"not an object", raw_safetensors("[1,2]"), {"must be a JSON object", "array"}},
       {"offsets nested 10^5 deep",
-       raw_safetensors(t_f32(R"("dtype":"F32","shape":[2],"data_offsets":)" + std::string(100000, '[') +
-                             "0" + std::string(100000, ']')),
+       raw_safetensors(t_f32(R"("dtype":"F32","shape":[2],"data_offsets":)" +
+                             std::string(100000, '[') + "0" + std::string(100000, ']')),
                        data8),
        {"header: JSON nested deeper than 64 levels"}},
       {"entry not object", raw_safetensors(R"({"w":3})"), {"tensor 'w'", "must be an object"}},
-      {"no dtype", raw_safetensors(t_f32(R"("shape":[2],"data_offsets":[0,8])"), data8),
+      {"no dtype",
+       raw_safetensors(t_f32(R"("shape":[2],"data_offsets":[0,8])"), data8),
        {"tensor 'w'", "no 'dtype'"}},
-      {"no shape", raw_safetensors(t_f32(R"("dtype":"F32","data_offsets":[0,8])"), data8),
+      {"no shape",
+       raw_safetensors(t_f32(R"("dtype":"F32","data_offsets":[0,8])"), data8),
        {"tensor 'w'", "no 'shape'"}},
-      {"no offsets", raw_safetensors(t_f32(R"("dtype":"F32","shape":[2])"), data8),
+      {"no offsets",
+       raw_safetensors(t_f32(R"("dtype":"F32","shape":[2])"), data8),
        {"tensor 'w'", "no 'data_offsets'"}},
       {"dtype not string",
        raw_safetensors(t_f32(R"("dtype":4,"shape":[2],"data_offsets":[0,8])"), data8),
@@ -228,8 +231,7 @@ TEST(Safetensors, EveryMalformedFileGivesAnErrorNamingFileAndTensor) {
        {"tensor 'w'", "needs 12 bytes but data_offsets span 8"}},
       {"numel overflow",
        raw_safetensors(
-           t_f32(R"("dtype":"F32","shape":[4294967296,4294967296,4],"data_offsets":[0,8])"),
-           data8),
+           t_f32(R"("dtype":"F32","shape":[4294967296,4294967296,4],"data_offsets":[0,8])"), data8),
        {"tensor 'w'", "too many elements"}},
       {"bytes overflow",
        raw_safetensors(t_f32(R"("dtype":"F64","shape":[4611686018427387904],"data_offsets":[0,8])"),
@@ -240,9 +242,25 @@ TEST(Safetensors, EveryMalformedFileGivesAnErrorNamingFileAndTensor) {
                        R"("w":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
                        std::string(12, '\0')),
        {"tensors 'a' and 'w' overlap"}},
-      {"metadata value not string", raw_safetensors(R"({"__metadata__":{"k":1}})"),
+      {"gap between tensors",
+       raw_safetensors(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                       R"("w":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}})",
+                       std::string(20, '\0')),
+       {"tensor 'w' begins at data offset 12, leaving bytes 8..12", "to no tensor"}},
+      {"data not starting at 0",
+       raw_safetensors(t_f32(R"("dtype":"F32","shape":[2],"data_offsets":[4,12])"),
+                       std::string(12, '\0')),
+       {"tensor 'w' begins at data offset 4, leaving bytes 0..4"}},
+      {"trailing bytes",
+       raw_safetensors(t_f32(R"("dtype":"F32","shape":[2],"data_offsets":[0,8])"),
+                       std::string(9, '\0')),
+       {"the tensors cover 8 of the 9 bytes after the header"}},
+      {"bytes but no tensors", raw_safetensors("{}", "xy"), {"cover 0 of the 2 bytes"}},
+      {"metadata value not string",
+       raw_safetensors(R"({"__metadata__":{"k":1}})"),
        {"__metadata__ value of 'k' must be a string, got integer"}},
-      {"metadata not object", raw_safetensors(R"({"__metadata__":[]})"),
+      {"metadata not object",
+       raw_safetensors(R"({"__metadata__":[]})"),
        {"__metadata__ must be an object"}},
   };
   for (const auto& c : cases) {
@@ -258,6 +276,36 @@ TEST(Safetensors, EveryMalformedFileGivesAnErrorNamingFileAndTensor) {
         EXPECT_NE(msg.find(s), std::string::npos) << c.what << ": '" << s << "' not in: " << msg;
     }
   }
+}
+
+// The reference library's rule: the tensors tile the data buffer exactly.
+// Before it, a header length one byte short (the padding's last space
+// dropped) opened and every tensor read one byte early.
+TEST(Safetensors, AHeaderLengthOffByOneIsRefusedNotReadShifted) {
+  ScratchDir dir;
+  std::vector<float> a = {1.0f, 2.0f, 3.0f};
+  write_safetensors(dir / "ok.safetensors", {tensor("a", DType::F32, {3}, a)});
+  const std::string good = read_bytes(dir / "ok.safetensors");
+  uint64_t n = 0;
+  std::memcpy(&n, good.data(), 8);
+  ASSERT_EQ(good[8 + n - 1], ' ') << "the writer pads the header: the case below needs padding";
+  for (const int64_t delta : {-1, +1, -8, +4}) {
+    std::string bad = good;
+    const uint64_t m = n + uint64_t(delta);
+    std::memcpy(bad.data(), &m, 8);
+    write_bytes(dir / "bad.safetensors", bad);
+    try {
+      auto f = SafetensorsFile::open(dir / "bad.safetensors");
+      ADD_FAILURE() << "header length " << m << " (file's " << n << ") opened; a[0] reads as "
+                    << *reinterpret_cast<const float*>(f->find("a")->data);
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(dir / "bad.safetensors"), std::string::npos) << e.what();
+    }
+  }
+  auto f = SafetensorsFile::open(dir / "ok.safetensors");
+  float first;
+  std::memcpy(&first, f->find("a")->data, 4);
+  EXPECT_EQ(first, 1.0f);
 }
 
 TEST(Safetensors, MissingFileNamesThePath) {

@@ -87,6 +87,57 @@ TEST(TokenizerJson, UnknownComponentsNameTheirJsonPath) {
               HasSubstr("model.merges[0]"));
 }
 
+TEST(TokenizerJson, TokenIdsOutsideInt32AreRefusedNamingTheField) {
+  // HF reads ids as u32 (refusing -1 and 2^32); finmoe's ids are int32.
+  for (const char* id : {"-1", "2147483648", "4294967296", "4294967297", "1.0", "\"3\""}) {
+    const std::string json = std::string(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": )") +
+                             id + R"(}, "merges": []}})";
+    EXPECT_THAT(error_of(json), HasSubstr("model.vocab['b']")) << id;
+  }
+  EXPECT_THAT(error_of(std::string("{") + kTinyModel + R"(, "added_tokens": [{"id": 4294967298,
+      "content": "<x>", "special": true}]})"),
+              HasSubstr("added_tokens[0].id: token id 4294967298 is outside [0, 2^31)"));
+  EXPECT_THAT(error_of(std::string("{") + kTinyModel +
+                       R"(, "added_tokens": [{"id": 3, "content": "<x>", "special": "yes"}]})"),
+              HasSubstr("added_tokens[0].special: expected true or false"));
+}
+
+TEST(TokenizerJson, AHugeIdDoesNotSizeTheIdTable) {
+  // 3 tokens: an id 10^8 would make a table of 10^8 entries, 2*10^9 of 2*10^9
+  for (const char* id : {"100000000", "2000000000"}) {
+    const std::string msg = error_of(std::string(R"({"model": {"type": "BPE", "vocab": {"a": 0,
+        "b": 1, "ab": )") + id + R"(}, "merges": ["a b"]}})");
+    EXPECT_THAT(
+        msg, HasSubstr("token id " + std::string(id) + " is more than 1048576 past the 3 tokens"));
+  }
+  // ids with gaps but within the slack load: the table spans the largest id
+  TempTokenizer t(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 1000},
+      "merges": ["a b"]}})");
+  Tokenizer tok = Tokenizer::from_file(t.file());
+  EXPECT_EQ(tok.vocab_size(), 1001);
+  EXPECT_EQ(tok.encode("ab"), (std::vector<int32_t>{1000}));
+}
+
+TEST(TokenizerJson, MalformedPostProcessorAndDecoderFieldsNameThePath) {
+  const std::string head = std::string("{") + kTinyModel + ", ";
+  EXPECT_THAT(error_of(head + R"("post_processor": {"type": "TemplateProcessing", "single": [
+      {"SpecialToken": {"id": "<s>"}}], "special_tokens": {"<s>": {"ids": [4294967296]}}}})"),
+              HasSubstr("post_processor.special_tokens['<s>'].ids[0]: token id 4294967296"));
+  EXPECT_THAT(error_of(head + R"("post_processor": {"type": "TemplateProcessing", "single": [3],
+      "special_tokens": {}}})"),
+              HasSubstr("post_processor.single[0]: expected"));
+  EXPECT_THAT(error_of(head + R"("post_processor": {"type": "Sequence", "processors": 5}})"),
+              HasSubstr("post_processor.processors: missing or not an array"));
+  EXPECT_THAT(error_of(head + R"("post_processor": {"type": 7}})"),
+              HasSubstr("post_processor.type: missing or not a string"));
+  EXPECT_THAT(error_of(head + R"("decoder": {"type": "Strip", "content": " ", "start": "1"}})"),
+              HasSubstr("decoder.start: expected an integer in [0, 2^31)"));
+  EXPECT_THAT(error_of(head + R"("decoder": {"type": "Metaspace", "add_prefix_space": 1}})"),
+              HasSubstr("decoder.add_prefix_space: expected true or false"));
+  EXPECT_THAT(error_of(R"({"model": {"type": 3, "vocab": {}, "merges": []}})"),
+              HasSubstr("model.type: expected a string"));
+}
+
 TEST(TokenizerJson, MergesAcceptStringAndPairForms) {
   for (const char* merges : {R"(["a b", "ab c"])", R"([["a", "b"], ["ab", "c"]])"}) {
     TempTokenizer t(std::string(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "c": 2,
