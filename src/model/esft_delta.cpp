@@ -2,6 +2,7 @@
 // (include/finmoe/esft.h, docs/formats/esft.md). In the model layer because
 // load_model() reads deltas; scoring and selection are in src/train/esft.cpp.
 #include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -26,7 +27,9 @@ const char* kFormat = "finmoe-esft-delta";
 
 // A non-negative integer written as a JSON object key ("12").
 bool parse_index(const std::string& s, int64_t& out) {
-  if (s.empty() || s.size() > 9 || !std::all_of(s.begin(), s.end(), ::isdigit)) return false;
+  if (s.empty() || s.size() > 9 ||
+      !std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isdigit(c); }))
+    return false;
   out = std::stoll(s);
   return true;
 }

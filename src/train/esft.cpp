@@ -1,6 +1,7 @@
 // ESFT expert relevance scores and expert selection (include/finmoe/esft.h).
 // The expert-config format and delta checkpoints are in src/model/esft_delta.cpp.
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <numeric>
 #include <random>
@@ -81,7 +82,8 @@ EsftScores esft_scores_from_json(const nlohmann::json& j, const std::string& sou
   EsftScores s;
   int64_t num_experts = -1;
   auto index = [&](const std::string& key, const std::string& what) {
-    if (key.empty() || key.size() > 9 || !std::all_of(key.begin(), key.end(), ::isdigit))
+    if (key.empty() || key.size() > 9 ||
+        !std::all_of(key.begin(), key.end(), [](unsigned char c) { return std::isdigit(c); }))
       throw Error(source + ": " + what + " key '" + key + "' is not a non-negative integer");
     return std::stoll(key);
   };

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "core_test_util.h"
+#include "finmoe/error.h"
 #include "finmoe/safetensors.h"
 
 namespace finmoe {
@@ -239,6 +240,77 @@ TEST(SafetensorsFixture, ReadsTheCommittedPythonWrittenFile) {
   expect_matches(f->find("empty"), {"empty", DType::F32, {0, 3}, [](int64_t) { return 0.0; }});
   EXPECT_EQ(f->metadata(), (std::map<std::string, std::string>{
                                {"format", "np"}, {"source", "make_safetensors_fixture.py"}}));
+}
+
+// The layout rules against the reference library itself: each of these
+// files opens in finmoe exactly when it loads in `safetensors` (gaps, bytes
+// after the last tensor, a header length off by one, overlaps, whitespace
+// around the header object).
+TEST(SafetensorsPython, AcceptsAndRefusesTheLayoutsThePythonPackageDoes) {
+  std::string py = test::python_with("safetensors.numpy, numpy");
+  if (py.empty()) GTEST_SKIP() << "FINMOE_PYTHON unset or lacks safetensors/numpy";
+  ScratchDir dir;
+  std::vector<float> a = {1.0f, 2.0f, 3.0f};
+  write_safetensors(dir / "ok.safetensors", {{"a", DType::F32, {3}, a.data(), 12}});
+  const std::string ok = test::read_bytes(dir / "ok.safetensors");
+  uint64_t n = 0;
+  std::memcpy(&n, ok.data(), 8);
+  auto with_length = [&](uint64_t m) {
+    std::string s = ok;
+    std::memcpy(s.data(), &m, 8);
+    return s;
+  };
+  const std::string two = R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)";
+  const std::vector<std::pair<std::string, std::string>> files = {
+      {"ok", ok},
+      {"length-1", with_length(n - 1)},
+      {"length+1", with_length(n + 1)},
+      {"trailing", ok + "x"},
+      {"gap",
+       test::raw_safetensors(two + R"("b":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}})",
+                             std::string(20, '\0'))},
+      {"overlap",
+       test::raw_safetensors(two + R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+                             std::string(12, '\0'))},
+      {"packed",
+       test::raw_safetensors(two + R"("b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})",
+                             std::string(16, '\0'))},
+      {"leading-space",
+       test::raw_safetensors(R"( {"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", "x")},
+      {"newline-padding",
+       test::raw_safetensors(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})"
+                             "\n",
+                             "x")},
+  };
+  std::string list;
+  for (const auto& [name, bytes] : files) {
+    test::write_bytes(dir / (name + ".safetensors"), bytes);
+    list += " '" + dir / (name + ".safetensors") + "'";
+  }
+  const std::string script = dir / "layouts.py";
+  test::write_bytes(script, R"(import sys
+from safetensors.numpy import load_file
+for path in sys.argv[1:]:
+    try:
+        load_file(path)
+        print("loads", path)
+    except Exception:
+        print("refused", path)
+)");
+  std::string out;
+  ASSERT_EQ(test::run_python(py, script, list, &out), 0) << out;
+  for (const auto& [name, bytes] : files) {
+    const std::string path = dir / (name + ".safetensors");
+    const bool python_loads = out.find("loads " + path + "\n") != std::string::npos;
+    ASSERT_TRUE(python_loads || out.find("refused " + path + "\n") != std::string::npos) << out;
+    bool finmoe_loads = true;
+    try {
+      SafetensorsFile::open(path);
+    } catch (const Error&) {
+      finmoe_loads = false;
+    }
+    EXPECT_EQ(finmoe_loads, python_loads) << name;
+  }
 }
 
 }  // namespace
