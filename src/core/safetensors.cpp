@@ -121,10 +121,9 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
   const uint64_t data_size = file_size - 8 - header_len;
   uint8_t* data = base + 8 + header_len;
 
-  const std::string_view header_text(reinterpret_cast<const char*>(base + 8), size_t(header_len));
   nlohmann::json header;
   try {
-    header = parse_json(header_text, "header");
+    header = parse_json({reinterpret_cast<const char*>(base + 8), size_t(header_len)}, "header");
   } catch (const JsonError& e) {
     throw fail(e.what());
   }

@@ -117,7 +117,7 @@ Field<S> field(std::string key, T S::*member) {
     } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
       std::vector<std::string> v;
       if (n.IsScalar()) {
-        v.push_back(n.Scalar());
+        v.push_back(as<std::string>(n, what, "a string"));
       } else if (n.IsSequence()) {
         for (size_t i = 0; i < n.size(); ++i)
           v.push_back(as<std::string>(n[i], what + "[" + std::to_string(i) + "]", "a string"));

@@ -165,6 +165,12 @@ TEST(TrainConfigYaml, SizeKeysAndTextAreChecked) {
                   "u.yaml:5: device: not valid UTF-8 (byte 3 of the value)");
   EXPECT_CONTAINS(message_of([&] { parse_train_config(head + "output_dir: o\xC3\n", "u.yaml"); }),
                   "u.yaml:5: output_dir: not valid UTF-8");
+  // a list key given one file name (found by fuzz_train_yaml: the JSON dump threw)
+  EXPECT_CONTAINS(message_of([&] {
+                    parse_train_config("model: m\noutput_dir: o\nmax_steps: 1\ndata:\n  files: a\xA3.txt\n",
+                                       "u.yaml");
+                  }),
+                  "u.yaml:5: data.files: not valid UTF-8");
   EXPECT_CONTAINS(
       message_of([&] { parse_train_config(head + "device: \"cpu\\uD800\"\n", "u.yaml"); }),
       "u.yaml:5: invalid YAML");
