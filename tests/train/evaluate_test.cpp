@@ -47,7 +47,8 @@ TEST(EvaluateLm, ZeroBatchesIsAnError) {
   Transformer model(cfg);
   DataConfig dc;
   test::SyntheticSource source(dc, cfg.vocab_size);
-  EXPECT_CONTAINS(test::message_of([&] { evaluate_lm(model, source, 0); }), "batches must be > 0");
+  EXPECT_CONTAINS(test::message_of([&] { evaluate_lm(model, source, 0); }),
+                  "batches must be in [1, 1048576], got 0");
 }
 
 }  // namespace
