@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <map>
 
 #include "finmoe/error.h"
@@ -125,6 +126,9 @@ class Fields {
   std::string prefix_;
 };
 
+constexpr double kFloatMax = std::numeric_limits<float>::max();
+constexpr double kFloatMin = std::numeric_limits<float>::min();  // the smallest normal float
+
 const std::vector<std::string> kRopeTypes = {"default", "linear", "dynamic", "llama3", "yarn"};
 const std::vector<std::string> kTorchDtypes = {"float32", "bfloat16", "float16"};
 
@@ -213,7 +217,13 @@ RopeScaling parse_rope_scaling(const json& j, const std::string& source) {
   if (type == "default") return r;
   if (!f.has("factor")) f.fail("factor", "is required for rope_type '" + type + "'");
   f.read("factor", r.factor);
-  if (!(r.factor > 0)) f.fail("factor", "must be positive, got " + std::to_string(r.factor));
+  // RoPE runs in float32: a value beyond its range throws in torch, a factor
+  // below 1 (which HF warns about) or a non-positive beta yields NaN angles
+  auto within = [&](const char* key, double v, double lo, double hi, const char* range) {
+    if (!(v >= lo && v <= hi))
+      f.fail(key, "must be in " + std::string(range) + ", got " + json(v).dump());
+  };
+  within("factor", r.factor, 1.0, kFloatMax, "[1, 3.4e38]");
   f.read("original_max_position_embeddings", r.original_max_position_embeddings);
   if (type == "llama3") {
     for (const char* key : {"low_freq_factor", "high_freq_factor",
@@ -221,6 +231,8 @@ RopeScaling parse_rope_scaling(const json& j, const std::string& source) {
       if (!f.has(key)) f.fail(key, "is required for rope_type 'llama3'");
     f.read("low_freq_factor", r.low_freq_factor);
     f.read("high_freq_factor", r.high_freq_factor);
+    within("low_freq_factor", r.low_freq_factor, kFloatMin, kFloatMax, "[1.2e-38, 3.4e38]");
+    within("high_freq_factor", r.high_freq_factor, kFloatMin, kFloatMax, "[1.2e-38, 3.4e38]");
     if (!(r.high_freq_factor > r.low_freq_factor))
       f.fail("high_freq_factor", "must be greater than low_freq_factor");
   }
@@ -230,6 +242,12 @@ RopeScaling parse_rope_scaling(const json& j, const std::string& source) {
     f.read("attention_factor", r.attention_factor);
     f.read("mscale", r.mscale);
     f.read("mscale_all_dim", r.mscale_all_dim);
+    within("beta_fast", r.beta_fast, kFloatMin, kFloatMax, "[1.2e-38, 3.4e38]");
+    within("beta_slow", r.beta_slow, kFloatMin, kFloatMax, "[1.2e-38, 3.4e38]");
+    if (r.attention_factor)
+      within("attention_factor", *r.attention_factor, kFloatMin, kFloatMax, "[1.2e-38, 3.4e38]");
+    within("mscale", r.mscale, 0.0, kFloatMax, "[0, 3.4e38]");
+    within("mscale_all_dim", r.mscale_all_dim, 0.0, kFloatMax, "[0, 3.4e38]");
   }
   if (r.original_max_position_embeddings < 0)
     f.fail("original_max_position_embeddings", "must not be negative");
@@ -491,10 +509,12 @@ void ModelConfig::finalize(const std::string& source) {
   }
   if (sliding_window) positive("sliding_window", *sliding_window);
   finalize_sliding(*this, fail);
-  if (!(rms_norm_eps > 0) || !std::isfinite(rms_norm_eps))
-    fail("rms_norm_eps", "must be positive and finite");
-  if (!(rope_theta > 0) || !std::isfinite(rope_theta))
-    fail("rope_theta", "must be positive and finite");
+  // both enter float32 math: an epsilon above 1 or a RoPE base below 1 is no
+  // model, and values beyond float32 throw in torch
+  if (!(rms_norm_eps > 0 && rms_norm_eps <= 1))
+    fail("rms_norm_eps", "must be in (0, 1], got " + json(rms_norm_eps).dump());
+  if (!(rope_theta >= 1 && rope_theta <= kFloatMax))
+    fail("rope_theta", "must be in [1, 3.4e38], got " + json(rope_theta).dump());
   if (std::find(kTorchDtypes.begin(), kTorchDtypes.end(), torch_dtype) == kTorchDtypes.end())
     fail("torch_dtype", "has unsupported value '" + torch_dtype + "' (supported: " +
                             join_list(kTorchDtypes) + ")");

@@ -70,7 +70,7 @@ inline Exit run_args(const std::vector<std::string>& args, unsigned timeout_s = 
       if (errno == EINTR) continue;
       break;
     }
-    if (e.out.size() < (size_t(1) << 20)) e.out.append(buf, size_t(n));
+    if (e.out.size() < (size_t(1) << 26)) e.out.append(buf, size_t(n));  // 64 MiB
   }
   ::close(fds[0]);
   int status = 0;

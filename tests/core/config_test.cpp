@@ -473,6 +473,42 @@ TEST(ModelConfig, SizesAboveTheLimitsAreRefusedNamingTheField) {
   EXPECT_NEAR(double(c.param_count()), 405.8e9, 1e9);
 }
 
+// Found by the file fuzzing (long mode): rope_theta 1e308 threw in torch's
+// float32 RoPE ("internal error"), 1e-308 gave NaN logits.
+TEST(ModelConfig, FloatsThatEnterFloat32MathAreBounded) {
+  const std::vector<std::pair<std::function<void(json&)>, std::string>> cases = {
+      {[](json& j) { j["rope_theta"] = 1e308; },
+       "field 'rope_theta' must be in [1, 3.4e38], got 1e+308"},
+      {[](json& j) { j["rope_theta"] = 1e-308; }, "field 'rope_theta' must be in [1, 3.4e38]"},
+      {[](json& j) { j["rms_norm_eps"] = 1e308; }, "field 'rms_norm_eps' must be in (0, 1]"},
+      {[](json& j) {
+         j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 1e-300}};
+       },
+       "field 'rope_scaling.factor' must be in [1, 3.4e38]"},
+      {[](json& j) {
+         j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}, {"beta_fast", 0}};
+       },
+       "field 'rope_scaling.beta_fast' must be in [1.2e-38, 3.4e38], got 0"},
+      {[](json& j) {
+         j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}, {"mscale_all_dim", -1.0}};
+       },
+       "field 'rope_scaling.mscale_all_dim' must be in [0, 3.4e38]"},
+      {[](json& j) {
+         j["rope_scaling"] = {{"rope_type", "llama3"},
+                              {"factor", 8.0},
+                              {"low_freq_factor", 1e300},
+                              {"high_freq_factor", 4.0},
+                              {"original_max_position_embeddings", 8192}};
+       },
+       "field 'rope_scaling.low_freq_factor' must be in [1.2e-38, 3.4e38]"},
+  };
+  for (const auto& [edit, want] : cases) {
+    json j = minimal();
+    edit(j);
+    EXPECT_NE(error_of(j).find(want), std::string::npos) << error_of(j);
+  }
+}
+
 TEST(ModelConfig, TokenIdsMustFit32Bits) {
   for (const char* field : {"bos_token_id", "eos_token_id", "pad_token_id"}) {
     json j = minimal();
