@@ -184,11 +184,10 @@ struct ModelConfig {
   bool is_deepseek() const { return model_type == "deepseek_v2" || model_type == "deepseek_v3"; }
   bool is_mla() const { return kv_lora_rank > 0; }
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
-  // K and V values cached per token over all layers (MLA: its expanded
-  // per-head keys and values, which is what the cache holds today).
+  // K and V values cached per token over all layers (MLA: one latent row of
+  // kv_lora_rank + qk_rope_head_dim per layer, shared by every head).
   int64_t kv_values_per_token() const {
-    if (is_mla())
-      return num_hidden_layers * num_attention_heads * (qk_head_dim() + v_head_dim);
+    if (is_mla()) return num_hidden_layers * (kv_lora_rank + qk_rope_head_dim);
     return 2 * num_hidden_layers * kv_size();
   }
 };

@@ -125,8 +125,14 @@ struct EsftParamRole {
 // anything else (router "gate", "shared_expert_gate", attention, norms,
 // embeddings, lm_head, dense FFNs, concat_proj) -> NonExpert.
 EsftParamRole esft_param_role(const std::string& name);
-// Whether the config trains a parameter of that name.
+// Whether the config trains a parameter of that name (never one that
+// gradient_free_parameter names).
 bool esft_trains(const ExpertConfig& config, const std::string& name);
+// Parameters no training mode updates: DeepSeek-V3's
+// "*.gate.e_score_correction_bias" (noaux_tc) only chooses experts, so it has
+// no gradient, and its own balancing rule is not gradient descent; weight
+// decay would still shrink it. Full fine-tuning and ESFT leave it frozen.
+bool gradient_free_parameter(const std::string& name);
 
 // The parameters an expert config trains, in named_parameters() order.
 std::vector<std::pair<std::string, torch::Tensor>> esft_trainable_parameters(

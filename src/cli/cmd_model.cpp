@@ -330,7 +330,7 @@ void add_logits(CLI::App& app, Run& run) {
 
 void add_init(CLI::App& app, Run& run) {
   auto* c = app.add_subcommand("init", "Write a seeded random-initialised checkpoint in HF format");
-  static std::string out, arch, preset = "tiny", tokenizer, dtype = "bfloat16";
+  static std::string out, arch, preset = "tiny", tokenizer, dtype = "bfloat16", config_file;
   static uint64_t seed = 0;
   c->add_option("OUT", out, "output directory")->required();
   c->add_option("--preset", preset, "model shape: " + [] {
@@ -339,6 +339,10 @@ void add_init(CLI::App& app, Run& run) {
     return s;
   }())->capture_default_str();
   c->add_option("--arch", arch, "llama | qwen2 | mistral (default: the preset's)");
+  c->add_option("--config", config_file,
+                "an HF config.json to initialise instead of a preset (any architecture finmoe loads)")
+      ->excludes(c->get_option("--preset"))
+      ->excludes(c->get_option("--arch"));
   c->add_option("--tokenizer", tokenizer, "directory with tokenizer.json to copy (sets vocab for tiny/small)");
   c->add_option("--dtype", dtype, "float32 | bfloat16 | float16")->capture_default_str();
   c->add_option("--seed", seed, "random seed")->capture_default_str();
@@ -350,10 +354,13 @@ void add_init(CLI::App& app, Run& run) {
         tok.emplace(Tokenizer::from_dir(tokenizer));
         if (preset == "tiny" || preset == "small") vocab = (tok->vocab_size() + 63) / 64 * 64;
       }
-      ModelConfig cfg = preset_config(preset, arch, vocab);
+      ModelConfig cfg = config_file.empty()
+                            ? preset_config(preset, arch, vocab)
+                            : ModelConfig::from_json(read_json_file(config_file), config_file);
+      const std::string shape = config_file.empty() ? "preset " + preset : config_file;
       if (tok && tok->vocab_size() > cfg.vocab_size)
-        throw Error("tokenizer has " + std::to_string(tok->vocab_size()) + " tokens, preset " +
-                    preset + " only " + std::to_string(cfg.vocab_size));
+        throw Error("tokenizer has " + std::to_string(tok->vocab_size()) + " tokens, " + shape +
+                    " only " + std::to_string(cfg.vocab_size));
       if (tok) {
         if (auto b = tok->bos_id()) cfg.bos_token_id = *b;
         if (auto e = tok->eos_id()) cfg.eos_token_id = {*e};
@@ -376,7 +383,7 @@ void add_init(CLI::App& app, Run& run) {
                                        std::filesystem::copy_options::overwrite_existing);
         }
       }
-      std::cerr << "wrote " << out << ": " << cfg.model_type << " preset " << preset << ", "
+      std::cerr << "wrote " << out << ": " << cfg.model_type << " " << shape << ", "
                 << human(double(model.param_count().total)) << " params, " << cfg.torch_dtype
                 << ", seed " << seed << "\n";
       return 0;

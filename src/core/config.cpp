@@ -534,6 +534,13 @@ void ModelConfig::finalize(const std::string& source) {
 static void finalize_deepseek_moe(
     ModelConfig& c, const std::function<void(const std::string&, const std::string&)>& fail) {
   const auto str = [](int64_t v) { return std::to_string(v); };
+  if (c.first_k_dense_replace < 0) fail("first_k_dense_replace", "must not be negative");
+  if (c.moe_layer_freq <= 0) fail("moe_layer_freq", "must be positive");
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i)
+    c.moe_layers[size_t(i)] = i >= c.first_k_dense_replace && i % c.moe_layer_freq == 0;
+  // a model whose every layer is dense (an MLA conversion of a dense model)
+  // never routes: its routing keys are not checked, as HF does not use them
+  if (std::find(c.moe_layers.begin(), c.moe_layers.end(), true) == c.moe_layers.end()) return;
   if (c.scoring_func != "softmax" && c.scoring_func != "sigmoid")
     fail("scoring_func", "has unsupported value '" + c.scoring_func + "' (supported: softmax, sigmoid)");
   if (c.topk_method != "greedy" && c.topk_method != "group_limited_greedy" &&
@@ -546,12 +553,8 @@ static void finalize_deepseek_moe(
     fail("topk_group", "must be in [1, n_group=" + str(c.n_group) + "], got " + str(c.topk_group));
   if (c.topk_method == "noaux_tc" && c.num_experts / c.n_group < 2)
     fail("n_group", "noaux_tc scores a group by its best two experts: needs >= 2 experts per group");
-  if (c.first_k_dense_replace < 0) fail("first_k_dense_replace", "must not be negative");
-  if (c.moe_layer_freq <= 0) fail("moe_layer_freq", "must be positive");
   if (c.n_shared_experts < 0) fail("n_shared_experts", "must not be negative");
   if (!(c.routed_scaling_factor > 0)) fail("routed_scaling_factor", "must be positive");
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i)
-    c.moe_layers[size_t(i)] = i >= c.first_k_dense_replace && i % c.moe_layer_freq == 0;
 }
 
 static void finalize_moe(ModelConfig& c,

@@ -12,6 +12,10 @@
 // (with a sliding window W > 0: only positions > its own - W),
 // and position p lives in cache row slots[p]. Query head h reads kv head
 // h / (H / Hkv) (GQA; MHA when Hkv == H).
+// MLA's latent cache (absorbed decode) is one row per slot that every head
+// reads as its key, and whose first v_dim values are the value: n_kv_head
+// splits the heads into groups for the thread pool, kv_head_stride 0 and
+// cache_row = head_dim point every group at the same row, out is [N, H, v_dim].
 // out = softmax(q·kᵀ·scale)·v in float32 (exp to ~2 ulp); bf16 inputs are
 // widened exactly, a bf16 out is rounded once. Work items (sequence, kv
 // head, block of queries) run on the kernel ThreadPool.
@@ -37,6 +41,9 @@ struct AttentionArgs {
   const void* v_cache = nullptr;
   const AttentionSeq* seqs = nullptr;
   int64_t n_seqs = 0;
+  int64_t v_dim = 0;           // values per head read from each V row; 0 = head_dim
+  int64_t cache_row = 0;       // values per cache slot; 0 = n_kv_head * head_dim
+  int64_t kv_head_stride = -1; // values between kv heads within a slot; -1 = head_dim
   float scale = 1.0f;
   int64_t window = 0;  // sliding window; 0 = full causal
   ElemType out_t = ElemType::kF32;

@@ -1,6 +1,9 @@
 #include "model/attention.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "kernels/attention.h"
 
@@ -188,11 +191,8 @@ torch::Tensor AttentionImpl::step(const torch::Tensor& x, const StepPlan& plan,
 #if FINMOE_HAVE_CUDA
   if (plan.paged.defined()) return step_cuda(x, plan, cache);
 #endif
+  if (mla_) return step_mla(x, plan, cache);
   if (kernels_apply(x, plan, cache)) return step_kernels(x, plan, cache);
-  if (mla_) {
-    auto [q, k, v] = mla_qkv(x, plan.cos, plan.sin);  // [N,H,*]
-    return o_proj(step_torch(q, k, v, plan, cache));
-  }
   const int64_t N = x.size(0);
   auto q = rope_.apply(q_proj(x).view({N, n_head_, head_dim_}), plan.cos, plan.sin);
   auto k = rope_.apply(k_proj(x).view({N, n_kv_head_, head_dim_}), plan.cos, plan.sin);
@@ -220,6 +220,164 @@ torch::Tensor AttentionImpl::step_torch(const torch::Tensor& q, const torch::Ten
     out.narrow(0, s.q_start, s.q_len).copy_(o.squeeze(0).transpose(0, 1));
   }
   return out.view({N, H * dv});
+}
+
+std::pair<torch::Tensor, torch::Tensor> AttentionImpl::absorbed_kv_b() {
+  const LinearImpl& b = *kv_b_proj;
+  const void* lora = b.has_lora() ? b.lora_A.data_ptr() : nullptr;
+  if (absorbed_.data != b.weight.data_ptr() || absorbed_.version != b.weight._version() ||
+      absorbed_.lora != lora) {
+    torch::NoGradGuard no_grad;
+    auto w = b.quantized() ? dequantize(b.weight, b.weight_scale, torch::kFloat32)
+                           : b.weight.to(torch::kFloat32);  // [H*(nope+v), R]
+    if (b.has_lora())
+      w = w + b.lora_scaling * torch::matmul(b.lora_B.to(torch::kFloat32),
+                                             b.lora_A.to(torch::kFloat32));
+    w = w.view({n_head_, nope_dim_ + v_dim_, kv_lora_});
+    absorbed_.uk = w.narrow(1, 0, nope_dim_).contiguous();                    // [H, nope, R]
+    absorbed_.uv = w.narrow(1, nope_dim_, v_dim_).transpose(1, 2).contiguous();  // [H, R, v]
+    absorbed_.data = b.weight.data_ptr();
+    absorbed_.version = b.weight._version();
+    absorbed_.lora = lora;
+  }
+  return {absorbed_.uk, absorbed_.uv};
+}
+
+torch::Tensor AttentionImpl::step_mla(const torch::Tensor& x, const StepPlan& plan,
+                                      std::vector<torch::Tensor>& cache) {
+  const int64_t N = x.size(0), H = n_head_, R = kv_lora_, rope = head_dim_;
+  const int64_t row_dim = R + rope;
+  // absorbed attention runs in float32 (float64 for a float64 model)
+  const auto f32 = x.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  auto q = (q_proj ? q_proj(x) : q_b_proj(q_a_layernorm(q_a_proj(x)))).view({N, H, -1});
+  auto q_nope = q.narrow(-1, 0, nope_dim_);                                            // [N,H,nope]
+  auto q_pe = rope_.apply(q.narrow(-1, nope_dim_, rope).contiguous(), plan.cos, plan.sin);  // [N,H,rope]
+  auto latent_rope = kv_a_proj_with_mqa(x);  // [N, R + rope]
+  auto k_pe = rope_.apply(latent_rope.narrow(-1, R, rope).unsqueeze(1).contiguous(), plan.cos,
+                          plan.sin)
+                  .squeeze(1);  // [N, rope]
+  auto rows = torch::cat({kv_a_layernorm(latent_rope.narrow(-1, 0, R)), k_pe}, -1);  // [N, R+rope]
+  auto flat = cache.at(0).view({-1, row_dim});
+  flat.index_copy_(0, plan.write_slots, rows.to(flat.scalar_type()));
+
+  // Per sequence: absorbed attention costs q_len·H·(2R + rope) per key and
+  // H·R·(nope + v) per query; expanding the rows costs H·R·(nope + v) per key
+  // (kv_b_proj) and q_len·H·(nope + rope + v) per key. A decode step or a
+  // short chunk is absorbed, a long prompt chunk expanded.
+  // FINMOE_MLA_ATTENTION=absorbed|expanded forces one way (A/B, tests).
+  const char* force = std::getenv("FINMOE_MLA_ATTENTION");
+  const std::string mode = force ? force : "";
+  std::vector<const StepPlan::Seq*> absorbed, expanded;
+  for (const auto& sq : plan.seqs) {
+    if (mode == "absorbed" || mode == "expanded") {
+      (mode == "absorbed" ? absorbed : expanded).push_back(&sq);
+      continue;
+    }
+    const int64_t ctx = sq.read_slots.size(0);
+    const double absorb = double(sq.q_len) * (ctx * (2 * R + rope) + R * (nope_dim_ + v_dim_));
+    const double expand = double(ctx) * (R * (nope_dim_ + v_dim_) +
+                                         sq.q_len * (nope_dim_ + rope + v_dim_));
+    (absorb <= expand ? absorbed : expanded).push_back(&sq);
+  }
+  auto out = torch::empty({N, H, v_dim_}, x.options());
+
+  if (!absorbed.empty()) {
+    // the absorbed sequences' query rows, in batch order
+    torch::Tensor idx;
+    int64_t n_abs = 0;
+    if (absorbed.size() != plan.seqs.size()) {
+      std::vector<int64_t> r;
+      for (const auto* sq : absorbed)
+        for (int64_t i = 0; i < sq->q_len; ++i) r.push_back(sq->q_start + i);
+      idx = torch::tensor(r, torch::dtype(torch::kInt64));
+      n_abs = static_cast<int64_t>(r.size());
+    } else {
+      n_abs = N;
+    }
+    const auto pick = [&](const torch::Tensor& t) {
+      return idx.defined() ? t.index_select(0, idx.to(t.device())) : t;
+    };
+    auto [uk, uv] = absorbed_kv_b();
+    uk = uk.to(x.device(), f32);
+    uv = uv.to(x.device(), f32);
+    auto q_lat = torch::bmm(pick(q_nope).to(f32).transpose(0, 1), uk).transpose(0, 1);  // [n,H,R]
+    auto q_full = torch::cat({q_lat, pick(q_pe).to(f32)}, -1).contiguous();  // [n,H,R+rope]
+    auto o_lat = torch::empty({n_abs, H, R}, q_full.options());
+    const bool kernels = f32 == torch::kFloat32 && kernel_path(flat) && flat.is_contiguous() &&
+                         plan.write_slots.device().is_cpu() &&
+                         std::all_of(absorbed.begin(), absorbed.end(), [](const auto* sq) {
+                           return sq->read_slots.scalar_type() == torch::kInt64 &&
+                                  sq->read_slots.is_contiguous() && sq->read_slots.device().is_cpu();
+                         });
+    if (kernels) {
+      std::vector<kernels::AttentionSeq> seqs;
+      int64_t at = 0;
+      for (const auto* sq : absorbed) {
+        seqs.push_back({at, sq->q_len, sq->read_slots.size(0), sq->read_slots.data_ptr<int64_t>()});
+        at += sq->q_len;
+      }
+      // heads in groups for the thread pool: each group reads the shared row
+      int64_t groups = 1;
+      for (int64_t g : {8, 4, 2})
+        if (H % g == 0) {
+          groups = g;
+          break;
+        }
+      kernels::AttentionArgs args;
+      args.q_t = kernels::ElemType::kF32;
+      args.q = q_full.data_ptr();
+      args.n_head = H;
+      args.n_kv_head = groups;
+      args.head_dim = row_dim;
+      args.v_dim = R;
+      args.cache_row = row_dim;
+      args.kv_head_stride = 0;
+      args.cache_t = elem_type(flat);
+      args.k_cache = flat.data_ptr();
+      args.v_cache = flat.data_ptr();
+      args.seqs = seqs.data();
+      args.n_seqs = static_cast<int64_t>(seqs.size());
+      args.scale = static_cast<float>(scale_);
+      args.window = window_;
+      args.out_t = kernels::ElemType::kF32;
+      args.out = o_lat.data_ptr();
+      kernels::paged_attention(args);
+    } else {
+      int64_t at = 0;
+      for (const auto* sq : absorbed) {
+        auto keys = flat.index_select(0, sq->read_slots).to(f32).view({1, 1, -1, row_dim});
+        const auto& mask = window_ > 0 && sq->window_mask.defined() ? sq->window_mask : sq->mask;
+        auto qs = q_full.narrow(0, at, sq->q_len).transpose(0, 1).unsqueeze(0);  // [1,H,q,R+rope]
+        auto o = attention_core(qs, keys.expand({1, H, -1, row_dim}),
+                                keys.narrow(-1, 0, R).expand({1, H, -1, R}), mask, false, scale_);
+        o_lat.narrow(0, at, sq->q_len).copy_(o.squeeze(0).transpose(0, 1));
+        at += sq->q_len;
+      }
+    }
+    auto o = torch::bmm(o_lat.transpose(0, 1), uv).transpose(0, 1).to(x.scalar_type());  // [n,H,v]
+    if (idx.defined())
+      out.index_copy_(0, idx.to(out.device()), o);
+    else
+      out.copy_(o);
+  }
+
+  for (const auto* sq : expanded) {
+    auto keys = flat.index_select(0, sq->read_slots).to(x.scalar_type());  // [ctx, R+rope]
+    const int64_t ctx = keys.size(0);
+    auto kv = kv_b_proj(keys.narrow(-1, 0, R)).view({ctx, H, nope_dim_ + v_dim_});
+    auto k = torch::cat({kv.narrow(-1, 0, nope_dim_),
+                         keys.narrow(-1, R, rope).unsqueeze(1).expand({ctx, H, rope})},
+                        -1);  // [ctx,H,nope+rope]
+    auto qs = torch::cat({q_nope.narrow(0, sq->q_start, sq->q_len),
+                          q_pe.narrow(0, sq->q_start, sq->q_len)},
+                         -1);  // [q,H,nope+rope]
+    const auto& mask = window_ > 0 && sq->window_mask.defined() ? sq->window_mask : sq->mask;
+    auto o = attention_core(qs.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0),
+                            kv.narrow(-1, nope_dim_, v_dim_).transpose(0, 1).unsqueeze(0), mask,
+                            false, scale_);  // [1,H,q,v]
+    out.narrow(0, sq->q_start, sq->q_len).copy_(o.squeeze(0).transpose(0, 1));
+  }
+  return o_proj(out.view({N, H * v_dim_}));
 }
 
 }  // namespace finmoe

@@ -7,7 +7,12 @@
 //   kv_a_proj_with_mqa -> [latent kv_lora_rank | k_rope], k_rope shared by the heads
 //   kv_a_layernorm, kv_b_proj: latent -> [H, qk_nope + v_head_dim]
 //   o_proj                                          [D, H * v_head_dim]
-// Its cache holds the expanded per-head K and V (a latent cache is not there yet).
+// Its paged cache holds one latent row per token, [kv_a_layernorm(latent) |
+// roped k_rope] (kv_lora_rank + qk_rope_head_dim values, shared by the heads):
+// a step attends in that space with kv_b_proj absorbed (W_UK folded into the
+// queries, W_UV applied to the attention output), or, for a long chunk of
+// queries where that costs less, expands the rows to per-head K and V
+// (FINMOE_MLA_ATTENTION=absorbed|expanded forces one way for every sequence).
 #include <torch/torch.h>
 
 #include "finmoe/model.h"
@@ -55,7 +60,7 @@ class AttentionImpl : public torch::nn::Module {
                      std::vector<torch::Tensor>& cache);
 
   CacheSpec cache_spec() const {
-    if (mla_) return {{n_head_, nope_dim_ + head_dim_}, {n_head_, v_dim_}};
+    if (mla_) return {{kv_lora_ + head_dim_}};
     return {{n_kv_head_, head_dim_}, {n_kv_head_, head_dim_}};
   }
   const Rope& rope() const { return rope_; }
@@ -82,6 +87,13 @@ class AttentionImpl : public torch::nn::Module {
                              std::vector<torch::Tensor>& cache);
   bool kernels_apply(const torch::Tensor& x, const StepPlan& plan,
                      const std::vector<torch::Tensor>& cache) const;
+  // step() of an MLA layer over the latent cache {rows [blocks, block_size, R + rope]}.
+  torch::Tensor step_mla(const torch::Tensor& x, const StepPlan& plan,
+                         std::vector<torch::Tensor>& cache);
+  // kv_b_proj split per head for absorption, float32, LoRA folded in:
+  // uk [H, qk_nope, R] (q_nope -> latent), uv [H, R, v_head_dim] (latent -> v).
+  // Rebuilt when the weight changes (its data or version).
+  std::pair<torch::Tensor, torch::Tensor> absorbed_kv_b();
   // step() through the CUDA kernels (model/cuda/attention_step.cpp; CUDA builds only).
   torch::Tensor step_cuda(const torch::Tensor& x, const StepPlan& plan,
                           std::vector<torch::Tensor>& cache);
@@ -91,6 +103,12 @@ class AttentionImpl : public torch::nn::Module {
   int64_t nope_dim_ = 0, v_dim_ = 0, kv_lora_ = 0;
   int64_t window_;
   double scale_;
+  struct Absorbed {
+    const void* data = nullptr;
+    int64_t version = -1;
+    const void* lora = nullptr;
+    torch::Tensor uk, uv;
+  } absorbed_;
   Rope rope_;
 };
 TORCH_MODULE(Attention);

@@ -138,7 +138,12 @@ EsftParamRole esft_param_role(const std::string& name) {
   return r;
 }
 
+bool gradient_free_parameter(const std::string& name) {
+  return name.ends_with(".gate.e_score_correction_bias");
+}
+
 bool esft_trains(const ExpertConfig& c, const std::string& name) {
+  if (gradient_free_parameter(name)) return false;
   const EsftParamRole r = esft_param_role(name);
   switch (r.kind) {
     case EsftParamRole::RoutedExpert: {

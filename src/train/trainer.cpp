@@ -24,6 +24,7 @@
 #include "core/progress.h"
 #include "finmoe/distributed.h"
 #include "finmoe/error.h"
+#include "finmoe/esft.h"
 #include "finmoe/model.h"
 #include "finmoe/safetensors.h"
 #include "finmoe/tokenizer.h"
@@ -45,8 +46,12 @@ namespace {
 class FullTraining : public TrainMethod {
  public:
   NamedTensors prepare(Transformer& model) override {
-    NamedTensors params = model.named_parameters();
-    for (auto& [name, t] : params) t.requires_grad_(true);
+    NamedTensors params;
+    for (auto& [name, t] : model.named_parameters()) {
+      const bool trained = !gradient_free_parameter(name);
+      t.requires_grad_(trained);
+      if (trained) params.emplace_back(name, t);
+    }
     return params;
   }
 

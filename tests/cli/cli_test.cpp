@@ -53,6 +53,38 @@ TEST_F(Cli, InfoReportsParameterCountAndKvBytes) {
   EXPECT_GE(V, 151643);  // vocabulary sized for the tokenizer
 }
 
+// `init --config` builds any architecture from an HF config.json; a DeepSeek-V3
+// model's cache is one latent row per layer (kv_lora_rank + qk_rope_head_dim),
+// not per-head K and V.
+TEST_F(Cli, InitFromAConfigFileReportsTheLatentKvRowOfMla) {
+  const std::string cfg_path = data("hf/deepseek_v3_plain/config.json");
+  const std::string out = (dir_ / "ds").string();
+  auto r = run("init " + out + " --config " + cfg_path + " --dtype float32 --seed 1");
+  ASSERT_EQ(r.status, 0) << r.out;
+  r = run("info " + out + " --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  std::ifstream f(cfg_path);
+  const auto cfg = nlohmann::json::parse(f);
+  const int64_t L = cfg["num_hidden_layers"], R = cfg["kv_lora_rank"], rope = cfg["qk_rope_head_dim"];
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["model_type"], "deepseek_v3");
+  EXPECT_EQ(j["kv_cache_bytes_per_token"]["bfloat16"].get<int64_t>(), L * (R + rope) * 2);
+  // the expanded per-head K and V would be H * (qk_nope + rope + v) per layer
+  EXPECT_LT(j["kv_cache_bytes_per_token"]["float32"].get<int64_t>(),
+            L * cfg["num_attention_heads"].get<int64_t>() *
+                (cfg["qk_nope_head_dim"].get<int64_t>() + rope + cfg["v_head_dim"].get<int64_t>()) * 4);
+  // the engine runs it over the latent cache (no tokenizer: token ids only)
+  r = run("bench serve " + out + " --num-prompts 3 --input-len 8 --output-len 4 --concurrency 2");
+  EXPECT_EQ(r.status, 0) << r.out;
+  // a preset and a config file together are a usage error
+  r = run("init " + (dir_ / "ds2").string() + " --config " + cfg_path + " --preset tiny");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.out.find("--preset"), std::string::npos) << r.out;
+  r = run("init " + (dir_ / "ds3").string() + " --config " + (dir_ / "missing.json").string());
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("missing.json"), std::string::npos) << r.out;
+}
+
 TEST_F(Cli, TokenizeJsonlMatchesGoldenIds) {
   // golden ids were produced by Hugging Face's tokenizer, not by finmoe
   std::ifstream golden(data("tokenizer/qwen3/qwen3.ids.jsonl"));

@@ -70,6 +70,22 @@ TEST(Json, DepthScanIgnoresStringsAndRefusesDeepInputBeforeParsing) {
 
 // A DeepSeek-V3-shaped config: HF's defaults fill what it leaves out, the
 // MoE layer rule and the MLA sizes follow, and bad routing keys are named.
+// An MLA model with every layer dense (a GQA -> MLA conversion of a dense
+// model) never routes: routing keys that would not route (noaux_tc with one
+// expert per group) are not an error there, and are one with a MoE layer.
+TEST(ModelConfig, DeepseekWithOnlyDenseLayersSkipsTheRoutingChecks) {
+  json j = minimal("deepseek_v3");
+  j["num_hidden_layers"] = 3;
+  j["first_k_dense_replace"] = 3;
+  j["n_routed_experts"] = 1;
+  j["num_experts_per_tok"] = 1;
+  j["moe_intermediate_size"] = 1;
+  const ModelConfig c = ModelConfig::from_json(j);
+  EXPECT_EQ(c.moe_layers, std::vector<bool>(3, false));
+  j["first_k_dense_replace"] = 2;
+  EXPECT_THROW(ModelConfig::from_json(j), Error);
+}
+
 TEST(ModelConfig, DeepseekKeysDefaultsAndErrors) {
   json j = minimal("deepseek_v3");
   j["n_routed_experts"] = 16;
@@ -91,7 +107,7 @@ TEST(ModelConfig, DeepseekKeysDefaultsAndErrors) {
   EXPECT_EQ(c.shared_expert_intermediate_size, 32);  // 1 shared expert x 32
   EXPECT_EQ(c.moe_layers, (std::vector<bool>{false, false, true, false, true}));
   EXPECT_TRUE(c.rope_interleaved);
-  EXPECT_EQ(c.kv_values_per_token(), 5 * 4 * (192 + 128));  // expanded K and V per head
+  EXPECT_EQ(c.kv_values_per_token(), 5 * (512 + 64));  // one latent row per layer
   const ModelConfig back = ModelConfig::from_json(c.to_json());
   EXPECT_EQ(back.moe_layers, c.moe_layers);
   EXPECT_EQ(back.q_lora_rank, 0);

@@ -250,6 +250,9 @@ TEST_P(OpsIsa, ConvertRoundsToNearestEvenAndKeepsNaN) {
 struct AttnCase {
   int64_t H, Hkv, d;
   std::vector<int64_t> q_len, context_len;
+  // MLA's latent layout: one row of d values per slot read by every head
+  // group as K, its first dv values as V (Hkv only splits the heads)
+  int64_t latent_dv = 0;
 };
 
 // Runs `isa`'s paged attention over a shuffled cache and checks it against
@@ -257,12 +260,15 @@ struct AttnCase {
 void check_attention(Isa isa, ElemType qt, ElemType ct, ElemType ot, const AttnCase& c) {
   SCOPED_TRACE(std::string("q ") + name(qt) + " cache " + name(ct) + " out " + name(ot) +
                " H=" + std::to_string(c.H) + " Hkv=" + std::to_string(c.Hkv) +
-               " d=" + std::to_string(c.d));
+               " d=" + std::to_string(c.d) + " latent dv=" + std::to_string(c.latent_dv));
+  const bool latent = c.latent_dv > 0;
+  const int64_t dv = latent ? c.latent_dv : c.d;
   const int64_t S = int64_t(c.q_len.size());
   const int64_t N = std::accumulate(c.q_len.begin(), c.q_len.end(), int64_t{0});
   const int64_t total = std::accumulate(c.context_len.begin(), c.context_len.end(), int64_t{0});
   const int64_t slots = total + 7;
-  const int64_t row = c.Hkv * c.d;
+  const int64_t row = latent ? c.d : c.Hkv * c.d;
+  const int64_t head_stride = latent ? 0 : c.d;
   const Buf q = random_buf(qt, size_t(N * c.H * c.d), 11);
   const Buf k = random_buf(ct, size_t(slots * row), 12);
   const Buf v = random_buf(ct, size_t(slots * row), 13);
@@ -279,7 +285,8 @@ void check_attention(Isa isa, ElemType qt, ElemType ct, ElemType ot, const AttnC
                        seq_slots[size_t(s)].data()};
     q_start += c.q_len[size_t(s)];
   }
-  Buf out = zeros(ot, size_t(N * c.H * c.d));
+  const Buf& values = latent ? k : v;
+  Buf out = zeros(ot, size_t(N * c.H * dv));
   const float scale = 1.0f / std::sqrt(float(c.d));
   AttentionArgs a;
   a.q_t = qt;
@@ -289,7 +296,12 @@ void check_attention(Isa isa, ElemType qt, ElemType ct, ElemType ot, const AttnC
   a.head_dim = c.d;
   a.cache_t = ct;
   a.k_cache = k.data();
-  a.v_cache = v.data();
+  a.v_cache = values.data();
+  if (latent) {
+    a.v_dim = dv;
+    a.cache_row = c.d;
+    a.kv_head_stride = 0;
+  }
   a.seqs = seqs.data();
   a.n_seqs = S;
   a.scale = scale;
@@ -310,16 +322,16 @@ void check_attention(Isa isa, ElemType qt, ElemType ct, ElemType ot, const AttnC
           double dot = 0;
           for (int64_t e = 0; e < c.d; ++e)
             dot += q.at(size_t((n * c.H + h) * c.d + e)) *
-                   k.at(size_t(sq.slots[j] * row + kvh * c.d + e));
+                   k.at(size_t(sq.slots[j] * row + kvh * head_stride + e));
           p[size_t(j)] = dot * double(scale);
           mx = std::max(mx, p[size_t(j)]);
         }
         double sum = 0;
         for (double& x : p) sum += (x = std::exp(x - mx));
-        for (int64_t e = 0; e < c.d; ++e) {
+        for (int64_t e = 0; e < dv; ++e) {
           double want = 0, mag = 0;
           for (int64_t j = 0; j < lim; ++j) {
-            const double vj = v.at(size_t(sq.slots[j] * row + kvh * c.d + e));
+            const double vj = values.at(size_t(sq.slots[j] * row + kvh * head_stride + e));
             want += p[size_t(j)] / sum * vj;
             mag += p[size_t(j)] / sum * std::fabs(vj);
           }
@@ -327,7 +339,7 @@ void check_attention(Isa isa, ElemType qt, ElemType ct, ElemType ot, const AttnC
           // float32 scores over d terms and exp to ~2 ulp: relative error ~1e-6 of the |v| mix
           const double tol = ot == ElemType::kF32 ? 2e-5 * (mag + 1e-3)
                                                   : std::ldexp(std::fabs(want), -7) + 2e-5 * mag;
-          ASSERT_LE(std::fabs(out.at(size_t((n * c.H + h) * c.d + e)) - want), tol)
+          ASSERT_LE(std::fabs(out.at(size_t((n * c.H + h) * dv + e)) - want), tol)
               << "seq " << s << " query " << i << " head " << h << " dim " << e;
         }
       }
@@ -340,6 +352,9 @@ TEST_P(OpsIsa, PagedAttentionMatchesDoubleReference) {
       {6, 2, 64, {1, 5, 40, 1}, {1, 23, 40, 70}},
       {4, 4, 40, {3, 1}, {3, 17}},  // MHA, d not a multiple of 16
       {7, 1, 8, {17}, {33}},        // one kv head for 7 query heads, tiny d
+      // MLA latent rows (kv_lora 64 + rope 8, values the first 64), heads in 2 groups
+      {8, 2, 72, {1, 3, 20}, {9, 3, 41}, 64},
+      {4, 1, 40, {1, 18}, {30, 18}, 33},  // one group, dv not a multiple of 16
   };
   for (const AttnCase& c : cases)
     for (ElemType qt : {ElemType::kF32, ElemType::kBF16})

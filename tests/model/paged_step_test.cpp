@@ -4,11 +4,13 @@
 #include <gtest/gtest.h>
 
 #include <numeric>
+#include <optional>
 #include <random>
 
 #include "finmoe/error.h"
 #include "model/rope.h"
 #include "test_util.h"
+#include "../scoped_env.h"
 #include "../tolerance.h"
 
 namespace finmoe {
@@ -26,7 +28,23 @@ torch::Tensor random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
   return at::randint(vocab, {n}, gen, torch::TensorOptions().dtype(torch::kInt64));
 }
 
-class PagedStep : public ::testing::TestWithParam<std::string> {};
+// A parameter "arch@mode" runs an MLA architecture with FINMOE_MLA_ATTENTION=mode
+// (absorbed or expanded attention over the latent cache for every sequence).
+class PagedStep : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    const std::string p = ::testing::TestWithParam<std::string>::GetParam();
+    const auto at = p.find('@');
+    arch_ = p.substr(0, at);
+    if (at != std::string::npos)
+      env_.emplace("FINMOE_MLA_ATTENTION", p.substr(at + 1).c_str());
+  }
+  const std::string& GetParam() const { return arch_; }
+
+ private:
+  std::string arch_;
+  std::optional<test::ScopedEnv> env_;
+};
 
 TEST_P(PagedStep, RaggedMixedBatchesEqualFullForward) {
   auto model = random_model(GetParam());
@@ -151,7 +169,15 @@ TEST_P(PagedStep, PackedDocumentsEqualSeparateForwards) {
 INSTANTIATE_TEST_SUITE_P(Architectures, PagedStep,
                          ::testing::Values("llama", "qwen2", "mistral", "mixtral", "qwen2_moe",
                                            "finer_moe", "finmoe_dense", "mistral_sliding",
-                                           "qwen2_sliding"));
+                                           "qwen2_sliding", "deepseek_v2", "deepseek_v3",
+                                           "deepseek_v2@absorbed", "deepseek_v3@absorbed",
+                                           "deepseek_v2@expanded", "deepseek_v3@expanded"),
+                         [](const auto& info) {
+                           std::string name = info.param;
+                           for (char& ch : name)
+                             if (ch == '@') ch = '_';
+                           return name;
+                         });
 
 TEST(PagedStepValidation, BadBatchesAreRejectedByField) {
   auto model = random_model("llama");

@@ -375,6 +375,49 @@ TEST_F(EsftFixture, SharedAndNonExpertFlagsTrainThoseModulesToo) {
   EXPECT_EQ(test::max_abs_diff(reloaded.forward(ids), model.forward(ids)), 0.0);
 }
 
+// DeepSeek-V3 (MLA + DeepSeekMoE with noaux_tc): ESFT trains the chosen routed
+// experts (and, with the flag, the non-expert modules) while the ungated shared
+// experts and the router's e_score_correction_bias stay as they were, as the
+// ESFT paper trains DeepSeek-V2-Lite.
+TEST(EsftDeepSeek, SharedExpertsAndTheCorrectionBiasStayFrozen) {
+  Transformer model(test::tiny_config("deepseek_v3"));
+  init_random(model, 21);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& [n, t] : model.named_parameters())
+      if (gradient_free_parameter(n)) t.uniform_(-0.2, 0.2);  // a correction that matters
+  }
+  ExpertConfig c;
+  c.experts[1] = {0, 3};
+  c.non_expert_modules = true;
+  const auto before = snapshot(model);
+  const auto trainable = apply_esft(model, c);
+  int biases = 0;
+  for (const auto& [n, t] : model.named_parameters()) biases += gradient_free_parameter(n);
+  ASSERT_EQ(biases, 1);  // layer 1, the one MoE layer
+  for (const auto& [n, t] : trainable) {
+    EXPECT_FALSE(gradient_free_parameter(n)) << n;
+    EXPECT_NE(esft_param_role(n).kind, EsftParamRole::SharedExpert) << n;
+  }
+  train_steps(model, trainable, 2);
+  bool expert_moved = false, attention_moved = false;
+  for (const auto& [n, t] : model.named_parameters()) {
+    const bool moved = !torch::equal(t.detach(), before.at(n));
+    const auto role = esft_param_role(n);
+    if (role.kind == EsftParamRole::SharedExpert || gradient_free_parameter(n)) {
+      EXPECT_FALSE(moved) << n << " moved";
+    }
+    if (role.kind == EsftParamRole::RoutedExpert) {
+      const bool chosen = role.expert == 0 || role.expert == 3;
+      if (!chosen) EXPECT_FALSE(moved) << n << " moved";
+      expert_moved = expert_moved || (chosen && moved);
+    }
+    attention_moved = attention_moved || (moved && n.find("kv_b_proj") != std::string::npos);
+  }
+  EXPECT_TRUE(expert_moved);
+  EXPECT_TRUE(attention_moved);
+}
+
 TEST_F(EsftFixture, DeltaErrorsNameTheProblem) {
   auto model = load_model(base(), {.dtype = torch::kFloat32});
   ExpertConfig c;

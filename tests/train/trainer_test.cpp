@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "../expect_error.h"
+#include "finmoe/esft.h"
 #include "finmoe/safetensors.h"
 #include "train_test_util.h"
 
@@ -273,6 +274,39 @@ TEST(Trainer, DistillationFromItselfHasZeroKlAndLearnsFromATeacher) {
   EXPECT_GT(h.front().kd_loss, 0.0);
   EXPECT_LT(h.back().kd_loss, 0.5 * h.front().kd_loss);
   EXPECT_NEAR(h.back().loss, 0.8 * h.back().kd_loss + 0.2 * h.back().lm_loss, 1e-9);
+}
+
+// Full fine-tuning of a DeepSeek-V3 model moves every weight but the router's
+// e_score_correction_bias, which no gradient reaches (it only chooses experts).
+TEST(Trainer, FullTrainingOfDeepSeekKeepsTheCorrectionBias) {
+  TempDir model, out;
+  Transformer m(test::tiny_config("deepseek_v3"));
+  init_random(m, 4);
+  torch::Tensor bias;
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& [n, t] : m.named_parameters())
+      if (gradient_free_parameter(n)) bias = t.uniform_(-0.2, 0.2).clone();
+  }
+  ASSERT_TRUE(bias.defined());
+  save_model(m, model.str());
+  TrainConfig c = test::tiny_train_config(model.str(), out.str());
+  c.max_steps = 3;
+  Trainer t(c, test::synthetic_hooks(m.config().vocab_size));
+  t.run();
+  bool shared_moved = false;
+  for (const auto& [n, p] : t.model().named_parameters()) {
+    if (gradient_free_parameter(n)) {
+      EXPECT_FALSE(p.requires_grad()) << n;
+      EXPECT_TRUE(torch::equal(p.detach().to(torch::kFloat32), bias)) << n << " moved";
+    }
+    if (n.find("shared_experts.down_proj") != std::string::npos) {
+      const auto& want = m.named_parameters();
+      for (const auto& [n0, p0] : want)
+        if (n0 == n) shared_moved = !torch::equal(p.detach().to(torch::kFloat32), p0);
+    }
+  }
+  EXPECT_TRUE(shared_moved);
 }
 
 TEST(Trainer, InitialisesAPresetModel) {
