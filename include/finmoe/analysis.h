@@ -39,6 +39,9 @@ struct ExpertRouting {
   double selection_ratio = 0;   // load / T, in [0, 1]; sums to K over experts
   double mean_gate = 0;         // (1/T) sum_t g_{e,t}
   double mean_router_prob = 0;  // (1/T) sum_t s_{e,t}; sums to 1 over experts
+  // (1/T) sum_t s_{e,t}·1[e selected for t]: the gate value of a router that
+  // does not renormalise its top-k (DeepSeek-V2-Lite, ESFT's g_{e,t})
+  double mean_selected_prob = 0;
   // ESFT Eq. 6, average gate score: (1/N_s) sum_j (1/L_j) sum_{t in seq j} g_{e,t}
   double esft_gate = 0;
   // ESFT Eq. 7, token selection ratio: (1/N_s) sum_j (1/L_j) sum_{t in seq j} 1[e selected]/K
@@ -88,7 +91,7 @@ class RoutingStats {
  private:
   struct Acc {
     int64_t tokens = 0, sequences = 0, top_k = 0;
-    std::vector<double> load, gate, prob, esft_gate, esft_token;  // [E] sums
+    std::vector<double> load, gate, prob, sel_prob, esft_gate, esft_token;  // [E] sums
   };
   int64_t num_experts_;
   std::map<int64_t, Acc> layers_;

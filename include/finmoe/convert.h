@@ -48,14 +48,15 @@ struct UpcycleOptions {
   // finer_moe's concat projection [D, D] after the concatenation: "none",
   // "normal" (N(0, initializer_range^2) of the dense config) or "zeros".
   std::string concat_proj = "none";
-  // How expert weights are scaled so the routed sum keeps the dense FFN's size:
-  //   "auto"  = "down" without a shared expert, "none" with one
+  // How expert weights are scaled. FineRMoE's Eq. 10 copies the dense slices
+  // unscaled ("none", the default of every preset but nvshard); the others
+  // make the routed sum keep the dense FFN's size:
   //   "down"  down_proj x G_I (a token then sums weights adding to 1 over
   //           shards that each carry 1/G_I of the FFN)
   //   "glu"   gate, up and down each x s^(1/3), s = G_I (He et al. for a
   //           softmax-after-top-k router; SwiGLU is roughly cubic in the scale)
-  //   "none"
-  std::string expert_scale = "auto";
+  //   "none"  the slices as they are (Eq. 10)
+  std::string expert_scale = "none";
   // Every expert active with softmax weights (FinMoE's dense MoE): top-k = N,
   // T_I ignored; needs G_O = R_O = 1.
   bool all_experts = false;

@@ -13,13 +13,17 @@
 //           and the base model's path (docs/formats/esft.md); load_model() on the
 //           delta directory gives base + delta as one model
 //
-// Scores (docs/esft.md): with g_{e,t} the combination weight of expert e for
-// token t when selected (else 0) and K experts per token, pooled over the T
+// Scores (docs/esft.md): with g_{e,t} the gate value of expert e for token t
+// when selected (else 0) and K experts per token, pooled over the T
 // sampled tokens of a layer and normalised so each layer sums to 1 over its experts:
 //   gate_score_e  = sum_t g_{e,t} / sum_{e',t} g_{e',t}
 //   token_score_e = sum_t 1[e selected for t] / (K*T)
 // For sequences of equal length these are Eq. 6 and Eq. 7 divided by their sum over
-// the layer's experts (the relevance scores R of Eq. 8).
+// the layer's experts (the relevance scores R of Eq. 8). The paper's g (on
+// DeepSeek-V2-Lite, whose router does not renormalise its top-k) is the full
+// softmax over all experts at the selected ones (EsftGate::Softmax, default);
+// EsftGate::Applied takes the weight the layer actually applies, which differs
+// for routers that renormalise (mixtral, finer_moe, norm_topk_prob).
 //
 // Thread safety: free functions; a Transformer they take is used by the calling
 // thread only. Errors: finmoe::Error naming the file, field or option.
@@ -52,13 +56,19 @@ struct EsftScores {
   int64_t sequences = 0;  // sequences they formed
 };
 
+enum class EsftGate { Softmax, Applied };
+// "softmax" | "applied"; throws Error naming `field` otherwise.
+EsftGate esft_gate_from_string(const std::string& name, const std::string& field);
+
 // Scores from routing statistics (analysis.h, RoutingStats::results()).
-EsftScores esft_scores(const std::vector<LayerRouting>& routing);
+EsftScores esft_scores(const std::vector<LayerRouting>& routing,
+                       EsftGate gate = EsftGate::Softmax);
 
 struct EsftScoreOptions {
   int64_t seq_len = 1024;      // tokens per sampled sequence (the paper: 4096)
   int64_t max_tokens = 32768;  // tokens to sample (the paper: 32 x 4096); <= 0 = all
   uint64_t seed = 0;           // which sequences are sampled
+  EsftGate gate = EsftGate::Softmax;  // g of the gate scores (see above)
 };
 
 // Tokenizes `data` (.jsonl of {"text"} / {"messages"} records, or plain text),

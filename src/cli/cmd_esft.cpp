@@ -38,7 +38,7 @@ void add_esft_score(CLI::App* parent, Run& run) {
       "  gate_scores   sum_t g / sum over experts and tokens of g            (ESFT-Gate, Eq. 6)\n"
       "  token_scores  tokens selecting the expert / (K * tokens)            (ESFT-Token, Eq. 7)\n"
       "Output: {\"token_scores\": {\"<layer>\": {\"<expert>\": s}}, \"gate_scores\": {...}}");
-  static std::string model_dir, data, out, dtype = "float32", device = "cpu";
+  static std::string model_dir, data, out, dtype = "float32", device = "cpu", gate = "softmax";
   static EsftScoreOptions o;
   c->add_option("MODEL", model_dir, "MoE model directory (HF format, with tokenizer.json)")
       ->required();
@@ -50,10 +50,15 @@ void add_esft_score(CLI::App* parent, Run& run) {
   c->add_option("--max-tokens", o.max_tokens, "tokens to sample (<= 0: the whole file)")
       ->capture_default_str();
   c->add_option("--seed", o.seed, "which sequences are sampled")->capture_default_str();
+  c->add_option("--gate-score", gate,
+                "g of the gate scores: softmax (the full softmax at the selected experts, the "
+                "paper's) | applied (the weight the layer applies, renormalised top-k)")
+      ->capture_default_str();
   c->add_option("--dtype", dtype, "float32 | bfloat16")->capture_default_str();
   c->add_option("--device", device, "cpu | cuda | cuda:N")->capture_default_str();
   c->callback([&run] {
     run = [] {
+      o.gate = esft_gate_from_string(gate, "--gate-score");
       const auto tok = Tokenizer::from_dir(model_dir);
       auto model = load_model(
           model_dir, {.dtype = dtype_from_string(dtype), .device = device_from_string(device)});

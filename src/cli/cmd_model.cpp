@@ -210,8 +210,11 @@ void add_info(CLI::App& app, Run& run) {
                 << (cfg.architectures.empty() ? "" : " (" + cfg.architectures[0] + ")") << "\n"
                 << "params      " << human(double(total)) << " (" << total << "), "
                 << human_bytes(double(bytes)) << " on disk, dtype " << cfg.torch_dtype << "\n"
-                << "layers      " << cfg.num_hidden_layers << " x [attn " << cfg.num_attention_heads
-                << "q/" << cfg.num_key_value_heads << "kv heads x " << cfg.head_dim
+                << "layers      " << cfg.num_hidden_layers << " x [attn "
+                << (cfg.is_mla() ? "MLA " + std::to_string(cfg.num_attention_heads) + " heads"
+                                 : std::to_string(cfg.num_attention_heads) + "q/" +
+                                       std::to_string(cfg.num_key_value_heads) + "kv heads x " +
+                                       std::to_string(cfg.head_dim))
                 << (cfg.attention_bias ? ", qkv bias" : "") << "; SwiGLU " << cfg.hidden_size
                 << "->" << cfg.intermediate_size << "] = " << human(double(per_layer))
                 << " params in layer 0\n";

@@ -45,7 +45,7 @@ void add_upcycle(CLI::App& app, Run& run) {
   c->add_flag("--all-experts", all_experts, "every expert active, softmax gate (FinMoE)")->group(g);
   c->add_option("--shared-expert", shared, "copy | none (default none)")->group(g);
   c->add_option("--expert-scale", scale,
-                "auto | down | glu | none (default auto: down_proj x G_I without a shared expert)")
+                "none | down | glu (default none, FineRMoE Eq. 10; nvshard: glu; down = down_proj x G_I)")
       ->group(g);
   c->add_option("--drop-ratio", drop, "Drop-Upcycling: share of each expert re-initialised (default 0)")
       ->group(g);

@@ -65,7 +65,7 @@ void RoutingStats::add(const RouterOutput& r, int64_t seq_len) {
   Acc& a = layers_[r.layer];
   if (a.load.empty()) {
     a.top_k = K;
-    for (auto* v : {&a.load, &a.gate, &a.prob, &a.esft_gate, &a.esft_token})
+    for (auto* v : {&a.load, &a.gate, &a.prob, &a.sel_prob, &a.esft_gate, &a.esft_token})
       v->assign(size_t(E), 0.0);
   } else if (a.top_k != K) {
     throw Error(where + ": K changed from " + std::to_string(a.top_k) + " to " + std::to_string(K));
@@ -88,6 +88,7 @@ void RoutingStats::add(const RouterOutput& r, int64_t seq_len) {
   add_to(a.load, sel.sum(0));
   add_to(a.gate, g.sum(0));
   add_to(a.prob, s.sum(0));
+  add_to(a.sel_prob, (s * sel).sum(0));
   add_to(a.esft_gate, gate_seq);
   add_to(a.esft_token, token_seq);
   a.tokens += T;
@@ -121,6 +122,7 @@ std::vector<LayerRouting> RoutingStats::results() const {
       x.selection_ratio = a.load[e] / T;
       x.mean_gate = a.gate[e] / T;
       x.mean_router_prob = a.prob[e] / T;
+      x.mean_selected_prob = a.sel_prob[e] / T;
       x.esft_gate = a.esft_gate[e] / S;
       x.esft_token = a.esft_token[e] / S;
       x.esft_gate_share = gate_total > 0 ? a.esft_gate[e] / gate_total : 0.0;

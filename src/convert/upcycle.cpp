@@ -262,14 +262,13 @@ UpcyclePlan plan_upcycle(const ModelConfig& dense, const UpcycleOptions& options
   if (router.kind == RouterInit::Kind::VirtualGroups && o.G_I == 1)
     throw Error("router-init virtual-groups needs G_I > 1 (a group is one replica's G_I shards)");
 
-  if (o.expert_scale == "auto") o.expert_scale = o.shared_expert == "copy" ? "none" : "down";
   if (o.expert_scale == "down") {
     p.down_scale = double(o.G_I);
   } else if (o.expert_scale == "glu") {
     p.gate_up_scale = p.down_scale = std::cbrt(double(o.G_I));
   } else if (o.expert_scale != "none") {
     throw Error("expert-scale '" + o.expert_scale +
-                "' is not supported (supported: auto, down, glu, none)");
+                "' is not supported (supported: none, down, glu)");
   }
   if (o.dtype.empty()) o.dtype = dense.torch_dtype;
   dtype_from_string(o.dtype);  // validates

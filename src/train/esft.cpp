@@ -17,17 +17,26 @@ namespace finmoe {
 
 // ---- scores --------------------------------------------------------------------
 
-EsftScores esft_scores(const std::vector<LayerRouting>& routing) {
+EsftGate esft_gate_from_string(const std::string& name, const std::string& field) {
+  if (name == "softmax") return EsftGate::Softmax;
+  if (name == "applied") return EsftGate::Applied;
+  throw Error(field + ": '" + name + "' is not a gate score (softmax | applied)");
+}
+
+EsftScores esft_scores(const std::vector<LayerRouting>& routing, EsftGate g) {
   EsftScores s;
   for (const LayerRouting& l : routing) {
     // pooled over the layer's tokens: mean_gate_e = sum_t g / T and
     // selection_ratio_e = load_e / T; normalising over experts cancels T
     double gate_total = 0, token_total = 0;
-    for (const auto& e : l.experts) gate_total += e.mean_gate, token_total += e.selection_ratio;
+    const auto gate_of = [g](const ExpertRouting& e) {
+      return g == EsftGate::Softmax ? e.mean_selected_prob : e.mean_gate;
+    };
+    for (const auto& e : l.experts) gate_total += gate_of(e), token_total += e.selection_ratio;
     auto& gate = s.gate_scores[l.layer];
     auto& token = s.token_scores[l.layer];
     for (const auto& e : l.experts) {
-      gate.push_back(gate_total > 0 ? e.mean_gate / gate_total : 0.0);
+      gate.push_back(gate_total > 0 ? gate_of(e) / gate_total : 0.0);
       token.push_back(token_total > 0 ? e.selection_ratio / token_total : 0.0);
     }
     if (s.tokens == 0) s.tokens = l.tokens, s.sequences = l.sequences;
@@ -58,7 +67,7 @@ EsftScores score_experts(Transformer& model, const Tokenizer& tokenizer, const s
   const RoutingStats stats = collect_routing(model, chunks, [&](int64_t done) {
     if (progress) progress(done, total);
   });
-  return esft_scores(stats.results());
+  return esft_scores(stats.results(), o.gate);
 }
 
 nlohmann::json esft_scores_to_json(const EsftScores& s) {

@@ -82,6 +82,7 @@ TEST_P(UpcycleLogits, SplitWithAllExpertsActiveAndDownScalingReproducesDenseLogi
   UpcycleOptions o = upcycle_preset("split");  // G_I = 16: 80 -> 16 slices of 5
   o.T_I = 16;                                  // top-k = N
   o.router_init = "zeros";                     // every weight 1/16, down_proj x16
+  o.expert_scale = "down";
   auto report = upcycle(dense.str(), out.str(), quiet(o));
   EXPECT_EQ(report.plan.config.num_experts_per_tok, 16);
   EXPECT_EQ(report.plan.down_scale, 16.0);
@@ -104,6 +105,7 @@ TEST_P(UpcycleLogits, DenseMoeWithZeroRouterReproducesDenseLogits) {
   EXPECT_TRUE(test::AllClose(logits_of(copies.str()), want, 2e-4, /*floor=*/1.0));
   // splits instead of copies: all active, weights 1/4, down_proj x4
   o.G_I = 4, o.R_I = 1;
+  o.expert_scale = "down";
   upcycle(dense.str(), splits.str(), quiet(o));
   EXPECT_TRUE(test::AllClose(logits_of(splits.str()), want, 2e-4, /*floor=*/1.0));
 }
@@ -123,10 +125,12 @@ TEST(Upcycle, FineRMoeWithTrivialOutputGranularityMatchesSplit) {
   make_dense("llama", dense.str(), 5);
   UpcycleOptions s = upcycle_preset("split");
   s.G_I = 4, s.T_I = 4, s.router_init = "zeros";
+  s.expert_scale = "down";  // with it, the whole FFN at initialisation
   upcycle(dense.str(), split.str(), quiet(s));
   UpcycleOptions f;
   f.G_I = 4, f.R_I = 1, f.G_O = 1, f.R_O = 1, f.T_I = 4;  // T_I = G_I
   f.router_init = "zeros";
+  f.expert_scale = "down";
   f.format = "finer_moe";
   auto report = upcycle(dense.str(), finer.str(), quiet(f));
   ASSERT_EQ(report.plan.config.model_type, "finer_moe");
@@ -216,9 +220,18 @@ TEST(Upcycle, ExpertSlicesFollowEquation10) {
     for (const auto& [key, n] : seen) EXPECT_EQ(n, R_I * R_O);
   }
 
-  // default scaling without a shared expert: down_proj x G_I, gate/up unchanged
-  TempDir scaled;
-  o.expert_scale = "auto";
+  // the default is Eq. 10 unscaled (the paper's setting); "down" is down_proj x G_I
+  TempDir plain, scaled;
+  UpcycleOptions d = o;
+  d.expert_scale = UpcycleOptions{}.expert_scale;
+  EXPECT_EQ(d.expert_scale, "none");
+  EXPECT_EQ(upcycle_preset("split").expert_scale, "none");
+  EXPECT_EQ(upcycle_preset("nvshard").expert_scale, "glu");
+  upcycle(dense.str(), plain.str(), quiet(d));
+  auto rp = CheckpointReader::open(plain.str());
+  EXPECT_TRUE(tensor_of(rp, "model.layers.1.mlp.experts.29.down_proj.weight")
+                  .equal(tensor_of(ro, "model.layers.1.mlp.experts.29.down_proj.weight")));
+  o.expert_scale = "down";
   upcycle(dense.str(), scaled.str(), quiet(o));
   auto rs = CheckpointReader::open(scaled.str());
   const std::string x = "model.layers.1.mlp.experts.29.";

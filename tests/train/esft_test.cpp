@@ -49,7 +49,8 @@ TEST(EsftScores, ReproduceHandComputedExample) {
   stats.add(router(1, 4, {{0, 3}, {2, 0}, {0, 1}}, {{0.9f, 0.1f}, {0.3f, 0.3f}, {0.2f, 0.2f}}));
   stats.add(router(3, 4, {{3, 2}, {3, 1}, {3, 2}}, {{0.5f, 0.5f}, {0.8f, 0.2f}, {0.7f, 0.3f}}));
   stats.add(router(3, 4, {{3, 2}, {3, 2}, {1, 2}}, {{0.6f, 0.4f}, {0.5f, 0.5f}, {0.5f, 0.5f}}));
-  const EsftScores s = esft_scores(stats.results());
+  // zero logits: the weights as given are the gate values
+  const EsftScores s = esft_scores(stats.results(), EsftGate::Applied);
   // layer 1 gate sums: e0 .6+.5+.9+.3+.2 = 2.5, e1 .2+.4+.2 = .8, e2 .1+.4+.3 = .8,
   // e3 .1; total 4.2. Selections: e0 5, e1 3, e2 3, e3 1 of K*T = 12.
   expect_scores(s.gate_scores.at(1), {2.5 / 4.2, 0.8 / 4.2, 0.8 / 4.2, 0.1 / 4.2});
@@ -60,6 +61,28 @@ TEST(EsftScores, ReproduceHandComputedExample) {
   expect_scores(s.token_scores.at(3), {0.0, 2 / 12.0, 5 / 12.0, 5 / 12.0});
   EXPECT_EQ(s.tokens, 6);
   EXPECT_EQ(s.gate_scores.size(), 2u);
+}
+
+TEST(EsftScores, GateScoresUseTheFullSoftmaxByDefaultAndTheAppliedWeightOnRequest) {
+  // a renormalising router (mixtral): 3 experts, top-2, 2 tokens
+  RouterOutput r;
+  r.layer = 0;
+  r.logits = torch::tensor({{std::log(5.0), std::log(3.0), std::log(2.0)},    // softmax .5 .3 .2
+                            {std::log(1.0), std::log(2.0), std::log(7.0)}})  // .1 .2 .7
+                 .to(torch::kFloat32);
+  r.indices = torch::tensor({{0, 1}, {2, 1}}, torch::kInt64);
+  r.weights = torch::tensor({{0.625f, 0.375f}, {0.7f / 0.9f, 0.2f / 0.9f}});  // renormalised
+  RoutingStats stats(3);
+  stats.add(r);
+  // the paper's g: softmax at the selected experts, e0 .5, e1 .3 + .2, e2 .7 (total 1.7)
+  expect_scores(esft_scores(stats.results()).gate_scores.at(0), {0.5 / 1.7, 0.5 / 1.7, 0.7 / 1.7});
+  // applied weights: e0 .625, e1 .375 + .2/.9, e2 .7/.9 (total 2)
+  expect_scores(esft_scores(stats.results(), EsftGate::Applied).gate_scores.at(0),
+                {0.3125, (0.375 + 0.2 / 0.9) / 2, 0.7 / 0.9 / 2});
+  // token scores do not depend on it
+  expect_scores(esft_scores(stats.results()).token_scores.at(0), {0.25, 0.5, 0.25});
+  EXPECT_EQ(esft_gate_from_string("applied", "--gate-score"), EsftGate::Applied);
+  EXPECT_THROW(esft_gate_from_string("token", "--gate-score"), Error);
 }
 
 TEST(EsftScores, EqualLengthSequencesGiveEq6And7Shares) {
@@ -75,8 +98,12 @@ TEST(EsftScores, EqualLengthSequencesGiveEq6And7Shares) {
   std::tie(r.weights, r.indices) = probs.topk(K, -1);
   stats.add(r, /*seq_len=*/10);
   const auto layers = stats.results();
-  const EsftScores s = esft_scores(layers);
+  // RoutingStats' per-sequence shares take the weights as given (float32 here;
+  // the default softmax gate recomputes them in double: equal to rounding)
+  const EsftScores s = esft_scores(layers, EsftGate::Applied);
+  const EsftScores softmax = esft_scores(layers);
   for (int64_t e = 0; e < E; ++e) {
+    EXPECT_NEAR(softmax.gate_scores.at(0)[size_t(e)], s.gate_scores.at(0)[size_t(e)], 1e-7);
     EXPECT_NEAR(s.gate_scores.at(0)[size_t(e)], layers[0].experts[size_t(e)].esft_gate_share, 1e-12);
     EXPECT_NEAR(s.token_scores.at(0)[size_t(e)], layers[0].experts[size_t(e)].esft_token_share,
                 1e-12);
