@@ -1,0 +1,116 @@
+// finmoe mla-convert: a dense GQA/MHA checkpoint into a deepseek_v3 (MLA)
+// checkpoint (finmoe/mla_convert.h, docs/mla.md).
+#include <iostream>
+
+#include "cli/commands.h"
+#include "finmoe/analysis.h"
+#include "finmoe/error.h"
+#include "finmoe/mla_convert.h"
+#include "finmoe/tokenizer.h"
+
+namespace finmoe::cli {
+
+void add_mla_convert(CLI::App& app, Run& run) {
+  auto* c = app.add_subcommand(
+      "mla-convert",
+      "Convert a dense llama/qwen2/mistral checkpoint to MLA (deepseek_v3): partial RoPE with "
+      "FreqFold, joint low-rank K/V, layer-adaptive FreqFold search");
+  c->footer(
+      "Writes OUT (an HF deepseek_v3 directory) and OUT/mla_report/{report.json, layers.csv,\n"
+      "probe.csv, trajectory.svg}. --freqfold auto decides the layers from the last to the\n"
+      "first, each taking the FreqFold size that minimises calibration perplexity given the\n"
+      "layers already converted (YouZhi Eq. 3); a number is the uniform TransMLA baseline.");
+  static std::string src, out, calib, freqfold = "auto", dtype;
+  static int64_t samples = 128, seq_len = 256, rope_dim = 0, kv_rank = 0, max_ff = 8,
+                 eval_samples = 16;
+  static double bkv = 1.0;
+  static bool probe = false, json = false;
+  c->add_option("SRC", src, "dense model directory (llama, qwen2, mistral) with tokenizer.json")
+      ->required();
+  c->add_option("OUT", out, "output directory (replaced atomically)")->required();
+  auto* g = "Calibration";
+  c->add_option("--calib", calib,
+                "calibration text: .jsonl lines {\"text\"} (e.g. a `finmoe corpus fetch` split) "
+                "or plain text")
+      ->required()
+      ->group(g);
+  c->add_option("--calib-samples", samples, "sequences of calibration text")
+      ->capture_default_str()
+      ->group(g);
+  c->add_option("--calib-seq-len", seq_len, "tokens per calibration sequence")
+      ->capture_default_str()
+      ->group(g);
+  c->add_option("--eval-samples", eval_samples,
+                "calibration sequences whose perplexity drives --freqfold auto and the report")
+      ->capture_default_str()
+      ->group(g);
+  auto* m = "Conversion";
+  c->add_option("--freqfold", freqfold, "auto | N: FreqFold size (adjacent frequencies per PCA)")
+      ->capture_default_str()
+      ->group(m);
+  c->add_option("--max-freqfold", max_ff, "largest size --freqfold auto and --probe try")
+      ->capture_default_str()
+      ->group(m);
+  c->add_option("--rope-dim", rope_dim, "qk_rope_head_dim (0 = min(64, head_dim))")
+      ->capture_default_str()
+      ->group(m);
+  c->add_option("--kv-lora-rank", kv_rank,
+                "latent dims incl. 1 anchor (0 = min(512, largest that compresses))")
+      ->capture_default_str()
+      ->group(m);
+  c->add_option("--bkv", bkv, "BKV: K_nope/V norm ratio to balance to (0 = off)")
+      ->capture_default_str()
+      ->group(m);
+  c->add_flag("--probe", probe, "also convert one layer at a time per size (YouZhi Fig. 4)")
+      ->group(m);
+  c->add_option("--dtype", dtype, "float32 | bfloat16 | float16 (default: the source's)")->group(m);
+  c->add_flag("--json", json, "print report.json instead of the summary");
+  c->callback([&run] {
+    run = [] {
+      MlaConvertOptions o;
+      if (freqfold != "auto") {
+        try {
+          size_t used = 0;
+          o.freqfold = std::stoll(freqfold, &used);
+          if (used != freqfold.size() || o.freqfold <= 0) throw std::invalid_argument(freqfold);
+        } catch (const std::exception&) {
+          throw Error("--freqfold '" + freqfold + "': expected 'auto' or a positive integer");
+        }
+      }
+      o.max_freqfold = max_ff;
+      o.rope_dim = rope_dim;
+      o.kv_lora_rank = kv_rank;
+      o.balance_kv = bkv;
+      o.probe = probe;
+      o.eval_sequences = eval_samples;
+      o.dtype = dtype;
+      o.progress = true;
+      if (samples <= 0) throw Error("--calib-samples must be positive");
+      if (seq_len < 2) throw Error("--calib-seq-len must be at least 2");
+      // every check that needs no calibration text, before reading it
+      (void)resolve_mla_options(ModelConfig::load(src), o);
+      const auto tok = Tokenizer::from_dir(src);
+      const auto chunks =
+          tokenize_corpus(calib, tok, {.seq_len = seq_len, .max_tokens = samples * seq_len});
+      std::vector<std::vector<int32_t>> seqs;
+      for (const auto& ch : chunks)
+        if (int64_t(ch.tokens.size()) == seq_len) seqs.push_back(ch.tokens);
+      if (int64_t(seqs.size()) < samples)
+        throw Error("--calib " + calib + ": " + std::to_string(seqs.size()) + " sequences of " +
+                    std::to_string(seq_len) + " tokens, --calib-samples asks for " +
+                    std::to_string(samples) + " (" + std::to_string(samples * seq_len) +
+                    " tokens); give more text or lower --calib-samples / --calib-seq-len");
+      const MlaConvertReport r = mla_convert(src, out, seqs, o);
+      if (json) {
+        std::cout << read_json_file(r.files.front()).dump(2) << "\n";
+      } else {
+        std::cout << format_mla_report(r);
+        std::cout << "wrote " << out << " in " << r.seconds << " s\n";
+        for (const auto& f : r.files) std::cout << "wrote " << f << "\n";
+      }
+      return 0;
+    };
+  });
+}
+
+}  // namespace finmoe::cli
