@@ -1,5 +1,6 @@
 // finmoe mla-convert: a dense GQA/MHA checkpoint into a deepseek_v3 (MLA)
 // checkpoint (finmoe/mla_convert.h, docs/mla.md).
+#include <fstream>
 #include <iostream>
 
 #include "cli/commands.h"
@@ -9,6 +10,59 @@
 #include "finmoe/tokenizer.h"
 
 namespace finmoe::cli {
+namespace {
+
+// Calibration sequences of `seq_len` tokens, at most `samples`: a .jsonl file
+// of {"ids": [...]} lines (e.g. `finmoe tokenize --jsonl` output) is taken as
+// token ids; any other file is text for SRC's tokenizer.
+std::vector<std::vector<int32_t>> calibration_sequences(const std::string& path,
+                                                        const std::string& src, int64_t seq_len,
+                                                        int64_t samples) {
+  std::vector<std::vector<int32_t>> seqs;
+  std::ifstream in(path);
+  if (!in) throw Error("--calib " + path + ": cannot open");
+  std::string line;
+  bool ids = false;
+  while (std::getline(in, line))
+    if (line.find_first_not_of(" \t\r") != std::string::npos) {
+      ids = path.ends_with(".jsonl") && parse_json(line, path + ":1").contains("ids");
+      break;
+    }
+  if (ids) {
+    in.clear();
+    in.seekg(0);
+    std::vector<int32_t> stream;
+    int64_t n = 0;
+    while (int64_t(stream.size()) < samples * seq_len && std::getline(in, line)) {
+      ++n;
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      const auto j = parse_json(line, path + ":" + std::to_string(n));
+      if (!j.is_object() || !j.contains("ids") || !j["ids"].is_array())
+        throw Error(path + ":" + std::to_string(n) + ": expected {\"ids\": [...]}");
+      for (const auto& v : j["ids"]) {
+        if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > INT32_MAX)
+          throw Error(path + ":" + std::to_string(n) + ": ids must be non-negative integers");
+        stream.push_back(int32_t(v.get<int64_t>()));
+      }
+    }
+    for (size_t off = 0; off + size_t(seq_len) <= stream.size() && int64_t(seqs.size()) < samples;
+         off += size_t(seq_len))
+      seqs.emplace_back(stream.begin() + long(off), stream.begin() + long(off + size_t(seq_len)));
+  } else {
+    const auto tok = Tokenizer::from_dir(src);
+    for (const auto& ch :
+         tokenize_corpus(path, tok, {.seq_len = seq_len, .max_tokens = samples * seq_len}))
+      if (int64_t(ch.tokens.size()) == seq_len) seqs.push_back(ch.tokens);
+  }
+  if (int64_t(seqs.size()) < samples)
+    throw Error("--calib " + path + ": " + std::to_string(seqs.size()) + " sequences of " +
+                std::to_string(seq_len) + " tokens, --calib-samples asks for " +
+                std::to_string(samples) + " (" + std::to_string(samples * seq_len) +
+                " tokens); give more text or lower --calib-samples / --calib-seq-len");
+  return seqs;
+}
+
+}  // namespace
 
 void add_mla_convert(CLI::App& app, Run& run) {
   auto* c = app.add_subcommand(
@@ -30,8 +84,8 @@ void add_mla_convert(CLI::App& app, Run& run) {
   c->add_option("OUT", out, "output directory (replaced atomically)")->required();
   auto* g = "Calibration";
   c->add_option("--calib", calib,
-                "calibration text: .jsonl lines {\"text\"} (e.g. a `finmoe corpus fetch` split) "
-                "or plain text")
+                "calibration text: .jsonl lines {\"text\"} (e.g. a `finmoe corpus fetch` split), "
+                "{\"ids\": [...]} token ids, or plain text")
       ->required()
       ->group(g);
   c->add_option("--calib-samples", samples, "sequences of calibration text")
@@ -89,17 +143,7 @@ void add_mla_convert(CLI::App& app, Run& run) {
       if (seq_len < 2) throw Error("--calib-seq-len must be at least 2");
       // every check that needs no calibration text, before reading it
       (void)resolve_mla_options(ModelConfig::load(src), o);
-      const auto tok = Tokenizer::from_dir(src);
-      const auto chunks =
-          tokenize_corpus(calib, tok, {.seq_len = seq_len, .max_tokens = samples * seq_len});
-      std::vector<std::vector<int32_t>> seqs;
-      for (const auto& ch : chunks)
-        if (int64_t(ch.tokens.size()) == seq_len) seqs.push_back(ch.tokens);
-      if (int64_t(seqs.size()) < samples)
-        throw Error("--calib " + calib + ": " + std::to_string(seqs.size()) + " sequences of " +
-                    std::to_string(seq_len) + " tokens, --calib-samples asks for " +
-                    std::to_string(samples) + " (" + std::to_string(samples * seq_len) +
-                    " tokens); give more text or lower --calib-samples / --calib-seq-len");
+      const auto seqs = calibration_sequences(calib, src, seq_len, samples);
       const MlaConvertReport r = mla_convert(src, out, seqs, o);
       if (json) {
         std::cout << read_json_file(r.files.front()).dump(2) << "\n";

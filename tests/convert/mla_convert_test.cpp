@@ -5,6 +5,7 @@
 // the output is a deepseek_v3 checkpoint, and bad input writes nothing.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 
 #include <torch/torch.h>
@@ -131,6 +132,48 @@ TEST_P(MlaConvertGqa, FullRanksReproduceSourceLogitsWhenPairsAreProportional) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Sources, MlaConvertGqa, ::testing::Values("llama", "qwen2"));
+
+// tests/data/hf/mla_qwen2_gqa: a qwen2 source made by HF transformers,
+// converted by `finmoe mla-convert` at full ranks, and the logits HF
+// transformers computed for both (tests/ref/make_mla_reference.py).
+TEST(MlaConvert, ConvertedCheckpointMatchesTransformersOnItAndOnTheSource) {
+  const std::string dir = test::hf_dir("mla_qwen2_gqa");
+  const std::string ref = dir + "/reference.safetensors";
+  Transformer m = load_model(dir, {torch::kFloat32});
+  torch::NoGradGuard g;
+  auto logits = m.forward(test::read_tensor(ref, "input_ids"));
+  EXPECT_TRUE(test::AllClose(logits, test::read_tensor(ref, "logits"), 1e-5));
+  EXPECT_TRUE(test::AllClose(logits, test::read_tensor(ref, "source_logits"), 1e-4));
+}
+
+// Live (needs torch + transformers in FINMOE_PYTHON, e.g. FINMOE_LIVE_HF=1):
+// a checkpoint converted here loads in HF transformers with finmoe's logits.
+TEST(MlaConvertLive, ConvertedCheckpointLoadsInTransformersWithSameLogits) {
+  const char* py = std::getenv("FINMOE_PYTHON");
+  if (!py) GTEST_SKIP() << "FINMOE_PYTHON not set";
+  if (std::system((std::string(py) + " -c 'import torch, transformers' 2>/dev/null").c_str()) != 0)
+    GTEST_SKIP() << "torch/transformers not installed (set FINMOE_LIVE_HF=1 for ./finmoe.sh test)";
+  TempDir src, out;
+  make_source(tiny("qwen2", 2), src.str(), 21);
+  MlaConvertOptions o;
+  o.rope_dim = 8;
+  o.freqfold = 0;  // adaptive, truncated latent: any converted model must load the same
+  o.kv_lora_rank = 24;
+  mla_convert(src.str(), out.str(), calibration(8, 32, 22), quiet(o));
+  auto ids = probe_tokens().contiguous();
+  auto logits = logits_of(out.str()).contiguous();
+  const std::string expected = out.str() + "/expected.safetensors";
+  write_safetensors(expected,
+                    {{"input_ids", DType::I64, ids.sizes().vec(), ids.data_ptr(),
+                      size_t(ids.numel()) * 8},
+                     {"logits", DType::F32, logits.sizes().vec(), logits.data_ptr(),
+                      size_t(logits.numel()) * 4}});
+  const std::string cmd = std::string(py) + " " + FINMOE_SOURCE_DIR +
+                          "/tests/ref/check_hf_live.py " + out.str() + " " + expected;
+  const int rc = WEXITSTATUS(std::system(cmd.c_str()));
+  if (rc == 77) GTEST_SKIP() << "reference not available";
+  EXPECT_EQ(rc, 0) << cmd;
+}
 
 // Generic GQA keys lose RoPE on the components beyond the first per
 // frequency: not exact, and the search's candidates differ.
