@@ -36,16 +36,16 @@
 namespace finmoe {
 
 struct MlaConvertOptions {
-  int64_t rope_dim = 0;       // qk_rope_head_dim; 0 = min(64, head_dim). Divides head_dim.
-  int64_t kv_lora_rank = 0;   // latent dims incl. the anchor; 0 = min(512, largest that
-                              // compresses: 2*n_kv*d - rope_dim - 1, and <= what PCA can fill)
-  int64_t freqfold = 0;       // uniform FreqFold size (TransMLA); 0 = layer-adaptive (YouZhi Eq. 3)
-  int64_t max_freqfold = 8;   // candidates of the search and the probe: c*2^k up to this
-  bool probe = false;         // also the per-layer degradation table (YouZhi Fig. 4)
-  double balance_kv = 1.0;    // BKV target ratio of K_nope to V norms; 0 = no balancing
+  int64_t rope_dim = 0;      // qk_rope_head_dim; 0 = min(64, head_dim). Divides head_dim.
+  int64_t kv_lora_rank = 0;  // latent dims incl. the anchor; 0 = min(512, largest that
+                             // compresses: 2*n_kv*d - rope_dim - 1, and <= what PCA can fill)
+  int64_t freqfold = 0;      // uniform FreqFold size (TransMLA); 0 = layer-adaptive (YouZhi Eq. 3)
+  int64_t max_freqfold = 8;  // candidates of the search and the probe: c*2^k up to this
+  bool probe = false;        // also the per-layer degradation table (YouZhi Fig. 4)
+  double balance_kv = 1.0;   // BKV target ratio of K_nope to V norms; 0 = no balancing
   int64_t eval_sequences = 16;  // calibration sequences whose perplexity drives the search
-  std::string dtype;          // output dtype: "" = the source config's torch_dtype
-  bool progress = true;       // a progress line with ETA on stderr
+  std::string dtype;            // output dtype: "" = the source config's torch_dtype
+  bool progress = true;         // a progress line with ETA on stderr
 };
 
 // One layer's choice: the FreqFold size and the calibration perplexity of
@@ -58,13 +58,13 @@ struct MlaLayerChoice {
 
 struct MlaConvertReport {
   ModelConfig source;
-  ModelConfig config;                 // the output's config.json
+  ModelConfig config;  // the output's config.json
   int64_t rope_dim = 0, kv_lora_rank = 0, collapse = 1;
   std::vector<int64_t> freqfold_sizes;  // the candidates (auto, probe)
   std::vector<int64_t> freqfold;        // chosen per layer
-  double ppl_source = 0.0;            // on the evaluation sequences
-  double ppl_partial_rope = 0.0;      // stage 1 only (full-rank K/V), the final sizes
-  double ppl_converted = 0.0;         // the written model
+  double ppl_source = 0.0;              // on the evaluation sequences
+  double ppl_partial_rope = 0.0;        // stage 1 only (full-rank K/V), the final sizes
+  double ppl_converted = 0.0;           // the written model
   // Layers converted from the last to the first: step k = layers L-1..L-k
   // converted. adaptive[k-1] in auto mode; uniform[size][k-1] for each
   // candidate in auto mode, for the chosen size in uniform mode. Stage 1.
@@ -73,11 +73,11 @@ struct MlaConvertReport {
   // probe[layer][i]: perplexity with only `layer` converted (stage 1) at
   // freqfold_sizes[i] (Fig. 4); empty without probe.
   std::vector<std::vector<double>> probe;
-  int64_t kv_values_source = 0;       // cached values per token per layer
-  int64_t kv_values_converted = 0;    // kv_lora_rank + rope_dim
+  int64_t kv_values_source = 0;     // cached values per token per layer
+  int64_t kv_values_converted = 0;  // kv_lora_rank + rope_dim
   int64_t calibration_tokens = 0;
   double seconds = 0.0;
-  std::vector<std::string> files;     // report files written
+  std::vector<std::string> files;  // report files written
 };
 
 // Checks a source config and options before any work; throws Error naming

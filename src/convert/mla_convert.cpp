@@ -76,11 +76,12 @@ struct SourceAttn {
 
 // An MLA attention in HF's layout (docs/formats/deepseek.md), float64.
 struct MlaWeights {
-  torch::Tensor q_proj;                        // [H*(d+r), D] (no query bias)
-  torch::Tensor q_a, q_a_bias, q_a_norm, q_b;  // query bias: [H*d+1, D], [H*d+1], [H*d+1], [H*(d+r), H*d+1]
-  torch::Tensor kv_a, kv_a_bias, kv_a_norm;    // [R+r, D], [R+r], [R]
-  torch::Tensor kv_b;                          // [H*2d, R]
-  torch::Tensor o, o_bias;                     // [D, H*d], [D]
+  torch::Tensor q_proj;  // [H*(d+r), D] (no query bias)
+  torch::Tensor q_a, q_a_bias, q_a_norm,
+      q_b;  // query bias: [H*d+1, D], [H*d+1], [H*d+1], [H*(d+r), H*d+1]
+  torch::Tensor kv_a, kv_a_bias, kv_a_norm;  // [R+r, D], [R+r], [R]
+  torch::Tensor kv_b;                        // [H*2d, R]
+  torch::Tensor o, o_bias;                   // [D, H*d], [D]
 };
 
 torch::Tensor f64(const torch::Tensor& t) {
@@ -365,7 +366,8 @@ class Converter {
         auto xn = layer->input_layernorm(x);  // [B,T,D]
         const auto& a = *layer->self_attn;
         auto kv = torch::cat({torch::matmul(xn, a.k_proj->weight.t()),
-                              torch::matmul(xn, a.v_proj->weight.t())}, -1)
+                              torch::matmul(xn, a.v_proj->weight.t())},
+                             -1)
                       .reshape({-1, 2 * z_.KV})
                       .to(torch::kFloat64);  // [B*T, 2KV]
         auto& st = stats_[size_t(l)];
@@ -414,7 +416,8 @@ class Converter {
         auto& layer = impl_.layer_list[size_t(l)];
         auto xn = layer->input_layernorm(x);
         const auto& m = mla[size_t(l)];
-        x = x + (m ? m->forward(xn, mcos, msin, torch::Tensor()) : layer->self_attn(xn, cos, sin, torch::Tensor()));
+        x = x + (m ? m->forward(xn, mcos, msin, torch::Tensor())
+                   : layer->self_attn(xn, cos, sin, torch::Tensor()));
         x = x + layer->ffn(layer->post_attention_layernorm(x));
       }
       auto logits = finmoe::linear(impl_.model->norm(x), impl_.lm_head_weight(), {})
@@ -474,15 +477,15 @@ std::vector<std::string> write_report_files(const std::string& dir, const MlaCon
       {"rope_dim", r.rope_dim},
       {"kv_lora_rank", r.kv_lora_rank},
       {"collapse", r.collapse},
-      {"q_lora_rank", r.config.q_lora_rank > 0 ? nlohmann::json(r.config.q_lora_rank)
-                                               : nlohmann::json(nullptr)},
+      {"q_lora_rank",
+       r.config.q_lora_rank > 0 ? nlohmann::json(r.config.q_lora_rank) : nlohmann::json(nullptr)},
       {"freqfold_candidates", r.freqfold_sizes},
       {"freqfold_per_layer", r.freqfold},
       {"ppl_source", r.ppl_source},
       {"ppl_partial_rope", r.ppl_partial_rope},
       {"ppl_converted", r.ppl_converted},
-      {"kv_values_per_token_per_layer", {{"source", r.kv_values_source},
-                                         {"converted", r.kv_values_converted}}},
+      {"kv_values_per_token_per_layer",
+       {{"source", r.kv_values_source}, {"converted", r.kv_values_converted}}},
       {"calibration_tokens", r.calibration_tokens},
       {"trajectory", layers},
       {"uniform_trajectory", uniform},
@@ -568,10 +571,14 @@ std::vector<std::string> write_report_files(const std::string& dir, const MlaCon
   return files;
 }
 
-const char* kSideFiles[] = {"tokenizer.json",         "tokenizer_config.json",
-                            "generation_config.json", "special_tokens_map.json",
-                            "vocab.json",             "merges.txt",
-                            "tokenizer.model",        "chat_template.jinja",
+const char* kSideFiles[] = {"tokenizer.json",
+                            "tokenizer_config.json",
+                            "generation_config.json",
+                            "special_tokens_map.json",
+                            "vocab.json",
+                            "merges.txt",
+                            "tokenizer.model",
+                            "chat_template.jinja",
                             "chat_template.json"};
 
 void copy_side_file(const fs::path& from, const fs::path& to) {
@@ -592,11 +599,13 @@ MlaConvertOptions resolve_mla_options(const ModelConfig& s, const MlaConvertOpti
                 "' is not supported by mla-convert (supported: llama, qwen2, mistral: dense "
                 "GQA/MHA sources)");
   if (s.quantization)
-    throw Error("config.json: an 8-bit checkpoint (quantization_config); mla-convert needs "
-                "float weights");
+    throw Error(
+        "config.json: an 8-bit checkpoint (quantization_config); mla-convert needs "
+        "float weights");
   if (s.mlp_bias)
-    throw Error("config.json: mlp_bias is true; deepseek_v3's MLP has no bias, so mla-convert "
-                "cannot carry it");
+    throw Error(
+        "config.json: mlp_bias is true; deepseek_v3's MLP has no bias, so mla-convert "
+        "cannot carry it");
   for (int64_t l = 0; l < s.num_hidden_layers; ++l)
     if (s.attention_window(l) > 0 && s.attention_window(l) < s.max_position_embeddings)
       throw Error("config.json: sliding_window " + str(*s.sliding_window) +
@@ -617,14 +626,15 @@ MlaConvertOptions resolve_mla_options(const ModelConfig& s, const MlaConvertOpti
     throw Error("--freqfold " + str(o.freqfold) + ": must be a positive size or 'auto'");
   if (o.freqfold > 0) {
     if ((d / 2) % o.freqfold != 0)
-      throw Error("--freqfold " + str(o.freqfold) + ": does not divide the head's " +
-                  str(d / 2) + " rotary frequencies (head_dim " + str(d) + ")");
+      throw Error("--freqfold " + str(o.freqfold) + ": does not divide the head's " + str(d / 2) +
+                  " rotary frequencies (head_dim " + str(d) + ")");
     if (o.freqfold % z.c != 0)
       throw Error("--freqfold " + str(o.freqfold) + ": must be a multiple of head_dim/rope_dim = " +
                   str(z.c) + " (each group keeps freqfold/" + str(z.c) + " rope pairs)");
   } else if (freqfold_candidates(z, o.max_freqfold).empty()) {
-    throw Error("--max-freqfold " + str(o.max_freqfold) + ": no FreqFold size to search (sizes are " +
-                str(z.c) + "*2^k dividing " + str(d / 2) + ")");
+    throw Error("--max-freqfold " + str(o.max_freqfold) +
+                ": no FreqFold size to search (sizes are " + str(z.c) + "*2^k dividing " +
+                str(d / 2) + ")");
   }
   if (o.probe && freqfold_candidates(z, o.max_freqfold).empty())
     throw Error("--max-freqfold " + str(o.max_freqfold) + ": no FreqFold size to probe");
@@ -674,17 +684,17 @@ MlaConvertReport mla_convert(const std::string& src_dir, const std::string& out_
   // evaluation modules take full-rank latents (stage 1 alone)
   ModelConfig full_cfg = rep.config;
   full_cfg.kv_lora_rank = z.n_x + 1;
-  const std::vector<int64_t> sizes =
-      o.freqfold > 0 && !o.probe ? std::vector<int64_t>{o.freqfold}
-                                 : freqfold_candidates(z, o.max_freqfold);
+  const std::vector<int64_t> sizes = o.freqfold > 0 && !o.probe
+                                         ? std::vector<int64_t>{o.freqfold}
+                                         : freqfold_candidates(z, o.max_freqfold);
   rep.freqfold_sizes = sizes;
   const int64_t S = int64_t(sizes.size());
 
   // work: calibration sequences, then layer evaluations (one per layer run)
-  int64_t evals = L;                                                 // the uniform trajectory
-  if (o.freqfold == 0) evals = 2 * S * L;                           // search + every uniform one
+  int64_t evals = L;                       // the uniform trajectory
+  if (o.freqfold == 0) evals = 2 * S * L;  // search + every uniform one
   if (o.probe) evals += S * L;
-  evals += 2;                                                        // source + final
+  evals += 2;  // source + final
   std::optional<Progress> bar;
   if (o.progress) bar.emplace("mla-convert: calibration", int64_t(calibration.size()), "seq");
   cv.calibrate(bar ? &*bar : nullptr);
@@ -730,7 +740,8 @@ MlaConvertReport mla_convert(const std::string& src_dir, const std::string& out_
   rep.freqfold.assign(size_t(L), o.freqfold);
   if (o.freqfold > 0) {
     const auto& traj = rep.uniform_trajectory[o.freqfold];
-    for (int64_t k = 0; k < L; ++k) rep.trajectory.push_back({L - 1 - k, o.freqfold, traj[size_t(k)]});
+    for (int64_t k = 0; k < L; ++k)
+      rep.trajectory.push_back({L - 1 - k, o.freqfold, traj[size_t(k)]});
   } else {  // YouZhi Eq. 3: last layer first, each the size that minimises perplexity
     Mods m(static_cast<size_t>(L));
     for (int64_t l = L - 1; l >= 0; --l) {
@@ -757,6 +768,13 @@ MlaConvertReport mla_convert(const std::string& src_dir, const std::string& out_
     final_w.push_back(cv.build(l, rep.freqfold[size_t(l)], o.kv_lora_rank, /*full=*/false));
     final_m[size_t(l)] = cv.module(rep.config, final_w.back());
   }
+  if (rep.config.torch_dtype == "float16")  // the anchor and its norm weight are large
+    for (const auto& w : final_w)
+      for (const auto* t : {&w.kv_a_bias, &w.kv_a_norm, &w.q_a_bias, &w.q_a_norm})
+        if (t->defined() && t->abs().max().item<double>() > 65504.0)
+          throw Error("--dtype float16: the latent's anchor (" +
+                      fmt(t->abs().max().item<double>(), 1) +
+                      ") exceeds float16's range; write bfloat16 or float32");
   rep.ppl_converted = cv.perplexity(0, final_m);
   tick("converted ppl " + fmt(rep.ppl_converted, 3));
   if (bar) bar->finish();
@@ -784,7 +802,8 @@ MlaConvertReport mla_convert(const std::string& src_dir, const std::string& out_
       if (it == src_params.end()) throw Error("internal: mla-convert has no source for " + name);
       set_param(t, it->second, name);
     }
-    for (int64_t l = 0; l < L; ++l) load_attention(*oi.layer_list[size_t(l)]->self_attn, final_w[size_t(l)]);
+    for (int64_t l = 0; l < L; ++l)
+      load_attention(*oi.layer_list[size_t(l)]->self_attn, final_w[size_t(l)]);
     save_model(out_model, tmp.string());
   }
   for (const char* name : kSideFiles) {
@@ -817,8 +836,9 @@ std::string format_mla_report(const MlaConvertReport& r) {
                                  : std::string())
     << "\n"
     << "  KV cache values per token per layer: " << r.kv_values_source << " -> "
-    << r.kv_values_converted << " (" << fmt(100.0 * double(r.kv_values_converted) /
-                                             double(std::max<int64_t>(r.kv_values_source, 1)), 1)
+    << r.kv_values_converted << " ("
+    << fmt(100.0 * double(r.kv_values_converted) / double(std::max<int64_t>(r.kv_values_source, 1)),
+           1)
     << "%)\n"
     << "  calibration tokens " << r.calibration_tokens << "\n"
     << "  FreqFold per layer: " << join_sizes(r.freqfold) << "\n\n"

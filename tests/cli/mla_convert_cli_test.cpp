@@ -37,9 +37,10 @@ class MlaConvertCli : public ::testing::Test {
 fs::path MlaConvertCli::dir_;
 
 TEST_F(MlaConvertCli, ConvertsWritesTheReportAndInfoReadsTheResult) {
-  auto r = run("mla-convert " + path("src") + " " + path("mla") + " --calib " + path("calib.jsonl") +
-               " --calib-samples 4 --calib-seq-len 24 --eval-samples 2 --freqfold 2 --rope-dim 8"
-               " --kv-lora-rank 32");
+  auto r =
+      run("mla-convert " + path("src") + " " + path("mla") + " --calib " + path("calib.jsonl") +
+          " --calib-samples 4 --calib-seq-len 24 --eval-samples 2 --freqfold 2 --rope-dim 8"
+          " --kv-lora-rank 32");
   ASSERT_EQ(r.status, 0) << r.out;
   EXPECT_NE(r.out.find("qwen2 -> deepseek_v3 (MLA), 2 layers"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("KV cache values per token per layer: 64 -> 40"), std::string::npos)

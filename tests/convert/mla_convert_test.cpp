@@ -28,11 +28,16 @@ using test::TempDir;
 constexpr int64_t kVocab = 96;
 
 ModelConfig tiny(const std::string& type, int64_t kv_heads, int64_t layers = 2) {
-  nlohmann::json j = {{"model_type", type},         {"vocab_size", kVocab},
-                      {"hidden_size", 64},          {"intermediate_size", 96},
-                      {"num_hidden_layers", layers}, {"num_attention_heads", 4},
-                      {"num_key_value_heads", kv_heads}, {"max_position_embeddings", 128},
-                      {"rms_norm_eps", 1e-5},       {"rope_theta", 10000.0},
+  nlohmann::json j = {{"model_type", type},
+                      {"vocab_size", kVocab},
+                      {"hidden_size", 64},
+                      {"intermediate_size", 96},
+                      {"num_hidden_layers", layers},
+                      {"num_attention_heads", 4},
+                      {"num_key_value_heads", kv_heads},
+                      {"max_position_embeddings", 128},
+                      {"rms_norm_eps", 1e-5},
+                      {"rope_theta", 10000.0},
                       {"tie_word_embeddings", type == "qwen2"}};
   return ModelConfig::from_json(j, "tiny");
 }
@@ -114,7 +119,8 @@ TEST_P(MlaConvertGqa, FullRanksReproduceSourceLogitsWhenPairsAreProportional) {
     auto gen = at::detail::createCPUGenerator(11);
     for (auto& layer : impl.layer_list) {
       auto& k = layer->self_attn->k_proj;  // [2*16, 64], rotate-half pairs (p, p+8)
-      auto lambda = torch::empty({8}).uniform_(-2.0, 2.0, gen).repeat({2});  // per pair, both components
+      auto lambda =
+          torch::empty({8}).uniform_(-2.0, 2.0, gen).repeat({2});  // per pair, both components
       k->weight.narrow(0, 16, 16).copy_(k->weight.narrow(0, 0, 16) * lambda.unsqueeze(1));
       if (k->bias.defined()) k->bias.narrow(0, 16, 16).copy_(k->bias.narrow(0, 0, 16) * lambda);
     }
@@ -163,11 +169,10 @@ TEST(MlaConvertLive, ConvertedCheckpointLoadsInTransformersWithSameLogits) {
   auto ids = probe_tokens().contiguous();
   auto logits = logits_of(out.str()).contiguous();
   const std::string expected = out.str() + "/expected.safetensors";
-  write_safetensors(expected,
-                    {{"input_ids", DType::I64, ids.sizes().vec(), ids.data_ptr(),
-                      size_t(ids.numel()) * 8},
-                     {"logits", DType::F32, logits.sizes().vec(), logits.data_ptr(),
-                      size_t(logits.numel()) * 4}});
+  write_safetensors(expected, {{"input_ids", DType::I64, ids.sizes().vec(), ids.data_ptr(),
+                                size_t(ids.numel()) * 8},
+                               {"logits", DType::F32, logits.sizes().vec(), logits.data_ptr(),
+                                size_t(logits.numel()) * 4}});
   const std::string cmd = std::string(py) + " " + FINMOE_SOURCE_DIR +
                           "/tests/ref/check_hf_live.py " + out.str() + " " + expected;
   const int rc = WEXITSTATUS(std::system(cmd.c_str()));
@@ -223,7 +228,8 @@ TEST(MlaConvert, AdaptiveSearchTakesTheBestSizeAndMatchesTheProbe) {
   EXPECT_EQ(r.trajectory[0].layer, 2);
   EXPECT_EQ(r.trajectory[0].freqfold, best_ff);
   EXPECT_NEAR(r.trajectory[0].ppl, best, 1e-9 * best);
-  for (size_t k = 0; k < 3; ++k) EXPECT_EQ(r.freqfold[size_t(r.trajectory[k].layer)], r.trajectory[k].freqfold);
+  for (size_t k = 0; k < 3; ++k)
+    EXPECT_EQ(r.freqfold[size_t(r.trajectory[k].layer)], r.trajectory[k].freqfold);
   // a uniform run of the chosen sizes is what the adaptive trajectory records
   for (int64_t ff : r.freqfold_sizes)
     if (std::all_of(r.freqfold.begin(), r.freqfold.end(), [&](int64_t x) { return x == ff; })) {
