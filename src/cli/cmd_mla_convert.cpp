@@ -1,5 +1,7 @@
 // finmoe mla-convert: a dense GQA/MHA checkpoint into a deepseek_v3 (MLA)
 // checkpoint (finmoe/mla_convert.h, docs/mla.md).
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 
@@ -85,8 +87,8 @@ void add_mla_convert(CLI::App& app, Run& run) {
   auto* g = "Calibration";
   c->add_option("--calib", calib,
                 "calibration text: .jsonl lines {\"text\"} (e.g. a `finmoe corpus fetch` split), "
-                "{\"ids\": [...]} token ids, or plain text")
-      ->required()
+                "{\"ids\": [...]} token ids, or plain text (default: the built-in corpus's "
+                "general/train.jsonl cached by `finmoe demo` in ~/.cache/finmoe/demo/corpus)")
       ->group(g);
   c->add_option("--calib-samples", samples, "sequences of calibration text")
       ->capture_default_str()
@@ -143,6 +145,16 @@ void add_mla_convert(CLI::App& app, Run& run) {
       if (seq_len < 2) throw Error("--calib-seq-len must be at least 2");
       // every check that needs no calibration text, before reading it
       (void)resolve_mla_options(ModelConfig::load(src), o);
+      if (calib.empty()) {
+        const char* home = std::getenv("HOME");
+        const std::string cached =
+            std::string(home ? home : ".") + "/.cache/finmoe/demo/corpus/general/train.jsonl";
+        if (!std::filesystem::is_regular_file(cached))
+          throw Error("--calib not given and the built-in corpus is not cached at " + cached +
+                      " (run `finmoe corpus fetch --out DIR` and pass --calib "
+                      "DIR/general/train.jsonl)");
+        calib = cached;
+      }
       const auto seqs = calibration_sequences(calib, src, seq_len, samples);
       const MlaConvertReport r = mla_convert(src, out, seqs, o);
       if (json) {
