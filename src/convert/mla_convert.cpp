@@ -8,6 +8,7 @@
 // n_x = nope + KV (the rows of [K_nope; V]).
 #include "finmoe/mla_convert.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -306,19 +307,22 @@ class Converter {
         z_(src_, o.rope_dim) {
     require_float_weights(model_, "mla-convert " + src_dir);
     const int64_t T = int64_t(calib.front().size());
-    tokens_ = torch::empty({int64_t(calib.size()), T}, torch::kInt64);
+    std::vector<int64_t> ids;
+    ids.reserve(calib.size() * size_t(T));
     for (size_t i = 0; i < calib.size(); ++i) {
       if (int64_t(calib[i].size()) != T)
         throw Error("calibration: sequence " + str(int64_t(i)) + " has " +
                     str(int64_t(calib[i].size())) + " tokens, the first " + str(T));
-      for (int64_t t = 0; t < T; ++t) {
-        const int32_t id = calib[i][size_t(t)];
+      for (const int32_t id : calib[i]) {
         if (id < 0 || id >= src_.vocab_size)
           throw Error("calibration: token id " + str(id) + " outside the vocabulary [0, " +
                       str(src_.vocab_size) + ")");
-        tokens_[int64_t(i)][t] = id;
+        ids.push_back(id);
       }
     }
+    tokens_ = torch::tensor(ids, torch::kInt64).view({int64_t(calib.size()), T});
+    // sequences per evaluation forward: logits of about 128 Mi floats at most
+    eval_batch_ = std::clamp<int64_t>((int64_t(1) << 27) / (T * src_.vocab_size), 1, kBatch);
     n_eval_ = std::min<int64_t>(o.eval_sequences, tokens_.size(0));
     for (const auto& layer : impl_.layer_list) {
       const auto& a = *layer->self_attn;
@@ -401,8 +405,8 @@ class Converter {
     const int64_t L = layers(), T = tokens_.size(1);
     double nll = 0.0;
     int64_t count = 0;
-    for (int64_t b0 = 0; b0 < n_eval_; b0 += kBatch) {
-      const int64_t B = std::min(kBatch, n_eval_ - b0);
+    for (int64_t b0 = 0; b0 < n_eval_; b0 += eval_batch_) {
+      const int64_t B = std::min(eval_batch_, n_eval_ - b0);
       auto positions = torch::arange(T, torch::kInt64).unsqueeze(0).expand({B, T});
       auto [cos, sin] = impl_.layer_list.front()->self_attn->rope().cos_sin(positions);
       torch::Tensor mcos, msin;  // the MLA layers' rope (rope_dim dims)
@@ -438,6 +442,7 @@ class Converter {
   Dims z_;
   torch::Tensor tokens_;  // [N, T] int64
   int64_t n_eval_ = 0;
+  int64_t eval_batch_ = kBatch;
   std::vector<SourceAttn> attn_;
   std::vector<LayerStats> stats_;
   std::vector<torch::Tensor> eval_inputs_;  // per layer [n_eval, T, D] float32
