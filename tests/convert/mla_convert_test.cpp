@@ -105,6 +105,22 @@ TEST(MlaConvert, FullRanksReproduceMqaSourceLogits) {
   EXPECT_NEAR(r.ppl_partial_rope, r.ppl_source, 1e-3 * r.ppl_source);
 }
 
+// bfloat16 output: the anchor and its large norm weight round like any
+// weight; the converted model stays as close to the source as bf16 allows.
+TEST(MlaConvert, BFloat16OutputKeepsTheSourceLogitsWithinBf16Rounding) {
+  TempDir src, out;
+  make_source(tiny("llama", /*kv_heads=*/1), src.str(), 31);
+  MlaConvertOptions o;
+  o.rope_dim = 16;
+  o.freqfold = 1;
+  o.kv_lora_rank = 17;
+  o.dtype = "bfloat16";
+  const auto r = mla_convert(src.str(), out.str(), calibration(12, 32, 32), quiet(o));
+  EXPECT_EQ(ModelConfig::load(out.str()).torch_dtype, "bfloat16");
+  // float32 compute over bf16 weights: ~2^-9 relative per weight
+  EXPECT_TRUE(test::AllClose(logits_of(out.str()), logits_of(src.str()), 3e-2));
+}
+
 // GQA with q/k/v biases (qwen2, tied head): exact when head 1's key is head
 // 0's scaled per rotary pair (one complex component per frequency).
 class MlaConvertGqa : public ::testing::TestWithParam<std::string> {};
