@@ -468,7 +468,45 @@ std::string fmt(double v, int prec = 4) {
   return s.str();
 }
 
-// report.json, layers.csv, probe.csv, trajectory.svg under `dir`.
+const std::vector<std::string> kColours = {"#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd",
+                                           "#8c564b", "#e377c2", "#7f7f7f"};
+
+// Fig. 4: perplexity increase over the source per layer, one line per size.
+std::string write_probe_svg(const std::string& path, const MlaConvertReport& r) {
+  const double W = 640, Hh = 400, x0 = 60, y0 = 30, pw = 500, ph = 300;
+  double lo = 0, hi = 0;
+  for (const auto& row : r.probe)
+    for (double v : row) lo = std::min(lo, v - r.ppl_source), hi = std::max(hi, v - r.ppl_source);
+  if (hi <= lo) hi = lo + 1e-9;
+  const double n = double(std::max<size_t>(r.probe.size(), 2) - 1);
+  auto px = [&](double l) { return x0 + pw * l / n; };
+  auto py = [&](double v) { return y0 + ph * (1.0 - (v - lo) / (hi - lo)); };
+  svg::Document doc(W, Hh);
+  doc.text(W / 2, 18, "Perplexity increase with one layer converted (stage 1)", 13, "middle");
+  doc.line(x0, y0 + ph, x0 + pw, y0 + ph);
+  doc.line(x0, y0, x0, y0 + ph);
+  doc.line(x0, py(0), x0 + pw, py(0), "#bbb", 0.8);
+  doc.text(x0 - 5, y0 + 4, svg::num(hi), 10, "end");
+  doc.text(x0 - 5, y0 + ph, svg::num(lo), 10, "end");
+  doc.text(x0 + pw / 2, y0 + ph + 30, "layer", 11, "middle");
+  doc.text(x0, y0 + ph + 15, "0", 10, "middle");
+  doc.text(x0 + pw, y0 + ph + 15, str(int64_t(r.probe.size()) - 1), 10, "middle");
+  double ly = y0 + 10;
+  for (size_t i = 0; i < r.freqfold_sizes.size(); ++i) {
+    std::vector<std::pair<double, double>> pts;
+    for (size_t l = 0; l < r.probe.size(); ++l)
+      pts.push_back({px(double(l)), py(r.probe[l][i] - r.ppl_source)});
+    const auto& col = kColours[i % kColours.size()];
+    doc.polyline(pts, col, 1.5);
+    doc.text(x0 + pw + 5, ly, "FreqFold " + str(r.freqfold_sizes[i]), 10);
+    doc.line(x0 + pw + 70, ly - 3, x0 + pw + 85, ly - 3, col, 2);
+    ly += 14;
+  }
+  write_file_atomic(path, doc.str());
+  return path;
+}
+
+// report.json, layers.csv, probe.csv, probe.svg, trajectory.svg under `dir`.
 std::vector<std::string> write_report_files(const std::string& dir, const MlaConvertReport& r) {
   fs::create_directories(dir);
   std::vector<std::string> files;
@@ -527,6 +565,7 @@ std::vector<std::string> write_report_files(const std::string& dir, const MlaCon
     const std::string ppath = (fs::path(dir) / "probe.csv").string();
     write_file_atomic(ppath, p.str());
     files.push_back(ppath);
+    files.push_back(write_probe_svg((fs::path(dir) / "probe.svg").string(), r));
   }
 
   // Fig. 9: perplexity against layers converted (last to first)
@@ -549,14 +588,12 @@ std::vector<std::string> write_report_files(const std::string& dir, const MlaCon
   doc.text(x0 + pw / 2, y0 + ph + 30, "layers converted", 11, "middle");
   doc.text(x0, y0 + ph + 15, "0", 10, "middle");
   doc.text(x0 + pw, y0 + ph + 15, str(int64_t(n)), 10, "middle");
-  const std::vector<std::string> colours = {"#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd",
-                                            "#8c564b", "#e377c2", "#7f7f7f"};
   double ly = y0 + 10;
   size_t ci = 0;
   for (const auto& [ff, v] : r.uniform_trajectory) {
     std::vector<std::pair<double, double>> pts = {{px(0), py(r.ppl_source)}};
     for (size_t k = 0; k < v.size(); ++k) pts.push_back({px(double(k + 1)), py(v[k])});
-    const auto& col = colours[ci++ % colours.size()];
+    const auto& col = kColours[ci++ % kColours.size()];
     doc.polyline(pts, col, 1.2);
     doc.text(x0 + pw + 5, ly, "uniform " + str(ff), 10);
     doc.line(x0 + pw + 60, ly - 3, x0 + pw + 75, ly - 3, col, 2);
@@ -826,7 +863,7 @@ MlaConvertReport mla_convert(const std::string& src_dir, const std::string& out_
   fs::rename(tmp, out);
   cleanup.p.clear();
   if (!old.empty()) remove_tree(old.string());
-  for (const char* f : {"report.json", "layers.csv", "probe.csv", "trajectory.svg"})
+  for (const char* f : {"report.json", "layers.csv", "probe.csv", "probe.svg", "trajectory.svg"})
     if (fs::exists(out / "mla_report" / f)) rep.files.push_back((out / "mla_report" / f).string());
   return rep;
 }

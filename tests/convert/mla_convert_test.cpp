@@ -252,7 +252,7 @@ TEST(MlaConvert, AdaptiveSearchTakesTheBestSizeAndMatchesTheProbe) {
       EXPECT_NEAR(r.uniform_trajectory.at(ff).back(), r.ppl_partial_rope, 1e-9);
     }
   // the report files and the checkpoint
-  for (const char* f : {"report.json", "layers.csv", "probe.csv", "trajectory.svg"})
+  for (const char* f : {"report.json", "layers.csv", "probe.csv", "probe.svg", "trajectory.svg"})
     EXPECT_TRUE(fs::is_regular_file(out.path / "mla_report" / f)) << f;
   const auto j = read_json_file((out.path / "mla_report" / "report.json").string());
   EXPECT_EQ(j["freqfold_per_layer"].get<std::vector<int64_t>>(), r.freqfold);
