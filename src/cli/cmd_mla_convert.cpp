@@ -141,10 +141,15 @@ void add_mla_convert(CLI::App& app, Run& run) {
       o.eval_sequences = eval_samples;
       o.dtype = dtype;
       o.progress = true;
-      if (samples <= 0) throw Error("--calib-samples must be positive");
-      if (seq_len < 2) throw Error("--calib-seq-len must be at least 2");
+      if (samples <= 0 || samples > (int64_t(1) << 20))
+        throw Error("--calib-samples " + std::to_string(samples) + ": must be in [1, 1048576]");
       // every check that needs no calibration text, before reading it
-      (void)resolve_mla_options(ModelConfig::load(src), o);
+      const ModelConfig source = ModelConfig::load(src);
+      if (seq_len < 2 || seq_len > source.max_position_embeddings)
+        throw Error("--calib-seq-len " + std::to_string(seq_len) + ": must be in [2, " +
+                    std::to_string(source.max_position_embeddings) +
+                    "] (the source's max_position_embeddings)");
+      (void)resolve_mla_options(source, o);
       if (calib.empty()) {
         const char* home = std::getenv("HOME");
         const std::string cached =

@@ -691,7 +691,9 @@ MlaConvertOptions resolve_mla_options(const ModelConfig& s, const MlaConvertOpti
                 str(d) + " - rope " + str(o.rope_dim) + ") plus one anchor dim");
   if (o.eval_sequences <= 0)
     throw Error("--eval-samples " + str(o.eval_sequences) + ": must be positive");
-  if (!(o.balance_kv >= 0)) throw Error("--bkv: must not be negative");
+  if (!(o.balance_kv == 0 || (o.balance_kv >= 1e-3 && o.balance_kv <= 1e3)))
+    throw Error("--bkv " + nlohmann::json(o.balance_kv).dump() +
+                ": must be 0 (off) or in [0.001, 1000]");
   if (!o.dtype.empty()) (void)dtype_from_string(o.dtype);
   return o;
 }

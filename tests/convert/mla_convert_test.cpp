@@ -298,6 +298,9 @@ TEST(MlaConvert, BadInputNamesTheFlagOrKeyAndWritesNothing) {
   o.freqfold = 0;
   o.max_freqfold = 1;
   fails(o, "--max-freqfold 1");
+  o = MlaConvertOptions{};
+  o.balance_kv = 1e300;  // would scale K_nope past float range
+  fails(o, "--bkv 1e+300");
   auto bad_calib = calib;
   bad_calib[1][3] = int32_t(kVocab);
   EXPECT_CONTAINS(message_of([&] { mla_convert(src.str(), out, bad_calib, quiet({})); }),
