@@ -323,6 +323,7 @@ CompressResult compress_jsonl(const std::string& in, const std::string& out, con
     rep.after = int64_t(chosen[i].size());
     std::unordered_set<int64_t> mine(chosen[i].begin(), chosen[i].end());
     for (const auto& rec : s.first) {
+      if (opt.quality_field.empty()) break;  // no tiers: nothing is "high quality"
       rep.high_quality_before += rec.tier == 0;
       rep.high_quality_after += rec.tier == 0 && mine.count(rec.line);
     }
