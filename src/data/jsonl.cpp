@@ -20,6 +20,7 @@ bool JsonlReader::next(nlohmann::json& record) {
   std::string s;
   while (std::getline(in_, s)) {
     ++line_;
+    line_start_ = bytes_;
     bytes_ += int64_t(s.size()) + 1;
     if (!s.empty() && s.back() == '\r') s.pop_back();
     if (s.find_first_not_of(" \t") == std::string::npos) continue;

@@ -38,6 +38,7 @@ class JsonlReader {
   int64_t line() const { return line_; }            // 1-based line of the last record
   std::string where() const { return path_ + ":" + std::to_string(line_); }
   int64_t bytes_read() const { return bytes_; }     // for progress
+  int64_t line_offset() const { return line_start_; }  // byte offset of the last record's line
   int64_t size() const { return size_; }            // file size in bytes (0 if unknown)
   int64_t records() const { return records_; }      // records returned by next()
   int64_t skipped() const { return skipped_; }
@@ -51,6 +52,7 @@ class JsonlReader {
   std::string raw_;
   int64_t line_ = 0;
   int64_t bytes_ = 0;
+  int64_t line_start_ = 0;
   int64_t size_ = 0;
   int64_t records_ = 0;
   int64_t skipped_ = 0;
