@@ -21,6 +21,7 @@
 #include "finmoe/error.h"
 #include "finmoe/format_check.h"
 #include "finmoe/refusal.h"
+#include "finmoe/selfqa.h"
 
 namespace finmoe::cli {
 
@@ -317,6 +318,45 @@ void add_refusal(CLI::App* data, Run& run) {
   });
 }
 
+void add_selfqa(CLI::App* data, Run& run) {
+  auto* q = data->add_subcommand("selfqa", "Self-QA: question-answer pairs from documents via an OpenAI-compatible endpoint");
+  q->footer(
+      "For each document (pieces of --max-doc-chars) the model writes --questions questions, then answers each from\n"
+      "the document. Finished documents go to OUT.partial as they complete; after an error, --resume continues.");
+  static SelfQaOptions o;
+  static std::string in, out;
+  q->add_option("IN", in, "documents (JSONL with a string field, default 'text')")->required();
+  q->add_option("--out", out, "SFT pairs (JSONL {\"messages\"}; must not exist)")->required();
+  q->add_option("--url", o.url, "endpoint base URL, e.g. http://127.0.0.1:8000 (finmoe serve)")->required();
+  q->add_option("--model", o.model, "model name sent in requests")->capture_default_str();
+  q->add_option("--api-key", o.api_key, "bearer token (default: $OPENAI_API_KEY)")->envname("OPENAI_API_KEY");
+  q->add_option("--questions", o.questions_per_doc, "questions per document piece")->capture_default_str();
+  q->add_option("--max-doc-chars", o.max_doc_chars, "longest piece of a document (code points)")->capture_default_str();
+  q->add_option("--max-tokens", o.max_tokens, "max_tokens per request")->capture_default_str();
+  q->add_option("--temperature", o.temperature, "sampling temperature")->capture_default_str();
+  q->add_option("--retries", o.retries, "retries on connection errors, timeouts, 429 and 5xx")->capture_default_str();
+  q->add_option("--backoff", o.backoff_s, "first retry wait in seconds (doubled per retry)")->capture_default_str();
+  q->add_option("--timeout", o.timeout_s, "seconds per request")->capture_default_str();
+  q->add_option("--rps", o.requests_per_s, "at most this many requests per second (0: no limit)")->capture_default_str();
+  q->add_option("--concurrency", o.concurrency, "documents in flight")->capture_default_str();
+  q->add_option("--field", o.field, "document text field (default: text)");
+  q->add_flag("--resume", o.resume, "continue an interrupted run from OUT.partial");
+  q->add_flag("--skip-bad", o.skip_bad, "skip malformed lines and records without text");
+  q->callback([&run] {
+    run = [] {
+      Progress progress("selfqa", file_size_or_zero(in), "bytes");
+      const SelfQaResult r = selfqa_jsonl(in, out, o, [&](const std::string& m) { progress.message(m); },
+                                          [&](int64_t done, int64_t) { progress.update(done); });
+      progress.finish();
+      std::cout << "documents " << r.documents << " (" << r.resumed << " from an earlier run), requests "
+                << r.requests << " (" << r.retried << " retries)\npairs " << r.pairs << " (dropped " << r.duplicates
+                << " duplicates, " << r.empty << " empty) -> " << out << "\n";
+      if (r.skipped) std::cout << r.skipped << " bad lines skipped\n";
+      return 0;
+    };
+  });
+}
+
 void add_amounts(CLI::App* data, Run& run) {
   auto* a = data->add_subcommand("amounts", "Chinese uppercase financial amounts (中文大写金额) <-> numbers; SFT pairs");
   a->require_subcommand(1);
@@ -393,6 +433,7 @@ void add_data(CLI::App& app, Run& run) {
   add_format(data, run);
   add_mix(data, run);
   add_refusal(data, run);
+  add_selfqa(data, run);
 }
 
 }  // namespace finmoe::cli
