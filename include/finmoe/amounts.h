@@ -8,6 +8,7 @@
 // uppercase form and are refused. All functions are pure and thread-safe;
 // bad input throws finmoe::Error naming the text and the position.
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <string>
 #include <string_view>
@@ -68,5 +69,7 @@ struct AmountPairOptions {
   bool variants = true;         // to_number prompts use variant spellings half the time
 };
 std::vector<nlohmann::json> amount_pairs(const AmountPairOptions& opt);
+// The same records, one at a time (nothing held): what the CLI streams.
+void amount_pairs(const AmountPairOptions& opt, const std::function<void(nlohmann::json&&)>& sink);
 
 }  // namespace finmoe

@@ -17,7 +17,11 @@
 //      record is the one whose text adds the most to the selected set, with
 //        zlib:  Z(tail(S) + "\n" + x) - Z(tail(S)), Z the zlib size (level 6)
 //               and tail(S) the last `window` bytes of the selected texts
-//        ngram: the number of distinct character n-grams of x not in S.
+//        ngram: the number of distinct character n-grams of x not in S
+//        entropy: the increase of the n-gram code length of S,
+//               bits(S) = N log2 N - sum_g c_g log2 c_g over the counts c_g
+//               of S's character n-grams (N of them): Shannon bits of S's
+//               n-grams under their own distribution.
 //      Lazy greedy by default (stale gains as upper bounds: exact when a
 //      gain only shrinks as S grows, which holds for ngram); exact_greedy
 //      recomputes every gain at every step.
@@ -30,7 +34,7 @@
 
 namespace finmoe {
 
-enum class GainKind { zlib, ngram };
+enum class GainKind { zlib, ngram, entropy };
 
 struct CompressOptions {
   std::vector<std::string> strata_fields;  // e.g. {"category", "difficulty"}
@@ -43,7 +47,7 @@ struct CompressOptions {
   bool balance = false;                    // equal split among a group's sub-strata
   GainKind gain = GainKind::zlib;
   int64_t window = 8192;                   // bytes of the selected set zlib sees
-  int ngram = 3;                           // for GainKind::ngram
+  int ngram = 3;                           // for GainKind::ngram and entropy
   bool exact_greedy = false;
   std::string field;                       // text field ("" -> data::record_text defaults)
   bool skip_bad = false;

@@ -6,6 +6,7 @@
 // `cut_depth` removes a premise the answer needs. The answerable twin keeps
 // every premise and gets the worked answer. docs/data_tools.md.
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -28,5 +29,7 @@ std::vector<std::string> refusal_templates();
 // "values": {premise name: value}, "answer": number (answerable) ,
 // "cut": {"name", "depth"} (unanswerable)}; deterministic in the seed.
 std::vector<nlohmann::json> refusal_records(const RefusalOptions& opt);
+// The same records, one at a time (nothing held): what the CLI streams.
+void refusal_records(const RefusalOptions& opt, const std::function<void(nlohmann::json&&)>& sink);
 
 }  // namespace finmoe

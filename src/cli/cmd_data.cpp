@@ -130,9 +130,9 @@ void add_compress(CLI::App* data, Run& run) {
   c->add_option("--min-per-stratum", o.min_per_stratum, "at least this many per first-field group")
       ->capture_default_str();
   c->add_flag("--balance", o.balance, "split a group's quota equally among its sub-strata");
-  c->add_option("--gain", gain, "zlib | ngram")->capture_default_str();
+  c->add_option("--gain", gain, "zlib | ngram | entropy")->capture_default_str();
   c->add_option("--window", o.window, "bytes of the selected set zlib sees")->capture_default_str();
-  c->add_option("--ngram", o.ngram, "n-gram size for --gain ngram")->capture_default_str();
+  c->add_option("--ngram", o.ngram, "n-gram size for --gain ngram and entropy")->capture_default_str();
   c->add_flag("--exact-greedy", o.exact_greedy, "recompute every gain at every step (slow)");
   c->add_option("--field", o.field, "text field (default: text, messages, instruction/output, prompt/response)");
   c->add_option("--threads", o.threads, "strata selected in parallel (0: all cores)")->capture_default_str();
@@ -141,7 +141,8 @@ void add_compress(CLI::App* data, Run& run) {
     run = [] {
       if (gain == "zlib") o.gain = GainKind::zlib;
       else if (gain == "ngram") o.gain = GainKind::ngram;
-      else throw Error("--gain: expected zlib or ngram, got '" + gain + "'");
+      else if (gain == "entropy") o.gain = GainKind::entropy;
+      else throw Error("--gain: expected zlib, ngram or entropy, got '" + gain + "'");
       o.strata_fields = split_commas(strata);
       if (!o.difficulty_field.empty() &&
           std::find(o.strata_fields.begin(), o.strata_fields.end(), o.difficulty_field) == o.strata_fields.end())
@@ -169,7 +170,9 @@ void add_compress(CLI::App* data, Run& run) {
                   << std::setw(9) << s.after << std::setw(9) << s.high_quality_before << std::setw(9)
                   << s.high_quality_after << "\n";
       }
-      std::cout << std::left << std::setw(int(w)) << "total" << std::right << std::setw(9) << r.records - r.skipped
+      int64_t pool = 0;
+      for (const auto& s : r.strata) pool += s.before;
+      std::cout << std::left << std::setw(int(w)) << "total" << std::right << std::setw(9) << pool
                 << std::setw(9) << r.selected << "\n";
       if (r.skipped) std::cout << r.skipped << " bad lines skipped\n";
       if (!report.empty()) data::write_new_json(report, j, "--report");
@@ -302,14 +305,13 @@ void add_refusal(CLI::App* data, Run& run) {
   r->callback([&run] {
     run = [] {
       data::JsonlWriter w(out);
-      const auto records = refusal_records(o);
-      Progress progress("refusal", int64_t(records.size()), "records");
+      Progress progress("refusal", o.n, "records");
       int64_t unanswerable = 0;
-      for (const auto& rec : records) {
-        w.write(rec);
+      refusal_records(o, [&](nlohmann::json&& rec) {
         unanswerable += !rec["answerable"].get<bool>();
+        w.write(rec);
         progress.update(w.written());
-      }
+      });
       w.commit();
       progress.finish();
       std::cout << "wrote " << w.written() << " records (" << unanswerable << " unanswerable) to " << out << "\n";
@@ -405,14 +407,13 @@ void add_amounts(CLI::App* data, Run& run) {
     run = [] {
       po.variants = !no_variants;
       data::JsonlWriter w(out);
-      const auto records = amount_pairs(po);
-      Progress progress("amounts pairs", int64_t(records.size()), "pairs");
+      Progress progress("amounts pairs", po.n, "pairs");
       std::map<std::string, int64_t> families;
-      for (const auto& r : records) {
-        w.write(r);
+      amount_pairs(po, [&](nlohmann::json&& r) {
         ++families[r["family"].get<std::string>()];
+        w.write(r);
         progress.update(w.written());
-      }
+      });
       w.commit();
       progress.finish();
       for (const auto& [f, n] : families) std::cout << f << "\t" << n << "\n";

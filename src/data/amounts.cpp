@@ -444,6 +444,12 @@ std::string amount_upper_variant(int64_t cents, std::mt19937_64& rng) {
 }
 
 std::vector<nlohmann::json> amount_pairs(const AmountPairOptions& opt) {
+  std::vector<nlohmann::json> out;
+  amount_pairs(opt, [&](nlohmann::json&& r) { out.push_back(std::move(r)); });
+  return out;
+}
+
+void amount_pairs(const AmountPairOptions& opt, const std::function<void(nlohmann::json&&)>& sink) {
   if (opt.n < 0) throw Error("amount pairs: n must be >= 0");
   if (!(opt.to_upper_share >= 0.0 && opt.to_upper_share <= 1.0))
     throw Error("amount pairs: the to_upper share must be in [0, 1]");
@@ -455,8 +461,6 @@ std::vector<nlohmann::json> amount_pairs(const AmountPairOptions& opt) {
       "支票大写“{upper}”等于多少元？请只写数字，保留两位小数。",
       "Write the Chinese uppercase amount {upper} as a number with two decimals."};
   std::mt19937_64 rng(opt.seed);
-  std::vector<nlohmann::json> out;
-  out.reserve(size_t(opt.n));
   auto fill = [](std::string t, const std::string& key, const std::string& value) {
     t.replace(t.find(key), key.size(), value);
     return t;
@@ -487,12 +491,11 @@ std::vector<nlohmann::json> amount_pairs(const AmountPairOptions& opt) {
       user = fill(kToNumber[size_t(uniform(rng, 0, 3))], "{upper}", upper);
       answer = number;
     }
-    out.push_back({{"messages", {{{"role", "user"}, {"content", user}}, {{"role", "assistant"}, {"content", answer}}}},
-                   {"task", to_upper ? "to_upper" : "to_number"},
-                   {"family", amount_family_name(family)},
-                   {"amount", number}});
+    sink({{"messages", {{{"role", "user"}, {"content", user}}, {{"role", "assistant"}, {"content", answer}}}},
+          {"task", to_upper ? "to_upper" : "to_number"},
+          {"family", amount_family_name(family)},
+          {"amount", number}});
   }
-  return out;
 }
 
 }  // namespace finmoe

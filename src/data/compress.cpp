@@ -9,6 +9,7 @@
 #include <map>
 #include <queue>
 #include <thread>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "data/jsonl.h"
@@ -36,6 +37,21 @@ uint64_t hash_bytes(std::string_view s) {
   return h ^ (h >> 29);
 }
 
+// Every n-gram of t (with repeats), as hashes.
+std::vector<uint64_t> ngram_list(const std::string& t, int n) {
+  std::vector<size_t> starts;
+  for (size_t i = 0; i < t.size(); ++i)
+    if ((static_cast<unsigned char>(t[i]) & 0xC0) != 0x80) starts.push_back(i);
+  starts.push_back(t.size());
+  std::vector<uint64_t> out;
+  const size_t cps = starts.size() - 1;
+  for (size_t i = 0; i + size_t(n) <= cps; ++i)
+    out.push_back(hash_bytes(std::string_view(t).substr(starts[i], starts[i + size_t(n)] - starts[i])));
+  return out;
+}
+
+double xlog2x(double x) { return x > 0 ? x * std::log2(x) : 0.0; }
+
 std::vector<uint64_t> ngram_hashes(const std::string& t, int n) {
   std::vector<size_t> starts;
   for (size_t i = 0; i < t.size(); ++i)
@@ -58,10 +74,36 @@ class Selected {
       grams_.resize(texts.size());
       for (size_t i = 0; i < texts.size(); ++i) grams_[i] = ngram_hashes(texts[i], opt.ngram);
     }
+    if (opt.gain == GainKind::entropy) {
+      counts_.resize(texts.size());
+      for (size_t i = 0; i < texts.size(); ++i) {
+        auto all = ngram_list(texts[i], opt.ngram);
+        std::sort(all.begin(), all.end());
+        for (size_t a = 0; a < all.size();) {
+          size_t b = a;
+          while (b < all.size() && all[b] == all[a]) ++b;
+          counts_[i].push_back({all[a], int64_t(b - a)});
+          a = b;
+        }
+      }
+    }
     base_ = opt.gain == GainKind::zlib ? zlib_size("") : 0;
   }
 
   double gain(size_t i) const {
+    if (opt_.gain == GainKind::entropy) {
+      // bits of S + x minus bits of S, bits = N log2 N - sum_g c_g log2 c_g
+      // (the n-gram counts coded with their own empirical distribution)
+      int64_t dn = 0;
+      double dsum = 0;
+      for (const auto& [g, d] : counts_[i]) {
+        auto it = total_.find(g);
+        const double c = it == total_.end() ? 0.0 : double(it->second);
+        dsum += xlog2x(c + double(d)) - xlog2x(c);
+        dn += d;
+      }
+      return xlog2x(double(n_ + dn)) - xlog2x(double(n_)) - dsum;
+    }
     if (opt_.gain == GainKind::ngram) {
       int64_t g = 0;
       for (uint64_t h : grams_[i]) g += !covered_.count(h);
@@ -71,6 +113,13 @@ class Selected {
   }
 
   void add(size_t i) {
+    if (opt_.gain == GainKind::entropy) {
+      for (const auto& [g, d] : counts_[i]) {
+        total_[g] += d;
+        n_ += d;
+      }
+      return;
+    }
     if (opt_.gain == GainKind::ngram) {
       covered_.insert(grams_[i].begin(), grams_[i].end());
       return;
@@ -86,6 +135,9 @@ class Selected {
   const CompressOptions& opt_;
   std::vector<std::vector<uint64_t>> grams_;
   std::unordered_set<uint64_t> covered_;
+  std::vector<std::vector<std::pair<uint64_t, int64_t>>> counts_;  // per text: (n-gram, count)
+  std::unordered_map<uint64_t, int64_t> total_;                    // n-gram counts of S
+  int64_t n_ = 0;                                                  // n-grams in S
   std::string tail_;
   int64_t base_ = 0;
 };

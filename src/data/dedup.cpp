@@ -193,6 +193,7 @@ DedupResult dedup_jsonl(const std::string& in, const std::string& out, const std
   if (opt.threads < 0) throw Error("dedup: --threads must be >= 0");
   const int threads = opt.threads > 0 ? opt.threads : std::max(1, int(std::thread::hardware_concurrency()));
   if (!removed.empty()) data::refuse_existing(removed, "--removed");
+  if (!removed.empty() && removed == out) throw Error("dedup: --removed and --out are the same file");
   data::JsonlReader reader(in, opt.skip_bad);
   reader.on_skip = on_skip;
   data::JsonlWriter writer(out);

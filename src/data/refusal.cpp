@@ -118,6 +118,12 @@ std::vector<std::string> refusal_templates() {
 }
 
 std::vector<nlohmann::json> refusal_records(const RefusalOptions& opt) {
+  std::vector<nlohmann::json> out;
+  refusal_records(opt, [&](nlohmann::json&& r) { out.push_back(std::move(r)); });
+  return out;
+}
+
+void refusal_records(const RefusalOptions& opt, const std::function<void(nlohmann::json&&)>& sink) {
   if (opt.n < 0) throw Error("refusal: -n must be >= 0");
   if (!(opt.unanswerable_share >= 0 && opt.unanswerable_share <= 1))
     throw Error("refusal: --unanswerable-share must be in [0, 1]");
@@ -134,7 +140,6 @@ std::vector<nlohmann::json> refusal_records(const RefusalOptions& opt) {
   }
   if (usable.empty()) throw Error("refusal: no tree has a premise at depth " + std::to_string(opt.cut_depth));
   std::mt19937_64 rng(opt.seed);
-  std::vector<nlohmann::json> out;
   for (int64_t r = 0; r < opt.n; ++r) {
     const Tree& t = *usable[size_t(r) % usable.size()];
     std::vector<int> depth(t.nodes.size());
@@ -214,9 +219,8 @@ std::vector<nlohmann::json> refusal_records(const RefusalOptions& opt) {
     }
     rec["values"] = values;
     rec["messages"] = {{{"role", "user"}, {"content", question}}, {{"role", "assistant"}, {"content", answer}}};
-    out.push_back(rec);
+    sink(std::move(rec));
   }
-  return out;
 }
 
 }  // namespace finmoe
