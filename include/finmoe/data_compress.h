@@ -46,12 +46,12 @@ struct CompressOptions {
   int64_t min_per_stratum = 1;             // per first-field group
   bool balance = false;                    // equal split among a group's sub-strata
   GainKind gain = GainKind::zlib;
-  int64_t window = 8192;                   // bytes of the selected set zlib sees
-  int ngram = 3;                           // for GainKind::ngram and entropy
+  int64_t window = 8192;  // bytes of the selected set zlib sees
+  int ngram = 3;          // for GainKind::ngram and entropy
   bool exact_greedy = false;
-  std::string field;                       // text field ("" -> data::record_text defaults)
+  std::string field;  // text field ("" -> data::record_text defaults)
   bool skip_bad = false;
-  int threads = 0;                         // strata selected in parallel; 0: hardware concurrency
+  int threads = 0;  // strata selected in parallel; 0: hardware concurrency
 };
 
 struct StratumReport {
@@ -68,13 +68,15 @@ struct CompressResult {
 // Greedy order of `texts` by information gain, first `k` of them; `tier`
 // (same size, or empty) puts tier-0 texts before tier-1 texts. Returns the
 // chosen indices in the order chosen.
-std::vector<size_t> greedy_select(const std::vector<std::string>& texts, const std::vector<int>& tier, size_t k,
+std::vector<size_t> greedy_select(const std::vector<std::string>& texts,
+                                  const std::vector<int>& tier, size_t k,
                                   const CompressOptions& opt);
 
 // Quotas for strata of `sizes` (keys "a=..|b=.."; first-field group = the
 // part before the first '|'), summing to min(target, total).
-std::vector<int64_t> stratum_quotas(const std::vector<std::string>& keys, const std::vector<int64_t>& sizes,
-                                    int64_t target, const CompressOptions& opt);
+std::vector<int64_t> stratum_quotas(const std::vector<std::string>& keys,
+                                    const std::vector<int64_t>& sizes, int64_t target,
+                                    const CompressOptions& opt);
 
 // Reads IN twice (texts and tags, then the selected lines) and writes OUT
 // (must not exist; written atomically). `progress(stage, done, total)` hears

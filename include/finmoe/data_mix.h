@@ -19,7 +19,7 @@ struct MixOptions {
   std::vector<std::string> text_files;  // pretraining text JSONL
   std::vector<std::string> sft_files;   // instruction JSONL
   double text_share = -1;               // < 0: the union; else the share of text records in [0, 1]
-  int64_t total = 0;                    // with text_share: records out; 0: as many as the pools allow without repeats
+  int64_t total = 0;  // with text_share: records out; 0: as many as the pools allow without repeats
   uint64_t seed = 0;
   bool skip_bad = false;
 };

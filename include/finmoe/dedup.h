@@ -22,18 +22,18 @@
 namespace finmoe {
 
 struct DedupOptions {
-  double threshold = 0.8;   // Jaccard at or above which two texts are duplicates
-  int num_perm = 128;       // MinHash signature length
-  int bands = 0;            // LSH bands; 0 with rows 0: chosen for the threshold (see lsh_params)
-  int rows = 0;             // rows per band; bands * rows <= num_perm
+  double threshold = 0.8;  // Jaccard at or above which two texts are duplicates
+  int num_perm = 128;      // MinHash signature length
+  int bands = 0;           // LSH bands; 0 with rows 0: chosen for the threshold (see lsh_params)
+  int rows = 0;            // rows per band; bands * rows <= num_perm
   bool word_shingles = false;  // false: character n-grams (right for Chinese)
-  int ngram = 0;            // shingle size; 0: 5 characters or 3 words
-  bool normalize = true;    // lowercase ASCII, collapse white space
-  bool exact_only = false;  // only identical (normalised) texts
-  uint64_t seed = 1;        // of the MinHash hash family
-  int threads = 0;          // 0: hardware concurrency
-  std::string field;        // text field; "" -> data::record_text's defaults
-  bool skip_bad = false;    // skip malformed lines / records without text
+  int ngram = 0;               // shingle size; 0: 5 characters or 3 words
+  bool normalize = true;       // lowercase ASCII, collapse white space
+  bool exact_only = false;     // only identical (normalised) texts
+  uint64_t seed = 1;           // of the MinHash hash family
+  int threads = 0;             // 0: hardware concurrency
+  std::string field;           // text field; "" -> data::record_text's defaults
+  bool skip_bad = false;       // skip malformed lines / records without text
 };
 
 // The (bands, rows) with bands * rows <= num_perm that minimise the area of

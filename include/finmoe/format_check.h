@@ -50,8 +50,8 @@ struct FormattedExample {
   std::string instruction;
   std::string answer;
 };
-bool make_formatted(const std::string& type, const std::string& prompt, const std::string& answer, uint64_t seed,
-                    FormattedExample* out);
+bool make_formatted(const std::string& type, const std::string& prompt, const std::string& answer,
+                    uint64_t seed, FormattedExample* out);
 
 // The sentences of a text (split after 。！？；.!?; and at line breaks).
 std::vector<std::string> split_sentences(std::string_view text);
@@ -64,7 +64,8 @@ std::vector<std::string> split_sentences(std::string_view text);
 // `weights` among those the answer can take; records that can take none are
 // counted as unusable.
 struct FormatMakeOptions {
-  std::map<std::string, double> weights = {{"json_keys", 1}, {"markdown_table", 1}, {"bullets", 1}, {"length", 1}};
+  std::map<std::string, double> weights = {
+      {"json_keys", 1}, {"markdown_table", 1}, {"bullets", 1}, {"length", 1}};
   uint64_t seed = 0;
   bool skip_bad = false;
 };
@@ -72,7 +73,8 @@ struct FormatMakeResult {
   int64_t records = 0, written = 0, unusable = 0, skipped = 0;
   std::map<std::string, int64_t> per_type;
 };
-FormatMakeResult make_format_jsonl(const std::string& in, const std::string& out, const FormatMakeOptions& opt,
+FormatMakeResult make_format_jsonl(const std::string& in, const std::string& out,
+                                   const FormatMakeOptions& opt,
                                    const std::function<void(const std::string&)>& on_skip = {},
                                    const std::function<void(int64_t bytes)>& progress = {});
 
@@ -90,8 +92,8 @@ struct FormatCheckResult {
   int64_t checked = 0, passed = 0, skipped = 0;
   std::map<std::string, std::pair<int64_t, int64_t>> per_type;  // type -> (checked, passed)
 };
-FormatCheckResult check_format_jsonl(const std::string& in, const std::string& passed, const std::string& failed,
-                                     const FormatCheckOptions& opt,
+FormatCheckResult check_format_jsonl(const std::string& in, const std::string& passed,
+                                     const std::string& failed, const FormatCheckOptions& opt,
                                      const std::function<void(const std::string&)>& on_skip = {},
                                      const std::function<void(int64_t bytes)>& progress = {});
 

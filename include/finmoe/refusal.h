@@ -16,7 +16,7 @@
 namespace finmoe {
 
 struct RefusalOptions {
-  int64_t n = 1000;                 // records
+  int64_t n = 1000;  // records
   uint64_t seed = 0;
   double unanswerable_share = 0.5;  // the rest answerable
   int cut_depth = 0;                // depth of the premise removed (1 = used by the root); 0: any

@@ -20,20 +20,21 @@
 namespace finmoe {
 
 struct SelfQaOptions {
-  std::string url;              // base URL, e.g. http://127.0.0.1:8000 (POST URL/v1/chat/completions)
+  std::string url;  // base URL, e.g. http://127.0.0.1:8000 (POST URL/v1/chat/completions)
   std::string model = "finmoe";
-  std::string api_key;          // sent as "Authorization: Bearer KEY" when set
+  std::string api_key;  // sent as "Authorization: Bearer KEY" when set
   int questions_per_doc = 3;
-  int64_t max_doc_chars = 2000; // longer documents are cut into pieces of at most this many code points
+  int64_t max_doc_chars =
+      2000;  // longer documents are cut into pieces of at most this many code points
   int max_tokens = 512;
   double temperature = 0.7;
-  int retries = 4;              // after the first try, on connection errors, timeouts, 429 and 5xx
-  double backoff_s = 0.5;       // first wait; doubled per retry
-  double timeout_s = 120;       // per request (connect, read, write)
-  double requests_per_s = 0;    // 0: no limit; shared by all workers
-  int concurrency = 1;          // documents in flight
+  int retries = 4;            // after the first try, on connection errors, timeouts, 429 and 5xx
+  double backoff_s = 0.5;     // first wait; doubled per retry
+  double timeout_s = 120;     // per request (connect, read, write)
+  double requests_per_s = 0;  // 0: no limit; shared by all workers
+  int concurrency = 1;        // documents in flight
   bool resume = false;
-  std::string field;            // document text field ("" -> "text")
+  std::string field;  // document text field ("" -> "text")
   bool skip_bad = false;
 };
 

@@ -13,7 +13,8 @@ namespace finmoe {
 
 namespace {
 
-constexpr std::array<const char*, 10> kDigit = {"零", "壹", "贰", "叁", "肆", "伍", "陆", "柒", "捌", "玖"};
+constexpr std::array<const char*, 10> kDigit = {"零", "壹", "贰", "叁", "肆",
+                                                "伍", "陆", "柒", "捌", "玖"};
 constexpr std::array<const char*, 4> kUnit = {"", "拾", "佰", "仟"};
 
 int64_t pow10(int e) {
@@ -24,7 +25,8 @@ int64_t pow10(int e) {
 
 void check_range(int64_t cents) {
   if (cents < 0)
-    throw Error("amount " + std::to_string(cents) + " cents: negative amounts have no uppercase form");
+    throw Error("amount " + std::to_string(cents) +
+                " cents: negative amounts have no uppercase form");
   if (cents > kMaxAmountCents)
     throw Error("amount " + std::to_string(cents) + " cents: the integer part must be below 10^16");
 }
@@ -58,7 +60,8 @@ std::string tail_text(int64_t lo, int64_t base) {
 
 // 0 < n < 10^16.
 std::string integer_text(int64_t n) {
-  if (n >= 100'000'000) return integer_text(n / 100'000'000) + "亿" + tail_text(n % 100'000'000, 100'000'000);
+  if (n >= 100'000'000)
+    return integer_text(n / 100'000'000) + "亿" + tail_text(n % 100'000'000, 100'000'000);
   if (n >= 10'000) return section_text(n / 10'000) + "万" + tail_text(n % 10'000, 10'000);
   return section_text(n);
 }
@@ -75,7 +78,8 @@ std::u32string decode_utf8(std::string_view s, std::string_view what) {
     char32_t cp = len == 1 ? c : c & (0x7f >> len);
     for (int k = 1; k < len; ++k) {
       const unsigned char cc = static_cast<unsigned char>(s[i + size_t(k)]);
-      if ((cc >> 6) != 2) throw Error(std::string(what) + ": invalid UTF-8 at byte " + std::to_string(i));
+      if ((cc >> 6) != 2)
+        throw Error(std::string(what) + ": invalid UTF-8 at byte " + std::to_string(i));
       cp = (cp << 6) | (cc & 0x3f);
     }
     out += cp;
@@ -105,7 +109,8 @@ std::string encode_utf8(char32_t c) {
 }
 
 int digit_of(char32_t c) {
-  static constexpr char32_t kDigits[10] = {U'零', U'壹', U'贰', U'叁', U'肆', U'伍', U'陆', U'柒', U'捌', U'玖'};
+  static constexpr char32_t kDigits[10] = {U'零', U'壹', U'贰', U'叁', U'肆',
+                                           U'伍', U'陆', U'柒', U'捌', U'玖'};
   for (int d = 1; d < 10; ++d)
     if (kDigits[d] == c) return d;
   return -1;
@@ -164,8 +169,10 @@ class Reader {
 
   [[noreturn]] void fail(size_t pos, const std::string& what) const {
     std::string at;
-    if (pos < s_.size()) at = " at '" + encode_utf8(s_[pos]) + "' (character " + std::to_string(pos + 1) + ")";
-    else at = " at the end";
+    if (pos < s_.size())
+      at = " at '" + encode_utf8(s_[pos]) + "' (character " + std::to_string(pos + 1) + ")";
+    else
+      at = " at the end";
     throw Error(quoted() + ": " + what + at);
   }
 
@@ -208,7 +215,8 @@ class Reader {
       const int u = unit_of(c);
       if (u < 0) {
         if (c >= U'0' && c <= U'9') fail(i, "an Arabic digit");
-        if (std::u32string_view(U"一二三四五六七八九十百千两〇").find(c) != std::u32string_view::npos)
+        if (std::u32string_view(U"一二三四五六七八九十百千两〇").find(c) !=
+            std::u32string_view::npos)
           fail(i, "a lowercase numeral (uppercase is 壹贰叁肆伍陆柒捌玖拾佰仟)");
         fail(i, "unexpected character");
       }
@@ -236,7 +244,8 @@ class Reader {
       }
       const int d = digit_of(c);
       if (d < 0) fail(i, c == U'整' ? "整 before the end" : "expected a digit of 角 or 分");
-      if (i + 1 >= e || (s_[i + 1] != U'角' && s_[i + 1] != U'分')) fail(i + 1, "expected 角 or 分 after a digit");
+      if (i + 1 >= e || (s_[i + 1] != U'角' && s_[i + 1] != U'分'))
+        fail(i + 1, "expected 角 or 分 after a digit");
       out.push_back({d, s_[i + 1] == U'角' ? -1 : -2, i});
       ++i;
     }
@@ -280,8 +289,10 @@ std::string amount_to_upper(int64_t cents) {
   std::string s;
   if (yuan > 0) s = integer_text(yuan) + "元";
   if (jiao == 0 && fen == 0) return s + "整";
-  if (jiao > 0) s += std::string(kDigit[jiao]) + "角";
-  else if (yuan > 0) s += kDigit[0];  // 元零X分
+  if (jiao > 0)
+    s += std::string(kDigit[jiao]) + "角";
+  else if (yuan > 0)
+    s += kDigit[0];  // 元零X分
   if (fen > 0) s += std::string(kDigit[fen]) + "分";
   return s;
 }
@@ -304,7 +315,8 @@ int64_t parse_decimal_amount(std::string_view text) {
   if (s.ends_with("元")) s.remove_suffix(std::string_view("元").size());
   if (s.starts_with("-")) throw Error(what + ": negative amounts have no uppercase form");
   const size_t dot = s.find('.');
-  std::string_view ip = s.substr(0, dot), fp = dot == std::string_view::npos ? "" : s.substr(dot + 1);
+  std::string_view ip = s.substr(0, dot),
+                   fp = dot == std::string_view::npos ? "" : s.substr(dot + 1);
   if (ip.empty()) throw Error(what + ": expected digits before the decimal point");
   if (dot != std::string_view::npos && (fp.empty() || fp.size() > 2))
     throw Error(what + ": expected one or two decimals (角 and 分)");
@@ -316,7 +328,8 @@ int64_t parse_decimal_amount(std::string_view text) {
     size_t start = 0;
     for (size_t g = 0;; ++g) {
       const size_t comma = ip.find(',', start);
-      const std::string_view group = ip.substr(start, comma == std::string_view::npos ? ip.npos : comma - start);
+      const std::string_view group =
+          ip.substr(start, comma == std::string_view::npos ? ip.npos : comma - start);
       if (group.empty() || group.size() > 3 || (g > 0 && group.size() != 3))
         throw Error(what + ": commas must separate groups of three digits");
       digits += group;
@@ -340,13 +353,20 @@ int64_t parse_decimal_amount(std::string_view text) {
 
 const char* amount_family_name(AmountFamily f) {
   switch (f) {
-    case AmountFamily::section_zeros: return "section_zeros";
-    case AmountFamily::boundary: return "boundary";
-    case AmountFamily::jiao_fen_only: return "jiao_fen_only";
-    case AmountFamily::jiao_zero: return "jiao_zero";
-    case AmountFamily::yuan_zero: return "yuan_zero";
-    case AmountFamily::whole: return "whole";
-    case AmountFamily::general: return "general";
+    case AmountFamily::section_zeros:
+      return "section_zeros";
+    case AmountFamily::boundary:
+      return "boundary";
+    case AmountFamily::jiao_fen_only:
+      return "jiao_fen_only";
+    case AmountFamily::jiao_zero:
+      return "jiao_zero";
+    case AmountFamily::yuan_zero:
+      return "yuan_zero";
+    case AmountFamily::whole:
+      return "whole";
+    case AmountFamily::general:
+      return "general";
   }
   return "?";
 }
@@ -373,7 +393,8 @@ int64_t sample_amount(AmountFamily family, std::mt19937_64& rng) {
       for (;;) {
         const int len = int(uniform(rng, 4, 12));
         std::string d(1, char('1' + uniform(rng, 0, 8)));
-        for (int i = 1; i < len; ++i) d += uniform(rng, 0, 1) ? char('1' + uniform(rng, 0, 8)) : '0';
+        for (int i = 1; i < len; ++i)
+          d += uniform(rng, 0, 1) ? char('1' + uniform(rng, 0, 8)) : '0';
         const size_t last = d.find_last_not_of('0');
         if (d.find('0') < last) {
           const int64_t cents = uniform(rng, 0, 1) ? 0 : uniform(rng, 1, 99);
@@ -384,23 +405,36 @@ int64_t sample_amount(AmountFamily family, std::mt19937_64& rng) {
     case AmountFamily::boundary: {
       const int k = int(uniform(rng, 1, 3));  // 万, 亿, 万亿
       const int64_t base = pow10(4 * k);
-      const int64_t hi = uniform(rng, 0, 1) ? uniform(rng, 1, 9) * pow10(int(uniform(rng, 0, 3))) : uniform(rng, 1, 9999);
+      const int64_t hi = uniform(rng, 0, 1) ? uniform(rng, 1, 9) * pow10(int(uniform(rng, 0, 3)))
+                                            : uniform(rng, 1, 9999);
       int64_t lo = 0;
       switch (uniform(rng, 0, 3)) {
-        case 0: lo = 0; break;
-        case 1: lo = log_uniform(rng, base / 10 - 1); break;                   // leading zeros below the unit
-        case 2: lo = uniform(rng, 1, 9) * (base / 10); break;                  // nonzero right after the unit
-        default: lo = k > 1 ? uniform(rng, 1, 9999) * pow10(4 * (k - 1)) : uniform(rng, 1, 999); break;
+        case 0:
+          lo = 0;
+          break;
+        case 1:
+          lo = log_uniform(rng, base / 10 - 1);
+          break;  // leading zeros below the unit
+        case 2:
+          lo = uniform(rng, 1, 9) * (base / 10);
+          break;  // nonzero right after the unit
+        default:
+          lo = k > 1 ? uniform(rng, 1, 9999) * pow10(4 * (k - 1)) : uniform(rng, 1, 999);
+          break;
       }
       const int64_t cents = uniform(rng, 0, 2) ? 0 : uniform(rng, 1, 99);
       return (hi * base + lo) * 100 + cents;
     }
-    case AmountFamily::jiao_fen_only: return uniform(rng, 1, 99);
-    case AmountFamily::jiao_zero: return log_uniform(rng, 100'000'000) * 100 + uniform(rng, 1, 9);
+    case AmountFamily::jiao_fen_only:
+      return uniform(rng, 1, 99);
+    case AmountFamily::jiao_zero:
+      return log_uniform(rng, 100'000'000) * 100 + uniform(rng, 1, 9);
     case AmountFamily::yuan_zero:
       return log_uniform(rng, 10'000'000) * 1000 + uniform(rng, 1, 9) * 10 + uniform(rng, 0, 9);
-    case AmountFamily::whole: return log_uniform(rng, 1'000'000'000'000) * 100;
-    case AmountFamily::general: return uniform(rng, 0, 49) == 0 ? 0 : log_uniform(rng, 100'000'000'000'000);
+    case AmountFamily::whole:
+      return log_uniform(rng, 1'000'000'000'000) * 100;
+    case AmountFamily::general:
+      return uniform(rng, 0, 49) == 0 ? 0 : log_uniform(rng, 100'000'000'000'000);
   }
   return 0;
 }
@@ -409,7 +443,8 @@ std::string amount_upper_variant(int64_t cents, std::mt19937_64& rng) {
   std::string s = amount_to_upper(cents);
   auto coin = [&](int percent) { return uniform(rng, 0, 99) < percent; };
   auto replace_all = [&](const std::string& from, const std::string& to) {
-    for (size_t p = 0; (p = s.find(from, p)) != std::string::npos; p += to.size()) s.replace(p, from.size(), to);
+    for (size_t p = 0; (p = s.find(from, p)) != std::string::npos; p += to.size())
+      s.replace(p, from.size(), to);
   };
   const int64_t yuan = cents / 100;
   const int jiao = int(cents / 10 % 10), fen = int(cents % 10);
@@ -426,7 +461,8 @@ std::string amount_upper_variant(int64_t cents, std::mt19937_64& rng) {
         const size_t q = p + u.size();
         // unit preceded by 拾/佰/仟/万 (its ones digit is 0), followed by X仟
         const bool ones_zero = before == "拾" || before == "佰" || before == "仟" || before == "万";
-        if (ones_zero && q + 6 <= s.size() && s.substr(q + 3, 3) == "仟" && s.substr(q, 3) != "零") {
+        if (ones_zero && q + 6 <= s.size() && s.substr(q + 3, 3) == "仟" &&
+            s.substr(q, 3) != "零") {
           s.insert(q, "零");
           break;
         }
@@ -455,9 +491,11 @@ void amount_pairs(const AmountPairOptions& opt, const std::function<void(nlohman
     throw Error("amount pairs: the to_upper share must be in [0, 1]");
   static const std::array<const char*, 4> kToUpper = {
       "请将金额{num}元转换为中文大写金额。", "把¥{num}写成支票和发票上使用的大写金额。",
-      "{num}元的人民币大写怎么写？", "Write the amount {num} yuan in Chinese uppercase (大写金额) as on a cheque."};
+      "{num}元的人民币大写怎么写？",
+      "Write the amount {num} yuan in Chinese uppercase (大写金额) as on a cheque."};
   static const std::array<const char*, 4> kToNumber = {
-      "将大写金额“{upper}”转换为阿拉伯数字金额，保留两位小数。", "发票上的大写金额是{upper}，对应的小写金额是多少？",
+      "将大写金额“{upper}”转换为阿拉伯数字金额，保留两位小数。",
+      "发票上的大写金额是{upper}，对应的小写金额是多少？",
       "支票大写“{upper}”等于多少元？请只写数字，保留两位小数。",
       "Write the Chinese uppercase amount {upper} as a number with two decimals."};
   std::mt19937_64 rng(opt.seed);
@@ -469,7 +507,8 @@ void amount_pairs(const AmountPairOptions& opt, const std::function<void(nlohman
     const auto family = AmountFamily(i % kAmountFamilies);
     const int64_t cents = sample_amount(family, rng);
     const std::string number = cents_to_decimal(cents);
-    const bool to_upper = std::uniform_real_distribution<double>(0.0, 1.0)(rng) < opt.to_upper_share;
+    const bool to_upper =
+        std::uniform_real_distribution<double>(0.0, 1.0)(rng) < opt.to_upper_share;
     std::string user, answer;
     if (to_upper) {
       // the number as people write it: 1409.50, 1,409.50 or 1409.5
@@ -486,12 +525,14 @@ void amount_pairs(const AmountPairOptions& opt, const std::function<void(nlohman
       user = fill(kToUpper[size_t(uniform(rng, 0, 3))], "{num}", shown);
       answer = amount_to_upper(cents);
     } else {
-      const std::string upper = opt.variants && uniform(rng, 0, 1) ? amount_upper_variant(cents, rng)
-                                                                    : amount_to_upper(cents);
+      const std::string upper = opt.variants && uniform(rng, 0, 1)
+                                    ? amount_upper_variant(cents, rng)
+                                    : amount_to_upper(cents);
       user = fill(kToNumber[size_t(uniform(rng, 0, 3))], "{upper}", upper);
       answer = number;
     }
-    sink({{"messages", {{{"role", "user"}, {"content", user}}, {{"role", "assistant"}, {"content", answer}}}},
+    sink({{"messages",
+           {{{"role", "user"}, {"content", user}}, {{"role", "assistant"}, {"content", answer}}}},
           {"task", to_upper ? "to_upper" : "to_number"},
           {"family", amount_family_name(family)},
           {"amount", number}});

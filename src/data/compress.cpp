@@ -22,8 +22,8 @@ namespace {
 int64_t zlib_size(const std::string& s) {
   uLongf n = compressBound(uLong(s.size()));
   std::string buf(n, '\0');
-  if (compress2(reinterpret_cast<Bytef*>(buf.data()), &n, reinterpret_cast<const Bytef*>(s.data()), uLong(s.size()),
-                6) != Z_OK)
+  if (compress2(reinterpret_cast<Bytef*>(buf.data()), &n, reinterpret_cast<const Bytef*>(s.data()),
+                uLong(s.size()), 6) != Z_OK)
     throw Error("compress: zlib failed");
   return int64_t(n);
 }
@@ -46,7 +46,8 @@ std::vector<uint64_t> ngram_list(const std::string& t, int n) {
   std::vector<uint64_t> out;
   const size_t cps = starts.size() - 1;
   for (size_t i = 0; i + size_t(n) <= cps; ++i)
-    out.push_back(hash_bytes(std::string_view(t).substr(starts[i], starts[i + size_t(n)] - starts[i])));
+    out.push_back(
+        hash_bytes(std::string_view(t).substr(starts[i], starts[i + size_t(n)] - starts[i])));
   return out;
 }
 
@@ -60,7 +61,8 @@ std::vector<uint64_t> ngram_hashes(const std::string& t, int n) {
   std::vector<uint64_t> out;
   const size_t cps = starts.size() - 1;
   for (size_t i = 0; i + size_t(n) <= cps; ++i)
-    out.push_back(hash_bytes(std::string_view(t).substr(starts[i], starts[i + size_t(n)] - starts[i])));
+    out.push_back(
+        hash_bytes(std::string_view(t).substr(starts[i], starts[i + size_t(n)] - starts[i])));
   std::sort(out.begin(), out.end());
   out.erase(std::unique(out.begin(), out.end()), out.end());
   return out;
@@ -69,7 +71,8 @@ std::vector<uint64_t> ngram_hashes(const std::string& t, int n) {
 // The selected set as the gain function sees it.
 class Selected {
  public:
-  Selected(const std::vector<std::string>& texts, const CompressOptions& opt) : texts_(texts), opt_(opt) {
+  Selected(const std::vector<std::string>& texts, const CompressOptions& opt)
+      : texts_(texts), opt_(opt) {
     if (opt.gain == GainKind::ngram) {
       grams_.resize(texts.size());
       for (size_t i = 0; i < texts.size(); ++i) grams_[i] = ngram_hashes(texts[i], opt.ngram);
@@ -144,14 +147,15 @@ class Selected {
 
 // One unit to the stratum whose wish exceeds its quota most, until `total`
 // is given or every stratum is full. Ties: the first.
-void fill(std::vector<int64_t>& quota, const std::vector<double>& wish, const std::vector<int64_t>& cap,
-          int64_t total) {
+void fill(std::vector<int64_t>& quota, const std::vector<double>& wish,
+          const std::vector<int64_t>& cap, int64_t total) {
   int64_t given = 0;
   for (int64_t q : quota) given += q;
   while (given < total) {
     int best = -1;
     for (size_t i = 0; i < quota.size(); ++i)
-      if (quota[i] < cap[i] && (best < 0 || wish[i] - double(quota[i]) > wish[size_t(best)] - double(quota[size_t(best)])))
+      if (quota[i] < cap[i] && (best < 0 || wish[i] - double(quota[i]) >
+                                                wish[size_t(best)] - double(quota[size_t(best)])))
         best = int(i);
     if (best < 0) break;
     ++quota[size_t(best)];
@@ -161,9 +165,11 @@ void fill(std::vector<int64_t>& quota, const std::vector<double>& wish, const st
 
 }  // namespace
 
-std::vector<size_t> greedy_select(const std::vector<std::string>& texts, const std::vector<int>& tier, size_t k,
+std::vector<size_t> greedy_select(const std::vector<std::string>& texts,
+                                  const std::vector<int>& tier, size_t k,
                                   const CompressOptions& opt) {
-  if (!tier.empty() && tier.size() != texts.size()) throw Error("greedy_select: tier and texts differ in size");
+  if (!tier.empty() && tier.size() != texts.size())
+    throw Error("greedy_select: tier and texts differ in size");
   if (opt.window < 1) throw Error("compress: --window must be positive");
   if (opt.ngram < 1) throw Error("compress: --ngram must be positive");
   Selected sel(texts, opt);
@@ -213,15 +219,17 @@ std::vector<size_t> greedy_select(const std::vector<std::string>& texts, const s
   return out;
 }
 
-std::vector<int64_t> stratum_quotas(const std::vector<std::string>& keys, const std::vector<int64_t>& sizes,
-                                    int64_t target, const CompressOptions& opt) {
+std::vector<int64_t> stratum_quotas(const std::vector<std::string>& keys,
+                                    const std::vector<int64_t>& sizes, int64_t target,
+                                    const CompressOptions& opt) {
   if (keys.size() != sizes.size()) throw Error("stratum_quotas: keys and sizes differ in size");
   int64_t total = 0;
   for (int64_t s : sizes) total += s;
   target = std::min(target, total);
   // first-field groups
   std::map<std::string, std::vector<size_t>> groups;
-  for (size_t i = 0; i < keys.size(); ++i) groups[keys[i].substr(0, keys[i].find('|'))].push_back(i);
+  for (size_t i = 0; i < keys.size(); ++i)
+    groups[keys[i].substr(0, keys[i].find('|'))].push_back(i);
   std::vector<int64_t> gq, gsize, gcap;
   std::vector<double> gwish;
   int64_t minimum = 0;
@@ -235,8 +243,9 @@ std::vector<int64_t> stratum_quotas(const std::vector<std::string>& keys, const 
     gwish.push_back(double(target) * double(s) / double(std::max<int64_t>(total, 1)));
   }
   if (minimum > target)
-    throw Error("compress: the target (" + std::to_string(target) + ") is below --min-per-stratum x the " +
-                std::to_string(groups.size()) + " groups (" + std::to_string(minimum) + ")");
+    throw Error("compress: the target (" + std::to_string(target) +
+                ") is below --min-per-stratum x the " + std::to_string(groups.size()) +
+                " groups (" + std::to_string(minimum) + ")");
   fill(gq, gwish, gcap, target);
   std::vector<int64_t> quota(keys.size(), 0);
   size_t g = 0;
@@ -267,14 +276,17 @@ std::string difficulty_bin(double d) { return d <= 2 ? "easy" : d <= 4 ? "medium
 
 }  // namespace
 
-CompressResult compress_jsonl(const std::string& in, const std::string& out, const CompressOptions& opt,
+CompressResult compress_jsonl(const std::string& in, const std::string& out,
+                              const CompressOptions& opt,
                               const std::function<void(const std::string&)>& on_skip,
                               const std::function<void(const char*, int64_t, int64_t)>& progress) {
   if ((opt.target > 0) == (opt.ratio > 0))
     throw Error("compress: give one of --target (records) or --ratio (share of the pool)");
-  if (opt.target < 0 || !(opt.ratio >= 0 && opt.ratio <= 1)) throw Error("compress: --ratio must be in (0, 1], --target positive");
+  if (opt.target < 0 || !(opt.ratio >= 0 && opt.ratio <= 1))
+    throw Error("compress: --ratio must be in (0, 1], --target positive");
   if (opt.min_per_stratum < 0) throw Error("compress: --min-per-stratum must be >= 0");
-  if (opt.window < 1 || opt.ngram < 1) throw Error("compress: --window and --ngram must be positive");
+  if (opt.window < 1 || opt.ngram < 1)
+    throw Error("compress: --window and --ngram must be positive");
   data::refuse_existing(out, "--out");
 
   struct Rec {
@@ -288,13 +300,15 @@ CompressResult compress_jsonl(const std::string& in, const std::string& out, con
     reader.on_skip = on_skip;
     nlohmann::json rec;
     while (reader.next(rec)) {
-      if (progress && reader.records() % 1024 == 0) progress("read", reader.bytes_read(), reader.size());
+      if (progress && reader.records() % 1024 == 0)
+        progress("read", reader.bytes_read(), reader.size());
       bool ok = false;
       std::string text = data::record_text(rec, opt.field, &ok);
       if (!ok) {
-        reader.bad_record(opt.field.empty() ? "no text (expected 'text', 'messages', 'instruction'/'output' or "
-                                              "'prompt'/'response')"
-                                            : "no string field '" + opt.field + "'");
+        reader.bad_record(opt.field.empty()
+                              ? "no text (expected 'text', 'messages', 'instruction'/'output' or "
+                                "'prompt'/'response')"
+                              : "no string field '" + opt.field + "'");
         continue;
       }
       std::string key;
@@ -341,7 +355,9 @@ CompressResult compress_jsonl(const std::string& in, const std::string& out, con
     sizes.push_back(int64_t(s.first.size()));
     pool += sizes.back();
   }
-  const int64_t target = opt.target > 0 ? opt.target : std::max<int64_t>(pool > 0 ? 1 : 0, std::llround(opt.ratio * double(pool)));
+  const int64_t target =
+      opt.target > 0 ? opt.target
+                     : std::max<int64_t>(pool > 0 ? 1 : 0, std::llround(opt.ratio * double(pool)));
   const auto quota = stratum_quotas(keys, sizes, target, opt);
 
   CompressResult r;
@@ -354,13 +370,16 @@ CompressResult compress_jsonl(const std::string& in, const std::string& out, con
       const auto& s = strata[keys[i]];
       std::vector<int> tiers;
       for (const auto& rec : s.first) tiers.push_back(rec.tier);
-      for (size_t j : greedy_select(s.second, tiers, size_t(quota[i]), opt)) chosen[i].push_back(s.first[j].line);
+      for (size_t j : greedy_select(s.second, tiers, size_t(quota[i]), opt))
+        chosen[i].push_back(s.first[j].line);
       ++done;
     }
   };
-  const int threads = opt.threads > 0 ? opt.threads : std::max(1, int(std::thread::hardware_concurrency()));
+  const int threads =
+      opt.threads > 0 ? opt.threads : std::max(1, int(std::thread::hardware_concurrency()));
   std::vector<std::thread> pool_threads;
-  for (int t = 1; t < std::min<int>(threads, int(keys.size())); ++t) pool_threads.emplace_back(work);
+  for (int t = 1; t < std::min<int>(threads, int(keys.size())); ++t)
+    pool_threads.emplace_back(work);
   work();
   for (auto& t : pool_threads) t.join();
   if (progress) progress("select", int64_t(keys.size()), int64_t(keys.size()));
@@ -387,7 +406,8 @@ CompressResult compress_jsonl(const std::string& in, const std::string& out, con
   nlohmann::json rec;
   while (again.next(rec)) {
     if (selected.count(again.line())) writer.write_line(again.raw());
-    if (progress && again.records() % 4096 == 0) progress("write", again.bytes_read(), again.size());
+    if (progress && again.records() % 4096 == 0)
+      progress("write", again.bytes_read(), again.size());
   }
   writer.commit();
   r.selected = writer.written();

@@ -4,9 +4,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <set>
 #include <thread>
 #include <unordered_map>
-#include <set>
 #include <unordered_set>
 
 #include "data/jsonl.h"
@@ -34,7 +34,9 @@ uint64_t fnv1a(std::string_view s, uint64_t basis = 0xcbf29ce484222325ULL) {
   return mix64(h);
 }
 
-bool is_space(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
+bool is_space(unsigned char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
 
 double integrate(const std::function<double(double)>& f, double a, double b) {
   const int n = 200;
@@ -57,9 +59,10 @@ std::pair<int, int> lsh_params(double threshold, int num_perm) {
   std::pair<int, int> bp{1, num_perm};
   for (int b = 1; b <= num_perm; ++b)
     for (int r = 1; b * r <= num_perm; ++r) {
-      const double fp = integrate([&](double s) { return lsh_candidate_probability(s, b, r); }, 0.0, threshold);
-      const double fn =
-          integrate([&](double s) { return 1.0 - lsh_candidate_probability(s, b, r); }, threshold, 1.0);
+      const double fp =
+          integrate([&](double s) { return lsh_candidate_probability(s, b, r); }, 0.0, threshold);
+      const double fn = integrate(
+          [&](double s) { return 1.0 - lsh_candidate_probability(s, b, r); }, threshold, 1.0);
       if (fp + fn < best - 1e-12) {
         best = fp + fn;
         bp = {b, r};
@@ -69,10 +72,14 @@ std::pair<int, int> lsh_params(double threshold, int num_perm) {
 }
 
 MinHasher::MinHasher(const DedupOptions& opt) : opt_(opt) {
-  if (!(opt.threshold > 0.0 && opt.threshold <= 1.0)) throw Error("dedup: --threshold must be in (0, 1]");
-  if (opt.num_perm < 2 || opt.num_perm > 4096) throw Error("dedup: --num-perm must be in [2, 4096]");
-  if (opt.ngram < 0 || opt.ngram > 64) throw Error("dedup: --ngram must be in [1, 64] (0: the default)");
-  if ((opt.bands == 0) != (opt.rows == 0)) throw Error("dedup: give both --bands and --rows, or neither");
+  if (!(opt.threshold > 0.0 && opt.threshold <= 1.0))
+    throw Error("dedup: --threshold must be in (0, 1]");
+  if (opt.num_perm < 2 || opt.num_perm > 4096)
+    throw Error("dedup: --num-perm must be in [2, 4096]");
+  if (opt.ngram < 0 || opt.ngram > 64)
+    throw Error("dedup: --ngram must be in [1, 64] (0: the default)");
+  if ((opt.bands == 0) != (opt.rows == 0))
+    throw Error("dedup: give both --bands and --rows, or neither");
   if (opt.bands < 0 || opt.rows < 0) throw Error("dedup: --bands and --rows must be positive");
   if (opt.bands > 0 && int64_t(opt.bands) * opt.rows > opt.num_perm)
     throw Error("dedup: --bands x --rows (" + std::to_string(int64_t(opt.bands) * opt.rows) +
@@ -136,7 +143,8 @@ std::vector<uint64_t> MinHasher::shingles(std::string_view text) const {
   const size_t cps = starts.size() - 1;
   std::vector<uint64_t> out;
   if (cps < n) return {fnv1a(t)};
-  for (size_t i = 0; i + n <= cps; ++i) out.push_back(fnv1a(std::string_view(t).substr(starts[i], starts[i + n] - starts[i])));
+  for (size_t i = 0; i + n <= cps; ++i)
+    out.push_back(fnv1a(std::string_view(t).substr(starts[i], starts[i + n] - starts[i])));
   std::sort(out.begin(), out.end());
   out.erase(std::unique(out.begin(), out.end()), out.end());
   return out;
@@ -161,7 +169,8 @@ std::vector<uint64_t> MinHasher::band_keys(const std::vector<uint64_t>& sig) con
 }
 
 double estimate_jaccard(const std::vector<uint64_t>& a, const std::vector<uint64_t>& b) {
-  if (a.size() != b.size() || a.empty()) throw Error("estimate_jaccard: signatures of different lengths");
+  if (a.size() != b.size() || a.empty())
+    throw Error("estimate_jaccard: signatures of different lengths");
   size_t eq = 0;
   for (size_t i = 0; i < a.size(); ++i) eq += (a[i] & 0xffffffffULL) == (b[i] & 0xffffffffULL);
   return double(eq) / double(a.size());
@@ -179,7 +188,8 @@ std::vector<std::pair<int, int>> near_duplicate_pairs(const std::vector<std::str
     for (size_t b = 0; b < keys.size(); ++b) {
       auto& bucket = tables[b][keys[b]];
       for (int j : bucket)
-        if (estimate_jaccard(sigs[size_t(i)], sigs[size_t(j)]) >= opt.threshold) pairs.insert({j, i});
+        if (estimate_jaccard(sigs[size_t(i)], sigs[size_t(j)]) >= opt.threshold)
+          pairs.insert({j, i});
       bucket.push_back(i);
     }
   }
@@ -187,13 +197,16 @@ std::vector<std::pair<int, int>> near_duplicate_pairs(const std::vector<std::str
 }
 
 DedupResult dedup_jsonl(const std::string& in, const std::string& out, const std::string& removed,
-                        const DedupOptions& opt, const std::function<void(const std::string&)>& on_skip,
+                        const DedupOptions& opt,
+                        const std::function<void(const std::string&)>& on_skip,
                         const std::function<void(int64_t, int64_t)>& progress) {
   MinHasher mh(opt);
   if (opt.threads < 0) throw Error("dedup: --threads must be >= 0");
-  const int threads = opt.threads > 0 ? opt.threads : std::max(1, int(std::thread::hardware_concurrency()));
+  const int threads =
+      opt.threads > 0 ? opt.threads : std::max(1, int(std::thread::hardware_concurrency()));
   if (!removed.empty()) data::refuse_existing(removed, "--removed");
-  if (!removed.empty() && removed == out) throw Error("dedup: --removed and --out are the same file");
+  if (!removed.empty() && removed == out)
+    throw Error("dedup: --removed and --out are the same file");
   data::JsonlReader reader(in, opt.skip_bad);
   reader.on_skip = on_skip;
   data::JsonlWriter writer(out);
@@ -208,7 +221,8 @@ DedupResult dedup_jsonl(const std::string& in, const std::string& out, const std
   std::vector<uint32_t> kept_sigs;
   std::vector<int64_t> kept_lines;
   std::vector<int64_t> cluster_of;  // kept index -> index in r.clusters, or -1
-  std::unordered_map<std::string, int64_t> exact;  // 16-byte digest of the normalised text -> kept index
+  std::unordered_map<std::string, int64_t>
+      exact;  // 16-byte digest of the normalised text -> kept index
   std::vector<std::unordered_map<uint64_t, std::vector<int64_t>>> tables(size_t(mh.bands()));
 
   struct Item {
@@ -226,7 +240,8 @@ DedupResult dedup_jsonl(const std::string& in, const std::string& out, const std
         Item& it = batch[i];
         const std::string norm = mh.normalize(it.text);
         const uint64_t h1 = fnv1a(norm), h2 = fnv1a(norm, 0x6c62272e07bb0142ULL ^ norm.size());
-        it.digest.assign(reinterpret_cast<const char*>(&h1), 8).append(reinterpret_cast<const char*>(&h2), 8);
+        it.digest.assign(reinterpret_cast<const char*>(&h1), 8)
+            .append(reinterpret_cast<const char*>(&h2), 8);
         if (!opt.exact_only) it.sig = mh.signature(it.text);
       }
     };

@@ -106,7 +106,8 @@ std::string format_type(const nlohmann::json& c) {
     throw Error("format constraint: expected an object with a string 'type'");
   const std::string t = c["type"];
   if (t != "json_keys" && t != "markdown_table" && t != "bullets" && t != "length")
-    throw Error("format constraint: unknown type '" + t + "' (json_keys, markdown_table, bullets, length)");
+    throw Error("format constraint: unknown type '" + t +
+                "' (json_keys, markdown_table, bullets, length)");
   return t;
 }
 
@@ -118,13 +119,15 @@ FormatVerdict check_format(const nlohmann::json& c, std::string_view output) {
       throw Error("format constraint json_keys: 'keys' must be a non-empty array of strings");
     for (const auto& k : c["keys"])
       if (!k.is_string()) throw Error("format constraint json_keys: 'keys' must be strings");
-    if (c.contains("exact") && !c["exact"].is_boolean()) throw Error("format constraint json_keys: 'exact' must be a boolean");
+    if (c.contains("exact") && !c["exact"].is_boolean())
+      throw Error("format constraint json_keys: 'exact' must be a boolean");
     std::string body = out;
     if (body.starts_with("```")) {
       const size_t nl = body.find('\n');
       const size_t end = body.rfind("```");
       if (nl == std::string::npos || end <= nl) return fail("unclosed code fence");
-      if (trim(std::string_view(body).substr(end + 3)) != "") return fail("text after the code fence");
+      if (trim(std::string_view(body).substr(end + 3)) != "")
+        return fail("text after the code fence");
       body = body.substr(nl + 1, end - nl - 1);
     }
     nlohmann::json j;
@@ -135,8 +138,10 @@ FormatVerdict check_format(const nlohmann::json& c, std::string_view output) {
     }
     if (!j.is_object()) return fail("JSON is not an object");
     for (const auto& k : c["keys"])
-      if (!j.contains(k.get<std::string>())) return fail("missing key '" + k.get<std::string>() + "'");
-    if (c.value("exact", false) && j.size() != c["keys"].size()) return fail("keys other than the required ones");
+      if (!j.contains(k.get<std::string>()))
+        return fail("missing key '" + k.get<std::string>() + "'");
+    if (c.value("exact", false) && j.size() != c["keys"].size())
+      return fail("keys other than the required ones");
     return {true, ""};
   }
   if (type == "markdown_table") {
@@ -144,16 +149,21 @@ FormatVerdict check_format(const nlohmann::json& c, std::string_view output) {
     const auto ls = lines_of(out);
     for (size_t i = 0; i + 1 < ls.size(); ++i) {
       const auto head = cells(ls[i]);
-      if (head.size() < 2 || !separator_row(cells(ls[i + 1])) || cells(ls[i + 1]).size() != head.size()) continue;
+      if (head.size() < 2 || !separator_row(cells(ls[i + 1])) ||
+          cells(ls[i + 1]).size() != head.size())
+        continue;
       if (columns > 0 && int64_t(head.size()) != columns)
-        return fail("table has " + std::to_string(head.size()) + " columns, expected " + std::to_string(columns));
+        return fail("table has " + std::to_string(head.size()) + " columns, expected " +
+                    std::to_string(columns));
       int64_t rows = 0;
       for (size_t k = i + 2; k < ls.size() && !cells(ls[k]).empty(); ++k) {
-        if (cells(ls[k]).size() != head.size()) return fail("row " + std::to_string(rows + 1) + " has another cell count");
+        if (cells(ls[k]).size() != head.size())
+          return fail("row " + std::to_string(rows + 1) + " has another cell count");
         ++rows;
       }
       if (rows < min_rows)
-        return fail("table has " + std::to_string(rows) + " rows, expected at least " + std::to_string(min_rows));
+        return fail("table has " + std::to_string(rows) + " rows, expected at least " +
+                    std::to_string(min_rows));
       return {true, ""};
     }
     return fail("no Markdown table (header row and |---| separator)");
@@ -163,7 +173,8 @@ FormatVerdict check_format(const nlohmann::json& c, std::string_view output) {
     const int64_t want = int_field(c, "count", 0);
     int64_t n = 0;
     for (const auto& l : lines_of(out)) n += bullet_line(l);
-    if (n != want) return fail(std::to_string(n) + " bullet points, expected " + std::to_string(want));
+    if (n != want)
+      return fail(std::to_string(n) + " bullet points, expected " + std::to_string(want));
     return {true, ""};
   }
   // length
@@ -208,22 +219,25 @@ std::vector<std::string> split_sentences(std::string_view text) {
   return out;
 }
 
-bool make_formatted(const std::string& type, const std::string& prompt, const std::string& answer, uint64_t seed,
-                    FormattedExample* out) {
+bool make_formatted(const std::string& type, const std::string& prompt, const std::string& answer,
+                    uint64_t seed, FormattedExample* out) {
   std::mt19937_64 rng(seed);
   bool chinese = false;
-  for (unsigned char ch : prompt) chinese |= ch >= 0xE4 && ch <= 0xE9;  // CJK unified ideographs lead bytes
+  for (unsigned char ch : prompt)
+    chinese |= ch >= 0xE4 && ch <= 0xE9;  // CJK unified ideographs lead bytes
   auto pick = [&](const std::vector<std::string>& v) { return v[rng() % v.size()]; };
   const std::string a = trim(answer);
   if (a.empty()) return false;
   if (type == "json_keys") {
     const std::string key = pick({"answer", "response", "result"});
     out->constraint = {{"type", "json_keys"}, {"keys", {key}}, {"exact", true}};
-    out->instruction = chinese ? pick({"请以JSON对象输出答案，只包含键\"" + key + "\"。",
-                                       "输出格式：JSON，唯一的键为\"" + key + "\"。"})
-                               : pick({"Answer as a JSON object with the single key \"" + key + "\".",
-                                       "Output format: JSON with exactly one key, \"" + key + "\"."});
-    out->answer = nlohmann::json{{key, a}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    out->instruction = chinese
+                           ? pick({"请以JSON对象输出答案，只包含键\"" + key + "\"。",
+                                   "输出格式：JSON，唯一的键为\"" + key + "\"。"})
+                           : pick({"Answer as a JSON object with the single key \"" + key + "\".",
+                                   "Output format: JSON with exactly one key, \"" + key + "\"."});
+    out->answer =
+        nlohmann::json{{key, a}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     return true;
   }
   const auto sentences = split_sentences(a);
@@ -231,10 +245,12 @@ bool make_formatted(const std::string& type, const std::string& prompt, const st
     if (sentences.size() < 2 || sentences.size() > 10) return false;
     const int64_t n = int64_t(sentences.size());
     out->constraint = {{"type", "bullets"}, {"count", n}};
-    out->instruction = chinese ? pick({"请用" + std::to_string(n) + "个要点回答，每个要点以\"- \"开头。",
-                                       "分" + std::to_string(n) + "条列出，使用Markdown列表。"})
-                               : pick({"Answer in exactly " + std::to_string(n) + " bullet points starting with \"- \".",
-                                       "Use a Markdown list of " + std::to_string(n) + " items."});
+    out->instruction =
+        chinese ? pick({"请用" + std::to_string(n) + "个要点回答，每个要点以\"- \"开头。",
+                        "分" + std::to_string(n) + "条列出，使用Markdown列表。"})
+                : pick({"Answer in exactly " + std::to_string(n) +
+                            " bullet points starting with \"- \".",
+                        "Use a Markdown list of " + std::to_string(n) + " items."});
     out->answer.clear();
     for (const auto& s : sentences) out->answer += "- " + s + "\n";
     out->answer.pop_back();
@@ -242,14 +258,18 @@ bool make_formatted(const std::string& type, const std::string& prompt, const st
   }
   if (type == "markdown_table") {
     if (sentences.size() < 2 || sentences.size() > 20) return false;
-    out->constraint = {{"type", "markdown_table"}, {"columns", 2}, {"min_rows", int64_t(sentences.size())}};
-    out->instruction = chinese ? pick({"请用两列的Markdown表格回答（序号、要点）。", "以Markdown表格输出，列为“序号”和“要点”。"})
-                               : pick({"Answer as a Markdown table with two columns (No., Point).",
-                                       "Format the answer as a two-column Markdown table: No. and Point."});
+    out->constraint = {
+        {"type", "markdown_table"}, {"columns", 2}, {"min_rows", int64_t(sentences.size())}};
+    out->instruction =
+        chinese ? pick({"请用两列的Markdown表格回答（序号、要点）。",
+                        "以Markdown表格输出，列为“序号”和“要点”。"})
+                : pick({"Answer as a Markdown table with two columns (No., Point).",
+                        "Format the answer as a two-column Markdown table: No. and Point."});
     out->answer = chinese ? "| 序号 | 要点 |\n|---|---|" : "| No. | Point |\n|---|---|";
     for (size_t i = 0; i < sentences.size(); ++i) {
       std::string cell = sentences[i];
-      for (size_t p = 0; (p = cell.find('|', p)) != std::string::npos; p += 2) cell.replace(p, 1, "\\|");
+      for (size_t p = 0; (p = cell.find('|', p)) != std::string::npos; p += 2)
+        cell.replace(p, 1, "\\|");
       out->answer += "\n| " + std::to_string(i + 1) + " | " + cell + " |";
     }
     return true;
@@ -258,9 +278,11 @@ bool make_formatted(const std::string& type, const std::string& prompt, const st
     const int64_t n = code_points(a);
     const int64_t limit = (n / 50 + 1) * 50;  // the next multiple of 50 above the answer
     out->constraint = {{"type", "length"}, {"max_chars", limit}};
-    out->instruction = chinese ? pick({"回答不超过" + std::to_string(limit) + "个字。", "请将回答控制在" + std::to_string(limit) + "字以内。"})
-                               : pick({"Answer in at most " + std::to_string(limit) + " characters.",
-                                       "Keep the answer under " + std::to_string(limit) + " characters."});
+    out->instruction =
+        chinese ? pick({"回答不超过" + std::to_string(limit) + "个字。",
+                        "请将回答控制在" + std::to_string(limit) + "字以内。"})
+                : pick({"Answer in at most " + std::to_string(limit) + " characters.",
+                        "Keep the answer under " + std::to_string(limit) + " characters."});
     out->answer = a;
     return true;
   }
@@ -281,9 +303,11 @@ bool sft_turns(const nlohmann::json& rec, size_t* user, size_t* assistant) {
   const auto& m = rec["messages"];
   int64_t a = -1, u = -1;
   for (size_t i = m.size(); i-- > 0;) {
-    if (!m[i].is_object() || !m[i].contains("role") || !m[i].contains("content") || !m[i]["content"].is_string())
+    if (!m[i].is_object() || !m[i].contains("role") || !m[i].contains("content") ||
+        !m[i]["content"].is_string())
       return false;
-    if (a < 0 && m[i]["role"] == "assistant") a = int64_t(i);
+    if (a < 0 && m[i]["role"] == "assistant")
+      a = int64_t(i);
     else if (a >= 0 && m[i]["role"] == "user") {
       u = int64_t(i);
       break;
@@ -297,7 +321,8 @@ bool sft_turns(const nlohmann::json& rec, size_t* user, size_t* assistant) {
 
 }  // namespace
 
-FormatMakeResult make_format_jsonl(const std::string& in, const std::string& out, const FormatMakeOptions& opt,
+FormatMakeResult make_format_jsonl(const std::string& in, const std::string& out,
+                                   const FormatMakeOptions& opt,
                                    const std::function<void(const std::string&)>& on_skip,
                                    const std::function<void(int64_t)>& progress) {
   double total_w = 0;
@@ -326,14 +351,17 @@ FormatMakeResult make_format_jsonl(const std::string& in, const std::string& out
     } else if (rec.is_object() && rec.contains("instruction") && rec["instruction"].is_string() &&
                rec.contains("output") && rec["output"].is_string()) {
       prompt = rec["instruction"].get<std::string>();
-      if (rec.contains("input") && rec["input"].is_string() && !rec["input"].get<std::string>().empty())
+      if (rec.contains("input") && rec["input"].is_string() &&
+          !rec["input"].get<std::string>().empty())
         prompt += "\n" + rec["input"].get<std::string>();
       answer = rec["output"];
-      messages = {{{"role", "user"}, {"content", prompt}}, {{"role", "assistant"}, {"content", answer}}};
+      messages = {{{"role", "user"}, {"content", prompt}},
+                  {{"role", "assistant"}, {"content", answer}}};
       u = 0;
       a = 1;
     } else {
-      reader.bad_record("expected 'messages' with a user and an assistant turn, or 'instruction' and 'output'");
+      reader.bad_record(
+          "expected 'messages' with a user and an assistant turn, or 'instruction' and 'output'");
       continue;
     }
     // a type drawn by weight among those the answer can take
@@ -369,8 +397,8 @@ FormatMakeResult make_format_jsonl(const std::string& in, const std::string& out
   return r;
 }
 
-FormatCheckResult check_format_jsonl(const std::string& in, const std::string& passed, const std::string& failed,
-                                     const FormatCheckOptions& opt,
+FormatCheckResult check_format_jsonl(const std::string& in, const std::string& passed,
+                                     const std::string& failed, const FormatCheckOptions& opt,
                                      const std::function<void(const std::string&)>& on_skip,
                                      const std::function<void(int64_t)>& progress) {
   nlohmann::json fixed;
@@ -410,9 +438,10 @@ FormatCheckResult check_format_jsonl(const std::string& in, const std::string& p
       }
     }
     if (!ok) {
-      reader.bad_record(opt.response_field.empty()
-                            ? "no response (an assistant message, 'response', 'output' or 'completion')"
-                            : "no string field '" + opt.response_field + "'");
+      reader.bad_record(
+          opt.response_field.empty()
+              ? "no response (an assistant message, 'response', 'output' or 'completion')"
+              : "no string field '" + opt.response_field + "'");
       continue;
     }
     FormatVerdict v;

@@ -27,7 +27,8 @@ bool JsonlReader::next(nlohmann::json& record) {
     try {
       record = parse_json(s, where());
     } catch (const Error& e) {
-      if (!skip_bad_) throw Error(std::string(e.what()) + " (malformed JSONL line; --skip-bad skips such lines)");
+      if (!skip_bad_)
+        throw Error(std::string(e.what()) + " (malformed JSONL line; --skip-bad skips such lines)");
       ++skipped_;
       if (on_skip) on_skip(e.what());
       continue;
@@ -50,10 +51,12 @@ void JsonlReader::bad_record(const std::string& what) {
 void refuse_existing(const std::string& path, const std::string& flag) {
   struct stat st {};
   if (::stat(path.c_str(), &st) == 0)
-    throw Error(flag + ": " + path + " exists; refusing to overwrite it (remove it or choose another path)");
+    throw Error(flag + ": " + path +
+                " exists; refusing to overwrite it (remove it or choose another path)");
 }
 
-JsonlWriter::JsonlWriter(const std::string& path, std::string flag) : path_(path), flag_(std::move(flag)) {
+JsonlWriter::JsonlWriter(const std::string& path, std::string flag)
+    : path_(path), flag_(std::move(flag)) {
   refuse_existing(path, flag_);
   file_ = std::make_unique<AtomicFile>(path);
 }

@@ -35,12 +35,12 @@ class JsonlReader {
 
   const std::string& path() const { return path_; }
   const std::string& raw() const { return raw_; }  // the last record's line as read (no newline)
-  int64_t line() const { return line_; }            // 1-based line of the last record
+  int64_t line() const { return line_; }           // 1-based line of the last record
   std::string where() const { return path_ + ":" + std::to_string(line_); }
-  int64_t bytes_read() const { return bytes_; }     // for progress
+  int64_t bytes_read() const { return bytes_; }        // for progress
   int64_t line_offset() const { return line_start_; }  // byte offset of the last record's line
-  int64_t size() const { return size_; }            // file size in bytes (0 if unknown)
-  int64_t records() const { return records_; }      // records returned by next()
+  int64_t size() const { return size_; }               // file size in bytes (0 if unknown)
+  int64_t records() const { return records_; }         // records returned by next()
   int64_t skipped() const { return skipped_; }
 
   std::function<void(const std::string&)> on_skip;
@@ -63,9 +63,10 @@ class JsonlWriter {
   // Refuses (Error) when PATH exists; the records go to a temp file in the
   // same directory that commit() renames to PATH. Destroyed without commit()
   // (an error), nothing is left behind.
-  explicit JsonlWriter(const std::string& path, std::string flag = "--out");  // flag: named in errors
-  void write(const nlohmann::json& record);  // one line, UTF-8 (invalid bytes replaced)
-  void write_line(std::string_view line);    // a record as read (JsonlReader::raw)
+  explicit JsonlWriter(const std::string& path,
+                       std::string flag = "--out");  // flag: named in errors
+  void write(const nlohmann::json& record);          // one line, UTF-8 (invalid bytes replaced)
+  void write_line(std::string_view line);            // a record as read (JsonlReader::raw)
   void commit();
   int64_t written() const { return written_; }
   const std::string& path() const { return path_; }

@@ -20,8 +20,9 @@ struct Ref {
 };
 
 // Offsets of the valid records of `path`.
-void index_file(const std::string& path, uint32_t file, bool text, bool skip_bad, std::vector<Ref>& out,
-                int64_t* skipped, const std::function<void(const std::string&)>& on_skip) {
+void index_file(const std::string& path, uint32_t file, bool text, bool skip_bad,
+                std::vector<Ref>& out, int64_t* skipped,
+                const std::function<void(const std::string&)>& on_skip) {
   data::JsonlReader reader(path, skip_bad);
   reader.on_skip = on_skip;
   nlohmann::json rec;
@@ -32,7 +33,8 @@ void index_file(const std::string& path, uint32_t file, bool text, bool skip_bad
       ok = rec.is_object() && rec.contains("text") && rec["text"].is_string();
       if (!ok) reader.bad_record("expected a string 'text' (a pretraining text record)");
     } else {
-      ok = rec.is_object() && rec.contains("messages") && rec["messages"].is_array() && !rec["messages"].empty();
+      ok = rec.is_object() && rec.contains("messages") && rec["messages"].is_array() &&
+           !rec["messages"].empty();
       if (!ok) reader.bad_record("expected a non-empty 'messages' array (an instruction record)");
     }
     if (ok) {
@@ -48,10 +50,13 @@ void index_file(const std::string& path, uint32_t file, bool text, bool skip_bad
 MixResult mix_jsonl(const std::string& out, const MixOptions& opt,
                     const std::function<void(const std::string&)>& on_skip,
                     const std::function<void(int64_t, int64_t)>& progress) {
-  if (opt.text_files.empty() && opt.sft_files.empty()) throw Error("mix: give --text and/or --sft files");
-  if (opt.text_share >= 0 && !(opt.text_share <= 1)) throw Error("mix: --text-share must be in [0, 1]");
+  if (opt.text_files.empty() && opt.sft_files.empty())
+    throw Error("mix: give --text and/or --sft files");
+  if (opt.text_share >= 0 && !(opt.text_share <= 1))
+    throw Error("mix: --text-share must be in [0, 1]");
   if (opt.total < 0) throw Error("mix: --total must be >= 0");
-  if (opt.text_share < 0 && opt.total > 0) throw Error("mix: --total needs --text-share (the union takes everything)");
+  if (opt.text_share < 0 && opt.total > 0)
+    throw Error("mix: --total needs --text-share (the union takes everything)");
   data::refuse_existing(out, "--out");
   std::vector<std::string> files;
   std::vector<Ref> text, sft;
@@ -84,9 +89,10 @@ MixResult mix_jsonl(const std::string& out, const MixOptions& opt,
     }
     const int64_t nt = std::llround(s * double(total)), ns = total - nt;
     if (nt > int64_t(text.size()) || ns > int64_t(sft.size()))
-      throw Error("mix: " + std::to_string(total) + " records at text share " + std::to_string(s) + " need " +
-                  std::to_string(nt) + " text and " + std::to_string(ns) + " instruction records; the inputs have " +
-                  std::to_string(text.size()) + " and " + std::to_string(sft.size()));
+      throw Error("mix: " + std::to_string(total) + " records at text share " + std::to_string(s) +
+                  " need " + std::to_string(nt) + " text and " + std::to_string(ns) +
+                  " instruction records; the inputs have " + std::to_string(text.size()) + " and " +
+                  std::to_string(sft.size()));
     std::shuffle(text.begin(), text.end(), rng);
     std::shuffle(sft.begin(), sft.end(), rng);
     chosen.assign(text.begin(), text.begin() + nt);
@@ -109,7 +115,8 @@ MixResult mix_jsonl(const std::string& out, const MixOptions& opt,
     line.resize(c.length);
     in.clear();
     in.seekg(c.offset);
-    if (!in.read(line.data(), c.length)) throw Error(files[c.file] + ": changed while mixing (short read)");
+    if (!in.read(line.data(), c.length))
+      throw Error(files[c.file] + ": changed while mixing (short read)");
     writer.write_line(line);
     if (progress && i % 4096 == 0) progress(int64_t(i), int64_t(chosen.size()));
   }

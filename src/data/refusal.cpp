@@ -15,11 +15,11 @@ namespace {
 // A quantity: a premise (leaf) or a formula over its children.
 struct Node {
   std::string name, unit;
-  char op = 0;              // 0 leaf, '+', '-', '*', '/'
-  std::vector<int> kids;    // indices into the tree
-  double lo = 0, hi = 0;    // leaf values drawn in [lo, hi]
-  int decimals = 0;         // of a leaf value
-  std::string sentence;     // leaf: premise with {v}
+  char op = 0;            // 0 leaf, '+', '-', '*', '/'
+  std::vector<int> kids;  // indices into the tree
+  double lo = 0, hi = 0;  // leaf values drawn in [lo, hi]
+  int decimals = 0;       // of a leaf value
+  std::string sentence;   // leaf: premise with {v}
 };
 
 Node formula_node(std::string name, std::string unit, char op, std::vector<int> kids) {
@@ -127,7 +127,8 @@ void refusal_records(const RefusalOptions& opt, const std::function<void(nlohman
   if (opt.n < 0) throw Error("refusal: -n must be >= 0");
   if (!(opt.unanswerable_share >= 0 && opt.unanswerable_share <= 1))
     throw Error("refusal: --unanswerable-share must be in [0, 1]");
-  if (opt.cut_depth < 0 || opt.cut_depth > 3) throw Error("refusal: --cut-depth must be 0 (any), 1, 2 or 3");
+  if (opt.cut_depth < 0 || opt.cut_depth > 3)
+    throw Error("refusal: --cut-depth must be 0 (any), 1, 2 or 3");
   const auto all = trees();
   std::vector<const Tree*> usable;
   for (const auto& t : all) {
@@ -138,7 +139,8 @@ void refusal_records(const RefusalOptions& opt, const std::function<void(nlohman
       has |= t.nodes[i].op == 0 && !t.nodes[i].sentence.empty() && d[i] == opt.cut_depth;
     if (has) usable.push_back(&t);
   }
-  if (usable.empty()) throw Error("refusal: no tree has a premise at depth " + std::to_string(opt.cut_depth));
+  if (usable.empty())
+    throw Error("refusal: no tree has a premise at depth " + std::to_string(opt.cut_depth));
   std::mt19937_64 rng(opt.seed);
   for (int64_t r = 0; r < opt.n; ++r) {
     const Tree& t = *usable[size_t(r) % usable.size()];
@@ -157,8 +159,10 @@ void refusal_records(const RefusalOptions& opt, const std::function<void(nlohman
       premises.push_back(i);
     }
     for (size_t i = 0; i < t.nodes.size(); ++i)
-      if (t.nodes[i].op == 0 && t.nodes[i].sentence.empty()) leaf[i] = values[t.nodes[i].name].get<double>();
-    const bool unanswerable = std::uniform_real_distribution<double>(0, 1)(rng) < opt.unanswerable_share;
+      if (t.nodes[i].op == 0 && t.nodes[i].sentence.empty())
+        leaf[i] = values[t.nodes[i].name].get<double>();
+    const bool unanswerable =
+        std::uniform_real_distribution<double>(0, 1)(rng) < opt.unanswerable_share;
     int64_t cut = -1;
     if (unanswerable) {
       std::vector<size_t> at;
@@ -184,9 +188,11 @@ void refusal_records(const RefusalOptions& opt, const std::function<void(nlohman
       for (const auto& n : t.nodes)
         for (int k : n.kids)
           if (k == cut) parent = n.name;
-      answer = "无法回答。题目没有给出" + gone.name + "，而计算" + parent + "需要这一数据" +
-               (parent == t.nodes[0].name ? "" : "，" + parent + "又是计算" + t.nodes[0].name + "所必需的") +
-               "，因此无法求出" + t.nodes[0].name + "。请补充" + gone.name + "后再计算。";
+      answer =
+          "无法回答。题目没有给出" + gone.name + "，而计算" + parent + "需要这一数据" +
+          (parent == t.nodes[0].name ? ""
+                                     : "，" + parent + "又是计算" + t.nodes[0].name + "所必需的") +
+          "，因此无法求出" + t.nodes[0].name + "。请补充" + gone.name + "后再计算。";
       rec["cut"] = {{"name", gone.name}, {"depth", depth[size_t(cut)]}};
     } else {
       // worked answer: every formula node, deepest first
@@ -207,8 +213,10 @@ void refusal_records(const RefusalOptions& opt, const std::function<void(nlohman
           nums += (k ? op : "") + number(v, c.op == 0 ? c.decimals : 4) + c.unit;
         }
         const double v = shown(n, eval(t, leaf, i));
-        // intermediate results with 4 decimals so that the next step recomputes to the rounded answer
-        answer += n.name + " = " + names + " = " + nums + " = " + number(v, i == 0 ? 2 : 4) + n.unit + "；";
+        // intermediate results with 4 decimals so that the next step recomputes to the rounded
+        // answer
+        answer += n.name + " = " + names + " = " + nums + " = " + number(v, i == 0 ? 2 : 4) +
+                  n.unit + "；";
       }
       const double v = shown(t.nodes[0], eval(t, leaf, 0));
       answer.pop_back();  // the last "；" is 3 bytes
@@ -218,7 +226,8 @@ void refusal_records(const RefusalOptions& opt, const std::function<void(nlohman
       rec["answer"] = std::stod(number(v, 2));  // the number the answer text shows
     }
     rec["values"] = values;
-    rec["messages"] = {{{"role", "user"}, {"content", question}}, {{"role", "assistant"}, {"content", answer}}};
+    rec["messages"] = {{{"role", "user"}, {"content", question}},
+                       {{"role", "assistant"}, {"content", answer}}};
     sink(std::move(rec));
   }
 }

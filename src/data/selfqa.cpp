@@ -73,7 +73,8 @@ std::vector<std::string> pieces(const std::string& text, int64_t max) {
 std::string normalized(const std::string& s) {
   std::string out;
   for (unsigned char c : s)
-    if (c != ' ' && c != '\t' && c != '\n' && c != '\r') out += char(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
+    if (c != ' ' && c != '\t' && c != '\n' && c != '\r')
+      out += char(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
   return out;
 }
 
@@ -87,7 +88,8 @@ class Endpoint {
     base_ = opt.url.substr(0, slash);
     std::string prefix = slash == std::string::npos ? "" : opt.url.substr(slash);
     while (!prefix.empty() && prefix.back() == '/') prefix.pop_back();
-    if (prefix.size() >= 3 && prefix.compare(prefix.size() - 3, 3, "/v1") == 0) prefix.resize(prefix.size() - 3);
+    if (prefix.size() >= 3 && prefix.compare(prefix.size() - 3, 3, "/v1") == 0)
+      prefix.resize(prefix.size() - 3);
     path_ = prefix + "/v1/chat/completions";
   }
 
@@ -122,21 +124,24 @@ class Endpoint {
         continue;
       }
       if (res->status != 200)
-        throw Error(opt_.url + path_ + ": HTTP " + std::to_string(res->status) + ": " + res->body.substr(0, 300));
+        throw Error(opt_.url + path_ + ": HTTP " + std::to_string(res->status) + ": " +
+                    res->body.substr(0, 300));
       nlohmann::json j;
       try {
         j = parse_json(res->body, opt_.url + path_ + " reply");
       } catch (const Error& e) {
         throw Error(std::string(e.what()));
       }
-      if (!j.is_object() || !j.contains("choices") || !j["choices"].is_array() || j["choices"].empty() ||
-          !j["choices"][0].is_object() || !j["choices"][0].contains("message") ||
-          !j["choices"][0]["message"].is_object() || !j["choices"][0]["message"].contains("content") ||
+      if (!j.is_object() || !j.contains("choices") || !j["choices"].is_array() ||
+          j["choices"].empty() || !j["choices"][0].is_object() ||
+          !j["choices"][0].contains("message") || !j["choices"][0]["message"].is_object() ||
+          !j["choices"][0]["message"].contains("content") ||
           !j["choices"][0]["message"]["content"].is_string())
         throw Error(opt_.url + path_ + ": reply without a string choices[0].message.content");
       return j["choices"][0]["message"]["content"].get<std::string>();
     }
-    throw Error(opt_.url + path_ + ": gave up after " + std::to_string(opt_.retries + 1) + " tries: " + last);
+    throw Error(opt_.url + path_ + ": gave up after " + std::to_string(opt_.retries + 1) +
+                " tries: " + last);
   }
 
   std::atomic<int64_t> requests{0}, retried{0};
@@ -150,17 +155,23 @@ class Endpoint {
 std::string question_prompt(const std::string& doc, int n) {
   if (has_cjk(doc))
     return "以下是一段没有标注的文档。请根据文档内容提出" + std::to_string(n) +
-           "个问题，这些问题必须能仅凭文档内容回答。每行写一个问题，以问号结尾，不要写答案。\n\n文档：\n" + doc;
+           "个问题，这些问题必须能仅凭文档内容回答。每行写一个问题，以问号结尾，不要写答案。\n\n文"
+           "档：\n" +
+           doc;
   return "Below is an unlabelled document. Write " + std::to_string(n) +
-         " questions that the document alone answers. One question per line, each ending with a question mark; "
-         "no answers.\n\nDocument:\n" + doc;
+         " questions that the document alone answers. One question per line, each ending with a "
+         "question mark; "
+         "no answers.\n\nDocument:\n" +
+         doc;
 }
 
 std::string answer_prompt(const std::string& doc, const std::string& q) {
   if (has_cjk(doc))
-    return "请仅根据下面的文档回答问题，回答要完整准确，不要提及“文档”本身。\n\n文档：\n" + doc + "\n\n问题：" + q;
+    return "请仅根据下面的文档回答问题，回答要完整准确，不要提及“文档”本身。\n\n文档：\n" + doc +
+           "\n\n问题：" + q;
   return "Answer the question from the document below only. Answer completely and do not mention "
-         "\"the document\".\n\nDocument:\n" + doc + "\n\nQuestion: " + q;
+         "\"the document\".\n\nDocument:\n" +
+         doc + "\n\nQuestion: " + q;
 }
 
 }  // namespace
@@ -179,16 +190,21 @@ std::vector<std::string> parse_questions(const std::string& reply) {
     if (l.rfind("问题", 0) == 0) {
       size_t k = std::string("问题").size();
       while (k < l.size() && l[k] >= '0' && l[k] <= '9') ++k;
-      if (l.compare(k, 3, "：") == 0) l = trim(l.substr(k + 3));
-      else if (k < l.size() && l[k] == ':') l = trim(l.substr(k + 1));
+      if (l.compare(k, 3, "：") == 0)
+        l = trim(l.substr(k + 3));
+      else if (k < l.size() && l[k] == ':')
+        l = trim(l.substr(k + 1));
     }
     size_t k = 0;
     while (k < l.size() && l[k] >= '0' && l[k] <= '9') ++k;
     if (k > 0 && k <= 3) {
-      if (l.compare(k, 1, ".") == 0 || l.compare(k, 1, ")") == 0) l = trim(l.substr(k + 1));
-      else if (l.compare(k, 3, "、") == 0 || l.compare(k, 3, "．") == 0) l = trim(l.substr(k + 3));
+      if (l.compare(k, 1, ".") == 0 || l.compare(k, 1, ")") == 0)
+        l = trim(l.substr(k + 1));
+      else if (l.compare(k, 3, "、") == 0 || l.compare(k, 3, "．") == 0)
+        l = trim(l.substr(k + 3));
     }
-    const bool question = (!l.empty() && l.back() == '?') || (l.size() >= 3 && l.compare(l.size() - 3, 3, "？") == 0);
+    const bool question =
+        (!l.empty() && l.back() == '?') || (l.size() >= 3 && l.compare(l.size() - 3, 3, "？") == 0);
     if (question && l.size() > 3) out.push_back(l);
     if (e == reply.size()) break;
   }
@@ -198,9 +214,11 @@ std::vector<std::string> parse_questions(const std::string& reply) {
 SelfQaResult selfqa_jsonl(const std::string& in, const std::string& out, const SelfQaOptions& opt,
                           const std::function<void(const std::string&)>& log,
                           const std::function<void(int64_t, int64_t)>& progress) {
-  if (opt.questions_per_doc < 1 || opt.questions_per_doc > 50) throw Error("selfqa: --questions must be in [1, 50]");
+  if (opt.questions_per_doc < 1 || opt.questions_per_doc > 50)
+    throw Error("selfqa: --questions must be in [1, 50]");
   if (opt.max_doc_chars < 100) throw Error("selfqa: --max-doc-chars must be at least 100");
-  if (opt.retries < 0 || opt.concurrency < 1) throw Error("selfqa: --retries >= 0 and --concurrency >= 1");
+  if (opt.retries < 0 || opt.concurrency < 1)
+    throw Error("selfqa: --retries >= 0 and --concurrency >= 1");
   if (!(opt.requests_per_s >= 0) || !(opt.timeout_s > 0) || !(opt.backoff_s >= 0))
     throw Error("selfqa: --rps >= 0, --timeout > 0, --backoff >= 0");
   data::refuse_existing(out, "--out");
@@ -213,7 +231,9 @@ SelfQaResult selfqa_jsonl(const std::string& in, const std::string& out, const S
   struct stat st {};
   if (::stat(partial.c_str(), &st) == 0) {
     if (!opt.resume)
-      throw Error(partial + " exists: an earlier run stopped before the end; --resume continues it (or remove it)");
+      throw Error(
+          partial +
+          " exists: an earlier run stopped before the end; --resume continues it (or remove it)");
     std::ifstream p(partial);
     std::string line;
     int64_t n = 0;
@@ -226,7 +246,9 @@ SelfQaResult selfqa_jsonl(const std::string& in, const std::string& out, const S
         good.push_back(line);
       } catch (const std::exception&) {
         // a line cut by the stop: the document is done again
-        if (log) log(partial + ":" + std::to_string(n) + ": incomplete line dropped; that document is redone");
+        if (log)
+          log(partial + ":" + std::to_string(n) +
+              ": incomplete line dropped; that document is redone");
       }
     }
     // rewrite without the cut line so that appends start on a line of their own
@@ -260,9 +282,11 @@ SelfQaResult selfqa_jsonl(const std::string& in, const std::string& out, const S
         try {
           nlohmann::json qa = nlohmann::json::array();
           for (const auto& piece : pieces(batch[i].text, opt.max_doc_chars)) {
-            const auto questions = parse_questions(endpoint.chat(question_prompt(piece, opt.questions_per_doc)));
+            const auto questions =
+                parse_questions(endpoint.chat(question_prompt(piece, opt.questions_per_doc)));
             for (size_t q = 0; q < questions.size() && q < size_t(opt.questions_per_doc); ++q)
-              qa.push_back({{"question", questions[q]}, {"answer", trim(endpoint.chat(answer_prompt(piece, questions[q])))}});
+              qa.push_back({{"question", questions[q]},
+                            {"answer", trim(endpoint.chat(answer_prompt(piece, questions[q])))}});
           }
           const std::string line = nlohmann::json{{"doc_line", batch[i].line}, {"qa", qa}}.dump(
               -1, ' ', false, nlohmann::json::error_handler_t::replace);
@@ -277,12 +301,14 @@ SelfQaResult selfqa_jsonl(const std::string& in, const std::string& out, const S
       }
     };
     std::vector<std::thread> pool;
-    for (int t = 1; t < std::min<int>(opt.concurrency, int(batch.size())); ++t) pool.emplace_back(work);
+    for (int t = 1; t < std::min<int>(opt.concurrency, int(batch.size())); ++t)
+      pool.emplace_back(work);
     work();
     for (auto& t : pool) t.join();
     batch.clear();
     if (!failure.empty())
-      throw Error(failure + " (the documents finished so far are kept in " + partial + "; --resume continues)");
+      throw Error(failure + " (the documents finished so far are kept in " + partial +
+                  "; --resume continues)");
     if (progress) progress(reader.bytes_read(), reader.size());
   };
   nlohmann::json rec;
@@ -324,11 +350,13 @@ SelfQaResult selfqa_jsonl(const std::string& in, const std::string& out, const S
         ++r.empty;
         continue;
       }
-      if (!seen.insert(normalized(q) + "\x1f" + normalized(a)).second || !seen.insert("q\x1f" + normalized(q)).second) {
+      if (!seen.insert(normalized(q) + "\x1f" + normalized(a)).second ||
+          !seen.insert("q\x1f" + normalized(q)).second) {
         ++r.duplicates;
         continue;
       }
-      writer.write({{"messages", {{{"role", "user"}, {"content", q}}, {{"role", "assistant"}, {"content", a}}}},
+      writer.write({{"messages",
+                     {{{"role", "user"}, {"content", q}}, {{"role", "assistant"}, {"content", a}}}},
                     {"source_line", doc}});
     }
   writer.commit();

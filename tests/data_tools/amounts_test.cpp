@@ -122,7 +122,8 @@ TEST(Amounts, ExamplesOfTheWritingRules) {
   EXPECT_EQ(amount_to_upper(50), "伍角");
   EXPECT_EQ(amount_to_upper(5), "伍分");
   EXPECT_EQ(amount_to_upper(0), "零元整");
-  EXPECT_EQ(amount_to_upper(kMaxAmountCents), "玖仟玖佰玖拾玖万玖仟玖佰玖拾玖亿玖仟玖佰玖拾玖万玖仟玖佰玖拾玖元玖角玖分");
+  EXPECT_EQ(amount_to_upper(kMaxAmountCents),
+            "玖仟玖佰玖拾玖万玖仟玖佰玖拾玖亿玖仟玖佰玖拾玖万玖仟玖佰玖拾玖元玖角玖分");
 }
 
 TEST(Amounts, CommonVariantsAreRead) {

@@ -64,8 +64,9 @@ std::vector<size_t> reference_greedy(const std::vector<std::string>& texts, size
 
 std::vector<std::string> tiny_pool(uint64_t seed, int n) {
   std::mt19937_64 rng(seed);
-  const std::vector<std::string> words = {"loan", "rate", "bond", "yield", "cash", "flow", "tax", "fund",
-                                          "stock", "risk", "asset", "debt", "equity", "margin"};
+  const std::vector<std::string> words = {"loan",  "rate", "bond",   "yield", "cash",
+                                          "flow",  "tax",  "fund",   "stock", "risk",
+                                          "asset", "debt", "equity", "margin"};
   std::vector<std::string> out;
   for (int i = 0; i < n; ++i) {
     std::string s;
@@ -125,12 +126,14 @@ TEST(Compress, EntropyGreedyPicksTheLargestCodeLengthIncreaseEachStep) {
       }
       auto with = so_far;
       with.push_back(pick[step]);
-      EXPECT_NEAR(entropy_bits(texts, with) - base, best, 1e-6) << "seed " << seed << " step " << step;
+      EXPECT_NEAR(entropy_bits(texts, with) - base, best, 1e-6)
+          << "seed " << seed << " step " << step;
       so_far.push_back(pick[step]);
     }
     // the lazy greedy reaches nearly the same code length
     o.exact_greedy = false;
-    EXPECT_GE(entropy_bits(texts, greedy_select(texts, {}, 6, o)), 0.97 * entropy_bits(texts, pick));
+    EXPECT_GE(entropy_bits(texts, greedy_select(texts, {}, 6, o)),
+              0.97 * entropy_bits(texts, pick));
   }
 }
 
@@ -189,7 +192,8 @@ TEST(Compress, DuplicatesAddLittleAndHighQualityComesFirst) {
 }
 
 TEST(Compress, QuotasFollowProportionsWithAMinimumAndBalance) {
-  const std::vector<std::string> keys = {"c=a|d=easy", "c=a|d=hard", "c=b|d=easy", "c=b|d=hard", "c=z|d=easy"};
+  const std::vector<std::string> keys = {"c=a|d=easy", "c=a|d=hard", "c=b|d=easy", "c=b|d=hard",
+                                         "c=z|d=easy"};
   const std::vector<int64_t> sizes = {600, 200, 150, 40, 10};  // total 1000
   CompressOptions o;
   auto q = stratum_quotas(keys, sizes, 100, o);
@@ -217,7 +221,8 @@ TEST(Compress, QuotasFollowProportionsWithAMinimumAndBalance) {
   EXPECT_EQ(q[3], 40);
   EXPECT_EQ(q[2], 95 - 40 + 0);  // b gets 95: hard capped at 40, easy 55
   o.min_per_stratum = 10;
-  EXPECT_CONTAINS(message_of([&] { stratum_quotas(keys, sizes, 25, o); }), "below --min-per-stratum");
+  EXPECT_CONTAINS(message_of([&] { stratum_quotas(keys, sizes, 25, o); }),
+                  "below --min-per-stratum");
 }
 
 TEST(Compress, JsonlKeepsTheTargetPerStratumInInputOrder) {
@@ -232,7 +237,9 @@ TEST(Compress, JsonlKeepsTheTargetPerStratumInInputOrder) {
     const int difficulty = 1 + int(rng() % 6);
     const std::string bin = difficulty <= 2 ? "easy" : difficulty <= 4 ? "medium" : "hard";
     ++before["category=" + cat + "|difficulty=" + bin];
-    lines.push_back(nlohmann::json{{"text", texts[i]}, {"category", cat}, {"difficulty", difficulty},
+    lines.push_back(nlohmann::json{{"text", texts[i]},
+                                   {"category", cat},
+                                   {"difficulty", difficulty},
                                    {"quality", double(rng() % 60) / 10.0}}
                         .dump());
   }
@@ -274,7 +281,8 @@ TEST(Compress, JsonlKeepsTheTargetPerStratumInInputOrder) {
 
 TEST(Compress, BadInputIsNamed) {
   datatest::TempDir dir("compress-bad");
-  datatest::write(dir / "pool.jsonl", "{\"text\": \"a b c\", \"category\": \"x\"}\n{\"text\": \"d e f\"}\n");
+  datatest::write(dir / "pool.jsonl",
+                  "{\"text\": \"a b c\", \"category\": \"x\"}\n{\"text\": \"d e f\"}\n");
   CompressOptions o;
   o.strata_fields = {"category"};
   o.target = 1;
@@ -286,7 +294,8 @@ TEST(Compress, BadInputIsNamed) {
   EXPECT_EQ(r.skipped, 1);
   EXPECT_EQ(r.selected, 1);
   o.ratio = 0.5;
-  EXPECT_CONTAINS(message_of([&] { compress_jsonl(dir / "pool.jsonl", dir / "o2.jsonl", o); }), "give one of --target");
+  EXPECT_CONTAINS(message_of([&] { compress_jsonl(dir / "pool.jsonl", dir / "o2.jsonl", o); }),
+                  "give one of --target");
 }
 
 }  // namespace

@@ -152,8 +152,8 @@ TEST(NearDedup, LshPairsHaveHighRecallAndPrecisionAgainstBruteForce) {
     const int n = o.num_perm, need = int(std::ceil(o.threshold * n - 1e-9));
     double p = 0;
     for (int k = need; k <= n; ++k)
-      p += std::exp(std::lgamma(n + 1) - std::lgamma(k + 1) - std::lgamma(n - k + 1) + k * std::log(j) +
-                    (n - k) * std::log1p(-j));
+      p += std::exp(std::lgamma(n + 1) - std::lgamma(k + 1) - std::lgamma(n - k + 1) +
+                    k * std::log(j) + (n - k) * std::log1p(-j));
     return p;
   };
   double expected = 0;
@@ -180,9 +180,10 @@ TEST(NearDedup, LshPairsHaveHighRecallAndPrecisionAgainstBruteForce) {
     }
   ASSERT_GT(truth, 200);
   const double recall = double(true_pos) / truth, precision = double(true_pos) / double(got.size());
-  std::cout << "pairs at J >= " << o.threshold << ": " << truth << ", recall " << recall << " (expected "
-            << expected / truth << "), precision " << precision << ", recall at J >= " << o.threshold + 0.1
-            << ": " << double(sure_found) / sure << "\n";
+  std::cout << "pairs at J >= " << o.threshold << ": " << truth << ", recall " << recall
+            << " (expected " << expected / truth << "), precision " << precision
+            << ", recall at J >= " << o.threshold + 0.1 << ": " << double(sure_found) / sure
+            << "\n";
   EXPECT_NEAR(recall, expected / truth, 0.06);
   EXPECT_GE(recall, 0.75);
   EXPECT_GE(precision, 0.85);
@@ -224,13 +225,15 @@ TEST(NearDedup, StreamingKeepsTheFirstOfEachClusterAndReportsTheRest) {
     kept_sets.push_back(shingle_set(texts[pos]));
   }
   for (size_t i = 0; i < kept_sets.size(); ++i)
-    for (size_t k = i + 1; k < kept_sets.size(); ++k) EXPECT_LT(jaccard(kept_sets[i], kept_sets[k]), 0.85);
+    for (size_t k = i + 1; k < kept_sets.size(); ++k)
+      EXPECT_LT(jaccard(kept_sets[i], kept_sets[k]), 0.85);
   // every removed record resembles the record it was removed for
   int64_t removed = 0;
   for (const auto& l : datatest::lines_of(dir / "removed.jsonl")) {
     const auto j = nlohmann::json::parse(l);
     const int64_t line = j["line"], of = j["duplicate_of"];
-    const double sim = jaccard(shingle_set(texts[size_t(line - 1)]), shingle_set(texts[size_t(of - 1)]));
+    const double sim =
+        jaccard(shingle_set(texts[size_t(line - 1)]), shingle_set(texts[size_t(of - 1)]));
     EXPECT_GE(sim, 0.55) << line << " " << of;
     EXPECT_LT(of, line);
     EXPECT_EQ(j["record"]["id"], line - 1);
@@ -262,20 +265,25 @@ TEST(NearDedup, StreamingKeepsTheFirstOfEachClusterAndReportsTheRest) {
 
 TEST(NearDedup, BadInputNamesFileAndLineAndNothingIsWritten) {
   datatest::TempDir dir("dedup-bad");
-  datatest::write(dir / "in.jsonl", "{\"text\": \"abcdefg\"}\n{\"text\": \"abc\n{\"other\": 1}\n{\"text\": \"abcdefg\"}\n");
+  datatest::write(
+      dir / "in.jsonl",
+      "{\"text\": \"abcdefg\"}\n{\"text\": \"abc\n{\"other\": 1}\n{\"text\": \"abcdefg\"}\n");
   DedupOptions o;
-  EXPECT_CONTAINS(message_of([&] { dedup_jsonl(dir / "in.jsonl", dir / "out.jsonl", "", o); }), "in.jsonl:2");
+  EXPECT_CONTAINS(message_of([&] { dedup_jsonl(dir / "in.jsonl", dir / "out.jsonl", "", o); }),
+                  "in.jsonl:2");
   EXPECT_FALSE(std::filesystem::exists(dir / "out.jsonl"));
   o.skip_bad = true;
   std::vector<std::string> skipped;
-  const auto r = dedup_jsonl(dir / "in.jsonl", dir / "out.jsonl", "", o, [&](const std::string& m) { skipped.push_back(m); });
+  const auto r = dedup_jsonl(dir / "in.jsonl", dir / "out.jsonl", "", o,
+                             [&](const std::string& m) { skipped.push_back(m); });
   EXPECT_EQ(r.skipped, 2);
   ASSERT_EQ(skipped.size(), 2u);
   EXPECT_CONTAINS(skipped[1], "in.jsonl:3: no text");
   EXPECT_EQ(r.kept, 1);
   EXPECT_EQ(r.removed_exact, 1);
   // an existing output is refused
-  EXPECT_CONTAINS(message_of([&] { dedup_jsonl(dir / "in.jsonl", dir / "out.jsonl", "", o); }), "refusing to overwrite");
+  EXPECT_CONTAINS(message_of([&] { dedup_jsonl(dir / "in.jsonl", dir / "out.jsonl", "", o); }),
+                  "refusing to overwrite");
   o.bands = 50;
   o.rows = 3;
   EXPECT_CONTAINS(message_of([&] { MinHasher m(o); }), "exceeds --num-perm");

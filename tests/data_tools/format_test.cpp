@@ -22,7 +22,8 @@ TEST(FormatCheck, JsonKeys) {
   EXPECT_EQ(check_format(c, R"({"answer": 1})").reason, "missing key 'reason'");
   EXPECT_EQ(check_format(c, "[1, 2]").reason, "JSON is not an object");
   EXPECT_EQ(check_format(c, "answer: 1").reason, "not valid JSON");
-  EXPECT_EQ(check_format(c, "```json\n{\"answer\": 1, \"reason\": 2}\n```\nmore").reason, "text after the code fence");
+  EXPECT_EQ(check_format(c, "```json\n{\"answer\": 1, \"reason\": 2}\n```\nmore").reason,
+            "text after the code fence");
   json exact = c;
   exact["exact"] = true;
   EXPECT_FALSE(ok(exact, R"({"answer": 1, "reason": "x", "extra": 2})"));
@@ -31,11 +32,13 @@ TEST(FormatCheck, JsonKeys) {
 
 TEST(FormatCheck, MarkdownTable) {
   const json c = {{"type", "markdown_table"}, {"columns", 3}, {"min_rows", 2}};
-  const std::string good = "Here:\n\n| a | b | c |\n|---|:---:|---:|\n| 1 | 2 | 3 |\n| 4 | 5 \\| 6 | 7 |\n\nDone.";
+  const std::string good =
+      "Here:\n\n| a | b | c |\n|---|:---:|---:|\n| 1 | 2 | 3 |\n| 4 | 5 \\| 6 | 7 |\n\nDone.";
   EXPECT_TRUE(ok(c, good));
   EXPECT_EQ(check_format(c, "| a | b | c |\n|---|---|---|\n| 1 | 2 | 3 |").reason,
             "table has 1 rows, expected at least 2");
-  EXPECT_EQ(check_format(c, "| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |").reason, "table has 2 columns, expected 3");
+  EXPECT_EQ(check_format(c, "| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |").reason,
+            "table has 2 columns, expected 3");
   EXPECT_EQ(check_format(c, "| a | b | c |\n| 1 | 2 | 3 |\n| 4 | 5 | 6 |").reason,
             "no Markdown table (header row and |---| separator)");
   EXPECT_EQ(check_format(c, "| a | b | c |\n|---|---|---|\n| 1 | 2 | 3 |\n| 4 | 5 |").reason,
@@ -57,16 +60,26 @@ TEST(FormatCheck, BulletsAndLength) {
 }
 
 TEST(FormatCheck, MalformedConstraintsAreNamed) {
-  EXPECT_CONTAINS(message_of([] { check_format(json{{"type", "yaml"}}, "x"); }), "unknown type 'yaml'");
+  EXPECT_CONTAINS(message_of([] {
+                    check_format(json{{"type", "yaml"}}, "x");
+                  }),
+                  "unknown type 'yaml'");
   EXPECT_CONTAINS(message_of([] { check_format(json::array(), "x"); }), "string 'type'");
   EXPECT_CONTAINS(message_of([] { check_format(json{{"type", "json_keys"}}, "{}"); }), "'keys'");
-  EXPECT_CONTAINS(message_of([] { check_format(json{{"type", "bullets"}, {"count", -1}}, "x"); }), "'count'");
-  EXPECT_CONTAINS(message_of([] { check_format(json{{"type", "bullets"}}, "x"); }), "'count' is required");
+  EXPECT_CONTAINS(message_of([] {
+                    check_format(json{{"type", "bullets"}, {"count", -1}}, "x");
+                  }),
+                  "'count'");
+  EXPECT_CONTAINS(message_of([] {
+                    check_format(json{{"type", "bullets"}}, "x");
+                  }),
+                  "'count' is required");
 }
 
 TEST(FormatCheck, SentencesSplitAfterChineseAndLatinStops) {
   EXPECT_EQ(split_sentences("利率上升。债券价格下跌！为什么？因为 rates rose. Yes\nok"),
-            (std::vector<std::string>{"利率上升。", "债券价格下跌！", "为什么？", "因为 rates rose.", "Yes", "ok"}));
+            (std::vector<std::string>{"利率上升。", "债券价格下跌！", "为什么？",
+                                      "因为 rates rose.", "Yes", "ok"}));
   EXPECT_EQ(split_sentences("3.5% is the rate"), (std::vector<std::string>{"3.5% is the rate"}));
 }
 
@@ -74,8 +87,10 @@ TEST(FormatData, EveryMadeRecordPassesItsOwnCheckAndTheOriginalAnswerFails) {
   datatest::TempDir dir("format");
   std::string in;
   const std::vector<std::pair<std::string, std::string>> qa = {
-      {"什么是久期？", "久期衡量债券价格对利率的敏感度。久期越长，利率风险越大。零息债券的久期等于期限。"},
-      {"What is a bond?", "A bond is a loan to an issuer. It pays coupons. The principal is repaid at maturity."},
+      {"什么是久期？",
+       "久期衡量债券价格对利率的敏感度。久期越长，利率风险越大。零息债券的久期等于期限。"},
+      {"What is a bond?",
+       "A bond is a loan to an issuer. It pays coupons. The principal is repaid at maturity."},
       {"什么是利率？", "利率是资金的价格。"},
       {"Explain | pipes.", "A | B is a pipe. It separates cells."}};
   for (int i = 0; i < 200; ++i) {
@@ -83,8 +98,12 @@ TEST(FormatData, EveryMadeRecordPassesItsOwnCheckAndTheOriginalAnswerFails) {
     if (i % 2)
       in += json{{"instruction", q}, {"input", ""}, {"output", a}}.dump() + "\n";
     else
-      in += json{{"messages", {{{"role", "system"}, {"content", "s"}}, {{"role", "user"}, {"content", q}},
-                               {{"role", "assistant"}, {"content", a}}}}}.dump() + "\n";
+      in += json{{"messages",
+                  {{{"role", "system"}, {"content", "s"}},
+                   {{"role", "user"}, {"content", q}},
+                   {{"role", "assistant"}, {"content", a}}}}}
+                .dump() +
+            "\n";
   }
   datatest::write(dir / "in.jsonl", in);
   FormatMakeOptions o;
@@ -120,8 +139,9 @@ TEST(FormatData, EveryMadeRecordPassesItsOwnCheckAndTheOriginalAnswerFails) {
   co.constraint = R"({"type": "bullets", "count": 7})";
   const auto c2 = check_format_jsonl(dir / "out.jsonl", "", dir / "failed.jsonl", co);
   EXPECT_EQ(c2.passed, 0);
-  EXPECT_EQ(json::parse(datatest::lines_of(dir / "failed.jsonl")[0])["format_error"].get<std::string>().find(
-                "bullet points, expected 7") != std::string::npos,
+  EXPECT_EQ(json::parse(datatest::lines_of(dir / "failed.jsonl")[0])["format_error"]
+                    .get<std::string>()
+                    .find("bullet points, expected 7") != std::string::npos,
             true);
   // weights: only bullets; single-sentence answers are unusable for it
   o.weights = {{"bullets", 1}};
@@ -139,7 +159,8 @@ TEST(FormatData, BadRecordsAreNamed) {
                   "in.jsonl:1: no 'format' constraint");
   FormatMakeOptions o;
   o.weights = {{"latex", 1}};
-  EXPECT_CONTAINS(message_of([&] { make_format_jsonl(dir / "in.jsonl", dir / "o.jsonl", o); }), "unknown type 'latex'");
+  EXPECT_CONTAINS(message_of([&] { make_format_jsonl(dir / "in.jsonl", dir / "o.jsonl", o); }),
+                  "unknown type 'latex'");
 }
 
 }  // namespace

@@ -24,12 +24,14 @@ Inputs write_inputs(const datatest::TempDir& dir) {
   Inputs in;
   std::string a, b, c;
   for (int i = 0; i < 300; ++i) {
-    in.text_lines.push_back(json{{"text", "金融文本 " + std::to_string(i)}, {"z", 1}, {"a", 2}}.dump());
+    in.text_lines.push_back(
+        json{{"text", std::string("金融文本 ").append(std::to_string(i))}, {"z", 1}, {"a", 2}}.dump());
     (i % 3 ? a : b) += in.text_lines.back() + (i % 7 ? "\n" : "\r\n");
   }
   for (int i = 0; i < 100; ++i) {
-    in.sft_lines.push_back(json{{"messages", {{{"role", "user"}, {"content", "q" + std::to_string(i)}},
-                                              {{"role", "assistant"}, {"content", "a"}}}}}
+    in.sft_lines.push_back(json{{"messages",
+                                 {{{"role", "user"}, {"content", std::string("q").append(std::to_string(i))}},
+                                  {{"role", "assistant"}, {"content", "a"}}}}}
                                .dump());
     c += in.sft_lines.back() + "\n";
   }
@@ -59,7 +61,8 @@ TEST(Mix, TheUnionIsAShuffledPermutationOfTheInputs) {
   EXPECT_EQ(sorted_out, expected);  // every record once, byte for byte
   // shuffled: instruction records are spread over the stream, not in a block
   int sft_first_half = 0;
-  for (size_t i = 0; i < out.size() / 2; ++i) sft_first_half += out[i].find("messages") != std::string::npos;
+  for (size_t i = 0; i < out.size() / 2; ++i)
+    sft_first_half += out[i].find("messages") != std::string::npos;
   EXPECT_NEAR(sft_first_half, 50, 15);
   // deterministic in the seed
   mix_jsonl(dir / "again.jsonl", o);
@@ -86,8 +89,10 @@ TEST(Mix, AShareTakesExactlyThatManyWithoutRepeats) {
   EXPECT_EQ(distinct.size(), 200u);
   int text = 0;
   for (const auto& l : out) {
-    const bool is_text = std::find(in.text_lines.begin(), in.text_lines.end(), l) != in.text_lines.end();
-    const bool is_sft = std::find(in.sft_lines.begin(), in.sft_lines.end(), l) != in.sft_lines.end();
+    const bool is_text =
+        std::find(in.text_lines.begin(), in.text_lines.end(), l) != in.text_lines.end();
+    const bool is_sft =
+        std::find(in.sft_lines.begin(), in.sft_lines.end(), l) != in.sft_lines.end();
     EXPECT_TRUE(is_text != is_sft) << l;
     text += is_text;
   }
@@ -100,17 +105,21 @@ TEST(Mix, AShareTakesExactlyThatManyWithoutRepeats) {
   EXPECT_EQ(m.sft_out, 100);
   o.text_share = 0.3;
   o.total = 200;
-  EXPECT_CONTAINS(message_of([&] { mix_jsonl(dir / "no.jsonl", o); }), "need 60 text and 140 instruction records");
+  EXPECT_CONTAINS(message_of([&] { mix_jsonl(dir / "no.jsonl", o); }),
+                  "need 60 text and 140 instruction records");
 }
 
 TEST(Mix, BadRecordsAreNamed) {
   datatest::TempDir dir("mix-bad");
   datatest::write(dir / "t.jsonl", "{\"text\": \"a\"}\n{\"messages\": []}\n");
-  datatest::write(dir / "s.jsonl", "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}]}\n{\"text\": \"b\"}\n");
+  datatest::write(
+      dir / "s.jsonl",
+      "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}]}\n{\"text\": \"b\"}\n");
   MixOptions o;
   o.text_files = {dir / "t.jsonl"};
   o.sft_files = {dir / "s.jsonl"};
-  EXPECT_CONTAINS(message_of([&] { mix_jsonl(dir / "out.jsonl", o); }), "t.jsonl:2: expected a string 'text'");
+  EXPECT_CONTAINS(message_of([&] { mix_jsonl(dir / "out.jsonl", o); }),
+                  "t.jsonl:2: expected a string 'text'");
   EXPECT_FALSE(std::filesystem::exists(dir / "out.jsonl"));
   o.skip_bad = true;
   const auto r = mix_jsonl(dir / "out.jsonl", o);

@@ -32,7 +32,8 @@ int count_of(const std::string& s, const std::string& what) {
 }
 
 TEST(Refusal, AnswersFollowTheFormulasAndCutsRemoveOneNamedPremise) {
-  const std::map<std::string, size_t> premises = {{"eps", 4}, {"pe", 3}, {"roe", 3}, {"deposit", 3}, {"cash", 3}};
+  const std::map<std::string, size_t> premises = {
+      {"eps", 4}, {"pe", 3}, {"roe", 3}, {"deposit", 3}, {"cash", 3}};
   RefusalOptions o;
   o.n = 1000;
   o.seed = 5;
@@ -41,7 +42,8 @@ TEST(Refusal, AnswersFollowTheFormulasAndCutsRemoveOneNamedPremise) {
   int unanswerable = 0;
   std::map<std::string, int> per_template;
   for (const auto& r : recs) {
-    const std::string id = r["template"], q = r["messages"][0]["content"], a = r["messages"][1]["content"];
+    const std::string id = r["template"], q = r["messages"][0]["content"],
+                      a = r["messages"][1]["content"];
     ++per_template[id];
     // one premise sentence per value given
     EXPECT_EQ(size_t(count_of(q, "。")), r["values"].size()) << q;

@@ -26,7 +26,8 @@ using nlohmann::json;
 class FakeEndpoint {
  public:
   FakeEndpoint() {
-    server_.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
+    server_.Post("/v1/chat/completions", [this](const httplib::Request& req,
+                                                httplib::Response& res) {
       const int64_t n = ++requests;
       if (n <= fail_first || (fail_after >= 0 && n > fail_after)) {
         res.status = status;
@@ -40,12 +41,14 @@ class FakeEndpoint {
       if (prompt.find("提出") != std::string::npos) {
         const std::string text = prompt.substr(doc + std::string("文档：\n").size());
         const std::string topic = text.substr(0, text.find("。"));
-        reply = "1. " + topic + "是什么意思？\n2) " + topic + "有什么影响？\n这一行不是问题\n3、" + topic + "是什么意思？";
+        reply = "1. " + topic + "是什么意思？\n2) " + topic + "有什么影响？\n这一行不是问题\n3、" +
+                topic + "是什么意思？";
       } else {
         reply = "回答：" + prompt.substr(prompt.find("问题：") + std::string("问题：").size());
       }
-      res.set_content(json{{"choices", {{{"message", {{"role", "assistant"}, {"content", reply}}}}}}}.dump(),
-                      "application/json");
+      res.set_content(
+          json{{"choices", {{{"message", {{"role", "assistant"}, {"content", reply}}}}}}}.dump(),
+          "application/json");
     });
     port_ = server_.bind_to_any_port("127.0.0.1");
     thread_ = std::thread([this] { server_.listen_after_bind(); });
@@ -69,9 +72,10 @@ class FakeEndpoint {
 };
 
 void write_docs(const datatest::TempDir& dir) {
-  datatest::write(dir / "docs.jsonl", json{{"text", "利率是资金的价格。它影响借贷成本。"}}.dump() + "\n" +
-                                          json{{"text", "久期衡量债券对利率的敏感度。"}}.dump() + "\n" +
-                                          json{{"text", "利率是资金的价格。它影响借贷成本。"}}.dump() + "\n");
+  datatest::write(dir / "docs.jsonl",
+                  json{{"text", "利率是资金的价格。它影响借贷成本。"}}.dump() + "\n" +
+                      json{{"text", "久期衡量债券对利率的敏感度。"}}.dump() + "\n" +
+                      json{{"text", "利率是资金的价格。它影响借贷成本。"}}.dump() + "\n");
 }
 
 SelfQaOptions options(const FakeEndpoint& e) {
@@ -103,7 +107,8 @@ TEST(SelfQa, PairsFromDocumentsWithRetriesAndDedup) {
   EXPECT_EQ(first["source_line"], 1);
   EXPECT_EQ(json::parse(lines[2])["source_line"], 2);
   EXPECT_FALSE(std::filesystem::exists(dir / "qa.jsonl.partial"));
-  EXPECT_CONTAINS(message_of([&] { selfqa_jsonl(dir / "docs.jsonl", dir / "qa.jsonl", o); }), "refusing to overwrite");
+  EXPECT_CONTAINS(message_of([&] { selfqa_jsonl(dir / "docs.jsonl", dir / "qa.jsonl", o); }),
+                  "refusing to overwrite");
 }
 
 TEST(SelfQa, AFailedRunKeepsItsDocumentsAndResumes) {
@@ -121,7 +126,8 @@ TEST(SelfQa, AFailedRunKeepsItsDocumentsAndResumes) {
   EXPECT_EQ(datatest::lines_of(dir / "qa.jsonl.partial").size(), 1u);
   // a second run without --resume is refused; with it, only documents 2 and 3 are asked
   e.fail_after = -1;
-  EXPECT_CONTAINS(message_of([&] { selfqa_jsonl(dir / "docs.jsonl", dir / "qa.jsonl", o); }), "--resume continues it");
+  EXPECT_CONTAINS(message_of([&] { selfqa_jsonl(dir / "docs.jsonl", dir / "qa.jsonl", o); }),
+                  "--resume continues it");
   o.resume = true;
   const SelfQaResult r = selfqa_jsonl(dir / "docs.jsonl", dir / "qa.jsonl", o);
   EXPECT_EQ(r.resumed, 1);
@@ -137,17 +143,20 @@ TEST(SelfQa, ClientErrorsAreNotRetriedAndBadOptionsNamed) {
   datatest::TempDir dir("selfqa-400");
   write_docs(dir);
   SelfQaOptions o = options(e);
-  EXPECT_CONTAINS(message_of([&] { selfqa_jsonl(dir / "docs.jsonl", dir / "qa.jsonl", o); }), "HTTP 400");
+  EXPECT_CONTAINS(message_of([&] { selfqa_jsonl(dir / "docs.jsonl", dir / "qa.jsonl", o); }),
+                  "HTTP 400");
   EXPECT_EQ(e.requests, 1);
   o.url = "localhost:8000";
   std::filesystem::remove(dir / "qa.jsonl.partial");
-  EXPECT_CONTAINS(message_of([&] { selfqa_jsonl(dir / "docs.jsonl", dir / "qa2.jsonl", o); }), "--url");
+  EXPECT_CONTAINS(message_of([&] { selfqa_jsonl(dir / "docs.jsonl", dir / "qa2.jsonl", o); }),
+                  "--url");
 }
 
 TEST(SelfQa, QuestionsAreParsedFromListsAndRateLimitSpacesStarts) {
-  EXPECT_EQ(parse_questions("1. 什么是久期？\n2) What is a bond?\n- 利率为何变化？\n问题3：怎么计算？\nQ: Why?\n说明文字\n10、最后一个？"),
-            (std::vector<std::string>{"什么是久期？", "What is a bond?", "利率为何变化？", "怎么计算？", "Why?",
-                                      "最后一个？"}));
+  EXPECT_EQ(parse_questions("1. 什么是久期？\n2) What is a bond?\n- "
+                            "利率为何变化？\n问题3：怎么计算？\nQ: Why?\n说明文字\n10、最后一个？"),
+            (std::vector<std::string>{"什么是久期？", "What is a bond?", "利率为何变化？",
+                                      "怎么计算？", "Why?", "最后一个？"}));
   RateLimiter r(2.0);  // at most 2 per second
   EXPECT_DOUBLE_EQ(r.acquire(10.0), 10.0);
   EXPECT_DOUBLE_EQ(r.acquire(10.0), 10.5);
