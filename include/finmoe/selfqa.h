@@ -11,6 +11,7 @@
 // error or a signal continues with --resume, skipping the documents there.
 // When every document is done, OUT is written atomically and OUT.partial
 // removed.
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <mutex>

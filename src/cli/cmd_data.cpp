@@ -133,7 +133,8 @@ void add_compress(CLI::App* data, Run& run) {
       "each),\n"
       "split equally among sub-strata with --balance; inside a stratum records with "
       "--quality-field >=\n"
-      "--quality-threshold first, then greedy by zlib information gain (or novel n-grams).");
+      "--quality-threshold first, then greedy by zlib information gain (or novel n-grams, or "
+      "n-gram entropy).");
   static CompressOptions o;
   static std::string in, out, report, strata, gain = "zlib";
   c->add_option("IN", in, "SFT pool (JSONL)")->required();
@@ -502,8 +503,8 @@ void add_amounts(CLI::App* data, Run& run) {
 }  // namespace
 
 void add_data(CLI::App& app, Run& run) {
-  auto* data =
-      app.add_subcommand("data", "The papers' data tools: amounts, dedup, compress, format, ...");
+  auto* data = app.add_subcommand(
+      "data", "The papers' data tools: amounts, dedup, compress, format, mix, refusal, selfqa");
   data->require_subcommand(1);
   add_amounts(data, run);
   add_dedup(data, run);

@@ -320,6 +320,7 @@ CompressResult compress_jsonl(const std::string& in, const std::string& out,
           break;
         }
         std::string v = tag_value(rec[f]);
+        std::replace(v.begin(), v.end(), '|', '/');  // '|' separates the fields of a stratum key
         if (f == opt.difficulty_field) {
           if (!rec[f].is_number()) {
             reader.bad_record("tag field '" + f + "' is not a number (the difficulty is binned)");
