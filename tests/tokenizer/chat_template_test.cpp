@@ -3,7 +3,11 @@
 // expected strings tests/ref/make_chat_template_reference.py wrote.
 #include "finmoe/chat_template.h"
 
+#include <unistd.h>
+
+#include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 
 #include <gmock/gmock.h>
@@ -104,6 +108,52 @@ TEST(ChatTemplateReference, FeatureSnippetsMatchJinja2) {
   EXPECT_GE(n, 50);
 }
 
+// Real templates cut and spliced at random: each either renders or throws
+// finmoe::Error; nothing else escapes (no other exception, no crash).
+TEST(Jinja, MutatedTemplatesRenderOrFailWithError) {
+  const ojson index = ojson::parse(read_file(data_path("index.json")));
+  const ojson conv = ojson::parse(read_file(data_path("conversations.json")));
+  const std::vector<std::string> pieces = {"{%", "%}", "{{", "}}", "{#", "#}", "-", "(", ")", "[", "]", "'", "\"",
+                                           "|", ".", ",", " if ", " for ", " in ", "endif", "endfor", "loop",
+                                           "~", "*", "**", "[::-1]", "|tojson", " is defined", "ns.", "\n"};
+  std::mt19937 rng(1234);
+  int rendered = 0, failed = 0;
+  for (const auto& t : index["templates"]) {
+    const std::string src = read_file(data_path("templates/" + t["name"].get<std::string>() + ".jinja"));
+    for (int k = 0; k < 40; ++k) {
+      std::string m = src;
+      for (int edits = 1 + int(rng() % 3); edits > 0 && !m.empty(); --edits) {
+        size_t at = rng() % m.size();
+        switch (rng() % 3) {
+          case 0: m.erase(at, 1 + rng() % 12); break;
+          case 1: m.insert(at, pieces[rng() % pieces.size()]); break;
+          default: m.insert(at, m.substr(rng() % m.size(), 1 + rng() % 40)); break;
+        }
+      }
+      ChatRequest r;
+      r.messages = conv["conversations"]["tool_call_result"];
+      r.tools = conv["tools"];
+      r.add_generation_prompt = true;
+      try {
+        jinja::Options o;
+        o.limits.max_output_bytes = 1 << 20;
+        o.limits.max_iterations = 100000;
+        jinja::Template tpl(m, o);
+        ojson ctx = {{"messages", r.messages}, {"tools", r.tools}, {"add_generation_prompt", true},
+                     {"bos_token", "<s>"}, {"eos_token", "</s>"}};
+        tpl.render(ctx);
+        ++rendered;
+      } catch (const Error&) {
+        ++failed;
+      } catch (const std::exception& e) {
+        ADD_FAILURE() << "non-finmoe exception " << e.what() << " for template:\n" << m;
+      }
+    }
+  }
+  EXPECT_GT(rendered, 0);
+  EXPECT_GT(failed, 0);
+}
+
 TEST(Jinja, SyntaxErrorsNameLineAndColumn) {
   try {
     jinja::Template t("ok\n{% if x %}\n  {{ a + }}\n{% endif %}");
@@ -134,6 +184,36 @@ TEST(Jinja, HostileTemplatesFailCleanly) {
   o.limits.max_iterations = 1000;
   jinja::Template loops("{% for i in range(100) %}{% for j in range(100) %}{% endfor %}{% endfor %}", o);
   EXPECT_THROW(loops.render(ojson::object()), Error);
+}
+
+// chat_template.jinja beside tokenizer_config.json wins (as in transformers):
+// a Qwen3 tokenizer whose config holds another template renders as jinja2
+// rendered the Qwen3 template.
+TEST(ChatTemplate, ChatTemplateJinjaFileWins) {
+  namespace fs = std::filesystem;
+  const fs::path src = fs::path(FINMOE_TEST_DATA_DIR) / "tokenizer" / "qwen3";
+  const fs::path dir = fs::temp_directory_path() / ("finmoe_chat_jinja_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  fs::copy_file(src / "tokenizer.json", dir / "tokenizer.json", fs::copy_options::overwrite_existing);
+  ojson cfg = ojson::parse(read_file((src / "tokenizer_config.json").string()));
+  const std::string qwen3_template = cfg["chat_template"];
+  cfg["chat_template"] = "{{ raise_exception('the config template must not be used') }}";
+  std::ofstream(dir / "tokenizer_config.json") << cfg.dump();
+  std::ofstream(dir / "chat_template.jinja", std::ios::binary) << qwen3_template;
+  const Tokenizer tok = Tokenizer::from_dir(dir.string());
+  EXPECT_EQ(tok.config().chat_template, qwen3_template);
+  // case "multi_turn", add_generation_prompt true, as jinja2 rendered it
+  const ojson conv = ojson::parse(read_file(data_path("conversations.json")));
+  std::string want;
+  for (const auto& e : read_jsonl(data_path("expected/tokenizer-qwen3.jsonl"))) {
+    const ojson& c = conv["cases"][e["case"].get<size_t>()];
+    if (c["conversation"] == "multi_turn" && c["add_generation_prompt"].get<bool>() && c["kwargs"].empty())
+      want = e["output"];
+  }
+  std::vector<ChatMessage> msgs;
+  for (const auto& m : conv["conversations"]["multi_turn"]) msgs.push_back({m["role"], m["content"]});
+  EXPECT_EQ(render_chat(tok, msgs, true), want);
+  fs::remove_all(dir);
 }
 
 TEST(ChatTemplate, RenderChatUsesTheTokenizersOwnTemplate) {
