@@ -104,7 +104,7 @@ CONVERSATIONS = {
 WITH_TOOLS = {"tools_defined", "tool_call_result", "tool_call_string_args"}
 # Extra keyword arguments rendered for every conversation besides {} (as
 # apply_chat_template(..., **kwargs) passes them to the template).
-KWARG_SETS = [{}, {"enable_thinking": False}]
+KWARG_SETS = [{}, {"enable_thinking": False}, {"enable_thinking": True}]
 
 
 def cases():
