@@ -624,18 +624,12 @@ class Lexer {
 
   std::vector<Piece> run() {
     std::vector<Piece> out;
-    bool line_starting = true, strip_next = false;
+    bool line_starting = true;
     while (pos_ < s_.size()) {
       size_t tag = find_tag(pos_);
       std::string text = s_.substr(pos_, tag - pos_);
       const int tline = line_, tcol = col_;
       advance_to(tag);
-      if (strip_next) {
-        size_t b = 0;
-        while (b < text.size() && is_ascii_space(text[b])) ++b;
-        text.erase(0, b);
-        strip_next = false;
-      }
       if (tag == s_.size()) {
         if (!text.empty()) out.push_back({Piece::Text, std::move(text), {}, tline, tcol});
         break;
@@ -643,14 +637,12 @@ class Lexer {
       const char kind = s_[tag + 1];  // '{', '%' or '#'
       const char sign = tag + 2 < s_.size() ? s_[tag + 2] : 0;
       if (sign == '-') {
-        size_t e = text.size();
-        while (e > 0 && is_ascii_space(text[e - 1])) --e;
-        text.resize(e);
+        text = py_strip(text, std::nullopt, false, true);
       } else if (sign != '+' && o_.lstrip_blocks && kind != '{') {
         size_t l_pos = text.rfind('\n');
         l_pos = l_pos == std::string::npos ? 0 : l_pos + 1;
         if ((l_pos > 0 || line_starting) && l_pos < text.size() &&
-            std::all_of(text.begin() + long(l_pos), text.end(), is_ascii_space))
+            py_strip(text.substr(l_pos), std::nullopt, true, false).empty())
           text.resize(l_pos);
       }
       if (!text.empty()) out.push_back({Piece::Text, std::move(text), {}, tline, tcol});
@@ -669,12 +661,12 @@ class Lexer {
             p.tokens[0].text == "raw") {
           out.push_back(raw_block(line, col, end_strip));
           end_strip = raw_end_strip_;
-          line_starting = finish_tag(end_strip, true, strip_next);
+          line_starting = finish_tag(end_strip, true);
           continue;
         }
         out.push_back(std::move(p));
       }
-      line_starting = finish_tag(end_strip, kind != '{', strip_next);
+      line_starting = finish_tag(end_strip, kind != '{');
     }
     return out;
   }
@@ -697,10 +689,14 @@ class Lexer {
 
   // After a tag end: '-' strips the white space that follows; trim_blocks
   // drops one newline after a block or comment. Returns Jinja's line_starting.
-  bool finish_tag(bool end_strip, bool block, bool& strip_next) {
-    if (end_strip) {
+  bool finish_tag(bool end_strip, bool block) {
+    if (end_strip) {  // `\s*` after the tag (Unicode white space, as Python's re)
       size_t e = pos_;
-      while (e < s_.size() && is_ascii_space(s_[e])) ++e;
+      while (e < s_.size()) {
+        size_t k = e;
+        if (!tok::utf8_valid_len(s_, k) || !is_py_space(tok::utf8_next(s_, k))) break;
+        e = k;
+      }
       bool nl = e > pos_ && s_[e - 1] == '\n';
       advance_to(e);
       return nl;
@@ -709,7 +705,6 @@ class Lexer {
       advance_to(pos_ + 1);
       return true;
     }
-    (void)strip_next;
     return false;
   }
 
@@ -1029,7 +1024,9 @@ class Parser {
       }
       if (at_name("recursive")) syntax_error(cur().line, cur().col, "recursive for loops are not supported");
       expect_end();
+      ++loop_depth_;
       s->body = parse_body({"else", "endfor"}, found);
+      --loop_depth_;
       if (found == "else") {
         expect_end();
         s->else_body = parse_body({"endfor"}, found);
@@ -1078,7 +1075,10 @@ class Parser {
       s->text = expect_name();
       parse_params(s->params);
       expect_end();
+      const int outer_loops = loop_depth_;
+      loop_depth_ = 0;  // a macro body is not inside the loop around its definition
       s->body = parse_body({"endmacro"}, found);
+      loop_depth_ = outer_loops;
       if (cur().kind == Token::Name) ++ti_;
       expect_end();
       return s;
@@ -1109,7 +1109,7 @@ class Parser {
       return s;
     }
     if (n == "break" || n == "continue") {
-      if (loop_depth_ == 0 && false) {}
+      if (loop_depth_ == 0) syntax_error(kw.line, kw.col, "'" + n + "' outside a for loop");
       auto s = make(n == "break" ? Stmt::Break : Stmt::Continue, kw);
       expect_end();
       return s;

@@ -208,6 +208,11 @@ SNIPPETS = [
     ("{{ undefined_fn() }}", {}),
     ("{{ (1, 2) }}|{{ () }}|{{ [] }}|{{ {} }}|{{ none }}|{{ -3 | abs }}|{{ 2.567 | round(1) }}", {}),
     ("{{ ns }}|{% set ns = namespace() %}{{ ns.missing is defined }}", {}),
+    ("a\u00a0 {%- if true -%}\u3000 b{% endif %}|x\n\u00a0 {% if true %}y{% endif %}", {}),
+    ("a{% break %}b", {}),
+    ("{% for x in [1, 2] %}{% macro m() %}{% break %}{% endmacro %}{{ x }}{% endfor %}", {}),
+    ("{% if true %}{% continue %}{% endif %}x", {}),
+    ("{% for x in [1, 2, 3] %}{% if x == 2 %}{% break %}{% endif %}{{ x }}{% else %}none{% endfor %}", {}),
 ]
 
 
