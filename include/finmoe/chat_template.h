@@ -8,8 +8,8 @@
 // template refuses (its raise_exception message, prefixed "chat template
 // raised an exception: ").
 //
-// Thread safety: a ChatTemplate is immutable; render() may be called from
-// many threads at once.
+// Thread safety: render() may be called from many threads at once;
+// set_fixed_time() only before the template is shared.
 #include <ctime>
 #include <memory>
 #include <optional>
