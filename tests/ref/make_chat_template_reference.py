@@ -236,7 +236,7 @@ def main():
     for d in sys.argv[1:]:
         for path in sorted(glob.glob(os.path.join(d, "*.jinja"))):
             name = os.path.basename(path)[:-len(".jinja")]
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8", newline="") as f:
                 templates[name] = (f.read(), "<s>", "</s>", "llama.cpp models/templates/" + os.path.basename(path))
     for cfg in sorted(glob.glob(os.path.join(ROOT, "tests", "data", "tokenizer", "*", "tokenizer_config.json"))):
         with open(cfg, encoding="utf-8") as f:
