@@ -93,7 +93,7 @@ build_variant() {
 # Seed inputs of each libFuzzer target from the test data (never written back).
 fuzz_seeds() {
   local corpus=$1
-  mkdir -p "$corpus"/{safetensors_header,config_json,tokenizer_json,train_yaml}
+  mkdir -p "$corpus"/{safetensors_header,config_json,tokenizer_json,train_yaml,chat_template}
   cp "$ROOT"/tests/data/core/fixture.safetensors "$corpus/safetensors_header/"
   cp "$ROOT"/tests/data/core/configs/*.json "$corpus/config_json/"
   local n=0
@@ -101,6 +101,7 @@ fuzz_seeds() {
   cp "$ROOT"/tests/data/tokenizer/byte_fallback/llama2_style/tokenizer.json "$corpus/tokenizer_json/llama2.json"
   cp "$ROOT"/tests/data/tokenizer/byte_fallback/metaspace_style/tokenizer.json "$corpus/tokenizer_json/metaspace.json"
   cp "$ROOT"/fuzz/train.yaml "$corpus/train_yaml/"
+  cp "$ROOT"/tests/data/chat_templates/templates/*.jinja "$corpus/chat_template/"
 }
 
 # The kernel paths below this CPU's best (src/kernels/isa.h): avx512 (without
@@ -162,12 +163,12 @@ case "$cmd" in
     # with libstdc++ 12 cannot compile the torch headers fuzz_train_yaml needs in C++20
     APT_PACKAGES+=(clang-16 libclang-rt-16-dev)
     CC=${CC:-clang-16} CXX=${CXX:-clang++-16} build_variant "$FUZZ_BUILD" -DFINMOE_FUZZ=ON -DFINMOE_BUILD_TESTS=OFF -- \
-      fuzz_safetensors_header fuzz_config_json fuzz_tokenizer_json fuzz_train_yaml
+      fuzz_safetensors_header fuzz_config_json fuzz_tokenizer_json fuzz_train_yaml fuzz_chat_template
     fuzz_seeds "$FUZZ_BUILD/seeds"
     mkdir -p "$FUZZ_BUILD/findings"
     export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0}
     status=0
-    for t in safetensors_header config_json tokenizer_json train_yaml; do
+    for t in safetensors_header config_json tokenizer_json train_yaml chat_template; do
       mkdir -p "$FUZZ_BUILD/corpus/$t"
       log "fuzz_$t for ${seconds}s"
       "$FUZZ_BUILD/fuzz_$t" -max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 \

@@ -67,7 +67,7 @@ struct ServerOptions {
   std::string api_key;                            // "" = no auth; else /v1/* need "Authorization: Bearer KEY"
   int64_t max_body_bytes = int64_t(8) << 20;      // larger request bodies get 413
   int http_threads = 256;                         // connections served at once (each stream holds one)
-  std::optional<ChatTemplateKind> chat_template;  // overrides the tokenizer's detected template
+  std::optional<ChatTemplateKind> chat_template;  // a built-in template, not the model's own
   std::vector<int32_t> eos_token_ids;             // stop tokens of every request (unless ignore_eos)
   SamplingParams default_sampling;                // for fields a request leaves out (generation_config)
   double shutdown_timeout_s = 30;                 // shutdown(): wait this long for in-flight requests

@@ -86,16 +86,16 @@ class IncrementalDecoder {
   size_t read_offset_ = 0;
 };
 
-// Chat templates are recognised by family and rendered natively (no Jinja).
+// Built-in native templates (finmoe/chat_template.h runs a model's own Jinja).
 enum class ChatTemplateKind { ChatML, Llama3, DeepSeekV3 };
 
-// The family of a tokenizer's template; throws Error for one it does not know,
-// naming the supported families and the --chat-template override.
+// The built-in family a tokenizer's template looks like; throws Error for none,
+// naming the built-in families and the --chat-template override.
 ChatTemplateKind detect_chat_template(const TokenizerConfig& config);
 // "chatml" | "qwen" | "llama3" | "deepseek_v3" -> kind; throws for others.
 ChatTemplateKind chat_template_from_name(std::string_view name);
-// Renders like HF apply_chat_template(messages, tokenize=False,
-// add_generation_prompt). `kind` overrides detection.
+// Renders like HF apply_chat_template(messages, tokenize=False, add_generation_prompt)
+// with the tokenizer's own Jinja template; `kind` renders a built-in one instead.
 std::string render_chat(const Tokenizer& tok, const std::vector<ChatMessage>& messages,
                         bool add_generation_prompt,
                         std::optional<ChatTemplateKind> kind = std::nullopt);

@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "finmoe/chat_template.h"
 #include "finmoe/config.h"
 #include "finmoe/error.h"
 #include "finmoe/generate.h"
@@ -42,7 +43,9 @@ struct GenFlags {
     c->add_option("--seed", seed, "sampling seed")->capture_default_str();
     c->add_flag("--greedy", greedy, "same as --temperature 0");
     c->add_option("--stop", stop, "stop string (repeatable)");
-    c->add_option("--chat-template", chat_template, "chatml | llama3 | deepseek_v3 (default: detect)");
+    c->add_option("--chat-template", chat_template,
+                  "built-in template chatml | llama3 | deepseek_v3 instead of the model's own "
+                  "(default: the tokenizer's chat_template)");
   }
 
   GenerationOptions options(const ModelConfig& cfg, const std::string& model_dir) const {
@@ -127,7 +130,8 @@ void add_chat(CLI::App& app, Run& run) {
   c->callback([&run] {
     run = [] {
       auto tok = Tokenizer::from_dir(f.dir);
-      const auto kind = f.template_kind().value_or(detect_chat_template(tok.config()));
+      const auto kind = f.template_kind();
+      if (!kind) ChatTemplate::from_tokenizer(tok);  // the model's own template parses
       LoadOptions lo;
       if (!f.dtype.empty()) lo.dtype = dtype_from_string(f.dtype);
       lo.device = device_from_string(f.device);

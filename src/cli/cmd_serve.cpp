@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "cli/commands.h"
+#include "finmoe/chat_template.h"
 #include "finmoe/engine.h"
 #include "finmoe/error.h"
 #include "finmoe/serve_bench.h"
@@ -113,7 +114,10 @@ void add_serve(CLI::App& app, Run& run) {
   c->add_option("--shutdown-timeout", so.shutdown_timeout_s, "seconds in-flight requests may finish after SIGTERM")
       ->capture_default_str()
       ->group(g);
-  c->add_option("--chat-template", chat_template, "chatml | llama3 | deepseek_v3 (default: detect)")->group(g);
+  c->add_option("--chat-template", chat_template,
+                "built-in template chatml | llama3 | deepseek_v3 instead of the model's own "
+                "(default: the tokenizer's chat_template)")
+      ->group(g);
   const char* l = "Request limits (400 over a limit)";
   RequestLimits& lim = so.limits;
   c->add_option("--max-prompts-per-request", lim.max_prompts, "prompts in one /v1/completions request")
@@ -140,7 +144,8 @@ void add_serve(CLI::App& app, Run& run) {
       so.served_model_name = served_name.empty() ? dir : served_name;
       // the template is checked now, not at the first chat request
       auto tok = Tokenizer::from_dir(dir);
-      so.chat_template = chat_template.empty() ? detect_chat_template(tok.config()) : chat_template_from_name(chat_template);
+      if (chat_template.empty()) ChatTemplate::from_tokenizer(tok);  // the model's own template parses
+      else so.chat_template = chat_template_from_name(chat_template);
       auto model = ef.load(dir);
       const auto gen = GenerationConfig::load(dir, model.config());
       for (int64_t e : gen.eos_token_id) so.eos_token_ids.push_back(int32_t(e));

@@ -1,5 +1,7 @@
 #include "serve/openai_api.h"
+#include "finmoe/chat_template.h"
 #include "finmoe/config.h"
+#include "serve/tool_calls.h"
 
 #include <algorithm>
 #include <cmath>
@@ -329,14 +331,40 @@ std::string message_content(const json& m, size_t i) {
   return out;
 }
 
-std::vector<ChatMessage> parse_messages(Fields& f, const RequestLimits& limits) {
+// The messages as plain turns (for the built-in templates) and as the JSON the
+// model's own template sees (key order of the request kept, tool calls'
+// argument strings parsed into objects as vLLM does).
+struct ParsedMessages {
+  std::vector<ChatMessage> plain;
+  nlohmann::ordered_json templ = nlohmann::ordered_json::array();
+  bool uses_tools = false;  // a tool turn or an assistant turn with tool_calls
+};
+
+void check_tool_calls(const json& calls, const std::string& where) {
+  if (!calls.is_array()) throw wrong_type(where, "an array", calls);
+  for (size_t k = 0; k < calls.size(); ++k) {
+    const std::string w = where + "[" + std::to_string(k) + "]";
+    const json& c = calls[k];
+    if (!c.is_object()) throw wrong_type(w, "an object", c);
+    auto fn = c.find("function");
+    if (fn == c.end() || !fn->is_object()) throw invalid(w + ".function", "'" + w + ".function' must be an object");
+    auto name = fn->find("name");
+    if (name == fn->end() || !name->is_string())
+      throw invalid(w + ".function.name", "'" + w + ".function.name' must be a string");
+    auto args = fn->find("arguments");
+    if (args != fn->end() && !args->is_string() && !args->is_object())
+      throw wrong_type(w + ".function.arguments", "a JSON string or an object", *args);
+  }
+}
+
+ParsedMessages parse_messages(Fields& f, const nlohmann::ordered_json& raw, const RequestLimits& limits) {
   const json* v = f.get("messages");
   if (!v) throw invalid("messages", "'messages' is required", "missing_required_parameter");
   if (!v->is_array()) throw wrong_type("messages", "an array", *v);
   if (v->empty()) throw invalid("messages", "'messages' must hold at least one message");
   if (int64_t(v->size()) > limits.max_messages)
     throw over_limit("messages", "messages", int64_t(v->size()), limits.max_messages);
-  std::vector<ChatMessage> out;
+  ParsedMessages out;
   for (size_t i = 0; i < v->size(); ++i) {
     const json& m = (*v)[i];
     const std::string where = "messages[" + std::to_string(i) + "]";
@@ -346,18 +374,67 @@ std::vector<ChatMessage> parse_messages(Fields& f, const RequestLimits& limits) 
       throw invalid(where + ".role", "'" + where + ".role' must be a string");
     std::string r = role->get<std::string>();
     if (r == "developer") r = "system";  // OpenAI's newer name for the system role
-    if (r != "system" && r != "user" && r != "assistant")
-      throw invalid(where + ".role", "'" + where + ".role' must be one of system, developer, user, assistant; got '" +
+    if (r != "system" && r != "user" && r != "assistant" && r != "tool")
+      throw invalid(where + ".role", "'" + where + ".role' must be one of system, developer, user, assistant, tool; got '" +
                                          role->get<std::string>() + "'");
+    if (r == "tool") out.uses_tools = true;
     for (auto it = m.begin(); it != m.end(); ++it) {
       const std::string& k = it.key();
       if (k == "role" || k == "content" || k == "name") continue;
       if ((k == "tool_calls" || k == "function_call" || k == "refusal") && (it->is_null() || it->empty())) continue;
+      if (k == "tool_calls" && r == "assistant") {
+        check_tool_calls(*it, where + ".tool_calls");
+        out.uses_tools = true;
+        continue;
+      }
+      if (k == "tool_call_id" && r == "tool") {
+        if (!it->is_string()) throw wrong_type(where + ".tool_call_id", "a string", *it);
+        continue;
+      }
+      if ((k == "reasoning_content" || k == "reasoning") && r == "assistant" && (it->is_string() || it->is_null()))
+        continue;
       throw invalid(where + "." + k, "'" + where + "." + k + "' is not supported by this server", "unsupported_parameter");
     }
-    out.push_back({r, message_content(m, i)});
+    const std::string content = message_content(m, i);
+    out.plain.push_back({r, content});
+    // the template's copy: the request's keys in order, content flattened to text
+    nlohmann::ordered_json t = raw.is_array() && i < raw.size() && raw[i].is_object() ? raw[i]
+                                                                                      : nlohmann::ordered_json::object();
+    t["role"] = r;
+    auto c = m.find("content");
+    t["content"] = (c == m.end() || c->is_null()) ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(content);
+    if (auto tc = t.find("tool_calls"); tc != t.end() && tc->is_array())
+      for (auto& call : *tc)
+        if (auto fn = call.find("function"); fn != call.end() && fn->is_object())
+          if (auto args = fn->find("arguments"); args != fn->end() && args->is_string()) {
+            auto parsed = nlohmann::ordered_json::parse(args->get<std::string>(), nullptr, false);
+            if (!parsed.is_discarded() && parsed.is_object()) *args = std::move(parsed);
+          }
+    out.templ.push_back(std::move(t));
   }
   return out;
+}
+
+// tools: [{"type": "function", "function": {"name", "description"?, "parameters"?}}]; returns the names.
+std::vector<std::string> check_tools(const json& tools) {
+  if (!tools.is_array()) throw wrong_type("tools", "an array", tools);
+  std::vector<std::string> names;
+  for (size_t k = 0; k < tools.size(); ++k) {
+    const std::string w = "tools[" + std::to_string(k) + "]";
+    const json& t = tools[k];
+    if (!t.is_object()) throw wrong_type(w, "an object", t);
+    auto type = t.find("type");
+    if (type == t.end() || *type != "function") throw invalid(w + ".type", "'" + w + ".type' must be \"function\"");
+    auto fn = t.find("function");
+    if (fn == t.end() || !fn->is_object()) throw invalid(w + ".function", "'" + w + ".function' must be an object");
+    auto name = fn->find("name");
+    if (name == fn->end() || !name->is_string() || name->get<std::string>().empty())
+      throw invalid(w + ".function.name", "'" + w + ".function.name' must be a non-empty string");
+    if (auto p = fn->find("parameters"); p != fn->end() && !p->is_object() && !p->is_null())
+      throw wrong_type(w + ".function.parameters", "an object (a JSON schema)", *p);
+    names.push_back(name->get<std::string>());
+  }
+  return names;
 }
 
 // Token ids of a JSON array of integers, or nullopt if it is not one.
@@ -483,10 +560,35 @@ ApiRequest parse_chat_request(std::string_view body, const ApiContext& ctx) {
   auto max_tokens = f.integer("max_completion_tokens", 1, INT32_MAX);
   const std::string max_tokens_param = max_tokens ? "max_completion_tokens" : "max_tokens";
   if (auto legacy = f.integer("max_tokens", 1, INT32_MAX); !max_tokens) max_tokens = legacy;
-  for (const char* name : {"tools", "functions"}) f.unsupported_unless_empty(name);
-  for (const char* name : {"tool_choice", "function_call"})
-    if (auto s = f.get(name); s && !(s->is_string() && *s == "none"))
-      throw invalid(name, std::string("'") + name + "' is not supported by this server", "unsupported_parameter");
+  f.unsupported_unless_empty("functions");
+  if (auto s = f.get("function_call"); s && !(s->is_string() && *s == "none"))
+    throw invalid("function_call", "'function_call' is not supported by this server; use 'tools'", "unsupported_parameter");
+  std::vector<std::string> tool_names;
+  if (const json* t = f.get("tools")) tool_names = check_tools(*t);
+  std::string tool_choice = "auto";
+  if (const json* tc = f.get("tool_choice")) {
+    if (!tc->is_string() && !tc->is_object()) throw wrong_type("tool_choice", "a string or an object", *tc);
+    if (tc->is_string() && *tc != "none" && *tc != "auto" && *tc != "required")
+      throw invalid("tool_choice", "'tool_choice' must be none, auto, required or {\"type\": \"function\", ...}");
+    if (!tc->is_string() || *tc == "required")
+      throw invalid("tool_choice",
+                    "'tool_choice' required or a named function needs constrained decoding, which this server does "
+                    "not have; use \"auto\" (the model chooses) or \"none\"",
+                    "unsupported_parameter");
+    tool_choice = tc->get<std::string>();
+  }
+  nlohmann::ordered_json kwargs = nlohmann::ordered_json::object();
+  // the original body once more, with its key order (tool schemas print as sent)
+  const auto raw_doc = nlohmann::ordered_json::parse(body, nullptr, false);
+  auto raw = [&](const char* key) {
+    if (!raw_doc.is_object()) return nlohmann::ordered_json();
+    auto it = raw_doc.find(key);
+    return it == raw_doc.end() ? nlohmann::ordered_json() : *it;
+  };
+  if (const json* k = f.get("chat_template_kwargs")) {  // vLLM's extension (enable_thinking, ...)
+    if (!k->is_object()) throw wrong_type("chat_template_kwargs", "an object", *k);
+    kwargs = raw("chat_template_kwargs");
+  }
   if (const json* rf = f.get("response_format")) {
     const auto type = rf->is_object() ? rf->find("type") : rf->end();
     if (type == rf->end() || *type != "text")
@@ -494,14 +596,30 @@ ApiRequest parse_chat_request(std::string_view body, const ApiContext& ctx) {
                     "unsupported_parameter");
   }
   f.ignore({"parallel_tool_calls"});
-  const auto messages = parse_messages(f, ctx.limits);
+  const auto messages = parse_messages(f, raw("messages"), ctx.limits);
   f.reject_unknown();
+  const bool own_template = !ctx.chat_template;
+  if (!own_template && (!tool_names.empty() || messages.uses_tools || !kwargs.empty()))
+    throw invalid(!tool_names.empty() ? "tools" : !kwargs.empty() ? "chat_template_kwargs" : "messages",
+                  "tools, tool turns and chat_template_kwargs need the model's own chat template; this server "
+                  "runs a built-in one (--chat-template)",
+                  "unsupported_parameter");
   std::string text;
   try {
-    text = render_chat(*ctx.tokenizer, messages, /*add_generation_prompt=*/true, ctx.chat_template);
+    if (own_template) {
+      ChatRequest cr;
+      cr.messages = messages.templ;
+      if (!tool_names.empty() && tool_choice != "none") cr.tools = raw("tools");
+      cr.add_generation_prompt = true;
+      cr.kwargs = std::move(kwargs);
+      text = ChatTemplate::from_tokenizer(*ctx.tokenizer).render(cr);
+    } else {
+      text = render_chat(*ctx.tokenizer, messages.plain, /*add_generation_prompt=*/true, ctx.chat_template);
+    }
   } catch (const Error& e) {
     throw invalid("messages", std::string("cannot apply the chat template: ") + e.what());
   }
+  if (!tool_names.empty() && tool_choice != "none") r.tool_names = std::move(tool_names);
   try {
     r.prompts.push_back(ctx.tokenizer->encode(text, /*add_special_tokens=*/false));
   } catch (const Error& e) {
@@ -635,10 +753,25 @@ std::string ResponseBuilder::add(int64_t choice, const RequestOutput& out) {
     if (!lps.empty()) lp_delta = logprobs_delta(ch, lps);
   }
   if (!request_.stream) return "";
+  const bool buffered = request_.endpoint == Endpoint::Chat && !request_.tool_names.empty();
+  // tool calls are read from the whole text: the message waits for the end
+  if (buffered && !out.finished) return "";
   if (out.text.empty() && lp_delta.is_null() && !out.finished) return "";
   json finish = out.finished ? json(out.finish_reason) : json(nullptr);
   json c;
-  if (request_.endpoint == Endpoint::Chat) {
+  if (buffered) {
+    std::string reason = out.finish_reason;
+    json m = message(ch, reason);
+    json delta = json::object();
+    if (!m["content"].is_null()) delta["content"] = m["content"];
+    if (m.contains("tool_calls")) {
+      json calls = m["tool_calls"];
+      for (size_t k = 0; k < calls.size(); ++k) calls[k]["index"] = k;
+      delta["tool_calls"] = calls;
+    }
+    json lps = request_.logprobs ? json{{"content", ch.logprobs_content}, {"refusal", nullptr}} : json(nullptr);
+    c = {{"index", choice}, {"delta", delta}, {"logprobs", lps}, {"finish_reason", reason}};
+  } else if (request_.endpoint == Endpoint::Chat) {
     json delta = json::object();
     if (!out.text.empty()) delta["content"] = out.text;
     c = {{"index", choice}, {"delta", delta}, {"logprobs", lp_delta}, {"finish_reason", finish}};
@@ -673,6 +806,24 @@ std::string ResponseBuilder::stream_end() const {
   return out + sse_done();
 }
 
+json ResponseBuilder::message(const Choice& ch, std::string& finish_reason) const {
+  if (request_.tool_names.empty()) return {{"role", "assistant"}, {"content", ch.text}, {"refusal", nullptr}};
+  ParsedToolCalls p = parse_tool_calls(ch.text, request_.tool_names);
+  if (p.calls.empty()) return {{"role", "assistant"}, {"content", ch.text}, {"refusal", nullptr}};
+  json calls = json::array();
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  for (const auto& c : p.calls) {
+    char id[32];
+    snprintf(id, sizeof id, "call_%016llx", static_cast<unsigned long long>(rng()));
+    calls.push_back({{"id", id}, {"type", "function"}, {"function", {{"name", c.name}, {"arguments", c.arguments}}}});
+  }
+  if (finish_reason == "stop") finish_reason = "tool_calls";
+  return {{"role", "assistant"},
+          {"content", p.content.empty() ? json(nullptr) : json(p.content)},
+          {"refusal", nullptr},
+          {"tool_calls", calls}};
+}
+
 json ResponseBuilder::response() const {
   json choices = json::array();
   for (size_t i = 0; i < choices_.size(); ++i) {
@@ -680,8 +831,11 @@ json ResponseBuilder::response() const {
     json finish = ch.finished ? json(ch.finish_reason) : json(nullptr);
     if (request_.endpoint == Endpoint::Chat) {
       json lp = request_.logprobs ? json{{"content", ch.logprobs_content}, {"refusal", nullptr}} : json(nullptr);
+      std::string reason = ch.finish_reason;
+      json msg = message(ch, reason);
+      if (ch.finished) finish = reason;
       choices.push_back({{"index", i},
-                         {"message", {{"role", "assistant"}, {"content", ch.text}, {"refusal", nullptr}}},
+                         {"message", msg},
                          {"logprobs", lp},
                          {"finish_reason", finish}});
     } else {

@@ -51,7 +51,7 @@ json error_body(int status, const std::string& message, const std::string& param
 struct ApiContext {
   std::string model_name;                         // the id clients must send as "model"
   const Tokenizer* tokenizer = nullptr;           // renders chat, encodes text (required)
-  std::optional<ChatTemplateKind> chat_template;  // overrides detection
+  std::optional<ChatTemplateKind> chat_template;  // built-in, not the model's own
   std::vector<int32_t> eos_token_ids;             // stop tokens unless "ignore_eos"
   int64_t max_model_len = 0;                      // prompt + completion tokens at most
   int64_t kv_cache_tokens = 0;                    // the engine's whole KV cache: a prompt must be
@@ -72,6 +72,10 @@ struct ApiRequest {
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
   bool logprobs = false;       // return logprobs (params.logprobs = top-N count)
+  // Chat with tools (tool_choice auto): the tools' names. The output is read
+  // back for tool calls (serve/tool_calls.h); when streaming, each choice's
+  // message is then sent as one chunk when it finishes.
+  std::vector<std::string> tool_names;
   // Per-prompt engine parameters, complete (stop tokens, max_tokens for that
   // prompt's length). Choice j of a seeded request uses seed + j, so n
   // choices differ and each is reproducible.
@@ -130,6 +134,8 @@ class ResponseBuilder {
     int64_t text_offset = 0;  // characters so far, for text_offset
   };
   json chunk(json choices) const;
+  // The chat message of a finished choice, its tool calls read back when tools were given.
+  json message(const Choice& c, std::string& finish_reason) const;
   json logprobs_delta(Choice& c, const std::vector<TokenLogprob>& lps);
 
   const ApiRequest& request_;

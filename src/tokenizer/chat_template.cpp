@@ -1,8 +1,16 @@
-// Native renderings of the chat templates finmoe knows, matching what HF's
-// Jinja templates produce for plain system/user/assistant messages.
+// Chat templates: the tokenizer's own Jinja template (tokenizer/jinja.h) with
+// Hugging Face's render context, and native renderings of three families
+// (ChatML, Llama-3, DeepSeek-V3) for a tokenizer without a template or when
+// one is chosen by name.
+#include "finmoe/chat_template.h"
+
+#include <list>
+#include <mutex>
+
 #include <unicode/uchar.h>
 
 #include "finmoe/error.h"
+#include "tokenizer/jinja.h"
 #include "tokenizer/tokenizer_impl.h"
 #include "tokenizer/utf8.h"
 
@@ -11,7 +19,7 @@ namespace finmoe {
 namespace {
 
 const char* const kSupported =
-    "supported families: chatml (Qwen), llama3, deepseek_v3; choose one with --chat-template NAME";
+    "a built-in template can be chosen with --chat-template NAME (chatml, qwen, llama3, deepseek_v3)";
 
 bool contains(const std::string& s, std::string_view what) { return s.find(what) != std::string::npos; }
 
@@ -160,7 +168,100 @@ std::string render_deepseek_v3(const TokenizerConfig& c, const std::vector<ChatM
   return out;
 }
 
+using ojson = nlohmann::ordered_json;
+
+// HF's _alias_reasoning_fields: a message's reasoning under any of its names
+// becomes {"thinking": r, **message, "reasoning_content": r}.
+ojson alias_reasoning(const ojson& m) {
+  if (!m.is_object()) return m;
+  const ojson* r = nullptr;
+  for (const char* k : {"reasoning_content", "thinking", "reasoning"})
+    if (auto it = m.find(k); it != m.end() && !it->is_null()) {
+      r = &*it;
+      break;
+    }
+  if (!r) return m;
+  ojson out = ojson::object();
+  out["thinking"] = *r;
+  for (auto it = m.begin(); it != m.end(); ++it) out[it.key()] = it.value();
+  out["reasoning_content"] = *r;
+  return out;
+}
+
+// Parsed templates by source, so render_chat() does not re-parse per call.
+std::shared_ptr<const jinja::Template> compiled(const std::string& source) {
+  static std::mutex mu;
+  static std::list<std::pair<std::string, std::shared_ptr<const jinja::Template>>> cache;  // most recent first
+  std::lock_guard<std::mutex> lock(mu);
+  for (auto it = cache.begin(); it != cache.end(); ++it)
+    if (it->first == source) {
+      cache.splice(cache.begin(), cache, it);
+      return cache.front().second;
+    }
+  auto t = std::make_shared<const jinja::Template>(source);
+  cache.emplace_front(source, t);
+  if (cache.size() > 8) cache.pop_back();
+  return t;
+}
+
 }  // namespace
+
+struct ChatTemplate::Impl {
+  std::shared_ptr<const jinja::Template> tpl;
+  std::string bos, eos, pad;
+  std::optional<std::time_t> fixed_now;
+};
+
+ChatTemplate::ChatTemplate(const std::string& source, std::string bos_token, std::string eos_token,
+                           std::string pad_token)
+    : impl_(std::make_shared<Impl>()) {
+  impl_->tpl = compiled(source);
+  impl_->bos = std::move(bos_token);
+  impl_->eos = std::move(eos_token);
+  impl_->pad = std::move(pad_token);
+}
+
+ChatTemplate ChatTemplate::from_tokenizer(const Tokenizer& tok) {
+  const TokenizerConfig& c = tok.config();
+  if (c.chat_template.empty())
+    throw Error(std::string("the tokenizer has no chat_template; ") + kSupported);
+  return ChatTemplate(c.chat_template, c.bos_token, c.eos_token, c.pad_token);
+}
+
+ChatTemplate::~ChatTemplate() = default;
+ChatTemplate::ChatTemplate(ChatTemplate&&) noexcept = default;
+ChatTemplate& ChatTemplate::operator=(ChatTemplate&&) noexcept = default;
+
+void ChatTemplate::set_fixed_time(std::time_t t) { impl_->fixed_now = t; }
+
+std::string ChatTemplate::render(const ChatRequest& r) const {
+  if (!r.messages.is_array()) throw Error("chat template: messages must be an array");
+  ojson ctx = ojson::object();
+  ojson msgs = ojson::array();
+  for (const auto& m : r.messages) {
+    if (!m.is_object()) throw Error("chat template: every message must be an object, got " + m.dump());
+    msgs.push_back(alias_reasoning(m));
+  }
+  ctx["messages"] = std::move(msgs);
+  ctx["tools"] = r.tools;
+  ctx["documents"] = r.documents;
+  ctx["add_generation_prompt"] = r.add_generation_prompt;
+  // apply_chat_template: {**special_tokens_map, **kwargs}
+  if (!impl_->bos.empty()) ctx["bos_token"] = impl_->bos;
+  if (!impl_->eos.empty()) ctx["eos_token"] = impl_->eos;
+  if (!impl_->pad.empty()) ctx["pad_token"] = impl_->pad;
+  if (!r.kwargs.is_null()) {
+    if (!r.kwargs.is_object()) throw Error("chat template: kwargs must be an object");
+    for (auto it = r.kwargs.begin(); it != r.kwargs.end(); ++it) ctx[it.key()] = it.value();
+  }
+  return impl_->tpl->render(ctx, impl_->fixed_now);
+}
+
+nlohmann::ordered_json chat_messages_json(const std::vector<ChatMessage>& messages) {
+  ojson out = ojson::array();
+  for (const auto& m : messages) out.push_back({{"role", m.role}, {"content", m.content}});
+  return out;
+}
 
 ChatTemplateKind detect_chat_template(const TokenizerConfig& config) {
   const std::string& t = config.chat_template;
@@ -182,7 +283,13 @@ ChatTemplateKind chat_template_from_name(std::string_view name) {
 std::string render_chat(const Tokenizer& tok, const std::vector<ChatMessage>& messages,
                         bool add_generation_prompt, std::optional<ChatTemplateKind> kind) {
   const TokenizerConfig& c = tok.config();
-  switch (kind ? *kind : detect_chat_template(c)) {
+  if (!kind) {
+    ChatRequest r;
+    r.messages = chat_messages_json(messages);
+    r.add_generation_prompt = add_generation_prompt;
+    return ChatTemplate::from_tokenizer(tok).render(r);
+  }
+  switch (*kind) {
     case ChatTemplateKind::ChatML: return render_chatml(c, messages, add_generation_prompt);
     case ChatTemplateKind::Llama3: return render_llama3(c, messages, add_generation_prompt);
     case ChatTemplateKind::DeepSeekV3: return render_deepseek_v3(c, messages, add_generation_prompt);

@@ -247,6 +247,19 @@ Tokenizer Tokenizer::from_file(const std::string& tokenizer_json) {
     impl->config = parse_config(cfg, cfg_path.string());
     has_add_keys = cfg.is_object() && (cfg.contains("add_bos_token") || cfg.contains("add_eos_token"));
   }
+  // chat_template.jinja beside it (where transformers >= 4.43 saves the
+  // template) wins over tokenizer_config.json's chat_template, as in HF
+  const auto jinja_path = std::filesystem::path(file).parent_path() / "chat_template.jinja";
+  if (std::filesystem::exists(jinja_path)) {
+    std::ifstream in(jinja_path, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    if (!in && !in.eof()) throw Error(jinja_path.string() + ": cannot read");
+    std::string text = ss.str();
+    if (tok::utf8_first_invalid(text) != std::string::npos)
+      throw Error(jinja_path.string() + ": not valid UTF-8 at byte " + std::to_string(tok::utf8_first_invalid(text)));
+    impl->config.chat_template = std::move(text);
+  }
   Tokenizer t(std::move(impl));
   Impl& im = *t.impl_;
   TokenizerConfig& c = im.config;

@@ -25,6 +25,7 @@
 #include <nlohmann/json.hpp>
 
 #include "finmoe/dataset.h"
+#include "finmoe/chat_template.h"
 #include "finmoe/config.h"
 #include "finmoe/error.h"
 #include "tokenizer/utf8.h"
@@ -598,8 +599,9 @@ class DataSource : public BatchSource {
     if (!c.chat_template.empty()) {
       t.chat = chat_template_from_name(c.chat_template);
     } else if ((main && main->has_sft) || instr) {
+      // the tokenizer's own template (t.chat unset); checked here, not at the first record
       try {
-        t.chat = detect_chat_template(tok.config());
+        ChatTemplate::from_tokenizer(tok);
       } catch (const Error& e) {
         throw Error(std::string("the data holds SFT records ('messages'): ") + e.what());
       }

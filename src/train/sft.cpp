@@ -28,18 +28,26 @@ const char* end_of_turn(ChatTemplateKind kind) {
 
 ChatTokens tokenize_chat(const Tokenizer& tok, const std::vector<ChatMessage>& messages,
                          std::optional<ChatTemplateKind> kind) {
-  const ChatTemplateKind k = kind ? *kind : detect_chat_template(tok.config());
-  const char* eot_text = end_of_turn(k);
+  // The end-of-turn token: the family's when the template is one finmoe knows,
+  // else the tokenizer's eos_token. `kind` unset renders the tokenizer's own template.
+  std::optional<ChatTemplateKind> family = kind;
+  if (!family) {
+    try {
+      family = detect_chat_template(tok.config());
+    } catch (const Error&) {
+    }
+  }
+  const std::string eot_text = family ? end_of_turn(*family) : tok.config().eos_token;
   const std::optional<int32_t> eot = tok.token_to_id(eot_text);
-  if (!eot) throw Error(std::string("the tokenizer has no end-of-turn token ") + eot_text);
+  if (!eot) throw Error("the tokenizer has no end-of-turn token '" + eot_text + "'");
 
-  const std::string whole = render_chat(tok, messages, /*add_generation_prompt=*/false, k);
+  const std::string whole = render_chat(tok, messages, /*add_generation_prompt=*/false, kind);
   // Where each assistant turn starts in `whole`.
   std::vector<size_t> starts;
   for (size_t i = 0; i < messages.size(); ++i) {
     if (messages[i].role != "assistant") continue;
     std::vector<ChatMessage> before(messages.begin(), messages.begin() + long(i));
-    const std::string prompt = render_chat(tok, before, /*add_generation_prompt=*/true, k);
+    const std::string prompt = render_chat(tok, before, /*add_generation_prompt=*/true, kind);
     if (!std::string_view(whole).starts_with(prompt))
       throw Error("messages[" + std::to_string(i) +
                   "]: the chat template renders the conversation differently from the messages "

@@ -107,7 +107,12 @@ TEST(OpenAiRequest, EachBadFieldIsA400NamingTheParam) {
       {R"("logprobs": true, "top_logprobs": 21)", "top_logprobs"},
       {R"("top_logprobs": 2)", "top_logprobs"},  // without logprobs: true
       {R"("max_completion_tokens": -1)", "max_completion_tokens"},
-      {R"("tools": [{"type": "function"}])", "tools"},
+      {R"("tools": [{"type": "function"}])", "tools[0].function"},
+      {R"("tools": {"type": "function"})", "tools"},
+      {R"("tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required")", "tool_choice"},
+      {R"("tool_choice": {"type": "function", "function": {"name": "f"}})", "tool_choice"},
+      {R"("tool_choice": "sometimes")", "tool_choice"},
+      {R"("chat_template_kwargs": 1)", "chat_template_kwargs"},
       {R"("response_format": {"type": "json_object"})", "response_format"},
       {R"("response_format": {"type": 5})",
        "response_format"},  // found by fuzz_test.py (was a 500)
@@ -139,8 +144,13 @@ TEST(OpenAiRequest, MessagesAndPromptsAreChecked) {
       {Endpoint::Chat, R"({"messages": []})", "messages"},
       {Endpoint::Chat, R"({"messages": "hi"})", "messages"},
       {Endpoint::Chat, R"({"messages": [{"content": "hi"}]})", "messages[0].role"},
-      {Endpoint::Chat, R"({"messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]})",
+      {Endpoint::Chat, R"({"messages": [{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}]})",
        "messages[1].role"},
+      {Endpoint::Chat, R"({"messages": [{"role": "user", "content": "a", "tool_calls": [{"id": "x"}]}]})",
+       "messages[0].tool_calls"},
+      {Endpoint::Chat,
+       R"({"messages": [{"role": "assistant", "content": "", "tool_calls": [{"function": {"name": 3}}]}]})",
+       "messages[0].tool_calls[0].function.name"},
       {Endpoint::Chat, R"({"messages": [{"role": "user", "content": 5}]})", "messages[0].content"},
       {Endpoint::Chat, R"({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})",
        "messages[0].content[0].type"},
@@ -451,6 +461,102 @@ TEST(OpenAiResponse, StreamedChatConcatenatesToTheFullResponse) {
   const int64_t P = int64_t(req.prompts[0].size());
   EXPECT_EQ(usage, (json{{"prompt_tokens", P}, {"completion_tokens", 6}, {"total_tokens", P + 6}}));
   EXPECT_EQ(body["usage"], usage);
+}
+
+// The conversation of tests/data/chat_templates with a tool call and its
+// result, sent as an OpenAI client sends it (arguments as JSON text), renders
+// through Qwen3's own template to what jinja2 rendered for HF.
+TEST(OpenAiTools, ToolsAndToolTurnsRenderThroughTheModelsTemplate) {
+  const std::string dir = std::string(FINMOE_TEST_DATA_DIR) + "/chat_templates/";
+  std::ifstream cf(dir + "conversations.json");
+  const auto conv = nlohmann::ordered_json::parse(cf);
+  size_t case_id = conv["cases"].size();
+  for (size_t i = 0; i < conv["cases"].size(); ++i) {
+    const auto& c = conv["cases"][i];
+    if (c["conversation"] == "tool_call_result" && c["add_generation_prompt"].get<bool>() && c["kwargs"].empty())
+      case_id = i;
+  }
+  ASSERT_LT(case_id, conv["cases"].size());
+  std::string want;
+  std::ifstream ef(dir + "expected/tokenizer-qwen3.jsonl");
+  for (std::string line; std::getline(ef, line);) {
+    auto r = json::parse(line);
+    if (r["case"] == case_id) want = r["output"];
+  }
+  ASSERT_FALSE(want.empty());
+  auto messages = conv["conversations"]["tool_call_result"];
+  for (auto& m : messages)
+    if (m.contains("tool_calls"))
+      for (auto& call : m["tool_calls"]) call["function"]["arguments"] = call["function"]["arguments"].dump();
+  nlohmann::ordered_json body = {{"messages", messages}, {"tools", conv["tools"]}};
+  ApiContext ctx = context();
+  ctx.max_model_len = 4096;
+  auto r = parse_chat_request(body.dump(), ctx);
+  EXPECT_EQ(r.prompts[0], qwen3().encode(want));
+  EXPECT_EQ(r.tool_names, (std::vector<std::string>{"get_stock_price", "convert_amount"}));
+  // tool_choice none: the tools stay out of the prompt and the output is plain text
+  body["tool_choice"] = "none";
+  auto none = parse_chat_request(body.dump(), ctx);
+  EXPECT_TRUE(none.tool_names.empty());
+  EXPECT_LT(none.prompts[0].size(), r.prompts[0].size());
+  // the built-in templates cannot render tools
+  ctx.chat_template = ChatTemplateKind::ChatML;
+  EXPECT_EQ(reject(Endpoint::Chat, body.dump(), ctx).param, "tools");
+}
+
+TEST(OpenAiTools, ChatTemplateKwargsReachTheTemplate) {
+  ApiContext ctx = context();
+  ctx.max_model_len = 4096;
+  auto plain = parse_chat_request(chat_with(R"("chat_template_kwargs": {"enable_thinking": true})"), ctx);
+  auto off = parse_chat_request(chat_with(R"("chat_template_kwargs": {"enable_thinking": false})"), ctx);
+  // Qwen3's template opens an empty think block when thinking is off
+  EXPECT_EQ(qwen3().decode(off.prompts[0]),
+            qwen3().decode(plain.prompts[0]) + "<think>\n\n</think>\n\n");
+}
+
+TEST(OpenAiTools, ToolCallsComeBackAsOpenAiToolCalls) {
+  ApiContext ctx = context();
+  ctx.max_model_len = 4096;
+  const std::string tools =
+      R"("tools": [{"type": "function", "function": {"name": "get_stock_price", "parameters": {"type": "object"}}}])";
+  const std::string out =
+      "<tool_call>\n{\"name\": \"get_stock_price\", \"arguments\": {\"ticker\": \"AAPL\"}}\n</tool_call>";
+  auto req = parse_chat_request(chat_with(tools), ctx);
+  ResponseBuilder b(req, ctx, "id", 1);
+  b.add(0, event({1}, out.substr(0, 20), 1));
+  b.add(0, event({151645}, out.substr(20), 2, true, "stop"));
+  const json body = b.response();
+  const json& msg = body["choices"][0]["message"];
+  EXPECT_TRUE(msg["content"].is_null());
+  ASSERT_EQ(msg["tool_calls"].size(), 1u);
+  EXPECT_EQ(msg["tool_calls"][0]["type"], "function");
+  EXPECT_EQ(msg["tool_calls"][0]["id"].get<std::string>().rfind("call_", 0), 0u);
+  EXPECT_EQ(msg["tool_calls"][0]["function"]["name"], "get_stock_price");
+  EXPECT_EQ(json::parse(msg["tool_calls"][0]["function"]["arguments"].get<std::string>()),
+            (json{{"ticker", "AAPL"}}));
+  EXPECT_EQ(body["choices"][0]["finish_reason"], "tool_calls");
+
+  // streaming: the message comes as one chunk when the choice finishes
+  auto sreq = parse_chat_request(chat_with(tools + R"(, "stream": true)"), ctx);
+  ResponseBuilder s(sreq, ctx, "id", 1);
+  std::string stream = s.stream_start();
+  EXPECT_EQ(s.add(0, event({1}, out.substr(0, 20), 1)), "");
+  stream += s.add(0, event({151645}, out.substr(20), 2, true, "stop"));
+  stream += s.stream_end();
+  bool done = false;
+  auto objs = sse_objects(stream, &done);
+  ASSERT_EQ(objs.size(), 2u);
+  const json& delta = objs[1]["choices"][0]["delta"];
+  EXPECT_FALSE(delta.contains("content"));
+  EXPECT_EQ(delta["tool_calls"][0]["index"], 0);
+  EXPECT_EQ(delta["tool_calls"][0]["function"]["name"], "get_stock_price");
+  EXPECT_EQ(objs[1]["choices"][0]["finish_reason"], "tool_calls");
+
+  // plain text with tools offered stays content
+  ResponseBuilder t(req, ctx, "id", 1);
+  t.add(0, event({5}, "No tool needed.", 1, true, "stop"));
+  EXPECT_EQ(t.response()["choices"][0]["message"]["content"], "No tool needed.");
+  EXPECT_EQ(t.response()["choices"][0]["finish_reason"], "stop");
 }
 
 TEST(OpenAiResponse, CompletionStreamWithoutUsageHasNoUsageField) {
