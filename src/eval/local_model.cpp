@@ -1,0 +1,306 @@
+// The evaluation harness's local model: lm-eval's request kinds answered by
+// a finmoe Transformer through its paged-KV-cache step, with context sharing.
+#include <algorithm>
+#include <map>
+
+#include <torch/torch.h>
+
+#include "finmoe/error.h"
+#include "finmoe/eval_model.h"
+#include "finmoe/generate.h"
+
+namespace finmoe::eval {
+
+namespace {
+
+using Tokens = std::vector<int32_t>;
+
+// Python's str.rstrip(): the count of trailing whitespace bytes (ASCII and
+// the common Unicode spaces U+00A0, U+3000).
+size_t trailing_space_bytes(const std::string& s) {
+  size_t n = s.size();
+  while (n > 0) {
+    const unsigned char c = static_cast<unsigned char>(s[n - 1]);
+    if (c == ' ' || (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x1F)) {
+      --n;
+    } else if (n >= 2 && s.compare(n - 2, 2, "\xC2\xA0") == 0) {
+      n -= 2;
+    } else if (n >= 3 && s.compare(n - 3, 3, "\xE3\x80\x80") == 0) {
+      n -= 3;
+    } else {
+      break;
+    }
+  }
+  return s.size() - n;
+}
+
+struct TokRequest {
+  Tokens context, continuation;
+};
+
+class LocalModel : public LanguageModel {
+ public:
+  LocalModel(Transformer& model, const Tokenizer& tok, const LocalModelOptions& o)
+      : model_(model), tok_(tok), o_(o) {
+    max_len_ = o.max_length > 0 ? o.max_length : model.config().max_position_embeddings;
+    if (o_.batch_size < 1) throw Error("--batch-size must be at least 1");
+    if (auto b = tok.bos_id()) prefix_id_ = *b;
+    else if (auto e = tok.eos_id()) prefix_id_ = *e;
+    else throw Error("the tokenizer has neither a bos nor an eos token: an empty context has no prefix token");
+  }
+
+  std::string name() const override { return "local"; }
+
+  std::vector<LlResult> loglikelihood(const std::vector<Request>& reqs,
+                                      const std::function<void(int64_t)>& progress) override {
+    std::vector<TokRequest> tr;
+    tr.reserve(reqs.size());
+    for (const auto& r : reqs) tr.push_back(encode_pair(r.context, r.continuation));
+    return score(tr, progress);
+  }
+
+  std::vector<LlResult> loglikelihood_rolling(const std::vector<Request>& reqs, int64_t context_len,
+                                              const std::function<void(int64_t)>& progress) override {
+    std::vector<TokRequest> windows;
+    std::vector<size_t> owner;
+    for (size_t i = 0; i < reqs.size(); ++i)
+      for (auto& [c, x] : rolling_windows(tok_encode(reqs[i].continuation), prefix_id_, max_len_, context_len)) {
+        windows.push_back({std::move(c), std::move(x)});
+        owner.push_back(i);
+      }
+    // progress in documents: a document is done when its last window is
+    std::vector<size_t> last_window(reqs.size(), 0);
+    for (size_t w = 0; w < owner.size(); ++w) last_window[owner[w]] = w;
+    auto r = score(windows, [&](int64_t windows_done) {
+      if (!progress) return;
+      int64_t docs = 0;
+      for (size_t i = 0; i < reqs.size(); ++i)
+        docs += int64_t(last_window[i]) < windows_done || reqs[i].continuation.empty();
+      progress(docs);
+    });
+    std::vector<LlResult> out(reqs.size(), LlResult{0, true, 0});
+    for (size_t w = 0; w < owner.size(); ++w) {
+      out[owner[w]].logprob += r[w].logprob;
+      out[owner[w]].is_greedy = out[owner[w]].is_greedy && r[w].is_greedy;
+      out[owner[w]].tokens += r[w].tokens;
+    }
+    return out;
+  }
+
+  std::vector<std::string> generate_until(const std::vector<Request>& reqs,
+                                          const std::function<void(int64_t)>& progress) override {
+    if (!gen_) gen_.emplace(model_, &tok_);
+    std::vector<std::string> out(reqs.size());
+    int64_t done = 0;
+    // requests with the same stops and length run together
+    std::map<std::pair<std::vector<std::string>, int64_t>, std::vector<size_t>> by_opts;
+    for (size_t i = 0; i < reqs.size(); ++i) by_opts[{reqs[i].until, reqs[i].max_gen_toks}].push_back(i);
+    for (const auto& [key, idx] : by_opts) {
+      GenerationOptions go;
+      go.sampling.temperature = 0;
+      go.max_new_tokens = key.second;
+      for (const auto& s : key.first)
+        if (!s.empty()) go.stop_strings.push_back(s);
+      if (auto e = tok_.eos_id()) go.stop_token_ids.push_back(*e);
+      const int64_t keep = std::max<int64_t>(1, max_len_ - key.second);
+      for (size_t b = 0; b < idx.size(); b += size_t(o_.batch_size)) {
+        std::vector<std::vector<int32_t>> prompts;
+        const size_t e = std::min(idx.size(), b + size_t(o_.batch_size));
+        for (size_t k = b; k < e; ++k) {
+          Tokens p = tok_encode(reqs[idx[k]].context);
+          if (int64_t(p.size()) > keep) p.erase(p.begin(), p.end() - keep);  // left truncation
+          prompts.push_back(std::move(p));
+        }
+        auto res = gen_->generate(prompts, go);
+        for (size_t k = b; k < e; ++k) out[idx[k]] = res[k - b].text;
+        done += int64_t(e - b);
+        if (progress) progress(done);
+      }
+    }
+    return out;
+  }
+
+ private:
+  // lm-eval's tok_encode: the tokenizer's own special tokens, unless the
+  // text already starts with the bos token.
+  Tokens tok_encode(const std::string& s) const {
+    const std::string& bos = tok_.config().bos_token;
+    const bool has_bos = !bos.empty() && s.rfind(bos, 0) == 0;
+    return tok_.encode(s, !has_bos);
+  }
+
+  // lm-eval's loglikelihood tokenization (api/model.py _encode_pair and the
+  // empty-context rule).
+  TokRequest encode_pair(std::string ctx, std::string cont) const {
+    if (ctx.empty()) {
+      Tokens c = tok_.encode(cont, false);
+      if (c.empty()) return {{prefix_id_}, {}};
+      if (c.front() != prefix_id_) return {{prefix_id_}, c};
+      return {{c.front()}, Tokens(c.begin() + 1, c.end())};
+    }
+    const size_t n = trailing_space_bytes(ctx);
+    if (n > 0) {
+      cont = ctx.substr(ctx.size() - n) + cont;
+      ctx.resize(ctx.size() - n);
+    }
+    Tokens whole = tok_encode(ctx + cont);
+    Tokens c = tok_encode(ctx);
+    const size_t k = std::min(c.size(), whole.size());
+    return {std::move(c), Tokens(whole.begin() + int64_t(k), whole.end())};
+  }
+
+  struct Item {
+    Tokens inp;    // (context + continuation)[-(max_len+1):][:-1]
+    Tokens cont;   // the tokens scored: the last cont.size() positions of inp predict them
+    size_t index;  // into the caller's list
+  };
+
+  void ensure_cache(int64_t blocks) {
+    if (!cache_ || cache_->num_blocks() < blocks)
+      cache_.emplace(model_, std::max<int64_t>(blocks, 64), o_.block_size);
+  }
+
+  std::vector<LlResult> score(const std::vector<TokRequest>& reqs,
+                              const std::function<void(int64_t)>& progress) {
+    torch::NoGradGuard no_grad;
+    std::vector<LlResult> out(reqs.size());
+    // group by the shared part of the input: everything before the first
+    // scored position
+    std::map<Tokens, std::vector<Item>> groups;
+    int64_t done = 0;
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      const auto& r = reqs[i];
+      if (r.continuation.empty()) {
+        out[i] = {0.0, true, 0};
+        ++done;
+        continue;
+      }
+      Tokens full = r.context;
+      full.insert(full.end(), r.continuation.begin(), r.continuation.end());
+      const int64_t start = std::max<int64_t>(0, int64_t(full.size()) - 1 - max_len_);
+      Item it{Tokens(full.begin() + start, full.end() - 1), r.continuation, i};
+      if (it.cont.size() > it.inp.size())
+        throw Error("a continuation of " + std::to_string(it.cont.size()) +
+                    " tokens does not fit the model's context of " + std::to_string(max_len_));
+      Tokens shared(it.inp.begin(), it.inp.end() - int64_t(it.cont.size()));
+      groups[std::move(shared)].push_back(std::move(it));
+    }
+    if (progress && done) progress(done);
+    // longest first, as lm-eval orders its batches
+    std::vector<std::pair<const Tokens*, std::vector<Item>*>> order;
+    for (auto& [k, v] : groups) order.emplace_back(&k, &v);
+    std::stable_sort(order.begin(), order.end(), [](const auto& a, const auto& b) {
+      return a.second->front().inp.size() > b.second->front().inp.size();
+    });
+    const int64_t bs = o_.block_size;
+    const int64_t vocab = model_.config().vocab_size;
+    const int64_t token_budget = std::max<int64_t>(1, o_.max_logit_floats / std::max<int64_t>(vocab, 1));
+    size_t g = 0;
+    while (g < order.size()) {
+      // one batch of whole groups: up to batch_size requests and the logits budget
+      size_t g_end = g;
+      int64_t n_req = 0, n_tok = 0;
+      while (g_end < order.size()) {
+        const auto& items = *order[g_end].second;
+        const int64_t shared_full = int64_t(order[g_end].first->size()) / bs * bs;
+        int64_t toks = 0;
+        for (const auto& it : items) toks += int64_t(it.inp.size()) - shared_full;
+        if (g_end > g && (n_req + int64_t(items.size()) > o_.batch_size || n_tok + toks > token_budget))
+          break;
+        n_req += int64_t(items.size());
+        n_tok += toks;
+        ++g_end;
+      }
+      run_batch(order, g, g_end, out);
+      done += n_req;
+      if (progress) progress(done);
+      g = g_end;
+    }
+    return out;
+  }
+
+  void run_batch(const std::vector<std::pair<const Tokens*, std::vector<Item>*>>& order, size_t g0,
+                 size_t g1, std::vector<LlResult>& out) {
+    const int64_t bs = o_.block_size;
+    int32_t next_block = 0;
+    StepBatch prefix, body;
+    body.all_logits = true;
+    std::vector<int64_t> rows, targets;          // body rows to score, their target tokens
+    std::vector<std::pair<size_t, int64_t>> row_owner;  // (request index, count)
+    for (size_t g = g0; g < g1; ++g) {
+      const Tokens& shared = *order[g].first;
+      const int64_t P = int64_t(shared.size()) / bs * bs;  // whole blocks computed once
+      std::vector<int32_t> shared_blocks;
+      for (int64_t b = 0; b < P / bs; ++b) shared_blocks.push_back(next_block++);
+      if (P > 0) {
+        StepBatch::Seq s;
+        s.q_start = int64_t(prefix.tokens.size());
+        s.q_len = P;
+        s.context_len = P;
+        s.block_table = shared_blocks;
+        for (int64_t p = 0; p < P; ++p) {
+          prefix.tokens.push_back(shared[size_t(p)]);
+          prefix.positions.push_back(int32_t(p));
+        }
+        prefix.seqs.push_back(std::move(s));
+      }
+      for (const Item& it : *order[g].second) {
+        const int64_t n = int64_t(it.inp.size());
+        StepBatch::Seq s;
+        s.q_start = int64_t(body.tokens.size());
+        s.q_len = n - P;
+        s.context_len = n;
+        s.block_table = shared_blocks;
+        for (int64_t b = P / bs; b < (n + bs - 1) / bs; ++b) s.block_table.push_back(next_block++);
+        for (int64_t p = P; p < n; ++p) {
+          body.tokens.push_back(it.inp[size_t(p)]);
+          body.positions.push_back(int32_t(p));
+        }
+        const int64_t c = int64_t(it.cont.size());
+        for (int64_t k = 0; k < c; ++k) {
+          rows.push_back(s.q_start + (n - P - c) + k);
+          targets.push_back(it.cont[size_t(k)]);
+        }
+        row_owner.emplace_back(it.index, c);
+        body.seqs.push_back(std::move(s));
+      }
+    }
+    ensure_cache(next_block);
+    if (!prefix.seqs.empty()) model_.step(prefix, *cache_);
+    auto logits = model_.step(body, *cache_);  // [N,V] float32
+    const auto dev = logits.device();
+    auto lp = torch::log_softmax(
+        logits.index_select(0, torch::tensor(rows, torch::kLong).to(dev)).to(torch::kFloat32), -1);  // [R,V]
+    auto tgt = torch::tensor(targets, torch::kLong).to(dev);                                    // [R]
+    auto picked = lp.gather(1, tgt.unsqueeze(1)).squeeze(1).to(torch::kDouble).cpu();           // [R]
+    auto greedy = lp.argmax(1).eq(tgt).cpu();                                                   // [R]
+    const double* pv = picked.data_ptr<double>();
+    const bool* gv = greedy.data_ptr<bool>();
+    int64_t r = 0;
+    for (const auto& [idx, c] : row_owner) {
+      LlResult res{0.0, true, c};
+      for (int64_t k = 0; k < c; ++k, ++r) {
+        res.logprob += pv[r];
+        res.is_greedy = res.is_greedy && gv[r];
+      }
+      out[idx] = res;
+    }
+  }
+
+  Transformer& model_;
+  const Tokenizer& tok_;
+  LocalModelOptions o_;
+  int64_t max_len_ = 0;
+  int32_t prefix_id_ = 0;
+  std::optional<KVCache> cache_;
+  std::optional<Generator> gen_;
+};
+
+}  // namespace
+
+std::unique_ptr<LanguageModel> make_local_model(Transformer& model, const Tokenizer& tokenizer,
+                                                const LocalModelOptions& options) {
+  return std::make_unique<LocalModel>(model, tokenizer, options);
+}
+
+}  // namespace finmoe::eval

@@ -1,0 +1,167 @@
+// The evaluation harness on a real (tiny random) model, against
+// lm-evaluation-harness's own output: tests/data/eval/ref/reference.json was
+// written by tests/ref/make_lm_eval_reference.py with lm_eval's HF backend on
+// the same model, tokenizer, task files and shots.
+#include <cmath>
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "finmoe/config.h"
+#include "finmoe/eval.h"
+#include "finmoe/eval_model.h"
+#include "finmoe/model.h"
+#include "finmoe/tokenizer.h"
+
+using nlohmann::json;
+using namespace finmoe;
+using namespace finmoe::eval;
+
+namespace {
+
+const std::string kRef = std::string(FINMOE_TEST_DATA_DIR) + "/eval/ref";
+
+struct RefModel {
+  Transformer model = load_model(kRef + "/model", {.dtype = torch::kFloat32});
+  Tokenizer tok = Tokenizer::from_dir(kRef + "/model");
+};
+
+RefModel& ref_model() {
+  static RefModel m;
+  return m;
+}
+
+const json& reference() {
+  static const json r = read_json_file(kRef + "/reference.json");
+  return r;
+}
+
+EvalOutput run_ref_tasks(const LocalModelOptions& lo) {
+  std::vector<TaskConfig> tasks;
+  for (const char* t : {"ref_mc", "ref_ppl", "ref_gen"}) tasks.push_back(parse_task_yaml(kRef + "/" + t + ".yaml"));
+  auto lm = make_local_model(ref_model().model, ref_model().tok, lo);
+  EvalOptions o;
+  o.log_samples = true;
+  return evaluate(tasks, *lm, o);
+}
+
+const json& samples_of(const EvalOutput& out, const std::string& task) {
+  for (const auto& t : out.tasks)
+    if (t.task == task) return t.samples;
+  throw std::runtime_error("no task " + task);
+}
+
+}  // namespace
+
+TEST(EvalLmEvalReference, MultipleChoicePromptsLoglikelihoodsAndAccuracyMatch) {
+  for (int64_t batch : {1, 16}) {
+    SCOPED_TRACE("batch_size " + std::to_string(batch));
+    const auto out = run_ref_tasks({.batch_size = batch, .block_size = 8});
+    const json& ref = reference()["tasks"]["ref_mc"];
+    const json& mine = samples_of(out, "ref_mc");
+    ASSERT_EQ(mine.size(), ref["samples"].size());
+    double max_diff = 0;
+    for (size_t i = 0; i < mine.size(); ++i) {
+      const json& r = ref["samples"][i];
+      const json& m = mine[i];
+      ASSERT_EQ(m["doc_id"], r["doc_id"]);
+      ASSERT_EQ(m["arguments"].size(), r["arguments"].size());
+      for (size_t c = 0; c < r["arguments"].size(); ++c) {
+        // the same few-shot prompt and continuation, byte for byte
+        EXPECT_EQ(m["arguments"][c]["arg_0"], r["arguments"][c][0]) << "doc " << i;
+        EXPECT_EQ(m["arguments"][c]["arg_1"], r["arguments"][c][1]) << "doc " << i;
+        const double ll_ref = r["resps"][c][0][0].get<double>();
+        const double ll = m["resps"][c][0].get<double>();
+        EXPECT_NEAR(ll, ll_ref, 1e-4) << "doc " << i << " choice " << c;
+        max_diff = std::max(max_diff, std::fabs(ll - ll_ref));
+        EXPECT_EQ(m["resps"][c][1].get<bool>(), r["resps"][c][0][1].get<bool>());
+      }
+      EXPECT_EQ(m["acc"].get<double>(), r["metrics"]["acc"].get<double>()) << "doc " << i;
+      EXPECT_EQ(m["acc_norm"].get<double>(), r["metrics"]["acc_norm"].get<double>()) << "doc " << i;
+    }
+    std::printf("ref_mc: max |ll - lm_eval ll| = %.3g\n", max_diff);
+    const json& res = out.results["results"]["ref_mc"];
+    EXPECT_EQ(res["acc,none"].get<double>(), ref["results"]["acc,none"].get<double>());
+    EXPECT_EQ(res["acc_norm,none"].get<double>(), ref["results"]["acc_norm,none"].get<double>());
+    EXPECT_NEAR(res["acc_stderr,none"].get<double>(), ref["results"]["acc_stderr,none"].get<double>(), 1e-12);
+    EXPECT_EQ(out.results["n-shot"]["ref_mc"], ref["n-shot"]);
+  }
+}
+
+TEST(EvalLmEvalReference, RollingPerplexityMatches) {
+  const auto out = run_ref_tasks({.batch_size = 4, .block_size = 16});
+  const json& ref = reference()["tasks"]["ref_ppl"];
+  const json& mine = samples_of(out, "ref_ppl");
+  ASSERT_EQ(mine.size(), ref["samples"].size());
+  for (size_t i = 0; i < mine.size(); ++i) {
+    const double ll_ref = ref["samples"][i]["resps"][0][0].get<double>();
+    // a sum over up to ~250 float32 token log-probabilities
+    EXPECT_NEAR(mine[i]["resps"][0][0].get<double>(), ll_ref, 1e-6 * std::fabs(ll_ref) + 1e-4) << "doc " << i;
+    EXPECT_EQ(mine[i]["word_perplexity"][1], ref["samples"][i]["metrics"]["word_perplexity"][1]);
+    EXPECT_EQ(mine[i]["bits_per_byte"][1], ref["samples"][i]["metrics"]["bits_per_byte"][1]);
+  }
+  for (const char* m : {"word_perplexity,none", "byte_perplexity,none", "bits_per_byte,none"}) {
+    const double r = ref["results"][m].get<double>();
+    EXPECT_NEAR(out.results["results"]["ref_ppl"][m].get<double>(), r, 1e-5 * std::fabs(r)) << m;
+  }
+}
+
+TEST(EvalLmEvalReference, GreedyGenerationsMatch) {
+  const auto out = run_ref_tasks({.batch_size = 16});
+  const json& ref = reference()["tasks"]["ref_gen"];
+  const json& mine = samples_of(out, "ref_gen");
+  ASSERT_EQ(mine.size(), ref["samples"].size());
+  for (size_t i = 0; i < mine.size(); ++i) {
+    EXPECT_EQ(mine[i]["arguments"][0]["arg_0"], ref["samples"][i]["arguments"][0][0]);
+    EXPECT_EQ(mine[i]["resps"][0][0], ref["samples"][i]["resps"][0][0]) << "doc " << i;
+  }
+  EXPECT_EQ(out.results["results"]["ref_gen"]["exact_match,none"].get<double>(),
+            ref["results"]["exact_match,none"].get<double>());
+}
+
+// Context sharing through the paged cache (whole blocks of a shared context
+// computed once) and left truncation give what one plain forward pass over
+// each request's tokens gives.
+TEST(EvalLocalModel, SharedContextScoringEqualsAPlainForwardPass) {
+  auto& rm = ref_model();
+  const std::string long_ctx =
+      "Question: The ratio of net income to equity is the return on what, and how does a ledger "
+      "record the debit and credit of each transaction in the journal?\nAnswer:";
+  std::vector<Request> reqs = {{long_ctx, " equity", {}, 0},      {long_ctx, " assets", {}, 0},
+                               {long_ctx, " investment capital", {}, 0}, {"NPV", " value", {}, 0},
+                               {"", "Short line.", {}, 0},             {long_ctx + long_ctx, " equity", {}, 0}};
+  const int64_t max_len = 40;  // truncates the long contexts from the left
+  auto lm = make_local_model(rm.model, rm.tok, {.batch_size = 3, .max_length = max_len, .block_size = 4});
+  const auto got = lm->loglikelihood(reqs, {});
+  torch::NoGradGuard ng;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    // lm-eval's split: the continuation is what encode(ctx + cont) adds to encode(ctx)
+    std::vector<int32_t> ctx, whole;
+    if (reqs[i].context.empty()) {
+      ctx = {*rm.tok.eos_id()};
+      whole = ctx;
+      const auto c = rm.tok.encode(reqs[i].continuation);
+      whole.insert(whole.end(), c.begin(), c.end());
+    } else {
+      ctx = rm.tok.encode(reqs[i].context);
+      whole = rm.tok.encode(reqs[i].context + reqs[i].continuation);
+    }
+    const int64_t n_cont = int64_t(whole.size() - ctx.size());
+    std::vector<int64_t> inp(whole.begin(), whole.end() - 1);
+    if (int64_t(inp.size()) > max_len) inp.erase(inp.begin(), inp.end() - max_len);
+    auto logits = rm.model.forward(torch::tensor(inp).unsqueeze(0));  // [1,T,V]
+    auto lp = torch::log_softmax(logits[0], -1);                       // [T,V]
+    double want = 0;
+    bool greedy = true;
+    const int64_t T = int64_t(inp.size());
+    for (int64_t k = 0; k < n_cont; ++k) {
+      const int64_t row = T - n_cont + k;
+      const int32_t target = whole[whole.size() - size_t(n_cont) + size_t(k)];
+      want += lp[row][target].item<double>();
+      greedy = greedy && lp[row].argmax().item<int64_t>() == target;
+    }
+    EXPECT_NEAR(got[i].logprob, want, 1e-4) << "request " << i;
+    EXPECT_EQ(got[i].is_greedy, greedy) << "request " << i;
+    EXPECT_EQ(got[i].tokens, n_cont);
+  }
+}
