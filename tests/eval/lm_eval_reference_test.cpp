@@ -3,6 +3,10 @@
 // written by tests/ref/make_lm_eval_reference.py with lm_eval's HF backend on
 // the same model, tokenizer, task files and shots.
 #include <cmath>
+#include <cstdlib>
+#include <filesystem>
+
+#include <unistd.h>
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -164,4 +168,45 @@ TEST(EvalLocalModel, SharedContextScoringEqualsAPlainForwardPass) {
     EXPECT_EQ(got[i].is_greedy, greedy) << "request " << i;
     EXPECT_EQ(got[i].tokens, n_cont);
   }
+}
+
+// Live (opt-in: FINMOE_LIVE_LM_EVAL=1 and FINMOE_PYTHON with lm_eval, torch,
+// transformers): the reference script run again into a scratch copy of the
+// task files rebuilds the same model and lm_eval gives the committed numbers.
+TEST(EvalLmEvalLive, ReferenceScriptReproducesTheCommittedReference) {
+  const char* live = std::getenv("FINMOE_LIVE_LM_EVAL");
+  const char* py = std::getenv("FINMOE_PYTHON");
+  if (!live || std::string(live) != "1" || !py)
+    GTEST_SKIP() << "set FINMOE_LIVE_LM_EVAL=1 and FINMOE_PYTHON (with lm_eval) to run lm-eval live";
+  const auto dir = std::filesystem::temp_directory_path() / ("finmoe_lm_eval_live_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  for (const auto& e : std::filesystem::directory_iterator(kRef))
+    if (e.is_regular_file() && e.path().filename() != "reference.json")
+      std::filesystem::copy_file(e.path(), dir / e.path().filename());
+  const std::string cmd = std::string(py) + " " + FINMOE_SOURCE_DIR + "/tests/ref/make_lm_eval_reference.py " +
+                          dir.string() + " > " + (dir / "log.txt").string() + " 2>&1";
+  const int rc = WEXITSTATUS(std::system(cmd.c_str()));
+  if (rc == 77) {
+    std::filesystem::remove_all(dir);
+    GTEST_SKIP() << "lm_eval/torch/transformers not installed in FINMOE_PYTHON";
+  }
+  ASSERT_EQ(rc, 0) << cmd;
+  const json fresh = read_json_file((dir / "reference.json").string());
+  for (const char* task : {"ref_mc", "ref_ppl", "ref_gen"}) {
+    const json& a = fresh["tasks"][task]["samples"];
+    const json& b = reference()["tasks"][task]["samples"];
+    ASSERT_EQ(a.size(), b.size()) << task;
+    for (size_t i = 0; i < a.size(); ++i) {
+      EXPECT_EQ(a[i]["arguments"], b[i]["arguments"]) << task << " doc " << i;
+      for (size_t c = 0; c < a[i]["resps"].size(); ++c) {
+        const json& x = a[i]["resps"][c][0];
+        const json& y = b[i]["resps"][c][0];
+        if (x.is_array()) EXPECT_NEAR(x[0].get<double>(), y[0].get<double>(), 1e-4) << task << " doc " << i;
+        else if (x.is_number()) EXPECT_NEAR(x.get<double>(), y.get<double>(), 1e-3) << task << " doc " << i;
+        else EXPECT_EQ(x, y) << task << " doc " << i;
+      }
+    }
+  }
+  std::filesystem::remove_all(dir);
 }
