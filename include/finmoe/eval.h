@@ -77,7 +77,7 @@ struct TaskConfig {
   std::string target_delimiter = " ";
   std::string fewshot_delimiter = "\n\n";
   int num_fewshot = 0;
-  std::string fewshot_sampler = "default";        // default (seeded shuffle) | first_n
+  std::string fewshot_sampler = "default";        // default (Python's Random(seed).sample, as lm-eval) | first_n
   uint64_t fewshot_seed = 1234;
   OutputType output_type = OutputType::kMultipleChoice;
   std::vector<MetricSpec> metrics;

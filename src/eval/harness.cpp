@@ -6,9 +6,10 @@
 #include <cmath>
 #include <ctime>
 #include <numeric>
-#include <random>
+#include <optional>
 
 #include "core/progress.h"
+#include "eval/py_random.h"
 #include "finmoe/error.h"
 #include "finmoe/eval.h"
 
@@ -57,6 +58,7 @@ struct TaskRun {
   int64_t n_original = 0;
   std::vector<Doc> docs, fewshot_docs;
   bool fewshot_same_split = false;
+  std::optional<PyRandom> rng;  // the default sampler's generator
   std::vector<DocPlan> plans;
 };
 
@@ -121,38 +123,50 @@ class Builder {
     return value_text(target);
   }
 
-  std::vector<const Doc*> sample_fewshot(const TaskRun& run, const Doc& doc, int64_t doc_id) {
+  // lm-eval's samplers: `first_n` takes the first examples; `default` is
+  // Python's Random(fewshot_seed).sample, drawn per document in document
+  // order (one generator per task), n + 1 when the document itself may be
+  // drawn, then every copy of the document removed.
+  std::vector<const Doc*> sample_fewshot(TaskRun& run, const Doc& doc) {
     const TaskConfig& t = *run.cfg;
+    const size_t n = size_t(run.num_fewshot);
+    const auto& all = run.fewshot_docs;
+    auto not_doc = [&](const Doc* f) { return !run.fewshot_same_split || f->fields != doc.fields; };
     std::vector<const Doc*> pool;
-    for (const auto& f : run.fewshot_docs)
-      if (!(run.fewshot_same_split && f.where == doc.where)) pool.push_back(&f);
-    if (int64_t(pool.size()) < run.num_fewshot)
-      throw Error("task " + t.task + ": " + std::to_string(run.num_fewshot) +
+    for (const auto& f : all)
+      if (not_doc(&f)) pool.push_back(&f);
+    if (pool.size() < n)
+      throw Error("task " + t.task + ": " + std::to_string(n) +
                   " few-shot examples asked, the few-shot split has " + std::to_string(pool.size()));
     if (t.fewshot_sampler == "first_n") {
-      pool.resize(size_t(run.num_fewshot));
+      pool.resize(n);
       return pool;
     }
-    // a seeded partial shuffle per document: reproducible across runs
-    std::mt19937_64 rng(t.fewshot_seed * 1000003ULL + uint64_t(doc_id));
-    for (int i = 0; i < run.num_fewshot; ++i) {
-      std::uniform_int_distribution<size_t> pick(size_t(i), pool.size() - 1);
-      std::swap(pool[size_t(i)], pool[pick(rng)]);
+    if (!run.rng) run.rng.emplace(t.fewshot_seed);
+    std::vector<const Doc*> res;
+    if (!run.fewshot_same_split) {
+      for (uint64_t i : run.rng->sample(all.size(), n)) res.push_back(&all[size_t(i)]);
+      return res;
     }
-    pool.resize(size_t(run.num_fewshot));
-    return pool;
+    for (uint64_t i : run.rng->sample(all.size(), std::min(all.size(), n + 1)))
+      if (not_doc(&all[size_t(i)]) && res.size() < n) res.push_back(&all[size_t(i)]);
+    if (res.size() < n) {  // the document drawn more than once: from the pool without it
+      res.clear();
+      for (uint64_t i : run.rng->sample(pool.size(), n)) res.push_back(pool[size_t(i)]);
+    }
+    return res;
   }
 
   // lm-eval's fewshot_context: [system] + (user q + tgt_delim, assistant a +
   // fewshot_delim) per example + user q; plain text or a chat template.
-  std::string context(const TaskRun& run, const Doc& doc, int64_t doc_id) {
+  std::string context(TaskRun& run, const Doc& doc) {
     const TaskConfig& t = *run.cfg;
     std::vector<Message> msgs;
     const std::string description = t.description.empty() ? "" : text(t, "description", t.description, doc);
     const std::string system = maybe_delimit(o_.chat.system, description, t.fewshot_delimiter);
     if (!system.empty()) msgs.push_back({"system", system, ""});
     if (run.num_fewshot > 0)
-      for (const Doc* f : sample_fewshot(run, doc, doc_id)) {
+      for (const Doc* f : sample_fewshot(run, doc)) {
         msgs.push_back({"user", text(t, "doc_to_text", t.doc_to_text, *f), t.target_delimiter});
         msgs.push_back({"assistant", answer_text(t, *f), t.fewshot_delimiter});
       }
@@ -252,7 +266,7 @@ EvalOutput evaluate(const std::vector<TaskConfig>& tasks, LanguageModel& model,
         case OutputType::kMultipleChoice: {
           p.choices = b.choices(t, d);
           p.gold = b.gold(t, d, p.target, p.choices);
-          const std::string ctx = b.context(run, d, p.doc_id);
+          const std::string ctx = b.context(run, d);
           // lm-eval: with a chat template the choice follows the assistant turn directly
           const std::string delim = o.chat.apply_chat_template ? "" : t.target_delimiter;
           for (const auto& c : p.choices) {
@@ -264,7 +278,7 @@ EvalOutput evaluate(const std::vector<TaskConfig>& tasks, LanguageModel& model,
         case OutputType::kLoglikelihood:
           p.target_text = value_text(p.target);
           p.request.push_back(ll_reqs.size());
-          ll_reqs.push_back({b.context(run, d, p.doc_id), p.target_text, {}, 0});
+          ll_reqs.push_back({b.context(run, d), p.target_text, {}, 0});
           break;
         case OutputType::kLoglikelihoodRolling:
           p.target_text = value_text(p.target);
@@ -280,7 +294,7 @@ EvalOutput evaluate(const std::vector<TaskConfig>& tasks, LanguageModel& model,
                                                                       : value_text(p.target);
           }
           p.request.push_back(gen_reqs.size());
-          gen_reqs.push_back({b.context(run, d, p.doc_id), "", t.until, t.max_gen_toks});
+          gen_reqs.push_back({b.context(run, d), "", t.until, t.max_gen_toks});
           break;
       }
       run.plans.push_back(std::move(p));

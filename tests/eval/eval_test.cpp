@@ -11,6 +11,7 @@
 
 #include "../expect_error.h"
 #include "finmoe/config.h"
+#include "eval/py_random.h"
 #include "finmoe/eval.h"
 
 namespace fs = std::filesystem;
@@ -161,6 +162,24 @@ TEST(EvalMetrics, RollingWindowsPredictEveryTokenOnceWithinTheContext) {
   EXPECT_EQ(rolling_windows(toks, 7, 8, 1).size(), 3u);
   // context_len = max_len slides one token at a time after the first window
   EXPECT_EQ(rolling_windows(toks, 7, 8, 8).size(), 1u + 15u);
+}
+
+TEST(EvalMetrics, PyRandomIsCPythonsRandom) {
+  // CPython 3.11: r = random.Random(1234); [r.getrandbits(32) for _ in range(3)]
+  PyRandom r(1234);
+  EXPECT_EQ(r.getrandbits(32), 4150886329u);
+  EXPECT_EQ(r.getrandbits(32), 3342196574u);
+  EXPECT_EQ(r.getrandbits(32), 1892932127u);
+  // r = random.Random(1234); r.sample(range(10), 3), r.sample(range(10), 4),
+  // r.sample(range(100), 7) (the set-based branch), r.sample(range(30), 29)
+  PyRandom s(1234);
+  EXPECT_EQ(s.sample(10, 3), (std::vector<uint64_t>{7, 1, 0}));
+  EXPECT_EQ(s.sample(10, 4), (std::vector<uint64_t>{1, 0, 9, 8}));
+  EXPECT_EQ(s.sample(100, 7), (std::vector<uint64_t>{98, 45, 30, 2, 3, 44, 82}));
+  EXPECT_EQ(s.sample(30, 29), (std::vector<uint64_t>{19, 15, 29, 14, 4, 2, 5, 22, 3, 0, 16, 28, 7, 24, 26,
+                                                     1, 9, 10, 18, 8, 13, 20, 25, 6, 17, 12, 27, 11, 21}));
+  EXPECT_EQ(PyRandom(0).sample(5, 2), (std::vector<uint64_t>{3, 4}));          // random.Random(0)
+  EXPECT_EQ(PyRandom((uint64_t(1) << 40) + 5).getrandbits(32), 2166296868u);  // a two-word seed
 }
 
 // ---- data files ------------------------------------------------------------

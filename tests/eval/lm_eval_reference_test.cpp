@@ -40,13 +40,53 @@ const json& reference() {
   return r;
 }
 
-EvalOutput run_ref_tasks(const LocalModelOptions& lo) {
+EvalOutput run_ref_tasks(const LocalModelOptions& lo, std::vector<std::string> names = {},
+                         const ChatOptions& chat = {}) {
+  if (names.empty()) names = {"ref_mc", "ref_mc_random", "ref_ppl", "ref_gen"};
   std::vector<TaskConfig> tasks;
-  for (const char* t : {"ref_mc", "ref_ppl", "ref_gen"}) tasks.push_back(parse_task_yaml(kRef + "/" + t + ".yaml"));
+  for (const auto& t : names) tasks.push_back(parse_task_yaml(kRef + "/" + t + ".yaml"));
   auto lm = make_local_model(ref_model().model, ref_model().tok, lo);
   EvalOptions o;
   o.log_samples = true;
+  o.chat = chat;
   return evaluate(tasks, *lm, o);
+}
+
+// Prompts byte for byte, per-choice log-likelihoods within 1e-4, greedy
+// flags, acc and acc_norm per document and in total.
+void expect_multiple_choice_matches(const EvalOutput& out, const std::string& task, const std::string& ref_task) {
+  SCOPED_TRACE(ref_task);
+  const json& ref = reference()["tasks"][ref_task];
+  const json* mine_p = nullptr;
+  for (const auto& t : out.tasks)
+    if (t.task == task) mine_p = &t.samples;
+  ASSERT_NE(mine_p, nullptr);
+  const json& mine = *mine_p;
+  ASSERT_EQ(mine.size(), ref["samples"].size());
+  double max_diff = 0;
+  for (size_t i = 0; i < mine.size(); ++i) {
+    const json& r = ref["samples"][i];
+    const json& m = mine[i];
+    ASSERT_EQ(m["doc_id"], r["doc_id"]);
+    ASSERT_EQ(m["arguments"].size(), r["arguments"].size());
+    for (size_t c = 0; c < r["arguments"].size(); ++c) {
+      EXPECT_EQ(m["arguments"][c]["arg_0"], r["arguments"][c][0]) << "doc " << i;
+      EXPECT_EQ(m["arguments"][c]["arg_1"], r["arguments"][c][1]) << "doc " << i;
+      const double ll_ref = r["resps"][c][0][0].get<double>();
+      const double ll = m["resps"][c][0].get<double>();
+      EXPECT_NEAR(ll, ll_ref, 1e-4) << "doc " << i << " choice " << c;
+      max_diff = std::max(max_diff, std::fabs(ll - ll_ref));
+      EXPECT_EQ(m["resps"][c][1].get<bool>(), r["resps"][c][0][1].get<bool>());
+    }
+    EXPECT_EQ(m["acc"].get<double>(), r["metrics"]["acc"].get<double>()) << "doc " << i;
+    EXPECT_EQ(m["acc_norm"].get<double>(), r["metrics"]["acc_norm"].get<double>()) << "doc " << i;
+  }
+  std::printf("%s: max |ll - lm_eval ll| = %.3g\n", ref_task.c_str(), max_diff);
+  const json& res = out.results["results"][task];
+  EXPECT_EQ(res["acc,none"].get<double>(), ref["results"]["acc,none"].get<double>());
+  EXPECT_EQ(res["acc_norm,none"].get<double>(), ref["results"]["acc_norm,none"].get<double>());
+  EXPECT_NEAR(res["acc_stderr,none"].get<double>(), ref["results"]["acc_stderr,none"].get<double>(), 1e-12);
+  EXPECT_EQ(out.results["n-shot"][task], ref["n-shot"]);
 }
 
 const json& samples_of(const EvalOutput& out, const std::string& task) {
@@ -61,35 +101,24 @@ TEST(EvalLmEvalReference, MultipleChoicePromptsLoglikelihoodsAndAccuracyMatch) {
   for (int64_t batch : {1, 16}) {
     SCOPED_TRACE("batch_size " + std::to_string(batch));
     const auto out = run_ref_tasks({.batch_size = batch, .block_size = 8});
-    const json& ref = reference()["tasks"]["ref_mc"];
-    const json& mine = samples_of(out, "ref_mc");
-    ASSERT_EQ(mine.size(), ref["samples"].size());
-    double max_diff = 0;
-    for (size_t i = 0; i < mine.size(); ++i) {
-      const json& r = ref["samples"][i];
-      const json& m = mine[i];
-      ASSERT_EQ(m["doc_id"], r["doc_id"]);
-      ASSERT_EQ(m["arguments"].size(), r["arguments"].size());
-      for (size_t c = 0; c < r["arguments"].size(); ++c) {
-        // the same few-shot prompt and continuation, byte for byte
-        EXPECT_EQ(m["arguments"][c]["arg_0"], r["arguments"][c][0]) << "doc " << i;
-        EXPECT_EQ(m["arguments"][c]["arg_1"], r["arguments"][c][1]) << "doc " << i;
-        const double ll_ref = r["resps"][c][0][0].get<double>();
-        const double ll = m["resps"][c][0].get<double>();
-        EXPECT_NEAR(ll, ll_ref, 1e-4) << "doc " << i << " choice " << c;
-        max_diff = std::max(max_diff, std::fabs(ll - ll_ref));
-        EXPECT_EQ(m["resps"][c][1].get<bool>(), r["resps"][c][0][1].get<bool>());
-      }
-      EXPECT_EQ(m["acc"].get<double>(), r["metrics"]["acc"].get<double>()) << "doc " << i;
-      EXPECT_EQ(m["acc_norm"].get<double>(), r["metrics"]["acc_norm"].get<double>()) << "doc " << i;
-    }
-    std::printf("ref_mc: max |ll - lm_eval ll| = %.3g\n", max_diff);
-    const json& res = out.results["results"]["ref_mc"];
-    EXPECT_EQ(res["acc,none"].get<double>(), ref["results"]["acc,none"].get<double>());
-    EXPECT_EQ(res["acc_norm,none"].get<double>(), ref["results"]["acc_norm,none"].get<double>());
-    EXPECT_NEAR(res["acc_stderr,none"].get<double>(), ref["results"]["acc_stderr,none"].get<double>(), 1e-12);
-    EXPECT_EQ(out.results["n-shot"]["ref_mc"], ref["n-shot"]);
+    expect_multiple_choice_matches(out, "ref_mc", "ref_mc");
+    // lm-eval's default sampler: the same few-shot examples per document
+    expect_multiple_choice_matches(out, "ref_mc_random", "ref_mc_random");
   }
+}
+
+TEST(EvalLmEvalReference, ChatTemplateSystemAndMultiTurnFewShotMatch) {
+  ChatOptions chat;
+  chat.apply_chat_template = true;
+  chat.system = reference()["chat_system"].get<std::string>();
+  const Tokenizer* tok = &ref_model().tok;
+  chat.render = [tok](const std::vector<std::pair<std::string, std::string>>& msgs) {
+    std::vector<ChatMessage> m;
+    for (const auto& [role, content] : msgs) m.push_back({role, content});
+    return render_chat(*tok, m, true);
+  };
+  const auto out = run_ref_tasks({.batch_size = 16}, {"ref_mc"}, chat);
+  expect_multiple_choice_matches(out, "ref_mc", "ref_mc_chat");
 }
 
 TEST(EvalLmEvalReference, RollingPerplexityMatches) {
@@ -193,7 +222,7 @@ TEST(EvalLmEvalLive, ReferenceScriptReproducesTheCommittedReference) {
   }
   ASSERT_EQ(rc, 0) << cmd;
   const json fresh = read_json_file((dir / "reference.json").string());
-  for (const char* task : {"ref_mc", "ref_ppl", "ref_gen"}) {
+  for (const char* task : {"ref_mc", "ref_mc_random", "ref_mc_chat", "ref_ppl", "ref_gen"}) {
     const json& a = fresh["tasks"][task]["samples"];
     const json& b = reference()["tasks"][task]["samples"];
     ASSERT_EQ(a.size(), b.size()) << task;

@@ -38,7 +38,10 @@ except ImportError as e:  # pragma: no cover
 
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-TASKS = ["ref_mc", "ref_ppl", "ref_gen"]
+TASKS = ["ref_mc", "ref_mc_random", "ref_ppl", "ref_gen"]
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+          "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+SYSTEM = "You are a finance tutor."
 
 
 def training_text(ref_dir):
@@ -59,14 +62,15 @@ def build_tokenizer(ref_dir, out_dir):
         pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
-    trainer = trainers.BpeTrainer(vocab_size=384, min_frequency=2, special_tokens=["<|endoftext|>"],
+    trainer = trainers.BpeTrainer(vocab_size=384, min_frequency=2, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(training_text(ref_dir) * 3, trainer=trainer)
     tok.save(os.path.join(out_dir, "tokenizer.json"))
     with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
         json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>",
                    "bos_token": None, "pad_token": "<|endoftext|>", "add_bos_token": False,
-                   "model_max_length": 128, "clean_up_tokenization_spaces": False}, f, indent=2)
+                   "model_max_length": 128, "clean_up_tokenization_spaces": False,
+                   "chat_template": CHATML}, f, indent=2)
     return tok.get_vocab_size()
 
 
@@ -88,6 +92,8 @@ def lm_eval_tasks(ref_dir, tmp):
     for t in TASKS:
         with open(os.path.join(ref_dir, t + ".yaml"), encoding="utf-8") as f:
             y = yaml.safe_load(f)
+        if "include" in y:  # lm-eval resolves includes itself; the base is copied too
+            continue
         files = y["dataset_kwargs"]["data_files"]
         for k in files:
             files[k] = os.path.abspath(os.path.join(ref_dir, files[k]))
@@ -109,13 +115,26 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         lm_eval_tasks(ref_dir, tmp)
         lm = HFLM(pretrained=model_dir, device="cpu", dtype="float32", batch_size=1)
-        res = lm_eval.simple_evaluate(model=lm, tasks=TASKS, task_manager=TaskManager(include_path=tmp),
-                                      log_samples=True, random_seed=0, numpy_random_seed=0,
-                                      torch_random_seed=0, fewshot_random_seed=1234)
+        for t in TASKS:
+            if not os.path.exists(os.path.join(tmp, t + ".yaml")):
+                shutil.copy(os.path.join(ref_dir, t + ".yaml"), tmp)
+        tm = TaskManager(include_path=tmp)
+        res = lm_eval.simple_evaluate(model=lm, tasks=TASKS, task_manager=tm, log_samples=True,
+                                      random_seed=0, numpy_random_seed=0, torch_random_seed=0,
+                                      fewshot_random_seed=1234)
+        # ref_mc again with the tokenizer's chat template, a system
+        # instruction and few-shot examples as turns
+        chat = lm_eval.simple_evaluate(model=lm, tasks=["ref_mc"], task_manager=tm, log_samples=True,
+                                       apply_chat_template=True, fewshot_as_multiturn=True,
+                                       system_instruction=SYSTEM, random_seed=0, numpy_random_seed=0,
+                                       torch_random_seed=0, fewshot_random_seed=1234)
+        res["results"]["ref_mc_chat"] = chat["results"]["ref_mc"]
+        res["n-shot"]["ref_mc_chat"] = chat["n-shot"]["ref_mc"]
+        res["samples"]["ref_mc_chat"] = chat["samples"]["ref_mc"]
     out = {"lm_eval_version": lm_eval.__version__ if hasattr(lm_eval, "__version__") else "?",
            "transformers_version": transformers.__version__, "torch_version": torch.__version__,
-           "max_length": lm.max_length, "tasks": {}}
-    for t in TASKS:
+           "max_length": lm.max_length, "chat_system": SYSTEM, "tasks": {}}
+    for t in TASKS + ["ref_mc_chat"]:
         samples = []
         for s in sorted(res["samples"][t], key=lambda s: s["doc_id"]):
             samples.append({
