@@ -28,6 +28,7 @@ struct LocalModelOptions {
   int64_t max_length = 0;         // context window; 0 = config.max_position_embeddings
   int64_t block_size = 16;        // KV-cache block: the unit of context sharing
   int64_t max_logit_floats = int64_t(1) << 26;  // per step: scored tokens x vocab (256 MiB)
+  int64_t* computed_tokens = nullptr;  // when set: += the tokens each forward step computes
 };
 // `model` and `tokenizer` must outlive the returned object.
 std::unique_ptr<LanguageModel> make_local_model(Transformer& model, const Tokenizer& tokenizer,

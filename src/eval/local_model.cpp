@@ -186,35 +186,47 @@ class LocalModel : public LanguageModel {
       groups[std::move(shared)].push_back(std::move(it));
     }
     if (progress && done) progress(done);
-    // longest first, as lm-eval orders its batches
+    // in token order (the map's): groups with a common prefix (the few-shot
+    // examples) are neighbours, so a batch reuses the blocks the batch
+    // before it left in the cache
     std::vector<std::pair<const Tokens*, std::vector<Item>*>> order;
     for (auto& [k, v] : groups) order.emplace_back(&k, &v);
-    std::stable_sort(order.begin(), order.end(), [](const auto& a, const auto& b) {
-      return a.second->front().inp.size() > b.second->front().inp.size();
-    });
+    resident_tokens_.clear();  // a new call: the cache holds nothing we know
+    resident_blocks_.clear();
     const int64_t bs = o_.block_size;
     const int64_t vocab = model_.config().vocab_size;
     const int64_t token_budget = std::max<int64_t>(1, o_.max_logit_floats / std::max<int64_t>(vocab, 1));
-    size_t g = 0;
-    while (g < order.size()) {
-      // one batch of whole groups: up to batch_size requests and the logits budget
+    // batches of whole groups: up to batch_size requests and the logits budget
+    std::vector<std::pair<size_t, size_t>> batches;
+    int64_t most_blocks = 0;  // the largest batch's blocks, the cache sized once for all
+    for (size_t g = 0; g < order.size();) {
       size_t g_end = g;
-      int64_t n_req = 0, n_tok = 0;
+      int64_t n_req = 0, n_tok = 0, blocks = 0;
       while (g_end < order.size()) {
         const auto& items = *order[g_end].second;
         const int64_t shared_full = int64_t(order[g_end].first->size()) / bs * bs;
-        int64_t toks = 0;
-        for (const auto& it : items) toks += int64_t(it.inp.size()) - shared_full;
+        int64_t toks = 0, b = shared_full / bs;
+        for (const auto& it : items) {
+          toks += int64_t(it.inp.size()) - shared_full;
+          b += (int64_t(it.inp.size()) + bs - 1) / bs;
+        }
         if (g_end > g && (n_req + int64_t(items.size()) > o_.batch_size || n_tok + toks > token_budget))
           break;
         n_req += int64_t(items.size());
         n_tok += toks;
+        blocks += b;
         ++g_end;
       }
-      run_batch(order, g, g_end, out);
-      done += n_req;
-      if (progress) progress(done);
+      batches.emplace_back(g, g_end);
+      most_blocks = std::max(most_blocks, blocks);
       g = g_end;
+    }
+    // room for a batch beside the prefix the batch before it leaves
+    ensure_cache(2 * most_blocks + 1);
+    for (const auto& [g0, g1] : batches) {
+      run_batch(order, g0, g1, out);
+      for (size_t k = g0; k < g1; ++k) done += int64_t(order[k].second->size());
+      if (progress) progress(done);
     }
     return out;
   }
@@ -222,50 +234,122 @@ class LocalModel : public LanguageModel {
   void run_batch(const std::vector<std::pair<const Tokens*, std::vector<Item>*>>& order, size_t g0,
                  size_t g1, std::vector<LlResult>& out) {
     const int64_t bs = o_.block_size;
-    int32_t next_block = 0;
-    StepBatch prefix, body;
-    body.all_logits = true;
-    std::vector<int64_t> rows, targets;          // body rows to score, their target tokens
+    StepBatch common_step, prefix, body;
+    std::vector<int64_t> rows, targets;                 // body rows to score, their target tokens
     std::vector<std::pair<size_t, int64_t>> row_owner;  // (request index, count)
-    for (size_t g = g0; g < g1; ++g) {
-      const Tokens& shared = *order[g].first;
-      const int64_t P = int64_t(shared.size()) / bs * bs;  // whole blocks computed once
-      std::vector<int32_t> shared_blocks;
-      for (int64_t b = 0; b < P / bs; ++b) shared_blocks.push_back(next_block++);
-      if (P > 0) {
+    Tokens last_tokens;                                 // the batch's last shared prefix
+    std::vector<int32_t> last_blocks;
+    // Plans the batch's two steps. With `reuse`, each group's shared prefix
+    // starts with the blocks of the resident prefix it has in common.
+    auto plan = [&](bool reuse) -> int32_t {
+      common_step = StepBatch{};
+      prefix = StepBatch{};
+      body = StepBatch{};
+      body.all_logits = true;
+      rows.clear(), targets.clear(), row_owner.clear();
+      std::vector<char> taken;
+      if (reuse)
+        for (int32_t b : resident_blocks_) {
+          if (size_t(b) >= taken.size()) taken.resize(size_t(b) + 1, 0);
+          taken[size_t(b)] = 1;
+        }
+      int32_t next = 0, used = 0;
+      auto alloc = [&] {
+        while (size_t(next) < taken.size() && taken[size_t(next)]) ++next;
+        used = std::max(used, next + 1);
+        return next++;
+      };
+      for (int32_t b : reuse ? resident_blocks_ : std::vector<int32_t>{}) used = std::max(used, b + 1);
+      auto lcp = [&](const Tokens& a, const Tokens& b, int64_t lim) {
+        int64_t k = 0;
+        lim = std::min<int64_t>({lim, int64_t(a.size()), int64_t(b.size())});
+        while (k < lim && a[size_t(k)] == b[size_t(k)]) ++k;
+        return k / bs * bs;
+      };
+      // the batch's common prefix (the few-shot examples), whole blocks,
+      // computed once in a step of its own, after what the cache holds
+      const Tokens& first = *order[g0].first;
+      int64_t C = int64_t(first.size());
+      for (size_t g = g0 + 1; g < g1; ++g) C = lcp(first, *order[g].first, C);
+      C = std::min<int64_t>(C, int64_t(first.size()) / bs * bs);
+      if (g1 - g0 < 2) C = 0;  // one group: its own prefix step does it
+      const int64_t rc = reuse ? lcp(resident_tokens_, first, C) : 0;
+      std::vector<int32_t> common_blocks(resident_blocks_.begin(), resident_blocks_.begin() + rc / bs);
+      for (int64_t b = rc / bs; b < C / bs; ++b) common_blocks.push_back(alloc());
+      if (C > rc) {
         StepBatch::Seq s;
-        s.q_start = int64_t(prefix.tokens.size());
-        s.q_len = P;
-        s.context_len = P;
-        s.block_table = shared_blocks;
-        for (int64_t p = 0; p < P; ++p) {
-          prefix.tokens.push_back(shared[size_t(p)]);
-          prefix.positions.push_back(int32_t(p));
+        s.q_start = 0;
+        s.q_len = C - rc;
+        s.context_len = C;
+        s.block_table = common_blocks;
+        for (int64_t p = rc; p < C; ++p) {
+          common_step.tokens.push_back(first[size_t(p)]);
+          common_step.positions.push_back(int32_t(p));
         }
-        prefix.seqs.push_back(std::move(s));
+        common_step.seqs.push_back(std::move(s));
       }
-      for (const Item& it : *order[g].second) {
-        const int64_t n = int64_t(it.inp.size());
-        StepBatch::Seq s;
-        s.q_start = int64_t(body.tokens.size());
-        s.q_len = n - P;
-        s.context_len = n;
-        s.block_table = shared_blocks;
-        for (int64_t b = P / bs; b < (n + bs - 1) / bs; ++b) s.block_table.push_back(next_block++);
-        for (int64_t p = P; p < n; ++p) {
-          body.tokens.push_back(it.inp[size_t(p)]);
-          body.positions.push_back(int32_t(p));
+      for (size_t g = g0; g < g1; ++g) {
+        const Tokens& shared = *order[g].first;
+        const int64_t P = int64_t(shared.size()) / bs * bs;  // whole blocks computed once
+        int64_t common = C;                                  // whole blocks already computed
+        std::vector<int32_t> shared_blocks = common_blocks;
+        if (reuse) {
+          const int64_t l = lcp(resident_tokens_, shared, P);
+          if (l > common) {
+            common = l;
+            shared_blocks.assign(resident_blocks_.begin(), resident_blocks_.begin() + l / bs);
+          }
         }
-        const int64_t c = int64_t(it.cont.size());
-        for (int64_t k = 0; k < c; ++k) {
-          rows.push_back(s.q_start + (n - P - c) + k);
-          targets.push_back(it.cont[size_t(k)]);
+        for (int64_t b = common / bs; b < P / bs; ++b) shared_blocks.push_back(alloc());
+        if (P > common) {
+          StepBatch::Seq s;
+          s.q_start = int64_t(prefix.tokens.size());
+          s.q_len = P - common;
+          s.context_len = P;
+          s.block_table = shared_blocks;
+          for (int64_t p = common; p < P; ++p) {
+            prefix.tokens.push_back(shared[size_t(p)]);
+            prefix.positions.push_back(int32_t(p));
+          }
+          prefix.seqs.push_back(std::move(s));
         }
-        row_owner.emplace_back(it.index, c);
-        body.seqs.push_back(std::move(s));
+        for (const Item& it : *order[g].second) {
+          const int64_t n = int64_t(it.inp.size());
+          StepBatch::Seq s;
+          s.q_start = int64_t(body.tokens.size());
+          s.q_len = n - P;
+          s.context_len = n;
+          s.block_table = shared_blocks;
+          for (int64_t b = P / bs; b < (n + bs - 1) / bs; ++b) s.block_table.push_back(alloc());
+          for (int64_t p = P; p < n; ++p) {
+            body.tokens.push_back(it.inp[size_t(p)]);
+            body.positions.push_back(int32_t(p));
+          }
+          const int64_t c = int64_t(it.cont.size());
+          for (int64_t k = 0; k < c; ++k) {
+            rows.push_back(s.q_start + (n - P - c) + k);
+            targets.push_back(it.cont[size_t(k)]);
+          }
+          row_owner.emplace_back(it.index, c);
+          body.seqs.push_back(std::move(s));
+        }
+        last_tokens.assign(shared.begin(), shared.begin() + P);
+        last_blocks = shared_blocks;
       }
+      return used;
+    };
+    int32_t needed = plan(!resident_blocks_.empty());
+    if (!cache_ || cache_->num_blocks() < needed) {
+      // a new, larger cache holds no resident prefix
+      resident_tokens_.clear();
+      resident_blocks_.clear();
+      needed = plan(false);
     }
+    const int32_t next_block = needed;
     ensure_cache(next_block);
+    if (o_.computed_tokens)
+      *o_.computed_tokens += int64_t(common_step.tokens.size() + prefix.tokens.size() + body.tokens.size());
+    if (!common_step.seqs.empty()) model_.step(common_step, *cache_);
     if (!prefix.seqs.empty()) model_.step(prefix, *cache_);
     auto logits = model_.step(body, *cache_);  // [N,V] float32
     const auto dev = logits.device();
@@ -276,6 +360,8 @@ class LocalModel : public LanguageModel {
     auto greedy = lp.argmax(1).eq(tgt).cpu();                                                   // [R]
     const double* pv = picked.data_ptr<double>();
     const bool* gv = greedy.data_ptr<bool>();
+    resident_tokens_ = std::move(last_tokens);  // stays in the cache for the next batch
+    resident_blocks_ = std::move(last_blocks);
     int64_t r = 0;
     for (const auto& [idx, c] : row_owner) {
       LlResult res{0.0, true, c};
@@ -293,6 +379,9 @@ class LocalModel : public LanguageModel {
   int64_t max_len_ = 0;
   int32_t prefix_id_ = 0;
   std::optional<KVCache> cache_;
+  // The last batch's final shared prefix, whole blocks, still in cache_.
+  Tokens resident_tokens_;
+  std::vector<int32_t> resident_blocks_;
   std::optional<Generator> gen_;
 };
 

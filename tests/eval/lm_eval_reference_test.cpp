@@ -152,50 +152,98 @@ TEST(EvalLmEvalReference, GreedyGenerationsMatch) {
             ref["results"]["exact_match,none"].get<double>());
 }
 
-// Context sharing through the paged cache (whole blocks of a shared context
-// computed once) and left truncation give what one plain forward pass over
-// each request's tokens gives.
-TEST(EvalLocalModel, SharedContextScoringEqualsAPlainForwardPass) {
-  auto& rm = ref_model();
-  const std::string long_ctx =
-      "Question: The ratio of net income to equity is the return on what, and how does a ledger "
-      "record the debit and credit of each transaction in the journal?\nAnswer:";
-  std::vector<Request> reqs = {{long_ctx, " equity", {}, 0},      {long_ctx, " assets", {}, 0},
-                               {long_ctx, " investment capital", {}, 0}, {"NPV", " value", {}, 0},
-                               {"", "Short line.", {}, 0},             {long_ctx + long_ctx, " equity", {}, 0}};
-  const int64_t max_len = 40;  // truncates the long contexts from the left
-  auto lm = make_local_model(rm.model, rm.tok, {.batch_size = 3, .max_length = max_len, .block_size = 4});
-  const auto got = lm->loglikelihood(reqs, {});
+namespace {
+
+// log P(continuation | context) and greedy-ness from one plain forward pass
+// over lm-eval's tokens for the request (context tokens + what encoding
+// context + continuation adds), truncated on the left to max_len.
+std::pair<double, bool> forward_loglikelihood(RefModel& rm, const Request& r, int64_t max_len,
+                                              int64_t* n_cont_out) {
+  std::vector<int32_t> ctx, whole;
+  if (r.context.empty()) {
+    ctx = {*rm.tok.eos_id()};
+    whole = ctx;
+    const auto c = rm.tok.encode(r.continuation);
+    whole.insert(whole.end(), c.begin(), c.end());
+  } else {
+    ctx = rm.tok.encode(r.context);
+    whole = rm.tok.encode(r.context + r.continuation);
+  }
+  const int64_t n_cont = int64_t(whole.size() - ctx.size());
+  std::vector<int64_t> inp(whole.begin(), whole.end() - 1);
+  if (int64_t(inp.size()) > max_len) inp.erase(inp.begin(), inp.end() - max_len);
   torch::NoGradGuard ng;
+  auto logits = rm.model.forward(torch::tensor(inp).unsqueeze(0));  // [1,T,V]
+  auto lp = torch::log_softmax(logits[0], -1);                       // [T,V]
+  double want = 0;
+  bool greedy = true;
+  const int64_t T = int64_t(inp.size());
+  for (int64_t k = 0; k < n_cont; ++k) {
+    const int64_t row = T - n_cont + k;
+    const int32_t target = whole[whole.size() - size_t(n_cont) + size_t(k)];
+    want += lp[row][target].item<double>();
+    greedy = greedy && lp[row].argmax().item<int64_t>() == target;
+  }
+  *n_cont_out = n_cont;
+  return {want, greedy};
+}
+
+// Returns the tokens the forward steps computed for the first call.
+int64_t expect_equals_forward(const std::vector<Request>& reqs, LocalModelOptions lo, int64_t max_len) {
+  auto& rm = ref_model();
+  int64_t computed = 0;
+  lo.computed_tokens = &computed;
+  auto lm = make_local_model(rm.model, rm.tok, lo);
+  const auto got = lm->loglikelihood(reqs, {});
+  const int64_t first_call = computed;
+  const auto again = lm->loglikelihood(reqs, {});  // a second call on the same cache
   for (size_t i = 0; i < reqs.size(); ++i) {
-    // lm-eval's split: the continuation is what encode(ctx + cont) adds to encode(ctx)
-    std::vector<int32_t> ctx, whole;
-    if (reqs[i].context.empty()) {
-      ctx = {*rm.tok.eos_id()};
-      whole = ctx;
-      const auto c = rm.tok.encode(reqs[i].continuation);
-      whole.insert(whole.end(), c.begin(), c.end());
-    } else {
-      ctx = rm.tok.encode(reqs[i].context);
-      whole = rm.tok.encode(reqs[i].context + reqs[i].continuation);
-    }
-    const int64_t n_cont = int64_t(whole.size() - ctx.size());
-    std::vector<int64_t> inp(whole.begin(), whole.end() - 1);
-    if (int64_t(inp.size()) > max_len) inp.erase(inp.begin(), inp.end() - max_len);
-    auto logits = rm.model.forward(torch::tensor(inp).unsqueeze(0));  // [1,T,V]
-    auto lp = torch::log_softmax(logits[0], -1);                       // [T,V]
-    double want = 0;
-    bool greedy = true;
-    const int64_t T = int64_t(inp.size());
-    for (int64_t k = 0; k < n_cont; ++k) {
-      const int64_t row = T - n_cont + k;
-      const int32_t target = whole[whole.size() - size_t(n_cont) + size_t(k)];
-      want += lp[row][target].item<double>();
-      greedy = greedy && lp[row].argmax().item<int64_t>() == target;
-    }
+    int64_t n_cont = 0;
+    const auto [want, greedy] = forward_loglikelihood(rm, reqs[i], max_len, &n_cont);
     EXPECT_NEAR(got[i].logprob, want, 1e-4) << "request " << i;
     EXPECT_EQ(got[i].is_greedy, greedy) << "request " << i;
     EXPECT_EQ(got[i].tokens, n_cont);
+    EXPECT_NEAR(again[i].logprob, want, 1e-4) << "request " << i << " (second call)";
+  }
+  return first_call;
+}
+
+}  // namespace
+
+// Context sharing through the paged cache (whole blocks of a shared context
+// computed once, a few-shot prefix kept in the cache from one batch to the
+// next) and left truncation give what one plain forward pass over each
+// request's tokens gives.
+TEST(EvalLocalModel, SharedContextScoringEqualsAPlainForwardPass) {
+  const std::string long_ctx =
+      "Question: The ratio of net income to equity is the return on what, and how does a ledger "
+      "record the debit and credit of each transaction in the journal?\nAnswer:";
+  const std::vector<Request> reqs = {{long_ctx, " equity", {}, 0},      {long_ctx, " assets", {}, 0},
+                                     {long_ctx, " investment capital", {}, 0}, {"NPV", " value", {}, 0},
+                                     {"", "Short line.", {}, 0},             {long_ctx + long_ctx, " equity", {}, 0}};
+  // 40 tokens: the long contexts lose tokens on the left
+  expect_equals_forward(reqs, {.batch_size = 3, .max_length = 40, .block_size = 4}, 40);
+
+  // a few-shot prefix common to every document, batches of two documents
+  const std::string shots = "Question: What is the currency of Japan?\nAnswer: yen\n\n"
+                            "Question: NPV stands for net present\nAnswer: value\n\n";
+  std::vector<Request> fs;
+  for (const char* q : {"A bond's price moves opposite to its", "人民币的基本单位是什么？",
+                        "The balance sheet lists assets, liabilities and", "Debits equal"})
+    for (const char* c : {" yield", " equity", " 元"})
+      fs.push_back({shots + "Question: " + q + "\nAnswer:", c, {}, 0});
+  const int64_t shots_tokens = int64_t(ref_model().tok.encode(shots).size());
+  for (int64_t bs : {1, 4, 16}) {
+    SCOPED_TRACE("block_size " + std::to_string(bs));
+    const int64_t computed = expect_equals_forward(fs, {.batch_size = 6, .block_size = bs}, 128);
+    // without sharing every request computes its whole input; with it the
+    // whole blocks of the examples' tokens are computed once for all 12
+    // requests (in the first batch, kept in the cache for the second)
+    int64_t all = 0;
+    for (const auto& r : fs) all += int64_t(ref_model().tok.encode(r.context + r.continuation).size()) - 1;
+    const int64_t shared_min = (shots_tokens - bs) / bs * bs;
+    EXPECT_LE(computed, all - 11 * shared_min) << "computed " << computed << " of " << all;
+    std::printf("block %lld: %lld of %lld input tokens computed\n", (long long)bs, (long long)computed, (long long)all);
   }
 }
 
