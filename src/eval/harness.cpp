@@ -245,8 +245,9 @@ EvalOutput evaluate(const std::vector<TaskConfig>& tasks, LanguageModel& model,
     run.n_original = int64_t(run.docs.size());
     if (o.limit) {
       const double l = *o.limit;
-      const int64_t n = l < 1.0 ? int64_t(std::ceil(double(run.docs.size()) * l)) : int64_t(l);
-      if (n < int64_t(run.docs.size())) run.docs.resize(size_t(n));
+      if (!(l > 0)) throw Error("limit must be positive");
+      const double n = l < 1.0 ? std::ceil(double(run.docs.size()) * l) : std::floor(l);
+      if (n < double(run.docs.size())) run.docs.resize(size_t(n));
     }
     if (run.num_fewshot > 0) {
       const std::string fs_split = t.fewshot_split.empty() ? t.test_split : t.fewshot_split;

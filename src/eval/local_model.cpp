@@ -42,7 +42,11 @@ class LocalModel : public LanguageModel {
  public:
   LocalModel(Transformer& model, const Tokenizer& tok, const LocalModelOptions& o)
       : model_(model), tok_(tok), o_(o) {
-    max_len_ = o.max_length > 0 ? o.max_length : model.config().max_position_embeddings;
+    const int64_t model_max = model.config().max_position_embeddings;
+    if (o.max_length < 0 || o.max_length > model_max)
+      throw Error("--max-length " + std::to_string(o.max_length) + ": must be in [1, " +
+                  std::to_string(model_max) + "] (the model's max_position_embeddings), or 0 for that");
+    max_len_ = o.max_length > 0 ? o.max_length : model_max;
     if (o_.batch_size < 1) throw Error("--batch-size must be at least 1");
     if (auto b = tok.bos_id()) prefix_id_ = *b;
     else if (auto e = tok.eos_id()) prefix_id_ = *e;

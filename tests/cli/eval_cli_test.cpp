@@ -114,7 +114,8 @@ TEST(EvalCli, BadInputExitsTwoNamingFileLineAndFieldAndWritesNothing) {
        {"eval " + kModel + " --tasks nope", "eval " + kModel,
         "eval " + kModel + " --tasks " + yaml + " --log-samples",
         "eval " + kModel + " --tasks " + yaml + " --model-url http://127.0.0.1:9",
-        "eval " + kModel + " --tasks " + yaml + " --limit 0"}) {
+        "eval " + kModel + " --tasks " + yaml + " --limit 0",
+        "eval " + kModel + " --tasks " + yaml + " --max-length 129"}) {
     r = run(args);
     EXPECT_EQ(r.status, 2) << args << "\n" << r.out;
     EXPECT_CONTAINS(r.out, "finmoe: error:");

@@ -499,6 +499,24 @@ TEST(EvalHarness, GenerationRollingAndGroupAggregation) {
   EXPECT_CONTAINS(md, "| roll | 0 | bits_per_byte | ↓ |");
 }
 
+TEST(EvalHarness, LimitIsACountOrAFraction) {
+  TempDir d;
+  std::string lines;
+  for (int i = 0; i < 7; ++i) lines += "{\"t\": \"x" + std::to_string(i) + "\"}\n";
+  d.write("t.jsonl", lines);
+  const auto t = parse_task_yaml_text("task: r\ndataset_path: t.jsonl\noutput_type: loglikelihood_rolling\ndoc_to_target: '{{t}}'\n",
+                                      "r.yaml", d.path.string());
+  for (const auto& [limit, n] : std::vector<std::pair<double, int>>{{3, 3}, {3.9, 3}, {0.5, 4}, {1e308, 7}, {7, 7}}) {
+    ScriptedModel m;
+    EvalOptions o;
+    o.limit = limit;
+    const auto out = evaluate({t}, m, o);
+    EXPECT_EQ(m.seen_roll.size(), size_t(n)) << limit;
+    EXPECT_EQ(out.results["n-samples"]["r"]["effective"], n);
+    EXPECT_EQ(out.results["n-samples"]["r"]["original"], 7);
+  }
+}
+
 TEST(EvalReport, CompareShowsDeltasAndWhichIsBetter) {
   json a = {{"results", {{"t", {{"acc,none", 0.5}, {"acc_stderr,none", 0.1}, {"bits_per_byte,none", 2.0}}}}},
             {"higher_is_better", {{"t", {{"acc", true}, {"bits_per_byte", false}}}}}};
