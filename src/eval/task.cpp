@@ -360,6 +360,7 @@ generation_kwargs:
   max_gen_toks: 48
 metric_list:
   - metric: exact_match
+    strip: true
     ignore_case: true
     ignore_punctuation: true
 metadata:

@@ -517,6 +517,39 @@ TEST(EvalHarness, LimitIsACountOrAFraction) {
   }
 }
 
+// The built-in tasks over files in the layout `finmoe corpus qa` and
+// `finmoe corpus fetch` write (finmoe/corpus.h).
+TEST(EvalHarness, BuiltinTasksRunOnTheCorpusLayout) {
+  TempDir d;
+  fs::create_directories(d.path / "qa");
+  for (const char* dom : {"fin", "general", "zh"}) fs::create_directories(d.path / "corpus" / dom);
+  d.write("qa/test_mc.jsonl",
+          "{\"answer\":1,\"choices\":[\"Section 9-105.\",\"Section 1-103.\"],\"lang\":\"en\","
+          "\"question\":\"Which section covers X?\",\"source\":\"ucc-section\"}\n"
+          "{\"answer\":0,\"choices\":[\"Y.\",\"Z.\"],\"lang\":\"en\",\"question\":\"Which topic is Y?\","
+          "\"source\":\"ucc-topic\"}\n");
+  const std::string qa = "{\"messages\":[{\"content\":\"What is NPV?\",\"role\":\"user\"},"
+                         "{\"content\":\"Net present value.\",\"role\":\"assistant\"}]}\n";
+  d.write("qa/test.jsonl", qa);
+  d.write("qa/train.jsonl", qa);
+  d.write("corpus/fin/test.jsonl", "{\"text\":\"A journal records transactions.\"}\n");
+  d.write("corpus/general/test.jsonl", "{\"text\":\"Debian is an operating system.\"}\n");
+  d.write("corpus/zh/test.jsonl", "{\"text\":\"复式记账\"}\n");
+  ScriptedModel m;
+  m.gen = {{"Question: What is NPV?\nAnswer: Net present value.\n\nQuestion: What is NPV?\nAnswer:", " net present value"}};
+  EvalOptions o;
+  o.num_fewshot = 1;
+  const auto out = evaluate(resolve_tasks({"finmoe_fin", "finmoe_general"}, d.path.string()), m, o);
+  ASSERT_EQ(m.seen_ll.size(), 4u);
+  EXPECT_EQ(m.seen_ll[0].context, "Question: Which topic is Y?\nAnswer: Y.\n\nQuestion: Which section covers X?\nAnswer:");
+  EXPECT_EQ(m.seen_ll[1].continuation, " Section 1-103.");
+  EXPECT_EQ(m.seen_roll.size(), 3u);
+  const json& r = out.results["results"];
+  EXPECT_DOUBLE_EQ(r["finmoe_fin_qa"]["exact_match,none"].get<double>(), 1.0);  // case and punctuation ignored
+  EXPECT_TRUE(r["finmoe_fin_ppl"].contains("bits_per_byte,none"));
+  EXPECT_TRUE(out.results["groups"].contains("finmoe_general"));
+}
+
 TEST(EvalReport, CompareShowsDeltasAndWhichIsBetter) {
   json a = {{"results", {{"t", {{"acc,none", 0.5}, {"acc_stderr,none", 0.1}, {"bits_per_byte,none", 2.0}}}}},
             {"higher_is_better", {{"t", {{"acc", true}, {"bits_per_byte", false}}}}}};
