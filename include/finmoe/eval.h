@@ -52,38 +52,40 @@ enum class OutputType { kMultipleChoice, kLoglikelihood, kLoglikelihoodRolling, 
 const char* output_type_name(OutputType t);
 
 struct MetricSpec {
-  std::string name;                 // acc, acc_norm, exact_match, bits_per_byte, ...
-  std::string aggregation;          // mean | perplexity | weighted_perplexity | bits_per_byte
+  std::string name;         // acc, acc_norm, exact_match, bits_per_byte, ...
+  std::string aggregation;  // mean | perplexity | weighted_perplexity | bits_per_byte
   bool higher_is_better = true;
   nlohmann::json kwargs = nlohmann::json::object();  // ignore_case, pattern, tolerance, field ...
 };
 
 struct TaskConfig {
-  std::string task;                 // name (`task:`)
-  std::string yaml_path;            // "" for a built-in task
-  std::string group;                // category for aggregation (`group:`, else first `tag:`)
+  std::string task;       // name (`task:`)
+  std::string yaml_path;  // "" for a built-in task
+  std::string group;      // category for aggregation (`group:`, else first `tag:`)
   std::vector<std::string> tags;
-  std::string dataset_path;         // file or directory, relative to the YAML's directory
-  std::string dataset_name;         // subject for directory layouts (C-Eval/CMMLU)
+  std::string dataset_path;  // file or directory, relative to the YAML's directory
+  std::string dataset_name;  // subject for directory layouts (C-Eval/CMMLU)
   std::map<std::string, std::string> data_files;  // split -> file (`dataset_kwargs.data_files`)
-  std::string layout;               // "" | ceval | cmmlu | fineval | cflue | flare: field normalisation + defaults
-  std::string split_field;          // one file holding every split, split named by this field
+  std::string
+      layout;  // "" | ceval | cmmlu | fineval | cflue | flare: field normalisation + defaults
+  std::string split_field;  // one file holding every split, split named by this field
   std::string test_split = "test";
-  std::string fewshot_split;        // "" = the test split (the document itself excluded)
-  std::string description;          // prepended to every prompt (a template)
+  std::string fewshot_split;  // "" = the test split (the document itself excluded)
+  std::string description;    // prepended to every prompt (a template)
   std::string doc_to_text, doc_to_target;
-  std::optional<std::string> doc_to_choice;       // a template yielding a list
-  std::vector<std::string> doc_to_choice_list;    // or a literal list
+  std::optional<std::string> doc_to_choice;     // a template yielding a list
+  std::vector<std::string> doc_to_choice_list;  // or a literal list
   std::string target_delimiter = " ";
   std::string fewshot_delimiter = "\n\n";
   int num_fewshot = 0;
-  std::string fewshot_sampler = "default";        // default (Python's Random(seed).sample, as lm-eval) | first_n
+  std::string fewshot_sampler =
+      "default";  // default (Python's Random(seed).sample, as lm-eval) | first_n
   uint64_t fewshot_seed = 1234;
   OutputType output_type = OutputType::kMultipleChoice;
   std::vector<MetricSpec> metrics;
-  std::vector<std::string> until;                 // generate_until stop strings
+  std::vector<std::string> until;  // generate_until stop strings
   int64_t max_gen_toks = 256;
-  int64_t rolling_context_len = 1;                // lm-eval's context_len: 1 = disjoint windows
+  int64_t rolling_context_len = 1;  // lm-eval's context_len: 1 = disjoint windows
   double version = 0;
   nlohmann::json raw = nlohmann::json::object();  // the config as read, for `configs`
 
@@ -111,8 +113,8 @@ struct Doc {
 };
 
 struct LoadOptions {
-  bool skip_bad = false;                                  // skip malformed lines instead of failing
-  std::function<void(const std::string&)> warn;           // told about each skipped line
+  bool skip_bad = false;                         // skip malformed lines instead of failing
+  std::function<void(const std::string&)> warn;  // told about each skipped line
 };
 // Reads one data file: .jsonl (one object per line), .json (an array of
 // objects, or an object holding one array), .csv (RFC 4180, header row).
@@ -142,7 +144,7 @@ struct LlResult {
 struct ChatOptions {
   bool apply_chat_template = false;
   bool fewshot_as_multiturn = true;  // lm-eval's --fewshot_as_multiturn
-  std::string system;                 // --system
+  std::string system;                // --system
   // Renders role/content messages to the model's prompt; set by the caller
   // (the model's tokenizer template) when apply_chat_template.
   std::function<std::string(const std::vector<std::pair<std::string, std::string>>&)> render;
@@ -158,9 +160,9 @@ class LanguageModel {
                                               const std::function<void(int64_t)>& progress) = 0;
   // Whole-text log-likelihood in windows of the model's context (lm-eval's
   // get_rolling_token_windows with `context_len`).
-  virtual std::vector<LlResult> loglikelihood_rolling(const std::vector<Request>& requests,
-                                                      int64_t context_len,
-                                                      const std::function<void(int64_t)>& progress) = 0;
+  virtual std::vector<LlResult> loglikelihood_rolling(
+      const std::vector<Request>& requests, int64_t context_len,
+      const std::function<void(int64_t)>& progress) = 0;
   virtual std::vector<std::string> generate_until(const std::vector<Request>& requests,
                                                   const std::function<void(int64_t)>& progress) = 0;
 };
@@ -193,12 +195,12 @@ int64_t count_words(const std::string& text);
 // ---- running -----------------------------------------------------------
 
 struct EvalOptions {
-  std::optional<int> num_fewshot;   // overrides every task's num_fewshot
-  std::optional<double> limit;      // < 1: a fraction of each task's docs; else a count
+  std::optional<int> num_fewshot;  // overrides every task's num_fewshot
+  std::optional<double> limit;     // < 1: a fraction of each task's docs; else a count
   bool log_samples = false;
   ChatOptions chat;
   LoadOptions load;
-  std::string model_name;           // for the result JSON
+  std::string model_name;  // for the result JSON
   int64_t batch_size = 16;
 };
 

@@ -24,9 +24,9 @@
 namespace finmoe::eval {
 
 struct LocalModelOptions {
-  int64_t batch_size = 16;        // requests per forward step
-  int64_t max_length = 0;         // context window; 0 = config.max_position_embeddings
-  int64_t block_size = 16;        // KV-cache block: the unit of context sharing
+  int64_t batch_size = 16;  // requests per forward step
+  int64_t max_length = 0;   // context window; 0 = config.max_position_embeddings
+  int64_t block_size = 16;  // KV-cache block: the unit of context sharing
   int64_t max_logit_floats = int64_t(1) << 26;  // per step: scored tokens x vocab (256 MiB)
   int64_t* computed_tokens = nullptr;  // when set: += the tokens each forward step computes
 };
@@ -35,12 +35,12 @@ std::unique_ptr<LanguageModel> make_local_model(Transformer& model, const Tokeni
                                                 const LocalModelOptions& options = {});
 
 struct HttpModelOptions {
-  std::string url;          // http://host:port (the /v1/... paths are appended)
-  std::string api_key;      // sent as a Bearer token when not empty
-  std::string model;        // the request's "model" field
-  int64_t batch_size = 8;   // requests in flight at once
-  double timeout_s = 300;   // per request
-  int retries = 2;          // after a failed or timed-out request
+  std::string url;         // http://host:port (the /v1/... paths are appended)
+  std::string api_key;     // sent as a Bearer token when not empty
+  std::string model;       // the request's "model" field
+  int64_t batch_size = 8;  // requests in flight at once
+  double timeout_s = 300;  // per request
+  int retries = 2;         // after a failed or timed-out request
 };
 std::unique_ptr<LanguageModel> make_http_model(const HttpModelOptions& options);
 

@@ -23,7 +23,7 @@ namespace {
 
 struct TaskArgs {
   std::string model, tasks, out, device = "cpu", dtype = "float32", data_dir, model_url,
-      api_key_file, served_name, system, chat_template;
+                                 api_key_file, served_name, system, chat_template;
   std::optional<int> num_fewshot;
   std::optional<double> limit;
   int64_t batch_size = 16, max_length = 0;
@@ -39,15 +39,26 @@ void add_task_options(CLI::App* c, TaskArgs& a, bool model_positional) {
                 "comma-separated: built-in tasks/groups (finmoe eval tasks), task .yaml files, "
                 "or directories of them")
       ->group(g);
-  c->add_option("--num-fewshot", a.num_fewshot, "few-shot examples per prompt (default: each task's num_fewshot)")->group(g);
-  c->add_option("--limit", a.limit, "documents per task: a count, or a fraction when < 1 (default: all)")->group(g);
-  c->add_option("--data-dir", a.data_dir,
-                "where built-in tasks find their data (default: the demo cache, ~/.cache/finmoe/demo)")
+  c->add_option("--num-fewshot", a.num_fewshot,
+                "few-shot examples per prompt (default: each task's num_fewshot)")
       ->group(g);
-  c->add_flag("--skip-bad", a.skip_bad, "skip malformed data lines (each reported) instead of failing")->group(g);
+  c->add_option("--limit", a.limit,
+                "documents per task: a count, or a fraction when < 1 (default: all)")
+      ->group(g);
+  c->add_option(
+       "--data-dir", a.data_dir,
+       "where built-in tasks find their data (default: the demo cache, ~/.cache/finmoe/demo)")
+      ->group(g);
+  c->add_flag("--skip-bad", a.skip_bad,
+              "skip malformed data lines (each reported) instead of failing")
+      ->group(g);
   const char* m = "Model";
-  c->add_option("--batch-size", a.batch_size, "requests per forward step")->capture_default_str()->group(m);
-  c->add_option("--max-length", a.max_length, "context window (default: the model's max_position_embeddings)")->group(m);
+  c->add_option("--batch-size", a.batch_size, "requests per forward step")
+      ->capture_default_str()
+      ->group(m);
+  c->add_option("--max-length", a.max_length,
+                "context window (default: the model's max_position_embeddings)")
+      ->group(m);
   c->add_option("--device", a.device, "cpu | cuda | cuda:N")->capture_default_str()->group(m);
   c->add_option("--dtype", a.dtype, "float32 | bfloat16")->capture_default_str()->group(m);
   c->add_option("--model-url", a.model_url,
@@ -55,17 +66,26 @@ void add_task_options(CLI::App* c, TaskArgs& a, bool model_positional) {
                 "instead of MODEL")
       ->group(m);
   c->add_option("--model-name", a.served_name, "the \"model\" field sent to --model-url")->group(m);
-  c->add_option("--api-key-file", a.api_key_file, "API key for --model-url (first line; else env FINMOE_API_KEY)")->group(m);
+  c->add_option("--api-key-file", a.api_key_file,
+                "API key for --model-url (first line; else env FINMOE_API_KEY)")
+      ->group(m);
   const char* ch = "Chat";
-  c->add_flag("--apply-chat-template", a.apply_chat_template, "format prompts with the tokenizer's chat template")->group(ch);
-  c->add_option("--chat-template", a.chat_template, "chatml | llama3 | deepseek_v3 (default: detect)")->group(ch);
+  c->add_flag("--apply-chat-template", a.apply_chat_template,
+              "format prompts with the tokenizer's chat template")
+      ->group(ch);
+  c->add_option("--chat-template", a.chat_template,
+                "chatml | llama3 | deepseek_v3 (default: detect)")
+      ->group(ch);
   c->add_option("--system", a.system, "system instruction prepended to every prompt")->group(ch);
-  c->add_flag("--fewshot-as-multiturn,!--no-fewshot-as-multiturn", a.fewshot_as_multiturn,
-              "with a chat template: few-shot examples as user/assistant turns (default) or one user turn")
+  c->add_flag(
+       "--fewshot-as-multiturn,!--no-fewshot-as-multiturn", a.fewshot_as_multiturn,
+       "with a chat template: few-shot examples as user/assistant turns (default) or one user turn")
       ->group(ch);
   const char* o = "Output";
-  c->add_option("--out", a.out, "write results.json, results.md (and samples_TASK.jsonl) here")->group(o);
-  c->add_flag("--log-samples", a.log_samples, "with --out: one JSONL line per document and request")->group(o);
+  c->add_option("--out", a.out, "write results.json, results.md (and samples_TASK.jsonl) here")
+      ->group(o);
+  c->add_flag("--log-samples", a.log_samples, "with --out: one JSONL line per document and request")
+      ->group(o);
   c->add_flag("--json", a.json, "print the result JSON instead of the Markdown table")->group(o);
 }
 
@@ -79,8 +99,10 @@ std::vector<std::string> split_commas(const std::string& s) {
 }
 
 int run_tasks(const TaskArgs& a) {
-  if (a.tasks.empty()) throw Error("--tasks is required (see `finmoe eval tasks` for the built-in ones)");
-  if (a.model.empty() && a.model_url.empty()) throw Error("give MODEL (a model directory) or --model-url");
+  if (a.tasks.empty())
+    throw Error("--tasks is required (see `finmoe eval tasks` for the built-in ones)");
+  if (a.model.empty() && a.model_url.empty())
+    throw Error("give MODEL (a model directory) or --model-url");
   if (!a.model.empty() && !a.model_url.empty()) throw Error("give MODEL or --model-url, not both");
   if (a.batch_size < 1) throw Error("--batch-size must be at least 1");
   if (a.limit && !(*a.limit > 0)) throw Error("--limit must be positive");
@@ -109,7 +131,8 @@ int run_tasks(const TaskArgs& a) {
   std::optional<Tokenizer> tok;
   std::unique_ptr<eval::LanguageModel> lm;
   if (!a.model.empty()) {
-    model.emplace(load_model(a.model, {.dtype = dtype_from_string(a.dtype), .device = device_from_string(a.device)}));
+    model.emplace(load_model(
+        a.model, {.dtype = dtype_from_string(a.dtype), .device = device_from_string(a.device)}));
     tok.emplace(Tokenizer::from_dir(a.model));
     eval::LocalModelOptions lo;
     lo.batch_size = a.batch_size;
@@ -117,8 +140,10 @@ int run_tasks(const TaskArgs& a) {
     lm = eval::make_local_model(*model, *tok, lo);
     if (a.apply_chat_template) {
       std::optional<ChatTemplateKind> kind;
-      if (!a.chat_template.empty()) kind = chat_template_from_name(a.chat_template);
-      else kind = detect_chat_template(tok->config());
+      if (!a.chat_template.empty())
+        kind = chat_template_from_name(a.chat_template);
+      else
+        kind = detect_chat_template(tok->config());
       const Tokenizer* t = &*tok;
       eo.chat.render = [t, kind](const std::vector<std::pair<std::string, std::string>>& msgs) {
         std::vector<ChatMessage> m;
@@ -128,8 +153,9 @@ int run_tasks(const TaskArgs& a) {
     }
   } else {
     if (a.apply_chat_template)
-      throw Error("--apply-chat-template with --model-url: the server applies its own template; "
-                  "evaluate through /v1/completions without it");
+      throw Error(
+          "--apply-chat-template with --model-url: the server applies its own template; "
+          "evaluate through /v1/completions without it");
     eval::HttpModelOptions ho;
     ho.url = a.model_url;
     ho.model = a.served_name;
@@ -146,16 +172,19 @@ int run_tasks(const TaskArgs& a) {
   const auto out = eval::evaluate(tasks, *lm, eo);
   if (!a.out.empty())
     for (const auto& p : eval::write_outputs(out, a.out)) std::cerr << "wrote " << p << "\n";
-  if (a.json) std::cout << out.results.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
-  else std::cout << eval::markdown_report(out.results);
+  if (a.json)
+    std::cout << out.results.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  else
+    std::cout << eval::markdown_report(out.results);
   return 0;
 }
 
 }  // namespace
 
 void add_eval(CLI::App& app, Run& run) {
-  auto* e = app.add_subcommand(
-      "eval", "Evaluate a model: `eval MODEL --tasks T1,T2` (lm-eval-style tasks), `eval ppl`, `eval compare`");
+  auto* e = app.add_subcommand("eval",
+                               "Evaluate a model: `eval MODEL --tasks T1,T2` (lm-eval-style "
+                               "tasks), `eval ppl`, `eval compare`");
   e->require_subcommand(0, 1);
   static TaskArgs direct, sub;
   add_task_options(e, direct, true);
@@ -171,7 +200,8 @@ void add_eval(CLI::App& app, Run& run) {
   auto* t = e->add_subcommand("tasks", "List the built-in tasks and groups");
   t->callback([&run] {
     run = [] {
-      for (const auto& [n, about] : eval::builtin_task_names()) std::printf("%-20s %s\n", n.c_str(), about.c_str());
+      for (const auto& [n, about] : eval::builtin_task_names())
+        std::printf("%-20s %s\n", n.c_str(), about.c_str());
       return 0;
     };
   });
@@ -192,7 +222,8 @@ void add_eval(CLI::App& app, Run& run) {
   });
 
   auto* p = e->add_subcommand(
-      "ppl", "Perplexity per label token on held-out files (text: every token; sft: assistant tokens)");
+      "ppl",
+      "Perplexity per label token on held-out files (text: every token; sft: assistant tokens)");
   static std::string dir, format = "auto", device = "cpu", dtype = "float32";
   static std::vector<std::string> files;
   static int64_t seq_len = 256, batch_size = 8, batches = 16;
@@ -213,8 +244,8 @@ void add_eval(CLI::App& app, Run& run) {
   p->add_flag("--json", json, "print one JSON object");
   p->callback([&run] {
     run = [] {
-      auto model =
-          load_model(dir, {.dtype = dtype_from_string(dtype), .device = device_from_string(device)});
+      auto model = load_model(
+          dir, {.dtype = dtype_from_string(dtype), .device = device_from_string(device)});
       const auto tok = Tokenizer::from_dir(dir);
       DataConfig dc;
       dc.files = files;
@@ -229,8 +260,8 @@ void add_eval(CLI::App& app, Run& run) {
         r = evaluate_lm(model, *source, batches, [&](int64_t done) { bar.update(done); });
       }
       if (json) {
-        std::cout << nlohmann::json{{"model", dir}, {"data", files}, {"dtype", dtype},
-                                    {"loss", r.loss}, {"ppl", r.ppl}, {"tokens", r.tokens}}
+        std::cout << nlohmann::json{{"model", dir},   {"data", files}, {"dtype", dtype},
+                                    {"loss", r.loss}, {"ppl", r.ppl},  {"tokens", r.tokens}}
                          .dump()
                   << "\n";
       } else {

@@ -151,7 +151,8 @@ std::vector<Doc> read_csv(const std::string& path, const LoadOptions& o) {
       continue;
     }
     json d = json::object();
-    for (size_t k = 0; k < header.size(); ++k) d[header[k].empty() ? "_index" : header[k]] = rows[r][k];
+    for (size_t k = 0; k < header.size(); ++k)
+      d[header[k].empty() ? "_index" : header[k]] = rows[r][k];
     out.push_back({std::move(d), where});
   }
   return out;
@@ -224,15 +225,18 @@ void normalize_cflue(Doc& d) {
     std::string l;
     while (std::getline(in, l)) {
       l = trim(l);
-      if (l.size() >= 2 && l[0] >= 'A' && l[0] <= 'Z' && (l[1] == '.' || l[1] == ':' || l[1] == ')'))
+      if (l.size() >= 2 && l[0] >= 'A' && l[0] <= 'Z' &&
+          (l[1] == '.' || l[1] == ':' || l[1] == ')'))
         opts.push_back(trim(l.substr(2)));
     }
   } else {
     for (char l = 'A'; l <= 'Z'; ++l)
-      if (const json* v = field_ci(f, std::string(1, l)); v && l <= 'D') opts.push_back(trim(as_text(*v)));
+      if (const json* v = field_ci(f, std::string(1, l)); v && l <= 'D')
+        opts.push_back(trim(as_text(*v)));
   }
   if (opts.size() < 2)
-    throw Error(d.where + ": field 'options' is missing or has fewer than 2 options (layout cflue)");
+    throw Error(d.where +
+                ": field 'options' is missing or has fewer than 2 options (layout cflue)");
   json choices = json::array();
   for (size_t i = 0; i < opts.size(); ++i) {
     out[std::string(1, char('A' + i))] = opts[i];
@@ -251,7 +255,8 @@ void normalize_flare(Doc& d) {
   const json& f = d.fields;
   for (const char* k : {"query", "choices", "gold"})
     if (!f.contains(k))
-      throw Error(d.where + ": field '" + std::string(k) + "' is missing (layout flare needs query, "
+      throw Error(d.where + ": field '" + std::string(k) +
+                  "' is missing (layout flare needs query, "
                   "choices, gold)");
   if (!f.at("choices").is_array()) throw Error(d.where + ": field 'choices' must be a list");
   json gold = f.at("gold");
@@ -279,8 +284,9 @@ std::string split_file(const TaskConfig& t, const std::string& split) {
     std::vector<fs::path> cands;
     if (!t.dataset_name.empty()) {
       for (const char* ext : {".csv", ".jsonl", ".json"}) {
-        cands.push_back(dir / split / (t.dataset_name + ext));                // CMMLU: test/accounting.csv
-        cands.push_back(dir / split / (t.dataset_name + "_" + split + ext));  // C-Eval: val/x_val.csv
+        cands.push_back(dir / split / (t.dataset_name + ext));  // CMMLU: test/accounting.csv
+        cands.push_back(dir / split /
+                        (t.dataset_name + "_" + split + ext));  // C-Eval: val/x_val.csv
         cands.push_back(dir / t.dataset_name / (split + ext));
       }
     }
@@ -305,10 +311,12 @@ std::vector<Doc> read_records(const std::string& path, const LoadOptions& option
   if (ext == ".jsonl") return read_jsonl(path, options);
   if (ext == ".json") return read_json(path);
   if (ext == ".csv") return read_csv(path, options);
-  throw Error("data file " + path + ": unknown extension '" + ext + "' (use .jsonl, .json or .csv)");
+  throw Error("data file " + path + ": unknown extension '" + ext +
+              "' (use .jsonl, .json or .csv)");
 }
 
-std::vector<Doc> load_docs(const TaskConfig& t, const std::string& split, const LoadOptions& options) {
+std::vector<Doc> load_docs(const TaskConfig& t, const std::string& split,
+                           const LoadOptions& options) {
   const std::string file = split_file(t, split);
   std::vector<Doc> docs = read_records(file, options);
   if (!t.split_field.empty()) {
@@ -323,9 +331,12 @@ std::vector<Doc> load_docs(const TaskConfig& t, const std::string& split, const 
   std::vector<Doc> out;
   for (auto& d : docs) {
     try {
-      if (t.layout == "ceval" || t.layout == "cmmlu" || t.layout == "fineval") normalize_lettered(d, t.layout);
-      else if (t.layout == "cflue") normalize_cflue(d);
-      else if (t.layout == "flare") normalize_flare(d);
+      if (t.layout == "ceval" || t.layout == "cmmlu" || t.layout == "fineval")
+        normalize_lettered(d, t.layout);
+      else if (t.layout == "cflue")
+        normalize_cflue(d);
+      else if (t.layout == "flare")
+        normalize_flare(d);
     } catch (const Error& e) {
       bad(options, e.what());
       continue;

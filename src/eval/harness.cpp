@@ -73,7 +73,8 @@ class Builder {
                    const Doc& d) {
     const json v = render(t, key, tmpl, d);
     if (!v.is_string() && !v.is_number())
-      throw Error("task " + t.task + ", " + key + " (" + d.where + "): expected text, got " + v.dump());
+      throw Error("task " + t.task + ", " + key + " (" + d.where + "): expected text, got " +
+                  v.dump());
     return value_text(v);
   }
   std::vector<std::string> choices(const TaskConfig& t, const Doc& d) {
@@ -100,8 +101,10 @@ class Builder {
     } else if (target.is_string()) {
       const std::string s = target.get<std::string>();
       const auto it = std::find(ch.begin(), ch.end(), s);
-      if (it != ch.end()) g = it - ch.begin();
-      else if (!s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; }))
+      if (it != ch.end())
+        g = it - ch.begin();
+      else if (!s.empty() &&
+               std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; }))
         g = std::stoll(s);
     }
     if (g < 0 || g >= int64_t(ch.size())) {
@@ -137,7 +140,8 @@ class Builder {
       if (not_doc(&f)) pool.push_back(&f);
     if (pool.size() < n)
       throw Error("task " + t.task + ": " + std::to_string(n) +
-                  " few-shot examples asked, the few-shot split has " + std::to_string(pool.size()));
+                  " few-shot examples asked, the few-shot split has " +
+                  std::to_string(pool.size()));
     if (t.fewshot_sampler == "first_n") {
       pool.resize(n);
       return pool;
@@ -162,7 +166,8 @@ class Builder {
   std::string context(TaskRun& run, const Doc& doc) {
     const TaskConfig& t = *run.cfg;
     std::vector<Message> msgs;
-    const std::string description = t.description.empty() ? "" : text(t, "description", t.description, doc);
+    const std::string description =
+        t.description.empty() ? "" : text(t, "description", t.description, doc);
     const std::string system = maybe_delimit(o_.chat.system, description, t.fewshot_delimiter);
     if (!system.empty()) msgs.push_back({"system", system, ""});
     if (run.num_fewshot > 0)
@@ -176,7 +181,8 @@ class Builder {
       for (const auto& m : msgs) s += m.content + m.delimiter;
       return s;
     }
-    if (!o_.chat.render) throw Error("--apply-chat-template: the model has no chat template renderer");
+    if (!o_.chat.render)
+      throw Error("--apply-chat-template: the model has no chat template renderer");
     std::vector<std::pair<std::string, std::string>> chat;
     if (o_.chat.fewshot_as_multiturn) {
       for (const auto& m : msgs) chat.emplace_back(m.role, m.content);
@@ -252,10 +258,11 @@ EvalOutput evaluate(const std::vector<TaskConfig>& tasks, LanguageModel& model,
     if (run.num_fewshot > 0) {
       const std::string fs_split = t.fewshot_split.empty() ? t.test_split : t.fewshot_split;
       run.fewshot_docs = load_docs(t, fs_split, o.load);
-      run.fewshot_same_split = fs_split == t.test_split ||
-                               (!run.fewshot_docs.empty() && !run.docs.empty() &&
-                                run.fewshot_docs.front().where.substr(0, run.fewshot_docs.front().where.rfind(':')) ==
-                                    run.docs.front().where.substr(0, run.docs.front().where.rfind(':')));
+      run.fewshot_same_split =
+          fs_split == t.test_split ||
+          (!run.fewshot_docs.empty() && !run.docs.empty() &&
+           run.fewshot_docs.front().where.substr(0, run.fewshot_docs.front().where.rfind(':')) ==
+               run.docs.front().where.substr(0, run.docs.front().where.rfind(':')));
     }
     for (size_t di = 0; di < run.docs.size(); ++di) {
       const Doc& d = run.docs[di];
@@ -292,7 +299,7 @@ EvalOutput evaluate(const std::vector<TaskConfig>& tasks, LanguageModel& model,
             p.target_text = p.choices[size_t(b.gold(t, d, p.target, p.choices))];
           } else {
             p.target_text = p.target.is_array() && !p.target.empty() ? value_text(p.target.front())
-                                                                      : value_text(p.target);
+                                                                     : value_text(p.target);
           }
           p.request.push_back(gen_reqs.size());
           gen_reqs.push_back({b.context(run, d), "", t.until, t.max_gen_toks});
@@ -345,8 +352,11 @@ EvalOutput evaluate(const std::vector<TaskConfig>& tasks, LanguageModel& model,
     to.task = t.task;
     std::map<std::string, MetricItems> items;
     for (const auto& p : run.plans) {
-      json sample = {{"doc_id", p.doc_id}, {"doc", p.doc->fields}, {"source", p.doc->where},
-                     {"target", p.target}, {"filter", "none"}};
+      json sample = {{"doc_id", p.doc_id},
+                     {"doc", p.doc->fields},
+                     {"source", p.doc->where},
+                     {"target", p.target},
+                     {"filter", "none"}};
       json args = json::array(), resps = json::array();
       json metrics_here = json::object();
       switch (t.output_type) {
@@ -359,7 +369,9 @@ EvalOutput evaluate(const std::vector<TaskConfig>& tasks, LanguageModel& model,
           }
           const ChoiceScores s = score_choices(lls, p.choices, p.gold);
           for (const auto& m : t.metrics) {
-            const double v = m.name == "acc" ? s.acc : m.name == "acc_norm" ? s.acc_norm : s.acc_bytes;
+            const double v = m.name == "acc"        ? s.acc
+                             : m.name == "acc_norm" ? s.acc_norm
+                                                    : s.acc_bytes;
             items[m.name].values.push_back(v);
             metrics_here[m.name] = v;
           }
@@ -367,7 +379,8 @@ EvalOutput evaluate(const std::vector<TaskConfig>& tasks, LanguageModel& model,
         }
         case OutputType::kLoglikelihood: {
           const LlResult& r = ll[p.request[0]];
-          args.push_back({{"arg_0", ll_reqs[p.request[0]].context}, {"arg_1", ll_reqs[p.request[0]].continuation}});
+          args.push_back({{"arg_0", ll_reqs[p.request[0]].context},
+                          {"arg_1", ll_reqs[p.request[0]].continuation}});
           resps.push_back(json::array({r.logprob, r.is_greedy}));
           for (const auto& m : t.metrics) {
             const double v = m.name == "acc" ? double(r.is_greedy) : r.logprob;
@@ -383,8 +396,9 @@ EvalOutput evaluate(const std::vector<TaskConfig>& tasks, LanguageModel& model,
           const double words = double(count_words(p.target_text));
           const double bytes = double(p.target_text.size());
           for (const auto& m : t.metrics) {
-            const double w = m.name == "word_perplexity" ? words
-                             : m.name == "token_perplexity" ? double(r.tokens) : bytes;
+            const double w = m.name == "word_perplexity"    ? words
+                             : m.name == "token_perplexity" ? double(r.tokens)
+                                                            : bytes;
             items[m.name].values.push_back(r.logprob);
             items[m.name].weights.push_back(w);
             metrics_here[m.name] = json::array({r.logprob, w});
@@ -394,7 +408,8 @@ EvalOutput evaluate(const std::vector<TaskConfig>& tasks, LanguageModel& model,
         case OutputType::kGenerateUntil: {
           const std::string& g = gen[p.request[0]];
           const Request& q = gen_reqs[p.request[0]];
-          args.push_back({{"arg_0", q.context}, {"arg_1", {{"until", q.until}, {"max_gen_toks", q.max_gen_toks}}}});
+          args.push_back({{"arg_0", q.context},
+                          {"arg_1", {{"until", q.until}, {"max_gen_toks", q.max_gen_toks}}}});
           resps.push_back(json::array({g}));
           for (const auto& m : t.metrics) {
             const double v = score_generation(m, g, p.target_text);
@@ -418,7 +433,8 @@ EvalOutput evaluate(const std::vector<TaskConfig>& tasks, LanguageModel& model,
       const MetricItems& it = items[m.name];
       const double v = it.values.empty() ? NAN : aggregate(m, it);
       r[m.name + ",none"] = std::isfinite(v) ? json(v) : json("N/A");
-      r[m.name + "_stderr,none"] = m.aggregation == "mean" ? stderr_of_mean(it.values) : json("N/A");
+      r[m.name + "_stderr,none"] =
+          m.aggregation == "mean" ? stderr_of_mean(it.values) : json("N/A");
       h[m.name] = m.higher_is_better;
       if (!t.group.empty() && std::isfinite(v)) {
         auto& [sum, n] = gacc[t.group].sum[m.name];
@@ -436,8 +452,10 @@ EvalOutput evaluate(const std::vector<TaskConfig>& tasks, LanguageModel& model,
     c["fewshot_delimiter"] = t.fewshot_delimiter;
     c["doc_to_text"] = t.doc_to_text;
     c["doc_to_target"] = t.doc_to_target;
-    if (t.doc_to_choice) c["doc_to_choice"] = *t.doc_to_choice;
-    else if (!t.doc_to_choice_list.empty()) c["doc_to_choice"] = t.doc_to_choice_list;
+    if (t.doc_to_choice)
+      c["doc_to_choice"] = *t.doc_to_choice;
+    else if (!t.doc_to_choice_list.empty())
+      c["doc_to_choice"] = t.doc_to_choice_list;
     if (!t.yaml_path.empty()) c["yaml_path"] = t.yaml_path;
     configs[t.task] = c;
     versions[t.task] = t.version;
@@ -459,8 +477,7 @@ EvalOutput evaluate(const std::vector<TaskConfig>& tasks, LanguageModel& model,
     if (!groups.contains(it.key())) groups[it.key()] = {{"alias", it.key()}};
     versions[it.key()] = nullptr;
   }
-  const double secs =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   out.results = {{"results", results},
                  {"groups", groups},
                  {"group_subtasks", group_subtasks},

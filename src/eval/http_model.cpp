@@ -21,15 +21,18 @@ class HttpModel : public LanguageModel {
  public:
   explicit HttpModel(HttpModelOptions o) : o_(std::move(o)) {
     while (!o_.url.empty() && o_.url.back() == '/') o_.url.pop_back();
-    if (o_.url.size() > 3 && o_.url.compare(o_.url.size() - 3, 3, "/v1") == 0) o_.url.resize(o_.url.size() - 3);
+    if (o_.url.size() > 3 && o_.url.compare(o_.url.size() - 3, 3, "/v1") == 0)
+      o_.url.resize(o_.url.size() - 3);
     if (o_.url.rfind("http://", 0) != 0 && o_.url.rfind("https://", 0) != 0)
       throw Error("--model-url must start with http:// or https://, got '" + o_.url + "'");
   }
   std::string name() const override { return o_.url; }
 
-  std::vector<LlResult> loglikelihood(const std::vector<Request>&, const std::function<void(int64_t)>&) override {
-    throw Error("--model-url: loglikelihood tasks (multiple_choice, loglikelihood) need a local model; "
-                "the endpoint is used for generate_until tasks");
+  std::vector<LlResult> loglikelihood(const std::vector<Request>&,
+                                      const std::function<void(int64_t)>&) override {
+    throw Error(
+        "--model-url: loglikelihood tasks (multiple_choice, loglikelihood) need a local model; "
+        "the endpoint is used for generate_until tasks");
   }
   std::vector<LlResult> loglikelihood_rolling(const std::vector<Request>&, int64_t,
                                               const std::function<void(int64_t)>&) override {
@@ -84,9 +87,7 @@ class HttpModel : public LanguageModel {
 
  private:
   std::string complete(const Request& r) const {
-    json body = {{"prompt", r.context},
-                 {"max_tokens", r.max_gen_toks},
-                 {"temperature", 0}};
+    json body = {{"prompt", r.context}, {"max_tokens", r.max_gen_toks}, {"temperature", 0}};
     if (!o_.model.empty()) body["model"] = o_.model;  // else the server's one model
     json stop = json::array();
     for (const auto& s : r.until)
@@ -97,7 +98,8 @@ class HttpModel : public LanguageModel {
       if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(500 * attempt));
       httplib::Client c(o_.url);
       const auto secs = std::chrono::duration<double>(o_.timeout_s);
-      c.set_connection_timeout(std::chrono::duration_cast<std::chrono::microseconds>(std::min(secs, std::chrono::duration<double>(30))));
+      c.set_connection_timeout(std::chrono::duration_cast<std::chrono::microseconds>(
+          std::min(secs, std::chrono::duration<double>(30))));
       c.set_read_timeout(std::chrono::duration_cast<std::chrono::microseconds>(secs));
       httplib::Headers h;
       if (!o_.api_key.empty()) h.emplace("Authorization", "Bearer " + o_.api_key);

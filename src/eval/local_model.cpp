@@ -45,12 +45,17 @@ class LocalModel : public LanguageModel {
     const int64_t model_max = model.config().max_position_embeddings;
     if (o.max_length < 0 || o.max_length > model_max)
       throw Error("--max-length " + std::to_string(o.max_length) + ": must be in [1, " +
-                  std::to_string(model_max) + "] (the model's max_position_embeddings), or 0 for that");
+                  std::to_string(model_max) +
+                  "] (the model's max_position_embeddings), or 0 for that");
     max_len_ = o.max_length > 0 ? o.max_length : model_max;
     if (o_.batch_size < 1) throw Error("--batch-size must be at least 1");
-    if (auto b = tok.bos_id()) prefix_id_ = *b;
-    else if (auto e = tok.eos_id()) prefix_id_ = *e;
-    else throw Error("the tokenizer has neither a bos nor an eos token: an empty context has no prefix token");
+    if (auto b = tok.bos_id())
+      prefix_id_ = *b;
+    else if (auto e = tok.eos_id())
+      prefix_id_ = *e;
+    else
+      throw Error(
+          "the tokenizer has neither a bos nor an eos token: an empty context has no prefix token");
   }
 
   std::string name() const override { return "local"; }
@@ -63,12 +68,14 @@ class LocalModel : public LanguageModel {
     return score(tr, progress);
   }
 
-  std::vector<LlResult> loglikelihood_rolling(const std::vector<Request>& reqs, int64_t context_len,
-                                              const std::function<void(int64_t)>& progress) override {
+  std::vector<LlResult> loglikelihood_rolling(
+      const std::vector<Request>& reqs, int64_t context_len,
+      const std::function<void(int64_t)>& progress) override {
     std::vector<TokRequest> windows;
     std::vector<size_t> owner;
     for (size_t i = 0; i < reqs.size(); ++i)
-      for (auto& [c, x] : rolling_windows(tok_encode(reqs[i].continuation), prefix_id_, max_len_, context_len)) {
+      for (auto& [c, x] :
+           rolling_windows(tok_encode(reqs[i].continuation), prefix_id_, max_len_, context_len)) {
         windows.push_back({std::move(c), std::move(x)});
         owner.push_back(i);
       }
@@ -98,7 +105,8 @@ class LocalModel : public LanguageModel {
     int64_t done = 0;
     // requests with the same stops and length run together
     std::map<std::pair<std::vector<std::string>, int64_t>, std::vector<size_t>> by_opts;
-    for (size_t i = 0; i < reqs.size(); ++i) by_opts[{reqs[i].until, reqs[i].max_gen_toks}].push_back(i);
+    for (size_t i = 0; i < reqs.size(); ++i)
+      by_opts[{reqs[i].until, reqs[i].max_gen_toks}].push_back(i);
     for (const auto& [key, idx] : by_opts) {
       GenerationOptions go;
       go.sampling.temperature = 0;
@@ -199,7 +207,8 @@ class LocalModel : public LanguageModel {
     resident_blocks_.clear();
     const int64_t bs = o_.block_size;
     const int64_t vocab = model_.config().vocab_size;
-    const int64_t token_budget = std::max<int64_t>(1, o_.max_logit_floats / std::max<int64_t>(vocab, 1));
+    const int64_t token_budget =
+        std::max<int64_t>(1, o_.max_logit_floats / std::max<int64_t>(vocab, 1));
     // batches of whole groups: up to batch_size requests and the logits budget
     std::vector<std::pair<size_t, size_t>> batches;
     int64_t most_blocks = 0;  // the largest batch's blocks, the cache sized once for all
@@ -214,7 +223,8 @@ class LocalModel : public LanguageModel {
           toks += int64_t(it.inp.size()) - shared_full;
           b += (int64_t(it.inp.size()) + bs - 1) / bs;
         }
-        if (g_end > g && (n_req + int64_t(items.size()) > o_.batch_size || n_tok + toks > token_budget))
+        if (g_end > g &&
+            (n_req + int64_t(items.size()) > o_.batch_size || n_tok + toks > token_budget))
           break;
         n_req += int64_t(items.size());
         n_tok += toks;
@@ -263,7 +273,8 @@ class LocalModel : public LanguageModel {
         used = std::max(used, next + 1);
         return next++;
       };
-      for (int32_t b : reuse ? resident_blocks_ : std::vector<int32_t>{}) used = std::max(used, b + 1);
+      for (int32_t b : reuse ? resident_blocks_ : std::vector<int32_t>{})
+        used = std::max(used, b + 1);
       auto lcp = [&](const Tokens& a, const Tokens& b, int64_t lim) {
         int64_t k = 0;
         lim = std::min<int64_t>({lim, int64_t(a.size()), int64_t(b.size())});
@@ -278,7 +289,8 @@ class LocalModel : public LanguageModel {
       C = std::min<int64_t>(C, int64_t(first.size()) / bs * bs);
       if (g1 - g0 < 2) C = 0;  // one group: its own prefix step does it
       const int64_t rc = reuse ? lcp(resident_tokens_, first, C) : 0;
-      std::vector<int32_t> common_blocks(resident_blocks_.begin(), resident_blocks_.begin() + rc / bs);
+      std::vector<int32_t> common_blocks(resident_blocks_.begin(),
+                                         resident_blocks_.begin() + rc / bs);
       for (int64_t b = rc / bs; b < C / bs; ++b) common_blocks.push_back(alloc());
       if (C > rc) {
         StepBatch::Seq s;
@@ -352,16 +364,18 @@ class LocalModel : public LanguageModel {
     const int32_t next_block = needed;
     ensure_cache(next_block);
     if (o_.computed_tokens)
-      *o_.computed_tokens += int64_t(common_step.tokens.size() + prefix.tokens.size() + body.tokens.size());
+      *o_.computed_tokens +=
+          int64_t(common_step.tokens.size() + prefix.tokens.size() + body.tokens.size());
     if (!common_step.seqs.empty()) model_.step(common_step, *cache_);
     if (!prefix.seqs.empty()) model_.step(prefix, *cache_);
     auto logits = model_.step(body, *cache_);  // [N,V] float32
     const auto dev = logits.device();
     auto lp = torch::log_softmax(
-        logits.index_select(0, torch::tensor(rows, torch::kLong).to(dev)).to(torch::kFloat32), -1);  // [R,V]
-    auto tgt = torch::tensor(targets, torch::kLong).to(dev);                                    // [R]
-    auto picked = lp.gather(1, tgt.unsqueeze(1)).squeeze(1).to(torch::kDouble).cpu();           // [R]
-    auto greedy = lp.argmax(1).eq(tgt).cpu();                                                   // [R]
+        logits.index_select(0, torch::tensor(rows, torch::kLong).to(dev)).to(torch::kFloat32),
+        -1);                                                                           // [R,V]
+    auto tgt = torch::tensor(targets, torch::kLong).to(dev);                           // [R]
+    auto picked = lp.gather(1, tgt.unsqueeze(1)).squeeze(1).to(torch::kDouble).cpu();  // [R]
+    auto greedy = lp.argmax(1).eq(tgt).cpu();                                          // [R]
     const double* pv = picked.data_ptr<double>();
     const bool* gv = greedy.data_ptr<bool>();
     resident_tokens_ = std::move(last_tokens);  // stays in the cache for the next batch

@@ -26,7 +26,8 @@ uint32_t next_cp(const std::string& s, size_t& i) {
   int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 1;
   if (i + size_t(len) > s.size()) len = 1;
   uint32_t cp = len == 1 ? c : len == 2 ? (c & 0x1F) : len == 3 ? (c & 0x0F) : (c & 0x07);
-  for (int k = 1; k < len; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[i + size_t(k)]) & 0x3F);
+  for (int k = 1; k < len; ++k)
+    cp = (cp << 6) | (static_cast<unsigned char>(s[i + size_t(k)]) & 0x3F);
   i += size_t(len);
   return cp;
 }
@@ -64,25 +65,26 @@ std::string normalize_em(std::string s, const json& kw) {
   }
   if (flag(kw, "ignore_case")) s = lower_ascii(s);
   if (flag(kw, "ignore_punctuation"))
-    s.erase(std::remove_if(s.begin(), s.end(),
-                           [](char c) { return c > 0 && std::ispunct(static_cast<unsigned char>(c)); }),
-            s.end());
+    s.erase(
+        std::remove_if(s.begin(), s.end(),
+                       [](char c) { return c > 0 && std::ispunct(static_cast<unsigned char>(c)); }),
+        s.end());
   if (flag(kw, "ignore_numbers"))
-    s.erase(std::remove_if(s.begin(), s.end(),
-                           [](char c) { return c >= '0' && c <= '9'; }),
+    s.erase(std::remove_if(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; }),
             s.end());
   return s;
 }
 
 const std::regex& number_re() {
-  static const std::regex re(R"([-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+)");
+  static const std::regex re(
+      R"([-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+)");
   return re;
 }
 
 std::optional<double> parse_number(const std::string& s, bool last) {
   std::optional<double> out;
-  for (auto it = std::sregex_iterator(s.begin(), s.end(), number_re()); it != std::sregex_iterator();
-       ++it) {
+  for (auto it = std::sregex_iterator(s.begin(), s.end(), number_re());
+       it != std::sregex_iterator(); ++it) {
     std::string m = it->str();
     m.erase(std::remove(m.begin(), m.end(), ','), m.end());
     out = std::stod(m);
@@ -99,12 +101,16 @@ std::optional<json> first_json_object(const std::string& s) {
     for (size_t i = b; i < s.size(); ++i) {
       const char c = s[i];
       if (in_str) {
-        if (c == '\\') ++i;
-        else if (c == '"') in_str = false;
+        if (c == '\\')
+          ++i;
+        else if (c == '"')
+          in_str = false;
         continue;
       }
-      if (c == '"') in_str = true;
-      else if (c == '{') ++depth;
+      if (c == '"')
+        in_str = true;
+      else if (c == '{')
+        ++depth;
       else if (c == '}' && --depth == 0) {
         try {
           return json::parse(s.substr(b, i - b + 1));
@@ -131,7 +137,8 @@ double num_kw(const MetricSpec& m, const char* key, double def) {
 }
 
 bool numbers_close(double p, double r, const MetricSpec& m) {
-  const double tol = std::max(num_kw(m, "tolerance", 1e-6), num_kw(m, "rel_tolerance", 0) * std::fabs(r));
+  const double tol =
+      std::max(num_kw(m, "tolerance", 1e-6), num_kw(m, "rel_tolerance", 0) * std::fabs(r));
   return std::fabs(p - r) <= tol;
 }
 
@@ -169,7 +176,8 @@ double score_generation(const MetricSpec& m, const std::string& prediction,
     std::smatch sm;
     if (!std::regex_search(prediction, sm, re)) return 0.0;
     const size_t g = size_t(num_kw(m, "group", sm.size() > 1 ? 1 : 0));
-    if (g >= sm.size()) throw Error("metric regex_match: the pattern has no group " + std::to_string(g));
+    if (g >= sm.size())
+      throw Error("metric regex_match: the pattern has no group " + std::to_string(g));
     std::string got = strip_ws(sm[g].str()), want = strip_ws(reference);
     if (flag(m.kwargs, "ignore_case")) got = lower_ascii(got), want = lower_ascii(want);
     return got == want ? 1.0 : 0.0;

@@ -20,7 +20,8 @@ PyRandom::PyRandom(uint64_t seed) {
   if (key.empty()) key.push_back(0);
   // init_genrand(19650218)
   mt_[0] = 19650218U;
-  for (int i = 1; i < N; ++i) mt_[i] = 1812433253U * (mt_[i - 1] ^ (mt_[i - 1] >> 30)) + uint32_t(i);
+  for (int i = 1; i < N; ++i)
+    mt_[i] = 1812433253U * (mt_[i - 1] ^ (mt_[i - 1] >> 30)) + uint32_t(i);
   // init_by_array(key)
   int i = 1;
   size_t j = 0;

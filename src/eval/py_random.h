@@ -12,7 +12,7 @@ class PyRandom {
  public:
   explicit PyRandom(uint64_t seed);
   uint32_t genrand_uint32();
-  uint32_t getrandbits(int k);   // 1 <= k <= 32
+  uint32_t getrandbits(int k);     // 1 <= k <= 32
   uint64_t randbelow(uint64_t n);  // [0, n), n in [1, 2^32]
   // random.sample(range(n), k): indices into a population of n
   std::vector<uint64_t> sample(uint64_t n, uint64_t k);

@@ -68,7 +68,8 @@ std::string markdown_report(const json& r) {
     if (!by_group.count(g)) order.push_back(g);
     by_group[g].push_back(it.key());
   }
-  std::stable_partition(order.begin(), order.end(), [](const std::string& g) { return !g.empty(); });
+  std::stable_partition(order.begin(), order.end(),
+                        [](const std::string& g) { return !g.empty(); });
   std::string md;
   for (const auto& g : order) {
     md += "### " + (g.empty() ? std::string("(no group)") : g) + "\n\n";
@@ -76,10 +77,12 @@ std::string markdown_report(const json& r) {
     for (const auto& task : by_group[g]) {
       const json& row = results.at(task);
       for (const auto& m : metric_names(row)) {
-        const bool up = !hib.contains(task) || !hib.at(task).contains(m) || hib.at(task).at(m).get<bool>();
-        const std::string se = row.contains(m + "_stderr,none") ? fmt(row.at(m + "_stderr,none")) : "";
-        md += "| " + task + " | " + (nshot.contains(task) ? nshot.at(task).dump() : "") + " | " + m +
-              " | " + (up ? "↑" : "↓") + " | " + fmt(row.at(m + ",none")) + " | " + se + " |\n";
+        const bool up =
+            !hib.contains(task) || !hib.at(task).contains(m) || hib.at(task).at(m).get<bool>();
+        const std::string se =
+            row.contains(m + "_stderr,none") ? fmt(row.at(m + "_stderr,none")) : "";
+        md += "| " + task + " | " + (nshot.contains(task) ? nshot.at(task).dump() : "") + " | " +
+              m + " | " + (up ? "↑" : "↓") + " | " + fmt(row.at(m + ",none")) + " | " + se + " |\n";
       }
     }
     if (!g.empty() && groups.contains(g))
@@ -95,7 +98,8 @@ std::string compare_report(const json& a, const json& b, const std::string& name
                            const std::string& name_b) {
   for (const auto* x : {&a, &b})
     if (!x->is_object() || !x->contains("results"))
-      throw Error(std::string(x == &a ? name_a : name_b) + ": not an evaluation result (no 'results')");
+      throw Error(std::string(x == &a ? name_a : name_b) +
+                  ": not an evaluation result (no 'results')");
   struct Row {
     std::string task, metric;
     json va, vb;
@@ -151,7 +155,8 @@ std::vector<std::string> write_outputs(const EvalOutput& out, const std::string&
   for (const auto& t : out.tasks) {
     if (t.samples.empty()) continue;
     std::string body;
-    for (const auto& s : t.samples) body += s.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+    for (const auto& s : t.samples)
+      body += s.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
     const std::string p = (fs::path(dir) / ("samples_" + t.task + ".jsonl")).string();
     write_file_atomic(p, body);
     written.push_back(p);

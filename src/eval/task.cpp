@@ -79,8 +79,7 @@ MetricSpec default_metric(const std::string& name) {
   if (name == "perplexity") {
     m.aggregation = "perplexity";
     m.higher_is_better = false;
-  } else if (name == "word_perplexity" || name == "byte_perplexity" ||
-             name == "token_perplexity") {
+  } else if (name == "word_perplexity" || name == "byte_perplexity" || name == "token_perplexity") {
     m.aggregation = "weighted_perplexity";
     m.higher_is_better = false;
   } else if (name == "bits_per_byte") {
@@ -97,10 +96,14 @@ const std::set<std::string>& metrics_for(OutputType t) {
                                              "token_perplexity"};
   static const std::set<std::string> gen = {"exact_match", "regex_match", "numeric", "json_field"};
   switch (t) {
-    case OutputType::kMultipleChoice: return mc;
-    case OutputType::kLoglikelihood: return ll;
-    case OutputType::kLoglikelihoodRolling: return roll;
-    case OutputType::kGenerateUntil: return gen;
+    case OutputType::kMultipleChoice:
+      return mc;
+    case OutputType::kLoglikelihood:
+      return ll;
+    case OutputType::kLoglikelihoodRolling:
+      return roll;
+    case OutputType::kGenerateUntil:
+      return gen;
   }
   return mc;
 }
@@ -129,13 +132,35 @@ void apply_layout_defaults(TaskConfig& t, const std::string& where) {
   }
 }
 
-const std::set<std::string> kKnownKeys = {
-    "task", "tag", "group", "dataset_path", "dataset_name", "dataset_kwargs", "layout",
-    "split_field", "test_split", "validation_split", "training_split", "fewshot_split",
-    "description", "doc_to_text", "doc_to_target", "doc_to_choice", "target_delimiter",
-    "fewshot_delimiter", "num_fewshot", "fewshot_config", "output_type", "metric_list",
-    "generation_kwargs", "metadata", "rolling_context_len", "include", "should_decontaminate",
-    "doc_to_decontamination_query", "repeats"};
+const std::set<std::string> kKnownKeys = {"task",
+                                          "tag",
+                                          "group",
+                                          "dataset_path",
+                                          "dataset_name",
+                                          "dataset_kwargs",
+                                          "layout",
+                                          "split_field",
+                                          "test_split",
+                                          "validation_split",
+                                          "training_split",
+                                          "fewshot_split",
+                                          "description",
+                                          "doc_to_text",
+                                          "doc_to_target",
+                                          "doc_to_choice",
+                                          "target_delimiter",
+                                          "fewshot_delimiter",
+                                          "num_fewshot",
+                                          "fewshot_config",
+                                          "output_type",
+                                          "metric_list",
+                                          "generation_kwargs",
+                                          "metadata",
+                                          "rolling_context_len",
+                                          "include",
+                                          "should_decontaminate",
+                                          "doc_to_decontamination_query",
+                                          "repeats"};
 
 TaskConfig from_json(const json& y, const std::string& where, const std::string& base_dir) {
   if (!y.is_object()) throw Error(where + ": a task file must be a mapping of keys");
@@ -156,8 +181,9 @@ TaskConfig from_json(const json& y, const std::string& where, const std::string&
   }
   if (t.group.empty() && !t.tags.empty()) t.group = t.tags.front();
   if (!y.contains("dataset_path"))
-    throw Error(where + ": missing key 'dataset_path' (a local .jsonl, .json, .csv file or a "
-                        "directory of them)");
+    throw Error(where +
+                ": missing key 'dataset_path' (a local .jsonl, .json, .csv file or a "
+                "directory of them)");
   str("dataset_path", t.dataset_path);
   if (!t.dataset_path.empty() && fs::path(t.dataset_path).is_relative() && !base_dir.empty())
     t.dataset_path = (fs::path(base_dir) / t.dataset_path).string();
@@ -186,17 +212,22 @@ TaskConfig from_json(const json& y, const std::string& where, const std::string&
   }
   str("layout", t.layout);
   str("split_field", t.split_field);
-  if (y.contains("test_split")) str("test_split", t.test_split);
-  else if (y.contains("validation_split")) str("validation_split", t.test_split);
+  if (y.contains("test_split"))
+    str("test_split", t.test_split);
+  else if (y.contains("validation_split"))
+    str("validation_split", t.test_split);
   str("fewshot_split", t.fewshot_split);
-  if (t.fewshot_split.empty() && y.contains("training_split")) str("training_split", t.fewshot_split);
+  if (t.fewshot_split.empty() && y.contains("training_split"))
+    str("training_split", t.fewshot_split);
   str("description", t.description);
   str("doc_to_text", t.doc_to_text);
   str("doc_to_target", t.doc_to_target);
   if (y.contains("doc_to_choice") && !y.at("doc_to_choice").is_null()) {
     const json& c = y.at("doc_to_choice");
-    if (c.is_array()) t.doc_to_choice_list = string_list(c, where, "doc_to_choice");
-    else t.doc_to_choice = need_string(c, where, "doc_to_choice");
+    if (c.is_array())
+      t.doc_to_choice_list = string_list(c, where, "doc_to_choice");
+    else
+      t.doc_to_choice = need_string(c, where, "doc_to_choice");
   }
   str("target_delimiter", t.target_delimiter);
   str("fewshot_delimiter", t.fewshot_delimiter);
@@ -207,20 +238,27 @@ TaskConfig from_json(const json& y, const std::string& where, const std::string&
   }
   if (y.contains("fewshot_config") && y.at("fewshot_config").is_object()) {
     const json& f = y.at("fewshot_config");
-    if (f.contains("sampler")) t.fewshot_sampler = need_string(f.at("sampler"), where, "fewshot_config.sampler");
+    if (f.contains("sampler"))
+      t.fewshot_sampler = need_string(f.at("sampler"), where, "fewshot_config.sampler");
     if (t.fewshot_sampler != "default" && t.fewshot_sampler != "first_n")
       throw Error(where + ": fewshot_config.sampler must be default or first_n, got '" +
                   t.fewshot_sampler + "'");
   }
   std::string ot = "multiple_choice";
   str("output_type", ot);
-  if (ot == "multiple_choice") t.output_type = OutputType::kMultipleChoice;
-  else if (ot == "loglikelihood") t.output_type = OutputType::kLoglikelihood;
-  else if (ot == "loglikelihood_rolling") t.output_type = OutputType::kLoglikelihoodRolling;
-  else if (ot == "generate_until") t.output_type = OutputType::kGenerateUntil;
+  if (ot == "multiple_choice")
+    t.output_type = OutputType::kMultipleChoice;
+  else if (ot == "loglikelihood")
+    t.output_type = OutputType::kLoglikelihood;
+  else if (ot == "loglikelihood_rolling")
+    t.output_type = OutputType::kLoglikelihoodRolling;
+  else if (ot == "generate_until")
+    t.output_type = OutputType::kGenerateUntil;
   else
-    throw Error(where + ": output_type must be multiple_choice, loglikelihood, "
-                        "loglikelihood_rolling or generate_until, got '" + ot + "'");
+    throw Error(where +
+                ": output_type must be multiple_choice, loglikelihood, "
+                "loglikelihood_rolling or generate_until, got '" +
+                ot + "'");
   apply_layout_defaults(t, where);
 
   const auto& allowed = metrics_for(t.output_type);
@@ -236,16 +274,20 @@ TaskConfig from_json(const json& y, const std::string& where, const std::string&
                     " (available: " + join(allowed) + ")");
       for (auto it = m.begin(); it != m.end(); ++it) {
         if (it.key() == "metric") continue;
-        if (it.key() == "aggregation") spec.aggregation = need_string(it.value(), where, "aggregation");
-        else if (it.key() == "higher_is_better") spec.higher_is_better = it.value().get<bool>();
-        else spec.kwargs[it.key()] = it.value();
+        if (it.key() == "aggregation")
+          spec.aggregation = need_string(it.value(), where, "aggregation");
+        else if (it.key() == "higher_is_better")
+          spec.higher_is_better = it.value().get<bool>();
+        else
+          spec.kwargs[it.key()] = it.value();
       }
       t.metrics.push_back(spec);
     }
   } else {
     const std::vector<std::string> def =
         t.output_type == OutputType::kMultipleChoice ? std::vector<std::string>{"acc", "acc_norm"}
-        : t.output_type == OutputType::kLoglikelihood ? std::vector<std::string>{"perplexity", "acc"}
+        : t.output_type == OutputType::kLoglikelihood
+            ? std::vector<std::string>{"perplexity", "acc"}
         : t.output_type == OutputType::kLoglikelihoodRolling
             ? std::vector<std::string>{"word_perplexity", "byte_perplexity", "bits_per_byte"}
             : std::vector<std::string>{"exact_match"};
@@ -340,7 +382,8 @@ metric_list:
 metadata:
   version: 1.0
 )"},
-    {"finmoe_fin_qa", "financial QA, greedy generation scored by exact match (corpus qa test.jsonl)",
+    {"finmoe_fin_qa",
+     "financial QA, greedy generation scored by exact match (corpus qa test.jsonl)",
      R"(task: finmoe_fin_qa
 group: finmoe_fin
 dataset_path: qa
@@ -366,7 +409,8 @@ metric_list:
 metadata:
   version: 1.0
 )"},
-    {"finmoe_fin_ppl", "held-out financial manuals (corpus fin/test.jsonl): word/byte ppl, bits per byte",
+    {"finmoe_fin_ppl",
+     "held-out financial manuals (corpus fin/test.jsonl): word/byte ppl, bits per byte",
      R"(task: finmoe_fin_ppl
 group: finmoe_fin
 dataset_path: corpus/fin
@@ -416,10 +460,14 @@ metadata:
 
 const char* output_type_name(OutputType t) {
   switch (t) {
-    case OutputType::kMultipleChoice: return "multiple_choice";
-    case OutputType::kLoglikelihood: return "loglikelihood";
-    case OutputType::kLoglikelihoodRolling: return "loglikelihood_rolling";
-    case OutputType::kGenerateUntil: return "generate_until";
+    case OutputType::kMultipleChoice:
+      return "multiple_choice";
+    case OutputType::kLoglikelihood:
+      return "loglikelihood";
+    case OutputType::kLoglikelihoodRolling:
+      return "loglikelihood_rolling";
+    case OutputType::kGenerateUntil:
+      return "generate_until";
   }
   return "?";
 }
@@ -485,8 +533,10 @@ std::vector<TaskConfig> resolve_tasks(const std::vector<std::string>& spec,
     }
     std::string known;
     for (const auto& [n, about] : builtin_task_names()) known += (known.empty() ? "" : ", ") + n;
-    throw Error("--tasks: unknown task '" + name + "' (not a built-in task, a .yaml file or a "
-                "directory; built-in: " + known + ")");
+    throw Error("--tasks: unknown task '" + name +
+                "' (not a built-in task, a .yaml file or a "
+                "directory; built-in: " +
+                known + ")");
   }
   if (out.empty()) throw Error("--tasks: no task given");
   return out;

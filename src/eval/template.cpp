@@ -47,16 +47,20 @@ class Expr {
       skip_ws();
       if (eat('|')) {
         const std::string f = ident();
-        if (f == "trim") v = json(strip(to_text(v)));
+        if (f == "trim")
+          v = json(strip(to_text(v)));
         else if (f == "lower" || f == "upper") {
           std::string t = to_text(v);
           for (char& c : t)
             c = char(f == "lower" ? std::tolower(static_cast<unsigned char>(c))
                                   : std::toupper(static_cast<unsigned char>(c)));
           v = json(t);
-        } else if (f == "string") v = json(to_text(v));
-        else if (f == "int") v = json(int64_t(std::stoll(strip(to_text(v)))));
-        else fail("unknown filter '| " + f + "' (known: trim, lower, upper, string, int)");
+        } else if (f == "string")
+          v = json(to_text(v));
+        else if (f == "int")
+          v = json(int64_t(std::stoll(strip(to_text(v)))));
+        else
+          fail("unknown filter '| " + f + "' (known: trim, lower, upper, string, int)");
         continue;
       }
       break;
@@ -199,8 +203,9 @@ class SimpleTemplateEngine : public TemplateEngine {
  public:
   json render(const std::string& tmpl, const json& doc, const std::string& where) const override {
     if (tmpl.find("{%") != std::string::npos)
-      throw Error(where + ": Jinja statements ({% ... %}) are not supported by the built-in "
-                          "template engine; use {{ field }} expressions");
+      throw Error(where +
+                  ": Jinja statements ({% ... %}) are not supported by the built-in "
+                  "template engine; use {{ field }} expressions");
     // a bare field name (lm-eval: `doc_to_target: answer`) is the field itself
     if (doc.is_object() && doc.contains(tmpl)) return doc.at(tmpl);
     const size_t open = tmpl.find("{{");

@@ -52,7 +52,8 @@ TEST(EvalCli, TasksWriteLmEvalResultsSamplesAndMarkdown) {
   const json res = read_json(t.path / "a" / "results.json");
   const json ref = read_json(kRef + "/reference.json");
   EXPECT_EQ(res["results"]["ref_mc"]["acc,none"], ref["tasks"]["ref_mc"]["results"]["acc,none"]);
-  EXPECT_EQ(res["results"]["ref_mc"]["acc_norm,none"], ref["tasks"]["ref_mc"]["results"]["acc_norm,none"]);
+  EXPECT_EQ(res["results"]["ref_mc"]["acc_norm,none"],
+            ref["tasks"]["ref_mc"]["results"]["acc_norm,none"]);
   EXPECT_EQ(res["n-shot"]["ref_mc"], 2);
   EXPECT_EQ(res["group_subtasks"]["ref_tasks"], json({"ref_mc", "ref_ppl"}));
   std::ifstream samples(t.path / "a" / "samples_ref_mc.jsonl");
@@ -64,19 +65,21 @@ TEST(EvalCli, TasksWriteLmEvalResultsSamplesAndMarkdown) {
   EXPECT_TRUE(fs::exists(t.path / "a" / "results.md"));
 
   // `eval run` with another shot count, then compare the two
-  const auto r2 = run("eval run " + kModel + " --tasks " + kRef + "/ref_mc.yaml --num-fewshot 0 --limit 4 --out " +
-                      (t.path / "b").string());
+  const auto r2 = run("eval run " + kModel + " --tasks " + kRef +
+                      "/ref_mc.yaml --num-fewshot 0 --limit 4 --out " + (t.path / "b").string());
   ASSERT_EQ(r2.status, 0) << r2.out;
   const json b = read_json(t.path / "b" / "results.json");
   EXPECT_EQ(b["n-samples"]["ref_mc"]["effective"], 4);
   EXPECT_EQ(b["n-shot"]["ref_mc"], 0);
-  const auto c = run("eval compare " + (t.path / "a" / "results.json").string() + " " +
-                     (t.path / "b" / "results.json").string() + " --out " + (t.path / "cmp.md").string());
+  const auto c =
+      run("eval compare " + (t.path / "a" / "results.json").string() + " " +
+          (t.path / "b" / "results.json").string() + " --out " + (t.path / "cmp.md").string());
   ASSERT_EQ(c.status, 0) << c.out;
   char delta[32];
-  std::snprintf(delta, sizeof delta, "%+.4f", b["results"]["ref_mc"]["acc,none"].get<double>() -
-                                                 res["results"]["ref_mc"]["acc,none"].get<double>());
-  EXPECT_CONTAINS(c.out, std::string("| ref_mc | acc | ") );
+  std::snprintf(delta, sizeof delta, "%+.4f",
+                b["results"]["ref_mc"]["acc,none"].get<double>() -
+                    res["results"]["ref_mc"]["acc,none"].get<double>());
+  EXPECT_CONTAINS(c.out, std::string("| ref_mc | acc | "));
   EXPECT_CONTAINS(c.out, delta);
   EXPECT_CONTAINS(c.out, "| ref_ppl | bits_per_byte |");
   EXPECT_TRUE(fs::exists(t.path / "cmp.md"));
@@ -84,9 +87,12 @@ TEST(EvalCli, TasksWriteLmEvalResultsSamplesAndMarkdown) {
 
 TEST(EvalCli, BadInputExitsTwoNamingFileLineAndFieldAndWritesNothing) {
   Tmp t;
-  t.write("d.jsonl", "{\"q\": \"a\", \"c\": [\"x\", \"y\"], \"a\": 0}\n{\"q\": \"b\", \"c\": [\"x\", \"y\"]}\n");
-  const auto yaml = t.write("t.yaml", "task: t\ndataset_path: d.jsonl\ndoc_to_text: '{{q}}'\n"
-                                      "doc_to_choice: '{{c}}'\ndoc_to_target: '{{a}}'\n");
+  t.write(
+      "d.jsonl",
+      "{\"q\": \"a\", \"c\": [\"x\", \"y\"], \"a\": 0}\n{\"q\": \"b\", \"c\": [\"x\", \"y\"]}\n");
+  const auto yaml = t.write("t.yaml",
+                            "task: t\ndataset_path: d.jsonl\ndoc_to_text: '{{q}}'\n"
+                            "doc_to_choice: '{{c}}'\ndoc_to_target: '{{a}}'\n");
   const std::string out = (t.path / "o").string();
   auto r = run("eval " + kModel + " --tasks " + yaml + " --out " + out);
   EXPECT_EQ(r.status, 2) << r.out;
@@ -129,7 +135,8 @@ TEST(EvalCli, TaskListAndPerplexityStillThere) {
   ASSERT_EQ(r.status, 0) << r.out;
   EXPECT_CONTAINS(r.out, "finmoe_fin ");
   EXPECT_CONTAINS(r.out, "finmoe_fin_mc");
-  r = run("eval ppl " + kModel + " --data " + kRef + "/ref_text.jsonl --seq-len 16 --batch-size 2 --batches 2 --json");
+  r = run("eval ppl " + kModel + " --data " + kRef +
+          "/ref_text.jsonl --seq-len 16 --batch-size 2 --batches 2 --json");
   ASSERT_EQ(r.status, 0) << r.out;
   EXPECT_CONTAINS(r.out, "\"ppl\":");
 }

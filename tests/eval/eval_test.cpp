@@ -10,8 +10,8 @@
 #include <gtest/gtest.h>
 
 #include "../expect_error.h"
-#include "finmoe/config.h"
 #include "eval/py_random.h"
+#include "finmoe/config.h"
 #include "finmoe/eval.h"
 
 namespace fs = std::filesystem;
@@ -27,9 +27,10 @@ const std::string kData = std::string(FINMOE_TEST_DATA_DIR) + "/eval";
 struct TempDir {
   fs::path path;
   TempDir() {
-    path = fs::temp_directory_path() /
-           ("finmoe_eval_test_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    path =
+        fs::temp_directory_path() /
+        ("finmoe_eval_test_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) +
+         "_" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(path);
     fs::create_directories(path);
   }
@@ -50,7 +51,9 @@ json render(const std::string& t, const json& doc) {
 // ---- templates -------------------------------------------------------------
 
 TEST(EvalTemplate, SubstitutesFieldsPathsAndFilters) {
-  const json doc = {{"q", "  Why?  "}, {"n", 3}, {"choices", {{"text", {"a", "b"}}}},
+  const json doc = {{"q", "  Why?  "},
+                    {"n", 3},
+                    {"choices", {{"text", {"a", "b"}}}},
                     {"messages", {{{"role", "user"}, {"content", "hi"}}}}};
   EXPECT_EQ(render("Q: {{q.strip()}} ({{ n }})", doc), json("Q: Why? (3)"));
   EXPECT_EQ(render("{{ choices.text[1] | upper }}", doc), json("B"));
@@ -127,7 +130,9 @@ TEST(EvalMetrics, GenerationScorers) {
   EXPECT_CONTAINS(message_of([&] { score_generation(num, "1", "none"); }), "holds no number");
 
   MetricSpec jf{"json_field", "mean", true, {{"field", "intent.name"}}};
-  EXPECT_EQ(score_generation(jf, "ok {\"intent\": {\"name\": \"transfer\"}, \"x\": \"}\"} end", "transfer"), 1.0);
+  EXPECT_EQ(score_generation(jf, "ok {\"intent\": {\"name\": \"transfer\"}, \"x\": \"}\"} end",
+                             "transfer"),
+            1.0);
   EXPECT_EQ(score_generation(jf, "{\"intent\": {\"name\": \"balance\"}}", "transfer"), 0.0);
   EXPECT_EQ(score_generation(jf, "not json", "transfer"), 0.0);
   jf.kwargs = {{"field", "amount"}};
@@ -176,9 +181,10 @@ TEST(EvalMetrics, PyRandomIsCPythonsRandom) {
   EXPECT_EQ(s.sample(10, 3), (std::vector<uint64_t>{7, 1, 0}));
   EXPECT_EQ(s.sample(10, 4), (std::vector<uint64_t>{1, 0, 9, 8}));
   EXPECT_EQ(s.sample(100, 7), (std::vector<uint64_t>{98, 45, 30, 2, 3, 44, 82}));
-  EXPECT_EQ(s.sample(30, 29), (std::vector<uint64_t>{19, 15, 29, 14, 4, 2, 5, 22, 3, 0, 16, 28, 7, 24, 26,
-                                                     1, 9, 10, 18, 8, 13, 20, 25, 6, 17, 12, 27, 11, 21}));
-  EXPECT_EQ(PyRandom(0).sample(5, 2), (std::vector<uint64_t>{3, 4}));          // random.Random(0)
+  EXPECT_EQ(s.sample(30, 29),
+            (std::vector<uint64_t>{19, 15, 29, 14, 4, 2,  5,  22, 3, 0,  16, 28, 7,  24, 26,
+                                   1,  9,  10, 18, 8, 13, 20, 25, 6, 17, 12, 27, 11, 21}));
+  EXPECT_EQ(PyRandom(0).sample(5, 2), (std::vector<uint64_t>{3, 4}));         // random.Random(0)
   EXPECT_EQ(PyRandom((uint64_t(1) << 40) + 5).getrandbits(32), 2166296868u);  // a two-word seed
 }
 
@@ -186,7 +192,8 @@ TEST(EvalMetrics, PyRandomIsCPythonsRandom) {
 
 TEST(EvalData, CsvWithQuotesCommasAndNewlines) {
   TempDir d;
-  const auto p = d.write("x.csv", "\xEF\xBB\xBFid,question,A\r\n1,\"a, \"\"b\"\"\nc\",x\n2,plain,y\n");
+  const auto p =
+      d.write("x.csv", "\xEF\xBB\xBFid,question,A\r\n1,\"a, \"\"b\"\"\nc\",x\n2,plain,y\n");
   const auto docs = read_records(p);
   ASSERT_EQ(docs.size(), 2u);
   EXPECT_EQ(docs[0].fields["question"], "a, \"b\"\nc");
@@ -225,9 +232,11 @@ TEST(EvalData, CEvalAndCmmluCsvLayouts) {
     fs::create_directories(d.path / "data" / "val");
     if (std::string(layout) == "ceval")
       d.write("data/val/accountant_val.csv",
-              "id,question,A,B,C,D,answer,explanation\n0,资产等于负债加上____。,收入,所有者权益,费用,利润,B,\n");
+              "id,question,A,B,C,D,answer,explanation\n0,资产等于负债加上____。,收入,所有者权益,"
+              "费用,利润,B,\n");
     else
-      d.write("data/val/accountant.csv", ",Question,A,B,C,D,Answer\n0,资产等于负债加上____。,收入,所有者权益,费用,利润,B\n");
+      d.write("data/val/accountant.csv",
+              ",Question,A,B,C,D,Answer\n0,资产等于负债加上____。,收入,所有者权益,费用,利润,B\n");
     const auto docs = load_docs(t, "val");
     ASSERT_EQ(docs.size(), 1u);
     EXPECT_EQ(docs[0].fields["question"], "资产等于负债加上____。");
@@ -250,8 +259,8 @@ TEST(EvalData, CflueJsonAndFlareJsonlLayouts) {
     {"question": "Q1", "options": {"A": "x", "B": "y", "C": "z"}, "answer": "C"},
     {"question": "Q2", "options": "A. one\nB. two", "answer": "A"},
     {"question": "Q3", "choices": ["p", "q", "r", "s"], "answer": "D"}]})");
-  TaskConfig c = parse_task_yaml_text("task: c\nlayout: cflue\ndataset_path: cflue.json\n", "c.yaml",
-                                      d.path.string());
+  TaskConfig c = parse_task_yaml_text("task: c\nlayout: cflue\ndataset_path: cflue.json\n",
+                                      "c.yaml", d.path.string());
   const auto docs = load_docs(c, "test");
   ASSERT_EQ(docs.size(), 3u);
   EXPECT_EQ(docs[0].fields["choices"], json({"x", "y", "z"}));
@@ -261,11 +270,13 @@ TEST(EvalData, CflueJsonAndFlareJsonlLayouts) {
 
   d.write("fpb.jsonl",
           "{\"id\": \"fpb0\", \"query\": \"Sentiment of: profits rose\", \"answer\": \"positive\", "
-          "\"choices\": [\"negative\", \"neutral\", \"positive\"], \"gold\": 2, \"text\": \"profits rose\"}\n"
+          "\"choices\": [\"negative\", \"neutral\", \"positive\"], \"gold\": 2, \"text\": "
+          "\"profits rose\"}\n"
           "{\"id\": \"fpb1\", \"query\": \"q\", \"choices\": [\"a\"], \"gold\": 4}\n");
   TaskConfig f = parse_task_yaml_text("task: f\nlayout: flare\ndataset_path: fpb.jsonl\n", "f.yaml",
                                       d.path.string());
-  EXPECT_CONTAINS(message_of([&] { load_docs(f, "test"); }), "fpb.jsonl:2: field 'gold' must be an index");
+  EXPECT_CONTAINS(message_of([&] { load_docs(f, "test"); }),
+                  "fpb.jsonl:2: field 'gold' must be an index");
   LoadOptions skip;
   skip.skip_bad = true;
   const auto fd = load_docs(f, "test", skip);
@@ -276,9 +287,12 @@ TEST(EvalData, CflueJsonAndFlareJsonlLayouts) {
 
 TEST(EvalData, SplitField) {
   TempDir d;
-  d.write("all.jsonl", "{\"s\": \"train\", \"x\": 1}\n{\"s\": \"test\", \"x\": 2}\n{\"s\": \"test\", \"x\": 3}\n");
+  d.write(
+      "all.jsonl",
+      "{\"s\": \"train\", \"x\": 1}\n{\"s\": \"test\", \"x\": 2}\n{\"s\": \"test\", \"x\": 3}\n");
   auto t = parse_task_yaml_text(
-      "task: t\ndataset_path: all.jsonl\nsplit_field: s\nfewshot_split: train\ndoc_to_text: '{{x}}'\n"
+      "task: t\ndataset_path: all.jsonl\nsplit_field: s\nfewshot_split: train\ndoc_to_text: "
+      "'{{x}}'\n"
       "doc_to_target: '{{x}}'\noutput_type: generate_until\n",
       "t.yaml", d.path.string());
   EXPECT_EQ(load_docs(t, "test").size(), 2u);
@@ -290,12 +304,15 @@ TEST(EvalData, SplitField) {
 TEST(EvalTask, ParsesLmEvalKeysAndIncludes) {
   TempDir d;
   d.write("base.yaml",
-          "dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: t.jsonl\noutput_type: multiple_choice\n"
+          "dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: t.jsonl\noutput_type: "
+          "multiple_choice\n"
           "doc_to_text: 'Q: {{q}}'\ndoc_to_choice: ['yes', 'no']\ndoc_to_target: '{{label}}'\n"
           "target_delimiter: ''\nfewshot_delimiter: \"\\n###\\n\"\n");
-  const auto p = d.write("t.yaml",
-                         "include: base.yaml\ntask: t\ngroup: fin\nnum_fewshot: 3\nmetric_list:\n  - metric: acc_norm\n"
-                         "generation_kwargs:\n  until: [\"\\n\"]\n  max_gen_toks: 7\nmetadata:\n  version: 2.0\n");
+  const auto p = d.write(
+      "t.yaml",
+      "include: base.yaml\ntask: t\ngroup: fin\nnum_fewshot: 3\nmetric_list:\n  - metric: "
+      "acc_norm\n"
+      "generation_kwargs:\n  until: [\"\\n\"]\n  max_gen_toks: 7\nmetadata:\n  version: 2.0\n");
   const TaskConfig t = parse_task_yaml(p);
   EXPECT_EQ(t.task, "t");
   EXPECT_EQ(t.group, "fin");
@@ -312,19 +329,23 @@ TEST(EvalTask, ParsesLmEvalKeysAndIncludes) {
 }
 
 TEST(EvalTask, BadTaskFilesNameFileAndKey) {
-  auto err = [](const std::string& y) { return message_of([&] { parse_task_yaml_text(y, "bad.yaml", "."); }); };
+  auto err = [](const std::string& y) {
+    return message_of([&] { parse_task_yaml_text(y, "bad.yaml", "."); });
+  };
   EXPECT_CONTAINS(err("task: t\ndataset_path: x.jsonl\ndoc_to_text: a\ndoc_to_target: b\n"),
                   "bad.yaml: output_type multiple_choice needs 'doc_to_choice'");
   EXPECT_CONTAINS(err("dataset_path: x.jsonl\n"), "bad.yaml: missing key 'task'");
   EXPECT_CONTAINS(err("task: t\ndoc_to_text: a\n"), "missing key 'dataset_path'");
   EXPECT_CONTAINS(err("task: t\ndataset_path: x\ndoc_to_txt: a\n"), "unknown key 'doc_to_txt'");
-  EXPECT_CONTAINS(err("task: t\ndataset_path: x\noutput_type: generate_until\ndoc_to_text: a\ndoc_to_target: b\n"
+  EXPECT_CONTAINS(err("task: t\ndataset_path: x\noutput_type: generate_until\ndoc_to_text: "
+                      "a\ndoc_to_target: b\n"
                       "metric_list:\n  - metric: acc\n"),
                   "metric 'acc' does not apply to output_type generate_until");
   EXPECT_CONTAINS(err("task: t\ndataset_path: x\noutput_type: generate\n"), "output_type must be");
   EXPECT_CONTAINS(err("task: t\ndataset_path: x\ndoc_to_text: !function utils.f\n"), "!function");
   EXPECT_CONTAINS(err("task: t\ndataset_path: x\nlayout: mmlu\n"), "unknown layout 'mmlu'");
-  EXPECT_CONTAINS(message_of([] { resolve_tasks({"no_such_task"}, "."); }), "built-in: finmoe_fin_mc");
+  EXPECT_CONTAINS(message_of([] { resolve_tasks({"no_such_task"}, "."); }),
+                  "built-in: finmoe_fin_mc");
 }
 
 TEST(EvalTask, BuiltinGroupsResolveAgainstTheDataDir) {
@@ -355,7 +376,8 @@ class ScriptedModel : public LanguageModel {
     for (const auto& q : r) {
       seen_ll.push_back(q);
       const auto it = ll.find(q.continuation);
-      out.push_back({it != ll.end() ? it->second : -10.0 - double(q.continuation.size()), false, 1});
+      out.push_back(
+          {it != ll.end() ? it->second : -10.0 - double(q.continuation.size()), false, 1});
     }
     if (p) p(int64_t(r.size()));
     return out;
@@ -365,7 +387,8 @@ class ScriptedModel : public LanguageModel {
     std::vector<LlResult> out;
     for (const auto& q : r) {
       seen_roll.push_back(q);
-      out.push_back({-0.5 * double(q.continuation.size()), false, int64_t(q.continuation.size()) / 2});
+      out.push_back(
+          {-0.5 * double(q.continuation.size()), false, int64_t(q.continuation.size()) / 2});
     }
     return out;
   }
@@ -389,7 +412,8 @@ TEST(EvalHarness, FewShotPromptsAndMultipleChoiceScoresAsLmEval) {
           "{\"q\": \"two\", \"c\": [\"x\", \"yy\"], \"a\": \"yy\"}\n"
           "{\"q\": \"three\", \"c\": [\"x\", \"yy\"], \"a\": 1}\n");
   const auto t = parse_task_yaml_text(
-      "task: mc\ngroup: g\ndataset_path: mc.jsonl\ndoc_to_text: 'Q: {{q}}'\ndoc_to_choice: '{{c}}'\n"
+      "task: mc\ngroup: g\ndataset_path: mc.jsonl\ndoc_to_text: 'Q: {{q}}'\ndoc_to_choice: "
+      "'{{c}}'\n"
       "doc_to_target: '{{a}}'\nfewshot_config:\n  sampler: first_n\ndescription: \"Quiz.\\n\\n\"\n",
       "mc.yaml", d.path.string());
   ScriptedModel m;
@@ -412,7 +436,8 @@ TEST(EvalHarness, FewShotPromptsAndMultipleChoiceScoresAsLmEval) {
   EXPECT_EQ(out.results["n-shot"]["mc"], 1);
   EXPECT_EQ(out.results["n-samples"]["mc"]["original"], 3);
   EXPECT_EQ(out.results["group_subtasks"]["g"], json({"mc"}));
-  for (const char* k : {"results", "groups", "configs", "versions", "n-shot", "higher_is_better", "n-samples", "config"})
+  for (const char* k : {"results", "groups", "configs", "versions", "n-shot", "higher_is_better",
+                        "n-samples", "config"})
     EXPECT_TRUE(out.results.contains(k)) << k;
   ASSERT_EQ(out.tasks[0].samples.size(), 3u);
   EXPECT_EQ(out.tasks[0].samples[1]["target"], "yy");
@@ -439,7 +464,8 @@ TEST(EvalHarness, ChatTemplateFewShotAsMultiTurn) {
   };
   evaluate({t}, m, o);
   ASSERT_EQ(m.seen_ll.size(), 2u);
-  EXPECT_EQ(m.seen_ll[0].context, "<system>Be brief.</><user>two</><assistant>B</><user>one</><assistant>");
+  EXPECT_EQ(m.seen_ll[0].context,
+            "<system>Be brief.</><user>two</><assistant>B</><user>one</><assistant>");
   EXPECT_EQ(m.seen_ll[0].continuation, "A");  // no target delimiter after a chat turn
   m.seen_ll.clear();
   o.chat.fewshot_as_multiturn = false;
@@ -451,17 +477,20 @@ TEST(EvalHarness, ChoicesWithoutTheAnswerAreAnErrorNamingTheLine) {
   TempDir d;
   d.write("mc.jsonl", "{\"q\": \"one\", \"a\": \"B\"}\n{\"q\": \"two\", \"a\": \"Z\"}\n");
   const auto t = parse_task_yaml_text(
-      "task: mc\ndataset_path: mc.jsonl\ndoc_to_text: '{{q}}'\ndoc_to_choice: ['A', 'B']\ndoc_to_target: a\n",
+      "task: mc\ndataset_path: mc.jsonl\ndoc_to_text: '{{q}}'\ndoc_to_choice: ['A', "
+      "'B']\ndoc_to_target: a\n",
       "mc.yaml", d.path.string());
   ScriptedModel m;
   const auto msg = message_of([&] { evaluate({t}, m, {}); });
   EXPECT_CONTAINS(msg, "mc.jsonl:2): the choices do not contain the answer \"Z\"");
   EXPECT_TRUE(m.seen_ll.empty());  // nothing ran
   const auto t2 = parse_task_yaml_text(
-      "task: mc\ndataset_path: mc.jsonl\ndoc_to_text: '{{question}}'\ndoc_to_choice: ['A', 'B']\ndoc_to_target: a\n",
+      "task: mc\ndataset_path: mc.jsonl\ndoc_to_text: '{{question}}'\ndoc_to_choice: ['A', "
+      "'B']\ndoc_to_target: a\n",
       "mc.yaml", d.path.string());
   EXPECT_CONTAINS(message_of([&] { evaluate({t2}, m, {}); }),
-                  "task mc, doc_to_text (" + (d.path / "mc.jsonl").string() + ":1): template {{question}}: field 'question'");
+                  "task mc, doc_to_text (" + (d.path / "mc.jsonl").string() +
+                      ":1): template {{question}}: field 'question'");
 }
 
 TEST(EvalHarness, GenerationRollingAndGroupAggregation) {
@@ -469,13 +498,16 @@ TEST(EvalHarness, GenerationRollingAndGroupAggregation) {
   d.write("g.jsonl", "{\"q\": \"2+2\", \"a\": \"4\"}\n{\"q\": \"3+3\", \"a\": \"6\"}\n");
   d.write("t.jsonl", "{\"text\": \"ab cd\"}\n{\"text\": \"efgh\"}\n");
   const auto gen = parse_task_yaml_text(
-      "task: gen\ngroup: g\ndataset_path: g.jsonl\noutput_type: generate_until\ndoc_to_text: '{{q}}='\n"
+      "task: gen\ngroup: g\ndataset_path: g.jsonl\noutput_type: generate_until\ndoc_to_text: "
+      "'{{q}}='\n"
       "doc_to_target: '{{a}}'\ngeneration_kwargs:\n  until: [';']\n  max_gen_toks: 5\n"
       "metric_list:\n  - metric: exact_match\n  - metric: numeric\n",
       "gen.yaml", d.path.string());
   const auto roll = parse_task_yaml_text(
-      "task: roll\ngroup: g\ndataset_path: t.jsonl\noutput_type: loglikelihood_rolling\ndoc_to_target: '{{text}}'\n"
-      "metric_list:\n  - metric: word_perplexity\n  - metric: bits_per_byte\n  - metric: token_perplexity\n",
+      "task: roll\ngroup: g\ndataset_path: t.jsonl\noutput_type: "
+      "loglikelihood_rolling\ndoc_to_target: '{{text}}'\n"
+      "metric_list:\n  - metric: word_perplexity\n  - metric: bits_per_byte\n  - metric: "
+      "token_perplexity\n",
       "roll.yaml", d.path.string());
   ScriptedModel m;
   m.gen = {{"2+2=", "4"}, {"3+3=", " 6.0"}};
@@ -504,9 +536,12 @@ TEST(EvalHarness, LimitIsACountOrAFraction) {
   std::string lines;
   for (int i = 0; i < 7; ++i) lines += "{\"t\": \"x" + std::to_string(i) + "\"}\n";
   d.write("t.jsonl", lines);
-  const auto t = parse_task_yaml_text("task: r\ndataset_path: t.jsonl\noutput_type: loglikelihood_rolling\ndoc_to_target: '{{t}}'\n",
-                                      "r.yaml", d.path.string());
-  for (const auto& [limit, n] : std::vector<std::pair<double, int>>{{3, 3}, {3.9, 3}, {0.5, 4}, {1e308, 7}, {7, 7}}) {
+  const auto t = parse_task_yaml_text(
+      "task: r\ndataset_path: t.jsonl\noutput_type: loglikelihood_rolling\ndoc_to_target: "
+      "'{{t}}'\n",
+      "r.yaml", d.path.string());
+  for (const auto& [limit, n] :
+       std::vector<std::pair<double, int>>{{3, 3}, {3.9, 3}, {0.5, 4}, {1e308, 7}, {7, 7}}) {
     ScriptedModel m;
     EvalOptions o;
     o.limit = limit;
@@ -526,32 +561,39 @@ TEST(EvalHarness, BuiltinTasksRunOnTheCorpusLayout) {
   d.write("qa/test_mc.jsonl",
           "{\"answer\":1,\"choices\":[\"Section 9-105.\",\"Section 1-103.\"],\"lang\":\"en\","
           "\"question\":\"Which section covers X?\",\"source\":\"ucc-section\"}\n"
-          "{\"answer\":0,\"choices\":[\"Y.\",\"Z.\"],\"lang\":\"en\",\"question\":\"Which topic is Y?\","
+          "{\"answer\":0,\"choices\":[\"Y.\",\"Z.\"],\"lang\":\"en\",\"question\":\"Which topic is "
+          "Y?\","
           "\"source\":\"ucc-topic\"}\n");
-  const std::string qa = "{\"messages\":[{\"content\":\"What is NPV?\",\"role\":\"user\"},"
-                         "{\"content\":\"Net present value.\",\"role\":\"assistant\"}]}\n";
+  const std::string qa =
+      "{\"messages\":[{\"content\":\"What is NPV?\",\"role\":\"user\"},"
+      "{\"content\":\"Net present value.\",\"role\":\"assistant\"}]}\n";
   d.write("qa/test.jsonl", qa);
   d.write("qa/train.jsonl", qa);
   d.write("corpus/fin/test.jsonl", "{\"text\":\"A journal records transactions.\"}\n");
   d.write("corpus/general/test.jsonl", "{\"text\":\"Debian is an operating system.\"}\n");
   d.write("corpus/zh/test.jsonl", "{\"text\":\"复式记账\"}\n");
   ScriptedModel m;
-  m.gen = {{"Question: What is NPV?\nAnswer: Net present value.\n\nQuestion: What is NPV?\nAnswer:", " net present value"}};
+  m.gen = {{"Question: What is NPV?\nAnswer: Net present value.\n\nQuestion: What is NPV?\nAnswer:",
+            " net present value"}};
   EvalOptions o;
   o.num_fewshot = 1;
   const auto out = evaluate(resolve_tasks({"finmoe_fin", "finmoe_general"}, d.path.string()), m, o);
   ASSERT_EQ(m.seen_ll.size(), 4u);
-  EXPECT_EQ(m.seen_ll[0].context, "Question: Which topic is Y?\nAnswer: Y.\n\nQuestion: Which section covers X?\nAnswer:");
+  EXPECT_EQ(
+      m.seen_ll[0].context,
+      "Question: Which topic is Y?\nAnswer: Y.\n\nQuestion: Which section covers X?\nAnswer:");
   EXPECT_EQ(m.seen_ll[1].continuation, " Section 1-103.");
   EXPECT_EQ(m.seen_roll.size(), 3u);
   const json& r = out.results["results"];
-  EXPECT_DOUBLE_EQ(r["finmoe_fin_qa"]["exact_match,none"].get<double>(), 1.0);  // case and punctuation ignored
+  EXPECT_DOUBLE_EQ(r["finmoe_fin_qa"]["exact_match,none"].get<double>(),
+                   1.0);  // case and punctuation ignored
   EXPECT_TRUE(r["finmoe_fin_ppl"].contains("bits_per_byte,none"));
   EXPECT_TRUE(out.results["groups"].contains("finmoe_general"));
 }
 
 TEST(EvalReport, CompareShowsDeltasAndWhichIsBetter) {
-  json a = {{"results", {{"t", {{"acc,none", 0.5}, {"acc_stderr,none", 0.1}, {"bits_per_byte,none", 2.0}}}}},
+  json a = {{"results",
+             {{"t", {{"acc,none", 0.5}, {"acc_stderr,none", 0.1}, {"bits_per_byte,none", 2.0}}}}},
             {"higher_is_better", {{"t", {{"acc", true}, {"bits_per_byte", false}}}}}};
   json b = a;
   b["results"]["t"]["acc,none"] = 0.75;
@@ -562,7 +604,8 @@ TEST(EvalReport, CompareShowsDeltasAndWhichIsBetter) {
   EXPECT_CONTAINS(md, "| t | bits_per_byte | 2.0000 | 2.5000 | +0.5000 | A better |");
   EXPECT_CONTAINS(md, "| u | acc |  | 0.1000 |  |  |");
   EXPECT_EQ(md.find("stderr"), std::string::npos);
-  EXPECT_CONTAINS(message_of([&] { compare_report(json::object(), b, "x.json", "y"); }), "x.json: not an evaluation result");
+  EXPECT_CONTAINS(message_of([&] { compare_report(json::object(), b, "x.json", "y"); }),
+                  "x.json: not an evaluation result");
 }
 
 TEST(EvalReport, WritesResultFilesAtomically) {
@@ -572,7 +615,9 @@ TEST(EvalReport, WritesResultFilesAtomically) {
   out.tasks.push_back({"t", json::array({{{"doc_id", 0}}})});
   const auto files = write_outputs(out, (d.path / "o").string());
   EXPECT_EQ(files.size(), 3u);
-  EXPECT_EQ(finmoe::read_json_file((d.path / "o" / "results.json").string())["results"]["t"]["acc,none"], 1.0);
+  EXPECT_EQ(
+      finmoe::read_json_file((d.path / "o" / "results.json").string())["results"]["t"]["acc,none"],
+      1.0);
   for (const auto& e : fs::directory_iterator(d.path / "o"))
     EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos);
 }

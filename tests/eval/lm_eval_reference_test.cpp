@@ -54,7 +54,8 @@ EvalOutput run_ref_tasks(const LocalModelOptions& lo, std::vector<std::string> n
 
 // Prompts byte for byte, per-choice log-likelihoods within 1e-4, greedy
 // flags, acc and acc_norm per document and in total.
-void expect_multiple_choice_matches(const EvalOutput& out, const std::string& task, const std::string& ref_task) {
+void expect_multiple_choice_matches(const EvalOutput& out, const std::string& task,
+                                    const std::string& ref_task) {
   SCOPED_TRACE(ref_task);
   const json& ref = reference()["tasks"][ref_task];
   const json* mine_p = nullptr;
@@ -85,7 +86,8 @@ void expect_multiple_choice_matches(const EvalOutput& out, const std::string& ta
   const json& res = out.results["results"][task];
   EXPECT_EQ(res["acc,none"].get<double>(), ref["results"]["acc,none"].get<double>());
   EXPECT_EQ(res["acc_norm,none"].get<double>(), ref["results"]["acc_norm,none"].get<double>());
-  EXPECT_NEAR(res["acc_stderr,none"].get<double>(), ref["results"]["acc_stderr,none"].get<double>(), 1e-12);
+  EXPECT_NEAR(res["acc_stderr,none"].get<double>(), ref["results"]["acc_stderr,none"].get<double>(),
+              1e-12);
   EXPECT_EQ(out.results["n-shot"][task], ref["n-shot"]);
 }
 
@@ -129,7 +131,8 @@ TEST(EvalLmEvalReference, RollingPerplexityMatches) {
   for (size_t i = 0; i < mine.size(); ++i) {
     const double ll_ref = ref["samples"][i]["resps"][0][0].get<double>();
     // a sum over up to ~250 float32 token log-probabilities
-    EXPECT_NEAR(mine[i]["resps"][0][0].get<double>(), ll_ref, 1e-6 * std::fabs(ll_ref) + 1e-4) << "doc " << i;
+    EXPECT_NEAR(mine[i]["resps"][0][0].get<double>(), ll_ref, 1e-6 * std::fabs(ll_ref) + 1e-4)
+        << "doc " << i;
     EXPECT_EQ(mine[i]["word_perplexity"][1], ref["samples"][i]["metrics"]["word_perplexity"][1]);
     EXPECT_EQ(mine[i]["bits_per_byte"][1], ref["samples"][i]["metrics"]["bits_per_byte"][1]);
   }
@@ -174,7 +177,7 @@ std::pair<double, bool> forward_loglikelihood(RefModel& rm, const Request& r, in
   if (int64_t(inp.size()) > max_len) inp.erase(inp.begin(), inp.end() - max_len);
   torch::NoGradGuard ng;
   auto logits = rm.model.forward(torch::tensor(inp).unsqueeze(0));  // [1,T,V]
-  auto lp = torch::log_softmax(logits[0], -1);                       // [T,V]
+  auto lp = torch::log_softmax(logits[0], -1);                      // [T,V]
   double want = 0;
   bool greedy = true;
   const int64_t T = int64_t(inp.size());
@@ -189,7 +192,8 @@ std::pair<double, bool> forward_loglikelihood(RefModel& rm, const Request& r, in
 }
 
 // Returns the tokens the forward steps computed for the first call.
-int64_t expect_equals_forward(const std::vector<Request>& reqs, LocalModelOptions lo, int64_t max_len) {
+int64_t expect_equals_forward(const std::vector<Request>& reqs, LocalModelOptions lo,
+                              int64_t max_len) {
   auto& rm = ref_model();
   int64_t computed = 0;
   lo.computed_tokens = &computed;
@@ -218,15 +222,19 @@ TEST(EvalLocalModel, SharedContextScoringEqualsAPlainForwardPass) {
   const std::string long_ctx =
       "Question: The ratio of net income to equity is the return on what, and how does a ledger "
       "record the debit and credit of each transaction in the journal?\nAnswer:";
-  const std::vector<Request> reqs = {{long_ctx, " equity", {}, 0},      {long_ctx, " assets", {}, 0},
-                                     {long_ctx, " investment capital", {}, 0}, {"NPV", " value", {}, 0},
-                                     {"", "Short line.", {}, 0},             {long_ctx + long_ctx, " equity", {}, 0}};
+  const std::vector<Request> reqs = {{long_ctx, " equity", {}, 0},
+                                     {long_ctx, " assets", {}, 0},
+                                     {long_ctx, " investment capital", {}, 0},
+                                     {"NPV", " value", {}, 0},
+                                     {"", "Short line.", {}, 0},
+                                     {long_ctx + long_ctx, " equity", {}, 0}};
   // 40 tokens: the long contexts lose tokens on the left
   expect_equals_forward(reqs, {.batch_size = 3, .max_length = 40, .block_size = 4}, 40);
 
   // a few-shot prefix common to every document, batches of two documents
-  const std::string shots = "Question: What is the currency of Japan?\nAnswer: yen\n\n"
-                            "Question: NPV stands for net present\nAnswer: value\n\n";
+  const std::string shots =
+      "Question: What is the currency of Japan?\nAnswer: yen\n\n"
+      "Question: NPV stands for net present\nAnswer: value\n\n";
   std::vector<Request> fs;
   for (const char* q : {"A bond's price moves opposite to its", "人民币的基本单位是什么？",
                         "The balance sheet lists assets, liabilities and", "Debits equal"})
@@ -240,10 +248,12 @@ TEST(EvalLocalModel, SharedContextScoringEqualsAPlainForwardPass) {
     // whole blocks of the examples' tokens are computed once for all 12
     // requests (in the first batch, kept in the cache for the second)
     int64_t all = 0;
-    for (const auto& r : fs) all += int64_t(ref_model().tok.encode(r.context + r.continuation).size()) - 1;
+    for (const auto& r : fs)
+      all += int64_t(ref_model().tok.encode(r.context + r.continuation).size()) - 1;
     const int64_t shared_min = (shots_tokens - bs) / bs * bs;
     EXPECT_LE(computed, all - 11 * shared_min) << "computed " << computed << " of " << all;
-    std::printf("block %lld: %lld of %lld input tokens computed\n", (long long)bs, (long long)computed, (long long)all);
+    std::printf("block %lld: %lld of %lld input tokens computed\n", (long long)bs,
+                (long long)computed, (long long)all);
   }
 }
 
@@ -254,15 +264,18 @@ TEST(EvalLmEvalLive, ReferenceScriptReproducesTheCommittedReference) {
   const char* live = std::getenv("FINMOE_LIVE_LM_EVAL");
   const char* py = std::getenv("FINMOE_PYTHON");
   if (!live || std::string(live) != "1" || !py)
-    GTEST_SKIP() << "set FINMOE_LIVE_LM_EVAL=1 and FINMOE_PYTHON (with lm_eval) to run lm-eval live";
-  const auto dir = std::filesystem::temp_directory_path() / ("finmoe_lm_eval_live_" + std::to_string(::getpid()));
+    GTEST_SKIP()
+        << "set FINMOE_LIVE_LM_EVAL=1 and FINMOE_PYTHON (with lm_eval) to run lm-eval live";
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("finmoe_lm_eval_live_" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   for (const auto& e : std::filesystem::directory_iterator(kRef))
     if (e.is_regular_file() && e.path().filename() != "reference.json")
       std::filesystem::copy_file(e.path(), dir / e.path().filename());
-  const std::string cmd = std::string(py) + " " + FINMOE_SOURCE_DIR + "/tests/ref/make_lm_eval_reference.py " +
-                          dir.string() + " > " + (dir / "log.txt").string() + " 2>&1";
+  const std::string cmd = std::string(py) + " " + FINMOE_SOURCE_DIR +
+                          "/tests/ref/make_lm_eval_reference.py " + dir.string() + " > " +
+                          (dir / "log.txt").string() + " 2>&1";
   const int rc = WEXITSTATUS(std::system(cmd.c_str()));
   if (rc == 77) {
     std::filesystem::remove_all(dir);
@@ -279,9 +292,12 @@ TEST(EvalLmEvalLive, ReferenceScriptReproducesTheCommittedReference) {
       for (size_t c = 0; c < a[i]["resps"].size(); ++c) {
         const json& x = a[i]["resps"][c][0];
         const json& y = b[i]["resps"][c][0];
-        if (x.is_array()) EXPECT_NEAR(x[0].get<double>(), y[0].get<double>(), 1e-4) << task << " doc " << i;
-        else if (x.is_number()) EXPECT_NEAR(x.get<double>(), y.get<double>(), 1e-3) << task << " doc " << i;
-        else EXPECT_EQ(x, y) << task << " doc " << i;
+        if (x.is_array())
+          EXPECT_NEAR(x[0].get<double>(), y[0].get<double>(), 1e-4) << task << " doc " << i;
+        else if (x.is_number())
+          EXPECT_NEAR(x.get<double>(), y.get<double>(), 1e-3) << task << " doc " << i;
+        else
+          EXPECT_EQ(x, y) << task << " doc " << i;
       }
     }
   }
