@@ -8,7 +8,8 @@
 //                     token), and scores through the paged KV cache:
 //                     requests that share a context share its cached blocks,
 //                     so a multiple-choice question's context is computed
-//                     once for all its choices.
+//                     once for all its choices; generate_until runs on the
+//                     serving Engine (continuous batching, prefix cache).
 //   make_http_model   an OpenAI-compatible server (`finmoe serve` or
 //                     another): generate_until through /v1/completions.
 //

@@ -7,7 +7,7 @@
 
 #include "finmoe/error.h"
 #include "finmoe/eval_model.h"
-#include "finmoe/generate.h"
+#include "finmoe/engine.h"
 
 namespace finmoe::eval {
 
@@ -98,37 +98,53 @@ class LocalModel : public LanguageModel {
     return out;
   }
 
+  // Greedy generation through the serving engine: continuous batching and
+  // its prefix cache (the few-shot examples' blocks computed once).
   std::vector<std::string> generate_until(const std::vector<Request>& reqs,
                                           const std::function<void(int64_t)>& progress) override {
-    if (!gen_) gen_.emplace(model_, &tok_);
+    std::vector<std::vector<int32_t>> prompts(reqs.size());
+    int64_t longest = 1;
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      prompts[i] = tok_encode(reqs[i].context);
+      const int64_t keep = std::max<int64_t>(1, max_len_ - reqs[i].max_gen_toks);
+      if (int64_t(prompts[i].size()) > keep)  // left truncation, as lm-eval
+        prompts[i].erase(prompts[i].begin(), prompts[i].end() - keep);
+      if (prompts[i].empty()) prompts[i].push_back(prefix_id_);
+      longest = std::max<int64_t>(longest, int64_t(prompts[i].size()) + reqs[i].max_gen_toks);
+    }
+    if (!engine_) {
+      EngineOptions eo;
+      eo.block_size = o_.block_size;
+      eo.max_num_seqs = o_.batch_size;
+      eo.max_batched_tokens = std::max<int64_t>(512, std::min<int64_t>(max_len_, 4096));
+      eo.max_model_len = max_len_;
+      // room for every running sequence at full length, and then some for the prefix cache
+      const int64_t per_token = kv_cache_bytes_per_token(model_.config(), model_.dtype() == torch::kFloat32 ? 4 : 2);
+      eo.kv_cache_bytes = std::max<int64_t>(2 * o_.batch_size * max_len_ * per_token, int64_t(64) << 20);
+      engine_ = std::make_unique<Engine>(model_, &tok_, eo);
+    }
     std::vector<std::string> out(reqs.size());
     int64_t done = 0;
-    // requests with the same stops and length run together
-    std::map<std::pair<std::vector<std::string>, int64_t>, std::vector<size_t>> by_opts;
-    for (size_t i = 0; i < reqs.size(); ++i)
-      by_opts[{reqs[i].until, reqs[i].max_gen_toks}].push_back(i);
-    for (const auto& [key, idx] : by_opts) {
-      GenerationOptions go;
-      go.sampling.temperature = 0;
-      go.max_new_tokens = key.second;
-      for (const auto& s : key.first)
-        if (!s.empty()) go.stop_strings.push_back(s);
-      if (auto e = tok_.eos_id()) go.stop_token_ids.push_back(*e);
-      const int64_t keep = std::max<int64_t>(1, max_len_ - key.second);
-      for (size_t b = 0; b < idx.size(); b += size_t(o_.batch_size)) {
-        std::vector<std::vector<int32_t>> prompts;
-        const size_t e = std::min(idx.size(), b + size_t(o_.batch_size));
-        for (size_t k = b; k < e; ++k) {
-          Tokens p = tok_encode(reqs[idx[k]].context);
-          if (int64_t(p.size()) > keep) p.erase(p.begin(), p.end() - keep);  // left truncation
-          prompts.push_back(std::move(p));
-        }
-        auto res = gen_->generate(prompts, go);
-        for (size_t k = b; k < e; ++k) out[idx[k]] = res[k - b].text;
-        done += int64_t(e - b);
+    std::string failed;  // the first aborted request (thrown after the engine is idle)
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      RequestParams p;
+      p.sampling.temperature = 0;
+      p.seed_given = true;
+      p.max_tokens = std::max<int64_t>(1, reqs[i].max_gen_toks);
+      for (const auto& u : reqs[i].until)
+        if (!u.empty()) p.stop_strings.push_back(u);
+      if (auto e = tok_.eos_id()) p.stop_token_ids.push_back(*e);
+      engine_->submit(prompts[i], p, [&out, &done, &progress, &failed, i](const RequestOutput& r) {
+        out[i] += r.text;
+        if (!r.finished) return;
+        if (r.finish_reason == "abort" && failed.empty())
+          failed = "generation of request " + std::to_string(i) + " aborted: " + r.error;
+        ++done;
         if (progress) progress(done);
-      }
+      });
     }
+    engine_->run_until_idle();
+    if (!failed.empty()) throw Error(failed);
     return out;
   }
 
@@ -400,7 +416,7 @@ class LocalModel : public LanguageModel {
   // The last batch's final shared prefix, whole blocks, still in cache_.
   Tokens resident_tokens_;
   std::vector<int32_t> resident_blocks_;
-  std::optional<Generator> gen_;
+  std::unique_ptr<Engine> engine_;
 };
 
 }  // namespace
