@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <ctime>
+#include <filesystem>
 #include <numeric>
 #include <optional>
 
@@ -258,11 +259,12 @@ EvalOutput evaluate(const std::vector<TaskConfig>& tasks, LanguageModel& model,
     if (run.num_fewshot > 0) {
       const std::string fs_split = t.fewshot_split.empty() ? t.test_split : t.fewshot_split;
       run.fewshot_docs = load_docs(t, fs_split, o.load);
-      run.fewshot_same_split =
-          fs_split == t.test_split ||
-          (!run.fewshot_docs.empty() && !run.docs.empty() &&
-           run.fewshot_docs.front().where.substr(0, run.fewshot_docs.front().where.rfind(':')) ==
-               run.docs.front().where.substr(0, run.docs.front().where.rfind(':')));
+      // the document itself is never its own example: same split, or one
+      // file standing for every split
+      std::error_code ec;
+      run.fewshot_same_split = fs_split == t.test_split ||
+                               (t.data_files.empty() && t.split_field.empty() &&
+                                std::filesystem::is_regular_file(t.dataset_path, ec));
     }
     for (size_t di = 0; di < run.docs.size(); ++di) {
       const Doc& d = run.docs[di];
