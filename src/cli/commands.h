@@ -19,6 +19,7 @@ void add_chat(CLI::App& app, Run& run);
 void add_init(CLI::App& app, Run& run);
 void add_bench(CLI::App& app, Run& run);
 void add_upcycle(CLI::App& app, Run& run);
+void add_merge(CLI::App& app, Run& run);
 void add_quantize(CLI::App& app, Run& run);
 void add_experts(CLI::App& app, Run& run);
 void add_train(CLI::App& app, Run& run);
