@@ -193,6 +193,17 @@ bool is_vocab_tensor(const std::string& name) {
          name.find("lm_head") != std::string::npos;
 }
 
+std::string shape_error(const std::string& tensor, const TensorView& v, const std::string& model,
+                        const TensorView& w, const std::string& other) {
+  std::string msg = "tensor '" + tensor + "' has shape " + shape_text(v.shape) + " in model '" +
+                    model + "' but " + shape_text(w.shape) + " in model '" + other + "'";
+  if (is_vocab_tensor(tensor) && v.shape.size() == w.shape.size() && !v.shape.empty() &&
+      v.shape[0] != w.shape[0])
+    msg += ": the vocabularies differ in size (finmoe merge needs one vocabulary; "
+           "tokenizer_source only chooses whose tokenizer files OUT gets)";
+  return msg;
+}
+
 // ---- the plan --------------------------------------------------------------------
 
 struct Job {
@@ -211,8 +222,10 @@ struct Job {
   double select_topk = 1.0;
   double scale = 1.0;      // passthrough
   bool normalize = true;   // linear
-  bool keep_rows = false;
-  int keep_rows_source = -1;
+  bool keep_rows = false;     // rows recipe.keep_rows from keep_rows_source
+  int keep_rows_source = -1;  // the input whose rows are kept (vocabulary tensors)
+  int64_t common_rows = -1;   // >= 0: only rows [0, common_rows) are merged, the
+                              // rest are keep_rows_source's own
 };
 
 DType dtype_named(const std::string& d) {
@@ -433,27 +446,49 @@ class Planner {
     j.models = sources_of(s);
     j.inputs = inputs;
     const std::string base = base_of(s);
-    // shapes and presence
-    const TensorView* first = nullptr;
+    // shapes and presence. With rows kept from one model (the chat vector's
+    // instruct model) that model may have more vocabulary rows than the
+    // others: the rows past theirs are its own.
+    int keep = -1;
+    if (!r_.keep_rows_model.empty() && is_vocab_tensor(out)) {
+      for (size_t i = 0; i < j.models.size(); ++i)
+        if (j.models[i]->name == r_.keep_rows_model) keep = int(i);
+      if (keep < 0)
+        throw Error("model '" + r_.keep_rows_model + "' whose rows are kept is not an input");
+    }
+    const TensorView* first = nullptr;  // the first input's, `keep` aside
+    size_t first_i = 0;
     for (size_t i = 0; i < j.models.size(); ++i) {
       const TensorView* v = j.models[i]->find(inputs[i]);
       if (!v)
         throw Error("tensor '" + inputs[i] + "' is missing from model '" + j.models[i]->name + "'");
+      if (info_.needs_base && j.models[i]->name == base) j.base = int(i);
+      if (int(i) == keep) continue;
       if (!first) {
         first = v;
+        first_i = i;
       } else if (v->shape != first->shape) {
-        std::string msg = "tensor '" + inputs[i] + "' has shape " + shape_text(v->shape) +
-                          " in model '" + j.models[i]->name + "' but " + shape_text(first->shape) +
-                          " in model '" + j.models[0]->name + "'";
-        if (is_vocab_tensor(inputs[i]) && v->shape.size() == first->shape.size() &&
-            v->shape.size() >= 1 && v->shape[0] != first->shape[0])
-          msg += ": the vocabularies differ in size (finmoe merge needs one vocabulary; "
-                 "tokenizer_source only chooses whose tokenizer files OUT gets)";
-        throw Error(msg);
+        throw Error(shape_error(inputs[i], *v, j.models[i]->name, *first, j.models[first_i]->name));
       }
-      if (info_.needs_base && j.models[i]->name == base) j.base = int(i);
     }
-    j.shape = first->shape;
+    if (keep >= 0) {
+      const TensorView* kv = j.models[size_t(keep)]->find(inputs[size_t(keep)]);
+      if (!first) first = kv;
+      if (kv->shape != first->shape) {
+        const bool more_rows = kv->shape.size() == first->shape.size() && !kv->shape.empty() &&
+                               kv->shape[0] > first->shape[0] &&
+                               std::equal(kv->shape.begin() + 1, kv->shape.end(),
+                                          first->shape.begin() + 1);
+        if (!more_rows)
+          throw Error(shape_error(inputs[size_t(keep)], *kv, j.models[size_t(keep)]->name, *first,
+                                  j.models[first_i]->name));
+        j.common_rows = first->shape[0];
+      }
+      j.keep_rows_source = keep;
+      j.shape = kv->shape;
+    } else {
+      j.shape = first->shape;
+    }
     j.floating = is_float(first->dtype);
     const TensorView* ref = ref_->find(out);
     j.out_dtype = !r_.out_dtype.empty() ? dtype_named(r_.out_dtype)
@@ -508,11 +543,7 @@ class Planner {
         throw Error(r_.source + ": select_topk " + std::to_string(j.select_topk) +
                     " (tensor '" + out + "') is outside (0, 1]");
     }
-    if (!r_.keep_rows_model.empty() && is_vocab_tensor(out)) {
-      for (size_t i = 0; i < j.models.size(); ++i)
-        if (j.models[i]->name == r_.keep_rows_model) j.keep_rows_source = int(i);
-      if (j.keep_rows_source < 0)
-        throw Error("model '" + r_.keep_rows_model + "' whose rows are kept is not an input");
+    if (j.keep_rows_source >= 0) {
       for (int64_t row : r_.keep_rows)
         if (row < 0 || j.shape.empty() || row >= j.shape[0])
           throw Error("token id " + std::to_string(row) + " of model '" + r_.keep_rows_model +
@@ -570,6 +601,11 @@ torch::Tensor run_job(const MergeRecipe& r, const Job& j, uint64_t seed, uint64_
     }
     xs.push_back(read_input(v, r.dtype, work));
   }
+  torch::Tensor kept;  // the full tensor of the model whose rows are kept
+  if (j.keep_rows_source >= 0) {
+    kept = xs[size_t(j.keep_rows_source)];
+    if (j.common_rows >= 0) xs[size_t(j.keep_rows_source)] = kept.narrow(0, 0, j.common_rows);
+  }
   auto gen = at::make_generator<at::CPUGeneratorImpl>(fnv1a(j.name, 14695981039346656037ull ^ seed));
   torch::Tensor base;
   std::vector<torch::Tensor> others;
@@ -603,10 +639,12 @@ torch::Tensor run_job(const MergeRecipe& r, const Job& j, uint64_t seed, uint64_
   } else {
     throw Error("internal: no kernel for merge_method " + m);
   }
+  if (j.common_rows >= 0)  // [V_common, ...] + the kept model's rows past it
+    out = torch::cat({out, kept.narrow(0, j.common_rows, kept.size(0) - j.common_rows)});
   if (j.keep_rows) {
     auto rows = torch::tensor(r.keep_rows, torch::kInt64);
     out = out.clone();
-    out.index_copy_(0, rows, xs[size_t(j.keep_rows_source)].index_select(0, rows));
+    out.index_copy_(0, rows, kept.index_select(0, rows));
   }
   return out;
 }
@@ -741,6 +779,9 @@ MergeReport merge_models(const MergeRecipe& recipe, const std::string& out_dir,
                     "per-layer list '" + std::string(per_layer) + "', which finmoe merge does "
                     "not rewrite");
   }
+  for (const Job& j : jobs)  // a vocabulary grown by the kept model's rows
+    if (j.common_rows >= 0 && j.name.find("embed_tokens") != std::string::npos)
+      config["vocab_size"] = j.shape[0];
   std::set<DType> float_types;
   for (const Job& j : jobs)
     if (j.floating) float_types.insert(j.out_dtype);

@@ -408,10 +408,11 @@ TEST(MergeEsft, DeltasOfTasksWithDisjointExpertsMergeWithoutInterference) {
 // whose config.json passes through `edit_config`.
 std::string variant(const TempDir& tmp, const std::string& name,
                     const std::function<std::optional<torch::Tensor>(const std::string&, torch::Tensor)>& edit,
-                    const std::function<void(nlohmann::json&)>& edit_config = {}) {
+                    const std::function<void(nlohmann::json&)>& edit_config = {},
+                    const std::string& from = M("a")) {
   const std::string dir = tmp.str() + "/" + name;
   fs::create_directories(dir);
-  const Tensors a = load(M("a"));
+  const Tensors a = load(from);
   std::vector<torch::Tensor> keep;
   std::vector<TensorData> td;
   for (const auto& [n, t] : a) {
@@ -422,7 +423,7 @@ std::string variant(const TempDir& tmp, const std::string& name,
                   size_t(keep.back().numel()) * 4});
   }
   write_checkpoint(dir, td);
-  nlohmann::json cfg = read_json_file(M("a") + "/config.json");
+  nlohmann::json cfg = read_json_file(from + "/config.json");
   if (edit_config) edit_config(cfg);
   write_json_file(dir + "/config.json", cfg);
   return dir;
@@ -566,6 +567,60 @@ TEST(MergeBadInput, SlerpNeedsExactlyOneModelBesidesTheBase) {
     run(two_models("slerp", "{}", "{}", "parameters: {t: 0.5}\n"), tmp.str() + "/out");
   });
   EXPECT_CONTAINS(e, "slerp needs 1 model(s) besides the base, got 2");
+}
+
+TEST(MergeChatVector, AnInstructModelWithMoreVocabularyRowsKeepsItsNewRows) {
+  TempDir tmp;
+  // the instruct model added 4 chat tokens (ids 64..67) to the base's 64
+  const std::string inst = variant(
+      tmp, "inst",
+      [](const std::string& n, torch::Tensor t) -> std::optional<torch::Tensor> {
+        if (n.find("embed_tokens") != std::string::npos || n.find("lm_head") != std::string::npos)
+          return torch::cat({t, t.narrow(0, 0, 4) * -2});
+        return t;
+      },
+      [](nlohmann::json& c) { c["vocab_size"] = 68; }, M("b"));
+  nlohmann::json added = nlohmann::json::array();
+  for (int id : {3, 64, 65, 66, 67}) added.push_back({{"id", id}, {"special", true}});
+  write_json_file(inst + "/tokenizer.json", {{"added_tokens", added}});
+  const std::string out = tmp.str() + "/out";
+  MergeOptions o;
+  o.progress = false;
+  // without keeping the instruct rows the vocabularies do not merge
+  EXPECT_CONTAINS(message_of([&] {
+                    merge_models(chat_vector_recipe({M("base"), M("a"), inst}), out, o);
+                  }),
+                  "vocabularies differ");
+  merge_models(chat_vector_recipe({M("base"), M("a"), inst, 1.0, 1.0, true}), out, o);
+  const Tensors got = load(out), base = load(M("base")), a = load(M("a")), b = load(inst);
+  for (const std::string n : {"model.embed_tokens.weight", "lm_head.weight"}) {
+    ASSERT_EQ(got.at(n).size(0), 68) << n;
+    EXPECT_TRUE(torch::equal(got.at(n).narrow(0, 64, 4), b.at(n).narrow(0, 64, 4))) << n;
+    EXPECT_TRUE(torch::equal(got.at(n)[3], b.at(n)[3])) << n;
+    auto merged = a.at(n) + b.at(n).narrow(0, 0, 64) - base.at(n);  // CPT + (I - B)
+    EXPECT_LT((got.at(n).narrow(0, 10, 50) - merged.narrow(0, 10, 50)).abs().max().item<double>(),
+              2e-6)
+        << n;
+  }
+  EXPECT_EQ(read_json_file(out + "/config.json")["vocab_size"], 68);
+  Transformer m = load_model(out, {.dtype = torch::kFloat32});
+  EXPECT_EQ(m.config().vocab_size, 68);
+}
+
+// Live (labelled; FINMOE_LIVE_MERGEKIT=1 and FINMOE_MERGEKIT_PYTHON, a Python
+// with mergekit and transformers): fresh random models merged by mergekit and
+// by the finmoe binary agree, and finmoe's output loads in transformers.
+TEST(MergeLive, FinmoeEqualsALiveMergekitAndLoadsInTransformers) {
+  const char* live = std::getenv("FINMOE_LIVE_MERGEKIT");
+  const char* py = std::getenv("FINMOE_MERGEKIT_PYTHON");
+  if (!live || std::string(live) != "1" || !py)
+    GTEST_SKIP() << "set FINMOE_LIVE_MERGEKIT=1 and FINMOE_MERGEKIT_PYTHON (a Python with mergekit)";
+  TempDir tmp;
+  const std::string cmd = std::string(py) + " " + FINMOE_SOURCE_DIR +
+                          "/tests/ref/check_mergekit_live.py " + FINMOE_CLI_PATH + " " + tmp.str();
+  const int rc = WEXITSTATUS(std::system(cmd.c_str()));
+  if (rc == 77) GTEST_SKIP() << "mergekit or transformers missing in FINMOE_MERGEKIT_PYTHON";
+  EXPECT_EQ(rc, 0) << cmd;
 }
 
 // ---- the command line ------------------------------------------------------------------

@@ -197,11 +197,9 @@ dtype: float32
 }
 
 
-def main():
-    import mergekit  # noqa: F401  (fail early with a clear ImportError)
-    from importlib.metadata import version
-
-    g = torch.Generator().manual_seed(20261204)
+def make_models(out, seed=20261204):
+    """Writes models/{base,a,b} under `out`: a and b are the base plus noise."""
+    g = torch.Generator().manual_seed(seed)
     base, a, b = {}, {}, {}
     for name, shape in shapes().items():
         w = torch.randn(shape, generator=g) * 0.5
@@ -211,19 +209,35 @@ def main():
         a[name] = w + 0.3 * torch.randn(shape, generator=g)
         b[name] = w + 0.3 * torch.randn(shape, generator=g)
     for n, t in (("base", base), ("a", a), ("b", b)):
-        write_model(os.path.join(OUT, "models", n), t)
+        write_model(os.path.join(out, "models", n), t)
 
-    mergekit_yaml = os.path.join(os.path.dirname(sys.executable), "mergekit-yaml")
-    if not os.path.exists(mergekit_yaml):
-        mergekit_yaml = shutil.which("mergekit-yaml")
+
+def mergekit_yaml_path():
+    p = os.path.join(os.path.dirname(sys.executable), "mergekit-yaml")
+    return p if os.path.exists(p) else shutil.which("mergekit-yaml")
+
+
+def run_mergekit(recipe, cwd, out, seed=None):
+    """mergekit-yaml RECIPE OUT in `cwd` (the recipe's relative model paths)."""
+    cmd = [mergekit_yaml_path(), recipe, out, "--no-copy-tokenizer", "--quiet",
+           "--no-write-model-card"]
+    if seed is not None:
+        cmd += ["--random-seed", str(seed)]
+    subprocess.run(cmd, cwd=cwd, check=True)
+
+
+def main():
+    import mergekit  # noqa: F401  (fail early with a clear ImportError)
+    from importlib.metadata import version
+
+    make_models(OUT)
     for name, text in RECIPES.items():
         recipe = os.path.join(OUT, name + ".yaml")
         with open(recipe, "w") as f:
             f.write(text.lstrip())
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "out")
-            subprocess.run([mergekit_yaml, recipe, out, "--no-copy-tokenizer", "--quiet",
-                            "--no-write-model-card"], cwd=OUT, check=True)
+            run_mergekit(recipe, OUT, out)
             merged = load_file(os.path.join(out, "model.safetensors"))
             dest = os.path.join(OUT, "expected", name)
             os.makedirs(dest, exist_ok=True)
