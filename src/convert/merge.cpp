@@ -219,6 +219,8 @@ struct Job {
   merge_math::TaskArithmetic how;
   double t = 0;            // slerp
   bool filter_wise = false;
+  bool flatten = true;     // nuslerp
+  bool row_wise = false;   // nuslerp
   double select_topk = 1.0;
   double scale = 1.0;      // passthrough
   bool normalize = true;   // linear
@@ -310,6 +312,8 @@ class Planner {
   int64_t out_layers() const { return out_layers_; }
 
  private:
+  bool uses_base() const { return info_.needs_base || info_.optional_base; }
+
   std::string base_of(const MergeSlice& s) const {
     return s.base_model.empty() ? r_.base_model : s.base_model;
   }
@@ -320,7 +324,7 @@ class Planner {
     std::vector<const InputModel*> m;
     for (const auto& src : s.sources) m.push_back(models_.at(src.model).get());
     const std::string base = base_of(s);
-    if (info_.needs_base && !base.empty() &&
+    if (uses_base() && !base.empty() &&
         std::none_of(s.sources.begin(), s.sources.end(),
                      [&](const MergeSource& src) { return src.model == base; }))
       m.push_back(models_.at(base).get());
@@ -369,8 +373,8 @@ class Planner {
       const std::string where = r_.source + (r_.uses_slices ? ": slices[" + std::to_string(i) + "]" : "");
       int non_base = 0;
       const std::string base = base_of(s);
-      for (const auto& src : s.sources) non_base += !(info_.needs_base && src.model == base);
-      if (r_.uses_slices && info_.needs_base && std::none_of(s.sources.begin(), s.sources.end(),
+      for (const auto& src : s.sources) non_base += !(uses_base() && src.model == base);
+      if (r_.uses_slices && uses_base() && !base.empty() && std::none_of(s.sources.begin(), s.sources.end(),
                                                              [&](const MergeSource& src) {
                                                                return src.model == base;
                                                              }))
@@ -462,7 +466,7 @@ class Planner {
       const TensorView* v = j.models[i]->find(inputs[i]);
       if (!v)
         throw Error("tensor '" + inputs[i] + "' is missing from model '" + j.models[i]->name + "'");
-      if (info_.needs_base && j.models[i]->name == base) j.base = int(i);
+      if (uses_base() && j.models[i]->name == base) j.base = int(i);
       if (int(i) == keep) continue;
       if (!first) {
         first = v;
@@ -503,7 +507,7 @@ class Planner {
       merge_math::ModelParams p;
       const bool is_base = int(i) == j.base;
       const std::string& model = j.models[i]->name;
-      if (!is_base && (m == "linear" || task_arithmetic_kind(m)))
+      if (!is_base && (m == "linear" || m == "nuslerp" || task_arithmetic_kind(m)))
         p.weight = number("weight", src, s, inputs[i], t, std::nullopt, model);
       if (!is_base && task_arithmetic_kind(m)) {
         p.density = number("density", src, s, inputs[i], t, 1.0, model);
@@ -535,6 +539,9 @@ class Planner {
       check_weight_sum(j, j.normalize);
     } else if (m == "slerp") {
       j.t = number("t", nullptr, s, out, t, std::nullopt, "");
+    } else if (m == "nuslerp") {
+      j.flatten = flag("nuslerp_flatten", s, out, t, true);
+      j.row_wise = flag("nuslerp_row_wise", s, out, t, false);
     } else if (m == "model_stock") {
       j.filter_wise = flag("filter_wise", s, out, t, false);
     } else if (m == "sce") {
@@ -628,6 +635,13 @@ torch::Tensor run_job(const MergeRecipe& r, const Job& j, uint64_t seed, uint64_
     out = merge_math::task_arithmetic(base, others, params, j.how, gen);
   } else if (m == "slerp") {
     out = merge_math::slerp(base, others.at(0), j.t);
+  } else if (m == "nuslerp") {
+    // t = w_1 / (w_0 + w_1); with a base, the task vectors are interpolated
+    const double total = params.at(0).weight + params.at(1).weight;
+    const double t = std::abs(total) < 1e-6 ? 0.5 : params[1].weight / total;
+    out = base.defined()
+              ? base + merge_math::nuslerp(others[0] - base, others[1] - base, t, j.row_wise, j.flatten)
+              : merge_math::nuslerp(others[0], others[1], t, j.row_wise, j.flatten);
   } else if (m == "model_stock") {
     out = merge_math::model_stock(base, others, j.filter_wise);
   } else if (m == "sce") {

@@ -146,6 +146,29 @@ torch::Tensor slerp(const torch::Tensor& a, const torch::Tensor& b, double t) {
   return a * (std::sin((1 - t) * theta) / s) + b * (std::sin(t * theta) / s);
 }
 
+torch::Tensor nuslerp(const torch::Tensor& v0, const torch::Tensor& v1, double t, bool row_wise,
+                      bool flatten) {
+  torch::Tensor a = v0, b = v1;
+  const bool transpose = !flatten && row_wise && v0.dim() >= 2;
+  if (flatten) {
+    a = a.reshape(-1);
+    b = b.reshape(-1);
+  } else if (transpose) {  // vectors along dim 0
+    a = a.transpose(0, -1);
+    b = b.transpose(0, -1);
+  }
+  auto unit = [](const torch::Tensor& x) {
+    return x / x.square().sum(-1, true).sqrt().clamp_min(1e-7);
+  };
+  auto cos = (unit(a) * unit(b)).sum(-1, true).clamp(-1, 1);  // [..., 1]
+  auto colinear = (1 - cos.square()) <= 1e-16;
+  auto theta = torch::acos(torch::where(colinear, torch::zeros_like(cos), cos));
+  auto spherical = ((theta * (1 - t)).sin() * a + (theta * t).sin() * b) / theta.sin();
+  auto out = torch::where(colinear, a * (1 - t) + b * t, spherical);
+  if (transpose) out = out.transpose(0, -1);
+  return out.reshape(v0.sizes());
+}
+
 torch::Tensor model_stock(const torch::Tensor& base, const std::vector<torch::Tensor>& xs,
                           bool filter_wise) {
   if (xs.size() < 2) throw Error("model_stock needs at least two models besides the base");

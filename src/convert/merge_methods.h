@@ -68,6 +68,13 @@ torch::Tensor linear(const std::vector<torch::Tensor>& xs, const std::vector<dou
 // |cos| > 0.9995 (nearly parallel).
 torch::Tensor slerp(const torch::Tensor& a, const torch::Tensor& b, double t);
 
+// NuSLERP (mergekit): spherical interpolation at t of v0 and v1 taken as one
+// flattened vector (flatten), else per row (vectors along the last dim) or,
+// with row_wise, per column (vectors along dim 0); linear where the two are
+// (anti)parallel, 1 - cos^2 <= 1e-16. Vectors are normalised with a 1e-7 floor.
+torch::Tensor nuslerp(const torch::Tensor& v0, const torch::Tensor& v1, double t, bool row_wise,
+                      bool flatten);
+
 // Model Stock (Jang et al. 2024): the fine-tuned average pulled toward the
 // base by t = k cos / (1 + (k - 1) cos), cos the mean pairwise cosine of the
 // task vectors (per row when filter_wise). Needs k >= 2 models.

@@ -16,6 +16,7 @@ struct MergeMethodInfo {
   bool needs_base = false;           // a base_model the others are deltas from
   int min_models = 1;                // inputs besides the base
   int max_models = 0;                // 0 = any number
+  bool optional_base = false;        // a base_model is used when given (nuslerp)
 };
 
 const std::vector<MergeMethodInfo>& merge_methods();

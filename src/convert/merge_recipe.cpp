@@ -210,6 +210,7 @@ const std::vector<MergeMethodInfo>& merge_methods() {
       {"sce", {"select_topk", "int8_mask"}, true, 0, 0},
       {"varm", {}, true, 0, 0},
       {"passthrough", {"scale"}, false, 1, 1},
+      {"nuslerp", {"weight", "nuslerp_flatten", "nuslerp_row_wise"}, false, 2, 2, true},
   };
   return methods;
 }

@@ -57,7 +57,8 @@ TEST_P(MergekitReference, EveryTensorEqualsMergekitsToFloat32Rounding) {
 INSTANTIATE_TEST_SUITE_P(Recipes, MergekitReference,
                          ::testing::Values("linear", "linear_nonorm", "task_arithmetic",
                                            "task_arithmetic_normalize", "ties", "ties_lambda",
-                                           "slerp", "breadcrumbs", "sce", "model_stock"));
+                                           "slerp", "breadcrumbs", "sce", "model_stock",
+                                           "nuslerp", "nuslerp_rows"));
 
 TEST(MergekitReference, ReferenceDataCoversEveryCommittedRecipe) {
   std::set<std::string> recipes, expected;
@@ -66,7 +67,7 @@ TEST(MergekitReference, ReferenceDataCoversEveryCommittedRecipe) {
   for (const auto& e : fs::directory_iterator(data("expected")))
     expected.insert(e.path().filename().string());
   EXPECT_EQ(recipes, expected);
-  EXPECT_EQ(recipes.size(), 10u);
+  EXPECT_EQ(recipes.size(), 12u);
 }
 
 }  // namespace

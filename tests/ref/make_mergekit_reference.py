@@ -186,6 +186,28 @@ parameters:
   select_topk: 0.5
 dtype: float32
 """,
+    "nuslerp": """
+merge_method: nuslerp
+base_model: models/base
+models:
+  - model: models/a
+    parameters: {weight: 0.3}
+  - model: models/b
+    parameters: {weight: 0.7}
+dtype: float32
+""",
+    "nuslerp_rows": """
+merge_method: nuslerp
+models:
+  - model: models/a
+    parameters: {weight: 1.0}
+  - model: models/b
+    parameters: {weight: [2.0, 0.5]}
+parameters:
+  nuslerp_flatten: false
+  nuslerp_row_wise: true
+dtype: float32
+""",
     "model_stock": """
 merge_method: model_stock
 base_model: models/base
