@@ -14,13 +14,13 @@ void add_merge(CLI::App& app, Run& run) {
   auto* c = app.add_subcommand(
       "merge",
       "Merge models: a mergekit YAML recipe (linear, task_arithmetic, ties, dare_*, slerp, "
-      "breadcrumbs, della, model_stock, sce, varm), or --chat-vector");
+      "breadcrumbs, della, nuslerp, model_stock, sce, varm, passthrough), or --chat-vector");
   static std::string recipe_path, out_dir;
   static ChatVectorOptions cv;
   static bool chat_vector = false, json = false;
   static uint64_t seed = 0;
   static size_t shard_mb = 5 * 1024;
-  c->add_option("ARGS", recipe_path, "RECIPE.yaml (omit with --chat-vector)");
+  c->add_option("RECIPE", recipe_path, "a mergekit YAML recipe (with --chat-vector: OUT)");
   c->add_option("OUT", out_dir, "output directory (must not exist)");
   auto* g = "Chat vector: OUT = BASE + s_d (DOMAIN - BASE) + s_i (INSTRUCT - BASE)";
   c->add_flag("--chat-vector", chat_vector, "the chat-vector preset instead of a recipe")->group(g);

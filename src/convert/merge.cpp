@@ -787,11 +787,20 @@ MergeReport merge_models(const MergeRecipe& recipe, const std::string& out_dir,
   nlohmann::json config = planner.reference().config;
   if (recipe.uses_slices) {
     config["num_hidden_layers"] = planner.out_layers();
-    for (const char* per_layer : {"layer_types", "mlp_only_layers"})
-      if (config.contains(per_layer))
-        throw Error(recipe.source + ": slices change the layer count and config.json has the "
-                    "per-layer list '" + std::string(per_layer) + "', which finmoe merge does "
-                    "not rewrite");
+    // keys that say which layers are what: slices would make them wrong
+    auto per_layer = [&](const char* key) {
+      if (!config.contains(key)) return false;
+      const nlohmann::json& v = config[key];
+      if (std::string(key) == "first_k_dense_replace") return v.is_number() && v.get<double>() > 0;
+      if (std::string(key) == "decoder_sparse_step") return v.is_number() && v.get<double>() > 1;
+      return !v.is_null() && !(v.is_array() && v.empty());
+    };
+    for (const char* key :
+         {"layer_types", "mlp_only_layers", "first_k_dense_replace", "decoder_sparse_step"})
+      if (per_layer(key))
+        throw Error(recipe.source + ": slices change the layers and config.json of '" +
+                    planner.reference().name + "' sets '" + key +
+                    "', a per-layer layout finmoe merge does not rewrite");
   }
   for (const Job& j : jobs)  // a vocabulary grown by the kept model's rows
     if (j.common_rows >= 0 && j.name.find("embed_tokens") != std::string::npos)

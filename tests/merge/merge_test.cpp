@@ -561,6 +561,21 @@ TEST(MergeBadInput, UnknownAndUnsupportedKeysAreNamed) {
                   "exactly one of 'models' and 'slices'");
 }
 
+TEST(MergeBadInput, SlicesOfAModelWithAPerLayerLayoutAreRefused) {
+  TempDir tmp;
+  Transformer m(test::tiny_config("qwen2_moe"));  // mlp_only_layers: [0]
+  init_random(m, 3);
+  save_model(m, tmp.str() + "/moe");
+  const std::string out = tmp.str() + "/out";
+  const std::string e = message_of([&] {
+    run("merge_method: passthrough\nslices:\n  - sources:\n      - model: " + tmp.str() +
+            "/moe\n        layer_range: [1, 2]\n",
+        out);
+  });
+  EXPECT_CONTAINS(e, "mlp_only_layers");
+  expect_nothing_left(tmp, out);
+}
+
 TEST(MergeBadInput, SlerpNeedsExactlyOneModelBesidesTheBase) {
   TempDir tmp;
   const std::string e = message_of([&] {
