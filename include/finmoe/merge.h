@@ -87,6 +87,10 @@ struct MergeOptions {
   uint64_t seed = 0;                          // dare_*, della*: the keep draws
   size_t max_shard_bytes = size_t(5) << 30;   // output shard size limit
   bool progress = true;                       // a progress line on stderr
+  // Elementwise methods (linear, passthrough, task_arithmetic, dare_*) merge a
+  // tensor bigger than this a block of rows at a time: memory then holds the
+  // output tensor and one block of each input, not every input whole.
+  int64_t chunk_elements = int64_t(1) << 24;
 };
 
 struct MergeReport {

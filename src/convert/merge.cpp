@@ -589,31 +589,41 @@ uint64_t fnv1a(const std::string& s, uint64_t h) {
   return h;
 }
 
-torch::Tensor read_input(const TensorView& v, const std::string& dtype, torch::ScalarType work) {
+// Rows [row0, row0 + rows) of an input (rows < 0: all) in the working dtype.
+torch::Tensor read_input(const TensorView& v, const std::string& dtype, torch::ScalarType work,
+                         int64_t row0, int64_t rows) {
   auto t = torch::from_blob(v.data, v.shape, torch::TensorOptions().dtype(to_torch(v.dtype)));
+  if (rows >= 0) t = t.narrow(0, row0, rows);
   if (!dtype.empty()) t = t.to(to_torch(dtype_named(dtype)));  // mergekit's `dtype`: round first
   return t.to(work);
 }
 
-torch::Tensor run_job(const MergeRecipe& r, const Job& j, uint64_t seed, uint64_t* bytes_read) {
+// Whether the method is elementwise (no statistic over the whole tensor), so
+// a big tensor can be merged a block of rows at a time.
+bool elementwise(const MergeRecipe& r, const Job& j) {
+  const std::string& m = r.merge_method;
+  if (j.keep_rows_source >= 0) return false;
+  if (m == "linear" || m == "passthrough") return true;
+  return task_arithmetic_kind(m) && (j.how.sparsify == merge_math::Sparsify::None ||
+                                     j.how.sparsify == merge_math::Sparsify::Random);
+}
+
+// The method on rows [row0, row0 + rows) of every input (rows < 0: whole tensors).
+torch::Tensor merge_rows(const MergeRecipe& r, const Job& j, int64_t row0, int64_t rows,
+                         at::Generator& gen, uint64_t* bytes_read) {
   std::vector<torch::Tensor> xs;
   const bool f64 = r.dtype == "float64";
   const auto work = f64 ? torch::kFloat64 : torch::kFloat32;
   for (size_t i = 0; i < j.models.size(); ++i) {
     const TensorView& v = *j.models[i]->find(j.inputs[i]);
-    *bytes_read += v.nbytes;
-    if (!j.floating) {
-      return torch::from_blob(v.data, v.shape, torch::TensorOptions().dtype(to_torch(v.dtype)))
-          .clone();
-    }
-    xs.push_back(read_input(v, r.dtype, work));
+    *bytes_read += rows < 0 ? v.nbytes : v.nbytes / size_t(v.shape[0]) * size_t(rows);
+    xs.push_back(read_input(v, r.dtype, work, row0, rows));
   }
   torch::Tensor kept;  // the full tensor of the model whose rows are kept
   if (j.keep_rows_source >= 0) {
     kept = xs[size_t(j.keep_rows_source)];
     if (j.common_rows >= 0) xs[size_t(j.keep_rows_source)] = kept.narrow(0, 0, j.common_rows);
   }
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(fnv1a(j.name, 14695981039346656037ull ^ seed));
   torch::Tensor base;
   std::vector<torch::Tensor> others;
   std::vector<merge_math::ModelParams> params;
@@ -659,6 +669,31 @@ torch::Tensor run_job(const MergeRecipe& r, const Job& j, uint64_t seed, uint64_
     auto rows = torch::tensor(r.keep_rows, torch::kInt64);
     out = out.clone();
     out.index_copy_(0, rows, kept.index_select(0, rows));
+  }
+  return out;
+}
+
+// The merged tensor of a job. Elementwise methods merge a tensor bigger than
+// chunk_elements a block of rows at a time into the output tensor, so memory
+// holds the output and one block of every input.
+torch::Tensor run_job(const MergeRecipe& r, const Job& j, uint64_t seed, int64_t chunk_elements,
+                      uint64_t* bytes_read) {
+  if (!j.floating) {  // integer buffers: the first input's, unmerged
+    const TensorView& v = *j.models[0]->find(j.inputs[0]);
+    *bytes_read += v.nbytes;
+    return torch::from_blob(v.data, v.shape, torch::TensorOptions().dtype(to_torch(v.dtype))).clone();
+  }
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(fnv1a(j.name, 14695981039346656037ull ^ seed));
+  int64_t numel = 1;
+  for (int64_t d : j.shape) numel *= d;
+  if (!elementwise(r, j) || j.shape.empty() || j.shape[0] < 2 || numel <= chunk_elements)
+    return merge_rows(r, j, 0, -1, gen, bytes_read);
+  const int64_t row = numel / j.shape[0];
+  const int64_t step = std::max<int64_t>(1, chunk_elements / std::max<int64_t>(row, 1));
+  auto out = torch::empty(j.shape, torch::TensorOptions().dtype(to_torch(j.out_dtype)));
+  for (int64_t r0 = 0; r0 < j.shape[0]; r0 += step) {
+    const int64_t n = std::min(step, j.shape[0] - r0);
+    out.narrow(0, r0, n).copy_(merge_rows(r, j, r0, n, gen, bytes_read));
   }
   return out;
 }
@@ -843,7 +878,7 @@ MergeReport merge_models(const MergeRecipe& recipe, const std::string& out_dir,
       const Job& j = jobs[i];
       torch::Tensor t;
       try {
-        t = run_job(recipe, j, options.seed, &report.bytes_read);
+        t = run_job(recipe, j, options.seed, options.chunk_elements, &report.bytes_read);
       } catch (const Error& e) {
         throw Error("tensor '" + j.name + "': " + e.what());
       }

@@ -276,6 +276,43 @@ TEST(MergeOutput, BigModelsAreShardedThroughTheCheckpointWriter) {
   EXPECT_TRUE(bitwise_equal(load(tmp.str() + "/out"), load(tmp.str() + "/one")));
 }
 
+TEST(MergeOutput, ElementwiseMethodsMergedInRowBlocksEqualWholeTensors) {
+  TempDir tmp;
+  const std::vector<std::string> recipes = {
+      "merge_method: linear\nmodels:\n  - model: " + M("a") + "\n    parameters: {weight: 0.3}\n"
+      "  - model: " + M("b") + "\n    parameters: {weight: [0.5, 0.9]}\n",
+      two_models("task_arithmetic", "{weight: 0.7}", "{weight: 1.1}", "parameters: {lambda: 0.8}\n"),
+      two_models("dare_ties", "{weight: 0.7, density: 1}", "{weight: 0.4, density: 1}"),
+      "merge_method: passthrough\nmodels:\n  - model: " + M("a") + "\n    parameters: {scale: 0.5}\n"};
+  for (size_t i = 0; i < recipes.size(); ++i) {
+    MergeOptions o;
+    o.progress = false;
+    const std::string whole = tmp.str() + "/whole" + std::to_string(i);
+    const std::string blocks = tmp.str() + "/blocks" + std::to_string(i);
+    const MergeReport one = merge_models(parse_merge_recipe(recipes[i], "r"), whole, o);
+    o.chunk_elements = 40;  // 2 rows of the embeddings, 2-3 of the projections
+    const MergeReport rep = merge_models(parse_merge_recipe(recipes[i], "r"), blocks, o);
+    EXPECT_TRUE(bitwise_equal(load(whole), load(blocks))) << recipes[i];
+    EXPECT_EQ(rep.bytes_read, one.bytes_read) << recipes[i];  // every byte read once, per block
+  }
+  // DARE in blocks: still the density fraction
+  MergeOptions o;
+  o.progress = false;
+  o.chunk_elements = 40;
+  merge_models(parse_merge_recipe("merge_method: dare_linear\nbase_model: " + M("base") +
+                                      "\nmodels:\n  - model: " + M("a") +
+                                      "\n    parameters: {weight: 1, density: 0.3}\n",
+                                  "r"),
+               tmp.str() + "/dare", o);
+  const Tensors out = load(tmp.str() + "/dare"), base = load(M("base"));
+  double n = 0, kept = 0;
+  for (const auto& [name, b] : base) {
+    n += double(b.numel());
+    kept += ((out.at(name) - b).abs() > 1e-9).sum().item<double>();
+  }
+  EXPECT_NEAR(kept / n, 0.3, 5 * std::sqrt(0.3 * 0.7 / n));
+}
+
 // ---- chat vector -------------------------------------------------------------------
 
 TEST(MergeChatVector, OnBaseBaseInstructReturnsInstruct) {
