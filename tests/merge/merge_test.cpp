@@ -13,6 +13,7 @@
 
 #include <sys/wait.h>
 #include <map>
+#include <set>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
@@ -437,6 +438,61 @@ TEST(MergeEsft, DeltasOfTasksWithDisjointExpertsMergeWithoutInterference) {
     EXPECT_LT((out.at(n) - t - want).abs().max().item<double>(), 1e-6) << n;
   }
   EXPECT_EQ(moved, 4 * 3);  // four experts (one of task a, three of b), w1 w2 w3 each
+}
+
+TEST(MergeEsft, EachTaskKeepsItsLogitsWhereTokensRouteToItsOwnExperts) {
+  TempDir tmp;
+  nlohmann::json cj = test::tiny_config("mixtral").to_json();
+  cj["num_local_experts"] = 8;  // top-2 of 8: a short text leaves experts unused
+  const ModelConfig c = ModelConfig::from_json(cj, "tiny");
+  const std::string base = tmp.str() + "/base";
+  {
+    Transformer m(c);
+    init_random(m, 21);
+    save_model(m, base);
+  }
+  const auto tokens = torch::tensor({{7, 42, 99}}, torch::kInt64);
+  // the experts each MoE layer uses for `tokens`
+  auto used = [&](const std::string& dir) {
+    Transformer m = load_model(dir, {.dtype = torch::kFloat32});
+    std::vector<RouterOutput> routers;
+    torch::NoGradGuard g;
+    m.forward(tokens, {.router_outputs = &routers});
+    std::map<int64_t, std::set<int64_t>> out;
+    for (const auto& r : routers) {
+      auto idx = r.indices.reshape(-1);
+      for (int64_t i = 0; i < idx.numel(); ++i) out[r.layer].insert(idx[i].item<int64_t>());
+    }
+    return out;
+  };
+  auto task = [&](const std::string& dir, const ExpertConfig& cfg, double shift) {
+    Transformer m = load_model(base, {.dtype = torch::kFloat32});
+    torch::NoGradGuard g;
+    for (auto& [n, p] : m.named_parameters())
+      if (esft_trains(cfg, n)) p.add_(shift);
+    save_esft_delta(m, cfg, base, dir);
+  };
+  auto logits = [&](const std::string& dir) {
+    Transformer m = load_model(dir, {.dtype = torch::kFloat32});
+    torch::NoGradGuard g;
+    return m.forward(tokens);
+  };
+  // task a trains an expert the text uses; task b only experts a's model leaves unused
+  ExpertConfig ca, cb;
+  ca.experts[0] = {*used(base).at(0).begin()};
+  task(tmp.str() + "/da", ca, 0.25);
+  for (const auto& [layer, experts] : used(tmp.str() + "/da"))
+    for (int64_t e = 0; e < 8; ++e)
+      if (!experts.count(e)) cb.experts[layer].push_back(e);
+  ASSERT_FALSE(cb.experts.empty());
+  task(tmp.str() + "/db", cb, -0.5);
+  run("merge_method: ties\nbase_model: " + base + "\nmodels:\n  - model: " + tmp.str() +
+          "/da\n    parameters: {weight: 1}\n  - model: " + tmp.str() +
+          "/db\n    parameters: {weight: 1}\nparameters: {normalize: false}\n",
+      tmp.str() + "/out");
+  const auto merged = logits(tmp.str() + "/out"), a = logits(tmp.str() + "/da");
+  EXPECT_GT((a - logits(base)).abs().max().item<double>(), 1e-3);  // task a shows
+  EXPECT_LT((merged - a).abs().max().item<double>(), 1e-5);         // b does not interfere
 }
 
 // ---- bad input ------------------------------------------------------------------------
