@@ -20,6 +20,7 @@ void add_init(CLI::App& app, Run& run);
 void add_bench(CLI::App& app, Run& run);
 void add_upcycle(CLI::App& app, Run& run);
 void add_mla_convert(CLI::App& app, Run& run);
+void add_merge(CLI::App& app, Run& run);
 void add_quantize(CLI::App& app, Run& run);
 void add_experts(CLI::App& app, Run& run);
 void add_train(CLI::App& app, Run& run);

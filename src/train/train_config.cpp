@@ -14,7 +14,7 @@
 #include "finmoe/error.h"
 #include "finmoe/train_config.h"
 #include "tokenizer/utf8.h"
-#include "train/yaml_bounds.h"
+#include "core/yaml_bounds.h"
 
 namespace finmoe {
 

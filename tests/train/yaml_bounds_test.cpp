@@ -1,4 +1,4 @@
-// The YAML nesting bound (src/train/yaml_bounds.h): the layout scan never
+// The YAML nesting bound (src/core/yaml_bounds.h): the layout scan never
 // reports less than the depth yaml-cpp builds, and a training config that
 // nests too deep, is too large or holds invalid UTF-8 is refused naming the
 // file and line before (or instead of) a crash.
@@ -10,7 +10,7 @@
 
 #include "../expect_error.h"
 #include "finmoe/train.h"
-#include "train/yaml_bounds.h"
+#include "core/yaml_bounds.h"
 
 namespace finmoe {
 namespace {

@@ -2,7 +2,7 @@
 // Bounds checked on YAML text before yaml-cpp parses it: yaml-cpp recurses
 // once per nesting level (its own guard stops only at 2000 levels), so a
 // small file of `[[[[` or `- - - -` could otherwise exhaust the stack.
-// Internal to the train layer (training configs and their overrides).
+// Internal: training configs and their overrides (train), merge recipes (convert).
 #include <cstddef>
 #include <string_view>
 

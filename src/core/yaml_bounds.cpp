@@ -1,4 +1,4 @@
-// The nesting depth of YAML text from its layout (src/train/yaml_bounds.h).
+// The nesting depth of YAML text from its layout (src/core/yaml_bounds.h).
 //
 // Block collections are tracked as a stack of (column, kind): an entry `- `
 // opens a sequence at its column, a `key:` (or `? `) a mapping at the key's
@@ -6,7 +6,7 @@
 // may share its column with the mapping it is a value of (`key:\n- a`), the
 // only case where two levels share a column. Flow collections count their
 // open brackets. Where the layout is ambiguous the count errs high.
-#include "train/yaml_bounds.h"
+#include "core/yaml_bounds.h"
 
 #include <algorithm>
 #include <string>

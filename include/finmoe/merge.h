@@ -1,0 +1,129 @@
+#pragma once
+// Model merging: `finmoe merge RECIPE.yaml OUT` (docs/merging.md).
+//
+// A recipe is mergekit's YAML format: merge_method, base_model, models (each
+// with parameters) or slices (layer ranges), global parameters, dtype,
+// out_dtype, tokenizer_source. A parameter is a scalar, a gradient (a list of
+// numbers interpolated over a slice's layers) or a list of {filter, value}
+// entries matched as substrings of the tensor name (the first match wins; no
+// filter matches everything). Precedence: the model's own parameters, then the
+// slice's, then the global ones, then the method's default.
+//
+// The merge streams: each input directory is memory-mapped, and for every
+// output tensor the inputs' copies are read, merged in float32 (float64 when
+// dtype is float64) and written through CheckpointWriter, so memory holds the
+// tensors of one parameter, never a model. OUT is built under a temporary name
+// beside it and renamed when complete; on any error nothing is left.
+//
+// An input directory may also be an ESFT delta (docs/formats/esft.md): it
+// stands for its base model with the delta's trained tensors.
+//
+// Errors: finmoe::Error naming the recipe key, model, tensor or file.
+// Thread safety: free functions, no shared state.
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace finmoe {
+
+// One parameter's setting as the recipe writes it.
+struct MergeParam {
+  enum class Kind { Scalar, Gradient, Filtered } kind = Kind::Scalar;
+  std::string scalar;                 // Scalar: the YAML scalar as written
+  std::vector<std::string> gradient;  // Gradient: the list's scalars
+  // Filtered: (filter, value) in order; an empty filter (or "*") matches every tensor
+  std::vector<std::pair<std::string, MergeParam>> filtered;
+
+  static MergeParam number(double v);
+  static MergeParam boolean(bool v);
+};
+using MergeParams = std::map<std::string, MergeParam>;
+
+struct MergeSource {
+  std::string model;           // a directory, as written in the recipe
+  int64_t layer_begin = 0;     // slices: [layer_begin, layer_end) of that model
+  int64_t layer_end = -1;      // -1: every layer (a `models:` entry)
+  MergeParams parameters;
+};
+
+struct MergeSlice {
+  std::vector<MergeSource> sources;
+  std::string base_model;  // "" = the recipe's
+  MergeParams parameters;
+};
+
+struct MergeRecipe {
+  std::string merge_method;
+  std::string base_model;   // "" = none
+  bool uses_slices = false; // `slices:` (else `models:`, one slice over every layer)
+  std::vector<MergeSlice> slices;
+  MergeParams parameters;   // global
+  std::string dtype;        // inputs are rounded to it before merging; "" = as stored
+  std::string out_dtype;    // "" = dtype, else each tensor's dtype in the base/first model
+  std::string tokenizer_source;  // "" | "base" | a model: whose tokenizer files OUT gets
+  std::string text;         // the recipe's YAML (for the model card)
+  std::string source;       // the recipe file, for messages
+
+  // finmoe's own (not in YAML): rows of the embedding tensors (embed_tokens,
+  // lm_head) taken unmerged from `keep_rows_model` (the chat-vector preset's
+  // special tokens). Row ids outside a tensor are an error.
+  std::string keep_rows_model;
+  std::vector<int64_t> keep_rows;
+};
+
+// The methods finmoe implements (mergekit names plus FuseChat's "varm").
+const std::vector<std::string>& merge_method_names();
+
+// Parses a recipe. Model paths stay as written; load_merge_recipe resolves
+// relative ones against the current directory, else the recipe's directory.
+// Throws Error "SOURCE: ..." naming the key (an unknown or unsupported key,
+// a wrong type, an unknown method, a parameter the method does not take).
+MergeRecipe parse_merge_recipe(const std::string& yaml, const std::string& source);
+MergeRecipe load_merge_recipe(const std::string& path);
+
+struct MergeOptions {
+  uint64_t seed = 0;                          // dare_*, della*: the keep draws
+  size_t max_shard_bytes = size_t(5) << 30;   // output shard size limit
+  bool progress = true;                       // a progress line on stderr
+  // Elementwise methods (linear, passthrough, task_arithmetic, dare_*) merge a
+  // tensor bigger than this a block of rows at a time: memory then holds the
+  // output tensor and one block of each input, not every input whole.
+  int64_t chunk_elements = int64_t(1) << 24;
+};
+
+struct MergeReport {
+  int64_t tensors = 0;
+  uint64_t bytes_read = 0;     // input tensor bytes read
+  uint64_t bytes_written = 0;
+  size_t num_shards = 0;
+  double seconds = 0.0;
+};
+
+// Merges into OUT (which must not exist): the weights, config.json (of the
+// base model, else the first model; num_hidden_layers from the slices,
+// torch_dtype from out_dtype), the tokenizer files and generation_config.json
+// of the tokenizer source (default: base, else the first model),
+// mergekit_config.yml (the recipe) and README.md (a model card with it).
+// Checks before writing: same model_type, the same tensors with the same
+// shapes in every input (vocabulary sizes must match), parameter ranges
+// (density in (0, 1], weights not summing to 0 with normalize).
+MergeReport merge_models(const MergeRecipe& recipe, const std::string& out_dir,
+                         const MergeOptions& options = {});
+
+// The chat-vector recipe (Huang et al.; the finance CPT + instruction-vector
+// recipe): OUT = DOMAIN + instruct_scale*(INSTRUCT - BASE), in general
+// BASE + domain_scale*(DOMAIN - BASE) + instruct_scale*(INSTRUCT - BASE), with
+// the instruct model's tokenizer. keep_special_rows: the embedding and output
+// rows of the instruct tokenizer's special tokens (tokenizer.json added_tokens
+// with "special": true) are the instruct model's own.
+struct ChatVectorOptions {
+  std::string base, domain, instruct;
+  double domain_scale = 1.0;
+  double instruct_scale = 1.0;
+  bool keep_special_rows = false;
+};
+MergeRecipe chat_vector_recipe(const ChatVectorOptions& options);
+
+}  // namespace finmoe

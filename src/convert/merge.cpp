@@ -1,0 +1,951 @@
+// The streamed merge engine of `finmoe merge` (include/finmoe/merge.h).
+//
+// Plan first, write second: every input is opened, every output tensor's
+// sources, shapes and parameters are resolved and checked before OUT's
+// temporary directory is created, so bad input leaves nothing behind.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <set>
+#include <sstream>
+
+#include <unistd.h>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "convert/merge_methods.h"
+#include "convert/merge_plan.h"
+#include "core/file_util.h"
+#include "core/progress.h"
+#include "finmoe/config.h"
+#include "finmoe/error.h"
+#include "finmoe/esft.h"
+#include "finmoe/merge.h"
+#include "finmoe/safetensors.h"
+#include "model/side_files.h"
+#include "model/torch_dtype.h"
+
+namespace finmoe {
+
+namespace fs = std::filesystem;
+
+// ---- parameter evaluation ------------------------------------------------------
+
+namespace {
+
+std::optional<double> parse_number(const std::string& s) {
+  if (s.empty()) return std::nullopt;
+  char* end = nullptr;
+  const double v = std::strtod(s.c_str(), &end);
+  if (end != s.c_str() + s.size() || !std::isfinite(v)) return std::nullopt;
+  return v;
+}
+
+std::optional<bool> parse_bool(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+  if (s == "true" || s == "yes" || s == "on" || s == "1") return true;
+  if (s == "false" || s == "no" || s == "off" || s == "0") return false;
+  return std::nullopt;
+}
+
+const MergeParam* first_match(const MergeParam& p, const std::string& tensor) {
+  for (const auto& [filter, value] : p.filtered)
+    if (filter.empty() || filter == "*" || tensor.find(filter) != std::string::npos) return &value;
+  return nullptr;
+}
+
+}  // namespace
+
+std::optional<double> eval_number(const MergeParam& p, const std::string& tensor, double t,
+                                  const std::string& key) {
+  auto number = [&](const std::string& s) {
+    auto v = parse_number(s);
+    if (!v) throw Error(key + ": '" + s + "' is not a number");
+    return *v;
+  };
+  switch (p.kind) {
+    case MergeParam::Kind::Scalar:
+      return number(p.scalar);
+    case MergeParam::Kind::Gradient: {
+      const double scaled = t * double(p.gradient.size() - 1);
+      const size_t i0 = std::min(size_t(scaled), p.gradient.size() - 1);
+      const size_t i1 = std::min(p.gradient.size() - 1, i0 + 1);
+      const double frac = scaled - double(i0);
+      return (1 - frac) * number(p.gradient[i0]) + frac * number(p.gradient[i1]);
+    }
+    case MergeParam::Kind::Filtered: {
+      const MergeParam* m = first_match(p, tensor);
+      return m ? eval_number(*m, tensor, t, key) : std::nullopt;
+    }
+  }
+  return std::nullopt;
+}
+
+std::optional<bool> eval_bool(const MergeParam& p, const std::string& tensor, double t,
+                              const std::string& key) {
+  auto boolean = [&](const std::string& s) {
+    auto v = parse_bool(s);
+    if (!v) throw Error(key + ": '" + s + "' is not true or false");
+    return *v;
+  };
+  switch (p.kind) {
+    case MergeParam::Kind::Scalar:
+      return boolean(p.scalar);
+    case MergeParam::Kind::Gradient:
+      return boolean(p.gradient[size_t(t * double(p.gradient.size() - 1))]);
+    case MergeParam::Kind::Filtered: {
+      const MergeParam* m = first_match(p, tensor);
+      return m ? eval_bool(*m, tensor, t, key) : std::nullopt;
+    }
+  }
+  return std::nullopt;
+}
+
+namespace {
+
+// ---- inputs --------------------------------------------------------------------
+
+// One input directory: a checkpoint, or an ESFT delta over its base.
+struct InputModel {
+  std::string name;  // as the recipe writes it
+  nlohmann::json config;
+  std::optional<CheckpointReader> reader;
+  std::shared_ptr<SafetensorsFile> delta;  // ESFT: tensors that replace the base's
+  int64_t num_layers = 0;
+
+  static std::unique_ptr<InputModel> open(const std::string& name) {
+    if (!fs::is_directory(name))
+      throw Error("model '" + name +
+                  "': no such directory (finmoe merge reads local model directories)");
+    auto m = std::make_unique<InputModel>();
+    m->name = name;
+    std::string weights = name;
+    if (is_esft_delta(name)) {
+      const EsftDeltaInfo info = read_esft_delta(name);
+      weights = esft_delta_base(info);
+      m->delta = SafetensorsFile::open((fs::path(name) / "esft_delta.safetensors").string());
+    }
+    const fs::path cfg = fs::path(name) / "config.json";
+    if (!fs::exists(cfg)) throw Error("model '" + name + "': no config.json");
+    m->config = read_json_file(cfg.string());
+    if (!m->config.is_object() || !m->config.contains("num_hidden_layers") ||
+        !m->config["num_hidden_layers"].is_number_integer())
+      throw Error(cfg.string() + ": num_hidden_layers must be an integer");
+    m->num_layers = m->config["num_hidden_layers"].get<int64_t>();
+    m->reader = CheckpointReader::open(weights);
+    if (m->delta)
+      for (const TensorView& v : m->delta->tensors()) {
+        if (!m->reader->has(v.name))
+          throw Error(m->delta->path() + ": tensor '" + v.name + "' is not in its base model " +
+                      weights);
+        if (m->reader->get(v.name).shape != v.shape)
+          throw Error(m->delta->path() + ": tensor '" + v.name +
+                      "' has another shape than in its base model " + weights);
+      }
+    return m;
+  }
+
+  std::string model_type() const {
+    return config.contains("model_type") && config["model_type"].is_string()
+               ? config["model_type"].get<std::string>()
+               : "";
+  }
+  const TensorView* find(const std::string& tensor) const {
+    if (delta)
+      if (const TensorView* v = delta->find(tensor)) return v;
+    return reader->has(tensor) ? &reader->get(tensor) : nullptr;
+  }
+  std::vector<std::string> names() const { return reader->names(); }
+};
+
+std::string shape_text(const std::vector<int64_t>& s) {
+  std::string t = "[";
+  for (size_t i = 0; i < s.size(); ++i) t += (i ? ", " : "") + std::to_string(s[i]);
+  return t + "]";
+}
+
+// "model.layers.N.rest" -> (N, "rest"); (-1, "") for other names.
+std::pair<int64_t, std::string> layer_of(const std::string& name) {
+  static const std::string prefix = "model.layers.";
+  if (name.rfind(prefix, 0) != 0) return {-1, ""};
+  const size_t dot = name.find('.', prefix.size());
+  if (dot == std::string::npos) return {-1, ""};
+  const std::string n = name.substr(prefix.size(), dot - prefix.size());
+  if (n.empty() || n.find_first_not_of("0123456789") != std::string::npos) return {-1, ""};
+  return {std::stoll(n), name.substr(dot + 1)};
+}
+
+std::string layer_name(int64_t layer, const std::string& rest) {
+  return "model.layers." + std::to_string(layer) + "." + rest;
+}
+
+bool is_vocab_tensor(const std::string& name) {
+  return name.find("embed_tokens") != std::string::npos ||
+         name.find("lm_head") != std::string::npos;
+}
+
+std::string shape_error(const std::string& tensor, const TensorView& v, const std::string& model,
+                        const TensorView& w, const std::string& other) {
+  std::string msg = "tensor '" + tensor + "' has shape " + shape_text(v.shape) + " in model '" +
+                    model + "' but " + shape_text(w.shape) + " in model '" + other + "'";
+  if (is_vocab_tensor(tensor) && v.shape.size() == w.shape.size() && !v.shape.empty() &&
+      v.shape[0] != w.shape[0])
+    msg += ": the vocabularies differ in size (finmoe merge needs one vocabulary; "
+           "tokenizer_source only chooses whose tokenizer files OUT gets)";
+  return msg;
+}
+
+// ---- the plan --------------------------------------------------------------------
+
+struct Job {
+  std::string name;                   // output tensor
+  std::vector<int64_t> shape;
+  DType out_dtype = DType::F32;
+  bool floating = true;
+  const MergeSlice* slice = nullptr;
+  std::vector<const InputModel*> models;  // per source of the slice
+  std::vector<std::string> inputs;        // tensor name in each source
+  int base = -1;                          // index of the base among the sources
+  std::vector<merge_math::ModelParams> params;  // per source
+  merge_math::TaskArithmetic how;
+  double t = 0;            // slerp
+  bool filter_wise = false;
+  bool flatten = true;     // nuslerp
+  bool row_wise = false;   // nuslerp
+  double select_topk = 1.0;
+  double scale = 1.0;      // passthrough
+  bool normalize = true;   // linear
+  bool keep_rows = false;     // rows recipe.keep_rows from keep_rows_source
+  int keep_rows_source = -1;  // the input whose rows are kept (vocabulary tensors)
+  int64_t common_rows = -1;   // >= 0: only rows [0, common_rows) are merged, the
+                              // rest are keep_rows_source's own
+};
+
+DType dtype_named(const std::string& d) {
+  if (d == "float32") return DType::F32;
+  if (d == "float16") return DType::F16;
+  if (d == "bfloat16") return DType::BF16;
+  return DType::F64;
+}
+
+bool is_float(DType d) {
+  return d == DType::F32 || d == DType::F16 || d == DType::BF16 || d == DType::F64;
+}
+
+// The sparsification, consensus and default flags of the task-arithmetic family.
+std::optional<merge_math::TaskArithmetic> task_arithmetic_kind(const std::string& m) {
+  using merge_math::Sparsify;
+  merge_math::TaskArithmetic h;
+  if (m == "task_arithmetic") {
+  } else if (m == "ties") {
+    h = {Sparsify::Magnitude, true, true, false, 1.0};
+  } else if (m == "dare_linear") {
+    h = {Sparsify::Random, false, false, true, 1.0};
+  } else if (m == "dare_ties") {
+    h = {Sparsify::Random, true, false, true, 1.0};
+  } else if (m == "breadcrumbs") {
+    h = {Sparsify::MagnitudeOutliers, false, false, false, 1.0};
+  } else if (m == "breadcrumbs_ties") {
+    h = {Sparsify::MagnitudeOutliers, true, false, false, 1.0};
+  } else if (m == "della") {
+    h = {Sparsify::DellaMagprune, true, true, true, 1.0};
+  } else if (m == "della_linear") {
+    h = {Sparsify::DellaMagprune, false, false, true, 1.0};
+  } else {
+    return std::nullopt;
+  }
+  return h;
+}
+
+class Planner {
+ public:
+  Planner(const MergeRecipe& r) : r_(r), info_(merge_method_info(r.merge_method, r.source)) {}
+
+  std::vector<Job> plan() {
+    open_models();
+    check_architectures();
+    std::vector<Job> jobs;
+    // non-layer tensors of the reference model: embeddings from the first
+    // slice's sources, the rest (final norm, lm_head) from the last slice's
+    for (const std::string& name : ref_->names()) {
+      if (layer_of(name).first >= 0) continue;
+      const MergeSlice& s = is_vocab_tensor(name) && name.find("lm_head") == std::string::npos
+                                ? r_.slices.front()
+                                : r_.slices.back();
+      jobs.push_back(job(name, s, std::vector<std::string>(sources_of(s).size(), name), 0.0));
+    }
+    int64_t out_layer = 0;
+    for (const MergeSlice& s : r_.slices) {
+      const auto models = sources_of(s);
+      const int64_t n = slice_length(s);
+      // layer tensor names of the first source's first layer of the slice
+      for (int64_t off = 0; off < n; ++off) {
+        const double t = n > 1 ? double(off) / double(n - 1) : 1.0;
+        const int64_t first_in = begin_of(s, 0) + off;
+        for (const std::string& name : models[0]->names()) {
+          auto [layer, rest] = layer_of(name);
+          if (layer != first_in) continue;
+          std::vector<std::string> inputs;
+          for (size_t i = 0; i < models.size(); ++i)
+            inputs.push_back(layer_name(begin_of(s, i) + off, rest));
+          jobs.push_back(job(layer_name(out_layer, rest), s, inputs, t));
+        }
+        ++out_layer;
+      }
+    }
+    out_layers_ = out_layer;
+    check_complete(jobs);
+    return jobs;
+  }
+
+  const InputModel& reference() const { return *ref_; }
+  const InputModel& model(const std::string& name) const { return *models_.at(name); }
+  int64_t out_layers() const { return out_layers_; }
+
+ private:
+  bool uses_base() const { return info_.needs_base || info_.optional_base; }
+
+  std::string base_of(const MergeSlice& s) const {
+    return s.base_model.empty() ? r_.base_model : s.base_model;
+  }
+
+  // The slice's inputs, the base appended (covering every layer) when the
+  // method needs it and the recipe lists it only as base_model.
+  std::vector<const InputModel*> sources_of(const MergeSlice& s) const {
+    std::vector<const InputModel*> m;
+    for (const auto& src : s.sources) m.push_back(models_.at(src.model).get());
+    const std::string base = base_of(s);
+    if (uses_base() && !base.empty() &&
+        std::none_of(s.sources.begin(), s.sources.end(),
+                     [&](const MergeSource& src) { return src.model == base; }))
+      m.push_back(models_.at(base).get());
+    return m;
+  }
+
+  int64_t begin_of(const MergeSlice& s, size_t i) const {
+    return i < s.sources.size() ? s.sources[i].layer_begin : 0;
+  }
+
+  int64_t slice_length(const MergeSlice& s) const {
+    const auto models = sources_of(s);
+    int64_t n = -1;
+    for (size_t i = 0; i < models.size(); ++i) {
+      const bool listed = i < s.sources.size();
+      int64_t b = listed ? s.sources[i].layer_begin : 0;
+      int64_t e = listed ? s.sources[i].layer_end : -1;
+      if (e < 0) e = models[i]->num_layers;
+      if (e > models[i]->num_layers)
+        throw Error(r_.source + ": layer_range [" + std::to_string(b) + ", " + std::to_string(e) +
+                    "] of model '" + models[i]->name + "' is past its " +
+                    std::to_string(models[i]->num_layers) + " layers");
+      if (n >= 0 && e - b != n)
+        throw Error(r_.source + ": model '" + models[i]->name + "' gives " +
+                    std::to_string(e - b) + " layers where '" + models[0]->name + "' gives " +
+                    std::to_string(n) + " (every input of a slice needs as many layers)");
+      n = e - b;
+    }
+    return n;
+  }
+
+  void open_models() {
+    auto add = [&](const std::string& name) {
+      if (!name.empty() && !models_.count(name)) models_[name] = InputModel::open(name);
+    };
+    add(r_.base_model);
+    for (const auto& s : r_.slices) {
+      add(s.base_model);
+      for (const auto& src : s.sources) add(src.model);
+    }
+    if (!r_.keep_rows_model.empty()) add(r_.keep_rows_model);
+    const std::string ref = !r_.base_model.empty() ? r_.base_model : r_.slices[0].sources[0].model;
+    ref_ = models_.at(ref).get();
+    for (size_t i = 0; i < r_.slices.size(); ++i) {
+      const MergeSlice& s = r_.slices[i];
+      const std::string where = r_.source + (r_.uses_slices ? ": slices[" + std::to_string(i) + "]" : "");
+      int non_base = 0;
+      const std::string base = base_of(s);
+      for (const auto& src : s.sources) non_base += !(uses_base() && src.model == base);
+      if (r_.uses_slices && uses_base() && !base.empty() && std::none_of(s.sources.begin(), s.sources.end(),
+                                                             [&](const MergeSource& src) {
+                                                               return src.model == base;
+                                                             }))
+        throw Error(where + ": base_model '" + base + "' is not among the slice's sources");
+      const int total = int(s.sources.size());
+      if (r_.merge_method == "passthrough" && total != 1)
+        throw Error(where + ": passthrough takes exactly one model per slice, got " +
+                    std::to_string(total));
+      if (non_base < info_.min_models || (info_.max_models > 0 && non_base > info_.max_models))
+        throw Error(where + ": merge_method " + r_.merge_method + " needs " +
+                    (info_.max_models == info_.min_models
+                         ? std::to_string(info_.min_models)
+                         : "at least " + std::to_string(info_.min_models)) +
+                    " model(s) besides the base, got " + std::to_string(non_base));
+    }
+  }
+
+  void check_architectures() const {
+    for (const auto& [name, m] : models_)
+      if (m->model_type() != ref_->model_type())
+        throw Error("model '" + name + "' is a " + m->model_type() + ", model '" + ref_->name +
+                    "' a " + ref_->model_type() + ": finmoe merges models of one architecture");
+  }
+
+  // In a `models:` merge every input holds exactly the reference's tensors.
+  void check_complete(const std::vector<Job>& jobs) const {
+    if (r_.uses_slices) return;
+    std::set<std::string> out;
+    for (const Job& j : jobs) out.insert(j.name);
+    for (const auto& [name, m] : models_)
+      for (const std::string& t : m->names())
+        if (!out.count(t))
+          throw Error("tensor '" + t + "' of model '" + name + "' is missing from model '" +
+                      ref_->name + "'");
+  }
+
+  // Evaluates `key` for a tensor: the source's parameters, then the slice's,
+  // then the global ones. nullopt when none sets it.
+  template <class T, class F>
+  std::optional<T> lookup(const std::string& key, const MergeSource* src, const MergeSlice& s,
+                          const std::string& tensor, double t, F eval) const {
+    const std::string where = r_.source + ": parameter '" + key + "' for tensor '" + tensor + "'";
+    for (const MergeParams* p : {src ? &src->parameters : nullptr, &s.parameters, &r_.parameters}) {
+      if (!p) continue;
+      auto it = p->find(key);
+      if (it == p->end()) continue;
+      if (auto v = eval(it->second, tensor, t, where)) return v;
+    }
+    return std::nullopt;
+  }
+  double number(const std::string& key, const MergeSource* src, const MergeSlice& s,
+                const std::string& tensor, double t, std::optional<double> dflt,
+                const std::string& model) const {
+    auto v = lookup<double>(key, src, s, tensor, t, eval_number);
+    if (v) return *v;
+    if (!dflt)
+      throw Error(r_.source + ": parameter '" + key + "' is missing" +
+                  (model.empty() ? "" : " for model '" + model + "'") + " (tensor '" + tensor +
+                  "')");
+    return *dflt;
+  }
+  bool flag(const std::string& key, const MergeSlice& s, const std::string& tensor, double t,
+            bool dflt) const {
+    auto v = lookup<bool>(key, nullptr, s, tensor, t, eval_bool);
+    return v ? *v : dflt;
+  }
+
+  Job job(const std::string& out, const MergeSlice& s, const std::vector<std::string>& inputs,
+          double t) {
+    Job j;
+    j.name = out;
+    j.slice = &s;
+    j.models = sources_of(s);
+    j.inputs = inputs;
+    const std::string base = base_of(s);
+    // shapes and presence. With rows kept from one model (the chat vector's
+    // instruct model) that model may have more vocabulary rows than the
+    // others: the rows past theirs are its own.
+    int keep = -1;
+    if (!r_.keep_rows_model.empty() && is_vocab_tensor(out)) {
+      for (size_t i = 0; i < j.models.size(); ++i)
+        if (j.models[i]->name == r_.keep_rows_model) keep = int(i);
+      if (keep < 0)
+        throw Error("model '" + r_.keep_rows_model + "' whose rows are kept is not an input");
+    }
+    const TensorView* first = nullptr;  // the first input's, `keep` aside
+    size_t first_i = 0;
+    for (size_t i = 0; i < j.models.size(); ++i) {
+      const TensorView* v = j.models[i]->find(inputs[i]);
+      if (!v)
+        throw Error("tensor '" + inputs[i] + "' is missing from model '" + j.models[i]->name + "'");
+      if (uses_base() && j.models[i]->name == base) j.base = int(i);
+      if (int(i) == keep) continue;
+      if (!first) {
+        first = v;
+        first_i = i;
+      } else if (v->shape != first->shape) {
+        throw Error(shape_error(inputs[i], *v, j.models[i]->name, *first, j.models[first_i]->name));
+      }
+    }
+    if (keep >= 0) {
+      const TensorView* kv = j.models[size_t(keep)]->find(inputs[size_t(keep)]);
+      if (!first) first = kv;
+      if (kv->shape != first->shape) {
+        const bool more_rows = kv->shape.size() == first->shape.size() && !kv->shape.empty() &&
+                               kv->shape[0] > first->shape[0] &&
+                               std::equal(kv->shape.begin() + 1, kv->shape.end(),
+                                          first->shape.begin() + 1);
+        if (!more_rows)
+          throw Error(shape_error(inputs[size_t(keep)], *kv, j.models[size_t(keep)]->name, *first,
+                                  j.models[first_i]->name));
+        j.common_rows = first->shape[0];
+      }
+      j.keep_rows_source = keep;
+      j.shape = kv->shape;
+    } else {
+      j.shape = first->shape;
+    }
+    j.floating = is_float(first->dtype);
+    const TensorView* ref = ref_->find(out);
+    j.out_dtype = !r_.out_dtype.empty() ? dtype_named(r_.out_dtype)
+                  : !r_.dtype.empty()   ? dtype_named(r_.dtype)
+                                        : (ref ? ref->dtype : first->dtype);
+    if (!j.floating) j.out_dtype = first->dtype;
+
+    // parameters
+    const std::string& m = r_.merge_method;
+    for (size_t i = 0; i < j.models.size(); ++i) {
+      const MergeSource* src = i < s.sources.size() ? &s.sources[i] : nullptr;
+      merge_math::ModelParams p;
+      const bool is_base = int(i) == j.base;
+      const std::string& model = j.models[i]->name;
+      if (!is_base && (m == "linear" || m == "nuslerp" || task_arithmetic_kind(m)))
+        p.weight = number("weight", src, s, inputs[i], t, std::nullopt, model);
+      if (!is_base && task_arithmetic_kind(m)) {
+        p.density = number("density", src, s, inputs[i], t, 1.0, model);
+        if (!(p.density > 0 && p.density <= 1))
+          throw Error(r_.source + ": density " + std::to_string(p.density) + " for model '" +
+                      model + "' (tensor '" + inputs[i] + "') is outside (0, 1]");
+        p.gamma = number("gamma", src, s, inputs[i], t, 0.01, model);
+        p.epsilon = number("epsilon", src, s, inputs[i], t, 0.15, model);
+        if (p.gamma < 0 || p.gamma >= 1)
+          throw Error(r_.source + ": gamma " + std::to_string(p.gamma) + " for model '" + model +
+                      "' is outside [0, 1)");
+        if (m.starts_with("della") && p.density < 1 &&
+            (p.density - p.epsilon <= 0 || p.density + p.epsilon >= 1))
+          throw Error(r_.source + ": epsilon " + std::to_string(p.epsilon) + " with density " +
+                      std::to_string(p.density) + " for model '" + model +
+                      "': density +- epsilon must lie in (0, 1)");
+      }
+      if (m == "passthrough") j.scale = number("scale", src, s, inputs[i], t, 1.0, model);
+      j.params.push_back(p);
+    }
+    if (auto h = task_arithmetic_kind(m)) {
+      j.how = *h;
+      j.how.normalize = flag("normalize", s, out, t, h->normalize);
+      j.how.rescale = flag("rescale", s, out, t, h->rescale);
+      j.how.lambda = number("lambda", nullptr, s, out, t, 1.0, "");
+      check_weight_sum(j, j.how.normalize);
+    } else if (m == "linear") {
+      j.normalize = flag("normalize", s, out, t, true);
+      check_weight_sum(j, j.normalize);
+    } else if (m == "slerp") {
+      j.t = number("t", nullptr, s, out, t, std::nullopt, "");
+    } else if (m == "nuslerp") {
+      j.flatten = flag("nuslerp_flatten", s, out, t, true);
+      j.row_wise = flag("nuslerp_row_wise", s, out, t, false);
+    } else if (m == "model_stock") {
+      j.filter_wise = flag("filter_wise", s, out, t, false);
+    } else if (m == "sce") {
+      j.select_topk = number("select_topk", nullptr, s, out, t, 1.0, "");
+      if (!(j.select_topk > 0 && j.select_topk <= 1))
+        throw Error(r_.source + ": select_topk " + std::to_string(j.select_topk) +
+                    " (tensor '" + out + "') is outside (0, 1]");
+    }
+    if (j.keep_rows_source >= 0) {
+      for (int64_t row : r_.keep_rows)
+        if (row < 0 || j.shape.empty() || row >= j.shape[0])
+          throw Error("token id " + std::to_string(row) + " of model '" + r_.keep_rows_model +
+                      "' is outside tensor '" + out + "' (" + shape_text(j.shape) + ")");
+      j.keep_rows = !r_.keep_rows.empty();
+    }
+    return j;
+  }
+
+  void check_weight_sum(const Job& j, bool normalize) const {
+    if (!normalize) return;
+    double sum = 0;
+    std::string list;
+    for (size_t i = 0; i < j.params.size(); ++i) {
+      if (int(i) == j.base) continue;
+      sum += j.params[i].weight;
+      list += (list.empty() ? "" : ", ") + j.models[i]->name + " " +
+              std::to_string(j.params[i].weight);
+    }
+    if (!list.empty() && std::abs(sum) < 1e-8)
+      throw Error(r_.source + ": the weights of tensor '" + j.name + "' sum to 0 (" + list +
+                  ") and normalize is on: set normalize: false or change a weight");
+  }
+
+  const MergeRecipe& r_;
+  const MergeMethodInfo& info_;
+  std::map<std::string, std::unique_ptr<InputModel>> models_;
+  const InputModel* ref_ = nullptr;
+  int64_t out_layers_ = 0;
+};
+
+// ---- execution ---------------------------------------------------------------------
+
+uint64_t fnv1a(const std::string& s, uint64_t h) {
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+// Rows [row0, row0 + rows) of an input (rows < 0: all) in the working dtype.
+torch::Tensor read_input(const TensorView& v, const std::string& dtype, torch::ScalarType work,
+                         int64_t row0, int64_t rows) {
+  auto t = torch::from_blob(v.data, v.shape, torch::TensorOptions().dtype(to_torch(v.dtype)));
+  if (rows >= 0) t = t.narrow(0, row0, rows);
+  if (!dtype.empty()) t = t.to(to_torch(dtype_named(dtype)));  // mergekit's `dtype`: round first
+  return t.to(work);
+}
+
+// Whether the method is elementwise (no statistic over the whole tensor), so
+// a big tensor can be merged a block of rows at a time.
+bool elementwise(const MergeRecipe& r, const Job& j) {
+  const std::string& m = r.merge_method;
+  if (j.keep_rows_source >= 0) return false;
+  if (m == "linear" || m == "passthrough") return true;
+  return task_arithmetic_kind(m) && (j.how.sparsify == merge_math::Sparsify::None ||
+                                     j.how.sparsify == merge_math::Sparsify::Random);
+}
+
+// The method on rows [row0, row0 + rows) of every input (rows < 0: whole tensors).
+torch::Tensor merge_rows(const MergeRecipe& r, const Job& j, int64_t row0, int64_t rows,
+                         at::Generator& gen, uint64_t* bytes_read) {
+  std::vector<torch::Tensor> xs;
+  const bool f64 = r.dtype == "float64";
+  const auto work = f64 ? torch::kFloat64 : torch::kFloat32;
+  for (size_t i = 0; i < j.models.size(); ++i) {
+    const TensorView& v = *j.models[i]->find(j.inputs[i]);
+    *bytes_read += rows < 0 ? v.nbytes : v.nbytes / size_t(v.shape[0]) * size_t(rows);
+    xs.push_back(read_input(v, r.dtype, work, row0, rows));
+  }
+  torch::Tensor kept;  // the full tensor of the model whose rows are kept
+  if (j.keep_rows_source >= 0) {
+    kept = xs[size_t(j.keep_rows_source)];
+    if (j.common_rows >= 0) xs[size_t(j.keep_rows_source)] = kept.narrow(0, 0, j.common_rows);
+  }
+  torch::Tensor base;
+  std::vector<torch::Tensor> others;
+  std::vector<merge_math::ModelParams> params;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    if (int(i) == j.base) {
+      base = xs[i];
+    } else {
+      others.push_back(xs[i]);
+      params.push_back(j.params[i]);
+    }
+  }
+  const std::string& m = r.merge_method;
+  torch::Tensor out;
+  if (m == "linear") {
+    std::vector<double> w;
+    for (const auto& p : j.params) w.push_back(p.weight);
+    out = merge_math::linear(xs, w, j.normalize);
+  } else if (task_arithmetic_kind(m)) {
+    out = merge_math::task_arithmetic(base, others, params, j.how, gen);
+  } else if (m == "slerp") {
+    out = merge_math::slerp(base, others.at(0), j.t);
+  } else if (m == "nuslerp") {
+    // t = w_1 / (w_0 + w_1); with a base, the task vectors are interpolated
+    const double total = params.at(0).weight + params.at(1).weight;
+    const double t = std::abs(total) < 1e-6 ? 0.5 : params[1].weight / total;
+    out = base.defined()
+              ? base + merge_math::nuslerp(others[0] - base, others[1] - base, t, j.row_wise, j.flatten)
+              : merge_math::nuslerp(others[0], others[1], t, j.row_wise, j.flatten);
+  } else if (m == "model_stock") {
+    out = merge_math::model_stock(base, others, j.filter_wise);
+  } else if (m == "sce") {
+    out = merge_math::sce(base, others, j.select_topk);
+  } else if (m == "varm") {
+    out = merge_math::varm(base, others);
+  } else if (m == "passthrough") {
+    out = j.scale == 1.0 ? xs[0] : xs[0] * j.scale;
+  } else {
+    throw Error("internal: no kernel for merge_method " + m);
+  }
+  if (j.common_rows >= 0)  // [V_common, ...] + the kept model's rows past it
+    out = torch::cat({out, kept.narrow(0, j.common_rows, kept.size(0) - j.common_rows)});
+  if (j.keep_rows) {
+    auto rows = torch::tensor(r.keep_rows, torch::kInt64);
+    out = out.clone();
+    out.index_copy_(0, rows, kept.index_select(0, rows));
+  }
+  return out;
+}
+
+// The merged tensor of a job. Elementwise methods merge a tensor bigger than
+// chunk_elements a block of rows at a time into the output tensor, so memory
+// holds the output and one block of every input.
+torch::Tensor run_job(const MergeRecipe& r, const Job& j, uint64_t seed, int64_t chunk_elements,
+                      uint64_t* bytes_read) {
+  if (!j.floating) {  // integer buffers: the first input's, unmerged
+    const TensorView& v = *j.models[0]->find(j.inputs[0]);
+    *bytes_read += v.nbytes;
+    return torch::from_blob(v.data, v.shape, torch::TensorOptions().dtype(to_torch(v.dtype))).clone();
+  }
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(fnv1a(j.name, 14695981039346656037ull ^ seed));
+  int64_t numel = 1;
+  for (int64_t d : j.shape) numel *= d;
+  if (!elementwise(r, j) || j.shape.empty() || j.shape[0] < 2 || numel <= chunk_elements)
+    return merge_rows(r, j, 0, -1, gen, bytes_read);
+  const int64_t row = numel / j.shape[0];
+  const int64_t step = std::max<int64_t>(1, chunk_elements / std::max<int64_t>(row, 1));
+  auto out = torch::empty(j.shape, torch::TensorOptions().dtype(to_torch(j.out_dtype)));
+  for (int64_t r0 = 0; r0 < j.shape[0]; r0 += step) {
+    const int64_t n = std::min(step, j.shape[0] - r0);
+    out.narrow(0, r0, n).copy_(merge_rows(r, j, r0, n, gen, bytes_read));
+  }
+  return out;
+}
+
+std::string dtype_config_name(DType d) {
+  switch (d) {
+    case DType::F32: return "float32";
+    case DType::F16: return "float16";
+    case DType::BF16: return "bfloat16";
+    case DType::F64: return "float64";
+    default: return "";
+  }
+}
+
+std::string quoted(const std::string& s) { return nlohmann::json(s).dump(); }
+
+void emit_params(std::ostringstream& y, const MergeParams& ps, const std::string& indent);
+
+void emit_param(std::ostringstream& y, const MergeParam& p, const std::string& indent) {
+  switch (p.kind) {
+    case MergeParam::Kind::Scalar:
+      y << " " << p.scalar << "\n";
+      break;
+    case MergeParam::Kind::Gradient: {
+      y << " [";
+      for (size_t i = 0; i < p.gradient.size(); ++i) y << (i ? ", " : "") << p.gradient[i];
+      y << "]\n";
+      break;
+    }
+    case MergeParam::Kind::Filtered:
+      y << "\n";
+      for (const auto& [f, v] : p.filtered) {
+        y << indent << "- ";
+        if (!f.empty()) y << "filter: " << quoted(f) << "\n" << indent << "  ";
+        y << "value:";
+        emit_param(y, v, indent + "    ");
+      }
+      break;
+  }
+}
+
+void emit_params(std::ostringstream& y, const MergeParams& ps, const std::string& indent) {
+  if (ps.empty()) return;
+  y << indent << "parameters:\n";
+  for (const auto& [k, v] : ps) {
+    y << indent << "  " << k << ":";
+    emit_param(y, v, indent + "    ");
+  }
+}
+
+// A recipe built in code (the chat-vector preset) as mergekit YAML.
+std::string recipe_yaml(const MergeRecipe& r) {
+  std::ostringstream y;
+  y << "merge_method: " << r.merge_method << "\n";
+  if (!r.base_model.empty()) y << "base_model: " << quoted(r.base_model) << "\n";
+  if (!r.dtype.empty()) y << "dtype: " << r.dtype << "\n";
+  if (!r.out_dtype.empty()) y << "out_dtype: " << r.out_dtype << "\n";
+  if (!r.tokenizer_source.empty()) y << "tokenizer_source: " << quoted(r.tokenizer_source) << "\n";
+  emit_params(y, r.parameters, "");
+  if (!r.uses_slices) {
+    y << "models:\n";
+    for (const auto& s : r.slices[0].sources) {
+      y << "  - model: " << quoted(s.model) << "\n";
+      emit_params(y, s.parameters, "    ");
+    }
+  } else {
+    y << "slices:\n";
+    for (const auto& sl : r.slices) {
+      y << "  - sources:\n";
+      for (const auto& s : sl.sources) {
+        y << "      - model: " << quoted(s.model) << "\n        layer_range: [" << s.layer_begin
+          << ", " << s.layer_end << "]\n";
+        emit_params(y, s.parameters, "        ");
+      }
+      if (!sl.base_model.empty()) y << "    base_model: " << quoted(sl.base_model) << "\n";
+      emit_params(y, sl.parameters, "    ");
+    }
+  }
+  if (!r.keep_rows.empty())
+    y << "# finmoe: rows of embed_tokens/lm_head kept from " << quoted(r.keep_rows_model) << ": "
+      << r.keep_rows.size() << " special token(s)\n";
+  return y.str();
+}
+
+std::string model_card(const MergeRecipe& r, const std::string& yaml,
+                       const std::vector<std::string>& models) {
+  std::ostringstream c;
+  c << "---\n";
+  if (!r.base_model.empty()) c << "base_model: " << quoted(r.base_model) << "\n";
+  c << "tags:\n  - merge\n  - finmoe\n---\n\n# Merged model\n\n"
+    << "Made with `finmoe merge`, method `" << r.merge_method << "`";
+  if (!r.base_model.empty()) c << ", base model `" << r.base_model << "`";
+  c << ".\n\n## Models\n\n";
+  for (const auto& m : models) c << "- `" << m << "`\n";
+  c << "\n## Recipe\n\n```yaml\n" << yaml << (yaml.ends_with("\n") ? "" : "\n") << "```\n";
+  return c.str();
+}
+
+}  // namespace
+
+MergeReport merge_models(const MergeRecipe& recipe, const std::string& out_dir,
+                         const MergeOptions& options) {
+  const auto t0 = std::chrono::steady_clock::now();
+  if (out_dir.empty()) throw Error("OUT: an output directory is required");
+  std::error_code ec;
+  if (fs::exists(out_dir, ec) || fs::is_symlink(out_dir, ec))
+    throw Error("OUT " + out_dir + " exists: finmoe merge writes a new directory");
+
+  Planner planner(recipe);
+  const std::vector<Job> jobs = planner.plan();
+
+  std::vector<PlannedTensor> plan;
+  for (const Job& j : jobs) plan.push_back({j.name, j.out_dtype, j.shape});
+
+  // the tokenizer source
+  std::string tok = recipe.tokenizer_source;
+  if (tok.empty() || tok == "base") {
+    if (tok == "base" && recipe.base_model.empty())
+      throw Error(recipe.source + ": tokenizer_source: base without a base_model");
+    tok = planner.reference().name;
+  } else if (!fs::is_directory(tok)) {
+    throw Error(recipe.source + ": tokenizer_source '" + tok + "' is not a model directory");
+  }
+
+  // config.json: the reference's, with the output's layer count and dtype
+  nlohmann::json config = planner.reference().config;
+  if (recipe.uses_slices) {
+    config["num_hidden_layers"] = planner.out_layers();
+    // keys that say which layers are what: slices would make them wrong
+    auto per_layer = [&](const char* key) {
+      if (!config.contains(key)) return false;
+      const nlohmann::json& v = config[key];
+      if (std::string(key) == "first_k_dense_replace") return v.is_number() && v.get<double>() > 0;
+      if (std::string(key) == "decoder_sparse_step") return v.is_number() && v.get<double>() > 1;
+      return !v.is_null() && !(v.is_array() && v.empty());
+    };
+    for (const char* key :
+         {"layer_types", "mlp_only_layers", "first_k_dense_replace", "decoder_sparse_step"})
+      if (per_layer(key))
+        throw Error(recipe.source + ": slices change the layers and config.json of '" +
+                    planner.reference().name + "' sets '" + key +
+                    "', a per-layer layout finmoe merge does not rewrite");
+  }
+  for (const Job& j : jobs)  // a vocabulary grown by the kept model's rows
+    if (j.common_rows >= 0 && j.name.find("embed_tokens") != std::string::npos)
+      config["vocab_size"] = j.shape[0];
+  std::set<DType> float_types;
+  for (const Job& j : jobs)
+    if (j.floating) float_types.insert(j.out_dtype);
+  if (float_types.size() == 1) {
+    const std::string name = dtype_config_name(*float_types.begin());
+    config["torch_dtype"] = name;
+    if (config.contains("dtype")) config["dtype"] = name;
+  }
+  const std::string yaml = recipe.text.empty() ? recipe_yaml(recipe) : recipe.text;
+  std::vector<std::string> model_names;
+  for (const auto& s : recipe.slices)
+    for (const auto& src : s.sources)
+      if (std::find(model_names.begin(), model_names.end(), src.model) == model_names.end())
+        model_names.push_back(src.model);
+
+  // everything is checked: write under a temporary name beside OUT
+  fs::path out = fs::path(out_dir).lexically_normal();
+  if (out.filename().empty()) out = out.parent_path();  // "OUT/"
+  if (!out.parent_path().empty()) fs::create_directories(out.parent_path());
+  const std::string tmp = temp_path_for(out.string());
+  struct Cleanup {
+    std::string dir;
+    ~Cleanup() {
+      if (!dir.empty()) remove_tree(dir);
+    }
+  } cleanup{tmp};
+  fs::create_directories(tmp);
+
+  MergeReport report;
+  {
+    CheckpointWriter writer(tmp, plan, {{"format", "pt"}}, options.max_shard_bytes);
+    std::optional<Progress> progress;
+    if (options.progress) progress.emplace("merge", int64_t(jobs.size()), "tensors");
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      const Job& j = jobs[i];
+      torch::Tensor t;
+      try {
+        t = run_job(recipe, j, options.seed, options.chunk_elements, &report.bytes_read);
+      } catch (const Error& e) {
+        throw Error("tensor '" + j.name + "': " + e.what());
+      }
+      t = t.to(to_torch(j.out_dtype)).contiguous();
+      writer.write(j.name, t.data_ptr(), size_t(t.numel()) * t.element_size());
+      if (progress) {
+        char status[64];
+        std::snprintf(status, sizeof(status), "%.0f MiB read", double(report.bytes_read) / 1048576.0);
+        progress->update(int64_t(i + 1), status);
+      }
+    }
+    writer.finish();
+    if (progress) progress->finish();
+    report.bytes_written = writer.bytes_written();
+    report.num_shards = writer.num_shards();
+  }
+  write_json_file((fs::path(tmp) / "config.json").string(), config);
+  copy_side_files(tok, tmp, /*with_config=*/false);
+  write_file_atomic((fs::path(tmp) / "mergekit_config.yml").string(), yaml);
+  write_file_atomic((fs::path(tmp) / "README.md").string(), model_card(recipe, yaml, model_names));
+  fs::rename(tmp, out, ec);
+  if (ec) throw Error("cannot rename " + tmp + " to " + out_dir + ": " + ec.message());
+  cleanup.dir.clear();
+  report.tensors = int64_t(jobs.size());
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return report;
+}
+
+MergeRecipe chat_vector_recipe(const ChatVectorOptions& o) {
+  using Flag = std::pair<const char*, const std::string*>;
+  for (const Flag& f : std::initializer_list<Flag>{
+           {"--base", &o.base}, {"--domain", &o.domain}, {"--instruct", &o.instruct}})
+    if (f.second->empty()) throw Error(std::string("chat vector: ") + f.first + " is required");
+  MergeRecipe r;
+  r.merge_method = "task_arithmetic";
+  r.base_model = o.base;
+  r.source = "chat-vector";
+  r.tokenizer_source = o.instruct;
+  r.parameters["normalize"] = MergeParam::boolean(false);
+  MergeSlice s;
+  MergeSource d{o.domain, 0, -1, {}}, i{o.instruct, 0, -1, {}};
+  d.parameters["weight"] = MergeParam::number(o.domain_scale);
+  i.parameters["weight"] = MergeParam::number(o.instruct_scale);
+  if (o.domain == o.instruct)
+    throw Error("chat vector: --domain and --instruct name the same model");
+  if (o.domain == o.base) {
+    s.sources = {i};  // no domain vector: BASE + s (INSTRUCT - BASE)
+  } else {
+    s.sources = {d, i};
+  }
+  r.slices.push_back(s);
+  if (o.keep_special_rows) {
+    const fs::path tj = fs::path(o.instruct) / "tokenizer.json";
+    if (!fs::exists(tj))
+      throw Error("chat vector: --keep-special-rows needs " + tj.string());
+    const nlohmann::json j = read_json_file(tj.string());
+    if (j.contains("added_tokens") && j["added_tokens"].is_array())
+      for (const auto& t : j["added_tokens"])
+        if (t.is_object() && t.value("special", false) && t.contains("id") &&
+            t["id"].is_number_integer())
+          r.keep_rows.push_back(t["id"].get<int64_t>());
+    std::sort(r.keep_rows.begin(), r.keep_rows.end());
+    r.keep_rows.erase(std::unique(r.keep_rows.begin(), r.keep_rows.end()), r.keep_rows.end());
+    r.keep_rows_model = o.instruct;
+  }
+  r.text = recipe_yaml(r);
+  return r;
+}
+
+}  // namespace finmoe

@@ -1,0 +1,335 @@
+// mergekit's YAML recipe format (include/finmoe/merge.h).
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <yaml-cpp/yaml.h>
+
+#include "convert/merge_plan.h"
+#include "core/yaml_bounds.h"
+#include "finmoe/error.h"
+#include "finmoe/merge.h"
+
+namespace finmoe {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::set<std::string> kTaskArithmeticParams = {"weight", "density", "normalize", "rescale",
+                                                     "lambda", "int8_mask"};
+
+std::set<std::string> with(std::set<std::string> s, std::initializer_list<const char*> more) {
+  for (const char* m : more) s.insert(m);
+  return s;
+}
+
+// "SOURCE:LINE: KEY"
+std::string at(const std::string& source, const YAML::Node& n, const std::string& key) {
+  const YAML::Mark m = n.Mark();
+  std::string s = source;
+  if (!m.is_null() && m.line >= 0) s += ":" + std::to_string(m.line + 1);
+  return s + ": " + key;
+}
+
+std::string kind_of(const YAML::Node& n) {
+  if (n.IsScalar()) return "a scalar";
+  if (n.IsSequence()) return "a list";
+  if (n.IsMap()) return "a mapping";
+  return "nothing";
+}
+
+std::string scalar(const YAML::Node& n, const std::string& source, const std::string& key) {
+  if (!n.IsScalar()) throw Error(at(source, n, key) + ": expected a scalar, got " + kind_of(n));
+  return n.Scalar();
+}
+
+void expect_map(const YAML::Node& n, const std::string& source, const std::string& key) {
+  if (!n.IsMap()) throw Error(at(source, n, key) + ": expected a mapping, got " + kind_of(n));
+}
+
+// Every key of `n` is in `known`; `unsupported` keys get their own message.
+void check_keys(const YAML::Node& n, const std::string& source, const std::string& where,
+                const std::set<std::string>& known,
+                const std::map<std::string, std::string>& unsupported = {}) {
+  for (const auto& kv : n) {
+    const std::string key = scalar(kv.first, source, where + " (a key)");
+    const std::string path = where.empty() ? key : where + "." + key;
+    auto u = unsupported.find(key);
+    if (u != unsupported.end())
+      throw Error(at(source, kv.first, path) + ": not supported by finmoe merge (" + u->second +
+                  ")");
+    if (!known.count(key)) {
+      std::string list;
+      for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+      throw Error(at(source, kv.first, path) + ": unknown key (expected one of: " + list + ")");
+    }
+  }
+}
+
+MergeParam parse_param(const YAML::Node& n, const std::string& source, const std::string& key) {
+  MergeParam p;
+  auto conditional = [&](const YAML::Node& c) {
+    expect_map(c, source, key);
+    check_keys(c, source, key, {"filter", "value"});
+    if (!c["value"]) throw Error(at(source, c, key) + ": a filtered entry needs a 'value'");
+    std::string filter = c["filter"] ? scalar(c["filter"], source, key + ".filter") : "";
+    return std::make_pair(filter, parse_param(c["value"], source, key + ".value"));
+  };
+  if (n.IsScalar()) {
+    p.kind = MergeParam::Kind::Scalar;
+    p.scalar = n.Scalar();
+  } else if (n.IsMap()) {
+    p.kind = MergeParam::Kind::Filtered;
+    p.filtered.push_back(conditional(n));
+  } else if (n.IsSequence()) {
+    if (n.size() == 0) throw Error(at(source, n, key) + ": an empty list");
+    const bool all_scalars =
+        std::all_of(n.begin(), n.end(), [](const YAML::Node& e) { return e.IsScalar(); });
+    if (all_scalars) {
+      p.kind = MergeParam::Kind::Gradient;
+      for (const auto& e : n) p.gradient.push_back(e.Scalar());
+    } else {
+      p.kind = MergeParam::Kind::Filtered;
+      for (const auto& e : n) {
+        if (!e.IsMap())
+          throw Error(at(source, e, key) +
+                      ": a list mixing scalars and {filter, value} entries");
+        p.filtered.push_back(conditional(e));
+      }
+    }
+  } else {
+    throw Error(at(source, n, key) + ": expected a value, got nothing");
+  }
+  return p;
+}
+
+MergeParams parse_params(const YAML::Node& n, const std::string& source, const std::string& where,
+                         const std::string& method) {
+  MergeParams out;
+  if (!n || n.IsNull()) return out;
+  expect_map(n, source, where);
+  const MergeMethodInfo& info = merge_method_info(method, source);
+  for (const auto& kv : n) {
+    const std::string key = scalar(kv.first, source, where + " (a key)");
+    if (!info.parameters.count(key)) {
+      std::string list;
+      for (const auto& k : info.parameters) list += (list.empty() ? "" : ", ") + k;
+      throw Error(at(source, kv.first, where + "." + key) + ": merge_method " + method +
+                  " takes no parameter '" + key + "' (it takes: " +
+                  (list.empty() ? "none" : list) + ")");
+    }
+    out[key] = parse_param(kv.second, source, where + "." + key);
+  }
+  return out;
+}
+
+MergeSource parse_source(const YAML::Node& n, const std::string& source, const std::string& where,
+                         const std::string& method, bool slice) {
+  expect_map(n, source, where);
+  std::set<std::string> keys = {"model", "parameters"};
+  if (slice) keys.insert("layer_range");
+  check_keys(n, source, where, keys);
+  if (!n["model"]) throw Error(at(source, n, where) + ": 'model' is missing");
+  MergeSource s;
+  s.model = scalar(n["model"], source, where + ".model");
+  if (s.model.find('+') != std::string::npos)
+    throw Error(at(source, n["model"], where + ".model") + ": '" + s.model +
+                "': model+LoRA references are not supported by finmoe merge");
+  if (slice) {
+    const YAML::Node r = n["layer_range"];
+    if (!r || !r.IsSequence() || r.size() != 2)
+      throw Error(at(source, n, where + ".layer_range") + ": expected [first, end]");
+    try {
+      s.layer_begin = r[0].as<int64_t>();
+      s.layer_end = r[1].as<int64_t>();
+    } catch (const YAML::Exception&) {
+      throw Error(at(source, r, where + ".layer_range") + ": expected two integers");
+    }
+    if (s.layer_begin < 0 || s.layer_end <= s.layer_begin)
+      throw Error(at(source, r, where + ".layer_range") + ": [" + std::to_string(s.layer_begin) +
+                  ", " + std::to_string(s.layer_end) + "] is empty or negative");
+  }
+  s.parameters = parse_params(n["parameters"], source, where + ".parameters", method);
+  return s;
+}
+
+const std::set<std::string> kDtypes = {"float32", "float16", "bfloat16", "float64"};
+
+std::string parse_dtype(const YAML::Node& n, const std::string& source, const std::string& key) {
+  std::string d = scalar(n, source, key);
+  if (d == "fp32") d = "float32";
+  if (d == "fp16") d = "float16";
+  if (d == "bf16") d = "bfloat16";
+  if (!kDtypes.count(d))
+    throw Error(at(source, n, key) + ": '" + d +
+                "' is not a dtype finmoe merge writes (float32, float16, bfloat16, float64)");
+  return d;
+}
+
+// Resolves a relative model path: as given when it exists from the current
+// directory, else from the recipe's directory.
+std::string resolve(const std::string& path, const fs::path& recipe_dir) {
+  if (path.empty() || fs::path(path).is_absolute() || fs::exists(path)) return path;
+  const fs::path alt = recipe_dir / path;
+  return fs::exists(alt) ? alt.string() : path;
+}
+
+}  // namespace
+
+MergeParam MergeParam::number(double v) {
+  std::ostringstream s;
+  s.precision(17);
+  s << v;
+  MergeParam p;
+  p.scalar = s.str();
+  return p;
+}
+
+MergeParam MergeParam::boolean(bool v) {
+  MergeParam p;
+  p.scalar = v ? "true" : "false";
+  return p;
+}
+
+const std::vector<MergeMethodInfo>& merge_methods() {
+  static const std::vector<MergeMethodInfo> methods = {
+      {"linear", {"weight", "normalize"}, false, 1, 0},
+      {"task_arithmetic", kTaskArithmeticParams, true, 0, 0},
+      {"ties", kTaskArithmeticParams, true, 0, 0},
+      {"dare_linear", kTaskArithmeticParams, true, 0, 0},
+      {"dare_ties", kTaskArithmeticParams, true, 0, 0},
+      {"breadcrumbs", with(kTaskArithmeticParams, {"gamma"}), true, 0, 0},
+      {"breadcrumbs_ties", with(kTaskArithmeticParams, {"gamma"}), true, 0, 0},
+      {"della", with(kTaskArithmeticParams, {"epsilon"}), true, 0, 0},
+      {"della_linear", with(kTaskArithmeticParams, {"epsilon"}), true, 0, 0},
+      {"slerp", {"t"}, true, 1, 1},
+      {"model_stock", {"filter_wise"}, true, 2, 0},
+      {"sce", {"select_topk", "int8_mask"}, true, 0, 0},
+      {"varm", {}, true, 0, 0},
+      {"passthrough", {"scale"}, false, 1, 1},
+      {"nuslerp", {"weight", "nuslerp_flatten", "nuslerp_row_wise"}, false, 2, 2, true},
+  };
+  return methods;
+}
+
+const MergeMethodInfo& merge_method_info(const std::string& name, const std::string& source) {
+  for (const auto& m : merge_methods())
+    if (m.name == name) return m;
+  std::string list;
+  for (const auto& m : merge_methods()) list += (list.empty() ? "" : ", ") + m.name;
+  throw Error(source + ": merge_method '" + name + "' is not one finmoe implements (" + list +
+              ")");
+}
+
+const std::vector<std::string>& merge_method_names() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> n;
+    for (const auto& m : merge_methods()) n.push_back(m.name);
+    return n;
+  }();
+  return names;
+}
+
+MergeRecipe parse_merge_recipe(const std::string& yaml, const std::string& source) {
+  check_yaml_bounds(yaml, source);
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml);
+  } catch (const YAML::Exception& e) {
+    throw Error(source + ":" + std::to_string(e.mark.line + 1) + ": not valid YAML: " + e.msg);
+  }
+  if (!root.IsMap()) throw Error(source + ": expected a mapping with merge_method and models");
+  check_keys(root, source, "",
+             {"merge_method", "base_model", "models", "slices", "parameters", "dtype",
+              "out_dtype", "tokenizer_source"},
+             {{"modules", "multi-module models"},
+              {"tokenizer", "tokenizer surgery; use tokenizer_source"},
+              {"chat_template", "copy the template into OUT yourself"}});
+  MergeRecipe r;
+  r.source = source;
+  r.text = yaml;
+  if (!root["merge_method"]) throw Error(source + ": merge_method is missing");
+  r.merge_method = scalar(root["merge_method"], source, "merge_method");
+  const MergeMethodInfo& info = merge_method_info(r.merge_method, at(source, root["merge_method"], "merge_method"));
+  if (root["base_model"]) r.base_model = scalar(root["base_model"], source, "base_model");
+  if (root["dtype"]) r.dtype = parse_dtype(root["dtype"], source, "dtype");
+  if (root["out_dtype"]) r.out_dtype = parse_dtype(root["out_dtype"], source, "out_dtype");
+  if (root["tokenizer_source"]) {
+    r.tokenizer_source = scalar(root["tokenizer_source"], source, "tokenizer_source");
+    if (r.tokenizer_source == "union")
+      throw Error(at(source, root["tokenizer_source"], "tokenizer_source") +
+                  ": 'union' is not supported by finmoe merge (use base or a model)");
+  }
+  r.parameters = parse_params(root["parameters"], source, "parameters", r.merge_method);
+
+  const bool has_models = bool(root["models"]), has_slices = bool(root["slices"]);
+  if (has_models == has_slices)
+    throw Error(source + ": exactly one of 'models' and 'slices' must be given");
+  if (has_models) {
+    const YAML::Node models = root["models"];
+    if (!models.IsSequence() || models.size() == 0)
+      throw Error(at(source, models, "models") + ": expected a non-empty list");
+    MergeSlice slice;
+    for (size_t i = 0; i < models.size(); ++i)
+      slice.sources.push_back(parse_source(models[i], source, "models[" + std::to_string(i) + "]",
+                                           r.merge_method, false));
+    r.slices.push_back(std::move(slice));
+  } else {
+    r.uses_slices = true;
+    const YAML::Node slices = root["slices"];
+    if (!slices.IsSequence() || slices.size() == 0)
+      throw Error(at(source, slices, "slices") + ": expected a non-empty list");
+    for (size_t i = 0; i < slices.size(); ++i) {
+      const std::string where = "slices[" + std::to_string(i) + "]";
+      expect_map(slices[i], source, where);
+      check_keys(slices[i], source, where, {"sources", "base_model", "parameters"},
+                 {{"residual_weight", "residual_weight"}});
+      const YAML::Node src = slices[i]["sources"];
+      if (!src || !src.IsSequence() || src.size() == 0)
+        throw Error(at(source, slices[i], where + ".sources") + ": expected a non-empty list");
+      MergeSlice slice;
+      for (size_t j = 0; j < src.size(); ++j)
+        slice.sources.push_back(parse_source(src[j], source,
+                                             where + ".sources[" + std::to_string(j) + "]",
+                                             r.merge_method, true));
+      if (slices[i]["base_model"])
+        slice.base_model = scalar(slices[i]["base_model"], source, where + ".base_model");
+      slice.parameters =
+          parse_params(slices[i]["parameters"], source, where + ".parameters", r.merge_method);
+      r.slices.push_back(std::move(slice));
+    }
+  }
+  if (info.needs_base && r.base_model.empty() &&
+      std::any_of(r.slices.begin(), r.slices.end(),
+                  [](const MergeSlice& s) { return s.base_model.empty(); }))
+    throw Error(source + ": merge_method " + r.merge_method + " needs base_model");
+  return r;
+}
+
+MergeRecipe load_merge_recipe(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(path + ": cannot read the recipe");
+  std::string text;
+  in.seekg(0, std::ios::end);
+  const auto size = in.tellg();
+  if (size > std::streamoff(kMaxYamlBytes))
+    throw Error(path + ": " + std::to_string(size) + " bytes, more than a recipe can be (" +
+                std::to_string(kMaxYamlBytes) + ")");
+  in.seekg(0);
+  text.assign(std::istreambuf_iterator<char>(in), {});
+  MergeRecipe r = parse_merge_recipe(text, path);
+  const fs::path dir = fs::path(path).parent_path();
+  r.base_model = resolve(r.base_model, dir);
+  if (!r.tokenizer_source.empty() && r.tokenizer_source != "base")
+    r.tokenizer_source = resolve(r.tokenizer_source, dir);
+  for (auto& s : r.slices) {
+    s.base_model = resolve(s.base_model, dir);
+    for (auto& src : s.sources) src.model = resolve(src.model, dir);
+  }
+  return r;
+}
+
+}  // namespace finmoe
