@@ -61,6 +61,8 @@ struct RequestParams {
   std::vector<int32_t> stop_token_ids;    // eos etc.; the stop token is not in the text
   std::vector<std::string> stop_strings;  // text stops; cut before the stop string
   bool include_stop_str_in_output = false;
+  int64_t min_tokens = 0;           // stop_token_ids are masked until this many new tokens (vLLM)
+  bool skip_special_tokens = true;  // false: special tokens are written into the text
   int32_t logprobs = -1;            // -1 off; 0 = chosen token's logprob; N = plus top-N (<= 20)
   bool seed_given = false;          // true: sampling.seed seeds this request's sampler;
                                     // false: the engine draws a seed

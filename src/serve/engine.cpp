@@ -7,6 +7,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
+#include <limits>
 #include <mutex>
 #include <numeric>
 #include <random>
@@ -32,6 +33,9 @@ void RequestParams::validate() const {
   if (max_tokens < 1) throw Error("max_tokens must be >= 1, got " + std::to_string(max_tokens));
   if (logprobs < -1 || logprobs > 20)
     throw Error("logprobs must be in [0, 20] (-1 = off), got " + std::to_string(logprobs));
+  if (min_tokens < 0 || min_tokens > max_tokens)
+    throw Error("min_tokens must be in [0, max_tokens = " + std::to_string(max_tokens) + "], got " +
+                std::to_string(min_tokens));
   for (size_t i = 0; i < stop_token_ids.size(); ++i)
     if (stop_token_ids[i] < 0)
       throw Error("stop_token_ids[" + std::to_string(i) + "] must be >= 0, got " +
@@ -56,7 +60,7 @@ struct Request {
       : params(p),
         on_output(std::move(cb)),
         sampler(p.sampling, seed),
-        text(tok, p.stop_strings, p.include_stop_str_in_output),
+        text(tok, p.stop_strings, p.include_stop_str_in_output, p.skip_special_tokens),
         prompt_len(static_cast<int64_t>(prompt.size())),
         max_len(max_len) {
     seq.id = static_cast<int64_t>(id);
@@ -252,7 +256,10 @@ void Engine::Impl::sample(Request& r, std::span<const float> raw, RequestOutput&
   const std::span<const float> logits = sampleable.apply(raw, masked);  // [sampleable ids]
   // logit_bias and presence/frequency penalties go before the sampler's own warpers.
   std::span<const float> z = logits;
-  if (r.adjusted()) {
+  // min_tokens: the stop tokens cannot be sampled before it is reached
+  const bool hold_stops = static_cast<int64_t>(r.seq.tokens.size()) - r.prompt_len < r.params.min_tokens &&
+                          !r.params.stop_token_ids.empty();
+  if (r.adjusted() || hold_stops) {
     adjusted.assign(logits.begin(), logits.end());
     for (const auto& [tok, bias] : r.params.logit_bias)
       if (size_t(tok) < adjusted.size()) adjusted[size_t(tok)] += bias;
@@ -261,6 +268,9 @@ void Engine::Impl::sample(Request& r, std::span<const float> raw, RequestOutput&
         adjusted[size_t(tok)] -= float(r.params.frequency_penalty * count);
         adjusted[size_t(tok)] -= float(r.params.presence_penalty);
       }
+    if (hold_stops)
+      for (int32_t tok : r.params.stop_token_ids)
+        if (size_t(tok) < adjusted.size()) adjusted[size_t(tok)] = -std::numeric_limits<float>::infinity();
     z = adjusted;
   }
   const int32_t tok = r.sampler.sample(z, r.seq.tokens);

@@ -382,7 +382,13 @@ std::string allowed_methods(const std::string& path) {
   if (path == "/health" || path == "/metrics" || path == "/v1/models") return "GET";
   if (path.rfind("/v1/models/", 0) == 0 && path.size() > 11) return "GET";
   if (path == "/v1/completions" || path == "/v1/chat/completions") return "POST";
+  if (path == "/tokenize" || path == "/detokenize") return "POST";
   return "";
+}
+
+// Routes that need the API key (when the server has one).
+bool needs_auth(const std::string& path) {
+  return path.rfind("/v1/", 0) == 0 || path == "/tokenize" || path == "/detokenize";
 }
 
 // ---- one completion request ------------------------------------------------
@@ -443,6 +449,10 @@ struct Server::Impl {
   bool refuse_early(const httplib::Request& req, httplib::Response& res) const;
   void handle_generate(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& read,
                        Endpoint endpoint);
+  bool read_body(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& read,
+                 std::string& body);
+  void handle_tokenizer(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& read,
+                        bool encode);
   void too_large(httplib::Response& res) const;
   bool pump(Job& job, httplib::DataSink& sink);
   std::vector<int64_t> submit_more(Job& job);
@@ -482,7 +492,7 @@ bool Server::Impl::check_auth(const httplib::Request& req, httplib::Response& re
 // is read: a missing or wrong API key (for /v1/*), an unknown path, a method
 // the path does not take, a completion while shutting down. True: answered.
 bool Server::Impl::refuse_early(const httplib::Request& req, httplib::Response& res) const {
-  if (req.path.rfind("/v1/", 0) == 0 && !check_auth(req, res)) return true;
+  if (needs_auth(req.path) && !check_auth(req, res)) return true;
   const std::string allowed = allowed_methods(req.path);
   if (allowed.empty()) {
     set_error(res, 404, "Unknown request URL: " + req.method + " " + req.path + ".", "", "unknown_url");
@@ -556,6 +566,12 @@ void Server::Impl::routes() {
             [this](const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& read) {
               handle_generate(req, res, read, Endpoint::Chat);
             });
+  http.Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& read) {
+    handle_tokenizer(req, res, read, /*encode=*/true);
+  });
+  http.Post("/detokenize", [this](const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& read) {
+    handle_tokenizer(req, res, read, /*encode=*/false);
+  });
 
   // Responses httplib makes itself (a request it could not parse or read)
   // get an OpenAI error body, with the framing's reason when it has one;
@@ -603,24 +619,54 @@ void Server::Impl::too_large(httplib::Response& res) const {
             "", "request_too_large");
 }
 
+// Reads the body within max_body_bytes; false: `res` holds the error.
+bool Server::Impl::read_body(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& read,
+                             std::string& body) {
+  // A request with neither Content-Length nor chunked encoding has no body
+  // (RFC 9112); httplib would read one until the client closes.
+  if (!req.has_header("Content-Length") && !req.has_header("Transfer-Encoding")) return true;
+  bool over = false;
+  const bool complete = read([&](const char* data, size_t n) {
+    over = body.size() + n > size_t(options.max_body_bytes);
+    if (!over) body.append(data, n);
+    return !over;
+  });
+  if (const auto& v = connection_violation()) {
+    set_error(res, v->status, v->message, "", v->code);
+    return false;
+  }
+  if (over || res.status == 413) {
+    too_large(res);
+    return false;
+  }
+  if (!complete) {
+    set_error(res, 400, "The request body could not be read completely.", "", "invalid_body");
+    return false;
+  }
+  return true;
+}
+
+// vLLM's /tokenize and /detokenize: the tokenizer only, no engine.
+void Server::Impl::handle_tokenizer(const httplib::Request& req, httplib::Response& res,
+                                    const httplib::ContentReader& read, bool encode) {
+  if (!check_auth(req, res)) return;
+  std::string body;
+  if (!read_body(req, res, read, body)) return;
+  try {
+    set_json(res, 200, encode ? serve::tokenize(body, ctx) : serve::detokenize(body, ctx));
+  } catch (const ApiError& e) {
+    set_json(res, e.status(), e.body());
+  } catch (const Error& e) {
+    set_error(res, 400, e.what(), "", "invalid_request");
+  }
+}
+
 void Server::Impl::handle_generate(const httplib::Request& req, httplib::Response& res,
                                    const httplib::ContentReader& read, Endpoint endpoint) {
   if (!check_auth(req, res)) return;
   if (draining) return set_error(res, 503, "The server is shutting down.");
   std::string body;
-  // A request with neither Content-Length nor chunked encoding has no body
-  // (RFC 9112); httplib would read one until the client closes.
-  if (req.has_header("Content-Length") || req.has_header("Transfer-Encoding")) {
-    bool over = false;
-    const bool complete = read([&](const char* data, size_t n) {
-      over = body.size() + n > size_t(options.max_body_bytes);
-      if (!over) body.append(data, n);
-      return !over;
-    });
-    if (const auto& v = connection_violation()) return set_error(res, v->status, v->message, "", v->code);
-    if (over || res.status == 413) return too_large(res);
-    if (!complete) return set_error(res, 400, "The request body could not be read completely.", "", "invalid_body");
-  }
+  if (!read_body(req, res, read, body)) return;
   auto job = std::make_shared<Job>();
   job->arrival = Clock::now();
   job->route = req.path;
@@ -650,6 +696,11 @@ void Server::Impl::handle_generate(const httplib::Request& req, httplib::Respons
   }
   const char* type = r.stream ? "text/event-stream" : "application/json";
   if (r.stream) res.set_header("Cache-Control", "no-cache");
+  if (!r.ignored_fields.empty()) {  // vLLM fields accepted without effect: the client is told which
+    std::string names;
+    for (const auto& f : r.ignored_fields) names += (names.empty() ? "" : ", ") + f;
+    res.set_header("X-Finmoe-Ignored-Fields", names);
+  }
   res.set_chunked_content_provider(
       type, [this, job](size_t, httplib::DataSink& sink) { return pump(*job, sink); },
       [this, job](bool) { release(job); });

@@ -95,6 +95,12 @@ class Writer {
     family(name, "counter", help);
     sample(name, v);
   }
+  // A counter as Python's prometheus_client writes it (vLLM's): the family
+  // without the _total suffix its sample has.
+  void counter_total(const std::string& family_name, double v, const std::string& help) {
+    family(family_name, "counter", help);
+    sample(family_name + "_total", v);
+  }
   void histogram(const std::string& name, const Histogram::Snapshot& h, const std::string& help) {
     family(name, "histogram", help);
     uint64_t cumulative = 0;
@@ -158,6 +164,28 @@ std::string format_metrics(const EngineStats& e, const ServerMetrics::Snapshot& 
   w.histogram("finmoe_time_to_first_token_seconds", s.ttft, "Request arrival to its first token.");
   w.histogram("finmoe_inter_token_latency_seconds", s.inter_token, "Time between successive tokens of a request.");
   w.histogram("finmoe_e2e_request_latency_seconds", s.e2e, "Request arrival to its last token.");
+
+  // The same quantities under vLLM's names, so dashboards made for vLLM work.
+  w.gauge("vllm:num_requests_running", double(e.running), "Number of requests in model execution batches.");
+  w.gauge("vllm:num_requests_waiting", double(e.waiting), "Number of requests waiting to be processed.");
+  w.gauge("vllm:kv_cache_usage_perc", e.num_blocks > 0 ? double(e.blocks_used) / double(e.num_blocks) : 0.0,
+          "KV-cache usage. 1 means 100 percent usage.");
+  w.counter_total("vllm:prefix_cache_queries", double(e.prefix_query_tokens),
+                  "Prefix cache queries, in terms of number of queried tokens.");
+  w.counter_total("vllm:prefix_cache_hits", double(e.prefix_hit_tokens),
+                  "Prefix cache hits, in terms of number of cached tokens.");
+  w.counter_total("vllm:num_preemptions", double(e.preemptions), "Cumulative number of preemptions.");
+  w.counter_total("vllm:prompt_tokens", double(e.prompt_tokens), "Number of prefill tokens processed.");
+  w.counter_total("vllm:generation_tokens", double(e.generation_tokens), "Number of generation tokens processed.");
+  w.family("vllm:request_success", "counter", "Count of successfully processed requests.");
+  for (const char* r : {"stop", "length", "abort"}) {
+    auto it = s.finished_by_reason.find(r);
+    w.sample("vllm:request_success_total", it == s.finished_by_reason.end() ? 0.0 : double(it->second),
+             std::string("finished_reason=\"") + r + "\"");
+  }
+  w.histogram("vllm:time_to_first_token_seconds", s.ttft, "Histogram of time to first token in seconds.");
+  w.histogram("vllm:inter_token_latency_seconds", s.inter_token, "Histogram of inter-token latency in seconds.");
+  w.histogram("vllm:e2e_request_latency_seconds", s.e2e, "Histogram of e2e request latency in seconds.");
   return std::move(w).str();
 }
 

@@ -65,7 +65,10 @@ struct ServerMetrics {
 };
 
 // The /metrics body: every family with # HELP and # TYPE, names prefixed
-// "finmoe_", histograms as _bucket{le=...} (cumulative), _sum and _count.
+// "finmoe_", histograms as _bucket{le=...} (cumulative), _sum and _count;
+// then the same quantities under vLLM's names ("vllm:...", counters as
+// prometheus_client writes them: family NAME, sample NAME_total), every
+// sample labelled model_name.
 std::string format_metrics(const EngineStats& engine, const ServerMetrics::Snapshot& server,
                            const std::string& model_name);
 

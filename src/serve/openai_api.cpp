@@ -119,6 +119,20 @@ class Fields {
     for (const char* n : names) known_.insert(n);
   }
 
+  // A vLLM field finmoe accepts and does not act on: its type is checked
+  // (`expected` as type_name() spells it; "number" also takes integers), and
+  // when given with a value other than vLLM's default it is recorded.
+  void accept_ignored(const std::string& name, const std::string& expected, const json& default_value = nullptr) {
+    const json* v = get(name);
+    if (!v) return;
+    const std::string got = type_name(*v);
+    if (got != expected && !(expected == "number" && got == "integer"))
+      throw wrong_type(name, (expected == "integer" || expected == "array" || expected == "object" ? "an " : "a ") +
+                                 expected, *v);
+    if (*v != default_value) ignored_.push_back(name);
+  }
+  const std::vector<std::string>& ignored() const { return ignored_; }
+
   // Options finmoe does not implement: accepted only as null / empty / off.
   void unsupported_unless_empty(const std::string& name) {
     const json* v = get(name);
@@ -134,6 +148,7 @@ class Fields {
  private:
   const json& j_;
   std::set<std::string> known_;
+  std::vector<std::string> ignored_;
 };
 
 json parse_body(std::string_view body) {
@@ -218,12 +233,35 @@ std::vector<std::pair<int32_t, float>> parse_logit_bias(Fields& f, const ApiCont
   return out;
 }
 
-// The fields both endpoints share, into `p` and `r`. `lp_top` is the number
-// of top logprobs asked (or -1), set by the caller.
-RequestParams parse_common(Fields& f, ApiRequest& r, const ApiContext& ctx) {
+// Token ids of a JSON array of integers, or nullopt if it is not one.
+std::optional<std::vector<int32_t>> as_ids(const json& v) {
+  if (!v.is_array() || v.empty()) return std::nullopt;
+  std::vector<int32_t> ids;
+  for (const auto& e : v) {
+    if (!e.is_number_integer() && !e.is_number_unsigned()) return std::nullopt;
+    const int64_t x = e.is_number_unsigned() ? int64_t(std::min<uint64_t>(e.get<uint64_t>(), INT32_MAX)) : e.get<int64_t>();
+    ids.push_back(int32_t(std::clamp<int64_t>(x, INT32_MIN, INT32_MAX)));
+  }
+  return ids;
+}
+
+void check_token_ids(const std::vector<int32_t>& ids, const ApiContext& ctx, const std::string& param) {
+  for (int32_t id : ids)
+    if (id < 0 || id >= ctx.vocab_size)
+      throw invalid(param, "'" + param + "' holds token id " + std::to_string(id) + ", outside the vocabulary [0, " +
+                               std::to_string(ctx.vocab_size) + ")");
+}
+
+void check_model(Fields& f, const ApiContext& ctx) {
   if (auto m = f.string("model"); m && *m != ctx.model_name)
     throw ApiError(400, "The model `" + *m + "` does not exist. This server serves `" + ctx.model_name + "`.",
                    "model", "model_not_found");
+}
+
+// The fields both endpoints share, into `p` and `r`. `lp_top` is the number
+// of top logprobs asked (or -1), set by the caller.
+RequestParams parse_common(Fields& f, ApiRequest& r, const ApiContext& ctx) {
+  check_model(f, ctx);
   r.stream = f.boolean("stream").value_or(false);
   if (const json* so = f.get("stream_options")) {
     if (!so->is_object()) throw wrong_type("stream_options", "an object", *so);
@@ -233,12 +271,17 @@ RequestParams parse_common(Fields& f, ApiRequest& r, const ApiContext& ctx) {
         if (it->is_null()) continue;
         if (!it->is_boolean()) throw wrong_type("stream_options.include_usage", "a boolean", *it);
         r.include_usage = it->get<bool>();
+      } else if (it.key() == "continuous_usage_stats") {  // vLLM's: usage in every chunk
+        if (it->is_null()) continue;
+        if (!it->is_boolean()) throw wrong_type("stream_options.continuous_usage_stats", "a boolean", *it);
+        r.continuous_usage = it->get<bool>();
       } else {
         throw invalid("stream_options." + it.key(), "Unrecognized stream option: " + it.key(),
                       "unrecognized_argument");
       }
     }
   }
+  r.continuous_usage = r.continuous_usage && r.include_usage;  // vLLM: both are needed
   r.n = f.integer("n", 1, ctx.limits.max_n).value_or(1);
 
   RequestParams p;
@@ -257,16 +300,38 @@ RequestParams parse_common(Fields& f, ApiRequest& r, const ApiContext& ctx) {
   p.stop_strings = parse_stop(f, ctx.limits);
   p.include_stop_str_in_output = f.boolean("include_stop_str_in_output").value_or(false);
   if (!f.boolean("ignore_eos").value_or(false)) p.stop_token_ids = ctx.eos_token_ids;
+  if (const json* v = f.get("stop_token_ids")) {  // vLLM's: stop tokens besides eos (even with ignore_eos)
+    const auto ids = as_ids(*v);
+    if (!ids && !(v->is_array() && v->empty())) throw wrong_type("stop_token_ids", "an array of token ids", *v);
+    if (ids) {
+      check_token_ids(*ids, ctx, "stop_token_ids");
+      for (int32_t id : *ids)
+        if (std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), id) == p.stop_token_ids.end())
+          p.stop_token_ids.push_back(id);
+    }
+  }
+  p.min_tokens = f.integer("min_tokens", 0, INT32_MAX).value_or(0);
+  p.skip_special_tokens = f.boolean("skip_special_tokens").value_or(true);
   p.logit_bias = parse_logit_bias(f, ctx);
   f.ignore({"user", "metadata", "store", "service_tier"});
+  // vLLM's other sampling and request fields: accepted, listed in the response's
+  // X-Finmoe-Ignored-Fields header when given with a value other than vLLM's default
+  f.accept_ignored("spaces_between_special_tokens", "boolean", true);
+  f.accept_ignored("use_beam_search", "boolean", false);
+  f.accept_ignored("length_penalty", "number", 1.0);
+  f.accept_ignored("truncate_prompt_tokens", "integer");
+  f.accept_ignored("prompt_logprobs", "integer");
+  f.accept_ignored("allowed_token_ids", "array");
+  f.accept_ignored("bad_words", "array");
+  f.accept_ignored("priority", "integer", 0);
+  f.accept_ignored("request_id", "string");
+  f.accept_ignored("return_tokens_as_token_ids", "boolean", false);
+  f.accept_ignored("return_token_ids", "boolean", false);
+  f.accept_ignored("cache_salt", "string");
+  f.accept_ignored("logits_processors", "array");
+  f.accept_ignored("kv_transfer_params", "object");
+  f.accept_ignored("vllm_xargs", "object");
   return p;
-}
-
-void check_token_ids(const std::vector<int32_t>& ids, const ApiContext& ctx, const std::string& param) {
-  for (int32_t id : ids)
-    if (id < 0 || id >= ctx.vocab_size)
-      throw invalid(param, "'" + param + "' holds token id " + std::to_string(id) + ", outside the vocabulary [0, " +
-                               std::to_string(ctx.vocab_size) + ")");
 }
 
 // Prompt length against the context, and max_tokens for this prompt.
@@ -303,6 +368,9 @@ RequestParams fit_prompt(const RequestParams& base, const std::vector<int32_t>& 
   } else {
     p.max_tokens = std::min(default_max_tokens, L - P);
   }
+  if (p.min_tokens > p.max_tokens)
+    throw invalid("min_tokens", "'min_tokens' (" + std::to_string(p.min_tokens) + ") must not exceed the completion's " +
+                                    "max_tokens (" + std::to_string(p.max_tokens) + ")");
   return p;
 }
 
@@ -437,25 +505,14 @@ std::vector<std::string> check_tools(const json& tools) {
   return names;
 }
 
-// Token ids of a JSON array of integers, or nullopt if it is not one.
-std::optional<std::vector<int32_t>> as_ids(const json& v) {
-  if (!v.is_array() || v.empty()) return std::nullopt;
-  std::vector<int32_t> ids;
-  for (const auto& e : v) {
-    if (!e.is_number_integer() && !e.is_number_unsigned()) return std::nullopt;
-    const int64_t x = e.is_number_unsigned() ? int64_t(std::min<uint64_t>(e.get<uint64_t>(), INT32_MAX)) : e.get<int64_t>();
-    ids.push_back(int32_t(std::clamp<int64_t>(x, INT32_MIN, INT32_MAX)));
-  }
-  return ids;
-}
-
 // prompt: a string, a list of strings, a list of token ids, or a list of such lists.
 std::vector<std::vector<int32_t>> parse_prompt(Fields& f, const ApiContext& ctx) {
+  const bool add_special = f.boolean("add_special_tokens").value_or(true);  // vLLM's extension
   const json* v = f.get("prompt");
   if (!v) throw invalid("prompt", "'prompt' is required", "missing_required_parameter");
   auto encode = [&](const std::string& s, const std::string& where) {
     try {
-      return ctx.tokenizer->encode(s, /*add_special_tokens=*/true);
+      return ctx.tokenizer->encode(s, add_special);
     } catch (const Error& e) {
       throw invalid(where, "'" + where + "' cannot be tokenized: " + e.what());
     }
@@ -540,6 +597,7 @@ ApiRequest parse_completion_request(std::string_view body, const ApiContext& ctx
   const auto max_tokens = f.integer("max_tokens", 1, INT32_MAX);
   r.prompts = parse_prompt(f, ctx);
   f.reject_unknown();
+  r.ignored_fields = f.ignored();
   if (r.num_choices() > ctx.limits.max_choices) throw too_many_choices(r, ctx.limits.max_choices);
   for (size_t i = 0; i < r.prompts.size(); ++i)
     r.params.push_back(fit_prompt(base, r.prompts[i], max_tokens, "max_tokens", /*OpenAI's default*/ 16, ctx,
@@ -547,19 +605,18 @@ ApiRequest parse_completion_request(std::string_view body, const ApiContext& ctx
   return r;
 }
 
-ApiRequest parse_chat_request(std::string_view body, const ApiContext& ctx) {
-  const json j = parse_body(body);
-  Fields f(j);
-  ApiRequest r;
-  r.endpoint = Endpoint::Chat;
-  RequestParams base = parse_common(f, r, ctx);
-  r.logprobs = f.boolean("logprobs").value_or(false);
-  const auto top = f.integer("top_logprobs", 0, ctx.max_logprobs);
-  if (top && !r.logprobs) throw invalid("top_logprobs", "'top_logprobs' requires 'logprobs' to be true");
-  if (r.logprobs) base.logprobs = int32_t(top.value_or(0));
-  auto max_tokens = f.integer("max_completion_tokens", 1, INT32_MAX);
-  const std::string max_tokens_param = max_tokens ? "max_completion_tokens" : "max_tokens";
-  if (auto legacy = f.integer("max_tokens", 1, INT32_MAX); !max_tokens) max_tokens = legacy;
+namespace {
+
+// The prompt of a chat request: the fields that shape it (messages, tools,
+// tool_choice, chat_template_kwargs, add_generation_prompt,
+// add_special_tokens) read, the rest of the body rejected when unknown, the
+// messages rendered through the template and tokenized.
+struct ChatPrompt {
+  std::vector<int32_t> ids;
+  std::vector<std::string> tool_names;  // when the output is read back for tool calls
+};
+
+ChatPrompt chat_prompt(Fields& f, std::string_view body, const ApiContext& ctx) {
   f.unsupported_unless_empty("functions");
   if (auto s = f.get("function_call"); s && !(s->is_string() && *s == "none"))
     throw invalid("function_call", "'function_call' is not supported by this server; use 'tools'", "unsupported_parameter");
@@ -589,13 +646,14 @@ ApiRequest parse_chat_request(std::string_view body, const ApiContext& ctx) {
     if (!k->is_object()) throw wrong_type("chat_template_kwargs", "an object", *k);
     kwargs = raw("chat_template_kwargs");
   }
-  if (const json* rf = f.get("response_format")) {
-    const auto type = rf->is_object() ? rf->find("type") : rf->end();
-    if (type == rf->end() || *type != "text")
-      throw invalid("response_format", "'response_format' other than {\"type\": \"text\"} is not supported by this server",
-                    "unsupported_parameter");
-  }
   f.ignore({"parallel_tool_calls"});
+  // vLLM's chat extensions: the template's generation prompt and the tokenizer's special tokens
+  const bool add_generation_prompt = f.boolean("add_generation_prompt").value_or(true);
+  const bool add_special_tokens = f.boolean("add_special_tokens").value_or(false);
+  f.accept_ignored("continue_final_message", "boolean", false);
+  f.accept_ignored("documents", "array");
+  f.accept_ignored("chat_template", "string");
+  f.accept_ignored("mm_processor_kwargs", "object");
   const auto messages = parse_messages(f, raw("messages"), ctx.limits);
   f.reject_unknown();
   const bool own_template = !ctx.chat_template;
@@ -610,24 +668,98 @@ ApiRequest parse_chat_request(std::string_view body, const ApiContext& ctx) {
       ChatRequest cr;
       cr.messages = messages.templ;
       if (!tool_names.empty() && tool_choice != "none") cr.tools = raw("tools");
-      cr.add_generation_prompt = true;
+      cr.add_generation_prompt = add_generation_prompt;
       cr.kwargs = std::move(kwargs);
       text = ChatTemplate::from_tokenizer(*ctx.tokenizer).render(cr);
     } else {
-      text = render_chat(*ctx.tokenizer, messages.plain, /*add_generation_prompt=*/true, ctx.chat_template);
+      text = render_chat(*ctx.tokenizer, messages.plain, add_generation_prompt, ctx.chat_template);
     }
   } catch (const Error& e) {
     throw invalid("messages", std::string("cannot apply the chat template: ") + e.what());
   }
-  if (!tool_names.empty() && tool_choice != "none") r.tool_names = std::move(tool_names);
+  ChatPrompt out;
+  if (!tool_names.empty() && tool_choice != "none") out.tool_names = std::move(tool_names);
   try {
-    r.prompts.push_back(ctx.tokenizer->encode(text, /*add_special_tokens=*/false));
+    out.ids = ctx.tokenizer->encode(text, add_special_tokens);
   } catch (const Error& e) {
     throw invalid("messages", std::string("'messages' cannot be tokenized: ") + e.what());
   }
+  return out;
+}
+
+}  // namespace
+
+ApiRequest parse_chat_request(std::string_view body, const ApiContext& ctx) {
+  const json j = parse_body(body);
+  Fields f(j);
+  ApiRequest r;
+  r.endpoint = Endpoint::Chat;
+  RequestParams base = parse_common(f, r, ctx);
+  r.logprobs = f.boolean("logprobs").value_or(false);
+  const auto top = f.integer("top_logprobs", 0, ctx.max_logprobs);
+  if (top && !r.logprobs) throw invalid("top_logprobs", "'top_logprobs' requires 'logprobs' to be true");
+  if (r.logprobs) base.logprobs = int32_t(top.value_or(0));
+  auto max_tokens = f.integer("max_completion_tokens", 1, INT32_MAX);
+  const std::string max_tokens_param = max_tokens ? "max_completion_tokens" : "max_tokens";
+  if (auto legacy = f.integer("max_tokens", 1, INT32_MAX); !max_tokens) max_tokens = legacy;
+  if (const json* rf = f.get("response_format")) {
+    const auto type = rf->is_object() ? rf->find("type") : rf->end();
+    if (type == rf->end() || *type != "text")
+      throw invalid("response_format", "'response_format' other than {\"type\": \"text\"} is not supported by this server",
+                    "unsupported_parameter");
+  }
+  f.accept_ignored("echo", "boolean", false);
+  ChatPrompt prompt = chat_prompt(f, body, ctx);
+  r.ignored_fields = f.ignored();
+  r.tool_names = std::move(prompt.tool_names);
+  r.prompts.push_back(std::move(prompt.ids));
   if (r.num_choices() > ctx.limits.max_choices) throw too_many_choices(r, ctx.limits.max_choices);
   r.params.push_back(fit_prompt(base, r.prompts[0], max_tokens, max_tokens_param, ctx.max_model_len, ctx, "messages"));
   return r;
+}
+
+// ---- tokenizer routes ----------------------------------------------------
+
+json tokenize(std::string_view body, const ApiContext& ctx) {
+  const json j = parse_body(body);
+  Fields f(j);
+  check_model(f, ctx);
+  const bool token_strs = f.boolean("return_token_strs").value_or(false);
+  std::vector<int32_t> ids;
+  if (auto m = j.find("messages"); m != j.end() && !m->is_null()) {
+    ids = chat_prompt(f, body, ctx).ids;  // as /v1/chat/completions would prompt the model
+  } else {
+    const bool add_special = f.boolean("add_special_tokens").value_or(true);
+    const auto prompt = f.string("prompt");
+    f.reject_unknown();
+    if (!prompt) throw invalid("prompt", "'prompt' (or 'messages') is required", "missing_required_parameter");
+    try {
+      ids = ctx.tokenizer->encode(*prompt, add_special);
+    } catch (const Error& e) {
+      throw invalid("prompt", std::string("'prompt' cannot be tokenized: ") + e.what());
+    }
+  }
+  json out = {{"count", ids.size()}, {"max_model_len", ctx.max_model_len}, {"tokens", ids}};
+  if (token_strs) {
+    json strs = json::array();
+    for (int32_t id : ids) strs.push_back(ctx.tokenizer->id_to_token(id));
+    out["token_strs"] = std::move(strs);
+  }
+  return out;
+}
+
+json detokenize(std::string_view body, const ApiContext& ctx) {
+  const json j = parse_body(body);
+  Fields f(j);
+  check_model(f, ctx);
+  const json* v = f.get("tokens");
+  f.reject_unknown();
+  if (!v) throw invalid("tokens", "'tokens' is required", "missing_required_parameter");
+  std::vector<int32_t> ids;
+  if (auto given = as_ids(*v)) ids = std::move(*given);
+  else if (!(v->is_array() && v->empty())) throw wrong_type("tokens", "an array of token ids", *v);
+  check_token_ids(ids, ctx, "tokens");
+  return {{"prompt", ctx.tokenizer->decode(ids)}};
 }
 
 // ---- framing -------------------------------------------------------------
@@ -677,7 +809,7 @@ json ResponseBuilder::chunk(json choices) const {
             {"created", created_},
             {"model", ctx_.model_name},
             {"choices", std::move(choices)}};
-  if (request_.include_usage) c["usage"] = nullptr;
+  if (request_.include_usage) c["usage"] = request_.continuous_usage ? usage() : json(nullptr);
   return c;
 }
 
@@ -737,6 +869,7 @@ std::string ResponseBuilder::add(int64_t choice, const RequestOutput& out) {
   ch.text += out.text;
   ch.completion_tokens = out.completion_tokens;
   ch.prompt_tokens = out.prompt_tokens;
+  ch.cached_prompt_tokens = out.cached_prompt_tokens;
   if (out.finished) {
     ch.finished = true;
     ch.finish_reason = out.finish_reason;
@@ -793,7 +926,14 @@ json ResponseBuilder::usage() const {
   int64_t prompt = 0, completion = 0;
   for (const auto& p : request_.prompts) prompt += int64_t(p.size());
   for (const auto& c : choices_) completion += c.completion_tokens;
-  return {{"prompt_tokens", prompt}, {"completion_tokens", completion}, {"total_tokens", prompt + completion}};
+  // prompt tokens the prefix cache served: the first choice of each prompt
+  // (a prompt counts once, as in prompt_tokens)
+  int64_t cached = 0;
+  for (size_t i = 0; i < request_.prompts.size(); ++i) cached += choices_.at(i * size_t(request_.n)).cached_prompt_tokens;
+  return {{"prompt_tokens", prompt},
+          {"completion_tokens", completion},
+          {"total_tokens", prompt + completion},
+          {"prompt_tokens_details", {{"cached_tokens", cached}}}};
 }
 
 std::string ResponseBuilder::stream_end() const {

@@ -71,6 +71,10 @@ struct ApiRequest {
   int64_t n = 1;                              // choices per prompt
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
+  bool continuous_usage = false;  // and stream_options.continuous_usage_stats: usage in every chunk
+  // vLLM fields the request gave that finmoe accepts and does not act on
+  // (sent back in the X-Finmoe-Ignored-Fields header).
+  std::vector<std::string> ignored_fields;
   bool logprobs = false;       // return logprobs (params.logprobs = top-N count)
   // Chat with tools (tool_choice auto): the tools' names. The output is read
   // back for tool calls (serve/tool_calls.h); when streaming, each choice's
@@ -92,6 +96,15 @@ struct ApiRequest {
 // not fit max_model_len (with max_tokens: "max_tokens" is named).
 ApiRequest parse_completion_request(std::string_view body, const ApiContext& ctx);
 ApiRequest parse_chat_request(std::string_view body, const ApiContext& ctx);
+
+// vLLM's /tokenize: {"prompt", "add_special_tokens"? (true)} or, as a chat
+// request prompts the model, {"messages", "add_generation_prompt"? (true),
+// "add_special_tokens"? (false), "tools"?, "chat_template_kwargs"?};
+// "return_token_strs" adds the vocabulary strings. Returns {"count",
+// "max_model_len", "tokens"[, "token_strs"]}. Throws ApiError (400) naming the field.
+json tokenize(std::string_view body, const ApiContext& ctx);
+// vLLM's /detokenize: {"tokens": [ids]} -> {"prompt": text} (special tokens kept).
+json detokenize(std::string_view body, const ApiContext& ctx);
 
 // "data: <json>\n\n" and the closing "data: [DONE]\n\n" of a server-sent-event stream.
 std::string sse_event(const json& j);
@@ -127,7 +140,7 @@ class ResponseBuilder {
     std::string text;
     std::string finish_reason;
     bool finished = false;
-    int64_t prompt_tokens = 0, completion_tokens = 0;
+    int64_t prompt_tokens = 0, completion_tokens = 0, cached_prompt_tokens = 0;
     json logprobs_content = json::array();  // chat: [{token, logprob, bytes, top_logprobs}]
     json legacy_tokens = json::array(), legacy_token_logprobs = json::array(),
          legacy_top_logprobs = json::array(), legacy_text_offset = json::array();

@@ -7,10 +7,10 @@
 namespace finmoe {
 
 TextStream::TextStream(const Tokenizer* tokenizer, std::vector<std::string> stop_strings,
-                       bool include_stop)
+                       bool include_stop, bool skip_special)
     : stops_(std::move(stop_strings)), include_stop_(include_stop) {
   if (tokenizer)
-    decoder_.emplace(*tokenizer, /*skip_special_tokens=*/true);
+    decoder_.emplace(*tokenizer, skip_special);
   else if (!stops_.empty())
     throw Error("stop_strings need a tokenizer");
   for (const auto& s : stops_)

@@ -20,8 +20,9 @@ class TextStream {
  public:
   // `tokenizer` may be null: then there is no text and `stop_strings` must be
   // empty. include_stop: a matched stop string stays in the text.
+  // skip_special: special tokens (eos, template markers) add no text.
   TextStream(const Tokenizer* tokenizer, std::vector<std::string> stop_strings,
-             bool include_stop = false);
+             bool include_stop = false, bool skip_special = true);
 
   // Adds a generated token. Returns true when the text now contains a stop
   // string: the text is cut there (before the stop string, or after it with

@@ -404,6 +404,38 @@ TEST(Engine, StopTokenAndMaxTokensAndMaxModelLen) {
   EXPECT_EQ(capped.reason, "length");
 }
 
+// min_tokens masks the stop tokens until it is reached: the first tokens are
+// those of a run that biases the stop token by -100 (the same choice made
+// another way), and the request ends at the stop token only after them.
+TEST(Engine, MinTokensHoldsTheStopTokensBack) {
+  auto m = tiny_model();
+  const auto free_run = run_alone(m, nullptr, prompt(7, 4), greedy(10)).tokens;
+  ASSERT_EQ(free_run.size(), 10u);
+  const int32_t stop = free_run[1];
+  RequestParams plain = greedy(10);
+  plain.stop_token_ids = {stop};
+  const auto early = run_alone(m, nullptr, prompt(7, 4), plain);
+  ASSERT_LE(early.tokens.size(), 2u);  // stops at the first occurrence without min_tokens
+
+  RequestParams biased = greedy(4);
+  biased.logit_bias = {{stop, -100.f}};
+  const auto expected = run_alone(m, nullptr, prompt(7, 4), biased).tokens;
+  ASSERT_EQ(expected.size(), 4u);
+
+  RequestParams held = plain;
+  held.min_tokens = 4;
+  const auto r = run_alone(m, nullptr, prompt(7, 4), held);
+  ASSERT_GE(r.tokens.size(), 4u);
+  EXPECT_EQ(std::vector<int32_t>(r.tokens.begin(), r.tokens.begin() + 4), expected);
+  const auto at = std::find(r.tokens.begin(), r.tokens.end(), stop);
+  if (r.reason == "stop") EXPECT_EQ(at, r.tokens.end() - 1);
+  else EXPECT_EQ(at, r.tokens.end());
+
+  RequestParams bad = greedy(3);
+  bad.min_tokens = 4;
+  EXPECT_THROW(bad.validate(), Error);
+}
+
 TEST(Engine, StopStringsCutTheTextAndNeverStreamIt) {
   const std::string tok_dir = std::string(FINMOE_TEST_DATA_DIR) + "/tokenizer/qwen3";
   if (!std::filesystem::exists(tok_dir + "/tokenizer.json")) GTEST_SKIP() << "no tokenizer data";

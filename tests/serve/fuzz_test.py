@@ -44,6 +44,9 @@ BASE = {
         "logprobs": 2, "presence_penalty": 0.1, "frequency_penalty": 0.1, "repetition_penalty": 1.05,
         "logit_bias": {"100": 1.5, "7": -2}, "ignore_eos": False, "include_stop_str_in_output": False,
         "user": "u-1", "best_of": 1, "echo": False,
+        # vLLM's extensions: honoured, or accepted and named in X-Finmoe-Ignored-Fields
+        "stop_token_ids": [7, 151643], "min_tokens": 1, "skip_special_tokens": True, "add_special_tokens": True,
+        "spaces_between_special_tokens": False, "priority": 0,
     },
     "/v1/chat/completions": {
         "model": MODEL,
@@ -52,7 +55,8 @@ BASE = {
                      {"role": "assistant", "content": "Assets minus liabilities."},
                      {"role": "user", "content": "And debt?", "name": "analyst"}],
         "max_tokens": 4, "max_completion_tokens": 4, "temperature": 0.7, "top_p": 0.9, "n": 1, "stream": True,
-        "stream_options": {"include_usage": True}, "stop": "\n\n", "seed": 7, "logprobs": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True}, "stop": "\n\n", "seed": 7,
+        "logprobs": True, "add_generation_prompt": True, "min_tokens": 2, "continue_final_message": False,
         "top_logprobs": 2, "presence_penalty": 0.1, "logit_bias": {"100": 1.5}, "response_format": {"type": "text"},
         "tool_choice": "none", "metadata": {"k": "v"},
     },

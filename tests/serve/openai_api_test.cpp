@@ -93,6 +93,21 @@ TEST(OpenAiRequest, EachBadFieldIsA400NamingTheParam) {
       {R"("logit_bias": [1, 2])", "logit_bias"},
       {R"("logit_bias": {"999999999": 1})", "logit_bias"},
       {R"("ignore_eos": 1)", "ignore_eos"},
+      // vLLM's fields: honoured or ignored, but a wrong type is still a 400
+      {R"("stop_token_ids": [1, "a"])", "stop_token_ids"},
+      {R"("stop_token_ids": 5)", "stop_token_ids"},
+      {R"("stop_token_ids": [999999999])", "stop_token_ids"},
+      {R"("min_tokens": -1)", "min_tokens"},
+      {R"("min_tokens": 2.5)", "min_tokens"},
+      {R"("min_tokens": 20, "max_tokens": 10)", "min_tokens"},
+      {R"("skip_special_tokens": "no")", "skip_special_tokens"},
+      {R"("add_special_tokens": 1)", "add_special_tokens"},
+      {R"("spaces_between_special_tokens": "no")", "spaces_between_special_tokens"},
+      {R"("priority": 1.5)", "priority"},
+      {R"("length_penalty": "x")", "length_penalty"},
+      {R"("allowed_token_ids": {})", "allowed_token_ids"},
+      {R"("stream": true, "stream_options": {"continuous_usage_stats": 1})", "stream_options.continuous_usage_stats"},
+      {R"("guided_json": {})", "guided_json"},  // constraints are not silently dropped
   };
   for (const auto& c : both) {
     for (Endpoint e : {Endpoint::Chat, Endpoint::Completions}) {
@@ -117,6 +132,8 @@ TEST(OpenAiRequest, EachBadFieldIsA400NamingTheParam) {
       {R"("response_format": {"type": 5})",
        "response_format"},  // found by fuzz_test.py (was a 500)
       {R"("response_format": "text")", "response_format"},
+      {R"("add_generation_prompt": "yes")", "add_generation_prompt"},
+      {R"("continue_final_message": 1)", "continue_final_message"},
   };
   for (const auto& c : chat) {
     const Rejection r = reject(Endpoint::Chat, chat_with(c.field));
@@ -318,6 +335,91 @@ TEST(OpenAiRequest, FieldsLandInTheEngineParams) {
   EXPECT_EQ(off.params[0].max_tokens, 64 - int64_t(off.prompts[0].size()));
 }
 
+TEST(OpenAiRequest, VllmFieldsAreHonouredOrIgnoredByName) {
+  const ApiContext ctx = context();
+  // stop_token_ids join eos (once each), and stay with ignore_eos
+  auto r = parse_completion_request(completion_with(R"("stop_token_ids": [5, 151643], "min_tokens": 3,
+      "skip_special_tokens": false, "max_tokens": 8)"),
+                                    ctx);
+  EXPECT_EQ(r.params[0].stop_token_ids, (std::vector<int32_t>{151645, 151643, 5}));
+  EXPECT_EQ(r.params[0].min_tokens, 3);
+  EXPECT_FALSE(r.params[0].skip_special_tokens);
+  EXPECT_TRUE(r.ignored_fields.empty());
+  r = parse_completion_request(completion_with(R"("stop_token_ids": [5], "ignore_eos": true)"), ctx);
+  EXPECT_EQ(r.params[0].stop_token_ids, std::vector<int32_t>{5});
+  EXPECT_EQ(r.params[0].min_tokens, 0);
+  EXPECT_TRUE(r.params[0].skip_special_tokens);
+
+  // fields without effect are accepted and named; vLLM's defaults are not
+  r = parse_completion_request(completion_with(R"("request_id": "abc", "spaces_between_special_tokens": false,
+      "use_beam_search": false, "priority": 0, "length_penalty": 2, "kv_transfer_params": {}, "cache_salt": null)"),
+                               ctx);
+  EXPECT_EQ(r.ignored_fields, (std::vector<std::string>{"spaces_between_special_tokens", "length_penalty",
+                                                        "request_id", "kv_transfer_params"}));
+  r = parse_chat_request(chat_with(R"("continue_final_message": true, "echo": false, "priority": 2)"), ctx);
+  EXPECT_EQ(r.ignored_fields, (std::vector<std::string>{"priority", "continue_final_message"}));
+
+  // add_generation_prompt false leaves the template's assistant header out
+  const auto with = parse_chat_request(chat_with(R"("add_generation_prompt": true)"), ctx).prompts[0];
+  const auto without = parse_chat_request(chat_with(R"("add_generation_prompt": false)"), ctx).prompts[0];
+  const auto header = qwen3().encode("<|im_start|>assistant\n", false);
+  ASSERT_EQ(with.size(), without.size() + header.size());
+  EXPECT_TRUE(std::equal(without.begin(), without.end(), with.begin()));
+  EXPECT_TRUE(std::equal(header.begin(), header.end(), with.begin() + std::ptrdiff_t(without.size())));
+}
+
+// vLLM's /tokenize and /detokenize: the ids a completion or chat request
+// would prompt the model with, and the tokenizer's own decode.
+TEST(OpenAiTokenize, TokensAreThePromptsOfTheGenerationRoutes) {
+  const ApiContext ctx = context();
+  const json t = tokenize(R"({"model": "tiny", "prompt": "Net income rose 4%", "return_token_strs": true})", ctx);
+  const auto ids = parse_completion_request(R"({"prompt": "Net income rose 4%"})", ctx).prompts[0];
+  EXPECT_EQ(t["tokens"].get<std::vector<int32_t>>(), ids);
+  EXPECT_EQ(t["count"], ids.size());
+  EXPECT_EQ(t["max_model_len"], 64);
+  std::vector<std::string> strs;
+  for (int32_t id : ids) strs.push_back(qwen3().id_to_token(id));
+  EXPECT_EQ(t["token_strs"].get<std::vector<std::string>>(), strs);
+  EXPECT_FALSE(tokenize(R"({"prompt": "x"})", ctx).contains("token_strs"));
+
+  const json c = tokenize(std::string("{") + kChat + "}", ctx);
+  EXPECT_EQ(c["tokens"].get<std::vector<int32_t>>(), parse_chat_request(std::string("{") + kChat + "}", ctx).prompts[0]);
+  const json bare = tokenize(chat_with(R"("add_generation_prompt": false)"), ctx);
+  EXPECT_LT(bare["count"].get<int64_t>(), c["count"].get<int64_t>());
+
+  // a prompt longer than the context is still counted (no completion is asked)
+  std::string longer;
+  for (int i = 0; i < 100; ++i) longer += "word ";
+  EXPECT_GT(tokenize(json{{"prompt", longer}}.dump(), ctx)["count"].get<int64_t>(), 64);
+
+  const json d = detokenize(json{{"tokens", ids}}.dump(), ctx);
+  EXPECT_EQ(d["prompt"], "Net income rose 4%");
+  EXPECT_EQ(detokenize(R"({"tokens": [151645]})", ctx)["prompt"], "<|im_end|>");  // special tokens kept
+  EXPECT_EQ(detokenize(R"({"tokens": []})", ctx)["prompt"], "");
+
+  struct Case {
+    std::string body, param;
+    bool encode;
+  };
+  for (const auto& c : std::vector<Case>{{R"({"prompt": 5})", "prompt", true},
+                                         {R"({})", "prompt", true},
+                                         {R"({"prompt": "x", "model": "other"})", "model", true},
+                                         {R"({"prompt": "x", "temperature": 1})", "temperature", true},
+                                         {R"({"messages": "hi"})", "messages", true},
+                                         {R"({"tokens": [1, -1]})", "tokens", false},
+                                         {R"({"tokens": [999999999]})", "tokens", false},
+                                         {R"({"tokens": "abc"})", "tokens", false},
+                                         {R"({})", "tokens", false}}) {
+    try {
+      c.encode ? tokenize(c.body, ctx) : detokenize(c.body, ctx);
+      ADD_FAILURE() << c.body << " was accepted";
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.status(), 400) << c.body;
+      EXPECT_EQ(e.param(), c.param) << c.body << " -> " << e.what();
+    }
+  }
+}
+
 TEST(OpenAiRequest, DefaultsComeFromTheContext) {
   ApiContext ctx = context();
   ctx.default_sampling.temperature = 0.7;
@@ -459,7 +561,10 @@ TEST(OpenAiResponse, StreamedChatConcatenatesToTheFullResponse) {
   EXPECT_EQ(finish[1], "length");
   // the prompt counts once for all n choices
   const int64_t P = int64_t(req.prompts[0].size());
-  EXPECT_EQ(usage, (json{{"prompt_tokens", P}, {"completion_tokens", 6}, {"total_tokens", P + 6}}));
+  EXPECT_EQ(usage, (json{{"prompt_tokens", P},
+                          {"completion_tokens", 6},
+                          {"total_tokens", P + 6},
+                          {"prompt_tokens_details", {{"cached_tokens", 0}}}}));
   EXPECT_EQ(body["usage"], usage);
 }
 
@@ -557,6 +662,45 @@ TEST(OpenAiTools, ToolCallsComeBackAsOpenAiToolCalls) {
   t.add(0, event({5}, "No tool needed.", 1, true, "stop"));
   EXPECT_EQ(t.response()["choices"][0]["message"]["content"], "No tool needed.");
   EXPECT_EQ(t.response()["choices"][0]["finish_reason"], "stop");
+}
+
+// stream_options.continuous_usage_stats (vLLM): every chunk carries the usage
+// so far; the counts match the events fed so far.
+TEST(OpenAiResponse, ContinuousUsageStatsPutUsageInEveryChunk) {
+  const ApiContext ctx = context();
+  auto req = parse_completion_request(
+      completion_with(R"("stream": true, "stream_options": {"include_usage": true, "continuous_usage_stats": true})"),
+      ctx);
+  ASSERT_TRUE(req.continuous_usage);
+  ResponseBuilder b(req, ctx, "cmpl-x", 1);
+  const int64_t P = int64_t(req.prompts[0].size());
+  int64_t fed = 0;
+  for (const auto& o : {event({1}, "a", 1), event({2}, "b", 2), event({3}, "c", 3, true, "length")}) {
+    bool done = false;
+    const auto objs = sse_objects(b.add(0, o), &done);
+    ASSERT_EQ(objs.size(), 1u);
+    ++fed;
+    EXPECT_EQ(objs[0]["usage"]["completion_tokens"], fed);
+    EXPECT_EQ(objs[0]["usage"]["prompt_tokens"], P);
+  }
+  // without include_usage it has no effect (as vLLM)
+  auto off = parse_completion_request(completion_with(R"("stream": true, "stream_options": {"continuous_usage_stats": true})"), ctx);
+  EXPECT_FALSE(off.continuous_usage);
+}
+
+// usage.prompt_tokens_details.cached_tokens: each prompt's prefix-cache hits
+// (from its first choice), summed over prompts.
+TEST(OpenAiResponse, CachedPromptTokensAreReportedInTheUsage) {
+  const ApiContext ctx = context();
+  auto req = parse_completion_request(R"({"prompt": ["one", "two"], "n": 2, "max_tokens": 4})", ctx);
+  ResponseBuilder b(req, ctx, "cmpl-x", 1);
+  const int64_t cached[4] = {16, 32, 8, 0};  // choice = prompt * n + j
+  for (int64_t c = 0; c < 4; ++c) {
+    RequestOutput o = event({1}, "x", 1, true, "length");
+    o.cached_prompt_tokens = cached[c];
+    b.add(c, o);
+  }
+  EXPECT_EQ(b.response()["usage"]["prompt_tokens_details"]["cached_tokens"], 16 + 8);
 }
 
 TEST(OpenAiResponse, CompletionStreamWithoutUsageHasNoUsageField) {
@@ -719,10 +863,10 @@ TEST(Metrics, PrometheusTextFormat) {
     const size_t sp = line.rfind(' ');
     const std::string sample = line.substr(0, sp);
     std::string name = sample.substr(0, sample.find('{'));
-    EXPECT_EQ(name.rfind("finmoe_", 0), 0u) << line;
+    EXPECT_TRUE(name.rfind("finmoe_", 0) == 0 || name.rfind("vllm:", 0) == 0) << line;
     EXPECT_NE(sample.find("model_name=\"my \\\"model\\\"\""), std::string::npos) << "escaped label: " << line;
     std::string family = name;
-    for (const char* suffix : {"_bucket", "_sum", "_count"})
+    for (const char* suffix : {"_bucket", "_sum", "_count", "_total"})
       if (!type.count(family) && family.size() > strlen(suffix) &&
           family.compare(family.size() - strlen(suffix), std::string::npos, suffix) == 0)
         family = family.substr(0, family.size() - strlen(suffix));
@@ -757,6 +901,24 @@ TEST(Metrics, PrometheusTextFormat) {
   EXPECT_EQ(value["finmoe_inter_token_latency_seconds_bucket" + L + ",le=\"0.01\"}"], 1);
   EXPECT_EQ(ttft_buckets.size(), 23u);  // 22 bounds + Inf
   for (size_t i = 1; i < ttft_buckets.size(); ++i) EXPECT_GE(ttft_buckets[i], ttft_buckets[i - 1]) << "cumulative";
+
+  // vLLM's names carry the same values (from the stats set above)
+  EXPECT_EQ(value["vllm:num_requests_running" + L + "}"], 3);
+  EXPECT_EQ(value["vllm:num_requests_waiting" + L + "}"], 2);
+  EXPECT_EQ(value["vllm:kv_cache_usage_perc" + L + "}"], 25.0 / 100);
+  EXPECT_EQ(value["vllm:prefix_cache_queries_total" + L + "}"], 200);
+  EXPECT_EQ(value["vllm:prefix_cache_hits_total" + L + "}"], 50);
+  EXPECT_EQ(value["vllm:num_preemptions_total" + L + "}"], 4);
+  EXPECT_EQ(value["vllm:prompt_tokens_total" + L + "}"], 1234);
+  EXPECT_EQ(value["vllm:generation_tokens_total" + L + "}"], 567);
+  EXPECT_EQ(value["vllm:request_success_total" + L + ",finished_reason=\"stop\"}"], 1);
+  EXPECT_EQ(value["vllm:request_success_total" + L + ",finished_reason=\"length\"}"], 0);
+  EXPECT_EQ(type["vllm:prefix_cache_hits"], "counter");
+  EXPECT_EQ(type["vllm:kv_cache_usage_perc"], "gauge");
+  EXPECT_EQ(type["vllm:time_to_first_token_seconds"], "histogram");
+  EXPECT_EQ(value["vllm:time_to_first_token_seconds_bucket" + L + ",le=\"0.005\"}"], 2);
+  EXPECT_EQ(value["vllm:time_to_first_token_seconds_count" + L + "}"], 4);
+  EXPECT_EQ(value["vllm:inter_token_latency_seconds_bucket" + L + ",le=\"0.01\"}"], 1);
 }
 
 }  // namespace
