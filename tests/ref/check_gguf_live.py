@@ -38,7 +38,7 @@ except ImportError as e:  # pragma: no cover
 
 TOP = 10
 # |logprob(finmoe) - logprob(llama.cpp)| over the shared top-K ids
-TOL = {"f16": 0.02, "q8_0": 0.1}
+TOL = {"f16": 0.02, "q8_0": 0.3}  # llama.cpp also rounds the activations to Q8_0
 PROMPTS = {
     "llama3": [[128000, 791, 3974, 14198, 39935], [128000, 9906, 1917, 0, 1102, 374, 264],
                [128000, 40, 1093, 27285, 13, 220, 16, 13, 20, 3346]],
