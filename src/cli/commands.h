@@ -22,6 +22,7 @@ void add_upcycle(CLI::App& app, Run& run);
 void add_mla_convert(CLI::App& app, Run& run);
 void add_merge(CLI::App& app, Run& run);
 void add_quantize(CLI::App& app, Run& run);
+void add_export(CLI::App& app, Run& run);
 void add_experts(CLI::App& app, Run& run);
 void add_train(CLI::App& app, Run& run);
 void add_corpus(CLI::App& app, Run& run);

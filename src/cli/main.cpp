@@ -87,6 +87,7 @@ int main(int argc, char** argv) {
   finmoe::cli::add_mla_convert(app, run);
   finmoe::cli::add_merge(app, run);
   finmoe::cli::add_quantize(app, run);
+  finmoe::cli::add_export(app, run);
   finmoe::cli::add_experts(app, run);
   finmoe::cli::add_train(app, run);
   finmoe::cli::add_corpus(app, run);
