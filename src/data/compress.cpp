@@ -53,16 +53,9 @@ std::vector<uint64_t> ngram_list(const std::string& t, int n) {
 
 double xlog2x(double x) { return x > 0 ? x * std::log2(x) : 0.0; }
 
+// The distinct n-grams of t, sorted.
 std::vector<uint64_t> ngram_hashes(const std::string& t, int n) {
-  std::vector<size_t> starts;
-  for (size_t i = 0; i < t.size(); ++i)
-    if ((static_cast<unsigned char>(t[i]) & 0xC0) != 0x80) starts.push_back(i);
-  starts.push_back(t.size());
-  std::vector<uint64_t> out;
-  const size_t cps = starts.size() - 1;
-  for (size_t i = 0; i + size_t(n) <= cps; ++i)
-    out.push_back(
-        hash_bytes(std::string_view(t).substr(starts[i], starts[i + size_t(n)] - starts[i])));
+  std::vector<uint64_t> out = ngram_list(t, n);
   std::sort(out.begin(), out.end());
   out.erase(std::unique(out.begin(), out.end()), out.end());
   return out;
