@@ -10,7 +10,7 @@
 
 #include "finmoe/error.h"
 #include "finmoe/eval.h"
-#include "train/yaml_bounds.h"
+#include "core/yaml_bounds.h"
 
 namespace fs = std::filesystem;
 
