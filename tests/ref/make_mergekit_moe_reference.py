@@ -8,7 +8,7 @@ Writes into tests/data/merge/moe/ (or the directory given as the first argument)
   cheap_embed.yaml     a mergekit-moe recipe (gate_mode cheap_embed, two
                        experts with positive and negative prompts), paths
                        relative to this directory
-  expected/cheap_embed.safetensors  mergekit-moe's output tensors, as it
+  expected/cheap_embed/model.safetensors  mergekit-moe's output tensors, as it
                        writes them (transformers 5 mixtral: mlp.gate,
                        mlp.experts.gate_up_proj [E, 2F, D], down_proj [E, D, F])
   MANIFEST.json        the mergekit, transformers and torch versions used
@@ -110,9 +110,9 @@ def main():
         for fn in sorted(os.listdir(os.path.join(tmp, "out"))):
             if fn.endswith(".safetensors"):
                 out.update(load_file(os.path.join(tmp, "out", fn)))
-    os.makedirs(os.path.join(OUT, "expected"), exist_ok=True)
+    os.makedirs(os.path.join(OUT, "expected", "cheap_embed"), exist_ok=True)
     save_file({k: v.float().contiguous() for k, v in out.items()},
-              os.path.join(OUT, "expected", "cheap_embed.safetensors"))
+              os.path.join(OUT, "expected", "cheap_embed", "model.safetensors"), metadata={"format": "pt"})
     import importlib.metadata as md
     with open(os.path.join(OUT, "MANIFEST.json"), "w") as f:
         json.dump({"mergekit": md.version("mergekit"), "transformers": md.version("transformers"),
