@@ -126,4 +126,51 @@ struct ChatVectorOptions {
 };
 MergeRecipe chat_vector_recipe(const ChatVectorOptions& options);
 
+// ---- `finmoe merge --moe`: an MoE from dense fine-tunes of one base ----------------
+//
+// mergekit-moe's YAML: base_model, experts (each a source_model with
+// positive_prompts and optional negative_prompts), gate_mode, dtype,
+// experts_per_token, shared_experts (qwen2_moe: at most one), architecture;
+// plus finmoe's shared_weights (docs/merging.md). Each expert model's FFN
+// becomes one routed expert of every layer; attention, embeddings and norms
+// are the base's (shared_weights: base) or the mean of the expert models'
+// (average); router row e of layer l is expert e's gate vector at layer l:
+//   hidden:      mean over e's prompts of the hidden state entering layer l
+//                at the prompt's last token (negative prompts' mean
+//                subtracted), normalised to unit length;
+//   hidden_avg:  the same with each prompt's mean over its tokens;
+//   cheap_embed: the normalised sum of the prompts' token embeddings (the
+//                negative prompts' normalised sum subtracted, normalised
+//                again), the same row in every layer;
+//   random:      N(0, 1) entries (from MergeOptions::seed).
+// Prompts are tokenized with the base's tokenizer, its bos token first.
+struct MoeExpert {
+  std::string source_model;
+  std::vector<std::string> positive_prompts, negative_prompts;
+};
+struct MoeRecipe {
+  std::string base_model;
+  std::vector<MoeExpert> experts;
+  std::vector<MoeExpert> shared_experts;  // qwen2_moe: its FFN is the shared expert
+  std::string gate_mode = "hidden";       // hidden | hidden_avg | cheap_embed | random
+  std::string architecture;               // mixtral | qwen2_moe; "" = qwen2_moe with a shared expert, else mixtral
+  std::string dtype;                      // "" = the base's
+  int64_t experts_per_token = 2;
+  std::string shared_weights = "base";    // base | average
+  std::string text;    // the YAML, for the model card
+  std::string source;  // the recipe file, for messages
+};
+// Throws Error "SOURCE:LINE: KEY: ..." for unknown keys, wrong types, a bad
+// gate_mode or architecture, missing prompts where the gate mode needs them.
+MoeRecipe parse_moe_recipe(const std::string& yaml, const std::string& source);
+MoeRecipe load_moe_recipe(const std::string& path);
+
+// Builds the MoE into OUT (which must not exist), atomically: weights,
+// config.json (the base's turned into the output architecture), the base's
+// tokenizer files, mergekit_moe_config.yml and README.md. Checks before
+// writing: one dense model_type (llama, mistral, qwen2) and the same tensor
+// shapes in every model.
+MergeReport merge_moe(const MoeRecipe& recipe, const std::string& out_dir,
+                      const MergeOptions& options = {});
+
 }  // namespace finmoe

@@ -17,7 +17,7 @@ void add_merge(CLI::App& app, Run& run) {
       "breadcrumbs, della, nuslerp, model_stock, sce, varm, passthrough), or --chat-vector");
   static std::string recipe_path, out_dir;
   static ChatVectorOptions cv;
-  static bool chat_vector = false, json = false;
+  static bool chat_vector = false, moe = false, json = false;
   static uint64_t seed = 0;
   static size_t shard_mb = 5 * 1024;
   c->add_option("RECIPE", recipe_path, "a mergekit YAML recipe (with --chat-vector: OUT)");
@@ -32,6 +32,9 @@ void add_merge(CLI::App& app, Run& run) {
   c->add_flag("--keep-special-rows", cv.keep_special_rows,
               "embedding/lm_head rows of the instruct tokenizer's special tokens from INSTRUCT")
       ->group(g);
+  c->add_flag("--moe", moe,
+              "RECIPE is a mergekit-moe recipe: an MoE (mixtral, qwen2_moe) from dense "
+              "fine-tunes of one base, each model's FFN an expert");
   auto* o = "Output";
   c->add_option("--seed", seed, "random seed of dare_* and della* (default 0)")->group(o);
   c->add_option("--max-shard-mb", shard_mb, "output shard size limit in MiB")
@@ -42,6 +45,36 @@ void add_merge(CLI::App& app, Run& run) {
     run = [] {
       MergeRecipe recipe;
       std::string out = out_dir;
+      if (moe) {
+        if (chat_vector) throw Error("merge: --moe and --chat-vector exclude each other");
+        if (recipe_path.empty()) throw Error("merge --moe: RECIPE.yaml is required");
+        if (out.empty()) throw Error("merge --moe: OUT is required");
+        MergeOptions options;
+        options.seed = seed;
+        options.max_shard_bytes = shard_mb << 20;
+        options.progress = !json;
+        const MoeRecipe moe_recipe = load_moe_recipe(recipe_path);
+        const MergeReport r = merge_moe(moe_recipe, out, options);
+        if (json) {
+          std::cout << nlohmann::json{{"out", out},
+                                      {"architecture", moe_recipe.architecture},
+                                      {"experts", moe_recipe.experts.size()},
+                                      {"gate_mode", moe_recipe.gate_mode},
+                                      {"tensors", r.tensors},
+                                      {"bytes_read", r.bytes_read},
+                                      {"bytes_written", r.bytes_written},
+                                      {"seconds", r.seconds}}
+                           .dump(2)
+                    << "\n";
+        } else {
+          std::printf("built a %s MoE of %zu experts (gate_mode %s) into %s: %lld tensors in "
+                      "%.1f s\n",
+                      moe_recipe.architecture.c_str(), moe_recipe.experts.size(),
+                      moe_recipe.gate_mode.c_str(), out.c_str(), static_cast<long long>(r.tensors),
+                      r.seconds);
+        }
+        return 0;
+      }
       if (chat_vector) {
         // `finmoe merge --chat-vector ... OUT`: the one positional is OUT
         if (!out.empty())
