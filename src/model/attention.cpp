@@ -6,6 +6,7 @@
 #include <string>
 
 #include "kernels/attention.h"
+#include "kernels/thread_pool.h"
 
 namespace finmoe {
 
@@ -316,9 +317,11 @@ torch::Tensor AttentionImpl::step_mla(const torch::Tensor& x, const StepPlan& pl
         seqs.push_back({at, sq->q_len, sq->read_slots.size(0), sq->read_slots.data_ptr<int64_t>()});
         at += sq->q_len;
       }
-      // heads in groups for the thread pool: each group reads the shared row
+      // heads in as many groups as the pool has threads: each group widens
+      // every cached row it reads, so more groups than threads only repeat that
+      const int64_t threads = kernels::ThreadPool::global().num_threads();
       int64_t groups = 1;
-      for (int64_t g : {8, 4, 2})
+      for (int64_t g = std::min<int64_t>(threads, H); g > 1; --g)
         if (H % g == 0) {
           groups = g;
           break;
