@@ -794,13 +794,37 @@ std::string model_card(const MergeRecipe& r, const std::string& yaml,
 
 }  // namespace
 
-MergeReport merge_models(const MergeRecipe& recipe, const std::string& out_dir,
-                         const MergeOptions& options) {
-  const auto t0 = std::chrono::steady_clock::now();
+void check_new_output(const std::string& out_dir) {
   if (out_dir.empty()) throw Error("OUT: an output directory is required");
   std::error_code ec;
   if (fs::exists(out_dir, ec) || fs::is_symlink(out_dir, ec))
     throw Error("OUT " + out_dir + " exists: finmoe merge writes a new directory");
+}
+
+StagedOutput::StagedOutput(const std::string& out_dir) : out_dir_(out_dir) {
+  fs::path out = fs::path(out_dir).lexically_normal();
+  if (out.filename().empty()) out = out.parent_path();  // "OUT/"
+  if (!out.parent_path().empty()) fs::create_directories(out.parent_path());
+  out_dir_ = out.string();
+  tmp_ = temp_path_for(out_dir_);
+  fs::create_directories(tmp_);
+}
+
+StagedOutput::~StagedOutput() {
+  if (!committed_) remove_tree(tmp_);
+}
+
+void StagedOutput::commit() {
+  std::error_code ec;
+  fs::rename(tmp_, out_dir_, ec);
+  if (ec) throw Error("cannot rename " + tmp_ + " to " + out_dir_ + ": " + ec.message());
+  committed_ = true;
+}
+
+MergeReport merge_models(const MergeRecipe& recipe, const std::string& out_dir,
+                         const MergeOptions& options) {
+  const auto t0 = std::chrono::steady_clock::now();
+  check_new_output(out_dir);
 
   Planner planner(recipe);
   const std::vector<Job> jobs = planner.plan();
@@ -856,17 +880,8 @@ MergeReport merge_models(const MergeRecipe& recipe, const std::string& out_dir,
         model_names.push_back(src.model);
 
   // everything is checked: write under a temporary name beside OUT
-  fs::path out = fs::path(out_dir).lexically_normal();
-  if (out.filename().empty()) out = out.parent_path();  // "OUT/"
-  if (!out.parent_path().empty()) fs::create_directories(out.parent_path());
-  const std::string tmp = temp_path_for(out.string());
-  struct Cleanup {
-    std::string dir;
-    ~Cleanup() {
-      if (!dir.empty()) remove_tree(dir);
-    }
-  } cleanup{tmp};
-  fs::create_directories(tmp);
+  StagedOutput staged(out_dir);
+  const std::string& tmp = staged.dir();
 
   MergeReport report;
   {
@@ -899,9 +914,7 @@ MergeReport merge_models(const MergeRecipe& recipe, const std::string& out_dir,
   copy_side_files(tok, tmp, /*with_config=*/false);
   write_file_atomic((fs::path(tmp) / "mergekit_config.yml").string(), yaml);
   write_file_atomic((fs::path(tmp) / "README.md").string(), model_card(recipe, yaml, model_names));
-  fs::rename(tmp, out, ec);
-  if (ec) throw Error("cannot rename " + tmp + " to " + out_dir + ": " + ec.message());
-  cleanup.dir.clear();
+  staged.commit();
   report.tensors = int64_t(jobs.size());
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return report;

@@ -19,6 +19,7 @@
 #include <torch/torch.h>
 #include <yaml-cpp/yaml.h>
 
+#include "convert/merge_plan.h"
 #include "core/file_util.h"
 #include "core/progress.h"
 #include "core/yaml_bounds.h"
@@ -89,12 +90,6 @@ std::vector<MoeExpert> experts_of(const YAML::Node& n, const std::string& source
     out.push_back(std::move(e));
   }
   return out;
-}
-
-std::string resolve_path(const std::string& path, const fs::path& dir) {
-  if (path.empty() || fs::path(path).is_absolute() || fs::exists(path)) return path;
-  const fs::path alt = dir / path;
-  return fs::exists(alt) ? alt.string() : path;
 }
 
 }  // namespace
@@ -180,9 +175,9 @@ MoeRecipe load_moe_recipe(const std::string& path) {
   std::string text((std::istreambuf_iterator<char>(in)), {});
   MoeRecipe r = parse_moe_recipe(text, path);
   const fs::path dir = fs::path(path).parent_path();
-  r.base_model = resolve_path(r.base_model, dir);
+  r.base_model = resolve_recipe_path(r.base_model, dir);
   for (auto* es : {&r.experts, &r.shared_experts})
-    for (auto& e : *es) e.source_model = resolve_path(e.source_model, dir);
+    for (auto& e : *es) e.source_model = resolve_recipe_path(e.source_model, dir);
   return r;
 }
 
@@ -350,10 +345,7 @@ std::string model_card(const MoeRecipe& r) {
 
 MergeReport merge_moe(const MoeRecipe& r, const std::string& out_dir, const MergeOptions& options) {
   const auto t0 = std::chrono::steady_clock::now();
-  if (out_dir.empty()) throw Error("OUT: an output directory is required");
-  std::error_code ec;
-  if (fs::exists(out_dir, ec) || fs::is_symlink(out_dir, ec))
-    throw Error("OUT " + out_dir + " exists: finmoe merge writes a new directory");
+  check_new_output(out_dir);
   if (r.experts.empty()) throw Error(r.source + ": no experts");
 
   // the models: the base and each distinct expert source
@@ -477,17 +469,8 @@ MergeReport merge_moe(const MoeRecipe& r, const std::string& out_dir, const Merg
   const torch::Tensor gates = gate_vectors(r, all, *base, L, D, options.seed);
 
   // everything is checked: write under a temporary name beside OUT
-  fs::path out = fs::path(out_dir).lexically_normal();
-  if (out.filename().empty()) out = out.parent_path();
-  if (!out.parent_path().empty()) fs::create_directories(out.parent_path());
-  const std::string tmp = temp_path_for(out.string());
-  struct Cleanup {
-    std::string dir;
-    ~Cleanup() {
-      if (!dir.empty()) remove_tree(dir);
-    }
-  } cleanup{tmp};
-  fs::create_directories(tmp);
+  StagedOutput staged(out_dir);
+  const std::string& tmp = staged.dir();
 
   MergeReport report;
   {
@@ -528,9 +511,7 @@ MergeReport merge_moe(const MoeRecipe& r, const std::string& out_dir, const Merg
   copy_side_files(base->dir, tmp, /*with_config=*/false);
   write_file_atomic((fs::path(tmp) / "mergekit_moe_config.yml").string(), r.text);
   write_file_atomic((fs::path(tmp) / "README.md").string(), model_card(r));
-  fs::rename(tmp, out, ec);
-  if (ec) throw Error("cannot rename " + tmp + " to " + out_dir + ": " + ec.message());
-  cleanup.dir.clear();
+  staged.commit();
   report.tensors = int64_t(plan.size());
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return report;

@@ -1,6 +1,7 @@
 #pragma once
 // Internal to the convert layer: the merge methods' table and how a recipe
 // parameter is evaluated for one tensor (include/finmoe/merge.h).
+#include <filesystem>
 #include <optional>
 #include <set>
 #include <string>
@@ -32,5 +33,27 @@ std::optional<double> eval_number(const MergeParam& p, const std::string& tensor
                                   const std::string& key);
 std::optional<bool> eval_bool(const MergeParam& p, const std::string& tensor, double t,
                               const std::string& key);
+
+// A model path of a recipe: as given when it exists from the current
+// directory (or is absolute), else from the recipe's directory.
+std::string resolve_recipe_path(const std::string& path, const std::filesystem::path& recipe_dir);
+
+// OUT of a merge must be new: throws Error naming it when it exists.
+void check_new_output(const std::string& out_dir);
+// The output directory of a merge, written under a temporary name beside OUT and renamed to OUT by
+// commit(); destroyed before that, the temporary directory is removed.
+class StagedOutput {
+ public:
+  explicit StagedOutput(const std::string& out_dir);
+  ~StagedOutput();
+  StagedOutput(const StagedOutput&) = delete;
+  StagedOutput& operator=(const StagedOutput&) = delete;
+  const std::string& dir() const { return tmp_; }
+  void commit();
+
+ private:
+  std::string out_dir_, tmp_;
+  bool committed_ = false;
+};
 
 }  // namespace finmoe

@@ -169,15 +169,13 @@ std::string parse_dtype(const YAML::Node& n, const std::string& source, const st
   return d;
 }
 
-// Resolves a relative model path: as given when it exists from the current
-// directory, else from the recipe's directory.
-std::string resolve(const std::string& path, const fs::path& recipe_dir) {
+}  // namespace
+
+std::string resolve_recipe_path(const std::string& path, const fs::path& recipe_dir) {
   if (path.empty() || fs::path(path).is_absolute() || fs::exists(path)) return path;
   const fs::path alt = recipe_dir / path;
   return fs::exists(alt) ? alt.string() : path;
 }
-
-}  // namespace
 
 MergeParam MergeParam::number(double v) {
   std::ostringstream s;
@@ -322,12 +320,12 @@ MergeRecipe load_merge_recipe(const std::string& path) {
   text.assign(std::istreambuf_iterator<char>(in), {});
   MergeRecipe r = parse_merge_recipe(text, path);
   const fs::path dir = fs::path(path).parent_path();
-  r.base_model = resolve(r.base_model, dir);
+  r.base_model = resolve_recipe_path(r.base_model, dir);
   if (!r.tokenizer_source.empty() && r.tokenizer_source != "base")
-    r.tokenizer_source = resolve(r.tokenizer_source, dir);
+    r.tokenizer_source = resolve_recipe_path(r.tokenizer_source, dir);
   for (auto& s : r.slices) {
-    s.base_model = resolve(s.base_model, dir);
-    for (auto& src : s.sources) src.model = resolve(src.model, dir);
+    s.base_model = resolve_recipe_path(s.base_model, dir);
+    for (auto& src : s.sources) src.model = resolve_recipe_path(src.model, dir);
   }
   return r;
 }
