@@ -11,7 +11,17 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BUILD=${FINMOE_BUILD_DIR:-$ROOT/build}
 VENV=$ROOT/.venv
-JOBS=${FINMOE_JOBS:-$(nproc)}
+# Build jobs: the cores, but at most one per 2 GiB of available memory (a
+# translation unit with the torch headers peaks near 1.5 GiB).
+default_jobs() {
+  local cores mem_kb
+  cores=$(nproc)
+  mem_kb=$(awk '/MemAvailable/ {print $2}' /proc/meminfo 2>/dev/null || echo 0)
+  local by_mem=$((mem_kb / 2097152))
+  if ((by_mem >= 1 && by_mem < cores)); then cores=$by_mem; fi
+  echo "$cores"
+}
+JOBS=${FINMOE_JOBS:-$(default_jobs)}
 
 APT_PACKAGES=(build-essential cmake ninja-build ccache pkg-config git python3 python3-venv
   libtorch-dev libopenblas0-pthread libopenblas0-openmp nlohmann-json3-dev libcli11-dev libpcre2-dev libicu-dev
@@ -63,7 +73,29 @@ build() {
     cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release ${FINMOE_CMAKE_ARGS:-}
   fi
   log "building with $JOBS jobs"
-  cmake --build "$BUILD" -j "$JOBS"
+  cmake_build "$BUILD"
+}
+
+# cmake --build DIR [ARGS...] with a disk check first and, when a step fails,
+# the free disk and memory printed and one retry on a single job (a compiler
+# killed for memory by parallel jobs then succeeds; a real error fails again).
+cmake_build() {
+  local dir=$1
+  shift
+  mkdir -p "$dir"
+  local free_kb
+  free_kb=$(df -Pk "$dir" | awk 'NR==2 {print $4}')
+  if [ -n "$free_kb" ] && ((free_kb < 6 * 1048576)); then
+    log "warning: only $((free_kb / 1024)) MiB free on the disk of $dir; a full build needs about 6 GiB"
+  fi
+  if cmake --build "$dir" -j "$JOBS" "$@"; then return 0; fi
+  log "build failed; free disk: $(df -Ph "$dir" | awk 'NR==2 {print $4}'), available memory: $(awk '/MemAvailable/ {printf "%d MiB", $2/1024}' /proc/meminfo)"
+  if ((JOBS > 1)); then
+    log "retrying the failed steps with 1 job"
+    cmake --build "$dir" -j 1 "$@"
+  else
+    return 1
+  fi
 }
 
 # A second build tree with its own CMake options: build_variant DIR CMAKE_ARGS... -- TARGETS...
@@ -84,9 +116,9 @@ build_variant() {
   fi
   log "building ${targets[*]:-everything} in $dir with $JOBS jobs"
   if ((${#targets[@]})); then
-    cmake --build "$dir" -j "$JOBS" --target "${targets[@]}"
+    cmake_build "$dir" --target "${targets[@]}"
   else
-    cmake --build "$dir" -j "$JOBS"
+    cmake_build "$dir"
   fi
 }
 
