@@ -28,6 +28,7 @@ struct TrainBatch {
   torch::Tensor tokens;        // [B,T] int64
   torch::Tensor labels;        // [B,T] int64, -100 = ignored
   torch::Tensor document_ids;  // [B,T] int64 when document masking is on, else undefined
+  torch::Tensor padding;       // [B,T] bool, true = a pad token filling a row's end; undefined = none
   int64_t loss_tokens() const;  // positions with a label
 };
 

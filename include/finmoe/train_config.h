@@ -86,6 +86,9 @@ struct TrainConfig {
 
   // ---- losses
   std::optional<double> moe_aux_loss_alpha;  // load-balancing alpha; default: router_aux_loss_coef
+  // load-balancing form: "sequence" | "batch" (finmoe/load_balance.h); empty =
+  // the architecture's (sequence for finer_moe and deepseek, batch otherwise)
+  std::string moe_aux_loss_type;
   KdConfig kd;
 
   // ---- parameter-efficient modes

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "finmoe/error.h"
+#include "finmoe/load_balance.h"
 #include "kernels/linear.h"
 #include "kernels/ops.h"
 
@@ -94,19 +95,58 @@ RouterOutput route(const torch::Tensor& logits_in, const ModelConfig& c,
   return r;
 }
 
-torch::Tensor load_balancing_loss(const std::vector<RouterOutput>& routers, double alpha) {
+LoadBalance parse_load_balance(const std::string& s, const std::string& field) {
+  if (s == "sequence") return LoadBalance::Sequence;
+  if (s == "batch") return LoadBalance::Batch;
+  throw Error(field + ": '" + s + "' is not a load-balancing form (sequence | batch)");
+}
+
+const char* load_balance_name(LoadBalance lb) {
+  return lb == LoadBalance::Sequence ? "sequence" : "batch";
+}
+
+LoadBalance default_load_balance(const ModelConfig& c) {
+  return c.model_type == "finer_moe" || c.is_deepseek() ? LoadBalance::Sequence : LoadBalance::Batch;
+}
+
+torch::Tensor load_balancing_loss(const std::vector<RouterOutput>& routers, double alpha,
+                                  LoadBalance form, int64_t rows, const torch::Tensor& padding) {
   torch::Tensor total;
   for (const auto& r : routers) {
     const int64_t T = r.logits.size(0), N = r.logits.size(1), K = r.indices.size(1);
-    auto counts = torch::zeros({N}, r.logits.options())
-                      .index_add_(0, r.indices.flatten(),
-                                  torch::ones({T * K}, r.logits.options()));  // [N]
-    auto f = counts * (double(N) / double(K * T));                           // [N]
-    auto P = torch::softmax(r.logits, -1).mean(0);                            // [N]
-    auto l = (f * P).sum() * alpha;
+    if (rows < 1 || T % rows != 0)
+      throw Error("load_balancing_loss: " + std::to_string(T) + " routed tokens are not " +
+                  std::to_string(rows) + " equal rows");
+    if (padding.defined() && padding.numel() != T)
+      throw Error("load_balancing_loss: padding has " + std::to_string(padding.numel()) +
+                  " entries for " + std::to_string(T) + " routed tokens");
+    const auto opts = r.logits.options();
+    const auto iopts = opts.dtype(torch::kInt64);
+    const int64_t G = form == LoadBalance::Sequence ? rows : 1;
+    auto real = padding.defined() ? padding.reshape({T}).logical_not().to(opts)
+                                  : torch::ones({T}, opts);  // [T] 1 = a token of its sequence
+    auto group = form == LoadBalance::Sequence ? torch::arange(T, iopts).div(T / rows, "floor")
+                                               : torch::zeros({T}, iopts);  // [T]
+    auto slot = (group.unsqueeze(1) * N + r.indices).flatten();              // [T*K] into [G*N]
+    auto counts = torch::zeros({G * N}, opts)
+                      .index_add_(0, slot, real.unsqueeze(1).expand({T, K}).flatten())
+                      .view({G, N});                                          // [G,N]
+    auto probs = torch::softmax(r.logits, -1) * real.unsqueeze(1);            // [T,N]
+    auto prob_sum = torch::zeros({G, N}, opts).index_add_(0, group, probs);   // [G,N]
+    auto n = torch::zeros({G}, opts).index_add_(0, group, real);              // [G] real tokens
+    auto has = n.gt(0).to(opts);                                              // [G]
+    auto inv = (1.0 / n.clamp_min(1)).unsqueeze(1);                           // [G,1]
+    auto f = counts * inv * (double(N) / double(K));                          // [G,N]
+    auto P = prob_sum * inv;                                                  // [G,N]
+    auto per_group = (f * P).sum(1) * has;                                    // [G]
+    auto l = per_group.sum() / has.sum().clamp_min(1) * alpha;
     total = total.defined() ? total + l : l;
   }
   return total.defined() ? total : torch::zeros({});
+}
+
+torch::Tensor load_balancing_loss(const std::vector<RouterOutput>& routers, double alpha) {
+  return load_balancing_loss(routers, alpha, LoadBalance::Batch, 1, {});
 }
 
 MoeImpl::MoeImpl(const ModelConfig& c, torch::TensorOptions options) : config_(c) {

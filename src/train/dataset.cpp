@@ -333,6 +333,7 @@ struct Row {
   std::vector<int32_t> x;
   std::vector<uint8_t> target;  // x[i] is a loss target (for position i-1)
   std::vector<int32_t> doc;     // document number within the row: 0, 1, ...
+  size_t pad = 0;               // the last `pad` tokens are padding (an SFT row's end)
 };
 
 json row_to_json(const Row& r) {
@@ -346,7 +347,9 @@ json row_to_json(const Row& r) {
     runs.push_back(j - i);
     i = j;
   }
-  return {{"x", r.x}, {"target", target}, {"docs", runs}};
+  json j = {{"x", r.x}, {"target", target}, {"docs", runs}};
+  if (r.pad) j["pad"] = r.pad;
+  return j;
 }
 
 Row row_from_json(const json& j, size_t L, const std::string& where) {
@@ -360,6 +363,7 @@ Row row_from_json(const json& j, size_t L, const std::string& where) {
       r.doc.insert(r.doc.end(), n.get<size_t>(), id);
       ++id;
     }
+    r.pad = j.value("pad", size_t{0});  // absent in states written before padding was tracked
   } catch (const json::exception& e) {
     throw Error(where + ": malformed buffered row: " + e.what());
   }
@@ -490,6 +494,7 @@ class Stream {
           r.x.insert(r.x.end(), k, pad_);
           r.target.insert(r.target.end(), k, 0);
           r.doc.insert(r.doc.end(), k, next_id);
+          r.pad = k;
           break;
         }
         append(b, 0, n);
@@ -638,9 +643,12 @@ class DataSource : public BatchSource {
     int64_t* tp = tokens.data_ptr<int64_t>();
     int64_t* lp = labels.data_ptr<int64_t>();
     int64_t* dp = c_.document_mask ? docs.data_ptr<int64_t>() : nullptr;
+    auto padding = torch::zeros({B, T}, torch::kBool);  // [B,T]
+    bool* pp = padding.data_ptr<bool>();
     for (int64_t b = 0; b < B; ++b) {
       Row r = draw();
       for (int64_t t = 0; t < T; ++t) {
+        pp[b * T + t] = size_t(t) + r.pad >= r.x.size();
         const size_t i = size_t(t);
         tp[b * T + t] = r.x[i];
         // x[t+1] is the label of position t unless it is no target, or lies
@@ -650,7 +658,7 @@ class DataSource : public BatchSource {
         if (dp) dp[b * T + t] = r.doc[i];
       }
     }
-    return {tokens, labels, docs};
+    return {tokens, labels, docs, padding};
   }
 
   json state() const override {

@@ -520,6 +520,7 @@ TrainBatch DistContext::shard(const TrainBatch& global) const {
   out.tokens = take(global.tokens);
   out.labels = take(global.labels);
   out.document_ids = take(global.document_ids);
+  out.padding = take(global.padding);
   return out;
 }
 

@@ -180,6 +180,7 @@ const std::vector<Field<TrainConfig>>& top_fields() {
       field("grad_clip", &C::grad_clip),
       field("grad_accum", &C::grad_accum),
       field("moe_aux_loss_alpha", &C::moe_aux_loss_alpha),
+      field("moe_aux_loss_type", &C::moe_aux_loss_type),
       field("seed", &C::seed),
       field("save_interval", &C::save_interval),
       field("keep_checkpoints", &C::keep_checkpoints),
@@ -390,6 +391,8 @@ void TrainConfig::validate() const {
   need(grad_clip >= 0, "grad_clip must be >= 0 (0 = off)");
   need(grad_accum >= 1, "grad_accum must be >= 1");
   need(!moe_aux_loss_alpha || *moe_aux_loss_alpha >= 0, "moe_aux_loss_alpha must be >= 0");
+  need(moe_aux_loss_type.empty() || moe_aux_loss_type == "sequence" || moe_aux_loss_type == "batch",
+       "moe_aux_loss_type must be sequence or batch, got '" + moe_aux_loss_type + "'");
   need(kd.temperature > 0, "kd.temperature must be positive");
   need(kd.alpha >= 0 && kd.alpha <= 1, "kd.alpha must be in [0, 1]");
   need(mode != TrainMode::Esft || (!esft.expert_config.empty() && !model.empty()),

@@ -25,6 +25,7 @@
 #include "finmoe/distributed.h"
 #include "finmoe/error.h"
 #include "finmoe/esft.h"
+#include "finmoe/load_balance.h"
 #include "finmoe/model.h"
 #include "finmoe/safetensors.h"
 #include "finmoe/tokenizer.h"
@@ -362,6 +363,7 @@ struct Trainer::Impl {
   // say otherwise. Only rank 0 writes files and progress.
   std::unique_ptr<DistContext> dist;
   double aux_alpha = 0;
+  LoadBalance aux_form = LoadBalance::Batch;
   int64_t step = 0;
   int64_t tokens = 0;
   std::vector<StepMetrics> history;
@@ -473,7 +475,8 @@ struct Trainer::Impl {
       torch::Tensor loss = objective / denom;
       if (!routers.empty()) {
         // each rank's aux loss is over its own tokens: the ranks' mean is optimised
-        auto aux = load_balancing_loss(routers, aux_alpha) /
+        auto aux = load_balancing_loss(routers, aux_alpha, aux_form, b.tokens.size(0),
+                                       b.padding.defined() ? b.padding.to(device) : b.padding) /
                    double(config.grad_accum * dist->world_size());
         aux_sum += aux.item<double>();
         loss = loss + aux;
@@ -763,6 +766,8 @@ Trainer::Trainer(TrainConfig config, TrainerHooks hooks) : impl_(std::make_uniqu
   const ModelConfig& mc = s.model->config();
   if (mc.is_moe() && mc.routing() != ModelConfig::Routing::Dense)
     s.aux_alpha = c.moe_aux_loss_alpha.value_or(mc.router_aux_loss_coef);
+  s.aux_form = c.moe_aux_loss_type.empty() ? default_load_balance(mc)
+                                           : parse_load_balance(c.moe_aux_loss_type, "moe_aux_loss_type");
 
   s.source = s.make_source(c.data);
   if (!c.eval_data.files.empty()) {
@@ -799,7 +804,9 @@ Trainer::Trainer(TrainConfig config, TrainerHooks hooks) : impl_(std::make_uniqu
   s.dist->broadcast(params);
   s.dist->check_same("the step to resume from", std::to_string(s.step));
   if (s.dist->is_main()) {
-    write_json_file(c.output_dir + "/train_config.json", c.to_json());
+    nlohmann::json resolved = c.to_json();  // with the load-balancing form the run uses
+    if (s.aux_alpha > 0) resolved["moe_aux_loss_type"] = load_balance_name(s.aux_form);
+    write_json_file(c.output_dir + "/train_config.json", resolved);
     s.open_metrics(/*truncate=*/true);
   }
 }

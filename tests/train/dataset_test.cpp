@@ -508,6 +508,46 @@ DataConfig hybrid_config(const TempDir& dir) {
   return c;
 }
 
+// SFT rows that end in padding mark exactly those tokens.
+TEST(Sft, RowsMarkTheirPadding) {
+  TempDir dir("sftpad");
+  std::string lines;
+  for (int i = 0; i < 6; ++i) {
+    std::string answer;
+    for (int k = 0; k < 3 + 2 * i; ++k) answer += "ledger ";
+    lines += json{{"messages",
+                             {{{"role", "user"}, {"content", "q" + std::to_string(i)}},
+                              {{"role", "assistant"}, {"content", answer}}}}}
+                 .dump() +
+             "\n";
+  }
+  DataConfig c;
+  c.files = {dir.write("sft.jsonl", lines)};
+  c.format = "sft";
+  c.seq_len = 48;
+  c.batch_size = 2;
+  c.shuffle = false;
+  auto src = make_batch_source(c, small_tok());
+  const int32_t pad = *small_tok().token_to_id("<|endoftext|>");
+  int64_t padded_rows = 0;
+  for (int k = 0; k < 4; ++k) {
+    TrainBatch b = src->next();
+    ASSERT_TRUE(b.padding.defined());
+    ASSERT_EQ(b.padding.sizes(), b.tokens.sizes());
+    for (int64_t r = 0; r < b.tokens.size(0); ++r) {
+      // the padded tail: pad ids with no label, and nothing after it is real
+      const int64_t n = b.padding[r].sum().item<int64_t>();
+      const int64_t T = b.tokens.size(1);
+      padded_rows += n > 0;
+      if (n == 0) continue;
+      EXPECT_TRUE(b.padding[r].narrow(0, T - n, n).all().item<bool>());
+      EXPECT_TRUE(b.tokens[r].narrow(0, T - n, n).eq(pad).all().item<bool>());
+      EXPECT_TRUE(b.labels[r].narrow(0, T - n, n).eq(-100).all().item<bool>());
+    }
+  }
+  EXPECT_GT(padded_rows, 0);
+}
+
 TEST(Resume, RestoredSourceRepeatsTheUninterruptedBatchesBitExactly) {
   TempDir dir("resume");
   DataConfig c = hybrid_config(dir);
