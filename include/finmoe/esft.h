@@ -112,6 +112,12 @@ struct ExpertConfig {
 // compared with a 1e-9 tolerance so float rounding adds no expert. Flags false.
 ExpertConfig select_experts(const EsftScores& scores, EsftScoreKind kind, double p);
 
+// ESFT Table 4's control: per layer of `like`, as many experts as it lists,
+// drawn uniformly without replacement from the layer's `num_experts` routed
+// experts by a generator seeded with `seed` (the same draw on every platform).
+// Flags are copied from `like`.
+ExpertConfig random_experts_like(const ExpertConfig& like, int64_t num_experts, uint64_t seed);
+
 // {"experts": {"<layer>": [ids]}, "shared_experts": b, "non_expert_modules": b}
 nlohmann::json expert_config_to_json(const ExpertConfig& config);
 ExpertConfig expert_config_from_json(const nlohmann::json& j, const std::string& source);

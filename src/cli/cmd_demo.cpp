@@ -9,9 +9,6 @@
 // Every step is a `finmoe` subcommand run as a child process (the same
 // commands a user would type; each prints its own progress), so the demo is
 // also a worked example. Steps whose outputs exist in the cache are skipped.
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -25,6 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/pipeline.h"
 #include "finmoe/config.h"
 #include "convert/svg.h"
 #include "core/file_util.h"
@@ -47,124 +45,16 @@ struct DemoOptions {
   bool skip_esft = false;
 };
 
-std::string self_exe() { return fs::read_symlink("/proc/self/exe").string(); }
-
 void banner(const std::string& s) { std::cout << "\n\033[1m== " << s << "\033[0m\n" << std::flush; }
 
-// Runs `finmoe ARGS...`; stdout goes to `stdout_file` when given. Throws
-// Error naming the step when the child fails.
+// Runs `finmoe ARGS...` (echoed first); stdout goes to `stdout_file` when
+// given. Throws Error naming the step when the child fails.
 void finmoe(const std::vector<std::string>& args, const std::string& stdout_file = "") {
-  std::cout << "$ finmoe";
-  for (const auto& a : args) std::cout << " " << a;
-  std::cout << "\n" << std::flush;
-  const pid_t pid = fork();
-  if (pid < 0) throw Error("demo: fork failed");
-  if (pid == 0) {
-    if (!stdout_file.empty()) {
-      if (!std::freopen(stdout_file.c_str(), "w", stdout)) _exit(127);
-    }
-    std::vector<char*> argv;
-    static std::string exe = self_exe();
-    argv.push_back(exe.data());
-    std::vector<std::string> copy = args;
-    for (auto& a : copy) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(exe.c_str(), argv.data());
-    _exit(127);
-  }
-  int status = 0;
-  waitpid(pid, &status, 0);
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+  std::cout << "$ " << command_line(args) << "\n" << std::flush;
+  const int status = run_finmoe(args, stdout_file);
+  if (status != 0)
     throw Error("demo: step `finmoe " + args.front() + (args.size() > 1 ? " " + args[1] : "") +
-                "` failed (exit status " + std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : -1) +
-                ")");
-}
-
-json read_json(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) throw Error("demo: cannot read " + path);
-  json j;
-  f >> j;
-  return j;
-}
-
-void write_text(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp);
-    f << text;
-    if (!f) throw Error("demo: cannot write " + tmp);
-  }
-  fs::rename(tmp, path);
-}
-
-int64_t dir_bytes(const std::string& dir) {
-  int64_t n = 0;
-  for (const auto& e : fs::recursive_directory_iterator(dir))
-    if (e.is_regular_file() && e.path().extension() == ".safetensors") n += int64_t(e.file_size());
-  return n;
-}
-
-// The newest checkpoint of a `finmoe train` output directory.
-std::string latest_checkpoint(const std::string& run_dir) {
-  std::ifstream f(run_dir + "/latest");
-  std::string name;
-  if (!(f >> name)) throw Error("demo: " + run_dir + "/latest missing: the run did not finish");
-  return run_dir + "/" + name;
-}
-
-struct Curve {
-  std::string name, color;
-  std::vector<std::pair<double, double>> points;  // (tokens, loss)
-};
-
-Curve read_curve(const std::string& run_dir, const std::string& name, const std::string& color,
-                 const char* field) {
-  Curve c{name, color, {}};
-  std::ifstream f(run_dir + "/metrics.jsonl");
-  for (std::string line; std::getline(f, line);) {
-    if (line.empty()) continue;
-    auto j = parse_json(line, run_dir + "/metrics.jsonl");
-    if (j.contains(field) && j[field].is_number())
-      c.points.emplace_back(j["tokens"].get<double>(), j[field].get<double>());
-  }
-  return c;
-}
-
-// Loss curves of several runs against tokens seen.
-std::string plot_curves(const std::vector<Curve>& curves, const std::string& title) {
-  const double W = 640, H = 400, L = 60, R = 150, T = 36, B = 46;
-  double x1 = 1, y0 = 1e30, y1 = -1e30;
-  for (const auto& c : curves)
-    for (auto [x, y] : c.points) {
-      x1 = std::max(x1, x);
-      y0 = std::min(y0, y);
-      y1 = std::max(y1, y);
-    }
-  if (y0 > y1) y0 = 0, y1 = 1;
-  if (y1 - y0 < 1e-9) y1 = y0 + 1;
-  svg::Document d(W, H);
-  d.rect(0, 0, W, H, "#ffffff");
-  d.text(W / 2, 22, title, 14, "middle");
-  auto px = [&](double x) { return L + (W - L - R) * x / x1; };
-  auto py = [&](double y) { return T + (H - T - B) * (1 - (y - y0) / (y1 - y0)); };
-  d.line(L, H - B, W - R, H - B);
-  d.line(L, T, L, H - B);
-  for (int i = 0; i <= 4; ++i) {
-    const double y = y0 + (y1 - y0) * i / 4, x = x1 * i / 4;
-    d.text(L - 6, py(y) + 4, svg::num(y), 10, "end");
-    d.text(px(x), H - B + 16, svg::num(x), 10, "middle");
-  }
-  d.text((L + W - R) / 2, H - 8, "tokens", 11, "middle");
-  d.text(16, (T + H - B) / 2, "loss", 11, "middle", -90);
-  for (size_t i = 0; i < curves.size(); ++i) {
-    std::vector<std::pair<double, double>> pts;
-    for (auto [x, y] : curves[i].points) pts.emplace_back(px(x), py(y));
-    if (pts.size() > 1) d.polyline(pts, curves[i].color);
-    d.line(W - R + 12, T + 16 + 18 * i, W - R + 32, T + 16 + 18 * i, curves[i].color, 2.5);
-    d.text(W - R + 38, T + 20 + 18 * i, curves[i].name, 11);
-  }
-  return d.str();
+                "` failed (exit status " + std::to_string(status) + ")");
 }
 
 std::string yaml_list(const std::vector<std::string>& v) {

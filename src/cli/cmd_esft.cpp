@@ -1,6 +1,7 @@
 // finmoe esft score | select, finmoe lora merge (finmoe/esft.h, finmoe/lora.h).
 #include <algorithm>
 #include <iomanip>
+#include <optional>
 #include <iostream>
 #include <numeric>
 
@@ -94,6 +95,7 @@ void add_esft_select(CLI::App* parent, Run& run) {
   static std::string scores_path, score = "token", out, model_dir;
   static double p = 0.2;
   static bool shared = false, non_expert = false;
+  static std::optional<uint64_t> random_seed;
   c->add_option("SCORES", scores_path, "scores JSON from `finmoe esft score`")->required();
   c->add_option("--score", score, "token (ESFT-Token) | gate (ESFT-Gate)")->capture_default_str();
   c->add_option("--p", p, "share of each layer's total score to cover, in (0, 1]")
@@ -103,10 +105,19 @@ void add_esft_select(CLI::App* parent, Run& run) {
   c->add_flag("--train-non-expert-modules", non_expert,
               "also train routers, attention, norms, embeddings, dense FFNs (§6.3)");
   c->add_option("--model", model_dir, "model directory: also print trainable parameters");
+  c->add_option("--random", random_seed,
+                "SEED: as many experts per layer as the score-based selection, drawn uniformly at "
+                "random instead (ESFT Table 4's control)");
   c->callback([&run] {
     run = [] {
       const EsftScoreKind kind = esft_score_kind(score);
-      ExpertConfig cfg = select_experts(load_esft_scores(scores_path), kind, p);
+      const EsftScores scores = load_esft_scores(scores_path);
+      ExpertConfig cfg = select_experts(scores, kind, p);
+      if (random_seed) {
+        const auto& table = kind == EsftScoreKind::Token ? scores.token_scores : scores.gate_scores;
+        cfg = random_experts_like(cfg, int64_t(table.begin()->second.size()), *random_seed);
+        std::cerr << "random experts (seed " << *random_seed << "), ";
+      }
       cfg.shared_experts = shared;
       cfg.non_expert_modules = non_expert;
       int64_t total = 0, layers = 0;

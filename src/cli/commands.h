@@ -33,6 +33,7 @@ void add_esft(CLI::App& app, Run& run);
 void add_lora(CLI::App& app, Run& run);
 void add_eval(CLI::App& app, Run& run);
 void add_demo(CLI::App& app, Run& run);
+void add_experiment(CLI::App& app, Run& run);
 void add_data(CLI::App& app, Run& run);
 
 }  // namespace finmoe::cli

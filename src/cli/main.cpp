@@ -97,6 +97,7 @@ int main(int argc, char** argv) {
   finmoe::cli::add_lora(app, run);
   finmoe::cli::add_eval(app, run);
   finmoe::cli::add_demo(app, run);
+  finmoe::cli::add_experiment(app, run);
   finmoe::cli::add_data(app, run);
   check_numbers(&app);
   try {

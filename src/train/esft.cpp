@@ -146,6 +146,26 @@ EsftScoreKind esft_score_kind(const std::string& name) {
   throw Error("--score '" + name + "': expected token (ESFT-Token) or gate (ESFT-Gate)");
 }
 
+ExpertConfig random_experts_like(const ExpertConfig& like, int64_t num_experts, uint64_t seed) {
+  ExpertConfig c = like;
+  std::mt19937_64 rng(seed);  // its output sequence is fixed by the standard
+  for (auto& [layer, ids] : c.experts) {
+    const size_t k = ids.size();
+    if (int64_t(k) > num_experts)
+      throw Error("layer " + std::to_string(layer) + " lists " + std::to_string(k) + " experts of " +
+                  std::to_string(num_experts));
+    std::vector<int64_t> all(static_cast<size_t>(num_experts));
+    std::iota(all.begin(), all.end(), 0);
+    for (size_t i = 0; i < k; ++i) {  // a partial Fisher-Yates shuffle
+      const size_t j = i + size_t(rng() % uint64_t(all.size() - i));
+      std::swap(all[i], all[j]);
+    }
+    ids.assign(all.begin(), all.begin() + long(k));
+    std::sort(ids.begin(), ids.end());
+  }
+  return c;
+}
+
 ExpertConfig select_experts(const EsftScores& s, EsftScoreKind kind, double p) {
   if (!(p > 0.0 && p <= 1.0))
     throw Error("--p " + std::to_string(p) + ": the score threshold must be in (0, 1]");

@@ -191,6 +191,39 @@ TEST(EsftSelect, RejectsThresholdsOutsideTheUnitIntervalAndUnknownScores) {
   EXPECT_CONTAINS(message_of([] { esft_score_kind("router"); }), "--score 'router'");
 }
 
+// ESFT Table 4's control: the same count per layer, distinct ids in range,
+// a fixed draw per seed, and every expert equally likely over many seeds.
+TEST(EsftSelect, RandomExpertsKeepTheCountPerLayerAndAreUniform) {
+  ExpertConfig like;
+  like.experts = {{1, {0, 3, 5}}, {2, {7}}, {4, {}}};
+  like.shared_experts = true;
+  const int64_t E = 8;
+  const ExpertConfig a = random_experts_like(like, E, 42);
+  EXPECT_EQ(a.shared_experts, true);
+  ASSERT_EQ(a.experts.size(), like.experts.size());
+  for (const auto& [layer, ids] : like.experts) {
+    const auto& got = a.experts.at(layer);
+    EXPECT_EQ(got.size(), ids.size()) << layer;
+    EXPECT_TRUE(std::is_sorted(got.begin(), got.end()));
+    EXPECT_EQ(std::set<int64_t>(got.begin(), got.end()).size(), got.size());
+    for (int64_t e : got) EXPECT_TRUE(e >= 0 && e < E);
+  }
+  EXPECT_EQ(random_experts_like(like, E, 42).experts, a.experts);
+  std::vector<int64_t> counts(E, 0);
+  bool differs = false;
+  const int seeds = 4000;
+  for (int s = 0; s < seeds; ++s) {
+    const ExpertConfig r = random_experts_like(like, E, uint64_t(s));
+    differs |= r.experts != a.experts;
+    for (int64_t e : r.experts.at(1)) ++counts[size_t(e)];
+  }
+  EXPECT_TRUE(differs);
+  // each expert is in layer 1's draw of 3 with probability 3/8: 1500 of 4000
+  // expected, sd ~ 31; 5 sd apart would be a biased draw
+  for (int64_t e = 0; e < E; ++e) EXPECT_NEAR(double(counts[size_t(e)]), seeds * 3.0 / 8.0, 155.0) << e;
+  EXPECT_THROW(random_experts_like(like, 2, 1), Error);  // 3 of 2 experts
+}
+
 TEST(ExpertConfigFile, ReadsTheReferenceFormatAndRoundTrips) {
   // as the ESFT repo's generate_expert_config.py writes it
   const auto j = nlohmann::json::parse(
