@@ -49,7 +49,12 @@ struct DemoOptions {
 
 std::string self_exe() { return fs::read_symlink("/proc/self/exe").string(); }
 
-void banner(const std::string& s) { std::cout << "\n\033[1m== " << s << "\033[0m\n" << std::flush; }
+// bold on a terminal only: a redirected log carries no escape codes
+void banner(const std::string& s) {
+  static const bool tty = ::isatty(STDOUT_FILENO) == 1;
+  std::cout << "\n" << (tty ? "\033[1m== " : "== ") << s << (tty ? "\033[0m\n" : "\n")
+            << std::flush;
+}
 
 // Runs `finmoe ARGS...`; stdout goes to `stdout_file` when given. Throws
 // Error naming the step when the child fails.
