@@ -25,6 +25,7 @@
 #include <nlohmann/json.hpp>
 
 #include "finmoe/dataset.h"
+#include "train/dataset_size.h"
 #include "finmoe/chat_template.h"
 #include "finmoe/config.h"
 #include "finmoe/error.h"
@@ -394,6 +395,18 @@ class Stream {
     return r;
   }
 
+  // Rows packed from here until the pass over the documents ends (one
+  // running into the next pass counts); moves the stream.
+  int64_t rows_to_epoch_end() {
+    const uint64_t epoch = epoch_;
+    int64_t n = 0;
+    while (epoch_ == epoch && !at_epoch_end()) {
+      pack();
+      ++n;
+    }
+    return n;
+  }
+
   json state() const {
     json buf = json::array();
     for (const auto& r : buffer_) buf.push_back(row_to_json(r));
@@ -440,6 +453,14 @@ class Stream {
   }
 
   const DocRef& doc() const { return corpus_.docs[order_[pos_]]; }
+
+  // Every token of the pass is packed: the last document's last block is
+  // used up (a row that ended exactly there moves on to the next pass only
+  // when the next row is packed).
+  bool at_epoch_end() const {
+    return pos_ + 1 == order_.size() && block_ && !block_->atomic && block_->next == 0 &&
+           consumed_ == block_->ids.size();
+  }
 
   const Block& block() {
     if (!block_) block_ = reader_.read(doc(), block_at_);
@@ -653,6 +674,13 @@ class DataSource : public BatchSource {
     return {tokens, labels, docs};
   }
 
+  int64_t rows_per_epoch() {
+    if (main_ && instr_)
+      throw Error("DataConfig: an epoch of two mixed streams (instruction_ratio " +
+                  std::to_string(c_.instruction_ratio) + ") is not defined");
+    return (main_ ? main_ : instr_)->rows_to_epoch_end();
+  }
+
   json state() const override {
     json s = {{"version", kStateVersion}, {"config", config_}, {"mix_rng", mix_.state}};
     if (main_) s["pretraining"] = main_->state();
@@ -698,6 +726,11 @@ class DataSource : public BatchSource {
 
 std::unique_ptr<BatchSource> make_batch_source(const DataConfig& config, const Tokenizer& tokenizer) {
   return std::make_unique<DataSource>(config, tokenizer);
+}
+
+int64_t rows_per_epoch(const DataConfig& config, const Tokenizer& tokenizer) {
+  DataSource source(config, tokenizer);  // a fresh stream: at the start of epoch 0
+  return source.rows_per_epoch();
 }
 
 }  // namespace finmoe
