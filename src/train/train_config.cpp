@@ -196,6 +196,7 @@ const std::vector<Field<DataConfig>>& data_fields() {
   static const std::vector<Field<D>> f = {
       field("files", &D::files),
       field("format", &D::format),
+      field("sft_format", &D::sft_format),
       field("instruction_files", &D::instruction_files),
       field("instruction_ratio", &D::instruction_ratio),
       field("seq_len", &D::seq_len),
