@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "cli/commands.h"
+#include "cli/sampling_defaults.h"
 #include "finmoe/chat_template.h"
 #include "finmoe/engine.h"
 #include "finmoe/error.h"
@@ -150,11 +151,7 @@ void add_serve(CLI::App& app, Run& run) {
       const auto gen = GenerationConfig::load(dir, model.config());
       for (int64_t e : gen.eos_token_id) so.eos_token_ids.push_back(int32_t(e));
       // generation_config.json's sampling values are the defaults (as vLLM)
-      so.default_sampling.temperature = gen.temperature;
-      so.default_sampling.top_k = gen.top_k;
-      so.default_sampling.top_p = gen.top_p;
-      so.default_sampling.min_p = gen.min_p;
-      so.default_sampling.repetition_penalty = gen.repetition_penalty;
+      apply_generation_config(gen, so.default_sampling);
       Engine engine(model, &tok, ef.options());
       print_capacity(dir, model, engine, ef.device);
       Server server(engine, tok, model.config(), so);
