@@ -174,9 +174,15 @@ std::string with_generation_config(const fs::path& model, const fs::path& dir, c
   return dir.string();
 }
 
+// The tiny model's greedy 6 tokens after "The balance sheet" (computed once).
+const std::string& greedy_six(const std::string& model) {
+  static const std::string text = text_of("generate " + model + " -p 'The balance sheet' -n 6 --greedy");
+  return text;
+}
+
 TEST_F(Cli, GenerateTakesSamplingDefaultsFromGenerationConfigLikeServe) {
   const std::string prompt = " -p 'The balance sheet'";
-  const std::string greedy = text_of("generate " + model() + prompt + " -n 6 --greedy");
+  const std::string& greedy = greedy_six(model());
   ASSERT_GT(greedy.size(), 1u);
   // top_k 1 (and a temperature that would otherwise spread the choice):
   // sampling is greedy without --greedy, and max_new_tokens sets -n
@@ -197,7 +203,7 @@ TEST_F(Cli, GenerateTakesSamplingDefaultsFromGenerationConfigLikeServe) {
 
 TEST_F(Cli, GenerateAcceptsLlamaCppShortFlags) {
   const std::string prompt = "The balance sheet";
-  const std::string greedy = text_of("generate " + model() + " -p '" + prompt + "' -n 6 --greedy");
+  const std::string& greedy = greedy_six(model());
   ASSERT_GT(greedy.size(), 1u);
   // -f: the prompt from a file
   const fs::path file = dir_ / "prompt.txt";
