@@ -7,6 +7,7 @@
 #   ./finmoe.sh test-asan [CTEST ARGS]  the tests built with ASan+UBSan (build-asan/)
 #   ./finmoe.sh fuzz [SECONDS]          each libFuzzer target for SECONDS (default 120; clang-16, build-fuzz/)
 #   ./finmoe.sh ARGS... any other arguments run the built `finmoe ARGS...`
+#   ./finmoe.sh help    this list (no command prints it too, with exit code 2)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BUILD=${FINMOE_BUILD_DIR:-$ROOT/build}
@@ -31,7 +32,18 @@ APT_PACKAGES=(build-essential cmake ninja-build ccache pkg-config git python3 py
 # transformers+torch comparison is opt-in: FINMOE_LIVE_HF=1).
 PIP_PACKAGES=(numpy safetensors tokenizers openai)
 
-log() { printf '\033[1m[finmoe]\033[0m %s\n' "$*" >&2; }
+# bold only on a terminal: piped or logged output carries no escape codes
+if [ -t 2 ]; then
+  log() { printf '\033[1m[finmoe]\033[0m %s\n' "$*" >&2; }
+else
+  log() { printf '[finmoe] %s\n' "$*" >&2; }
+fi
+
+# The commands, from the comment at the top of this file.
+usage() {
+  echo "usage: ./finmoe.sh COMMAND [ARGS...]"
+  sed -n '2,/^set -euo/s/^#   /  /p' "${BASH_SOURCE[0]}"
+}
 
 install_deps() {
   local missing=()
@@ -147,8 +159,15 @@ lower_isas() {
   echo scalar
 }
 
-cmd=${1:-demo}
+if [ $# -eq 0 ]; then
+  usage >&2
+  log "no command given (the headline pipeline is ./finmoe.sh demo)"
+  exit 2
+fi
+cmd=$1
 case "$cmd" in
+  help | -h | --help)
+    usage ;;
   build)
     build ;;
   test)

@@ -8,7 +8,11 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORK=${2:-$ROOT/out/tour}
 MODEL=$WORK/qwen2-small
 mkdir -p "$WORK"
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+if [ -t 1 ]; then
+  step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+else
+  step() { printf '\n== %s\n' "$*"; }
+fi
 
 step "finmoe init: a seeded random Qwen2-architecture model"
 "$FINMOE" init "$MODEL" --preset small --arch qwen2 --tokenizer "$ROOT/tests/data/tokenizer/qwen3" --seed 42

@@ -16,12 +16,19 @@ inline constexpr int64_t kMaxBatchTokens = int64_t(1) << 28;  // seq_len x batch
 inline constexpr int64_t kMaxTextBlockBytes = int64_t(1) << 30;
 
 struct DataConfig {
-  // .jsonl files ({"text": ...} or {"messages": [...]}) or plain text files
+  // .jsonl files ({"text": ...} or an SFT record, sft_format) or plain text files
   // (one document per file, or per blank-line-separated paragraph block).
   std::vector<std::string> files;
   // "text": language-model loss on every token; "sft": `messages` rendered
   // with the chat template, loss only on assistant tokens; "auto": per record.
   std::string format = "auto";
+  // Layout of an SFT record, turned into `messages` before the chat template:
+  //   messages           {"messages": [{"role", "content"}, ...]}
+  //   alpaca             {"instruction", "input"?, "output", "system"?}
+  //   sharegpt           {"conversations": [{"from": human|gpt|system, "value"}, ...]}
+  //   prompt_completion  {"prompt", "completion"}: both strings, or both message lists (TRL)
+  //   auto               each record by its fields
+  std::string sft_format = "auto";
   // Hybrid tuning: instruction files interleaved with `files`; each packed
   // sequence comes from the instruction stream with this probability.
   std::vector<std::string> instruction_files;

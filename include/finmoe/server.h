@@ -24,6 +24,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "finmoe/config.h"
@@ -60,6 +61,17 @@ struct HttpLimits {
   int64_t max_requests_per_connection = 100;  // then the response says Connection: close
 };
 
+// What the server writes to stderr (`serve --log-level`); each level adds to
+// the ones before it:
+//   error    internal errors (500s, a failed stream)
+//   warning  requests the engine aborted
+//   info     one access line per HTTP request, after its response is sent:
+//            2026-12-05T01:23:45.123Z finmoe serve: POST /v1/chat/completions 200 153.2 ms prompt_tokens=12 completion_tokens=30
+//            (tokens for completions; "client disconnected" when it left early)
+enum class LogLevel { Error, Warning, Info };
+// "error" | "warning" | "info"; throws Error listing them.
+LogLevel log_level_from_string(std::string_view name);
+
 struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 8000;                                // 0 = any free port (bind() returns it)
@@ -71,7 +83,7 @@ struct ServerOptions {
   std::vector<int32_t> eos_token_ids;             // stop tokens of every request (unless ignore_eos)
   SamplingParams default_sampling;                // for fields a request leaves out (generation_config)
   double shutdown_timeout_s = 30;                 // shutdown(): wait this long for in-flight requests
-  bool log_requests = true;                       // one stderr line per completion request
+  LogLevel log_level = LogLevel::Info;            // what goes to stderr (see LogLevel)
   RequestLimits limits;                           // per completion request (400 over a limit)
   HttpLimits http;                                // per HTTP request and connection
   // Sequences one HTTP request has in the engine at once (its prompts x n

@@ -114,6 +114,7 @@ struct TrainSummary {
   int64_t model_params = 0;      // elements of the model's parameters (adapters not included)
   int64_t checkpoint_bytes = 0;  // safetensors bytes of the last checkpoint's model part
                                  // (HF weights, ESFT delta or LoRA adapter; no optimizer state)
+  int stopped_by_signal = 0;  // SIGINT / SIGTERM that ended run() early (after a checkpoint); 0 = none
   nlohmann::json to_json() const;
 };
 
@@ -135,7 +136,10 @@ class Trainer {
 
   // Steps until total_steps(), evaluating, logging and checkpointing as
   // configured; a final evaluation and checkpoint, loss.svg and
-  // train_summary.json at the end.
+  // train_summary.json at the end. SIGINT or SIGTERM during run() finishes
+  // the current step, writes a checkpoint and returns early with
+  // stopped_by_signal set (a second signal acts as it would without run());
+  // the handlers are in place only while run() runs.
   TrainSummary run();
   // One optimizer step over grad_accum micro-batches (no eval, no checkpoint).
   StepMetrics step();
@@ -146,6 +150,8 @@ class Trainer {
   std::string save_checkpoint();
 
   int64_t step_count() const;
+  // Steps run() trains to: config().total_steps(), or the steps of
+  // config().epochs over the training data (counted at construction).
   int64_t total_steps() const;
   const TrainConfig& config() const;
   const std::vector<StepMetrics>& history() const;

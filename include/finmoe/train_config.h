@@ -44,7 +44,9 @@ struct EsftTrainConfig {
 
 // Every field is a YAML key of the same name (nested: data.*, eval_data.*, kd.*,
 // esft.*, lora.* with lora.r, lora.alpha, lora.dropout, lora.target_modules,
-// lora.use_rslora of LoraConfig).
+// lora.use_rslora of LoraConfig). Hugging Face TrainingArguments names are
+// accepted for the common keys (kTrainConfigAliases); an alias and its key
+// both given with different values is an error naming both.
 struct TrainConfig {
   TrainMode mode = TrainMode::Pretrain;
 
@@ -79,8 +81,10 @@ struct TrainConfig {
   std::string schedule = "cosine";
   int64_t warmup_steps = 0;
   double warmup_ratio = 0.0;  // of the total steps, when warmup_steps is 0 (FineRMoE: 0.01)
-  int64_t max_steps = 0;      // optimizer steps; or
-  int64_t num_tokens = 0;     // train until this many input tokens (when max_steps is 0)
+  int64_t max_steps = 0;      // optimizer steps (wins over epochs and num_tokens, as in HF); or
+  double epochs = 0.0;        // passes over the data (HF num_train_epochs; steps from the data's
+                              // size at start, a fraction allowed); or
+  int64_t num_tokens = 0;     // train until this many input tokens
   double grad_clip = 1.0;     // global L2 norm; 0 = off
   int64_t grad_accum = 1;     // micro-batches (of data.batch_size) per optimizer step
 
@@ -103,8 +107,13 @@ struct TrainConfig {
   std::string resume;            // "" | "auto" (OUTPUT/latest if present) | checkpoint dir
 
   // Optimizer steps this config runs (max_steps, or num_tokens over the
-  // tokens of one step, rounded up).
+  // tokens of one step, rounded up); 0 when they follow from epochs and the
+  // data (the Trainer counts them, epoch_steps() below).
   int64_t total_steps() const;
+  // Optimizer steps of `epochs` passes over data of `rows_per_epoch` packed
+  // rows, as HF's Trainer counts them: ceil(epochs * max(1, floor(ceil(rows /
+  // batch_size) / grad_accum))).
+  int64_t epoch_steps(int64_t rows_per_epoch) const;
   // Checks values and mode requirements; throws Error naming the key.
   void validate() const;
   nlohmann::json to_json() const;
@@ -119,5 +128,15 @@ TrainConfig parse_train_config(const std::string& yaml, const std::string& sourc
 // Reads `path` ("" = overrides only) and parses it as above.
 TrainConfig load_train_config(const std::string& path,
                               const std::vector<std::string>& overrides = {});
+
+// HF TrainingArguments name -> finmoe key (dotted for sections), as parsed by
+// parse_train_config: learning_rate -> lr, per_device_train_batch_size ->
+// data.batch_size, num_train_epochs -> epochs, ... lr_scheduler_type values
+// map too (constant_with_warmup -> constant).
+struct TrainConfigAlias {
+  std::string_view alias;
+  std::string_view key;
+};
+extern const std::array<TrainConfigAlias, 12> kTrainConfigAliases;
 
 }  // namespace finmoe

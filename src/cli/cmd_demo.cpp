@@ -9,6 +9,8 @@
 // Every step is a `finmoe` subcommand run as a child process (the same
 // commands a user would type; each prints its own progress), so the demo is
 // also a worked example. Steps whose outputs exist in the cache are skipped.
+#include <unistd.h>
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -45,7 +47,12 @@ struct DemoOptions {
   bool skip_esft = false;
 };
 
-void banner(const std::string& s) { std::cout << "\n\033[1m== " << s << "\033[0m\n" << std::flush; }
+// bold on a terminal only: a redirected log carries no escape codes
+void banner(const std::string& s) {
+  static const bool tty = ::isatty(STDOUT_FILENO) == 1;
+  std::cout << "\n" << (tty ? "\033[1m== " : "== ") << s << (tty ? "\033[0m\n" : "\n")
+            << std::flush;
+}
 
 // Runs `finmoe ARGS...` (echoed first); stdout goes to `stdout_file` when
 // given. Throws Error naming the step when the child fails.

@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "cli/commands.h"
+#include "cli/sampling_defaults.h"
 #include "finmoe/chat_template.h"
 #include "finmoe/engine.h"
 #include "finmoe/error.h"
@@ -85,7 +86,7 @@ std::string read_api_key(const std::string& path) {
 
 void add_serve(CLI::App& app, Run& run) {
   auto* c = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching (docs/serving.md)");
-  static std::string dir, chat_template, served_name, api_key_file;
+  static std::string dir, chat_template, served_name, api_key_file, log_level = "info";
   static EngineFlags ef;
   static ServerOptions so;
   c->add_option("DIR", dir, "model directory")->required();
@@ -118,6 +119,11 @@ void add_serve(CLI::App& app, Run& run) {
                 "built-in template chatml | llama3 | deepseek_v3 instead of the model's own "
                 "(default: the tokenizer's chat_template)")
       ->group(g);
+  c->add_option("--log-level", log_level,
+                "error | warning (and aborted requests) | info (and one access line per request: "
+                "time, method, path, status, latency, tokens)")
+      ->capture_default_str()
+      ->group(g);
   const char* l = "Request limits (400 over a limit)";
   RequestLimits& lim = so.limits;
   c->add_option("--max-prompts-per-request", lim.max_prompts, "prompts in one /v1/completions request")
@@ -138,6 +144,11 @@ void add_serve(CLI::App& app, Run& run) {
   ef.add(c);
   c->callback([&run] {
     run = [] {
+      try {
+        so.log_level = log_level_from_string(log_level);
+      } catch (const Error& e) {
+        throw Error(std::string("--log-level: ") + e.what());
+      }
       if (!api_key_file.empty()) so.api_key = read_api_key(api_key_file);
       if (so.api_key.empty())
         if (const char* k = std::getenv("FINMOE_API_KEY")) so.api_key = k;
@@ -150,11 +161,7 @@ void add_serve(CLI::App& app, Run& run) {
       const auto gen = GenerationConfig::load(dir, model.config());
       for (int64_t e : gen.eos_token_id) so.eos_token_ids.push_back(int32_t(e));
       // generation_config.json's sampling values are the defaults (as vLLM)
-      so.default_sampling.temperature = gen.temperature;
-      so.default_sampling.top_k = gen.top_k;
-      so.default_sampling.top_p = gen.top_p;
-      so.default_sampling.min_p = gen.min_p;
-      so.default_sampling.repetition_penalty = gen.repetition_penalty;
+      apply_generation_config(gen, so.default_sampling);
       Engine engine(model, &tok, ef.options());
       print_capacity(dir, model, engine, ef.device);
       Server server(engine, tok, model.config(), so);

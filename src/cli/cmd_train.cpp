@@ -37,7 +37,7 @@ void add_train(CLI::App& app, Run& run) {
   static std::optional<std::string> mode, model, preset, tokenizer, output, device, precision,
       schedule, teacher, resume, expert_config;
   static std::vector<std::string> data, eval_data;
-  static std::optional<std::string> lr, min_lr, max_steps, num_tokens, warmup, batch, seq_len,
+  static std::optional<std::string> lr, min_lr, max_steps, epochs, num_tokens, warmup, batch, seq_len,
       accum, seed, save_interval, eval_interval, grad_clip, weight_decay, lora_r, lora_alpha;
   static bool dry_run = false, json = false;
   c->add_option("-c,--config", config_file, "YAML train config (optional: flags alone also work)");
@@ -72,6 +72,9 @@ void add_train(CLI::App& app, Run& run) {
   c->add_option("--schedule", schedule, "cosine | linear | constant (default cosine)")->group(o);
   c->add_option("--warmup-steps", warmup, "linear warmup steps (default 0)")->group(o);
   c->add_option("--max-steps", max_steps, "optimizer steps")->group(o);
+  c->add_option("--epochs", epochs,
+                "passes over the data (instead of steps; --max-steps wins, as in HF)")
+      ->group(o);
   c->add_option("--num-tokens", num_tokens, "train this many input tokens (instead of steps)")
       ->group(o);
   c->add_option("--grad-accum", accum, "micro-batches per step (default 1)")->group(o);
@@ -118,6 +121,7 @@ void add_train(CLI::App& app, Run& run) {
       num("min_lr", min_lr);
       num("warmup_steps", warmup);
       num("max_steps", max_steps);
+      num("epochs", epochs);
       num("num_tokens", num_tokens);
       num("grad_accum", accum);
       num("grad_clip", grad_clip);
@@ -128,12 +132,17 @@ void add_train(CLI::App& app, Run& run) {
       const TrainConfig cfg = load_train_config(config_file, ov);
       if (dry_run) {
         nlohmann::json j = cfg.to_json();
-        j["total_steps"] = cfg.total_steps();
+        // epochs: counted from the data when training starts
+        j["total_steps"] = cfg.total_steps() > 0 ? nlohmann::json(cfg.total_steps()) : nlohmann::json();
         std::cout << j.dump(2) << "\n";
         return 0;
       }
       Trainer trainer(cfg);
       const TrainSummary s = trainer.run();
+      if (s.stopped_by_signal) {  // checkpointed; the shell's code for the signal
+        if (json) std::cout << s.to_json().dump(2) << "\n";
+        return 128 + s.stopped_by_signal;
+      }
       if (json) {
         std::cout << s.to_json().dump(2) << "\n";
       } else {

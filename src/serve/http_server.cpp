@@ -35,6 +35,7 @@
 #include <cstring>
 #include <ctime>
 #include <functional>
+#include <iomanip>
 #include <iostream>
 #include <map>
 #include <sstream>
@@ -394,6 +395,44 @@ bool needs_auth(const std::string& path) {
 // ---- one completion request ------------------------------------------------
 
 // One completion request being answered.
+// The access-log facts of the request a worker thread is answering: httplib
+// runs the pre-routing handler, the handler, the response's content provider
+// (pump) and the logger of one request on the same thread, one request at a
+// time.
+struct AccessRecord {
+  Clock::time_point start{};        // {} when routing never began (a malformed request)
+  int64_t prompt_tokens = -1;       // completions only
+  int64_t completion_tokens = -1;
+  bool client_gone = false;
+};
+thread_local AccessRecord t_access;
+
+// "2026-12-05T01:23:45.123Z finmoe serve: POST /v1/completions 200 12.3 ms prompt_tokens=5 completion_tokens=8\n"
+std::string access_line(const httplib::Request& req, int status, const AccessRecord& a) {
+  const auto now = std::chrono::system_clock::now();
+  const std::time_t t = std::chrono::system_clock::to_time_t(now);
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+  std::tm tm{};
+  ::gmtime_r(&t, &tm);
+  char stamp[32];
+  std::strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
+  std::ostringstream line;
+  line << stamp << '.' << std::setfill('0') << std::setw(3) << ms << std::setfill(' ') << "Z finmoe serve: "
+       << (req.method.empty() ? "-" : req.method) << ' ' << (req.path.empty() ? "-" : req.path) << ' ' << status
+       << ' ';
+  if (a.start == Clock::time_point{})
+    line << '-';
+  else
+    line << std::fixed << std::setprecision(1)
+         << std::chrono::duration<double, std::milli>(Clock::now() - a.start).count();
+  line << " ms";
+  if (a.prompt_tokens >= 0)
+    line << " prompt_tokens=" << a.prompt_tokens << " completion_tokens=" << a.completion_tokens;
+  if (a.client_gone) line << " (client disconnected, cancelled)";
+  line << '\n';
+  return line.str();
+}
+
 struct Job {
   uint64_t ticket = 0;
   ApiRequest request;
@@ -524,6 +563,8 @@ void Server::Impl::routes() {
   // Refusals that need no body come before it is read (and before httplib
   // answers "Expect: 100-continue", so a refused client never sends it).
   http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    t_access = AccessRecord{};  // the access line's latency starts here
+    t_access.start = Clock::now();
     return refuse_early(req, res) ? httplib::Server::HandlerResponse::Handled
                                   : httplib::Server::HandlerResponse::Unhandled;
   });
@@ -609,7 +650,11 @@ void Server::Impl::routes() {
     std::cerr << "finmoe serve: internal error on " << req.method << " " << req.path << ": " << what << "\n";
     set_error(res, 500, "Internal server error: " + what, "", "internal_error");
   });
-  http.set_logger([this](const httplib::Request&, const httplib::Response& res) { metrics.count_response(res.status); });
+  http.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+    metrics.count_response(res.status);
+    if (options.log_level >= LogLevel::Info) std::cerr << access_line(req, res.status, t_access);
+    t_access = AccessRecord{};
+  });
 }
 
 void Server::Impl::too_large(httplib::Response& res) const {
@@ -731,9 +776,17 @@ std::vector<int64_t> Server::Impl::submit_more(Job& job) {
 
 // Writes the whole response of `job`; false when the client went away.
 bool Server::Impl::pump(Job& job, httplib::DataSink& sink) {
+  // what the access line reports (this thread's request)
+  auto note_usage = [&] {
+    const auto u = job.builder->usage();
+    t_access.prompt_tokens = u.value("prompt_tokens", int64_t(0));
+    t_access.completion_tokens = u.value("completion_tokens", int64_t(0));
+    t_access.client_gone = job.client_gone;
+  };
   auto client_gone = [&] {
     job.client_gone = true;
     cancel(job);
+    note_usage();
     return false;  // httplib closes the connection
   };
   try {
@@ -751,7 +804,7 @@ bool Server::Impl::pump(Job& job, httplib::DataSink& sink) {
         checked = Clock::now();
       }
       for (const auto& [choice, out] : events) {
-        if (out.finished && !out.error.empty())
+        if (out.finished && !out.error.empty() && options.log_level >= LogLevel::Warning)
           std::cerr << "finmoe serve: engine aborted a request on " << job.route << ": " << out.error << "\n";
         if (out.finished) ++job.finished;
         if (!send(b.add(choice, out))) return client_gone();  // "" when not streaming
@@ -765,6 +818,7 @@ bool Server::Impl::pump(Job& job, httplib::DataSink& sink) {
       }
     }
     if (!send(stream ? b.stream_end() : serve::dump_json(b.response()))) return client_gone();
+    note_usage();
     sink.done();
     return true;
   } catch (const std::exception& e) {
@@ -789,15 +843,6 @@ void Server::Impl::release(const std::shared_ptr<Job>& job) {
   }
   metrics.requests_in_flight--;
   cv.notify_all();
-  if (options.log_requests && job->builder) {
-    const auto u = job->builder->usage();
-    std::ostringstream line;
-    line << "finmoe serve: POST " << job->route << " choices=" << job->request.num_choices()
-         << " prompt_tokens=" << u["prompt_tokens"] << " completion_tokens=" << u["completion_tokens"]
-         << " seconds=" << std::chrono::duration<double>(Clock::now() - job->arrival).count()
-         << (job->client_gone ? " (client disconnected, cancelled)" : "") << "\n";
-    std::cerr << line.str();
-  }
 }
 
 // Runs on its own thread once shutdown() was called: refuse new work, let
@@ -891,6 +936,13 @@ void on_signal(int) {
   [[maybe_unused]] auto n = ::write(g_signal_pipe[1], &c, 1);  // async-signal-safe
 }
 }  // namespace
+
+LogLevel log_level_from_string(std::string_view name) {
+  if (name == "error") return LogLevel::Error;
+  if (name == "warning") return LogLevel::Warning;
+  if (name == "info") return LogLevel::Info;
+  throw Error("log level '" + std::string(name) + "' unknown (error, warning, info)");
+}
 
 void run_server(Server& server) {
   if (::pipe2(g_signal_pipe, O_CLOEXEC) != 0) throw Error("serve: pipe2 failed");

@@ -25,6 +25,7 @@
 #include <nlohmann/json.hpp>
 
 #include "finmoe/dataset.h"
+#include "train/dataset_size.h"
 #include "finmoe/chat_template.h"
 #include "finmoe/config.h"
 #include "finmoe/error.h"
@@ -105,14 +106,63 @@ class InFile {
   size_t cap_ = 0;
 };
 
-// The messages of an SFT record; throws naming `where` for a malformed one.
-std::vector<ChatMessage> parse_messages(const json& rec, const std::string& where) {
-  const json& ms = rec["messages"];
-  std::vector<ChatMessage> out;
-  bool assistant = false;
+// How an SFT record spells its conversation (DataConfig::sft_format).
+enum class SftLayout { Auto, Messages, Alpaca, ShareGpt, PromptCompletion };
+
+SftLayout parse_sft_layout(const std::string& f) {
+  if (f == "auto") return SftLayout::Auto;
+  if (f == "messages") return SftLayout::Messages;
+  if (f == "alpaca") return SftLayout::Alpaca;
+  if (f == "sharegpt") return SftLayout::ShareGpt;
+  if (f == "prompt_completion") return SftLayout::PromptCompletion;
+  throw Error("DataConfig.sft_format '" + f +
+              "' unknown (auto, messages, alpaca, sharegpt, prompt_completion)");
+}
+
+const char* layout_name(SftLayout l) {
+  switch (l) {
+    case SftLayout::Auto: return "auto";
+    case SftLayout::Messages: return "messages";
+    case SftLayout::Alpaca: return "alpaca";
+    case SftLayout::ShareGpt: return "sharegpt";
+    case SftLayout::PromptCompletion: return "prompt_completion";
+  }
+  return "?";
+}
+
+// The layout of `rec`: `layout` unless auto, else the one whose field it has
+// (messages, conversations, instruction, prompt/completion); nullopt if none.
+std::optional<SftLayout> record_layout(const json& rec, SftLayout layout) {
+  if (layout != SftLayout::Auto) return layout;
+  if (!rec.is_object()) return std::nullopt;
+  if (rec.contains("messages")) return SftLayout::Messages;
+  if (rec.contains("conversations")) return SftLayout::ShareGpt;
+  if (rec.contains("instruction")) return SftLayout::Alpaca;
+  if (rec.contains("prompt") || rec.contains("completion")) return SftLayout::PromptCompletion;
+  return std::nullopt;
+}
+
+// rec[key] as a string; `optional` ones may be absent or null ("").
+std::string string_field(const json& rec, const char* key, const std::string& where,
+                         SftLayout layout, bool optional = false) {
+  const auto it = rec.find(key);
+  if (it == rec.end() || it->is_null()) {
+    if (optional) return "";
+    throw Error(where + ": expected a string field '" + key + "' (" + layout_name(layout) +
+                " record)");
+  }
+  if (!it->is_string())
+    throw Error(where + ": '" + key + "' must be a string, got " + it->type_name());
+  return it->get<std::string>();
+}
+
+// A list of {"role", "content"} objects (`name` names it in errors).
+void append_message_list(const json& ms, const std::string& where, const std::string& name,
+                         std::vector<ChatMessage>& out) {
+  if (!ms.is_array()) throw Error(where + ": '" + name + "' must be an array");
   for (size_t i = 0; i < ms.size(); ++i) {
     const json& m = ms[i];
-    const std::string at = where + ": messages[" + std::to_string(i) + "]";
+    const std::string at = where + ": " + name + "[" + std::to_string(i) + "]";
     if (!m.is_object() || !m.contains("role") || !m["role"].is_string())
       throw Error(at + ": expected an object with a string field 'role'");
     if (!m.contains("content") || !m["content"].is_string())
@@ -120,31 +170,104 @@ std::vector<ChatMessage> parse_messages(const json& rec, const std::string& wher
     ChatMessage cm{m["role"].get<std::string>(), m["content"].get<std::string>()};
     if (cm.role != "system" && cm.role != "user" && cm.role != "assistant")
       throw Error(at + ".role '" + cm.role + "' not supported (system, user, assistant)");
-    assistant |= cm.role == "assistant";
     out.push_back(std::move(cm));
   }
-  if (!assistant) throw Error(where + ": messages has no assistant turn (nothing to learn)");
+}
+
+// The conversation of an SFT record in any layout, as chat messages:
+//   alpaca: [system], user = instruction (+ "\n" + input when not empty), assistant = output
+//   sharegpt: from human|user -> user, gpt|assistant -> assistant, system -> system
+//   prompt_completion: strings -> user prompt + assistant completion; lists -> prompt + completion
+// Throws naming `where` and the field for a malformed record.
+std::vector<ChatMessage> parse_messages(const json& rec, SftLayout layout, const std::string& where) {
+  if (!rec.is_object()) throw Error(where + ": expected a JSON object");
+  std::vector<ChatMessage> out;
+  switch (layout) {
+    case SftLayout::Auto:
+    case SftLayout::Messages:
+      if (!rec.contains("messages")) throw Error(where + ": expected an array 'messages'");
+      append_message_list(rec["messages"], where, "messages", out);
+      break;
+    case SftLayout::Alpaca: {
+      const std::string system = string_field(rec, "system", where, layout, true);
+      std::string user = string_field(rec, "instruction", where, layout);
+      const std::string input = string_field(rec, "input", where, layout, true);
+      const std::string output = string_field(rec, "output", where, layout);
+      if (!input.empty()) user += "\n" + input;
+      if (!system.empty()) out.push_back({"system", system});
+      out.push_back({"user", std::move(user)});
+      out.push_back({"assistant", output});
+      break;
+    }
+    case SftLayout::ShareGpt: {
+      const auto it = rec.find("conversations");
+      if (it == rec.end() || !it->is_array())
+        throw Error(where + ": expected an array 'conversations' (sharegpt record)");
+      for (size_t i = 0; i < it->size(); ++i) {
+        const json& m = (*it)[i];
+        const std::string at = where + ": conversations[" + std::to_string(i) + "]";
+        if (!m.is_object() || !m.contains("from") || !m["from"].is_string())
+          throw Error(at + ": expected an object with a string field 'from'");
+        if (!m.contains("value") || !m["value"].is_string())
+          throw Error(at + ": expected a string field 'value'");
+        const std::string from = m["from"].get<std::string>();
+        std::string role;
+        if (from == "human" || from == "user") role = "user";
+        else if (from == "gpt" || from == "assistant") role = "assistant";
+        else if (from == "system") role = "system";
+        else
+          throw Error(at + ".from '" + from + "' not supported (human, gpt, system)");
+        out.push_back({role, m["value"].get<std::string>()});
+      }
+      break;
+    }
+    case SftLayout::PromptCompletion: {
+      const auto p = rec.find("prompt"), c = rec.find("completion");
+      if (p == rec.end() || c == rec.end())
+        throw Error(where + ": expected fields 'prompt' and 'completion' (prompt_completion record)");
+      if (p->is_string() && c->is_string()) {
+        out.push_back({"user", p->get<std::string>()});
+        out.push_back({"assistant", c->get<std::string>()});
+      } else if (p->is_array() && c->is_array()) {
+        append_message_list(*p, where, "prompt", out);
+        const size_t first = out.size();
+        append_message_list(*c, where, "completion", out);
+        if (std::none_of(out.begin() + long(first), out.end(),
+                         [](const ChatMessage& m) { return m.role == "assistant"; }))
+          throw Error(where + ": 'completion' has no assistant message");
+      } else {
+        throw Error(where + ": 'prompt' and 'completion' must both be strings or both message "
+                            "lists, got " + std::string(p->type_name()) + " and " + c->type_name());
+      }
+      break;
+    }
+  }
+  if (std::none_of(out.begin(), out.end(), [](const ChatMessage& m) { return m.role == "assistant"; }))
+    throw Error(where + ": " + (layout == SftLayout::ShareGpt ? "conversations" : "messages") +
+                " has no assistant turn (nothing to learn)");
   return out;
 }
 
 enum class Kind { Text, Sft, Empty };
 
 // Checks one JSONL record against the format; Empty for a text record with "".
-Kind classify(const json& rec, Format format, const std::string& where) {
+Kind classify(const json& rec, Format format, SftLayout layout, const std::string& where) {
   const bool text = rec.is_object() && rec.contains("text");
-  const bool msgs = rec.is_object() && rec.contains("messages");
   if (format == Format::Text || (format == Format::Auto && text)) {
     if (!text || !rec["text"].is_string())
       throw Error(where + (format == Format::Text ? ": expected an object with a string field 'text'"
                                                   : ": 'text' must be a string"));
     return rec["text"].get_ref<const std::string&>().empty() ? Kind::Empty : Kind::Text;
   }
-  if (!msgs)
-    throw Error(where + (format == Format::Sft
-                             ? ": expected an object with an array 'messages'"
-                             : ": expected an object with a string field 'text' or an array 'messages'"));
-  if (!rec["messages"].is_array()) throw Error(where + ": 'messages' must be an array");
-  parse_messages(rec, where);
+  const std::optional<SftLayout> l = record_layout(rec, layout);
+  if (!l)
+    throw Error(where +
+                (format == Format::Sft ? ": expected an object with an array 'messages'"
+                                       : ": expected an object with a string field 'text' or an "
+                                         "array 'messages'") +
+                " (or an SFT record in another layout: 'conversations', 'instruction' + 'output', "
+                "'prompt' + 'completion')");
+  parse_messages(rec, *l, where);
   return Kind::Sft;
 }
 
@@ -170,14 +293,16 @@ struct Corpus {
   std::vector<SourceFile> files;
   std::vector<DocRef> docs;
   Format format = Format::Auto;
+  SftLayout layout = SftLayout::Auto;
   bool paragraphs = false;
   bool has_sft = false;
 };
 
-Corpus index_corpus(const std::vector<std::string>& paths, Format format, bool paragraphs,
-                    const std::string& what) {
+Corpus index_corpus(const std::vector<std::string>& paths, Format format, SftLayout layout,
+                    bool paragraphs, const std::string& what) {
   Corpus c;
   c.format = format;
+  c.layout = layout;
   c.paragraphs = paragraphs;
   for (const auto& path : paths) {
     const uint32_t fi = uint32_t(c.files.size());
@@ -196,14 +321,14 @@ Corpus index_corpus(const std::vector<std::string>& paths, Format format, bool p
         off += line.size();
         if (blank(line)) continue;
         const std::string where = path + ":" + std::to_string(ln);
-        Kind k = classify(parse_line(line, where), format, where);
+        Kind k = classify(parse_line(line, where), format, layout, where);
         if (k == Kind::Empty) continue;
         c.has_sft |= k == Kind::Sft;
         c.docs.push_back({here, ln, fi});
       }
     } else if (format == Format::Sft) {
       throw Error(path + ": a plain text file cannot hold SFT examples (format 'sft' needs .jsonl "
-                         "records with 'messages')");
+                         "SFT records)");
     } else if (!paragraphs) {
       if (sf.size > 0) c.docs.push_back({0, 1, fi});
     } else {
@@ -263,11 +388,12 @@ class Reader {
       const std::string where = sf.path + ":" + std::to_string(d.line);
       if (!in.line(line)) throw Error(where + ": the file ended early (changed since it was indexed?)");
       json rec = parse_line(line, where);
-      Kind k = classify(rec, corpus_.format, where);
+      Kind k = classify(rec, corpus_.format, corpus_.layout, where);
       if (k == Kind::Sft) {
         ChatTokens ct;
         try {
-          ct = tokenize_chat(*tok_.tok, parse_messages(rec, where), tok_.chat);
+          ct = tokenize_chat(*tok_.tok, parse_messages(rec, *record_layout(rec, corpus_.layout), where),
+                             tok_.chat);
         } catch (const Error& e) {
           throw Error(where + ": " + e.what());
         }
@@ -398,6 +524,18 @@ class Stream {
     return r;
   }
 
+  // Rows packed from here until the pass over the documents ends (one
+  // running into the next pass counts); moves the stream.
+  int64_t rows_to_epoch_end() {
+    const uint64_t epoch = epoch_;
+    int64_t n = 0;
+    while (epoch_ == epoch && !at_epoch_end()) {
+      pack();
+      ++n;
+    }
+    return n;
+  }
+
   json state() const {
     json buf = json::array();
     for (const auto& r : buffer_) buf.push_back(row_to_json(r));
@@ -444,6 +582,14 @@ class Stream {
   }
 
   const DocRef& doc() const { return corpus_.docs[order_[pos_]]; }
+
+  // Every token of the pass is packed: the last document's last block is
+  // used up (a row that ended exactly there moves on to the next pass only
+  // when the next row is packed).
+  bool at_epoch_end() const {
+    return pos_ + 1 == order_.size() && block_ && !block_->atomic && block_->next == 0 &&
+           consumed_ == block_->ids.size();
+  }
 
   const Block& block() {
     if (!block_) block_ = reader_.read(doc(), block_at_);
@@ -575,6 +721,7 @@ class DataSource : public BatchSource {
     if (c.text_documents != "file" && c.text_documents != "paragraph")
       throw Error("DataConfig.text_documents '" + c.text_documents + "' unknown (file, paragraph)");
     const Format format = parse_format(c.format);
+    const SftLayout layout = parse_sft_layout(c.sft_format);
     if (!(c.instruction_ratio >= 0.0 && c.instruction_ratio <= 1.0))
       throw Error("DataConfig.instruction_ratio must be in [0, 1], got " +
                   std::to_string(c.instruction_ratio));
@@ -598,9 +745,11 @@ class DataSource : public BatchSource {
 
     const bool paragraphs = c.text_documents == "paragraph";
     std::optional<Corpus> main, instr;
-    if (c.instruction_ratio < 1) main = index_corpus(c.files, format, paragraphs, "DataConfig.files");
+    if (c.instruction_ratio < 1)
+      main = index_corpus(c.files, format, layout, paragraphs, "DataConfig.files");
     if (c.instruction_ratio > 0)
-      instr = index_corpus(c.instruction_files, Format::Sft, paragraphs, "DataConfig.instruction_files");
+      instr = index_corpus(c.instruction_files, Format::Sft, layout, paragraphs,
+                           "DataConfig.instruction_files");
     if (!c.chat_template.empty()) {
       t.chat = chat_template_from_name(c.chat_template);
     } else if ((main && main->has_sft) || instr) {
@@ -608,7 +757,7 @@ class DataSource : public BatchSource {
       try {
         ChatTemplate::from_tokenizer(tok);
       } catch (const Error& e) {
-        throw Error(std::string("the data holds SFT records ('messages'): ") + e.what());
+        throw Error(std::string("the data holds SFT records: ") + e.what());
       }
     }
     auto params = [&](uint64_t id) {
@@ -632,6 +781,8 @@ class DataSource : public BatchSource {
                {"shuffle_buffer", c.shuffle_buffer},
                {"text_block_bytes", c.text_block_bytes},
                {"tokenizer", {{"vocab_size", tok.vocab_size()}, {"eos_id", t.eos}, {"pad_id", t.pad}}}};
+    // only when set: states saved before sft_format existed read as "auto"
+    if (c.sft_format != "auto") config_["sft_format"] = c.sft_format;
   }
 
   TrainBatch next() override {
@@ -659,6 +810,13 @@ class DataSource : public BatchSource {
       }
     }
     return {tokens, labels, docs, padding};
+  }
+
+  int64_t rows_per_epoch() {
+    if (main_ && instr_)
+      throw Error("DataConfig: an epoch of two mixed streams (instruction_ratio " +
+                  std::to_string(c_.instruction_ratio) + ") is not defined");
+    return (main_ ? main_ : instr_)->rows_to_epoch_end();
   }
 
   json state() const override {
@@ -706,6 +864,11 @@ class DataSource : public BatchSource {
 
 std::unique_ptr<BatchSource> make_batch_source(const DataConfig& config, const Tokenizer& tokenizer) {
   return std::make_unique<DataSource>(config, tokenizer);
+}
+
+int64_t rows_per_epoch(const DataConfig& config, const Tokenizer& tokenizer) {
+  DataSource source(config, tokenizer);  // a fresh stream: at the start of epoch 0
+  return source.rows_per_epoch();
 }
 
 }  // namespace finmoe

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -176,6 +177,7 @@ const std::vector<Field<TrainConfig>>& top_fields() {
       field("warmup_steps", &C::warmup_steps),
       field("warmup_ratio", &C::warmup_ratio),
       field("max_steps", &C::max_steps),
+      field("epochs", &C::epochs),
       field("num_tokens", &C::num_tokens),
       field("grad_clip", &C::grad_clip),
       field("grad_accum", &C::grad_accum),
@@ -195,6 +197,7 @@ const std::vector<Field<DataConfig>>& data_fields() {
   static const std::vector<Field<D>> f = {
       field("files", &D::files),
       field("format", &D::format),
+      field("sft_format", &D::sft_format),
       field("instruction_files", &D::instruction_files),
       field("instruction_ratio", &D::instruction_ratio),
       field("seq_len", &D::seq_len),
@@ -287,6 +290,90 @@ void set_path(YAML::Node node, const std::vector<std::string>& path, size_t i,
   set_path(node[path[i]], path, i + 1, value);
 }
 
+std::string alias_names() {
+  std::string s;
+  for (const auto& a : kTrainConfigAliases) s += (s.empty() ? "" : ", ") + std::string(a.alias);
+  return s;
+}
+
+const TrainConfigAlias* find_alias(std::string_view key) {
+  for (const auto& a : kTrainConfigAliases)
+    if (a.alias == key) return &a;
+  return nullptr;
+}
+
+std::vector<std::string> split_key(std::string_view key) {
+  std::vector<std::string> path;
+  for (size_t start = 0;;) {
+    const size_t dot = key.find('.', start);
+    path.emplace_back(key.substr(start, dot == std::string_view::npos ? dot : dot - start));
+    if (dot == std::string_view::npos) return path;
+    start = dot + 1;
+  }
+}
+
+// An alias's value as finmoe's key takes it: HF's constant_with_warmup is
+// finmoe's constant (which warms up when warmup_steps/warmup_ratio say so).
+YAML::Node alias_value(const TrainConfigAlias& a, const YAML::Node& v) {
+  if (a.alias == "lr_scheduler_type" && v.IsScalar() && v.Scalar() == "constant_with_warmup")
+    return YAML::Node("constant");
+  return v;
+}
+
+// Equal as YAML scalars, as numbers (3e-4 and 0.0003), or as documents.
+bool same_value(const YAML::Node& a, const YAML::Node& b) {
+  if (a.IsScalar() && b.IsScalar()) {
+    if (a.Scalar() == b.Scalar()) return true;
+    try {
+      return a.as<double>() == b.as<double>();
+    } catch (const YAML::Exception&) {
+      return false;
+    }
+  }
+  return YAML::Dump(a) == YAML::Dump(b);
+}
+
+std::string shown(const YAML::Node& n) { return n.IsScalar() ? "'" + n.Scalar() + "'" : scalar_text(n); }
+
+// root[path...] when it is given (and not null).
+std::optional<YAML::Node> given(const YAML::Node& root, const std::vector<std::string>& path) {
+  YAML::Node n = root;  // reset(), never =: assigning a Node writes into the tree
+  for (const auto& part : path) {
+    const YAML::Node& cn = n;
+    if (!cn.IsMap() || !cn[part]) return std::nullopt;
+    n.reset(cn[part]);
+  }
+  if (n.IsNull()) return std::nullopt;
+  return n;
+}
+
+// Rewrites the HF names at the top level of `root` to finmoe's keys; an alias
+// whose key is also given with another value is an error naming both.
+void resolve_aliases(YAML::Node& root, const std::string& source) {
+  std::vector<std::string> found;
+  for (auto it = root.begin(); it != root.end(); ++it)
+    if (it->first.IsScalar() && find_alias(it->first.Scalar())) found.push_back(it->first.Scalar());
+  for (const std::string& key : found) {
+    const TrainConfigAlias& a = *find_alias(key);
+    const YAML::Node& croot = root;
+    const YAML::Node original = croot[key];
+    const YAML::Node value = alias_value(a, original);
+    const std::vector<std::string> path = split_key(a.key);
+    if (const auto existing = given(root, path); existing && !same_value(*existing, value))
+      throw Error(where(source, original, key) + " " + shown(original) + " and " +
+                  std::string(a.key) + " " + shown(*existing) +
+                  " name the same setting with different values: give one of them");
+    if (path.size() > 1) {
+      const YAML::Node section = croot[path[0]];
+      if (section.IsDefined() && !section.IsNull() && !section.IsMap())
+        throw Error(where(source, section, path[0]) + ": expected a mapping of keys, got " +
+                    scalar_text(section));
+    }
+    root.remove(key);
+    set_path(root, path, 0, value);
+  }
+}
+
 void apply_override(YAML::Node& root, const std::string& o) {
   const size_t eq = o.find('=');
   if (eq == std::string::npos || eq == 0)
@@ -304,10 +391,29 @@ void apply_override(YAML::Node& root, const std::string& o) {
   } catch (const YAML::Exception& e) {
     throw Error("override '" + o + "': the value is not valid YAML: " + e.msg);
   }
+  if (const TrainConfigAlias* a = path.size() == 1 ? find_alias(path[0]) : nullptr) {
+    value = alias_value(*a, value);  // an override of an HF name sets finmoe's key
+    path = split_key(a->key);
+  }
   set_path(root, path, 0, value);
 }
 
 }  // namespace
+
+const std::array<TrainConfigAlias, 12> kTrainConfigAliases = {{
+    {"learning_rate", "lr"},
+    {"gradient_accumulation_steps", "grad_accum"},
+    {"per_device_train_batch_size", "data.batch_size"},
+    {"per_device_eval_batch_size", "eval_data.batch_size"},
+    {"num_train_epochs", "epochs"},
+    {"lr_scheduler_type", "schedule"},
+    {"max_grad_norm", "grad_clip"},
+    {"adam_epsilon", "eps"},
+    {"save_steps", "save_interval"},
+    {"save_total_limit", "keep_checkpoints"},
+    {"logging_steps", "log_interval"},
+    {"eval_steps", "eval_interval"},
+}};
 
 std::string_view to_string(TrainMode mode) {
   for (const auto& [m, name] : kModes)
@@ -326,8 +432,15 @@ TrainMode train_mode_from_string(std::string_view name) {
 
 int64_t TrainConfig::total_steps() const {
   if (max_steps > 0) return max_steps;
+  if (epochs > 0) return 0;  // from the data: epoch_steps()
   const int64_t per_step = grad_accum * data.batch_size * data.seq_len;
   return per_step > 0 ? (num_tokens + per_step - 1) / per_step : 0;
+}
+
+int64_t TrainConfig::epoch_steps(int64_t rows_per_epoch) const {
+  const int64_t batches = (rows_per_epoch + data.batch_size - 1) / data.batch_size;
+  const int64_t per_epoch = std::max<int64_t>(1, batches / grad_accum);
+  return std::max<int64_t>(1, int64_t(std::ceil(epochs * double(per_epoch))));
 }
 
 void TrainConfig::validate() const {
@@ -387,7 +500,13 @@ void TrainConfig::validate() const {
   need(warmup_steps >= 0, "warmup_steps must be >= 0");
   need(warmup_ratio >= 0 && warmup_ratio < 1, "warmup_ratio must be in [0, 1)");
   need(max_steps >= 0 && num_tokens >= 0, "max_steps and num_tokens must be >= 0");
-  need(max_steps > 0 || num_tokens > 0, "max_steps or num_tokens is required");
+  need(std::isfinite(epochs) && epochs >= 0 && epochs <= 1e6, "epochs must be in [0, 1e6]");
+  need(max_steps > 0 || num_tokens > 0 || epochs > 0,
+       "max_steps or num_tokens is required (or epochs, HF num_train_epochs)");
+  need(max_steps > 0 || epochs == 0 || num_tokens == 0,
+       "epochs and num_tokens both say how long to train: give one of them (or max_steps)");
+  need(epochs == 0 || max_steps > 0 || mode != TrainMode::Hybrid,
+       "epochs need one data stream; mode hybrid mixes two: give max_steps or num_tokens");
   need(grad_clip >= 0, "grad_clip must be >= 0 (0 = off)");
   need(grad_accum >= 1, "grad_accum must be >= 1");
   need(!moe_aux_loss_alpha || *moe_aux_loss_alpha >= 0, "moe_aux_loss_alpha must be >= 0");
@@ -427,6 +546,7 @@ TrainConfig parse_train_config(const std::string& yaml, const std::string& sourc
   }
   if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
   if (!root.IsMap()) throw Error(source + ": expected a mapping of keys at the top level");
+  resolve_aliases(root, source);
   for (const auto& o : overrides) apply_override(root, o);
 
   TrainConfig c;
@@ -449,7 +569,8 @@ TrainConfig parse_train_config(const std::string& yaml, const std::string& sourc
                           [&](const auto& f) { return f.key == key; }))
       throw Error(where(source, it->first, key) +
                   ": unknown key (known: " +
-                  known_keys(top_fields(), "data, eval_data, kd, esft, lora") + ")");
+                  known_keys(top_fields(), "data, eval_data, kd, esft, lora") +
+                  "; HF names: " + alias_names() + ")");
   }
   for (auto it = root.begin(); it != root.end(); ++it) {
     const std::string key = key_text(it->first, source);

@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <mutex>
 #include <set>
 #include <sstream>
@@ -33,6 +34,7 @@
 #include "train/losses.h"
 #include "train/optimizer.h"
 #include "train/peft_methods.h"
+#include "train/dataset_size.h"
 #include "train/schedule.h"
 
 namespace finmoe {
@@ -137,6 +139,7 @@ nlohmann::json TrainSummary::to_json() const {
                       {"final_loss", final_loss}, {"checkpoint", checkpoint},
                       {"trainable_params", trainable_params}, {"model_params", model_params},
                       {"checkpoint_bytes", checkpoint_bytes}};
+  if (stopped_by_signal) j["stopped_by_signal"] = stopped_by_signal;
   if (final_eval)
     j["final_eval"] = {
         {"loss", final_eval->loss}, {"ppl", final_eval->ppl}, {"tokens", final_eval->tokens}};
@@ -365,8 +368,10 @@ struct Trainer::Impl {
   double aux_alpha = 0;
   LoadBalance aux_form = LoadBalance::Batch;
   int64_t step = 0;
+  int64_t total_steps = 0;  // config.total_steps(), or counted from the data for epochs
   int64_t tokens = 0;
   std::vector<StepMetrics> history;
+  std::string resumed_from;  // checkpoint directory this run started from; never pruned
   std::string last_checkpoint;
   int64_t last_checkpoint_step = -1;
   std::ofstream jsonl, csv;
@@ -641,7 +646,7 @@ struct Trainer::Impl {
                             {"step", step},
                             {"tokens", tokens},
                             {"mode", std::string(to_string(config.mode))},
-                            {"total_steps", config.total_steps()},
+                            {"total_steps", total_steps},
                             {"next_lr", schedule.at(step)},
                             {"rng", rng_state(device)},
                             {"data", source->state()},
@@ -652,7 +657,8 @@ struct Trainer::Impl {
     write_file_atomic((tmp / "metrics.jsonl").string(), rows);
   }
 
-  // Keeps the newest keep_checkpoints checkpoint-* directories.
+  // Keeps the newest keep_checkpoints checkpoint-* directories (and the one
+  // this run resumed from, which may be older).
   void prune_checkpoints() {
     if (config.keep_checkpoints <= 0) return;
     std::vector<std::pair<int64_t, fs::path>> found;
@@ -666,8 +672,13 @@ struct Trainer::Impl {
     }
     std::sort(found.begin(), found.end());
     const int64_t extra = int64_t(found.size()) - config.keep_checkpoints;
-    for (int64_t i = 0; i < extra; ++i)
-      if (found[size_t(i)].first != step) remove_tree(found[size_t(i)].second.string());
+    std::error_code ec;
+    for (int64_t i = 0; i < extra; ++i) {
+      const auto& [n, dir] = found[size_t(i)];
+      if (n == step) continue;
+      if (!resumed_from.empty() && fs::equivalent(dir, resumed_from, ec)) continue;
+      remove_tree(dir.string());
+    }
   }
 
   // The checkpoint directory config.resume names, or "" for a fresh start.
@@ -724,6 +735,7 @@ struct Trainer::Impl {
         history.push_back(StepMetrics::from_json(parse_json(line, metrics + ":" + std::to_string(n))));
     last_checkpoint = dir;
     last_checkpoint_step = step;
+    resumed_from = dir;
   }
 };
 
@@ -787,12 +799,30 @@ Trainer::Trainer(TrainConfig config, TrainerHooks hooks) : impl_(std::make_uniqu
   s.schedule.type = c.schedule;
   s.schedule.lr = c.lr;
   s.schedule.min_lr = c.min_lr;
-  s.schedule.total_steps = c.total_steps();
+  s.total_steps = c.total_steps();
+  if (s.total_steps == 0) {  // epochs: as many steps as passes over the data take
+    if (s.hooks.make_source)
+      throw Error("train config: epochs need the default data source (give max_steps)");
+    const int64_t rows = rows_per_epoch(c.data, s.get_tokenizer());
+    s.total_steps = c.epoch_steps(rows);
+    if (s.hooks.progress && s.dist->is_main())
+      std::cerr << "epochs " << c.epochs << ": " << rows << " rows of " << c.data.seq_len
+                << " tokens per epoch, " << s.total_steps << " steps" << std::endl;
+  }
+  s.schedule.total_steps = s.total_steps;
   s.schedule.warmup_steps =
       c.warmup_steps > 0 ? c.warmup_steps
                          : int64_t(std::llround(c.warmup_ratio * double(s.schedule.total_steps)));
 
-  if (!resume.empty()) s.resume_from(resume);
+  if (!resume.empty()) {
+    s.resume_from(resume);
+    if (s.hooks.progress && s.dist->is_main()) {
+      fs::path p = fs::path(resume).lexically_normal();
+      if (p.filename().empty()) p = p.parent_path();
+      std::cerr << "resuming from " << p.filename().string() << " at step " << s.step << " ("
+                << resume << ")" << std::endl;
+    }
+  }
   // All ranks start from rank 0's weights (and trained tensors outside the
   // model's parameters, such as adapters) and agree on where they are.
   std::vector<torch::Tensor> params;
@@ -822,15 +852,48 @@ StepMetrics Trainer::step() {
 EvalResult Trainer::evaluate() { return impl_->evaluate(); }
 std::string Trainer::save_checkpoint() { return impl_->save_checkpoint(); }
 int64_t Trainer::step_count() const { return impl_->step; }
-int64_t Trainer::total_steps() const { return impl_->config.total_steps(); }
+int64_t Trainer::total_steps() const { return impl_->total_steps; }
 const TrainConfig& Trainer::config() const { return impl_->config; }
 const std::vector<StepMetrics>& Trainer::history() const { return impl_->history; }
 Transformer& Trainer::model() { return *impl_->model; }
 
+namespace {
+
+// SIGINT / SIGTERM while run() runs: the number of the first one. SA_RESETHAND
+// puts the previous disposition back, so a second signal is not delayed.
+volatile sig_atomic_t g_stop_signal = 0;
+void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+class StopSignals {
+ public:
+  StopSignals() {
+    g_stop_signal = 0;
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESETHAND | SA_RESTART;
+    ::sigaction(SIGINT, &sa, &old_int_);
+    ::sigaction(SIGTERM, &sa, &old_term_);
+  }
+  ~StopSignals() {
+    ::sigaction(SIGINT, &old_int_, nullptr);
+    ::sigaction(SIGTERM, &old_term_, nullptr);
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+
+ private:
+  struct sigaction old_int_ {}, old_term_ {};
+};
+
+}  // namespace
+
 TrainSummary Trainer::run() {
   Impl& s = *impl_;
   const TrainConfig& c = s.config;
-  const int64_t total = c.total_steps();
+  const int64_t total = s.total_steps;
+  StopSignals stop_signals;
+  int stopped_by = 0;
   const int64_t first = s.step;
   const int64_t tokens0 = s.tokens;
   std::optional<Progress> bar;
@@ -863,8 +926,29 @@ TrainSummary Trainer::run() {
       }
     }
     if (c.save_interval > 0 && s.step % c.save_interval == 0 && !final_step) s.save_checkpoint();
+    // every rank stops at the same step when any of them got the signal
+    int sig = int(g_stop_signal);
+    if (s.dist->distributed()) sig = int(s.dist->all_reduce_sum(double(sig)) > 0 ? SIGTERM : 0);
+    if (sig && !final_step) {
+      stopped_by = g_stop_signal ? int(g_stop_signal) : sig;
+      break;
+    }
   }
   if (bar) bar->finish();
+  if (stopped_by) {
+    if (s.last_checkpoint_step != s.step) s.save_checkpoint();
+    if (s.dist->is_main())
+      std::cerr << "stopped by " << (stopped_by == SIGINT ? "SIGINT" : "SIGTERM") << " after step "
+                << s.step << "/" << total << "; checkpoint " << s.last_checkpoint
+                << " (continue with resume: auto)" << std::endl;
+    TrainSummary sum;
+    sum.steps = s.step;
+    sum.tokens = s.tokens;
+    sum.final_loss = s.history.empty() ? 0.0 : s.history.back().loss;
+    sum.checkpoint = s.last_checkpoint;
+    sum.stopped_by_signal = stopped_by;
+    return sum;
+  }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!last_eval && !s.eval_batches.empty()) last_eval = s.evaluate();  // nothing left to train

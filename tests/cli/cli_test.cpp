@@ -147,6 +147,93 @@ TEST_F(Cli, GenerateStreamsAndReportsSpeed) {
             r.out.substr(0, 40));
 }
 
+// stdout alone: the generated text (the speed line goes to stderr).
+std::string text_of(const std::string& args) {
+  const std::string cmd = std::string(FINMOE_CLI_PATH) + " " + args + " 2>/dev/null";
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return out;
+  std::array<char, 4096> buf;
+  for (size_t n; (n = fread(buf.data(), 1, buf.size(), p)) > 0;) out.append(buf.data(), n);
+  pclose(p);
+  return out;
+}
+
+// A copy of the tiny model (links) whose generation_config.json has `changes` applied.
+std::string with_generation_config(const fs::path& model, const fs::path& dir, const nlohmann::json& changes) {
+  fs::create_directories(dir);
+  nlohmann::json gen = nlohmann::json::object();
+  for (const auto& e : fs::directory_iterator(model)) {
+    if (e.path().filename() == "generation_config.json")
+      gen = nlohmann::json::parse(std::ifstream(e.path()));
+    else
+      fs::create_symlink(e.path(), dir / e.path().filename());
+  }
+  gen.update(changes);
+  std::ofstream(dir / "generation_config.json") << gen.dump();
+  return dir.string();
+}
+
+// The tiny model's greedy 6 tokens after "The balance sheet" (computed once).
+const std::string& greedy_six(const std::string& model) {
+  static const std::string text = text_of("generate " + model + " -p 'The balance sheet' -n 6 --greedy");
+  return text;
+}
+
+TEST_F(Cli, GenerateTakesSamplingDefaultsFromGenerationConfigLikeServe) {
+  const std::string prompt = " -p 'The balance sheet'";
+  const std::string& greedy = greedy_six(model());
+  ASSERT_GT(greedy.size(), 1u);
+  // top_k 1 (and a temperature that would otherwise spread the choice):
+  // sampling is greedy without --greedy, and max_new_tokens sets -n
+  const std::string m = with_generation_config(
+      model(), dir_ / "topk1", {{"top_k", 1}, {"temperature", 1.5}, {"max_new_tokens", 6}});
+  for (int seed : {1, 2})
+    EXPECT_EQ(text_of("generate " + m + prompt + " --seed " + std::to_string(seed)), greedy) << seed;
+  // flags override the file: fewer tokens are a prefix of the greedy text
+  const std::string three = text_of("generate " + m + prompt + " -n 3");
+  EXPECT_LT(three.size(), greedy.size());
+  EXPECT_EQ(greedy.substr(0, three.size() - 1), three.substr(0, three.size() - 1));
+  // an out-of-range value in the file is refused naming it
+  const std::string bad = with_generation_config(model(), dir_ / "badgen", {{"max_new_tokens", -4}});
+  const Result r = run("generate " + bad + prompt);
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_NE(r.out.find("max_new_tokens"), std::string::npos) << r.out;
+}
+
+TEST_F(Cli, GenerateAcceptsLlamaCppShortFlags) {
+  const std::string prompt = "The balance sheet";
+  const std::string& greedy = greedy_six(model());
+  ASSERT_GT(greedy.size(), 1u);
+  // -f: the prompt from a file
+  const fs::path file = dir_ / "prompt.txt";
+  std::ofstream(file) << prompt;
+  EXPECT_EQ(text_of("generate " + model() + " -f " + file.string() + " -n 6 --greedy"), greedy);
+  // -s is --seed
+  const std::string sampled = " -p '" + prompt + "' -n 6 --temperature 1.2";
+  EXPECT_EQ(text_of("generate " + model() + sampled + " -s 9"),
+            text_of("generate " + model() + sampled + " --seed 9"));
+  // -t: the decode threads; the text does not depend on them
+  EXPECT_EQ(text_of("generate " + model() + " -p '" + prompt + "' -n 6 --greedy -t 1"), greedy);
+  Result r = run("generate " + model() + " -p x -t -1");
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_NE(r.out.find("--threads"), std::string::npos) << r.out;
+  // -c: prompt + generated tokens; the prompt's length from `finmoe tokenize`
+  const auto ids = nlohmann::json::parse(
+      run("tokenize " + model() + " --text '" + prompt + "' --add-special-tokens --json").out)["ids"];
+  const int64_t n_prompt = int64_t(ids.size());
+  ASSERT_GT(n_prompt, 0);
+  EXPECT_EQ(text_of("generate " + model() + " -p '" + prompt + "' --greedy -c " + std::to_string(n_prompt + 2)),
+            text_of("generate " + model() + " -p '" + prompt + "' --greedy -n 2"));
+  r = run("generate " + model() + " -p '" + prompt + "' -c " + std::to_string(n_prompt));
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_NE(r.out.find("--ctx-size"), std::string::npos) << r.out;
+  // no prompt at all names both ways to give one
+  r = run("generate " + model());
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_NE(r.out.find("-f/--file"), std::string::npos) << r.out;
+}
+
 TEST_F(Cli, BenchDecodeReportsEveryBatchAgainstTheWeightFloor) {
   auto info = nlohmann::json::parse(run("info " + model() + " --json").out);
   auto r = run("bench decode " + model() +

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Crash-only behaviour under faults, through the real `finmoe` binary:
 
+- SIGTERM finishes the current step, checkpoints it and exits 143;
+  the resume says where it starts and reaches the uninterrupted weights;
 - a training run killed with SIGKILL at several points (between steps,
   during a checkpoint save, before the first checkpoint) and resumed with
   `--resume auto` ends with the same weights, bit for bit, as a run that was
@@ -139,6 +141,34 @@ class TrainingUnderFaults(unittest.TestCase):
                 code = self.training.kill_at(out, lambda o, t: Training.steps_done(o) >= target)
                 self.assertEqual(code, -signal.SIGKILL, "the run ended before step %d" % target)
                 self.resume(out)
+                self.assertSameWeights(out)
+
+    def test_sigterm_checkpoints_the_finished_step_then_resume(self):
+        # SIGINT takes the same path (Trainer.SigintOrSigterm... in test_train)
+        for sig, code in ((signal.SIGTERM, 143),):
+            with self.subTest(signal=sig.name):
+                out = os.path.join(self.root, "stopped-%s" % sig.name)
+                log = os.path.join(self.root, "stopped-%s.log" % sig.name)
+                with open(log, "w") as f:
+                    p = subprocess.Popen(self.training.command(out), stdout=f, stderr=subprocess.STDOUT)
+                    try:
+                        while p.poll() is None and Training.steps_done(out) < 2:
+                            time.sleep(0.002)
+                        p.send_signal(sig)
+                    finally:
+                        p.wait(timeout=120)
+                with open(log) as f:
+                    text = f.read()
+                self.assertEqual(p.returncode, code, text)
+                done = Training.steps_done(out)
+                self.assertLess(done, STEPS, "the signal came after the last step")
+                self.assertIn("stopped by %s after step %d/%d" % (sig.name, done, STEPS), text)
+                # the finished step is the checkpoint `latest` names, written whole
+                with open(os.path.join(out, "latest")) as f:
+                    self.assertEqual(f.read().strip(), "checkpoint-%d" % done)
+                self.assertEqual([n for n in os.listdir(out) if n.startswith(".")], [])
+                r = self.resume(out)
+                self.assertIn("resuming from checkpoint-%d at step %d" % (done, done), r.stdout)
                 self.assertSameWeights(out)
 
     def test_sigkill_during_a_checkpoint_save_keeps_the_previous_one(self):

@@ -57,10 +57,30 @@ TEST_F(TrainCli, FlagsOverrideTheConfigFile) {
 TEST_F(TrainCli, BadConfigsNameTheKey) {
   const std::string cfg = write("bad.yaml",
                                 "model: m\noutput_dir: o\nmax_steps: 1\n"
-                                "data: {files: a.txt}\nlearning_rate: 1e-4\n");
+                                "data: {files: a.txt}\nlearning_rat: 1e-4\n");
   auto r = run("train -c " + cfg + " --dry-run");
   EXPECT_EQ(r.status, 2) << r.out;
-  EXPECT_NE(r.out.find("bad.yaml:5: learning_rate: unknown key"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("bad.yaml:5: learning_rat: unknown key"), std::string::npos) << r.out;
+
+  // HF names are finmoe keys; a flag still overrides them, a conflict names both
+  const std::string hf = write("hf.yaml",
+                               "model: m\noutput_dir: o\nnum_train_epochs: 2\n"
+                               "data: {files: a.txt}\nlearning_rate: 1e-4\nsave_total_limit: 2\n");
+  r = run("train -c " + hf + " --dry-run --weight-decay 0.01");
+  ASSERT_EQ(r.status, 0) << r.out;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_DOUBLE_EQ(j["lr"].get<double>(), 1e-4);
+  EXPECT_EQ(j["keep_checkpoints"], 2);
+  EXPECT_DOUBLE_EQ(j["epochs"].get<double>(), 2.0);
+  EXPECT_TRUE(j["total_steps"].is_null());  // counted from the data when training starts
+  r = run("train -c " + hf + " --dry-run --lr 3e-4");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_DOUBLE_EQ(nlohmann::json::parse(r.out)["lr"].get<double>(), 3e-4);
+  const std::string both = write("both.yaml", "model: m\noutput_dir: o\nmax_steps: 1\n"
+                                              "data: {files: a.txt}\nlearning_rate: 1e-4\nlr: 2e-4\n");
+  r = run("train -c " + both + " --dry-run");
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_NE(r.out.find("both.yaml:5: learning_rate '1e-4' and lr '2e-4'"), std::string::npos) << r.out;
 
   r = run("train --model m --output-dir o --data a.txt --max-steps 1 --lr fast --dry-run");
   EXPECT_EQ(r.status, 2) << r.out;

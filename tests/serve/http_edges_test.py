@@ -4,12 +4,15 @@ bodies to routes that take none, lines and headers past the limits, a head
 sent a byte at a time, bodies that stop, API keys with something after them.
 Each gets its OpenAI error before the server reads what it does not need,
 the connection is closed when a request was not read to its end, and the
-server keeps serving with its memory where it was.
+server keeps serving with its memory where it was. The access log
+(--log-level) writes one line per request with its status, latency and tokens.
 
 Standard library only. Usage: http_edges_test.py FINMOE_BINARY TEST_DATA_DIR
 """
+import datetime
 import json
 import os
+import re
 import select
 import socket
 import subprocess
@@ -333,6 +336,68 @@ class HttpEdges(unittest.TestCase):
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("--api-key-file", r.stdout + r.stderr)
 
+
+
+ACCESS = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z finmoe serve: (\S+) (\S+) (\d{3}) "
+                    r"([\d.]+|-) ms(?: prompt_tokens=(\d+) completion_tokens=(\d+))?(.*)$")
+
+
+class AccessLog(unittest.TestCase):
+    """--log-level info (the default): one line per HTTP request, after its response."""
+
+    def access_lines(self, server, path):
+        return [m for m in (ACCESS.match(line.rstrip("\n")) for line in server.lines) if m and m.group(3) == path]
+
+    def wait_for_line(self, server, path, count):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            lines = self.access_lines(server, path)
+            if len(lines) >= count:
+                return lines
+            time.sleep(0.02)
+        self.fail("no access line for %s in:\n%s" % (path, server.log()))
+
+    def test_a_line_per_request_with_time_status_latency_and_tokens(self):
+        before = len(self.access_lines(SERVER, "/v1/completions"))
+        t0 = time.monotonic()
+        status, body = SERVER.post_json("/v1/completions", {"model": "edge", "prompt": "The balance sheet",
+                                                            "max_tokens": 3, "temperature": 0},
+                                        headers={"Authorization": "Bearer " + KEY})
+        elapsed_ms = (time.monotonic() - t0) * 1e3
+        self.assertEqual(status, 200, body)
+        line = self.wait_for_line(SERVER, "/v1/completions", before + 1)[-1]
+        stamp, method, _, code, ms, prompt_tokens, completion_tokens, rest = line.groups()
+        self.assertEqual((method, code), ("POST", "200"))
+        # the response's own usage
+        self.assertEqual(int(prompt_tokens), body["usage"]["prompt_tokens"])
+        self.assertEqual(int(completion_tokens), body["usage"]["completion_tokens"])
+        self.assertEqual(rest, "")
+        # the server's latency is within what the client waited
+        self.assertGreater(float(ms), 0)
+        self.assertLessEqual(float(ms), elapsed_ms + 1)
+        # UTC, now
+        when = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=datetime.timezone.utc)
+        self.assertLess(abs((datetime.datetime.now(datetime.timezone.utc) - when).total_seconds()), 60)
+
+        # other routes: no tokens; errors with their status
+        before = len(self.access_lines(SERVER, "/no/such/route"))
+        self.assertEqual(SERVER.request("GET", "/no/such/route")[0], 404)
+        line = self.wait_for_line(SERVER, "/no/such/route", before + 1)[-1]
+        self.assertEqual((line.group(2), line.group(4), line.group(6)), ("GET", "404", None))
+
+    def test_log_level_warning_writes_no_access_lines_and_a_bad_level_is_refused(self):
+        server = serve_util.Server(FINMOE, os.path.join(SCRATCH.path, "tiny"), "--kv-cache-memory", "8MiB",
+                                   "--log-level", "warning")
+        try:
+            self.assertEqual(server.request("GET", "/v1/models")[0], 200)
+            self.assertEqual(server.request("GET", "/health")[0], 200)
+        finally:
+            self.assertEqual(server.stop(), 0, server.log())
+        self.assertEqual([m for m in (ACCESS.match(x) for x in server.lines) if m], [], server.log())
+        r = subprocess.run([FINMOE, "serve", os.path.join(SCRATCH.path, "tiny"), "--log-level", "loud"],
+                           capture_output=True, text=True)
+        self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
+        self.assertIn("--log-level: log level 'loud' unknown (error, warning, info)", r.stderr)
 
 if __name__ == "__main__":
     unittest.main(argv=[sys.argv[0], "-v"])

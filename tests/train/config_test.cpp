@@ -2,6 +2,8 @@
 // and the errors that name the offending key.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "../expect_error.h"
 #include "finmoe/train.h"
 
@@ -180,6 +182,109 @@ TEST(TrainConfig, EsftAndLoraSectionsAndTheirRequirements) {
                   "lora.rank");
   EXPECT_EQ(train_mode_from_string("lora"), TrainMode::Lora);
   EXPECT_EQ(to_string(TrainMode::Hybrid), "hybrid");
+}
+
+// ---- Hugging Face TrainingArguments names ------------------------------------------
+
+const char* kBase = "model: m\noutput_dir: o\ndata:\n  files: a.jsonl\n";
+
+TEST(TrainConfigAliases, HfNamesSetTheSameConfigAsFinmoeKeys) {
+  const TrainConfig hf = parse_train_config(std::string(kBase) + R"(
+learning_rate: 2.0e-5
+gradient_accumulation_steps: 4
+per_device_train_batch_size: 3
+per_device_eval_batch_size: 5
+num_train_epochs: 2.5
+lr_scheduler_type: linear
+max_grad_norm: 0.5
+adam_epsilon: 1.0e-6
+save_steps: 50
+save_total_limit: 2
+logging_steps: 5
+eval_steps: 25
+warmup_ratio: 0.1
+weight_decay: 0.01
+seed: 42
+)", "hf.yaml");
+  const TrainConfig own = parse_train_config(std::string(kBase) + R"(
+lr: 2.0e-5
+grad_accum: 4
+data: {files: a.jsonl, batch_size: 3}
+eval_data: {batch_size: 5}
+epochs: 2.5
+schedule: linear
+grad_clip: 0.5
+eps: 1.0e-6
+save_interval: 50
+keep_checkpoints: 2
+log_interval: 5
+eval_interval: 25
+warmup_ratio: 0.1
+weight_decay: 0.01
+seed: 42
+)", "own.yaml");
+  EXPECT_EQ(hf.to_json(), own.to_json());
+  EXPECT_EQ(hf.data.batch_size, 3);
+  EXPECT_EQ(hf.eval_data.batch_size, 5);
+  EXPECT_DOUBLE_EQ(hf.epochs, 2.5);
+  EXPECT_EQ(hf.keep_checkpoints, 2);
+  // every alias names a key the parser knows (the table above covers them all)
+  EXPECT_EQ(kTrainConfigAliases.size(), 12u);
+}
+
+TEST(TrainConfigAliases, AnAliasAndItsKeyMustAgree) {
+  // the same value twice is fine, also when written differently
+  EXPECT_DOUBLE_EQ(
+      parse_train_config(std::string(kBase) + "max_steps: 1\nlr: 0.0003\nlearning_rate: 3e-4\n", "t.yaml").lr,
+      3e-4);
+  auto msg = message_of([] {
+    parse_train_config(std::string(kBase) + "max_steps: 1\nlr: 1e-4\nlearning_rate: 3e-4\n", "t.yaml");
+  });
+  EXPECT_CONTAINS(msg, "t.yaml:7: learning_rate '3e-4' and lr '1e-4'");
+  EXPECT_CONTAINS(msg, "different values");
+  msg = message_of([] {
+    parse_train_config(std::string(kBase) + "  batch_size: 8\nmax_steps: 1\nper_device_train_batch_size: 4\n",
+                       "t.yaml");
+  });
+  EXPECT_CONTAINS(msg, "per_device_train_batch_size '4' and data.batch_size '8'");
+  // an override of the HF name replaces the file's finmoe key (overrides win)
+  const TrainConfig c = parse_train_config(std::string(kBase) + "max_steps: 1\nlr: 1e-4\n", "t.yaml",
+                                           {"learning_rate=5e-4", "save_total_limit=3"});
+  EXPECT_DOUBLE_EQ(c.lr, 5e-4);
+  EXPECT_EQ(c.keep_checkpoints, 3);
+  // HF's constant_with_warmup is finmoe's constant (which warms up)
+  EXPECT_EQ(parse_train_config(std::string(kBase) + "max_steps: 1\nlr_scheduler_type: constant_with_warmup\n",
+                               "t.yaml")
+                .schedule,
+            "constant");
+  msg = message_of([] {
+    parse_train_config(std::string(kBase) + "max_steps: 1\nlr_scheduler_type: polynomial\n", "t.yaml");
+  });
+  EXPECT_CONTAINS(msg, "schedule must be cosine, linear or constant, got 'polynomial'");
+}
+
+TEST(TrainConfigAliases, EpochStepsCountLikeHfAndMaxStepsWins) {
+  TrainConfig c = parse_train_config(std::string(kBase) + "num_train_epochs: 3\n", "t.yaml");
+  EXPECT_EQ(c.total_steps(), 0);  // from the data
+  c.data.batch_size = 4;
+  c.grad_accum = 2;
+  // HF: update steps per epoch = max(1, floor(ceil(rows / batch) / accum)); ceil(epochs * that)
+  for (int64_t rows : {1, 7, 8, 9, 33, 100}) {
+    const int64_t batches = (rows + 3) / 4;
+    const int64_t per_epoch = std::max<int64_t>(1, batches / 2);
+    EXPECT_EQ(c.epoch_steps(rows), 3 * per_epoch) << rows;
+  }
+  c.epochs = 0.3;
+  EXPECT_EQ(c.epoch_steps(100), 4);  // 25 batches -> 12 steps per epoch; 3.6 rounded up
+  const TrainConfig both =
+      parse_train_config(std::string(kBase) + "num_train_epochs: 3\nmax_steps: 11\n", "t.yaml");
+  EXPECT_EQ(both.total_steps(), 11);
+  EXPECT_CONTAINS(message_of([] {
+                    parse_train_config(std::string(kBase) + "epochs: 1\nnum_tokens: 1000\n", "t.yaml");
+                  }),
+                  "epochs and num_tokens both say how long to train");
+  EXPECT_CONTAINS(message_of([] { parse_train_config(std::string(kBase) + "epochs: -1\n", "t.yaml"); }),
+                  "epochs must be in [0, 1e6]");
 }
 
 }  // namespace

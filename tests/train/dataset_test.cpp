@@ -694,5 +694,117 @@ TEST(DataErrors, BadConfigIsRefused) {
   EXPECT_CONTAINS(error_of(c), "text_documents 'chapter'");
 }
 
+// ---- SFT layouts besides `messages` -----------------------------------------------
+
+namespace layouts {
+
+// The batch one record makes alone (no shuffle; a row long enough for it).
+TrainBatch batch_of(const TempDir& dir, const std::string& name, const json& record,
+                    const std::string& sft_format = "auto") {
+  DataConfig c;
+  c.files = {dir.write(name, record.dump() + "\n")};
+  c.format = "sft";
+  c.sft_format = sft_format;
+  c.seq_len = 160;
+  c.batch_size = 1;
+  c.shuffle = false;
+  return make_batch_source(c, small_tok())->next();
+}
+
+// Same token ids and the same labels (loss mask) as the `messages` record.
+void expect_same_batch(const TrainBatch& got, const TrainBatch& want) {
+  EXPECT_TRUE(torch::equal(got.tokens, want.tokens));
+  EXPECT_TRUE(torch::equal(got.labels, want.labels));
+  // the reference has something to compare: assistant labels and masked prompt
+  EXPECT_GT(want.labels.ne(-100).sum().item<int64_t>(), 0);
+  EXPECT_GT(want.labels.eq(-100).sum().item<int64_t>(), 0);
+}
+
+json msg(const char* role, const std::string& content) { return {{"role", role}, {"content", content}}; }
+
+}  // namespace layouts
+
+TEST(SftLayouts, AlpacaEqualsItsMessagesRecord) {
+  using namespace layouts;
+  TempDir dir("alpaca");
+  const TrainBatch want = batch_of(
+      dir, "m.jsonl",
+      {{"messages", {msg("system", "You are an accountant."), msg("user", "Classify the item.\nPrepaid rent"),
+                     msg("assistant", "A current asset.")}}});
+  const json rec = {{"system", "You are an accountant."},
+                    {"instruction", "Classify the item."},
+                    {"input", "Prepaid rent"},
+                    {"output", "A current asset."}};
+  expect_same_batch(batch_of(dir, "a.jsonl", rec), want);               // detected
+  expect_same_batch(batch_of(dir, "a2.jsonl", rec, "alpaca"), want);   // named
+  // no input, no system: just the instruction as the user turn
+  expect_same_batch(batch_of(dir, "a3.jsonl", {{"instruction", "Define NPV."}, {"input", ""}, {"output", "Net present value."}}),
+                    batch_of(dir, "m3.jsonl", {{"messages", {msg("user", "Define NPV."), msg("assistant", "Net present value.")}}}));
+}
+
+TEST(SftLayouts, ShareGptEqualsItsMessagesRecord) {
+  using namespace layouts;
+  TempDir dir("sharegpt");
+  const TrainBatch want = batch_of(
+      dir, "m.jsonl",
+      {{"messages", {msg("system", "Be brief."), msg("user", "Hi"), msg("assistant", "Hello!"),
+                     msg("user", "2+2?"), msg("assistant", "4")}}});
+  const json rec = {{"conversations",
+                     {{{"from", "system"}, {"value", "Be brief."}},
+                      {{"from", "human"}, {"value", "Hi"}},
+                      {{"from", "gpt"}, {"value", "Hello!"}},
+                      {{"from", "human"}, {"value", "2+2?"}},
+                      {{"from", "gpt"}, {"value", "4"}}}}};
+  expect_same_batch(batch_of(dir, "s.jsonl", rec), want);
+  expect_same_batch(batch_of(dir, "s2.jsonl", rec, "sharegpt"), want);
+}
+
+TEST(SftLayouts, PromptCompletionEqualsItsMessagesRecord) {
+  using namespace layouts;
+  TempDir dir("pc");
+  // strings: a user turn and an assistant turn
+  expect_same_batch(
+      batch_of(dir, "p.jsonl", {{"prompt", "What is EBITDA?"}, {"completion", "Earnings before interest."}}),
+      batch_of(dir, "m.jsonl", {{"messages", {msg("user", "What is EBITDA?"), msg("assistant", "Earnings before interest.")}}}));
+  // TRL's conversational form: message lists, concatenated
+  const json rec = {{"prompt", {msg("system", "Be brief."), msg("user", "Hi")}},
+                    {"completion", {msg("assistant", "Hello!")}}};
+  const TrainBatch want =
+      batch_of(dir, "m2.jsonl", {{"messages", {msg("system", "Be brief."), msg("user", "Hi"), msg("assistant", "Hello!")}}});
+  expect_same_batch(batch_of(dir, "p2.jsonl", rec), want);
+  expect_same_batch(batch_of(dir, "p3.jsonl", rec, "prompt_completion"), want);
+}
+
+TEST(SftLayouts, MalformedRecordsNameFileLineAndField) {
+  using namespace layouts;
+  TempDir dir("badlayout");
+  DataConfig c;
+  c.format = "sft";
+  auto error_at_line2 = [&](const json& bad, const std::string& sft_format = "auto") {
+    c.sft_format = sft_format;
+    c.files = {dir.write("bad.jsonl", json{{"instruction", "ok"}, {"output", "fine"}}.dump() + "\n" +
+                                          bad.dump() + "\n")};
+    return error_of(c);
+  };
+  EXPECT_CONTAINS(error_at_line2({{"instruction", "x"}}), "bad.jsonl:2: expected a string field 'output' (alpaca record)");
+  EXPECT_CONTAINS(error_at_line2({{"instruction", 3}, {"output", "y"}}), "bad.jsonl:2: 'instruction' must be a string");
+  EXPECT_CONTAINS(error_at_line2({{"conversations", {{{"from", "bot"}, {"value", "b"}}}}}),
+                  "bad.jsonl:2: conversations[0].from 'bot' not supported");
+  EXPECT_CONTAINS(error_at_line2({{"conversations", {{{"from", "human"}}}}}),
+                  "bad.jsonl:2: conversations[0]: expected a string field 'value'");
+  EXPECT_CONTAINS(error_at_line2({{"conversations", {{{"from", "human"}, {"value", "q"}}}}}),
+                  "bad.jsonl:2: conversations has no assistant turn");
+  EXPECT_CONTAINS(error_at_line2({{"prompt", "q"}, {"completion", {msg("assistant", "a")}}}),
+                  "bad.jsonl:2: 'prompt' and 'completion' must both be strings or both message lists");
+  EXPECT_CONTAINS(error_at_line2({{"prompt", {msg("user", "q")}}, {"completion", {msg("user", "a")}}}),
+                  "bad.jsonl:2: 'completion' has no assistant message");
+  EXPECT_CONTAINS(error_at_line2({{"prompt", "q"}}), "bad.jsonl:2: expected fields 'prompt' and 'completion'");
+  // a named layout holds every record to it: line 1 is alpaca
+  EXPECT_CONTAINS(error_at_line2({{"conversations", json::array()}}, "sharegpt"),
+                  "bad.jsonl:1: expected an array 'conversations' (sharegpt record)");
+  c.sft_format = "chatml";
+  EXPECT_CONTAINS(error_of(c), "sft_format 'chatml' unknown");
+}
+
 }  // namespace
 }  // namespace finmoe

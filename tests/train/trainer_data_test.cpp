@@ -4,6 +4,7 @@
 // exact resume that includes the data position.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
@@ -146,6 +147,39 @@ TEST_F(TrainerData, ResumeContinuesTheDataStreamExactly) {
     EXPECT_EQ(a.history()[i].loss_tokens, b.history()[i].loss_tokens) << i;
   }
   EXPECT_EQ(a.history().back().eval_loss, b.history().back().eval_loss);
+}
+
+TEST_F(TrainerData, EpochsCountTheirStepsFromTheData) {
+  TempDir out;
+  TrainConfig c = config(out.str());
+  c.mode = TrainMode::Pretrain;
+  c.data.instruction_files.clear();
+  c.data.instruction_ratio = 0;
+  c.eval_data.files.clear();
+  c.max_steps = 0;
+  c.epochs = 0.25;  // a fraction: a short run
+  // one pass packs the documents' tokens (bos when the tokenizer adds it,
+  // the text, eos) as one stream into rows of seq_len + 1
+  const Tokenizer t = Tokenizer::from_dir(tok());
+  int64_t n_tokens = 0;
+  std::ifstream in(path("text.jsonl"));
+  for (std::string line; std::getline(in, line);) {
+    const std::string text = nlohmann::json::parse(line)["text"].get<std::string>();
+    n_tokens += int64_t(t.encode(text).size()) + 1 + (t.config().add_bos_token && t.bos_id() ? 1 : 0);
+  }
+  const int64_t L = c.data.seq_len + 1;
+  const int64_t rows = (n_tokens + L - 1) / L;
+  const int64_t per_epoch = std::max<int64_t>(1, (rows + c.data.batch_size - 1) / c.data.batch_size);
+  const int64_t want = int64_t(std::ceil(0.25 * double(per_epoch)));
+  ASSERT_GT(want, 2);  // several batches per epoch: the count is not a floor of 1
+  Trainer trainer(c, quiet());
+  EXPECT_EQ(trainer.total_steps(), want) << n_tokens << " tokens, " << rows << " rows";
+  EXPECT_EQ(trainer.run().steps, want);
+  // max_steps wins over epochs, as in HF
+  TempDir out2;
+  c.output_dir = out2.str();
+  c.max_steps = 2;
+  EXPECT_EQ(Trainer(c, quiet()).total_steps(), 2);
 }
 
 }  // namespace

@@ -4,6 +4,8 @@
 // perplexity, the checkpoint layout, metrics files and errors.
 #include <gtest/gtest.h>
 
+#include <signal.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -363,6 +365,103 @@ TEST(Trainer, ErrorsNameTheProblem) {
   e.lora.target_modules = {"w1"};  // a mixtral name on a qwen2 model
   EXPECT_CONTAINS(message_of([&] { Trainer t(e, test::synthetic_hooks(mc.vocab_size)); }),
                   "'w1' matches no linear layer");
+}
+
+// ---- interruption and checkpoint retention -----------------------------------------
+
+// A synthetic stream that sends this process `sig` when it draws batch `at`
+// (1-based), i.e. in the middle of that training step.
+class SignallingSource : public test::SyntheticSource {
+ public:
+  SignallingSource(const DataConfig& c, int64_t vocab, int at, int sig)
+      : SyntheticSource(c, vocab), at_(at), sig_(sig) {}
+  TrainBatch next() override {
+    if (++drawn_ == at_) ::raise(sig_);
+    return SyntheticSource::next();
+  }
+
+ private:
+  int at_, sig_, drawn_ = 0;
+};
+
+std::vector<std::string> checkpoint_names(const std::string& out) {
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(out))
+    if (e.path().filename().string().starts_with("checkpoint-"))
+      names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+TEST(Trainer, SigintOrSigtermFinishesTheStepThenCheckpointsAndStops) {
+  TempDir model, full;
+  const ModelConfig mc = test::save_tiny_model("llama", model.str(), 5);
+  TrainConfig c = test::tiny_train_config(model.str(), full.str());
+  c.max_steps = 6;
+  Trainer uninterrupted(c, test::synthetic_hooks(mc.vocab_size));
+  uninterrupted.run();
+  const auto want = params_of(uninterrupted.model());
+
+  for (int sig : {SIGINT, SIGTERM}) {
+    SCOPED_TRACE(sig == SIGINT ? "SIGINT" : "SIGTERM");
+    TempDir out;
+    c.output_dir = out.str();
+    c.resume = "";
+    TrainerHooks hooks = test::synthetic_hooks(mc.vocab_size);
+    const int64_t vocab = mc.vocab_size;
+    hooks.make_source = [vocab, sig](const DataConfig& d) -> std::unique_ptr<BatchSource> {
+      return std::make_unique<SignallingSource>(d, vocab, 3, sig);
+    };
+    struct sigaction before {};
+    ::sigaction(sig, nullptr, &before);
+    TrainSummary s;
+    {
+      Trainer t(c, hooks);
+      s = t.run();
+    }
+    EXPECT_EQ(s.stopped_by_signal, sig);
+    EXPECT_EQ(s.steps, 3);  // the step the signal came in finished
+    EXPECT_EQ(checkpoint_names(out.str()), std::vector<std::string>{"checkpoint-3"});
+    EXPECT_EQ(slurp(out.str() + "/latest"), "checkpoint-3\n");
+    EXPECT_FALSE(fs::exists(out.str() + "/train_summary.json"));  // the run is not over
+    struct sigaction after {};
+    ::sigaction(sig, nullptr, &after);
+    EXPECT_EQ(after.sa_handler, before.sa_handler);  // run()'s handler is gone
+
+    // resuming the checkpoint reaches the uninterrupted run's weights
+    c.resume = "auto";
+    Trainer resumed(c, test::synthetic_hooks(mc.vocab_size));
+    EXPECT_EQ(resumed.step_count(), 3);
+    EXPECT_EQ(resumed.run().stopped_by_signal, 0);
+    const auto got = params_of(resumed.model());
+    for (const auto& [n, t] : want) EXPECT_TRUE(torch::equal(t, got.at(n))) << n;
+  }
+}
+
+TEST(Trainer, KeepCheckpointsKeepsTheNewestAndTheOneResumedFrom) {
+  TempDir model, out;
+  const ModelConfig mc = test::save_tiny_model("llama", model.str(), 6);
+  TrainConfig c = test::tiny_train_config(model.str(), out.str());
+  c.max_steps = 2;
+  c.save_interval = 1;
+  c.keep_checkpoints = 0;  // all
+  Trainer(c, test::synthetic_hooks(mc.vocab_size)).run();
+  EXPECT_EQ(checkpoint_names(out.str()), (std::vector<std::string>{"checkpoint-1", "checkpoint-2"}));
+
+  // from the older checkpoint, keeping one: the newest, and the start point
+  c.max_steps = 5;
+  c.keep_checkpoints = 1;
+  c.resume = out.str() + "/checkpoint-1";
+  Trainer(c, test::synthetic_hooks(mc.vocab_size)).run();
+  EXPECT_EQ(checkpoint_names(out.str()), (std::vector<std::string>{"checkpoint-1", "checkpoint-5"}));
+
+  // resuming the newest (auto): older ones go, the start point stays
+  c.max_steps = 7;
+  c.keep_checkpoints = 2;
+  c.resume = "auto";
+  Trainer(c, test::synthetic_hooks(mc.vocab_size)).run();
+  EXPECT_EQ(checkpoint_names(out.str()),
+            (std::vector<std::string>{"checkpoint-5", "checkpoint-6", "checkpoint-7"}));
 }
 
 }  // namespace
