@@ -1,6 +1,11 @@
 #include "cli/experiment.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -8,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -236,8 +242,40 @@ struct Recipe {
   ojson curves = ojson::array();
 };
 
+// `include:` files (relative to the recipe): their params and stages come
+// first; the recipe's own params override theirs.
+ojson with_includes(ojson y, const std::string& path) {
+  if (!y.contains("include")) return y;
+  const ojson inc = y["include"].is_string() ? ojson::array({y["include"]}) : y["include"];
+  if (!inc.is_array()) throw Error(path + ": 'include' must be a file name or a list of them");
+  ojson params = ojson::object(), stages = ojson::array();
+  for (const auto& f : inc) {
+    const std::string file = (fs::path(path).parent_path() / str_of(f, path + ": include")).string();
+    if (!fs::exists(file)) throw Error(path + ": include " + file + " does not exist");
+    const ojson part = parse_yaml(read_text(file), file);
+    check_keys(part, {"params", "stages"}, file);
+    if (part.contains("params")) params = merged(params, part["params"]);
+    if (part.contains("stages")) {
+      if (!part["stages"].is_array()) throw Error(file + ": 'stages' must be a list");
+      for (const auto& s : part["stages"]) stages.push_back(s);
+    }
+  }
+  if (y.contains("params")) {
+    if (!y["params"].is_object()) throw Error(path + ": 'params' must be a mapping");
+    params = merged(params, y["params"]);
+  }
+  if (y.contains("stages")) {
+    if (!y["stages"].is_array()) throw Error(path + ": 'stages' must be a list");
+    for (const auto& s : y["stages"]) stages.push_back(s);
+  }
+  y["params"] = params;
+  y["stages"] = stages;
+  y.erase("include");
+  return y;
+}
+
 Recipe load_recipe(const std::string& path) {
-  const ojson y = parse_yaml(read_text(path), path);
+  const ojson y = with_includes(parse_yaml(read_text(path), path), path);
   check_keys(y, {"experiment", "version", "title", "paper", "claim", "notes", "params", "stages", "tables", "curves"},
              path);
   Recipe r;
@@ -341,6 +379,31 @@ std::string find_recipe(const std::string& name) {
 
 // ---- running -------------------------------------------------------------------------
 
+// An exclusive flock on PATH, held while the object lives.
+class FileLock {
+ public:
+  // wait = false: throws Error `busy` when another process holds it.
+  FileLock(const std::string& path, bool wait, const std::string& busy) {
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0) throw_errno("open lock", path);
+    if (::flock(fd_, LOCK_EX | LOCK_NB) == 0) return;
+    if (!wait) {
+      ::close(fd_);
+      throw Error(busy);
+    }
+    std::cout << "    " << busy << "; waiting\n" << std::flush;
+    while (::flock(fd_, LOCK_EX) != 0) {
+      if (errno != EINTR) throw_errno("flock", path);
+    }
+  }
+  ~FileLock() { ::close(fd_); }
+  FileLock(const FileLock&) = delete;
+  FileLock& operator=(const FileLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
 class Runner {
  public:
   Runner(const ExperimentOptions& o, Recipe r) : o_(o), r_(std::move(r)) {
@@ -356,9 +419,11 @@ class Runner {
   }
 
   int run() {
+    std::optional<FileLock> lock;
     if (!o_.dry_run) {
       fs::create_directories(out_ + "/stages");
       fs::create_directories(cache_);
+      lock.emplace(out_ + "/.lock", false, "another `finmoe experiment` is writing " + out_);
     }
     std::cout << r_.title << " (" << r_.path << ", version " << r_.version << ")\n"
               << "scale " << o_.scale << ", seeds " << o_.seeds << ", device " << o_.device << "; "
@@ -511,6 +576,11 @@ class Runner {
       stage_ctx_[st.name] = {{"dir", ""}, {"result", nullptr}};
       return false;
     }
+    // a shared stage is run by one experiment at a time; the others wait and
+    // then find it finished
+    std::optional<FileLock> lock;
+    if (st.spec->shared && !o_.dry_run)
+      lock.emplace(dir + ".lock", true, "another experiment is running shared stage '" + st.name + "'");
     const std::string marker = dir + "/" + kMarker;
     std::string state = "run";
     if (fs::exists(marker)) {
@@ -685,20 +755,31 @@ class Runner {
            << over_values.dump() << ").\n";
       // differences from the baseline row
       if (t.contains("baseline")) {
+        // a row's baseline: the row with the baseline's values on its axes and
+        // this row's values on the others (e.g. per task)
         const ojson& base = t["baseline"];
-        size_t bi = rows.size();
-        for (size_t ri = 0; ri < rows.size(); ++ri) {
-          bool match = true;
-          for (auto it = base.begin(); it != base.end(); ++it)
-            match &= rows[ri].contains(it.key()) && rows[ri][it.key()] == it.value();
-          if (match) bi = ri;
-        }
-        if (bi == rows.size()) throw Error(where + ".baseline " + base.dump() + " matches no row");
-        md << "\nAgainst the baseline (" << base.dump() << "), a difference counts when it is larger than "
-           << "the two rows' standard deviations added:\n\n";
+        if (!base.is_object() || base.empty()) throw Error(where + ".baseline must be a mapping of axis: value");
+        auto baseline_of = [&](size_t ri) -> size_t {
+          for (size_t bi = 0; bi < rows.size(); ++bi) {
+            bool match = true;
+            for (auto it = rows[bi].begin(); it != rows[bi].end(); ++it)
+              match &= base.contains(it.key()) ? it.value() == base[it.key()] : it.value() == rows[ri][it.key()];
+            if (match) return bi;
+          }
+          return rows.size();
+        };
+        for (auto it = base.begin(); it != base.end(); ++it)
+          if (std::none_of(rows.begin(), rows.end(), [&](const ojson& r) { return r.value(it.key(), ojson()) == it.value(); }))
+            throw Error(where + ".baseline " + base.dump() + " matches no row");
+        md << "\nAgainst the baseline (" << base.dump() << (axes.size() > base.size() ? ", per " : "");
+        bool first = true;
+        for (const auto& ax : axes)
+          if (!base.contains(ax)) md << (first ? "" : ", ") << ax, first = false;
+        md << "), a difference counts when it is larger than the two rows' standard deviations added:\n\n";
         ojson jd = ojson::array();
         for (size_t ri = 0; ri < rows.size(); ++ri) {
-          if (ri == bi) continue;
+          const size_t bi = baseline_of(ri);
+          if (bi == rows.size() || bi == ri) continue;
           for (size_t ci = 0; ci < cols.size(); ++ci) {
             const Cell &a = cells[ri][ci], &b = cells[bi][ci];
             if (a.values.size() < 2 || b.values.size() < 2) continue;

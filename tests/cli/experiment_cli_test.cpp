@@ -161,4 +161,25 @@ TEST_F(Experiment, BadRecipesAndFailedStepsNameTheProblem) {
   EXPECT_NE(r.out.find("tables[0].columns[1].value"), std::string::npos) << r.out;
 }
 
+// Every recipe shipped in experiments/ parses, expands and renders its
+// commands (a dry run runs nothing), at a small scale and with one seed.
+TEST_F(Experiment, ShippedRecipesDryRun) {
+  auto list = run("experiment --list");
+  ASSERT_EQ(list.status, 0) << list.out;
+  int n = 0;
+  for (const auto& e : fs::directory_iterator(std::string(FINMOE_SOURCE_DIR) + "/experiments")) {
+    if (e.path().extension() != ".yaml") continue;
+    const std::string name = e.path().stem().string();
+    ++n;
+    EXPECT_NE(list.out.find(name + "  "), std::string::npos) << list.out;
+    EXPECT_EQ(list.out.find("(invalid"), std::string::npos) << list.out;
+    auto r = run("experiment " + name + " --dry-run --scale 0.1 --seeds 1 --out " + (dir_ / name).string() +
+                 " --cache " + (dir_ / "cache").string());
+    EXPECT_EQ(r.status, 0) << name << "\n" << r.out;
+    EXPECT_NE(r.out.find("$ finmoe train --config"), std::string::npos) << r.out;
+    EXPECT_FALSE(fs::exists(dir_ / name)) << "a dry run wrote " << name;
+  }
+  EXPECT_GE(n, 2);
+}
+
 }  // namespace
