@@ -24,6 +24,7 @@
 #include "cli/pipeline.h"
 #include "core/file_util.h"
 #include "core/yaml_bounds.h"
+#include "core/yaml_json.h"
 #include "finmoe/config.h"
 #include "finmoe/error.h"
 #include "tokenizer/jinja.h"
@@ -40,44 +41,10 @@ constexpr const char* kMarker = ".finmoe-stage.json";
 
 // ---- recipe text -----------------------------------------------------------------
 
-ojson yaml_value(const YAML::Node& n) {
-  switch (n.Type()) {
-    case YAML::NodeType::Null:
-    case YAML::NodeType::Undefined:
-      return nullptr;
-    case YAML::NodeType::Scalar: {
-      const std::string s = n.Scalar();
-      if (n.Tag() == "!") return s;  // quoted: a string
-      if (s == "true" || s == "True") return true;
-      if (s == "false" || s == "False") return false;
-      if (s == "null" || s == "~") return nullptr;
-      char* end = nullptr;
-      if (!s.empty()) {
-        const long long i = std::strtoll(s.c_str(), &end, 10);
-        if (*end == '\0') return int64_t(i);
-        const double d = std::strtod(s.c_str(), &end);
-        if (*end == '\0') return d;
-      }
-      return s;
-    }
-    case YAML::NodeType::Sequence: {
-      ojson a = ojson::array();
-      for (const auto& x : n) a.push_back(yaml_value(x));
-      return a;
-    }
-    case YAML::NodeType::Map: {
-      ojson o = ojson::object();
-      for (const auto& kv : n) o[kv.first.Scalar()] = yaml_value(kv.second);
-      return o;
-    }
-  }
-  return nullptr;
-}
-
 ojson parse_yaml(const std::string& text, const std::string& source) {
   check_yaml_bounds(text, source);
   try {
-    return yaml_value(YAML::Load(text));
+    return yaml_to_json(YAML::Load(text), source);
   } catch (const YAML::Exception& e) {
     throw Error(source + ": " + e.what());
   }

@@ -8,6 +8,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include "core/yaml_json.h"
 #include "finmoe/error.h"
 #include "finmoe/eval.h"
 #include "core/yaml_bounds.h"
@@ -19,43 +20,6 @@ namespace finmoe::eval {
 namespace {
 
 using nlohmann::json;
-
-json yaml_to_json(const YAML::Node& n, const std::string& where) {
-  switch (n.Type()) {
-    case YAML::NodeType::Null:
-    case YAML::NodeType::Undefined:
-      return nullptr;
-    case YAML::NodeType::Scalar: {
-      if (n.Tag() == "!function" || n.Tag().find("function") != std::string::npos)
-        throw Error(where + ": '!function' (a Python function) is not supported; use a template");
-      const std::string s = n.Scalar();
-      if (n.Tag() == "!") return s;  // quoted: a string
-      // plain scalars: YAML 1.1 booleans and numbers, else a string
-      if (s == "true" || s == "True") return true;
-      if (s == "false" || s == "False") return false;
-      if (s == "null" || s == "~") return nullptr;
-      char* end = nullptr;
-      if (!s.empty()) {
-        const long long i = std::strtoll(s.c_str(), &end, 10);
-        if (end && *end == '\0') return int64_t(i);
-        const double d = std::strtod(s.c_str(), &end);
-        if (end && *end == '\0') return d;
-      }
-      return s;
-    }
-    case YAML::NodeType::Sequence: {
-      json a = json::array();
-      for (const auto& x : n) a.push_back(yaml_to_json(x, where));
-      return a;
-    }
-    case YAML::NodeType::Map: {
-      json o = json::object();
-      for (const auto& kv : n) o[kv.first.Scalar()] = yaml_to_json(kv.second, where);
-      return o;
-    }
-  }
-  return nullptr;
-}
 
 std::string need_string(const json& v, const std::string& where, const std::string& key) {
   if (v.is_string()) return v.get<std::string>();
@@ -333,7 +297,7 @@ json load_yaml_json(const std::string& text, const std::string& source, const st
   } catch (const YAML::Exception& e) {
     throw Error(source + ": invalid YAML: " + e.what());
   }
-  json y = yaml_to_json(node, source);
+  json y = finmoe::yaml_to_json(node, source);
   if (y.is_object() && y.contains("include")) {
     if (depth > 4) throw Error(source + ": 'include' nested more than 4 levels");
     std::string inc = need_string(y.at("include"), source, "include");
