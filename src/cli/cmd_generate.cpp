@@ -1,5 +1,7 @@
 // finmoe generate | chat
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <iomanip>
 #include <iostream>
 
@@ -8,9 +10,18 @@
 #include "finmoe/config.h"
 #include "finmoe/error.h"
 #include "finmoe/generate.h"
+#include "serve/constraint.h"
 
 namespace finmoe::cli {
 namespace {
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error("cannot read " + path);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
 
 // Options shared by generate and chat: one registry, one meaning.
 struct GenFlags {
@@ -28,6 +39,8 @@ struct GenFlags {
   uint64_t seed = 0;
   bool greedy = false;
   std::vector<std::string> stop;
+  std::string json_schema;  // file
+  std::string regex;
 
   void add(CLI::App* c) {
     c->add_option("DIR", dir, "model directory")->required();
@@ -43,12 +56,15 @@ struct GenFlags {
     c->add_option("--seed", seed, "sampling seed")->capture_default_str();
     c->add_flag("--greedy", greedy, "same as --temperature 0");
     c->add_option("--stop", stop, "stop string (repeatable)");
+    c->add_option("--json-schema", json_schema,
+                  "JSON schema file: the output is JSON valid against it (constrained decoding)");
+    c->add_option("--regex", regex, "the output matches this regex in full (constrained decoding)");
     c->add_option("--chat-template", chat_template,
                   "built-in template chatml | llama3 | deepseek_v3 instead of the model's own "
                   "(default: the tokenizer's chat_template)");
   }
 
-  GenerationOptions options(const ModelConfig& cfg, const std::string& model_dir) const {
+  GenerationOptions options(const ModelConfig& cfg, const std::string& model_dir, const Tokenizer& tok) const {
     if (max_new_tokens < 0 || max_new_tokens > kMaxPositions)
       throw Error("--max-new-tokens must be in [0, " + std::to_string(kMaxPositions) + "], got " +
                   std::to_string(max_new_tokens));
@@ -62,7 +78,32 @@ struct GenFlags {
     o.max_new_tokens = max_new_tokens;
     o.stop_strings = stop;
     for (int64_t e : GenerationConfig::load(model_dir, cfg).eos_token_id) o.stop_token_ids.push_back(int32_t(e));
+    o.sampling.constraint = constraint(cfg, tok);
     return o;
+  }
+
+  std::shared_ptr<const TokenConstraint> constraint(const ModelConfig& cfg, const Tokenizer& tok) const {
+    if (!json_schema.empty() && !regex.empty()) throw Error("--json-schema and --regex exclude each other");
+    if (json_schema.empty() && regex.empty()) return nullptr;
+    auto vocab = std::make_shared<const TokenVocab>(cfg.vocab_size, tok);
+    if (!regex.empty()) {
+      try {
+        return regex_constraint(regex, vocab);
+      } catch (const Error& e) {
+        throw Error(std::string("--regex: ") + e.what());
+      }
+    }
+    nlohmann::ordered_json schema;
+    try {
+      schema = nlohmann::ordered_json::parse(read_text_file(json_schema));
+    } catch (const nlohmann::json::exception& e) {
+      throw Error("--json-schema " + json_schema + ": not valid JSON: " + e.what());
+    }
+    try {
+      return json_schema_constraint(schema, vocab);
+    } catch (const constrain::SchemaError& e) {
+      throw Error("--json-schema " + json_schema + (e.path().empty() ? "" : ": at " + e.path()) + ": " + e.what());
+    }
   }
 
   std::optional<ChatTemplateKind> template_kind() const {
@@ -103,7 +144,7 @@ void add_generate(CLI::App& app, Run& run) {
       Generator gen(model, &tok);
       GenerationStats stats;
       const bool single = prompts.size() == 1;
-      auto results = gen.generate(ids, f.options(model.config(), f.dir),
+      auto results = gen.generate(ids, f.options(model.config(), f.dir, tok),
                                   [&](size_t, const std::string& s) {
                                     if (single) std::cout << s << std::flush;
                                   },
@@ -138,7 +179,7 @@ void add_chat(CLI::App& app, Run& run) {
       lo.lora_adapter = f.adapter;
       auto model = load_model(f.dir, lo);
       Generator gen(model, &tok);
-      const auto opts = f.options(model.config(), f.dir);
+      const auto opts = f.options(model.config(), f.dir, tok);
       std::vector<ChatMessage> history;
       if (!system.empty()) history.push_back({"system", system});
       std::cerr << "finmoe chat: " << f.dir << " (/reset clears history, /quit or EOF ends)\n";

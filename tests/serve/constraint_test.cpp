@@ -597,11 +597,14 @@ TEST(ConstrainedApi, GuidedChoiceRegexAndJsonObject) {
                                  std::regex("[A-Z]{3}/[A-Z]{3} [0-9]\\.[0-9]{4}")))
         << ch["message"]["content"];
   resp = s.run("{" + msgs + quote_bias() + R"(, "n": 2, "response_format": {"type": "json_object"}})");
+  int objects = 0;
   for (const auto& ch : resp["choices"]) {
+    objects += ch["finish_reason"] == "stop";
     if (ch["finish_reason"] == "length") continue;
     const auto v = nlohmann::json::parse(ch["message"]["content"].get<std::string>(), nullptr, false);
     EXPECT_TRUE(v.is_object()) << ch["message"]["content"];
   }
+  EXPECT_GE(objects, 1);
 }
 
 TEST(ConstrainedApi, ToolChoiceRequiredAndNamedGiveToolCalls) {
@@ -617,6 +620,9 @@ TEST(ConstrainedApi, ToolChoiceRequiredAndNamedGiveToolCalls) {
   for (const std::string choice : {R"("required")", R"({"type": "function", "function": {"name": "convert"}})"}) {
     SCOPED_TRACE(choice);
     const auto resp = s.run(base + R"("n": 3, "tool_choice": )" + choice + "}");
+    int complete = 0;
+    for (const auto& ch : resp["choices"]) complete += ch["finish_reason"] != "length";
+    EXPECT_GE(complete, 1);
     for (const auto& ch : resp["choices"]) {
       const auto& msg = ch["message"];
       SCOPED_TRACE(msg.dump());
