@@ -210,6 +210,12 @@ std::shared_ptr<const TokenMask> TokenConstraint::mask(int32_t state) const {
     }
     ++i;
   }
+  if (m->count * 32 < int64_t(V)) {  // the id list is smaller than the bitset
+    m->ids.reserve(size_t(m->count));
+    for (size_t w = 0; w < m->bits.size(); ++w)
+      for (uint64_t b = m->bits[w]; b; b &= b - 1) m->ids.push_back(int32_t(w * 64 + size_t(__builtin_ctzll(b))));
+    m->bits = {};
+  }
   masks_computed_ += 1;
   mask_ns_ += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
   std::lock_guard lock(mu_);
@@ -228,14 +234,24 @@ int64_t TokenConstraint::apply(int32_t state, std::span<float> logits, std::span
     if (id >= 0 && size_t(id) < logits.size()) keep.emplace_back(id, accept ? logits[size_t(id)] : -INFINITY);
   const size_t n = std::min(logits.size(), size_t(vocab_->size()));
   const float ninf = -INFINITY;
-  for (size_t w = 0; w * 64 < n; ++w) {
-    const uint64_t bits = m->bits[w];
-    if (bits == ~uint64_t(0) && (w + 1) * 64 <= n) continue;
-    const size_t hi = std::min(n, (w + 1) * 64);
-    for (size_t i = w * 64; i < hi; ++i)
-      if (!((bits >> (i & 63)) & 1)) logits[i] = ninf;
+  if (m->bits.empty()) {
+    // sparse: keep the allowed values, mask everything, put them back
+    std::vector<float> kept;
+    kept.reserve(m->ids.size());
+    for (int32_t id : m->ids) kept.push_back(size_t(id) < n ? logits[size_t(id)] : ninf);
+    std::fill(logits.begin(), logits.end(), ninf);
+    for (size_t k = 0; k < m->ids.size(); ++k)
+      if (size_t(m->ids[k]) < n) logits[size_t(m->ids[k])] = kept[k];
+  } else {
+    for (size_t w = 0; w * 64 < n; ++w) {
+      const uint64_t bits = m->bits[w];
+      if (bits == ~uint64_t(0) && (w + 1) * 64 <= n) continue;
+      const size_t hi = std::min(n, (w + 1) * 64);
+      for (size_t i = w * 64; i < hi; ++i)
+        if (!((bits >> (i & 63)) & 1)) logits[i] = ninf;
+    }
+    for (size_t i = n; i < logits.size(); ++i) logits[i] = ninf;
   }
-  for (size_t i = n; i < logits.size(); ++i) logits[i] = ninf;
   int64_t count = m->count;
   for (const auto& [id, v] : keep) {
     const bool in_mask = size_t(id) < n && m->test(id);

@@ -15,6 +15,7 @@
 //
 // Thread safety: TokenVocab is immutable; TokenConstraint's mask cache is
 // guarded by a mutex, so one constraint may serve many sequences and threads.
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -61,11 +62,17 @@ class TokenVocab {
   Trie trie_;
 };
 
-// The ids of a vocabulary allowed in one state, as a bitset.
+// The ids of a vocabulary allowed in one state: a bitset, or the sorted ids
+// when they are few (most states of a schema allow a handful of tokens; a
+// cached bitset of a 150k vocabulary is 19 KB).
 struct TokenMask {
-  std::vector<uint64_t> bits;
+  std::vector<uint64_t> bits;  // dense form (empty when sparse)
+  std::vector<int32_t> ids;    // sparse form, sorted
   int64_t count = 0;
-  bool test(int32_t id) const { return (bits[size_t(id) >> 6] >> (id & 63)) & 1; }
+  bool test(int32_t id) const {
+    if (!bits.empty()) return (bits[size_t(id) >> 6] >> (id & 63)) & 1;
+    return std::binary_search(ids.begin(), ids.end(), id);
+  }
 };
 
 class TokenConstraint {

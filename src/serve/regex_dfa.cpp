@@ -657,17 +657,19 @@ Dfa Dfa::build(const Nfa& nfa, Frag frag) {
 
   Dfa dfa;
   dfa.start_ = block[0];
-  dfa.next_.assign(size_t(num_blocks) * 256, -1);
+  dfa.classes_ = int32_t(C);
+  for (int b = 0; b < 256; ++b) dfa.class_of_[size_t(b)] = uint8_t(cls[size_t(b)]);
+  dfa.next_.assign(size_t(num_blocks) * C, -1);
   dfa.accept_.assign(size_t(num_blocks), 0);
   dfa.has_next_.assign(size_t(num_blocks), 0);
   for (size_t d = 0; d < N; ++d) {
     if (!live[d]) continue;
     const auto q = size_t(block[d]);
     dfa.accept_[q] = acc[d];
-    for (int b = 0; b < 256; ++b) {
-      const int32_t t = trans[d * C + size_t(cls[size_t(b)])];
+    for (size_t c = 0; c < C; ++c) {
+      const int32_t t = trans[d * C + c];
       if (t < 0) continue;
-      dfa.next_[q * 256 + size_t(b)] = block[size_t(t)];
+      dfa.next_[q * C + c] = block[size_t(t)];
       dfa.has_next_[q] = 1;
     }
   }

@@ -15,6 +15,7 @@
 // groups, flags.
 //
 // Thread safety: a built Dfa is immutable.
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -112,8 +113,9 @@ class Dfa {
   int32_t start() const { return start_; }
   int32_t num_states() const { return int32_t(accept_.size()); }
   // Next state after byte b, or -1 (the output could no longer be completed).
-  int32_t next(int32_t s, uint8_t b) const { return next_[size_t(s) * 256 + b]; }
-  const int32_t* row(int32_t s) const { return &next_[size_t(s) * 256]; }
+  int32_t next(int32_t s, uint8_t b) const {
+    return next_[size_t(s) * size_t(classes_) + class_of_[b]];
+  }
   bool accepting(int32_t s) const { return accept_[size_t(s)] != 0; }
   // Accepting with no way on: the output is complete.
   bool finished(int32_t s) const { return accepting(s) && !has_next_[size_t(s)]; }
@@ -126,7 +128,10 @@ class Dfa {
 
  private:
   int32_t start_ = 0;
-  std::vector<int32_t> next_;  // [state * 256 + byte]
+  // bytes no transition tells apart share a class: next_ is [state * classes_ + class]
+  int32_t classes_ = 1;
+  std::array<uint8_t, 256> class_of_{};
+  std::vector<int32_t> next_;
   std::vector<uint8_t> accept_, has_next_;
 };
 

@@ -203,10 +203,12 @@ TEST(TokenConstraint, MaskEqualsEveryTokenWalkedThroughTheDfa) {
     }
   }
   double total_ms = 0;
+  int dense = 0, sparse = 0;
   for (int32_t s : states) {
     const auto t0 = std::chrono::steady_clock::now();
     const auto mask = c->mask(s);
     total_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    (mask->bits.empty() ? sparse : dense) += 1;
     int64_t count = 0;
     for (int32_t id = 0; id < vocab->size(); ++id) {
       const auto& b = vocab->bytes(id);
@@ -216,6 +218,8 @@ TEST(TokenConstraint, MaskEqualsEveryTokenWalkedThroughTheDfa) {
     }
     EXPECT_EQ(mask->count, count);
   }
+  EXPECT_GT(dense, 0);   // both forms of a mask were checked
+  EXPECT_GT(sparse, 0);
   RecordProperty("mask_ms_per_state", std::to_string(total_ms / double(states.size())));
   std::printf("[ mask ] %zu states, %.2f ms per state (vocab %lld)\n", states.size(),
               total_ms / double(states.size()), static_cast<long long>(vocab->size()));
