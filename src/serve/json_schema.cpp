@@ -98,6 +98,30 @@ class Compiler {
     return braces("[", "]", nfa_.sep_list([&] { return any_value(depth); }, [&] { return punct(","); }, 0, -1));
   }
 
+  // One given value (const, enum): its JSON text, with the whitespace
+  // allowed anywhere else between the tokens of an object or array.
+  Frag constant(const ojson& v) {
+    if (v.is_object()) {
+      Frag body = nfa_.empty();
+      bool first = true;
+      for (auto it = v.begin(); it != v.end(); ++it) {
+        if (!first) body = nfa_.cat(body, punct(","));
+        first = false;
+        body = nfa_.cat(body, nfa_.cat(nfa_.cat(lit(ojson(it.key()).dump()), punct(":")), constant(*it)));
+      }
+      return braces("{", "}", body);
+    }
+    if (v.is_array()) {
+      Frag body = nfa_.empty();
+      for (size_t i = 0; i < v.size(); ++i) {
+        if (i) body = nfa_.cat(body, punct(","));
+        body = nfa_.cat(body, constant(v[i]));
+      }
+      return braces("[", "]", body);
+    }
+    return lit(v.dump());
+  }
+
   // open ws body ws close
   Frag braces(const char* open, const char* close, Frag body) {
     return nfa_.cat(nfa_.cat(nfa_.cat(nfa_.cat(lit(open), ws()), body), ws()), lit(close));
@@ -114,12 +138,12 @@ class Compiler {
         throw SchemaError(join(path, it.key()),
                           "'" + it.key() + "' is not supported by constrained decoding");
     if (auto r = s.find("$ref"); r != s.end()) return ref(*r, join(path, "$ref"));
-    if (auto c = s.find("const"); c != s.end()) return lit(c->dump());
+    if (auto c = s.find("const"); c != s.end()) return constant(*c);
     if (auto e = s.find("enum"); e != s.end()) {
       if (!e->is_array() || e->empty())
         throw SchemaError(join(path, "enum"), "'enum' must be a non-empty array");
       std::vector<Frag> opts;
-      for (const auto& v : *e) opts.push_back(lit(v.dump()));
+      for (const auto& v : *e) opts.push_back(constant(v));
       return nfa_.alt(opts);
     }
     for (const char* key : {"anyOf", "oneOf"})

@@ -521,6 +521,120 @@ TEST(JsonSchema, WhitespaceIsBoundedAndJsonObjectAcceptsNestedObjects) {
   EXPECT_FALSE(fin->dfa().matches(R"({"intent": "balance", "amount": 0, "currency": "CNY", "account": "AB000001", "x": 1})"));
 }
 
+// Random documents valid against a schema, made without the compiler: the
+// automaton must accept every one of them, compact and pretty-printed
+// (completeness: the constraint does not forbid valid output within its
+// documented bounds).
+class Instances {
+ public:
+  Instances(const ojson& root, uint64_t seed) : root_(root), rng_(seed) {}
+
+  ojson make(const ojson& s) {
+    if (s.contains("$ref")) {
+      const std::string ref = s["$ref"];
+      return make(root_["$defs"][ref.substr(ref.rfind('/') + 1)]);
+    }
+    if (s.contains("const")) return s["const"];
+    if (s.contains("enum")) return s["enum"][pick(s["enum"].size())];
+    for (const char* k : {"anyOf", "oneOf"})
+      if (s.contains(k)) return make(s[k][pick(s[k].size())]);
+    std::string type = "any";
+    if (s.contains("type")) type = s["type"].is_string() ? s["type"].get<std::string>() : s["type"][pick(s["type"].size())].get<std::string>();
+    if (type == "any") {
+      const char* kinds[] = {"string", "integer", "number", "boolean", "null"};
+      type = kinds[pick(5)];
+    }
+    const bool nonneg = s.contains("minimum");
+    if (type == "null") return nullptr;
+    if (type == "boolean") return pick(2) == 0;
+    if (type == "integer") {
+      const int64_t v = int64_t(rng_() % 2000001) - 1000000;
+      return nonneg ? std::abs(v) : v;
+    }
+    if (type == "number") {
+      const double mags[] = {0.0, 1.5, 123.25, 1e-7, 6.02e23, 99999.875};
+      const double v = mags[pick(6)] * (pick(2) && !nonneg ? -1 : 1);
+      return v;
+    }
+    if (type == "string") return string(s);
+    if (type == "array") {
+      const size_t lo = s.value("minItems", 0), hi = s.value("maxItems", 4);
+      ojson a = ojson::array();
+      const size_t n = lo + pick(hi - lo + 1);
+      for (size_t i = 0; i < n; ++i) a.push_back(make(s.value("items", ojson::object())));
+      return a;
+    }
+    ojson o = ojson::object();
+    if (s.contains("properties")) {
+      std::set<std::string> req;
+      for (const auto& r : s.value("required", ojson::array())) req.insert(r.get<std::string>());
+      for (auto it = s["properties"].begin(); it != s["properties"].end(); ++it)
+        if (req.count(it.key()) || pick(2)) o[it.key()] = make(*it);
+    } else {
+      const size_t n = pick(size_t(s.value("maxProperties", 3)) + 1);
+      for (size_t i = 0; i < n; ++i) o["k" + std::to_string(i) + "\"é\n"] = make(s.value("additionalProperties", ojson::object()));
+    }
+    return o;
+  }
+
+ private:
+  size_t pick(size_t n) { return n ? size_t(rng_() % n) : 0; }
+
+  ojson string(const ojson& s) {
+    auto digits = [&](int n) {
+      std::string d;
+      for (int i = 0; i < n; ++i) d += char('0' + pick(10));
+      return d;
+    };
+    auto upper = [&](int n) {
+      std::string d;
+      for (int i = 0; i < n; ++i) d += char('A' + pick(26));
+      return d;
+    };
+    const std::string pattern = s.value("pattern", "");
+    if (pattern == "[A-Z]{2}[0-9]{6}") return upper(2) + digits(6);
+    if (pattern == "[A-Z]{1,5}") return upper(1 + int(pick(5)));
+    if (pattern == "[a-f0-9]{4}") {
+      std::string d;
+      for (int i = 0; i < 4; ++i) d += "abcdef0123456789"[pick(16)];
+      return d;
+    }
+    if (!pattern.empty()) throw std::runtime_error("no generator for pattern " + pattern);
+    if (s.value("format", "") == "date")
+      return digits(4) + "-" + (pick(2) ? "0" + std::to_string(1 + pick(9)) : "1" + std::to_string(pick(3))) + "-" +
+             std::to_string(10 + pick(19));
+    // characters a JSON string must escape, multi-byte ones and plain ASCII
+    const char* pieces[] = {"a", "Z", "7", " ", "\"", "\\", "\n", "\t", "\x01", "é", "€", "😀", "/", "{"};
+    const size_t lo = s.value("minLength", 0), hi = s.value("maxLength", 8);
+    const size_t n = lo + pick(hi - lo + 1);
+    std::string out;
+    for (size_t i = 0; i < n; ++i) out += pieces[pick(14)];
+    return out;
+  }
+
+  const ojson& root_;
+  std::mt19937_64 rng_;
+};
+
+TEST(JsonSchema, AcceptsEveryValidDocumentCompactOrPretty) {
+  const auto vocab = std::make_shared<const TokenVocab>(300, qwen3());
+  int checked = 0;
+  for (const ojson& schema : test_schemas()) {
+    const auto c = json_schema_constraint(schema, vocab);
+    Instances gen(schema, 17);
+    for (int i = 0; i < 40; ++i) {
+      const ojson doc = gen.make(schema);
+      std::string why;
+      ASSERT_TRUE(validate(doc, schema, schema, why)) << "the generator made an invalid document: " << why;
+      for (const std::string& text : {doc.dump(), doc.dump(2), doc.dump(1, '\t')}) {
+        EXPECT_TRUE(c->dfa().matches(text)) << schema.dump() << "\nrejected: " << text;
+        ++checked;
+      }
+    }
+  }
+  EXPECT_GE(checked, 1000);
+}
+
 // ---- the OpenAI layer end to end -------------------------------------------
 
 struct Served {
