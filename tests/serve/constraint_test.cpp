@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <fstream>
 #include <cmath>
 #include <map>
 #include <random>
@@ -347,23 +348,13 @@ bool validate(const ojson& v, const ojson& s, const ojson& root, std::string& wh
 
 // ---- generation under constraints ------------------------------------------
 
+// tests/data/constraint/schemas.json: the slot-filling schema and 11 more
+// (optional properties, arrays with bounds, lengths, anyOf / oneOf, $ref,
+// type lists, formats, enums of mixed values, maps).
 std::vector<ojson> test_schemas() {
-  std::vector<ojson> out = {financial_schema()};
-  for (const char* s : {
-           R"({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "boolean"}, "c": {"type": "null"}}})",
-           R"({"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 4})",
-           R"({"type": "object", "properties": {"code": {"type": "string", "minLength": 2, "maxLength": 5}}, "required": ["code"]})",
-           R"({"anyOf": [{"type": "integer"}, {"type": "object", "properties": {"x": {"type": "boolean"}}, "required": ["x"]}]})",
-           R"({"$defs": {"money": {"type": "object", "properties": {"value": {"type": "number"}, "ccy": {"const": "EUR"}}, "required": ["value", "ccy"]}},
-               "type": "object", "properties": {"debit": {"$ref": "#/$defs/money"}, "credit": {"$ref": "#/$defs/money"}}, "required": ["debit"]})",
-           R"({"type": ["string", "null"], "maxLength": 3})",
-           R"({"type": "array", "items": {"type": "object", "properties": {"t": {"type": "string", "format": "date"}, "q": {"type": "integer", "minimum": 0}}, "required": ["t", "q"]}, "maxItems": 3})",
-           R"({"enum": [1, "two", null, true, {"k": [1, 2]}]})",
-           R"({"type": "object", "additionalProperties": {"type": "integer"}, "maxProperties": 3})",
-           R"({"oneOf": [{"type": "string", "pattern": "[a-f0-9]{4}"}, {"type": "boolean"}]})",
-           R"({"type": "object", "properties": {"ticker": {"type": "string", "pattern": "[A-Z]{1,5}"}, "side": {"enum": ["buy", "sell"]}, "qty": {"type": "integer", "minimum": 0}, "limit": {"type": ["number", "null"]}}, "required": ["ticker", "side", "qty"]})",
-       })
-    out.push_back(ojson::parse(s));
+  std::ifstream in(std::string(FINMOE_TEST_DATA_DIR) + "/constraint/schemas.json");
+  std::vector<ojson> out;
+  for (auto& s : ojson::parse(in)) out.push_back(s);
   return out;
 }
 
@@ -633,6 +624,37 @@ TEST(JsonSchema, AcceptsEveryValidDocumentCompactOrPretty) {
     }
   }
   EXPECT_GE(checked, 1000);
+}
+
+// Verdicts from tests/ref/make_constraint_reference.py on random valid
+// documents of each schema and on mutations of them: Python's json + a
+// validator ("valid") and xgrammar, vLLM's engine ("xgrammar"). finmoe must
+// accept exactly the valid texts, so also every text xgrammar accepts (it
+// rejects some valid ones: see the script).
+TEST(JsonSchema, AgreesWithPythonAndXgrammar) {
+  const auto vocab = std::make_shared<const TokenVocab>(300, qwen3());
+  const auto schemas = test_schemas();
+  std::vector<std::shared_ptr<const TokenConstraint>> cs;
+  for (const auto& s : schemas) cs.push_back(json_schema_constraint(s, vocab));
+  std::ifstream in(std::string(FINMOE_TEST_DATA_DIR) + "/constraint/xgrammar_ref.jsonl");
+  std::string line;
+  int lines = 0, valid = 0, invalid = 0, xgrammar_stricter = 0;
+  while (std::getline(in, line)) {
+    const auto r = nlohmann::json::parse(line);
+    const size_t k = r["schema"];
+    const std::string text = r["text"];
+    const bool ok = r["valid"], xg = r["xgrammar"];
+    const bool got = cs.at(k)->dfa().matches(text);
+    EXPECT_EQ(got, ok) << schemas[k].dump() << "\ntext: " << text;
+    if (xg) EXPECT_TRUE(got) << "xgrammar accepts, finmoe does not: " << text;
+    ++lines;
+    (ok ? valid : invalid) += 1;
+    xgrammar_stricter += ok && !xg;
+  }
+  EXPECT_GT(valid, 300);
+  EXPECT_GT(invalid, 200);
+  std::printf("[ ref ] %d texts: %d valid, %d invalid; xgrammar rejects %d of the valid ones\n", lines, valid,
+              invalid, xgrammar_stricter);
 }
 
 // ---- the OpenAI layer end to end -------------------------------------------
