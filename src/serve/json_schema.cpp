@@ -301,7 +301,8 @@ class Compiler {
     }
     // Properties in the schema's order, optional ones skippable: two tracks of
     // junction states, "nothing written yet" (a) and "something written" (b);
-    // a property moves a->b with no comma before it, b->b with one.
+    // a property moves a->b with no comma before it, b->b with one (both
+    // through the same copy of the member, which always ends in b).
     std::vector<std::string> names;
     for (auto it = props->begin(); it != props->end(); ++it) names.push_back(it.key());
     const size_t n = names.size();
@@ -313,15 +314,13 @@ class Compiler {
     for (size_t i = 0; i < n; ++i) {
       const std::string& name = names[i];
       const std::string ppath = join(join(path, "properties"), name);
-      auto member = [&] {
-        return nfa_.cat(nfa_.cat(lit(ojson(name).dump()), punct(":")), value((*props)[name], ppath));
-      };
-      Frag first = member();
-      nfa_.eps(a[i], first.in);
-      nfa_.eps(first.out, b[i + 1]);
-      Frag next = nfa_.cat(punct(","), member());
-      nfa_.eps(b[i], next.in);
-      nfa_.eps(next.out, b[i + 1]);
+      // one copy of the member: entered from a[i] directly, from b[i] after a comma
+      Frag member = nfa_.cat(nfa_.cat(lit(ojson(name).dump()), punct(":")), value((*props)[name], ppath));
+      nfa_.eps(a[i], member.in);
+      Frag comma = punct(",");
+      nfa_.eps(b[i], comma.in);
+      nfa_.eps(comma.out, member.in);
+      nfa_.eps(member.out, b[i + 1]);
       if (!required.count(name)) {
         nfa_.eps(a[i], a[i + 1]);
         nfa_.eps(b[i], b[i + 1]);

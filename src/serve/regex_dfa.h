@@ -36,7 +36,7 @@ CodeSet subtract(const CodeSet& a, const CodeSet& b);
 // Limits on automaton size; the defaults are the server's.
 struct AutomatonLimits {
   int64_t max_nfa_states = 400000;
-  int64_t max_dfa_states = 20000;
+  int64_t max_dfa_states = 50000;  // during subset construction, before minimization
 };
 
 struct Frag {
