@@ -489,6 +489,43 @@ TEST(ConstrainedGeneration, EveryOutputIsValidJsonForItsSchemaInOneRunningBatch)
   EXPECT_GE(complete, int(runs.size() * 3 / 4));
 }
 
+// A constrained sequence preempted (its blocks freed, recomputed later)
+// carries on from the same DFA state: the tokens equal those of a run with
+// room for every sequence.
+TEST(ConstrainedGeneration, PreemptionKeepsTheConstraintState) {
+  auto m = tiny_model();
+  const auto vocab = std::make_shared<const TokenVocab>(300, qwen3());
+  const auto schemas = test_schemas();
+  auto run = [&](int64_t cache_tokens, int64_t* preemptions) {
+    EngineOptions o;
+    o.block_size = 8;
+    o.kv_cache_bytes = cache_tokens * kv_cache_bytes_per_token(m.config(), 4);
+    Engine engine(m, &qwen3(), o);
+    std::map<uint64_t, std::vector<int32_t>> out;
+    for (size_t k = 0; k < 6; ++k) {
+      RequestParams p;
+      p.sampling.temperature = 1.0;
+      p.sampling.seed = 40 + k;
+      p.seed_given = true;
+      p.sampling.constraint = json_schema_constraint(schemas[k], vocab);
+      p.max_tokens = 60;
+      p.logit_bias = {{*qwen3().token_to_id("\""), 3.0f}};
+      engine.submit({1, 2, 3, int32_t(k) + 4}, p, [&out](const RequestOutput& r) {
+        out[r.request_id].insert(out[r.request_id].end(), r.token_ids.begin(), r.token_ids.end());
+      });
+    }
+    engine.run_until_idle();
+    *preemptions = engine.stats().preemptions;
+    return out;
+  };
+  int64_t roomy_preemptions = 0, tight_preemptions = 0;
+  const auto roomy = run(4096, &roomy_preemptions);
+  const auto tight = run(160, &tight_preemptions);
+  EXPECT_EQ(roomy_preemptions, 0);
+  EXPECT_GT(tight_preemptions, 0);
+  EXPECT_EQ(tight, roomy);
+}
+
 TEST(ConstrainedGeneration, GeneratorHonoursTheConstraint) {
   auto m = tiny_model();
   const auto vocab = std::make_shared<const TokenVocab>(300, qwen3());
