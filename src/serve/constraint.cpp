@@ -76,6 +76,8 @@ std::optional<std::string> token_bytes(const Tokenizer& tok, int32_t id, const s
   const std::string decoded = tok.decode(std::span<const int32_t>(&id, 1), false);
   auto agrees = [&](const std::string& b) {
     if (b == decoded) return true;
+    // Metaspace / Strip decoders drop the space a sequence starts with; inside the text it stays
+    if (!b.empty() && b[0] == ' ' && decoded == b.substr(1)) return true;
     return !valid_utf8(b) && decoded.find(kReplacement) != std::string::npos;
   };
   // byte-level
@@ -107,8 +109,7 @@ std::optional<std::string> token_bytes(const Tokenizer& tok, int32_t id, const s
         b += piece[i++];
       }
     }
-    // the decoder strips the space a sequence starts with; inside the text it stays
-    if (!b.empty() && (agrees(b) || (b[0] == ' ' && decoded == b.substr(1)))) return b;
+    if (!b.empty() && agrees(b)) return b;
   }
   if (decoded.empty()) return std::nullopt;
   return decoded;

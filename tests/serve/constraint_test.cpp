@@ -206,6 +206,32 @@ TEST(TokenVocab, TokenBytesConcatenateToTheText) {
   EXPECT_EQ(*vocab.bytes(*qwen3().token_to_id("<tool_call>")), "<tool_call>");  // added, not special
 }
 
+// Llama-2 / Mistral style vocabularies: "▁" for a space and <0xHH> byte
+// tokens; the text's first space is the one the normalizer prepends.
+TEST(TokenVocab, MetaspaceAndByteFallbackTokensMapToTheirBytes) {
+  for (const char* style : {"llama2_style", "metaspace_style"}) {
+    SCOPED_TRACE(style);
+    const auto tok = Tokenizer::from_dir(std::string(FINMOE_TEST_DATA_DIR) + "/tokenizer/byte_fallback/" + style);
+    const TokenVocab vocab(tok.vocab_size(), tok);
+    int byte_tokens = 0;
+    for (int b = 0; b < 256; ++b) {
+      char name[8];
+      std::snprintf(name, sizeof name, "<0x%02X>", b);
+      if (auto id = tok.token_to_id(name)) {
+        ASSERT_TRUE(vocab.bytes(*id).has_value()) << name << " decodes to " << nlohmann::json(tok.decode(std::vector<int32_t>{*id})).dump() << " special " << tok.is_special(*id);
+        EXPECT_EQ(*vocab.bytes(*id), std::string(1, char(b))) << name;
+        ++byte_tokens;
+      }
+    }
+    EXPECT_EQ(byte_tokens, 256);
+    for (const std::string text : {"hello world", "price: 12.5 €, 价格 😀", "{\"a\": [1, 2]}"}) {
+      std::string joined;
+      for (int32_t id : tok.encode(text)) joined += vocab.bytes(id).value_or("?");
+      EXPECT_EQ(joined, " " + text);
+    }
+  }
+}
+
 ojson financial_schema() {
   return ojson::parse(R"({
     "type": "object",
