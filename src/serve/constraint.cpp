@@ -162,10 +162,8 @@ void TokenVocab::build_trie() {
     t.end[size_t(path.back())] = int32_t(t.byte.size());
     path.pop_back();
   }
-  t.tok_begin.push_back(int32_t(t.ids.size()));
   // tok_begin[i] was set when node i was made; its tokens end where the next node's begin
-  for (size_t i = 0; i + 1 < t.tok_begin.size(); ++i)
-    if (t.tok_begin[i + 1] < t.tok_begin[i]) t.tok_begin[i + 1] = t.tok_begin[i];
+  t.tok_begin.push_back(int32_t(t.ids.size()));
 }
 
 // ---- constraint ------------------------------------------------------------
@@ -327,36 +325,36 @@ ToolCallFormat tool_call_format(const std::string& chat_template) {
 std::shared_ptr<const TokenConstraint> tool_call_constraint(ToolCallFormat format,
                                                             const std::vector<ToolSpec>& tools,
                                                             std::shared_ptr<const TokenVocab> vocab,
-                                                            constrain::SchemaOptions options,
+                                                            bool several, constrain::SchemaOptions options,
                                                             constrain::AutomatonLimits limits) {
   if (tools.empty()) throw Error("no tool to call");
   Nfa nfa(limits);
-  const std::string args_key = format == ToolCallFormat::Llama3 ? "parameters" : "arguments";
-  std::vector<Frag> calls;
-  for (size_t i = 0; i < tools.size(); ++i) {
-    const ToolSpec& t = tools[i];
-    Frag args;
-    try {
-      args = t.parameters.is_null() ? constrain::compile_any_json_object(nfa, options)
-                                    : constrain::compile_json_schema(nfa, t.parameters, options);
-    } catch (const constrain::SchemaError& e) {
-      const std::string where =
-          t.where.empty() ? "tools[" + std::to_string(i) + "].function.parameters" : t.where;
-      throw constrain::SchemaError(e.path().empty() ? where : where + "." + e.path(), e.what());
+  auto one_call = [&] {
+    const std::string args_key = format == ToolCallFormat::Llama3 ? "parameters" : "arguments";
+    std::vector<Frag> calls;
+    for (size_t i = 0; i < tools.size(); ++i) {
+      const ToolSpec& t = tools[i];
+      Frag args;
+      try {
+        args = t.parameters.is_null() ? constrain::compile_any_json_object(nfa, options)
+                                      : constrain::compile_json_schema(nfa, t.parameters, options);
+      } catch (const constrain::SchemaError& e) {
+        const std::string where =
+            t.where.empty() ? "tools[" + std::to_string(i) + "].function.parameters" : t.where;
+        throw constrain::SchemaError(e.path().empty() ? where : where + "." + e.path(), e.what());
+      }
+      const std::string head = "{\"name\": " + nlohmann::json(t.name).dump() + ", \"" + args_key + "\": ";
+      calls.push_back(nfa.cat(nfa.cat(nfa.literal(head), args), nfa.literal("}")));
     }
-    const std::string head = "{\"name\": " + nlohmann::json(t.name).dump() + ", \"" + args_key + "\": ";
-    calls.push_back(nfa.cat(nfa.cat(nfa.literal(head), args), nfa.literal("}")));
-  }
-  Frag call = nfa.alt(calls);
-  switch (format) {
-    case ToolCallFormat::Hermes:
+    Frag call = nfa.alt(calls);
+    if (format == ToolCallFormat::Hermes)
       call = nfa.cat(nfa.cat(nfa.literal("<tool_call>\n"), call), nfa.literal("\n</tool_call>"));
-      break;
-    case ToolCallFormat::Mistral:
-      call = nfa.cat(nfa.cat(nfa.literal("["), call), nfa.literal("]"));
-      break;
-    case ToolCallFormat::Llama3: break;
-  }
+    return call;
+  };
+  // several calls: one copy of a call in a loop (the parser reads each)
+  const char* sep = format == ToolCallFormat::Hermes ? "\n" : format == ToolCallFormat::Mistral ? ", " : "; ";
+  Frag call = nfa.sep_list(one_call, [&] { return nfa.literal(sep); }, 1, several ? -1 : 1);
+  if (format == ToolCallFormat::Mistral) call = nfa.cat(nfa.cat(nfa.literal("["), call), nfa.literal("]"));
   try {
     return finish(nfa, call, std::move(vocab), "tool_call");
   } catch (const constrain::SchemaError&) {

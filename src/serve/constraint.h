@@ -143,11 +143,13 @@ struct ToolSpec {
   nlohmann::ordered_json parameters;  // a JSON schema; null = any object
   std::string where;                  // where parameters came from, for errors ("" = tools[i].function.parameters)
 };
-// Exactly one call to one of `tools`. A SchemaError's path is the tool's
-// `where` followed by the path in its schema.
+// One call to one of `tools` or, with `several`, one or more (OpenAI's
+// parallel_tool_calls). A SchemaError's path is the tool's `where` followed
+// by the path in its schema.
 std::shared_ptr<const TokenConstraint> tool_call_constraint(ToolCallFormat format,
                                                             const std::vector<ToolSpec>& tools,
                                                             std::shared_ptr<const TokenVocab> vocab,
+                                                            bool several = false,
                                                             constrain::SchemaOptions options = {},
                                                             constrain::AutomatonLimits limits = {});
 

@@ -734,6 +734,7 @@ struct ChatPrompt {
   // tool_choice required or a named function: the tools the output must call
   // (their raw definitions, key order kept), for the tool-call constraint
   std::vector<ToolSpec> forced_tools;
+  bool parallel_tool_calls = true;
 };
 
 ChatPrompt chat_prompt(Fields& f, std::string_view body, const ApiContext& ctx) {
@@ -777,7 +778,8 @@ ChatPrompt chat_prompt(Fields& f, std::string_view body, const ApiContext& ctx) 
     if (!k->is_object()) throw wrong_type("chat_template_kwargs", "an object", *k);
     kwargs = raw("chat_template_kwargs");
   }
-  f.ignore({"parallel_tool_calls"});
+  // with tool_choice required / named: one call, or one or more (OpenAI's default)
+  const bool parallel_tool_calls = f.boolean("parallel_tool_calls").value_or(true);
   // vLLM's chat extensions: the template's generation prompt and the tokenizer's special tokens
   const bool add_generation_prompt = f.boolean("add_generation_prompt").value_or(true);
   const bool add_special_tokens = f.boolean("add_special_tokens").value_or(false);
@@ -809,6 +811,7 @@ ChatPrompt chat_prompt(Fields& f, std::string_view body, const ApiContext& ctx) 
     throw invalid("messages", std::string("cannot apply the chat template: ") + e.what());
   }
   ChatPrompt out;
+  out.parallel_tool_calls = parallel_tool_calls;
   if (tool_choice == "required" || tool_choice == "function") {
     const auto tools = raw("tools");
     for (size_t k = 0; k < tool_names.size(); ++k) {
@@ -861,9 +864,10 @@ ApiRequest parse_chat_request(std::string_view body, const ApiContext& ctx) {
     nlohmann::ordered_json key = nlohmann::ordered_json::array();
     for (const auto& t : prompt.forced_tools) key.push_back({t.name, t.parameters});
     std::vector<ToolSpec> specs = prompt.forced_tools;
+    const bool several = prompt.parallel_tool_calls;
     base.sampling.constraint = build_constraint(
-        ctx, "", "tools:" + std::to_string(int(format)) + key.dump(),
-        [&](std::shared_ptr<const TokenVocab> v) { return tool_call_constraint(format, specs, v); });
+        ctx, "", "tools:" + std::to_string(int(format)) + (several ? "+" : "1") + key.dump(),
+        [&](std::shared_ptr<const TokenVocab> v) { return tool_call_constraint(format, specs, v, several); });
   }
   r.ignored_fields = f.ignored();
   r.tool_names = std::move(prompt.tool_names);

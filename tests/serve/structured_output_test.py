@@ -160,18 +160,22 @@ class StructuredOutput(unittest.TestCase):
                 "required": ["amount", "to"]}}},
         ]
         params = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
-        for choice in ["required", {"type": "function", "function": {"name": "convert"}}]:
-            r = chat(n=2, seed=11, max_tokens=300, tools=tools, tool_choice=choice)
+        for choice, parallel in [("required", True), ({"type": "function", "function": {"name": "convert"}}, True),
+                                 ("required", False)]:
+            r = chat(n=2, seed=11, max_tokens=300, tools=tools, tool_choice=choice, parallel_tool_calls=parallel)
             self.assertTrue(any(ch.finish_reason != "length" for ch in r.choices))
             for ch in r.choices:
                 if ch.finish_reason == "length":
                     continue
                 self.assertEqual(ch.finish_reason, "tool_calls")
-                self.assertEqual(len(ch.message.tool_calls), 1)
-                call = ch.message.tool_calls[0].function
-                if choice != "required":
-                    self.assertEqual(call.name, "convert")
-                self.assertTrue(valid(json.loads(call.arguments), params[call.name]), call.arguments)
+                self.assertGreaterEqual(len(ch.message.tool_calls), 1)
+                if not parallel:
+                    self.assertEqual(len(ch.message.tool_calls), 1)
+                for tc in ch.message.tool_calls:
+                    call = tc.function
+                    if choice != "required":
+                        self.assertEqual(call.name, "convert")
+                    self.assertTrue(valid(json.loads(call.arguments), params[call.name]), call.arguments)
 
     def test_bad_schemas_are_400s_naming_the_field(self):
         bad = {"type": "object", "properties": {"x": {"type": "strng"}}}
