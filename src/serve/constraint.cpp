@@ -43,7 +43,8 @@ std::vector<uint32_t> code_points(const std::string& s) {
       continue;
     }
     uint32_t v = n == 1 ? c : n == 2 ? (c & 0x1F) : n == 3 ? (c & 0x0F) : (c & 0x07);
-    for (int k = 1; k < n; ++k) v = (v << 6) | (static_cast<unsigned char>(s[i + size_t(k)]) & 0x3F);
+    for (int k = 1; k < n; ++k)
+      v = (v << 6) | (static_cast<unsigned char>(s[i + size_t(k)]) & 0x3F);
     out.push_back(v);
     i += size_t(n);
   }
@@ -55,7 +56,8 @@ std::vector<int> byte_level_inverse() {
   std::vector<int> inv(512, -1);
   int extra = 0;
   for (int b = 0; b < 256; ++b) {
-    const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+    const bool printable =
+        (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
     inv[size_t(printable ? b : 256 + extra++)] = b;
   }
   return inv;
@@ -65,7 +67,8 @@ std::vector<int> byte_level_inverse() {
 // through the encodings tokenizer.json uses (byte-level alphabet; Metaspace
 // with <0xHH> byte fallback), and the mapping is kept only when the
 // tokenizer's own decode of the single token agrees; otherwise that decode.
-std::optional<std::string> token_bytes(const Tokenizer& tok, int32_t id, const std::vector<int>& inv) {
+std::optional<std::string> token_bytes(const Tokenizer& tok, int32_t id,
+                                       const std::vector<int>& inv) {
   std::string piece;
   try {
     if (tok.is_special(id)) return std::nullopt;
@@ -168,7 +171,8 @@ void TokenVocab::build_trie() {
 
 // ---- constraint ------------------------------------------------------------
 
-TokenConstraint::TokenConstraint(Dfa dfa, std::shared_ptr<const TokenVocab> vocab, std::string description)
+TokenConstraint::TokenConstraint(Dfa dfa, std::shared_ptr<const TokenVocab> vocab,
+                                 std::string description)
     : dfa_(std::move(dfa)),
       vocab_(std::move(vocab)),
       description_(std::move(description)),
@@ -212,25 +216,30 @@ std::shared_ptr<const TokenMask> TokenConstraint::mask(int32_t state) const {
   if (m->count * 32 < int64_t(V)) {  // the id list is smaller than the bitset
     m->ids.reserve(size_t(m->count));
     for (size_t w = 0; w < m->bits.size(); ++w)
-      for (uint64_t b = m->bits[w]; b; b &= b - 1) m->ids.push_back(int32_t(w * 64 + size_t(__builtin_ctzll(b))));
+      for (uint64_t b = m->bits[w]; b; b &= b - 1)
+        m->ids.push_back(int32_t(w * 64 + size_t(__builtin_ctzll(b))));
     m->bits = {};
   }
   masks_computed_ += 1;
-  mask_ns_ += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
+  mask_ns_ +=
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0)
+          .count();
   std::lock_guard lock(mu_);
   auto& slot = masks_.at(size_t(state));
   if (!slot) slot = std::move(m);
   return slot;
 }
 
-int64_t TokenConstraint::apply(int32_t state, std::span<float> logits, std::span<const int32_t> stop_ids) const {
+int64_t TokenConstraint::apply(int32_t state, std::span<float> logits,
+                               std::span<const int32_t> stop_ids) const {
   const auto m = mask(state);
   const bool accept = dfa_.accepting(state);
   // a stop token ends the output: allowed exactly where the output is complete,
   // whatever its bytes (a stop token may also be an ordinary one, "\n" say)
   std::vector<std::pair<int32_t, float>> keep;
   for (int32_t id : stop_ids)
-    if (id >= 0 && size_t(id) < logits.size()) keep.emplace_back(id, accept ? logits[size_t(id)] : -INFINITY);
+    if (id >= 0 && size_t(id) < logits.size())
+      keep.emplace_back(id, accept ? logits[size_t(id)] : -INFINITY);
   const size_t n = std::min(logits.size(), size_t(vocab_->size()));
   const float ninf = -INFINITY;
   if (m->bits.empty()) {
@@ -265,10 +274,12 @@ int64_t TokenConstraint::apply(int32_t state, std::span<float> logits, std::span
 
 namespace {
 
-std::shared_ptr<const TokenConstraint> finish(Nfa& nfa, Frag f, std::shared_ptr<const TokenVocab> vocab,
+std::shared_ptr<const TokenConstraint> finish(Nfa& nfa, Frag f,
+                                              std::shared_ptr<const TokenVocab> vocab,
                                               std::string description) {
   if (!vocab) throw Error("constrained decoding needs a tokenizer");
-  return std::make_shared<TokenConstraint>(Dfa::build(nfa, f), std::move(vocab), std::move(description));
+  return std::make_shared<TokenConstraint>(Dfa::build(nfa, f), std::move(vocab),
+                                           std::move(description));
 }
 
 }  // namespace
@@ -281,10 +292,9 @@ std::shared_ptr<const TokenConstraint> regex_constraint(const std::string& patte
   return finish(nfa, f, std::move(vocab), "regex");
 }
 
-std::shared_ptr<const TokenConstraint> json_schema_constraint(const nlohmann::ordered_json& schema,
-                                                              std::shared_ptr<const TokenVocab> vocab,
-                                                              constrain::SchemaOptions options,
-                                                              constrain::AutomatonLimits limits) {
+std::shared_ptr<const TokenConstraint> json_schema_constraint(
+    const nlohmann::ordered_json& schema, std::shared_ptr<const TokenVocab> vocab,
+    constrain::SchemaOptions options, constrain::AutomatonLimits limits) {
   Nfa nfa(limits);
   const Frag f = constrain::compile_json_schema(nfa, schema, options);
   try {
@@ -296,9 +306,9 @@ std::shared_ptr<const TokenConstraint> json_schema_constraint(const nlohmann::or
   }
 }
 
-std::shared_ptr<const TokenConstraint> json_object_constraint(std::shared_ptr<const TokenVocab> vocab,
-                                                              constrain::SchemaOptions options,
-                                                              constrain::AutomatonLimits limits) {
+std::shared_ptr<const TokenConstraint> json_object_constraint(
+    std::shared_ptr<const TokenVocab> vocab, constrain::SchemaOptions options,
+    constrain::AutomatonLimits limits) {
   Nfa nfa(limits);
   const Frag f = constrain::compile_any_json_object(nfa, options);
   return finish(nfa, f, std::move(vocab), "json_object");
@@ -325,7 +335,8 @@ ToolCallFormat tool_call_format(const std::string& chat_template) {
 std::shared_ptr<const TokenConstraint> tool_call_constraint(ToolCallFormat format,
                                                             const std::vector<ToolSpec>& tools,
                                                             std::shared_ptr<const TokenVocab> vocab,
-                                                            bool several, constrain::SchemaOptions options,
+                                                            bool several,
+                                                            constrain::SchemaOptions options,
                                                             constrain::AutomatonLimits limits) {
   if (tools.empty()) throw Error("no tool to call");
   Nfa nfa(limits);
@@ -343,7 +354,8 @@ std::shared_ptr<const TokenConstraint> tool_call_constraint(ToolCallFormat forma
             t.where.empty() ? "tools[" + std::to_string(i) + "].function.parameters" : t.where;
         throw constrain::SchemaError(e.path().empty() ? where : where + "." + e.path(), e.what());
       }
-      const std::string head = "{\"name\": " + nlohmann::json(t.name).dump() + ", \"" + args_key + "\": ";
+      const std::string head =
+          "{\"name\": " + nlohmann::json(t.name).dump() + ", \"" + args_key + "\": ";
       calls.push_back(nfa.cat(nfa.cat(nfa.literal(head), args), nfa.literal("}")));
     }
     Frag call = nfa.alt(calls);
@@ -352,9 +364,13 @@ std::shared_ptr<const TokenConstraint> tool_call_constraint(ToolCallFormat forma
     return call;
   };
   // several calls: one copy of a call in a loop (the parser reads each)
-  const char* sep = format == ToolCallFormat::Hermes ? "\n" : format == ToolCallFormat::Mistral ? ", " : "; ";
-  Frag call = nfa.sep_list(one_call, [&] { return nfa.literal(sep); }, 1, several ? -1 : 1);
-  if (format == ToolCallFormat::Mistral) call = nfa.cat(nfa.cat(nfa.literal("["), call), nfa.literal("]"));
+  const char* sep = format == ToolCallFormat::Hermes    ? "\n"
+                    : format == ToolCallFormat::Mistral ? ", "
+                                                        : "; ";
+  Frag call = nfa.sep_list(
+      one_call, [&] { return nfa.literal(sep); }, 1, several ? -1 : 1);
+  if (format == ToolCallFormat::Mistral)
+    call = nfa.cat(nfa.cat(nfa.literal("["), call), nfa.literal("]"));
   try {
     return finish(nfa, call, std::move(vocab), "tool_call");
   } catch (const constrain::SchemaError&) {
@@ -366,7 +382,8 @@ std::shared_ptr<const TokenConstraint> tool_call_constraint(ToolCallFormat forma
 
 // ---- factory ---------------------------------------------------------------
 
-ConstraintFactory::ConstraintFactory(int64_t model_vocab, const Tokenizer* tokenizer, size_t capacity)
+ConstraintFactory::ConstraintFactory(int64_t model_vocab, const Tokenizer* tokenizer,
+                                     size_t capacity)
     : model_vocab_(model_vocab), tokenizer_(tokenizer), capacity_(std::max<size_t>(capacity, 1)) {}
 
 std::shared_ptr<const TokenVocab> ConstraintFactory::vocab() {
@@ -380,7 +397,8 @@ std::shared_ptr<const TokenVocab> ConstraintFactory::vocab() {
 
 std::shared_ptr<const TokenConstraint> ConstraintFactory::get(
     const std::string& key,
-    const std::function<std::shared_ptr<const TokenConstraint>(std::shared_ptr<const TokenVocab>)>& build) {
+    const std::function<std::shared_ptr<const TokenConstraint>(std::shared_ptr<const TokenVocab>)>&
+        build) {
   {
     std::lock_guard lock(mu_);
     for (size_t i = 0; i < recent_.size(); ++i)

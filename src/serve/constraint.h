@@ -77,7 +77,8 @@ struct TokenMask {
 
 class TokenConstraint {
  public:
-  TokenConstraint(constrain::Dfa dfa, std::shared_ptr<const TokenVocab> vocab, std::string description);
+  TokenConstraint(constrain::Dfa dfa, std::shared_ptr<const TokenVocab> vocab,
+                  std::string description);
 
   int32_t start() const { return dfa_.start(); }
   bool accepting(int32_t state) const { return dfa_.accepting(state); }
@@ -124,9 +125,9 @@ std::shared_ptr<const TokenConstraint> regex_constraint(const std::string& patte
 std::shared_ptr<const TokenConstraint> json_schema_constraint(
     const nlohmann::ordered_json& schema, std::shared_ptr<const TokenVocab> vocab,
     constrain::SchemaOptions options = {}, constrain::AutomatonLimits limits = {});
-std::shared_ptr<const TokenConstraint> json_object_constraint(std::shared_ptr<const TokenVocab> vocab,
-                                                              constrain::SchemaOptions options = {},
-                                                              constrain::AutomatonLimits limits = {});
+std::shared_ptr<const TokenConstraint> json_object_constraint(
+    std::shared_ptr<const TokenVocab> vocab, constrain::SchemaOptions options = {},
+    constrain::AutomatonLimits limits = {});
 std::shared_ptr<const TokenConstraint> choice_constraint(const std::vector<std::string>& choices,
                                                          std::shared_ptr<const TokenVocab> vocab);
 
@@ -141,7 +142,7 @@ ToolCallFormat tool_call_format(const std::string& chat_template);
 struct ToolSpec {
   std::string name;
   nlohmann::ordered_json parameters;  // a JSON schema; null = any object
-  std::string where;                  // where parameters came from, for errors ("" = tools[i].function.parameters)
+  std::string where;  // where parameters came from, for errors ("" = tools[i].function.parameters)
 };
 // One call to one of `tools` or, with `several`, one or more (OpenAI's
 // parallel_tool_calls). A SchemaError's path is the tool's `where` followed
@@ -165,8 +166,8 @@ class ConstraintFactory {
   std::shared_ptr<const TokenVocab> vocab();
   // The cached constraint for key, else build(vocab()) (cached when it succeeds).
   std::shared_ptr<const TokenConstraint> get(
-      const std::string& key,
-      const std::function<std::shared_ptr<const TokenConstraint>(std::shared_ptr<const TokenVocab>)>& build);
+      const std::string& key, const std::function<std::shared_ptr<const TokenConstraint>(
+                                  std::shared_ptr<const TokenVocab>)>& build);
 
  private:
   int64_t model_vocab_;
@@ -174,7 +175,8 @@ class ConstraintFactory {
   size_t capacity_;
   std::mutex vocab_mu_, mu_;
   std::shared_ptr<const TokenVocab> vocab_;
-  std::vector<std::pair<std::string, std::shared_ptr<const TokenConstraint>>> recent_;  // most recent last
+  std::vector<std::pair<std::string, std::shared_ptr<const TokenConstraint>>>
+      recent_;  // most recent last
 };
 
 }  // namespace finmoe

@@ -13,15 +13,33 @@ namespace {
 const CodeSet kMustEscape = {{0, 0x1F}, {'"', '"'}, {'\\', '\\'}};
 
 const std::set<std::string> kAnnotations = {
-    "title",   "description", "default",   "examples", "$schema",  "$id",   "$comment",
-    "deprecated", "readOnly", "writeOnly", "$defs",    "definitions", "strict", "name",
-    "contentEncoding", "contentMediaType", "$anchor"};
+    "title",    "description", "default",         "examples",         "$schema", "$id",
+    "$comment", "deprecated",  "readOnly",        "writeOnly",        "$defs",   "definitions",
+    "strict",   "name",        "contentEncoding", "contentMediaType", "$anchor"};
 
-const std::set<std::string> kRejected = {
-    "maximum", "exclusiveMaximum", "exclusiveMinimum", "multipleOf", "uniqueItems", "not", "if",
-    "then", "else", "patternProperties", "propertyNames", "dependentRequired", "dependentSchemas",
-    "dependencies", "contains", "minContains", "maxContains", "unevaluatedProperties",
-    "unevaluatedItems", "prefixItems", "additionalItems", "$dynamicRef", "$recursiveRef"};
+const std::set<std::string> kRejected = {"maximum",
+                                         "exclusiveMaximum",
+                                         "exclusiveMinimum",
+                                         "multipleOf",
+                                         "uniqueItems",
+                                         "not",
+                                         "if",
+                                         "then",
+                                         "else",
+                                         "patternProperties",
+                                         "propertyNames",
+                                         "dependentRequired",
+                                         "dependentSchemas",
+                                         "dependencies",
+                                         "contains",
+                                         "minContains",
+                                         "maxContains",
+                                         "unevaluatedProperties",
+                                         "unevaluatedItems",
+                                         "prefixItems",
+                                         "additionalItems",
+                                         "$dynamicRef",
+                                         "$recursiveRef"};
 
 std::string join(const std::string& path, const std::string& key) {
   return path.empty() ? key : path + "." + key;
@@ -45,14 +63,22 @@ class Compiler {
   Frag string_char() {
     Frag plain = nfa_.codes(complement(kMustEscape));
     // \" \\ \/ \b \f \n \r \t, or \uXXXX outside the surrogates (a lone one is not valid UTF-16)
-    Frag simple = nfa_.codes({{'"', '"'}, {'\\', '\\'}, {'/', '/'}, {'b', 'b'}, {'f', 'f'},
-                              {'n', 'n'}, {'r', 'r'}, {'t', 't'}});
+    Frag simple = nfa_.codes({{'"', '"'},
+                              {'\\', '\\'},
+                              {'/', '/'},
+                              {'b', 'b'},
+                              {'f', 'f'},
+                              {'n', 'n'},
+                              {'r', 'r'},
+                              {'t', 't'}});
     const CodeSet hex = {{'0', '9'}, {'A', 'F'}, {'a', 'f'}};
-    Frag u_plain = nfa_.cat(nfa_.codes({{'0', '9'}, {'A', 'C'}, {'E', 'F'}, {'a', 'c'}, {'e', 'f'}}),
-                            nfa_.repeat([&] { return nfa_.codes(hex); }, 3, 3));
+    Frag u_plain =
+        nfa_.cat(nfa_.codes({{'0', '9'}, {'A', 'C'}, {'E', 'F'}, {'a', 'c'}, {'e', 'f'}}),
+                 nfa_.repeat([&] { return nfa_.codes(hex); }, 3, 3));
     Frag u_d = nfa_.cat(nfa_.cat(nfa_.codes({{'D', 'D'}, {'d', 'd'}}), nfa_.codes({{'0', '7'}})),
                         nfa_.repeat([&] { return nfa_.codes(hex); }, 2, 2));
-    Frag esc = nfa_.cat(lit("\\"), nfa_.alt({simple, nfa_.cat(lit("u"), nfa_.alt({u_plain, u_d}))}));
+    Frag esc =
+        nfa_.cat(lit("\\"), nfa_.alt({simple, nfa_.cat(lit("u"), nfa_.alt({u_plain, u_d}))}));
     return nfa_.alt({plain, esc});
   }
 
@@ -66,8 +92,12 @@ class Compiler {
   }
 
   Frag integer(bool nonneg) {
-    Frag digits = nfa_.alt({lit("0"), nfa_.cat(nfa_.codes({{'1', '9'}}),
-                                               nfa_.repeat([&] { return nfa_.codes({{'0', '9'}}); }, 0, -1))});
+    Frag digits = nfa_.alt(
+        {lit("0"), nfa_.cat(nfa_.codes({{'1', '9'}}), nfa_.repeat(
+                                                          [&] {
+                                                            return nfa_.codes({{'0', '9'}});
+                                                          },
+                                                          0, -1))});
     return nonneg ? digits : nfa_.cat(nfa_.opt(lit("-")), digits);
   }
 
@@ -75,7 +105,8 @@ class Compiler {
     auto digit = [&] { return nfa_.codes({{'0', '9'}}); };
     Frag frac = nfa_.opt(nfa_.cat(lit("."), nfa_.repeat(digit, 1, -1)));
     // exponents of at most two digits: a double holds every such number
-    Frag exp = nfa_.opt(nfa_.cat(nfa_.cat(nfa_.codes({{'E', 'E'}, {'e', 'e'}}), nfa_.opt(nfa_.codes({{'+', '+'}, {'-', '-'}}))),
+    Frag exp = nfa_.opt(nfa_.cat(nfa_.cat(nfa_.codes({{'E', 'E'}, {'e', 'e'}}),
+                                          nfa_.opt(nfa_.codes({{'+', '+'}, {'-', '-'}}))),
                                  nfa_.repeat(digit, 1, 2)));
     return nfa_.cat(nfa_.cat(integer(nonneg), frac), exp);
   }
@@ -91,11 +122,15 @@ class Compiler {
 
   Frag any_object(int depth) {
     auto member = [&] { return nfa_.cat(nfa_.cat(any_string(), punct(":")), any_value(depth)); };
-    return braces("{", "}", nfa_.sep_list(member, [&] { return punct(","); }, 0, -1));
+    return braces("{", "}",
+                  nfa_.sep_list(
+                      member, [&] { return punct(","); }, 0, -1));
   }
 
   Frag any_array(int depth) {
-    return braces("[", "]", nfa_.sep_list([&] { return any_value(depth); }, [&] { return punct(","); }, 0, -1));
+    return braces(
+        "[", "]",
+        nfa_.sep_list([&] { return any_value(depth); }, [&] { return punct(","); }, 0, -1));
   }
 
   // One given value (const, enum): its JSON text, with the whitespace
@@ -107,7 +142,8 @@ class Compiler {
       for (auto it = v.begin(); it != v.end(); ++it) {
         if (!first) body = nfa_.cat(body, punct(","));
         first = false;
-        body = nfa_.cat(body, nfa_.cat(nfa_.cat(lit(ojson(it.key()).dump()), punct(":")), constant(*it)));
+        body = nfa_.cat(body,
+                        nfa_.cat(nfa_.cat(lit(ojson(it.key()).dump()), punct(":")), constant(*it)));
       }
       return braces("{", "}", body);
     }
@@ -149,9 +185,11 @@ class Compiler {
     for (const char* key : {"anyOf", "oneOf"})
       if (auto a = s.find(key); a != s.end()) {
         if (!a->is_array() || a->empty())
-          throw SchemaError(join(path, key), std::string("'") + key + "' must be a non-empty array");
+          throw SchemaError(join(path, key),
+                            std::string("'") + key + "' must be a non-empty array");
         std::vector<Frag> opts;
-        for (size_t i = 0; i < a->size(); ++i) opts.push_back(value((*a)[i], indexed(path, key, i)));
+        for (size_t i = 0; i < a->size(); ++i)
+          opts.push_back(value((*a)[i], indexed(path, key, i)));
         return nfa_.alt(opts);
       }
     if (auto a = s.find("allOf"); a != s.end()) {
@@ -166,7 +204,8 @@ class Compiler {
         return typed(s, "object", path);
       if (s.contains("items") || s.contains("minItems") || s.contains("maxItems"))
         return typed(s, "array", path);
-      if (s.contains("pattern") || s.contains("minLength") || s.contains("maxLength") || s.contains("format"))
+      if (s.contains("pattern") || s.contains("minLength") || s.contains("maxLength") ||
+          s.contains("format"))
         return typed(s, "string", path);
       return any_value(o_.any_depth);
     }
@@ -180,7 +219,8 @@ class Compiler {
       }
       return nfa_.alt(opts);
     }
-    throw SchemaError(join(path, "type"), "'type' must be a string or a non-empty array of strings");
+    throw SchemaError(join(path, "type"),
+                      "'type' must be a string or a non-empty array of strings");
   }
 
   Frag typed(const ojson& s, const std::string& type, const std::string& path) {
@@ -191,9 +231,12 @@ class Compiler {
     auto it = s.find(key);
     if (it == s.end()) return dflt;
     if (!it->is_number_integer() && !it->is_number_unsigned())
-      throw SchemaError(join(path, key), std::string("'") + key + "' must be a non-negative integer");
+      throw SchemaError(join(path, key),
+                        std::string("'") + key + "' must be a non-negative integer");
     const auto v = it->get<int64_t>();
-    if (v < 0) throw SchemaError(join(path, key), std::string("'") + key + "' must be a non-negative integer");
+    if (v < 0)
+      throw SchemaError(join(path, key),
+                        std::string("'") + key + "' must be a non-negative integer");
     return v;
   }
 
@@ -206,7 +249,8 @@ class Compiler {
     return true;
   }
 
-  Frag typed(const ojson& s, const std::string& type, const std::string& type_path, const std::string& path) {
+  Frag typed(const ojson& s, const std::string& type, const std::string& type_path,
+             const std::string& path) {
     if (type == "string") return string(s, path);
     if (type == "integer") return integer(nonneg(s, path));
     if (type == "number") return number(nonneg(s, path));
@@ -240,12 +284,18 @@ class Compiler {
     if (auto f = s.find("format"); f != s.end() && f->is_string()) {
       const std::string fmt = f->get<std::string>();
       const char* date = "[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])";
-      const char* time = "(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\\.[0-9]{1,9})?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])";
+      const char* time =
+          "(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\\.[0-9]{1,9})?(?:Z|[+-](?:[01][0-9]|2[0-3]"
+          "):[0-5][0-9])";
       std::string re;
-      if (fmt == "date") re = date;
-      else if (fmt == "time") re = time;
-      else if (fmt == "date-time") re = std::string(date) + "T" + time;
-      else if (fmt == "uuid") re = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}";
+      if (fmt == "date")
+        re = date;
+      else if (fmt == "time")
+        re = time;
+      else if (fmt == "date-time")
+        re = std::string(date) + "T" + time;
+      else if (fmt == "uuid")
+        re = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}";
       if (!re.empty()) return regex_string(Regex::parse(re));
     }
     return any_string(min_len, max_len);
@@ -260,12 +310,15 @@ class Compiler {
   Frag array(const ojson& s, const std::string& path) {
     const int64_t lo = count(s, "minItems", path, 0);
     const int64_t hi = count(s, "maxItems", path, -1);
-    if (hi >= 0 && hi < lo) throw SchemaError(join(path, "maxItems"), "'maxItems' is below 'minItems'");
+    if (hi >= 0 && hi < lo)
+      throw SchemaError(join(path, "maxItems"), "'maxItems' is below 'minItems'");
     if (auto it = s.find("items"); it != s.end() && it->is_boolean() && !it->get<bool>()) {
       if (lo > 0) throw SchemaError(join(path, "items"), "'items' is false but minItems > 0");
       return lit("[]");
     }
-    return braces("[", "]", nfa_.sep_list([&] { return items_of(s, path); }, [&] { return punct(","); }, lo, hi));
+    return braces(
+        "[", "]",
+        nfa_.sep_list([&] { return items_of(s, path); }, [&] { return punct(","); }, lo, hi));
   }
 
   Frag object(const ojson& s, const std::string& path) {
@@ -275,13 +328,17 @@ class Compiler {
       throw SchemaError(join(path, "properties"), "'properties' must be an object");
     std::set<std::string> required;
     if (auto r = s.find("required"); r != s.end()) {
-      if (!r->is_array()) throw SchemaError(join(path, "required"), "'required' must be an array of names");
+      if (!r->is_array())
+        throw SchemaError(join(path, "required"), "'required' must be an array of names");
       for (size_t i = 0; i < r->size(); ++i) {
-        if (!(*r)[i].is_string()) throw SchemaError(indexed(path, "required", i), "a required name must be a string");
+        if (!(*r)[i].is_string())
+          throw SchemaError(indexed(path, "required", i), "a required name must be a string");
         const auto name = (*r)[i].get<std::string>();
         if (!has_props || !props->contains(name))
-          throw SchemaError(indexed(path, "required", i),
-                            "required property '" + name + "' is not in 'properties' (additional properties are not generated)");
+          throw SchemaError(
+              indexed(path, "required", i),
+              "required property '" + name +
+                  "' is not in 'properties' (additional properties are not generated)");
         required.insert(name);
       }
     }
@@ -293,11 +350,14 @@ class Compiler {
       const bool closed = extra != s.end() && extra->is_boolean() && !extra->get<bool>();
       if (closed) return lit("{}");
       auto member = [&] {
-        Frag v = extra != s.end() && extra->is_object() ? value(*extra, join(path, "additionalProperties"))
-                                                         : any_value(o_.any_depth - 1);
+        Frag v = extra != s.end() && extra->is_object()
+                     ? value(*extra, join(path, "additionalProperties"))
+                     : any_value(o_.any_depth - 1);
         return nfa_.cat(nfa_.cat(any_string(), punct(":")), v);
       };
-      return braces("{", "}", nfa_.sep_list(member, [&] { return punct(","); }, lo, hi));
+      return braces("{", "}",
+                    nfa_.sep_list(
+                        member, [&] { return punct(","); }, lo, hi));
     }
     // Properties in the schema's order, optional ones skippable: two tracks of
     // junction states, "nothing written yet" (a) and "something written" (b);
@@ -315,7 +375,8 @@ class Compiler {
       const std::string& name = names[i];
       const std::string ppath = join(join(path, "properties"), name);
       // one copy of the member: entered from a[i] directly, from b[i] after a comma
-      Frag member = nfa_.cat(nfa_.cat(lit(ojson(name).dump()), punct(":")), value((*props)[name], ppath));
+      Frag member =
+          nfa_.cat(nfa_.cat(lit(ojson(name).dump()), punct(":")), value((*props)[name], ppath));
       nfa_.eps(a[i], member.in);
       Frag comma = punct(",");
       nfa_.eps(b[i], comma.in);
@@ -348,9 +409,11 @@ class Compiler {
       }
     if (target == "#") node = &root_;
     if (!node)
-      throw SchemaError(path, "'$ref' " + target + " does not name a schema in $defs or definitions");
+      throw SchemaError(path,
+                        "'$ref' " + target + " does not name a schema in $defs or definitions");
     if (std::find(active_.begin(), active_.end(), target) != active_.end())
-      throw SchemaError(path, "recursive '$ref' " + target + " is not supported by constrained decoding");
+      throw SchemaError(path,
+                        "recursive '$ref' " + target + " is not supported by constrained decoding");
     active_.push_back(target);
     std::string where = target.substr(2);
     std::replace(where.begin(), where.end(), '/', '.');
@@ -369,8 +432,11 @@ class Compiler {
 }  // namespace
 
 Frag json_whitespace(Nfa& nfa, const SchemaOptions& options) {
-  Frag indent = nfa.cat(nfa.literal("\n"),
-                        nfa.repeat([&] { return nfa.codes({{'\t', '\t'}, {' ', ' '}}); }, 0, options.max_indent));
+  Frag indent = nfa.cat(nfa.literal("\n"), nfa.repeat(
+                                               [&] {
+                                                 return nfa.codes({{'\t', '\t'}, {' ', ' '}});
+                                               },
+                                               0, options.max_indent));
   return nfa.opt(nfa.alt({nfa.literal(" "), indent}));
 }
 

@@ -43,8 +43,8 @@ class SchemaError : public Error {
 };
 
 struct SchemaOptions {
-  int any_depth = 4;   // nesting of objects/arrays in a value the schema leaves open
-  int max_indent = 20; // spaces/tabs after a newline between tokens
+  int any_depth = 4;    // nesting of objects/arrays in a value the schema leaves open
+  int max_indent = 20;  // spaces/tabs after a newline between tokens
 };
 
 // Adds the schema's language to nfa. Throws SchemaError; a schema too large

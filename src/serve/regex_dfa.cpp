@@ -94,7 +94,9 @@ int utf8_len(uint32_t c) { return c < 0x80 ? 1 : c < 0x800 ? 2 : c < 0x10000 ? 3
 
 void utf8_encode(uint32_t c, uint8_t* out) {
   switch (utf8_len(c)) {
-    case 1: out[0] = uint8_t(c); break;
+    case 1:
+      out[0] = uint8_t(c);
+      break;
     case 2:
       out[0] = uint8_t(0xC0 | (c >> 6));
       out[1] = uint8_t(0x80 | (c & 0x3F));
@@ -237,7 +239,7 @@ Node set_node(CodeSet s) {
 
 const CodeSet kDigit = {{'0', '9'}};
 const CodeSet kWord = {{'0', '9'}, {'A', 'Z'}, {'_', '_'}, {'a', 'z'}};
-const CodeSet kSpace = {{'\t', '\r'}, {' ', ' '},       {0xA0, 0xA0},     {0x1680, 0x1680},
+const CodeSet kSpace = {{'\t', '\r'},     {' ', ' '},       {0xA0, 0xA0},     {0x1680, 0x1680},
                         {0x2000, 0x200A}, {0x2028, 0x2029}, {0x202F, 0x202F}, {0x205F, 0x205F},
                         {0x3000, 0x3000}, {0xFEFF, 0xFEFF}};
 const CodeSet kDot = complement({{'\n', '\n'}, {'\r', '\r'}, {0x2028, 0x2029}});
@@ -309,9 +311,12 @@ class Parser {
     while (i_ < p_.size()) {
       int64_t lo, hi;
       const char c = p_[i_];
-      if (c == '?') lo = 0, hi = 1;
-      else if (c == '*') lo = 0, hi = -1;
-      else if (c == '+') lo = 1, hi = -1;
+      if (c == '?')
+        lo = 0, hi = 1;
+      else if (c == '*')
+        lo = 0, hi = -1;
+      else if (c == '+')
+        lo = 1, hi = -1;
       else if (c == '{') {
         const size_t save = i_;
         ++i_;
@@ -362,7 +367,10 @@ class Parser {
     for (int k = 0; k < digits; ++k, ++i_) {
       if (i_ >= p_.size()) fail("expected a hex digit");
       const char c = p_[i_];
-      int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+      int d = c >= '0' && c <= '9'   ? c - '0'
+              : c >= 'a' && c <= 'f' ? c - 'a' + 10
+              : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                     : -1;
       if (d < 0) fail("expected a hex digit");
       v = v * 16 + uint32_t(d);
     }
@@ -374,18 +382,30 @@ class Parser {
     if (i_ >= p_.size()) fail("trailing backslash");
     const char c = p_[i_++];
     switch (c) {
-      case 'd': return kDigit;
-      case 'D': return complement(kDigit);
-      case 'w': return kWord;
-      case 'W': return complement(kWord);
-      case 's': return kSpace;
-      case 'S': return complement(kSpace);
-      case 'n': return {{'\n', '\n'}};
-      case 't': return {{'\t', '\t'}};
-      case 'r': return {{'\r', '\r'}};
-      case 'f': return {{'\f', '\f'}};
-      case 'v': return {{'\v', '\v'}};
-      case '0': return {{0, 0}};
+      case 'd':
+        return kDigit;
+      case 'D':
+        return complement(kDigit);
+      case 'w':
+        return kWord;
+      case 'W':
+        return complement(kWord);
+      case 's':
+        return kSpace;
+      case 'S':
+        return complement(kSpace);
+      case 'n':
+        return {{'\n', '\n'}};
+      case 't':
+        return {{'\t', '\t'}};
+      case 'r':
+        return {{'\r', '\r'}};
+      case 'f':
+        return {{'\f', '\f'}};
+      case 'v':
+        return {{'\v', '\v'}};
+      case '0':
+        return {{0, 0}};
       case 'x': {
         const uint32_t v = hex(2);
         return {{v, v}};
@@ -398,10 +418,13 @@ class Parser {
       case 'b':
         if (in_class) return {{'\b', '\b'}};
         fail("word boundaries (\\b) are not supported");
-      case 'B': fail("\\B is not supported");
-      case 'k': fail("named backreferences are not supported");
+      case 'B':
+        fail("\\B is not supported");
+      case 'k':
+        fail("named backreferences are not supported");
       case 'p':
-      case 'P': fail("Unicode property escapes are not supported");
+      case 'P':
+        fail("Unicode property escapes are not supported");
       default:
         if (c >= '1' && c <= '9') fail("backreferences are not supported");
         if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))
@@ -425,7 +448,8 @@ class Parser {
       if (i_ >= p_.size()) fail("unterminated character class");
       if (p_[i_] == ']' && !first) break;
       first = false;
-      auto one = [&](CodeSet& s) -> std::optional<uint32_t> {  // a single char, or nullopt for \d etc.
+      auto one =
+          [&](CodeSet& s) -> std::optional<uint32_t> {  // a single char, or nullopt for \d etc.
         if (p_[i_] == '\\') {
           ++i_;
           s = escape(/*in_class=*/true);
@@ -458,8 +482,10 @@ class Parser {
     if (c == '(') {
       ++i_;
       if (peek('?')) {
-        if (i_ + 1 < p_.size() && p_[i_ + 1] == ':') i_ += 2;
-        else fail("only (?:...) groups are supported (no lookaround, named groups or flags)");
+        if (i_ + 1 < p_.size() && p_[i_ + 1] == ':')
+          i_ += 2;
+        else
+          fail("only (?:...) groups are supported (no lookaround, named groups or flags)");
       }
       if (++depth_ > 200) fail("groups nested too deeply");
       Node n = alternation();
@@ -478,7 +504,8 @@ class Parser {
       return set_node(escape(false));
     }
     if (c == '*' || c == '+' || c == '?') fail("nothing to repeat");
-    if (c == '{' && i_ + 1 < p_.size() && p_[i_ + 1] >= '0' && p_[i_ + 1] <= '9') fail("nothing to repeat");
+    if (c == '{' && i_ + 1 < p_.size() && p_[i_ + 1] >= '0' && p_[i_ + 1] <= '9')
+      fail("nothing to repeat");
     const uint32_t v = utf8_char();
     return set_node({{v, v}});
   }
@@ -486,7 +513,8 @@ class Parser {
 
 Frag compile_node(const Node& n, Nfa& nfa, const CodeSet& exclude) {
   switch (n.kind) {
-    case Node::Set: return nfa.codes(exclude.empty() ? n.set : subtract(n.set, exclude));
+    case Node::Set:
+      return nfa.codes(exclude.empty() ? n.set : subtract(n.set, exclude));
     case Node::Cat: {
       Frag f = nfa.empty();
       for (const Node& k : n.kids) f = nfa.cat(f, compile_node(k, nfa, exclude));
@@ -511,7 +539,9 @@ Regex Regex::parse(std::string_view pattern) {
   return r;
 }
 
-Frag Regex::compile(Nfa& nfa, const CodeSet& exclude) const { return compile_node(root_, nfa, exclude); }
+Frag Regex::compile(Nfa& nfa, const CodeSet& exclude) const {
+  return compile_node(root_, nfa, exclude);
+}
 
 // ---- DFA -------------------------------------------------------------------
 
@@ -525,7 +555,8 @@ struct VecHash {
   }
 };
 
-void closure(const Nfa& nfa, std::vector<int32_t>& set, std::vector<uint32_t>& mark, uint32_t stamp) {
+void closure(const Nfa& nfa, std::vector<int32_t>& set, std::vector<uint32_t>& mark,
+             uint32_t stamp) {
   std::vector<int32_t> stack(set.begin(), set.end());
   for (int32_t s : set) mark[size_t(s)] = stamp;
   while (!stack.empty()) {

@@ -8,8 +8,8 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
-#include <fstream>
 #include <cmath>
+#include <fstream>
 #include <map>
 #include <optional>
 #include <random>
@@ -38,7 +38,8 @@ const Tokenizer& qwen3() {
 
 // Random strings over `alphabet`, and strings from random walks through the
 // DFA over ASCII bytes (mostly in the language).
-std::vector<std::string> samples(const Dfa& dfa, const std::string& alphabet, std::mt19937_64& rng, int n) {
+std::vector<std::string> samples(const Dfa& dfa, const std::string& alphabet, std::mt19937_64& rng,
+                                 int n) {
   std::vector<std::string> out;
   for (int i = 0; i < n; ++i) {
     std::string s;
@@ -66,10 +67,35 @@ std::vector<std::string> samples(const Dfa& dfa, const std::string& alphabet, st
 
 TEST(RegexDfa, AgreesWithStdRegexOnRandomStrings) {
   const std::vector<std::string> patterns = {
-      "abc", "a|b|cd", "(ab)*c?", "a+b{2,3}", "[a-c]{1,4}d", "[^a-c]x", "\\d{2,4}-\\w+", "(a|b)*abb",
-      "x?y*z+", "(?:ab|ba){2}", "[\\-a]+", "a.b", "\\s+\\S", "(a|)+b", "[A-Z][a-z]{0,3}(_[0-9])?",
-      "((a|b)(c|d))*", "a{3}", "a{2,}", "-?(0|[1-9][0-9]*)(\\.[0-9]+)?", "[^\"\\\\]*", "(a|ab)(c|bcd)(d*)",
-      "[.]\\.", "\\W\\D", "(x|y|)z{0,2}", "^ab$", "a{0}b", "[a-]b", "\\x41\\u0042", "(?:a*)*b",
+      "abc",
+      "a|b|cd",
+      "(ab)*c?",
+      "a+b{2,3}",
+      "[a-c]{1,4}d",
+      "[^a-c]x",
+      "\\d{2,4}-\\w+",
+      "(a|b)*abb",
+      "x?y*z+",
+      "(?:ab|ba){2}",
+      "[\\-a]+",
+      "a.b",
+      "\\s+\\S",
+      "(a|)+b",
+      "[A-Z][a-z]{0,3}(_[0-9])?",
+      "((a|b)(c|d))*",
+      "a{3}",
+      "a{2,}",
+      "-?(0|[1-9][0-9]*)(\\.[0-9]+)?",
+      "[^\"\\\\]*",
+      "(a|ab)(c|bcd)(d*)",
+      "[.]\\.",
+      "\\W\\D",
+      "(x|y|)z{0,2}",
+      "^ab$",
+      "a{0}b",
+      "[a-]b",
+      "\\x41\\u0042",
+      "(?:a*)*b",
   };
   const std::string alphabet = "abcdxyzAZB_09-. \t\n\"\\]";
   std::mt19937_64 rng(7);
@@ -112,10 +138,12 @@ TEST(RegexDfa, RandomPatternsCompileOrFailCleanlyAndAgreeWithStdRegex) {
     }
     // ECMAScript corner cases finmoe reads differently by design: '^'/'$'
     // inside (finmoe rejects them), '[]' (empty in ECMAScript), '{' literals
-    if (p.find("[]") != std::string::npos || p.find("[^]") != std::string::npos || p.find('{') != std::string::npos)
+    if (p.find("[]") != std::string::npos || p.find("[^]") != std::string::npos ||
+        p.find('{') != std::string::npos)
       continue;
     for (const auto& s : samples(*dfa, "ab0123-,w", rng, 20)) {
-      ASSERT_EQ(dfa->matches(s), std::regex_match(s, re)) << "pattern /" << p << "/ on \"" << s << "\"";
+      ASSERT_EQ(dfa->matches(s), std::regex_match(s, re))
+          << "pattern /" << p << "/ on \"" << s << "\"";
       ++compared;
     }
   }
@@ -126,9 +154,13 @@ TEST(RegexDfa, RandomPatternsCompileOrFailCleanlyAndAgreeWithStdRegex) {
 TEST(RegexDfa, WorksOnUtf8Bytes) {
   const Dfa dot = constrain::compile_regex("a.b");
   for (const char* s : {"aéb", "a€b", "a😀b", "axb"}) EXPECT_TRUE(dot.matches(s)) << s;
-  EXPECT_FALSE(dot.matches("a\xC3" "b"));  // half a character
+  EXPECT_FALSE(
+      dot.matches("a\xC3"
+                  "b"));  // half a character
   EXPECT_FALSE(dot.matches("a\nb"));
-  EXPECT_FALSE(dot.matches("a\xED\xA0\x80" "b"));  // an encoded surrogate is not UTF-8
+  EXPECT_FALSE(
+      dot.matches("a\xED\xA0\x80"
+                  "b"));  // an encoded surrogate is not UTF-8
   const Dfa neg = constrain::compile_regex("[^a]+");
   EXPECT_TRUE(neg.matches("€ü😀"));
   EXPECT_FALSE(neg.matches("€a"));
@@ -140,8 +172,10 @@ TEST(RegexDfa, WorksOnUtf8Bytes) {
   const Dfa wide = constrain::compile_regex("[\\u00e0-\\u30ff]");
   for (uint32_t c : {0xE0u, 0x7FFu, 0x800u, 0x1234u, 0x30FFu}) {
     std::string s;
-    if (c < 0x800) s = {char(0xC0 | (c >> 6)), char(0x80 | (c & 0x3F))};
-    else s = {char(0xE0 | (c >> 12)), char(0x80 | ((c >> 6) & 0x3F)), char(0x80 | (c & 0x3F))};
+    if (c < 0x800)
+      s = {char(0xC0 | (c >> 6)), char(0x80 | (c & 0x3F))};
+    else
+      s = {char(0xE0 | (c >> 12)), char(0x80 | ((c >> 6) & 0x3F)), char(0x80 | (c & 0x3F))};
     EXPECT_TRUE(wide.matches(s)) << c;
   }
   EXPECT_FALSE(wide.matches("\xC3\x9F"));      // U+00DF
@@ -170,7 +204,8 @@ TEST(RegexDfa, UnsupportedSyntaxAndOversizedPatternsAreClearErrors) {
   constrain::AutomatonLimits small;
   small.max_dfa_states = 500;
   // the 12th symbol from the end: 2^12 DFA states
-  EXPECT_NE(error_of("(a|b)*a(a|b){11}", small).find("more than 500 automaton states"), std::string::npos);
+  EXPECT_NE(error_of("(a|b)*a(a|b){11}", small).find("more than 500 automaton states"),
+            std::string::npos);
   EXPECT_EQ(error_of("(a|b)*a(a|b){5}", small), "");
 }
 
@@ -193,8 +228,9 @@ std::shared_ptr<const TokenVocab> full_vocab() {
 
 TEST(TokenVocab, TokenBytesConcatenateToTheText) {
   const auto& vocab = *full_vocab();
-  for (const std::string text : {"{\"amount\": 12.5, \"currency\": \"EUR\"}", "价格上涨了 3%\n\t😀 ok",
-                                 "<tool_call>\n{\"name\": \"f\"}\n</tool_call>", "  x  \r\n"}) {
+  for (const std::string text :
+       {"{\"amount\": 12.5, \"currency\": \"EUR\"}", "价格上涨了 3%\n\t😀 ok",
+        "<tool_call>\n{\"name\": \"f\"}\n</tool_call>", "  x  \r\n"}) {
     std::string joined;
     for (int32_t id : qwen3().encode(text)) {
       ASSERT_TRUE(vocab.bytes(id).has_value()) << id;
@@ -202,8 +238,10 @@ TEST(TokenVocab, TokenBytesConcatenateToTheText) {
     }
     EXPECT_EQ(joined, text);
   }
-  EXPECT_FALSE(vocab.bytes(*qwen3().eos_id()).has_value());  // special: never generated by a constraint
-  EXPECT_EQ(*vocab.bytes(*qwen3().token_to_id("<tool_call>")), "<tool_call>");  // added, not special
+  EXPECT_FALSE(
+      vocab.bytes(*qwen3().eos_id()).has_value());  // special: never generated by a constraint
+  EXPECT_EQ(*vocab.bytes(*qwen3().token_to_id("<tool_call>")),
+            "<tool_call>");  // added, not special
 }
 
 // Llama-2 / Mistral style vocabularies: "▁" for a space and <0xHH> byte
@@ -211,14 +249,18 @@ TEST(TokenVocab, TokenBytesConcatenateToTheText) {
 TEST(TokenVocab, MetaspaceAndByteFallbackTokensMapToTheirBytes) {
   for (const char* style : {"llama2_style", "metaspace_style"}) {
     SCOPED_TRACE(style);
-    const auto tok = Tokenizer::from_dir(std::string(FINMOE_TEST_DATA_DIR) + "/tokenizer/byte_fallback/" + style);
+    const auto tok = Tokenizer::from_dir(std::string(FINMOE_TEST_DATA_DIR) +
+                                         "/tokenizer/byte_fallback/" + style);
     const TokenVocab vocab(tok.vocab_size(), tok);
     int byte_tokens = 0;
     for (int b = 0; b < 256; ++b) {
       char name[8];
       std::snprintf(name, sizeof name, "<0x%02X>", b);
       if (auto id = tok.token_to_id(name)) {
-        ASSERT_TRUE(vocab.bytes(*id).has_value()) << name << " decodes to " << nlohmann::json(tok.decode(std::vector<int32_t>{*id})).dump() << " special " << tok.is_special(*id);
+        ASSERT_TRUE(vocab.bytes(*id).has_value())
+            << name << " decodes to "
+            << nlohmann::json(tok.decode(std::vector<int32_t>{*id})).dump() << " special "
+            << tok.is_special(*id);
         EXPECT_EQ(*vocab.bytes(*id), std::string(1, char(b))) << name;
         ++byte_tokens;
       }
@@ -251,8 +293,10 @@ TEST(TokenConstraint, MaskEqualsEveryTokenWalkedThroughTheDfa) {
   const auto c = json_schema_constraint(financial_schema(), vocab);
   // states along a valid document and some random walks
   std::set<int32_t> states;
-  const std::string doc = R"({"intent": "transfer", "amount": 12.5, "currency": "EUR", "account": "DE123456", "memo": "rent"})";
-  for (size_t k = 0; k <= doc.size(); k += 3) states.insert(c->dfa().walk(c->start(), doc.substr(0, k)));
+  const std::string doc =
+      R"({"intent": "transfer", "amount": 12.5, "currency": "EUR", "account": "DE123456", "memo": "rent"})";
+  for (size_t k = 0; k <= doc.size(); k += 3)
+    states.insert(c->dfa().walk(c->start(), doc.substr(0, k)));
   ASSERT_FALSE(states.count(-1));
   std::mt19937_64 rng(3);
   for (int w = 0; w < 4; ++w) {
@@ -271,7 +315,8 @@ TEST(TokenConstraint, MaskEqualsEveryTokenWalkedThroughTheDfa) {
   for (int32_t s : states) {
     const auto t0 = std::chrono::steady_clock::now();
     const auto mask = c->mask(s);
-    total_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    total_ms +=
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     (mask->bits.empty() ? sparse : dense) += 1;
     int64_t count = 0;
     for (int32_t id = 0; id < vocab->size(); ++id) {
@@ -282,7 +327,7 @@ TEST(TokenConstraint, MaskEqualsEveryTokenWalkedThroughTheDfa) {
     }
     EXPECT_EQ(mask->count, count);
   }
-  EXPECT_GT(dense, 0);   // both forms of a mask were checked
+  EXPECT_GT(dense, 0);  // both forms of a mask were checked
   EXPECT_GT(sparse, 0);
   RecordProperty("mask_ms_per_state", std::to_string(total_ms / double(states.size())));
   std::printf("[ mask ] %zu states, %.2f ms per state (vocab %lld)\n", states.size(),
@@ -339,8 +384,9 @@ bool validate(const ojson& v, const ojson& s, const ojson& root, std::string& wh
   if (s.contains("$ref")) {
     const std::string ref = s["$ref"];
     const std::string name = ref.substr(ref.rfind('/') + 1);
-    return validate(v, ref.find("$defs") != std::string::npos ? root["$defs"][name] : root["definitions"][name],
-                    root, why);
+    return validate(
+        v, ref.find("$defs") != std::string::npos ? root["$defs"][name] : root["definitions"][name],
+        root, why);
   }
   if (s.contains("const") && v != s["const"]) return fail("const");
   if (s.contains("enum")) {
@@ -366,32 +412,41 @@ bool validate(const ojson& v, const ojson& s, const ojson& root, std::string& wh
   }
   if (s.contains("type")) {
     bool ok = false;
-    if (s["type"].is_string()) ok = validate_type(v, s["type"]);
+    if (s["type"].is_string())
+      ok = validate_type(v, s["type"]);
     else
       for (const auto& t : s["type"]) ok = ok || validate_type(v, t);
     if (!ok) return fail("type");
   }
   if (v.is_string()) {
     const std::string str = v.get<std::string>();
-    if (s.contains("minLength") && code_points(str) < s["minLength"].get<int64_t>()) return fail("minLength");
-    if (s.contains("maxLength") && code_points(str) > s["maxLength"].get<int64_t>()) return fail("maxLength");
-    if (s.contains("pattern") && !std::regex_match(str, std::regex(s["pattern"].get<std::string>())))
+    if (s.contains("minLength") && code_points(str) < s["minLength"].get<int64_t>())
+      return fail("minLength");
+    if (s.contains("maxLength") && code_points(str) > s["maxLength"].get<int64_t>())
+      return fail("maxLength");
+    if (s.contains("pattern") &&
+        !std::regex_match(str, std::regex(s["pattern"].get<std::string>())))
       return fail("pattern");
     if (s.value("format", "") == "date" &&
         !std::regex_match(str, std::regex("[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])")))
       return fail("format date");
   }
-  if (v.is_number() && s.contains("minimum") && v.get<double>() < s["minimum"].get<double>()) return fail("minimum");
+  if (v.is_number() && s.contains("minimum") && v.get<double>() < s["minimum"].get<double>())
+    return fail("minimum");
   if (v.is_array()) {
-    if (s.contains("minItems") && int64_t(v.size()) < s["minItems"].get<int64_t>()) return fail("minItems");
-    if (s.contains("maxItems") && int64_t(v.size()) > s["maxItems"].get<int64_t>()) return fail("maxItems");
+    if (s.contains("minItems") && int64_t(v.size()) < s["minItems"].get<int64_t>())
+      return fail("minItems");
+    if (s.contains("maxItems") && int64_t(v.size()) > s["maxItems"].get<int64_t>())
+      return fail("maxItems");
     if (s.contains("items"))
       for (const auto& e : v)
         if (!validate(e, s["items"], root, why)) return false;
   }
   if (v.is_object()) {
-    if (s.contains("minProperties") && int64_t(v.size()) < s["minProperties"].get<int64_t>()) return fail("minProperties");
-    if (s.contains("maxProperties") && int64_t(v.size()) > s["maxProperties"].get<int64_t>()) return fail("maxProperties");
+    if (s.contains("minProperties") && int64_t(v.size()) < s["minProperties"].get<int64_t>())
+      return fail("minProperties");
+    if (s.contains("maxProperties") && int64_t(v.size()) > s["maxProperties"].get<int64_t>())
+      return fail("maxProperties");
     if (s.contains("required"))
       for (const auto& r : s["required"])
         if (!v.contains(r.get<std::string>())) return fail("required " + r.get<std::string>());
@@ -402,7 +457,8 @@ bool validate(const ojson& v, const ojson& s, const ojson& root, std::string& wh
       } else if (s.contains("additionalProperties")) {
         if (!validate(*it, s["additionalProperties"], root, why)) return false;
       } else if (!props.empty()) {
-        return fail("additional property " + it.key());  // finmoe's default: additionalProperties false
+        return fail("additional property " +
+                    it.key());  // finmoe's default: additionalProperties false
       }
     }
   }
@@ -452,7 +508,8 @@ TEST(ConstrainedGeneration, EveryOutputIsValidJsonForItsSchemaInOneRunningBatch)
   // a stop token inside the tiny vocabulary, which is also an ordinary token:
   // it may end the output only where the output is complete
   constexpr int32_t kStop = 299;
-  auto submit = [&](std::shared_ptr<const TokenConstraint> c, bool greedy, uint64_t seed, size_t k) {
+  auto submit = [&](std::shared_ptr<const TokenConstraint> c, bool greedy, uint64_t seed,
+                    size_t k) {
     RequestParams p;
     p.sampling.temperature = greedy ? 0.0 : 1.0;
     p.sampling.seed = seed;
@@ -492,7 +549,8 @@ TEST(ConstrainedGeneration, EveryOutputIsValidJsonForItsSchemaInOneRunningBatch)
     ASSERT_NE(r.reason, "abort") << r.error;
     std::string bytes;
     for (size_t i = 0; i < r.tokens.size(); ++i)
-      if (!(r.tokens[i] == kStop && i + 1 == r.tokens.size() && r.reason == "stop")) bytes += *vocab->bytes(r.tokens[i]);
+      if (!(r.tokens[i] == kStop && i + 1 == r.tokens.size() && r.reason == "stop"))
+        bytes += *vocab->bytes(r.tokens[i]);
     if (r.reason == "stop") EXPECT_EQ(bytes, r.text);  // the text is the constrained bytes
     // (a "length" end may cut a character: the text then ends in U+FFFD)
     const auto c = json_schema_constraint(schema, vocab);
@@ -579,16 +637,24 @@ TEST(JsonSchema, UnsupportedOrBadSchemasNameThePath) {
     }
     return "(accepted)";
   };
-  EXPECT_EQ(path_of(R"({"type": "object", "properties": {"x": {"type": "str"}}})"), "properties.x.type");
+  EXPECT_EQ(path_of(R"({"type": "object", "properties": {"x": {"type": "str"}}})"),
+            "properties.x.type");
   EXPECT_EQ(path_of(R"({"type": "number", "maximum": 3})"), "maximum");
-  EXPECT_EQ(path_of(R"j({"anyOf": [{"type": "integer"}, {"type": "string", "pattern": "(?=x)"}]})j"), "anyOf[1].pattern");
-  EXPECT_EQ(path_of(R"({"$defs": {"n": {"type": "object", "properties": {"next": {"$ref": "#/$defs/n"}}}}, "$ref": "#/$defs/n"})"),
-            "$defs.n.properties.next.$ref");
+  EXPECT_EQ(
+      path_of(R"j({"anyOf": [{"type": "integer"}, {"type": "string", "pattern": "(?=x)"}]})j"),
+      "anyOf[1].pattern");
+  EXPECT_EQ(
+      path_of(
+          R"({"$defs": {"n": {"type": "object", "properties": {"next": {"$ref": "#/$defs/n"}}}}, "$ref": "#/$defs/n"})"),
+      "$defs.n.properties.next.$ref");
   EXPECT_EQ(path_of(R"({"$ref": "#/$defs/missing"})"), "$ref");
-  EXPECT_EQ(path_of(R"({"type": "object", "properties": {"a": {}}, "required": ["b"]})"), "required[0]");
+  EXPECT_EQ(path_of(R"({"type": "object", "properties": {"a": {}}, "required": ["b"]})"),
+            "required[0]");
   EXPECT_EQ(path_of(R"({"type": "string", "minLength": 3, "maxLength": 2})"), "maxLength");
   EXPECT_EQ(path_of(R"({"type": "string", "maxLength": 100000})"), "");  // over the state budget
-  EXPECT_EQ(path_of(R"({"type": "string", "maxLength": 64, "description": "annotations are ignored"})"), "(accepted)");
+  EXPECT_EQ(
+      path_of(R"({"type": "string", "maxLength": 64, "description": "annotations are ignored"})"),
+      "(accepted)");
 }
 
 TEST(JsonSchema, WhitespaceIsBoundedAndJsonObjectAcceptsNestedObjects) {
@@ -597,19 +663,24 @@ TEST(JsonSchema, WhitespaceIsBoundedAndJsonObjectAcceptsNestedObjects) {
   const Dfa& d = any->dfa();
   EXPECT_TRUE(d.matches(R"({"a": [1, {"b": null}], "c": "x"})"));
   EXPECT_TRUE(d.matches("{\n  \"a\": {\"b\": {\"c\": {}}}\n}"));  // 4 levels
-  EXPECT_FALSE(d.matches(R"({"a": {"b": {"c": {"d": {}}}}})"));  // 5 levels: over the bound
-  EXPECT_FALSE(d.matches(R"([1])"));                             // not an object
+  EXPECT_FALSE(d.matches(R"({"a": {"b": {"c": {"d": {}}}}})"));   // 5 levels: over the bound
+  EXPECT_FALSE(d.matches(R"([1])"));                              // not an object
   EXPECT_FALSE(d.matches(R"({"a": 01})"));
-  EXPECT_FALSE(d.matches("{\"a\":" + std::string(2, ' ') + "1}"));  // two spaces: one, or a newline + indent
+  EXPECT_FALSE(
+      d.matches("{\"a\":" + std::string(2, ' ') + "1}"));  // two spaces: one, or a newline + indent
   EXPECT_TRUE(d.matches("{\"a\":\n" + std::string(20, ' ') + "1}"));
   EXPECT_FALSE(d.matches("{\"a\":\n" + std::string(21, ' ') + "1}"));
   EXPECT_FALSE(d.matches(" {}"));  // none before the value
   const auto fin = json_schema_constraint(financial_schema(), vocab);
-  EXPECT_TRUE(fin->dfa().matches(R"({"intent": "balance", "amount": 0, "currency": "CNY", "account": "AB000001"})"));
-  EXPECT_FALSE(fin->dfa().matches(R"({"intent": "balance", "amount": -1, "currency": "CNY", "account": "AB000001"})"));
-  EXPECT_FALSE(fin->dfa().matches(R"({"amount": 0, "intent": "balance", "currency": "CNY", "account": "AB000001"})"));
+  EXPECT_TRUE(fin->dfa().matches(
+      R"({"intent": "balance", "amount": 0, "currency": "CNY", "account": "AB000001"})"));
+  EXPECT_FALSE(fin->dfa().matches(
+      R"({"intent": "balance", "amount": -1, "currency": "CNY", "account": "AB000001"})"));
+  EXPECT_FALSE(fin->dfa().matches(
+      R"({"amount": 0, "intent": "balance", "currency": "CNY", "account": "AB000001"})"));
   EXPECT_FALSE(fin->dfa().matches(R"({"intent": "balance", "amount": 0, "currency": "CNY"})"));
-  EXPECT_FALSE(fin->dfa().matches(R"({"intent": "balance", "amount": 0, "currency": "CNY", "account": "AB000001", "x": 1})"));
+  EXPECT_FALSE(fin->dfa().matches(
+      R"({"intent": "balance", "amount": 0, "currency": "CNY", "account": "AB000001", "x": 1})"));
 }
 
 // Random documents valid against a schema, made without the compiler: the
@@ -630,7 +701,9 @@ class Instances {
     for (const char* k : {"anyOf", "oneOf"})
       if (s.contains(k)) return make(s[k][pick(s[k].size())]);
     std::string type = "any";
-    if (s.contains("type")) type = s["type"].is_string() ? s["type"].get<std::string>() : s["type"][pick(s["type"].size())].get<std::string>();
+    if (s.contains("type"))
+      type = s["type"].is_string() ? s["type"].get<std::string>()
+                                   : s["type"][pick(s["type"].size())].get<std::string>();
     if (type == "any") {
       const char* kinds[] = {"string", "integer", "number", "boolean", "null"};
       type = kinds[pick(5)];
@@ -663,7 +736,9 @@ class Instances {
         if (req.count(it.key()) || pick(2)) o[it.key()] = make(*it);
     } else {
       const size_t n = pick(size_t(s.value("maxProperties", 3)) + 1);
-      for (size_t i = 0; i < n; ++i) o["k" + std::to_string(i) + "\"é\n"] = make(s.value("additionalProperties", ojson::object()));
+      for (size_t i = 0; i < n; ++i)
+        o["k" + std::to_string(i) + "\"é\n"] =
+            make(s.value("additionalProperties", ojson::object()));
     }
     return o;
   }
@@ -692,10 +767,12 @@ class Instances {
     }
     if (!pattern.empty()) throw std::runtime_error("no generator for pattern " + pattern);
     if (s.value("format", "") == "date")
-      return digits(4) + "-" + (pick(2) ? "0" + std::to_string(1 + pick(9)) : "1" + std::to_string(pick(3))) + "-" +
+      return digits(4) + "-" +
+             (pick(2) ? "0" + std::to_string(1 + pick(9)) : "1" + std::to_string(pick(3))) + "-" +
              std::to_string(10 + pick(19));
     // characters a JSON string must escape, multi-byte ones and plain ASCII
-    const char* pieces[] = {"a", "Z", "7", " ", "\"", "\\", "\n", "\t", "\x01", "é", "€", "😀", "/", "{"};
+    const char* pieces[] = {"a",  "Z",    "7", " ", "\"", "\\", "\n",
+                            "\t", "\x01", "é", "€", "😀",  "/",  "{"};
     const size_t lo = s.value("minLength", 0), hi = s.value("maxLength", 8);
     const size_t n = lo + pick(hi - lo + 1);
     std::string out;
@@ -716,7 +793,8 @@ TEST(JsonSchema, AcceptsEveryValidDocumentCompactOrPretty) {
     for (int i = 0; i < 40; ++i) {
       const ojson doc = gen.make(schema);
       std::string why;
-      ASSERT_TRUE(validate(doc, schema, schema, why)) << "the generator made an invalid document: " << why;
+      ASSERT_TRUE(validate(doc, schema, schema, why))
+          << "the generator made an invalid document: " << why;
       for (const std::string& text : {doc.dump(), doc.dump(2), doc.dump(1, '\t')}) {
         EXPECT_TRUE(c->dfa().matches(text)) << schema.dump() << "\nrejected: " << text;
         ++checked;
@@ -753,8 +831,8 @@ TEST(JsonSchema, AgreesWithPythonAndXgrammar) {
   }
   EXPECT_GT(valid, 300);
   EXPECT_GT(invalid, 200);
-  std::printf("[ ref ] %d texts: %d valid, %d invalid; xgrammar rejects %d of the valid ones\n", lines, valid,
-              invalid, xgrammar_stricter);
+  std::printf("[ ref ] %d texts: %d valid, %d invalid; xgrammar rejects %d of the valid ones\n",
+              lines, valid, invalid, xgrammar_stricter);
 }
 
 // ---- the OpenAI layer end to end -------------------------------------------
@@ -764,8 +842,7 @@ struct Served {
   Engine engine;
   serve::ApiContext ctx;
   Served()
-      : model(tiny_model(qwen3().vocab_size(), 2048)),
-        engine(model, &qwen3(), [&] {
+      : model(tiny_model(qwen3().vocab_size(), 2048)), engine(model, &qwen3(), [&] {
           EngineOptions o;
           o.kv_cache_bytes = 8192 * kv_cache_bytes_per_token(model.config(), 4);
           return o;
@@ -802,10 +879,11 @@ std::string quote_bias() {  // the tiny random model rarely closes a string othe
 
 TEST(ConstrainedApi, ResponseFormatJsonSchemaGivesValidJson) {
   const ojson schema = financial_schema();
-  const std::string body = R"({"messages": [{"role": "user", "content": "Send 20 EUR to DE123456"}], "n": 3, "seed": 5, "max_tokens": 300, )" +
-                           quote_bias() +
-                           R"(, "response_format": {"type": "json_schema", "json_schema": {"name": "slots", "strict": true, "schema": )" +
-                           schema.dump() + "}}}";
+  const std::string body =
+      R"({"messages": [{"role": "user", "content": "Send 20 EUR to DE123456"}], "n": 3, "seed": 5, "max_tokens": 300, )" +
+      quote_bias() +
+      R"(, "response_format": {"type": "json_schema", "json_schema": {"name": "slots", "strict": true, "schema": )" +
+      schema.dump() + "}}}";
   const auto resp = served().run(body);
   int ok = 0;
   for (const auto& ch : resp["choices"]) {
@@ -824,7 +902,8 @@ TEST(ConstrainedApi, ResponseFormatJsonSchemaGivesValidJson) {
 
 TEST(ConstrainedApi, GuidedChoiceRegexAndJsonObject) {
   auto& s = served();
-  const std::string msgs = R"("messages": [{"role": "user", "content": "Up or down?"}], "seed": 1, "max_tokens": 200, )";
+  const std::string msgs =
+      R"("messages": [{"role": "user", "content": "Up or down?"}], "seed": 1, "max_tokens": 200, )";
   auto resp = s.run("{" + msgs + R"("n": 4, "guided_choice": ["up", "down", "flat"]})");
   for (const auto& ch : resp["choices"]) {
     const std::string t = ch["message"]["content"];
@@ -836,12 +915,14 @@ TEST(ConstrainedApi, GuidedChoiceRegexAndJsonObject) {
     EXPECT_TRUE(std::regex_match(ch["message"]["content"].get<std::string>(),
                                  std::regex("[A-Z]{3}/[A-Z]{3} [0-9]\\.[0-9]{4}")))
         << ch["message"]["content"];
-  resp = s.run("{" + msgs + quote_bias() + R"(, "n": 2, "response_format": {"type": "json_object"}})");
+  resp =
+      s.run("{" + msgs + quote_bias() + R"(, "n": 2, "response_format": {"type": "json_object"}})");
   int objects = 0;
   for (const auto& ch : resp["choices"]) {
     objects += ch["finish_reason"] == "stop";
     if (ch["finish_reason"] == "length") continue;
-    const auto v = nlohmann::json::parse(ch["message"]["content"].get<std::string>(), nullptr, false);
+    const auto v =
+        nlohmann::json::parse(ch["message"]["content"].get<std::string>(), nullptr, false);
     EXPECT_TRUE(v.is_object()) << ch["message"]["content"];
   }
   EXPECT_GE(objects, 1);
@@ -855,10 +936,12 @@ TEST(ConstrainedApi, ToolChoiceRequiredAndNamedGiveToolCalls) {
     {"type": "function", "function": {"name": "convert", "parameters": {"type": "object",
       "properties": {"amount": {"type": "number"}, "to": {"enum": ["USD", "EUR"]}}, "required": ["amount", "to"]}}}
   ])");
-  const std::string base = R"({"messages": [{"role": "user", "content": "Balance of AB1234?"}], "seed": 3, "max_tokens": 300, "tools": )" +
-                           tools.dump() + ", ";
+  const std::string base =
+      R"({"messages": [{"role": "user", "content": "Balance of AB1234?"}], "seed": 3, "max_tokens": 300, "tools": )" +
+      tools.dump() + ", ";
   for (const std::string choice :
-       {R"("required")", R"({"type": "function", "function": {"name": "convert"}})", R"("required", "parallel_tool_calls": false)"}) {
+       {R"("required")", R"({"type": "function", "function": {"name": "convert"}})",
+        R"("required", "parallel_tool_calls": false)"}) {
     SCOPED_TRACE(choice);
     const bool one = choice.find("parallel") != std::string::npos;
     const auto resp = s.run(base + R"("n": 3, "tool_choice": )" + choice + "}");
@@ -889,27 +972,36 @@ TEST(ConstrainedApi, BadConstraintsAre400sNamingTheField) {
   auto& s = served();
   auto param_of = [&](const std::string& field) -> std::string {
     try {
-      serve::parse_chat_request(R"({"messages": [{"role": "user", "content": "x"}], )" + field + "}", s.ctx);
+      serve::parse_chat_request(
+          R"({"messages": [{"role": "user", "content": "x"}], )" + field + "}", s.ctx);
     } catch (const serve::ApiError& e) {
       EXPECT_EQ(e.status(), 400);
       return e.param();
     }
     return "(accepted)";
   };
-  EXPECT_EQ(param_of(R"("response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"x": {"type": "strng"}}}}})"),
-            "response_format.json_schema.schema.properties.x.type");
+  EXPECT_EQ(
+      param_of(
+          R"("response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"x": {"type": "strng"}}}}})"),
+      "response_format.json_schema.schema.properties.x.type");
   EXPECT_EQ(param_of(R"("response_format": {"type": "json_schema", "json_schema": {"name": "x"}})"),
             "response_format.json_schema.schema");
   EXPECT_EQ(param_of(R"("response_format": {"type": "yaml"})"), "response_format.type");
   EXPECT_EQ(param_of(R"("guided_regex": "(a")"), "guided_regex");
   EXPECT_EQ(param_of(R"("guided_json": "{not json")"), "guided_json");
-  EXPECT_EQ(param_of(R"("guided_json": {"type": "integer", "multipleOf": 5})"), "guided_json.multipleOf");
+  EXPECT_EQ(param_of(R"("guided_json": {"type": "integer", "multipleOf": 5})"),
+            "guided_json.multipleOf");
   EXPECT_EQ(param_of(R"("guided_choice": [])"), "guided_choice");
-  EXPECT_EQ(param_of(R"("guided_choice": ["a"], "guided_regex": "a")"), "guided_choice");  // the second one read
-  EXPECT_EQ(param_of(R"("tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"not": {}}}}}}], "tool_choice": "required")"),
-            "tools[0].function.parameters.properties.a.not");
-  EXPECT_EQ(param_of(R"("tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "function", "function": {"name": "g"}})"),
-            "tool_choice.function.name");
+  EXPECT_EQ(param_of(R"("guided_choice": ["a"], "guided_regex": "a")"),
+            "guided_choice");  // the second one read
+  EXPECT_EQ(
+      param_of(
+          R"("tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"not": {}}}}}}], "tool_choice": "required")"),
+      "tools[0].function.parameters.properties.a.not");
+  EXPECT_EQ(
+      param_of(
+          R"("tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "function", "function": {"name": "g"}})"),
+      "tool_choice.function.name");
   EXPECT_EQ(param_of(R"("tool_choice": "required")"), "tool_choice");
   EXPECT_EQ(param_of(R"("guided_json": {"type": "integer"})"), "(accepted)");
 }
