@@ -4,11 +4,13 @@
 // of percent within seconds, so on CPU every timed decode run is bracketed by
 // two bandwidth samples and its ratio to the floor uses their mean.
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "finmoe/model.h"
+#include "finmoe/tokenizer.h"
 
 namespace finmoe {
 
@@ -58,5 +60,46 @@ class ReadBandwidthProbe {
 double decode_weight_bytes(const Transformer& model);
 
 DecodeBenchResult bench_decode(Transformer& model, const DecodeBenchOptions& options);
+
+// Batch-1 decode (the Generator: model step + sampling, temperature 1, seeded
+// so every run draws the same tokens) without a constraint, with a JSON-schema
+// constraint whose masks are computed on the way (cold) and with every
+// visited state's mask cached (warm), plain and constrained runs alternating;
+// the constraint's own work per token replayed on the warm run's tokens; the
+// time to compute one state's mask.
+struct ConstrainedBenchOptions {
+  std::string schema;  // JSON text; "" = a built-in slot-filling schema
+  std::string prompt = "Extract the slots as JSON: send 250 EUR from account DE12345678 to pay the rent.";
+  int64_t tokens = 64;       // new tokens per run at most
+  int64_t repeats = 3;       // runs per figure (best tokens/s)
+  int64_t mask_states = 200; // DFA states whose masks are timed, breadth-first from the start
+  std::vector<int32_t> stop_token_ids;  // end the constrained runs (eos)
+};
+
+struct ConstrainedBenchResult {
+  int64_t vocab_ids = 0;      // ids with bytes considered
+  double vocab_build_s = 0;   // the vocabulary's byte trie
+  double schema_compile_s = 0;
+  int64_t dfa_states = 0;
+  struct Run {
+    double decode_tokens_per_s = 0;
+    int64_t tokens = 0;
+    std::string finish_reason, text;
+  };
+  Run unconstrained, cold, warm;
+  int64_t cold_masks_computed = 0;
+  double cold_mask_s = 0;
+  double constraint_ms_per_token = 0;  // mask applied to the logits + state advanced (warm)
+  double sampler_ms_raw = 0, sampler_ms_masked = 0;  // the sampler on the same logits
+  int64_t mask_states_timed = 0;
+  double mask_ms_mean = 0, mask_ms_max = 0;
+  double mask_ms_open_string = 0;  // inside a free string: most tokens allowed (median of 5)
+  int64_t open_string_tokens_allowed = 0;
+  nlohmann::json to_json() const;
+};
+
+// Throws Error for a schema that does not parse or compile (the path named).
+ConstrainedBenchResult bench_constrained(Transformer& model, const Tokenizer& tokenizer,
+                                         const ConstrainedBenchOptions& options);
 
 }  // namespace finmoe

@@ -19,6 +19,8 @@
 
 namespace finmoe {
 
+class TokenConstraint;  // src/serve/constraint.h: a compiled regex / JSON-schema automaton
+
 struct SamplingParams {
   double temperature = 1.0;         // 0 = greedy
   int64_t top_k = 0;                // 0 = off
@@ -26,6 +28,10 @@ struct SamplingParams {
   double min_p = 0.0;               // 0 = off; keep p >= min_p * p_max
   double repetition_penalty = 1.0;  // 1 = off; HF's rule on prompt + generated tokens
   uint64_t seed = 0;                // per-sequence generator seed (sequence i uses seed + i)
+  // Constrained decoding: only tokens that keep the output inside the
+  // automaton's language are sampled (masked before every warper), a stop
+  // token only where the output is complete; null = unconstrained.
+  std::shared_ptr<const TokenConstraint> constraint;
 
   // Throws Error naming the field when out of range.
   void validate() const;
@@ -60,7 +66,7 @@ struct GenerationOptions {
 struct GenerationResult {
   std::vector<int32_t> tokens;  // generated ids (a stop token is included)
   std::string text;             // decoded, cut before a stop string
-  std::string finish_reason;    // "stop" | "length"
+  std::string finish_reason;    // "stop" | "length" | "abort" (a constraint no token continues)
   int64_t prompt_tokens = 0;
 };
 

@@ -15,9 +15,18 @@
 #include "finmoe/error.h"
 #include "finmoe/generate.h"
 #include "kernels/thread_pool.h"
+#include "serve/constraint.h"
 
 namespace finmoe::cli {
 namespace {
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error("cannot read " + path);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
 
 // Options shared by generate and chat: one registry, one meaning. Sampling
 // values left out come from the model's generation_config.json, as in
@@ -39,6 +48,8 @@ struct GenFlags {
   int threads = 0;       // 0: FINMOE_NUM_THREADS, else the CPUs this process may use
   int64_t ctx_size = 0;  // 0: the model's max_position_embeddings
   std::vector<std::string> stop;
+  std::string json_schema;  // file
+  std::string regex;
 
   static constexpr int64_t kDefaultMaxNewTokens = 128;
   static constexpr int kMaxThreads = 4096;
@@ -66,6 +77,9 @@ struct GenFlags {
     c->add_option("-c,--ctx-size", ctx_size,
                   "tokens of prompt + generation per sequence (default 0: the model's "
                   "max_position_embeddings)");
+    c->add_option("--json-schema", json_schema,
+                  "JSON schema file: the output is JSON valid against it (constrained decoding)");
+    c->add_option("--regex", regex, "the output matches this regex in full (constrained decoding)");
     c->add_option("--chat-template", chat_template,
                   "built-in template chatml | llama3 | deepseek_v3 instead of the model's own "
                   "(default: the tokenizer's chat_template)");
@@ -85,7 +99,7 @@ struct GenFlags {
   }
 
   // `longest_prompt`: tokens of the longest prompt, checked against --ctx-size.
-  GenerationOptions options(const ModelConfig& cfg, const std::string& model_dir,
+  GenerationOptions options(const ModelConfig& cfg, const std::string& model_dir, const Tokenizer& tok,
                             int64_t longest_prompt = 0) const {
     const GenerationConfig gen = GenerationConfig::load(model_dir, cfg);
     GenerationOptions o;
@@ -113,8 +127,36 @@ struct GenFlags {
     }
     o.stop_strings = stop;
     for (int64_t e : gen.eos_token_id) o.stop_token_ids.push_back(int32_t(e));
+    o.sampling.constraint = constraint(cfg, tok);
     return o;
   }
+
+  // Compiled once (a chat builds its options every turn).
+  std::shared_ptr<const TokenConstraint> constraint(const ModelConfig& cfg, const Tokenizer& tok) const {
+    if (!json_schema.empty() && !regex.empty()) throw Error("--json-schema and --regex exclude each other");
+    if (json_schema.empty() && regex.empty()) return nullptr;
+    if (compiled_) return compiled_;
+    auto vocab = std::make_shared<const TokenVocab>(cfg.vocab_size, tok);
+    if (!regex.empty()) {
+      try {
+        return compiled_ = regex_constraint(regex, vocab);
+      } catch (const Error& e) {
+        throw Error(std::string("--regex: ") + e.what());
+      }
+    }
+    nlohmann::ordered_json schema;
+    try {
+      schema = nlohmann::ordered_json::parse(read_text_file(json_schema));
+    } catch (const nlohmann::json::exception& e) {
+      throw Error("--json-schema " + json_schema + ": not valid JSON: " + e.what());
+    }
+    try {
+      return compiled_ = json_schema_constraint(schema, vocab);
+    } catch (const constrain::SchemaError& e) {
+      throw Error("--json-schema " + json_schema + (e.path().empty() ? "" : ": at " + e.path()) + ": " + e.what());
+    }
+  }
+  mutable std::shared_ptr<const TokenConstraint> compiled_;
 
   std::optional<ChatTemplateKind> template_kind() const {
     if (chat_template.empty()) return std::nullopt;
@@ -170,7 +212,7 @@ void add_generate(CLI::App& app, Run& run) {
       Generator gen(model, &tok);
       GenerationStats stats;
       const bool single = all.size() == 1;
-      auto results = gen.generate(ids, f.options(model.config(), f.dir, longest),
+      auto results = gen.generate(ids, f.options(model.config(), f.dir, tok, longest),
                                   [&](size_t, const std::string& s) {
                                     if (single) std::cout << s << std::flush;
                                   },
@@ -206,7 +248,7 @@ void add_chat(CLI::App& app, Run& run) {
       lo.lora_adapter = f.adapter;
       auto model = load_model(f.dir, lo);
       Generator gen(model, &tok);
-      f.options(model.config(), f.dir);  // bad flags fail now, not at the first turn
+      f.options(model.config(), f.dir, tok);  // bad flags fail now, not at the first turn
       std::vector<ChatMessage> history;
       if (!system.empty()) history.push_back({"system", system});
       std::cerr << "finmoe chat: " << f.dir << " (/reset clears history, /quit or EOF ends)\n";
@@ -222,7 +264,7 @@ void add_chat(CLI::App& app, Run& run) {
         history.push_back({"user", line});
         auto ids = tok.encode(render_chat(tok, history, true, kind), false);
         GenerationStats stats;
-        const auto opts = f.options(model.config(), f.dir, int64_t(ids.size()));
+        const auto opts = f.options(model.config(), f.dir, tok, int64_t(ids.size()));
         auto r = gen.generate({ids}, opts, [](size_t, const std::string& s) { std::cout << s << std::flush; },
                               &stats)[0];
         history.push_back({"assistant", r.text});

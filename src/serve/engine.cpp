@@ -17,6 +17,7 @@
 
 #include "finmoe/block_manager.h"
 #include "finmoe/error.h"
+#include "serve/constraint.h"
 #include "serve/host_logits.h"
 #include "serve/sampleable_vocab.h"
 #include "serve/scheduler.h"
@@ -60,6 +61,7 @@ struct Request {
       : params(p),
         on_output(std::move(cb)),
         sampler(p.sampling, seed),
+        constraint(p.sampling.constraint),
         text(tok, p.stop_strings, p.include_stop_str_in_output, p.skip_special_tokens),
         prompt_len(static_cast<int64_t>(prompt.size())),
         max_len(max_len) {
@@ -70,6 +72,7 @@ struct Request {
   RequestParams params;
   OutputCallback on_output;
   Sampler sampler;  // its RNG state carries across preemption
+  ConstraintCursor constraint;  // its state carries across preemption too
   TextStream text;
   int64_t prompt_len;
   int64_t max_len;  // prompt + max_tokens, capped by max_model_len and the cache
@@ -254,13 +257,18 @@ void Engine::Impl::end(Request& r, const char* reason, RequestOutput& out,
 void Engine::Impl::sample(Request& r, std::span<const float> raw, RequestOutput& out) {
   std::vector<float> masked, adjusted;
   const std::span<const float> logits = sampleable.apply(raw, masked);  // [sampleable ids]
-  // logit_bias and presence/frequency penalties go before the sampler's own warpers.
+  // constraint mask, logit_bias and presence/frequency penalties go before the sampler's own warpers.
   std::span<const float> z = logits;
   // min_tokens: the stop tokens cannot be sampled before it is reached
   const bool hold_stops = static_cast<int64_t>(r.seq.tokens.size()) - r.prompt_len < r.params.min_tokens &&
                           !r.params.stop_token_ids.empty();
-  if (r.adjusted() || hold_stops) {
+  if (r.adjusted() || hold_stops || r.constraint.active()) {
     adjusted.assign(logits.begin(), logits.end());
+    if (r.constraint.active() &&
+        r.constraint.constraint->apply(r.constraint.state, adjusted, r.params.stop_token_ids) == 0) {
+      end(r, "abort", out, "no token of the vocabulary continues the constrained output");
+      return;
+    }
     for (const auto& [tok, bias] : r.params.logit_bias)
       if (size_t(tok) < adjusted.size()) adjusted[size_t(tok)] += bias;
     if (r.penalized())
@@ -282,10 +290,18 @@ void Engine::Impl::sample(Request& r, std::span<const float> raw, RequestOutput&
   out.completion_tokens = static_cast<int64_t>(r.seq.tokens.size()) - r.prompt_len;
 
   const auto& stops = r.params.stop_token_ids;
-  if (std::find(stops.begin(), stops.end(), tok) != stops.end()) {
+  const bool stop_token = std::find(stops.begin(), stops.end(), tok) != stops.end();
+  if (r.constraint.active() && !stop_token)
+    r.constraint.state = r.constraint.constraint->advance(r.constraint.state, tok);
+  if (stop_token) {
     end(r, "stop", out);
   } else if (r.text.push(tok)) {
     end(r, "stop", out);
+  } else if (r.constraint.active() && r.constraint.state < 0) {
+    // only when the sampler picked a masked token (every logit -inf)
+    end(r, "abort", out, "the sampled token left the constrained language");
+  } else if (r.constraint.active() && r.constraint.constraint->finished(r.constraint.state)) {
+    end(r, "stop", out);  // the output is complete: nothing may follow
   } else if (static_cast<int64_t>(r.seq.tokens.size()) >= r.max_len) {
     end(r, "length", out);
   } else {

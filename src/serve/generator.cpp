@@ -3,6 +3,7 @@
 
 #include "finmoe/error.h"
 #include "finmoe/generate.h"
+#include "serve/constraint.h"
 #include "serve/host_logits.h"
 #include "serve/sampleable_vocab.h"
 #include "serve/text_stream.h"
@@ -22,6 +23,7 @@ struct Sequence {
   std::vector<int32_t> blocks;
   Sampler sampler;
   TextStream text;
+  ConstraintCursor constraint;
   bool done = false;
   std::string finish_reason;
 };
@@ -61,7 +63,7 @@ std::vector<GenerationResult> Generator::generate(const std::vector<std::vector<
                   " tokens; the model's context is " + std::to_string(ctx));
     const int64_t len = std::min<int64_t>(int64_t(p.size()) + opt.max_new_tokens, ctx);
     Sequence s{p, int64_t(p.size()), 0, {}, Sampler(opt.sampling, opt.sampling.seed + i),
-               TextStream(tokenizer_, opt.stop_strings), false, ""};
+               TextStream(tokenizer_, opt.stop_strings), ConstraintCursor(opt.sampling.constraint), false, ""};
     const int64_t nb = (len + bs - 1) / bs;
     for (int64_t b = 0; b < nb; ++b) s.blocks.push_back(int32_t(total_blocks + b));
     total_blocks += nb;
@@ -83,11 +85,17 @@ std::vector<GenerationResult> Generator::generate(const std::vector<std::vector<
     const int64_t generated = int64_t(s.ids.size()) - s.prompt_len;
     const bool stop_token = std::find(opt.stop_token_ids.begin(), opt.stop_token_ids.end(),
                                       token) != opt.stop_token_ids.end();
+    if (s.constraint.active() && !stop_token)
+      s.constraint.state = s.constraint.constraint->advance(s.constraint.state, token);
     if (stop_token) {
       s.text.finish();
       finish(s, "stop");
     } else if (s.text.push(token)) {
       finish(s, "stop");
+    } else if (s.constraint.active() && (s.constraint.state < 0 || s.constraint.constraint->finished(s.constraint.state))) {
+      // complete (nothing may follow), or a masked token sampled because every logit was -inf
+      s.text.finish();
+      finish(s, s.constraint.state < 0 ? "abort" : "stop");
     } else if (generated >= opt.max_new_tokens || int64_t(s.ids.size()) >= ctx) {
       s.text.finish();
       finish(s, "length");
@@ -98,7 +106,7 @@ std::vector<GenerationResult> Generator::generate(const std::vector<std::vector<
     }
   };
 
-  std::vector<float> row;
+  std::vector<float> row, constrained;
   while (true) {
     // Pack one step: every decode-ready sequence's next token, then prefill
     // chunks up to the token budget.
@@ -136,8 +144,17 @@ std::vector<GenerationResult> Generator::generate(const std::vector<std::vector<
       s.cached += n;
       if (s.cached < int64_t(s.ids.size())) continue;  // prompt chunk, more to come
       const float* p = logits[int64_t(m)].data_ptr<float>();
-      const int32_t tok =
-          s.sampler.sample(sampleable_->apply({p, size_t(cfg.vocab_size)}, masked), s.ids);
+      std::span<const float> z = sampleable_->apply({p, size_t(cfg.vocab_size)}, masked);
+      if (s.constraint.active()) {
+        constrained.assign(z.begin(), z.end());
+        if (s.constraint.constraint->apply(s.constraint.state, constrained, opt.stop_token_ids) == 0) {
+          s.text.finish();
+          finish(s, "abort");  // no token of the vocabulary continues the output
+          continue;
+        }
+        z = constrained;
+      }
+      const int32_t tok = s.sampler.sample(z, s.ids);
       emit(members[m], tok);
       if (first_token) {
         st.ttft_s = seconds_since(t0);

@@ -22,6 +22,7 @@
 // that would be refused anyway (unknown route, wrong method, missing API key,
 // shutting down) are answered before their body is read.
 #include "serve/http_server.h"
+#include "serve/constraint.h"
 
 #include <fcntl.h>
 #include <netdb.h>
@@ -464,6 +465,7 @@ struct Server::Impl {
     ctx.vocab_size = config.vocab_size;
     ctx.default_sampling = options.default_sampling;
     ctx.limits = options.limits;
+    ctx.constraints = std::make_shared<ConstraintFactory>(config.vocab_size, &tokenizer);
     if (options.served_model_name.empty()) throw Error("ServerOptions.served_model_name must not be empty");
     if (options.http_threads < 1) throw Error("ServerOptions.http_threads must be >= 1");
     if (options.max_body_bytes < 1) throw Error("ServerOptions.max_body_bytes must be >= 1");

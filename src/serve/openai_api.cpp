@@ -1,9 +1,11 @@
 #include "serve/openai_api.h"
 #include "finmoe/chat_template.h"
 #include "finmoe/config.h"
+#include "serve/constraint.h"
 #include "serve/tool_calls.h"
 
 #include <algorithm>
+#include <functional>
 #include <cmath>
 #include <random>
 #include <set>
@@ -547,6 +549,118 @@ std::vector<std::vector<int32_t>> parse_prompt(Fields& f, const ApiContext& ctx)
   return out;
 }
 
+
+// ---- constrained decoding ------------------------------------------------
+
+ConstraintFactory& constraint_factory(const ApiContext& ctx, const std::string& param) {
+  if (!ctx.constraints)
+    throw invalid(param, "'" + param + "' needs constrained decoding, which this server does not offer",
+                  "unsupported_parameter");
+  return *ctx.constraints;
+}
+
+// A constraint built by `build`, a failure reported as a 400 naming `param`
+// (and, for a schema, the path inside it).
+std::shared_ptr<const TokenConstraint> build_constraint(
+    const ApiContext& ctx, const std::string& param, const std::string& key,
+    const std::function<std::shared_ptr<const TokenConstraint>(std::shared_ptr<const TokenVocab>)>& build) {
+  try {
+    return constraint_factory(ctx, param).get(key, build);
+  } catch (const constrain::SchemaError& e) {
+    const std::string where = e.path().empty() ? param : param.empty() ? e.path() : param + "." + e.path();
+    throw invalid(where, "'" + where + "': " + e.what());
+  } catch (const ApiError&) {
+    throw;
+  } catch (const Error& e) {
+    throw invalid(param, "'" + param + "': " + e.what());
+  }
+}
+
+std::shared_ptr<const TokenConstraint> schema_constraint(const ApiContext& ctx, const std::string& param,
+                                                         const nlohmann::ordered_json& schema) {
+  return build_constraint(ctx, param, "schema:" + schema.dump(),
+                          [&](std::shared_ptr<const TokenVocab> v) { return json_schema_constraint(schema, v); });
+}
+
+// response_format, guided_json, guided_regex, guided_choice (vLLM's): at most
+// one of them. `raw_doc` is the body with its key order (a schema's properties
+// are generated in that order).
+std::shared_ptr<const TokenConstraint> parse_constraint(Fields& f, const nlohmann::ordered_json& raw_doc,
+                                                        const ApiContext& ctx, std::string& given) {
+  std::shared_ptr<const TokenConstraint> out;
+  auto raw = [&](const char* key) {
+    auto it = raw_doc.is_object() ? raw_doc.find(key) : raw_doc.end();
+    return it == raw_doc.end() ? nlohmann::ordered_json() : *it;
+  };
+  auto one = [&](const std::string& param) {
+    if (!given.empty())
+      throw invalid(param, "'" + param + "' cannot be combined with '" + given +
+                               "': give one of response_format, guided_json, guided_regex, guided_choice");
+    given = param;
+  };
+  if (const json* rf = f.get("response_format")) {
+    if (!rf->is_object()) throw wrong_type("response_format", "an object", *rf);
+    auto type = rf->find("type");
+    if (type == rf->end() || !type->is_string())
+      throw invalid("response_format.type", "'response_format.type' must be text, json_object or json_schema");
+    const std::string t = type->get<std::string>();
+    if (t == "json_object") {
+      one("response_format");
+      out = build_constraint(ctx, "response_format", "json_object",
+                             [](std::shared_ptr<const TokenVocab> v) { return json_object_constraint(v); });
+    } else if (t == "json_schema") {
+      one("response_format");
+      auto js = rf->find("json_schema");
+      if (js == rf->end() || !js->is_object())
+        throw invalid("response_format.json_schema", "'response_format.json_schema' must be an object");
+      if (auto name = js->find("name"); name != js->end() && !name->is_string())
+        throw wrong_type("response_format.json_schema.name", "a string", *name);
+      if (auto strict = js->find("strict"); strict != js->end() && !strict->is_boolean() && !strict->is_null())
+        throw wrong_type("response_format.json_schema.strict", "a boolean", *strict);
+      const auto schema = raw("response_format")["json_schema"]["schema"];
+      if (schema.is_null())
+        throw invalid("response_format.json_schema.schema", "'response_format.json_schema.schema' is required");
+      out = schema_constraint(ctx, "response_format.json_schema.schema", schema);
+    } else if (t != "text") {
+      throw invalid("response_format.type", "'response_format.type' must be text, json_object or json_schema, got '" +
+                                                t + "'");
+    }
+  }
+  if (const json* g = f.get("guided_json")) {
+    one("guided_json");
+    nlohmann::ordered_json schema = raw("guided_json");
+    if (g->is_string()) {
+      schema = nlohmann::ordered_json::parse(g->get<std::string>(), nullptr, false);
+      if (schema.is_discarded()) throw invalid("guided_json", "'guided_json' is a string that is not valid JSON");
+    } else if (!g->is_object() && !g->is_boolean()) {
+      throw wrong_type("guided_json", "a JSON schema (an object or its JSON text)", *g);
+    }
+    out = schema_constraint(ctx, "guided_json", schema);
+  }
+  if (auto re = f.string("guided_regex")) {
+    one("guided_regex");
+    out = build_constraint(ctx, "guided_regex", "regex:" + *re,
+                           [&](std::shared_ptr<const TokenVocab> v) { return regex_constraint(*re, v); });
+  }
+  if (const json* c = f.get("guided_choice")) {
+    one("guided_choice");
+    if (!c->is_array() || c->empty()) throw wrong_type("guided_choice", "a non-empty array of strings", *c);
+    std::vector<std::string> choices;
+    for (size_t i = 0; i < c->size(); ++i) {
+      if (!(*c)[i].is_string()) throw wrong_type("guided_choice[" + std::to_string(i) + "]", "a string", (*c)[i]);
+      choices.push_back((*c)[i].get<std::string>());
+    }
+    out = build_constraint(ctx, "guided_choice", "choice:" + c->dump(),
+                           [&](std::shared_ptr<const TokenVocab> v) { return choice_constraint(choices, v); });
+  }
+  if (f.get("guided_grammar"))
+    throw invalid("guided_grammar", "'guided_grammar' is not supported; use guided_json, guided_regex or guided_choice",
+                  "unsupported_parameter");
+  f.accept_ignored("guided_decoding_backend", "string");
+  f.accept_ignored("guided_whitespace_pattern", "string");
+  return out;
+}
+
 }  // namespace
 
 // ---- errors --------------------------------------------------------------
@@ -595,6 +709,9 @@ ApiRequest parse_completion_request(std::string_view body, const ApiContext& ctx
   if (auto b = f.integer("best_of", 1, ctx.limits.max_n); b && *b != r.n)
     throw invalid("best_of", "'best_of' other than n is not supported by this server", "unsupported_parameter");
   const auto max_tokens = f.integer("max_tokens", 1, INT32_MAX);
+  std::string constrained_by;
+  base.sampling.constraint =
+      parse_constraint(f, nlohmann::ordered_json::parse(body, nullptr, false), ctx, constrained_by);
   r.prompts = parse_prompt(f, ctx);
   f.reject_unknown();
   r.ignored_fields = f.ignored();
@@ -614,6 +731,10 @@ namespace {
 struct ChatPrompt {
   std::vector<int32_t> ids;
   std::vector<std::string> tool_names;  // when the output is read back for tool calls
+  // tool_choice required or a named function: the tools the output must call
+  // (their raw definitions, key order kept), for the tool-call constraint
+  std::vector<ToolSpec> forced_tools;
+  bool parallel_tool_calls = true;
 };
 
 ChatPrompt chat_prompt(Fields& f, std::string_view body, const ApiContext& ctx) {
@@ -622,17 +743,28 @@ ChatPrompt chat_prompt(Fields& f, std::string_view body, const ApiContext& ctx) 
     throw invalid("function_call", "'function_call' is not supported by this server; use 'tools'", "unsupported_parameter");
   std::vector<std::string> tool_names;
   if (const json* t = f.get("tools")) tool_names = check_tools(*t);
-  std::string tool_choice = "auto";
+  std::string tool_choice = "auto", forced_name;
   if (const json* tc = f.get("tool_choice")) {
     if (!tc->is_string() && !tc->is_object()) throw wrong_type("tool_choice", "a string or an object", *tc);
     if (tc->is_string() && *tc != "none" && *tc != "auto" && *tc != "required")
       throw invalid("tool_choice", "'tool_choice' must be none, auto, required or {\"type\": \"function\", ...}");
-    if (!tc->is_string() || *tc == "required")
-      throw invalid("tool_choice",
-                    "'tool_choice' required or a named function needs constrained decoding, which this server does "
-                    "not have; use \"auto\" (the model chooses) or \"none\"",
-                    "unsupported_parameter");
-    tool_choice = tc->get<std::string>();
+    if (tc->is_object()) {
+      auto type = tc->find("type");
+      if (type == tc->end() || *type != "function")
+        throw invalid("tool_choice.type", "'tool_choice.type' must be \"function\"");
+      auto fn = tc->find("function");
+      if (fn == tc->end() || !fn->is_object() || !fn->contains("name") || !(*fn)["name"].is_string())
+        throw invalid("tool_choice.function.name", "'tool_choice.function.name' must be a string");
+      forced_name = (*fn)["name"].get<std::string>();
+      if (std::find(tool_names.begin(), tool_names.end(), forced_name) == tool_names.end())
+        throw invalid("tool_choice.function.name", "'tool_choice.function.name' names '" + forced_name +
+                                                       "', which is not one of 'tools'");
+      tool_choice = "function";
+    } else {
+      tool_choice = tc->get<std::string>();
+    }
+    if (tool_choice == "required" && tool_names.empty())
+      throw invalid("tool_choice", "'tool_choice' required needs 'tools'");
   }
   nlohmann::ordered_json kwargs = nlohmann::ordered_json::object();
   // the original body once more, with its key order (tool schemas print as sent)
@@ -646,7 +778,8 @@ ChatPrompt chat_prompt(Fields& f, std::string_view body, const ApiContext& ctx) 
     if (!k->is_object()) throw wrong_type("chat_template_kwargs", "an object", *k);
     kwargs = raw("chat_template_kwargs");
   }
-  f.ignore({"parallel_tool_calls"});
+  // with tool_choice required / named: one call, or one or more (OpenAI's default)
+  const bool parallel_tool_calls = f.boolean("parallel_tool_calls").value_or(true);
   // vLLM's chat extensions: the template's generation prompt and the tokenizer's special tokens
   const bool add_generation_prompt = f.boolean("add_generation_prompt").value_or(true);
   const bool add_special_tokens = f.boolean("add_special_tokens").value_or(false);
@@ -678,6 +811,20 @@ ChatPrompt chat_prompt(Fields& f, std::string_view body, const ApiContext& ctx) 
     throw invalid("messages", std::string("cannot apply the chat template: ") + e.what());
   }
   ChatPrompt out;
+  out.parallel_tool_calls = parallel_tool_calls;
+  if (tool_choice == "required" || tool_choice == "function") {
+    const auto tools = raw("tools");
+    for (size_t k = 0; k < tool_names.size(); ++k) {
+      if (tool_choice == "function" && tool_names[k] != forced_name) continue;
+      ToolSpec spec;
+      spec.name = tool_names[k];
+      spec.where = "tools[" + std::to_string(k) + "].function.parameters";
+      if (tools.is_array() && k < tools.size())
+        if (auto fn = tools[k].find("function"); fn != tools[k].end() && fn->is_object())
+          if (auto p = fn->find("parameters"); p != fn->end()) spec.parameters = *p;
+      out.forced_tools.push_back(std::move(spec));
+    }
+  }
   if (!tool_names.empty() && tool_choice != "none") out.tool_names = std::move(tool_names);
   try {
     out.ids = ctx.tokenizer->encode(text, add_special_tokens);
@@ -702,14 +849,26 @@ ApiRequest parse_chat_request(std::string_view body, const ApiContext& ctx) {
   auto max_tokens = f.integer("max_completion_tokens", 1, INT32_MAX);
   const std::string max_tokens_param = max_tokens ? "max_completion_tokens" : "max_tokens";
   if (auto legacy = f.integer("max_tokens", 1, INT32_MAX); !max_tokens) max_tokens = legacy;
-  if (const json* rf = f.get("response_format")) {
-    const auto type = rf->is_object() ? rf->find("type") : rf->end();
-    if (type == rf->end() || *type != "text")
-      throw invalid("response_format", "'response_format' other than {\"type\": \"text\"} is not supported by this server",
-                    "unsupported_parameter");
-  }
+  std::string constrained_by;
+  base.sampling.constraint =
+      parse_constraint(f, nlohmann::ordered_json::parse(body, nullptr, false), ctx, constrained_by);
   f.accept_ignored("echo", "boolean", false);
   ChatPrompt prompt = chat_prompt(f, body, ctx);
+  if (!prompt.forced_tools.empty()) {
+    // tool_choice required / a named function: the output is a call in the template's format
+    constraint_factory(ctx, "tool_choice");
+    if (!constrained_by.empty())
+      throw invalid("tool_choice", "'tool_choice' required or a named function cannot be combined with '" +
+                                       constrained_by + "'");
+    const ToolCallFormat format = tool_call_format(ctx.tokenizer->config().chat_template);
+    nlohmann::ordered_json key = nlohmann::ordered_json::array();
+    for (const auto& t : prompt.forced_tools) key.push_back({t.name, t.parameters});
+    std::vector<ToolSpec> specs = prompt.forced_tools;
+    const bool several = prompt.parallel_tool_calls;
+    base.sampling.constraint = build_constraint(
+        ctx, "", "tools:" + std::to_string(int(format)) + (several ? "+" : "1") + key.dump(),
+        [&](std::shared_ptr<const TokenVocab> v) { return tool_call_constraint(format, specs, v, several); });
+  }
   r.ignored_fields = f.ignored();
   r.tool_names = std::move(prompt.tool_names);
   r.prompts.push_back(std::move(prompt.ids));

@@ -8,6 +8,7 @@
 // Thread safety: parse_* are pure functions; a ResponseBuilder belongs to one
 // HTTP request and is used from one thread at a time.
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -19,6 +20,10 @@
 #include "finmoe/error.h"
 #include "finmoe/server.h"
 #include "finmoe/tokenizer.h"
+
+namespace finmoe {
+class ConstraintFactory;  // serve/constraint.h
+}
 
 namespace finmoe::serve {
 
@@ -60,6 +65,10 @@ struct ApiContext {
   int32_t max_logprobs = 20;                      // top logprobs per token at most
   SamplingParams default_sampling;                // for fields a request leaves out (generation_config)
   RequestLimits limits;                           // prompts, n, stop strings, logit_bias, messages
+  // Constrained decoding (response_format json_object / json_schema, guided_json,
+  // guided_regex, guided_choice, tool_choice required or named); null: such
+  // requests are rejected.
+  std::shared_ptr<ConstraintFactory> constraints;
 };
 
 enum class Endpoint { Completions, Chat };
