@@ -25,6 +25,7 @@
 #include "convert/merge_methods.h"
 #include "convert/merge_plan.h"
 #include "core/file_util.h"
+#include "core/hf_remote_code.h"
 #include "core/progress.h"
 #include "finmoe/config.h"
 #include "finmoe/error.h"
@@ -910,6 +911,7 @@ MergeReport merge_models(const MergeRecipe& recipe, const std::string& out_dir,
     report.bytes_written = writer.bytes_written();
     report.num_shards = writer.num_shards();
   }
+  add_hf_remote_code(tmp, config);  // finer_moe / finmoe_dense: modeling code + auto_map
   write_json_file((fs::path(tmp) / "config.json").string(), config);
   copy_side_files(tok, tmp, /*with_config=*/false);
   write_file_atomic((fs::path(tmp) / "mergekit_config.yml").string(), yaml);

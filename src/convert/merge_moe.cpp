@@ -21,6 +21,7 @@
 
 #include "convert/merge_plan.h"
 #include "core/file_util.h"
+#include "core/hf_remote_code.h"
 #include "core/progress.h"
 #include "core/yaml_bounds.h"
 #include "finmoe/config.h"
@@ -507,6 +508,7 @@ MergeReport merge_moe(const MoeRecipe& r, const std::string& out_dir, const Merg
     report.bytes_written = writer.bytes_written();
     report.num_shards = writer.num_shards();
   }
+  add_hf_remote_code(tmp, cj);  // finer_moe / finmoe_dense: modeling code + auto_map
   write_json_file((fs::path(tmp) / "config.json").string(), cj);
   copy_side_files(base->dir, tmp, /*with_config=*/false);
   write_file_atomic((fs::path(tmp) / "mergekit_moe_config.yml").string(), r.text);

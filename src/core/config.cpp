@@ -10,6 +10,7 @@
 #include <limits>
 #include <map>
 
+#include "core/hf_remote_code.h"
 #include "finmoe/error.h"
 
 namespace fs = std::filesystem;
@@ -893,7 +894,9 @@ void ModelConfig::save(const std::string& dir) const {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw Error("cannot create directory " + dir + ": " + ec.message());
-  write_json_file((fs::path(dir) / "config.json").string(), to_json());
+  json j = to_json();
+  add_hf_remote_code(dir, j);  // finer_moe / finmoe_dense: modeling code + auto_map
+  write_json_file((fs::path(dir) / "config.json").string(), j);
 }
 
 // ------------------------------------------------------------ generation

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "core/file_util.h"
+#include "core/hf_remote_code.h"
 #include "finmoe/config.h"
 #include "finmoe/error.h"
 
@@ -28,6 +29,8 @@ void copy_side_files(const std::string& from, const std::string& to, bool with_c
   };
   if (with_config) copy("config.json");
   for (const char* f : kFiles) copy(f);
+  if (with_config)  // the config's auto_map points at them
+    for (const HfRemoteCodeFile& f : hf_remote_code_files()) copy(f.name);
 }
 
 }  // namespace finmoe
