@@ -147,7 +147,7 @@ def check(name, cfg, finmoe, tokenizer_dir, work):
         return False
     text = run([finmoe, "generate", d, "-p", PROMPT, "-n", str(NEW_TOKENS), "--greedy"])
     hf_text = tok.decode(new)
-    same_text = text.rstrip("\n").endswith(hf_text) or text.startswith(hf_text)
+    same_text = text == hf_text + "\n"  # stdout: the generated text and a newline
     print(f"{name}: max |logprob diff| {diff:.3g} over {len(ids)} positions x top-{TOP} "
           f"(mean logprob range {spread:.1f}); greedy {NEW_TOKENS} tokens equal "
           f"(text {'equal' if same_text else 'differs'})")
@@ -158,6 +158,9 @@ def check(name, cfg, finmoe, tokenizer_dir, work):
 
 
 def main():
+    if len(sys.argv) < 3:
+        print(__doc__)
+        return 2
     finmoe, tokenizer_dir = sys.argv[1], sys.argv[2]
     work = sys.argv[3] if len(sys.argv) > 3 else tempfile.mkdtemp(prefix="finmoe-hf-remote-")
     torch.manual_seed(0)
