@@ -7,7 +7,7 @@ transformers through the modeling code finmoe writes beside them
 
 For each variant (finer_moe with G_O>1, R_O>1, G_I>1, a shared expert, the
 concat projection, tied embeddings, a sliding window; finmoe_dense with and
-without biases) it writes a config, makes the checkpoint with `finmoe init
+without biases) (and RoPE linear and llama3 scaling) it writes a config, makes the checkpoint with `finmoe init
 --config`, rewrites its weights with O(1)-scale random values (so logits
 differ by whole units and routing decisions matter), then
   - loads it with AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True),
@@ -57,13 +57,18 @@ def finer(name, G_I, R_I, G_O, R_O, T_I, shared, **extra):
 
 VARIANTS = [
     finer("finer_moe_GO2_RO2_shared", G_I=1, R_I=2, G_O=2, R_O=2, T_I=1, shared=32),
-    finer("finer_moe_GI2_RI2_TI2", G_I=2, R_I=2, G_O=1, R_O=1, T_I=2, shared=0),
+    finer("finer_moe_GI2_RI2_TI2_linear_rope", G_I=2, R_I=2, G_O=1, R_O=1, T_I=2, shared=0,
+          rope_scaling={"rope_type": "linear", "factor": 2.0}),
     finer("finer_moe_GI2_GO2_RO2_concat_tied", G_I=2, R_I=1, G_O=2, R_O=2, T_I=1, shared=48,
           moe_concat_proj=True, tie_word_embeddings=True, num_hidden_layers=3,
           decoder_sparse_step=1, mlp_only_layers=[1]),
     finer("finer_moe_window_interleaved", G_I=1, R_I=4, G_O=1, R_O=1, T_I=2, shared=32,
           use_sliding_window=True, sliding_window=4, max_window_layers=1, rope_interleaved=True),
-    ("finmoe_dense", dict(BASE, model_type="finmoe_dense", num_experts=4, moe_intermediate_size=16)),
+    ("finmoe_dense_llama3_rope", dict(BASE, model_type="finmoe_dense", num_experts=4, moe_intermediate_size=16,
+                                       rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                                     "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                     "original_max_position_embeddings": 8},
+                                       rope_theta=500000.0)),
     ("finmoe_dense_bias", dict(BASE, model_type="finmoe_dense", num_experts=3,
                                 attention_bias=True, mlp_bias=True, mlp_only_layers=[0])),
 ]
