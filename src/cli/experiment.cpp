@@ -632,8 +632,9 @@ class Runner {
       for (double v : values) s += v;
       return values.empty() ? 0 : s / double(values.size());
     }
-    double sd() const {  // sample standard deviation
-      if (values.size() < 2) return 0;
+    double sd() const {  // sample standard deviation; exactly 0 for equal values
+      if (values.size() < 2 || std::all_of(values.begin(), values.end(), [&](double v) { return v == values[0]; }))
+        return 0;
       const double m = mean();
       double s = 0;
       for (double v : values) s += (v - m) * (v - m);
@@ -742,7 +743,8 @@ class Runner {
         bool first = true;
         for (const auto& ax : axes)
           if (!base.contains(ax)) md << (first ? "" : ", ") << ax, first = false;
-        md << "), a difference counts when it is larger than the two rows' standard deviations added:\n\n";
+        md << "), a difference counts when it is larger than the two rows' standard deviations added "
+           << "(columns the seed does not change are left out):\n\n";
         ojson jd = ojson::array();
         for (size_t ri = 0; ri < rows.size(); ++ri) {
           const size_t bi = baseline_of(ri);
@@ -751,7 +753,8 @@ class Runner {
             const Cell &a = cells[ri][ci], &b = cells[bi][ci];
             if (a.values.size() < 2 || b.values.size() < 2) continue;
             const double d = a.mean() - b.mean(), spread = a.sd() + b.sd();
-            if (std::abs(d) < 1e-12 && spread < 1e-12) continue;  // a constant, e.g. a parameter count
+            // values the seed does not change (a parameter count) differ exactly: the table shows them
+            if (spread == 0) continue;
             const bool larger = std::abs(d) > spread;
             std::string row;
             for (const auto& ax : axes) row += (row.empty() ? "" : ", ") + ax + " " + value_text(rows[ri][ax]);
