@@ -53,7 +53,11 @@ class BlockManager {
   // a shared one, so prefill never writes into a shared block.
   // Returns std::nullopt, with nothing changed (counters included), when the
   // free pool is too small. Throws Error if `seq_id` already has blocks.
-  std::optional<int64_t> allocate(int64_t seq_id, std::span<const int32_t> prompt);
+  // `cache_salt` partitions the prefix cache: blocks are shared only between
+  // sequences of the same salt (KV computed under another serving adapter
+  // differs for the same tokens).
+  std::optional<int64_t> allocate(int64_t seq_id, std::span<const int32_t> prompt,
+                                  uint64_t cache_salt = 0);
 
   // True if append_token(seq_id, ...) would succeed.
   bool can_append(int64_t seq_id) const;
@@ -105,6 +109,7 @@ class BlockManager {
     std::vector<int32_t> tokens;
     std::vector<int32_t> table;
     std::vector<uint64_t> hashes;  // chain hash of each full block computed so far
+    uint64_t root = 0;             // parent hash of the first block (from the cache salt)
     int64_t computed = 0;
     int64_t registered = 0;  // leading full blocks already offered to the index
   };

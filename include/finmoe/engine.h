@@ -66,6 +66,7 @@ struct RequestParams {
   int32_t logprobs = -1;            // -1 off; 0 = chosen token's logprob; N = plus top-N (<= 20)
   bool seed_given = false;          // true: sampling.seed seeds this request's sampler;
                                     // false: the engine draws a seed
+  int32_t adapter = 0;              // serving adapter id (serving_adapters.h); 0 = the base model
 
   void validate() const;
 };

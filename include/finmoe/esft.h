@@ -203,5 +203,9 @@ std::string esft_delta_base(const EsftDeltaInfo& info);
 // model's dtype and device). Throws Error when a tensor is not a parameter of
 // the model, has another shape, or is not one the delta's expert config trains.
 void apply_esft_delta(Transformer& model, const std::string& delta_dir);
+// The delta's tensors as apply_esft_delta checks them against `model`, by
+// HF name, as zero-copy views of the mapped file (the views keep it alive).
+std::vector<std::pair<std::string, torch::Tensor>> read_esft_delta_tensors(
+    const Transformer& model, const std::string& delta_dir);
 
 }  // namespace finmoe

@@ -76,6 +76,14 @@ struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 8000;                                // 0 = any free port (bind() returns it)
   std::string served_model_name = "finmoe";       // the id of /v1/models; requests must name it
+  // Serving adapters attached to the engine's model (serving_adapters.h),
+  // each served as a model of its own: a request naming one runs it.
+  struct Adapter {
+    std::string name;    // the "model" id requests send
+    int32_t id = 0;      // attach_serving_lora / attach_serving_esft id (>= 1)
+    std::string source;  // directory it came from (/v1/models "root")
+  };
+  std::vector<Adapter> adapters;
   std::string api_key;                            // "" = no auth; else /v1/* need "Authorization: Bearer KEY"
   int64_t max_body_bytes = int64_t(8) << 20;      // larger request bodies get 413
   int http_threads = 256;                         // connections served at once (each stream holds one)

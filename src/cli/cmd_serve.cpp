@@ -11,6 +11,7 @@
 #include "finmoe/engine.h"
 #include "finmoe/error.h"
 #include "finmoe/serve_bench.h"
+#include "finmoe/serving_adapters.h"
 #include "finmoe/server.h"
 #include "kernels/cpu_features.h"
 #include "kernels/thread_pool.h"
@@ -82,14 +83,42 @@ std::string read_api_key(const std::string& path) {
   return key;
 }
 
+// --lora / --esft NAME=DIR: each attached under the next id and served as NAME.
+void attach_adapters(Transformer& model, const std::vector<std::string>& lora,
+                     const std::vector<std::string>& esft, ServerOptions& so) {
+  int32_t id = 0;
+  for (const auto& [flag, specs] : {std::pair{"--lora", &lora}, std::pair{"--esft", &esft}})
+    for (const std::string& spec : *specs) {
+      const auto eq = spec.find('=');
+      if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size())
+        throw Error(std::string(flag) + " '" + spec + "': expected NAME=DIR");
+      const std::string name = spec.substr(0, eq), path = spec.substr(eq + 1);
+      for (const auto& other : so.adapters)
+        if (other.name == name) throw Error(std::string(flag) + " " + name + ": the name is given twice");
+      const auto info = std::string(flag) == "--lora" ? attach_serving_lora(model, path, ++id)
+                                                      : attach_serving_esft(model, path, ++id);
+      so.adapters.push_back({name, id, path});
+      std::cerr << "finmoe: adapter " << name << " (" << (std::string(flag) == "--lora" ? "LoRA" : "ESFT")
+                << ", " << path << "): " << info.modules << " modules, " << info.params << " parameters\n";
+    }
+}
+
 }  // namespace
 
 void add_serve(CLI::App& app, Run& run) {
   auto* c = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching (docs/serving.md)");
   static std::string dir, chat_template, served_name, api_key_file, log_level = "info";
+  static std::vector<std::string> lora_specs, esft_specs;
   static EngineFlags ef;
   static ServerOptions so;
   c->add_option("DIR", dir, "model directory")->required();
+  const char* a = "Adapters (served over DIR in the same batch; a request picks one by \"model\")";
+  c->add_option("--lora,--lora-modules", lora_specs,
+                "NAME=DIR: a PEFT LoRA adapter served as model NAME (repeatable; vLLM's --lora-modules)")
+      ->group(a);
+  c->add_option("--esft", esft_specs,
+                "NAME=DIR: an ESFT delta (finmoe train, mode esft) of DIR served as model NAME (repeatable)")
+      ->group(a);
   const char* g = "Server";
   c->add_option("--host", so.host, "address to listen on")->capture_default_str()->group(g);
   c->add_option("--port", so.port, "port (0 = any free port)")->capture_default_str()->group(g);
@@ -158,6 +187,7 @@ void add_serve(CLI::App& app, Run& run) {
       if (chat_template.empty()) ChatTemplate::from_tokenizer(tok);  // the model's own template parses
       else so.chat_template = chat_template_from_name(chat_template);
       auto model = ef.load(dir);
+      attach_adapters(model, lora_specs, esft_specs, so);
       const auto gen = GenerationConfig::load(dir, model.config());
       for (int64_t e : gen.eos_token_id) so.eos_token_ids.push_back(int32_t(e));
       // generation_config.json's sampling values are the defaults (as vLLM)

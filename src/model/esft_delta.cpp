@@ -290,7 +290,8 @@ std::string esft_delta_base(const EsftDeltaInfo& info) {
   return base.is_absolute() ? base.string() : (fs::path(info.dir) / base).lexically_normal().string();
 }
 
-void apply_esft_delta(Transformer& model, const std::string& dir) {
+std::vector<std::pair<std::string, torch::Tensor>> read_esft_delta_tensors(const Transformer& model,
+                                                                           const std::string& dir) {
   const EsftDeltaInfo info = read_esft_delta(dir);
   check_expert_config(info.experts, model.config(), (fs::path(dir) / kExpertFile).string());
   const std::string path = (fs::path(dir) / kTensorFile).string();
@@ -298,7 +299,7 @@ void apply_esft_delta(Transformer& model, const std::string& dir) {
   std::map<std::string, torch::Tensor> params;
   for (auto& [name, t] : model.named_parameters()) params.emplace(name, t);
 
-  torch::NoGradGuard no_grad;
+  std::vector<std::pair<std::string, torch::Tensor>> out;
   std::set<std::string> seen;
   for (const TensorView& v : file->tensors()) {
     const std::string where = path + ": tensor '" + v.name + "'";
@@ -311,17 +312,27 @@ void apply_esft_delta(Transformer& model, const std::string& dir) {
       throw Error(where + " has shape " + shape_str(v.shape) + ", the base model " +
                   shape_str(it->second.sizes().vec()));
     // zero-copy view of the mapping, kept alive by the deleter
-    auto blob = torch::from_blob(v.data, v.shape, [file](void*) {},
-                                 torch::TensorOptions().dtype(to_torch(v.dtype)));
-    const auto& p = it->second;
-    it->second.set_data(blob.scalar_type() == p.scalar_type() && p.device().is_cpu()
-                            ? blob
-                            : blob.to(p.device(), p.scalar_type()));
+    out.emplace_back(v.name, torch::from_blob(v.data, v.shape, [file](void*) {},
+                                              torch::TensorOptions().dtype(to_torch(v.dtype))));
     seen.insert(v.name);
   }
   for (const auto& [name, t] : params)
     if (esft_trains(info.experts, name) && !seen.count(name))
       throw Error(path + ": missing tensor '" + name + "' that " + kExpertFile + " trains");
+  return out;
+}
+
+void apply_esft_delta(Transformer& model, const std::string& dir) {
+  const auto tensors = read_esft_delta_tensors(model, dir);
+  std::map<std::string, torch::Tensor> params;
+  for (auto& [name, t] : model.named_parameters()) params.emplace(name, t);
+  torch::NoGradGuard no_grad;
+  for (const auto& [name, blob] : tensors) {
+    auto& p = params.at(name);
+    p.set_data(blob.scalar_type() == p.scalar_type() && p.device().is_cpu()
+                   ? blob
+                   : blob.to(p.device(), p.scalar_type()));
+  }
 }
 
 }  // namespace finmoe

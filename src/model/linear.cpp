@@ -1,5 +1,6 @@
 #include "model/linear.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <limits>
 #include <string>
@@ -7,6 +8,7 @@
 #include "finmoe/error.h"
 #include "finmoe/model.h"
 #include "kernels/linear.h"
+#include "model/adapter_rows.h"
 
 namespace finmoe {
 
@@ -78,7 +80,28 @@ torch::Tensor dequantize(const torch::Tensor& q, const torch::Tensor& scale, tor
 
 torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
   auto y = linear(x, weight, bias, weight_scale);
-  return has_lora() ? add_lora(y, x) : y;
+  if (has_lora()) y = add_lora(y, x);
+  return has_served_lora() ? add_served_lora(std::move(y), x) : y;
+}
+
+torch::Tensor LinearImpl::add_served_lora(torch::Tensor y, const torch::Tensor& x) const {
+  const AdapterRows* rows = current_adapter_rows();
+  if (rows == nullptr) return y;
+  const int64_t in = x.size(-1), out = y.size(-1);
+  const int64_t n = x.numel() / std::max<int64_t>(in, 1);
+  if (n != rows->rows())
+    throw Error("serving adapters: a layer of " + std::to_string(n) + " rows ran under " +
+                std::to_string(rows->rows()) + " adapter rows");
+  auto x2 = x.reshape({n, in});
+  auto y2 = y.contiguous().view({n, out});
+  for (const ServedLora& a : served_lora) {
+    auto r = rows->rows_of(a.id);
+    if (r.numel() == 0) continue;
+    auto h = x2.index_select(0, r).to(a.A.scalar_type());
+    auto z = torch::linear(torch::linear(h, a.A), a.B);  // [n_a, out]
+    y2.index_copy_(0, r, (y2.index_select(0, r) + z * a.scaling).to(y2.scalar_type()));
+  }
+  return y2.view(y.sizes());
 }
 
 torch::Tensor LinearImpl::add_lora(const torch::Tensor& y, const torch::Tensor& x) const {
@@ -154,7 +177,8 @@ std::vector<torch::Tensor> linear_group(const torch::Tensor& x,
   if (!kernel) {
     for (const LinearImpl* l : layers) {
       auto y = linear(x, l->weight, l->bias, l->weight_scale);
-      ys.push_back(l->has_lora() ? l->add_lora(y, x) : y);
+      if (l->has_lora()) y = l->add_lora(y, x);
+      ys.push_back(l->has_served_lora() ? l->add_served_lora(std::move(y), x) : y);
     }
     return ys;
   }
@@ -173,6 +197,8 @@ std::vector<torch::Tensor> linear_group(const torch::Tensor& x,
     kernels::linear_group_int8(t, xc.data_ptr(), rows, in, int8_format(first->weight_scale), outs, t);
   else
     kernels::linear_group(t, xc.data_ptr(), rows, in, t, outs, t);
+  for (size_t i = 0; i < layers.size(); ++i)
+    if (layers[i]->has_served_lora()) ys[i] = layers[i]->add_served_lora(std::move(ys[i]), x);
   return ys;
 }
 

@@ -5,6 +5,9 @@
 // A layer of an 8-bit checkpoint (docs/formats/int8.md) holds an int8 weight
 // and its `weight_scale`: the CPU kernels compute with them directly
 // (kernels/qlinear.h); every other path dequantizes on the fly.
+#include <cstdint>
+#include <vector>
+
 #include <torch/torch.h>
 
 #include "finmoe/config.h"
@@ -49,6 +52,22 @@ class LinearImpl : public torch::nn::Module {
   torch::Tensor lora_B;  // [out, r] or undefined
   double lora_scaling = 0.0;  // alpha / r (alpha / sqrt(r) with rsLoRA)
   double lora_dropout = 0.0;  // on x before A, in train mode with autograd on
+
+  // Serving adapters (finmoe/serving_adapters.h): LoRA adapters kept beside
+  // the weights, each added only to the rows of the current AdapterRows
+  // (model/adapter_rows.h) that name its id. Plain tensors, float32.
+  struct ServedLora {
+    int32_t id = 0;
+    torch::Tensor A;  // [r, in]
+    torch::Tensor B;  // [out, r]
+    double scaling = 0.0;
+  };
+  std::vector<ServedLora> served_lora;
+  bool has_served_lora() const { return !served_lora.empty(); }
+  // y plus each serving adapter's term on the rows that use it (computed as
+  // add_lora does, row by row); y unchanged without a current AdapterRows.
+  // Throws Error when x's rows are not the current AdapterRows' rows.
+  torch::Tensor add_served_lora(torch::Tensor y, const torch::Tensor& x) const;
 };
 TORCH_MODULE(Linear);
 

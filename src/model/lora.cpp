@@ -15,6 +15,7 @@
 #include "model/torch_dtype.h"
 #include "model/linear.h"
 #include "model/side_files.h"
+#include "finmoe/serving_adapters.h"
 
 namespace finmoe {
 namespace fs = std::filesystem;
@@ -405,6 +406,27 @@ void merge_lora_checkpoint(const std::string& base_dir, const std::string& adapt
     remove_tree(tmp);
     throw;
   }
+}
+
+ServingAdapterInfo attach_serving_lora(Transformer& model, const std::string& dir, int32_t id) {
+  if (id < 1) throw Error(dir + ": serving adapter id must be >= 1, got " + std::to_string(id));
+  if (has_serving_adapter(model, id))
+    throw Error(dir + ": serving adapter id " + std::to_string(id) + " is already attached");
+  AdapterTensors a = read_adapter(model, dir);
+  std::map<std::string, LinearImpl*> modules;
+  for (const auto& [name, l] : linear_modules(model)) modules.emplace(name, l);
+  for (const auto& [name, p] : a.by_module)
+    if (name.ends_with("kv_b_proj"))
+      throw Error(dir + ": module '" + name +
+                  "' runs on cached latents, not on the batch's tokens; it cannot be served "
+                  "per request (merge the adapter: finmoe lora merge)");
+  ServingAdapterInfo info;
+  for (auto& [name, p] : a.by_module) {
+    modules.at(name)->served_lora.push_back({id, p.first, p.second, a.config.scaling()});
+    ++info.modules;
+    info.params += p.first.numel() + p.second.numel();
+  }
+  return info;
 }
 
 }  // namespace finmoe

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <limits>
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -9,6 +11,7 @@
 #include "finmoe/load_balance.h"
 #include "kernels/linear.h"
 #include "kernels/ops.h"
+#include "model/adapter_rows.h"
 
 namespace finmoe {
 
@@ -173,12 +176,14 @@ MoeImpl::MoeImpl(const ModelConfig& c, torch::TensorOptions options) : config_(c
   if (c.moe_concat_proj) concat_proj = register_module("concat_proj", Linear(D, D, false, options));
 }
 
-bool MoeImpl::grouped_applies(const torch::Tensor& x) const {
+bool MoeImpl::grouped_applies(const torch::Tensor& x, const ExpertKeys& keys) const {
   if (!kernel_path(x) || rows_over_kernel_limit(x)) return false;
-  for (const Mlp& e : experts)
-    for (const LinearImpl* l : {e->gate_proj.get(), e->up_proj.get(), e->down_proj.get()})
-      if (l->has_lora() || l->bias.defined() || l->weight.scalar_type() != x.scalar_type() ||
-          !l->weight.is_contiguous() || !l->weight.device().is_cpu())
+  const bool adapter_rows = current_adapter_rows() != nullptr;
+  for (const auto& [m, e] : keys.modules)
+    for (const LinearImpl* l : {m->gate_proj.get(), m->up_proj.get(), m->down_proj.get()})
+      if (l->has_lora() || (adapter_rows && l->has_served_lora()) || l->bias.defined() ||
+          l->weight.scalar_type() != x.scalar_type() || !l->weight.is_contiguous() ||
+          !l->weight.device().is_cpu())
         return false;
   return true;
 }
@@ -187,29 +192,63 @@ bool MoeImpl::rows_over_kernel_limit(const torch::Tensor& x) const {
   return x.numel() / std::max<int64_t>(x.size(-1), 1) > kernel_max_rows();
 }
 
-// The routed experts on the kernel path: (token, slot) pairs sorted by expert
-// (a stable counting sort), then one kernels::linear_batch for every
-// expert's gate and up projections, one SwiGLU over all rows, one
-// linear_batch for the down projections, and a float32 weighted scatter-add
-// into each token's row (or its G_O slice). x [T, D] contiguous -> [T, D].
-torch::Tensor MoeImpl::experts_grouped(const torch::Tensor& x, const RouterOutput& r) {
-  const int64_t T = x.size(0), D = x.size(1), E = config_.num_experts;
-  const int64_t I = config_.moe_intermediate_size;
-  auto indices = r.indices.contiguous();                    // [T, k]
-  auto weights = r.weights.to(torch::kFloat32).contiguous();  // [T, k]
-  const int64_t k = indices.size(1), pairs = T * k;
-  const int64_t* idx = indices.data_ptr<int64_t>();
-  std::vector<int64_t> start(size_t(E) + 1, 0);  // expert e owns sorted rows [start[e], start[e+1])
-  for (int64_t i = 0; i < pairs; ++i) {
+MoeImpl::ExpertKeys MoeImpl::expert_keys(const torch::Tensor& indices) {
+  const int64_t E = config_.num_experts;
+  ExpertKeys out;
+  for (int64_t e = 0; e < E; ++e) out.modules.emplace_back(experts[size_t(e)].get(), e);
+  auto flat = indices.flatten().to(torch::kCPU, torch::kInt64).contiguous();  // [T*k]
+  const int64_t* idx = flat.data_ptr<int64_t>();
+  for (int64_t i = 0; i < flat.numel(); ++i)
     if (idx[i] < 0 || idx[i] >= E)
       throw Error("moe: router chose expert " + std::to_string(idx[i]) + " of " + std::to_string(E));
-    ++start[size_t(idx[i]) + 1];
+  const AdapterRows* rows = current_adapter_rows();
+  if (rows == nullptr || esft_experts.empty()) {
+    out.keys = flat;
+    return out;
   }
-  for (int64_t e = 0; e < E; ++e) start[size_t(e) + 1] += start[size_t(e)];
+  const int64_t k = indices.size(1);
+  if (indices.size(0) != rows->rows())
+    throw Error("serving adapters: a MoE layer of " + std::to_string(indices.size(0)) +
+                " rows ran under " + std::to_string(rows->rows()) + " adapter rows");
+  std::map<std::pair<int32_t, int64_t>, int64_t> key_of;  // (adapter, expert) -> key
+  for (auto& [adapter, by_expert] : esft_experts)
+    for (auto& [e, m] : by_expert) {
+      key_of[{adapter, e}] = static_cast<int64_t>(out.modules.size());
+      out.modules.emplace_back(m.get(), e);
+    }
+  out.keys = flat.clone();
+  int64_t* key = out.keys.data_ptr<int64_t>();
+  const auto& ids = rows->ids();
+  for (int64_t i = 0; i < flat.numel(); ++i) {
+    const int32_t adapter = ids[size_t(i / k)];
+    if (adapter == 0) continue;
+    auto it = key_of.find({adapter, key[i]});
+    if (it != key_of.end()) key[i] = it->second;
+  }
+  return out;
+}
+
+// The routed experts on the kernel path: (token, slot) pairs sorted by key
+// (a stable counting sort; keys are experts, or an ESFT delta's copy of one),
+// then one kernels::linear_batch for every key's gate and up projections,
+// one SwiGLU over all rows, one linear_batch for the down projections, and a
+// float32 weighted scatter-add into each token's row (or its expert's G_O
+// slice). x [T, D] contiguous -> [T, D].
+torch::Tensor MoeImpl::experts_grouped(const torch::Tensor& x, const RouterOutput& r,
+                                       const ExpertKeys& keys) {
+  const int64_t T = x.size(0), D = x.size(1);
+  const int64_t n_keys = static_cast<int64_t>(keys.modules.size());
+  const int64_t I = config_.moe_intermediate_size;
+  auto weights = r.weights.to(torch::kFloat32).contiguous();  // [T, k]
+  const int64_t k = r.indices.size(1), pairs = T * k;
+  const int64_t* key = keys.keys.data_ptr<int64_t>();
+  std::vector<int64_t> start(size_t(n_keys) + 1, 0);  // key owns sorted rows [start[key], start[key+1])
+  for (int64_t i = 0; i < pairs; ++i) ++start[size_t(key[i]) + 1];
+  for (int64_t e = 0; e < n_keys; ++e) start[size_t(e) + 1] += start[size_t(e)];
   std::vector<int64_t> pair_of(static_cast<size_t>(pairs));  // sorted row -> (token * k + slot)
   {
     std::vector<int64_t> fill(start.begin(), start.end() - 1);
-    for (int64_t i = 0; i < pairs; ++i) pair_of[size_t(fill[size_t(idx[i])]++)] = i;
+    for (int64_t i = 0; i < pairs; ++i) pair_of[size_t(fill[size_t(key[i])]++)] = i;
   }
   auto rows = torch::from_blob(pair_of.data(), {pairs}, torch::kInt64).div(k, "floor");  // [P]
   auto xs = x.index_select(0, rows);                                  // [P, D]
@@ -222,13 +261,13 @@ torch::Tensor MoeImpl::experts_grouped(const torch::Tensor& x, const RouterOutpu
     return static_cast<char*>(m.data_ptr()) + row * m.size(1) * es;
   };
   std::vector<kernels::LinearProduct> gate_up, down;
-  for (int64_t e = 0; e < E; ++e) {
+  for (int64_t e = 0; e < n_keys; ++e) {
     const int64_t n = start[size_t(e) + 1] - start[size_t(e)], s = start[size_t(e)];
     if (n == 0) continue;
-    const Mlp& m = experts[size_t(e)];
-    gate_up.push_back({row_ptr(xs, s), n, m->gate_proj->weight.data_ptr(), I, nullptr, row_ptr(gate, s)});
-    gate_up.push_back({row_ptr(xs, s), n, m->up_proj->weight.data_ptr(), I, nullptr, row_ptr(up, s)});
-    down.push_back({row_ptr(gate, s), n, m->down_proj->weight.data_ptr(), slice_, nullptr, row_ptr(ys, s)});
+    const MlpImpl& m = *keys.modules[size_t(e)].first;
+    gate_up.push_back({row_ptr(xs, s), n, m.gate_proj->weight.data_ptr(), I, nullptr, row_ptr(gate, s)});
+    gate_up.push_back({row_ptr(xs, s), n, m.up_proj->weight.data_ptr(), I, nullptr, row_ptr(up, s)});
+    down.push_back({row_ptr(gate, s), n, m.down_proj->weight.data_ptr(), slice_, nullptr, row_ptr(ys, s)});
   }
   kernels::linear_batch(t, D, t, gate_up, t);
   kernels::swiglu(t, gate.data_ptr(), up.data_ptr(), pairs * I, gate.data_ptr());  // gate := h
@@ -240,8 +279,9 @@ torch::Tensor MoeImpl::experts_grouped(const torch::Tensor& x, const RouterOutpu
   const float* yp = y32.data_ptr<float>();
   const float* wp = weights.data_ptr<float>();
   float* op = out32.data_ptr<float>();
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t col0 = slice_ == D ? 0 : (e / per_slice_) * slice_;
+  for (int64_t e = 0; e < n_keys; ++e) {
+    const int64_t routed = keys.modules[size_t(e)].second;
+    const int64_t col0 = slice_ == D ? 0 : (routed / per_slice_) * slice_;
     for (int64_t row = start[size_t(e)]; row < start[size_t(e) + 1]; ++row) {
       const int64_t pair = pair_of[size_t(row)];
       const float w = wp[pair];
@@ -253,6 +293,20 @@ torch::Tensor MoeImpl::experts_grouped(const torch::Tensor& x, const RouterOutpu
   return out32.to(x.scalar_type());
 }
 
+namespace {
+
+// module(x[rows]) with `rows` as the current adapter rows of its layers
+// (their serving LoRA terms); rows int64 [n] into x's rows.
+torch::Tensor run_on_rows(MlpImpl& module, const torch::Tensor& x, const torch::Tensor& rows) {
+  const AdapterRows* current = current_adapter_rows();
+  std::optional<AdapterRows> sub;
+  if (current) sub.emplace(current->select(rows));
+  AdapterRowsScope scope(sub ? &*sub : nullptr);
+  return module.forward(x.index_select(0, rows));
+}
+
+}  // namespace
+
 torch::Tensor MoeImpl::forward(const torch::Tensor& x_in, RouterOutput* router_out) {
   const auto shape = x_in.sizes().vec();
   const int64_t D = shape.back();
@@ -261,45 +315,65 @@ torch::Tensor MoeImpl::forward(const torch::Tensor& x_in, RouterOutput* router_o
   RouterOutput r = route(gate(x), config_, score_bias);
   auto out = torch::zeros({T, D}, x.options());  // [T, D]
   const auto dtype = x.scalar_type();
+  const AdapterRows* adapter_rows = current_adapter_rows();
 
-  if (grouped_applies(x)) {
-    out = experts_grouped(x.contiguous(), r);
+  // Dense routing off the kernel path needs no keys (and no copy of its [T, E] indices).
+  std::optional<ExpertKeys> keys;
+  if (kernel_path(x) || config_.routing() != ModelConfig::Routing::Dense)
+    keys = expert_keys(r.indices);
+  if (keys && grouped_applies(x, *keys)) {
+    out = experts_grouped(x.contiguous(), r, *keys);
   } else if (config_.routing() == ModelConfig::Routing::Dense) {
     auto w = r.weights.to(dtype);  // [T, E]
-    for (int64_t e = 0; e < config_.num_experts; ++e)
-      out = out + experts[size_t(e)](x) * w.select(1, e).unsqueeze(1);
+    for (int64_t e = 0; e < config_.num_experts; ++e) {
+      auto y = experts[size_t(e)](x);  // [T, D/G_O]
+      if (adapter_rows)
+        for (auto& [adapter, by_expert] : esft_experts) {
+          auto it = by_expert.find(e);
+          auto rows = adapter_rows->rows_of(adapter);
+          if (it == by_expert.end() || rows.numel() == 0) continue;
+          y.index_copy_(0, rows, run_on_rows(*it->second, x, rows));
+        }
+      out = out + y * w.select(1, e).unsqueeze(1);
+    }
   } else {
-    // Permute (token, slot) pairs by expert, run each expert on its tokens,
-    // scatter back with index_add (FineRMoE Fig. 3).
+    // Permute (token, slot) pairs by key, run each expert (or an ESFT
+    // delta's copy) on its tokens, scatter back with index_add (FineRMoE Fig. 3).
     const int64_t k = r.indices.size(1);
-    auto flat_expert = r.indices.flatten();  // [T*k]
-    auto order = std::get<1>(flat_expert.sort(/*stable=*/true, 0, false));  // [T*k]
+    const int64_t n_keys = static_cast<int64_t>(keys->modules.size());
+    auto flat_key = keys->keys.to(r.indices.device());                           // [T*k]
+    auto order = std::get<1>(flat_key.sort(/*stable=*/true, 0, false));         // [T*k]
     auto token_of = torch::arange(T, r.indices.options()).repeat_interleave(k);  // [T*k]
-    auto sorted_tokens = token_of.index_select(0, order);                     // [T*k]
+    auto sorted_tokens = token_of.index_select(0, order);                        // [T*k]
     auto sorted_weights = r.weights.flatten().index_select(0, order).to(dtype).unsqueeze(1);
-    auto xs = x.index_select(0, sorted_tokens);                               // [T*k, D]
-    auto counts = torch::bincount(flat_expert, {}, config_.num_experts).to(torch::kCPU);
+    auto counts = torch::bincount(keys->keys, {}, n_keys);
     const int64_t* cnt = counts.data_ptr<int64_t>();
     int64_t start = 0;
-    for (int64_t e = 0; e < config_.num_experts; ++e) {
+    for (int64_t e = 0; e < n_keys; ++e) {
       const int64_t n = cnt[e];
       if (n == 0) continue;
-      auto y = experts[size_t(e)](xs.narrow(0, start, n)) * sorted_weights.narrow(0, start, n);
       auto rows = sorted_tokens.narrow(0, start, n);
+      auto y = run_on_rows(*keys->modules[size_t(e)].first, x, rows) *
+               sorted_weights.narrow(0, start, n);
       if (slice_ == D) {
         out.index_add_(0, rows, y);  // [n, D]
       } else {
-        const int64_t g_o = e / per_slice_;  // output slice this expert writes (concatenation)
+        const int64_t g_o = keys->modules[size_t(e)].second / per_slice_;  // slice it writes
         out.narrow(1, g_o * slice_, slice_).index_add_(0, rows, y);  // [n, D/G_O]
       }
       start += n;
     }
   }
   if (concat_proj) out = concat_proj(out);
-  if (shared_expert_gate)
-    out = out + shared_expert(x) * torch::sigmoid(shared_expert_gate(x));
-  else if (shared_expert)
-    out = out + shared_expert(x);
+  if (shared_expert) {
+    auto s = shared_expert(x);  // [T, D]
+    if (adapter_rows)
+      for (auto& [adapter, m] : esft_shared) {
+        auto rows = adapter_rows->rows_of(adapter);
+        if (rows.numel() > 0) s.index_copy_(0, rows, run_on_rows(*m, x, rows));
+      }
+    out = out + (shared_expert_gate ? s * torch::sigmoid(shared_expert_gate(x)) : s);
+  }
   if (router_out) *router_out = std::move(r);
   return out.view(shape);
 }

@@ -13,6 +13,9 @@
 // Experts are separate modules named as in the HF checkpoints (not stacked
 // [E, out, in]): loading stays a zero-copy name walk over the mmapped file, and
 // ESFT can train a chosen subset by toggling requires_grad per expert.
+#include <cstdint>
+#include <map>
+#include <utility>
 #include <vector>
 
 #include <torch/torch.h>
@@ -48,12 +51,28 @@ class MoeImpl : public torch::nn::Module {
   Linear shared_expert_gate{nullptr};        // optional, weight [1, D]; none for deepseek
   Linear concat_proj{nullptr};               // optional, weight [D, D]
 
+  // Serving ESFT deltas (finmoe/serving_adapters.h): adapter id -> routed
+  // expert -> that delta's copy of the expert, run for the rows of the
+  // current AdapterRows that name the adapter; adapter id -> its shared
+  // experts. Not registered modules.
+  std::map<int32_t, std::map<int64_t, Mlp>> esft_experts;
+  std::map<int32_t, Mlp> esft_shared;
+
  private:
   // Whether the routed experts can run grouped on the CPU kernels (no
   // autograd, CPU weights of x's dtype, no LoRA or bias on an expert).
-  bool grouped_applies(const torch::Tensor& x) const;
+  // Which module each (token, slot) pair of a routing runs: key e < E is
+  // routed expert e; a key >= E an ESFT delta's copy, for the rows of the
+  // current AdapterRows that name the delta.
+  struct ExpertKeys {
+    torch::Tensor keys;                                   // [T*k] int64, CPU
+    std::vector<std::pair<MlpImpl*, int64_t>> modules;    // key -> (module, routed expert)
+  };
+  ExpertKeys expert_keys(const torch::Tensor& indices);
+  bool grouped_applies(const torch::Tensor& x, const ExpertKeys& keys) const;
   bool rows_over_kernel_limit(const torch::Tensor& x) const;
-  torch::Tensor experts_grouped(const torch::Tensor& x, const RouterOutput& r);
+  torch::Tensor experts_grouped(const torch::Tensor& x, const RouterOutput& r,
+                                const ExpertKeys& keys);
 
   ModelConfig config_;
   int64_t slice_ = 0;        // values one expert writes: D / G_O

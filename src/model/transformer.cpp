@@ -3,6 +3,7 @@
 #include <set>
 
 #include "finmoe/error.h"
+#include "model/adapter_rows.h"
 
 namespace finmoe {
 
@@ -178,7 +179,8 @@ torch::Tensor TransformerImpl::step(const StepBatch& batch, KVCache& cache) {
   batch.validate(cache);
   if (cuda_kernels_apply(cache)) {
 #if FINMOE_HAVE_CUDA
-    if (cuda_graphs_enabled())
+    // a graph replays one batch's kernels: rows under serving adapters run eagerly
+    if (cuda_graphs_enabled() && current_adapter_rows() == nullptr)
       if (auto logits = step_graph(batch, cache); logits.defined()) return logits;
 #endif
     return step_paged(batch, cache);

@@ -83,7 +83,7 @@ int32_t BlockManager::lookup(uint64_t parent, std::span<const int32_t> tokens) c
 void BlockManager::extend_hashes(Seq& s) const {
   const int64_t full = static_cast<int64_t>(s.tokens.size()) / block_size_;
   for (int64_t i = static_cast<int64_t>(s.hashes.size()); i < full; ++i) {
-    const uint64_t parent = i == 0 ? kRootHash : s.hashes[static_cast<size_t>(i - 1)];
+    const uint64_t parent = i == 0 ? s.root : s.hashes[static_cast<size_t>(i - 1)];
     s.hashes.push_back(
         chain_hash(parent, std::span(s.tokens).subspan(static_cast<size_t>(i * block_size_),
                                                        static_cast<size_t>(block_size_))));
@@ -124,19 +124,21 @@ void BlockManager::release(int32_t b) {
   }
 }
 
-std::optional<int64_t> BlockManager::allocate(int64_t seq_id, std::span<const int32_t> prompt) {
+std::optional<int64_t> BlockManager::allocate(int64_t seq_id, std::span<const int32_t> prompt,
+                                              uint64_t cache_salt) {
   if (seqs_.count(seq_id))
     throw Error("BlockManager: " + seq_name(seq_id) + " is already allocated");
   if (prompt.empty()) throw Error("BlockManager: " + seq_name(seq_id) + " has an empty prompt");
   const int64_t n = static_cast<int64_t>(prompt.size());
   const int64_t n_blocks = (n + block_size_ - 1) / block_size_;
+  const uint64_t root = cache_salt == 0 ? kRootHash : mix(kRootHash ^ mix(cache_salt));
 
   // Longest cached prefix of full blocks, leaving the last prompt token
   // uncached (its logits are needed): at most (n-1)/block_size blocks.
   std::vector<int32_t> hits;
   if (prefix_caching_) {
     const int64_t max_hits = (n - 1) / block_size_;
-    uint64_t parent = kRootHash;
+    uint64_t parent = root;
     for (int64_t i = 0; i < max_hits; ++i) {
       auto toks =
           prompt.subspan(static_cast<size_t>(i * block_size_), static_cast<size_t>(block_size_));
@@ -152,6 +154,7 @@ std::optional<int64_t> BlockManager::allocate(int64_t seq_id, std::span<const in
   if (need > num_free_blocks()) return std::nullopt;
 
   Seq s;
+  s.root = root;
   s.tokens.assign(prompt.begin(), prompt.end());
   // Revive hits before taking fresh blocks so no eviction can take a hit.
   for (int32_t b : hits) {
@@ -200,7 +203,7 @@ void BlockManager::mark_computed(int64_t seq_id, int64_t num_tokens) {
     const size_t i = static_cast<size_t>(s.registered);
     Block& blk = blocks_[static_cast<size_t>(s.table[i])];
     if (blk.hashed) continue;  // a shared hit, already indexed
-    const uint64_t parent = i == 0 ? kRootHash : s.hashes[i - 1];
+    const uint64_t parent = i == 0 ? s.root : s.hashes[i - 1];
     auto toks = std::span<const int32_t>(s.tokens).subspan(i * static_cast<size_t>(block_size_),
                                                            static_cast<size_t>(block_size_));
     // Another sequence computed the same block first: keep its copy indexed,

@@ -17,6 +17,8 @@
 
 #include "finmoe/block_manager.h"
 #include "finmoe/error.h"
+#include "finmoe/serving_adapters.h"
+#include "model/adapter_rows.h"
 #include "serve/constraint.h"
 #include "serve/host_logits.h"
 #include "serve/sampleable_vocab.h"
@@ -32,6 +34,7 @@ void RequestParams::validate() const {
   if (!(frequency_penalty >= -2 && frequency_penalty <= 2))
     throw Error("frequency_penalty must be in [-2, 2], got " + std::to_string(frequency_penalty));
   if (max_tokens < 1) throw Error("max_tokens must be >= 1, got " + std::to_string(max_tokens));
+  if (adapter < 0) throw Error("adapter must be >= 0 (0 = the base model), got " + std::to_string(adapter));
   if (logprobs < -1 || logprobs > 20)
     throw Error("logprobs must be in [0, 20] (-1 = off), got " + std::to_string(logprobs));
   if (min_tokens < 0 || min_tokens > max_tokens)
@@ -67,6 +70,7 @@ struct Request {
         max_len(max_len) {
     seq.id = static_cast<int64_t>(id);
     seq.tokens = std::move(prompt);
+    seq.cache_salt = static_cast<uint64_t>(p.adapter);
   }
   Sequence seq;  // prompt + generated; survives preemption
   RequestParams params;
@@ -209,6 +213,8 @@ void Engine::Impl::check(const std::vector<int32_t>& prompt, const RequestParams
       throw Error("prompt token " + std::to_string(i) + " (id " + std::to_string(prompt[i]) +
                   ") is outside the vocabulary (size " + std::to_string(vocab) + ")");
   params.validate();
+  if (params.adapter != 0 && !has_serving_adapter(model, params.adapter))
+    throw Error("adapter " + std::to_string(params.adapter) + " is not attached to this model");
   for (size_t i = 0; i < params.logit_bias.size(); ++i)
     if (params.logit_bias[i].first >= vocab)
       throw Error("logit_bias[" + std::to_string(i) + "] (token " +
@@ -362,8 +368,15 @@ bool Engine::Impl::step_locked() {
     }
     batch.seqs.push_back(std::move(q));
   }
+  // each token row runs its request's serving adapter (none: the base weights)
+  std::vector<int32_t> row_adapter;
+  for (const auto& e : plan)
+    row_adapter.insert(row_adapter.end(), size_t(e.num_tokens),
+                       requests.at(static_cast<uint64_t>(e.seq->id))->params.adapter);
   torch::Tensor logits;
   try {
+    const AdapterRows rows(std::move(row_adapter), model.device());
+    AdapterRowsScope scope(&rows);
     logits = logits_to_host(model.step(batch, cache));  // [S,V] float32
   } catch (const std::exception& ex) {
     for (const auto& e : plan) {

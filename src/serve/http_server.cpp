@@ -467,6 +467,12 @@ struct Server::Impl {
     ctx.limits = options.limits;
     ctx.constraints = std::make_shared<ConstraintFactory>(config.vocab_size, &tokenizer);
     if (options.served_model_name.empty()) throw Error("ServerOptions.served_model_name must not be empty");
+    for (const auto& a : options.adapters) {
+      if (a.name.empty() || a.name == options.served_model_name || ctx.adapters.count(a.name))
+        throw Error("adapter name '" + a.name + "' is empty or already serves another model");
+      if (a.id < 1) throw Error("adapter '" + a.name + "' needs an id >= 1");
+      ctx.adapters[a.name] = a.id;
+    }
     if (options.http_threads < 1) throw Error("ServerOptions.http_threads must be >= 1");
     if (options.max_body_bytes < 1) throw Error("ServerOptions.max_body_bytes must be >= 1");
     if (options.max_seqs_per_request < 0) throw Error("ServerOptions.max_seqs_per_request must be >= 0");
@@ -588,17 +594,25 @@ void Server::Impl::routes() {
     res.set_content(serve::format_metrics(engine.stats(), metrics.snapshot(), options.served_model_name),
                     "text/plain; version=0.0.4; charset=utf-8");
   });
-  auto model_card = [this] {
-    return nlohmann::json{{"id", options.served_model_name}, {"object", "model"}, {"created", created},
-                          {"owned_by", "finmoe"}, {"root", options.served_model_name},
-                          {"max_model_len", ctx.max_model_len}, {"vocab_size", ctx.vocab_size}};
+  // the base model, then each adapter with its base as "parent" (vLLM's cards)
+  auto model_cards = [this] {
+    auto cards = nlohmann::json::array();
+    cards.push_back({{"id", options.served_model_name}, {"object", "model"}, {"created", created},
+                     {"owned_by", "finmoe"}, {"root", options.served_model_name}, {"parent", nullptr},
+                     {"max_model_len", ctx.max_model_len}, {"vocab_size", ctx.vocab_size}});
+    for (const auto& a : options.adapters)
+      cards.push_back({{"id", a.name}, {"object", "model"}, {"created", created}, {"owned_by", "finmoe"},
+                       {"root", a.source}, {"parent", options.served_model_name},
+                       {"max_model_len", ctx.max_model_len}, {"vocab_size", ctx.vocab_size}});
+    return cards;
   };
-  http.Get("/v1/models", [this, model_card](const httplib::Request&, httplib::Response& res) {
-    set_json(res, 200, {{"object", "list"}, {"data", nlohmann::json::array({model_card()})}});
+  http.Get("/v1/models", [model_cards](const httplib::Request&, httplib::Response& res) {
+    set_json(res, 200, {{"object", "list"}, {"data", model_cards()}});
   });
-  http.Get(R"(/v1/models/(.+))", [this, model_card](const httplib::Request& req, httplib::Response& res) {
-    if (req.matches[1] == options.served_model_name) set_json(res, 200, model_card());
-    else set_error(res, 404, "The model `" + std::string(req.matches[1]) + "` does not exist.", "model", "model_not_found");
+  http.Get(R"(/v1/models/(.+))", [model_cards](const httplib::Request& req, httplib::Response& res) {
+    for (const auto& card : model_cards())
+      if (card["id"] == std::string(req.matches[1])) return set_json(res, 200, card);
+    set_error(res, 404, "The model `" + std::string(req.matches[1]) + "` does not exist.", "model", "model_not_found");
   });
   // Bodies are read here, not by httplib, within max_body_bytes.
   http.Post("/v1/completions",

@@ -10,6 +10,7 @@
 #include <random>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 namespace finmoe::serve {
 namespace {
@@ -254,16 +255,22 @@ void check_token_ids(const std::vector<int32_t>& ids, const ApiContext& ctx, con
                                std::to_string(ctx.vocab_size) + ")");
 }
 
-void check_model(Fields& f, const ApiContext& ctx) {
-  if (auto m = f.string("model"); m && *m != ctx.model_name)
-    throw ApiError(400, "The model `" + *m + "` does not exist. This server serves `" + ctx.model_name + "`.",
-                   "model", "model_not_found");
+// The model a request names: (its name, its serving adapter id; 0 = the base).
+std::pair<std::string, int32_t> check_model(Fields& f, const ApiContext& ctx) {
+  const auto m = f.string("model");
+  if (!m || *m == ctx.model_name) return {ctx.model_name, 0};
+  if (auto it = ctx.adapters.find(*m); it != ctx.adapters.end()) return {*m, it->second};
+  std::string served = "`" + ctx.model_name + "`";
+  for (const auto& [name, id] : ctx.adapters) served += ", `" + name + "`";
+  throw ApiError(400, "The model `" + *m + "` does not exist. This server serves " + served + ".", "model",
+                 "model_not_found");
 }
 
 // The fields both endpoints share, into `p` and `r`. `lp_top` is the number
 // of top logprobs asked (or -1), set by the caller.
 RequestParams parse_common(Fields& f, ApiRequest& r, const ApiContext& ctx) {
-  check_model(f, ctx);
+  int32_t adapter = 0;
+  std::tie(r.model, adapter) = check_model(f, ctx);
   r.stream = f.boolean("stream").value_or(false);
   if (const json* so = f.get("stream_options")) {
     if (!so->is_object()) throw wrong_type("stream_options", "an object", *so);
@@ -287,6 +294,7 @@ RequestParams parse_common(Fields& f, ApiRequest& r, const ApiContext& ctx) {
   r.n = f.integer("n", 1, ctx.limits.max_n).value_or(1);
 
   RequestParams p;
+  p.adapter = adapter;
   p.sampling = ctx.default_sampling;
   if (auto v = f.number("temperature", 0, 2)) p.sampling.temperature = *v;
   if (auto v = f.number("top_p", 0, 1, /*lo_open=*/true)) p.sampling.top_p = *v;
@@ -966,7 +974,7 @@ json ResponseBuilder::chunk(json choices) const {
   json c = {{"id", id_},
             {"object", request_.endpoint == Endpoint::Chat ? "chat.completion.chunk" : "text_completion"},
             {"created", created_},
-            {"model", ctx_.model_name},
+            {"model", request_.model.empty() ? ctx_.model_name : request_.model},
             {"choices", std::move(choices)}};
   if (request_.include_usage) c["usage"] = request_.continuous_usage ? usage() : json(nullptr);
   return c;
@@ -1149,7 +1157,7 @@ json ResponseBuilder::response() const {
   return {{"id", id_},
           {"object", request_.endpoint == Endpoint::Chat ? "chat.completion" : "text_completion"},
           {"created", created_},
-          {"model", ctx_.model_name},
+          {"model", request_.model.empty() ? ctx_.model_name : request_.model},
           {"choices", choices},
           {"usage", usage()}};
 }

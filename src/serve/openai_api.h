@@ -8,6 +8,7 @@
 // Thread safety: parse_* are pure functions; a ResponseBuilder belongs to one
 // HTTP request and is used from one thread at a time.
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -55,6 +56,9 @@ json error_body(int status, const std::string& message, const std::string& param
 // What the parser needs to know about the served model.
 struct ApiContext {
   std::string model_name;                         // the id clients must send as "model"
+  // Serving adapters (serving_adapters.h) by the name a request sends as
+  // "model" instead of model_name -> adapter id (>= 1)
+  std::map<std::string, int32_t> adapters;
   const Tokenizer* tokenizer = nullptr;           // renders chat, encodes text (required)
   std::optional<ChatTemplateKind> chat_template;  // built-in, not the model's own
   std::vector<int32_t> eos_token_ids;             // stop tokens unless "ignore_eos"
@@ -78,6 +82,7 @@ struct ApiRequest {
   Endpoint endpoint = Endpoint::Completions;
   std::vector<std::vector<int32_t>> prompts;  // completions may batch prompts; chat has one
   int64_t n = 1;                              // choices per prompt
+  std::string model;           // the name responses carry: model_name or an adapter's
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
   bool continuous_usage = false;  // and stream_options.continuous_usage_stats: usage in every chunk

@@ -85,7 +85,7 @@ std::vector<ScheduledSeq> Scheduler::schedule() {
   // prompt is not starved by shorter ones behind it.
   while (!preempted && budget > 0 && !waiting_.empty() && num_running() < max_num_seqs_) {
     Sequence* s = waiting_.front();
-    const auto cached = blocks_.allocate(s->id, s->tokens);
+    const auto cached = blocks_.allocate(s->id, s->tokens, s->cache_salt);
     if (!cached) break;
     waiting_.pop_front();
     s->state = Sequence::State::Running;

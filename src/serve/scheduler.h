@@ -34,6 +34,7 @@ struct Sequence {
   // token's slot is taken by the next schedule()).
   int64_t num_computed = 0;
   int64_t first_cached = -1;  // prefix-cache hit at the first admission, -1 before
+  uint64_t cache_salt = 0;    // prefix-cache partition (the serving adapter's id)
   State state = State::New;
 };
 
