@@ -109,7 +109,15 @@ struct TrainSummary {
   double tokens_per_second = 0;  // input tokens / seconds, this process
   double final_loss = 0;
   std::optional<EvalResult> final_eval;
-  std::string checkpoint;  // the last checkpoint written
+  // The run's model: the last checkpoint written, or the best one with
+  // load_best_model_at_end.
+  std::string checkpoint;
+  std::string last_checkpoint;  // the last checkpoint written
+  // The checkpoint with the best metric_for_best_model among those written at
+  // a step that evaluated ("" = none), its step and value.
+  std::string best_checkpoint;
+  int64_t best_step = 0;
+  double best_metric = 0;
   int64_t trainable_params = 0;  // elements of the tensors the mode trains
   int64_t model_params = 0;      // elements of the model's parameters (adapters not included)
   int64_t checkpoint_bytes = 0;  // safetensors bytes of the last checkpoint's model part

@@ -106,6 +106,25 @@ struct TrainConfig {
   int64_t log_interval = 10;     // steps between log lines (metrics files get every step); 0 = none
   std::string resume;            // "" | "auto" (OUTPUT/latest if present) | checkpoint dir
 
+  // ---- reporting (HF names): TensorBoard event files of every step's metrics
+  // in logging_dir ("" = OUTPUT/runs). report_to: "tensorboard" | "all" (the
+  // same) | "none"; other integrations are refused.
+  std::vector<std::string> report_to = {"tensorboard"};
+  std::string logging_dir;
+
+  // ---- best checkpoint (HF names): among checkpoints written at a step that
+  // evaluated, the one with the best metric_for_best_model (eval_loss |
+  // eval_ppl; HF's "loss" / "ppl" too) is recorded and never rotated away by
+  // keep_checkpoints; load_best_model_at_end makes it the run's model.
+  std::string metric_for_best_model = "eval_loss";
+  bool greater_is_better = false;
+  bool load_best_model_at_end = false;
+
+  // report_to names TensorBoard.
+  bool tensorboard() const;
+  // metric_for_best_model as a metrics-file field: "eval_loss" or "eval_ppl".
+  std::string best_metric_field() const;
+
   // Optimizer steps this config runs (max_steps, or num_tokens over the
   // tokens of one step, rounded up); 0 when they follow from epochs and the
   // data (the Trainer counts them, epoch_steps() below).

@@ -157,7 +157,12 @@ void add_train(CLI::App& app, Run& run) {
                     static_cast<long long>(s.model_params),
                     s.model_params ? 100.0 * double(s.trainable_params) / double(s.model_params) : 0.0,
                     static_cast<long long>(s.checkpoint_bytes));
-        std::printf("checkpoint: %s\n", s.checkpoint.c_str());
+        std::printf("checkpoint: %s%s\n", s.checkpoint.c_str(),
+                    s.checkpoint != s.last_checkpoint ? " (load_best_model_at_end)" : "");
+        if (!s.best_checkpoint.empty())
+          std::printf("best: %s (%s %.4f at step %lld)\n", s.best_checkpoint.c_str(),
+                      cfg.best_metric_field().c_str(), s.best_metric,
+                      static_cast<long long>(s.best_step));
       }
       return 0;
     };

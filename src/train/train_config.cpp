@@ -188,6 +188,11 @@ const std::vector<Field<TrainConfig>>& top_fields() {
       field("keep_checkpoints", &C::keep_checkpoints),
       field("log_interval", &C::log_interval),
       field("resume", &C::resume),
+      field("report_to", &C::report_to),
+      field("logging_dir", &C::logging_dir),
+      field("metric_for_best_model", &C::metric_for_best_model),
+      field("greater_is_better", &C::greater_is_better),
+      field("load_best_model_at_end", &C::load_best_model_at_end),
   };
   return f;
 }
@@ -430,6 +435,17 @@ TrainMode train_mode_from_string(std::string_view name) {
   throw Error("unknown mode '" + std::string(name) + "' (modes: " + names + ")");
 }
 
+bool TrainConfig::tensorboard() const {
+  return std::any_of(report_to.begin(), report_to.end(),
+                     [](const std::string& r) { return r == "tensorboard" || r == "all"; });
+}
+
+std::string TrainConfig::best_metric_field() const {
+  if (metric_for_best_model == "loss" || metric_for_best_model == "eval_loss") return "eval_loss";
+  if (metric_for_best_model == "ppl" || metric_for_best_model == "eval_ppl") return "eval_ppl";
+  return "";
+}
+
 int64_t TrainConfig::total_steps() const {
   if (max_steps > 0) return max_steps;
   if (epochs > 0) return 0;  // from the data: epoch_steps()
@@ -523,6 +539,20 @@ void TrainConfig::validate() const {
   need(!lora.target_modules.empty(), "lora.target_modules must name at least one module");
   need(save_interval >= 0 && keep_checkpoints >= 0 && log_interval >= 0,
        "save_interval, keep_checkpoints and log_interval must be >= 0");
+  for (const std::string& r : report_to)
+    need(r == "tensorboard" || r == "all" || r == "none",
+         "report_to '" + r + "' is not an integration finmoe writes (tensorboard, all, none)");
+  need(!best_metric_field().empty(),
+       "metric_for_best_model must be eval_loss or eval_ppl (or HF's loss, ppl), got '" +
+           metric_for_best_model + "'");
+  need(!load_best_model_at_end || !eval_data.files.empty(),
+       "load_best_model_at_end needs eval_data.files: the best checkpoint is chosen by "
+       "evaluation");
+  need(!load_best_model_at_end || save_interval == 0 ||
+           (eval_interval > 0 && save_interval % eval_interval == 0),
+       "load_best_model_at_end needs save_interval (save_steps) to be a multiple of "
+       "eval_interval (eval_steps), so that every checkpoint is evaluated; got save_interval " +
+           std::to_string(save_interval) + " and eval_interval " + std::to_string(eval_interval));
 }
 
 nlohmann::json TrainConfig::to_json() const {

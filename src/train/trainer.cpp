@@ -16,8 +16,10 @@
 #include <fstream>
 #include <iostream>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include "convert/svg.h"
 #include "finmoe/config.h"
@@ -36,6 +38,7 @@
 #include "train/peft_methods.h"
 #include "train/dataset_size.h"
 #include "train/schedule.h"
+#include "train/tensorboard.h"
 
 namespace finmoe {
 
@@ -137,9 +140,15 @@ nlohmann::json TrainSummary::to_json() const {
   nlohmann::json j = {{"steps", steps},           {"tokens", tokens},
                       {"seconds", seconds},       {"tokens_per_second", tokens_per_second},
                       {"final_loss", final_loss}, {"checkpoint", checkpoint},
+                      {"last_checkpoint", last_checkpoint},
                       {"trainable_params", trainable_params}, {"model_params", model_params},
                       {"checkpoint_bytes", checkpoint_bytes}};
   if (stopped_by_signal) j["stopped_by_signal"] = stopped_by_signal;
+  if (!best_checkpoint.empty()) {
+    j["best_checkpoint"] = best_checkpoint;
+    j["best_step"] = best_step;
+    j["best_metric"] = best_metric;
+  }
   if (final_eval)
     j["final_eval"] = {
         {"loss", final_eval->loss}, {"ppl", final_eval->ppl}, {"tokens", final_eval->tokens}};
@@ -374,7 +383,12 @@ struct Trainer::Impl {
   std::string resumed_from;  // checkpoint directory this run started from; never pruned
   std::string last_checkpoint;
   int64_t last_checkpoint_step = -1;
+  // The checkpoint with the best metric_for_best_model so far ("" = none).
+  std::string best_checkpoint;
+  int64_t best_step = 0;
+  double best_metric = 0;
   std::ofstream jsonl, csv;
+  std::unique_ptr<tensorboard::EventWriter> events;  // rank 0, report_to tensorboard
 
   std::string tokenizer_dir() const {
     return config.tokenizer.empty() ? config.model : config.tokenizer;
@@ -566,6 +580,39 @@ struct Trainer::Impl {
     csv << csv_row(m);
     jsonl.flush();
     csv.flush();
+    if (events) {
+      std::vector<std::pair<std::string, double>> v = {
+          {"train/loss", m.loss},
+          {"train/lm_loss", m.lm_loss},
+          {"train/aux_loss", m.aux_loss},
+          {"train/kd_loss", m.kd_loss},
+          {"train/lr", m.lr},
+          {"train/grad_norm", m.grad_norm},
+          {"train/tokens", double(m.tokens)},
+          {"train/loss_tokens", double(m.loss_tokens)},
+          {"train/tokens_per_second", m.tokens_per_second}};
+      if (m.eval_loss) v.emplace_back("eval/loss", *m.eval_loss);
+      if (m.eval_ppl) v.emplace_back("eval/ppl", *m.eval_ppl);
+      events->scalars(m.step, v);
+      if (m.eval_loss || (config.log_interval > 0 && m.step % config.log_interval == 0))
+        events->flush();
+    }
+  }
+
+  // Counts the checkpoint of this step as the best one when this step
+  // evaluated and its metric beats the best so far (ties keep the earlier).
+  void consider_best(const std::string& dir) {
+    if (history.empty() || history.back().step != step) return;
+    const StepMetrics& m = history.back();
+    const std::optional<double> v =
+        config.best_metric_field() == "eval_ppl" ? m.eval_ppl : m.eval_loss;
+    if (!v) return;
+    if (!best_checkpoint.empty() &&
+        !(config.greater_is_better ? *v > best_metric : *v < best_metric))
+      return;
+    best_checkpoint = dir;
+    best_step = step;
+    best_metric = *v;
   }
 
   void copy_tokenizer_files(const std::string& dir) {
@@ -585,6 +632,10 @@ struct Trainer::Impl {
     const fs::path out(config.output_dir);
     const std::string name = "checkpoint-" + std::to_string(step);
     const fs::path final_dir = out / name;
+    const std::tuple<std::string, int64_t, double> best_before = {best_checkpoint, best_step,
+                                                                   best_metric};
+    consider_best(final_dir.string());
+    if (events) events->flush();
     if (!dist->is_main()) {  // rank 0 writes the checkpoint; the ranks' states are equal
       last_checkpoint = final_dir.string();
       last_checkpoint_step = step;
@@ -597,6 +648,7 @@ struct Trainer::Impl {
       write_checkpoint(tmp);
     } catch (...) {  // e.g. a full disk: no half-written directory stays behind
       remove_tree(tmp.string());
+      std::tie(best_checkpoint, best_step, best_metric) = best_before;
       throw;
     }
     // Swap the finished directory in: a reader sees the old one or the new one.
@@ -651,6 +703,12 @@ struct Trainer::Impl {
                             {"rng", rng_state(device)},
                             {"data", source->state()},
                             {"config", config.to_json()}};
+    if (!best_checkpoint.empty()) {
+      state["best_checkpoint"] = fs::path(best_checkpoint).filename().string();
+      state["best_step"] = best_step;
+      state["best_metric"] = best_metric;
+      state["metric_for_best_model"] = config.best_metric_field();
+    }
     write_json_file((tmp / "trainer_state.json").string(), state);
     std::string rows;
     for (const auto& m : history) rows += m.to_json().dump() + "\n";
@@ -658,7 +716,7 @@ struct Trainer::Impl {
   }
 
   // Keeps the newest keep_checkpoints checkpoint-* directories (and the one
-  // this run resumed from, which may be older).
+  // this run resumed from and the best one, which may be older).
   void prune_checkpoints() {
     if (config.keep_checkpoints <= 0) return;
     std::vector<std::pair<int64_t, fs::path>> found;
@@ -677,6 +735,7 @@ struct Trainer::Impl {
       const auto& [n, dir] = found[size_t(i)];
       if (n == step) continue;
       if (!resumed_from.empty() && fs::equivalent(dir, resumed_from, ec)) continue;
+      if (!best_checkpoint.empty() && fs::equivalent(dir, best_checkpoint, ec)) continue;
       remove_tree(dir.string());
     }
   }
@@ -736,6 +795,19 @@ struct Trainer::Impl {
     last_checkpoint = dir;
     last_checkpoint_step = step;
     resumed_from = dir;
+    // the best checkpoint, by the same metric, while it is still there
+    best_checkpoint.clear();
+    if (state.contains("best_checkpoint") &&
+        state.value("metric_for_best_model", "") == config.best_metric_field()) {
+      fs::path p = fs::path(dir).lexically_normal();
+      if (p.filename().empty()) p = p.parent_path();
+      const fs::path best = p.parent_path() / state.at("best_checkpoint").get<std::string>();
+      if (fs::exists(best / "trainer_state.json")) {
+        best_checkpoint = best.string();
+        best_step = state.at("best_step").get<int64_t>();
+        best_metric = state.at("best_metric").get<double>();
+      }
+    }
   }
 };
 
@@ -838,6 +910,13 @@ Trainer::Trainer(TrainConfig config, TrainerHooks hooks) : impl_(std::make_uniqu
     if (s.aux_alpha > 0) resolved["moe_aux_loss_type"] = load_balance_name(s.aux_form);
     write_json_file(c.output_dir + "/train_config.json", resolved);
     s.open_metrics(/*truncate=*/true);
+    if (c.tensorboard()) {
+      // a resumed run starts a new file whose SessionLog START drops the
+      // steps an earlier file logged past the checkpoint
+      s.events = std::make_unique<tensorboard::EventWriter>(
+          c.logging_dir.empty() ? c.output_dir + "/runs" : c.logging_dir, s.step + 1);
+      if (!s.events->ok()) s.events.reset();
+    }
   }
 }
 
@@ -946,6 +1025,10 @@ TrainSummary Trainer::run() {
     sum.tokens = s.tokens;
     sum.final_loss = s.history.empty() ? 0.0 : s.history.back().loss;
     sum.checkpoint = s.last_checkpoint;
+    sum.last_checkpoint = s.last_checkpoint;
+    sum.best_checkpoint = s.best_checkpoint;
+    sum.best_step = s.best_step;
+    sum.best_metric = s.best_metric;
     sum.stopped_by_signal = stopped_by;
     return sum;
   }
@@ -953,6 +1036,17 @@ TrainSummary Trainer::run() {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!last_eval && !s.eval_batches.empty()) last_eval = s.evaluate();  // nothing left to train
   if (s.last_checkpoint_step != s.step) s.save_checkpoint();
+  if (s.events) s.events->flush();
+  const bool load_best = c.load_best_model_at_end && !s.best_checkpoint.empty();
+  if (load_best && s.best_step != s.step) s.method->load(*s.model, s.best_checkpoint);
+  if (load_best && s.hooks.progress && s.dist->is_main()) {
+    auto name = [](const std::string& dir) { return fs::path(dir).filename().string(); };
+    std::string line = "load_best_model_at_end: the model is " + name(s.best_checkpoint) + "'s (" +
+                       c.best_metric_field() + " " + fixed(s.best_metric, 4) + " at step " +
+                       std::to_string(s.best_step) + ")";
+    if (s.best_step != s.step) line += "; the last checkpoint is " + name(s.last_checkpoint);
+    std::cerr << line << std::endl;
+  }
 
   TrainSummary sum;
   sum.steps = s.step;
@@ -961,12 +1055,16 @@ TrainSummary Trainer::run() {
   sum.tokens_per_second = seconds > 0 ? double(s.tokens - tokens0) / seconds : 0;
   sum.final_loss = s.history.empty() ? 0.0 : s.history.back().loss;
   sum.final_eval = last_eval;
-  sum.checkpoint = s.last_checkpoint;
+  sum.checkpoint = load_best ? s.best_checkpoint : s.last_checkpoint;
+  sum.last_checkpoint = s.last_checkpoint;
+  sum.best_checkpoint = s.best_checkpoint;
+  sum.best_step = s.best_step;
+  sum.best_metric = s.best_metric;
   for (const auto& [name, t] : s.trainable) sum.trainable_params += t.numel();
   for (const auto& [name, t] : s.model->named_parameters()) sum.model_params += t.numel();
   if (!s.dist->is_main()) return sum;
   // the model part of the checkpoint: what the method saved, without the optimizer state
-  for (const auto& e : fs::directory_iterator(s.last_checkpoint))
+  for (const auto& e : fs::directory_iterator(sum.checkpoint))
     if (e.path().extension() == ".safetensors" && e.path().filename() != "optimizer.safetensors")
       sum.checkpoint_bytes += int64_t(e.file_size());
   write_file_atomic(c.output_dir + "/loss.svg",
