@@ -8,7 +8,11 @@
 //
 // Every step is a `finmoe` subcommand run as a child process (the same
 // commands a user would type; each prints its own progress), so the demo is
-// also a worked example. Steps whose outputs exist in the cache are skipped.
+// also a worked example. The corpus, tokenizer and base model are cached
+// across runs (--cache); every later step's output directory holds a marker
+// with a key of its inputs (pipeline.h), so a killed demo run again with the
+// same --out resumes at the step it was in, and a step whose inputs changed
+// (other --scale, another base) reruns.
 #include <unistd.h>
 
 #include <chrono>
@@ -17,6 +21,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <sstream>
@@ -123,13 +128,40 @@ class Demo {
     }
   }
 
-  // A `finmoe train` run from a YAML written here; returns its summary.
-  json train(const std::string& name, const std::string& yaml, const std::string& run_dir) {
-    fs::create_directories(o_.out + "/configs");
+  // Runs `work`, which writes `dir`, unless dir holds the finished marker of
+  // this step's key: `inputs` (its commands and configs) and the keys of the
+  // earlier steps whose directories they name.
+  void step(const std::string& what, const std::string& dir, const std::string& inputs,
+            const std::function<void()>& work) {
+    std::string text = "demo step\n" + inputs + "\n";
+    for (const auto& [d, k] : keys_)
+      if (inputs.find(d) != std::string::npos) text += "upstream " + k + "\n";
+    const std::string key = hash_key(text);
+    keys_.emplace_back(dir, key);
+    const StepState state = step_state(dir, key);
+    if (state == StepState::Cached) {
+      std::cout << "  " << what << ": done in an earlier run (" << dir << ")\n";
+      return;
+    }
+    if (state == StepState::Unfinished) std::cout << "  " << what << ": rerunning the unfinished " << dir << "\n";
+    if (state == StepState::Stale) std::cout << "  " << what << ": inputs changed, rerunning " << dir << "\n";
+    if (fs::exists(dir)) remove_tree(dir);
+    work();
+    fs::create_directories(dir);
+    mark_step_finished(dir, key, {{"step", what}});
+  }
+
+  // `finmoe train` from a YAML written here (OUT/configs/NAME.yaml).
+  void run_train(const std::string& name, const std::string& yaml) {
     const std::string cfg = o_.out + "/configs/" + name + ".yaml";
+    fs::create_directories(o_.out + "/configs");
     write_text(cfg, yaml);
-    if (fs::exists(run_dir)) remove_tree(run_dir);
     finmoe({"train", "--config", cfg});
+  }
+
+  // A cached training step; returns the run's summary.
+  json train(const std::string& name, const std::string& yaml, const std::string& run_dir) {
+    step("train " + name, run_dir, "train\n" + yaml, [&] { run_train(name, yaml); });
     return read_json(run_dir + "/train_summary.json");
   }
 
@@ -165,19 +197,26 @@ class Demo {
                       "eval_interval: " + std::to_string(steps(75)) + "\n" +
                       data_yaml({corpus("general", "train"), corpus("zh", "train")},
                                 {corpus("general", "test")}, "text");
-      train("base", y, base_run_);
+      if (fs::exists(base_run_)) remove_tree(base_run_);
+      run_train("base", y);
     }
     base_ = latest_checkpoint(base_run_);
+    // what later steps read of the cache: a rebuilt base changes their keys
+    keys_.emplace_back(base_run_, hash_key(read_text_file(base_run_ + "/train_summary.json")));
+    keys_.emplace_back(o_.cache + "/qa", hash_key(read_text_file(o_.cache + "/qa/manifest.json")));
+    keys_.emplace_back(o_.cache + "/corpus", hash_key(read_text_file(o_.cache + "/corpus/manifest.json")));
   }
 
   json eval_ppl(const std::string& model, const std::string& file, const std::string& format,
                 const std::string& tag) {
-    fs::create_directories(o_.out + "/eval");
-    const std::string out = o_.out + "/eval/" + tag + ".json";
-    finmoe({"eval", "ppl", model, "--data", file, "--format", format, "--seq-len",
-            std::to_string(o_.seq_len), "--batch-size", std::to_string(o_.batch), "--batches", "8",
-            "--json"},
-           out);
+    const std::string dir = o_.out + "/eval/" + tag, out = dir + "/eval.json";
+    const std::vector<std::string> args{"eval", "ppl", model, "--data", file, "--format", format, "--seq-len",
+                                        std::to_string(o_.seq_len), "--batch-size", std::to_string(o_.batch),
+                                        "--batches", "8", "--json"};
+    step("eval " + tag, dir, command_line(args), [&] {
+      fs::create_directories(dir);
+      finmoe(args, out);
+    });
     return read_json(out);
   }
 
@@ -186,8 +225,8 @@ class Demo {
     models_["dense"] = base_;
     for (const char* preset : {"finermoe", "copy"}) {
       const std::string dir = o_.out + "/upcycled-" + preset;
-      if (fs::exists(dir)) remove_tree(dir);
-      finmoe({"upcycle", base_, dir, "--preset", preset, "--seed", "1"});
+      const std::vector<std::string> args{"upcycle", base_, dir, "--preset", preset, "--seed", "1"};
+      step(std::string("upcycle ") + preset, dir, command_line(args), [&] { finmoe(args); });
       models_[preset] = dir;
     }
     banner("5. continual pretraining on financial English, same tokens for each model");
@@ -255,9 +294,17 @@ class Demo {
     task_.push_back(before);
     task_.push_back(task_run("fft", "mode: sft\n", model, 3e-4));
     if (!o_.skip_esft) {
-      const std::string scores = o_.out + "/esft_scores.json", experts = o_.out + "/esft_experts.json";
-      finmoe({"esft", "score", model, "--data", o_.cache + "/qa/train.jsonl", "--out", scores});
-      finmoe({"esft", "select", scores, "--score", "token", "--p", "0.2", "--out", experts});
+      const std::string dir = o_.out + "/esft";
+      const std::string scores = dir + "/scores.json", experts = dir + "/experts.json";
+      const std::vector<std::string> score{"esft", "score", model, "--data", o_.cache + "/qa/train.jsonl",
+                                           "--out", scores};
+      const std::vector<std::string> select{"esft", "select", scores, "--score", "token", "--p", "0.2",
+                                            "--out", experts};
+      step("esft score + select", dir, command_line(score) + "\n" + command_line(select), [&] {
+        fs::create_directories(dir);
+        finmoe(score);
+        finmoe(select);
+      });
       task_.push_back(
           task_run("esft", "mode: esft\nesft:\n  expert_config: " + json(experts).dump() + "\n", model,
                    1e-3));
@@ -318,6 +365,7 @@ class Demo {
   std::map<std::string, std::string> models_, cpt_models_;
   std::map<std::string, json> cpt_;
   json task_ = json::array();
+  std::vector<std::pair<std::string, std::string>> keys_;  // step directory -> its key
 };
 
 }  // namespace

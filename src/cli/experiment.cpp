@@ -37,7 +37,6 @@ using ojson = nlohmann::ordered_json;
 
 // Bumped when the meaning of a stage key changes: every cached stage reruns.
 constexpr int kEngineVersion = 1;
-constexpr const char* kMarker = ".finmoe-stage.json";
 
 // ---- recipe text -----------------------------------------------------------------
 
@@ -48,14 +47,6 @@ ojson parse_yaml(const std::string& text, const std::string& source) {
   } catch (const YAML::Exception& e) {
     throw Error(source + ": " + e.what());
   }
-}
-
-std::string read_text(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw Error("cannot read " + path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
 }
 
 void check_keys(const ojson& o, const std::set<std::string>& allowed, const std::string& where) {
@@ -139,20 +130,6 @@ ojson merged(ojson base, const ojson& add) {
   return base;
 }
 
-std::string hex64(uint64_t h) {
-  char b[17];
-  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(h));
-  return b;
-}
-
-uint64_t fnv1a(std::string_view s, uint64_t h = 1469598103934665603ull) {
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  return h;
-}
-
 std::string safe_name(const std::string& s) {
   std::string o;
   for (char c : s) o += std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_' ? c : '_';
@@ -219,7 +196,7 @@ ojson with_includes(ojson y, const std::string& path) {
   for (const auto& f : inc) {
     const std::string file = (fs::path(path).parent_path() / str_of(f, path + ": include")).string();
     if (!fs::exists(file)) throw Error(path + ": include " + file + " does not exist");
-    const ojson part = parse_yaml(read_text(file), file);
+    const ojson part = parse_yaml(read_text_file(file), file);
     check_keys(part, {"params", "stages"}, file);
     if (part.contains("params")) params = merged(params, part["params"]);
     if (part.contains("stages")) {
@@ -242,7 +219,7 @@ ojson with_includes(ojson y, const std::string& path) {
 }
 
 Recipe load_recipe(const std::string& path) {
-  const ojson y = with_includes(parse_yaml(read_text(path), path), path);
+  const ojson y = with_includes(parse_yaml(read_text_file(path), path), path);
   check_keys(y, {"experiment", "version", "title", "paper", "claim", "notes", "params", "stages", "tables", "curves"},
              path);
   Recipe r;
@@ -515,7 +492,7 @@ class Runner {
     s << text;
     for (const auto& [dir, key] : dirs_)
       if (text.find(dir) != std::string::npos) s << "upstream " << key << "\n";
-    return hex64(fnv1a(s.str()));
+    return hash_key(s.str());
   }
 
   // Returns whether it ran commands.
@@ -548,40 +525,26 @@ class Runner {
     std::optional<FileLock> lock;
     if (st.spec->shared && !o_.dry_run)
       lock.emplace(dir + ".lock", true, "another experiment is running shared stage '" + st.name + "'");
-    const std::string marker = dir + "/" + kMarker;
-    std::string state = "run";
-    if (fs::exists(marker)) {
-      ojson m;
-      try {
-        m = ojson::parse(read_text(marker));
-      } catch (const std::exception&) {
-      }
-      if (m.value("key", "") == key && m.value("finished", false)) {
-        state = "cached";
-      } else {
-        state = "stale";
-      }
-    } else if (fs::exists(dir)) {
-      state = "unfinished";
-    }
+    const std::string marker = dir + "/" + kStepMarker;
+    const StepState state = step_state(dir, key);
     std::cout << "[" << i + 1 << "/" << stages_.size() << "] " << st.name;
-    if (state == "cached") std::cout << "  cached (" << dir << ")\n";
-    else if (state == "stale")
+    if (state == StepState::Cached) std::cout << "  cached (" << dir << ")\n";
+    else if (state == StepState::Stale)
       std::cout << "  its cached output in " << dir
                 << " was made by other inputs (recipe or upstream changed): rerunning\n";
-    else if (state == "unfinished")
+    else if (state == StepState::Unfinished)
       std::cout << "  " << dir << " holds an unfinished run: rerunning\n";
     else std::cout << "\n";
     for (const auto& c : r.commands) {
       std::string line = "$ " + command_line(c.args) + (c.stdout_file.empty() ? "" : " > " + c.stdout_file);
       commands_ += "# " + st.name + "\n" + line.substr(2) + "\n";
-      if (state != "cached" || o_.dry_run) std::cout << "    " << line << "\n";
+      if (state != StepState::Cached || o_.dry_run) std::cout << "    " << line << "\n";
     }
     for (const auto& [n, t] : r.files) commands_ += "#   (writes " + dir + "/" + n + " from the recipe)\n";
     dirs_.emplace_back(dir, key);
     bool ran = false;
     double seconds = 0;
-    if (!o_.dry_run && state != "cached") {
+    if (!o_.dry_run && state != StepState::Cached) {
       if (fs::exists(dir)) remove_tree(dir);
       fs::create_directories(dir);
       for (const auto& [n, t] : r.files) write_text(dir + "/" + n, t);
@@ -598,15 +561,15 @@ class Runner {
                       (o_.verbose ? "" : "; its log " + log + " ends:\n" + tail_of(log, 25)));
       }
       seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      ojson m = {{"key", key}, {"stage", st.name}, {"experiment", r_.name}, {"version", r_.version},
-                 {"finished", true}, {"seconds", seconds}};
-      m["commands"] = ojson::array();
+      nlohmann::json m = {{"stage", st.name}, {"experiment", r_.name}, {"version", r_.version},
+                          {"seconds", seconds}};
+      m["commands"] = nlohmann::json::array();
       for (const auto& c : r.commands) m["commands"].push_back(command_line(c.args));
-      write_text(marker, m.dump(2) + "\n");
+      mark_step_finished(dir, key, std::move(m));
       ran = true;
-    } else if (state == "cached") {
+    } else if (state == StepState::Cached) {
       try {
-        seconds = ojson::parse(read_text(marker)).value("seconds", 0.0);
+        seconds = ojson::parse(read_text_file(marker)).value("seconds", 0.0);
       } catch (const std::exception&) {
       }
     }
@@ -619,7 +582,7 @@ class Runner {
     }
     stage_ctx_[st.name] = {{"dir", dir}, {"result", result}};
     records_.push_back({{"name", st.name}, {"vars", st.vars}, {"dir", dir}, {"key", key},
-                        {"cached", state == "cached"}, {"seconds", seconds}, {"result", result}});
+                        {"cached", state == StepState::Cached}, {"seconds", seconds}, {"result", result}});
     return ran;
   }
 

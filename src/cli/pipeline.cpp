@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "convert/svg.h"
 #include "core/file_util.h"
@@ -18,6 +19,46 @@ namespace finmoe::cli {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
+
+StepState step_state(const std::string& dir, const std::string& key) {
+  const std::string marker = dir + "/" + kStepMarker;
+  if (fs::exists(marker)) {
+    json m;
+    try {
+      m = json::parse(read_text_file(marker));
+    } catch (const std::exception&) {  // a torn or foreign file: not finished
+    }
+    return m.is_object() && m.value("key", "") == key && m.value("finished", false) ? StepState::Cached
+                                                                                  : StepState::Stale;
+  }
+  return fs::exists(dir) ? StepState::Unfinished : StepState::Fresh;
+}
+
+void mark_step_finished(const std::string& dir, const std::string& key, json marker) {
+  if (!marker.is_object()) marker = json::object();
+  marker["key"] = key;
+  marker["finished"] = true;
+  write_text(dir + "/" + kStepMarker, marker.dump(2) + "\n");
+}
+
+std::string hash_key(std::string_view text) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : text) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  char b[17];
+  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(h));
+  return b;
+}
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw Error("cannot read " + path);
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
 
 std::string self_exe() { return fs::read_symlink("/proc/self/exe").string(); }
 
