@@ -950,6 +950,7 @@ EmbeddingRequest parse_embedding_request(std::string_view body, const ApiContext
     const std::string where = r.inputs.size() == 1 ? "input" : "input[" + std::to_string(i) + "]";
     const auto P = int64_t(r.inputs[i].size());
     if (P == 0) throw invalid(where, "'" + where + "' has no tokens");
+    check_token_ids(r.inputs[i], ctx, where);  // text too: a tokenizer may outgrow the model's vocabulary
     if (P > ctx.max_model_len)
       throw invalid(where,
                     "This model's maximum context length is " + std::to_string(ctx.max_model_len) +
