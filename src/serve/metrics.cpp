@@ -134,7 +134,7 @@ std::string format_metrics(const EngineStats& e, const ServerMetrics::Snapshot& 
   w.gauge("finmoe_num_requests_running_max", double(e.max_running_seen),
           "The most sequences that ran together since the server started.");
   w.gauge("finmoe_http_requests_in_flight", double(s.requests_in_flight),
-          "Completion requests the HTTP server is answering.");
+          "Completion and embedding requests the HTTP server is answering.");
   w.gauge("finmoe_kv_cache_blocks_total", double(e.num_blocks), "KV-cache blocks.");
   w.gauge("finmoe_kv_cache_blocks_used", double(e.blocks_used), "KV-cache blocks held by sequences.");
   w.gauge("finmoe_kv_cache_blocks_free", double(e.blocks_free), "KV-cache blocks free (cached prefixes included).");
