@@ -202,7 +202,7 @@ TEST(EmbeddingPooling, NamesParseAndUnknownOnesAreListed) {
 
 // ---- engine tasks --------------------------------------------------------------
 
-TEST(EngineTask, RunsBetweenStepsWhileGenerationContinues) {
+TEST(EngineTask, RunOnTheSteppingThreadBesideGeneration) {
   auto model = load_model(test::hf_dir("llama_gqa_llama3rope"), {.dtype = torch::kFloat32, .device = test::test_device()});
   EngineOptions o;
   o.kv_cache_bytes = 512 * kv_cache_bytes_per_token(model.config(), 4);
