@@ -1,6 +1,6 @@
 #pragma once
-// The OpenAI HTTP API without HTTP: request bodies of /v1/completions and
-// /v1/chat/completions parsed and validated into engine requests, and the
+// The OpenAI HTTP API without HTTP: request bodies of /v1/completions,
+// /v1/chat/completions and /v1/embeddings parsed and validated, and the
 // JSON / server-sent-event bodies built from engine outputs. The HTTP server
 // (http_server.cpp) only moves these strings over sockets, so everything the
 // API promises is tested here without a socket or an engine.
