@@ -137,6 +137,14 @@ class Engine {
   // callback gets a final event with finish_reason "abort". Unknown or already
   // finished ids are ignored. Returns whether the request was still live.
   bool cancel(uint64_t request_id);
+  // Queues work that needs the model outside the KV cache (the server's
+  // embeddings): it runs on the stepping thread before a step's batch, one
+  // task per step in submission order, so it never races a model step and
+  // generation keeps moving between tasks. The task must not throw (one that
+  // does is dropped); it reports its own result and errors, e.g. through a
+  // std::promise it owns. stop() drops the tasks not yet run without running
+  // them (a promise they own is then broken).
+  void submit_task(std::function<void(Transformer&)> task);
 
   // One scheduler step in the caller's thread; returns false when idle.
   // Throws Error while the background thread runs. When the model step

@@ -2,7 +2,8 @@
 // An OpenAI-compatible HTTP server over the serving engine (engine.h).
 //
 // Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions
-// (JSON or server-sent events with "stream": true), GET /health, GET /metrics
+// (JSON or server-sent events with "stream": true), POST /v1/embeddings,
+// POST /tokenize and /detokenize (vLLM's), GET /health, GET /metrics
 // (Prometheus text). docs/serving.md lists every field and metric.
 //
 // Errors come back as OpenAI error objects {"error": {message, type, param,
@@ -72,6 +73,13 @@ enum class LogLevel { Error, Warning, Info };
 // "error" | "warning" | "info"; throws Error listing them.
 LogLevel log_level_from_string(std::string_view name);
 
+// How /v1/embeddings pools a prompt's final hidden states (after the model's
+// final norm): the last token's (vLLM's default for a generative model run
+// as an embedding model) or the mean over every token.
+enum class EmbeddingPooling { Last, Mean };
+// "last" | "mean"; throws Error listing them.
+EmbeddingPooling embedding_pooling_from_string(std::string_view name);
+
 struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 8000;                                // 0 = any free port (bind() returns it)
@@ -92,6 +100,8 @@ struct ServerOptions {
   SamplingParams default_sampling;                // for fields a request leaves out (generation_config)
   double shutdown_timeout_s = 30;                 // shutdown(): wait this long for in-flight requests
   LogLevel log_level = LogLevel::Info;            // what goes to stderr (see LogLevel)
+  EmbeddingPooling embedding_pooling = EmbeddingPooling::Last;  // /v1/embeddings
+  bool embedding_normalize = true;                // L2-normalise embeddings (vLLM's default)
   RequestLimits limits;                           // per completion request (400 over a limit)
   HttpLimits http;                                // per HTTP request and connection
   // Sequences one HTTP request has in the engine at once (its prompts x n
@@ -132,6 +142,30 @@ class Server {
 // "2GiB", "512MiB", "1.5GB", "64KB", "1000000" -> bytes (KiB/MiB/GiB/TiB are
 // powers of 1024, KB/MB/GB/TB of 1000, a bare number is bytes). Throws Error.
 int64_t parse_byte_size(const std::string& text);
+
+// `serve --kv-cache-memory`: a byte size (parse_byte_size) or a share of the
+// memory available at start-up, like vLLM's --gpu-memory-utilization: a bare
+// number in (0, 1] ("0.5") or a percentage in (0, 100] ("50%"). Exactly one
+// of bytes / fraction is set (> 0). Throws Error naming the flag.
+struct KvCacheMemory {
+  int64_t bytes = 0;
+  double fraction = 0;
+};
+KvCacheMemory parse_kv_cache_memory(const std::string& text);
+// MemAvailable of a /proc/meminfo text, in bytes. Throws Error when absent.
+int64_t mem_available_bytes(const std::string& meminfo);
+// The KV budget in bytes: `m.bytes`, or m.fraction of the memory available
+// now on `device` (CPU: MemAvailable of /proc/meminfo). A fraction on a GPU
+// device is an Error naming the flag (only sizes are taken there).
+int64_t resolve_kv_cache_memory(const KvCacheMemory& m, const std::string& device);
+// The start-up warning when fewer than 4 sequences of max_model_len tokens
+// fit in the KV cache at once (`fit` of them; the cache holds
+// `cache_tokens`), naming --kv-cache-memory and --max-model-len; "" when 4
+// or more fit.
+std::string kv_capacity_warning(int64_t fit, int64_t max_model_len, int64_t cache_tokens);
+// An Engine constructor error with the EngineOptions fields it names
+// replaced by the `serve` flags that set them (--kv-cache-memory, ...).
+std::string engine_error_with_flags(std::string message);
 
 // bind(), serve() and shutdown() on the first SIGINT or SIGTERM (a second one
 // cancels what is still running). Prints the address to stderr.

@@ -27,7 +27,11 @@ struct EngineFlags {
 
   void add(CLI::App* c) {
     const char* g = "Engine";
-    c->add_option("--kv-cache-memory", kv_memory, "KV-cache budget (e.g. 2GiB, 512MiB)")->capture_default_str()->group(g);
+    c->add_option("--kv-cache-memory", kv_memory,
+                  "KV-cache budget: a size (2GiB, 512MiB) or a share of the memory available at start-up "
+                  "(0.5 or 50%; CPU only)")
+        ->capture_default_str()
+        ->group(g);
     c->add_option("--max-num-seqs", engine.max_num_seqs, "sequences running per step")->capture_default_str()->group(g);
     c->add_option("--max-batched-tokens", engine.max_batched_tokens, "tokens per step (decode + prefill chunks)")
         ->capture_default_str()
@@ -42,9 +46,10 @@ struct EngineFlags {
     c->add_option("--device", device, "cpu | cuda | cuda:N")->capture_default_str()->group("Model");
   }
 
+  // Call after the model is loaded: a share is of the memory left beside it.
   EngineOptions options() {
     EngineOptions o = engine;
-    o.kv_cache_bytes = parse_byte_size(kv_memory);
+    o.kv_cache_bytes = resolve_kv_cache_memory(parse_kv_cache_memory(kv_memory), device);
     o.enable_prefix_caching = !no_prefix_caching;
     return o;
   }
@@ -54,6 +59,16 @@ struct EngineFlags {
     if (!dtype.empty()) lo.dtype = dtype_from_string(dtype);
     lo.device = device_from_string(device);
     return load_model(dir, lo);
+  }
+
+  // Builds the engine into `engine`, its option errors naming these flags.
+  void make_engine(std::optional<Engine>& engine, Transformer& model, const Tokenizer* tok) {
+    const EngineOptions o = options();
+    try {
+      engine.emplace(model, tok, o);
+    } catch (const Error& e) {
+      throw Error(engine_error_with_flags(e.what()));
+    }
   }
 };
 
@@ -69,6 +84,7 @@ void print_capacity(const std::string& dir, const Transformer& model, const Engi
             << "finmoe: KV cache " << st.num_blocks << " blocks x " << st.block_size << " tokens = "
             << st.max_tokens_in_cache << " tokens; " << st.max_full_length_seqs << " sequence(s) of the full context ("
             << L << " tokens) fit at once\n";
+  std::cerr << kv_capacity_warning(st.max_full_length_seqs, L, st.max_tokens_in_cache);
 }
 
 // The first line of `path`, without its line end. Throws Error naming the
@@ -107,8 +123,9 @@ void attach_adapters(Transformer& model, const std::vector<std::string>& lora,
 
 void add_serve(CLI::App& app, Run& run) {
   auto* c = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching (docs/serving.md)");
-  static std::string dir, chat_template, served_name, api_key_file, log_level = "info";
+  static std::string dir, chat_template, served_name, api_key_file, log_level = "info", embedding_pooling = "last";
   static std::vector<std::string> lora_specs, esft_specs;
+  static bool no_embedding_normalize = false;
   static EngineFlags ef;
   static ServerOptions so;
   c->add_option("DIR", dir, "model directory")->required();
@@ -148,6 +165,12 @@ void add_serve(CLI::App& app, Run& run) {
                 "built-in template chatml | llama3 | deepseek_v3 instead of the model's own "
                 "(default: the tokenizer's chat_template)")
       ->group(g);
+  c->add_option("--embedding-pooling", embedding_pooling,
+                "how /v1/embeddings pools the final hidden states: last (the last token's) | mean")
+      ->capture_default_str()
+      ->group(g);
+  c->add_flag("--no-embedding-normalize", no_embedding_normalize, "/v1/embeddings without L2 normalisation")
+      ->group(g);
   c->add_option("--log-level", log_level,
                 "error | warning (and aborted requests) | info (and one access line per request: "
                 "time, method, path, status, latency, tokens)")
@@ -178,6 +201,12 @@ void add_serve(CLI::App& app, Run& run) {
       } catch (const Error& e) {
         throw Error(std::string("--log-level: ") + e.what());
       }
+      try {
+        so.embedding_pooling = embedding_pooling_from_string(embedding_pooling);
+      } catch (const Error& e) {
+        throw Error(std::string("--embedding-pooling: ") + e.what());
+      }
+      so.embedding_normalize = !no_embedding_normalize;
       if (!api_key_file.empty()) so.api_key = read_api_key(api_key_file);
       if (so.api_key.empty())
         if (const char* k = std::getenv("FINMOE_API_KEY")) so.api_key = k;
@@ -192,9 +221,10 @@ void add_serve(CLI::App& app, Run& run) {
       for (int64_t e : gen.eos_token_id) so.eos_token_ids.push_back(int32_t(e));
       // generation_config.json's sampling values are the defaults (as vLLM)
       apply_generation_config(gen, so.default_sampling);
-      Engine engine(model, &tok, ef.options());
-      print_capacity(dir, model, engine, ef.device);
-      Server server(engine, tok, model.config(), so);
+      std::optional<Engine> engine;
+      ef.make_engine(engine, model, &tok);
+      print_capacity(dir, model, *engine, ef.device);
+      Server server(*engine, tok, model.config(), so);
       run_server(server);
       return 0;
     };
@@ -238,7 +268,7 @@ void add_bench_serve(CLI::App* bench, Run& run) {
       } else {
         model.emplace(ef.load(dir));
         if (std::filesystem::exists(std::filesystem::path(dir) / "tokenizer.json")) tok.emplace(Tokenizer::from_dir(dir));
-        engine.emplace(*model, tok ? &*tok : nullptr, ef.options());
+        ef.make_engine(engine, *model, tok ? &*tok : nullptr);
         print_capacity(dir, *model, *engine, ef.device);
         engine->start();
         const int64_t L = ef.engine.max_model_len > 0 ? ef.engine.max_model_len : model->config().max_position_embeddings;

@@ -109,6 +109,14 @@ static torch::Tensor window_overlay(const torch::Tensor& qpos, const torch::Tens
 }
 
 torch::Tensor TransformerImpl::forward(const torch::Tensor& tokens, const ForwardOptions& fo) {
+  return logits(residual(tokens, fo));  // [B,T,V]
+}
+
+torch::Tensor TransformerImpl::final_hidden(const torch::Tensor& tokens, const ForwardOptions& fo) {
+  return model->norm(residual(tokens, fo));  // [B,T,D]
+}
+
+torch::Tensor TransformerImpl::residual(const torch::Tensor& tokens, const ForwardOptions& fo) {
   if (tokens.dim() != 2) throw Error("forward: tokens must be [B,T], got " +
                                      std::to_string(tokens.dim()) + " dims");
   const int64_t B = tokens.size(0), T = tokens.size(1);
@@ -141,7 +149,7 @@ torch::Tensor TransformerImpl::forward(const torch::Tensor& tokens, const Forwar
     x = x + layer->self_attn(layer->input_layernorm(x), cos, sin, m);
     x = x + layer->ffn(layer->post_attention_layernorm(x), fo.router_outputs);
   }
-  return logits(x);  // [B,T,V]
+  return x;
 }
 
 void StepBatch::validate(const KVCache& cache) const {

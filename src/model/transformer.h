@@ -57,6 +57,10 @@ class TransformerImpl : public torch::nn::Module {
  public:
   TransformerImpl(const ModelConfig& config, torch::TensorOptions options);
   torch::Tensor forward(const torch::Tensor& tokens, const ForwardOptions& options);
+  // forward() up to the head: the hidden states after the final norm (what
+  // lm_head reads), tokens [B,T] -> [B,T,D] in the model's dtype. No autograd
+  // guard: callers that only read it take a NoGradGuard.
+  torch::Tensor final_hidden(const torch::Tensor& tokens, const ForwardOptions& options);
   torch::Tensor step(const StepBatch& batch, KVCache& cache);
   // step()'s layers from device inputs: ids/positions [N] -> logits [R,V] of
   // the token rows `rows` [R] (undefined: all N). Fills plan.cos/sin; the
@@ -77,6 +81,8 @@ class TransformerImpl : public torch::nn::Module {
 
  private:
   torch::Tensor logits(const torch::Tensor& hidden);
+  // The residual stream after the last layer (before the final norm), [B,T,D].
+  torch::Tensor residual(const torch::Tensor& tokens, const ForwardOptions& options);
   // CUDA steps: whether the kernels take this model and cache (and
   // FINMOE_CUDA_ATTENTION allows them); the step through them, eagerly.
   bool cuda_kernels_apply(KVCache& cache) const;

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
+#include <deque>
 #include <limits>
 #include <mutex>
 #include <numeric>
@@ -183,6 +184,7 @@ struct Engine::Impl {
   std::condition_variable wake;
   std::vector<std::unique_ptr<Request>> inbox;  // submitted, not yet seen by a step
   std::vector<uint64_t> cancels;
+  std::deque<std::function<void(Transformer&)>> tasks;  // submit_task(), not yet run
   std::unordered_set<uint64_t> live;  // submitted, final event not yet delivered
   uint64_t next_id = 1;
   std::mt19937_64 seed_rng;
@@ -330,6 +332,21 @@ void Engine::Impl::take_inbox(std::vector<uint64_t>& cancel_ids) {
 }
 
 bool Engine::Impl::step_locked() {
+  // One model task per step, before the batch: tasks and requests take turns.
+  std::function<void(Transformer&)> task;
+  {
+    std::lock_guard lock(mu);
+    if (!tasks.empty()) {
+      task = std::move(tasks.front());
+      tasks.pop_front();
+    }
+  }
+  if (task) {
+    try {
+      task(model);
+    } catch (...) {  // the task owns its errors (submit_task); a throwing one is dropped
+    }
+  }
   std::vector<uint64_t> cancel_ids;
   take_inbox(cancel_ids);
   std::vector<Event> events;
@@ -351,7 +368,7 @@ bool Engine::Impl::step_locked() {
     if (!scheduler.idle())
       throw Error("Engine: scheduler stalled with " + std::to_string(scheduler.num_waiting()) +
                   " waiting and " + std::to_string(scheduler.num_running()) + " running");
-    return cancelled_some;
+    return cancelled_some || bool(task);
   }
 
   StepBatch batch;
@@ -457,6 +474,11 @@ void Engine::Impl::publish() {
 
 void Engine::Impl::abort_all(const std::string& why) {
   std::lock_guard step_lock(step_mu);
+  std::deque<std::function<void(Transformer&)>> dropped;  // destroyed unrun, outside mu
+  {
+    std::lock_guard lock(mu);
+    dropped.swap(tasks);
+  }
   std::vector<uint64_t> cancel_ids;  // moot: everything ends
   take_inbox(cancel_ids);
   std::vector<Event> events;
@@ -475,7 +497,7 @@ void Engine::Impl::run_worker() {
       std::unique_lock lock(mu);
       // scheduler is read here by its own (this) thread only
       wake.wait(lock, [&] {
-        return stop_requested || !inbox.empty() || !cancels.empty() || !scheduler.idle();
+        return stop_requested || !inbox.empty() || !cancels.empty() || !tasks.empty() || !scheduler.idle();
       });
       if (stop_requested) return;
     }
@@ -512,6 +534,15 @@ uint64_t Engine::submit(std::vector<int32_t> prompt, const RequestParams& params
   }
   m.wake.notify_one();
   return id;
+}
+
+void Engine::submit_task(std::function<void(Transformer&)> task) {
+  Impl& m = *impl_;
+  {
+    std::lock_guard lock(m.mu);
+    m.tasks.push_back(std::move(task));
+  }
+  m.wake.notify_one();
 }
 
 bool Engine::cancel(uint64_t request_id) {

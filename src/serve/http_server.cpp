@@ -23,6 +23,7 @@
 // shutting down) are answered before their body is read.
 #include "serve/http_server.h"
 #include "serve/constraint.h"
+#include "serve/embeddings.h"
 
 #include <fcntl.h>
 #include <netdb.h>
@@ -36,6 +37,7 @@
 #include <cstring>
 #include <ctime>
 #include <functional>
+#include <future>
 #include <iomanip>
 #include <iostream>
 #include <map>
@@ -383,7 +385,7 @@ const std::optional<HttpViolation>& connection_violation() {
 std::string allowed_methods(const std::string& path) {
   if (path == "/health" || path == "/metrics" || path == "/v1/models") return "GET";
   if (path.rfind("/v1/models/", 0) == 0 && path.size() > 11) return "GET";
-  if (path == "/v1/completions" || path == "/v1/chat/completions") return "POST";
+  if (path == "/v1/completions" || path == "/v1/chat/completions" || path == "/v1/embeddings") return "POST";
   if (path == "/tokenize" || path == "/detokenize") return "POST";
   return "";
 }
@@ -463,6 +465,7 @@ struct Server::Impl {
                                                            : config.max_position_embeddings;
     ctx.kv_cache_tokens = engine.stats().max_tokens_in_cache;
     ctx.vocab_size = config.vocab_size;
+    ctx.hidden_size = config.hidden_size;
     ctx.default_sampling = options.default_sampling;
     ctx.limits = options.limits;
     ctx.constraints = std::make_shared<ConstraintFactory>(config.vocab_size, &tokenizer);
@@ -500,6 +503,7 @@ struct Server::Impl {
                  std::string& body);
   void handle_tokenizer(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& read,
                         bool encode);
+  void handle_embeddings(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& read);
   void too_large(httplib::Response& res) const;
   bool pump(Job& job, httplib::DataSink& sink);
   std::vector<int64_t> submit_more(Job& job);
@@ -521,6 +525,7 @@ struct Server::Impl {
   uint64_t next_ticket = 0;
   int shutdown_calls = 0;
   std::atomic<bool> draining{false};
+  std::atomic<bool> listen_done{false};  // the HTTP listen loop has returned
   bool bound = false;
 };
 
@@ -623,6 +628,10 @@ void Server::Impl::routes() {
             [this](const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& read) {
               handle_generate(req, res, read, Endpoint::Chat);
             });
+  http.Post("/v1/embeddings",
+            [this](const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& read) {
+              handle_embeddings(req, res, read);
+            });
   http.Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& read) {
     handle_tokenizer(req, res, read, /*encode=*/true);
   });
@@ -720,6 +729,56 @@ void Server::Impl::handle_tokenizer(const httplib::Request& req, httplib::Respon
   } catch (const Error& e) {
     set_error(res, 400, e.what(), "", "invalid_request");
   }
+}
+
+// /v1/embeddings: parsed here; each input's forward pass is one engine task
+// (Engine::submit_task), so it runs between generation steps on the
+// stepping thread and generation moves on between inputs.
+void Server::Impl::handle_embeddings(const httplib::Request& req, httplib::Response& res,
+                                     const httplib::ContentReader& read) {
+  if (!check_auth(req, res)) return;
+  if (draining) return set_error(res, 503, "The server is shutting down.");
+  std::string body;
+  if (!read_body(req, res, read, body)) return;
+  auto request = std::make_shared<serve::EmbeddingRequest>();
+  try {
+    *request = serve::parse_embedding_request(body, ctx);
+  } catch (const ApiError& e) {
+    return set_json(res, e.status(), e.body());
+  } catch (const Error& e) {  // not expected: the parser names the field of what it rejects
+    return set_error(res, 400, e.what(), "", "invalid_request");
+  }
+  metrics.requests_in_flight++;
+  std::vector<std::future<std::vector<float>>> results;
+  for (size_t i = 0; i < request->inputs.size(); ++i) {
+    auto done = std::make_shared<std::promise<std::vector<float>>>();
+    results.push_back(done->get_future());
+    engine.submit_task([done, request, i, pooling = options.embedding_pooling,
+                        normalize = options.embedding_normalize](Transformer& model) {
+      try {
+        done->set_value(serve::embed_prompt(model, request->inputs[i], pooling, normalize, request->adapter));
+      } catch (...) {
+        done->set_exception(std::current_exception());
+      }
+    });
+  }
+  std::vector<std::vector<float>> vectors;
+  try {
+    for (auto& r : results) vectors.push_back(r.get());
+    const nlohmann::json response = serve::embedding_response(*request, vectors, ctx);
+    const int64_t tokens = response["usage"]["prompt_tokens"].get<int64_t>();
+    metrics.embedding_requests++;
+    metrics.embedding_prompt_tokens += tokens;
+    t_access.prompt_tokens = tokens;
+    t_access.completion_tokens = 0;
+    set_json(res, 200, response);
+  } catch (const std::future_error&) {  // the engine stopped before running it
+    set_error(res, 503, "The server is shutting down.");
+  } catch (const std::exception& e) {
+    std::cerr << "finmoe serve: internal error on POST /v1/embeddings: " << e.what() << "\n";
+    set_error(res, 500, std::string("Internal server error: ") + e.what(), "", "internal_error");
+  }
+  metrics.requests_in_flight--;
 }
 
 void Server::Impl::handle_generate(const httplib::Request& req, httplib::Response& res,
@@ -879,7 +938,12 @@ void Server::Impl::drain() {
     cv.wait_for(lock, std::chrono::seconds(5), [&] { return jobs.empty(); });
   }
   lock.unlock();
-  http.stop();
+  // httplib's stop() does nothing before its listen loop runs (a signal right
+  // after bind): repeat it until serve() has seen the loop end
+  while (!listen_done) {
+    if (http.is_running()) http.stop();
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
 }
 
 // ---- Server --------------------------------------------------------------
@@ -910,6 +974,7 @@ void Server::serve() {
   impl_->engine.start();
   std::thread drainer([this] { impl_->drain(); });
   impl_->http.listen_after_bind();
+  impl_->listen_done = true;
   shutdown();  // listen may also end on its own (socket error): let the drainer finish
   drainer.join();
   impl_->engine.stop();
@@ -964,6 +1029,7 @@ void run_server(Server& server) {
   if (::pipe2(g_signal_pipe, O_CLOEXEC) != 0) throw Error("serve: pipe2 failed");
   struct sigaction sa {};
   sa.sa_handler = on_signal;
+  sa.sa_flags = SA_RESTART;
   sigemptyset(&sa.sa_mask);
   struct sigaction old_int {}, old_term {};
   ::sigaction(SIGINT, &sa, &old_int);
@@ -974,8 +1040,11 @@ void run_server(Server& server) {
   std::cerr << "finmoe serve: listening on http://" << server.options().host << ":" << port << " (model '"
             << server.options().served_model_name << "')" << std::endl;
   std::thread watcher([&server] {
-    char c = 0;
-    while (::read(g_signal_pipe[0], &c, 1) == 1 && c != 0) {
+    // the handler may run on this thread: a read it interrupts is retried
+    for (char c = 0;;) {
+      const ssize_t n = ::read(g_signal_pipe[0], &c, 1);
+      if (n < 0 && errno == EINTR) continue;
+      if (n != 1 || c == 0) break;
       std::cerr << "finmoe serve: signal received, shutting down" << std::endl;
       server.shutdown();
     }

@@ -47,7 +47,13 @@ void ServerMetrics::count_response(int status) {
 }
 
 ServerMetrics::Snapshot ServerMetrics::snapshot() const {
-  Snapshot s{ttft.snapshot(), inter_token.snapshot(), e2e.snapshot(), requests_in_flight.load(), {}, {}};
+  Snapshot s;
+  s.ttft = ttft.snapshot();
+  s.inter_token = inter_token.snapshot();
+  s.e2e = e2e.snapshot();
+  s.requests_in_flight = requests_in_flight.load();
+  s.embedding_requests = embedding_requests.load();
+  s.embedding_prompt_tokens = embedding_prompt_tokens.load();
   std::lock_guard lock(mu_);
   s.finished_by_reason = finished_by_reason_;
   s.responses_by_status = responses_by_status_;
@@ -128,7 +134,7 @@ std::string format_metrics(const EngineStats& e, const ServerMetrics::Snapshot& 
   w.gauge("finmoe_num_requests_running_max", double(e.max_running_seen),
           "The most sequences that ran together since the server started.");
   w.gauge("finmoe_http_requests_in_flight", double(s.requests_in_flight),
-          "Completion requests the HTTP server is answering.");
+          "Completion and embedding requests the HTTP server is answering.");
   w.gauge("finmoe_kv_cache_blocks_total", double(e.num_blocks), "KV-cache blocks.");
   w.gauge("finmoe_kv_cache_blocks_used", double(e.blocks_used), "KV-cache blocks held by sequences.");
   w.gauge("finmoe_kv_cache_blocks_free", double(e.blocks_free), "KV-cache blocks free (cached prefixes included).");
@@ -147,6 +153,9 @@ std::string format_metrics(const EngineStats& e, const ServerMetrics::Snapshot& 
           "Prefix-cache hits over queries, in tokens, since the server started.");
   w.counter("finmoe_prompt_tokens_total", double(e.prompt_tokens), "Prompt tokens prefilled.");
   w.counter("finmoe_generation_tokens_total", double(e.generation_tokens), "Tokens generated.");
+  w.counter("finmoe_embedding_requests_total", double(s.embedding_requests), "/v1/embeddings requests answered.");
+  w.counter("finmoe_embedding_prompt_tokens_total", double(s.embedding_prompt_tokens),
+            "Input tokens of the answered /v1/embeddings requests.");
   w.counter("finmoe_num_preemptions_total", double(e.preemptions),
             "Sequences preempted for lack of KV-cache blocks (recomputed later).");
   w.counter("finmoe_engine_steps_total", double(e.steps), "Scheduler steps run.");

@@ -46,6 +46,8 @@ struct ServerMetrics {
   Histogram inter_token;    // between successive token events of a request
   Histogram e2e;            // request arrival -> last token
   std::atomic<int64_t> requests_in_flight{0};
+  std::atomic<int64_t> embedding_requests{0};       // /v1/embeddings answered with 200
+  std::atomic<int64_t> embedding_prompt_tokens{0};  // their inputs' tokens
 
   void count_finished(const std::string& finish_reason);
   void count_response(int status);
@@ -53,6 +55,7 @@ struct ServerMetrics {
   struct Snapshot {
     Histogram::Snapshot ttft, inter_token, e2e;
     int64_t requests_in_flight = 0;
+    int64_t embedding_requests = 0, embedding_prompt_tokens = 0;
     std::map<std::string, int64_t> finished_by_reason;  // stop, length, abort
     std::map<int, int64_t> responses_by_status;
   };

@@ -5,6 +5,7 @@
 #include "serve/tool_calls.h"
 
 #include <algorithm>
+#include <cstring>
 #include <functional>
 #include <cmath>
 #include <random>
@@ -515,11 +516,13 @@ std::vector<std::string> check_tools(const json& tools) {
   return names;
 }
 
-// prompt: a string, a list of strings, a list of token ids, or a list of such lists.
-std::vector<std::vector<int32_t>> parse_prompt(Fields& f, const ApiContext& ctx) {
+// `field` (completions' "prompt", embeddings' "input"): a string, a list of
+// strings, a list of token ids, or a list of such lists; at most
+// limits.max_prompts of them.
+std::vector<std::vector<int32_t>> parse_prompt(Fields& f, const ApiContext& ctx, const std::string& field = "prompt") {
   const bool add_special = f.boolean("add_special_tokens").value_or(true);  // vLLM's extension
-  const json* v = f.get("prompt");
-  if (!v) throw invalid("prompt", "'prompt' is required", "missing_required_parameter");
+  const json* v = f.get(field);
+  if (!v) throw invalid(field, "'" + field + "' is required", "missing_required_parameter");
   auto encode = [&](const std::string& s, const std::string& where) {
     try {
       return ctx.tokenizer->encode(s, add_special);
@@ -530,16 +533,16 @@ std::vector<std::vector<int32_t>> parse_prompt(Fields& f, const ApiContext& ctx)
   const std::string expected = "a string, an array of strings, an array of token ids or an array of such arrays";
   std::vector<std::vector<int32_t>> out;
   if (v->is_string()) {
-    out.push_back(encode(v->get<std::string>(), "prompt"));
+    out.push_back(encode(v->get<std::string>(), field));
   } else if (auto ids = as_ids(*v)) {
-    check_token_ids(*ids, ctx, "prompt");
+    check_token_ids(*ids, ctx, field);
     out.push_back(*ids);
   } else if (v->is_array() && !v->empty()) {
     if (int64_t(v->size()) > ctx.limits.max_prompts)
-      throw over_limit("prompt", "prompts", int64_t(v->size()), ctx.limits.max_prompts);
+      throw over_limit(field, field == "input" ? "inputs" : "prompts", int64_t(v->size()), ctx.limits.max_prompts);
     for (size_t i = 0; i < v->size(); ++i) {
       const json& e = (*v)[i];
-      const std::string where = "prompt[" + std::to_string(i) + "]";
+      const std::string where = field + "[" + std::to_string(i) + "]";
       if (e.is_string()) {
         out.push_back(encode(e.get<std::string>(), where));
       } else if (auto sub = as_ids(e)) {
@@ -550,9 +553,9 @@ std::vector<std::vector<int32_t>> parse_prompt(Fields& f, const ApiContext& ctx)
       }
     }
   } else if (v->is_array()) {
-    throw invalid("prompt", "'prompt' must not be empty");
+    throw invalid(field, "'" + field + "' must not be empty");
   } else {
-    throw wrong_type("prompt", expected, *v);
+    throw wrong_type(field, expected, *v);
   }
   return out;
 }
@@ -927,6 +930,82 @@ json detokenize(std::string_view body, const ApiContext& ctx) {
   else if (!(v->is_array() && v->empty())) throw wrong_type("tokens", "an array of token ids", *v);
   check_token_ids(ids, ctx, "tokens");
   return {{"prompt", ctx.tokenizer->decode(ids)}};
+}
+
+// ---- embeddings ------------------------------------------------------------
+
+EmbeddingRequest parse_embedding_request(std::string_view body, const ApiContext& ctx) {
+  const json j = parse_body(body);
+  Fields f(j);
+  EmbeddingRequest r;
+  std::tie(r.model, r.adapter) = check_model(f, ctx);
+  r.inputs = parse_prompt(f, ctx, "input");
+  if (auto fmt = f.string("encoding_format")) {
+    if (*fmt != "float" && *fmt != "base64")
+      throw invalid("encoding_format", "'encoding_format' must be 'float' or 'base64', got '" + *fmt + "'");
+    r.base64 = *fmt == "base64";
+  }
+  if (auto d = f.integer("dimensions", 1, INT64_MAX); d && *d != ctx.hidden_size)
+    throw invalid("dimensions",
+                  "'dimensions' is " + std::to_string(*d) + ", but this model's embeddings have " +
+                      std::to_string(ctx.hidden_size) +
+                      " dimensions and it was not trained for shorter (Matryoshka) ones; leave 'dimensions' out "
+                      "or send " + std::to_string(ctx.hidden_size),
+                  "unsupported_parameter");
+  f.ignore({"user"});
+  f.reject_unknown();
+  for (size_t i = 0; i < r.inputs.size(); ++i) {
+    const std::string where = r.inputs.size() == 1 ? "input" : "input[" + std::to_string(i) + "]";
+    const auto P = int64_t(r.inputs[i].size());
+    if (P == 0) throw invalid(where, "'" + where + "' has no tokens");
+    check_token_ids(r.inputs[i], ctx, where);  // text too: a tokenizer may outgrow the model's vocabulary
+    if (P > ctx.max_model_len)
+      throw invalid(where,
+                    "This model's maximum context length is " + std::to_string(ctx.max_model_len) +
+                        " tokens. However, your input resulted in " + std::to_string(P) +
+                        " tokens. Please reduce the length of the input.",
+                    "context_length_exceeded");
+  }
+  return r;
+}
+
+std::string base64_float32(const std::vector<float>& values) {
+  static const char* alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string bytes;
+  bytes.reserve(values.size() * 4);
+  for (float v : values) {
+    uint32_t u = 0;
+    std::memcpy(&u, &v, 4);
+    for (int k = 0; k < 4; ++k) bytes.push_back(char((u >> (8 * k)) & 0xff));  // little-endian
+  }
+  std::string out;
+  out.reserve((bytes.size() + 2) / 3 * 4);
+  for (size_t i = 0; i < bytes.size(); i += 3) {
+    const size_t n = std::min<size_t>(3, bytes.size() - i);
+    uint32_t w = 0;
+    for (size_t k = 0; k < 3; ++k) w = (w << 8) | (k < n ? uint8_t(bytes[i + k]) : 0u);
+    for (size_t k = 0; k < 4; ++k) out.push_back(k <= n ? alphabet[(w >> (18 - 6 * k)) & 63] : '=');
+  }
+  return out;
+}
+
+json embedding_response(const EmbeddingRequest& r, const std::vector<std::vector<float>>& embeddings,
+                        const ApiContext& ctx) {
+  if (embeddings.size() != r.inputs.size())
+    throw Error("embedding_response: " + std::to_string(embeddings.size()) + " embeddings for " +
+                std::to_string(r.inputs.size()) + " inputs");
+  json data = json::array();
+  int64_t tokens = 0;
+  for (size_t i = 0; i < embeddings.size(); ++i) {
+    tokens += int64_t(r.inputs[i].size());
+    data.push_back({{"object", "embedding"},
+                    {"index", i},
+                    {"embedding", r.base64 ? json(base64_float32(embeddings[i])) : json(embeddings[i])}});
+  }
+  return {{"object", "list"},
+          {"data", std::move(data)},
+          {"model", r.model.empty() ? ctx.model_name : r.model},
+          {"usage", {{"prompt_tokens", tokens}, {"total_tokens", tokens}}}};
 }
 
 // ---- framing -------------------------------------------------------------

@@ -1,6 +1,6 @@
 #pragma once
-// The OpenAI HTTP API without HTTP: request bodies of /v1/completions and
-// /v1/chat/completions parsed and validated into engine requests, and the
+// The OpenAI HTTP API without HTTP: request bodies of /v1/completions,
+// /v1/chat/completions and /v1/embeddings parsed and validated, and the
 // JSON / server-sent-event bodies built from engine outputs. The HTTP server
 // (http_server.cpp) only moves these strings over sockets, so everything the
 // API promises is tested here without a socket or an engine.
@@ -66,6 +66,7 @@ struct ApiContext {
   int64_t kv_cache_tokens = 0;                    // the engine's whole KV cache: a prompt must be
                                                   // shorter (0 = not checked)
   int64_t vocab_size = 0;                         // token-id prompts must be below it
+  int64_t hidden_size = 0;                        // embeddings' dimensions
   int32_t max_logprobs = 20;                      // top logprobs per token at most
   SamplingParams default_sampling;                // for fields a request leaves out (generation_config)
   RequestLimits limits;                           // prompts, n, stop strings, logit_bias, messages
@@ -119,6 +120,26 @@ ApiRequest parse_chat_request(std::string_view body, const ApiContext& ctx);
 json tokenize(std::string_view body, const ApiContext& ctx);
 // vLLM's /detokenize: {"tokens": [ids]} -> {"prompt": text} (special tokens kept).
 json detokenize(std::string_view body, const ApiContext& ctx);
+
+// /v1/embeddings (OpenAI's, with vLLM's add_special_tokens): "input" is a
+// string, an array of strings, an array of token ids or an array of such
+// arrays (at most ctx.limits.max_prompts; each at most max_model_len tokens);
+// "encoding_format" float | base64; "dimensions" only as the hidden size (no
+// Matryoshka truncation); "user" ignored. Throws ApiError (400) naming the field.
+struct EmbeddingRequest {
+  std::string model;       // the name the response carries: model_name or an adapter's
+  int32_t adapter = 0;     // serving adapter id (0 = the base model)
+  std::vector<std::vector<int32_t>> inputs;
+  bool base64 = false;  // encoding_format base64: little-endian float32 bytes, base64-encoded
+};
+EmbeddingRequest parse_embedding_request(std::string_view body, const ApiContext& ctx);
+// {"object": "list", "data": [{"object": "embedding", "index", "embedding"}],
+// "model", "usage": {"prompt_tokens", "total_tokens"}}; one embedding per input.
+json embedding_response(const EmbeddingRequest& r, const std::vector<std::vector<float>>& embeddings,
+                        const ApiContext& ctx);
+// The little-endian float32 bytes of `values`, base64-encoded (as OpenAI's
+// client decodes encoding_format base64).
+std::string base64_float32(const std::vector<float>& values);
 
 // "data: <json>\n\n" and the closing "data: [DONE]\n\n" of a server-sent-event stream.
 std::string sse_event(const json& j);

@@ -128,6 +128,18 @@ class Adapters(unittest.TestCase):
         self.assertNotEqual(complete("qa", "qa", PROMPTS[0])[1], base[PROMPTS[0]][1])
         self.assertNotEqual(complete("ner", "ner", PROMPTS[0])[1], base[PROMPTS[0]][1])
 
+    def test_embeddings_of_an_adapter_are_the_merged_models(self):
+        def embed(server, model):
+            r = client(server).embeddings.create(model=model, input=PROMPTS, encoding_format="float")
+            self.assertEqual(r.model, model)
+            return [d.embedding for d in r.data]
+        base = embed("multi", "base")
+        for name in ("qa", "ner"):
+            got, want = embed("multi", name), embed(name, name)
+            for g, w, b in zip(got, want, base):
+                self.assertLess(max(abs(x - y) for x, y in zip(g, w)), 1e-4, name)
+                self.assertGreater(max(abs(x - y) for x, y in zip(g, b)), 1e-3, name)
+
     def test_an_unknown_model_names_the_served_ones(self):
         with self.assertRaises(openai.BadRequestError) as e:
             client("multi").completions.create(model="other", prompt="x", max_tokens=1)

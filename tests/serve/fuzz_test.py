@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Request fuzzing of `finmoe serve` on a tiny model: valid /v1/completions and
-/v1/chat/completions bodies mutated with their structure in mind (a wrong
+"""Request fuzzing of `finmoe serve` on a tiny model: valid /v1/completions,
+/v1/chat/completions and /v1/embeddings bodies mutated with their structure in mind (a wrong
 type in every field, fields deleted or invented, deep nesting, huge strings
 and lists, edge numbers, invalid UTF-8 and lone surrogates, truncation,
 random bytes, wholly random bodies), sent by 4 clients over keep-alive
@@ -10,7 +10,7 @@ Counts per target: 2xx, 4xx with an OpenAI error body, crashes (the server
 died), hangs (no answer in HANG_S), 5xx, malformed errors. Fails on any
 crash, hang, 5xx, error body not shaped {"error": {message, type, param,
 code}}, 400 naming neither a field nor the body, or 2xx body that is not a
-completion. Then the server must be idle with every KV block free.
+completion (an embedding list for /v1/embeddings). Then the server must be idle with every KV block free.
 
 CI size: 600 inputs per target; FINMOE_FUZZ_LONG=1: 6000 per target.
 FINMOE_FUZZ_SEED picks the seed (printed). Standard library only.
@@ -59,6 +59,10 @@ BASE = {
         "logprobs": True, "add_generation_prompt": True, "min_tokens": 2, "continue_final_message": False,
         "top_logprobs": 2, "presence_penalty": 0.1, "logit_bias": {"100": 1.5}, "response_format": {"type": "text"},
         "tool_choice": "none", "metadata": {"k": "v"},
+    },
+    "/v1/embeddings": {
+        "model": MODEL, "input": ["The balance sheet", [5, 6, 7]], "encoding_format": "float", "dimensions": 64,
+        "user": "u-1", "add_special_tokens": True,
     },
 }
 
@@ -196,7 +200,7 @@ class Outcome:
 FAILURE_KINDS = ("crash", "hang", "5xx", "bad_error", "unnamed_400", "bad_2xx", "dropped")
 
 
-def judge(status, headers, data, stream):
+def judge(target, status, headers, data):
     """(kind, detail or None) of one answer."""
     ctype = headers.get("content-type", "")
     if 200 <= status < 300:
@@ -212,6 +216,10 @@ def judge(status, headers, data, stream):
             j = json.loads(data)
         except ValueError:
             return "bad_2xx", "2xx body is not JSON: %r" % data[:200]
+        if target == "/v1/embeddings":
+            if j.get("object") != "list" or not isinstance(j.get("data"), list) or not j["data"] or "usage" not in j:
+                return "bad_2xx", "2xx body is not an embedding list: %r" % data[:200]
+            return "2xx", None
         if not isinstance(j.get("choices"), list) or not j["choices"] or "usage" not in j:
             return "bad_2xx", "2xx body is not a completion: %r" % data[:200]
         return "2xx", None
@@ -279,7 +287,7 @@ class Fuzz(unittest.TestCase):
                         if headers.get("connection") == "close":
                             conn.close()
                             conn = None
-                        kind, detail = judge(resp.status, headers, data, False)
+                        kind, detail = judge(target, resp.status, headers, data)
                         outcome.add(target, kind, detail, body)
                         break
                     except TimeoutError:
@@ -317,7 +325,7 @@ class Fuzz(unittest.TestCase):
             print("fuzz failure: %s %s: %s\n  body: %r" % f, file=sys.stderr)
         bad = [f for f in outcome.failures if f[1] in FAILURE_KINDS]
         self.assertEqual(bad, [], "%d failing inputs (first shown above)" % len(bad))
-        self.assertEqual(sum(outcome.counts.values()), 2 * PER_TARGET, "every input was answered")
+        self.assertEqual(sum(outcome.counts.values()), len(BASE) * PER_TARGET, "every input was answered")
         for target in BASE:  # the mutations reach both outcomes
             self.assertGreater(outcome.counts.get((target, "2xx"), 0), PER_TARGET // 50, target)
             self.assertGreater(outcome.counts.get((target, "400"), 0), PER_TARGET // 2, target)
