@@ -339,17 +339,25 @@ Recipe load_recipe(const std::string& path) {
       check_keys(r.tables[i], {"title", "rows", "over", "columns", "baseline"}, where);
       if (!r.tables[i].contains("columns") || !r.tables[i]["columns"].is_array())
         throw Error(where + ": 'columns' must be a list");
-      for (size_t c = 0; c < r.tables[i]["columns"].size(); ++c)
-        check_keys(r.tables[i]["columns"][c], {"name", "value", "format", "better"},
-                   where + ".columns[" + std::to_string(c) + "]");
+      for (size_t c = 0; c < r.tables[i]["columns"].size(); ++c) {
+        const ojson& col = r.tables[i]["columns"][c];
+        const std::string cw = where + ".columns[" + std::to_string(c) + "]";
+        check_keys(col, {"name", "value", "format", "better"}, cw);
+        if (col.contains("value") && col["value"].is_string())
+          check_syntax(col["value"].get<std::string>(), cw + ".value");
+      }
     }
   }
   if (y.contains("curves")) {
     if (!y["curves"].is_array()) throw Error(path + ": 'curves' must be a list");
     r.curves = y["curves"];
-    for (size_t i = 0; i < r.curves.size(); ++i)
-      check_keys(r.curves[i], {"title", "file", "metric", "series", "label", "run"},
-                 path + ": curves[" + std::to_string(i) + "]");
+    for (size_t i = 0; i < r.curves.size(); ++i) {
+      const std::string cw = path + ": curves[" + std::to_string(i) + "]";
+      check_keys(r.curves[i], {"title", "file", "metric", "series", "label", "run"}, cw);
+      for (const char* k : {"label", "run"})
+        if (r.curves[i].contains(k) && r.curves[i][k].is_string())
+          check_syntax(r.curves[i][k].get<std::string>(), cw + "." + k);
+    }
   }
   return r;
 }

@@ -156,6 +156,7 @@ TEST_F(Experiment, BadRecipesAndFailedStepsNameTheProblem) {
           (dir_ / "cache").string() + " --set tokenizer=" + data("tokenizer/qwen3"));
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.out.find("tables[0].columns[1].value"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(dir_ / "o2")) << "a recipe whose table does not parse ran stages";
 
   // a syntax error in a stage's template is an error when the recipe is read,
   // in a dry run too (which shows a stage it cannot render yet as waiting for
