@@ -4,6 +4,10 @@
 weights, and per kind of tensor (embeddings, each projection, norms).
 
     delta_cosine.py BASE DOMAIN INSTRUCT [INSTRUCT ...] > cosine.md
+    delta_cosine.py --json BASE DOMAIN INSTRUCT [INSTRUCT ...]
+
+--json prints the same rows as one JSON object instead: for each row (the
+first "all weights") the cosines with each instruct vector, |d| and |iN|.
 
 A directory is a Hugging Face checkpoint (model*.safetensors, float32,
 bfloat16 or float16). Only numpy is needed: the safetensors header is read
@@ -56,6 +60,8 @@ def kind(name):
 
 
 def main(argv):
+    as_json = "--json" in argv[1:]
+    argv = [a for a in argv if a != "--json"]
     if len(argv) < 4:
         sys.exit(__doc__)
     base, domain = load(argv[1]), load(argv[2])
@@ -77,6 +83,13 @@ def main(argv):
     for k in names:
         groups[kind(k)].append(k)
     rows = [("all weights", names)] + sorted(groups.items())
+    if as_json:
+        out = {}
+        for label, keys in rows:
+            cells = [cos_over(keys, d, v) for v in vs]
+            out[label] = {"cos": [c[0] for c in cells], "norm_d": cells[0][1], "norm_i": [c[2] for c in cells]}
+        print(json.dumps(out, indent=1))
+        return
     head = "| tensors | " + " | ".join(f"cos(d, i{j + 1})" for j in range(len(vs))) + " | \\|d\\| | \\|i1\\| |"
     if len(vs) > 1:
         head += " cos(i1, i2) |"
