@@ -67,14 +67,32 @@ std::string str_of(const ojson& v, const std::string& where) {
 
 // ---- templates -------------------------------------------------------------------
 
+jinja::Options template_options() {
+  jinja::Options o;
+  o.trim_blocks = false;
+  o.lstrip_blocks = false;
+  o.keep_trailing_newline = true;
+  return o;
+}
+
 std::string render(const std::string& text, const ojson& ctx, const std::string& where) {
   if (text.find("{{") == std::string::npos && text.find("{%") == std::string::npos) return text;
   try {
-    jinja::Options o;
-    o.trim_blocks = false;
-    o.lstrip_blocks = false;
-    o.keep_trailing_newline = true;
-    return jinja::Template(text, o).render(ctx);
+    return jinja::Template(text, template_options()).render(ctx);
+  } catch (const Error& e) {
+    std::string m = e.what();
+    if (m.starts_with("chat template ")) m = m.substr(5);  // the interpreter's prefix
+    throw Error(where + ": " + m);
+  }
+}
+
+// Parses a template without rendering it: a syntax error is an error naming
+// `where` when the recipe is read, even in a stage whose rendering waits for
+// the results of earlier stages (a dry run cannot render those).
+void check_syntax(const std::string& text, const std::string& where) {
+  if (text.find("{{") == std::string::npos && text.find("{%") == std::string::npos) return;
+  try {
+    jinja::Template t(text, template_options());
   } catch (const Error& e) {
     std::string m = e.what();
     if (m.starts_with("chat template ")) m = m.substr(5);  // the interpreter's prefix
@@ -249,6 +267,7 @@ Recipe load_recipe(const std::string& path) {
     spec.where = where;
     if (!s.contains("name")) throw Error(where + ": 'name' is required");
     spec.name = str_of(s["name"], where + ".name");
+    check_syntax(spec.name, where + ".name");
     if (s.contains("matrix")) spec.matrix = s["matrix"];
     if (s.contains("shared")) {
       if (!s["shared"].is_boolean()) throw Error(where + ".shared must be true or false");
@@ -260,7 +279,7 @@ Recipe load_recipe(const std::string& path) {
       for (auto it = spec.files.begin(); it != spec.files.end(); ++it) {
         if (it.key().find('/') != std::string::npos || it.key().starts_with("."))
           throw Error(where + ".files: '" + it.key() + "' must be a plain file name");
-        str_of(it.value(), where + ".files." + it.key());
+        check_syntax(str_of(it.value(), where + ".files." + it.key()), where + ".files." + it.key());
       }
     }
     if (!s.contains("run") || !s["run"].is_array() || s["run"].empty())
@@ -271,16 +290,20 @@ Recipe load_recipe(const std::string& path) {
       const std::string cw = where + ".run[" + std::to_string(c) + "]";
       if (!cmds[c].is_array() || cmds[c].empty()) throw Error(cw + " must be a list of arguments");
       std::vector<std::string> args;
-      for (size_t a = 0; a < cmds[c].size(); ++a) args.push_back(str_of(cmds[c][a], cw + "[" + std::to_string(a) + "]"));
+      for (size_t a = 0; a < cmds[c].size(); ++a) {
+        const std::string aw = cw + "[" + std::to_string(a) + "]";
+        args.push_back(str_of(cmds[c][a], aw));
+        check_syntax(args.back(), aw);
+      }
       spec.run.push_back(std::move(args));
     }
     if (s.contains("result")) {
       spec.result = s["result"];
       if (spec.result.is_object()) {
         for (auto it = spec.result.begin(); it != spec.result.end(); ++it)
-          str_of(it.value(), where + ".result." + it.key());
+          check_syntax(str_of(it.value(), where + ".result." + it.key()), where + ".result." + it.key());
       } else {
-        str_of(spec.result, where + ".result");
+        check_syntax(str_of(spec.result, where + ".result"), where + ".result");
       }
     }
     r.stages.push_back(std::move(spec));
@@ -293,17 +316,25 @@ Recipe load_recipe(const std::string& path) {
       check_keys(r.tables[i], {"title", "rows", "over", "columns", "baseline"}, where);
       if (!r.tables[i].contains("columns") || !r.tables[i]["columns"].is_array())
         throw Error(where + ": 'columns' must be a list");
-      for (size_t c = 0; c < r.tables[i]["columns"].size(); ++c)
-        check_keys(r.tables[i]["columns"][c], {"name", "value", "format", "better"},
-                   where + ".columns[" + std::to_string(c) + "]");
+      for (size_t c = 0; c < r.tables[i]["columns"].size(); ++c) {
+        const ojson& col = r.tables[i]["columns"][c];
+        const std::string cw = where + ".columns[" + std::to_string(c) + "]";
+        check_keys(col, {"name", "value", "format", "better"}, cw);
+        if (col.contains("value") && col["value"].is_string())
+          check_syntax(col["value"].get<std::string>(), cw + ".value");
+      }
     }
   }
   if (y.contains("curves")) {
     if (!y["curves"].is_array()) throw Error(path + ": 'curves' must be a list");
     r.curves = y["curves"];
-    for (size_t i = 0; i < r.curves.size(); ++i)
-      check_keys(r.curves[i], {"title", "file", "metric", "series", "label", "run"},
-                 path + ": curves[" + std::to_string(i) + "]");
+    for (size_t i = 0; i < r.curves.size(); ++i) {
+      const std::string cw = path + ": curves[" + std::to_string(i) + "]";
+      check_keys(r.curves[i], {"title", "file", "metric", "series", "label", "run"}, cw);
+      for (const char* k : {"label", "run"})
+        if (r.curves[i].contains(k) && r.curves[i][k].is_string())
+          check_syntax(r.curves[i][k].get<std::string>(), cw + "." + k);
+    }
   }
   return r;
 }

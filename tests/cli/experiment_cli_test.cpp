@@ -156,6 +156,32 @@ TEST_F(Experiment, BadRecipesAndFailedStepsNameTheProblem) {
           (dir_ / "cache").string() + " --set tokenizer=" + data("tokenizer/qwen3"));
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.out.find("tables[0].columns[1].value"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(dir_ / "o2")) << "a recipe whose table does not parse ran stages";
+
+  // a syntax error in a stage's template is an error when the recipe is read,
+  // in a dry run too (which shows a stage it cannot render yet as waiting for
+  // earlier results), and nothing is run or written
+  const std::pair<std::string, std::string> breaks[] = {
+      {"ids {{ ids }} on", "stages[1].files.note.txt"},
+      {"--ids, \"{{ ids }}\"", "stages[1].run[0][3]"},
+  };
+  for (const auto& [from3, key] : breaks) {
+    std::string t3 = text;
+    ASSERT_NE(t3.find(from3), std::string::npos) << from3;
+    std::string broken = from3;
+    broken.erase(broken.find("}}"), 1);  // "{{ ids }" does not parse
+    t3.replace(t3.find(from3), from3.size(), broken);
+    const fs::path bad3 = dir_ / "bad3.yaml";
+    std::ofstream(bad3) << t3;
+    for (const std::string mode : {"--dry-run", ""}) {
+      r = run("experiment " + bad3.string() + " " + mode + " --seeds 1 --out " + (dir_ / "o3").string() +
+              " --cache " + (dir_ / "cache3").string() + " --set tokenizer=" + data("tokenizer/qwen3"));
+      EXPECT_EQ(r.status, 2) << mode << "\n" << r.out;
+      EXPECT_NE(r.out.find(bad3.string() + ": " + key), std::string::npos) << r.out;
+      EXPECT_FALSE(fs::exists(dir_ / "o3")) << mode;
+      EXPECT_FALSE(fs::exists(dir_ / "cache3")) << mode;
+    }
+  }
 }
 
 // Every recipe shipped in experiments/ parses, expands and renders its
