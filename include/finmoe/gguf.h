@@ -30,6 +30,7 @@ struct GgufExportReport {
   int64_t metadata_keys = 0;
   uint64_t bytes = 0;          // the file's size
   double seconds = 0;
+  std::vector<std::string> warnings;  // where llama.cpp will not compute what finmoe does
 };
 
 // Writes `out` atomically (temp + rename) from checkpoint `dir` (config.json,

@@ -29,10 +29,11 @@ void add_export(CLI::App& app, Run& run) {
     run = [] {
       o.progress = !json;
       const GgufExportReport r = export_gguf(in, out, o);
+      for (const auto& w : r.warnings) std::cerr << "finmoe export gguf: warning: " << w << "\n";
       if (json) {
         nlohmann::json j = {{"model", in}, {"out", out}, {"arch", r.arch}, {"type", o.type},
                             {"tensors", r.tensors}, {"metadata_keys", r.metadata_keys},
-                            {"bytes", r.bytes}, {"seconds", r.seconds}};
+                            {"bytes", r.bytes}, {"seconds", r.seconds}, {"warnings", r.warnings}};
         std::cout << j.dump(2) << "\n";
         return 0;
       }

@@ -226,8 +226,11 @@ ArchInfo arch_of(const ModelConfig& c) {
   if (t == "llama" || t == "mistral" || t == "mixtral") return {"llama", !c.rope_interleaved, false};
   if (t == "qwen2") return {"qwen2", false, c.rope_interleaved};
   if (t == "qwen2_moe") return {"qwen2moe", false, c.rope_interleaved};
+  // llama.cpp ropes deepseek2 on adjacent pairs (HF's interleaved layout)
+  if (t == "deepseek_v2" || t == "deepseek_v3") return {"deepseek2", false, !c.rope_interleaved};
   throw Error("finmoe export gguf: model_type '" + t +
-              "' is not supported (supported: llama, mistral, mixtral, qwen2, qwen2_moe)");
+              "' is not supported (supported: llama, mistral, mixtral, qwen2, qwen2_moe, deepseek_v2, "
+              "deepseek_v3)");
 }
 
 GgufType weight_type(const std::string& type) {
@@ -252,13 +255,29 @@ GgufExportReport export_gguf(const std::string& dir, const std::string& out, con
   const ArchInfo ai = arch_of(c);
   if (c.hidden_act != "silu")
     throw Error(dir + "/config.json: hidden_act '" + c.hidden_act + "': GGUF export supports silu only");
-  if (c.rope_scaling.rope_type != "default" && c.rope_scaling.rope_type != "linear")
+  const bool deepseek = ai.arch == "deepseek2";
+  if (c.rope_scaling.rope_type != "default" && c.rope_scaling.rope_type != "linear" &&
+      !(deepseek && c.rope_scaling.rope_type == "yarn"))
     throw Error(dir + "/config.json: rope_scaling.rope_type '" + c.rope_scaling.rope_type +
-                "' is not supported by GGUF export (supported: default, linear)");
+                "' is not supported by GGUF export (supported: default, linear; yarn for deepseek)");
+  // llama.cpp's deepseek2 takes first_k_dense_replace dense layers, then MoE ones
   for (int64_t i = 0; i < c.num_hidden_layers; ++i)
-    if (c.is_moe() && !c.moe_layers[size_t(i)])
+    if (c.is_moe() && !c.moe_layers[size_t(i)] && !(deepseek && i < c.first_k_dense_replace))
       throw Error(dir + "/config.json: layer " + std::to_string(i) +
-                  " is dense in a MoE model; llama.cpp's " + ai.arch + " needs every layer MoE");
+                  " is dense in a MoE model; llama.cpp's " + ai.arch +
+                  (deepseek ? " needs every layer after first_k_dense_replace MoE (moe_layer_freq 1)"
+                            : " needs every layer MoE"));
+  GgufExportReport report;
+  if (deepseek && c.n_group > 1 && c.topk_group < c.n_group &&
+      (c.topk_method == "group_limited_greedy" || c.topk_method == "noaux_tc"))
+    report.warnings.push_back(
+        "llama.cpp's deepseek2 ignores group-limited routing (n_group " + std::to_string(c.n_group) +
+        ", topk_group " + std::to_string(c.topk_group) +
+        "): it picks the top-k experts over all groups, so its routing can differ from finmoe's and HF's");
+  if (deepseek && c.q_lora_rank == 0 && c.num_hidden_layers != 27)
+    report.warnings.push_back(
+        "no q_lora_rank (q_proj): llama.cpp builds up to early 2025 expect q_proj only for the "
+        "27-layer DeepSeek-V2-Lite; newer ones read it from the missing q_lora_rank key");
   if (c.model_type == "qwen2_moe" && c.norm_topk_prob)
     throw Error(dir + "/config.json: norm_topk_prob true: llama.cpp's qwen2moe does not renormalise "
                 "the top-k router weights");
@@ -289,6 +308,19 @@ GgufExportReport export_gguf(const std::string& dir, const std::string& out, con
                           std::function<torch::Tensor(torch::Tensor)> fn = nullptr) {
     add(gguf, hf, wt(ckpt.get(hf).shape), fn);
   };
+  // deepseek: within each of `heads` blocks of `block` rows, the last
+  // qk_rope_head_dim rows go from HF rotate-half to llama.cpp's adjacent pairs
+  const auto rope_tail_fn = [&](int64_t heads, int64_t block) -> std::function<torch::Tensor(torch::Tensor)> {
+    if (!ai.unpermute_qk) return nullptr;
+    const int64_t rope = c.qk_rope_head_dim;
+    return [heads, block, rope](torch::Tensor w) {
+      auto v = w.reshape({heads, block, -1});
+      auto tail = reorder_rope_rows(v.narrow(1, block - rope, rope).reshape({heads * rope, -1}), heads, true);
+      return torch::cat({v.narrow(1, 0, block - rope), tail.reshape({heads, rope, -1})}, 1)
+          .reshape(w.sizes())
+          .contiguous();
+    };
+  };
   const auto rope_fn = [&](int64_t heads) -> std::function<torch::Tensor(torch::Tensor)> {
     if (ai.permute_qk) return [heads](torch::Tensor w) { return reorder_rope_rows(w, heads, false); };
     if (ai.unpermute_qk) return [heads](torch::Tensor w) { return reorder_rope_rows(w, heads, true); };
@@ -313,6 +345,41 @@ GgufExportReport export_gguf(const std::string& dir, const std::string& out, con
     const std::string L = "model.layers." + std::to_string(i) + ".", B = "blk." + std::to_string(i) + ".";
     add(B + "attn_norm.weight", L + "input_layernorm.weight", GgufType::F32);
     const std::string A = L + "self_attn.";
+    if (deepseek) {
+      const int64_t H = c.num_attention_heads, qk = c.qk_head_dim();
+      if (c.q_lora_rank > 0) {
+        weight(B + "attn_q_a.weight", A + "q_a_proj.weight");
+        add(B + "attn_q_a_norm.weight", A + "q_a_layernorm.weight", GgufType::F32);
+        weight(B + "attn_q_b.weight", A + "q_b_proj.weight", rope_tail_fn(H, qk));
+      } else {
+        weight(B + "attn_q.weight", A + "q_proj.weight", rope_tail_fn(H, qk));
+      }
+      weight(B + "attn_kv_a_mqa.weight", A + "kv_a_proj_with_mqa.weight",
+             rope_tail_fn(1, c.kv_lora_rank + c.qk_rope_head_dim));
+      add(B + "attn_kv_a_norm.weight", A + "kv_a_layernorm.weight", GgufType::F32);
+      weight(B + "attn_kv_b.weight", A + "kv_b_proj.weight");
+      weight(B + "attn_output.weight", A + "o_proj.weight");
+      add(B + "ffn_norm.weight", L + "post_attention_layernorm.weight", GgufType::F32);
+      const std::string M = L + "mlp.";
+      if (!c.moe_layers[size_t(i)]) {
+        weight(B + "ffn_gate.weight", M + "gate_proj.weight");
+        weight(B + "ffn_up.weight", M + "up_proj.weight");
+        weight(B + "ffn_down.weight", M + "down_proj.weight");
+        continue;
+      }
+      add(B + "ffn_gate_inp.weight", M + "gate.weight", GgufType::F32);
+      if (ckpt.has(M + "gate.e_score_correction_bias"))
+        add(B + "exp_probs_b.bias", M + "gate.e_score_correction_bias", GgufType::F32);
+      experts(B + "ffn_gate_exps.weight", M + "experts.", "gate_proj.weight");
+      experts(B + "ffn_down_exps.weight", M + "experts.", "down_proj.weight");
+      experts(B + "ffn_up_exps.weight", M + "experts.", "up_proj.weight");
+      if (c.n_shared_experts > 0) {
+        weight(B + "ffn_gate_shexp.weight", M + "shared_experts.gate_proj.weight");
+        weight(B + "ffn_up_shexp.weight", M + "shared_experts.up_proj.weight");
+        weight(B + "ffn_down_shexp.weight", M + "shared_experts.down_proj.weight");
+      }
+      continue;
+    }
     weight(B + "attn_q.weight", A + "q_proj.weight", rope_fn(c.num_attention_heads));
     weight(B + "attn_k.weight", A + "k_proj.weight", rope_fn(c.num_key_value_heads));
     weight(B + "attn_v.weight", A + "v_proj.weight");
@@ -353,6 +420,7 @@ GgufExportReport export_gguf(const std::string& dir, const std::string& out, con
   }
   add("output_norm.weight", "model.norm.weight", GgufType::F32);
   if (!c.tie_word_embeddings) weight("output.weight", "lm_head.weight");
+  else if (deepseek) weight("output.weight", "model.embed_tokens.weight");  // deepseek2 needs its own
   for (const auto& n : ckpt.names())
     if (!used.count(n) && !n.ends_with("rotary_emb.inv_freq"))
       throw Error(dir + ": tensor '" + n + "' has no GGUF counterpart for " + c.model_type);
@@ -374,14 +442,31 @@ GgufExportReport export_gguf(const std::string& dir, const std::string& out, con
   md.u32(a + ".feed_forward_length", c.intermediate_size);
   md.u32(a + ".attention.head_count", c.num_attention_heads);
   md.u32(a + ".attention.head_count_kv", c.num_key_value_heads);
-  md.u32(a + ".attention.key_length", c.head_dim);
-  md.u32(a + ".attention.value_length", c.head_dim);
-  md.u32(a + ".rope.dimension_count", c.head_dim);
+  md.u32(a + ".attention.key_length", deepseek ? c.qk_head_dim() : c.head_dim);
+  md.u32(a + ".attention.value_length", deepseek ? c.v_head_dim : c.head_dim);
+  md.u32(a + ".rope.dimension_count", deepseek ? c.qk_rope_head_dim : c.head_dim);
   md.f32(a + ".rope.freq_base", c.rope_theta);
   md.f32(a + ".attention.layer_norm_rms_epsilon", c.rms_norm_eps);
   if (c.rope_scaling.rope_type == "linear") {
     md.string(a + ".rope.scaling.type", "linear");
     md.f32(a + ".rope.scaling.factor", c.rope_scaling.factor);
+  } else if (c.rope_scaling.rope_type == "yarn") {  // deepseek only (checked above)
+    md.string(a + ".rope.scaling.type", "yarn");
+    md.f32(a + ".rope.scaling.factor", c.rope_scaling.factor);
+    md.u32(a + ".rope.scaling.original_context_length", c.rope_scaling.original_max_position_embeddings);
+    md.f32(a + ".rope.scaling.yarn_log_multiplier", 0.1 * c.rope_scaling.mscale_all_dim);
+  }
+  if (deepseek) {
+    // llama.cpp reads it always; without yarn it multiplies log(1) = 0
+    if (c.rope_scaling.rope_type != "yarn") md.f32(a + ".rope.scaling.yarn_log_multiplier", 0.0);
+    md.u32(a + ".leading_dense_block_count", c.first_k_dense_replace);
+    if (c.q_lora_rank > 0) md.u32(a + ".attention.q_lora_rank", c.q_lora_rank);
+    md.u32(a + ".attention.kv_lora_rank", c.kv_lora_rank);
+    md.u32(a + ".expert_feed_forward_length", c.moe_intermediate_size);
+    md.u32(a + ".expert_shared_count", c.n_shared_experts);
+    md.f32(a + ".expert_weights_scale", c.routed_scaling_factor);
+    md.boolean(a + ".expert_weights_norm", c.norm_topk_prob);
+    md.u32(a + ".expert_gating_func", c.scoring_func == "sigmoid" ? 2 : 1);  // llama.cpp's enum
   }
   if (c.is_moe()) {
     md.u32(a + ".expert_count", c.num_experts);
@@ -457,7 +542,7 @@ GgufExportReport export_gguf(const std::string& dir, const std::string& out, con
   if (progress) progress->finish();
   f.commit();
 
-  GgufExportReport r;
+  GgufExportReport& r = report;
   r.arch = a;
   r.tensors = int64_t(plan.size());
   r.metadata_keys = md.count;

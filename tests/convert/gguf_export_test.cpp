@@ -305,6 +305,66 @@ TEST(GgufExport, MoeExpertsStackedRoutersF32) {
   }
 }
 
+// deepseek2: MLA tensors and keys as llama.cpp reads them, the dense lead
+// layer, the correction bias, and rotate-half rope rows (deepseek_v3 with
+// rope_interleave false) moved to adjacent pairs in each head's rope tail.
+TEST(GgufExport, DeepSeekMlaTensorsKeysAndRopeTail) {
+  for (const bool interleaved : {true, false}) {
+    SCOPED_TRACE(interleaved ? "interleaved" : "rotate-half");
+    TempDir d;
+    const std::string dir = (d.path / "m").string(), out = (d.path / "m.gguf").string();
+    nlohmann::json j = test::tiny_config("deepseek_v3").to_json();
+    j["rope_interleave"] = interleaved;
+    j["n_group"] = 2;
+    j["topk_group"] = 1;  // group-limited: llama.cpp ignores it, a warning says so
+    const ModelConfig c = ModelConfig::from_json(j, "test");
+    {
+      Transformer m(c);
+      init_random(m, 8);
+      save_model(m, dir);
+      write_tokenizer(dir);
+    }
+    const GgufExportReport r = export_gguf(dir, out, opts("f16"));
+    ASSERT_EQ(r.warnings.size(), 1u);
+    EXPECT_CONTAINS(r.warnings[0], "ignores group-limited routing");
+    const GgufFile g = GgufFile::read(out);
+    check_layout(g);
+    EXPECT_EQ(r.arch, "deepseek2");
+    EXPECT_EQ(u(g, "deepseek2.leading_dense_block_count"), c.first_k_dense_replace);
+    EXPECT_EQ(u(g, "deepseek2.attention.kv_lora_rank"), c.kv_lora_rank);
+    EXPECT_EQ(u(g, "deepseek2.attention.q_lora_rank"), c.q_lora_rank);
+    EXPECT_EQ(u(g, "deepseek2.attention.key_length"), c.qk_nope_head_dim + c.qk_rope_head_dim);
+    EXPECT_EQ(u(g, "deepseek2.attention.value_length"), c.v_head_dim);
+    EXPECT_EQ(u(g, "deepseek2.rope.dimension_count"), c.qk_rope_head_dim);
+    EXPECT_EQ(u(g, "deepseek2.expert_shared_count"), c.n_shared_experts);
+    EXPECT_EQ(u(g, "deepseek2.expert_gating_func"), c.scoring_func == "sigmoid" ? 2 : 1);
+    ASSERT_NE(g.find("blk.0.ffn_gate.weight"), nullptr);  // the dense lead layer
+    ASSERT_NE(g.find("blk.1.exp_probs_b.bias"), nullptr);
+    ASSERT_NE(g.find("blk.1.ffn_gate_shexp.weight"), nullptr);
+    ASSERT_NE(g.find("output.weight"), nullptr);
+
+    // q_b_proj rows: per head [nope | rope]; the rope tail maps i -> 2i (first
+    // half) and rope/2 + i -> 2i + 1 when the source is rotate-half
+    const auto* qb = g.find("blk.0.attn_q_b.weight");
+    ASSERT_NE(qb, nullptr);
+    const torch::Tensor src = source(dir, "model.layers.0.self_attn.q_b_proj.weight").to(torch::kFloat16).to(torch::kFloat32);
+    const std::vector<float> got = g.load(out, *qb);
+    const int64_t H = c.num_attention_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
+    const int64_t qk = nope + rope, cols = src.size(1);
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < qk; ++i) {
+        int64_t from = i;
+        if (!interleaved && i >= nope) {
+          const int64_t t = i - nope;  // position in the pair layout
+          from = nope + (t % 2 == 0 ? t / 2 : rope / 2 + t / 2);
+        }
+        const torch::Tensor row = torch::from_blob(const_cast<float*>(got.data()) + (h * qk + i) * cols, {cols},
+                                                   torch::kFloat32);
+        EXPECT_TRUE(torch::equal(row, src[h * qk + from])) << "head " << h << " row " << i;
+      }
+  }
+}
+
 TEST(GgufExport, BadInputNamesItAndWritesNothing) {
   TempDir d;
   const std::string dir = (d.path / "m").string(), out = (d.path / "m.gguf").string();

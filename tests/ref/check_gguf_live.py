@@ -3,7 +3,8 @@
 
     python check_gguf_live.py FINMOE_BINARY LLAMA_CPP_BIN TOKENIZER_ROOT WORKDIR [--json OUT]
 
-For llama (Llama-3 tokenizer), qwen2 and mistral, then mixtral and qwen2_moe
+For llama (Llama-3 tokenizer), qwen2 and mistral, then mixtral, qwen2_moe
+and deepseek_v2 / deepseek_v3 (MLA; HF's interleaved rope and rotate-half)
 (Qwen3 tokenizer; TOKENIZER_ROOT/{llama3,qwen3}): a tiny random float32
 model made by `finmoe init --config`, exported as f16 and q8_0. Then
   * gguf's GGUFReader reads each file: metadata (architecture, vocabulary,
@@ -54,6 +55,19 @@ MODELS = [  # (name, tokenizer, config)
                             "moe_intermediate_size": 32, "shared_expert_intermediate_size": 64,
                             "attention_bias": True}),
 ]
+# MLA + DeepSeekMoE: a dense first layer, then MoE; q LoRA on (the llama.cpp
+# snapshot these were checked with takes q_proj only for 27-layer models);
+# one group (llama.cpp does not limit routing to groups)
+_MLA = {"num_key_value_heads": 4, "kv_lora_rank": 16, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4,
+        "v_head_dim": 8, "q_lora_rank": 12, "n_routed_experts": 4, "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32, "n_shared_experts": 1, "first_k_dense_replace": 1}
+MODELS += [
+    ("deepseek_v2", "qwen3", dict(_MLA, model_type="deepseek_v2", routed_scaling_factor=1.5)),
+    ("deepseek_v3", "qwen3", dict(_MLA, model_type="deepseek_v3", n_group=1, topk_group=1,
+                                  routed_scaling_factor=2.0)),
+    ("deepseek_v3_rotate_half", "qwen3", dict(_MLA, model_type="deepseek_v3", n_group=1, topk_group=1,
+                                              rope_interleave=False)),
+]
 
 
 def vocab_size(tok_dir):
@@ -90,6 +104,12 @@ def hf_name(gguf_name):
               "ffn_down": "mlp.down_proj", "ffn_gate_shexp": "mlp.shared_expert.gate_proj",
               "ffn_up_shexp": "mlp.shared_expert.up_proj", "ffn_down_shexp": "mlp.shared_expert.down_proj",
               "ffn_gate_inp_shexp": "mlp.shared_expert_gate"}
+    deepseek = {"attn_q_a": "self_attn.q_a_proj", "attn_q_a_norm": "self_attn.q_a_layernorm",
+                "attn_q_b": "self_attn.q_b_proj", "attn_kv_a_mqa": "self_attn.kv_a_proj_with_mqa",
+                "attn_kv_a_norm": "self_attn.kv_a_layernorm", "attn_kv_b": "self_attn.kv_b_proj",
+                "exp_probs_b": "mlp.gate.e_score_correction_bias"}
+    if part in deepseek:
+        return L + deepseek[part] + ("" if part == "exp_probs_b" else "." + suffix)
     if part in simple:
         return L + simple[part] + "." + suffix
     return {"ffn_gate_inp": "{moe}gate", "ffn_gate_exps": "{moe}experts.{e}.{gate}",
@@ -101,10 +121,12 @@ def expected(name, src, cfg):
     t = cfg["model_type"]
     mix = t == "mixtral"
     h = hf_name(name).replace("{moe}", "block_sparse_moe." if mix else "mlp.")
+    if t.startswith("deepseek"):
+        h = h.replace("shared_expert.", "shared_experts.")
     h = h.replace("{gate}", "w1" if mix else "gate_proj").replace("{up}", "w3" if mix else "up_proj") \
          .replace("{down}", "w2" if mix else "down_proj")
     if "{e}" in h:
-        n = cfg.get("num_local_experts", cfg.get("num_experts"))
+        n = cfg.get("num_local_experts", cfg.get("num_experts", cfg.get("n_routed_experts")))
         return np.stack([src[h.replace("{e}", str(e))] for e in range(n)])
     w = src[h]
     if name.endswith("ffn_gate_inp_shexp.weight"):
@@ -114,6 +136,15 @@ def expected(name, src, cfg):
         heads = cfg["num_attention_heads"] if part == "attn_q" else cfg["num_key_value_heads"]
         # rotate-half -> adjacent pairs, as llama.cpp's converter does for Llama
         w = w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    if t.startswith("deepseek") and cfg.get("rope_interleave", True) is False and part in ("attn_q_b", "attn_q",
+                                                                                             "attn_kv_a_mqa"):
+        # the rope rows of each block (the tail of every head; of the latent row) to adjacent pairs
+        rope = cfg["qk_rope_head_dim"]
+        blocks = cfg["num_attention_heads"] if part != "attn_kv_a_mqa" else 1
+        v = w.reshape(blocks, -1, w.shape[-1]).copy()
+        tail = v[:, -rope:, :]
+        v[:, -rope:, :] = tail.reshape(blocks, 2, rope // 2, -1).swapaxes(1, 2).reshape(blocks, rope, -1)
+        w = v.reshape(w.shape)
     return w
 
 
@@ -121,7 +152,8 @@ def check_reader(path, model_dir, cfg, typ, tok_dir):
     r = GGUFReader(path)
     f = {k: v for k, v in r.fields.items()}
     arch = f["general.architecture"].contents()
-    want_arch = {"qwen2": "qwen2", "qwen2_moe": "qwen2moe"}.get(cfg["model_type"], "llama")
+    want_arch = {"qwen2": "qwen2", "qwen2_moe": "qwen2moe", "deepseek_v2": "deepseek2",
+                 "deepseek_v3": "deepseek2"}.get(cfg["model_type"], "llama")
     assert arch == want_arch, (arch, want_arch)
     assert f["general.alignment"].contents() == 32
     tokens = f["tokenizer.ggml.tokens"].contents()
