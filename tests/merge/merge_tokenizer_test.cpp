@@ -17,6 +17,7 @@
 #include "finmoe/chat_template.h"
 #include "finmoe/config.h"
 #include "finmoe/merge.h"
+#include "finmoe/model.h"
 #include "finmoe/safetensors.h"
 #include "finmoe/tokenizer.h"
 
@@ -156,8 +157,10 @@ TEST(MergeTokenizerUnion, BaseIdsFirstThenEachModelsNewTokensInRecipeOrder) {
   const Vocab base = vocab_of(data("models/base"));
   for (const auto& [id, tok] : base.token) EXPECT_EQ(v.id.at(tok), id) << tok;
   const int64_t n = int64_t(base.token.size());
-  // a adds <|im_start|>, <|im_end|>, <ticker>; b's <|im_end|> is a's already
-  const std::vector<std::string> want = {"<|im_start|>", "<|im_end|>", "<ticker>", "<eps>", "<|tool|>"};
+  // first the models' model.vocab tokens the base lacks (b's "▁revenue"), then
+  // the added tokens: a's <|im_start|>, <|im_end|>, <ticker>, then b's new ones
+  const std::vector<std::string> want = {"\xe2\x96\x81revenue", "<|im_start|>", "<|im_end|>",
+                                         "<ticker>", "<eps>", "<|tool|>"};
   ASSERT_EQ(int64_t(v.token.size()), n + int64_t(want.size()));
   for (size_t i = 0; i < want.size(); ++i) EXPECT_EQ(v.token.at(n + int64_t(i)), want[i]);
 }
@@ -166,6 +169,7 @@ TEST(MergeTokenizerUnion, EachRowIsTheMergeOfTheModelsRowsForItsToken) {
   TempDir tmp;
   const std::string out = merge("union_linear", tmp);  // weights base 0.2, a 0.5, b 0.3
   const Vocab v = vocab_of(out);
+  EXPECT_EQ(load_model(out, {.dtype = torch::kFloat32}).config().vocab_size, int64_t(v.token.size()));
   std::map<std::string, Vocab> mv;
   std::map<std::string, CheckpointReader> mr;
   for (const char* m : {"base", "a", "b"}) {

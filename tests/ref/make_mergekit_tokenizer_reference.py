@@ -9,7 +9,8 @@ argument):
                        (tests/data/tokenizer/byte_fallback/llama2_style); a
                        and b add their own tokens after it (a: <|im_start|>,
                        <|im_end|>, <ticker>; b: <|im_end|>, <eps>, <|tool|>),
-                       so a shared added token has another id in each, and
+                       so a shared added token has another id in each; b's
+                       model.vocab also has "▁revenue" (id 659), and they
                        carry one chat template (base has none)
   <name>.yaml          one mergekit recipe per case (paths relative to here)
   expected/<name>/     mergekit-yaml's output: model.safetensors,
@@ -49,6 +50,7 @@ ADDED = {
     "a": [("<|im_start|>", True), ("<|im_end|>", True), ("<ticker>", False)],
     "b": [("<|im_end|>", True), ("<eps>", False), ("<|tool|>", True)],
 }
+VOCAB_EXTRA = {"b": ["▁revenue"]}  # b's model.vocab also has a token the base lacks
 MODEL_TEMPLATE = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
                   "{% if add_generation_prompt %}[assistant] {% endif %}")
 
@@ -64,6 +66,7 @@ TEXTS = [
     "<|im_start|>user\nEPS of <ticker> rose<|im_end|>",
     "call <|tool|> for <eps> now<|im_end|>",
     "plain text with no added tokens",
+    "revenue rose",
 ]
 CONVERSATION = [
     {"role": "system", "content": "You are a financial analyst."},
@@ -149,13 +152,15 @@ def shapes(vocab):
     return s
 
 
-def write_tokenizer(path, added):
+def write_tokenizer(path, extra, added):
     with open(os.path.join(TOKENIZER, "tokenizer.json")) as f:
         tj = json.load(f)
     with open(os.path.join(TOKENIZER, "tokenizer_config.json")) as f:
         tc = json.load(f)
+    for i, tok in enumerate(extra):
+        tj["model"]["vocab"][tok] = BASE_VOCAB + i
     for i, (content, special) in enumerate(added):
-        tj["added_tokens"].append({"id": BASE_VOCAB + i, "content": content, "single_word": False,
+        tj["added_tokens"].append({"id": BASE_VOCAB + len(extra) + i, "content": content, "single_word": False,
                                    "lstrip": False, "rstrip": False, "normalized": not special,
                                    "special": special})
     if added:
@@ -175,15 +180,15 @@ def make_models(out, seed=20261205):
             w = 1.0 + 0.1 * torch.randn(shape, generator=g)
         base[name] = w
     for n in ("base", "a", "b"):
-        added = ADDED.get(n, [])
-        vocab = BASE_VOCAB + len(added)
+        added, extra = ADDED.get(n, []), VOCAB_EXTRA.get(n, [])
+        vocab = BASE_VOCAB + len(extra) + len(added)
         t = {}
         for name, shape in shapes(vocab).items():
             w = base[name]
             if n != "base":
                 w = w + 0.3 * torch.randn(w.shape, generator=g)
                 if shape[0] == vocab and vocab > BASE_VOCAB and name != "model.norm.weight":
-                    w = torch.cat([w, torch.randn([len(added)] + shape[1:], generator=g)])
+                    w = torch.cat([w, torch.randn([vocab - BASE_VOCAB] + shape[1:], generator=g)])
             t[name] = w
         path = os.path.join(out, "models", n)
         os.makedirs(path, exist_ok=True)
@@ -191,7 +196,7 @@ def make_models(out, seed=20261205):
                   metadata={"format": "pt"})
         with open(os.path.join(path, "config.json"), "w") as f:
             json.dump(dict(CONFIG, vocab_size=vocab), f, indent=2)
-        write_tokenizer(path, added)
+        write_tokenizer(path, extra, added)
 
 
 def mergekit_yaml_path():
