@@ -322,10 +322,6 @@ OutputVocab build_output_vocab(const MergeRecipe& r, const std::string& base_in,
   out.rows = next;
   if (r.pad_to_multiple_of > 0 && out.rows % r.pad_to_multiple_of)
     out.rows = (out.rows / r.pad_to_multiple_of + 1) * r.pad_to_multiple_of;
-  if (!own_src && source != "union" && source != "base")
-    ;  // a model among the inputs: its vocabulary is in out.models already
-  else if (own_src)
-    out.models[source] = own_src->ids;
 
   std::stable_sort(added.begin(), added.end(), [](const ojson& a, const ojson& b) {
     return a["id"].get<int64_t>() < b["id"].get<int64_t>();

@@ -5,9 +5,12 @@
 // invariants of the row mapping.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
+
+#include <sys/wait.h>
 
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
@@ -259,6 +262,22 @@ TEST(MergeTokenizerBadInput, ConflictingKeysBadTemplatesAndMissingTokenizersAreN
                   "is not an input");
   EXPECT_FALSE(fs::exists(out));
   EXPECT_EQ(std::distance(fs::directory_iterator(tmp.str()), fs::directory_iterator{}), 1);
+}
+
+int cli(const std::string& args) {
+  const int rc = std::system((std::string(FINMOE_CLI_PATH) + " merge " + args + " 2>/dev/null >/dev/null").c_str());
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+TEST(MergeTokenizerCli, AUnionRecipeRunsABadChatTemplateExitsTwo) {
+  TempDir tmp;
+  EXPECT_EQ(cli(data("union_ties_tokens.yaml") + " " + tmp.str() + "/u"), 0);
+  EXPECT_EQ(read_json_file(tmp.str() + "/u/config.json")["vocab_size"], 672);
+  const std::string bad = tmp.str() + "/bad.yaml";
+  write_file_atomic(bad, "merge_method: linear\nmodels:\n  - model: " + data("models/a") +
+                             "\n    parameters: {weight: 1}\nchat_template: vicuna\n");
+  EXPECT_EQ(cli(bad + " " + tmp.str() + "/bad"), 2);
+  EXPECT_FALSE(fs::exists(tmp.str() + "/bad"));
 }
 
 }  // namespace
