@@ -6,9 +6,9 @@ Writes into tests/data/merge/tokenizer/ (or the directory given as the first
 argument):
   models/{base,a,b}/   tiny float32 LlamaForCausalLM checkpoints (one layer)
                        with the byte-fallback test tokenizer
-                       (tests/data/tokenizer/byte_fallback/llama2_style); a
-                       and b add their own tokens after it (a: <|im_start|>,
-                       <|im_end|>, <ticker>; b: <|im_end|>, <eps>, <|tool|>),
+                       (tests/data/tokenizer/byte_fallback/llama2_style); the
+                       base adds <|base|>, a adds it too and <|im_start|>,
+                       <|im_end|>, <ticker>; b adds <|im_end|>, <eps>, <|tool|>,
                        so a shared added token has another id in each; b's
                        model.vocab also has "▁revenue" (id 659), and they
                        carry one chat template (base has none)
@@ -47,7 +47,8 @@ TOKENIZER = os.path.join(HERE, "..", "data", "tokenizer", "byte_fallback", "llam
 
 BASE_VOCAB = 659  # tokens of the test tokenizer
 ADDED = {
-    "a": [("<|im_start|>", True), ("<|im_end|>", True), ("<ticker>", False)],
+    "base": [("<|base|>", True)],  # a has it too, b not: b takes the base's row
+    "a": [("<|base|>", True), ("<|im_start|>", True), ("<|im_end|>", True), ("<ticker>", False)],
     "b": [("<|im_end|>", True), ("<eps>", False), ("<|tool|>", True)],
 }
 VOCAB_EXTRA = {"b": ["▁revenue"]}  # b's model.vocab also has a token the base lacks
@@ -65,7 +66,7 @@ CONFIG = {
 TEXTS = [
     "<|im_start|>user\nEPS of <ticker> rose<|im_end|>",
     "call <|tool|> for <eps> now<|im_end|>",
-    "plain text with no added tokens",
+    "plain text with no added tokens <|base|>",
     "revenue rose",
 ]
 CONVERSATION = [
@@ -152,7 +153,7 @@ def shapes(vocab):
     return s
 
 
-def write_tokenizer(path, extra, added):
+def write_tokenizer(path, extra, added, with_template):
     with open(os.path.join(TOKENIZER, "tokenizer.json")) as f:
         tj = json.load(f)
     with open(os.path.join(TOKENIZER, "tokenizer_config.json")) as f:
@@ -163,7 +164,7 @@ def write_tokenizer(path, extra, added):
         tj["added_tokens"].append({"id": BASE_VOCAB + len(extra) + i, "content": content, "single_word": False,
                                    "lstrip": False, "rstrip": False, "normalized": not special,
                                    "special": special})
-    if added:
+    if with_template:
         tc["chat_template"] = MODEL_TEMPLATE
     with open(os.path.join(path, "tokenizer.json"), "w") as f:
         json.dump(tj, f, ensure_ascii=False, indent=1)
@@ -172,9 +173,13 @@ def write_tokenizer(path, extra, added):
 
 
 def make_models(out, seed=20261205):
+    """base: the test tokenizer plus <|base|>; a: base's 660 tokens plus three
+    added; b: the test tokenizer's 659, ▁revenue and three added. A model's
+    rows for the base's tokens are the base's plus noise, its other rows random."""
     g = torch.Generator().manual_seed(seed)
+    base_rows = BASE_VOCAB + len(ADDED["base"])
     base = {}
-    for name, shape in shapes(BASE_VOCAB).items():
+    for name, shape in shapes(base_rows).items():
         w = torch.randn(shape, generator=g) * 0.5
         if name.endswith("norm.weight"):
             w = 1.0 + 0.1 * torch.randn(shape, generator=g)
@@ -182,13 +187,16 @@ def make_models(out, seed=20261205):
     for n in ("base", "a", "b"):
         added, extra = ADDED.get(n, []), VOCAB_EXTRA.get(n, [])
         vocab = BASE_VOCAB + len(extra) + len(added)
+        shared = base_rows if n == "a" else BASE_VOCAB  # leading rows of the base's tokens
         t = {}
         for name, shape in shapes(vocab).items():
             w = base[name]
             if n != "base":
+                if shape[0] == vocab and name != "model.norm.weight":
+                    w = w[:shared]
                 w = w + 0.3 * torch.randn(w.shape, generator=g)
-                if shape[0] == vocab and vocab > BASE_VOCAB and name != "model.norm.weight":
-                    w = torch.cat([w, torch.randn([vocab - BASE_VOCAB] + shape[1:], generator=g)])
+                if shape[0] == vocab and name != "model.norm.weight":
+                    w = torch.cat([w, torch.randn([vocab - shared] + shape[1:], generator=g)])
             t[name] = w
         path = os.path.join(out, "models", n)
         os.makedirs(path, exist_ok=True)
@@ -196,7 +204,7 @@ def make_models(out, seed=20261205):
                   metadata={"format": "pt"})
         with open(os.path.join(path, "config.json"), "w") as f:
             json.dump(dict(CONFIG, vocab_size=vocab), f, indent=2)
-        write_tokenizer(path, extra, added)
+        write_tokenizer(path, extra, added, with_template=n != "base")
 
 
 def mergekit_yaml_path():
