@@ -124,12 +124,15 @@ struct MergeReport {
 
 // Merges into OUT (which must not exist): the weights, config.json (of the
 // base model, else the first model; num_hidden_layers from the slices,
-// torch_dtype from out_dtype), the tokenizer files and generation_config.json
-// of the tokenizer source (default: base, else the first model),
+// torch_dtype from out_dtype, vocab_size from a mapped vocabulary), the
+// tokenizer files and generation_config.json of the tokenizer source
+// (default: base, else the first model; with a mapped vocabulary its merged
+// tokenizer.json / tokenizer_config.json), the chat template asked for,
 // mergekit_config.yml (the recipe) and README.md (a model card with it).
 // Checks before writing: same model_type, the same tensors with the same
-// shapes in every input (vocabulary sizes must match), parameter ranges
-// (density in (0, 1], weights not summing to 0 with normalize).
+// shapes in every input (vocabulary sizes must match unless rows are mapped
+// by a tokenizer source), parameter ranges (density in (0, 1], weights not
+// summing to 0 with normalize).
 MergeReport merge_models(const MergeRecipe& recipe, const std::string& out_dir,
                          const MergeOptions& options = {});
 
