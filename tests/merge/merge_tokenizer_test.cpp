@@ -35,11 +35,12 @@ std::string data(const std::string& rel) {
   return std::string(FINMOE_TEST_DATA_DIR) + "/merge/tokenizer/" + rel;
 }
 
-std::string merge(const std::string& recipe, const TempDir& tmp, const std::string& name = "out") {
-  const std::string out = tmp.str() + "/" + name;
+// Merges DIR/RECIPE.yaml (DIR: the reference directory) into TMP/out.
+std::string merge(const std::string& recipe, const TempDir& tmp, const std::string& dir = "") {
+  const std::string out = tmp.str() + "/out";
   MergeOptions o;
   o.progress = false;
-  merge_models(load_merge_recipe(data(recipe + ".yaml")), out, o);
+  merge_models(load_merge_recipe((dir.empty() ? data("") : dir + "/") + recipe + ".yaml"), out, o);
   return out;
 }
 
@@ -74,14 +75,14 @@ Vocab vocab_of(const std::string& dir) {
   return v;
 }
 
-class MergeTokenizerReference : public ::testing::TestWithParam<std::string> {};
-
+// finmoe's merge of DIR/RECIPE.yaml against mergekit's output DIR/expected/RECIPE:
 // mergekit orders the added tokens of models other than the base by a Python
 // set's iteration order, so rows and tokenizations are compared by token string.
-TEST_P(MergeTokenizerReference, RowsTokensAndTemplateEqualMergekits) {
+void expect_equals_mergekit(const std::string& dir, const std::string& recipe) {
+  SCOPED_TRACE(recipe);
   TempDir tmp;
-  const std::string out = merge(GetParam(), tmp);
-  const std::string want_dir = data("expected/" + GetParam());
+  const std::string out = merge(recipe, tmp, dir);
+  const std::string want_dir = dir + "/expected/" + recipe;
 
   const Vocab got_v = vocab_of(out), want_v = vocab_of(want_dir);
   ASSERT_EQ(got_v.token.size(), want_v.token.size());
@@ -107,7 +108,7 @@ TEST_P(MergeTokenizerReference, RowsTokensAndTemplateEqualMergekits) {
     worst = std::max(worst, ((g - w).abs() / (1 + w.abs())).max().item<double>());
   }
   EXPECT_LT(worst, 2e-6);
-  RecordProperty("max_rel_diff", std::to_string(worst));
+  ::testing::Test::RecordProperty("max_rel_diff", std::to_string(worst));
 
   // the tokenizer of OUT tokenizes like mergekit's (transformers) union tokenizer
   const nlohmann::json tokens = read_json_file(want_dir + "/tokens.json");
@@ -121,14 +122,39 @@ TEST_P(MergeTokenizerReference, RowsTokensAndTemplateEqualMergekits) {
   if (!tokens["chat"].is_null()) {
     ChatRequest req;
     req.messages = nlohmann::ordered_json::parse(
-        read_json_file(data("MANIFEST.json"))["conversation"].dump());
+        read_json_file(dir + "/MANIFEST.json")["conversation"].dump());
     req.add_generation_prompt = true;
     EXPECT_EQ(ChatTemplate::from_tokenizer(tok).render(req), tokens["chat"].get<std::string>());
   }
 }
 
+const std::vector<std::string> kRecipes = {"union_linear", "union_ties_tokens", "source_b"};
+
+class MergeTokenizerReference : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(MergeTokenizerReference, RowsTokensAndTemplateEqualMergekits) {
+  std::string dir = data("");
+  dir.pop_back();
+  expect_equals_mergekit(dir, GetParam());
+}
+
+// Live (FINMOE_LIVE_MERGEKIT=1, FINMOE_MERGEKIT_PYTHON a Python with mergekit):
+// the reference script run now, with another hash seed (so mergekit may order
+// the union otherwise), into a temporary directory, and the same comparison.
+TEST(MergeTokenizerLive, ALiveMergekitRunGivesTheSameMerges) {
+  const char* live = std::getenv("FINMOE_LIVE_MERGEKIT");
+  const char* py = std::getenv("FINMOE_MERGEKIT_PYTHON");
+  if (!live || std::string(live) != "1" || !py)
+    GTEST_SKIP() << "set FINMOE_LIVE_MERGEKIT=1 and FINMOE_MERGEKIT_PYTHON (a Python with mergekit)";
+  TempDir tmp;
+  const std::string cmd = "FINMOE_REF_HASHSEED=1 " + std::string(py) + " " + FINMOE_SOURCE_DIR +
+                          "/tests/ref/make_mergekit_tokenizer_reference.py " + tmp.str() + " >/dev/null 2>&1";
+  ASSERT_EQ(WEXITSTATUS(std::system(cmd.c_str())), 0) << cmd;
+  for (const std::string& r : kRecipes) expect_equals_mergekit(tmp.str(), r);
+}
+
 INSTANTIATE_TEST_SUITE_P(Recipes, MergeTokenizerReference,
-                         ::testing::Values("union_linear", "union_ties_tokens", "source_b"));
+                         ::testing::ValuesIn(kRecipes));
 
 TEST(MergeTokenizerReference, BuiltinChatTemplatesRenderAsMergekits) {
   const nlohmann::json t = read_json_file(data("templates.json"));

@@ -27,6 +27,9 @@ mergekit orders the added tokens of the models other than the base in the
 iteration order of a Python set (it varies with PYTHONHASHSEED), so the tests
 compare rows and tokenizations by token string, not by id.
 
+mergekit runs with PYTHONHASHSEED=0 (FINMOE_REF_HASHSEED overrides it; the
+live test, tests/merge/merge_tokenizer_test.cpp, runs this script with 1).
+
 Needs: torch, safetensors, transformers and mergekit (PyPI `mergekit`):
   V/bin/python tests/ref/make_mergekit_tokenizer_reference.py
 """
@@ -228,7 +231,7 @@ def main():
             f.write(text.lstrip())
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "out")
-            env = dict(os.environ, PYTHONHASHSEED="0")
+            env = dict(os.environ, PYTHONHASHSEED=os.environ.get("FINMOE_REF_HASHSEED", "0"))
             subprocess.run([mergekit_yaml_path(), recipe, out, "--quiet", "--no-write-model-card"],
                            cwd=OUT, check=True, env=env)
             dest = os.path.join(OUT, "expected", name)
