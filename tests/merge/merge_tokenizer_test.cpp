@@ -249,6 +249,54 @@ TEST(MergeTokenizerUnion, IdenticalVocabulariesGiveTheMergeWithoutATokenizerSour
     EXPECT_TRUE(torch::equal(tensor(plain, n), tensor(uni, n))) << n;
 }
 
+TEST(MergeTokenizerSource, BaseMapsRowsAndDropsPaddingAndTokensItLacks) {
+  TempDir tmp;
+  // copies of base and a with 4 padding rows (vocab_size + 4), as many checkpoints have
+  auto padded = [&](const std::string& m) {
+    const std::string dir = tmp.str() + "/" + m;
+    fs::create_directories(dir);
+    const CheckpointReader r = CheckpointReader::open(data("models/" + m));
+    std::vector<torch::Tensor> keep;
+    std::vector<TensorData> td;
+    for (const auto& n : r.names()) {
+      torch::Tensor t = tensor(r, n);
+      if (n == "model.embed_tokens.weight" || n == "lm_head.weight")
+        t = torch::cat({t, torch::full({4, t.size(1)}, 7.0f)});
+      keep.push_back(t.contiguous());
+      td.push_back({n, DType::F32, keep.back().sizes().vec(), keep.back().data_ptr(),
+                    size_t(keep.back().numel()) * 4});
+    }
+    write_checkpoint(dir, td);
+    nlohmann::json cfg = read_json_file(data("models/" + m + "/config.json"));
+    cfg["vocab_size"] = cfg["vocab_size"].get<int64_t>() + 4;
+    write_json_file(dir + "/config.json", cfg);
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
+      fs::copy_file(data("models/" + m + "/" + f), dir + "/" + f);
+    return dir;
+  };
+  const std::string pb = padded("base"), pa = padded("a");
+  const std::string recipe = tmp.str() + "/r.yaml";
+  write_file_atomic(recipe, "merge_method: linear\nbase_model: " + pb + "\nmodels:\n  - model: " + pb +
+                                "\n    parameters: {weight: 0.5}\n  - model: " + pa +
+                                "\n    parameters: {weight: 0.5}\ndtype: float32\ntokenizer_source: base\n");
+  MergeOptions o;
+  o.progress = false;
+  const std::string out = tmp.str() + "/out";
+  merge_models(load_merge_recipe(recipe), out, o);
+  // OUT has the base tokenizer's 660 tokens: a's own tokens and everyone's padding are gone
+  const Vocab base = vocab_of(data("models/base")), a = vocab_of(data("models/a"));
+  EXPECT_EQ(read_json_file(out + "/config.json")["vocab_size"], int64_t(base.token.size()));
+  EXPECT_EQ(vocab_of(out).id, base.id);
+  const CheckpointReader got = CheckpointReader::open(out), rb = CheckpointReader::open(pb),
+                         ra = CheckpointReader::open(pa);
+  for (const char* n : {"model.embed_tokens.weight", "lm_head.weight"}) {
+    const torch::Tensor g = tensor(got, n), b = tensor(rb, n), x = tensor(ra, n);
+    ASSERT_EQ(g.size(0), int64_t(base.token.size())) << n;
+    for (const auto& [tok, id] : base.id)
+      EXPECT_LT((g[id] - 0.5 * (b[id] + x[a.id.at(tok)])).abs().max().item<double>(), 1e-6) << tok;
+  }
+}
+
 // ---- bad input -----------------------------------------------------------------
 
 TEST(MergeTokenizerBadInput, ConflictingKeysBadTemplatesAndMissingTokenizersAreNamed) {
