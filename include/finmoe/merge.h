@@ -3,7 +3,7 @@
 //
 // A recipe is mergekit's YAML format: merge_method, base_model, models (each
 // with parameters) or slices (layer ranges), global parameters, dtype,
-// out_dtype, tokenizer_source. A parameter is a scalar, a gradient (a list of
+// out_dtype, tokenizer_source / tokenizer, chat_template. A parameter is a scalar, a gradient (a list of
 // numbers interpolated over a slice's layers) or a list of {filter, value}
 // entries matched as substrings of the tensor name (the first match wins; no
 // filter matches everything). Precedence: the model's own parameters, then the
@@ -62,7 +62,25 @@ struct MergeRecipe {
   MergeParams parameters;   // global
   std::string dtype;        // inputs are rounded to it before merging; "" = as stored
   std::string out_dtype;    // "" = dtype, else each tensor's dtype in the base/first model
-  std::string tokenizer_source;  // "" | "base" | a model: whose tokenizer files OUT gets
+  // "" | "base" | "union" | a model: OUT's vocabulary. With one, every
+  // model's embed_tokens / lm_head rows are mapped to OUT's token ids by token
+  // string before merging (as mergekit); "" keeps the rows as they are.
+  std::string tokenizer_source;
+  // mergekit's `tokenizer:` block (then tokenizer_source is its `source`,
+  // default union): per-token row sources and padding of the vocabulary.
+  struct TokenSource {
+    std::string kind;       // "" (none given) | "model" | "model_token" | "zero"
+    std::string model;      // model / model_token
+    std::string token;      // model_token: the source token's string, or
+    int64_t token_id = -1;  //   its id in that model
+    bool force = false;     // every model's row is the source, even where it has the token
+  };
+  std::vector<std::pair<std::string, TokenSource>> tokens;  // in recipe order
+  int64_t pad_to_multiple_of = 0;  // 0 = none
+  bool tokenizer_block = false;    // the recipe has `tokenizer:`
+  // "" | "auto" (the most common template of the models) | a built-in name
+  // (chatml, llama3, alpaca, mistral) | a Jinja template: OUT's chat_template.
+  std::string chat_template;
   std::string text;         // the recipe's YAML (for the model card)
   std::string source;       // the recipe file, for messages
 
@@ -71,6 +89,9 @@ struct MergeRecipe {
   // special tokens). Row ids outside a tensor are an error.
   std::string keep_rows_model;
   std::vector<int64_t> keep_rows;
+  // finmoe's own: false = tokenizer_source only chooses whose tokenizer files
+  // OUT gets, rows are not mapped (the chat-vector preset).
+  bool map_vocabulary = true;
 };
 
 // The methods finmoe implements (mergekit names plus FuseChat's "varm").
@@ -103,12 +124,15 @@ struct MergeReport {
 
 // Merges into OUT (which must not exist): the weights, config.json (of the
 // base model, else the first model; num_hidden_layers from the slices,
-// torch_dtype from out_dtype), the tokenizer files and generation_config.json
-// of the tokenizer source (default: base, else the first model),
+// torch_dtype from out_dtype, vocab_size from a mapped vocabulary), the
+// tokenizer files and generation_config.json of the tokenizer source
+// (default: base, else the first model; with a mapped vocabulary its merged
+// tokenizer.json / tokenizer_config.json), the chat template asked for,
 // mergekit_config.yml (the recipe) and README.md (a model card with it).
 // Checks before writing: same model_type, the same tensors with the same
-// shapes in every input (vocabulary sizes must match), parameter ranges
-// (density in (0, 1], weights not summing to 0 with normalize).
+// shapes in every input (vocabulary sizes must match unless rows are mapped
+// by a tokenizer source), parameter ranges (density in (0, 1], weights not
+// summing to 0 with normalize).
 MergeReport merge_models(const MergeRecipe& recipe, const std::string& out_dir,
                          const MergeOptions& options = {});
 

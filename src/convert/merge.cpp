@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <optional>
@@ -24,6 +25,7 @@
 
 #include "convert/merge_methods.h"
 #include "convert/merge_plan.h"
+#include "convert/merge_vocab.h"
 #include "core/file_util.h"
 #include "core/hf_remote_code.h"
 #include "core/progress.h"
@@ -200,8 +202,8 @@ std::string shape_error(const std::string& tensor, const TensorView& v, const st
                     model + "' but " + shape_text(w.shape) + " in model '" + other + "'";
   if (is_vocab_tensor(tensor) && v.shape.size() == w.shape.size() && !v.shape.empty() &&
       v.shape[0] != w.shape[0])
-    msg += ": the vocabularies differ in size (finmoe merge needs one vocabulary; "
-           "tokenizer_source only chooses whose tokenizer files OUT gets)";
+    msg += ": the vocabularies differ in size (set tokenizer_source: union, base or a model, "
+           "with each model's tokenizer.json, to map rows by token)";
   return msg;
 }
 
@@ -229,6 +231,7 @@ struct Job {
   int keep_rows_source = -1;  // the input whose rows are kept (vocabulary tensors)
   int64_t common_rows = -1;   // >= 0: only rows [0, common_rows) are merged, the
                               // rest are keep_rows_source's own
+  std::shared_ptr<const RowMap> vocab_rows;  // a tokenizer source: inputs' rows mapped to OUT's ids
 };
 
 DType dtype_named(const std::string& d) {
@@ -274,6 +277,7 @@ class Planner {
   std::vector<Job> plan() {
     open_models();
     check_architectures();
+    plan_vocabulary();
     std::vector<Job> jobs;
     // non-layer tensors of the reference model: embeddings from the first
     // slice's sources, the rest (final norm, lm_head) from the last slice's
@@ -309,6 +313,9 @@ class Planner {
   }
 
   const InputModel& reference() const { return *ref_; }
+  const OutputVocab* vocabulary() const { return vocab_ ? &*vocab_ : nullptr; }
+  // every input, the base (else the reference) first, then in recipe order
+  const std::vector<std::string>& model_order() const { return order_; }
   const InputModel& model(const std::string& name) const { return *models_.at(name); }
   int64_t out_layers() const { return out_layers_; }
 
@@ -359,7 +366,9 @@ class Planner {
 
   void open_models() {
     auto add = [&](const std::string& name) {
-      if (!name.empty() && !models_.count(name)) models_[name] = InputModel::open(name);
+      if (name.empty() || models_.count(name)) return;
+      models_[name] = InputModel::open(name);
+      order_.push_back(name);
     };
     add(r_.base_model);
     for (const auto& s : r_.slices) {
@@ -391,6 +400,18 @@ class Planner {
                          : "at least " + std::to_string(info_.min_models)) +
                     " model(s) besides the base, got " + std::to_string(non_base));
     }
+  }
+
+  // With a tokenizer source (mergekit's tokenizer_source / tokenizer), OUT's
+  // vocabulary; every vocabulary tensor's rows are then mapped to it. `base`
+  // or a model without tokenizer.json: the files are copied, rows kept.
+  void plan_vocabulary() {
+    const std::string& src = r_.tokenizer_source;
+    if (src.empty() || !r_.keep_rows_model.empty() || !r_.map_vocabulary) return;
+    const bool always = src == "union" || r_.tokenizer_block;
+    const std::string dir = src == "base" ? ref_->name : src;
+    if (!always && !fs::exists(fs::path(dir) / "tokenizer.json")) return;
+    vocab_ = build_output_vocab(r_, ref_->name, order_);
   }
 
   void check_architectures() const {
@@ -463,15 +484,21 @@ class Planner {
     }
     const TensorView* first = nullptr;  // the first input's, `keep` aside
     size_t first_i = 0;
+    const bool remap = vocab_ && is_vocab_tensor(out);
+    std::vector<int64_t> tensor_rows;
     for (size_t i = 0; i < j.models.size(); ++i) {
       const TensorView* v = j.models[i]->find(inputs[i]);
       if (!v)
         throw Error("tensor '" + inputs[i] + "' is missing from model '" + j.models[i]->name + "'");
       if (uses_base() && j.models[i]->name == base) j.base = int(i);
       if (int(i) == keep) continue;
+      if (remap && !v->shape.empty()) tensor_rows.push_back(v->shape[0]);
       if (!first) {
         first = v;
         first_i = i;
+      } else if (remap && v->shape.size() == first->shape.size() && !v->shape.empty() &&
+                 std::equal(v->shape.begin() + 1, v->shape.end(), first->shape.begin() + 1)) {
+        // rows differ with the vocabularies: mapped below
       } else if (v->shape != first->shape) {
         throw Error(shape_error(inputs[i], *v, j.models[i]->name, *first, j.models[first_i]->name));
       }
@@ -493,6 +520,15 @@ class Planner {
       j.shape = kv->shape;
     } else {
       j.shape = first->shape;
+    }
+    if (remap && !first->shape.empty() && tensor_rows.size() == j.models.size()) {
+      std::vector<std::string> names;
+      for (const InputModel* m : j.models) names.push_back(m->name);
+      auto rows = std::make_shared<RowMap>(build_row_map(r_, *vocab_, names, base, out, tensor_rows));
+      if (!row_map_is_identity(*rows, tensor_rows)) {
+        j.vocab_rows = rows;
+        j.shape[0] = rows->rows;
+      }
     }
     j.floating = is_float(first->dtype);
     const TensorView* ref = ref_->find(out);
@@ -581,6 +617,8 @@ class Planner {
   std::map<std::string, std::unique_ptr<InputModel>> models_;
   const InputModel* ref_ = nullptr;
   int64_t out_layers_ = 0;
+  std::vector<std::string> order_;      // open_models' order: base (else reference) first
+  std::optional<OutputVocab> vocab_;    // plan_vocabulary
 };
 
 // ---- execution ---------------------------------------------------------------------
@@ -603,10 +641,46 @@ torch::Tensor read_input(const TensorView& v, const std::string& dtype, torch::S
 // a big tensor can be merged a block of rows at a time.
 bool elementwise(const MergeRecipe& r, const Job& j) {
   const std::string& m = r.merge_method;
-  if (j.keep_rows_source >= 0) return false;
+  if (j.keep_rows_source >= 0 || j.vocab_rows) return false;
   if (m == "linear" || m == "passthrough") return true;
   return task_arithmetic_kind(m) && (j.how.sparsify == merge_math::Sparsify::None ||
                                      j.how.sparsify == merge_math::Sparsify::Random);
+}
+
+// Each input's vocabulary tensor with its rows at OUT's token ids
+// (merge_vocab.h): its own row where it has the token (and no force), else
+// the token's default row; rows past the vocabulary the mean of the others.
+std::vector<torch::Tensor> map_vocab_rows(const std::vector<torch::Tensor>& xs, const RowMap& m) {
+  std::vector<int64_t> shape = xs.at(0).sizes().vec();
+  shape[0] = m.rows;
+  const auto row_shape = std::vector<int64_t>(shape.begin() + 1, shape.end());
+  const auto opts = xs[0].options();
+  std::vector<torch::Tensor> defaults;
+  for (const RowMap::Default& d : m.defaults) {
+    torch::Tensor e = torch::zeros(row_shape, opts);
+    for (const auto& [i, row] : d.mean_of) e = e + xs[size_t(i)][row];
+    if (d.mean_of.size() > 1) e = e / double(d.mean_of.size());
+    defaults.push_back(e);
+  }
+  std::vector<torch::Tensor> out;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    auto y = torch::zeros(shape, opts);
+    std::vector<int64_t> to, from;
+    for (int64_t t = 0; t < m.vocab; ++t)
+      if (m.own[i][size_t(t)] >= 0) {
+        to.push_back(t);
+        from.push_back(m.own[i][size_t(t)]);
+      }
+    if (!to.empty())
+      y.index_copy_(0, torch::tensor(to, torch::kInt64),
+                    xs[i].index_select(0, torch::tensor(from, torch::kInt64)));
+    for (size_t k = 0; k < m.defaults.size(); ++k)
+      if (m.own[i][size_t(m.defaults[k].id)] < 0) y[m.defaults[k].id].copy_(defaults[k]);
+    if (m.rows > m.vocab)  // padding rows: the mean of the vocabulary's
+      y.narrow(0, m.vocab, m.rows - m.vocab).copy_(y.narrow(0, 0, m.vocab).mean(0, true));
+    out.push_back(y);
+  }
+  return out;
 }
 
 // The method on rows [row0, row0 + rows) of every input (rows < 0: whole tensors).
@@ -620,6 +694,7 @@ torch::Tensor merge_rows(const MergeRecipe& r, const Job& j, int64_t row0, int64
     *bytes_read += rows < 0 ? v.nbytes : v.nbytes / size_t(v.shape[0]) * size_t(rows);
     xs.push_back(read_input(v, r.dtype, work, row0, rows));
   }
+  if (j.vocab_rows) xs = map_vocab_rows(xs, *j.vocab_rows);
   torch::Tensor kept;  // the full tensor of the model whose rows are kept
   if (j.keep_rows_source >= 0) {
     kept = xs[size_t(j.keep_rows_source)];
@@ -835,7 +910,7 @@ MergeReport merge_models(const MergeRecipe& recipe, const std::string& out_dir,
 
   // the tokenizer source
   std::string tok = recipe.tokenizer_source;
-  if (tok.empty() || tok == "base") {
+  if (tok.empty() || tok == "base" || tok == "union") {
     if (tok == "base" && recipe.base_model.empty())
       throw Error(recipe.source + ": tokenizer_source: base without a base_model");
     tok = planner.reference().name;
@@ -865,6 +940,10 @@ MergeReport merge_models(const MergeRecipe& recipe, const std::string& out_dir,
   for (const Job& j : jobs)  // a vocabulary grown by the kept model's rows
     if (j.common_rows >= 0 && j.name.find("embed_tokens") != std::string::npos)
       config["vocab_size"] = j.shape[0];
+  const OutputVocab* vocab = planner.vocabulary();
+  if (vocab) config["vocab_size"] = vocab->rows;
+  const std::optional<std::string> chat_template =
+      resolve_chat_template(recipe, planner.model_order());
   std::set<DType> float_types;
   for (const Job& j : jobs)
     if (j.floating) float_types.insert(j.out_dtype);
@@ -913,7 +992,25 @@ MergeReport merge_models(const MergeRecipe& recipe, const std::string& out_dir,
   }
   add_hf_remote_code(tmp, config);  // finer_moe / finmoe_dense: modeling code + auto_map
   write_json_file((fs::path(tmp) / "config.json").string(), config);
-  copy_side_files(tok, tmp, /*with_config=*/false);
+  const fs::path tok_config = fs::path(tmp) / "tokenizer_config.json";
+  if (vocab) {  // OUT's vocabulary: its tokenizer files, the rest from their source
+    copy_side_files(vocab->files_from, tmp, /*with_config=*/false);
+    write_file_atomic((fs::path(tmp) / "tokenizer.json").string(), vocab->tokenizer_json.dump(2));
+    if (!vocab->tokenizer_config.is_null())
+      write_file_atomic(tok_config.string(), vocab->tokenizer_config.dump(2));
+  } else {
+    copy_side_files(tok, tmp, /*with_config=*/false);
+  }
+  if (chat_template) {  // into tokenizer_config.json; a copied chat_template.jinja would win
+    for (const char* f : {"chat_template.jinja", "chat_template.json"}) fs::remove(fs::path(tmp) / f);
+    nlohmann::ordered_json c = nlohmann::ordered_json::object();
+    if (fs::exists(tok_config)) {
+      std::ifstream in(tok_config, std::ios::binary);
+      c = nlohmann::ordered_json::parse(in);
+    }
+    c["chat_template"] = *chat_template;
+    write_file_atomic(tok_config.string(), c.dump(2));
+  }
   write_file_atomic((fs::path(tmp) / "mergekit_config.yml").string(), yaml);
   write_file_atomic((fs::path(tmp) / "README.md").string(), model_card(recipe, yaml, model_names));
   staged.commit();
@@ -932,6 +1029,7 @@ MergeRecipe chat_vector_recipe(const ChatVectorOptions& o) {
   r.base_model = o.base;
   r.source = "chat-vector";
   r.tokenizer_source = o.instruct;
+  r.map_vocabulary = false;  // the instruct model's tokenizer files; rows as they are
   r.parameters["normalize"] = MergeParam::boolean(false);
   MergeSlice s;
   MergeSource d{o.domain, 0, -1, {}}, i{o.instruct, 0, -1, {}};

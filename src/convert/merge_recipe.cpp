@@ -1,5 +1,6 @@
 // mergekit's YAML recipe format (include/finmoe/merge.h).
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -8,6 +9,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "convert/merge_plan.h"
+#include "convert/merge_vocab.h"
 #include "core/yaml_bounds.h"
 #include "finmoe/error.h"
 #include "finmoe/merge.h"
@@ -169,6 +171,79 @@ std::string parse_dtype(const YAML::Node& n, const std::string& source, const st
   return d;
 }
 
+// mergekit's `tokenizer:` block: source (default union), tokens, pad_to_multiple_of.
+void parse_tokenizer_block(const YAML::Node& n, const std::string& source, MergeRecipe& r) {
+  expect_map(n, source, "tokenizer");
+  check_keys(n, source, "tokenizer", {"source", "tokens", "pad_to_multiple_of"});
+  r.tokenizer_block = true;
+  r.tokenizer_source = n["source"] ? scalar(n["source"], source, "tokenizer.source") : "union";
+  if (r.tokenizer_source.empty())
+    throw Error(at(source, n["source"], "tokenizer.source") + ": expected union, base or a model");
+  if (n["pad_to_multiple_of"]) {
+    const std::string v = scalar(n["pad_to_multiple_of"], source, "tokenizer.pad_to_multiple_of");
+    char* end = nullptr;
+    const long long k = std::strtoll(v.c_str(), &end, 10);
+    if (v.empty() || *end != '\0' || k <= 0)
+      throw Error(at(source, n["pad_to_multiple_of"], "tokenizer.pad_to_multiple_of") + ": '" + v +
+                  "' is not a positive integer");
+    r.pad_to_multiple_of = k;
+  }
+  if (const YAML::Node toks = n["tokens"]; toks && !toks.IsNull()) {
+    expect_map(toks, source, "tokenizer.tokens");
+    for (const auto& kv : toks) {
+      const std::string tok = scalar(kv.first, source, "tokenizer.tokens (a key)");
+      const std::string where = "tokenizer.tokens['" + tok + "']";
+      MergeRecipe::TokenSource ts;
+      const YAML::Node e = kv.second;
+      if (!e.IsNull()) {
+        expect_map(e, source, where);
+        check_keys(e, source, where, {"source", "force"});
+        if (e["force"]) {
+          const std::string f = scalar(e["force"], source, where + ".force");
+          if (f != "true" && f != "false" && f != "True" && f != "False")
+            throw Error(at(source, e["force"], where + ".force") + ": expected true or false");
+          ts.force = f == "true" || f == "True";
+        }
+        if (const YAML::Node s = e["source"]; s && !s.IsNull()) {
+          if (s.IsScalar()) {
+            ts.kind = "model";
+            ts.model = s.Scalar();
+          } else {
+            expect_map(s, source, where + ".source");
+            check_keys(s, source, where + ".source", {"kind", "model", "token", "token_id"});
+            const std::string kind = s["kind"] ? scalar(s["kind"], source, where + ".source.kind") : "";
+            if (kind == "zero") {
+              ts.kind = "zero";
+            } else if (kind == "model_token") {
+              ts.kind = "model_token";
+              if (!s["model"]) throw Error(at(source, s, where + ".source") + ": 'model' is missing");
+              ts.model = scalar(s["model"], source, where + ".source.model");
+              if (bool(s["token"]) == bool(s["token_id"]))
+                throw Error(at(source, s, where + ".source") + ": give one of token and token_id");
+              if (s["token"]) ts.token = scalar(s["token"], source, where + ".source.token");
+              if (s["token_id"]) {
+                try {
+                  ts.token_id = s["token_id"].as<int64_t>();
+                } catch (const YAML::Exception&) {
+                  throw Error(at(source, s["token_id"], where + ".source.token_id") + ": expected an integer");
+                }
+                if (ts.token_id < 0)
+                  throw Error(at(source, s["token_id"], where + ".source.token_id") + ": negative");
+              }
+            } else {
+              throw Error(at(source, s, where + ".source") + ": kind '" + kind +
+                          "': expected zero or model_token (or a model path as the source)");
+            }
+          }
+        }
+      }
+      if (ts.kind.empty())
+        throw Error(at(source, kv.first, where) + ": a token entry needs a source");
+      r.tokens.emplace_back(tok, ts);
+    }
+  }
+}
+
 }  // namespace
 
 std::string resolve_recipe_path(const std::string& path, const fs::path& recipe_dir) {
@@ -242,10 +317,8 @@ MergeRecipe parse_merge_recipe(const std::string& yaml, const std::string& sourc
   if (!root.IsMap()) throw Error(source + ": expected a mapping with merge_method and models");
   check_keys(root, source, "",
              {"merge_method", "base_model", "models", "slices", "parameters", "dtype",
-              "out_dtype", "tokenizer_source"},
-             {{"modules", "multi-module models"},
-              {"tokenizer", "tokenizer surgery; use tokenizer_source"},
-              {"chat_template", "copy the template into OUT yourself"}});
+              "out_dtype", "tokenizer_source", "tokenizer", "chat_template"},
+             {{"modules", "multi-module models"}});
   MergeRecipe r;
   r.source = source;
   r.text = yaml;
@@ -257,9 +330,19 @@ MergeRecipe parse_merge_recipe(const std::string& yaml, const std::string& sourc
   if (root["out_dtype"]) r.out_dtype = parse_dtype(root["out_dtype"], source, "out_dtype");
   if (root["tokenizer_source"]) {
     r.tokenizer_source = scalar(root["tokenizer_source"], source, "tokenizer_source");
-    if (r.tokenizer_source == "union")
+    if (r.tokenizer_source.empty())
       throw Error(at(source, root["tokenizer_source"], "tokenizer_source") +
-                  ": 'union' is not supported by finmoe merge (use base or a model)");
+                  ": expected union, base or a model");
+  }
+  if (root["tokenizer"]) {
+    if (root["tokenizer_source"])
+      throw Error(at(source, root["tokenizer"], "tokenizer") +
+                  ": give either tokenizer_source or tokenizer, not both");
+    parse_tokenizer_block(root["tokenizer"], source, r);
+  }
+  if (root["chat_template"]) {
+    r.chat_template = scalar(root["chat_template"], source, "chat_template");
+    check_chat_template(r.chat_template, at(source, root["chat_template"], "chat_template"));
   }
   r.parameters = parse_params(root["parameters"], source, "parameters", r.merge_method);
 
@@ -321,8 +404,9 @@ MergeRecipe load_merge_recipe(const std::string& path) {
   MergeRecipe r = parse_merge_recipe(text, path);
   const fs::path dir = fs::path(path).parent_path();
   r.base_model = resolve_recipe_path(r.base_model, dir);
-  if (!r.tokenizer_source.empty() && r.tokenizer_source != "base")
+  if (!r.tokenizer_source.empty() && r.tokenizer_source != "base" && r.tokenizer_source != "union")
     r.tokenizer_source = resolve_recipe_path(r.tokenizer_source, dir);
+  for (auto& [tok, ts] : r.tokens) ts.model = resolve_recipe_path(ts.model, dir);
   for (auto& s : r.slices) {
     s.base_model = resolve_recipe_path(s.base_model, dir);
     for (auto& src : s.sources) src.model = resolve_recipe_path(src.model, dir);

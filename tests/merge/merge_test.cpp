@@ -561,7 +561,7 @@ TEST(MergeBadInput, DifferentVocabulariesAndShapesAreNamed) {
   EXPECT_CONTAINS(e, "[70, 16]");
   EXPECT_CONTAINS(e, "vocabularies differ");
   EXPECT_CONTAINS(e, v);
-  // tokenizer_source does not make different vocabularies mergeable
+  // tokenizer_source: base cannot map rows without the models' tokenizer.json
   e = message_of([&] { run(linear_of(M("a"), v) + "tokenizer_source: base\n", out); });
   EXPECT_CONTAINS(e, "vocabularies differ");
   const std::string s = variant(tmp, "wide",
@@ -634,8 +634,8 @@ TEST(MergeBadInput, UnknownAndUnsupportedKeysAreNamed) {
   const std::string models = "models:\n  - model: x\n    parameters: {weight: 1}\n";
   EXPECT_CONTAINS(message_of([&] { parse_merge_recipe("merge_method: linear\nfoo: 1\n" + models, "r.yaml"); }),
                   "r.yaml:2: foo: unknown key");
-  EXPECT_CONTAINS(message_of([&] { parse_merge_recipe("merge_method: linear\ntokenizer: {}\n" + models, "r.yaml"); }),
-                  "tokenizer: not supported");
+  EXPECT_CONTAINS(message_of([&] { parse_merge_recipe("merge_method: linear\nmodules: {}\n" + models, "r.yaml"); }),
+                  "modules: not supported");
   EXPECT_CONTAINS(message_of([&] {
                     parse_merge_recipe("merge_method: linear\nmodels:\n  - model: x\n    parameters: {densty: 1}\n", "r.yaml");
                   }),
@@ -646,8 +646,8 @@ TEST(MergeBadInput, UnknownAndUnsupportedKeysAreNamed) {
                   "needs base_model");
   EXPECT_CONTAINS(message_of([&] { parse_merge_recipe("merge_method: linear\ndtype: int4\n" + models, "r.yaml"); }),
                   "dtype");
-  EXPECT_CONTAINS(message_of([&] { parse_merge_recipe("merge_method: linear\n" + models + "tokenizer_source: union\n", "r.yaml"); }),
-                  "union");
+  EXPECT_CONTAINS(message_of([&] { parse_merge_recipe("merge_method: linear\n" + models + "tokenizer_source: \"\"\n", "r.yaml"); }),
+                  "tokenizer_source: expected union, base or a model");
   EXPECT_CONTAINS(message_of([&] { parse_merge_recipe(std::string(100, '[') + "\n", "deep.yaml"); }),
                   "deep.yaml");
   EXPECT_CONTAINS(message_of([&] { parse_merge_recipe("merge_method: linear\n", "r.yaml"); }),
