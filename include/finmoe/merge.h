@@ -111,7 +111,7 @@ struct MergeOptions {
   // Elementwise methods (linear, passthrough, task_arithmetic, dare_*) merge a
   // tensor bigger than this a block of rows at a time: memory then holds the
   // output tensor and one block of each input, not every input whole.
-  int64_t chunk_elements = int64_t(1) << 24;
+  int64_t chunk_elements = int64_t(1) << 22;  // float32 blocks of 16 MiB: reused from the heap
 };
 
 struct MergeReport {
