@@ -19,11 +19,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import serve_util  # noqa: E402
 
-try:
-    import openai
-except ImportError:
-    print("SKIP: the python in FINMOE_PYTHON (%s) has no `openai` package" % sys.executable)
-    sys.exit(serve_util.SKIP)
+openai = serve_util.import_openai()
 
 FINMOE, DATA = serve_util.args()
 SCRATCH = None

@@ -15,6 +15,16 @@ import time
 SKIP = 77  # ctest SKIP_RETURN_CODE
 
 
+def import_openai():
+    """The official `openai` package, or exit SKIP naming the interpreter that lacks it."""
+    try:
+        import openai
+    except ImportError:
+        print("SKIP: the python in FINMOE_PYTHON (%s) has no `openai` package" % sys.executable)
+        sys.exit(SKIP)
+    return openai
+
+
 def args():
     """argv: FINMOE_BINARY TEST_DATA_DIR"""
     if len(sys.argv) < 3:
