@@ -299,8 +299,10 @@ namespace {
 // (their serving LoRA terms); rows int64 [n] into x's rows.
 torch::Tensor run_on_rows(MlpImpl& module, const torch::Tensor& x, const torch::Tensor& rows) {
   const AdapterRows* current = current_adapter_rows();
-  std::optional<AdapterRows> sub;
-  if (current) sub.emplace(current->select(rows));
+  const bool lora = module.gate_proj->has_served_lora() || module.up_proj->has_served_lora() ||
+                    module.down_proj->has_served_lora();
+  std::optional<AdapterRows> sub;  // only layers with serving LoRA read the rows
+  if (current && lora) sub.emplace(current->select(rows));
   AdapterRowsScope scope(sub ? &*sub : nullptr);
   return module.forward(x.index_select(0, rows));
 }
