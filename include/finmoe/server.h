@@ -155,8 +155,10 @@ KvCacheMemory parse_kv_cache_memory(const std::string& text);
 // MemAvailable of a /proc/meminfo text, in bytes. Throws Error when absent.
 int64_t mem_available_bytes(const std::string& meminfo);
 // The KV budget in bytes: `m.bytes`, or m.fraction of the memory available
-// now on `device` (CPU: MemAvailable of /proc/meminfo). A fraction on a GPU
-// device is an Error naming the flag (only sizes are taken there).
+// now on `device`: on the CPU MemAvailable of /proc/meminfo, on "cuda[:N]"
+// the GPU's free memory (cudaMemGetInfo, after libtorch's caching allocator
+// returns its unused blocks). Call it after the weights are loaded. A share
+// on a GPU in a build without CUDA is an Error naming the flag.
 int64_t resolve_kv_cache_memory(const KvCacheMemory& m, const std::string& device);
 // The start-up warning when fewer than 4 sequences of max_model_len tokens
 // fit in the KV cache at once (`fit` of them; the cache holds

@@ -49,16 +49,21 @@ class FinmoeRMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
+def yarn_mscale(scale, mscale):
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
 def rope_inv_freq(config, dim):
-    """Inverse frequencies [dim/2] as finmoe (and HF) compute them."""
+    """Inverse frequencies [dim/2] and the factor on cos/sin, as finmoe (and HF) compute them."""
     exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
-    inv_freq = 1.0 / (float(config.rope_theta) ** exponents)
+    pos_freqs = float(config.rope_theta) ** exponents
+    inv_freq = 1.0 / pos_freqs
     scaling = config.rope_scaling or {}
     kind = scaling.get("rope_type", scaling.get("type", "default"))
     if kind == "default":
-        return inv_freq
+        return inv_freq, 1.0
     if kind == "linear":
-        return inv_freq / scaling["factor"]
+        return inv_freq / scaling["factor"], 1.0
     if kind == "llama3":
         factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
         old_ctx = scaling["original_max_position_embeddings"]
@@ -67,8 +72,33 @@ def rope_inv_freq(config, dim):
         smooth = (old_ctx / wavelen - low) / (high - low)
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
         medium = (wavelen >= old_ctx / high) & (wavelen <= old_ctx / low)
-        return torch.where(medium, smoothed, scaled)
-    raise NotImplementedError(f"rope_scaling type '{kind}' (supported here: default, linear, llama3)")
+        return torch.where(medium, smoothed, scaled), 1.0
+    if kind == "yarn":
+        # YaRN: frequencies that turn fewer than beta_slow times over the
+        # original context are interpolated (divided by the factor), those
+        # that turn more than beta_fast times kept, a linear ramp between;
+        # cos/sin carry the attention factor
+        factor = float(scaling["factor"])
+        orig = scaling.get("original_max_position_embeddings") or config.max_position_embeddings
+        mscale, mscale_all = scaling.get("mscale") or 0, scaling.get("mscale_all_dim") or 0
+        if scaling.get("attention_factor") is not None:
+            attention = float(scaling["attention_factor"])
+        elif mscale and mscale_all:
+            attention = yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all)
+        else:
+            attention = yarn_mscale(factor, 1.0)
+
+        def correction_dim(rotations):
+            return dim * math.log(orig / (rotations * 2 * math.pi)) / (2 * math.log(float(config.rope_theta)))
+
+        low = max(math.floor(correction_dim(scaling.get("beta_fast", 32.0))), 0)
+        high = min(math.ceil(correction_dim(scaling.get("beta_slow", 1.0))), dim - 1)
+        if low == high:
+            high += 0.001
+        ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+        keep = 1 - ramp
+        return (1.0 / (factor * pos_freqs)) * (1 - keep) + inv_freq * keep, attention
+    raise NotImplementedError(f"rope_scaling type '{kind}' (supported here: default, linear, llama3, yarn)")
 
 
 class FinmoeRotary(nn.Module):
@@ -76,19 +106,21 @@ class FinmoeRotary(nn.Module):
         super().__init__()
         self.interleaved = bool(config.rope_interleaved)
         self.config = config
+        self.attention_scaling = 1.0
         self.inv_freq = None  # computed at the first call, not in __init__: from_pretrained
         #                       builds the model on the meta device
 
     def forward(self, positions):  # [B,T] -> cos, sin [B,T,d]
         if self.inv_freq is None or self.inv_freq.device != positions.device:
             with torch.device(positions.device):
-                self.inv_freq = rope_inv_freq(self.config, self.config.head_dim).to(positions.device)
+                inv_freq, self.attention_scaling = rope_inv_freq(self.config, self.config.head_dim)
+                self.inv_freq = inv_freq.to(positions.device)
         freqs = positions.float().unsqueeze(-1) * self.inv_freq
         if self.interleaved:  # pairs (2i, 2i+1)
             emb = freqs.repeat_interleave(2, dim=-1)
         else:  # rotate-half pairs (i, i + d/2)
             emb = torch.cat([freqs, freqs], dim=-1)
-        return emb.cos(), emb.sin()
+        return emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
 
     def apply(self, x, cos, sin):  # x [B,H,T,d]
         cos = cos.unsqueeze(1).to(x.dtype)

@@ -28,8 +28,8 @@ struct EngineFlags {
   void add(CLI::App* c) {
     const char* g = "Engine";
     c->add_option("--kv-cache-memory", kv_memory,
-                  "KV-cache budget: a size (2GiB, 512MiB) or a share of the memory available at start-up "
-                  "(0.5 or 50%; CPU only)")
+                  "KV-cache budget: a size (2GiB, 512MiB) or a share of the memory left once the model is loaded "
+                  "(0.5 or 50%: of MemAvailable on the CPU, of the GPU's free memory with --device cuda)")
         ->capture_default_str()
         ->group(g);
     c->add_option("--max-num-seqs", engine.max_num_seqs, "sequences running per step")->capture_default_str()->group(g);

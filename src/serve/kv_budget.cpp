@@ -9,6 +9,11 @@
 #include "finmoe/error.h"
 #include "finmoe/server.h"
 
+#ifdef FINMOE_HAVE_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <cuda_runtime_api.h>
+#endif
+
 namespace finmoe {
 
 KvCacheMemory parse_kv_cache_memory(const std::string& text) {
@@ -65,11 +70,43 @@ int64_t mem_available_bytes(const std::string& meminfo) {
   throw Error("/proc/meminfo has no MemAvailable line (Linux 3.14 or later reports it)");
 }
 
+namespace {
+
+// Free memory of the GPU `device` names ("cuda", "cuda:N") now, in bytes,
+// after libtorch hands back the blocks its caching allocator holds unused
+// (loading the weights leaves some): the memory a KV cache can still take.
+int64_t free_gpu_memory_bytes(const std::string& device) {
+  const std::string flag = "--kv-cache-memory as a share of free GPU memory (--device " + device + ")";
+  int index = 0;
+  if (device.size() > 5) {
+    const std::string n = device.substr(5);
+    if (device.compare(0, 5, "cuda:") != 0 || n.find_first_not_of("0123456789") != std::string::npos || n.size() > 4)
+      throw Error(flag + ": expected cuda or cuda:N");
+    index = std::stoi(n);
+  }
+#ifdef FINMOE_HAVE_CUDA
+  c10::cuda::CUDACachingAllocator::emptyCache();
+  int previous = 0;
+  if (cudaGetDevice(&previous) != cudaSuccess) previous = index;
+  cudaError_t e = cudaSetDevice(index);
+  size_t free_bytes = 0, total_bytes = 0;
+  if (e == cudaSuccess) e = cudaMemGetInfo(&free_bytes, &total_bytes);
+  cudaSetDevice(previous);
+  if (e != cudaSuccess) throw Error(flag + ": " + cudaGetErrorString(e) + "; give a size (e.g. 20GiB)");
+  return int64_t(free_bytes);
+#else
+  (void)index;
+  throw Error(flag + ": this finmoe build has no CUDA (build it against a CUDA libtorch); give a size (e.g. 20GiB)");
+#endif
+}
+
+}  // namespace
+
 int64_t resolve_kv_cache_memory(const KvCacheMemory& m, const std::string& device) {
   if (m.bytes > 0) return m.bytes;
+  if (device.rfind("cuda", 0) == 0) return int64_t(double(free_gpu_memory_bytes(device)) * m.fraction);
   if (device != "cpu")
-    throw Error("--kv-cache-memory as a share of the available memory is measured on the CPU only; with --device " +
-                device + " give a size (e.g. 20GiB)");
+    throw Error("--kv-cache-memory as a share: --device " + device + " is neither cpu nor cuda[:N]; give a size");
   std::ifstream f("/proc/meminfo");
   std::stringstream text;
   text << f.rdbuf();

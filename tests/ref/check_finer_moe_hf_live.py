@@ -7,7 +7,8 @@ transformers through the modeling code finmoe writes beside them
 
 For each variant (finer_moe with G_O>1, R_O>1, G_I>1, a shared expert, the
 concat projection, tied embeddings, a sliding window; finmoe_dense with and
-without biases) (and RoPE linear and llama3 scaling) it writes a config, makes the checkpoint with `finmoe init
+without biases) (and RoPE linear, llama3 and yarn scaling, with
+yarn's attention factor from the factor alone and from DeepSeek's mscale pair) it writes a config, makes the checkpoint with `finmoe init
 --config`, rewrites its weights with O(1)-scale random values (so logits
 differ by whole units and routing decisions matter), then
   - loads it with AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True),
@@ -69,16 +70,25 @@ VARIANTS = [
                                                      "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                                      "original_max_position_embeddings": 8},
                                        rope_theta=500000.0)),
+    finer("finer_moe_yarn_rope", G_I=1, R_I=2, G_O=2, R_O=1, T_I=1, shared=0,
+          rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
+                        "beta_fast": 8.0, "beta_slow": 1.0}),
+    ("finmoe_dense_yarn_mscale", dict(BASE, model_type="finmoe_dense", num_experts=2, moe_intermediate_size=16,
+                                       rope_scaling={"rope_type": "yarn", "factor": 8.0, "mscale": 0.707,
+                                                     "mscale_all_dim": 1.0,
+                                                     "original_max_position_embeddings": 32})),
     ("finmoe_dense_bias", dict(BASE, model_type="finmoe_dense", num_experts=3,
                                 attention_bias=True, mlp_bias=True, mlp_only_layers=[0])),
 ]
 
 
 def run(cmd):
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    # bytes decoded here: text=True would turn a generated "\r\n" into "\n"
+    p = subprocess.run(cmd, capture_output=True)
+    out, err = p.stdout.decode("utf-8"), p.stderr.decode("utf-8", "replace")
     if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
-    return p.stdout
+        raise RuntimeError(f"{' '.join(cmd)} exited {p.returncode}:\n{out}\n{err}")
+    return out
 
 
 def rescale(model_dir, seed):

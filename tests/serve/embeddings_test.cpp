@@ -3,6 +3,9 @@
 // hidden states against Hugging Face transformers'
 // (tests/ref/make_embedding_reference.py), model work run as engine tasks
 // between steps; and `serve --kv-cache-memory` parsing and its warnings.
+#ifdef FINMOE_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -308,8 +311,28 @@ TEST(KvCacheMemory, ShareOfMemAvailable) {
   const double half = double(resolve_kv_cache_memory(parse_kv_cache_memory("50%"), "cpu"));
   EXPECT_NEAR(half / now, 0.5, 0.05);
   EXPECT_EQ(resolve_kv_cache_memory(parse_kv_cache_memory("64MiB"), "cuda"), int64_t(64) << 20);
-  EXPECT_CONTAINS(test::message_of([&] { resolve_kv_cache_memory(parse_kv_cache_memory("0.5"), "cuda:0"); }),
-                  "--kv-cache-memory as a share of the available memory is measured on the CPU only");
+  EXPECT_CONTAINS(test::message_of([&] { resolve_kv_cache_memory(parse_kv_cache_memory("0.5"), "cuda:x"); }),
+                  "expected cuda or cuda:N");
+  EXPECT_CONTAINS(test::message_of([&] { resolve_kv_cache_memory(parse_kv_cache_memory("0.5"), "mps"); }),
+                  "give a size");
+}
+
+// A share with --device cuda is of the GPU's free memory, read here through
+// the CUDA runtime separately; a build without CUDA says so and asks for a size.
+TEST(KvCacheMemory, ShareOfFreeGpuMemory) {
+#ifdef FINMOE_HAVE_CUDA
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const double half = double(resolve_kv_cache_memory(parse_kv_cache_memory("50%"), "cuda:0"));
+  size_t free_bytes = 0, total_bytes = 0;
+  ASSERT_EQ(cudaMemGetInfo(&free_bytes, &total_bytes), cudaSuccess);
+  EXPECT_NEAR(half / double(free_bytes), 0.5, 0.02);
+  EXPECT_LE(half, 0.5 * double(total_bytes));
+#else
+  const std::string m = test::message_of([&] { resolve_kv_cache_memory(parse_kv_cache_memory("0.5"), "cuda:0"); });
+  EXPECT_CONTAINS(m, "--kv-cache-memory as a share of free GPU memory (--device cuda:0)");
+  EXPECT_CONTAINS(m, "no CUDA");
+  EXPECT_CONTAINS(m, "give a size");
+#endif
 }
 
 TEST(KvCacheMemory, WarningBelowFourFullLengthSequences) {
