@@ -4,8 +4,10 @@
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "kernels/attention.h"
+#include "kernels/linear.h"
 #include "kernels/thread_pool.h"
 
 namespace finmoe {
@@ -244,6 +246,40 @@ std::pair<torch::Tensor, torch::Tensor> AttentionImpl::absorbed_kv_b() {
   return {absorbed_.uk, absorbed_.uv};
 }
 
+const torch::Tensor& AttentionImpl::absorbed_uk_rows() {
+  const LinearImpl& b = *kv_b_proj;
+  if (absorbed_rows_.data != b.weight.data_ptr() || absorbed_rows_.version != b.weight._version()) {
+    torch::NoGradGuard no_grad;
+    absorbed_rows_.uk = b.weight.view({n_head_, nope_dim_ + v_dim_, kv_lora_})
+                            .narrow(1, 0, nope_dim_)
+                            .transpose(1, 2)
+                            .contiguous();  // [H, R, nope]
+    absorbed_rows_.data = b.weight.data_ptr();
+    absorbed_rows_.version = b.weight._version();
+  }
+  return absorbed_rows_.uk;
+}
+
+namespace {
+
+// y[h] = x[h] · W[h]^T for every head h in one pass of the kernel pool: x
+// [H, M, K] contiguous, W[h] the [N, K] rows at w + h * w_head_stride
+// elements, y [H, M, N] contiguous.
+void per_head_linear(const torch::Tensor& x, const torch::Tensor& w, int64_t w_head_stride, int64_t N,
+                     torch::Tensor& y) {
+  const int64_t H = x.size(0), M = x.size(1), K = x.size(2);
+  const auto* xp = static_cast<const char*>(x.data_ptr());
+  const auto* wp = static_cast<const char*>(w.data_ptr());
+  auto* yp = static_cast<char*>(y.data_ptr());
+  std::vector<kernels::LinearProduct> products(H);
+  for (int64_t h = 0; h < H; ++h)
+    products[h] = {xp + h * M * K * x.element_size(), M, wp + h * w_head_stride * w.element_size(), N, nullptr,
+                   yp + h * M * N * y.element_size()};
+  kernels::linear_batch(elem_type(x), K, elem_type(w), products, elem_type(y));
+}
+
+}  // namespace
+
 torch::Tensor AttentionImpl::step_mla(const torch::Tensor& x, const StepPlan& plan,
                                       std::vector<torch::Tensor>& cache) {
   const int64_t N = x.size(0), H = n_head_, R = kv_lora_, rope = head_dim_;
@@ -298,18 +334,30 @@ torch::Tensor AttentionImpl::step_mla(const torch::Tensor& x, const StepPlan& pl
     const auto pick = [&](const torch::Tensor& t) {
       return idx.defined() ? t.index_select(0, idx.to(t.device())) : t;
     };
-    auto [uk, uv] = absorbed_kv_b();
-    uk = uk.to(x.device(), f32);
-    uv = uv.to(x.device(), f32);
-    auto q_lat = torch::bmm(pick(q_nope).to(f32).transpose(0, 1), uk).transpose(0, 1);  // [n,H,R]
-    auto q_full = torch::cat({q_lat, pick(q_pe).to(f32)}, -1).contiguous();  // [n,H,R+rope]
-    auto o_lat = torch::empty({n_abs, H, R}, q_full.options());
     const bool kernels = f32 == torch::kFloat32 && kernel_path(flat) && flat.is_contiguous() &&
                          plan.write_slots.device().is_cpu() &&
                          std::all_of(absorbed.begin(), absorbed.end(), [](const auto* sq) {
                            return sq->read_slots.scalar_type() == torch::kInt64 &&
                                   sq->read_slots.is_contiguous() && sq->read_slots.device().is_cpu();
                          });
+    // With the CPU kernels and a plain kv_b_proj, both absorptions are
+    // per-head products over its bf16 (or float32) rows on the kernel pool;
+    // otherwise float32 batched matmuls over the unpacked halves.
+    const LinearImpl& kv_b = *kv_b_proj;
+    const bool fused = kernels && kernel_path(x) && kernel_path(kv_b.weight) && kv_b.weight.is_contiguous() &&
+                       !kv_b.quantized() && !kv_b.has_lora();
+    torch::Tensor q_lat;  // [n,H,R]
+    if (fused) {
+      auto qn = pick(q_nope).transpose(0, 1).contiguous();  // [H,n,nope]
+      auto lat = torch::empty({H, n_abs, R}, x.options().dtype(f32));
+      per_head_linear(qn, absorbed_uk_rows(), R * nope_dim_, R, lat);
+      q_lat = lat.transpose(0, 1);
+    } else {
+      auto [uk, uv] = absorbed_kv_b();
+      q_lat = torch::bmm(pick(q_nope).to(f32).transpose(0, 1), uk.to(x.device(), f32)).transpose(0, 1);
+    }
+    auto q_full = torch::cat({q_lat, pick(q_pe).to(f32)}, -1).contiguous();  // [n,H,R+rope]
+    auto o_lat = torch::empty({n_abs, H, R}, q_full.options());
     if (kernels) {
       std::vector<kernels::AttentionSeq> seqs;
       int64_t at = 0;
@@ -357,7 +405,17 @@ torch::Tensor AttentionImpl::step_mla(const torch::Tensor& x, const StepPlan& pl
         at += sq->q_len;
       }
     }
-    auto o = torch::bmm(o_lat.transpose(0, 1), uv).transpose(0, 1).to(x.scalar_type());  // [n,H,v]
+    torch::Tensor o;  // [n,H,v]
+    if (fused) {
+      // latent -> v: head h's rows h*(nope+v)+nope .. +v of kv_b_proj, [v, R]
+      auto per_head = torch::empty({H, n_abs, v_dim_}, x.options());
+      per_head_linear(o_lat.transpose(0, 1).contiguous(), kv_b.weight.narrow(0, nope_dim_, v_dim_),
+                      (nope_dim_ + v_dim_) * R, v_dim_, per_head);
+      o = per_head.transpose(0, 1);
+    } else {
+      auto uv = absorbed_kv_b().second.to(x.device(), f32);
+      o = torch::bmm(o_lat.transpose(0, 1), uv).transpose(0, 1).to(x.scalar_type());
+    }
     if (idx.defined())
       out.index_copy_(0, idx.to(out.device()), o);
     else

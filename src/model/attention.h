@@ -94,6 +94,11 @@ class AttentionImpl : public torch::nn::Module {
   // uk [H, qk_nope, R] (q_nope -> latent), uv [H, R, v_head_dim] (latent -> v).
   // Rebuilt when the weight changes (its data or version).
   std::pair<torch::Tensor, torch::Tensor> absorbed_kv_b();
+  // The q_nope -> latent half of kv_b_proj for the CPU kernels, in the
+  // weight's dtype: [H, R, qk_nope] (per head a [out, in] weight); the
+  // latent -> v half is read in place from kv_b_proj's rows. Rebuilt like
+  // absorbed_kv_b(); only for a plain (not int8, no LoRA) weight.
+  const torch::Tensor& absorbed_uk_rows();
   // step() through the CUDA kernels (model/cuda/attention_step.cpp; CUDA builds only).
   torch::Tensor step_cuda(const torch::Tensor& x, const StepPlan& plan,
                           std::vector<torch::Tensor>& cache);
@@ -108,7 +113,7 @@ class AttentionImpl : public torch::nn::Module {
     int64_t version = -1;
     const void* lora = nullptr;
     torch::Tensor uk, uv;
-  } absorbed_;
+  } absorbed_, absorbed_rows_;
   Rope rope_;
 };
 TORCH_MODULE(Attention);
