@@ -1,6 +1,7 @@
 #include "model/moe.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <map>
 #include <optional>
@@ -64,10 +65,90 @@ void route_deepseek(RouterOutput& r, const ModelConfig& c, const torch::Tensor& 
   }
 }
 
+namespace {
+
+// top-k softmax routing (SoftmaxTopK, and TopKSoftmax with FineRMoE's mask)
+// of float32 logits on the CPU without autograd, one token at a time in
+// plain loops: the choices and weights of the tensor ops below without their
+// dozen small libtorch calls per layer, which a decode step pays per MoE
+// layer. Ties go to the lower expert index. False (nothing set) where the
+// tensor ops must run: autograd, another device or dtype, other routings, or
+// a k above the experts FineRMoE's mask allows.
+bool route_on_host(RouterOutput& r, const ModelConfig& c) {
+  const auto routing = c.routing();
+  if (routing != ModelConfig::Routing::SoftmaxTopK && routing != ModelConfig::Routing::TopKSoftmax) return false;
+  if (!r.logits.device().is_cpu() || r.logits.scalar_type() != torch::kFloat32 ||
+      (r.logits.requires_grad() && torch::GradMode::is_enabled()) || r.logits.dim() != 2)
+    return false;
+  const int64_t T = r.logits.size(0), E = c.num_experts, k = c.num_experts_per_tok;
+  const bool finer = routing == ModelConfig::Routing::TopKSoftmax;
+  const int64_t group = c.G_I * c.R_I, T_I = c.T_I();
+  const bool masked = finer && (c.G_O * c.R_O > 1 || T_I < group);
+  if (r.logits.size(1) != E || k < 1 || k > E || (masked && k > c.G_O * T_I)) return false;
+  const auto logits = r.logits.contiguous();
+  auto indices = torch::empty({T, k}, torch::kInt64);
+  auto weights = torch::empty({T, k}, torch::kFloat32);
+  const float* lp = logits.data_ptr<float>();
+  int64_t* ip = indices.data_ptr<int64_t>();
+  float* wp = weights.data_ptr<float>();
+  std::vector<int64_t> cand, in_group;
+  const auto higher = [](const float* l) {
+    return [l](int64_t a, int64_t b) { return l[a] > l[b] || (l[a] == l[b] && a < b); };
+  };
+  for (int64_t t = 0; t < T; ++t) {
+    const float* l = lp + t * E;
+    cand.clear();
+    if (masked) {
+      // per output slice, the sum group of largest logit sum, and its T_I best experts
+      for (int64_t go = 0; go < c.G_O; ++go) {
+        int64_t best = -1;
+        float best_sum = 0;
+        for (int64_t ro = 0; ro < c.R_O; ++ro) {
+          const float* g = l + (go * c.R_O + ro) * group;
+          float sum = 0;
+          for (int64_t j = 0; j < group; ++j) sum += g[j];
+          if (best < 0 || sum > best_sum) best = go * c.R_O + ro, best_sum = sum;
+        }
+        in_group.resize(size_t(group));
+        for (int64_t j = 0; j < group; ++j) in_group[size_t(j)] = best * group + j;
+        std::partial_sort(in_group.begin(), in_group.begin() + T_I, in_group.end(), higher(l));
+        cand.insert(cand.end(), in_group.begin(), in_group.begin() + T_I);
+      }
+    } else {
+      cand.resize(size_t(E));
+      for (int64_t e = 0; e < E; ++e) cand[size_t(e)] = e;
+    }
+    std::partial_sort(cand.begin(), cand.begin() + k, cand.end(), higher(l));
+    // softmax over the k chosen logits (FineRMoE) or over all E (then the k largest)
+    const float top = l[cand[0]];
+    double denom = 0;
+    if (finer) {
+      for (int64_t i = 0; i < k; ++i) denom += std::exp(double(l[cand[size_t(i)]] - top));
+    } else {
+      for (int64_t e = 0; e < E; ++e) denom += std::exp(double(l[e] - top));
+    }
+    double kept = 0;
+    for (int64_t i = 0; i < k; ++i) {
+      ip[t * k + i] = cand[size_t(i)];
+      const double w = std::exp(double(l[cand[size_t(i)]] - top)) / denom;
+      wp[t * k + i] = float(w);
+      kept += w;
+    }
+    if (!finer && c.norm_topk_prob)
+      for (int64_t i = 0; i < k; ++i) wp[t * k + i] = float(double(wp[t * k + i]) / kept);
+  }
+  r.indices = indices.to(r.logits.device());
+  r.weights = weights;
+  return true;
+}
+
+}  // namespace
+
 RouterOutput route(const torch::Tensor& logits_in, const ModelConfig& c,
                    const torch::Tensor& choice_bias) {
   RouterOutput r;
   r.logits = at_least_float32(logits_in);  // [T, E]
+  if (route_on_host(r, c)) return r;
   const int64_t T = r.logits.size(0), E = c.num_experts, k = c.num_experts_per_tok;
   switch (c.routing()) {
     case ModelConfig::Routing::Dense:

@@ -78,34 +78,66 @@ TEST_P(FinerRouter, MatchesAlgorithmOneOnRandomLogits) {
   const ModelConfig c = finer_config(g.G_I, g.R_I, g.G_O, g.R_O, g.T_I);
   auto gen = at::detail::createCPUGenerator(11);
   auto logits = at::normal(0.0, 2.0, {200, c.num_experts}, gen, torch::TensorOptions());
-  RouterOutput r = route(logits, c);
-  ASSERT_EQ(r.indices.sizes(), (std::vector<int64_t>{200, c.num_experts_per_tok}));
-  for (int64_t t = 0; t < 200; ++t) {
-    auto row = logits[t].contiguous();
-    std::vector<float> s(row.data_ptr<float>(), row.data_ptr<float>() + c.num_experts);
-    auto want = reference_finer_route(s, c);
-    std::map<int64_t, double> got;
-    for (int64_t i = 0; i < c.num_experts_per_tok; ++i)
-      got[r.indices[t][i].item<int64_t>()] = r.weights[t][i].item<double>();
-    ASSERT_EQ(got.size(), want.size()) << "token " << t;
-    for (const auto& [e, w] : want) {
-      ASSERT_TRUE(got.count(e)) << "token " << t << ": expert " << e << " not selected";
-      EXPECT_NEAR(got[e], w, 1e-6) << "token " << t << " expert " << e;
+  // both ways route() runs: plain loops without autograd (inference), tensor
+  // ops when the logits need gradients (training)
+  for (const bool grad : {false, true}) {
+    SCOPED_TRACE(grad ? "tensor ops (autograd)" : "host loops (no autograd)");
+    RouterOutput r = route(grad ? logits.clone().requires_grad_() : logits, c);
+    EXPECT_EQ(r.weights.requires_grad(), grad);
+    r.weights = r.weights.detach();
+    ASSERT_EQ(r.indices.sizes(), (std::vector<int64_t>{200, c.num_experts_per_tok}));
+    for (int64_t t = 0; t < 200; ++t) {
+      auto row = logits[t].contiguous();
+      std::vector<float> s(row.data_ptr<float>(), row.data_ptr<float>() + c.num_experts);
+      auto want = reference_finer_route(s, c);
+      std::map<int64_t, double> got;
+      for (int64_t i = 0; i < c.num_experts_per_tok; ++i)
+        got[r.indices[t][i].item<int64_t>()] = r.weights[t][i].item<double>();
+      ASSERT_EQ(got.size(), want.size()) << "token " << t;
+      for (const auto& [e, w] : want) {
+        ASSERT_TRUE(got.count(e)) << "token " << t << ": expert " << e << " not selected";
+        EXPECT_NEAR(got[e], w, 1e-6) << "token " << t << " expert " << e;
+      }
+      // every output slice g_o gets exactly T_I experts, all from one candidate r_o
+      std::map<int64_t, std::set<int64_t>> per_slice;
+      for (const auto& [e, w] : got)
+        per_slice[e / (c.R_O * c.G_I * c.R_I)].insert(e / (c.G_I * c.R_I));
+      EXPECT_EQ(int64_t(per_slice.size()), c.G_O);
+      for (const auto& [o, groups] : per_slice) EXPECT_EQ(groups.size(), 1u) << "slice " << o;
     }
-    // every output slice g_o gets exactly T_I experts, all from one candidate r_o
-    std::map<int64_t, std::set<int64_t>> per_slice;
-    for (const auto& [e, w] : got) per_slice[e / (c.R_O * c.G_I * c.R_I)].insert(e / (c.G_I * c.R_I));
-    EXPECT_EQ(int64_t(per_slice.size()), c.G_O);
-    for (const auto& [o, groups] : per_slice) EXPECT_EQ(groups.size(), 1u) << "slice " << o;
+  }
+}
+
+// Qwen2-MoE routing (softmax over all experts, top-k, renormalised or not)
+// and Mixtral's (softmax over the top-k logits): the host loops equal the
+// tensor ops, the order of the k slots included.
+TEST(Moe, TopKRoutingOnTheHostEqualsTheTensorOps) {
+  for (const auto& [type, norm] : {std::pair{"qwen2_moe", true}, {"qwen2_moe", false}, {"mixtral", true}}) {
+    SCOPED_TRACE(std::string(type) + (norm ? " norm_topk_prob" : ""));
+    nlohmann::json j = {{"model_type", type}, {"vocab_size", 16}, {"hidden_size", 8},
+                        {"intermediate_size", 16}, {"num_hidden_layers", 1}, {"num_attention_heads", 2},
+                        {"num_key_value_heads", 1}, {"num_local_experts", 6}, {"num_experts", 6},
+                        {"num_experts_per_tok", 2}, {"moe_intermediate_size", 8}, {"norm_topk_prob", norm}};
+    const ModelConfig c = ModelConfig::from_json(j, "topk_routing");
+    EXPECT_EQ(c.routing(), std::string(type) == "mixtral" ? ModelConfig::Routing::TopKSoftmax
+                                                           : ModelConfig::Routing::SoftmaxTopK);
+    auto gen = at::detail::createCPUGenerator(5);
+    auto logits = at::normal(0.0, 2.0, {300, 6}, gen, torch::TensorOptions());
+    RouterOutput host = route(logits, c), ops = route(logits.clone().requires_grad_(), c);
+    ASSERT_FALSE(host.weights.requires_grad());
+    ASSERT_TRUE(ops.weights.requires_grad());
+    EXPECT_TRUE(torch::equal(host.indices, ops.indices));
+    EXPECT_LT((host.weights - ops.weights.detach()).abs().max().item<double>(), 1e-6);
+    if (norm) EXPECT_LT((host.weights.sum(-1) - 1).abs().max().item<double>(), 1e-6);
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, FinerRouter,
-                         ::testing::Values(Granularity{4, 1, 1, 1, 2},   // plain top-2 of 4
-                                           Granularity{2, 2, 2, 2, 1},   // 16 experts, top-2
-                                           Granularity{4, 1, 2, 2, 1},   // the paper's shape, small
-                                           Granularity{2, 3, 3, 1, 2},   // G_O=3, no candidates
-                                           Granularity{1, 4, 2, 3, 3})); // replicas only
+                         ::testing::Values(Granularity{4, 1, 1, 1, 2},  // plain top-2 of 4
+                                           Granularity{2, 2, 2, 2, 1},  // 16 experts, top-2
+                                           Granularity{4, 1, 2, 2, 1},  // the paper's shape, small
+                                           Granularity{2, 3, 3, 1, 2},  // G_O=3, no candidates
+                                           Granularity{1, 4, 2, 3, 3}));  // replicas only
 
 // v · Wᵀ in float64: references are computed in another precision than the code they check.
 torch::Tensor mm64(const torch::Tensor& v, const torch::Tensor& W) {
