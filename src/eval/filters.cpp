@@ -61,6 +61,7 @@ std::string py_strip(const std::string& s) {
 
 std::regex python_regex(std::string p, const std::string& where) {
   auto flags = std::regex::ECMAScript;
+  bool dotall = false;
   while (p.size() >= 4 && p.compare(0, 2, "(?") == 0) {
     const size_t close = p.find(')');
     const std::string f = p.substr(2, close - 2);
@@ -68,15 +69,16 @@ std::regex python_regex(std::string p, const std::string& where) {
       break;
     if (f.find('i') != std::string::npos) flags |= std::regex::icase;
     if (f.find('m') != std::string::npos) flags |= std::regex::multiline;
-    if (f.find('s') != std::string::npos)
-      throw Error(where +
-                  ": the inline flag (?s) is not supported (use [\\s\\S] for any character)");
+    dotall |= f.find('s') != std::string::npos;
     p.erase(0, close + 1);
   }
   std::string out;
+  bool in_class = false;  // inside [...], where `.` is a dot
   for (size_t i = 0; i < p.size(); ++i) {
     if (p[i] == '\\' && i + 1 < p.size()) {
-      if (p[i + 1] == 'A') {
+      if (in_class) {
+        out += p.substr(i, 2);
+      } else if (p[i + 1] == 'A') {
         out += '^';
       } else if (p[i + 1] == 'Z') {
         out += '$';
@@ -84,6 +86,16 @@ std::regex python_regex(std::string p, const std::string& where) {
         out += p.substr(i, 2);
       }
       ++i;
+    } else if (in_class) {
+      in_class = p[i] != ']';
+      out += p[i];
+    } else if (p[i] == '[') {
+      in_class = true;
+      out += p[i];
+      if (i + 1 < p.size() && p[i + 1] == '^') out += p[++i];
+      if (i + 1 < p.size() && p[i + 1] == ']') out += "\\]", ++i;  // Python: a leading ] is literal
+    } else if (p[i] == '.' && dotall) {
+      out += "[\\s\\S]";  // (?s): any character, newlines too
     } else if (p.compare(i, 4, "(?P<") == 0) {
       const size_t close = p.find('>', i);
       if (close == std::string::npos) throw Error(where + ": unterminated (?P<name> group");
@@ -98,8 +110,7 @@ std::regex python_regex(std::string p, const std::string& where) {
   try {
     return std::regex(out, flags);
   } catch (const std::regex_error& e) {
-    throw Error(where + ": regex_pattern '" + p +
-                "' is not a valid pattern (ECMAScript syntax): " + e.what());
+    throw Error(where + ": pattern '" + p + "' is not a valid regular expression: " + e.what());
   }
 }
 

@@ -657,7 +657,7 @@ TEST(EvalFilters, BadPipelinesAreErrorsNamingFileFilterAndStep) {
                   "step 1 (regex): unknown option 'regex_patern'");
   EXPECT_CONTAINS(err("filter_list:\n  - name: x\n    filter:\n      - function: regex\n"
                       "        regex_pattern: '(a'\n      - function: take_first\n"),
-                  "regex_pattern '(a' is not a valid pattern");
+                  "pattern '(a' is not a valid regular expression");
   EXPECT_CONTAINS(err("filter_list:\n  - name: a\n    filter: [{function: take_first}]\n"
                       "  - name: a\n    filter: [{function: take_first}]\n"),
                   "filter_list name 'a' is given twice");
@@ -832,4 +832,87 @@ TEST(EvalProcessDocs, BadStepsAndPythonFunctionsAreClearErrors) {
   EXPECT_CONTAINS(message_of([&] { load_docs(t, "test"); }),
                   "task t, process_docs, step 1 (rename) (" + (d.path / "x.jsonl").string() +
                       ":1): the document has no field 'b'");
+}
+
+// A task in the shape of lm-eval's gsm8k YAML (its metric options with the
+// Python-only "(?s)" regex, generation_kwargs, repeats, both filter
+// pipelines), pointed at a local directory: it runs as written.
+TEST(EvalFilters, AGsm8kShapedTaskRunsAsWritten) {
+  TempDir d;
+  fs::create_directories(d.path / "gsm" / "main");
+  const std::string train = "{\"question\": \"1+1?\", \"answer\": \"Add.\\n#### 2\"}\n";
+  std::string tr;
+  for (int i = 0; i < 5; ++i) tr += train;
+  d.write("gsm/main/train.jsonl", tr);
+  d.write("gsm/main/test.jsonl",
+          "{\"question\": \"9+9?\", \"answer\": \"Sum.\\n#### 18\"}\n"
+          "{\"question\": \"2*3?\", \"answer\": \"Times.\\n#### 6\"}\n"
+          "{\"question\": \"600*2?\", \"answer\": \"So $1,200.\\n#### 1200\"}\n");
+  const auto t = parse_task_yaml_text(
+      R"yaml(tag:
+  - math_word_problems
+task: gsm8k
+dataset_path: gsm
+dataset_name: main
+output_type: generate_until
+training_split: train
+fewshot_split: train
+test_split: test
+doc_to_text: "Question: {{question}}\nAnswer:"
+doc_to_target: "{{answer}}"
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+    ignore_case: true
+    ignore_punctuation: false
+    regexes_to_ignore:
+      - ","
+      - "\\$"
+      - "(?s).*#### "
+      - "\\.$"
+generation_kwargs:
+  until:
+    - "Question:"
+  do_sample: false
+  temperature: 0.0
+repeats: 1
+num_fewshot: 5
+filter_list:
+  - name: "strict-match"
+    filter:
+      - function: "regex"
+        regex_pattern: "#### (\\-?[0-9\\.\\,]+)"
+      - function: "take_first"
+  - name: "flexible-extract"
+    filter:
+      - function: "regex"
+        group_select: -1
+        regex_pattern: "(-?[$0-9.,]{2,})|(-?[0-9]+)"
+      - function: "take_first"
+metadata:
+  version: 3.0
+)yaml",
+      "gsm8k.yaml", d.path.string());
+  const std::string shots = [&] {
+    std::string s;
+    for (int i = 0; i < 5; ++i) s += "Question: 1+1?\nAnswer: Add.\n#### 2\n\n";
+    return s;
+  }();
+  ScriptedModel m;
+  m.gen = {{shots + "Question: 9+9?\nAnswer:", " Nine and nine.\n#### 18"},
+           {shots + "Question: 2*3?\nAnswer:", " I think 5."},
+           {shots + "Question: 600*2?\nAnswer:", " It is $1,200."}};
+  EvalOptions o;
+  o.log_samples = true;
+  const auto out = evaluate({t}, m, o);
+  ASSERT_EQ(m.seen_gen.size(), 3u);
+  EXPECT_EQ(m.seen_gen[0].context, shots + "Question: 9+9?\nAnswer:");
+  // the target loses everything up to "#### " (dot matching newlines), commas, "$" and a final
+  // "."; strict: "18" / "[invalid]" / "[invalid]"; flexible (the last number): "18" / "5." /
+  // "$1,200." -> "1200"
+  const json& r = out.results["results"]["gsm8k"];
+  EXPECT_NEAR(r["exact_match,strict-match"].get<double>(), 1.0 / 3, 1e-12);
+  EXPECT_NEAR(r["exact_match,flexible-extract"].get<double>(), 2.0 / 3, 1e-12);
+  EXPECT_EQ(out.tasks[0].samples[4]["filtered_resps"], json::array({"5."}));
 }
