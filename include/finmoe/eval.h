@@ -58,6 +58,41 @@ struct MetricSpec {
   nlohmann::json kwargs = nlohmann::json::object();  // ignore_case, pattern, tolerance, field ...
 };
 
+// One step of a response filter pipeline (lm-eval's `filter_list`):
+// `function` with its options (regex_pattern, group_select, fallback,
+// mapping_dict, default_value, k).
+struct FilterStep {
+  std::string function;  // regex | take_first | take_first_k | majority_vote | lowercase |
+                         // uppercase | remove_whitespace | map
+  nlohmann::json options = nlohmann::json::object();
+};
+
+// A named pipeline: its answers are scored under metric keys "METRIC,NAME"
+// (lm-eval's "exact_match,strict-match"). A task without `filter_list`
+// has one pipeline, "none" = [take_first].
+struct FilterPipeline {
+  std::string name;
+  std::vector<FilterStep> steps;
+};
+
+// A pipeline checked and compiled: each step's options read, regexes
+// compiled once. Throws Error naming `where`, the pipeline and the step (an
+// unknown function, a bad option, a pipeline that does not end in one
+// answer per document, take_first_k/majority_vote past `repeats`).
+class ResponseFilter {
+ public:
+  ResponseFilter(const FilterPipeline& pipeline, int64_t repeats, const std::string& where);
+  const std::string& name() const;
+  // One document's responses (its `repeats` generations) -> the answer the
+  // metrics score. Throws Error (naming the pipeline) where lm-eval fails:
+  // a group_select beyond the matches, a map without default_value.
+  std::string apply(std::vector<std::string> responses) const;
+
+ private:
+  struct Impl;
+  std::shared_ptr<const Impl> impl_;
+};
+
 struct TaskConfig {
   std::string task;       // name (`task:`)
   std::string yaml_path;  // "" for a built-in task
@@ -85,7 +120,12 @@ struct TaskConfig {
   std::vector<MetricSpec> metrics;
   std::vector<std::string> until;  // generate_until stop strings
   int64_t max_gen_toks = 256;
-  int64_t rolling_context_len = 1;  // lm-eval's context_len: 1 = disjoint windows
+  int64_t rolling_context_len = 1;      // lm-eval's context_len: 1 = disjoint windows
+  std::vector<FilterPipeline> filters;  // `filter_list` (generate_until); empty = "none"
+  int64_t repeats = 1;  // generations per document (greedy: the same text `repeats` times)
+  // `process_docs` as declarative steps (docs/eval.md): applied to every
+  // split's documents after loading and layout normalisation.
+  nlohmann::json process_docs = nlohmann::json::array();
   double version = 0;
   nlohmann::json raw = nlohmann::json::object();  // the config as read, for `configs`
 
@@ -124,6 +164,18 @@ std::vector<Doc> read_records(const std::string& path, const LoadOptions& option
 // split field), normalised by its layout.
 std::vector<Doc> load_docs(const TaskConfig& task, const std::string& split,
                            const LoadOptions& options = {});
+
+// `process_docs` as data instead of lm-eval's Python function: a list of
+// steps, each a mapping with one key (docs/eval.md "process_docs"):
+//   set: {FIELD: TEMPLATE}   rename: {OLD: NEW}   drop: [FIELD]
+//   keep: {field: F, equals|not_equals|in|not_in|matches: V}
+//   replace: {field: F, pattern: REGEX, with: TEXT}   strip: [FIELD]
+// check_process_docs throws Error naming `where` and the step;
+// apply_process_docs applies the steps in order (documents that fail a
+// `keep` are dropped) and its errors name the document's file and line.
+void check_process_docs(const nlohmann::json& steps, const std::string& where);
+std::vector<Doc> apply_process_docs(const nlohmann::json& steps, std::vector<Doc> docs,
+                                    const std::string& task);
 
 // ---- requests ----------------------------------------------------------
 

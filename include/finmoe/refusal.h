@@ -13,6 +13,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "finmoe/chat_endpoint.h"
+
 namespace finmoe {
 
 struct RefusalOptions {
@@ -31,5 +33,32 @@ std::vector<std::string> refusal_templates();
 std::vector<nlohmann::json> refusal_records(const RefusalOptions& opt);
 // The same records, one at a time (nothing held): what the CLI streams.
 void refusal_records(const RefusalOptions& opt, const std::function<void(nlohmann::json&&)>& sink);
+
+// The second stage (YouZhi §3.3: "LLMs translate the tree structures into
+// natural language"): each record's question, and each unanswerable
+// record's refusal target, rewritten by a model through an OpenAI-compatible
+// endpoint (`--model-url`). A rewritten question must keep every number of
+// the templated one and add none (so the cut premise is not invented); a
+// rewritten refusal must name the missing premise and add no number. A
+// rewrite that fails its check keeps the templated text (counted).
+// Resumable like `data selfqa`: each finished record goes to OUT.partial,
+// --resume skips those, OUT is written atomically at the end.
+struct RefusalModelOptions : ChatEndpointOptions {
+  bool resume = false;
+  bool rewrite_answers = true;  // also the refusal targets of unanswerable records
+};
+
+struct RefusalModelResult {
+  int64_t records = 0, unanswerable = 0, questions = 0, answers = 0, rejected = 0;
+  int64_t resumed = 0, requests = 0, retried = 0;
+};
+
+// Records as refusal_records(opt) makes them, each with "rewritten": the
+// parts the model wrote ("question", "answer"), written to OUT (must not
+// exist).
+RefusalModelResult refusal_with_model(
+    const RefusalOptions& opt, const RefusalModelOptions& model, const std::string& out,
+    const std::function<void(const std::string&)>& log = {},
+    const std::function<void(int64_t done, int64_t total)>& progress = {});
 
 }  // namespace finmoe

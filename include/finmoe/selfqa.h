@@ -11,29 +11,20 @@
 // error or a signal continues with --resume, skipping the documents there.
 // When every document is done, OUT is written atomically and OUT.partial
 // removed.
-#include <algorithm>
 #include <cstdint>
 #include <functional>
-#include <mutex>
 #include <string>
 #include <vector>
 
+#include "finmoe/chat_endpoint.h"
+
 namespace finmoe {
 
-struct SelfQaOptions {
-  std::string url;  // base URL, e.g. http://127.0.0.1:8000 (POST URL/v1/chat/completions)
-  std::string model = "finmoe";
-  std::string api_key;  // sent as "Authorization: Bearer KEY" when set
+struct SelfQaOptions : ChatEndpointOptions {  // the endpoint: url, model, retries, ...
   int questions_per_doc = 3;
   int64_t max_doc_chars =
-      2000;  // longer documents are cut into pieces of at most this many code points
-  int max_tokens = 512;
-  double temperature = 0.7;
-  int retries = 4;            // after the first try, on connection errors, timeouts, 429 and 5xx
-  double backoff_s = 0.5;     // first wait; doubled per retry
-  double timeout_s = 120;     // per request (connect, read, write)
-  double requests_per_s = 0;  // 0: no limit; shared by all workers
-  int concurrency = 1;        // documents in flight
+      2000;             // longer documents are cut into pieces of at most this many code points
+  int concurrency = 1;  // documents in flight
   bool resume = false;
   std::string field;  // document text field ("" -> "text")
   bool skip_bad = false;
@@ -48,24 +39,6 @@ struct SelfQaResult {
 // "1、", "-", "Q:", "问题1：") removed, lines without a question dropped
 // (a question ends with ? or ？ after trimming).
 std::vector<std::string> parse_questions(const std::string& reply);
-
-// Spacing of request starts to at most `rate` per second across threads.
-// acquire(now) returns the time the caller may start (>= now).
-class RateLimiter {
- public:
-  explicit RateLimiter(double rate) : interval_(rate > 0 ? 1.0 / rate : 0.0) {}
-  double acquire(double now) {
-    std::lock_guard<std::mutex> lock(mu_);
-    const double start = std::max(now, next_);
-    next_ = start + interval_;
-    return start;
-  }
-
- private:
-  std::mutex mu_;
-  double interval_;
-  double next_ = 0;  // guarded by mu_
-};
 
 SelfQaResult selfqa_jsonl(const std::string& in, const std::string& out, const SelfQaOptions& opt,
                           const std::function<void(const std::string&)>& log = {},

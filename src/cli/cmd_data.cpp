@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <iomanip>
 #include <iostream>
 #include <map>
@@ -20,6 +21,7 @@
 #include "finmoe/dedup.h"
 #include "finmoe/error.h"
 #include "finmoe/format_check.h"
+#include "finmoe/persona.h"
 #include "finmoe/refusal.h"
 #include "finmoe/selfqa.h"
 
@@ -343,6 +345,34 @@ void add_mix(CLI::App* data, Run& run) {
   });
 }
 
+// The endpoint options of the tools that call a model (persona, refusal).
+void add_endpoint_options(CLI::App* cmd, ChatEndpointOptions& e) {
+  cmd->add_option("--model", e.model, "model name sent in requests")
+      ->capture_default_str()
+      ->group("Model rewrite");
+  cmd->add_option("--api-key", e.api_key, "bearer token (default: $OPENAI_API_KEY)")
+      ->envname("OPENAI_API_KEY")
+      ->group("Model rewrite");
+  cmd->add_option("--max-tokens", e.max_tokens, "max_tokens per request")
+      ->capture_default_str()
+      ->group("Model rewrite");
+  cmd->add_option("--temperature", e.temperature, "sampling temperature")
+      ->capture_default_str()
+      ->group("Model rewrite");
+  cmd->add_option("--retries", e.retries, "retries on connection errors, timeouts, 429 and 5xx")
+      ->capture_default_str()
+      ->group("Model rewrite");
+  cmd->add_option("--backoff", e.backoff_s, "first retry wait in seconds (doubled per retry)")
+      ->capture_default_str()
+      ->group("Model rewrite");
+  cmd->add_option("--timeout", e.timeout_s, "seconds per request")
+      ->capture_default_str()
+      ->group("Model rewrite");
+  cmd->add_option("--rps", e.requests_per_s, "at most this many requests per second (0: none)")
+      ->capture_default_str()
+      ->group("Model rewrite");
+}
+
 void add_refusal(CLI::App* data, Run& run) {
   auto* r = data->add_subcommand(
       "refusal", "Unanswerable financial questions (a needed premise cut) with refusal targets");
@@ -361,8 +391,36 @@ void add_refusal(CLI::App* data, Run& run) {
   r->add_option("--cut-depth", o.cut_depth,
                 "depth of the removed premise (1: used by the asked quantity; 0: any)")
       ->capture_default_str();
-  r->callback([&run] {
-    run = [] {
+  static RefusalModelOptions m;
+  static bool keep_answers = false;
+  auto* url = r->add_option("--model-url", m.url,
+                            "rewrite questions and refusals through this OpenAI-compatible "
+                            "endpoint, e.g. http://127.0.0.1:8000 (finmoe serve)")
+                  ->group("Model rewrite");
+  add_endpoint_options(r, m);
+  r->add_flag("--resume", m.resume, "continue an interrupted --model-url run from OUT.partial")
+      ->group("Model rewrite");
+  r->add_flag("--keep-answers", keep_answers,
+              "rewrite the questions only; refusal targets stay templated")
+      ->group("Model rewrite");
+  r->callback([&run, url] {
+    run = [url] {
+      if (!url->empty()) {
+        m.rewrite_answers = !keep_answers;
+        Progress progress("refusal", o.n, "records");
+        const RefusalModelResult res = refusal_with_model(
+            o, m, out, [&](const std::string& msg) { progress.message(msg); },
+            [&](int64_t done, int64_t) { progress.update(done); });
+        progress.finish();
+        std::cout << "wrote " << res.records << " records (" << res.unanswerable
+                  << " unanswerable) to " << out << "\nthe model rewrote " << res.questions
+                  << " questions and " << res.answers << " refusals; " << res.rejected
+                  << " rewrites failed their check and kept the template (" << res.resumed
+                  << " records from an earlier run, " << res.requests << " requests, "
+                  << res.retried << " retries)\n";
+        return 0;
+      }
+      if (m.resume) throw Error("--resume continues a --model-url run");
       data::JsonlWriter w(out);
       Progress progress("refusal", o.n, "records");
       int64_t unanswerable = 0;
@@ -375,6 +433,63 @@ void add_refusal(CLI::App* data, Run& run) {
       progress.finish();
       std::cout << "wrote " << w.written() << " records (" << unanswerable << " unanswerable) to "
                 << out << "\n";
+      return 0;
+    };
+  });
+}
+
+void add_persona(CLI::App* data, Run& run) {
+  auto* p = data->add_subcommand(
+      "persona", "SFT instructions asked again by personas in several styles (answers kept)");
+  p->footer(
+      "Each record's first user turn (or 'instruction') is rewritten --variants times, each by "
+      "another persona\n"
+      "(a self-introduction) in a style (direct, polite, context): templated and deterministic in "
+      "--seed, or\n"
+      "written by a model with --url (a reply that drops a number falls back to the template, "
+      "counted).");
+  static PersonaOptions o;
+  static ChatEndpointOptions e;
+  static std::string in, out, personas_file, styles;
+  p->add_option("IN", in, "SFT records (JSONL {\"messages\"} or {\"instruction\"})")->required();
+  p->add_option("--out", out, "output JSONL (must not exist)")->required();
+  p->add_option("--variants", o.variants, "rewrites per record")->capture_default_str();
+  p->add_option("--seed", o.seed, "random seed")->capture_default_str();
+  p->add_option("--personas", personas_file,
+                "a text file with one persona per line (default: built-in, by language)");
+  p->add_option("--styles", styles, "comma-separated subset of direct,polite,context");
+  p->add_flag("--keep-original", o.keep_original, "also write each record unchanged first");
+  p->add_flag("--skip-bad", o.skip_bad, "skip malformed lines and records without an instruction");
+  auto* url = p->add_option("--url", e.url, "rewrite through this OpenAI-compatible endpoint")
+                  ->group("Model rewrite");
+  add_endpoint_options(p, e);
+  p->add_flag("--resume", o.resume, "continue an interrupted --url run from OUT.partial")
+      ->group("Model rewrite");
+  p->callback([&run, url] {
+    run = [url] {
+      if (!url->empty()) o.endpoint = e;
+      o.styles = split_commas(styles);
+      if (!personas_file.empty()) {
+        std::ifstream f(personas_file);
+        if (!f) throw Error("--personas " + personas_file + ": cannot be read");
+        for (std::string line; std::getline(f, line);)
+          if (line.find_first_not_of(" \t\r") != std::string::npos) {
+            while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+            o.personas.push_back(line);
+          }
+        if (o.personas.empty()) throw Error("--personas " + personas_file + ": no persona");
+      }
+      Progress progress("persona", file_size_or_zero(in), "bytes");
+      const PersonaResult r = persona_jsonl(
+          in, out, o, [&](const std::string& m) { progress.message(m); },
+          [&](int64_t done, int64_t) { progress.update(done); });
+      progress.finish();
+      std::cout << "records " << r.records << " -> " << r.written << " written to " << out << "\n";
+      if (o.endpoint)
+        std::cout << "model rewrites " << r.by_model << ", template fallbacks " << r.model_rejected
+                  << " (" << r.resumed << " records from an earlier run, " << r.requests
+                  << " requests, " << r.retried << " retries)\n";
+      if (r.skipped) std::cout << r.skipped << " bad lines skipped\n";
       return 0;
     };
   });
@@ -504,7 +619,9 @@ void add_amounts(CLI::App* data, Run& run) {
 
 void add_data(CLI::App& app, Run& run) {
   auto* data = app.add_subcommand(
-      "data", "The papers' data tools: amounts, dedup, compress, format, mix, refusal, selfqa");
+      "data",
+      "The papers' data tools: amounts, dedup, compress, format, mix, refusal, persona, "
+      "selfqa");
   data->require_subcommand(1);
   add_amounts(data, run);
   add_dedup(data, run);
@@ -512,6 +629,7 @@ void add_data(CLI::App& app, Run& run) {
   add_format(data, run);
   add_mix(data, run);
   add_refusal(data, run);
+  add_persona(data, run);
   add_selfqa(data, run);
 }
 

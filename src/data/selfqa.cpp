@@ -1,34 +1,21 @@
 // Self-QA through an OpenAI-compatible endpoint (finmoe/selfqa.h).
 #include "finmoe/selfqa.h"
 
-#include <httplib.h>
-#include <sys/stat.h>
-
 #include <algorithm>
 #include <atomic>
-#include <chrono>
-#include <cmath>
-#include <cstdio>
-#include <fstream>
 #include <map>
+#include <mutex>
 #include <thread>
 #include <unordered_set>
 
 #include "data/jsonl.h"
+#include "data/resume_log.h"
 #include "finmoe/config.h"
 #include "finmoe/error.h"
 
 namespace finmoe {
 
 namespace {
-
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-void sleep_s(double s) {
-  if (s > 0) std::this_thread::sleep_for(std::chrono::duration<double>(s));
-}
 
 std::string trim(const std::string& s) {
   const size_t b = s.find_first_not_of(" \t\r\n");
@@ -77,80 +64,6 @@ std::string normalized(const std::string& s) {
       out += char(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
   return out;
 }
-
-class Endpoint {
- public:
-  explicit Endpoint(const SelfQaOptions& opt) : opt_(opt), limiter_(opt.requests_per_s) {
-    const size_t scheme = opt.url.find("://");
-    if (opt.url.empty() || scheme == std::string::npos)
-      throw Error("--url: expected http://HOST:PORT[/PATH], got '" + opt.url + "'");
-    const size_t slash = opt.url.find('/', scheme + 3);
-    base_ = opt.url.substr(0, slash);
-    std::string prefix = slash == std::string::npos ? "" : opt.url.substr(slash);
-    while (!prefix.empty() && prefix.back() == '/') prefix.pop_back();
-    if (prefix.size() >= 3 && prefix.compare(prefix.size() - 3, 3, "/v1") == 0)
-      prefix.resize(prefix.size() - 3);
-    path_ = prefix + "/v1/chat/completions";
-  }
-
-  std::string chat(const std::string& prompt) {
-    const nlohmann::json body = {{"model", opt_.model},
-                                 {"messages", {{{"role", "user"}, {"content", prompt}}}},
-                                 {"max_tokens", opt_.max_tokens},
-                                 {"temperature", opt_.temperature}};
-    const std::string payload = body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-    httplib::Headers headers;
-    if (!opt_.api_key.empty()) headers.emplace("Authorization", "Bearer " + opt_.api_key);
-    std::string last;
-    for (int attempt = 0; attempt <= opt_.retries; ++attempt) {
-      if (attempt > 0) {
-        ++retried;
-        sleep_s(opt_.backoff_s * std::pow(2.0, attempt - 1));
-      }
-      sleep_s(limiter_.acquire(now_s()) - now_s());
-      httplib::Client cli(base_);
-      const auto secs = std::chrono::duration<double>(opt_.timeout_s);
-      cli.set_connection_timeout(std::chrono::duration_cast<std::chrono::microseconds>(secs));
-      cli.set_read_timeout(std::chrono::duration_cast<std::chrono::microseconds>(secs));
-      cli.set_write_timeout(std::chrono::duration_cast<std::chrono::microseconds>(secs));
-      ++requests;
-      auto res = cli.Post(path_, headers, payload, "application/json");
-      if (!res) {
-        last = "connection failed (" + httplib::to_string(res.error()) + ")";
-        continue;
-      }
-      if (res->status == 429 || res->status >= 500) {
-        last = "HTTP " + std::to_string(res->status) + ": " + res->body.substr(0, 200);
-        continue;
-      }
-      if (res->status != 200)
-        throw Error(opt_.url + path_ + ": HTTP " + std::to_string(res->status) + ": " +
-                    res->body.substr(0, 300));
-      nlohmann::json j;
-      try {
-        j = parse_json(res->body, opt_.url + path_ + " reply");
-      } catch (const Error& e) {
-        throw Error(std::string(e.what()));
-      }
-      if (!j.is_object() || !j.contains("choices") || !j["choices"].is_array() ||
-          j["choices"].empty() || !j["choices"][0].is_object() ||
-          !j["choices"][0].contains("message") || !j["choices"][0]["message"].is_object() ||
-          !j["choices"][0]["message"].contains("content") ||
-          !j["choices"][0]["message"]["content"].is_string())
-        throw Error(opt_.url + path_ + ": reply without a string choices[0].message.content");
-      return j["choices"][0]["message"]["content"].get<std::string>();
-    }
-    throw Error(opt_.url + path_ + ": gave up after " + std::to_string(opt_.retries + 1) +
-                " tries: " + last);
-  }
-
-  std::atomic<int64_t> requests{0}, retried{0};
-
- private:
-  const SelfQaOptions& opt_;
-  RateLimiter limiter_;
-  std::string base_, path_;
-};
 
 std::string question_prompt(const std::string& doc, int n) {
   if (has_cjk(doc))
@@ -221,45 +134,14 @@ SelfQaResult selfqa_jsonl(const std::string& in, const std::string& out, const S
     throw Error("selfqa: --retries >= 0 and --concurrency >= 1");
   if (!(opt.requests_per_s >= 0) || !(opt.timeout_s > 0) || !(opt.backoff_s >= 0))
     throw Error("selfqa: --rps >= 0, --timeout > 0, --backoff >= 0");
+  check_chat_endpoint_options(opt, "--url");
   data::refuse_existing(out, "--out");
-  Endpoint endpoint(opt);
-  const std::string partial = out + ".partial";
+  ChatEndpoint endpoint(opt);
   SelfQaResult r;
-
   // documents done in an earlier run
-  std::unordered_set<int64_t> done;
-  struct stat st {};
-  if (::stat(partial.c_str(), &st) == 0) {
-    if (!opt.resume)
-      throw Error(
-          partial +
-          " exists: an earlier run stopped before the end; --resume continues it (or remove it)");
-    std::ifstream p(partial);
-    std::string line;
-    int64_t n = 0;
-    std::vector<std::string> good;
-    while (std::getline(p, line)) {
-      ++n;
-      try {
-        const auto j = parse_json(line, partial + ":" + std::to_string(n));
-        done.insert(j.at("doc_line").get<int64_t>());
-        good.push_back(line);
-      } catch (const std::exception&) {
-        // a line cut by the stop: the document is done again
-        if (log)
-          log(partial + ":" + std::to_string(n) +
-              ": incomplete line dropped; that document is redone");
-      }
-    }
-    // rewrite without the cut line so that appends start on a line of their own
-    std::string all;
-    for (const auto& g : good) all += g + "\n";
-    write_file_atomic(partial, all);
-    r.resumed = int64_t(done.size());
-  }
-  std::ofstream part(partial, std::ios::app | std::ios::binary);
-  if (!part) throw Error(partial + ": cannot open for appending");
-  std::mutex part_mu;
+  data::ResumeLog part(out, "doc_line", opt.resume, log);
+  const std::string partial = part.path();
+  r.resumed = part.resumed();
 
   data::JsonlReader reader(in, opt.skip_bad);
   reader.on_skip = log;
@@ -288,12 +170,7 @@ SelfQaResult selfqa_jsonl(const std::string& in, const std::string& out, const S
               qa.push_back({{"question", questions[q]},
                             {"answer", trim(endpoint.chat(answer_prompt(piece, questions[q])))}});
           }
-          const std::string line = nlohmann::json{{"doc_line", batch[i].line}, {"qa", qa}}.dump(
-              -1, ' ', false, nlohmann::json::error_handler_t::replace);
-          std::lock_guard<std::mutex> lock(part_mu);
-          part << line << "\n";
-          part.flush();
-          if (!part) throw Error(partial + ": write failed");
+          part.append({{"doc_line", batch[i].line}, {"qa", qa}});
         } catch (const std::exception& e) {
           std::lock_guard<std::mutex> lock(fail_mu);
           if (failure.empty()) failure = in + ":" + std::to_string(batch[i].line) + ": " + e.what();
@@ -320,31 +197,20 @@ SelfQaResult selfqa_jsonl(const std::string& in, const std::string& out, const S
       continue;
     }
     ++r.documents;
-    if (done.count(reader.line()) || trim(text).empty()) continue;
+    if (part.done(reader.line()) || trim(text).empty()) continue;
     batch.push_back({reader.line(), text});
     if (batch.size() >= size_t(opt.concurrency) * 4) run_batch();
   }
   run_batch();
-  part.close();
   r.skipped = reader.skipped();
   r.requests = endpoint.requests;
   r.retried = endpoint.retried;
 
   // every document is done: pairs in document order, empty and duplicate ones dropped
-  std::map<int64_t, nlohmann::json> by_doc;
-  {
-    std::ifstream p(partial);
-    std::string line;
-    int64_t n = 0;
-    while (std::getline(p, line)) {
-      const auto j = parse_json(line, partial + ":" + std::to_string(++n));
-      by_doc[j.at("doc_line").get<int64_t>()] = j.at("qa");
-    }
-  }
   data::JsonlWriter writer(out);
   std::unordered_set<std::string> seen;
-  for (const auto& [doc, qa] : by_doc)
-    for (const auto& p : qa) {
+  for (const auto& [doc, line] : part.read_all())
+    for (const auto& p : line.at("qa")) {
       const std::string q = p.at("question"), a = p.at("answer");
       if (trim(q).empty() || trim(a).empty()) {
         ++r.empty;
@@ -361,7 +227,7 @@ SelfQaResult selfqa_jsonl(const std::string& in, const std::string& out, const S
     }
   writer.commit();
   r.pairs = writer.written();
-  std::remove(partial.c_str());
+  part.remove();
   return r;
 }
 

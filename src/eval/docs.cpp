@@ -343,7 +343,7 @@ std::vector<Doc> load_docs(const TaskConfig& t, const std::string& split,
     }
     out.push_back(std::move(d));
   }
-  return out;
+  return apply_process_docs(t.process_docs, std::move(out), t.task);
 }
 
 }  // namespace finmoe::eval

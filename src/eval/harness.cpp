@@ -345,14 +345,28 @@ EvalOutput evaluate(const std::vector<TaskConfig>& tasks, LanguageModel& model,
        versions = json::object(), nshot = json::object(), hib = json::object(),
        nsamples = json::object(), group_subtasks = json::object();
   struct GroupAcc {
-    std::map<std::string, std::pair<double, double>> sum;  // metric -> (sum of value*n, n)
+    std::map<std::string, std::pair<double, double>> sum;  // "metric,filter" -> (sum of value*n, n)
   };
   std::map<std::string, GroupAcc> gacc;
   for (auto& run : runs) {
     const TaskConfig& t = *run.cfg;
     TaskOutput to;
     to.task = t.task;
+    // items per "metric,filter" key; generate_until answers go through the
+    // task's filter pipelines (lm-eval's "none" = take_first without one)
     std::map<std::string, MetricItems> items;
+    std::vector<ResponseFilter> filters;
+    std::vector<std::string> filter_names = {"none"};
+    if (t.output_type == OutputType::kGenerateUntil) {
+      const std::string where = t.yaml_path.empty() ? "task " + t.task : t.yaml_path;
+      if (t.filters.empty())
+        filters.emplace_back(FilterPipeline{"none", {{"take_first", json::object()}}}, t.repeats,
+                             where);
+      for (const auto& fp : t.filters) filters.emplace_back(fp, t.repeats, where);
+      filter_names.clear();
+      for (const auto& f : filters) filter_names.push_back(f.name());
+    }
+    std::vector<std::vector<json>> logged(filter_names.size());  // lm-eval: filter-major
     for (const auto& p : run.plans) {
       json sample = {{"doc_id", p.doc_id},
                      {"doc", p.doc->fields},
@@ -374,7 +388,7 @@ EvalOutput evaluate(const std::vector<TaskConfig>& tasks, LanguageModel& model,
             const double v = m.name == "acc"        ? s.acc
                              : m.name == "acc_norm" ? s.acc_norm
                                                     : s.acc_bytes;
-            items[m.name].values.push_back(v);
+            items[m.name + ",none"].values.push_back(v);
             metrics_here[m.name] = v;
           }
           break;
@@ -386,7 +400,7 @@ EvalOutput evaluate(const std::vector<TaskConfig>& tasks, LanguageModel& model,
           resps.push_back(json::array({r.logprob, r.is_greedy}));
           for (const auto& m : t.metrics) {
             const double v = m.name == "acc" ? double(r.is_greedy) : r.logprob;
-            items[m.name].values.push_back(v);
+            items[m.name + ",none"].values.push_back(v);
             metrics_here[m.name] = v;
           }
           break;
@@ -401,8 +415,8 @@ EvalOutput evaluate(const std::vector<TaskConfig>& tasks, LanguageModel& model,
             const double w = m.name == "word_perplexity"    ? words
                              : m.name == "token_perplexity" ? double(r.tokens)
                                                             : bytes;
-            items[m.name].values.push_back(r.logprob);
-            items[m.name].weights.push_back(w);
+            items[m.name + ",none"].values.push_back(r.logprob);
+            items[m.name + ",none"].weights.push_back(w);
             metrics_here[m.name] = json::array({r.logprob, w});
           }
           break;
@@ -412,13 +426,26 @@ EvalOutput evaluate(const std::vector<TaskConfig>& tasks, LanguageModel& model,
           const Request& q = gen_reqs[p.request[0]];
           args.push_back({{"arg_0", q.context},
                           {"arg_1", {{"until", q.until}, {"max_gen_toks", q.max_gen_toks}}}});
-          resps.push_back(json::array({g}));
-          for (const auto& m : t.metrics) {
-            const double v = score_generation(m, g, p.target_text);
-            items[m.name].values.push_back(v);
-            metrics_here[m.name] = v;
+          // greedy decoding: the `repeats` responses are the same text
+          const std::vector<std::string> copies(size_t(t.repeats), g);
+          resps.push_back(copies);
+          sample["arguments"] = args;
+          sample["resps"] = resps;
+          sample["metrics"] = json::array();
+          for (const auto& m : t.metrics) sample["metrics"].push_back(m.name);
+          for (size_t fi = 0; fi < filters.size(); ++fi) {
+            const std::string answer = filters[fi].apply(copies);
+            json s = sample;
+            s["filter"] = filters[fi].name();
+            s["filtered_resps"] = json::array({answer});
+            for (const auto& m : t.metrics) {
+              const double v = score_generation(m, answer, p.target_text);
+              items[m.name + "," + filters[fi].name()].values.push_back(v);
+              s[m.name] = v;
+            }
+            if (o.log_samples) logged[fi].push_back(std::move(s));
           }
-          break;
+          continue;
         }
       }
       sample["arguments"] = args;
@@ -427,23 +454,26 @@ EvalOutput evaluate(const std::vector<TaskConfig>& tasks, LanguageModel& model,
       sample["metrics"] = json::array();
       for (const auto& m : t.metrics) sample["metrics"].push_back(m.name);
       sample.update(metrics_here);
-      if (o.log_samples) to.samples.push_back(std::move(sample));
+      if (o.log_samples) logged[0].push_back(std::move(sample));
     }
+    for (auto& l : logged)
+      for (auto& s : l) to.samples.push_back(std::move(s));
     json r = {{"alias", t.task}};
     json h = json::object();
-    for (const auto& m : t.metrics) {
-      const MetricItems& it = items[m.name];
-      const double v = it.values.empty() ? NAN : aggregate(m, it);
-      r[m.name + ",none"] = std::isfinite(v) ? json(v) : json("N/A");
-      r[m.name + "_stderr,none"] =
-          m.aggregation == "mean" ? stderr_of_mean(it.values) : json("N/A");
-      h[m.name] = m.higher_is_better;
-      if (!t.group.empty() && std::isfinite(v)) {
-        auto& [sum, n] = gacc[t.group].sum[m.name];
-        sum += v * double(it.values.size());
-        n += double(it.values.size());
+    for (const auto& f : filter_names)
+      for (const auto& m : t.metrics) {
+        const MetricItems& it = items[m.name + "," + f];
+        const double v = it.values.empty() ? NAN : aggregate(m, it);
+        r[m.name + "," + f] = std::isfinite(v) ? json(v) : json("N/A");
+        r[m.name + "_stderr," + f] =
+            m.aggregation == "mean" ? stderr_of_mean(it.values) : json("N/A");
+        h[m.name] = m.higher_is_better;
+        if (!t.group.empty() && std::isfinite(v)) {
+          auto& [sum, n] = gacc[t.group].sum[m.name + "," + f];
+          sum += v * double(it.values.size());
+          n += double(it.values.size());
+        }
       }
-    }
     results[t.task] = r;
     hib[t.task] = h;
     json c = t.raw;
@@ -469,9 +499,10 @@ EvalOutput evaluate(const std::vector<TaskConfig>& tasks, LanguageModel& model,
   // groups: each metric averaged over the subtasks that report it, weighted by size
   for (const auto& [g, acc] : gacc) {
     json r = {{"alias", g}};
-    for (const auto& [m, sn] : acc.sum) {
-      r[m + ",none"] = sn.first / sn.second;
-      r[m + "_stderr,none"] = "N/A";
+    for (const auto& [key, sn] : acc.sum) {  // key: "metric,filter"
+      const size_t comma = key.find(',');
+      r[key] = sn.first / sn.second;
+      r[key.substr(0, comma) + "_stderr" + key.substr(comma)] = "N/A";
     }
     groups[g] = r;
   }

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <regex>
 
+#include "eval/py_regex.h"
 #include "finmoe/error.h"
 #include "finmoe/eval.h"
 
@@ -61,7 +62,8 @@ std::string normalize_em(std::string s, const json& kw) {
   if (kw.contains("regexes_to_ignore")) {
     const json& r = kw.at("regexes_to_ignore");
     for (const auto& p : (r.is_array() ? r : json::array({r})))
-      s = std::regex_replace(s, std::regex(p.get<std::string>()), "");
+      s = std::regex_replace(
+          s, python_regex(p.get<std::string>(), "metric exact_match, regexes_to_ignore"), "");
   }
   if (flag(kw, "ignore_case")) s = lower_ascii(s);
   if (flag(kw, "ignore_punctuation"))
@@ -170,9 +172,9 @@ double score_generation(const MetricSpec& m, const std::string& prediction,
   if (m.name == "exact_match")
     return normalize_em(prediction, m.kwargs) == normalize_em(reference, m.kwargs) ? 1.0 : 0.0;
   if (m.name == "regex_match") {
-    const auto flags = flag(m.kwargs, "ignore_case") ? std::regex::ECMAScript | std::regex::icase
-                                                     : std::regex::ECMAScript;
-    const std::regex re(need_kw(m, "pattern"), flags);
+    const std::string pat = need_kw(m, "pattern");
+    const std::regex re =
+        python_regex(flag(m.kwargs, "ignore_case") ? "(?i)" + pat : pat, "metric regex_match");
     std::smatch sm;
     if (!std::regex_search(prediction, sm, re)) return 0.0;
     const size_t g = size_t(num_kw(m, "group", sm.size() > 1 ? 1 : 0));

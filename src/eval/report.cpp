@@ -26,17 +26,29 @@ std::string fmt(const json& v) {
   return buf;
 }
 
-// "acc,none" -> "acc"; stderr keys are not metrics.
+// A row's metrics as labels: "acc,none" -> "acc"; a filtered metric keeps
+// its filter ("exact_match,strict-match"). Stderr keys are not metrics.
 std::vector<std::string> metric_names(const json& row) {
   std::vector<std::string> out;
   for (auto it = row.begin(); it != row.end(); ++it) {
     const std::string& k = it.key();
     const size_t comma = k.find(',');
     if (comma == std::string::npos || k.find("_stderr,") != std::string::npos) continue;
-    out.push_back(k.substr(0, comma));
+    out.push_back(k.compare(comma, std::string::npos, ",none") == 0 ? k.substr(0, comma) : k);
   }
   return out;
 }
+
+// label -> its value key, its stderr key and its metric name
+std::string value_key(const std::string& label) {
+  return label.find(',') == std::string::npos ? label + ",none" : label;
+}
+std::string stderr_key(const std::string& label) {
+  const std::string k = value_key(label);
+  const size_t comma = k.find(',');
+  return k.substr(0, comma) + "_stderr" + k.substr(comma);
+}
+std::string metric_of(const std::string& label) { return label.substr(0, label.find(',')); }
 
 // The group (category) of each task, "" when none.
 std::map<std::string, std::string> task_groups(const json& r) {
@@ -77,17 +89,17 @@ std::string markdown_report(const json& r) {
     for (const auto& task : by_group[g]) {
       const json& row = results.at(task);
       for (const auto& m : metric_names(row)) {
-        const bool up =
-            !hib.contains(task) || !hib.at(task).contains(m) || hib.at(task).at(m).get<bool>();
-        const std::string se =
-            row.contains(m + "_stderr,none") ? fmt(row.at(m + "_stderr,none")) : "";
+        const bool up = !hib.contains(task) || !hib.at(task).contains(metric_of(m)) ||
+                        hib.at(task).at(metric_of(m)).get<bool>();
+        const std::string se = row.contains(stderr_key(m)) ? fmt(row.at(stderr_key(m))) : "";
         md += "| " + task + " | " + (nshot.contains(task) ? nshot.at(task).dump() : "") + " | " +
-              m + " | " + (up ? "↑" : "↓") + " | " + fmt(row.at(m + ",none")) + " | " + se + " |\n";
+              m + " | " + (up ? "↑" : "↓") + " | " + fmt(row.at(value_key(m))) + " | " + se +
+              " |\n";
       }
     }
     if (!g.empty() && groups.contains(g))
       for (const auto& m : metric_names(groups.at(g)))
-        md += "| **" + g + "** (mean) | | " + m + " | | " + fmt(groups.at(g).at(m + ",none")) +
+        md += "| **" + g + "** (mean) | | " + m + " | | " + fmt(groups.at(g).at(value_key(m))) +
               " | |\n";
     md += "\n";
   }
@@ -115,13 +127,13 @@ std::string compare_report(const json& a, const json& b, const std::string& name
         Row row{it.key(), m, nullptr, nullptr, true};
         for (const auto* src : {&a, &b}) {
           const json& ss = section(*src, sec);
-          json v = ss.contains(it.key()) && ss.at(it.key()).contains(m + ",none")
-                       ? ss.at(it.key()).at(m + ",none")
+          json v = ss.contains(it.key()) && ss.at(it.key()).contains(value_key(m))
+                       ? ss.at(it.key()).at(value_key(m))
                        : json(nullptr);
           (src == &a ? row.va : row.vb) = v;
           const json& h = section(*src, "higher_is_better");
-          if (h.contains(it.key()) && h.at(it.key()).contains(m))
-            row.up = h.at(it.key()).at(m).get<bool>();
+          if (h.contains(it.key()) && h.at(it.key()).contains(metric_of(m)))
+            row.up = h.at(it.key()).at(metric_of(m)).get<bool>();
         }
         rows.push_back(row);
       }

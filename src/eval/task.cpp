@@ -124,7 +124,9 @@ const std::set<std::string> kKnownKeys = {"task",
                                           "include",
                                           "should_decontaminate",
                                           "doc_to_decontamination_query",
-                                          "repeats"};
+                                          "repeats",
+                                          "filter_list",
+                                          "process_docs"};
 
 TaskConfig from_json(const json& y, const std::string& where, const std::string& base_dir) {
   if (!y.is_object()) throw Error(where + ": a task file must be a mapping of keys");
@@ -275,6 +277,55 @@ TaskConfig from_json(const json& y, const std::string& where, const std::string&
       throw Error(where + ": 'rolling_context_len' must be an integer >= 1");
     t.rolling_context_len = y.at("rolling_context_len").get<int64_t>();
   }
+  if (y.contains("repeats")) {
+    if (!y.at("repeats").is_number_integer() || y.at("repeats").get<int64_t>() < 1)
+      throw Error(where + ": 'repeats' must be an integer >= 1");
+    t.repeats = y.at("repeats").get<int64_t>();
+  }
+  if (y.contains("filter_list") && !y.at("filter_list").is_null()) {
+    if (t.output_type != OutputType::kGenerateUntil)
+      throw Error(where + ": 'filter_list' applies to output_type generate_until only");
+    const json& fl = y.at("filter_list");
+    if (!fl.is_array() || fl.empty())
+      throw Error(where + ": 'filter_list' must be a non-empty list of {name, filter}");
+    std::set<std::string> names;
+    for (const auto& f : fl) {
+      if (!f.is_object() || !f.contains("name") || !f.contains("filter"))
+        throw Error(where + ": each filter_list entry needs 'name' and 'filter' (a list of steps)");
+      FilterPipeline p;
+      p.name = need_string(f.at("name"), where, "filter_list.name");
+      if (p.name.empty() || p.name.find(',') != std::string::npos)
+        throw Error(where + ": filter_list name '" + p.name +
+                    "' must be non-empty and without commas (it becomes 'metric,name')");
+      if (!names.insert(p.name).second)
+        throw Error(where + ": filter_list name '" + p.name + "' is given twice");
+      for (auto it = f.begin(); it != f.end(); ++it)
+        if (it.key() != "name" && it.key() != "filter")
+          throw Error(where + ": filter_list '" + p.name + "': unknown key '" + it.key() +
+                      "' (name, filter)");
+      if (!f.at("filter").is_array())
+        throw Error(where + ": filter_list '" + p.name + "': 'filter' must be a list of steps");
+      for (const auto& st : f.at("filter")) {
+        if (!st.is_object() || !st.contains("function"))
+          throw Error(where + ": filter_list '" + p.name + "': each step needs a 'function'");
+        FilterStep step;
+        step.function = need_string(st.at("function"), where, "filter_list.filter.function");
+        step.options = st;
+        step.options.erase("function");
+        p.steps.push_back(std::move(step));
+      }
+      t.filters.push_back(std::move(p));
+    }
+  }
+  if (t.output_type == OutputType::kGenerateUntil) {
+    for (const auto& p : t.filters) ResponseFilter(p, t.repeats, where);  // checks each step
+  } else if (t.repeats != 1) {
+    throw Error(where + ": 'repeats' applies to output_type generate_until only");
+  }
+  if (y.contains("process_docs") && !y.at("process_docs").is_null()) {
+    t.process_docs = y.at("process_docs");
+    check_process_docs(t.process_docs, where + ": process_docs");
+  }
   if (y.contains("metadata") && y.at("metadata").is_object() &&
       y.at("metadata").contains("version") && y.at("metadata").at("version").is_number())
     t.version = y.at("metadata").at("version").get<double>();
@@ -297,6 +348,19 @@ json load_yaml_json(const std::string& text, const std::string& source, const st
   } catch (const YAML::Exception& e) {
     throw Error(source + ": invalid YAML: " + e.what());
   }
+  // lm-eval points some keys at Python (`!function utils.process_docs`):
+  // say which key and what finmoe reads instead
+  if (node.IsMap())
+    for (const auto& kv : node)
+      if (kv.second.IsScalar() && kv.second.Tag().find("function") != std::string::npos) {
+        const std::string key = kv.first.Scalar();
+        throw Error(source + ": '" + key + ": !function " + kv.second.Scalar() +
+                    "' is a Python function, which finmoe does not run; " +
+                    (key == "process_docs"
+                         ? std::string("write process_docs as a list of steps (set, rename, "
+                                       "drop, keep, replace, strip; docs/eval.md)")
+                         : std::string("write it as a template over the document's fields")));
+      }
   json y = finmoe::yaml_to_json(node, source);
   if (y.is_object() && y.contains("include")) {
     if (depth > 4) throw Error(source + ": 'include' nested more than 4 levels");

@@ -73,6 +73,21 @@ def main():
 
         rc, out = run("refusal", "--out", os.path.join(d, "r.jsonl"), "-n", "10", "--cut-depth", "3")
         check(rc == 2 and "depth 3" in out, "refusal refuses an impossible cut depth", out)
+        sft = os.path.join(d, "sft.jsonl")
+        write(sft, [json.dumps({"messages": [{"role": "user", "content": "存款10000元一年利息多少？"},
+                                             {"role": "assistant", "content": "看利率。"}]}, ensure_ascii=False),
+                    json.dumps({"instruction": "What is a bond?", "output": "A debt security."})])
+        rc, out = run("persona", sft, "--out", os.path.join(d, "p.jsonl"), "--variants", "2", "--seed", "1")
+        recs = [json.loads(x) for x in open(os.path.join(d, "p.jsonl"), encoding="utf-8")] if rc == 0 else []
+        check(rc == 0 and len(recs) == 4 and recs[0]["messages"][1]["content"] == "看利率。"
+              and recs[0]["persona"] in recs[0]["messages"][0]["content"], "persona writes 2 variants per record", out)
+        rc, out = run("persona", sft, "--out", os.path.join(d, "p2.jsonl"), "--styles", "rude")
+        check(rc == 2 and "unknown style 'rude'" in out and not os.path.exists(os.path.join(d, "p2.jsonl")),
+              "persona names an unknown style", out)
+        rc, out = run("persona", pool, "--out", os.path.join(d, "p3.jsonl"))
+        check(rc == 2 and "pool.jsonl:1: no instruction" in out, "persona names a record without an instruction", out)
+        rc, out = run("refusal", "--out", os.path.join(d, "r2.jsonl"), "-n", "2", "--model-url", "localhost:1")
+        check(rc == 2 and "--model-url: expected http://" in out, "refusal names a bad --model-url", out)
         rc, out = run("mix", "--text", pool, "--out", os.path.join(d, "m.jsonl"))
         check(rc == 2 and "pool.jsonl:8:" in out, "mix names the malformed line", out)
 
@@ -93,6 +108,20 @@ def main():
                           "--model", "other", "--retries", "0")
             check(rc == 2 and "HTTP 400" in out and "model_not_found" in out and "docs.jsonl:1" in out,
                   "selfqa names a refused request", out)
+            # the model stages: a random model's replies fail the number checks and
+            # the templates stay, counted; the runs complete
+            rr = os.path.join(d, "rm.jsonl")
+            rc, out = run("refusal", "--out", rr, "-n", "3", "--model-url", server.url, "--model", "tiny",
+                          "--max-tokens", "8", "--retries", "0")
+            recs = [json.loads(x) for x in open(rr, encoding="utf-8")] if rc == 0 else []
+            check(rc == 0 and len(recs) == 3 and all("rewritten" in r for r in recs)
+                  and not os.path.exists(rr + ".partial"), "refusal --model-url through finmoe serve", out)
+            pm = os.path.join(d, "pm.jsonl")
+            rc, out = run("persona", sft, "--out", pm, "--url", server.url, "--model", "tiny", "--max-tokens", "8",
+                          "--retries", "0")
+            recs = [json.loads(x) for x in open(pm, encoding="utf-8")] if rc == 0 else []
+            check(rc == 0 and len(recs) == 2 and recs[0]["persona_source"] == "template"
+                  and "10000" in recs[0]["messages"][0]["content"], "persona --url through finmoe serve", out)
         finally:
             server.stop()
     finally:

@@ -1,12 +1,15 @@
 // Refusal data: answerable records' answers against the formulas written out
 // here, unanswerable ones missing exactly the premise they name at the depth
-// asked.
+// asked; the model stage through a fake endpoint, its rewrites checked.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <map>
 
 #include "../expect_error.h"
+#include "data_test_util.h"
+#include "fake_chat.h"
 #include "finmoe/refusal.h"
 
 namespace {
@@ -86,3 +89,104 @@ TEST(Refusal, CutDepthIsHonoured) {
 }
 
 }  // namespace
+
+// ---- the model stage (--model-url) -------------------------------------------
+
+namespace {
+
+// Rewrites like a model: the question with a lead-in; the refusal with its
+// first clause reworded. Record questions holding `invent` get a made-up
+// number added (a hallucinated premise) and must be rejected.
+std::string model_reply(const std::string& prompt, const std::string& invent) {
+  const std::string qk = "题目：";
+  const size_t q0 = prompt.find(qk) + qk.size();
+  const size_t sk = prompt.find("\n说明：");
+  if (sk == std::string::npos) {
+    const std::string q = prompt.substr(q0);
+    if (!invent.empty() && q.find(invent) != std::string::npos) return "已知总股本为8000万股。" + q;
+    return "请帮忙算一下：" + q;
+  }
+  return "抱歉，" + prompt.substr(sk + std::string("\n说明：").size());
+}
+
+}  // namespace
+
+TEST(RefusalModel, RewritesAreCheckedAndTheRunResumes) {
+  RefusalOptions o;
+  o.n = 12;
+  o.seed = 3;
+  const auto plain = refusal_records(o);
+  // the first eps question gets an invented number
+  std::string invent;
+  for (const auto& r : plain)
+    if (r["template"] == "eps" && invent.empty()) invent = r["messages"][0]["content"];
+  ASSERT_FALSE(invent.empty());
+  datatest::FakeChat chat([&](const std::string& p) { return model_reply(p, invent); });
+  datatest::TempDir dir("refusal-model");
+  RefusalModelOptions m;
+  m.url = chat.url();
+  m.backoff_s = 0.01;
+  m.retries = 0;
+  chat.fail_after = 5;
+  const std::string out = dir / "r.jsonl";
+  const std::string err = message_of([&] { refusal_with_model(o, m, out); });
+  EXPECT_CONTAINS(err, "gave up after 1 tries: HTTP 503");
+  EXPECT_CONTAINS(err, "--resume continues");
+  EXPECT_FALSE(std::filesystem::exists(out));
+  const size_t done_before = datatest::lines_of(out + ".partial").size();
+  EXPECT_GE(done_before, 2u);
+  chat.fail_after = -1;
+  m.resume = true;
+  const int64_t before = chat.requests;
+  const RefusalModelResult r = refusal_with_model(o, m, out);
+  EXPECT_EQ(r.resumed, int64_t(done_before));
+  int64_t expected_requests = 0;
+  for (size_t i = done_before; i < plain.size(); ++i)
+    expected_requests += plain[i]["answerable"].get<bool>() ? 1 : 2;
+  EXPECT_EQ(chat.requests - before, expected_requests);  // finished records not asked again
+  EXPECT_FALSE(std::filesystem::exists(out + ".partial"));
+
+  const auto lines = datatest::lines_of(out);
+  ASSERT_EQ(lines.size(), plain.size());
+  int64_t questions = 0, answers = 0;
+  for (size_t i = 0; i < lines.size(); ++i) {
+    const auto rec = nlohmann::json::parse(lines[i]);
+    const auto& p = plain[i];
+    SCOPED_TRACE(i);
+    // the tree, its values and its cut are the templated record's
+    EXPECT_EQ(rec["values"], p["values"]);
+    EXPECT_EQ(rec["answerable"], p["answerable"]);
+    EXPECT_EQ(rec.value("cut", nlohmann::json()), p.value("cut", nlohmann::json()));
+    const std::string q = p["messages"][0]["content"], a = p["messages"][1]["content"];
+    const auto& rw = rec["rewritten"];
+    const bool q_done = std::find(rw.begin(), rw.end(), "question") != rw.end();
+    if (q == invent) {
+      EXPECT_FALSE(q_done);  // the invented premise is refused
+      EXPECT_EQ(rec["messages"][0]["content"], q);
+    } else {
+      EXPECT_TRUE(q_done);
+      EXPECT_EQ(rec["messages"][0]["content"], "请帮忙算一下：" + q);
+    }
+    questions += q_done;
+    if (p["answerable"].get<bool>()) {
+      EXPECT_EQ(rec["messages"][1]["content"], a);  // worked answers stay computed
+    } else {
+      EXPECT_EQ(rec["messages"][1]["content"], "抱歉，" + a);
+      ++answers;
+    }
+  }
+  // the counters of the second run cover its records only
+  EXPECT_LE(r.questions, questions);
+  EXPECT_LE(r.answers, answers);
+  EXPECT_EQ(r.records, int64_t(plain.size()));
+}
+
+TEST(RefusalModel, BadUrlIsNamed) {
+  datatest::TempDir dir("refusal-url");
+  RefusalOptions o;
+  o.n = 1;
+  RefusalModelOptions m;
+  m.url = "localhost:1";
+  EXPECT_CONTAINS(message_of([&] { refusal_with_model(o, m, dir / "r.jsonl"); }),
+                  "--model-url: expected http://HOST:PORT");
+}

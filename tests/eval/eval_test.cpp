@@ -621,3 +621,298 @@ TEST(EvalReport, WritesResultFilesAtomically) {
   for (const auto& e : fs::directory_iterator(d.path / "o"))
     EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos);
 }
+
+// ---- filter_list and process_docs ------------------------------------------------
+
+namespace {
+
+const char* kGenTask =
+    "task: gen\ngroup: g\ndataset_path: g.jsonl\noutput_type: generate_until\n"
+    "doc_to_text: '{{q}}='\ndoc_to_target: '{{a}}'\n";
+
+}  // namespace
+
+TEST(EvalFilters, BadPipelinesAreErrorsNamingFileFilterAndStep) {
+  auto err = [](const std::string& extra) {
+    return message_of([&] { parse_task_yaml_text(kGenTask + extra, "f.yaml", "."); });
+  };
+  EXPECT_CONTAINS(err("filter_list:\n  - name: x\n    filter:\n      - function: regexp\n"),
+                  "f.yaml: filter_list 'x', step 1 (regexp): unknown filter function 'regexp' "
+                  "(known: regex,");
+  EXPECT_CONTAINS(err("filter_list:\n  - name: x\n    filter:\n      - function: regex\n"),
+                  "filter_list 'x': the pipeline must end with take_first");
+  EXPECT_CONTAINS(err("filter_list:\n  - name: v\n    filter:\n      - function: majority_vote\n"
+                      "      - function: take_first\n"),
+                  "step 1 (majority_vote): votes over the 'repeats' responses of a document; "
+                  "the task has repeats: 1");
+  EXPECT_CONTAINS(err("repeats: 2\nfilter_list:\n  - name: k\n    filter:\n"
+                      "      - function: take_first_k\n        k: 3\n"
+                      "      - function: take_first\n"),
+                  "k = 3 but there are 2 responses per document");
+  EXPECT_CONTAINS(err("filter_list:\n  - name: x\n    filter:\n      - function: take_first\n"
+                      "      - function: lowercase\n"),
+                  "step 2 (lowercase): comes after take_first");
+  EXPECT_CONTAINS(err("filter_list:\n  - name: x\n    filter:\n      - function: regex\n"
+                      "        regex_patern: a\n      - function: take_first\n"),
+                  "step 1 (regex): unknown option 'regex_patern'");
+  EXPECT_CONTAINS(err("filter_list:\n  - name: x\n    filter:\n      - function: regex\n"
+                      "        regex_pattern: '(a'\n      - function: take_first\n"),
+                  "pattern '(a' is not a valid regular expression");
+  EXPECT_CONTAINS(err("filter_list:\n  - name: a\n    filter: [{function: take_first}]\n"
+                      "  - name: a\n    filter: [{function: take_first}]\n"),
+                  "filter_list name 'a' is given twice");
+  EXPECT_CONTAINS(message_of([] {
+                    parse_task_yaml_text(
+                        "task: mc\ndataset_path: x.jsonl\ndoc_to_text: q\ndoc_to_choice: [a, "
+                        "b]\ndoc_to_target: 0\nfilter_list:\n  - name: x\n    filter: "
+                        "[{function: take_first}]\n",
+                        "mc.yaml", ".");
+                  }),
+                  "mc.yaml: 'filter_list' applies to output_type generate_until only");
+}
+
+TEST(EvalFilters, GroupSelectBeyondTheMatchesAndAnUnmappedValueAreErrors) {
+  // lm-eval stops with an IndexError / scores None here; finmoe names the step
+  const ResponseFilter pick({"p",
+                             {{"regex", {{"regex_pattern", "[0-9]"}, {"group_select", 2}}},
+                              {"take_first", json::object()}}},
+                            1, "t.yaml");
+  EXPECT_EQ(pick.apply({"1 2 3"}), "3");
+  EXPECT_CONTAINS(message_of([&] { pick.apply({"1 2"}); }),
+                  "t.yaml: filter_list 'p', step 1 (regex): group_select 2 but the response has "
+                  "2 match(es)");
+  const ResponseFilter map(
+      {"m", {{"map", {{"mapping_dict", {{"A", "0"}}}}}, {"take_first", json::object()}}}, 1,
+      "t.yaml");
+  EXPECT_EQ(map.apply({"A"}), "0");
+  EXPECT_CONTAINS(message_of([&] { map.apply({"B"}); }),
+                  "step 1 (map): no mapping for \"B\" and no 'default_value'");
+}
+
+TEST(EvalFilters, EachPipelineScoresUnderItsOwnMetricKey) {
+  TempDir d;
+  d.write("g.jsonl", "{\"q\": \"2+2\", \"a\": \"4\"}\n{\"q\": \"3+3\", \"a\": \"6\"}\n");
+  const auto t = parse_task_yaml_text(
+      std::string(kGenTask) +
+          "filter_list:\n"
+          "  - name: strict-match\n    filter:\n      - function: regex\n"
+          "        regex_pattern: 'is (\\d+)\\.'\n      - function: take_first\n"
+          "  - name: flexible-extract\n    filter:\n      - function: regex\n"
+          "        regex_pattern: '(\\d+)'\n        group_select: -1\n"
+          "      - function: take_first\n",
+      "gen.yaml", d.path.string());
+  ScriptedModel m;
+  // strict: "4" from "is 4." / "[invalid]"; flexible: the last number, right in both
+  m.gen = {{"2+2=", "it is 4. so 4"}, {"3+3=", "maybe 5, no: 6"}};
+  EvalOptions o;
+  o.log_samples = true;
+  const auto out = evaluate({t}, m, o);
+  EXPECT_EQ(m.seen_gen.size(), 2u);  // one generation per document, however many pipelines
+  const json& r = out.results["results"]["gen"];
+  EXPECT_DOUBLE_EQ(r["exact_match,strict-match"].get<double>(), 0.5);
+  EXPECT_DOUBLE_EQ(r["exact_match,flexible-extract"].get<double>(), 1.0);
+  EXPECT_DOUBLE_EQ(r["exact_match_stderr,flexible-extract"].get<double>(), 0.0);
+  EXPECT_NEAR(r["exact_match_stderr,strict-match"].get<double>(), 0.5, 1e-12);  // sd 0.707 / √2
+  EXPECT_FALSE(r.contains("exact_match,none"));
+  EXPECT_DOUBLE_EQ(out.results["groups"]["g"]["exact_match,flexible-extract"].get<double>(), 1.0);
+  // samples: one per (filter, document), filter by filter, as lm-eval logs them
+  const json& s = out.tasks[0].samples;
+  ASSERT_EQ(s.size(), 4u);
+  EXPECT_EQ(s[0]["filter"], "strict-match");
+  EXPECT_EQ(s[1]["filter"], "strict-match");
+  EXPECT_EQ(s[1]["filtered_resps"], json::array({"[invalid]"}));
+  EXPECT_EQ(s[2]["filter"], "flexible-extract");
+  EXPECT_EQ(s[2]["filtered_resps"], json::array({"4"}));
+  EXPECT_EQ(s[3]["resps"], json::array({json::array({"maybe 5, no: 6"})}));
+  EXPECT_EQ(s[3]["exact_match"], 1.0);
+  const std::string md = markdown_report(out.results);
+  EXPECT_CONTAINS(md, "| gen | 0 | exact_match,strict-match | ↑ | 0.5000 | 0.5000 |");
+  EXPECT_CONTAINS(md, "| **g** (mean) | | exact_match,flexible-extract | | 1.0000 | |");
+}
+
+TEST(EvalFilters, RepeatsFeedMajorityVote) {
+  TempDir d;
+  d.write("g.jsonl", "{\"q\": \"2+2\", \"a\": \"4\"}\n");
+  const auto t =
+      parse_task_yaml_text(std::string(kGenTask) +
+                               "repeats: 3\nfilter_list:\n  - name: maj\n    filter:\n"
+                               "      - function: regex\n        regex_pattern: '\\d'\n"
+                               "      - function: majority_vote\n      - function: take_first\n",
+                           "gen.yaml", d.path.string());
+  ScriptedModel m;
+  m.gen = {{"2+2=", "4 or 5"}};
+  EvalOptions o;
+  o.log_samples = true;
+  const auto out = evaluate({t}, m, o);
+  EXPECT_EQ(m.seen_gen.size(), 1u);  // greedy: one generation stands for the three
+  EXPECT_EQ(out.tasks[0].samples[0]["resps"][0], json::array({"4 or 5", "4 or 5", "4 or 5"}));
+  EXPECT_DOUBLE_EQ(out.results["results"]["gen"]["exact_match,maj"].get<double>(), 1.0);
+}
+
+TEST(EvalProcessDocs, StepsDeriveRenameDropKeepReplaceAndStrip) {
+  TempDir d;
+  d.write("h.jsonl",
+          "{\"ctx_a\": \"Pay  the [title] bill\", \"ctx_b\": \"on time\", \"label\": \"1\", "
+          "\"endings\": [\" early [x]\", \"late \"], \"split\": \"keep\", \"junk\": 1}\n"
+          "{\"ctx_a\": \"Skip\", \"ctx_b\": \"me\", \"label\": \"0\", \"endings\": [\"a\", "
+          "\"b\"], \"split\": \"other\", \"junk\": 2}\n");
+  const auto t = parse_task_yaml_text(
+      "task: h\ndataset_path: h.jsonl\ndoc_to_text: '{{query}}'\ndoc_to_choice: '{{choices}}'\n"
+      "doc_to_target: '{{gold | int}}'\n"
+      "process_docs:\n"
+      "  - keep: {field: split, in: [keep, also]}\n"
+      "  - set: {query: '{{ctx_a}} {{ctx_b | upper}}'}\n"
+      "  - rename: {endings: choices, label: gold}\n"
+      "  - replace: {field: [query, choices], pattern: ' ?\\[[^\\]]*\\]', with: ''}\n"
+      "  - replace: {field: query, pattern: '  +', with: ' '}\n"
+      "  - strip: choices\n"
+      "  - drop: [junk, ctx_a, ctx_b, split]\n",
+      "h.yaml", d.path.string());
+  const auto docs = load_docs(t, "test");
+  ASSERT_EQ(docs.size(), 1u);  // the second document fails `keep`
+  EXPECT_EQ(docs[0].fields, json::parse(R"({"query": "Pay the bill ON TIME", "gold": "1",
+                                             "choices": ["early", "late"]})"));
+  EXPECT_CONTAINS(docs[0].where, "h.jsonl:1");
+  // the processed documents are what the task scores
+  ScriptedModel m;
+  m.ll = {{" late", -1.0}, {" early", -2.0}};
+  const auto out = evaluate({t}, m, {});
+  EXPECT_EQ(m.seen_ll[0].context, "Pay the bill ON TIME");
+  EXPECT_DOUBLE_EQ(out.results["results"]["h"]["acc,none"].get<double>(), 1.0);
+}
+
+TEST(EvalProcessDocs, KeepConditions) {
+  TempDir d;
+  d.write("k.jsonl",
+          "{\"n\": 1, \"s\": \"abc\"}\n{\"n\": 2, \"s\": \"xbz\"}\n"
+          "{\"n\": 3, \"s\": \"ABD\"}\n");
+  auto kept = [&](const std::string& cond) {
+    const auto t = parse_task_yaml_text(
+        "task: k\ndataset_path: k.jsonl\ndoc_to_text: '{{s}}'\ndoc_to_choice: [a]\n"
+        "doc_to_target: 0\nprocess_docs:\n  - keep: " +
+            cond + "\n",
+        "k.yaml", d.path.string());
+    std::vector<int64_t> ns;
+    for (const auto& doc : load_docs(t, "test")) ns.push_back(doc.fields["n"].get<int64_t>());
+    return ns;
+  };
+  EXPECT_EQ(kept("{field: n, equals: 2}"), (std::vector<int64_t>{2}));
+  EXPECT_EQ(kept("{field: n, not_equals: '2'}"), (std::vector<int64_t>{1, 3}));
+  EXPECT_EQ(kept("{field: s, not_in: [abc, ABD]}"), (std::vector<int64_t>{2}));
+  EXPECT_EQ(kept("{field: s, matches: '(?i)^ab'}"), (std::vector<int64_t>{1, 3}));
+}
+
+TEST(EvalProcessDocs, BadStepsAndPythonFunctionsAreClearErrors) {
+  auto err = [](const std::string& y) {
+    return message_of([&] {
+      parse_task_yaml_text(
+          "task: t\ndataset_path: x.jsonl\ndoc_to_text: a\ndoc_to_choice: "
+          "[a]\ndoc_to_target: 0\n" +
+              y,
+          "p.yaml", ".");
+    });
+  };
+  EXPECT_CONTAINS(err("process_docs: !function utils.process_docs\n"),
+                  "p.yaml: 'process_docs: !function utils.process_docs' is a Python function, "
+                  "which finmoe does not run; write process_docs as a list of steps");
+  EXPECT_CONTAINS(
+      err("process_docs:\n  - derive: {a: b}\n"),
+      "p.yaml: process_docs, step 1 (derive): unknown step 'derive' (set, rename, drop, keep, "
+      "replace, strip)");
+  EXPECT_CONTAINS(err("process_docs:\n  - keep: {field: a, like: b}\n"),
+                  "process_docs, step 1 (keep): unknown condition 'like'");
+  EXPECT_CONTAINS(err("process_docs:\n  - set: {a: b}\n    drop: c\n"),
+                  "step 1: a step is a mapping with one key");
+  TempDir d;
+  d.write("x.jsonl", "{\"a\": \"1\"}\n");
+  const auto t = parse_task_yaml_text(
+      "task: t\ndataset_path: x.jsonl\ndoc_to_text: a\ndoc_to_choice: [a]\ndoc_to_target: 0\n"
+      "process_docs:\n  - rename: {b: c}\n",
+      "p.yaml", d.path.string());
+  EXPECT_CONTAINS(message_of([&] { load_docs(t, "test"); }),
+                  "task t, process_docs, step 1 (rename) (" + (d.path / "x.jsonl").string() +
+                      ":1): the document has no field 'b'");
+}
+
+// A task in the shape of lm-eval's gsm8k YAML (its metric options with the
+// Python-only "(?s)" regex, generation_kwargs, repeats, both filter
+// pipelines), pointed at a local directory: it runs as written.
+TEST(EvalFilters, AGsm8kShapedTaskRunsAsWritten) {
+  TempDir d;
+  fs::create_directories(d.path / "gsm" / "main");
+  const std::string train = "{\"question\": \"1+1?\", \"answer\": \"Add.\\n#### 2\"}\n";
+  std::string tr;
+  for (int i = 0; i < 5; ++i) tr += train;
+  d.write("gsm/main/train.jsonl", tr);
+  d.write("gsm/main/test.jsonl",
+          "{\"question\": \"9+9?\", \"answer\": \"Sum.\\n#### 18\"}\n"
+          "{\"question\": \"2*3?\", \"answer\": \"Times.\\n#### 6\"}\n"
+          "{\"question\": \"600*2?\", \"answer\": \"So $1,200.\\n#### 1200\"}\n");
+  const auto t = parse_task_yaml_text(
+      R"yaml(tag:
+  - math_word_problems
+task: gsm8k
+dataset_path: gsm
+dataset_name: main
+output_type: generate_until
+training_split: train
+fewshot_split: train
+test_split: test
+doc_to_text: "Question: {{question}}\nAnswer:"
+doc_to_target: "{{answer}}"
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+    ignore_case: true
+    ignore_punctuation: false
+    regexes_to_ignore:
+      - ","
+      - "\\$"
+      - "(?s).*#### "
+      - "\\.$"
+generation_kwargs:
+  until:
+    - "Question:"
+  do_sample: false
+  temperature: 0.0
+repeats: 1
+num_fewshot: 5
+filter_list:
+  - name: "strict-match"
+    filter:
+      - function: "regex"
+        regex_pattern: "#### (\\-?[0-9\\.\\,]+)"
+      - function: "take_first"
+  - name: "flexible-extract"
+    filter:
+      - function: "regex"
+        group_select: -1
+        regex_pattern: "(-?[$0-9.,]{2,})|(-?[0-9]+)"
+      - function: "take_first"
+metadata:
+  version: 3.0
+)yaml",
+      "gsm8k.yaml", d.path.string());
+  const std::string shots = [&] {
+    std::string s;
+    for (int i = 0; i < 5; ++i) s += "Question: 1+1?\nAnswer: Add.\n#### 2\n\n";
+    return s;
+  }();
+  ScriptedModel m;
+  m.gen = {{shots + "Question: 9+9?\nAnswer:", " Nine and nine.\n#### 18"},
+           {shots + "Question: 2*3?\nAnswer:", " I think 5."},
+           {shots + "Question: 600*2?\nAnswer:", " It is $1,200."}};
+  EvalOptions o;
+  o.log_samples = true;
+  const auto out = evaluate({t}, m, o);
+  ASSERT_EQ(m.seen_gen.size(), 3u);
+  EXPECT_EQ(m.seen_gen[0].context, shots + "Question: 9+9?\nAnswer:");
+  // the target loses everything up to "#### " (dot matching newlines), commas, "$" and a final
+  // "."; strict: "18" / "[invalid]" / "[invalid]"; flexible (the last number): "18" / "5." /
+  // "$1,200." -> "1200"
+  const json& r = out.results["results"]["gsm8k"];
+  EXPECT_NEAR(r["exact_match,strict-match"].get<double>(), 1.0 / 3, 1e-12);
+  EXPECT_NEAR(r["exact_match,flexible-extract"].get<double>(), 2.0 / 3, 1e-12);
+  EXPECT_EQ(out.tasks[0].samples[4]["filtered_resps"], json::array({"5."}));
+}

@@ -155,6 +155,64 @@ TEST(EvalLmEvalReference, GreedyGenerationsMatch) {
             ref["results"]["exact_match,none"].get<double>());
 }
 
+// ref_gen's generations, three repeats, through five filter pipelines
+// (lm-eval's default GSM8K regex, its flexible-extract, an inline flag and
+// named group with uppercase, regex + map + majority_vote, whitespace +
+// lowercase + take_first_k + majority_vote): per (filter, document) the same
+// answer and exact match as lm-eval, and the same "exact_match,NAME" rows.
+TEST(EvalLmEvalReference, FilterPipelinesMatchPerSample) {
+  const auto out = run_ref_tasks({.batch_size = 16}, {"ref_gen_filters"});
+  const json& ref = reference()["tasks"]["ref_gen_filters"];
+  const json& mine = samples_of(out, "ref_gen_filters");
+  ASSERT_EQ(mine.size(), ref["samples"].size());
+  ASSERT_EQ(mine.size(), 50u);
+  for (size_t i = 0; i < mine.size(); ++i) {
+    const json& r = ref["samples"][i];
+    SCOPED_TRACE(r["filter"].get<std::string>() + " doc " + std::to_string(i % 10));
+    EXPECT_EQ(mine[i]["filter"], r["filter"]);
+    EXPECT_EQ(mine[i]["doc_id"], r["doc_id"]);
+    EXPECT_EQ(mine[i]["resps"][0], r["resps"][0]);
+    EXPECT_EQ(mine[i]["filtered_resps"], r["filtered_resps"]);
+    EXPECT_EQ(mine[i]["exact_match"], r["metrics"]["exact_match"]);
+  }
+  const json& rr = ref["results"];
+  const json& mr = out.results["results"]["ref_gen_filters"];
+  int n_keys = 0;
+  for (auto it = rr.begin(); it != rr.end(); ++it) {
+    if (it.key().rfind("exact_match", 0) != 0) continue;
+    ++n_keys;
+    ASSERT_TRUE(mr.contains(it.key())) << it.key();
+    EXPECT_NEAR(mr[it.key()].get<double>(), it.value().get<double>(), 1e-12) << it.key();
+  }
+  EXPECT_EQ(n_keys, 10);
+  EXPECT_GT(rr["exact_match,has-digit"].get<double>(), 0.0);  // not all zeros
+}
+
+// Each filter step against lm-eval's own filter classes on hand-written
+// responses (filters.json, made by the same script).
+TEST(EvalLmEvalReference, FilterStepsMatchLmEvalFilters) {
+  const json cases = read_json_file(kRef + "/filters.json");
+  ASSERT_GE(cases.size(), 9u);
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c["name"].get<std::string>());
+    FilterPipeline p;
+    p.name = c["name"].get<std::string>();
+    int64_t repeats = 0;
+    for (const auto& r : c["responses"]) repeats = std::max<int64_t>(repeats, int64_t(r.size()));
+    for (const auto& st : c["filter"]) {
+      json o = st;
+      o.erase("function");
+      p.steps.push_back({st["function"].get<std::string>(), o});
+    }
+    const ResponseFilter f(p, repeats, "filters.json");
+    ASSERT_EQ(c["responses"].size(), c["answers"].size());
+    for (size_t i = 0; i < c["responses"].size(); ++i)
+      EXPECT_EQ(f.apply(c["responses"][i].get<std::vector<std::string>>()),
+                c["answers"][i].get<std::string>())
+          << "document " << i;
+  }
+}
+
 namespace {
 
 // log P(continuation | context) and greedy-ness from one plain forward pass
@@ -271,7 +329,8 @@ TEST(EvalLmEvalLive, ReferenceScriptReproducesTheCommittedReference) {
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   for (const auto& e : std::filesystem::directory_iterator(kRef))
-    if (e.is_regular_file() && e.path().filename() != "reference.json")
+    if (e.is_regular_file() && e.path().filename() != "reference.json" &&
+        e.path().filename() != "filters.json")
       std::filesystem::copy_file(e.path(), dir / e.path().filename());
   const std::string cmd = std::string(py) + " " + FINMOE_SOURCE_DIR +
                           "/tests/ref/make_lm_eval_reference.py " + dir.string() + " > " +
@@ -283,7 +342,10 @@ TEST(EvalLmEvalLive, ReferenceScriptReproducesTheCommittedReference) {
   }
   ASSERT_EQ(rc, 0) << cmd;
   const json fresh = read_json_file((dir / "reference.json").string());
-  for (const char* task : {"ref_mc", "ref_mc_random", "ref_mc_chat", "ref_ppl", "ref_gen"}) {
+  EXPECT_EQ(read_json_file((dir / "filters.json").string()),
+            read_json_file(kRef + "/filters.json"));
+  for (const char* task :
+       {"ref_mc", "ref_mc_random", "ref_mc_chat", "ref_ppl", "ref_gen", "ref_gen_filters"}) {
     const json& a = fresh["tasks"][task]["samples"];
     const json& b = reference()["tasks"][task]["samples"];
     ASSERT_EQ(a.size(), b.size()) << task;
@@ -299,6 +361,8 @@ TEST(EvalLmEvalLive, ReferenceScriptReproducesTheCommittedReference) {
         else
           EXPECT_EQ(x, y) << task << " doc " << i;
       }
+      EXPECT_EQ(a[i].value("filtered_resps", json()), b[i].value("filtered_resps", json()))
+          << task << " doc " << i;
     }
   }
   std::filesystem::remove_all(dir);

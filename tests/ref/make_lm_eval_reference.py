@@ -16,7 +16,12 @@ Writes into that directory:
                     and windowed as lm-eval does)
   reference.json    per task: lm-eval's aggregated metrics and, per document,
                     the prompts (arguments), the per-choice log-likelihoods,
-                    greedy flags, generations and per-document metrics
+                    greedy flags, generations and per-document metrics; for
+                    ref_gen_filters one sample per (filter, document) with the
+                    filter's name and answer (filtered_resps)
+  filters.json      lm-eval's filter pipelines (lm_eval.filters) applied to
+                    hand-written responses: pipeline, responses per document,
+                    the answers (or the error lm-eval raises)
 
 Everything is deterministic (fixed seeds, fixed training text).
 Requires: torch, transformers, tokenizers, lm_eval (pip install lm_eval).
@@ -38,7 +43,7 @@ except ImportError as e:  # pragma: no cover
 
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-TASKS = ["ref_mc", "ref_mc_random", "ref_ppl", "ref_gen"]
+TASKS = ["ref_mc", "ref_mc_random", "ref_ppl", "ref_gen", "ref_gen_filters"]
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
           "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 SYSTEM = "You are a finance tutor."
@@ -101,6 +106,51 @@ def lm_eval_tasks(ref_dir, tmp):
             yaml.safe_dump(y, f, allow_unicode=True)
 
 
+# Responses per document and pipelines for filters.json: lm-eval's own
+# filter classes decide the answers.
+FILTER_CASES = [
+    ("gsm8k strict", [{"function": "regex"}, {"function": "take_first"}],
+     [["The answer is 42.\n#### 42"], ["#### -1,234.5 and #### 7"], ["no number"]]),
+    ("gsm8k flexible", [{"function": "regex", "group_select": -1,
+                         "regex_pattern": "(-?[$0-9.,]{2,})|(-?[0-9]+)"}, {"function": "take_first"}],
+     [["$1,000 or 5"], ["x 7 y"], ["nothing"], ["12 then 3.5."]]),
+    ("inline flag and named group", [{"function": "regex", "regex_pattern": "(?i)answer:\\s*(?P<ans>[a-d])",
+                                       "fallback": "?"}, {"function": "uppercase"}, {"function": "take_first"}],
+     [["Answer: c"], ["so the answer:b"], ["ANSWER: x"]]),
+    ("empty groups", [{"function": "regex", "regex_pattern": "(a*)(b*)x"}, {"function": "take_first"}],
+     [["x"], ["abx"], ["bbx ax"]]),
+    ("optional group", [{"function": "regex", "regex_pattern": "(\\d)?z", "group_select": 1},
+                        {"function": "take_first"}],
+     [["z 5z"], ["1z2z"]]),
+    ("dotall and a literal ]", [{"function": "regex", "regex_pattern": "(?s)says:(.+?)[]!]"},
+                                {"function": "remove_whitespace"}, {"function": "take_first"}],
+     [["he says: a\nb] and c!"], ["says:x.y!"], ["nothing"]]),
+    ("strip and case", [{"function": "remove_whitespace"}, {"function": "lowercase"}, {"function": "take_first"}],
+     [["  Yes\n"], ["\u3000答案 A\u2003"], ["\t\tNO  x "]]),
+    ("map", [{"function": "map", "mapping_dict": {"A": "0", "B": "1"}, "default_value": "-1"},
+             {"function": "take_first"}],
+     [["A"], ["B"], ["C"]]),
+    ("vote", [{"function": "majority_vote"}, {"function": "take_first"}],
+     [["b", "a", "b", "a"], ["a", "b", "b"], ["x", "y", "z"]]),
+    ("first k then vote", [{"function": "take_first_k", "k": 2}, {"function": "majority_vote"},
+                           {"function": "take_first"}],
+     [["b", "a", "a"], ["c", "c", "d"]]),
+]
+
+
+def filter_cases():
+    from lm_eval.filters import build_filter_ensemble
+    out = []
+    for name, steps, resps in FILTER_CASES:
+        comps = [[s["function"], {k: v for k, v in s.items() if k != "function"} or None] for s in steps]
+        ens = build_filter_ensemble(name, comps)
+        answers = resps
+        for f in ens.filters:
+            answers = f().apply(answers, [{} for _ in resps])
+        out.append({"name": name, "filter": steps, "responses": resps, "answers": list(answers)})
+    return out
+
+
 def main():
     ref_dir = sys.argv[1]
     model_dir = os.path.join(ref_dir, "model")
@@ -136,20 +186,30 @@ def main():
            "max_length": lm.max_length, "chat_system": SYSTEM, "tasks": {}}
     for t in TASKS + ["ref_mc_chat"]:
         samples = []
-        for s in sorted(res["samples"][t], key=lambda s: s["doc_id"]):
-            samples.append({
+        # lm-eval logs one sample per (filter, document), filter by filter
+        filters = list(dict.fromkeys(s["filter"] for s in res["samples"][t]))
+        for s in sorted(res["samples"][t], key=lambda s: (filters.index(s["filter"]), s["doc_id"])):
+            sample = {
                 "doc_id": s["doc_id"],
                 "arguments": [list(a) if not isinstance(a, dict) else a for a in
                               [[x for x in args.values()] if isinstance(args, dict) else args
                                for args in s["arguments"]]],
                 "resps": s["resps"],
                 "metrics": {m: s[m] for m in s["metrics"] if m in s},
-            })
+            }
+            if filters != ["none"]:
+                sample["filter"] = s["filter"]
+                sample["filtered_resps"] = s["filtered_resps"]
+            samples.append(sample)
         out["tasks"][t] = {"results": res["results"][t], "n-shot": res["n-shot"][t], "samples": samples}
     with open(os.path.join(ref_dir, "reference.json"), "w", encoding="utf-8") as f:
         json.dump(out, f, indent=1, ensure_ascii=False, default=str)
         f.write("\n")
     print("wrote", os.path.join(ref_dir, "reference.json"))
+    with open(os.path.join(ref_dir, "filters.json"), "w", encoding="utf-8") as f:
+        json.dump(filter_cases(), f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    print("wrote", os.path.join(ref_dir, "filters.json"))
 
 
 if __name__ == "__main__":
