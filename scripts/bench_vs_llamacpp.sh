@@ -15,6 +15,8 @@
 # llama-server), THREADS (default: nproc), FINMOE_ISA (finmoe's kernel path;
 # build llama.cpp with the matching GGML_AVX* options for a fair pair),
 # PREFILL (128), STEPS (32), SERVE_ARGS (extra `bench serve` flags).
+# Decode starts from a one-token context, as llama-bench's tg test starts
+# from an empty cache.
 # Prints one line per round and the medians with finmoe/llama.cpp ratios; the
 # raw JSON of every run lands in ${OUT:-bench-vs-llamacpp}/.
 set -euo pipefail
@@ -41,7 +43,7 @@ case "$mode" in
   decode)
     for r in $(seq 1 "$rounds"); do
       FINMOE_NUM_THREADS="$THREADS" "$FINMOE" bench decode "$dir" --prefill "$PREFILL" --batch 1 \
-        --steps "$STEPS" --repeats 1 --json > "$OUT/finmoe-decode-$r.json"
+        --context 1 --steps "$STEPS" --repeats 1 --json > "$OUT/finmoe-decode-$r.json"
       "$LLAMA_BIN/llama-bench" -m "$gguf" -t "$THREADS" -p "$PREFILL" -n "$STEPS" -r 1 -o json \
         > "$OUT/llama-decode-$r.json" 2>/dev/null
     done
