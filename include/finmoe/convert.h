@@ -45,6 +45,12 @@ struct UpcycleOptions {
   // row per replica, shared by its G_I shards, so a replica's shards are
   // chosen together).
   std::string router_init = "normal:0.02";
+  // finer_moe's routers (finmoe/finer_router.h): "single" (FineRMoE's one
+  // router, §3.2) or "separate" (a second router `concat_gate` [G_O*R_O, D]
+  // chooses each output slice's candidate: the §4.3 / Table 3 ablation;
+  // initialised as `router_init` says for the first, virtual-groups as
+  // normal with its STD). Needs format finer_moe and R_O > 1.
+  std::string router_mode = "single";
   // finer_moe's concat projection [D, D] after the concatenation: "none",
   // "normal" (N(0, initializer_range^2) of the dense config) or "zeros".
   std::string concat_proj = "none";

@@ -114,17 +114,22 @@ class FineRMoeConfig(_FinmoeConfig):
     """FineRMoE (model_type `finer_moe`): Qwen2-MoE's layout with finer experts.
 
     N = G_I*R_I*G_O*R_O experts; each writes hidden_size/G_O values (its output
-    slice); top-k = T_I*G_O; q/k/v carry a bias when `qkv_bias`.
+    slice); top-k = T_I*G_O; q/k/v carry a bias when `qkv_bias`. `router_mode`
+    "single" (the paper's one router) or "separate" (a second router
+    `concat_gate` chooses each output slice's candidate: the Table 3 ablation).
     """
 
     model_type = "finer_moe"
 
-    def __init__(self, G_I=1, R_I=1, G_O=1, R_O=1, moe_concat_proj=False, qkv_bias=True,
+    def __init__(self, G_I=1, R_I=1, G_O=1, R_O=1, moe_concat_proj=False, router_mode="single", qkv_bias=True,
                  max_position_embeddings=32768, num_experts=60, num_experts_per_tok=4,
                  moe_intermediate_size=1408, shared_expert_intermediate_size=5632,
                  sliding_window=4096, **kwargs):
         self.G_I, self.R_I, self.G_O, self.R_O = G_I, R_I, G_O, R_O
         self.moe_concat_proj = moe_concat_proj
+        if router_mode not in ("single", "separate"):
+            raise ValueError(f"router_mode '{router_mode}' is not a router mode (single | separate)")
+        self.router_mode = router_mode
         self.qkv_bias = qkv_bias
         kwargs.pop("attention_bias", None)  # finer_moe reads qkv_bias only
         kwargs.pop("mlp_bias", None)

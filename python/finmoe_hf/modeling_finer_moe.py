@@ -11,6 +11,9 @@ whose FFN is a mixture of experts:
                 hidden_size/G_O values of output slice e // (R_O*G_I*R_I); the
                 slices are concatenated (optionally through concat_proj), and a
                 shared expert gated by sigmoid(shared_expert_gate(x)) is added.
+                With router_mode "separate" a second router concat_gate
+                [G_O*R_O, D] picks each slice's candidate instead of the group
+                sums; the first still picks T_I per group and gives the weights.
   finmoe_dense  every expert active, weighted by a softmax over all logits.
 
 Parameter names are the checkpoint's tensor names, so from_pretrained loads
@@ -190,15 +193,17 @@ class FinmoeMLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-def finer_moe_mask(logits, config):
-    """FineRMoE Algorithm 1: the experts a token may use. logits [T,E] -> bool [T,E]."""
+def finer_moe_mask(logits, config, concat_logits=None):
+    """FineRMoE Algorithm 1: the experts a token may use. logits [T,E] -> bool [T,E].
+    concat_logits [T,G_O*R_O] (router_mode separate) choose the candidates."""
     T = logits.shape[0]
     group = config.G_I * config.R_I
     groups = config.G_O * config.R_O
     scores = logits.view(T, groups, group)
     best = scores.topk(config.T_I, dim=-1).indices
     in_group = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, best, True)
-    candidate = scores.sum(-1).view(T, config.G_O, config.R_O).argmax(-1, keepdim=True)
+    cc_score = scores.sum(-1) if concat_logits is None else concat_logits
+    candidate = cc_score.view(T, config.G_O, config.R_O).argmax(-1, keepdim=True)
     chosen = torch.zeros(T, config.G_O, config.R_O, dtype=torch.bool, device=logits.device)
     chosen = chosen.scatter_(-1, candidate, True).view(T, groups, 1)
     return (in_group & chosen).reshape(T, config.num_experts)
@@ -214,6 +219,9 @@ class FinmoeSparseMoe(nn.Module):
         self.slice = D // G_O
         self.per_slice = config.num_experts if self.dense else config.R_O * config.G_I * config.R_I
         self.gate = nn.Linear(D, config.num_experts, bias=False)
+        self.concat_gate = None
+        if not self.dense and getattr(config, "router_mode", "single") == "separate":
+            self.concat_gate = nn.Linear(D, config.G_O * config.R_O, bias=False)
         self.experts = nn.ModuleList(
             FinmoeMLP(D, config.moe_intermediate_size, out=self.slice) for _ in range(config.num_experts))
         self.shared_expert = None
@@ -223,22 +231,29 @@ class FinmoeSparseMoe(nn.Module):
             self.shared_expert_gate = nn.Linear(D, 1, bias=False)
         self.concat_proj = nn.Linear(D, D, bias=False) if getattr(config, "moe_concat_proj", False) else None
 
-    def route(self, logits):  # [T,E] float32 -> weights [T,k], indices [T,k]
+    def route(self, logits, concat_logits=None):  # [T,E] float32 -> weights [T,k], indices [T,k]
         c = self.config
         if self.dense:
             E = c.num_experts
             return torch.softmax(logits, -1), torch.arange(E, device=logits.device).expand(logits.shape[0], E)
         if c.G_O * c.R_O > 1 or c.T_I < c.G_I * c.R_I:
-            logits = logits.masked_fill(~finer_moe_mask(logits, c), float("-inf"))
+            logits = logits.masked_fill(~finer_moe_mask(logits, c, concat_logits), float("-inf"))
         top, indices = logits.topk(c.num_experts_per_tok, dim=-1)
-        return torch.softmax(top, -1), indices  # one softmax over the k selected logits
+        weights = torch.softmax(top, -1)  # one softmax over the k selected logits
+        if concat_logits is not None:
+            # the chosen candidate's probability p over its slice's R_O, as p / p.detach()
+            # (value 1): the weights stay the first router's, gradients reach concat_gate
+            p = torch.softmax(concat_logits.view(-1, c.G_O, c.R_O), -1).max(-1).values  # [T,G_O]
+            weights = weights * (p / p.detach()).gather(1, indices // self.per_slice)
+        return weights, indices
 
     def forward(self, x_in):
         shape = x_in.shape
         x = x_in.reshape(-1, shape[-1])
         T, D = x.shape
         logits = self.gate(x).float()
-        weights, indices = self.route(logits)
+        concat_logits = None if self.concat_gate is None else self.concat_gate(x).float()
+        weights, indices = self.route(logits, concat_logits)
         out = torch.zeros(T, D, dtype=x.dtype, device=x.device)
         for e in range(self.config.num_experts):
             rows, slot = (indices == e).nonzero(as_tuple=True)

@@ -9,6 +9,7 @@
 #include "cli/commands.h"
 #include "finmoe/error.h"
 #include "finmoe/esft.h"
+#include "finmoe/finer_router.h"
 #include "finmoe/model.h"
 #include "finmoe/safetensors.h"
 #include "finmoe/tokenizer.h"
@@ -163,6 +164,7 @@ void add_info(CLI::App& app, Run& run) {
                {"R_O", cfg.R_O},
                {"T_I", cfg.T_I()},
                {"moe_concat_proj", cfg.moe_concat_proj},
+               {"router_mode", router_mode_name(router_mode(cfg))},
                {"params_per_moe_layer", first_moe < 0 ? 0 : layer_params[size_t(first_moe)]}};
       }
       nlohmann::json kv = {{"float32", kv_cache_bytes_per_token(cfg, 4)},
@@ -245,7 +247,8 @@ void add_info(CLI::App& app, Run& run) {
         if (cfg.model_type == "finer_moe")
           std::cout << "; G_I=" << cfg.G_I << " R_I=" << cfg.R_I << " G_O=" << cfg.G_O
                     << " R_O=" << cfg.R_O << " T_I=" << cfg.T_I()
-                    << (cfg.moe_concat_proj ? ", concat_proj" : "");
+                    << (cfg.moe_concat_proj ? ", concat_proj" : "")
+                    << (separate_routers(cfg) ? ", separate routers (gate + concat_gate)" : "");
         std::cout << "\n"
                   << "moe layers  " << moe["moe_layers"].size() << " of " << cfg.num_hidden_layers
                   << ", " << human(double(moe["params_per_moe_layer"].get<int64_t>()))

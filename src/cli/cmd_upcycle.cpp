@@ -24,7 +24,7 @@ void add_upcycle(CLI::App& app, Run& run) {
       "upcycle", "Turn a dense checkpoint into a MoE checkpoint (FineRMoE Eq. 10 and baselines)");
   static std::string dense_dir, out_dir, preset;
   static std::optional<int64_t> G_I, R_I, G_O, R_O, T_I;
-  static std::optional<std::string> shared, router, concat, scale, format, dtype;
+  static std::optional<std::string> shared, router, router_mode, concat, scale, format, dtype;
   static std::optional<double> drop;
   static std::optional<uint64_t> seed;
   static bool all_experts = false, dry_run = false, json = false;
@@ -53,6 +53,10 @@ void add_upcycle(CLI::App& app, Run& run) {
   c->add_option("--router-init", router,
                 "normal:STD | zeros | virtual-groups:STD (default normal:0.02)")
       ->group(i);
+  c->add_option("--router-mode", router_mode,
+                "single | separate (finer_moe; default single, FineRMoE's one router; separate: a "
+                "second router for the concatenation layer, the Table 3 ablation)")
+      ->group(i);
   c->add_option("--concat-proj", concat, "none | normal | zeros (finer_moe; default none)")->group(i);
   c->add_option("--format", format,
                 "mixtral | qwen2_moe | finer_moe | finmoe_dense (default: by the rule in "
@@ -80,6 +84,7 @@ void add_upcycle(CLI::App& app, Run& run) {
       if (drop) o.drop_ratio = *drop;
       if (router) o.router_init = *router;
       if (concat) o.concat_proj = *concat;
+      if (router_mode) o.router_mode = *router_mode;
       if (format) o.format = *format;
       if (dtype) o.dtype = *dtype;
       if (seed) o.seed = *seed;
@@ -106,7 +111,8 @@ void add_upcycle(CLI::App& app, Run& run) {
                             {"T_I", r.T_I},                {"num_experts", plan.num_experts()},
                             {"num_experts_per_tok", plan.config.num_experts_per_tok},
                             {"shared_expert", r.shared_expert},
-                            {"router_init", r.router_init}, {"concat_proj", r.concat_proj},
+                            {"router_init", r.router_init}, {"router_mode", r.router_mode},
+                            {"concat_proj", r.concat_proj},
                             {"expert_scale", r.expert_scale}, {"drop_ratio", r.drop_ratio},
                             {"dtype", plan.config.torch_dtype}, {"params", plan.params()},
                             {"active_params", plan.active_params()},

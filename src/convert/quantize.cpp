@@ -34,13 +34,16 @@ namespace {
 // 151936 x 896 embedding is widened 512 rows = 1.8 MB at a time).
 constexpr int64_t kChunkRows = 512;
 
-// Module names that stay in their dtype: MoE routers (`*.gate`, `*.shared_expert_gate`).
+// Module names that stay in their dtype: MoE routers (`*.gate`, `*.shared_expert_gate`,
+// finer_moe's `*.concat_gate`).
 std::vector<std::string> router_modules(const ModelConfig& c) {
   std::vector<std::string> out;
   for (const TensorSpec& s : expected_tensors(c)) {
     if (!s.name.ends_with(".weight")) continue;
     const std::string module = s.name.substr(0, s.name.size() - 7);
-    if (module.ends_with(".gate") || module.ends_with(".shared_expert_gate")) out.push_back(module);
+    if (module.ends_with(".gate") || module.ends_with(".shared_expert_gate") ||
+        module.ends_with(".concat_gate"))
+      out.push_back(module);
   }
   return out;
 }

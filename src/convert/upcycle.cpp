@@ -138,6 +138,7 @@ ModelConfig moe_config(const ModelConfig& dense, const UpcycleOptions& o, const 
     j["G_O"] = o.G_O;
     j["R_O"] = o.R_O;
     j["moe_concat_proj"] = o.concat_proj != "none";
+    if (o.router_mode == "separate") j["router_mode"] = o.router_mode;
   }
   ModelConfig c = ModelConfig::from_json(j, "upcycled config.json");
 
@@ -225,6 +226,8 @@ UpcyclePlan plan_upcycle(const ModelConfig& dense, const UpcycleOptions& options
   if (!(o.drop_ratio >= 0.0 && o.drop_ratio < 1.0))
     throw Error("drop ratio must be in [0, 1), got " + std::to_string(o.drop_ratio));
   const RouterInit router = parse_router_init(o.router_init);
+  if (o.router_mode != "single" && o.router_mode != "separate")
+    throw Error("router-mode '" + o.router_mode + "' is not supported (supported: single, separate)");
 
   const bool fine_out = o.G_O > 1 || o.R_O > 1 || o.concat_proj != "none";
   if (o.format == "finmoe_dense") o.all_experts = true;
@@ -259,6 +262,12 @@ UpcyclePlan plan_upcycle(const ModelConfig& dense, const UpcycleOptions& options
   const int64_t group = o.G_I * o.R_I;
   if (fmt != "finmoe_dense" && o.T_I > group)
     throw Error("T_I=" + str(o.T_I) + " exceeds the experts per group G_I*R_I=" + str(group));
+  if (o.router_mode == "separate" && fmt != "finer_moe")
+    throw Error("router-mode separate needs --format finer_moe (got " + fmt +
+                "): only FineRMoE has a sparse concatenation layer to route");
+  if (o.router_mode == "separate" && o.R_O < 2)
+    throw Error("router-mode separate needs R_O > 1 (got R_O=" + str(o.R_O) +
+                "): with one candidate per output slice the second router has nothing to choose");
   if (router.kind == RouterInit::Kind::VirtualGroups && o.G_I == 1)
     throw Error("router-init virtual-groups needs G_I > 1 (a group is one replica's G_I shards)");
 
@@ -310,6 +319,7 @@ std::string UpcyclePlan::describe() const {
       << ", gate zeros, down_proj x2 so sigmoid(0)*2 = 1)";
   s << "\n";
   line("router init") << o.router_init << "\n";
+  if (c.model_type == "finer_moe") line("router mode") << o.router_mode << "\n";
   line("concat proj") << o.concat_proj << "\n";
   line("expert scale") << o.expert_scale << " (gate/up x" << gate_up_scale << ", down x"
                        << down_scale << ")\n";
@@ -325,9 +335,11 @@ std::string UpcyclePlan::describe() const {
 
 namespace {
 
+constexpr uint64_t kConcatSeedSalt = 0x636f6e636174ULL;  // "concat"
+
 // The tensor names of one MoE layer, split into their role.
 struct Role {
-  enum Kind { Copy, Router, ExpertGate, ExpertUp, ExpertDown, SharedGate, SharedUp, SharedDown,
+  enum Kind { Copy, Router, ConcatRouter, ExpertGate, ExpertUp, ExpertDown, SharedGate, SharedUp, SharedDown,
               SharedExpertGate, ConcatProj } kind = Copy;
   int64_t layer = -1;
   int64_t expert = -1;
@@ -347,6 +359,7 @@ Role role_of(const std::string& name) {
     std::string t = rest.substr(b.size());
     r.layer = layer;
     if (t == "gate.weight") return r.kind = Role::Router, r;
+    if (t == "concat_gate.weight") return r.kind = Role::ConcatRouter, r;
     if (t == "shared_expert.gate_proj.weight") return r.kind = Role::SharedGate, r;
     if (t == "shared_expert.up_proj.weight") return r.kind = Role::SharedUp, r;
     if (t == "shared_expert.down_proj.weight") return r.kind = Role::SharedDown, r;
@@ -420,6 +433,9 @@ UpcycleReport upcycle(const std::string& dense_dir, const std::string& out_dir,
   const int64_t He = F / o.G_I, Ds = D / o.G_O, N = c.num_experts;
   const RouterInit router = parse_router_init(o.router_init);
   auto gen = at::detail::createCPUGenerator(o.seed);
+  // the concatenation routers (router_mode separate) draw from their own
+  // stream, so every other tensor is the single-router upcycle's for the seed
+  auto concat_gen = at::detail::createCPUGenerator(o.seed ^ kConcatSeedSalt);
   torch::NoGradGuard no_grad;
 
   int64_t cached_layer = -1;
@@ -469,6 +485,11 @@ UpcycleReport upcycle(const std::string& dense_dir, const std::string& out_dir,
           t = at::normal(0.0, router.std, {N / o.G_I, D}, gen)  // [N/G_I, D]
                   .repeat_interleave(o.G_I, 0);                 // [N, D]
         }
+        break;
+      case Role::ConcatRouter:  // [G_O*R_O, D], drawn as the first router is
+        t = router.kind == RouterInit::Kind::Zeros
+                ? torch::zeros({o.G_O * o.R_O, D})
+                : at::normal(0.0, router.std, {o.G_O * o.R_O, D}, concat_gen);
         break;
       case Role::ExpertGate:
       case Role::ExpertUp:

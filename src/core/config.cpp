@@ -12,6 +12,7 @@
 
 #include "core/hf_remote_code.h"
 #include "finmoe/error.h"
+#include "finmoe/finer_router.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -608,6 +609,16 @@ static void finalize_moe(ModelConfig& c,
     if (c.hidden_size % c.G_O != 0)
       fail("G_O", "hidden_size " + str(c.hidden_size) + " is not divisible by G_O=" + str(c.G_O));
   }
+  if (c.raw.is_object() && c.raw.contains("router_mode") && !c.raw["router_mode"].is_null()) {
+    const json& v = c.raw["router_mode"];
+    if (!v.is_string()) fail("router_mode", "must be a string (single | separate)");
+    if (c.model_type != "finer_moe") fail("router_mode", "needs model_type finer_moe");
+    try {
+      parse_router_mode(v.get<std::string>(), "router_mode");
+    } catch (const Error& e) {
+      fail("router_mode", "'" + v.get<std::string>() + "' is not a router mode (single | separate)");
+    }
+  }
   if (c.is_deepseek()) {
     finalize_deepseek_moe(c, fail);
     return;
@@ -667,6 +678,7 @@ T layer_params(const ModelConfig& c, size_t layer, T experts_counted) {
     n += swiglu_params<T>(D, T(c.shared_expert_intermediate_size), D, false) +
          (c.is_deepseek() ? T(0) : D);
   if (c.moe_concat_proj) n += D * D;
+  if (separate_routers(c)) n += T(c.G_O * c.R_O) * D;  // the concatenation layer's router
   return n;
 }
 
@@ -680,6 +692,23 @@ T count_params(const ModelConfig& c, bool active) {
 }
 
 }  // namespace
+
+RouterMode parse_router_mode(const std::string& s, const std::string& field) {
+  if (s == "single") return RouterMode::Single;
+  if (s == "separate") return RouterMode::Separate;
+  throw Error(field + ": '" + s + "' is not a router mode (single | separate)");
+}
+
+const char* router_mode_name(RouterMode m) {
+  return m == RouterMode::Separate ? "separate" : "single";
+}
+
+RouterMode router_mode(const ModelConfig& c) {
+  if (c.model_type != "finer_moe" || !c.raw.is_object()) return RouterMode::Single;
+  auto it = c.raw.find("router_mode");
+  if (it == c.raw.end() || !it->is_string()) return RouterMode::Single;
+  return parse_router_mode(it->get<std::string>(), "config.json: field 'router_mode'");
+}
 
 int64_t ModelConfig::param_count() const { return count_params<int64_t>(*this, false); }
 int64_t ModelConfig::active_param_count() const { return count_params<int64_t>(*this, true); }

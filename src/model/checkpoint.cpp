@@ -7,6 +7,7 @@
 
 #include "finmoe/error.h"
 #include "finmoe/esft.h"
+#include "finmoe/finer_router.h"
 #include "finmoe/lora.h"
 #include "finmoe/model.h"
 #include "finmoe/safetensors.h"
@@ -98,6 +99,7 @@ void moe_tensors(const ModelConfig& c, const std::string& layer, std::vector<Ten
   const bool mixtral = c.model_type == "mixtral";
   const std::string p = layer + (mixtral ? "block_sparse_moe." : "mlp.");
   out.push_back({p + "gate.weight", {E, D}});
+  if (separate_routers(c)) out.push_back({p + "concat_gate.weight", {c.G_O * c.R_O, D}});
   if (c.is_deepseek() && c.topk_method == "noaux_tc")
     out.push_back({p + "gate.e_score_correction_bias", {E}});
   for (int64_t e = 0; e < E; ++e) {

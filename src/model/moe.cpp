@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "finmoe/error.h"
+#include "finmoe/finer_router.h"
 #include "finmoe/load_balance.h"
 #include "kernels/linear.h"
 #include "kernels/ops.h"
@@ -16,14 +17,16 @@
 
 namespace finmoe {
 
-torch::Tensor finer_moe_mask(const torch::Tensor& logits, const ModelConfig& c) {
+torch::Tensor finer_moe_mask(const torch::Tensor& logits, const ModelConfig& c,
+                             const torch::Tensor& concat_logits) {
   const int64_t T = logits.size(0);
   const int64_t group = c.G_I * c.R_I;  // experts per sum group
   const int64_t groups = c.G_O * c.R_O;
   auto scores = logits.view({T, groups, group});                          // [T, G_O*R_O, G_I*R_I]
   auto group_act = std::get<1>(scores.topk(c.T_I(), -1));                 // [T, G_O*R_O, T_I]
   auto sum_mask = torch::zeros_like(scores, torch::kBool).scatter_(-1, group_act, true);
-  auto cc_score = scores.sum(-1).view({T, c.G_O, c.R_O});                 // [T, G_O, R_O]
+  auto cc_score = concat_logits.defined() ? concat_logits.view({T, c.G_O, c.R_O})
+                                          : scores.sum(-1).view({T, c.G_O, c.R_O});  // [T, G_O, R_O]
   auto cc_act = cc_score.argmax(-1, /*keepdim=*/true);                    // [T, G_O, 1]
   auto cc_mask = torch::zeros_like(cc_score, torch::kBool).scatter_(-1, cc_act, true);
   cc_mask = cc_mask.view({T, groups, 1}).expand({T, groups, group});      // [T, G_O*R_O, G_I*R_I]
@@ -145,10 +148,11 @@ bool route_on_host(RouterOutput& r, const ModelConfig& c) {
 }  // namespace
 
 RouterOutput route(const torch::Tensor& logits_in, const ModelConfig& c,
-                   const torch::Tensor& choice_bias) {
+                   const torch::Tensor& choice_bias, const torch::Tensor& concat_in,
+                   RouterOutput* concat_out) {
   RouterOutput r;
   r.logits = at_least_float32(logits_in);  // [T, E]
-  if (route_on_host(r, c)) return r;
+  if (!concat_in.defined() && route_on_host(r, c)) return r;  // separate routers: the tensor ops
   const int64_t T = r.logits.size(0), E = c.num_experts, k = c.num_experts_per_tok;
   switch (c.routing()) {
     case ModelConfig::Routing::Dense:
@@ -165,14 +169,33 @@ RouterOutput route(const torch::Tensor& logits_in, const ModelConfig& c,
       route_deepseek(r, c, choice_bias);
       break;
     case ModelConfig::Routing::TopKSoftmax: {
+      torch::Tensor concat;  // [T, G_O*R_O] float32: router_mode separate
+      if (concat_in.defined()) {
+        concat = at_least_float32(concat_in);
+        if (concat.dim() != 2 || concat.size(0) != T || concat.size(1) != c.G_O * c.R_O)
+          throw Error("route: concatenation router logits must be [" + std::to_string(T) + ", " +
+                      std::to_string(c.G_O * c.R_O) + "]");
+      }
       auto masked = r.logits;
       if (c.G_O * c.R_O > 1 || c.T_I() < c.G_I * c.R_I)
-        masked = r.logits.masked_fill(finer_moe_mask(r.logits, c).logical_not(),
+        masked = r.logits.masked_fill(finer_moe_mask(r.logits, c, concat).logical_not(),
                                       -std::numeric_limits<float>::infinity());
       torch::Tensor top;
       std::tie(top, r.indices) = masked.topk(k, -1);  // [T, k]
       // one softmax over the k selected logits across all groups (no per-group renormalisation)
       r.weights = torch::softmax(top, -1);
+      if (concat.defined()) {
+        auto probs = torch::softmax(concat.view({T, c.G_O, c.R_O}), -1);        // [T, G_O, R_O]
+        auto [p, j] = probs.max(-1);                                            // [T, G_O]
+        auto straight = p / p.detach();                                         // [T, G_O], value 1
+        auto slice = r.indices.div(c.R_O * c.G_I * c.R_I, "floor");             // [T, k]
+        r.weights = r.weights * straight.gather(1, slice);
+        if (concat_out) {
+          concat_out->logits = concat;
+          concat_out->indices = j + torch::arange(c.G_O, j.options()).mul(c.R_O);  // [T, G_O]
+          concat_out->weights = p;
+        }
+      }
       break;
     }
   }
@@ -233,12 +256,47 @@ torch::Tensor load_balancing_loss(const std::vector<RouterOutput>& routers, doub
   return load_balancing_loss(routers, alpha, LoadBalance::Batch, 1, {});
 }
 
+torch::Tensor concat_load_balancing_loss(const std::vector<RouterOutput>& concat, double alpha,
+                                         LoadBalance form, int64_t rows,
+                                         const torch::Tensor& padding) {
+  torch::Tensor total;
+  for (const auto& r : concat) {
+    const int64_t G_O = r.indices.size(1), R_O = r.logits.size(1) / std::max<int64_t>(G_O, 1);
+    if (G_O < 1 || r.logits.size(1) != G_O * R_O)
+      throw Error("concat_load_balancing_loss: logits [T, " + std::to_string(r.logits.size(1)) +
+                  "] are not G_O=" + std::to_string(G_O) + " slices of candidates");
+    std::vector<RouterOutput> slices;  // each slice's R_O-way choice
+    for (int64_t i = 0; i < G_O; ++i) {
+      RouterOutput s;
+      s.logits = r.logits.narrow(1, i * R_O, R_O);                   // [T, R_O]
+      s.indices = r.indices.narrow(1, i, 1) - i * R_O;               // [T, 1] in [0, R_O)
+      s.weights = r.weights.narrow(1, i, 1);
+      slices.push_back(std::move(s));
+    }
+    auto l = load_balancing_loss(slices, alpha, form, rows, padding) / double(G_O);
+    total = total.defined() ? total + l : l;
+  }
+  return total.defined() ? total : torch::zeros({});
+}
+
+namespace {
+thread_local std::vector<RouterOutput>* g_concat_sink = nullptr;
+}  // namespace
+
+ConcatRouterSink::ConcatRouterSink(std::vector<RouterOutput>* out) : previous_(g_concat_sink) {
+  g_concat_sink = out;
+}
+ConcatRouterSink::~ConcatRouterSink() { g_concat_sink = previous_; }
+std::vector<RouterOutput>* ConcatRouterSink::current() { return g_concat_sink; }
+
 MoeImpl::MoeImpl(const ModelConfig& c, torch::TensorOptions options) : config_(c) {
   const int64_t D = c.hidden_size;
   slice_ = D / c.G_O;
   per_slice_ = c.R_O * c.G_I * c.R_I;
   const bool mixtral = c.model_type == "mixtral";
   gate = register_module("gate", Linear(D, c.num_experts, false, options));
+  if (separate_routers(c))
+    concat_gate = register_module("concat_gate", Linear(D, c.G_O * c.R_O, false, options));
   if (c.is_deepseek() && c.topk_method == "noaux_tc")
     score_bias = gate->register_parameter("e_score_correction_bias",
                                           torch::zeros({c.num_experts}, options), false);
@@ -390,12 +448,14 @@ torch::Tensor run_on_rows(MlpImpl& module, const torch::Tensor& x, const torch::
 
 }  // namespace
 
-torch::Tensor MoeImpl::forward(const torch::Tensor& x_in, RouterOutput* router_out) {
+torch::Tensor MoeImpl::forward(const torch::Tensor& x_in, RouterOutput* router_out,
+                               RouterOutput* concat_out) {
   const auto shape = x_in.sizes().vec();
   const int64_t D = shape.back();
   auto x = x_in.reshape({-1, D});  // [T, D]
   const int64_t T = x.size(0);
-  RouterOutput r = route(gate(x), config_, score_bias);
+  RouterOutput r = concat_gate ? route(gate(x), config_, score_bias, concat_gate(x), concat_out)
+                               : route(gate(x), config_, score_bias);
   auto out = torch::zeros({T, D}, x.options());  // [T, D]
   const auto dtype = x.scalar_type();
   const AdapterRows* adapter_rows = current_adapter_rows();

@@ -20,6 +20,7 @@
 
 #include <torch/torch.h>
 
+#include "finmoe/load_balance.h"
 #include "finmoe/model.h"
 #include "model/mlp.h"
 
@@ -29,21 +30,63 @@ namespace finmoe {
 // config.routing() and, for finer_moe, FineRMoE's Algorithm 1. `choice_bias`
 // [E] (DeepSeek's noaux_tc e_score_correction_bias) shifts which experts are
 // chosen, not their weights.
+//
+// finer_moe with router_mode separate (finmoe/finer_router.h): `concat_logits`
+// [T, G_O*R_O] are the concatenation router's; each output slice takes its
+// best candidate by them, and the weights of the experts of slice i are
+// multiplied by p_i/stopgrad(p_i) (value 1; p_i the chosen candidate's softmax
+// probability among the slice's R_O). `concat_out`, when given, receives that
+// router's routing: logits [T, G_O*R_O], indices [T, G_O] (the chosen
+// candidate i*R_O + j of each slice i), weights [T, G_O] (p_i).
 RouterOutput route(const torch::Tensor& logits, const ModelConfig& config,
-                   const torch::Tensor& choice_bias = {});
+                   const torch::Tensor& choice_bias = {}, const torch::Tensor& concat_logits = {},
+                   RouterOutput* concat_out = nullptr);
 
 // FineRMoE Algorithm 1, lines 7-21: which experts a token may use. logits [T, E]
 // -> bool [T, E]; T_I per group of G_I*R_I experts, and only the groups of the
-// best-scoring candidate (of R_O) of each of the G_O output slices.
-torch::Tensor finer_moe_mask(const torch::Tensor& logits, const ModelConfig& config);
+// best-scoring candidate (of R_O) of each of the G_O output slices: the
+// candidate whose group's logits sum highest, or, when `concat_logits`
+// [T, G_O*R_O] are given (router_mode separate), the one they score highest.
+torch::Tensor finer_moe_mask(const torch::Tensor& logits, const ModelConfig& config,
+                             const torch::Tensor& concat_logits = {});
+
+// The load-balancing loss of the concatenation routers (router_mode
+// separate), their outputs as route() gives them (one per MoE layer): Eq. 11
+// for each output slice's R_O-way choice (N = R_O, K = 1, s the softmax over
+// the slice's R_O logits), averaged over the G_O slices and summed over
+// layers; `form`, `rows` and `padding` as load_balancing_loss.
+torch::Tensor concat_load_balancing_loss(const std::vector<RouterOutput>& concat, double alpha,
+                                         LoadBalance form, int64_t rows,
+                                         const torch::Tensor& padding);
+
+// While in scope, the decoder layers run on this thread with a router sink
+// (ForwardOptions::router_outputs) also append their concatenation routers'
+// outputs (router_mode separate) to `out`, in layer order; nullptr collects
+// nothing. Scopes nest.
+class ConcatRouterSink {
+ public:
+  explicit ConcatRouterSink(std::vector<RouterOutput>* out);
+  ~ConcatRouterSink();
+  ConcatRouterSink(const ConcatRouterSink&) = delete;
+  ConcatRouterSink& operator=(const ConcatRouterSink&) = delete;
+  static std::vector<RouterOutput>* current();
+
+ private:
+  std::vector<RouterOutput>* previous_;
+};
 
 class MoeImpl : public torch::nn::Module {
  public:
   MoeImpl(const ModelConfig& config, torch::TensorOptions options);
-  // x [..., D] -> [..., D]. `router`, when given, receives this call's routing.
-  torch::Tensor forward(const torch::Tensor& x, RouterOutput* router = nullptr);
+  // x [..., D] -> [..., D]. `router`, when given, receives this call's routing;
+  // `concat_router` the concatenation router's (router_mode separate; else
+  // left as it is).
+  torch::Tensor forward(const torch::Tensor& x, RouterOutput* router = nullptr,
+                        RouterOutput* concat_router = nullptr);
 
   Linear gate{nullptr};                      // router, weight [E, D]
+  Linear concat_gate{nullptr};               // finer_moe router_mode separate: the
+                                             // concatenation layer's router, [G_O*R_O, D]
   torch::Tensor score_bias;                  // deepseek noaux_tc: gate.e_score_correction_bias [E]
   std::vector<Mlp> experts;                  // E experts: D -> moe_intermediate -> D/G_O
   Mlp shared_expert{nullptr};                // optional, D -> shared_intermediate -> D

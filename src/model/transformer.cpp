@@ -23,10 +23,14 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t i, torch::Tenso
 torch::Tensor DecoderLayerImpl::ffn(const torch::Tensor& x, std::vector<RouterOutput>* routers) {
   if (!moe) return mlp(x);
   if (!routers) return moe(x);
-  RouterOutput r;
-  auto y = moe(x, &r);
+  RouterOutput r, concat;
+  auto y = moe(x, &r, &concat);
   r.layer = index;
   routers->push_back(std::move(r));
+  if (auto* sink = ConcatRouterSink::current(); sink && concat.logits.defined()) {
+    concat.layer = index;
+    sink->push_back(std::move(concat));
+  }
   return y;
 }
 

@@ -33,6 +33,7 @@
 #include "finmoe/safetensors.h"
 #include "finmoe/tokenizer.h"
 #include "finmoe/train.h"
+#include "model/moe.h"
 #include "train/losses.h"
 #include "train/optimizer.h"
 #include "train/peft_methods.h"
@@ -477,8 +478,12 @@ struct Trainer::Impl {
     optimizer->zero_grad();
     double lm_sum = 0, kd_sum = 0, aux_sum = 0;
     for (const TrainBatch& b : window) {
-      std::vector<RouterOutput> routers;
-      auto logits = forward(*model, b, aux_alpha > 0 ? &routers : nullptr);  // [B,T,V]
+      std::vector<RouterOutput> routers, concat_routers;  // the latter: router_mode separate
+      torch::Tensor logits;                                 // [B,T,V]
+      {
+        ConcatRouterSink sink(aux_alpha > 0 ? &concat_routers : nullptr);
+        logits = forward(*model, b, aux_alpha > 0 ? &routers : nullptr);
+      }
       auto labels = b.labels.to(device);
       auto lm = lm_loss_sum(logits, labels);
       torch::Tensor objective = lm;
@@ -494,9 +499,12 @@ struct Trainer::Impl {
       torch::Tensor loss = objective / denom;
       if (!routers.empty()) {
         // each rank's aux loss is over its own tokens: the ranks' mean is optimised
-        auto aux = load_balancing_loss(routers, aux_alpha, aux_form, b.tokens.size(0),
-                                       b.padding.defined() ? b.padding.to(device) : b.padding) /
-                   double(config.grad_accum * dist->world_size());
+        const auto padding = b.padding.defined() ? b.padding.to(device) : b.padding;
+        auto aux = load_balancing_loss(routers, aux_alpha, aux_form, b.tokens.size(0), padding);
+        if (!concat_routers.empty())
+          aux = aux + concat_load_balancing_loss(concat_routers, aux_alpha, aux_form,
+                                                 b.tokens.size(0), padding);
+        aux = aux / double(config.grad_accum * dist->world_size());
         aux_sum += aux.item<double>();
         loss = loss + aux;
       }

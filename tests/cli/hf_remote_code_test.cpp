@@ -103,4 +103,29 @@ TEST_F(HfRemoteCode, UpcycleWritesItAndOtherModelTypesGetNone) {
   EXPECT_EQ(run("logits " + path("q8") + " --ids 1,2 --top 2").status, 0);
 }
 
+TEST_F(HfRemoteCode, SeparateRoutersTravelThroughUpcycleInfoAndTheModelingCode) {
+  const std::string qwen2 = init("qwen2", {{"model_type", "qwen2"}});
+  auto r = run("upcycle " + qwen2 + " " + path("sep") +
+               " --preset finermoe --G-I 4 --router-mode separate --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("\"router_mode\": \"separate\""), std::string::npos) << r.out;
+  const auto cfg = nlohmann::json::parse(slurp(fs::path(path("sep")) / "config.json"));
+  EXPECT_EQ(cfg.value("router_mode", ""), "separate");
+  expect_remote_code(path("sep"), "FineRMoeConfig", "FineRMoeForCausalLM");
+  r = run("info " + path("sep") + " --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["moe"]["router_mode"], "separate");
+  r = run("info " + path("sep"));
+  EXPECT_NE(r.out.find("separate routers"), std::string::npos) << r.out;
+  // bad input: exit 2 naming the option; GGUF has no FineRMoE architecture
+  r = run("upcycle " + qwen2 + " " + path("bad") + " --preset finermoe --G-I 4 --router-mode both");
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_NE(r.out.find("router-mode 'both'"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(path("bad") + "/config.json"));
+  r = run("export gguf " + path("sep") + " " + path("sep.gguf"));
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_NE(r.out.find("finer_moe"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(path("sep.gguf")));
+}
+
 }  // namespace

@@ -13,6 +13,7 @@
 #include "../tolerance.h"
 #include "finmoe/convert.h"
 #include "finmoe/error.h"
+#include "finmoe/finer_router.h"
 #include "finmoe/model.h"
 #include "finmoe/safetensors.h"
 #include "../expect_error.h"
@@ -356,6 +357,58 @@ TEST(Upcycle, PresetParamCountsMatchConfigAndLoadedModel) {
     // the tokenizer files travel with the model
     EXPECT_TRUE(std::filesystem::exists(out.path / "tokenizer_config.json")) << name;
   }
+}
+
+TEST(Upcycle, SeparateRoutersAddAConcatenationRouterDrawnAsTheFirst) {
+  TempDir dense, single, separate, zeros;
+  make_dense("qwen2", dense.str(), 16);
+  UpcycleOptions o = upcycle_preset("finermoe");  // G_O = R_O = 2, router normal:0.02
+  o.G_I = 4, o.seed = 3;
+  upcycle(dense.str(), single.str(), quiet(o));
+  o.router_mode = "separate";
+  auto report = upcycle(dense.str(), separate.str(), quiet(o));
+  const ModelConfig& c = report.plan.config;
+  EXPECT_EQ(c.raw.value("router_mode", ""), "separate");
+  auto rs = CheckpointReader::open(single.str()), rp = CheckpointReader::open(separate.str());
+  for (int layer = 0; layer < 2; ++layer) {
+    const std::string p = "model.layers." + std::to_string(layer) + ".mlp.";
+    auto cg = tensor_of(rp, p + "concat_gate.weight");
+    ASSERT_EQ(cg.sizes(), (std::vector<int64_t>{4, 48}));
+    EXPECT_NEAR(cg.std().item<double>(), 0.02, 0.004) << layer;  // 192 draws of N(0, 0.02^2)
+    EXPECT_NEAR(cg.mean().item<double>(), 0.0, 0.005) << layer;
+    // the experts and the first router are the single-router model's
+    EXPECT_TRUE(tensor_of(rs, p + "experts.5.down_proj.weight")
+                    .equal(tensor_of(rp, p + "experts.5.down_proj.weight")));
+    EXPECT_TRUE(tensor_of(rs, p + "gate.weight").equal(tensor_of(rp, p + "gate.weight"))) << layer;
+  }
+  Transformer m = load_model(separate.str());
+  EXPECT_TRUE(separate_routers(m.config()));
+  EXPECT_EQ(m.param_count().total, report.plan.params());
+  EXPECT_EQ(report.plan.params(), ModelConfig::load(single.str()).param_count() + 2 * 4 * 48);
+  // a zero router gives a zero concatenation router
+  o.router_init = "zeros";
+  upcycle(dense.str(), zeros.str(), quiet(o));
+  auto rz = CheckpointReader::open(zeros.str());
+  EXPECT_EQ(tensor_of(rz, "model.layers.1.mlp.concat_gate.weight").abs().sum().item<double>(), 0.0);
+  torch::NoGradGuard g;
+  EXPECT_TRUE(m.forward(tokens()).isfinite().all().item<bool>());
+}
+
+TEST(Upcycle, SeparateRoutersNeedFinerMoeWithCandidates) {
+  TempDir dense, out;
+  make_dense("qwen2", dense.str(), 17);
+  UpcycleOptions o = upcycle_preset("finermoe");
+  o.G_I = 4, o.router_mode = "bogus";
+  EXPECT_CONTAINS(message_of([&] { upcycle(dense.str(), out.str(), quiet(o)); }),
+                  "router-mode 'bogus'");
+  o.router_mode = "separate", o.R_O = 1;
+  EXPECT_CONTAINS(message_of([&] { upcycle(dense.str(), out.str(), quiet(o)); }),
+                  "router-mode separate needs R_O > 1");
+  o = upcycle_preset("split");
+  o.G_I = 4, o.router_mode = "separate";
+  EXPECT_CONTAINS(message_of([&] { upcycle(dense.str(), out.str(), quiet(o)); }),
+                  "router-mode separate needs --format finer_moe");
+  EXPECT_FALSE(std::filesystem::exists(out.path / "config.json"));
 }
 
 TEST(Upcycle, WritesShardsAsTheyFill) {

@@ -9,6 +9,7 @@
 #include <set>
 
 #include "finmoe/error.h"
+#include "finmoe/finer_router.h"
 #include "model/moe.h"
 #include "test_util.h"
 #include "../tolerance.h"
@@ -367,6 +368,307 @@ TEST(Moe, TrainingForwardGivesGradientsOnlyToRoutedExperts) {
       }
     }
   }
+}
+
+}  // namespace
+}  // namespace finmoe
+
+// ---- finer_moe router_mode separate (FineRMoE §4.3, Table 3's ablation) ----
+
+namespace finmoe {
+namespace {
+
+ModelConfig separate_config(ModelConfig c) {
+  auto j = c.to_json();
+  j["router_mode"] = "separate";
+  return ModelConfig::from_json(j, "separate_config");
+}
+
+// router_mode separate for one token, with loops: expert -> weight. `s` the
+// experts' logits (gate), `cc` the candidates' logits (concat_gate, G_O*R_O):
+// the best T_I of each sum group by s, the best candidate of each slice by cc,
+// then the k allowed experts by s and one softmax over them.
+std::map<int64_t, double> reference_separate_route(const std::vector<double>& s,
+                                                   const std::vector<double>& cc,
+                                                   const ModelConfig& c) {
+  const int64_t group = c.G_I * c.R_I, n_groups = c.G_O * c.R_O, T_I = c.T_I();
+  std::vector<bool> sum_mask(s.size(), false), cc_mask(s.size(), false);
+  for (int64_t g = 0; g < n_groups; ++g) {
+    std::vector<int64_t> idx(static_cast<size_t>(group));
+    std::iota(idx.begin(), idx.end(), g * group);
+    std::sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return s[a] > s[b]; });
+    for (int64_t i = 0; i < T_I; ++i) sum_mask[size_t(idx[size_t(i)])] = true;
+  }
+  for (int64_t o = 0; o < c.G_O; ++o) {
+    int64_t best = 0;
+    for (int64_t r = 1; r < c.R_O; ++r)
+      if (cc[size_t(o * c.R_O + r)] > cc[size_t(o * c.R_O + best)]) best = r;
+    for (int64_t j = 0; j < group; ++j) cc_mask[size_t((o * c.R_O + best) * group + j)] = true;
+  }
+  std::vector<int64_t> allowed;
+  for (size_t e = 0; e < s.size(); ++e)
+    if (sum_mask[e] && cc_mask[e]) allowed.push_back(int64_t(e));
+  std::sort(allowed.begin(), allowed.end(), [&](int64_t a, int64_t b) { return s[a] > s[b]; });
+  allowed.resize(size_t(c.num_experts_per_tok));
+  double z = 0;
+  for (int64_t e : allowed) z += std::exp(s[size_t(e)]);
+  std::map<int64_t, double> out;
+  for (int64_t e : allowed) out[e] = std::exp(s[size_t(e)]) / z;
+  return out;
+}
+
+std::vector<double> row_of(const torch::Tensor& m, int64_t t) {
+  auto r = m[t].to(torch::kFloat64).contiguous();
+  return std::vector<double>(r.data_ptr<double>(), r.data_ptr<double>() + r.numel());
+}
+
+class SeparateRouter : public ::testing::TestWithParam<Granularity> {};
+
+TEST_P(SeparateRouter, MatchesTheLoopReferenceAndReportsTheConcatenationChoice) {
+  const Granularity g = GetParam();
+  const ModelConfig c = separate_config(finer_config(g.G_I, g.R_I, g.G_O, g.R_O, g.T_I));
+  auto gen = at::detail::createCPUGenerator(31);
+  const int64_t T = 200, C = c.G_O * c.R_O;
+  auto logits = at::normal(0.0, 2.0, {T, c.num_experts}, gen, torch::TensorOptions());
+  auto cc = at::normal(0.0, 2.0, {T, C}, gen, torch::TensorOptions());
+  RouterOutput concat;
+  RouterOutput r = route(logits, c, {}, cc, &concat);
+  ASSERT_EQ(r.indices.sizes(), (std::vector<int64_t>{T, c.num_experts_per_tok}));
+  ASSERT_EQ(concat.logits.sizes(), (std::vector<int64_t>{T, C}));
+  ASSERT_EQ(concat.indices.sizes(), (std::vector<int64_t>{T, c.G_O}));
+  for (int64_t t = 0; t < T; ++t) {
+    const auto s = row_of(logits, t), ct = row_of(cc, t);
+    auto want = reference_separate_route(s, ct, c);
+    std::map<int64_t, double> got;
+    for (int64_t i = 0; i < c.num_experts_per_tok; ++i)
+      got[r.indices[t][i].item<int64_t>()] = r.weights[t][i].item<double>();
+    ASSERT_EQ(got.size(), want.size()) << "token " << t;
+    for (const auto& [e, w] : want) {
+      ASSERT_TRUE(got.count(e)) << "token " << t << ": expert " << e << " not selected";
+      EXPECT_NEAR(got[e], w, 1e-6) << "token " << t << " expert " << e;
+    }
+    // the concatenation router's choice: each slice's best candidate and its probability
+    for (int64_t o = 0; o < c.G_O; ++o) {
+      int64_t best = 0;
+      double z = 0;
+      for (int64_t j = 0; j < c.R_O; ++j) {
+        z += std::exp(ct[size_t(o * c.R_O + j)]);
+        if (ct[size_t(o * c.R_O + j)] > ct[size_t(o * c.R_O + best)]) best = j;
+      }
+      EXPECT_EQ(concat.indices[t][o].item<int64_t>(), o * c.R_O + best) << "token " << t;
+      EXPECT_NEAR(concat.weights[t][o].item<double>(), std::exp(ct[size_t(o * c.R_O + best)]) / z,
+                  1e-6);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, SeparateRouter,
+                         ::testing::Values(Granularity{2, 2, 2, 2, 1},   // 16 experts, top-2
+                                           Granularity{4, 1, 2, 2, 1},   // the paper's shape, small
+                                           Granularity{2, 1, 1, 3, 1},   // one slice, 3 candidates
+                                           Granularity{1, 4, 2, 3, 3})); // replicas only
+
+TEST(SeparateRouter, GroupSumsAsConcatenationLogitsGiveTheSingleRouter) {
+  // Algorithm 1 scores a candidate by its group's summed logits: a second
+  // router that outputs exactly those sums must route as the single router.
+  const ModelConfig single = finer_config(4, 1, 2, 2, 1);
+  const ModelConfig separate = separate_config(single);
+  auto logits = at::normal(0.0, 1.0, {64, single.num_experts}, at::detail::createCPUGenerator(8),
+                           torch::TensorOptions());
+  auto sums = logits.view({64, 4, 4}).sum(-1);  // [T, G_O*R_O]
+  RouterOutput a = route(logits, single), b = route(logits, separate, {}, sums);
+  EXPECT_TRUE(torch::equal(a.indices, b.indices));
+  EXPECT_TRUE(torch::equal(a.weights, b.weights));
+}
+
+// The whole layer from x alone in float64 (both routers, the loop reference
+// routing, each expert as plain matmuls), never through route() or the
+// grouped kernels.
+torch::Tensor reference_separate_moe(MoeImpl& moe, const ModelConfig& c, const torch::Tensor& x) {
+  const int64_t D = c.hidden_size, slice = D / c.G_O;
+  auto swiglu = [](Mlp& m, const torch::Tensor& v) {
+    auto h = torch::silu(mm64(v, m->gate_proj->weight)) * mm64(v, m->up_proj->weight);
+    return mm64(h, m->down_proj->weight);
+  };
+  auto logits = mm64(x, moe.gate->weight), cc = mm64(x, moe.concat_gate->weight);
+  std::vector<torch::Tensor> rows;
+  for (int64_t t = 0; t < x.size(0); ++t) {
+    auto xt = x[t].unsqueeze(0).to(torch::kFloat64);  // [1, D]
+    auto out = torch::zeros({1, D}, torch::kFloat64);
+    for (const auto& [e, w] : reference_separate_route(row_of(logits, t), row_of(cc, t), c)) {
+      const int64_t g_o = e / (c.R_O * c.G_I * c.R_I);
+      out.narrow(1, g_o * slice, slice) += w * swiglu(moe.experts[size_t(e)], xt);
+    }
+    if (moe.concat_proj) out = mm64(out, moe.concat_proj->weight);
+    if (moe.shared_expert)
+      out = out + swiglu(moe.shared_expert, xt) *
+                      torch::sigmoid(mm64(xt, moe.shared_expert_gate->weight));
+    rows.push_back(out);
+  }
+  return torch::cat(rows);
+}
+
+TEST(Moe, SeparateRoutersLayerEqualsLoopReferenceOnKernelAndAutogradPaths) {
+  for (bool concat : {false, true}) {
+    const ModelConfig c = separate_config(finer_config(2, 2, 2, 2, 1, concat, /*shared=*/16));
+    Moe moe(c, torch::TensorOptions());
+    ASSERT_TRUE(moe->concat_gate);
+    EXPECT_EQ(moe->concat_gate->weight.sizes(), (std::vector<int64_t>{4, c.hidden_size}));
+    randomize(*moe, 5);
+    auto x = at::normal(0.0, 1.0, {37, c.hidden_size}, at::detail::createCPUGenerator(6),
+                        torch::TensorOptions());
+    auto want = reference_separate_moe(*moe, c, x);
+    torch::Tensor inference;
+    {
+      torch::NoGradGuard g;  // the grouped CPU kernels
+      inference = moe(x);
+    }
+    auto training = moe(x).detach();  // autograd: the permute/index_add path
+    EXPECT_TRUE(test::AllClose(inference, want, 1e-5)) << "concat " << concat;
+    EXPECT_TRUE(test::AllClose(training, want, 1e-5)) << "concat " << concat;
+  }
+}
+
+// Eq. 11 per output slice with loops: alpha/G_O * sum over slices of
+// sum_j f_j P_j, f_j = R_O/L * #tokens choosing candidate j, P_j = mean softmax.
+double reference_concat_lbl(const torch::Tensor& logits, const torch::Tensor& chosen, int64_t G_O,
+                            int64_t R_O, double alpha) {
+  const int64_t T = logits.size(0);
+  double total = 0;
+  for (int64_t o = 0; o < G_O; ++o) {
+    auto p = torch::softmax(logits.narrow(1, o * R_O, R_O).to(torch::kFloat64), -1);
+    for (int64_t j = 0; j < R_O; ++j) {
+      double count = 0, P = 0;
+      for (int64_t t = 0; t < T; ++t) {
+        count += chosen[t][o].item<int64_t>() == o * R_O + j;
+        P += p[t][j].item<double>();
+      }
+      total += (double(R_O) / double(T) * count) * (P / double(T));
+    }
+  }
+  return alpha * total / double(G_O);
+}
+
+TEST(Moe, ConcatLoadBalancingLossMatchesEquation11PerSlice) {
+  const ModelConfig c = separate_config(finer_config(2, 1, 2, 3, 1));
+  auto gen = at::detail::createCPUGenerator(9);
+  const int64_t rows = 3, L = 10, T = rows * L;
+  auto cc = at::normal(0.0, 1.0, {T, 6}, gen, torch::TensorOptions()).requires_grad_(true);
+  RouterOutput concat;
+  route(at::normal(0.0, 1.0, {T, c.num_experts}, gen, torch::TensorOptions()), c, {}, cc, &concat);
+  const double alpha = 0.01;
+  auto batch = concat_load_balancing_loss({concat, concat}, alpha, LoadBalance::Batch, rows, {});
+  EXPECT_NEAR(batch.item<double>(),
+              2 * reference_concat_lbl(cc.detach(), concat.indices, 2, 3, alpha), 1e-7);
+  // per sequence: the mean of each row's own loss
+  double want = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    want += reference_concat_lbl(cc.detach().narrow(0, r * L, L), concat.indices.narrow(0, r * L, L),
+                                 2, 3, alpha);
+  auto seq = concat_load_balancing_loss({concat}, alpha, LoadBalance::Sequence, rows, {});
+  EXPECT_NEAR(seq.item<double>(), want / rows, 1e-7);
+  seq.backward();
+  EXPECT_GT(cc.grad().abs().sum().item<double>(), 0.0);
+}
+
+TEST(Moe, SeparateRoutersBothLearnFromTheLossAndTheBalancingLoss) {
+  ModelConfig c = separate_config(test::tiny_config("finer_moe"));
+  Transformer m(c);
+  init_random(m, 14);
+  for (auto& [name, t] : m.named_parameters()) t.requires_grad_(true);
+  auto grad_of = [&](const std::string& name) {
+    for (const auto& [n, t] : m.named_parameters())
+      if (n == name) return t.grad().defined() ? t.grad().abs().sum().item<double>() : 0.0;
+    ADD_FAILURE() << "no parameter " << name;
+    return 0.0;
+  };
+  auto ids = torch::randint(c.vocab_size, {2, 6}, torch::kInt64);
+  std::vector<RouterOutput> routers, concat;
+  torch::Tensor logits;
+  {
+    ConcatRouterSink sink(&concat);
+    logits = m.forward(ids, {.document_ids = {}, .router_outputs = &routers});
+  }
+  ASSERT_EQ(routers.size(), 2u);
+  ASSERT_EQ(concat.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(concat[i].layer, routers[i].layer);
+    EXPECT_EQ(concat[i].logits.sizes(), (std::vector<int64_t>{12, 4}));
+  }
+  // the language-model loss alone reaches both routers of every layer
+  logits.logsumexp(-1).mean().backward({}, /*retain_graph=*/true);
+  for (int layer = 0; layer < 2; ++layer) {
+    const std::string p = "model.layers." + std::to_string(layer) + ".mlp.";
+    EXPECT_GT(grad_of(p + "gate.weight"), 0.0) << layer;
+    EXPECT_GT(grad_of(p + "concat_gate.weight"), 0.0) << layer;
+  }
+  // the concatenation routers' balancing loss reaches them, and not the last
+  // layer's expert router (which only earlier layers' outputs depend on)
+  for (auto& [name, t] : m.named_parameters())
+    if (t.grad().defined()) t.grad().zero_();
+  concat_load_balancing_loss(concat, 0.01, LoadBalance::Sequence, 2, {}).backward();
+  for (int layer = 0; layer < 2; ++layer)
+    EXPECT_GT(grad_of("model.layers." + std::to_string(layer) + ".mlp.concat_gate.weight"), 0.0)
+        << layer;
+  EXPECT_EQ(grad_of("model.layers.1.mlp.gate.weight"), 0.0);
+  // without a sink nothing is collected
+  std::vector<RouterOutput> more;
+  torch::NoGradGuard g;
+  m.forward(ids, {.document_ids = {}, .router_outputs = &more});
+  EXPECT_EQ(more.size(), 2u);
+  EXPECT_EQ(concat.size(), 2u);
+}
+
+TEST(Moe, SeparateRoutersCheckpointRoundTripAndParameterCount) {
+  const ModelConfig single = test::tiny_config("finer_moe");
+  const ModelConfig c = separate_config(single);
+  Transformer m(c);
+  init_random(m, 15);
+  // #P: the single-router model's plus a [G_O*R_O, D] router per MoE layer
+  const int64_t extra = 2 * 4 * c.hidden_size;
+  EXPECT_EQ(c.param_count(), single.param_count() + extra);
+  EXPECT_EQ(c.active_param_count(), single.active_param_count() + extra);
+  int64_t held = 0;
+  for (const auto& [name, t] : m.named_parameters()) held += t.numel();
+  EXPECT_EQ(held, c.param_count());
+  test::TempDir dir;
+  save_model(m, dir.str());
+  auto back = load_model(dir.str());
+  EXPECT_EQ(back.config().raw.value("router_mode", ""), "separate");
+  EXPECT_TRUE(separate_routers(back.config()));
+  auto a = m.named_parameters(), b = back.named_parameters();
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    ASSERT_EQ(a[i].first, b[i].first);
+    EXPECT_TRUE(torch::equal(a[i].second, b[i].second)) << a[i].first;
+  }
+  std::set<std::string> declared, names;
+  for (const auto& t : expected_tensors(c)) declared.insert(t.name);
+  for (const auto& [name, t] : a) names.insert(name);
+  EXPECT_EQ(declared, names);
+  EXPECT_TRUE(names.count("model.layers.1.mlp.concat_gate.weight"));
+  auto ids = torch::randint(c.vocab_size, {1, 5}, torch::kInt64);
+  torch::NoGradGuard g;
+  EXPECT_TRUE(torch::equal(m.forward(ids), back.forward(ids)));
+}
+
+TEST(MoeConfig, RouterModeIsCheckedAndNamed) {
+  auto j = test::tiny_config("finer_moe").to_json();
+  j["router_mode"] = "both";
+  try {
+    ModelConfig::from_json(j, "x/config.json");
+    FAIL() << "accepted router_mode 'both'";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("x/config.json: field 'router_mode'"), std::string::npos)
+        << e.what();
+  }
+  j["router_mode"] = 2;
+  EXPECT_THROW(ModelConfig::from_json(j), Error);
+  j["router_mode"] = "single";
+  EXPECT_FALSE(separate_routers(ModelConfig::from_json(j)));
+  j = test::tiny_config("qwen2_moe").to_json();
+  j["router_mode"] = "separate";
+  EXPECT_THROW(ModelConfig::from_json(j), Error);
 }
 
 }  // namespace

@@ -6,9 +6,10 @@ transformers through the modeling code finmoe writes beside them
     python check_finer_moe_hf_live.py FINMOE_BIN TOKENIZER_DIR [WORK_DIR]
 
 For each variant (finer_moe with G_O>1, R_O>1, G_I>1, a shared expert, the
-concat projection, tied embeddings, a sliding window; finmoe_dense with and
-without biases) (and RoPE linear, llama3 and yarn scaling, with
-yarn's attention factor from the factor alone and from DeepSeek's mscale pair) it writes a config, makes the checkpoint with `finmoe init
+concat projection, separate routers (router_mode), tied embeddings, a sliding
+window; finmoe_dense with and without biases) (and RoPE linear, llama3 and yarn
+scaling, with yarn's attention factor from the factor alone and from DeepSeek's
+mscale pair) it writes a config, makes the checkpoint with `finmoe init
 --config`, rewrites its weights with O(1)-scale random values (so logits
 differ by whole units and routing decisions matter), then
   - loads it with AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True),
@@ -63,6 +64,8 @@ VARIANTS = [
     finer("finer_moe_GI2_GO2_RO2_concat_tied", G_I=2, R_I=1, G_O=2, R_O=2, T_I=1, shared=48,
           moe_concat_proj=True, tie_word_embeddings=True, num_hidden_layers=3,
           decoder_sparse_step=1, mlp_only_layers=[1]),
+    finer("finer_moe_GI2_GO2_RO3_separate_routers", G_I=2, R_I=2, G_O=2, R_O=3, T_I=1, shared=32,
+          router_mode="separate"),
     finer("finer_moe_window_interleaved", G_I=1, R_I=4, G_O=1, R_O=1, T_I=2, shared=32,
           use_sliding_window=True, sliding_window=4, max_window_layers=1, rope_interleaved=True),
     ("finmoe_dense_llama3_rope", dict(BASE, model_type="finmoe_dense", num_experts=4, moe_intermediate_size=16,

@@ -13,7 +13,9 @@
 
 #include "../expect_error.h"
 #include "finmoe/esft.h"
+#include "finmoe/load_balance.h"
 #include "finmoe/safetensors.h"
+#include "model/moe.h"
 #include "train_test_util.h"
 
 namespace finmoe {
@@ -246,6 +248,53 @@ TEST(Trainer, LoadBalancingLossIsPartOfTheObjective) {
   const std::string router = "model.layers.0.block_sparse_moe.gate.weight";
   EXPECT_GT(test::max_abs_diff(params_of(t.model()).at(router), params_of(t0.model()).at(router)),
             1e-7);
+}
+
+TEST(Trainer, SeparateRoutersBothLearnAndBothAreBalanced) {
+  // finer_moe with router_mode separate: one step moves both routers of every
+  // layer, and the step's auxiliary loss is the expert routers' plus the
+  // concatenation routers' balancing loss at the initial weights
+  TempDir model, out, out0;
+  auto j = test::tiny_config("finer_moe").to_json();
+  j["router_mode"] = "separate";
+  const ModelConfig mc = ModelConfig::from_json(j, "separate");
+  {
+    Transformer m(mc);
+    init_random(m, 6);
+    save_model(m, model.str());
+  }
+  TrainConfig c = test::tiny_train_config(model.str(), out.str());
+  c.moe_aux_loss_alpha = 0.3;
+  auto hooks = test::synthetic_hooks(mc.vocab_size);
+  Transformer m = load_model(model.str(), {torch::kFloat32});
+  const auto before = params_of(m);
+  test::SyntheticSource src(c.data, mc.vocab_size);
+  std::vector<RouterOutput> routers, concat;
+  {
+    torch::NoGradGuard g;
+    ConcatRouterSink sink(&concat);
+    m.forward(src.next().tokens, {torch::Tensor(), &routers});
+  }
+  ASSERT_EQ(concat.size(), 2u);
+  const auto form = default_load_balance(mc);
+  const double experts = load_balancing_loss(routers, 0.3, form, 2, {}).item<double>();
+  const double concats = concat_load_balancing_loss(concat, 0.3, form, 2, {}).item<double>();
+  EXPECT_GT(concats, 0.0);
+  Trainer t(c, hooks);
+  StepMetrics s = t.step();
+  EXPECT_NEAR(s.aux_loss, experts + concats, 1e-6);
+  c.output_dir = out0.str();
+  c.moe_aux_loss_alpha = 0.0;  // the language-model loss alone
+  Trainer t0(c, hooks);
+  t0.step();
+  for (Trainer* tr : {&t, &t0}) {
+    const auto after = params_of(tr->model());
+    for (int layer = 0; layer < 2; ++layer)
+      for (const char* router : {"gate", "concat_gate"}) {
+        const std::string n = "model.layers." + std::to_string(layer) + ".mlp." + router + ".weight";
+        EXPECT_GT(test::max_abs_diff(after.at(n), before.at(n)), 1e-7) << n;
+      }
+  }
 }
 
 TEST(Trainer, DistillationFromItselfHasZeroKlAndLearnsFromATeacher) {
