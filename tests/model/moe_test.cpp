@@ -478,7 +478,8 @@ TEST(SeparateRouter, GroupSumsAsConcatenationLogitsGiveTheSingleRouter) {
   auto sums = logits.view({64, 4, 4}).sum(-1);  // [T, G_O*R_O]
   RouterOutput a = route(logits, single), b = route(logits, separate, {}, sums);
   EXPECT_TRUE(torch::equal(a.indices, b.indices));
-  EXPECT_TRUE(torch::equal(a.weights, b.weights));
+  // single routes in host loops without autograd, separate through tensor ops
+  EXPECT_LT((a.weights - b.weights).abs().max().item<double>(), 1e-6);
 }
 
 // The whole layer from x alone in float64 (both routers, the loop reference
