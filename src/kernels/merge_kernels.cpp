@@ -1,6 +1,7 @@
 #include "kernels/merge_kernels.h"
 
 #include <algorithm>
+#include <map>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -15,6 +16,9 @@ namespace {
 // Elements per task of the thread pool; below kMinParallel one thread does all.
 constexpr int64_t kBlock = 1 << 16;
 constexpr int64_t kMinParallel = 1 << 16;
+// TIES' selection holds the entries of the k-th largest magnitude's high-bits
+// bin (8 bytes each) when there are at most this many, instead of two more passes.
+constexpr int64_t kMaxCandidates = int64_t(1) << 24;
 
 const MergeTable& merge_table(Isa isa) {
   require_isa(isa);
@@ -85,7 +89,7 @@ void merge_combine_isa(Isa isa, const MergeCombine& a) {
 void merge_combine(const MergeCombine& a) { merge_combine_isa(active_isa(), a); }
 
 MergeCombine::Keep magnitude_keep_isa(Isa isa, MergeInput x, MergeInput base, int64_t n,
-                                      int64_t k, MergeType round_inputs) {
+                                      int64_t k, MergeType round_inputs, int64_t max_candidates) {
   if (k < 1 || k > n)
     throw Error("magnitude selection: keep " + std::to_string(k) + " of " + std::to_string(n) +
                 " entries");
@@ -124,12 +128,44 @@ MergeCombine::Keep magnitude_keep_isa(Isa isa, MergeInput x, MergeInput base, in
   };
   const auto hi = histogram([](uint32_t v) { return int64_t(v >> 16); });
   const auto [hbin, above_hi] = find(hi, k);
+  MergeCombine::Keep keep;
+  if (hi[size_t(hbin)] <= (max_candidates < 0 ? kMaxCandidates : max_candidates)) {
+    // one more pass collects the high bin's entries, (index << 16 | low bits) in index order
+    std::map<int64_t, std::vector<uint64_t>> by_range;
+    over_ranges(n, [&](int64_t r0, int64_t r1) {
+      std::vector<uint64_t> mine;
+      delta_bits_pieces(t, x, base, round_inputs, r0, r1,
+                        [&](int64_t i0, int64_t i1, const uint32_t* bits) {
+                          for (int64_t e = 0; e < i1 - i0; ++e)
+                            if ((bits[e] >> 16) == uint32_t(hbin))
+                              mine.push_back(uint64_t(i0 + e) << 16 | (bits[e] & 0xffffu));
+                        });
+      std::lock_guard<std::mutex> lock(mu);
+      by_range[r0] = std::move(mine);
+    });
+    std::vector<int64_t> lo(size_t(kBins), 0);
+    for (const auto& [r0, c] : by_range)
+      for (uint64_t v : c) ++lo[size_t(v & 0xffffu)];
+    const auto [lbin, above_lo] = find(lo, k - above_hi);
+    keep.threshold_bits = (uint32_t(hbin) << 16) | uint32_t(lbin);
+    const int64_t ties_kept = k - above_hi - above_lo;  // 1 .. lo[lbin]
+    keep.tie_cut = n;                                   // every tie
+    if (ties_kept == lo[size_t(lbin)]) return keep;
+    int64_t seen = 0;
+    for (const auto& [r0, c] : by_range)
+      for (uint64_t v : c)
+        if ((v & 0xffffu) == uint64_t(lbin) && ++seen == ties_kept) {
+          keep.tie_cut = int64_t(v >> 16);
+          return keep;
+        }
+    throw Error("magnitude selection: internal: fewer ties than counted");
+  }
+  // a high bin too large to hold: its low-bits histogram, then the tie's index in two passes
   const auto lo = histogram([hb = uint32_t(hbin)](uint32_t v) {
     return (v >> 16) == hb ? int64_t(v & 0xffffu) : int64_t{-1};
   });
   const auto [lbin, above_lo] = find(lo, k - above_hi);
   const uint32_t thr_bits = (uint32_t(hbin) << 16) | uint32_t(lbin);
-  MergeCombine::Keep keep;
   keep.threshold_bits = thr_bits;
   const int64_t ties_kept = k - above_hi - above_lo;  // 1 .. lo[lbin]
   if (ties_kept == lo[size_t(lbin)]) {

@@ -71,7 +71,10 @@ void merge_combine_isa(Isa isa, const MergeCombine& a);
 // order of a stable descending sort). 1 <= k <= n.
 MergeCombine::Keep magnitude_keep(MergeInput x, MergeInput base, int64_t n, int64_t k,
                                   MergeType round_inputs);
+// max_candidates (tests): the most entries of the threshold's high-bits bin
+// held in memory (-1: 2^24); a larger bin takes two more passes instead.
 MergeCombine::Keep magnitude_keep_isa(Isa isa, MergeInput x, MergeInput base, int64_t n,
-                                      int64_t k, MergeType round_inputs);
+                                      int64_t k, MergeType round_inputs,
+                                      int64_t max_candidates = -1);
 
 }  // namespace finmoe::kernels

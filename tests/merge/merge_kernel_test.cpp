@@ -203,28 +203,35 @@ TEST(MergeKernel, MagnitudeSelectionKeepsTheKLargestTiesByLowestIndex) {
   torch::NoGradGuard no_grad;
   const int64_t n = 200003;
   auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
-  // few distinct magnitudes: most of the k-th largest value's entries are ties
   const auto base = torch::zeros({n});
-  const auto x = (torch::randint(-6, 7, {n}, gen) * 0.25).to(torch::kFloat32).contiguous();
-  for (int64_t k : {int64_t(1), int64_t(777), n / 3, n / 2, n - 1, n}) {
+  // few distinct magnitudes (most of the k-th largest value's entries are
+  // ties), and the same mixed with distinct values that share their high bits
+  const auto steps = (torch::randint(-6, 7, {n}, gen) * 0.25).to(torch::kFloat32);
+  const auto mixed = torch::where(torch::rand({n}, gen) < 0.5, steps, torch::randn({n}, gen));
+  for (const torch::Tensor& xt : {steps, mixed}) {
+    const auto x = xt.contiguous();
+    const auto a = x.abs();
+    const auto idx = torch::arange(n);
     // the independent expectation: a stable descending sort's first k
-    auto order = std::get<1>(x.abs().sort(/*stable=*/true, 0, /*descending=*/true));
-    auto want = torch::zeros({n}, torch::kBool);
-    want.index_fill_(0, order.narrow(0, 0, k), true);
-    for (Isa isa : isas_here()) {
-      const auto keep = kernels::magnitude_keep_isa(isa, {x.data_ptr(), MergeType::kF32},
-                                                    {base.data_ptr(), MergeType::kF32}, n, k,
-                                                    MergeType::kF32);
-      float thr;
-      std::memcpy(&thr, &keep.threshold_bits, 4);
-      const auto a = x.abs();
-      const auto idx = torch::arange(n);
-      const auto got = (a > thr) | ((a == thr) & (idx <= keep.tie_cut));
-      EXPECT_EQ(got.sum().item<int64_t>(), k) << "k " << k;
-      EXPECT_TRUE(torch::equal(got, want)) << "k " << k << " isa " << kernels::isa_name(isa);
+    const auto order = std::get<1>(a.sort(/*stable=*/true, 0, /*descending=*/true));
+    for (int64_t k : {int64_t(1), int64_t(777), n / 3, n / 2, n - 1, n}) {
+      auto want = torch::zeros({n}, torch::kBool);
+      want.index_fill_(0, order.narrow(0, 0, k), true);
+      for (Isa isa : isas_here())
+        for (int64_t held : {int64_t(-1), int64_t(0)}) {  // the bin held, or two more passes
+          const auto keep = kernels::magnitude_keep_isa(isa, {x.data_ptr(), MergeType::kF32},
+                                                        {base.data_ptr(), MergeType::kF32}, n, k,
+                                                        MergeType::kF32, held);
+          float thr;
+          std::memcpy(&thr, &keep.threshold_bits, 4);
+          const auto got = (a > thr) | ((a == thr) & (idx <= keep.tie_cut));
+          EXPECT_EQ(got.sum().item<int64_t>(), k) << "k " << k;
+          EXPECT_TRUE(torch::equal(got, want))
+              << "k " << k << " isa " << kernels::isa_name(isa) << " held " << held;
+        }
     }
   }
-  EXPECT_THROW(kernels::magnitude_keep({x.data_ptr(), MergeType::kF32},
+  EXPECT_THROW(kernels::magnitude_keep({steps.data_ptr(), MergeType::kF32},
                                        {base.data_ptr(), MergeType::kF32}, n, 0, MergeType::kF32),
                Error);
 }
