@@ -24,7 +24,9 @@
 # target: >= 80%); "I/O floor" = read + write time, the least a merge that
 # reads the cached inputs and writes its output durably can take.
 # Prints one line per round and method, then a summary per method with the
-# load average seen; JSON in WORK_DIR/results.json.
+# load average seen and each tool's CPU time (user + system, which other
+# jobs on the machine disturb less than wall time); JSON in
+# WORK_DIR/results.json.
 set -euo pipefail
 WORK="$1"
 ROUNDS="${2:-3}"
@@ -96,11 +98,17 @@ def write_probe():
     os.remove(path)
     return s
 
+cpu = {}  # command -> user + system CPU seconds of its last run (load-independent-ish)
+
 def timed(cmd, out):
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(p.pid, 0)
     s = time.perf_counter() - t
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"bench_merge.sh: {' '.join(cmd)} failed")
+    cpu[cmd[0] + (" --no-fused" if "--no-fused" in cmd else "")] = usage.ru_utime + usage.ru_stime
     shutil.rmtree(out, ignore_errors=True)
     return s
 
@@ -120,14 +128,18 @@ for r in range(1, rounds + 1):
         t = timed([finmoe, "merge", recipe, f"{out_dir}/out-finmoe", "--no-fused"], f"{out_dir}/out-finmoe") if no_fused else None
         x = {"round": r, "method": m, "load": ld, "mem_gb_s": mem, "read_s": rd, "read_gb_s": read_bw,
              "write_s": wr, "write_gb_s": out_bytes / wr / 1e9, "finmoe_s": f, "mergekit_s": k,
-             "finmoe_gb_s": nbytes / f / 1e9, "mergekit_gb_s": nbytes / k / 1e9}
+             "finmoe_gb_s": nbytes / f / 1e9, "mergekit_gb_s": nbytes / k / 1e9,
+             "finmoe_cpu_s": cpu[finmoe], "mergekit_cpu_s": cpu[mergekit]}
         if t is not None:
             x["libtorch_path_s"] = t
+            x["libtorch_path_cpu_s"] = cpu[finmoe + " --no-fused"]
         rows.append(x)
         print(f"round {r} {m}: finmoe {f:.2f} s ({x['finmoe_gb_s']:.2f} GB/s = {x['finmoe_gb_s'] / read_bw:.0%} of read "
               f"{read_bw:.2f} GB/s, {x['finmoe_gb_s'] / mem:.0%} of mem {mem:.1f} GB/s; I/O floor {rd + wr:.2f} s) "
-              f"| mergekit {k:.2f} s ({x['mergekit_gb_s']:.2f} GB/s) | finmoe {k / f:.1f}x faster"
-              + (f" | --no-fused {t:.2f} s" if t is not None else "") + f" | load {ld:.1f}",
+              f"| mergekit {k:.2f} s ({x['mergekit_gb_s']:.2f} GB/s) | finmoe {k / f:.1f}x faster "
+              f"| CPU s finmoe {x['finmoe_cpu_s']:.2f} mergekit {x['mergekit_cpu_s']:.2f}"
+              + (f" | --no-fused {t:.2f} s ({x['libtorch_path_cpu_s']:.2f} CPU s)" if t is not None else "")
+              + f" | load {ld:.1f}",
               flush=True)
 summary = {}
 for m in methods:
@@ -142,7 +154,9 @@ for m in methods:
           f"I/O floor {floor:.2f} s (read {med['read_s']:.2f} + write+fsync {med['write_s']:.2f}) = "
           f"{floor / med['finmoe_s']:.0%} of finmoe's time | mergekit {med['mergekit_s']:.2f} s = "
           f"{med['mergekit_gb_s']:.2f} GB/s | finmoe {med['mergekit_s'] / med['finmoe_s']:.1f}x faster | "
-          + (f"--no-fused {med['libtorch_path_s']:.2f} s | " if 'libtorch_path_s' in med else "") +
+          + f"CPU s: finmoe {med['finmoe_cpu_s']:.2f}, mergekit {med['mergekit_cpu_s']:.2f} | "
+          + (f"--no-fused {med['libtorch_path_s']:.2f} s ({med['libtorch_path_cpu_s']:.2f} CPU s) | "
+             if 'libtorch_path_s' in med else "") +
           f"load {min(x['load'] for x in mine):.1f}-{max(x['load'] for x in mine):.1f}")
 json.dump({"input_bytes": nbytes, "output_bytes": out_bytes, "rounds": rows, "median": summary},
           open(f"{work}/results.json", "w"), indent=2)
