@@ -16,7 +16,9 @@
 //                    otherwise: mixed = sum, divisor = 0 + sum of w_i (|.| < 1e-8 -> 1)
 //                    mixed /= divisor when normalize; mixed *= lambda when lambda != 1
 //                    out = base + mixed
-// (NaN payloads aside: a NaN result is stored as some quiet NaN.)
+// (NaN payloads aside: a NaN result is stored as some quiet NaN. linear's
+// fma is what libtorch's AVX2/AVX-512 kernels do; on a CPU without FMA,
+// libtorch's default kernel rounds w_i * x_i first and the last bit can differ.)
 #include <cstdint>
 #include <vector>
 
