@@ -112,6 +112,9 @@ struct MergeOptions {
   // tensor bigger than this a block of rows at a time: memory then holds the
   // output tensor and one block of each input, not every input whole.
   int64_t chunk_elements = int64_t(1) << 22;  // float32 blocks of 16 MiB: reused from the heap
+  // linear, task_arithmetic and ties on bfloat16/float16/float32 through one
+  // fused pass per tensor (bit-identical to the libtorch path, which false forces)
+  bool fused = true;
 };
 
 struct MergeReport {

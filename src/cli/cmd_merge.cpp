@@ -17,7 +17,7 @@ void add_merge(CLI::App& app, Run& run) {
       "breadcrumbs, della, nuslerp, model_stock, sce, varm, passthrough), or --chat-vector");
   static std::string recipe_path, out_dir;
   static ChatVectorOptions cv;
-  static bool chat_vector = false, moe = false, json = false;
+  static bool chat_vector = false, moe = false, json = false, no_fused = false;
   static uint64_t seed = 0;
   static size_t shard_mb = 5 * 1024;
   c->add_option("RECIPE", recipe_path, "a mergekit YAML recipe (with --chat-vector: OUT)");
@@ -41,6 +41,10 @@ void add_merge(CLI::App& app, Run& run) {
       ->capture_default_str()
       ->group(o);
   c->add_flag("--json", json, "print one JSON object instead of text")->group(o);
+  c->add_flag("--no-fused", no_fused,
+              "merge linear/task_arithmetic/ties through libtorch ops instead of the fused "
+              "kernel (the same bits, slower; for comparison)")
+      ->group(o);
   c->callback([&run] {
     run = [] {
       MergeRecipe recipe;
@@ -92,6 +96,7 @@ void add_merge(CLI::App& app, Run& run) {
       options.seed = seed;
       options.max_shard_bytes = shard_mb << 20;
       options.progress = !json;
+      options.fused = !no_fused;
       const MergeReport r = merge_models(recipe, out, options);
       if (json) {
         std::cout << nlohmann::json{{"out", out},

@@ -34,6 +34,7 @@
 #include "finmoe/esft.h"
 #include "finmoe/merge.h"
 #include "finmoe/safetensors.h"
+#include "kernels/merge_kernels.h"
 #include "model/side_files.h"
 #include "model/torch_dtype.h"
 
@@ -774,6 +775,82 @@ torch::Tensor run_job(const MergeRecipe& r, const Job& j, uint64_t seed, int64_t
   return out;
 }
 
+// ---- the fused path (kernels/merge_kernels.h) ------------------------------------
+
+std::optional<kernels::MergeType> merge_type(DType d) {
+  switch (d) {
+    case DType::F32: return kernels::MergeType::kF32;
+    case DType::BF16: return kernels::MergeType::kBF16;
+    case DType::F16: return kernels::MergeType::kF16;
+    default: return std::nullopt;
+  }
+}
+
+// The job as one fused kernel call, when its method and dtypes allow: linear,
+// task_arithmetic and ties (without rescale) on bfloat16/float16/float32
+// inputs and output, float32 math, no vocabulary rows mapped or kept. The
+// kernel repeats the libtorch path's float32 operations (bit-identical
+// results). nullopt: the libtorch path runs instead.
+std::optional<kernels::MergeCombine> fused_plan(const MergeRecipe& r, const Job& j) {
+  using kernels::MergeCombine;
+  if (!j.floating || j.vocab_rows || j.keep_rows_source >= 0) return std::nullopt;
+  if (!r.dtype.empty() && r.dtype != "float32" && r.dtype != "bfloat16" && r.dtype != "float16")
+    return std::nullopt;
+  const auto out_type = merge_type(j.out_dtype);
+  if (!out_type) return std::nullopt;
+  MergeCombine a;
+  const std::string& m = r.merge_method;
+  const auto ta = task_arithmetic_kind(m);
+  if (m == "linear") {
+    a.method = MergeCombine::Method::kLinear;
+    a.normalize = j.normalize;
+  } else if (ta && j.base >= 0 &&
+             (j.how.sparsify == merge_math::Sparsify::None ||
+              (j.how.sparsify == merge_math::Sparsify::Magnitude && !j.how.rescale))) {
+    a.method = MergeCombine::Method::kTaskArithmetic;
+    a.normalize = j.how.normalize;
+    a.consensus = j.how.consensus;
+    a.lambda = j.how.lambda;
+  } else {
+    return std::nullopt;
+  }
+  a.n = 1;
+  for (int64_t d : j.shape) a.n *= d;
+  a.round_inputs = r.dtype == "bfloat16"  ? kernels::MergeType::kBF16
+                   : r.dtype == "float16" ? kernels::MergeType::kF16
+                                          : kernels::MergeType::kF32;
+  a.out_type = *out_type;
+  for (size_t i = 0; i < j.models.size(); ++i) {
+    const TensorView& v = *j.models[i]->find(j.inputs[i]);
+    const auto t = merge_type(v.dtype);
+    if (!t) return std::nullopt;
+    const kernels::MergeInput in{v.data, *t};
+    if (int(i) == j.base) {
+      a.base = in;
+    } else {
+      a.xs.push_back(in);
+      a.weights.push_back(j.params[i].weight);
+    }
+  }
+  if (a.xs.empty() || a.xs.size() > 64) return std::nullopt;
+  if (a.method == MergeCombine::Method::kTaskArithmetic &&
+      j.how.sparsify == merge_math::Sparsify::Magnitude) {  // TIES: per model, its k largest |delta|
+    size_t x = 0;
+    for (size_t i = 0; i < j.params.size(); ++i) {
+      if (int(i) == j.base) continue;
+      const double density = j.params[i].density;
+      MergeCombine::Keep keep{0, a.n};  // density 1: everything
+      if (density < 1 && a.n > 0) {
+        const int64_t k = std::max<int64_t>(1, int64_t(density * double(a.n)));
+        keep = kernels::magnitude_keep(a.xs[x], a.base, a.n, k, a.round_inputs);
+      }
+      a.keep.push_back(keep);
+      ++x;
+    }
+  }
+  return a;
+}
+
 std::string dtype_config_name(DType d) {
   switch (d) {
     case DType::F32: return "float32";
@@ -969,16 +1046,31 @@ MergeReport merge_models(const MergeRecipe& recipe, const std::string& out_dir,
     std::optional<Progress> progress;
     if (options.progress) progress.emplace("merge", int64_t(jobs.size()), "tensors");
     torch::NoGradGuard no_grad;
+    std::vector<char> fused_out;  // the fused path's output, reused across tensors
     for (size_t i = 0; i < jobs.size(); ++i) {
       const Job& j = jobs[i];
-      torch::Tensor t;
       try {
-        t = run_job(recipe, j, options.seed, options.chunk_elements, &report.bytes_read);
+        std::optional<kernels::MergeCombine> fused;
+        if (options.fused) fused = fused_plan(recipe, j);
+        if (fused) {
+          const size_t nbytes = size_t(fused->n) * size_t(kernels::merge_type_size(fused->out_type));
+          if (fused_out.size() < nbytes) {
+            fused_out = {};
+            fused_out.resize(nbytes);
+          }
+          fused->out = fused_out.data();
+          kernels::merge_combine(*fused);
+          for (size_t k = 0; k < j.models.size(); ++k)
+            report.bytes_read += j.models[k]->find(j.inputs[k])->nbytes;
+          writer.write(j.name, fused_out.data(), nbytes);
+        } else {
+          torch::Tensor t = run_job(recipe, j, options.seed, options.chunk_elements, &report.bytes_read);
+          t = t.to(to_torch(j.out_dtype)).contiguous();
+          writer.write(j.name, t.data_ptr(), size_t(t.numel()) * t.element_size());
+        }
       } catch (const Error& e) {
         throw Error("tensor '" + j.name + "': " + e.what());
       }
-      t = t.to(to_torch(j.out_dtype)).contiguous();
-      writer.write(j.name, t.data_ptr(), size_t(t.numel()) * t.element_size());
       if (progress) {
         char status[64];
         std::snprintf(status, sizeof(status), "%.0f MiB read", double(report.bytes_read) / 1048576.0);

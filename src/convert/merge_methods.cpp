@@ -51,7 +51,10 @@ torch::Tensor sparsify(const torch::Tensor& delta, Sparsify method, double densi
   switch (method) {
     case Sparsify::Magnitude: {
       const int64_t k = std::max<int64_t>(1, int64_t(density * double(n)));
-      auto top = std::get<1>(delta.abs().reshape(-1).topk(k));  // [k]
+      // of entries tied at the k-th magnitude the lowest indices (a stable
+      // descending sort), as the fused kernel (kernels/merge_kernels.h) keeps them
+      auto order = std::get<1>(delta.abs().reshape(-1).sort(/*stable=*/true, 0, /*descending=*/true));
+      auto top = order.narrow(0, 0, k);  // [k]
       auto kept = delta * mask_at(delta, top);
       return rescale ? l1_rescaled(delta, kept) : kept;
     }

@@ -16,6 +16,7 @@ namespace finmoe::merge_math {
 enum class Sparsify {
   None,
   Magnitude,          // TIES: keep the max(1, floor(density*n)) largest |delta|
+                      // (of ties at the threshold the lowest indices)
   Random,             // DARE: keep each entry with probability density
   MagnitudeOutliers,  // Breadcrumbs: drop the floor(gamma*n) largest, then the smallest,
                       // keeping floor(density*n)

@@ -1,0 +1,14 @@
+// MergeTable compiled for the avx2 path (see merge_kernels_isa.h).
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/merge_kernels_isa.h"
+
+namespace finmoe::kernels {
+namespace {
+#include "kernels/merge_kernels_impl.inc"
+}  // namespace
+
+const MergeTable& merge_avx2() { return kTable; }
+
+}  // namespace finmoe::kernels
