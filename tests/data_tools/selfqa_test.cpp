@@ -4,15 +4,11 @@
 // without redoing finished documents, client errors not retried.
 #include <gtest/gtest.h>
 
-#include <httplib.h>
-
-#include <atomic>
-#include <chrono>
 #include <filesystem>
-#include <thread>
 
 #include "../expect_error.h"
 #include "data_test_util.h"
+#include "fake_chat.h"
 #include "finmoe/selfqa.h"
 
 namespace {
@@ -23,52 +19,22 @@ using nlohmann::json;
 
 // Replies like a model: three questions (the third repeats the first) about
 // the document's first sentence, or an answer naming the question.
-class FakeEndpoint {
- public:
-  FakeEndpoint() {
-    server_.Post("/v1/chat/completions", [this](const httplib::Request& req,
-                                                httplib::Response& res) {
-      const int64_t n = ++requests;
-      if (n <= fail_first || (fail_after >= 0 && n > fail_after)) {
-        res.status = status;
-        res.set_content("{\"error\": {\"message\": \"busy\"}}", "application/json");
-        return;
-      }
-      const json body = json::parse(req.body);
-      const std::string prompt = body["messages"][0]["content"];
-      std::string reply;
-      const size_t doc = prompt.find("文档：\n");
-      if (prompt.find("提出") != std::string::npos) {
-        const std::string text = prompt.substr(doc + std::string("文档：\n").size());
-        const std::string topic = text.substr(0, text.find("。"));
-        reply = "1. " + topic + "是什么意思？\n2) " + topic + "有什么影响？\n这一行不是问题\n3、" +
-                topic + "是什么意思？";
-      } else {
-        reply = "回答：" + prompt.substr(prompt.find("问题：") + std::string("问题：").size());
-      }
-      res.set_content(
-          json{{"choices", {{{"message", {{"role", "assistant"}, {"content", reply}}}}}}}.dump(),
-          "application/json");
-    });
-    port_ = server_.bind_to_any_port("127.0.0.1");
-    thread_ = std::thread([this] { server_.listen_after_bind(); });
-    while (!server_.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+std::string model_reply(const std::string& prompt) {
+  const size_t doc = prompt.find("文档：\n");
+  if (prompt.find("提出") != std::string::npos) {
+    const std::string text = prompt.substr(doc + std::string("文档：\n").size());
+    const std::string topic = text.substr(0, text.find("。"));
+    return "1. " + topic + "是什么意思？\n2) " + topic + "有什么影响？\n这一行不是问题\n3、" +
+           topic + "是什么意思？";
   }
-  ~FakeEndpoint() {
-    server_.stop();
-    thread_.join();
-  }
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_) + "/v1"; }
+  return "回答：" + prompt.substr(prompt.find("问题：") + std::string("问题：").size());
+}
 
-  std::atomic<int64_t> requests{0};
-  int64_t fail_first = 0;   // the first requests fail with `status`
-  int64_t fail_after = -1;  // requests after this many fail with `status`
-  int status = 503;
-
- private:
-  httplib::Server server_;
-  int port_ = 0;
-  std::thread thread_;
+// The endpoint (failing its first `fail_first` requests and those after
+// `fail_after` with `status`) at its /v1 base URL.
+struct FakeEndpoint : datatest::FakeChat {
+  FakeEndpoint() : FakeChat(model_reply) {}
+  std::string url() const { return FakeChat::url() + "/v1"; }
 };
 
 void write_docs(const datatest::TempDir& dir) {

@@ -68,6 +68,24 @@ std::map<int64_t, double> reference_finer_route(const std::vector<float>& s, con
   return out;
 }
 
+// Token t's routing as expert -> weight.
+std::map<int64_t, double> routed_row(const RouterOutput& r, int64_t t) {
+  std::map<int64_t, double> got;
+  for (int64_t i = 0; i < r.indices.size(1); ++i)
+    got[r.indices[t][i].item<int64_t>()] = r.weights[t][i].item<double>();
+  return got;
+}
+
+// The same experts as `want`, each weight within 1e-6.
+void expect_same_route(const std::map<int64_t, double>& got, const std::map<int64_t, double>& want,
+                       int64_t t) {
+  ASSERT_EQ(got.size(), want.size()) << "token " << t;
+  for (const auto& [e, w] : want) {
+    ASSERT_TRUE(got.count(e)) << "token " << t << ": expert " << e << " not selected";
+    EXPECT_NEAR(got.at(e), w, 1e-6) << "token " << t << " expert " << e;
+  }
+}
+
 struct Granularity {
   int64_t G_I, R_I, G_O, R_O, T_I;
 };
@@ -91,14 +109,8 @@ TEST_P(FinerRouter, MatchesAlgorithmOneOnRandomLogits) {
       auto row = logits[t].contiguous();
       std::vector<float> s(row.data_ptr<float>(), row.data_ptr<float>() + c.num_experts);
       auto want = reference_finer_route(s, c);
-      std::map<int64_t, double> got;
-      for (int64_t i = 0; i < c.num_experts_per_tok; ++i)
-        got[r.indices[t][i].item<int64_t>()] = r.weights[t][i].item<double>();
-      ASSERT_EQ(got.size(), want.size()) << "token " << t;
-      for (const auto& [e, w] : want) {
-        ASSERT_TRUE(got.count(e)) << "token " << t << ": expert " << e << " not selected";
-        EXPECT_NEAR(got[e], w, 1e-6) << "token " << t << " expert " << e;
-      }
+      const auto got = routed_row(r, t);
+      ASSERT_NO_FATAL_FAILURE(expect_same_route(got, want, t));
       // every output slice g_o gets exactly T_I experts, all from one candidate r_o
       std::map<int64_t, std::set<int64_t>> per_slice;
       for (const auto& [e, w] : got)
@@ -439,14 +451,8 @@ TEST_P(SeparateRouter, MatchesTheLoopReferenceAndReportsTheConcatenationChoice) 
   for (int64_t t = 0; t < T; ++t) {
     const auto s = row_of(logits, t), ct = row_of(cc, t);
     auto want = reference_separate_route(s, ct, c);
-    std::map<int64_t, double> got;
-    for (int64_t i = 0; i < c.num_experts_per_tok; ++i)
-      got[r.indices[t][i].item<int64_t>()] = r.weights[t][i].item<double>();
-    ASSERT_EQ(got.size(), want.size()) << "token " << t;
-    for (const auto& [e, w] : want) {
-      ASSERT_TRUE(got.count(e)) << "token " << t << ": expert " << e << " not selected";
-      EXPECT_NEAR(got[e], w, 1e-6) << "token " << t << " expert " << e;
-    }
+    const auto got = routed_row(r, t);
+    ASSERT_NO_FATAL_FAILURE(expect_same_route(got, want, t));
     // the concatenation router's choice: each slice's best candidate and its probability
     for (int64_t o = 0; o < c.G_O; ++o) {
       int64_t best = 0;
