@@ -64,7 +64,8 @@ void warp(const SamplingParams& params, std::span<const float> logits,
     w.greedy = int32_t(std::max_element(z.begin(), z.end()) - z.begin());
     return;
   }
-  for (float& v : z) v = float(v / params.temperature);
+  if (params.temperature != 1.0)
+    for (float& v : z) v = float(v / params.temperature);
   auto& cand = w.cand;
   cand.clear();
   w.all = true;
@@ -85,9 +86,10 @@ void warp(const SamplingParams& params, std::span<const float> logits,
                cand.end());
     std::sort(cand.begin(), cand.end());
   }
-  // softmax over the survivors, in double
+  // softmax over the survivors, in double (only the survivors' entries are
+  // written, and read)
   auto& p = w.p;
-  p.assign(static_cast<size_t>(V), 0.0);
+  p.resize(static_cast<size_t>(V));
   float zmax = -INFINITY;
   double sum = 0;
   if (w.all) {

@@ -81,12 +81,19 @@ def measure(server):
     return idle, loaded, huge["seconds"]
 
 
+def load():
+    """The 1-minute load average and the CPUs, printed with the figures: latencies on a
+    shared machine are only comparable at a similar load."""
+    return "load %.1f on %d CPUs" % (os.getloadavg()[0], os.cpu_count())
+
+
 class Fairness(unittest.TestCase):
     def test_a_huge_request_does_not_starve_small_ones(self):
         scratch = serve_util.ScratchDir("finmoe-serve-fair-")
         try:
             model = serve_util.make_tiny_model(FINMOE, DATA, scratch.path, seed=9)
             results = {}
+            print("fairness: before, %s" % load(), file=sys.stderr)
             for cap in ("2", "0"):
                 server = serve_util.Server(FINMOE, model, "--served-model-name", MODEL, "--kv-cache-memory", "16MiB",
                                            "--max-num-seqs", "8", "--max-seqs-per-request", cap)
@@ -94,6 +101,7 @@ class Fairness(unittest.TestCase):
                     results[cap] = measure(server)
                 finally:
                     self.assertEqual(server.stop(), 0)
+                print("fairness: after --max-seqs-per-request %s, %s" % (cap, load()), file=sys.stderr)
             for cap, (idle, loaded, huge_s) in results.items():
                 print("fairness: --max-seqs-per-request %s: small requests p99 idle %.3f s, during the huge request "
                       "%.3f s (%d requests, %.2fx idle; p50 %.3f vs %.3f s); the huge request took %.2f s"
