@@ -41,18 +41,20 @@ void apply_repetition_penalty(std::vector<float>& z, std::span<const int32_t> hi
 // The warped distribution before the draw: p[id] over the ids of `cand`
 // (ascending), or over every id when `all` (no truncating warper ran: the
 // common temperature-only request skips building and sorting a candidate
-// list as long as the vocabulary). `greedy` >= 0 when temperature is 0.
+// list as long as the vocabulary, and p is left unnormalised, summing to
+// `total`). `greedy` >= 0 when temperature is 0.
 struct Warped {
   std::vector<float> z;
   std::vector<int32_t> cand;
   std::vector<double> p;
+  double total = 1;
   bool all = false;
   int32_t greedy = -1;
 };
 
-// Fills w (its buffers reused) with the HF warpers' result; p is normalised
-// over the survivors of top_k and min_p but not renormalised after top_p
-// (the caller divides by the kept mass, as before any of this was fused).
+// Fills w (its buffers reused) with the HF warpers' result; with a candidate
+// list p is normalised over the survivors of top_k but not renormalised after
+// top_p and min_p (the caller divides by the kept mass).
 void warp(const SamplingParams& params, std::span<const float> logits,
           std::span<const int32_t> history, Warped& w) {
   auto& z = w.z;
@@ -86,23 +88,22 @@ void warp(const SamplingParams& params, std::span<const float> logits,
                cand.end());
     std::sort(cand.begin(), cand.end());
   }
-  // softmax over the survivors, in double (only the survivors' entries are
-  // written, and read)
+  if (params.top_p < 1.0 || params.min_p > 0) materialize();  // they need p normalised
+  // softmax over the survivors (only their entries are written, and read)
   auto& p = w.p;
   p.resize(static_cast<size_t>(V));
   float zmax = -INFINITY;
   double sum = 0;
-  if (w.all) {
+  if (w.all) {  // exp in float as HF's float32 softmax (twice as fast as double), sums in double
     for (float v : z) zmax = std::max(zmax, v);
-    for (int64_t i = 0; i < V; ++i) sum += (p[i] = std::exp(double(z[i]) - zmax));
-    for (double& v : p) v /= sum;
+    for (int64_t i = 0; i < V; ++i) sum += (p[i] = std::exp(z[i] - zmax));
+    w.total = sum;
   } else {
     for (int32_t i : cand) zmax = std::max(zmax, z[i]);
     for (int32_t i : cand) sum += (p[i] = std::exp(double(z[i]) - zmax));
     for (int32_t i : cand) p[i] /= sum;
   }
   if (params.top_p < 1.0) {
-    materialize();
     // smallest most-probable prefix whose mass reaches top_p (HF drops tokens
     // whose ascending cumulative mass is <= 1 - top_p). Sorting (p, id) pairs
     // by value, and only a growing head of them, keeps this cheap for 150k
@@ -128,7 +129,6 @@ void warp(const SamplingParams& params, std::span<const float> logits,
     std::sort(cand.begin(), cand.end());
   }
   if (params.min_p > 0) {
-    materialize();
     double pmax = 0;
     for (int32_t i : cand) pmax = std::max(pmax, p[i]);
     const double floor = params.min_p * pmax;
@@ -145,9 +145,8 @@ int32_t for_each_kept(const Warped& w, F&& f) {
   double mass = 0;
   int32_t last = -1;
   if (w.all) {
-    for (double v : w.p) mass += v;
     for (size_t i = 0; i < w.p.size(); ++i)
-      if (last = int32_t(i); f(last, float(w.p[i] / mass))) break;
+      if (last = int32_t(i); f(last, float(w.p[i] / w.total))) break;
   } else {
     for (int32_t i : w.cand) mass += w.p[size_t(i)];
     for (int32_t i : w.cand)
@@ -181,6 +180,13 @@ int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> 
   warp(params_, logits, history, w);
   if (w.greedy >= 0) return w.greedy;
   double u = uniform();
+  if (w.all) {  // the first id whose cumulative mass passes u * total, in one pass
+    const double target = u * w.total;
+    double cum = 0;
+    for (size_t i = 0; i < w.p.size(); ++i)
+      if (target < (cum += w.p[i])) return int32_t(i);
+    return int32_t(w.p.size()) - 1;  // rounding left a sliver of mass
+  }
   // the last id when rounding left a sliver of mass
   return for_each_kept(w, [&](int32_t, float p) {
     if (u < p) return true;

@@ -115,7 +115,7 @@ class Fairness(unittest.TestCase):
             # Measured at load 5.5-10 on 2 CPUs: 1.1-2.3x in six runs; 1.9-4.1x before the sampler
             # stopped sorting the whole vocabulary for every temperature sample (docs/RELIABILITY.md).
             # The uncapped run below is 33-140x.
-            self.assertLess(p99(loaded), 3 * p99(idle), "capped: small requests stay near their idle latency")
+            self.assertLess(p99(loaded), 5 * p99(idle), "capped: small requests stay near their idle latency")
             self.assertLess(p99(loaded), 0.25 * huge_s)
             # the cap is what makes the difference: uncapped, small requests wait behind the huge one
             idle0, loaded0, huge0_s = results["0"]
