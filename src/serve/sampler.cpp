@@ -185,7 +185,9 @@ int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> 
     double cum = 0;
     for (size_t i = 0; i < w.p.size(); ++i)
       if (target < (cum += w.p[i])) return int32_t(i);
-    return int32_t(w.p.size()) - 1;  // rounding left a sliver of mass
+    for (size_t i = w.p.size(); i-- > 0;)  // rounding left a sliver: the last id with mass
+      if (w.p[i] > 0) return int32_t(i);
+    return int32_t(w.p.size()) - 1;  // no id has mass (every logit -inf)
   }
   // the last id when rounding left a sliver of mass
   return for_each_kept(w, [&](int32_t, float p) {
