@@ -5,9 +5,12 @@
 //                [--requests 64] [--prompt 256] [--gen 128] [--shared-prefix 0]
 //                [--max-num-seqs 64] [--max-batched-tokens 2048] [--block-size 16]
 //                [--kv-mib 4096] [--rate 0] [--generator 0] [--warmup-s 10]
+//                [--temperature 0]
 // --rate R > 0 submits with Poisson arrivals at R requests/s from another
 // thread while the engine steps on its own; 0 submits everything at once.
 // --shared-prefix P: every prompt starts with the same P tokens (prefix cache).
+// --temperature T > 0: the engine's requests sample at T over the whole
+// vocabulary (no top_k/top_p), each with its own seed; 0 is greedy.
 // --generator 1 (2) also runs the static-batch Generator on the same prompts
 // after (before) the engine.
 // Prints one JSON object: throughput, TTFT and inter-token latency
@@ -63,7 +66,7 @@ int main(int argc, char** argv) {
       {"requests", "64"},       {"prompt", "256"},      {"gen", "128"},
       {"shared-prefix", "0"},   {"max-num-seqs", "64"}, {"max-batched-tokens", "2048"},
       {"block-size", "16"},     {"kv-mib", "4096"},     {"rate", "0"},
-      {"generator", "0"},       {"warmup-s", "10"}};
+      {"generator", "0"},       {"warmup-s", "10"},     {"temperature", "0"}};
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i];
     if (k.rfind("--", 0) != 0 || !arg.count(k.substr(2))) {
@@ -120,7 +123,7 @@ int main(int argc, char** argv) {
     eo.max_batched_tokens = num("max-batched-tokens");
     Engine engine(model, nullptr, eo);
     RequestParams rp;
-    rp.sampling.temperature = 0;
+    rp.sampling.temperature = std::stod(arg.at("temperature"));
     rp.max_tokens = gen;
 
     {  // warm-up: first-use costs (kernel loading, allocator, clocks) stay out of the timings
@@ -200,6 +203,7 @@ int main(int argc, char** argv) {
                         {"gen_tokens", gen},
                         {"shared_prefix", shared},
                         {"rate", rate},
+                        {"temperature", rp.sampling.temperature},
                         {"wall_s", wall},
                         {"output_tokens", out_tokens},
                         {"output_tokens_per_s", out_tokens / wall},

@@ -179,6 +179,49 @@ TEST(Engine, BatchedWithPreemptionEqualsOneAtATime) {
   }
 }
 
+// Every warper (the whole vocabulary's softmax without a candidate list, top_p,
+// min_p, repetition and presence penalties, logprobs, a low temperature) with
+// eight requests sampling in the same steps: each request's tokens are the
+// ones it gets alone.
+TEST(Engine, SampledRequestsBatchedEqualOneAtATime) {
+  auto m = tiny_model();
+  EngineOptions o = cache_of(m, 1024, 8);
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<RequestParams> params;
+  for (int i = 0; i < 8; ++i) {
+    prompts.push_back(prompt(4 + i, i + 3));
+    RequestParams p = i == 7 ? greedy(20) : seeded(20, 300 + i);
+    p.sampling.top_k = 0;  // the whole vocabulary: no candidate list
+    if (i == 1) p.sampling.top_p = 0.9;
+    if (i == 2) p.sampling.min_p = 0.2;
+    if (i == 3) p.sampling.repetition_penalty = 1.3;
+    if (i == 4) p.logprobs = 3;
+    if (i == 5) p.presence_penalty = 0.5;
+    if (i == 6) p.sampling.temperature = 0.3;
+    params.push_back(p);
+  }
+  const auto alone = one_at_a_time(m, o, prompts, params);
+  for (int round = 0; round < 2; ++round) {
+    Engine engine(m, nullptr, o);
+    Collector c;
+    std::vector<uint64_t> ids;
+    for (size_t i = 0; i < prompts.size(); ++i)
+      ids.push_back(engine.submit(prompts[i], params[i], c.callback()));
+    engine.run_until_idle();
+    EXPECT_EQ(engine.stats().max_running_seen, 8);
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const Collected got = c.get(ids[i]);
+      EXPECT_EQ(got.tokens, alone[i].tokens) << "request " << i << ", round " << round;
+      ASSERT_EQ(got.logprobs.size(), alone[i].logprobs.size()) << "request " << i;
+      for (size_t t = 0; t < got.logprobs.size(); ++t) {
+        EXPECT_EQ(got.logprobs[t].token, got.tokens[t]);
+        EXPECT_EQ(got.logprobs[t].top.size(), 3u);
+      }
+      EXPECT_TRUE(got.consistent);
+    }
+  }
+}
+
 TEST(Engine, SeededSamplingDependsOnlyOnTheSeed) {
   auto m = tiny_model();
   EngineOptions o = cache_of(m, 512, 8);

@@ -12,7 +12,7 @@ crash, hang, 5xx, error body not shaped {"error": {message, type, param,
 code}}, 400 naming neither a field nor the body, or 2xx body that is not a
 completion (an embedding list for /v1/embeddings). Then the server must be idle with every KV block free.
 
-CI size: 600 inputs per target; FINMOE_FUZZ_LONG=1: 6000 per target.
+CI size: 600 inputs per target; FINMOE_FUZZ_LONG=1: 10,000 per target.
 FINMOE_FUZZ_SEED picks the seed (printed). Standard library only.
 Usage: fuzz_test.py FINMOE_BINARY TEST_DATA_DIR
 """
@@ -31,7 +31,7 @@ import serve_util  # noqa: E402
 FINMOE, DATA = serve_util.args()
 MODEL = "fuzz"
 LONG = os.environ.get("FINMOE_FUZZ_LONG") == "1"
-PER_TARGET = 6000 if LONG else 600
+PER_TARGET = 10000 if LONG else 600
 SEED = int(os.environ.get("FINMOE_FUZZ_SEED", "20260"))
 CLIENTS = 4
 HANG_S = 60
@@ -136,7 +136,8 @@ class Mutator:
             elif op == "unknown":
                 dicts = [p for p in ps if isinstance(get_at(body, p), dict)]
                 if dicts:
-                    get_at(body, r.choice(dicts))[self.random_string(r.randint(1, 12))] = r.choice(EDGE_VALUES)
+                    value = json.loads(json.dumps(r.choice(EDGE_VALUES)))  # a copy: later ops may edit it
+                    get_at(body, r.choice(dicts))[self.random_string(r.randint(1, 12))] = value
             elif op == "deep" and deep is None and path:
                 deep = r.choice([2, 32, 63, 64, 65, 200, 5000, 100000])
                 body = set_at(body, path, "__DEEP__")
@@ -262,7 +263,11 @@ class Fuzz(unittest.TestCase):
               file=sys.stderr)
         rng = random.Random(SEED)
         mut = Mutator(rng)
+        edge_before = json.dumps(EDGE_VALUES)
         jobs = [(t, mut.mutate(t)) for t in BASE for _ in range(PER_TARGET)]
+        # a mutation that edited a shared edge value in place would change every later input (and once
+        # made one refer to itself: "Circular reference" at input 6,000-10,000 of the long mode)
+        self.assertEqual(json.dumps(EDGE_VALUES), edge_before, "the mutator left EDGE_VALUES as it was")
         random.Random(SEED + 1).shuffle(jobs)
         outcome = Outcome()
         lock = threading.Lock()

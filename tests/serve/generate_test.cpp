@@ -198,6 +198,23 @@ TEST(Sampler, EmpiricalFrequenciesFollowTheDistribution) {
   EXPECT_EQ(counts.size(), 3u);
 }
 
+// No truncating warper: sample() walks the whole vocabulary's softmax without
+// building distribution()'s list; both must describe the same distribution.
+TEST(Sampler, UntruncatedSamplingFollowsTheSoftmax) {
+  SamplingParams p;
+  p.temperature = 0.7;
+  const auto want = softmax_subset(logits5(), {0, 1, 2, 3, 4}, 0.7);
+  expect_distribution(p, {}, want, logits5());
+  Sampler s(p, 99);
+  std::map<int32_t, int> counts;
+  const int n = 40000;
+  for (int i = 0; i < n; ++i) counts[s.sample(logits5(), {})]++;
+  for (const auto& [id, prob] : want) EXPECT_NEAR(counts[id] / double(n), prob, 0.01) << id;
+  // the same seed draws the same tokens, call after call
+  Sampler a(p, 5), b(p, 5);
+  for (int i = 0; i < 200; ++i) ASSERT_EQ(a.sample(logits5(), {}), b.sample(logits5(), {}));
+}
+
 TEST(Sampler, InvalidParametersNameTheField) {
   SamplingParams p;
   p.top_p = 0;
