@@ -106,9 +106,13 @@ void block_f32(const float* x, int64_t K, const float* W, int64_t n, const float
   store_sums<R, MT>(acc, tail, bias, n, y, ldy);
 }
 
-// One token (M = 1): W's rows one after another, a single sequential stream
-// with a software prefetch kStreamAhead bytes ahead (as on the AVX-512 paths),
-// two accumulators per dtype step to hide the FMA latency.
+// One token (M = 1): W's rows one after another, a single sequential stream;
+// float32 rows with a software prefetch kStreamAhead bytes ahead (as on the
+// AVX-512 paths). bf16 rows go without it: their loop spends four more
+// instructions per 64 bytes widening W, the prefetch was one more, and
+// without it the model's avx2 decode went from 0.94x to 1.00-1.06x of
+// llama.cpp's in the same minutes (docs/PERFORMANCE.md); the hardware
+// prefetcher follows the stream.
 constexpr int64_t kStreamAhead = 8192;
 
 inline float row_dot_bf16(const float* xr, const uint16_t* w, int64_t K) {
@@ -117,10 +121,8 @@ inline float row_dot_bf16(const float* xr, const uint16_t* w, int64_t K) {
   // would bound the stream
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
   __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-  const uintptr_t ahead = reinterpret_cast<uintptr_t>(w) + kStreamAhead;
   int64_t k = 0;
   for (; k + 32 <= K; k += 32) {
-    _mm_prefetch(reinterpret_cast<const char*>(ahead + k * 2), _MM_HINT_T0);
     const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
     const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k + 16));
     a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + k), _mm256_castsi256_ps(_mm256_slli_epi32(v0, 16)), a0);
