@@ -17,6 +17,11 @@
 # PREFILL (128), STEPS (32), SERVE_ARGS (extra `bench serve` flags).
 # Decode starts from a one-token context, as llama-bench's tg test starts
 # from an empty cache.
+# Before the rounds both tools' weight files are evicted from the page cache
+# and read back in one sequential pass, so both are cached in large folios
+# and mapped with 2 MiB entries (a file just written is mapped with 4 KiB
+# ones, which costs decode speed; docs/PERFORMANCE.md). SAME_PAGE_STATE=0
+# leaves the page cache as it is.
 # Prints one line per round and the medians with finmoe/llama.cpp ratios; the
 # raw JSON of every run lands in ${OUT:-bench-vs-llamacpp}/.
 set -euo pipefail
@@ -38,6 +43,26 @@ wait_http() {  # url: until it answers /v1/models
   echo "no answer from $1" >&2
   return 1
 }
+
+same_page_state() {  # files...: flushed, evicted, then read back in one pass
+  [ "${SAME_PAGE_STATE:-1}" = 1 ] || return 0
+  python3 - "$@" <<'PY'
+import os, sys
+for path in sys.argv[1:]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # dirty pages are not evicted
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+PY
+  cat "$@" > /dev/null
+}
+shopt -s nullglob
+weights=("$dir"/*.safetensors)
+shopt -u nullglob
+[ ${#weights[@]} -gt 0 ] || { echo "no *.safetensors in $dir" >&2; exit 2; }
+same_page_state "${weights[@]}" "$gguf"
 
 case "$mode" in
   decode)
