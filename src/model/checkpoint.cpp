@@ -309,7 +309,14 @@ Transformer load_model(const std::string& dir, const LoadOptions& options) {
     torch::Tensor value = blob;
     // int8 weights and their scales keep their dtype; everything else becomes the model's
     const torch::Dtype want = spec.dtype ? src_type : dtype;
-    if (src_type != want || !options.device.is_cpu()) value = blob.to(options.device, want);
+    if (src_type != want || !options.device.is_cpu()) {
+      value = blob.to(options.device, want);
+    } else if (reinterpret_cast<uintptr_t>(view.data) % dtype_size(view.dtype) != 0) {
+      // The format does not align data_offsets to the element size (a bf16
+      // tensor of odd length moves every later one by 2 bytes): the kernels
+      // read parameters as typed arrays, so such a tensor is copied, not viewed.
+      value = blob.clone();
+    }
     it->second.set_data(value);
   }
   return model;
