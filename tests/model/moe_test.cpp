@@ -157,28 +157,36 @@ torch::Tensor mm64(const torch::Tensor& v, const torch::Tensor& W) {
   return v.to(torch::kFloat64).matmul(W.to(torch::kFloat64).t());
 }
 
-// The MoE block computed token by token with plain float64 matmuls.
-torch::Tensor reference_moe(MoeImpl& moe, const ModelConfig& c, const torch::Tensor& x,
-                            const RouterOutput& r) {
+// One token's MoE output [1, D] in float64: each routed (expert, weight) pair
+// into its G_O slice, the concatenation projection, the gated shared expert.
+torch::Tensor reference_token(MoeImpl& moe, const ModelConfig& c, const torch::Tensor& xt,
+                              const std::vector<std::pair<int64_t, double>>& routed) {
   const int64_t D = c.hidden_size, slice = D / c.G_O;
   auto swiglu = [](Mlp& m, const torch::Tensor& v) {
     auto h = torch::silu(mm64(v, m->gate_proj->weight)) * mm64(v, m->up_proj->weight);
     return mm64(h, m->down_proj->weight);
   };
+  auto out = torch::zeros({1, D}, torch::kFloat64);
+  for (const auto& [e, w] : routed) {
+    const int64_t g_o = e / (c.R_O * c.G_I * c.R_I);
+    out.narrow(1, g_o * slice, slice) += w * swiglu(moe.experts[size_t(e)], xt);
+  }
+  if (moe.concat_proj) out = mm64(out, moe.concat_proj->weight);
+  if (moe.shared_expert)
+    out = out + swiglu(moe.shared_expert, xt) *
+                    torch::sigmoid(mm64(xt, moe.shared_expert_gate->weight));
+  return out;
+}
+
+// The MoE block computed token by token with plain float64 matmuls.
+torch::Tensor reference_moe(MoeImpl& moe, const ModelConfig& c, const torch::Tensor& x,
+                            const RouterOutput& r) {
   std::vector<torch::Tensor> rows;
   for (int64_t t = 0; t < x.size(0); ++t) {
-    auto xt = x[t].unsqueeze(0).to(torch::kFloat64);  // [1, D]
-    auto out = torch::zeros({1, D}, torch::kFloat64);
-    for (int64_t i = 0; i < r.indices.size(1); ++i) {
-      const int64_t e = r.indices[t][i].item<int64_t>();
-      const int64_t g_o = e / (c.R_O * c.G_I * c.R_I);
-      out.narrow(1, g_o * slice, slice) += r.weights[t][i].item<double>() * swiglu(moe.experts[size_t(e)], xt);
-    }
-    if (moe.concat_proj) out = mm64(out, moe.concat_proj->weight);
-    if (moe.shared_expert)
-      out = out + swiglu(moe.shared_expert, xt) *
-                      torch::sigmoid(mm64(xt, moe.shared_expert_gate->weight));
-    rows.push_back(out);
+    std::vector<std::pair<int64_t, double>> routed;
+    for (int64_t i = 0; i < r.indices.size(1); ++i)
+      routed.emplace_back(r.indices[t][i].item<int64_t>(), r.weights[t][i].item<double>());
+    rows.push_back(reference_token(moe, c, x[t].unsqueeze(0).to(torch::kFloat64), routed));
   }
   return torch::cat(rows);
 }
@@ -492,25 +500,12 @@ TEST(SeparateRouter, GroupSumsAsConcatenationLogitsGiveTheSingleRouter) {
 // routing, each expert as plain matmuls), never through route() or the
 // grouped kernels.
 torch::Tensor reference_separate_moe(MoeImpl& moe, const ModelConfig& c, const torch::Tensor& x) {
-  const int64_t D = c.hidden_size, slice = D / c.G_O;
-  auto swiglu = [](Mlp& m, const torch::Tensor& v) {
-    auto h = torch::silu(mm64(v, m->gate_proj->weight)) * mm64(v, m->up_proj->weight);
-    return mm64(h, m->down_proj->weight);
-  };
   auto logits = mm64(x, moe.gate->weight), cc = mm64(x, moe.concat_gate->weight);
   std::vector<torch::Tensor> rows;
   for (int64_t t = 0; t < x.size(0); ++t) {
-    auto xt = x[t].unsqueeze(0).to(torch::kFloat64);  // [1, D]
-    auto out = torch::zeros({1, D}, torch::kFloat64);
-    for (const auto& [e, w] : reference_separate_route(row_of(logits, t), row_of(cc, t), c)) {
-      const int64_t g_o = e / (c.R_O * c.G_I * c.R_I);
-      out.narrow(1, g_o * slice, slice) += w * swiglu(moe.experts[size_t(e)], xt);
-    }
-    if (moe.concat_proj) out = mm64(out, moe.concat_proj->weight);
-    if (moe.shared_expert)
-      out = out + swiglu(moe.shared_expert, xt) *
-                      torch::sigmoid(mm64(xt, moe.shared_expert_gate->weight));
-    rows.push_back(out);
+    const auto route = reference_separate_route(row_of(logits, t), row_of(cc, t), c);
+    rows.push_back(reference_token(moe, c, x[t].unsqueeze(0).to(torch::kFloat64),
+                                   {route.begin(), route.end()}));
   }
   return torch::cat(rows);
 }
