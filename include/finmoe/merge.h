@@ -60,6 +60,7 @@ struct MergeRecipe {
   bool uses_slices = false; // `slices:` (else `models:`, one slice over every layer)
   std::vector<MergeSlice> slices;
   MergeParams parameters;   // global
+  MergeParams module_parameters;  // `modules.default.parameters`: after the slice's, before the global
   std::string dtype;        // inputs are rounded to it before merging; "" = as stored
   std::string out_dtype;    // "" = dtype, else each tensor's dtype in the base/first model
   // "" | "base" | "union" | a model: OUT's vocabulary. With one, every

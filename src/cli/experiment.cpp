@@ -607,8 +607,15 @@ class Runner {
     ojson result = nullptr;
     if (!o_.dry_run) {
       for (const auto& [n, path] : r.results) {
-        if (n.empty()) result = ojson(read_json(path));
-        else result[n] = ojson(read_json(path));
+        ojson value;
+        try {
+          value = ojson(read_json(path));
+        } catch (const std::exception& e) {
+          throw Error(r_.path + ": stage " + st.name + ": result" + (n.empty() ? "" : " '" + n + "'") +
+                      " must name a JSON file the stage wrote: " + e.what());
+        }
+        if (n.empty()) result = std::move(value);
+        else result[n] = std::move(value);
       }
     }
     stage_ctx_[st.name] = {{"dir", dir}, {"result", result}};

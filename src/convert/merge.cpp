@@ -435,12 +435,13 @@ class Planner {
   }
 
   // Evaluates `key` for a tensor: the source's parameters, then the slice's,
-  // then the global ones. nullopt when none sets it.
+  // the module's, then the global ones (mergekit's order). nullopt when none sets it.
   template <class T, class F>
   std::optional<T> lookup(const std::string& key, const MergeSource* src, const MergeSlice& s,
                           const std::string& tensor, double t, F eval) const {
     const std::string where = r_.source + ": parameter '" + key + "' for tensor '" + tensor + "'";
-    for (const MergeParams* p : {src ? &src->parameters : nullptr, &s.parameters, &r_.parameters}) {
+    for (const MergeParams* p :
+         {src ? &src->parameters : nullptr, &s.parameters, &r_.module_parameters, &r_.parameters}) {
       if (!p) continue;
       auto it = p->find(key);
       if (it == p->end()) continue;

@@ -306,6 +306,52 @@ const std::vector<std::string>& merge_method_names() {
   return names;
 }
 
+// `models:` (one slice over every layer) or `slices:` of a recipe or of its
+// `modules.default`, appended to r.slices.
+void parse_layers(const YAML::Node& node, const std::string& source, const std::string& prefix,
+                  MergeRecipe& r) {
+  const bool has_models = bool(node["models"]), has_slices = bool(node["slices"]);
+  if (has_models == has_slices)
+    throw Error(source + ": " +
+                (prefix.empty() ? std::string("exactly one of 'models', 'slices' and 'modules'")
+                                : prefix + "models or " + prefix + "slices: exactly one") +
+                " must be given");
+  if (has_models) {
+    const YAML::Node models = node["models"];
+    if (!models.IsSequence() || models.size() == 0)
+      throw Error(at(source, models, prefix + "models") + ": expected a non-empty list");
+    MergeSlice slice;
+    for (size_t i = 0; i < models.size(); ++i)
+      slice.sources.push_back(parse_source(models[i], source, prefix + "models[" + std::to_string(i) + "]",
+                                           r.merge_method, false));
+    r.slices.push_back(std::move(slice));
+  } else {
+    r.uses_slices = true;
+    const YAML::Node slices = node["slices"];
+    if (!slices.IsSequence() || slices.size() == 0)
+      throw Error(at(source, slices, prefix + "slices") + ": expected a non-empty list");
+    for (size_t i = 0; i < slices.size(); ++i) {
+      const std::string where = prefix + "slices[" + std::to_string(i) + "]";
+      expect_map(slices[i], source, where);
+      check_keys(slices[i], source, where, {"sources", "base_model", "parameters"},
+                 {{"residual_weight", "residual_weight"}});
+      const YAML::Node src = slices[i]["sources"];
+      if (!src || !src.IsSequence() || src.size() == 0)
+        throw Error(at(source, slices[i], where + ".sources") + ": expected a non-empty list");
+      MergeSlice slice;
+      for (size_t j = 0; j < src.size(); ++j)
+        slice.sources.push_back(parse_source(src[j], source,
+                                             where + ".sources[" + std::to_string(j) + "]",
+                                             r.merge_method, true));
+      if (slices[i]["base_model"])
+        slice.base_model = scalar(slices[i]["base_model"], source, where + ".base_model");
+      slice.parameters =
+          parse_params(slices[i]["parameters"], source, where + ".parameters", r.merge_method);
+      r.slices.push_back(std::move(slice));
+    }
+  }
+}
+
 MergeRecipe parse_merge_recipe(const std::string& yaml, const std::string& source) {
   check_yaml_bounds(yaml, source);
   YAML::Node root;
@@ -317,8 +363,7 @@ MergeRecipe parse_merge_recipe(const std::string& yaml, const std::string& sourc
   if (!root.IsMap()) throw Error(source + ": expected a mapping with merge_method and models");
   check_keys(root, source, "",
              {"merge_method", "base_model", "models", "slices", "parameters", "dtype",
-              "out_dtype", "tokenizer_source", "tokenizer", "chat_template"},
-             {{"modules", "multi-module models"}});
+              "out_dtype", "tokenizer_source", "tokenizer", "chat_template", "modules"});
   MergeRecipe r;
   r.source = source;
   r.text = yaml;
@@ -346,42 +391,31 @@ MergeRecipe parse_merge_recipe(const std::string& yaml, const std::string& sourc
   }
   r.parameters = parse_params(root["parameters"], source, "parameters", r.merge_method);
 
-  const bool has_models = bool(root["models"]), has_slices = bool(root["slices"]);
-  if (has_models == has_slices)
-    throw Error(source + ": exactly one of 'models' and 'slices' must be given");
-  if (has_models) {
-    const YAML::Node models = root["models"];
-    if (!models.IsSequence() || models.size() == 0)
-      throw Error(at(source, models, "models") + ": expected a non-empty list");
-    MergeSlice slice;
-    for (size_t i = 0; i < models.size(); ++i)
-      slice.sources.push_back(parse_source(models[i], source, "models[" + std::to_string(i) + "]",
-                                           r.merge_method, false));
-    r.slices.push_back(std::move(slice));
-  } else {
-    r.uses_slices = true;
-    const YAML::Node slices = root["slices"];
-    if (!slices.IsSequence() || slices.size() == 0)
-      throw Error(at(source, slices, "slices") + ": expected a non-empty list");
-    for (size_t i = 0; i < slices.size(); ++i) {
-      const std::string where = "slices[" + std::to_string(i) + "]";
-      expect_map(slices[i], source, where);
-      check_keys(slices[i], source, where, {"sources", "base_model", "parameters"},
-                 {{"residual_weight", "residual_weight"}});
-      const YAML::Node src = slices[i]["sources"];
-      if (!src || !src.IsSequence() || src.size() == 0)
-        throw Error(at(source, slices[i], where + ".sources") + ": expected a non-empty list");
-      MergeSlice slice;
-      for (size_t j = 0; j < src.size(); ++j)
-        slice.sources.push_back(parse_source(src[j], source,
-                                             where + ".sources[" + std::to_string(j) + "]",
-                                             r.merge_method, true));
-      if (slices[i]["base_model"])
-        slice.base_model = scalar(slices[i]["base_model"], source, where + ".base_model");
-      slice.parameters =
-          parse_params(slices[i]["parameters"], source, where + ".parameters", r.merge_method);
-      r.slices.push_back(std::move(slice));
+  if (root["modules"]) {
+    // mergekit's multi-module syntax. Every architecture finmoe merges is one
+    // decoder, which mergekit names "default": `modules: {default: {models |
+    // slices, parameters}}` is the same recipe as models/slices at the top.
+    const YAML::Node modules = root["modules"];
+    if (root["models"] || root["slices"])
+      throw Error(at(source, modules, "modules") +
+                  ": exactly one of 'models', 'slices' and 'modules' must be given");
+    if (!modules.IsMap() || modules.size() == 0)
+      throw Error(at(source, modules, "modules") + ": expected a mapping of module names");
+    for (const auto& kv : modules) {
+      const std::string name = scalar(kv.first, source, "modules (a key)");
+      if (name != "default")
+        throw Error(at(source, kv.first, "modules." + name) +
+                    ": unknown module (the architectures finmoe merges have one module, "
+                    "'default')");
+      const std::string where = "modules.default";
+      expect_map(kv.second, source, where);
+      check_keys(kv.second, source, where, {"models", "slices", "parameters"});
+      r.module_parameters =
+          parse_params(kv.second["parameters"], source, where + ".parameters", r.merge_method);
+      parse_layers(kv.second, source, where + ".", r);
     }
+  } else {
+    parse_layers(root, source, "", r);
   }
   if (info.needs_base && r.base_model.empty() &&
       std::any_of(r.slices.begin(), r.slices.end(),

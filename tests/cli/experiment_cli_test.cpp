@@ -158,6 +158,21 @@ TEST_F(Experiment, BadRecipesAndFailedStepsNameTheProblem) {
   EXPECT_NE(r.out.find("tables[0].columns[1].value"), std::string::npos) << r.out;
   EXPECT_FALSE(fs::exists(dir_ / "o2")) << "a recipe whose table does not parse ran stages";
 
+  // a result that names a file the stage wrote but that is not JSON names the
+  // stage and the result
+  std::string t4 = text;
+  const std::string res = "result: \"{{ dir }}/logits.json\"";
+  ASSERT_NE(t4.find(res), std::string::npos);
+  t4.replace(t4.find(res), res.size(), "result: {logits: \"{{ dir }}/note.txt\"}");
+  const fs::path bad4 = dir_ / "bad4.yaml";
+  std::ofstream(bad4) << t4;
+  r = run("experiment " + bad4.string() + " --seeds 1 --out " + (dir_ / "o4").string() + " --cache " +
+          (dir_ / "cache").string() + " --set tokenizer=" + data("tokenizer/qwen3"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find(bad4.string() + ": stage logits-llama-s1: result 'logits' must name a JSON file"),
+            std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("note.txt"), std::string::npos) << r.out;
+
   // a syntax error in a stage's template is an error when the recipe is read,
   // in a dry run too (which shows a stage it cannot render yet as waiting for
   // earlier results), and nothing is run or written
@@ -199,7 +214,7 @@ TEST_F(Experiment, ShippedRecipesDryRun) {
     auto r = run("experiment " + name + " --dry-run --scale 0.1 --seeds 1 --out " + (dir_ / name).string() +
                  " --cache " + (dir_ / "cache").string());
     EXPECT_EQ(r.status, 0) << name << "\n" << r.out;
-    EXPECT_NE(r.out.find("$ finmoe train --config"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("\n    $ finmoe "), std::string::npos) << r.out;  // every stage's commands
     EXPECT_FALSE(fs::exists(dir_ / name)) << "a dry run wrote " << name;
   }
   EXPECT_GE(n, 2);

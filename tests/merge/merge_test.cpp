@@ -227,6 +227,39 @@ TEST(MergeParams, AModelsOwnParameterOverridesTheGlobalOne) {
   EXPECT_LT(max_diff(load(tmp.str() + "/out"), load(M("b"))), 1e-6);
 }
 
+// mergekit's `modules:` syntax: the decoder-only models finmoe merges have one
+// module, "default"; its models/slices are the recipe's and its parameters
+// come after the slice's and before the global ones (mergekit's
+// ConfigReader.parameter_sources).
+TEST(MergeParams, ModulesDefaultIsTheTopLevelRecipeWithItsOwnParameterLevel) {
+  TempDir tmp;
+  const std::string models = "models:\n      - model: " + M("a") + "\n        parameters: {weight: 0.25}\n"
+                             "      - model: " + M("b") + "\n";
+  // b takes the module's weight 2 over the global 7; a keeps its own 0.25
+  run("merge_method: task_arithmetic\nbase_model: " + M("base") + "\nparameters: {weight: 7}\n"
+      "modules:\n  default:\n    parameters: {weight: 2}\n    " + models,
+      tmp.str() + "/modules");
+  run(two_models("task_arithmetic", "{weight: 0.25}", "{weight: 2}"), tmp.str() + "/flat");
+  EXPECT_TRUE(bitwise_equal(load(tmp.str() + "/modules"), load(tmp.str() + "/flat")));
+  // and by the formula: base + 0.25 (a - base) + 2 (b - base)
+  const Tensors base = load(M("base")), a = load(M("a")), b = load(M("b")),
+                out = load(tmp.str() + "/modules");
+  for (const auto& [n, t] : out) {
+    const torch::Tensor want = base.at(n) + 0.25 * (a.at(n) - base.at(n)) + 2 * (b.at(n) - base.at(n));
+    EXPECT_LT((t - want).abs().max().item<double>(), 1e-2 * (1 + want.abs().max().item<double>())) << n;
+  }
+  // slices inside the module stack as top-level slices do
+  run("merge_method: passthrough\nmodules:\n  default:\n    slices:\n      - sources:\n"
+      "          - model: " + M("a") + "\n            layer_range: [0, 1]\n      - sources:\n"
+      "          - model: " + M("b") + "\n            layer_range: [2, 3]\n",
+      tmp.str() + "/sliced");
+  const Tensors sliced = load(tmp.str() + "/sliced");
+  const std::string q = ".self_attn.q_proj.weight";
+  EXPECT_TRUE(torch::equal(sliced.at("model.layers.0" + q), a.at("model.layers.0" + q)));
+  EXPECT_TRUE(torch::equal(sliced.at("model.layers.1" + q), b.at("model.layers.2" + q)));
+  EXPECT_EQ(read_json_file(tmp.str() + "/sliced/config.json")["num_hidden_layers"], 2);
+}
+
 TEST(MergeSlices, PassthroughStacksLayerRangesAndCountsTheLayers) {
   TempDir tmp;
   run("merge_method: passthrough\nslices:\n  - sources:\n      - model: " + M("a") +
@@ -634,8 +667,21 @@ TEST(MergeBadInput, UnknownAndUnsupportedKeysAreNamed) {
   const std::string models = "models:\n  - model: x\n    parameters: {weight: 1}\n";
   EXPECT_CONTAINS(message_of([&] { parse_merge_recipe("merge_method: linear\nfoo: 1\n" + models, "r.yaml"); }),
                   "r.yaml:2: foo: unknown key");
+  // modules: one of models/slices/modules; the only module is "default"
   EXPECT_CONTAINS(message_of([&] { parse_merge_recipe("merge_method: linear\nmodules: {}\n" + models, "r.yaml"); }),
-                  "modules: not supported");
+                  "r.yaml:2: modules: exactly one of 'models', 'slices' and 'modules'");
+  EXPECT_CONTAINS(message_of([&] {
+                    parse_merge_recipe("merge_method: linear\nmodules:\n  vision_tower: {models: [{model: x}]}\n", "r.yaml");
+                  }),
+                  "r.yaml:3: modules.vision_tower: unknown module");
+  EXPECT_CONTAINS(message_of([&] {
+                    parse_merge_recipe("merge_method: linear\nmodules:\n  default: {parameters: {weight: 1}}\n", "r.yaml");
+                  }),
+                  "modules.default.models or modules.default.slices: exactly one must be given");
+  EXPECT_CONTAINS(message_of([&] {
+                    parse_merge_recipe("merge_method: linear\nmodules:\n  default: {models: [{model: x}], lora: 1}\n", "r.yaml");
+                  }),
+                  "modules.default.lora: unknown key");
   EXPECT_CONTAINS(message_of([&] {
                     parse_merge_recipe("merge_method: linear\nmodels:\n  - model: x\n    parameters: {densty: 1}\n", "r.yaml");
                   }),
@@ -651,7 +697,7 @@ TEST(MergeBadInput, UnknownAndUnsupportedKeysAreNamed) {
   EXPECT_CONTAINS(message_of([&] { parse_merge_recipe(std::string(100, '[') + "\n", "deep.yaml"); }),
                   "deep.yaml");
   EXPECT_CONTAINS(message_of([&] { parse_merge_recipe("merge_method: linear\n", "r.yaml"); }),
-                  "exactly one of 'models' and 'slices'");
+                  "exactly one of 'models', 'slices' and 'modules' must be given");
 }
 
 TEST(MergeBadInput, SlicesOfAModelWithAPerLayerLayoutAreRefused) {

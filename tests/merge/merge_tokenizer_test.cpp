@@ -311,7 +311,6 @@ TEST(MergeTokenizerBadInput, ConflictingKeysBadTemplatesAndMissingTokenizersAreN
   EXPECT_CONTAINS(parse("tokenizer:\n  tokens:\n    \"<x>\": {force: true}\n"), "needs a source");
   EXPECT_CONTAINS(parse("chat_template: chatmll\n"), "r.yaml:5: chat_template: 'chatmll' is neither");
   EXPECT_CONTAINS(parse("chat_template: exaone\n"), "exaone");
-  EXPECT_CONTAINS(parse("modules: {}\n"), "modules: not supported");
   EXPECT_EQ(parse("tokenizer: {}\nchat_template: auto\n"), "<no error>");
 
   // union needs the base's tokenizer.json; a token source must be an input
