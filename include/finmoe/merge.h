@@ -184,7 +184,12 @@ struct MoeRecipe {
   std::string architecture;               // mixtral | qwen2_moe; "" = qwen2_moe with a shared expert, else mixtral
   std::string dtype;                      // "" = the base's
   int64_t experts_per_token = 2;
-  std::string shared_weights = "base";    // base | average
+  // Attention, embeddings, norms: "base" | "average" (of the distinct expert
+  // models) | "merge": a mergekit method over the base and the distinct expert
+  // models, `shared_weights: {merge_method: M, parameters: {...}}`, whose YAML
+  // is shared_merge.
+  std::string shared_weights = "base";
+  std::string shared_merge;
   std::string text;    // the YAML, for the model card
   std::string source;  // the recipe file, for messages
 };

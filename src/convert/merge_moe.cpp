@@ -93,6 +93,29 @@ std::vector<MoeExpert> experts_of(const YAML::Node& n, const std::string& source
   return out;
 }
 
+// The merge recipe of `shared_weights: {merge_method, parameters}` over the
+// base and the expert models; errors are the recipe's, named by `label`.
+MergeRecipe shared_merge_recipe(const std::string& method_yaml, const std::string& base,
+                                const std::vector<std::string>& models, const std::string& label) {
+  YAML::Node n = YAML::Load(method_yaml);
+  n.SetStyle(YAML::EmitterStyle::Block);
+  n["base_model"] = base;
+  for (const std::string& m : models) {
+    YAML::Node e;
+    e["model"] = m;
+    n["models"].push_back(e);
+  }
+  const std::string prefix = "shared_weights";
+  try {
+    return parse_merge_recipe(YAML::Dump(n), prefix);
+  } catch (const Error& e) {
+    // "shared_weights:LINE: KEY: ..." of the generated text -> "LABEL: KEY: ..."
+    std::string m = e.what();
+    if (m.rfind(prefix, 0) == 0) m = m.substr(m.find(": ") + 2);
+    throw Error(label + ": " + m);
+  }
+}
+
 }  // namespace
 
 MoeRecipe parse_moe_recipe(const std::string& yaml, const std::string& source) {
@@ -151,11 +174,22 @@ MoeRecipe parse_moe_recipe(const std::string& yaml, const std::string& source) {
   if (r.shared_experts.size() > 1 || (!r.shared_experts.empty() && r.architecture != "qwen2_moe"))
     throw Error(source + ": shared_experts: " + r.architecture +
                 " takes " + (r.architecture == "qwen2_moe" ? "at most one shared expert" : "none"));
-  if (root["shared_weights"]) {
-    r.shared_weights = scalar_of(root["shared_weights"], source, "shared_weights");
+  if (const YAML::Node sw = root["shared_weights"]; sw && sw.IsMap()) {
+    // merged by a mergekit method; the models are the base and the experts
+    only_keys(sw, source, "shared_weights", {"merge_method", "parameters"});
+    if (!sw["merge_method"])
+      throw Error(where(source, sw, "shared_weights") + ": merge_method is missing");
+    r.shared_weights = "merge";
+    r.shared_merge = YAML::Dump(sw);
+    // the method and its parameters are checked now, on stand-in model names
+    std::vector<std::string> names;
+    for (size_t i = 0; i < r.experts.size(); ++i) names.push_back("expert" + std::to_string(i));
+    shared_merge_recipe(r.shared_merge, "base", names, where(source, sw, "shared_weights"));
+  } else if (sw) {
+    r.shared_weights = scalar_of(sw, source, "shared_weights");
     if (r.shared_weights != "base" && r.shared_weights != "average")
-      throw Error(where(source, root["shared_weights"], "shared_weights") + ": '" +
-                  r.shared_weights + "' is not base or average");
+      throw Error(where(source, sw, "shared_weights") + ": '" + r.shared_weights +
+                  "' is not base, average or {merge_method: ..., parameters: ...}");
   }
   if (r.gate_mode != "random") {
     auto need = [&](const std::vector<MoeExpert>& es, const std::string& key) {
@@ -312,6 +346,21 @@ torch::Tensor gate_vectors(const MoeRecipe& r, const std::vector<MoeExpert>& exp
   return torch::stack(out, 1).to(torch::kFloat32);  // [L, E, D]
 }
 
+// A directory removed with everything in it when this goes out of scope.
+struct TempTree {
+  explicit TempTree(std::string p) : path(std::move(p)) {
+    std::error_code ec;
+    fs::remove_all(path, ec);  // left by a killed run
+  }
+  ~TempTree() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  TempTree(const TempTree&) = delete;
+  TempTree& operator=(const TempTree&) = delete;
+  std::string path;
+};
+
 // ---- the plan ---------------------------------------------------------------------------
 
 // Where one output tensor comes from.
@@ -360,11 +409,25 @@ MergeReport merge_moe(const MoeRecipe& r, const std::string& out_dir, const Merg
   std::vector<const Dense*> experts, shared, sources;
   for (const auto& e : r.experts) experts.push_back(open(e.source_model));
   for (const auto& e : r.shared_experts) shared.push_back(open(e.source_model));
-  // attention, embeddings, norms: the base's, or the mean of the distinct expert models
-  if (r.shared_weights == "base") sources = {base};
+  // attention, embeddings, norms: the base's, the mean of the distinct expert
+  // models, or those merged by a mergekit method (into a model beside OUT)
+  std::vector<const Dense*> distinct;
   for (const Dense* e : experts)
-    if (r.shared_weights == "average" && std::find(sources.begin(), sources.end(), e) == sources.end())
-      sources.push_back(e);
+    if (std::find(distinct.begin(), distinct.end(), e) == distinct.end()) distinct.push_back(e);
+  if (r.shared_weights == "base") sources = {base};
+  if (r.shared_weights == "average") sources = distinct;
+  std::optional<TempTree> merged_dir;
+  if (r.shared_weights == "merge") {
+    std::vector<std::string> dirs;
+    for (const Dense* e : distinct) dirs.push_back(e->dir);
+    const MergeRecipe shared_recipe =
+        shared_merge_recipe(r.shared_merge, base->dir, dirs, r.source + ": shared_weights");
+    merged_dir.emplace(out_dir + ".shared-weights.tmp");
+    MergeOptions o = options;
+    o.progress = false;
+    merge_models(shared_recipe, merged_dir->path, o);
+    sources = {open(merged_dir->path)};
+  }
   const std::string type = base->config.value("model_type", "");
   for (const auto& [dir, m] : models) {
     if (m->config.value("model_type", "") != type)

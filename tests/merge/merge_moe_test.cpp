@@ -39,9 +39,10 @@ ModelConfig dense_config() {
 }
 
 // A dense llama model with the test tokenizer: `seed` draws its weights; with
-// `from`, it is that model with its FFN moved by noise of std 0.05 (a fine-tune).
+// `from`, it is that model with its FFN (`everything`: every tensor) moved by
+// noise of std 0.05 (a fine-tune).
 std::string dense(const TempDir& tmp, const std::string& name, uint64_t seed,
-                  const std::string& from = "") {
+                  const std::string& from = "", bool everything = false) {
   const std::string dir = tmp.str() + "/" + name;
   if (from.empty()) {
     Transformer m(dense_config());
@@ -52,7 +53,7 @@ std::string dense(const TempDir& tmp, const std::string& name, uint64_t seed,
     torch::manual_seed(seed);
     torch::NoGradGuard g;
     for (auto& [n, p] : m.named_parameters())
-      if (n.find(".mlp.") != std::string::npos) p.add_(torch::randn_like(p) * 0.05);
+      if (everything || n.find(".mlp.") != std::string::npos) p.add_(torch::randn_like(p) * 0.05);
     save_model(m, dir);
   }
   for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
@@ -163,6 +164,58 @@ TEST(MergeMoeLayout, EachModelsFfnIsAnExpertAndTheRestIsTheBasesOrTheMean) {
     if (n.find(".mlp.") == std::string::npos)
       EXPECT_LT((q.at(n) - (E[0].at(n) + E[1].at(n)) / 2).abs().max().item<double>(), 1e-7) << n;
   EXPECT_NO_THROW(logits(tmp.str() + "/qwen", torch::tensor({{1, 5, 9}}, torch::kInt64)));
+}
+
+// `shared_weights: {merge_method, parameters}`: attention, embeddings and norms
+// are what `finmoe merge` makes of the base and the experts with that method,
+// bit for bit; the experts are still each model's FFN.
+TEST(MergeMoeLayout, SharedWeightsMergedByAMethodAreThatMerge) {
+  TempDir tmp;
+  const std::string b = dense(tmp, "b", 1);
+  const std::string x = dense(tmp, "x", 2, b, true), y = dense(tmp, "y", 3, b, true);
+  const Tensors B = load(b), X = load(x), Y = load(y);
+  MergeOptions o;
+  o.progress = false;
+  for (const std::string m : {"ties", "dare_ties", "task_arithmetic"}) {
+    const std::string params = "{weight: 0.7, density: 0.5}";
+    const std::string moe = tmp.str() + "/moe_" + m, ref = tmp.str() + "/ref_" + m;
+    build("base_model: " + b + "\ngate_mode: random\nshared_weights:\n  merge_method: " + m +
+              "\n  parameters: " + (m == "task_arithmetic" ? std::string("{weight: 0.7}") : params) +
+              "\n" + experts_yaml({x, y, x}),
+          moe);
+    merge_models(parse_merge_recipe("merge_method: " + m + "\nbase_model: " + b + "\nmodels:\n  - model: " +
+                                        x + "\n  - model: " + y + "\nparameters: " +
+                                        (m == "task_arithmetic" ? std::string("{weight: 0.7}") : params) + "\n",
+                                    "ref.yaml"),
+                 ref, {.seed = 5, .progress = false});
+    const Tensors got = load(moe), want = load(ref);
+    int shared = 0;
+    for (const auto& [n, t] : want) {
+      if (n.find(".mlp.") != std::string::npos) continue;
+      EXPECT_TRUE(torch::equal(got.at(n), t)) << m << " " << n;
+      EXPECT_FALSE(torch::equal(got.at(n), B.at(n))) << m << " " << n << " is the base's";
+      ++shared;
+    }
+    EXPECT_EQ(shared, 2 * 6 + 3) << m;  // per layer q, k, v, o and 2 norms; embed, norm, lm_head
+    const std::string up = "model.layers.1.mlp.up_proj.weight";
+    EXPECT_TRUE(torch::equal(got.at("model.layers.1.block_sparse_moe.experts.1.w3.weight"), Y.at(up)));
+    EXPECT_TRUE(torch::equal(got.at("model.layers.1.block_sparse_moe.experts.2.w3.weight"), X.at(up)));
+    EXPECT_FALSE(fs::exists(moe + ".shared-weights.tmp")) << "the merged model beside OUT was left";
+  }
+  // linear (normalised weights) is `average`, and lambda 0 is the base
+  build("base_model: " + b + "\ngate_mode: random\nshared_weights: {merge_method: linear, parameters: "
+        "{weight: 1}}\n" + experts_yaml({x, y}), tmp.str() + "/lin");
+  build("base_model: " + b + "\ngate_mode: random\nshared_weights: average\n" + experts_yaml({x, y}),
+        tmp.str() + "/avg");
+  build("base_model: " + b + "\ngate_mode: random\nshared_weights: {merge_method: task_arithmetic, "
+        "parameters: {weight: 1, lambda: 0}}\n" + experts_yaml({x, y}), tmp.str() + "/lambda0");
+  const Tensors lin = load(tmp.str() + "/lin"), avg = load(tmp.str() + "/avg"), l0 = load(tmp.str() + "/lambda0");
+  for (const auto& [n, t] : B) {
+    if (n.find(".mlp.") != std::string::npos) continue;
+    EXPECT_LT((lin.at(n) - avg.at(n)).abs().max().item<double>(), 1e-7) << n;
+    EXPECT_LT((avg.at(n) - (X.at(n) + Y.at(n)) / 2).abs().max().item<double>(), 1e-7) << n;
+    EXPECT_TRUE(torch::equal(l0.at(n), t)) << n;
+  }
 }
 
 // ---- the hidden gate mode -------------------------------------------------------------
@@ -322,6 +375,24 @@ TEST(MergeMoeBadInput, ShapesArchitecturesPromptsAndAnExistingOutAreNamed) {
     build("base_model: " + b + "\ngate_mode: random\nexperts_per_token: 3\n" + experts_yaml({x, b}), out);
   });
   EXPECT_NE(msg.find("experts_per_token"), std::string::npos) << msg;
+  // shared_weights by a method: the method, its parameters and the keys are
+  // checked with the recipe; the models are the experts, not a key
+  const std::string sw = "base_model: " + b + "\ngate_mode: random\n" + experts_yaml({x, b}) + "shared_weights: ";
+  msg = message_of([&] { build(sw + "{merge_method: frankenstein}\n", out); });
+  EXPECT_NE(msg.find("moe.yaml:6: shared_weights: merge_method: merge_method 'frankenstein' is not one finmoe implements"),
+            std::string::npos) << msg;
+  msg = message_of([&] { build(sw + "{merge_method: ties, parameters: {densty: 0.5}}\n", out); });
+  EXPECT_NE(msg.find("densty"), std::string::npos) << msg;
+  msg = message_of([&] { build(sw + "{merge_method: linear, models: [{model: " + x + "}]}\n", out); });
+  EXPECT_NE(msg.find("shared_weights.models: unknown or unsupported key"), std::string::npos) << msg;
+  msg = message_of([&] { build(sw + "{parameters: {weight: 1}}\n", out); });
+  EXPECT_NE(msg.find("shared_weights: merge_method is missing"), std::string::npos) << msg;
+  msg = message_of([&] { build(sw + "medium\n", out); });
+  EXPECT_NE(msg.find("'medium' is not base, average or {merge_method"), std::string::npos) << msg;
+  // a parameter the method needs and nobody gives: named at merge time, nothing left
+  msg = message_of([&] { build(sw + "{merge_method: ties, parameters: {density: 0.5}}\n", out); });
+  EXPECT_NE(msg.find("'weight' is missing"), std::string::npos) << msg;
+  EXPECT_FALSE(fs::exists(out + ".shared-weights.tmp"));
   expect_nothing_left(tmp, out);
   // an existing OUT is never touched
   fs::create_directories(out);
