@@ -96,7 +96,8 @@ std::vector<MoeExpert> experts_of(const YAML::Node& n, const std::string& source
 // The merge recipe of `shared_weights: {merge_method, parameters}` over the
 // base and the expert models; errors are the recipe's, named by `label`.
 MergeRecipe shared_merge_recipe(const std::string& method_yaml, const std::string& base,
-                                const std::vector<std::string>& models, const std::string& label) {
+                                const std::vector<std::string>& models, const std::string& label,
+                                const fs::path& recipe_dir) {
   YAML::Node n = YAML::Load(method_yaml);
   n.SetStyle(YAML::EmitterStyle::Block);
   n["base_model"] = base;
@@ -107,7 +108,13 @@ MergeRecipe shared_merge_recipe(const std::string& method_yaml, const std::strin
   }
   const std::string prefix = "shared_weights";
   try {
-    return parse_merge_recipe(YAML::Dump(n), prefix);
+    MergeRecipe mr = parse_merge_recipe(YAML::Dump(n), prefix);
+    // a model named by tokenizer_source or a token's source, as the MoE recipe's paths
+    if (!mr.tokenizer_source.empty() && mr.tokenizer_source != "base" && mr.tokenizer_source != "union")
+      mr.tokenizer_source = resolve_recipe_path(mr.tokenizer_source, recipe_dir);
+    for (auto& [tok, ts] : mr.tokens)
+      if (!ts.model.empty()) ts.model = resolve_recipe_path(ts.model, recipe_dir);
+    return mr;
   } catch (const Error& e) {
     // "shared_weights:LINE: KEY: ..." of the generated text -> "LABEL: KEY: ..."
     std::string m = e.what();
@@ -176,7 +183,8 @@ MoeRecipe parse_moe_recipe(const std::string& yaml, const std::string& source) {
                 " takes " + (r.architecture == "qwen2_moe" ? "at most one shared expert" : "none"));
   if (const YAML::Node sw = root["shared_weights"]; sw && sw.IsMap()) {
     // merged by a mergekit method; the models are the base and the experts
-    only_keys(sw, source, "shared_weights", {"merge_method", "parameters"});
+    only_keys(sw, source, "shared_weights",
+              {"merge_method", "parameters", "tokenizer_source", "tokenizer", "chat_template"});
     if (!sw["merge_method"])
       throw Error(where(source, sw, "shared_weights") + ": merge_method is missing");
     r.shared_weights = "merge";
@@ -184,7 +192,7 @@ MoeRecipe parse_moe_recipe(const std::string& yaml, const std::string& source) {
     // the method and its parameters are checked now, on stand-in model names
     std::vector<std::string> names;
     for (size_t i = 0; i < r.experts.size(); ++i) names.push_back("expert" + std::to_string(i));
-    shared_merge_recipe(r.shared_merge, "base", names, where(source, sw, "shared_weights"));
+    shared_merge_recipe(r.shared_merge, "base", names, where(source, sw, "shared_weights"), "");
   } else if (sw) {
     r.shared_weights = scalar_of(sw, source, "shared_weights");
     if (r.shared_weights != "base" && r.shared_weights != "average")
@@ -417,11 +425,15 @@ MergeReport merge_moe(const MoeRecipe& r, const std::string& out_dir, const Merg
   if (r.shared_weights == "base") sources = {base};
   if (r.shared_weights == "average") sources = distinct;
   std::optional<TempTree> merged_dir;
+  bool vocab_mapped = false;
   if (r.shared_weights == "merge") {
     std::vector<std::string> dirs;
     for (const Dense* e : distinct) dirs.push_back(e->dir);
-    const MergeRecipe shared_recipe =
-        shared_merge_recipe(r.shared_merge, base->dir, dirs, r.source + ": shared_weights");
+    const MergeRecipe shared_recipe = shared_merge_recipe(
+        r.shared_merge, base->dir, dirs, r.source + ": shared_weights", fs::path(r.source).parent_path());
+    // with a tokenizer source the models' vocabularies may differ: the merge
+    // maps their embedding rows, and OUT takes its vocabulary and tokenizer
+    vocab_mapped = !shared_recipe.tokenizer_source.empty() || shared_recipe.tokenizer_block;
     merged_dir.emplace(out_dir + ".shared-weights.tmp");
     MergeOptions o = options;
     o.progress = false;
@@ -435,19 +447,25 @@ MergeReport merge_moe(const MoeRecipe& r, const std::string& out_dir, const Merg
                   " model and the base '" + base->dir + "' a " + type +
                   " model: the experts must be fine-tunes of one base");
     for (const std::string& n : base->reader->names()) {
+      if (vocab_mapped && (n == "model.embed_tokens.weight" || n == "lm_head.weight")) continue;
       if (!m->reader->has(n))
         throw Error("model '" + dir + "' has no tensor '" + n + "' (the base '" + base->dir +
                     "' has)");
       if (m->reader->get(n).shape != base->reader->get(n).shape)
         throw Error("tensor '" + n + "' has shape " + shape_text(m->reader->get(n).shape) +
                     " in model '" + dir + "' but " + shape_text(base->reader->get(n).shape) +
-                    " in the base '" + base->dir + "'");
+                    " in the base '" + base->dir + "'" +
+                    (n == "model.embed_tokens.weight" || n == "lm_head.weight"
+                         ? " (vocabularies that differ merge with shared_weights: {merge_method: "
+                           "..., tokenizer_source: union})"
+                         : ""));
     }
   }
 
   // the output config: the base's turned into the MoE architecture
   const ModelConfig dense = ModelConfig::from_json(base->config, base->dir + "/config.json");
   nlohmann::json cj = base->config;
+  if (vocab_mapped) cj["vocab_size"] = sources.front()->config.at("vocab_size");
   const int64_t E = int64_t(r.experts.size());
   cj["num_experts_per_tok"] = r.experts_per_token;
   if (r.architecture == "mixtral") {
@@ -573,7 +591,8 @@ MergeReport merge_moe(const MoeRecipe& r, const std::string& out_dir, const Merg
   }
   add_hf_remote_code(tmp, cj);  // finer_moe / finmoe_dense: modeling code + auto_map
   write_json_file((fs::path(tmp) / "config.json").string(), cj);
-  copy_side_files(base->dir, tmp, /*with_config=*/false);
+  // the tokenizer: the base's, or the shared merge's (its vocabulary, chat template)
+  copy_side_files(merged_dir ? merged_dir->path : base->dir, tmp, /*with_config=*/false);
   write_file_atomic((fs::path(tmp) / "mergekit_moe_config.yml").string(), r.text);
   write_file_atomic((fs::path(tmp) / "README.md").string(), model_card(r));
   staged.commit();

@@ -218,6 +218,46 @@ TEST(MergeMoeLayout, SharedWeightsMergedByAMethodAreThatMerge) {
   }
 }
 
+// Experts whose tokenizers added different tokens (the committed models of
+// tests/data/merge/tokenizer: base 660 ids, a and b 663 with other added
+// tokens): with a tokenizer source in shared_weights the MoE takes the merge's
+// vocabulary, its embedding rows and its tokenizer; without one the
+// vocabulary mismatch is an error that says how to merge them.
+TEST(MergeMoeLayout, ExpertsWithOtherVocabulariesMergeThroughATokenizerSource) {
+  TempDir tmp;
+  const std::string models = std::string(FINMOE_TEST_DATA_DIR) + "/merge/tokenizer/models/";
+  const std::string b = models + "base", x = models + "a", y = models + "b";
+  const std::string experts = experts_yaml({x, y});
+  build("base_model: " + b + "\ngate_mode: random\nshared_weights:\n  merge_method: linear\n"
+        "  parameters: {weight: 1}\n  tokenizer_source: union\n" + experts, tmp.str() + "/moe");
+  MergeOptions o;
+  o.progress = false;
+  merge_models(parse_merge_recipe("merge_method: linear\nbase_model: " + b + "\nmodels:\n  - model: " + x +
+                                      "\n  - model: " + y + "\nparameters: {weight: 1}\ntokenizer_source: union\n",
+                                  "ref.yaml"),
+               tmp.str() + "/ref", o);
+  const Tensors got = load(tmp.str() + "/moe"), want = load(tmp.str() + "/ref"), X = load(x);
+  const int64_t V = read_json_file(tmp.str() + "/ref/config.json")["vocab_size"].get<int64_t>();
+  EXPECT_GT(V, 663);  // the union holds both models' added tokens
+  EXPECT_EQ(load_model(tmp.str() + "/moe").config().vocab_size, V);
+  EXPECT_EQ(got.at("model.embed_tokens.weight").size(0), V);
+  for (const auto& [n, t] : want)
+    if (n.find(".mlp.") == std::string::npos) EXPECT_TRUE(torch::equal(got.at(n), t)) << n;
+  EXPECT_TRUE(torch::equal(got.at("model.layers.0.block_sparse_moe.experts.0.w1.weight"),
+                           X.at("model.layers.0.mlp.gate_proj.weight")));
+  EXPECT_EQ(read_json_file(tmp.str() + "/moe/tokenizer.json"), read_json_file(tmp.str() + "/ref/tokenizer.json"));
+  // the last added token's id is a row of the MoE and runs
+  EXPECT_NO_THROW(logits(tmp.str() + "/moe", torch::tensor({{int64_t(1), V - 1, int64_t(5)}}, torch::kInt64)));
+  // without the tokenizer source: named, with the fix
+  const std::string msg = message_of([&] {
+    build("base_model: " + b + "\ngate_mode: random\nshared_weights: average\n" + experts, tmp.str() + "/bad");
+  });
+  EXPECT_NE(msg.find("has shape [663, 16] in model '" + x + "' but [660, 16] in the base"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("vocabularies that differ merge with shared_weights: {merge_method: ..., tokenizer_source: union}"),
+            std::string::npos) << msg;
+  EXPECT_FALSE(fs::exists(tmp.str() + "/bad"));
+}
+
 // ---- the hidden gate mode -------------------------------------------------------------
 
 // The hidden state entering layer `l` at the last token, from a model's
