@@ -605,7 +605,8 @@ class Runner {
       }
     }
     ojson result = nullptr;
-    if (!o_.dry_run) {
+    // a dry run reads the results of cached stages: later stages render as they will run
+    if (!o_.dry_run || state == StepState::Cached) {
       for (const auto& [n, path] : r.results) {
         ojson value;
         try {

@@ -98,13 +98,20 @@ TEST_F(Experiment, TableIsTheStagesOutputsOverSeedsAndRerunsAreCached) {
   EXPECT_EQ(count(cmds, "\nfinmoe init "), 4u) << cmds;
   EXPECT_EQ(count(cmds, "\nfinmoe logits "), 4u);
   EXPECT_EQ(slurp(out / "stages/logits-llama-s1/note.txt"),
-            "ids 1,2,3 on " + (out / "stages/init-llama-s1").string() + "\n");
+            "ids 1,2,3 on " + (out / "stages/init-llama-s1").string() + " of " +
+                std::to_string(int64_t(rows[0]["values"]["parameters"]["mean"].get<double>())) + "\n");
 
   // a second run runs nothing
   r = run(args("--scale 1.5"));
   ASSERT_EQ(r.status, 0) << r.out;
   EXPECT_EQ(count(r.out, "  cached ("), 8u) << r.out;
   EXPECT_EQ(count(r.out, "$ finmoe"), 0u) << r.out;
+  // nor would it say otherwise in a dry run, which reads the cached stages'
+  // results (the logits stage's note names one) to render what follows them
+  r = run(args("--scale 1.5 --dry-run"));
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(count(r.out, "  cached ("), 8u) << r.out;
+  EXPECT_EQ(count(r.out, "rerunning"), 0u) << r.out;
 
   // another `ids` changes only the logits stages; their old outputs are announced as stale
   r = run(args("--scale 1.5 --set ids=4,5"));
