@@ -35,9 +35,9 @@ OUT="${OUT:-bench-vs-llamacpp}"
 mkdir -p "$OUT"
 echo "finmoe kernels: ${FINMOE_ISA:-native}, llama.cpp: $LLAMA_BIN, $THREADS threads" >&2
 
-wait_http() {  # url: until it answers /v1/models
+wait_http() {  # url: until /health answers 200 (llama-server says 503 while it loads the model)
   for _ in $(seq 1 300); do
-    curl -sf "$1/v1/models" >/dev/null 2>&1 && return 0
+    curl -sf "$1/health" >/dev/null 2>&1 && return 0
     sleep 1
   done
   echo "no answer from $1" >&2
