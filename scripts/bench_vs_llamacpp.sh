@@ -97,8 +97,14 @@ PY
     serve_round() {
       local name=$1 port=$2 pid
       shift 2
+      # a server left from an earlier run on the port would answer instead
+      if curl -s -o /dev/null "http://127.0.0.1:$port/health"; then
+        echo "port $port is already served by another process" >&2
+        exit 2
+      fi
       "$@" --port "$port" > "$OUT/$name-serve-$r.log" 2>&1 &
       pid=$!
+      server_pid=$pid  # stopped on exit too, when the client fails
       wait_http "http://127.0.0.1:$port"
       # shellcheck disable=SC2086
       "$FINMOE" bench serve --url "http://127.0.0.1:$port" --compare --levels 1,16 --input-len 70 \
@@ -106,7 +112,10 @@ PY
         > "$OUT/$name-serve-$r.txt"
       kill "$pid"
       wait "$pid" 2>/dev/null || true
+      server_pid=""
     }
+    server_pid=""
+    trap '[ -z "$server_pid" ] || kill "$server_pid" 2>/dev/null || true' EXIT
     for r in $(seq 1 "$rounds"); do
       serve_round finmoe 18231 env FINMOE_NUM_THREADS="$THREADS" "$FINMOE" serve "$dir" \
         --kv-cache-memory 1GiB
