@@ -424,22 +424,20 @@ MergeReport merge_moe(const MoeRecipe& r, const std::string& out_dir, const Merg
     if (std::find(distinct.begin(), distinct.end(), e) == distinct.end()) distinct.push_back(e);
   if (r.shared_weights == "base") sources = {base};
   if (r.shared_weights == "average") sources = distinct;
-  std::optional<TempTree> merged_dir;
-  bool vocab_mapped = false;
+  std::optional<MergeRecipe> shared_recipe;
   if (r.shared_weights == "merge") {
     std::vector<std::string> dirs;
     for (const Dense* e : distinct) dirs.push_back(e->dir);
-    const MergeRecipe shared_recipe = shared_merge_recipe(
-        r.shared_merge, base->dir, dirs, r.source + ": shared_weights", fs::path(r.source).parent_path());
-    // with a tokenizer source the models' vocabularies may differ: the merge
-    // maps their embedding rows, and OUT takes its vocabulary and tokenizer
-    vocab_mapped = !shared_recipe.tokenizer_source.empty() || shared_recipe.tokenizer_block;
-    merged_dir.emplace(out_dir + ".shared-weights.tmp");
-    MergeOptions o = options;
-    o.progress = false;
-    merge_models(shared_recipe, merged_dir->path, o);
-    sources = {open(merged_dir->path)};
+    shared_recipe = shared_merge_recipe(r.shared_merge, base->dir, dirs, r.source + ": shared_weights",
+                                        fs::path(r.source).parent_path());
   }
+  // with a tokenizer source the models' vocabularies may differ: the shared
+  // merge maps their embedding rows, and OUT takes its vocabulary and tokenizer
+  const bool vocab_mapped =
+      shared_recipe && (!shared_recipe->tokenizer_source.empty() || shared_recipe->tokenizer_block);
+  auto vocab_rows = [](const std::string& n) {
+    return n == "model.embed_tokens.weight" || n == "lm_head.weight";
+  };
   const std::string type = base->config.value("model_type", "");
   for (const auto& [dir, m] : models) {
     if (m->config.value("model_type", "") != type)
@@ -447,7 +445,7 @@ MergeReport merge_moe(const MoeRecipe& r, const std::string& out_dir, const Merg
                   " model and the base '" + base->dir + "' a " + type +
                   " model: the experts must be fine-tunes of one base");
     for (const std::string& n : base->reader->names()) {
-      if (vocab_mapped && (n == "model.embed_tokens.weight" || n == "lm_head.weight")) continue;
+      if (vocab_mapped && vocab_rows(n)) continue;
       if (!m->reader->has(n))
         throw Error("model '" + dir + "' has no tensor '" + n + "' (the base '" + base->dir +
                     "' has)");
@@ -455,11 +453,20 @@ MergeReport merge_moe(const MoeRecipe& r, const std::string& out_dir, const Merg
         throw Error("tensor '" + n + "' has shape " + shape_text(m->reader->get(n).shape) +
                     " in model '" + dir + "' but " + shape_text(base->reader->get(n).shape) +
                     " in the base '" + base->dir + "'" +
-                    (n == "model.embed_tokens.weight" || n == "lm_head.weight"
-                         ? " (vocabularies that differ merge with shared_weights: {merge_method: "
-                           "..., tokenizer_source: union})"
-                         : ""));
+                    (vocab_rows(n) ? " (vocabularies that differ merge with shared_weights: {merge_method: "
+                                     "..., tokenizer_source: union})"
+                                   : ""));
     }
+  }
+
+  // every input checked: the shared merge, into a model beside OUT
+  std::optional<TempTree> merged_dir;
+  if (shared_recipe) {
+    merged_dir.emplace(out_dir + ".shared-weights.tmp");
+    MergeOptions o = options;
+    o.progress = false;
+    merge_models(*shared_recipe, merged_dir->path, o);
+    sources = {open(merged_dir->path)};
   }
 
   // the output config: the base's turned into the MoE architecture
