@@ -48,8 +48,17 @@ void store_sums(__m256 (&acc)[MT][R], const float (&tail)[MT][R], const float* b
   }
 }
 
+// 8 consecutive bf16 weights as float32, in order (the k tail past the last
+// 16: x's tail is in order too, see pack_x_bf16_avx2).
+inline __m256 widen8(const uint16_t* w) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
 // bf16 W rows widened in registers: a 32-bit lane holds the pair (w[2i], w[2i+1]);
 // shifting left 16 gives w[2i] as float, masking the low half gives w[2i+1].
+// A k tail of 8 or more (FineRMoE's experts have K = 152 = 9 * 16 + 8) takes
+// one in-order vector step before the scalar rest.
 template <int R, int MT>
 void block_bf16(const float* xr, int64_t K, const uint16_t* W, int64_t n, const float* bias,
                 float* y, int64_t ldy) {
@@ -69,6 +78,14 @@ void block_bf16(const float* xr, int64_t K, const uint16_t* W, int64_t n, const 
         acc[m][r] = _mm256_fmadd_ps(_mm256_loadu_ps(xr + m * K + k + 8), wo, acc[m][r]);
       }
     }
+  }
+  if (k + 8 <= K) {
+    for (int r = 0; r < R; ++r) {
+      const __m256 wv = widen8(w + r * K + k);
+      for (int m = 0; m < MT; ++m)
+        acc[m][r] = _mm256_fmadd_ps(_mm256_loadu_ps(xr + m * K + k), wv, acc[m][r]);
+    }
+    k += 8;
   }
   float tail[MT][R] = {};
   for (; k < K; ++k)
@@ -141,6 +158,10 @@ inline float row_dot_bf16(const float* xr, const uint16_t* w, int64_t K) {
     a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + k + 8), _mm256_castsi256_ps(_mm256_and_si256(v, hi_mask)),
                          a1);
   }
+  if (k + 8 <= K) {
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xr + k), widen8(w + k), a0);
+    k += 8;
+  }
   float tail = 0.0f;
   for (; k < K; ++k) tail += xr[k] * widen(w[k]);
   return hsum(_mm256_add_ps(a0, a1)) + tail;
@@ -188,10 +209,7 @@ inline void vstore(float* p, Vec v) { _mm256_storeu_ps(p, v); }
 inline Vec vfma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
 inline Vec vbcast(float s) { return _mm256_set1_ps(s); }
 inline Vec load_widened(const float* p) { return _mm256_loadu_ps(p); }
-inline Vec load_widened(const uint16_t* p) {
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
+inline Vec load_widened(const uint16_t* p) { return widen8(p); }
 
 inline Vec load_widened(const int8_t* p) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
