@@ -8,15 +8,19 @@
 #
 # METHODS: a comma list of task_arithmetic | ties | linear (default
 # task_arithmetic,ties). Env: FINMOE (default build/finmoe), MERGEKIT
-# (mergekit-yaml; default: the one on PATH), TOKENIZER (for `finmoe init`,
+# (mergekit-yaml; default: the one on PATH; `none`: finmoe alone), TOKENIZER (for `finmoe init`,
 # default tests/data/tokenizer/qwen3), OUT_DIR (where both write their
 # output and the write probe runs; default WORK_DIR: a tmpfs such as /dev/shm
 # takes the disk out of the comparison), NO_FUSED=1 (also time
-# `finmoe merge --no-fused`, the libtorch path the fused kernel replaced).
+# `finmoe merge --no-fused`, the libtorch path the fused kernel replaced),
+# COLD=1 (the inputs are evicted from the page cache, posix_fadvise
+# DONTNEED, before the read probe and before every merge: "read" is then the
+# disk's read bandwidth, and every tool reads its inputs from the disk).
 #
 # Each round measures, besides both merges:
-#   read  the three input files read once more from the page cache (`cat`,
-#         one thread: what the kernel's copy of the cached bytes costs);
+#   read  the three input files read once more, the faster of one `cat` and
+#         three concurrent ones (one per file): from the page cache, what the
+#         kernel's copy of the cached bytes costs; with COLD=1 from the disk;
 #   mem   the 2-thread memory read probe of `finmoe bench decode`;
 #   write the output's size written to WORK_DIR and fsynced, as finmoe's
 #         checkpoint writer does (mergekit does not fsync).
@@ -63,10 +67,11 @@ EOF
 done
 # warm the page cache once
 cat "$WORK"/m{1,2,3}/model.safetensors >/dev/null
-python3 - "$WORK" "$ROUNDS" "$FINMOE" "$MERGEKIT" "$METHODS" "$OUT_DIR" "${NO_FUSED:-0}" <<'PY'
+python3 - "$WORK" "$ROUNDS" "$FINMOE" "$MERGEKIT" "$METHODS" "$OUT_DIR" "${NO_FUSED:-0}" "${COLD:-0}" <<'PY'
 import json, os, shutil, statistics, subprocess, sys, time
 work, rounds, finmoe, mergekit, methods = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5].split(",")
-out_dir, no_fused = sys.argv[6], sys.argv[7] == "1"
+out_dir, no_fused, cold = sys.argv[6], sys.argv[7] == "1", sys.argv[8] == "1"
+with_mergekit = mergekit != "none"
 inputs = [f"{work}/m{s}/model.safetensors" for s in (1, 2, 3)]
 nbytes = sum(os.path.getsize(p) for p in inputs)
 out_bytes = os.path.getsize(inputs[0])  # the merged model has the base's tensors and dtype
@@ -80,10 +85,31 @@ def mem_probe():
                           "--steps", "1", "--repeats", "1", "--json"], capture_output=True, text=True, check=True)
     return json.loads(out.stdout)["bandwidth_gb_s"]
 
+def evict():  # COLD=1: the inputs leave the page cache (no privileges needed)
+    if not cold:
+        return
+    for p in inputs:
+        fd = os.open(p, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+
 def read_probe():
+    # the faster of one `cat` of the three files and three concurrent ones
+    # (one per file, as a merge maps them: from the disk, the deeper queue
+    # reads faster)
+    evict()
     t = time.perf_counter()
     subprocess.run(["cat", *inputs], stdout=subprocess.DEVNULL, check=True)
-    return time.perf_counter() - t
+    one = time.perf_counter() - t
+    evict()
+    t = time.perf_counter()
+    procs = [subprocess.Popen(["cat", p], stdout=subprocess.DEVNULL) for p in inputs]
+    if any(p.wait() != 0 for p in procs):
+        sys.exit("bench_merge.sh: cat failed")
+    three = time.perf_counter() - t
+    print(f"read probe: one cat {nbytes / one / 1e9:.2f} GB/s, three concurrent {nbytes / three / 1e9:.2f} GB/s",
+          flush=True)
+    return min(one, three)
 
 def write_probe():
     path, block = f"{out_dir}/write-probe", b"\x01" * (16 << 20)
@@ -102,6 +128,7 @@ cpu = {}  # command -> user + system CPU seconds of its last run (load-independe
 
 def timed(cmd, out):
     shutil.rmtree(out, ignore_errors=True)
+    evict()
     t = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(p.pid, 0)
@@ -112,8 +139,8 @@ def timed(cmd, out):
     shutil.rmtree(out, ignore_errors=True)
     return s
 
-print(f"inputs: 3 files, {nbytes / 1e9:.2f} GB; output {out_bytes / 1e9:.2f} GB into {out_dir}; "
-      f"load average {load():.2f}", flush=True)
+print(f"inputs: 3 files, {nbytes / 1e9:.2f} GB, {'read from the disk (evicted before each run)' if cold else 'in the page cache'}; "
+      f"output {out_bytes / 1e9:.2f} GB into {out_dir}; load average {load():.2f}", flush=True)
 rows = []
 for r in range(1, rounds + 1):
     mem = mem_probe()
@@ -124,20 +151,23 @@ for r in range(1, rounds + 1):
         recipe = f"{work}/recipe-{m}.yaml"
         ld = load()
         f = timed([finmoe, "merge", recipe, f"{out_dir}/out-finmoe"], f"{out_dir}/out-finmoe")
-        k = timed([mergekit, recipe, f"{out_dir}/out-mergekit", "--lazy-unpickle"], f"{out_dir}/out-mergekit")
+        k = timed([mergekit, recipe, f"{out_dir}/out-mergekit", "--lazy-unpickle"],
+                  f"{out_dir}/out-mergekit") if with_mergekit else None
         t = timed([finmoe, "merge", recipe, f"{out_dir}/out-finmoe", "--no-fused"], f"{out_dir}/out-finmoe") if no_fused else None
         x = {"round": r, "method": m, "load": ld, "mem_gb_s": mem, "read_s": rd, "read_gb_s": read_bw,
-             "write_s": wr, "write_gb_s": out_bytes / wr / 1e9, "finmoe_s": f, "mergekit_s": k,
-             "finmoe_gb_s": nbytes / f / 1e9, "mergekit_gb_s": nbytes / k / 1e9,
-             "finmoe_cpu_s": cpu[finmoe], "mergekit_cpu_s": cpu[mergekit]}
+             "write_s": wr, "write_gb_s": out_bytes / wr / 1e9, "finmoe_s": f,
+             "finmoe_gb_s": nbytes / f / 1e9, "finmoe_cpu_s": cpu[finmoe]}
+        if k is not None:
+            x.update({"mergekit_s": k, "mergekit_gb_s": nbytes / k / 1e9, "mergekit_cpu_s": cpu[mergekit]})
         if t is not None:
             x["libtorch_path_s"] = t
             x["libtorch_path_cpu_s"] = cpu[finmoe + " --no-fused"]
         rows.append(x)
         print(f"round {r} {m}: finmoe {f:.2f} s ({x['finmoe_gb_s']:.2f} GB/s = {x['finmoe_gb_s'] / read_bw:.0%} of read "
               f"{read_bw:.2f} GB/s, {x['finmoe_gb_s'] / mem:.0%} of mem {mem:.1f} GB/s; I/O floor {rd + wr:.2f} s) "
-              f"| mergekit {k:.2f} s ({x['mergekit_gb_s']:.2f} GB/s) | finmoe {k / f:.1f}x faster "
-              f"| CPU s finmoe {x['finmoe_cpu_s']:.2f} mergekit {x['mergekit_cpu_s']:.2f}"
+              + (f"| mergekit {k:.2f} s ({x['mergekit_gb_s']:.2f} GB/s) | finmoe {k / f:.1f}x faster "
+                 f"| CPU s finmoe {x['finmoe_cpu_s']:.2f} mergekit {x['mergekit_cpu_s']:.2f}"
+                 if k is not None else f"| CPU s finmoe {x['finmoe_cpu_s']:.2f}")
               + (f" | --no-fused {t:.2f} s ({x['libtorch_path_cpu_s']:.2f} CPU s)" if t is not None else "")
               + f" | load {ld:.1f}",
               flush=True)
@@ -152,12 +182,14 @@ for m in methods:
           f"({'meets' if med['finmoe_gb_s'] >= 0.8 * med['read_gb_s'] else 'misses'} 80%), "
           f"{med['finmoe_gb_s'] / med['mem_gb_s']:.0%} of the memory probe {med['mem_gb_s']:.1f} GB/s; "
           f"I/O floor {floor:.2f} s (read {med['read_s']:.2f} + write+fsync {med['write_s']:.2f}) = "
-          f"{floor / med['finmoe_s']:.0%} of finmoe's time | mergekit {med['mergekit_s']:.2f} s = "
-          f"{med['mergekit_gb_s']:.2f} GB/s | finmoe {med['mergekit_s'] / med['finmoe_s']:.1f}x faster | "
-          + f"CPU s: finmoe {med['finmoe_cpu_s']:.2f}, mergekit {med['mergekit_cpu_s']:.2f} | "
+          f"{floor / med['finmoe_s']:.0%} of finmoe's time | "
+          + (f"mergekit {med['mergekit_s']:.2f} s = {med['mergekit_gb_s']:.2f} GB/s | "
+             f"finmoe {med['mergekit_s'] / med['finmoe_s']:.1f}x faster | "
+             f"CPU s: finmoe {med['finmoe_cpu_s']:.2f}, mergekit {med['mergekit_cpu_s']:.2f} | "
+             if with_mergekit else f"CPU s: finmoe {med['finmoe_cpu_s']:.2f} | ")
           + (f"--no-fused {med['libtorch_path_s']:.2f} s ({med['libtorch_path_cpu_s']:.2f} CPU s) | "
              if 'libtorch_path_s' in med else "") +
           f"load {min(x['load'] for x in mine):.1f}-{max(x['load'] for x in mine):.1f}")
-json.dump({"input_bytes": nbytes, "output_bytes": out_bytes, "rounds": rows, "median": summary},
+json.dump({"input_bytes": nbytes, "output_bytes": out_bytes, "cold": cold, "rounds": rows, "median": summary},
           open(f"{work}/results.json", "w"), indent=2)
 PY
