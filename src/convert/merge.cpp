@@ -954,38 +954,36 @@ std::string model_card(const MergeRecipe& r, const std::string& yaml,
 // one page fault at a time. Cached inputs cost a walk of the page cache.
 class InputReadAhead {
  public:
-  explicit InputReadAhead(const std::vector<Job>& jobs) : jobs_(jobs), bytes_(jobs.size(), 0) {
+  explicit InputReadAhead(const std::vector<Job>& jobs) : views_(jobs.size()), bytes_(jobs.size(), 0) {
     for (size_t i = 0; i < jobs.size(); ++i)
-      for (const TensorView* v : inputs(i)) bytes_[i] += v->nbytes;
+      for (size_t k = 0; k < jobs[i].models.size(); ++k)
+        if (const TensorView* v = jobs[i].models[k]->find(jobs[i].inputs[k])) {
+          views_[i].push_back(v);
+          bytes_[i] += v->nbytes;
+        }
   }
-  // Job i is about to be merged (called for i = 0, 1, 2, ... in order).
+  // Job i is about to be merged (called for i = 0, 1, 2, ... in order; the
+  // window always holds job i, so next_ > i afterwards).
   void at(size_t i) {
-    if (i > 0 && i - 1 < next_) ahead_ -= bytes_[i - 1];  // merged: out of the window
-    if (next_ < i) next_ = i, ahead_ = 0;
-    for (; next_ < jobs_.size() && ahead_ < kReadAheadBytes; ++next_) {
-      for (const TensorView* v : inputs(next_)) will_need(*v);
+    if (i > 0) ahead_ -= bytes_[i - 1];  // merged: out of the window
+    for (; next_ < views_.size() && ahead_ < kReadAheadBytes; ++next_) {
+      for (const TensorView* v : views_[next_]) will_need(*v);
       ahead_ += bytes_[next_];
     }
   }
 
  private:
   static constexpr size_t kReadAheadBytes = size_t(256) << 20;
-  std::vector<const TensorView*> inputs(size_t i) const {
-    std::vector<const TensorView*> out;
-    for (size_t k = 0; k < jobs_[i].models.size(); ++k)
-      if (const TensorView* v = jobs_[i].models[k]->find(jobs_[i].inputs[k])) out.push_back(v);
-    return out;
-  }
   static void will_need(const TensorView& v) {
     if (v.nbytes == 0) return;
     static const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
     const uintptr_t start = uintptr_t(v.data) & ~(page - 1);
     ::madvise(reinterpret_cast<void*>(start), uintptr_t(v.data) + v.nbytes - start, MADV_WILLNEED);
   }
-  const std::vector<Job>& jobs_;
-  std::vector<size_t> bytes_;  // input bytes per job
-  size_t next_ = 0;            // the first job not yet asked for
-  size_t ahead_ = 0;           // input bytes asked for, of the jobs from the current one on
+  std::vector<std::vector<const TensorView*>> views_;  // each job's inputs
+  std::vector<size_t> bytes_;                           // their bytes per job
+  size_t next_ = 0;   // the first job not yet asked for
+  size_t ahead_ = 0;  // input bytes asked for, of the jobs from the current one on
 };
 
 }  // namespace
