@@ -151,11 +151,26 @@ struct LoadOptions {
   // A LoRA adapter directory (PEFT layout, finmoe/lora.h) attached, unmerged,
   // after loading; empty = none.
   std::string lora_adapter = {};
+  // CPU tensors whose dtype already matches: true = used in place in the
+  // file's private copy-on-write mapping (no copy; the page cache decides
+  // whether they are mapped with 4 KiB or 2 MiB entries); false = copied
+  // into one anonymous region the kernel backs with 2 MiB pages
+  // (MADV_HUGEPAGE), so decoding streams them with few TLB misses whatever
+  // state the file is cached in (decode 5-15% faster on a VM whose page
+  // cache maps the file with 4 KiB entries), at a load cost: a VM backs
+  // freshly touched huge pages slowly (1-3 s per GB measured,
+  // docs/PERFORMANCE.md). Unset: FINMOE_MMAP=0 copies, else maps.
+  std::optional<bool> map_weights = {};
 };
 
+// Whether load_model maps (true) or copies (false) weights when
+// LoadOptions::map_weights is unset: false when FINMOE_MMAP=0, true when it
+// is 1 or unset. Throws Error for any other value.
+bool default_map_weights();
+
 // Loads an HF checkpoint directory (config.json + safetensors). Tensors whose
-// dtype and device already match are used in place (memory-mapped, private
-// copy-on-write). Missing, unexpected or wrongly shaped tensors throw Error
+// dtype and device already match are used as stored: copied into huge pages
+// or memory-mapped (private copy-on-write), see LoadOptions::map_weights. Missing, unexpected or wrongly shaped tensors throw Error
 // naming the tensor and file. A directory holding an ESFT delta
 // (finmoe/esft.h, docs/formats/esft.md) loads as its base model with the
 // delta's tensors in place of the base's.

@@ -2,6 +2,7 @@
 // best_isa() said the CPU runs them.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "kernels/linear_isa.h"
@@ -48,6 +49,8 @@ void store_sums(__m256 (&acc)[MT][R], const float (&tail)[MT][R], const float* b
   }
 }
 
+#include "kernels/next_block_prefetch.inc"
+
 // 8 consecutive bf16 weights as float32, in order (the k tail past the last
 // 16: x's tail is in order too, see pack_x_bf16_avx2).
 inline __m256 widen8(const uint16_t* w) {
@@ -61,7 +64,7 @@ inline __m256 widen8(const uint16_t* w) {
 // one in-order vector step before the scalar rest.
 template <int R, int MT>
 void block_bf16(const float* xr, int64_t K, const uint16_t* W, int64_t n, const float* bias,
-                float* y, int64_t ldy) {
+                float* y, int64_t ldy, uintptr_t pf, uintptr_t pf_end, int per_step) {
   const uint16_t* w = W + n * K;
   __m256 acc[MT][R];
   for (int m = 0; m < MT; ++m)
@@ -69,6 +72,7 @@ void block_bf16(const float* xr, int64_t K, const uint16_t* W, int64_t n, const 
   const __m256i hi_mask = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
   int64_t k = 0;
   for (; k + 16 <= K; k += 16) {
+    prefetch_step(pf, pf_end, per_step);
     for (int r = 0; r < R; ++r) {
       const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * K + k));
       const __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
@@ -96,13 +100,14 @@ void block_bf16(const float* xr, int64_t K, const uint16_t* W, int64_t n, const 
 
 template <int R, int MT>
 void block_f32(const float* x, int64_t K, const float* W, int64_t n, const float* bias, float* y,
-               int64_t ldy) {
+               int64_t ldy, uintptr_t pf, uintptr_t pf_end, int per_step) {
   const float* w = W + n * K;
   __m256 acc[MT][R];
   for (int m = 0; m < MT; ++m)
     for (int r = 0; r < R; ++r) acc[m][r] = _mm256_setzero_ps();
   int64_t k = 0;
   for (; k + 8 <= K; k += 8) {
+    prefetch_step(pf, pf_end, per_step);
     for (int r = 0; r < R; ++r) {
       const __m256 wv = _mm256_loadu_ps(w + r * K + k);
       for (int m = 0; m < MT; ++m)
@@ -181,21 +186,38 @@ inline float row_dot_f32(const float* x, const float* w, int64_t K) {
   return hsum(_mm256_add_ps(a0, a1)) + tail;
 }
 
-// x tiled by 2 rows: 8 accumulators + W temporaries fit the 16 ymm registers.
+// x tiled by 2 rows: 8 accumulators + W temporaries fit the 16 ymm registers;
+// the next block of W is prefetched meanwhile (next_block_prefetch.inc).
 template <int R>
 void rows_bf16(const float* xr, int64_t M, int64_t K, const uint16_t* W, int64_t n,
                const float* bias, float* y, int64_t ldy) {
+  const uint16_t* next = W + (n + R) * K;
+  const int64_t bytes = R * K * int64_t(sizeof(uint16_t)), tiles = (M + 1) / 2, steps = K / 16;
   int64_t m = 0;
-  for (; m + 2 <= M; m += 2) block_bf16<R, 2>(xr + m * K, K, W, n, bias, y + m * ldy, ldy);
-  if (m < M) block_bf16<R, 1>(xr + m * K, K, W, n, bias, y + m * ldy, ldy);
+  for (; m + 2 <= M; m += 2) {
+    const PrefetchShare pf = next_block_share(next, bytes, m / 2, tiles, steps);
+    block_bf16<R, 2>(xr + m * K, K, W, n, bias, y + m * ldy, ldy, pf.begin, pf.end, pf.per_step);
+  }
+  if (m < M) {
+    const PrefetchShare pf = next_block_share(next, bytes, m / 2, tiles, steps);
+    block_bf16<R, 1>(xr + m * K, K, W, n, bias, y + m * ldy, ldy, pf.begin, pf.end, pf.per_step);
+  }
 }
 
 template <int R>
 void rows_f32(const float* x, int64_t M, int64_t K, const float* W, int64_t n, const float* bias,
               float* y, int64_t ldy) {
+  const float* next = W + (n + R) * K;
+  const int64_t bytes = R * K * int64_t(sizeof(float)), tiles = (M + 1) / 2, steps = K / 8;
   int64_t m = 0;
-  for (; m + 2 <= M; m += 2) block_f32<R, 2>(x + m * K, K, W, n, bias, y + m * ldy, ldy);
-  if (m < M) block_f32<R, 1>(x + m * K, K, W, n, bias, y + m * ldy, ldy);
+  for (; m + 2 <= M; m += 2) {
+    const PrefetchShare pf = next_block_share(next, bytes, m / 2, tiles, steps);
+    block_f32<R, 2>(x + m * K, K, W, n, bias, y + m * ldy, ldy, pf.begin, pf.end, pf.per_step);
+  }
+  if (m < M) {
+    const PrefetchShare pf = next_block_share(next, bytes, m / 2, tiles, steps);
+    block_f32<R, 1>(x + m * K, K, W, n, bias, y + m * ldy, ldy, pf.begin, pf.end, pf.per_step);
+  }
 }
 
 // ---- the tiled GEMM (gemm_f32_impl.inc) on ymm registers ----

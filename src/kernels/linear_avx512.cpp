@@ -3,6 +3,7 @@
 // float32 weights of the avx512_bf16 path. Only called at or above avx512.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 // GCC 12 flags _mm512_undefined_ps() inside its own shuffle/extract intrinsics (a false positive).
@@ -15,6 +16,7 @@ namespace finmoe::kernels {
 namespace {
 
 #include "kernels/linear_avx512_sums.inc"
+#include "kernels/next_block_prefetch.inc"
 
 constexpr int kRows = 4;  // output rows (W rows) per block: 4 independent streams
 
@@ -31,19 +33,20 @@ inline __m512 load16(const uint16_t* p, __mmask16 mask) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
+// dot's k step: one cache line of W per row (16 floats or 32 bf16)
+template <class Wt>
+constexpr int64_t kDotStep = 64 / sizeof(Wt) < 16 ? 16 : 64 / sizeof(Wt);
+
 // acc[m][r] = sum over k of x[m][k] * w[r][k], R rows of W with stride K.
 template <int R, int MT, class Wt>
-inline void dot(const float* x, int64_t K, const Wt* w, __m512 (&acc)[MT][R]) {
+inline void dot(const float* x, int64_t K, const Wt* w, __m512 (&acc)[MT][R], uintptr_t pf,
+                uintptr_t pf_end, int per_step) {
   for (int m = 0; m < MT; ++m)
     for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
-  // The R rows are R interleaved streams, which the hardware prefetcher follows
-  // poorly; prefetching the next block (contiguous) in address order keeps the
-  // memory pipe full. Past the matrix end the prefetch is harmless (an integer
-  // address: no out-of-range pointer is formed).
-  uintptr_t next = reinterpret_cast<uintptr_t>(w + R * K);
-  constexpr int64_t kStep = 64 / sizeof(Wt) < 16 ? 16 : 64 / sizeof(Wt);  // one cache line of W
+  // pf: this tile's share of the next block (next_block_prefetch.inc)
+  constexpr int64_t kStep = kDotStep<Wt>;
   int64_t k = 0;
-  for (; k + kStep <= K; k += kStep, next += R * 64) {
+  for (; k + kStep <= K; k += kStep) {
     for (int64_t j = 0; j < kStep; j += 16) {
       __m512 wv[R];
       for (int r = 0; r < R; ++r) wv[r] = load16(w + r * K + k + j);
@@ -52,9 +55,7 @@ inline void dot(const float* x, int64_t K, const Wt* w, __m512 (&acc)[MT][R]) {
         for (int r = 0; r < R; ++r) acc[m][r] = _mm512_fmadd_ps(xv, wv[r], acc[m][r]);
       }
     }
-    if constexpr (R > 1)
-      for (int r = 0; r < R; ++r)
-        _mm_prefetch(reinterpret_cast<const char*>(next + r * 64), _MM_HINT_T0);
+    prefetch_step(pf, pf_end, per_step);
   }
   for (; k < K; k += 16) {
     const __mmask16 mask = K - k >= 16 ? 0xffff : static_cast<__mmask16>((1u << (K - k)) - 1);
@@ -69,32 +70,37 @@ inline void dot(const float* x, int64_t K, const Wt* w, __m512 (&acc)[MT][R]) {
 
 template <int R, int MT, class Wt>
 inline void block(const float* x, int64_t K, const Wt* W, int64_t n, const float* bias, float* y,
-                  int64_t ldy) {
+                  int64_t ldy, const PrefetchShare& pf) {
   __m512 acc[MT][R];
-  dot<R, MT>(x, K, W + n * K, acc);
+  dot<R, MT>(x, K, W + n * K, acc, pf.begin, pf.end, pf.per_step);
   store_sums<R, MT>(acc, bias, n, y, ldy);
 }
 
 // Row block of R outputs for all M rows of x, tiled by 4 rows of x: W's
-// block is read from memory once and re-read from L1/L2 for later tiles.
+// block is read from memory once and re-read from L1/L2 for later tiles,
+// while the next block is prefetched.
 template <int R, class Wt>
 inline void rows(const float* x, int64_t M, int64_t K, const Wt* W, int64_t n, const float* bias,
                  float* y, int64_t ldy) {
+  const Wt* next = W + (n + R) * K;
+  const int64_t bytes = R * K * int64_t(sizeof(Wt)), tiles = (M + 3) / 4;
+  const int64_t steps = K / kDotStep<Wt>;
   for (int64_t m = 0; m < M; m += 4) {
     const float* xm = x + m * K;
     float* ym = y + m * ldy;
+    const PrefetchShare pf = next_block_share(next, bytes, m / 4, tiles, steps);
     switch (M - m < 4 ? M - m : 4) {
       case 4:
-        block<R, 4>(xm, K, W, n, bias, ym, ldy);
+        block<R, 4>(xm, K, W, n, bias, ym, ldy, pf);
         break;
       case 3:
-        block<R, 3>(xm, K, W, n, bias, ym, ldy);
+        block<R, 3>(xm, K, W, n, bias, ym, ldy, pf);
         break;
       case 2:
-        block<R, 2>(xm, K, W, n, bias, ym, ldy);
+        block<R, 2>(xm, K, W, n, bias, ym, ldy, pf);
         break;
       default:
-        block<R, 1>(xm, K, W, n, bias, ym, ldy);
+        block<R, 1>(xm, K, W, n, bias, ym, ldy, pf);
         break;
     }
   }

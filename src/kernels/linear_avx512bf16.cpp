@@ -2,6 +2,7 @@
 // only called on the avx512_bf16 path.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 // GCC 12 flags _mm512_undefined_ps() inside its own shuffle/extract intrinsics (a false positive).
@@ -19,29 +20,24 @@ constexpr int kRows = 4;  // output rows (W rows) per block: 4 independent strea
 inline __m512bh as_bh(__m512i v) { return (__m512bh)v; }
 
 #include "kernels/linear_avx512_sums.inc"
+#include "kernels/next_block_prefetch.inc"
 
 // acc[m][r] = sum over k of xb[m][k] * w[r][k], R rows of W with stride K.
 template <int R, int MT>
 inline void dot_bf16(const uint16_t* xb, int64_t ldx, const uint16_t* w, int64_t K,
-                     __m512 (&acc)[MT][R]) {
+                     __m512 (&acc)[MT][R], uintptr_t pf, uintptr_t pf_end, int per_step) {
   for (int m = 0; m < MT; ++m)
     for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
-  // The R rows are R interleaved streams, which the hardware prefetcher follows
-  // poorly; prefetching the next block (contiguous) in address order keeps
-  // the memory pipe full. Prefetches past the matrix end are harmless (an
-  // integer address, so no out-of-range pointer is ever formed).
-  uintptr_t next = reinterpret_cast<uintptr_t>(w + R * K);
+  // pf: this tile's share of the next block (next_block_prefetch.inc)
   int64_t k = 0;
-  for (; k + 32 <= K; k += 32, next += R * 64) {
+  for (; k + 32 <= K; k += 32) {
     __m512bh wv[R];
     for (int r = 0; r < R; ++r) wv[r] = as_bh(_mm512_loadu_si512(w + r * K + k));
     for (int m = 0; m < MT; ++m) {
       const __m512bh xv = as_bh(_mm512_load_si512(xb + m * ldx + k));
       for (int r = 0; r < R; ++r) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv, wv[r]);
     }
-    if constexpr (R > 1)
-      for (int r = 0; r < R; ++r)
-        _mm_prefetch(reinterpret_cast<const char*>(next + r * 64), _MM_HINT_T0);
+    prefetch_step(pf, pf_end, per_step);
   }
   if (k < K) {
     // Masked W loads read zeros past the row (never garbage that could be NaN); x is zero-padded.
@@ -57,32 +53,37 @@ inline void dot_bf16(const uint16_t* xb, int64_t ldx, const uint16_t* w, int64_t
 
 template <int R, int MT>
 inline void block_bf16(const uint16_t* xb, int64_t ldx, int64_t K, const uint16_t* W, int64_t n,
-                       const float* bias, float* y, int64_t ldy) {
+                       const float* bias, float* y, int64_t ldy, uintptr_t pf, uintptr_t pf_end,
+                       int per_step) {
   __m512 acc[MT][R];
-  dot_bf16<R, MT>(xb, ldx, W + n * K, K, acc);
+  dot_bf16<R, MT>(xb, ldx, W + n * K, K, acc, pf, pf_end, per_step);
   store_sums<R, MT>(acc, bias, n, y, ldy);
 }
 
 // Row block of R outputs for all M rows of x, tiled by 4 rows of x: W's
-// block is read from memory once and re-read from L1/L2 for later tiles.
+// block is read from memory once and re-read from L1/L2 for later tiles,
+// while the next block is prefetched.
 template <int R>
 inline void rows_bf16(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx, const uint16_t* W,
                       int64_t n, const float* bias, float* y, int64_t ldy) {
+  const uint16_t* next = W + (n + R) * K;
+  const int64_t bytes = R * K * int64_t(sizeof(uint16_t)), tiles = (M + 3) / 4, steps = K / 32;
   for (int64_t m = 0; m < M; m += 4) {
     const uint16_t* xm = xb + m * ldx;
     float* ym = y + m * ldy;
+    const PrefetchShare pf = next_block_share(next, bytes, m / 4, tiles, steps);
     switch (M - m < 4 ? M - m : 4) {
       case 4:
-        block_bf16<R, 4>(xm, ldx, K, W, n, bias, ym, ldy);
+        block_bf16<R, 4>(xm, ldx, K, W, n, bias, ym, ldy, pf.begin, pf.end, pf.per_step);
         break;
       case 3:
-        block_bf16<R, 3>(xm, ldx, K, W, n, bias, ym, ldy);
+        block_bf16<R, 3>(xm, ldx, K, W, n, bias, ym, ldy, pf.begin, pf.end, pf.per_step);
         break;
       case 2:
-        block_bf16<R, 2>(xm, ldx, K, W, n, bias, ym, ldy);
+        block_bf16<R, 2>(xm, ldx, K, W, n, bias, ym, ldy, pf.begin, pf.end, pf.per_step);
         break;
       default:
-        block_bf16<R, 1>(xm, ldx, K, W, n, bias, ym, ldy);
+        block_bf16<R, 1>(xm, ldx, K, W, n, bias, ym, ldy, pf.begin, pf.end, pf.per_step);
         break;
     }
   }

@@ -1,9 +1,13 @@
 // Loading, saving and initialising Transformer weights in HF format.
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <set>
+
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "finmoe/error.h"
 #include "finmoe/esft.h"
@@ -118,7 +122,73 @@ void moe_tensors(const ModelConfig& c, const std::string& layer, std::vector<Ten
   if (c.moe_concat_proj) out.push_back({p + "concat_proj.weight", {D, D}});
 }
 
+// One anonymous mapping, 2 MiB-aligned and madvised MADV_HUGEPAGE, holding
+// copies of the tensors load_model would otherwise use in place.
+class HugePageCopy {
+ public:
+  static constexpr size_t kAlign = 64;  // each tensor starts on a cache line
+  // Lays out `views` and copies them in (both threads of the pool); nullptr
+  // when the memory cannot be had, and the caller maps instead.
+  static std::shared_ptr<HugePageCopy> make(const std::vector<const TensorView*>& views) {
+    std::vector<size_t> offset;
+    size_t total = 0;
+    for (const TensorView* v : views) {
+      offset.push_back(total);
+      total += (v->nbytes + kAlign - 1) / kAlign * kAlign;
+    }
+    if (total == 0) return nullptr;
+    constexpr size_t kHuge = size_t(2) << 20;
+    const size_t len = (total + kHuge - 1) / kHuge * kHuge + kHuge;  // room to align the start
+    void* map = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (map == MAP_FAILED) return nullptr;
+    std::shared_ptr<HugePageCopy> copy(new HugePageCopy(map, len));
+    copy->base_ = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(map) + kHuge - 1) & ~(kHuge - 1));
+    ::madvise(copy->base_, len - kHuge, MADV_HUGEPAGE);  // advice: without it, 4 KiB pages
+    copy->offset_ = std::move(offset);
+    // 2 MiB slices of the concatenation, spread over the pool's threads
+    kernels::ThreadPool::global().parallel_for(
+        int64_t((total + kHuge - 1) / kHuge), 1, [&](int64_t s0, int64_t s1) {
+          const size_t lo = size_t(s0) * kHuge, hi = std::min(total, size_t(s1) * kHuge);
+          for (size_t i = 0; i < views.size(); ++i) {
+            const size_t b = std::max(lo, copy->offset_[i]);
+            const size_t e = std::min(hi, copy->offset_[i] + views[i]->nbytes);
+            if (b < e) std::memcpy(copy->base_ + b, views[i]->data + (b - copy->offset_[i]), e - b);
+          }
+        });
+    // the copied pages of the file mapping leave this process (the page
+    // cache keeps them; a later read faults them back from the file)
+    static const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+    for (const TensorView* v : views) {
+      const uintptr_t b = (reinterpret_cast<uintptr_t>(v->data) + page - 1) & ~(page - 1);
+      const uintptr_t e = (reinterpret_cast<uintptr_t>(v->data) + v->nbytes) & ~(page - 1);
+      if (b < e) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
+    }
+    return copy;
+  }
+  ~HugePageCopy() { ::munmap(map_, len_); }
+  HugePageCopy(const HugePageCopy&) = delete;
+  HugePageCopy& operator=(const HugePageCopy&) = delete;
+  uint8_t* data(size_t i) const { return base_ + offset_[i]; }
+
+ private:
+  HugePageCopy(void* map, size_t len) : map_(map), len_(len) {}
+  void* map_;
+  size_t len_;
+  uint8_t* base_ = nullptr;
+  std::vector<size_t> offset_;  // of each view, from base_
+};
+
 }  // namespace
+
+bool default_map_weights() {
+  if (const char* e = std::getenv("FINMOE_MMAP"); e && *e) {
+    const std::string v = e;
+    if (v == "1") return true;
+    if (v == "0") return false;
+    throw Error("FINMOE_MMAP='" + v + "': must be 1 (map the weights) or 0 (copy them into huge pages)");
+  }
+  return true;
+}
 
 torch::Dtype dtype_from_string(const std::string& name) {
   if (name == "float32" || name == "fp32" || name == "f32") return torch::kFloat32;
@@ -296,6 +366,23 @@ Transformer load_model(const std::string& dir, const LoadOptions& options) {
   std::map<std::string, torch::Tensor> params;
   for (auto& [name, t] : model.named_parameters()) params.emplace(name, t);
 
+  // int8 weights and their scales keep their dtype; everything else becomes the model's
+  auto wanted = [&](size_t i) { return specs[i].dtype ? to_torch(views[i]->dtype) : dtype; };
+  auto as_stored = [&](size_t i) {
+    return options.device.is_cpu() && to_torch(views[i]->dtype) == wanted(i);
+  };
+  std::shared_ptr<HugePageCopy> copy;  // the tensors used as stored, unless mapped
+  std::vector<size_t> copy_index(specs.size(), 0);
+  if (!options.map_weights.value_or(default_map_weights())) {
+    std::vector<const TensorView*> stored;
+    for (size_t i = 0; i < specs.size(); ++i)
+      if (as_stored(i)) {
+        copy_index[i] = stored.size();
+        stored.push_back(views[i]);
+      }
+    copy = HugePageCopy::make(stored);
+  }
+
   torch::NoGradGuard no_grad;
   for (size_t i = 0; i < specs.size(); ++i) {
     const TensorSpec& spec = specs[i];
@@ -303,12 +390,19 @@ Transformer load_model(const std::string& dir, const LoadOptions& options) {
     auto it = params.find(spec.name);
     if (it == params.end()) throw Error("internal: no parameter for " + spec.name);
     const auto src_type = to_torch(view.dtype);
+    const torch::Dtype want = wanted(i);
+    torch::Tensor value;
+    if (copy && as_stored(i)) {
+      // the huge-page copy (aligned); the deleter keeps the copy alive
+      value = torch::from_blob(copy->data(copy_index[i]), view.shape, [copy](void*) {},
+                               torch::TensorOptions().dtype(src_type));
+      it->second.set_data(value);
+      continue;
+    }
     // zero-copy view of the private mapping; the deleter keeps the files mapped
     auto blob = torch::from_blob(view.data, view.shape, [reader](void*) {},
                                  torch::TensorOptions().dtype(src_type));
-    torch::Tensor value = blob;
-    // int8 weights and their scales keep their dtype; everything else becomes the model's
-    const torch::Dtype want = spec.dtype ? src_type : dtype;
+    value = blob;
     if (src_type != want || !options.device.is_cpu()) {
       value = blob.to(options.device, want);
     } else if (reinterpret_cast<uintptr_t>(view.data) % dtype_size(view.dtype) != 0) {

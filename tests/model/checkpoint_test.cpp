@@ -86,6 +86,45 @@ TEST(Checkpoint, TensorsOffTheirAlignmentInTheFileLoadAligned) {
   EXPECT_TRUE(torch::equal(m.forward(tokens), back.forward(tokens)));
 }
 
+// LoadOptions::map_weights: weights copied into huge pages equal the mapped
+// ones bit for bit, at other addresses, each on a 64-byte boundary, and the
+// two models give the same logits.
+TEST(Checkpoint, WeightsCopiedIntoHugePagesEqualTheMappedOnes) {
+  for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    Transformer m(test::tiny_config("qwen2"), dtype);
+    init_random(m, 13);
+    test::TempDir dir;
+    save_model(m, dir.str());
+    LoadOptions mapped, copied;
+    mapped.map_weights = true;
+    copied.map_weights = false;
+    auto a = load_model(dir.str(), mapped), b = load_model(dir.str(), copied);
+    auto pa = a.named_parameters(), pb = b.named_parameters();
+    ASSERT_EQ(pa.size(), pb.size());
+    for (size_t i = 0; i < pa.size(); ++i) {
+      EXPECT_TRUE(torch::equal(pa[i].second, pb[i].second)) << pa[i].first;
+      EXPECT_NE(pa[i].second.data_ptr(), pb[i].second.data_ptr()) << pa[i].first;
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(pb[i].second.data_ptr()) % 64, 0u) << pb[i].first;
+    }
+    const auto tokens = torch::tensor({{3, 1, 4, 1, 5, 9}}, torch::kInt64);
+    torch::NoGradGuard no_grad;
+    EXPECT_TRUE(torch::equal(a.forward(tokens), b.forward(tokens)));
+  }
+}
+
+TEST(Checkpoint, FinmoeMmapMustBeZeroOrOne) {
+  const char* old = std::getenv("FINMOE_MMAP");
+  const std::string saved = old ? old : "";
+  setenv("FINMOE_MMAP", "0", 1);
+  EXPECT_FALSE(default_map_weights());
+  setenv("FINMOE_MMAP", "1", 1);
+  EXPECT_TRUE(default_map_weights());
+  setenv("FINMOE_MMAP", "yes", 1);
+  EXPECT_NE(error_of([] { default_map_weights(); }).find("FINMOE_MMAP='yes'"), std::string::npos);
+  if (old) setenv("FINMOE_MMAP", saved.c_str(), 1); else unsetenv("FINMOE_MMAP");
+  EXPECT_TRUE(old || default_map_weights()) << "unset maps";
+}
+
 TEST(Checkpoint, ParamCountMatchesFormula) {
   auto c = test::tiny_config("llama");  // untied, no bias
   Transformer m(c);
