@@ -63,7 +63,7 @@ inline __m256 widen8(const uint16_t* w) {
 // A k tail of 8 or more (FineRMoE's experts have K = 152 = 9 * 16 + 8) takes
 // one in-order vector step before the scalar rest.
 template <int R, int MT>
-void block_bf16(const float* xr, int64_t K, const uint16_t* W, int64_t n, const float* bias,
+void block(const float* xr, int64_t K, const uint16_t* W, int64_t n, const float* bias,
                 float* y, int64_t ldy, uintptr_t pf, uintptr_t pf_end, int per_step) {
   const uint16_t* w = W + n * K;
   __m256 acc[MT][R];
@@ -99,7 +99,7 @@ void block_bf16(const float* xr, int64_t K, const uint16_t* W, int64_t n, const 
 }
 
 template <int R, int MT>
-void block_f32(const float* x, int64_t K, const float* W, int64_t n, const float* bias, float* y,
+void block(const float* x, int64_t K, const float* W, int64_t n, const float* bias, float* y,
                int64_t ldy, uintptr_t pf, uintptr_t pf_end, int per_step) {
   const float* w = W + n * K;
   __m256 acc[MT][R];
@@ -188,35 +188,20 @@ inline float row_dot_f32(const float* x, const float* w, int64_t K) {
 
 // x tiled by 2 rows: 8 accumulators + W temporaries fit the 16 ymm registers;
 // the next block of W is prefetched meanwhile (next_block_prefetch.inc).
-template <int R>
-void rows_bf16(const float* xr, int64_t M, int64_t K, const uint16_t* W, int64_t n,
-               const float* bias, float* y, int64_t ldy) {
-  const uint16_t* next = W + (n + R) * K;
-  const int64_t bytes = R * K * int64_t(sizeof(uint16_t)), tiles = (M + 1) / 2, steps = K / 16;
+template <int R, class Wt>
+void rows(const float* x, int64_t M, int64_t K, const Wt* W, int64_t n, const float* bias,
+          float* y, int64_t ldy) {
+  constexpr int64_t kStepK = sizeof(Wt) == 2 ? 16 : 8;  // block's k step
+  const Wt* next = W + (n + R) * K;
+  const int64_t bytes = R * K * int64_t(sizeof(Wt)), tiles = (M + 1) / 2, steps = K / kStepK;
   int64_t m = 0;
   for (; m + 2 <= M; m += 2) {
     const PrefetchShare pf = next_block_share(next, bytes, m / 2, tiles, steps);
-    block_bf16<R, 2>(xr + m * K, K, W, n, bias, y + m * ldy, ldy, pf.begin, pf.end, pf.per_step);
+    block<R, 2>(x + m * K, K, W, n, bias, y + m * ldy, ldy, pf.begin, pf.end, pf.per_step);
   }
   if (m < M) {
     const PrefetchShare pf = next_block_share(next, bytes, m / 2, tiles, steps);
-    block_bf16<R, 1>(xr + m * K, K, W, n, bias, y + m * ldy, ldy, pf.begin, pf.end, pf.per_step);
-  }
-}
-
-template <int R>
-void rows_f32(const float* x, int64_t M, int64_t K, const float* W, int64_t n, const float* bias,
-              float* y, int64_t ldy) {
-  const float* next = W + (n + R) * K;
-  const int64_t bytes = R * K * int64_t(sizeof(float)), tiles = (M + 1) / 2, steps = K / 8;
-  int64_t m = 0;
-  for (; m + 2 <= M; m += 2) {
-    const PrefetchShare pf = next_block_share(next, bytes, m / 2, tiles, steps);
-    block_f32<R, 2>(x + m * K, K, W, n, bias, y + m * ldy, ldy, pf.begin, pf.end, pf.per_step);
-  }
-  if (m < M) {
-    const PrefetchShare pf = next_block_share(next, bytes, m / 2, tiles, steps);
-    block_f32<R, 1>(x + m * K, K, W, n, bias, y + m * ldy, ldy, pf.begin, pf.end, pf.per_step);
+    block<R, 1>(x + m * K, K, W, n, bias, y + m * ldy, ldy, pf.begin, pf.end, pf.per_step);
   }
 }
 
@@ -279,8 +264,8 @@ void linear_bf16_rows_avx2(const float* xr, int64_t M, int64_t K, const uint16_t
     return;
   }
   int64_t n = n0;
-  for (; n + kRows <= n1; n += kRows) rows_bf16<kRows>(xr, M, K, W, n, bias, y, ldy);
-  for (; n < n1; ++n) rows_bf16<1>(xr, M, K, W, n, bias, y, ldy);
+  for (; n + kRows <= n1; n += kRows) rows<kRows>(xr, M, K, W, n, bias, y, ldy);
+  for (; n < n1; ++n) rows<1>(xr, M, K, W, n, bias, y, ldy);
 }
 
 void linear_f32_rows_avx2(const float* x, int64_t M, int64_t K, const float* W, int64_t n0,
@@ -290,8 +275,8 @@ void linear_f32_rows_avx2(const float* x, int64_t M, int64_t K, const float* W, 
     return;
   }
   int64_t n = n0;
-  for (; n + kRows <= n1; n += kRows) rows_f32<kRows>(x, M, K, W, n, bias, y, ldy);
-  for (; n < n1; ++n) rows_f32<1>(x, M, K, W, n, bias, y, ldy);
+  for (; n + kRows <= n1; n += kRows) rows<kRows>(x, M, K, W, n, bias, y, ldy);
+  for (; n < n1; ++n) rows<1>(x, M, K, W, n, bias, y, ldy);
 }
 
 }  // namespace finmoe::kernels
