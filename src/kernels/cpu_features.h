@@ -14,6 +14,7 @@ struct CpuFeatures {
   bool avx512dq = false;
   bool avx512_bf16 = false;
   bool avx512_vnni = false;
+  bool intel = false;  // cpuid vendor "GenuineIntel" (a measured per-vendor kernel choice)
 };
 
 const CpuFeatures& cpu_features();

@@ -111,6 +111,15 @@ void swiglu(ElemType t, const void* gate, const void* up, int64_t n, void* y) {
   });
 }
 
+void gated_add(ElemType t, void* y, const void* x, const void* gate, int64_t M, int64_t D) {
+  check_shape("gated_add", M, D);
+  const OpsTable& ops = active_ops();
+  split(M, D, [&](int64_t m0, int64_t m1) {
+    ops.gated_add(t, elem_offset(y, t, m0 * D), elem_offset(x, t, m0 * D), elem_offset(gate, t, m0),
+                  m1 - m0, D);
+  });
+}
+
 void convert(ElemType src_t, const void* src, ElemType dst_t, void* dst, int64_t n) {
   check_shape("convert", n, 1);
   const OpsTable& ops = active_ops();

@@ -44,6 +44,10 @@ void rope(ElemType t, void* x, int64_t N, int64_t H, int64_t ld, int64_t rot, co
 // y[i] = to_t(silu(gate[i])) * up[i] (rounded to t), gate/up/y [n]; y may equal gate or up.
 void swiglu(ElemType t, const void* gate, const void* up, int64_t n, void* y);
 
+// y[m,:] = to_t(y[m,:] + to_t(x[m,:] * to_t(sigmoid(gate[m])))), y/x [M, D] and
+// gate [M] of type t: Qwen2-MoE's shared expert added to the routed output
+// with libtorch's roundings of `y + x * torch::sigmoid(gate)`. y is updated in place.
+void gated_add(ElemType t, void* y, const void* x, const void* gate, int64_t M, int64_t D);
 // dst[i] = to_dst(src[i]) for i < n.
 void convert(ElemType src_t, const void* src, ElemType dst_t, void* dst, int64_t n);
 

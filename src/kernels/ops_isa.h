@@ -23,6 +23,8 @@ struct OpsTable {
   void (*rope)(ElemType t, void* x, int64_t N, int64_t H, int64_t ld, int64_t rot,
                const float* cos, const float* sin, bool interleaved);
   void (*swiglu)(ElemType t, const void* gate, const void* up, int64_t n, void* y);
+  // Rows [0, M) of gated_add.
+  void (*gated_add)(ElemType t, void* y, const void* x, const void* gate, int64_t M, int64_t D);
   void (*convert)(ElemType src_t, const void* src, ElemType dst_t, void* dst, int64_t n);
   // Queries [i0, i1) of sequence `seq` for the query heads of kv head `kv_head`.
   void (*attention)(const AttentionArgs& a, int64_t seq, int64_t kv_head, int64_t i0, int64_t i1);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <map>
 #include <optional>
@@ -318,12 +319,19 @@ MoeImpl::MoeImpl(const ModelConfig& c, torch::TensorOptions options) : config_(c
 bool MoeImpl::grouped_applies(const torch::Tensor& x, const ExpertKeys& keys) const {
   if (!kernel_path(x) || rows_over_kernel_limit(x)) return false;
   const bool adapter_rows = current_adapter_rows() != nullptr;
-  for (const auto& [m, e] : keys.modules)
+  // only the keys some row chose (a decode step's few of FineRMoE's 128 experts)
+  std::vector<char> used(keys.modules.size(), 0);
+  const int64_t* key = keys.keys.data_ptr<int64_t>();
+  for (int64_t i = 0; i < keys.keys.numel(); ++i) used[size_t(key[i])] = 1;
+  for (size_t e = 0; e < used.size(); ++e) {
+    if (!used[e]) continue;
+    const MlpImpl* m = keys.modules[e].first;
     for (const LinearImpl* l : {m->gate_proj.get(), m->up_proj.get(), m->down_proj.get()})
       if (l->has_lora() || (adapter_rows && l->has_served_lora()) || l->bias.defined() ||
           l->weight.scalar_type() != x.scalar_type() || !l->weight.is_contiguous() ||
           !l->weight.device().is_cpu())
         return false;
+  }
   return true;
 }
 
@@ -372,7 +380,9 @@ MoeImpl::ExpertKeys MoeImpl::expert_keys(const torch::Tensor& indices) {
 // then one kernels::linear_batch for every key's gate and up projections,
 // one SwiGLU over all rows, one linear_batch for the down projections, and a
 // float32 weighted scatter-add into each token's row (or its expert's G_O
-// slice). x [T, D] contiguous -> [T, D].
+// slice). Plain loops over one scratch buffer: at decode sizes each libtorch
+// op around the kernels (gather, casts, zeros) costs as much as an expert's
+// product. x [T, D] contiguous -> [T, D].
 torch::Tensor MoeImpl::experts_grouped(const torch::Tensor& x, const RouterOutput& r,
                                        const ExpertKeys& keys) {
   const int64_t T = x.size(0), D = x.size(1);
@@ -389,47 +399,54 @@ torch::Tensor MoeImpl::experts_grouped(const torch::Tensor& x, const RouterOutpu
     std::vector<int64_t> fill(start.begin(), start.end() - 1);
     for (int64_t i = 0; i < pairs; ++i) pair_of[size_t(fill[size_t(key[i])]++)] = i;
   }
-  auto rows = torch::from_blob(pair_of.data(), {pairs}, torch::kInt64).div(k, "floor");  // [P]
-  auto xs = x.index_select(0, rows);                                  // [P, D]
-  auto gate = torch::empty({pairs, I}, x.options());                  // [P, I]
-  auto up = torch::empty({pairs, I}, x.options());
-  auto ys = torch::empty({pairs, slice_}, x.options());               // [P, D/G_O]
   const auto t = elem_type(x);
   const int64_t es = kernels::elem_size(t);
-  const auto row_ptr = [es](const torch::Tensor& m, int64_t row) {
-    return static_cast<char*>(m.data_ptr()) + row * m.size(1) * es;
-  };
+  // one scratch buffer, 64-byte aligned parts: xs [P, D], gate and up [P, I],
+  // ys [P, D/G_O] in x's type; out32 [T, D] float32
+  const auto aligned = [](int64_t bytes) { return (bytes + 63) / 64 * 64; };
+  const int64_t xs_at = 0, gate_at = xs_at + aligned(pairs * D * es);
+  const int64_t up_at = gate_at + aligned(pairs * I * es), ys_at = up_at + aligned(pairs * I * es);
+  const int64_t out_at = ys_at + aligned(pairs * slice_ * es), end = out_at + aligned(T * D * 4);
+  auto scratch = torch::empty({end}, x.options().dtype(torch::kUInt8));
+  char* base = static_cast<char*>(scratch.data_ptr());
+  char *xs = base + xs_at, *gate = base + gate_at, *up = base + up_at, *ys = base + ys_at;
+  float* out32 = reinterpret_cast<float*>(base + out_at);
+  const char* xp = static_cast<const char*>(x.data_ptr());
+  for (int64_t row = 0; row < pairs; ++row)  // xs row = x row of its token
+    std::memcpy(xs + row * D * es, xp + (pair_of[size_t(row)] / k) * D * es, size_t(D * es));
+
   std::vector<kernels::LinearProduct> gate_up, down;
   for (int64_t e = 0; e < n_keys; ++e) {
     const int64_t n = start[size_t(e) + 1] - start[size_t(e)], s = start[size_t(e)];
     if (n == 0) continue;
     const MlpImpl& m = *keys.modules[size_t(e)].first;
-    gate_up.push_back({row_ptr(xs, s), n, m.gate_proj->weight.data_ptr(), I, nullptr, row_ptr(gate, s)});
-    gate_up.push_back({row_ptr(xs, s), n, m.up_proj->weight.data_ptr(), I, nullptr, row_ptr(up, s)});
-    down.push_back({row_ptr(gate, s), n, m.down_proj->weight.data_ptr(), slice_, nullptr, row_ptr(ys, s)});
+    gate_up.push_back({xs + s * D * es, n, m.gate_proj->weight.data_ptr(), I, nullptr, gate + s * I * es});
+    gate_up.push_back({xs + s * D * es, n, m.up_proj->weight.data_ptr(), I, nullptr, up + s * I * es});
+    down.push_back({gate + s * I * es, n, m.down_proj->weight.data_ptr(), slice_, nullptr,
+                    ys + s * slice_ * es});
   }
   kernels::linear_batch(t, D, t, gate_up, t);
-  kernels::swiglu(t, gate.data_ptr(), up.data_ptr(), pairs * I, gate.data_ptr());  // gate := h
+  kernels::swiglu(t, gate, up, pairs * I, gate);  // gate := h
   kernels::linear_batch(t, I, t, down, t);
 
   // out[token, slice of e] += weight * ys[row], summed in float32, rounded once
-  auto y32 = ys.to(torch::kFloat32);                     // [P, D/G_O]
-  auto out32 = torch::zeros({T, D}, x.options().dtype(torch::kFloat32));  // [T, D]
-  const float* yp = y32.data_ptr<float>();
+  std::memset(out32, 0, size_t(T * D) * 4);
+  std::vector<float> y(static_cast<size_t>(slice_));
   const float* wp = weights.data_ptr<float>();
-  float* op = out32.data_ptr<float>();
   for (int64_t e = 0; e < n_keys; ++e) {
     const int64_t routed = keys.modules[size_t(e)].second;
     const int64_t col0 = slice_ == D ? 0 : (routed / per_slice_) * slice_;
     for (int64_t row = start[size_t(e)]; row < start[size_t(e) + 1]; ++row) {
       const int64_t pair = pair_of[size_t(row)];
       const float w = wp[pair];
-      float* o = op + (pair / k) * D + col0;
-      const float* y = yp + row * slice_;
-      for (int64_t j = 0; j < slice_; ++j) o[j] += w * y[j];
+      float* o = out32 + (pair / k) * D + col0;
+      kernels::convert(t, ys + row * slice_ * es, kernels::ElemType::kF32, y.data(), slice_);
+      for (int64_t j = 0; j < slice_; ++j) o[j] += w * y[size_t(j)];
     }
   }
-  return out32.to(x.scalar_type());
+  auto out = torch::empty({T, D}, x.options());
+  kernels::convert(kernels::ElemType::kF32, out32, t, out.data_ptr(), T * D);
+  return out;
 }
 
 namespace {
@@ -515,7 +532,16 @@ torch::Tensor MoeImpl::forward(const torch::Tensor& x_in, RouterOutput* router_o
         auto rows = adapter_rows->rows_of(adapter);
         if (rows.numel() > 0) s.index_copy_(0, rows, run_on_rows(*m, x, rows));
       }
-    out = out + (shared_expert_gate ? s * torch::sigmoid(shared_expert_gate(x)) : s);
+    if (!shared_expert_gate) {
+      out = out + s;
+    } else if (auto g = shared_expert_gate(x);  // [T, 1]
+               kernel_path(out) && out.is_contiguous() && s.is_contiguous() && g.is_contiguous() &&
+               s.scalar_type() == out.scalar_type() && g.scalar_type() == out.scalar_type()) {
+      // out is this call's own tensor: updated in place, one pass
+      kernels::gated_add(elem_type(out), out.data_ptr(), s.data_ptr(), g.data_ptr(), T, D);
+    } else {
+      out = out + s * torch::sigmoid(g);
+    }
   }
   if (router_out) *router_out = std::move(r);
   return out.view(shape);

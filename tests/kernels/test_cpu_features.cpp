@@ -2,6 +2,7 @@
 // the CPU lacks are errors naming the variable (never a SIGILL later).
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <string>
 
 #include "finmoe/error.h"
@@ -37,6 +38,15 @@ void expect_error_naming(const CpuFeatures& f, const char* request, const char* 
     EXPECT_NE(std::string(e.what()).find("FINMOE_ISA"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find(word), std::string::npos) << e.what();
   }
+}
+
+TEST(CpuFeatures, IntelVendorAgreesWithProcCpuinfo) {
+  std::ifstream info("/proc/cpuinfo");
+  std::string line, vendor;
+  while (vendor.empty() && std::getline(info, line))
+    if (line.rfind("vendor_id", 0) == 0) vendor = line.substr(line.find(':') + 2);
+  if (vendor.empty()) GTEST_SKIP() << "no vendor_id in /proc/cpuinfo";
+  EXPECT_EQ(cpu_features().intel, vendor == "GenuineIntel") << vendor;
 }
 
 TEST(CpuFeatures, BestPathNeedsEveryFeatureItUses) {

@@ -221,6 +221,40 @@ TEST_P(OpsIsa, SwigluMatchesSiluTimesUpOverTheExpRange) {
   }
 }
 
+TEST_P(OpsIsa, GatedAddRoundsLikeLibtorchsSigmoidProductAndSum) {
+  // y + x * sigmoid(gate) with each op's result rounded to t, as libtorch does:
+  // bf16 bit for bit, except that float sigmoid (libm's expf) may land on the
+  // other side of a rounding tie than the double one, so near a tie either
+  // neighbour of the sigmoid is accepted
+  for (ElemType t : {ElemType::kF32, ElemType::kBF16}) {
+    const int64_t M = 7, D = 203;  // D not a multiple of any vector width
+    const Buf gate = random_buf(t, size_t(M), 41, -12.f, 12.f);
+    const Buf x = random_buf(t, size_t(M * D), 42);
+    Buf y = random_buf(t, size_t(M * D), 43);
+    const Buf y0 = y;
+    ops().gated_add(t, y.data(), x.data(), gate.data(), M, D);
+    const auto round_t = [t](double v) {
+      return t == ElemType::kBF16 ? round_bf16(v) : double(static_cast<float>(v));
+    };
+    for (int64_t m = 0; m < M; ++m) {
+      const double sig = 1.0 / (1.0 + std::exp(-gate.at(size_t(m))));
+      const double sigs[] = {round_t(sig), round_t(sig * (1 - 1e-6)), round_t(sig * (1 + 1e-6))};
+      for (int64_t i = 0; i < D; ++i) {
+        const size_t at = size_t(m * D + i);
+        // float32: the float sigmoid and product are within a few ulps of the double ones
+        const double slack =
+            t == ElemType::kF32 ? 4e-7 * (std::fabs(y0.at(at)) + std::fabs(x.at(at))) : 0.0;
+        bool matched = false;
+        for (double s : sigs)
+          matched = matched ||
+                    std::fabs(y.at(at) - round_t(y0.at(at) + round_t(x.at(at) * s))) <= slack;
+        ASSERT_TRUE(matched) << name(t) << " m=" << m << " i=" << i << " got " << y.at(at)
+                             << " want " << round_t(y0.at(at) + round_t(x.at(at) * sigs[0]));
+      }
+    }
+  }
+}
+
 TEST_P(OpsIsa, ConvertRoundsToNearestEvenAndKeepsNaN) {
   const uint32_t bits[] = {0x3f808000u /* tie, even below */, 0x3f818000u /* tie, even above */,
                            0x3f808001u, 0x7f800000u /* inf */, 0x7f800001u /* sNaN */,
@@ -407,6 +441,13 @@ TEST(Ops, PublicEntriesSplitRowsLikeTheSerialPath) {
   swiglu(ElemType::kF32, g.data(), u.data(), n, s.data());
   ops_table(active_isa()).swiglu(ElemType::kF32, g.data(), u.data(), n, s_serial.data());
   EXPECT_EQ(s.f32, s_serial.f32);
+
+  const Buf gate = random_buf(ElemType::kBF16, size_t(M), 36);
+  Buf a = random_buf(ElemType::kBF16, size_t(M * D), 37);
+  Buf a_serial = a;
+  gated_add(ElemType::kBF16, a.data(), x.data(), gate.data(), M, D);
+  ops_table(active_isa()).gated_add(ElemType::kBF16, a_serial.data(), x.data(), gate.data(), M, D);
+  EXPECT_EQ(a.bf16, a_serial.bf16);
 
   std::vector<int64_t> rows = {4, 0, 2};
   const Buf src = random_buf(ElemType::kF32, 3 * 5, 35);
