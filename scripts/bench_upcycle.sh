@@ -6,6 +6,10 @@
 #
 #   scripts/bench_upcycle.sh DENSE_DIR WORK_DIR [PRESET...]
 #
+# Every model's weight files are evicted and read back in one pass before its
+# benchmark (scripts/same_page_state.sh), so the dense model and a freshly
+# written upcycled one are mapped alike; SAME_PAGE_STATE=0 skips that.
+#
 # Env: FINMOE (the finmoe binary, default build/finmoe), BENCH_ARGS (extra
 # `bench decode` flags, default "--steps 32 --repeats 2").
 set -euo pipefail
@@ -16,14 +20,18 @@ PRESETS=("$@")
 [ ${#PRESETS[@]} -eq 0 ] && PRESETS=(split finermoe nvshard drop dense-moe copy)
 FINMOE="${FINMOE:-build/finmoe}"
 BENCH_ARGS="${BENCH_ARGS:---steps 32 --repeats 2}"
+# shellcheck source=scripts/same_page_state.sh
+source "$(dirname "$0")/same_page_state.sh"
 mkdir -p "$WORK"
 "$FINMOE" info "$DENSE" --json > "$WORK/dense.info.json"
+same_page_state "$DENSE"/*.safetensors
 # shellcheck disable=SC2086
 "$FINMOE" bench decode "$DENSE" $BENCH_ARGS --json > "$WORK/dense.bench.json"
 for p in "${PRESETS[@]}"; do
-  rm -rf "$WORK/$p"
+  rm -rf "${WORK:?}/$p"
   "$FINMOE" upcycle "$DENSE" "$WORK/$p" --preset "$p" > "$WORK/$p.upcycle.log" 2>&1
   "$FINMOE" info "$WORK/$p" --json > "$WORK/$p.info.json"
+  same_page_state "$WORK/$p"/*.safetensors
   # shellcheck disable=SC2086
   "$FINMOE" bench decode "$WORK/$p" $BENCH_ARGS --json > "$WORK/$p.bench.json"
   [ "$p" = copy ] && rm -rf "${WORK:?}/$p"  # ~20x the dense size

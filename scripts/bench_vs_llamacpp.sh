@@ -44,20 +44,8 @@ wait_http() {  # url: until /health answers 200 (llama-server says 503 while it 
   return 1
 }
 
-same_page_state() {  # files...: flushed, evicted, then read back in one pass
-  [ "${SAME_PAGE_STATE:-1}" = 1 ] || return 0
-  python3 - "$@" <<'PY'
-import os, sys
-for path in sys.argv[1:]:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # dirty pages are not evicted
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-PY
-  cat "$@" > /dev/null
-}
+# shellcheck source=scripts/same_page_state.sh
+source "$(dirname "$0")/same_page_state.sh"
 shopt -s nullglob
 weights=("$dir"/*.safetensors)
 shopt -u nullglob
