@@ -149,10 +149,12 @@ class HugePageCopy {
     kernels::ThreadPool::global().parallel_for(
         int64_t((total + kHuge - 1) / kHuge), 1, [&](int64_t s0, int64_t s1) {
           const size_t lo = size_t(s0) * kHuge, hi = std::min(total, size_t(s1) * kHuge);
-          for (size_t i = 0; i < views.size(); ++i) {
-            const size_t b = std::max(lo, copy->offset_[i]);
-            const size_t e = std::min(hi, copy->offset_[i] + views[i]->nbytes);
-            if (b < e) std::memcpy(copy->base_ + b, views[i]->data + (b - copy->offset_[i]), e - b);
+          // offsets ascend: from the last view starting at or before lo, until one starts at hi
+          const auto& at = copy->offset_;
+          size_t i = size_t(std::upper_bound(at.begin(), at.end(), lo) - at.begin());
+          for (i = i > 0 ? i - 1 : 0; i < views.size() && at[i] < hi; ++i) {
+            const size_t b = std::max(lo, at[i]), e = std::min(hi, at[i] + views[i]->nbytes);
+            if (b < e) std::memcpy(copy->base_ + b, views[i]->data + (b - at[i]), e - b);
           }
         });
     // the copied pages of the file mapping leave this process (the page
@@ -391,18 +393,16 @@ Transformer load_model(const std::string& dir, const LoadOptions& options) {
     if (it == params.end()) throw Error("internal: no parameter for " + spec.name);
     const auto src_type = to_torch(view.dtype);
     const torch::Dtype want = wanted(i);
-    torch::Tensor value;
     if (copy && as_stored(i)) {
       // the huge-page copy (aligned); the deleter keeps the copy alive
-      value = torch::from_blob(copy->data(copy_index[i]), view.shape, [copy](void*) {},
-                               torch::TensorOptions().dtype(src_type));
-      it->second.set_data(value);
+      it->second.set_data(torch::from_blob(copy->data(copy_index[i]), view.shape, [copy](void*) {},
+                                           torch::TensorOptions().dtype(src_type)));
       continue;
     }
     // zero-copy view of the private mapping; the deleter keeps the files mapped
     auto blob = torch::from_blob(view.data, view.shape, [reader](void*) {},
                                  torch::TensorOptions().dtype(src_type));
-    value = blob;
+    torch::Tensor value = blob;
     if (src_type != want || !options.device.is_cpu()) {
       value = blob.to(options.device, want);
     } else if (reinterpret_cast<uintptr_t>(view.data) % dtype_size(view.dtype) != 0) {
