@@ -431,7 +431,8 @@ torch::Tensor MoeImpl::experts_grouped(const torch::Tensor& x, const RouterOutpu
 
   // out[token, slice of e] += weight * ys[row], summed in float32, rounded once
   std::memset(out32, 0, size_t(T * D) * 4);
-  std::vector<float> y(static_cast<size_t>(slice_));
+  std::vector<float> y32(static_cast<size_t>(pairs * slice_));
+  kernels::convert(t, ys, kernels::ElemType::kF32, y32.data(), pairs * slice_);
   const float* wp = weights.data_ptr<float>();
   for (int64_t e = 0; e < n_keys; ++e) {
     const int64_t routed = keys.modules[size_t(e)].second;
@@ -439,9 +440,9 @@ torch::Tensor MoeImpl::experts_grouped(const torch::Tensor& x, const RouterOutpu
     for (int64_t row = start[size_t(e)]; row < start[size_t(e) + 1]; ++row) {
       const int64_t pair = pair_of[size_t(row)];
       const float w = wp[pair];
+      const float* y = y32.data() + row * slice_;
       float* o = out32 + (pair / k) * D + col0;
-      kernels::convert(t, ys + row * slice_ * es, kernels::ElemType::kF32, y.data(), slice_);
-      for (int64_t j = 0; j < slice_; ++j) o[j] += w * y[size_t(j)];
+      for (int64_t j = 0; j < slice_; ++j) o[j] += w * y[j];
     }
   }
   auto out = torch::empty({T, D}, x.options());
@@ -473,7 +474,7 @@ torch::Tensor MoeImpl::forward(const torch::Tensor& x_in, RouterOutput* router_o
   const int64_t T = x.size(0);
   RouterOutput r = concat_gate ? route(gate(x), config_, score_bias, concat_gate(x), concat_out)
                                : route(gate(x), config_, score_bias);
-  auto out = torch::zeros({T, D}, x.options());  // [T, D]
+  torch::Tensor out;  // [T, D]
   const auto dtype = x.scalar_type();
   const AdapterRows* adapter_rows = current_adapter_rows();
 
@@ -484,6 +485,7 @@ torch::Tensor MoeImpl::forward(const torch::Tensor& x_in, RouterOutput* router_o
   if (keys && grouped_applies(x, *keys)) {
     out = experts_grouped(x.contiguous(), r, *keys);
   } else if (config_.routing() == ModelConfig::Routing::Dense) {
+    out = torch::zeros({T, D}, x.options());
     auto w = r.weights.to(dtype);  // [T, E]
     for (int64_t e = 0; e < config_.num_experts; ++e) {
       auto y = experts[size_t(e)](x);  // [T, D/G_O]
@@ -499,6 +501,7 @@ torch::Tensor MoeImpl::forward(const torch::Tensor& x_in, RouterOutput* router_o
   } else {
     // Permute (token, slot) pairs by key, run each expert (or an ESFT
     // delta's copy) on its tokens, scatter back with index_add (FineRMoE Fig. 3).
+    out = torch::zeros({T, D}, x.options());
     const int64_t k = r.indices.size(1);
     const int64_t n_keys = static_cast<int64_t>(keys->modules.size());
     auto flat_key = keys->keys.to(r.indices.device());                           // [T*k]

@@ -141,7 +141,9 @@ TEST(Moe, TopKRoutingOnTheHostEqualsTheTensorOps) {
     ASSERT_TRUE(ops.weights.requires_grad());
     EXPECT_TRUE(torch::equal(host.indices, ops.indices));
     EXPECT_LT((host.weights - ops.weights.detach()).abs().max().item<double>(), 1e-6);
-    if (norm) EXPECT_LT((host.weights.sum(-1) - 1).abs().max().item<double>(), 1e-6);
+    if (norm) {
+      EXPECT_LT((host.weights.sum(-1) - 1).abs().max().item<double>(), 1e-6);
+    }
   }
 }
 
