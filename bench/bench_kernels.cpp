@@ -22,6 +22,7 @@
 #include "finmoe/bench.h"
 #include "kernels/cpu_features.h"
 #include "kernels/linear.h"
+#include "kernels/ops.h"
 #include "kernels/qlinear.h"
 #include "kernels/thread_pool.h"
 
@@ -192,6 +193,68 @@ void bench_chain(finmoe::ReadBandwidthProbe& probe, const finmoe::kernels::Int8F
       100.0 * gb / tb / bw.best_gbs, bw.best_gbs / gb);
 }
 
+// FineRMoE's routed experts at decode batch 16, as MoeImpl::experts_grouped
+// runs them: 128 experts of gate/up [152, 896] and down [448, 152] in bf16
+// (the finermoe preset on the Qwen2-0.5B shape), 16 tokens choosing one
+// expert in each of the two output slices, every layer's experts distinct
+// (12 layers, 1.2 GB: the steps stream from memory). Per step and layer one
+// linear_batch for the gate and up products, one SwiGLU, one linear_batch for
+// the down products. GB/s counts the chosen experts' bytes once each.
+void bench_experts(finmoe::ReadBandwidthProbe& probe) {
+  using finmoe::kernels::ElemType;
+  using finmoe::kernels::LinearProduct;
+  constexpr int64_t kLayers = 12, kExperts = 128, kSlices = 2, kTokens = 16;
+  constexpr int64_t D = 896, I = 152, S = D / kSlices;
+  const int64_t per_expert = 2 * I * D + S * I;  // elements
+  const std::vector<uint16_t> w = random_bf16(size_t(kLayers * kExperts * per_expert), 11);
+  const std::vector<uint16_t> x = random_bf16(size_t(kTokens * D), 12);
+  const int64_t pairs = kTokens * kSlices;
+  std::vector<uint16_t> xs(size_t(pairs * D)), gate(size_t(pairs * I)), up(size_t(pairs * I)),
+      ys(size_t(pairs * S));
+  uint32_t rng = 12345;
+  const auto next = [&] { return rng = rng * 1664525u + 1013904223u; };
+  std::vector<double> times, gb, probe_gb_s;
+  for (int step = -2; step < 40; ++step) {
+    if (step >= 0 && step % 4 == 0) probe_gb_s.push_back(probe.sample_gb_s());
+    double t = 0, bytes = 0;
+    for (int64_t l = 0; l < kLayers; ++l) {
+      std::vector<int64_t> chosen;  // (expert, token) pairs sorted by expert
+      for (int64_t tok = 0; tok < kTokens; ++tok)
+        for (int64_t g = 0; g < kSlices; ++g)
+          chosen.push_back((g * (kExperts / kSlices) + (next() >> 8) % (kExperts / kSlices)) * kTokens + tok);
+      std::sort(chosen.begin(), chosen.end());
+      const auto t0 = Clock::now();
+      std::vector<LinearProduct> gate_up, down;
+      for (int64_t row = 0; row < pairs;) {
+        const int64_t e = chosen[size_t(row)] / kTokens;
+        int64_t n = 0;
+        for (; row + n < pairs && chosen[size_t(row + n)] / kTokens == e; ++n)
+          std::memcpy(&xs[size_t((row + n) * D)], &x[size_t(chosen[size_t(row + n)] % kTokens * D)], D * 2);
+        const uint16_t* we = w.data() + (l * kExperts + e) * per_expert;
+        gate_up.push_back({&xs[size_t(row * D)], n, we, I, nullptr, &gate[size_t(row * I)]});
+        gate_up.push_back({&xs[size_t(row * D)], n, we + I * D, I, nullptr, &up[size_t(row * I)]});
+        down.push_back({&gate[size_t(row * I)], n, we + 2 * I * D, S, nullptr, &ys[size_t(row * S)]});
+        bytes += double(per_expert) * 2;
+        row += n;
+      }
+      finmoe::kernels::linear_batch(ElemType::kBF16, D, ElemType::kBF16, gate_up, ElemType::kBF16);
+      finmoe::kernels::swiglu(ElemType::kBF16, gate.data(), up.data(), pairs * I, gate.data());
+      finmoe::kernels::linear_batch(ElemType::kBF16, I, ElemType::kBF16, down, ElemType::kBF16);
+      t += seconds_since(t0);
+    }
+    if (step >= 0) {
+      times.push_back(t / kLayers);
+      gb.push_back(bytes / t / 1e9);
+    }
+  }
+  const Bandwidth bw = bandwidth_of(probe_gb_s);
+  std::printf(
+      "FineRMoE experts, batch 16 (%lld pairs/layer): median %.0f us/layer, %.1f GB/s of the "
+      "chosen experts (best %.1f) = %.0f%% of the read probe's median %.1f GB/s\n",
+      static_cast<long long>(pairs), median(times) * 1e6, median(gb),
+      *std::max_element(gb.begin(), gb.end()), 100.0 * median(gb) / bw.median_gbs, bw.median_gbs);
+}
+
 // Prefill-sized int8 products (per channel, bf16 scales) against the bf16
 // kernels on the same shapes: GFLOP/s of each, median of the repetitions.
 void bench_gemm8() {
@@ -286,7 +349,7 @@ void bench_overhead() {
 
 }  // namespace
 
-// Usage: bench_kernels [all|overhead|shapes|chain|chain8|gemm|gemm8]  (default all)
+// Usage: bench_kernels [all|overhead|shapes|chain|chain8|experts|gemm|gemm8]  (default all)
 int main(int argc, char** argv) {
   const std::string what = argc > 1 ? argv[1] : "all";
   ThreadPool& pool = ThreadPool::global();
@@ -311,6 +374,7 @@ int main(int argc, char** argv) {
     bench_shape(kLmHead, probe);
   }
   if (what == "all" || what == "chain") bench_chain(probe, nullptr);
+  if (what == "all" || what == "experts") bench_experts(probe);
   if (what == "chain8") {
     const finmoe::kernels::Int8Format channel{0, finmoe::kernels::ElemType::kBF16};
     const finmoe::kernels::Int8Format group{finmoe::kernels::kInt8Group,

@@ -10,12 +10,14 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
+#include "kernels/cpu_features.h"
 #include "kernels/linear_isa.h"
 
 namespace finmoe::kernels {
 namespace {
 
 #include "kernels/linear_avx512_sums.inc"
+#include "kernels/stream_prefetch.inc"
 #include "kernels/next_block_prefetch.inc"
 
 constexpr int kRows = 4;  // output rows (W rows) per block: 4 independent streams
@@ -109,7 +111,6 @@ inline void rows(const float* x, int64_t M, int64_t K, const Wt* W, int64_t n, c
 // One token (M = 1): W's rows one after another, a single sequential stream
 // with a software prefetch kStreamAhead bytes ahead (linear_avx512bf16.cpp
 // measures why).
-constexpr int64_t kStreamAhead = 8192;
 
 template <class Wt>
 inline float row_dot(const float* x, const Wt* w, int64_t K) {
@@ -117,9 +118,8 @@ inline float row_dot(const float* x, const Wt* w, int64_t K) {
   const uintptr_t ahead = reinterpret_cast<uintptr_t>(w) + kStreamAhead;
   int64_t k = 0;
   for (; k + 32 <= K; k += 32) {
-    _mm_prefetch(reinterpret_cast<const char*>(ahead + k * sizeof(Wt)), _MM_HINT_T0);
-    if constexpr (sizeof(Wt) == 4)
-      _mm_prefetch(reinterpret_cast<const char*>(ahead + k * sizeof(Wt) + 64), _MM_HINT_T0);
+    prefetch_line(ahead + k * sizeof(Wt));
+    if constexpr (sizeof(Wt) == 4) prefetch_line(ahead + k * sizeof(Wt) + 64);
     a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), load16(w + k), a0);
     a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 16), load16(w + k + 16), a1);
   }

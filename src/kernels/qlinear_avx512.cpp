@@ -8,6 +8,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
+#include "kernels/cpu_features.h"
 #include "kernels/linear_isa.h"
 #include "kernels/qlinear_isa.h"
 
@@ -24,6 +25,7 @@ inline __m512i dot4(__m512i w, __m512i q, const int32_t*) {
 }
 
 #include "kernels/linear_avx512_sums.inc"
+#include "kernels/stream_prefetch.inc"
 #include "kernels/qlinear_avx512_impl.inc"
 
 }  // namespace

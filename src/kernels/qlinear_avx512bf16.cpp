@@ -15,6 +15,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
+#include "kernels/cpu_features.h"
 #include "kernels/linear_isa.h"
 #include "kernels/qlinear_isa.h"
 
@@ -28,6 +29,7 @@ inline __m512i dot4(__m512i w_u8, __m512i q, const int32_t* bias) {
 }
 
 #include "kernels/linear_avx512_sums.inc"
+#include "kernels/stream_prefetch.inc"
 #include "kernels/qlinear_avx512_impl.inc"
 
 // 32 weights of w from k (fewer at the row's end: zeros) times `s`, as bf16

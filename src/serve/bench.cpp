@@ -10,6 +10,7 @@
 #include "finmoe/error.h"
 #include "finmoe/serve_bench.h"
 
+#include "kernels/cpu_features.h"
 #include "kernels/thread_pool.h"
 #include "serve/host_logits.h"
 
@@ -17,6 +18,7 @@ namespace finmoe {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+constexpr size_t kProbeAhead = 8192 / sizeof(uint64_t);  // elements
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
@@ -39,6 +41,22 @@ double ReadBandwidthProbe::sample_gb_s() {
     // four independent accumulators keep the loads in flight
     uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
     int64_t i = b;
+    const bool l2 = kernels::cpu_features().intel;
+    for (; i + 8 <= e; i += 8) {
+      // the weight kernels' software prefetch (kernels/next_block_prefetch.inc)
+      if (l2)
+        __builtin_prefetch(&buf_[size_t(i)] + kProbeAhead, 0, 2);
+      else
+        __builtin_prefetch(&buf_[size_t(i)] + kProbeAhead, 0, 3);
+      a0 += buf_[size_t(i)];
+      a1 += buf_[size_t(i + 1)];
+      a2 += buf_[size_t(i + 2)];
+      a3 += buf_[size_t(i + 3)];
+      a0 += buf_[size_t(i + 4)];
+      a1 += buf_[size_t(i + 5)];
+      a2 += buf_[size_t(i + 6)];
+      a3 += buf_[size_t(i + 7)];
+    }
     for (; i + 4 <= e; i += 4) {
       a0 += buf_[size_t(i)];
       a1 += buf_[size_t(i + 1)];
