@@ -111,11 +111,22 @@ struct MergeOptions {
   bool progress = true;                       // a progress line on stderr
   // Elementwise methods (linear, passthrough, task_arithmetic, dare_*) merge a
   // tensor bigger than this a block of rows at a time: memory then holds the
-  // output tensor and one block of each input, not every input whole.
+  // output tensor and one block of each input, not every input whole. The
+  // O_DIRECT reads of `io` read this many elements of every input at a time.
   int64_t chunk_elements = int64_t(1) << 22;  // float32 blocks of 16 MiB: reused from the heap
   // linear, task_arithmetic and ties on bfloat16/float16/float32 through one
   // fused pass per tensor (bit-identical to the libtorch path, which false forces)
   bool fused = true;
+  // How the fused path reads its inputs. kMmap: through the mapping (fastest
+  // from the page cache: no copy); kRead: reader threads read chunks of every
+  // input ahead of the merge into buffers with pread (fastest from the disk:
+  // the merge never waits in a page fault); kDirect: as kRead past the page
+  // cache (O_DIRECT: less CPU and nothing evicted; an Error naming the file
+  // where the file system refuses it); kAuto: kMmap when at least half of
+  // the input bytes are in the page cache, else kRead. (TIES with density < 1
+  // selects over whole tensors: it reads through the mapping either way.)
+  enum class Io { kAuto, kMmap, kRead, kDirect };
+  Io io = Io::kAuto;
 };
 
 struct MergeReport {
@@ -124,6 +135,7 @@ struct MergeReport {
   uint64_t bytes_written = 0;
   size_t num_shards = 0;
   double seconds = 0.0;
+  uint64_t bytes_streamed = 0; // of bytes_read, by reader threads (MergeOptions::io)
 };
 
 // Merges into OUT (which must not exist): the weights, config.json (of the

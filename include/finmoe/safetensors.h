@@ -75,6 +75,8 @@ class CheckpointReader {
   std::vector<std::string> names() const;  // sorted
   // The file a tensor lives in (for error messages).
   const std::string& file_of(std::string_view name) const;
+  // The shard a tensor lives in (its mapping: the tensor's offset in the file).
+  const SafetensorsFile& shard_of(std::string_view name) const;
   const std::map<std::string, std::string>& metadata() const;  // of the first shard
 
  private:

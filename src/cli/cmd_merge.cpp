@@ -19,6 +19,7 @@ void add_merge(CLI::App& app, Run& run) {
   static ChatVectorOptions cv;
   static bool chat_vector = false, moe = false, json = false, no_fused = false;
   static uint64_t seed = 0;
+  static std::string io = "auto";
   static size_t shard_mb = 5 * 1024;
   c->add_option("RECIPE", recipe_path, "a mergekit YAML recipe (with --chat-vector: OUT)");
   c->add_option("OUT", out_dir, "output directory (must not exist)");
@@ -44,6 +45,14 @@ void add_merge(CLI::App& app, Run& run) {
   c->add_flag("--no-fused", no_fused,
               "merge linear/task_arithmetic/ties through libtorch ops instead of the fused "
               "kernel (the same bits, slower; for comparison)")
+      ->group(o);
+  c->add_option("--io", io,
+                "how linear/task_arithmetic/ties read their inputs: mmap (the mapping; fastest "
+                "from the page cache), read (reader threads ahead of the merge; fastest from the "
+                "disk), direct (read, past the page cache: O_DIRECT), auto (mmap when most input "
+                "bytes are cached, else read)")
+      ->check(CLI::IsMember({"auto", "mmap", "read", "direct"}))
+      ->capture_default_str()
       ->group(o);
   c->callback([&run] {
     run = [] {
@@ -97,6 +106,10 @@ void add_merge(CLI::App& app, Run& run) {
       options.max_shard_bytes = shard_mb << 20;
       options.progress = !json;
       options.fused = !no_fused;
+      options.io = io == "mmap"     ? MergeOptions::Io::kMmap
+                   : io == "read"   ? MergeOptions::Io::kRead
+                   : io == "direct" ? MergeOptions::Io::kDirect
+                                    : MergeOptions::Io::kAuto;
       const MergeReport r = merge_models(recipe, out, options);
       if (json) {
         std::cout << nlohmann::json{{"out", out},
@@ -105,14 +118,19 @@ void add_merge(CLI::App& app, Run& run) {
                                     {"bytes_read", r.bytes_read},
                                     {"bytes_written", r.bytes_written},
                                     {"num_shards", r.num_shards},
+                                    {"bytes_streamed", r.bytes_streamed},
                                     {"seconds", r.seconds}}
                          .dump(2)
                   << "\n";
       } else {
-        std::printf("merged %lld tensors (%s) into %s: %zu shard(s), %.1f MiB read, %.1f MiB "
+        char streamed[64] = "";
+        if (r.bytes_streamed > 0)
+          std::snprintf(streamed, sizeof(streamed), " (%.1f MiB by reader threads)",
+                        double(r.bytes_streamed) / 1048576.0);
+        std::printf("merged %lld tensors (%s) into %s: %zu shard(s), %.1f MiB read%s, %.1f MiB "
                     "written in %.1f s\n",
                     static_cast<long long>(r.tensors), recipe.merge_method.c_str(), out.c_str(),
-                    r.num_shards, double(r.bytes_read) / 1048576.0,
+                    r.num_shards, double(r.bytes_read) / 1048576.0, streamed,
                     double(r.bytes_written) / 1048576.0, r.seconds);
       }
       return 0;

@@ -27,6 +27,7 @@
 #include "convert/merge_methods.h"
 #include "convert/merge_plan.h"
 #include "convert/merge_vocab.h"
+#include "core/chunk_read.h"
 #include "core/file_util.h"
 #include "core/hf_remote_code.h"
 #include "core/progress.h"
@@ -170,6 +171,11 @@ struct InputModel {
     return reader->has(tensor) ? &reader->get(tensor) : nullptr;
   }
   std::vector<std::string> names() const { return reader->names(); }
+  // The file holding the tensor find() returns (its mapping gives the offset).
+  const SafetensorsFile& file_of(const std::string& tensor) const {
+    if (delta && delta->find(tensor)) return *delta;
+    return reader->shard_of(tensor);
+  }
 };
 
 std::string shape_text(const std::vector<int64_t>& s) {
@@ -954,9 +960,11 @@ std::string model_card(const MergeRecipe& r, const std::string& yaml,
 // one page fault at a time. Cached inputs cost a walk of the page cache.
 class InputReadAhead {
  public:
-  explicit InputReadAhead(const std::vector<Job>& jobs) : views_(jobs.size()), bytes_(jobs.size(), 0) {
+  // skip[i]: job i reads its inputs some other way (StreamedInputs)
+  InputReadAhead(const std::vector<Job>& jobs, const std::vector<bool>& skip)
+      : views_(jobs.size()), bytes_(jobs.size(), 0) {
     for (size_t i = 0; i < jobs.size(); ++i)
-      for (size_t k = 0; k < jobs[i].models.size(); ++k)
+      for (size_t k = 0; k < jobs[i].models.size() && !skip[i]; ++k)
         if (const TensorView* v = jobs[i].models[k]->find(jobs[i].inputs[k])) {
           views_[i].push_back(v);
           bytes_[i] += v->nbytes;
@@ -984,6 +992,148 @@ class InputReadAhead {
   std::vector<size_t> bytes_;                           // their bytes per job
   size_t next_ = 0;   // the first job not yet asked for
   size_t ahead_ = 0;  // input bytes asked for, of the jobs from the current one on
+};
+
+// TIES with a density below 1 selects each model's largest |delta| over the
+// whole tensor (two passes): its inputs are read through the mapping.
+bool needs_magnitude_keep(const Job& j) {
+  if (j.how.sparsify != merge_math::Sparsify::Magnitude) return false;
+  for (size_t i = 0; i < j.params.size(); ++i)
+    if (int(i) != j.base && j.params[i].density < 1) return true;
+  return false;
+}
+
+// The fused jobs' inputs read into buffers by reader threads (MergeOptions::io
+// kRead, kDirect, or kAuto on inputs mostly not cached): chunk after chunk of
+// MergeOptions::chunk_elements elements of every input of a job, in job order,
+// ahead of the merge, with at most kReadAheadBytes in buffers. From the disk
+// this beats the mapping (docs/PERFORMANCE.md: the merge never waits in a
+// page fault, and each reader's preads are a sequential stream the kernel
+// reads ahead of); from the page cache the mapping wins (no copy).
+class StreamedInputs {
+ public:
+  struct Chunk {
+    size_t job = 0;
+    int64_t first = 0, n = 0;  // elements [first, first + n) of the job's tensors
+  };
+
+  // nullptr: every job reads through the mapping (io kMmap, no fused job, or
+  // kAuto with at least half of the input bytes in the page cache).
+  static std::unique_ptr<StreamedInputs> open(const MergeRecipe& r, const std::vector<Job>& jobs,
+                                              const MergeOptions& o) {
+    using Io = MergeOptions::Io;
+    if (o.io == Io::kMmap || !o.fused) return nullptr;
+    std::vector<size_t> streamed;
+    double bytes = 0, cached = 0;
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      const Job& j = jobs[i];
+      if (needs_magnitude_keep(j) || !fused_plan(r, j)) continue;
+      int64_t n = 1;
+      for (int64_t d : j.shape) n *= d;
+      if (n == 0) continue;
+      streamed.push_back(i);
+      for (size_t k = 0; k < j.models.size(); ++k) {
+        const TensorView* v = j.models[k]->find(j.inputs[k]);
+        bytes += double(v->nbytes);
+        if (o.io == Io::kAuto)  // a sample per MiB, up to 16 per tensor
+          cached += double(v->nbytes) *
+                    resident_fraction(v->data, v->nbytes,
+                                      int(std::clamp<size_t>(v->nbytes >> 20, 1, 16)));
+      }
+    }
+    if (streamed.empty() || (o.io == Io::kAuto && cached * 2 >= bytes)) return nullptr;
+    const bool direct = o.io == Io::kDirect;
+    auto d = std::unique_ptr<StreamedInputs>(new StreamedInputs());
+    d->streamed_.assign(jobs.size(), false);
+    std::vector<ChunkReadQueue::Chunk> reads;
+    size_t slot_bytes = 0;
+    for (size_t i : streamed) {
+      const Job& j = jobs[i];
+      d->streamed_[i] = true;
+      struct Input {
+        const ChunkFile* file;
+        uint64_t offset;
+        size_t element_size;
+      };
+      std::vector<Input> in;
+      for (size_t k = 0; k < j.models.size(); ++k) {
+        const SafetensorsFile& f = j.models[k]->file_of(j.inputs[k]);
+        auto it = d->files_.find(f.path());
+        if (it == d->files_.end()) {
+          std::unique_ptr<ChunkFile> cf = ChunkFile::open(f.path(), direct);
+          if (!cf)
+            throw Error("--io direct: " + f.path() +
+                        ": its file system does not take O_DIRECT reads (--io read reads "
+                        "through the page cache)");
+          it = d->files_.emplace(f.path(), std::move(cf)).first;
+        }
+        const TensorView* v = j.models[k]->find(j.inputs[k]);
+        in.push_back({it->second.get(), uint64_t(v->data - f.mapped_data()),
+                      size_t(dtype_size(v->dtype))});
+        d->bytes_ += v->nbytes;
+      }
+      int64_t n = 1;
+      for (int64_t s : j.shape) n *= s;
+      const int64_t chunk = std::max<int64_t>(1, o.chunk_elements);
+      for (int64_t first = 0; first < n; first += chunk) {
+        const int64_t m = std::min(chunk, n - first);
+        d->chunks_.push_back({i, first, m});
+        ChunkReadQueue::Chunk c;
+        size_t sb = 0;
+        for (const Input& x : in) {
+          c.push_back({x.file, x.offset + uint64_t(first) * x.element_size,
+                       size_t(m) * x.element_size});
+          sb += ChunkFile::span(c.back().offset, c.back().size);
+        }
+        slot_bytes = std::max(slot_bytes, sb);
+        reads.push_back(std::move(c));
+      }
+    }
+    const int slots = int(std::clamp<size_t>(kReadAheadBytes / slot_bytes, 4, 64));
+    d->queue_ = std::make_unique<ChunkReadQueue>(std::move(reads), slots, kReaders);
+    return d;
+  }
+
+  bool streams(size_t job) const { return streamed_[job]; }
+  const std::vector<bool>& streamed() const { return streamed_; }
+  uint64_t bytes() const { return bytes_; }  // every streamed input byte
+
+  // Runs `fused`, the plan of job `job` (fused_plan), chunk by chunk over its
+  // inputs as they are read, into `out` (the whole output tensor).
+  void merge(size_t job, const Job& j, const kernels::MergeCombine& fused, uint8_t* out) {
+    const int64_t out_size = kernels::merge_type_size(fused.out_type);
+    for (; next_ < chunks_.size() && chunks_[next_].job == job; ++next_) {
+      const Chunk& c = chunks_[next_];
+      const std::vector<const uint8_t*>& at = queue_->wait(next_);  // in the order of j.models
+      kernels::MergeCombine a = fused;
+      a.n = c.n;
+      for (size_t k = 0, x = 0; k < at.size(); ++k) {
+        if (int(k) == j.base) {
+          a.base.data = at[k];
+        } else {
+          a.xs[x++].data = at[k];
+        }
+      }
+      a.out = out + c.first * out_size;
+      kernels::merge_combine(a);
+      queue_->done(next_);
+    }
+  }
+
+ private:
+  // Buffers ahead of the merge, and reader threads. Measured on the
+  // Qwen2-0.5B-shape merge from the disk (docs/PERFORMANCE.md): 3 readers
+  // with 384-768 MiB ahead read fastest; 1-2 readers or 192 MiB were slower.
+  static constexpr size_t kReadAheadBytes = size_t(512) << 20;
+  static constexpr int kReaders = 3;
+
+  StreamedInputs() = default;
+  std::map<std::string, std::unique_ptr<ChunkFile>> files_;  // by path
+  std::vector<bool> streamed_;                                // per job
+  std::vector<Chunk> chunks_;
+  std::unique_ptr<ChunkReadQueue> queue_;
+  size_t next_ = 0;  // the next chunk to merge
+  uint64_t bytes_ = 0;
 };
 
 }  // namespace
@@ -1088,7 +1238,10 @@ MergeReport merge_models(const MergeRecipe& recipe, const std::string& out_dir,
     if (options.progress) progress.emplace("merge", int64_t(jobs.size()), "tensors");
     torch::NoGradGuard no_grad;
     std::vector<char> fused_out;  // the fused path's output, reused across tensors
-    InputReadAhead read_ahead(jobs);
+    std::unique_ptr<StreamedInputs> streamed = StreamedInputs::open(recipe, jobs, options);
+    InputReadAhead read_ahead(jobs,
+                              streamed ? streamed->streamed() : std::vector<bool>(jobs.size()));
+    if (streamed) report.bytes_streamed = streamed->bytes();
     for (size_t i = 0; i < jobs.size(); ++i) {
       const Job& j = jobs[i];
       read_ahead.at(i);
@@ -1102,7 +1255,11 @@ MergeReport merge_models(const MergeRecipe& recipe, const std::string& out_dir,
             fused_out.resize(nbytes);
           }
           fused->out = fused_out.data();
-          kernels::merge_combine(*fused);
+          if (streamed && streamed->streams(i)) {
+            streamed->merge(i, j, *fused, reinterpret_cast<uint8_t*>(fused_out.data()));
+          } else {
+            kernels::merge_combine(*fused);
+          }
           for (size_t k = 0; k < j.models.size(); ++k)
             report.bytes_read += j.models[k]->find(j.inputs[k])->nbytes;
           writer.write(j.name, fused_out.data(), nbytes);

@@ -161,10 +161,14 @@ std::vector<std::string> CheckpointReader::names() const {
 }
 
 const std::string& CheckpointReader::file_of(std::string_view name) const {
+  return shard_of(name).path();
+}
+
+const SafetensorsFile& CheckpointReader::shard_of(std::string_view name) const {
   auto it = index_.find(name);
   if (it == index_.end())
     throw Error("tensor '" + std::string(name) + "' not found in checkpoint " + dir_);
-  return files_[it->second.first]->path();
+  return *files_[it->second.first];
 }
 
 const std::map<std::string, std::string>& CheckpointReader::metadata() const {

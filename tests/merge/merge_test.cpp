@@ -11,7 +11,9 @@
 #include <functional>
 #include <optional>
 
+#include <fcntl.h>
 #include <sys/wait.h>
+#include <unistd.h>
 #include <map>
 #include <set>
 
@@ -23,6 +25,8 @@
 #include "../model/test_util.h"
 #include "convert/merge_methods.h"
 #include "convert/merge_plan.h"
+#include "core/chunk_read.h"
+#include "core/file_util.h"
 #include "finmoe/config.h"
 #include "finmoe/esft.h"
 #include "finmoe/merge.h"
@@ -345,6 +349,121 @@ TEST(MergeOutput, ElementwiseMethodsMergedInRowBlocksEqualWholeTensors) {
     kept += ((out.at(name) - b).abs() > 1e-9).sum().item<double>();
   }
   EXPECT_NEAR(kept / n, 0.3, 5 * std::sqrt(0.3 * 0.7 / n));
+}
+
+// Copies of the committed models in the build directory (a disk file system,
+// where /tmp may be a tmpfs without O_DIRECT), their pages dropped from the
+// page cache (written back first: only clean pages can be dropped).
+std::string uncached_copy(const std::string& model, const std::string& dir) {
+  const fs::path to = fs::path(dir) / fs::path(model).filename();
+  fs::create_directories(to);
+  for (const auto& e : fs::directory_iterator(model)) {
+    fs::copy_file(e.path(), to / e.path().filename());
+    const int fd = ::open((to / e.path().filename()).c_str(), O_RDONLY);
+    ::fdatasync(fd);
+    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    ::close(fd);
+  }
+  return to.string();
+}
+
+TEST(MergeOutput, InputsReadByReaderThreadsEqualTheMappedMerge) {
+  const std::string dir = std::string(FINMOE_BINARY_DIR) + "/merge-read-" + std::to_string(::getpid());
+  struct Cleanup {
+    std::string d;
+    ~Cleanup() { remove_tree(d); }
+  } cleanup{dir};
+  const std::string base = uncached_copy(M("base"), dir), a = uncached_copy(M("a"), dir),
+                    b = uncached_copy(M("b"), dir);
+  const bool has_direct = ChunkFile::open(base + "/model.safetensors", true) != nullptr;
+  auto with = [&](const std::string& method, const std::string& pa, const std::string& pb,
+                  const std::string& global) {
+    return "merge_method: " + method + "\nbase_model: " + base + "\nmodels:\n  - model: " + a +
+           "\n    parameters: " + pa + "\n  - model: " + b + "\n    parameters: " + pb + "\n" +
+           global;
+  };
+  const std::vector<std::string> recipes = {
+      "merge_method: linear\nmodels:\n  - model: " + a + "\n    parameters: {weight: 0.3}\n"
+      "  - model: " + b + "\n    parameters: {weight: [0.5, 0.9]}\ndtype: bfloat16\n",
+      with("task_arithmetic", "{weight: 0.7}", "{weight: 1.1}", "parameters: {lambda: 0.8}\n"),
+      with("ties", "{weight: 0.7, density: 1}", "{weight: 0.4, density: 1}",
+           "out_dtype: bfloat16\n"),
+      with("ties", "{weight: 0.7, density: 0.5}", "{weight: 0.4, density: 0.6}", "")};
+  for (size_t i = 0; i < recipes.size(); ++i) {
+    const bool selects = i == 3;  // TIES below density 1: read through the mapping
+    MergeOptions o;
+    o.progress = false;
+    o.io = MergeOptions::Io::kMmap;
+    const std::string mapped = dir + "/mapped" + std::to_string(i);
+    const MergeReport m = merge_models(parse_merge_recipe(recipes[i], "r"), mapped, o);
+    EXPECT_EQ(m.bytes_streamed, 0u);
+    for (MergeOptions::Io io : {MergeOptions::Io::kRead, MergeOptions::Io::kDirect}) {
+      if (io == MergeOptions::Io::kDirect && !has_direct) continue;
+      o.io = io;
+      o.chunk_elements = 1000;  // chunks start at byte offsets no block boundary aligns
+      const std::string read = dir + "/read" + std::to_string(i) + (o.io == MergeOptions::Io::kDirect ? "d" : "");
+      const MergeReport d = merge_models(parse_merge_recipe(recipes[i], "r"), read, o);
+      EXPECT_TRUE(bitwise_equal(load(mapped), load(read))) << recipes[i];
+      EXPECT_EQ(d.bytes_read, m.bytes_read) << recipes[i];
+      EXPECT_EQ(d.bytes_streamed, selects ? 0 : d.bytes_read) << recipes[i];
+    }
+  }
+  // auto: models whose pages were dropped are read by reader threads; once
+  // read whole into the cache, through the mapping. (Megabytes: the first
+  // fault of a mapping reads ahead, which caches the committed models whole.)
+  const std::string again = dir + "/again";
+  auto big_model = [&](const std::string& name, int seed) {
+    const std::string m = again + "/" + name;
+    fs::create_directories(m);
+    fs::copy_file(base + "/config.json", m + "/config.json");
+    torch::manual_seed(seed);
+    const torch::Tensor e = torch::randn({8192, 256}), h = torch::randn({8192, 256}),
+                        n = torch::randn({256});
+    write_checkpoint(m, {{"model.embed_tokens.weight", DType::F32, {8192, 256}, e.data_ptr(), 8 << 20},
+                         {"lm_head.weight", DType::F32, {8192, 256}, h.data_ptr(), 8 << 20},
+                         {"model.norm.weight", DType::F32, {256}, n.data_ptr(), 1024}});
+    return uncached_copy(m, again + "/cold");
+  };
+  const std::string ta = "merge_method: task_arithmetic\nbase_model: " + big_model("base", 1) +
+                         "\nmodels:\n  - model: " + big_model("a", 2) +
+                         "\n  - model: " + big_model("b", 3) + "\nparameters: {weight: 0.6}\n";
+  MergeOptions o;
+  o.progress = false;
+  const MergeReport c = merge_models(parse_merge_recipe(ta, "r"), dir + "/auto-cold", o);
+  EXPECT_EQ(c.bytes_streamed, c.bytes_read);
+  for (const std::string& m : {base, a, b}) {  // into the page cache
+    std::ifstream in(again + "/cold/" + fs::path(m).filename().string() + "/model.safetensors",
+                     std::ios::binary);
+    std::vector<char> sink(1 << 20);
+    while (in.read(sink.data(), std::streamsize(sink.size()))) {
+    }
+  }
+  const MergeReport w = merge_models(parse_merge_recipe(ta, "r"), dir + "/auto-warm", o);
+  EXPECT_EQ(w.bytes_streamed, 0u);
+  EXPECT_TRUE(bitwise_equal(load(dir + "/auto-cold"), load(dir + "/auto-warm")));
+
+  // --io direct where the file system refuses O_DIRECT (a tmpfs): an error naming the file
+  const std::string shm = "/dev/shm/finmoe-merge-read-" + std::to_string(::getpid());
+  if (fs::is_directory("/dev/shm")) {
+    struct ShmCleanup {
+      std::string d;
+      ~ShmCleanup() { remove_tree(d); }
+    } shm_cleanup{shm};
+    fs::create_directories(shm);
+    fs::copy(M("a"), shm + "/a");
+    if (!ChunkFile::open(shm + "/a/model.safetensors", true)) {
+      o.io = MergeOptions::Io::kDirect;
+      const std::string msg = message_of([&] {
+        merge_models(parse_merge_recipe("merge_method: linear\nmodels:\n  - model: " + shm +
+                                            "/a\n    parameters: {weight: 1}\n",
+                                        "r"),
+                     dir + "/shm-out", o);
+      });
+      EXPECT_NE(msg.find(shm + "/a/model.safetensors"), std::string::npos) << msg;
+      EXPECT_NE(msg.find("O_DIRECT"), std::string::npos) << msg;
+      EXPECT_FALSE(fs::exists(dir + "/shm-out"));
+    }
+  }
 }
 
 // ---- chat vector -------------------------------------------------------------------
