@@ -6,7 +6,8 @@
 // `gemm`: the same linears at prefill sizes against torch::linear.
 // `chain8`: the chain with int8 weights (kernels/qlinear.h), per output
 // channel and per group of 32, bf16 scales; `gemm8`: int8 prefill products
-// against the bf16 kernels on the same shapes.
+// against the bf16 kernels on the same shapes. `attention [CONTEXT ...]`:
+// decode attention of 16 sequences at long context (default 2048).
 // Numbers on a shared VM are noisy: compare ratios within one run.
 #include <algorithm>
 #include <chrono>
@@ -20,6 +21,7 @@
 #include <torch/torch.h>
 
 #include "finmoe/bench.h"
+#include "kernels/attention.h"
 #include "kernels/cpu_features.h"
 #include "kernels/linear.h"
 #include "kernels/ops.h"
@@ -255,6 +257,63 @@ void bench_experts(finmoe::ReadBandwidthProbe& probe) {
       *std::max_element(gb.begin(), gb.end()), 100.0 * median(gb) / bw.median_gbs, bw.median_gbs);
 }
 
+// Decode attention at long context: 16 sequences of `context` positions, one
+// query each, Qwen2-0.5B heads (14 query heads, 2 kv heads, head_dim 64),
+// bf16 cache in scattered slots (as the paged cache leaves them), per layer
+// call: microseconds and GB/s of K and V read, against the read probe.
+void bench_attention(finmoe::ReadBandwidthProbe& probe, int64_t context) {
+  using finmoe::kernels::ElemType;
+  constexpr int64_t kSeqs = 16, H = 14, Hkv = 2, d = 64;
+  const int64_t slots = kSeqs * context;
+  const std::vector<uint16_t> k = random_bf16(size_t(slots * Hkv * d), 21);
+  const std::vector<uint16_t> v = random_bf16(size_t(slots * Hkv * d), 22);
+  const std::vector<uint16_t> q = random_bf16(size_t(kSeqs * H * d), 23);
+  std::vector<uint16_t> out(size_t(kSeqs * H * d));
+  // slots: blocks of 16 positions in a shuffled order, as a paged cache hands them out
+  std::vector<int64_t> blocks(size_t(slots / 16));
+  for (size_t i = 0; i < blocks.size(); ++i) blocks[i] = int64_t(i);
+  uint32_t rng = 777;
+  for (size_t i = blocks.size(); i > 1; --i) {
+    rng = rng * 1664525u + 1013904223u;
+    std::swap(blocks[i - 1], blocks[(rng >> 8) % i]);
+  }
+  std::vector<int64_t> slot_of(static_cast<size_t>(slots));
+  for (int64_t p = 0; p < slots; ++p) slot_of[size_t(p)] = blocks[size_t(p / 16)] * 16 + p % 16;
+  std::vector<finmoe::kernels::AttentionSeq> seqs(kSeqs);
+  for (int64_t i = 0; i < kSeqs; ++i)
+    seqs[size_t(i)] = {i, 1, context, slot_of.data() + i * context};
+  finmoe::kernels::AttentionArgs a;
+  a.q_t = ElemType::kBF16;
+  a.q = q.data();
+  a.n_head = H;
+  a.n_kv_head = Hkv;
+  a.head_dim = d;
+  a.cache_t = ElemType::kBF16;
+  a.k_cache = k.data();
+  a.v_cache = v.data();
+  a.seqs = seqs.data();
+  a.n_seqs = kSeqs;
+  a.scale = 0.125f;
+  a.out_t = ElemType::kBF16;
+  a.out = out.data();
+  std::vector<double> times, probe_gb_s;
+  for (int r = -2; r < 30; ++r) {
+    if (r >= 0 && r % 6 == 0) probe_gb_s.push_back(probe.sample_gb_s());
+    const auto t0 = Clock::now();
+    finmoe::kernels::paged_attention(a);
+    if (r >= 0) times.push_back(seconds_since(t0));
+  }
+  const double bytes = double(2 * slots * Hkv * d * 2);
+  const Bandwidth bw = bandwidth_of(probe_gb_s);
+  std::printf(
+      "decode attention, %lld sequences x %lld positions (H 14, Hkv 2, d 64, bf16 cache): median "
+      "%.0f us/layer (best %.0f), %.1f GB/s of K and V = %.0f%% of the read probe's median %.1f "
+      "GB/s\n",
+      static_cast<long long>(kSeqs), static_cast<long long>(context), median(times) * 1e6,
+      best(times) * 1e6, bytes / median(times) / 1e9,
+      100.0 * bytes / median(times) / 1e9 / bw.median_gbs, bw.median_gbs);
+}
+
 // Prefill-sized int8 products (per channel, bf16 scales) against the bf16
 // kernels on the same shapes: GFLOP/s of each, median of the repetitions.
 void bench_gemm8() {
@@ -375,6 +434,10 @@ int main(int argc, char** argv) {
   }
   if (what == "all" || what == "chain") bench_chain(probe, nullptr);
   if (what == "all" || what == "experts") bench_experts(probe);
+  if (what == "attention") {  // [CONTEXT ...]: decode attention at each context (default 2048)
+    if (argc <= 2) bench_attention(probe, 2048);
+    for (int i = 2; i < argc; ++i) bench_attention(probe, std::atoll(argv[i]));
+  }
   if (what == "chain8") {
     const finmoe::kernels::Int8Format channel{0, finmoe::kernels::ElemType::kBF16};
     const finmoe::kernels::Int8Format group{finmoe::kernels::kInt8Group,
