@@ -1023,15 +1023,14 @@ class StreamedInputs {
                                               const MergeOptions& o) {
     using Io = MergeOptions::Io;
     if (o.io == Io::kMmap || !o.fused) return nullptr;
-    std::vector<size_t> streamed;
+    std::vector<std::pair<size_t, int64_t>> streamed;  // (job, its elements)
     double bytes = 0, cached = 0;
     for (size_t i = 0; i < jobs.size(); ++i) {
       const Job& j = jobs[i];
-      if (needs_magnitude_keep(j) || !fused_plan(r, j)) continue;
-      int64_t n = 1;
-      for (int64_t d : j.shape) n *= d;
-      if (n == 0) continue;
-      streamed.push_back(i);
+      if (needs_magnitude_keep(j)) continue;
+      const std::optional<kernels::MergeCombine> plan = fused_plan(r, j);
+      if (!plan || plan->n == 0) continue;
+      streamed.emplace_back(i, plan->n);
       for (size_t k = 0; k < j.models.size(); ++k) {
         const TensorView* v = j.models[k]->find(j.inputs[k]);
         bytes += double(v->nbytes);
@@ -1047,7 +1046,7 @@ class StreamedInputs {
     d->streamed_.assign(jobs.size(), false);
     std::vector<ChunkReadQueue::Chunk> reads;
     size_t slot_bytes = 0;
-    for (size_t i : streamed) {
+    for (const auto& [i, n] : streamed) {
       const Job& j = jobs[i];
       d->streamed_[i] = true;
       struct Input {
@@ -1072,8 +1071,6 @@ class StreamedInputs {
                       size_t(dtype_size(v->dtype))});
         d->bytes_ += v->nbytes;
       }
-      int64_t n = 1;
-      for (int64_t s : j.shape) n *= s;
       const int64_t chunk = std::max<int64_t>(1, o.chunk_elements);
       for (int64_t first = 0; first < n; first += chunk) {
         const int64_t m = std::min(chunk, n - first);
