@@ -17,7 +17,9 @@
 # DONTNEED, before the read probe and before every merge: "read" is then the
 # disk's read bandwidth, and every tool reads its inputs from the disk),
 # MMAP=1 (also time `finmoe merge --io mmap`, reading through the mapping
-# where `--io auto` reads uncached inputs past the page cache).
+# where `--io auto` reads uncached inputs past the page cache), ENGINE=1
+# (also time `finmoe-engine merge`, the full command beside FINMOE, which
+# loads libtorch: the process start the front end `finmoe` saves).
 #
 # Each round measures, besides both merges:
 #   read  the three input files read once more, the fastest of one `cat`,
@@ -71,10 +73,11 @@ EOF
 done
 # warm the page cache once
 cat "$WORK"/m{1,2,3}/model.safetensors >/dev/null
-python3 - "$WORK" "$ROUNDS" "$FINMOE" "$MERGEKIT" "$METHODS" "$OUT_DIR" "${NO_FUSED:-0}" "${COLD:-0}" "${MMAP:-0}" <<'PY'
+python3 - "$WORK" "$ROUNDS" "$FINMOE" "$MERGEKIT" "$METHODS" "$OUT_DIR" "${NO_FUSED:-0}" "${COLD:-0}" "${MMAP:-0}" "${ENGINE:-0}" <<'PY'
 import json, os, shutil, statistics, subprocess, sys, time
 work, rounds, finmoe, mergekit, methods = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5].split(",")
 out_dir, no_fused, cold, with_mmap = sys.argv[6], sys.argv[7] == "1", sys.argv[8] == "1", sys.argv[9] == "1"
+engine = os.path.join(os.path.dirname(finmoe), "finmoe-engine") if sys.argv[10] == "1" else None
 with_mergekit = mergekit != "none"
 inputs = [f"{work}/m{s}/model.safetensors" for s in (1, 2, 3)]
 nbytes = sum(os.path.getsize(p) for p in inputs)
@@ -145,7 +148,7 @@ merge_s = {}  # command -> the merge's own seconds (finmoe merge --json), withou
 def timed(cmd, out):
     shutil.rmtree(out, ignore_errors=True)
     evict()
-    json_out = cmd[0] == finmoe
+    json_out = cmd[0] in (finmoe, engine)
     if json_out:
         cmd = cmd + ["--json"]
     t = time.perf_counter()
@@ -155,7 +158,7 @@ def timed(cmd, out):
     _, status, usage = os.wait4(p.pid, 0)
     s = time.perf_counter() - t
     if json_out and os.waitstatus_to_exitcode(status) == 0:
-        merge_s[" ".join(cmd[4:-1])] = json.loads(text)["seconds"]
+        merge_s["engine" if cmd[0] == engine else " ".join(cmd[4:-1])] = json.loads(text)["seconds"]
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"bench_merge.sh: {' '.join(cmd)} failed")
     cpu[" ".join([cmd[0]] + [a for a in cmd[4:] if a != "--json"])] = usage.ru_utime + usage.ru_stime
@@ -178,6 +181,7 @@ for r in range(1, rounds + 1):
                   f"{out_dir}/out-mergekit") if with_mergekit else None
         t = timed([finmoe, "merge", recipe, f"{out_dir}/out-finmoe", "--no-fused"], f"{out_dir}/out-finmoe") if no_fused else None
         mm = timed([finmoe, "merge", recipe, f"{out_dir}/out-finmoe", "--io", "mmap"], f"{out_dir}/out-finmoe") if with_mmap else None
+        e = timed([engine, "merge", recipe, f"{out_dir}/out-finmoe"], f"{out_dir}/out-finmoe") if engine else None
         x = {"round": r, "method": m, "load": ld, "mem_gb_s": mem, "read_s": rd, "read_gb_s": read_bw,
              "write_s": wr, "write_gb_s": out_bytes / wr / 1e9, "finmoe_s": f,
              "finmoe_gb_s": nbytes / f / 1e9, "finmoe_cpu_s": cpu[finmoe],
@@ -190,6 +194,9 @@ for r in range(1, rounds + 1):
         if mm is not None:
             x.update({"mmap_s": mm, "mmap_gb_s": nbytes / mm / 1e9, "mmap_cpu_s": cpu[finmoe + " --io mmap"],
                       "mmap_merge_s": merge_s["--io mmap"]})
+        if e is not None:
+            x.update({"engine_s": e, "engine_gb_s": nbytes / e / 1e9, "engine_cpu_s": cpu[engine],
+                      "engine_merge_s": merge_s["engine"]})
         rows.append(x)
         print(f"round {r} {m}: finmoe {f:.2f} s ({x['finmoe_gb_s']:.2f} GB/s = {x['finmoe_gb_s'] / read_bw:.0%} of read; "
               f"the merge alone {x['finmoe_merge_s']:.2f} s = {x['finmoe_merge_gb_s'] / read_bw:.0%} of read "
@@ -200,6 +207,8 @@ for r in range(1, rounds + 1):
               + (f" | --no-fused {t:.2f} s ({x['libtorch_path_cpu_s']:.2f} CPU s)" if t is not None else "")
               + (f" | --io mmap {mm:.2f} s ({x['mmap_gb_s'] / read_bw:.0%} of read, merge alone {x['mmap_merge_s']:.2f} s, "
                  f"{x['mmap_cpu_s']:.2f} CPU s)" if mm is not None else "")
+              + (f" | finmoe-engine {e:.2f} s ({x['engine_gb_s'] / read_bw:.0%} of read, merge alone "
+                 f"{x['engine_merge_s']:.2f} s)" if e is not None else "")
               + f" | load {ld:.1f}",
               flush=True)
 summary = {}
@@ -227,7 +236,9 @@ for m in methods:
              if 'libtorch_path_s' in med else "")
           + (f"--io mmap {med['mmap_s']:.2f} s = {rel('mmap_gb_s'):.0%} of read, the merge alone "
              f"{statistics.median(nbytes / x['mmap_merge_s'] / 1e9 / x['read_gb_s'] for x in mine):.0%} "
-             f"({med['mmap_cpu_s']:.2f} CPU s) | " if 'mmap_s' in med else "") +
+             f"({med['mmap_cpu_s']:.2f} CPU s) | " if 'mmap_s' in med else "")
+          + (f"finmoe-engine {med['engine_s']:.2f} s = {rel('engine_gb_s'):.0%} of read (libtorch loaded), "
+             f"the merge alone {med['engine_merge_s']:.2f} s | " if 'engine_s' in med else "") +
           f"load {min(x['load'] for x in mine):.1f}-{max(x['load'] for x in mine):.1f}")
 json.dump({"input_bytes": nbytes, "output_bytes": out_bytes, "cold": cold, "rounds": rows, "median": summary},
           open(f"{work}/results.json", "w"), indent=2)

@@ -38,6 +38,8 @@
 #include <nlohmann/json_fwd.hpp>
 #include <torch/torch.h>
 
+#include "finmoe/esft_delta.h"
+
 namespace finmoe {
 
 class Transformer;
@@ -96,15 +98,6 @@ enum class EsftScoreKind { Token, Gate };
 // "token" | "gate"; throws Error naming --score otherwise.
 EsftScoreKind esft_score_kind(const std::string& name);
 
-// Which parameters ESFT trains: the ESFT repo's expert config.
-struct ExpertConfig {
-  // decoder layer -> ids of the routed experts to train (ascending in files
-  // finmoe writes; a MoE layer not listed trains no expert)
-  std::map<int64_t, std::vector<int64_t>> experts;
-  bool shared_experts = false;      // also train the shared experts (§6.3)
-  bool non_expert_modules = false;  // also train everything that is not an expert:
-                                    // routers, attention, norms, embeddings, dense FFNs
-};
 
 // Per layer: experts sorted by score (descending, ties by lower id), added
 // while the sum of those already added is < p, so the expert whose score
@@ -118,11 +111,6 @@ ExpertConfig select_experts(const EsftScores& scores, EsftScoreKind kind, double
 // Flags are copied from `like`.
 ExpertConfig random_experts_like(const ExpertConfig& like, int64_t num_experts, uint64_t seed);
 
-// {"experts": {"<layer>": [ids]}, "shared_experts": b, "non_expert_modules": b}
-nlohmann::json expert_config_to_json(const ExpertConfig& config);
-ExpertConfig expert_config_from_json(const nlohmann::json& j, const std::string& source);
-ExpertConfig load_expert_config(const std::string& path);
-void save_expert_config(const std::string& path, const ExpertConfig& config);  // atomic
 // Throws Error when a listed layer is not an MoE layer of `model` or an expert
 // id is outside [0, num_experts) or repeated.
 void check_expert_config(const ExpertConfig& config, const ModelConfig& model,
@@ -169,18 +157,7 @@ struct EsftParamCount {
 };
 EsftParamCount esft_param_count(const ModelConfig& model, const ExpertConfig& config);
 
-// ---- delta checkpoints (docs/formats/esft.md) ------------------------------------
-
-inline constexpr int kEsftDeltaFormatVersion = 1;
-
-struct EsftDeltaInfo {
-  std::string dir;
-  std::string base_model;  // as recorded in esft_delta.json
-  ExpertConfig experts;
-  int64_t tensors = 0;     // trained tensors stored
-  int64_t params = 0;      // their elements
-  int64_t bytes = 0;       // size of esft_delta.safetensors
-};
+// ---- delta checkpoints (docs/formats/esft.md; reading them: finmoe/esft_delta.h) --
 
 // Writes into `out_dir` (created if missing; each file atomic): the tensors the
 // config trains (HF names, in `dtype` or the model's), expert_cfg.json,
@@ -191,14 +168,6 @@ EsftDeltaInfo save_esft_delta(const Transformer& model, const ExpertConfig& conf
                               const std::string& base_dir, const std::string& out_dir,
                               std::optional<torch::Dtype> dtype = std::nullopt);
 
-// Whether `dir` holds an ESFT delta (an esft_delta.json).
-bool is_esft_delta(const std::string& dir);
-// Reads esft_delta.json and expert_cfg.json and sizes the tensor file; throws
-// Error on a missing file, a format other than finmoe-esft-delta or a
-// format_version newer than kEsftDeltaFormatVersion.
-EsftDeltaInfo read_esft_delta(const std::string& dir);
-// The base model directory: base_model, relative paths taken from the delta's directory.
-std::string esft_delta_base(const EsftDeltaInfo& info);
 // Replaces the model's parameters with the delta's tensors (converted to the
 // model's dtype and device). Throws Error when a tensor is not a parameter of
 // the model, has another shape, or is not one the delta's expert config trains.

@@ -10,18 +10,9 @@
 #include <ATen/core/Generator.h>
 #include <torch/torch.h>
 
-namespace finmoe::merge_math {
+#include "merge/merge_math.h"
 
-// How a task vector delta = model - base is thinned before it is combined.
-enum class Sparsify {
-  None,
-  Magnitude,          // TIES: keep the max(1, floor(density*n)) largest |delta|
-                      // (of ties at the threshold the lowest indices)
-  Random,             // DARE: keep each entry with probability density
-  MagnitudeOutliers,  // Breadcrumbs: drop the floor(gamma*n) largest, then the smallest,
-                      // keeping floor(density*n)
-  DellaMagprune,      // DELLA: keep probability from density-eps to density+eps by |delta| rank per row
-};
+namespace finmoe::merge_math {
 
 // Keep-mask application with the method's rescaling:
 //   Random, DellaMagprune: kept entries divided by their keep probability
@@ -36,26 +27,12 @@ torch::Tensor sparsify(const torch::Tensor& delta, Sparsify method, double densi
 // zero counts as +); returns 1 where delta_i agrees with it, else 0. [M, ...]
 torch::Tensor sign_consensus(const torch::Tensor& deltas);  // deltas [M, ...]
 
-struct ModelParams {
-  double weight = 1.0;
-  double density = 1.0;
-  double gamma = 0.01;
-  double epsilon = 0.15;
-};
-
 // The task-arithmetic family (task_arithmetic, ties, dare_linear, dare_ties,
 // breadcrumbs, breadcrumbs_ties, della, della_linear):
 //   delta_i = sparsify(x_i - base);  d_i = w_i * delta_i
 //   consensus:  mixed = sum_i m_i d_i,  divisor = sum_i m_i w_i (0 -> 1), m = sign_consensus(d)
 //   otherwise:  mixed = sum_i d_i,      divisor = sum_i w_i (|.| < 1e-8 -> 1)
 //   out = base + lambda * (normalize ? mixed / divisor : mixed)
-struct TaskArithmetic {
-  Sparsify sparsify = Sparsify::None;
-  bool consensus = false;
-  bool normalize = false;
-  bool rescale = false;
-  double lambda = 1.0;
-};
 torch::Tensor task_arithmetic(const torch::Tensor& base, const std::vector<torch::Tensor>& xs,
                               const std::vector<ModelParams>& params, const TaskArithmetic& how,
                               at::Generator& gen);

@@ -19,10 +19,10 @@
 #include <torch/torch.h>
 #include <yaml-cpp/yaml.h>
 
-#include "convert/merge_plan.h"
 #include "core/file_util.h"
 #include "core/hf_remote_code.h"
 #include "core/progress.h"
+#include "core/side_files.h"
 #include "core/yaml_bounds.h"
 #include "finmoe/config.h"
 #include "finmoe/error.h"
@@ -30,7 +30,7 @@
 #include "finmoe/model.h"
 #include "finmoe/safetensors.h"
 #include "finmoe/tokenizer.h"
-#include "model/side_files.h"
+#include "merge/merge_plan.h"
 #include "model/torch_dtype.h"
 #include "model/transformer.h"
 

@@ -15,13 +15,13 @@
 
 #include "core/file_util.h"
 #include "core/progress.h"
+#include "core/side_files.h"
 #include "finmoe/error.h"
 #include "finmoe/esft.h"
 #include "finmoe/model.h"
 #include "finmoe/safetensors.h"
 #include "kernels/qlinear.h"
 #include "kernels/thread_pool.h"
-#include "model/side_files.h"
 #include "model/torch_dtype.h"
 
 namespace fs = std::filesystem;

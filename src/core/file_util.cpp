@@ -56,6 +56,12 @@ void AtomicFile::write(const void* data, size_t n) {
     }
     p += w;
     n -= size_t(w);
+    written_ += uint64_t(w);
+  }
+  if (written_ - flushed_ >= kWriteBehindBytes) {
+    // A hint: a file system without it (EINVAL, ESPIPE) leaves all to fsync.
+    ::sync_file_range(fd_, off64_t(flushed_), off64_t(written_ - flushed_), SYNC_FILE_RANGE_WRITE);
+    flushed_ = written_;
   }
 }
 

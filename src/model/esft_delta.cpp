@@ -7,32 +7,21 @@
 #include <map>
 #include <set>
 
+#include "core/esft_files.h"
+#include "core/side_files.h"
 #include "finmoe/config.h"
 #include "finmoe/error.h"
 #include "finmoe/esft.h"
 #include "finmoe/model.h"
 #include "finmoe/safetensors.h"
 #include "model/torch_dtype.h"
-#include "model/side_files.h"
 
 namespace finmoe {
 namespace fs = std::filesystem;
 
 namespace {
 
-const char* kDeltaFile = "esft_delta.json";
-const char* kExpertFile = "expert_cfg.json";
-const char* kTensorFile = "esft_delta.safetensors";
-const char* kFormat = "finmoe-esft-delta";
 
-// A non-negative integer written as a JSON object key ("12").
-bool parse_index(const std::string& s, int64_t& out) {
-  if (s.empty() || s.size() > 9 ||
-      !std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isdigit(c); }))
-    return false;
-  out = std::stoll(s);
-  return true;
-}
 
 std::string shape_str(const std::vector<int64_t>& s) {
   std::string out = "[";
@@ -43,56 +32,6 @@ std::string shape_str(const std::vector<int64_t>& s) {
 }  // namespace
 
 // ---- expert configs ------------------------------------------------------------
-
-nlohmann::json expert_config_to_json(const ExpertConfig& c) {
-  nlohmann::json experts = nlohmann::json::object();
-  for (const auto& [layer, ids] : c.experts) experts[std::to_string(layer)] = ids;
-  return {{"experts", experts},
-          {"shared_experts", c.shared_experts},
-          {"non_expert_modules", c.non_expert_modules}};
-}
-
-ExpertConfig expert_config_from_json(const nlohmann::json& j, const std::string& source) {
-  if (!j.is_object()) throw Error(source + ": expected a JSON object with 'experts'");
-  for (const auto& [key, v] : j.items())
-    if (key != "experts" && key != "shared_experts" && key != "non_expert_modules")
-      throw Error(source + ": unknown field '" + key +
-                  "' (expected experts, shared_experts, non_expert_modules)");
-  ExpertConfig c;
-  auto it = j.find("experts");
-  if (it == j.end() || !it->is_object())
-    throw Error(source + ": 'experts' must be an object {\"<layer>\": [expert ids]}");
-  for (const auto& [key, ids] : it->items()) {
-    int64_t layer = 0;
-    if (!parse_index(key, layer))
-      throw Error(source + ": experts key '" + key + "' is not a layer index");
-    if (!ids.is_array())
-      throw Error(source + ": experts[\"" + key + "\"] must be a list of expert ids");
-    auto& list = c.experts[layer];
-    for (const auto& id : ids) {
-      if (!id.is_number_integer() || id.get<int64_t>() < 0)
-        throw Error(source + ": experts[\"" + key + "\"] holds " + id.dump() +
-                    ", expected non-negative integers");
-      list.push_back(id.get<int64_t>());
-    }
-  }
-  for (const char* flag : {"shared_experts", "non_expert_modules"}) {
-    auto f = j.find(flag);
-    if (f == j.end()) continue;
-    if (!f->is_boolean()) throw Error(source + ": '" + flag + "' must be true or false");
-    (std::string(flag) == "shared_experts" ? c.shared_experts : c.non_expert_modules) =
-        f->get<bool>();
-  }
-  return c;
-}
-
-ExpertConfig load_expert_config(const std::string& path) {
-  return expert_config_from_json(read_json_file(path), path);
-}
-
-void save_expert_config(const std::string& path, const ExpertConfig& c) {
-  write_json_file(path, expert_config_to_json(c));
-}
 
 void check_expert_config(const ExpertConfig& c, const ModelConfig& m, const std::string& source) {
   if (!m.is_moe())
@@ -120,7 +59,7 @@ EsftParamRole esft_param_role(const std::string& name) {
   if (!name.starts_with(prefix)) return r;
   const size_t dot = name.find('.', prefix.size());
   int64_t layer = 0;
-  if (dot == std::string::npos || !parse_index(name.substr(prefix.size(), dot - prefix.size()), layer))
+  if (dot == std::string::npos || !parse_esft_index(name.substr(prefix.size(), dot - prefix.size()), layer))
     return r;
   const std::string rest = name.substr(dot + 1);  // "mlp.experts.3.up_proj.weight"
   for (const char* block : {"mlp.", "block_sparse_moe."}) {
@@ -129,7 +68,7 @@ EsftParamRole esft_param_role(const std::string& name) {
     if (sub.starts_with("experts.")) {
       const size_t end = sub.find('.', 8);
       int64_t e = 0;
-      if (end != std::string::npos && parse_index(sub.substr(8, end - 8), e))
+      if (end != std::string::npos && parse_esft_index(sub.substr(8, end - 8), e))
         return {EsftParamRole::RoutedExpert, layer, e};
     }
     if (sub.starts_with("shared_expert.") || sub.starts_with("shared_experts."))
@@ -235,12 +174,12 @@ EsftDeltaInfo save_esft_delta(const Transformer& model, const ExpertConfig& c,
   fs::create_directories(out_dir);
   const fs::path dir(out_dir);
   // the marker file last: a directory is a delta only once its tensors are complete
-  write_safetensors((dir / kTensorFile).string(), tensors, {{"format", "pt"}});
-  info.bytes = int64_t(fs::file_size(dir / kTensorFile));
-  save_expert_config((dir / kExpertFile).string(), c);
+  write_safetensors((dir / esft_files::kTensors).string(), tensors, {{"format", "pt"}});
+  info.bytes = int64_t(fs::file_size(dir / esft_files::kTensors));
+  save_expert_config((dir / esft_files::kExperts).string(), c);
   copy_side_files(base_dir, out_dir, /*with_config=*/true);
-  write_json_file((dir / kDeltaFile).string(),
-                  {{"format", kFormat},
+  write_json_file((dir / esft_files::kDelta).string(),
+                  {{"format", esft_files::kFormat},
                    {"format_version", kEsftDeltaFormatVersion},
                    {"base_model", info.base_model},
                    {"tensors", info.tensors},
@@ -249,52 +188,11 @@ EsftDeltaInfo save_esft_delta(const Transformer& model, const ExpertConfig& c,
   return info;
 }
 
-bool is_esft_delta(const std::string& dir) {
-  std::error_code ec;  // a path too long to look up is no delta: the loader names it next
-  return fs::exists(fs::path(dir) / kDeltaFile, ec);
-}
-
-EsftDeltaInfo read_esft_delta(const std::string& dir) {
-  const std::string path = (fs::path(dir) / kDeltaFile).string();
-  const nlohmann::json j = read_json_file(path);
-  if (!j.is_object() || !j.contains("format") || j["format"] != kFormat)
-    throw Error(path + ": 'format' must be \"" + kFormat + "\"");
-  if (!j.contains("format_version") || !j["format_version"].is_number_integer())
-    throw Error(path + ": 'format_version' must be an integer");
-  const int64_t version = j["format_version"].get<int64_t>();
-  if (version < 1 || version > kEsftDeltaFormatVersion)
-    throw Error(path + ": format_version " + std::to_string(version) +
-                " is not readable by this finmoe (it reads up to " +
-                std::to_string(kEsftDeltaFormatVersion) +
-                "); a newer finmoe wrote it: upgrade finmoe");
-  if (!j.contains("base_model") || !j["base_model"].is_string() ||
-      j["base_model"].get<std::string>().empty())
-    throw Error(path + ": 'base_model' must name the base model directory");
-  EsftDeltaInfo info;
-  info.dir = dir;
-  info.base_model = j["base_model"].get<std::string>();
-  const std::string experts = (fs::path(dir) / kExpertFile).string();
-  if (!fs::exists(experts)) throw Error(dir + ": ESFT delta without " + kExpertFile);
-  info.experts = load_expert_config(experts);
-  const std::string tensors = (fs::path(dir) / kTensorFile).string();
-  if (!fs::exists(tensors)) throw Error(dir + ": ESFT delta without " + kTensorFile);
-  auto file = SafetensorsFile::open(tensors);
-  info.tensors = int64_t(file->tensors().size());
-  for (const auto& v : file->tensors()) info.params += v.numel();
-  info.bytes = int64_t(fs::file_size(tensors));
-  return info;
-}
-
-std::string esft_delta_base(const EsftDeltaInfo& info) {
-  const fs::path base(info.base_model);
-  return base.is_absolute() ? base.string() : (fs::path(info.dir) / base).lexically_normal().string();
-}
-
 std::vector<std::pair<std::string, torch::Tensor>> read_esft_delta_tensors(const Transformer& model,
                                                                            const std::string& dir) {
   const EsftDeltaInfo info = read_esft_delta(dir);
-  check_expert_config(info.experts, model.config(), (fs::path(dir) / kExpertFile).string());
-  const std::string path = (fs::path(dir) / kTensorFile).string();
+  check_expert_config(info.experts, model.config(), (fs::path(dir) / esft_files::kExperts).string());
+  const std::string path = (fs::path(dir) / esft_files::kTensors).string();
   auto file = SafetensorsFile::open(path);
   std::map<std::string, torch::Tensor> params;
   for (auto& [name, t] : model.named_parameters()) params.emplace(name, t);
@@ -307,7 +205,7 @@ std::vector<std::pair<std::string, torch::Tensor>> read_esft_delta_tensors(const
     if (it == params.end())
       throw Error(where + " is not a parameter of this " + model.config().model_type + " model");
     if (!esft_trains(info.experts, v.name))
-      throw Error(where + " is not one that " + kExpertFile + " trains");
+      throw Error(where + " is not one that " + esft_files::kExperts + " trains");
     if (v.shape != it->second.sizes().vec())
       throw Error(where + " has shape " + shape_str(v.shape) + ", the base model " +
                   shape_str(it->second.sizes().vec()));
@@ -318,7 +216,7 @@ std::vector<std::pair<std::string, torch::Tensor>> read_esft_delta_tensors(const
   }
   for (const auto& [name, t] : params)
     if (esft_trains(info.experts, name) && !seen.count(name))
-      throw Error(path + ": missing tensor '" + name + "' that " + kExpertFile + " trains");
+      throw Error(path + ": missing tensor '" + name + "' that " + esft_files::kExperts + " trains");
   return out;
 }
 

@@ -8,14 +8,14 @@
 #include <set>
 
 #include "core/file_util.h"
+#include "core/side_files.h"
 #include "finmoe/config.h"
 #include "finmoe/error.h"
 #include "finmoe/model.h"
 #include "finmoe/safetensors.h"
-#include "model/torch_dtype.h"
-#include "model/linear.h"
-#include "model/side_files.h"
 #include "finmoe/serving_adapters.h"
+#include "model/linear.h"
+#include "model/torch_dtype.h"
 
 namespace finmoe {
 namespace fs = std::filesystem;

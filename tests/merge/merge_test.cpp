@@ -24,7 +24,6 @@
 #include "../expect_error.h"
 #include "../model/test_util.h"
 #include "convert/merge_methods.h"
-#include "convert/merge_plan.h"
 #include "core/chunk_read.h"
 #include "core/file_util.h"
 #include "finmoe/config.h"
@@ -32,6 +31,7 @@
 #include "finmoe/merge.h"
 #include "finmoe/model.h"
 #include "finmoe/safetensors.h"
+#include "merge/merge_plan.h"
 #include "model/torch_dtype.h"
 
 namespace finmoe {
@@ -921,6 +921,39 @@ TEST(MergeCli, RecipesAndTheChatVectorPresetRunBadInputExitsTwo) {
   write_file_atomic(tmp.str() + "/bad.yaml", "merge_method: linear\nmodelz: []\n");
   EXPECT_EQ(cli(tmp.str() + "/bad.yaml " + tmp.str() + "/bad"), 2);
   EXPECT_FALSE(fs::exists(tmp.str() + "/bad"));
+}
+
+// `finmoe` is a front end without libtorch: it merges what the fused kernel
+// covers itself and executes finmoe-engine for everything else. With the
+// engine made unreachable (FINMOE_ENGINE), only the front end's own merges run.
+TEST(MergeCli, TheFrontEndMergesFusedRecipesItselfAndHandsTheRestToTheEngine) {
+  TempDir tmp;
+  const std::string dir = std::string(FINMOE_TEST_DATA_DIR) + "/merge/";
+  auto front = [&](const std::string& engine, const std::string& args) {
+    const int rc = std::system(("FINMOE_ENGINE='" + engine + "' " + FINMOE_CLI_PATH + " " + args +
+                                " >/dev/null 2>" + tmp.str() + "/stderr")
+                                   .c_str());
+    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+  };
+  const std::string none = tmp.str() + "/no-engine";
+  // ties (fused) without the engine: the library's bits
+  ASSERT_EQ(front(none, "merge " + dir + "ties.yaml " + tmp.str() + "/front --json"), 0);
+  MergeOptions o;
+  o.progress = false;
+  merge_models(load_merge_recipe(dir + "ties.yaml"), tmp.str() + "/library", o);
+  EXPECT_TRUE(bitwise_equal(load(tmp.str() + "/front"), load(tmp.str() + "/library")));
+  // slerp needs libtorch: the engine, which is missing; nothing written
+  EXPECT_EQ(front(none, "merge " + dir + "slerp.yaml " + tmp.str() + "/slerp"), 1);
+  std::ifstream err(tmp.str() + "/stderr");
+  const std::string message((std::istreambuf_iterator<char>(err)), std::istreambuf_iterator<char>());
+  EXPECT_NE(message.find("cannot run the engine " + none), std::string::npos) << message;
+  EXPECT_FALSE(fs::exists(tmp.str() + "/slerp"));
+  EXPECT_EQ(front(none, "merge --help"), 1);  // help is the engine's too
+  EXPECT_EQ(front(none, "merge " + dir + "ties.yaml " + tmp.str() + "/front"), 2);  // OUT exists
+  // with the engine: slerp runs
+  const std::string engine = (fs::path(FINMOE_CLI_PATH).parent_path() / "finmoe-engine").string();
+  EXPECT_EQ(front(engine, "merge " + dir + "slerp.yaml " + tmp.str() + "/slerp"), 0);
+  EXPECT_TRUE(fs::exists(tmp.str() + "/slerp/model.safetensors"));
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
 #pragma once
-// Internal to the convert layer: the merge methods' table and how a recipe
+// Internal to the merge layer: the merge methods' table and how a recipe
 // parameter is evaluated for one tensor (include/finmoe/merge.h).
 #include <filesystem>
 #include <optional>

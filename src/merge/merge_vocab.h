@@ -1,5 +1,5 @@
 #pragma once
-// Internal to the convert layer: the output vocabulary of a merge with a
+// Internal to the merge layer: the output vocabulary of a merge with a
 // tokenizer source (union, base or a model), each model's rows mapped to it by
 // token string, and the chat template a recipe asks for (docs/merging.md).
 #include <cstdint>

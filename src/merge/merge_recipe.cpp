@@ -8,11 +8,11 @@
 
 #include <yaml-cpp/yaml.h>
 
-#include "convert/merge_plan.h"
-#include "convert/merge_vocab.h"
 #include "core/yaml_bounds.h"
 #include "finmoe/error.h"
 #include "finmoe/merge.h"
+#include "merge/merge_plan.h"
+#include "merge/merge_vocab.h"
 
 namespace finmoe {
 

@@ -1,6 +1,6 @@
 #pragma once
 // The files of a model directory besides its weights: config, generation
-// defaults, tokenizer and chat template. Internal to the model layer.
+// defaults, tokenizer and chat template. Internal (core layer: no libtorch).
 #include <string>
 
 namespace finmoe {

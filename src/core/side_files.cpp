@@ -1,4 +1,4 @@
-#include "model/side_files.h"
+#include "core/side_files.h"
 
 #include <filesystem>
 #include <fstream>

@@ -20,25 +20,22 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
-#include <torch/torch.h>
 
-#include "convert/merge_methods.h"
-#include "convert/merge_plan.h"
-#include "convert/merge_vocab.h"
 #include "core/chunk_read.h"
 #include "core/file_util.h"
 #include "core/hf_remote_code.h"
 #include "core/progress.h"
+#include "core/side_files.h"
 #include "finmoe/config.h"
 #include "finmoe/error.h"
-#include "finmoe/esft.h"
+#include "finmoe/esft_delta.h"
 #include "finmoe/merge.h"
 #include "finmoe/safetensors.h"
 #include "kernels/merge_kernels.h"
-#include "model/side_files.h"
-#include "model/torch_dtype.h"
+#include "merge/merge_job.h"
+#include "merge/merge_plan.h"
+#include "merge/merge_vocab.h"
 
 namespace finmoe {
 
@@ -116,67 +113,83 @@ std::optional<bool> eval_bool(const MergeParam& p, const std::string& tensor, do
   return std::nullopt;
 }
 
+// ---- inputs and jobs (merge/merge_job.h) ------------------------------------------
+
+namespace merging {
+
+std::unique_ptr<InputModel> InputModel::open(const std::string& name) {
+  if (!fs::is_directory(name))
+    throw Error("model '" + name +
+                "': no such directory (finmoe merge reads local model directories)");
+  auto m = std::make_unique<InputModel>();
+  m->name = name;
+  std::string weights = name;
+  if (is_esft_delta(name)) {
+    const EsftDeltaInfo info = read_esft_delta(name);
+    weights = esft_delta_base(info);
+    m->delta = SafetensorsFile::open((fs::path(name) / "esft_delta.safetensors").string());
+  }
+  const fs::path cfg = fs::path(name) / "config.json";
+  if (!fs::exists(cfg)) throw Error("model '" + name + "': no config.json");
+  m->config = read_json_file(cfg.string());
+  if (!m->config.is_object() || !m->config.contains("num_hidden_layers") ||
+      !m->config["num_hidden_layers"].is_number_integer())
+    throw Error(cfg.string() + ": num_hidden_layers must be an integer");
+  m->num_layers = m->config["num_hidden_layers"].get<int64_t>();
+  m->reader = CheckpointReader::open(weights);
+  if (m->delta)
+    for (const TensorView& v : m->delta->tensors()) {
+      if (!m->reader->has(v.name))
+        throw Error(m->delta->path() + ": tensor '" + v.name + "' is not in its base model " +
+                    weights);
+      if (m->reader->get(v.name).shape != v.shape)
+        throw Error(m->delta->path() + ": tensor '" + v.name +
+                    "' has another shape than in its base model " + weights);
+    }
+  return m;
+}
+
+
+DType dtype_named(const std::string& d) {
+  if (d == "float32") return DType::F32;
+  if (d == "float16") return DType::F16;
+  if (d == "bfloat16") return DType::BF16;
+  return DType::F64;
+}
+
+// The sparsification, consensus and default flags of the task-arithmetic family.
+std::optional<merge_math::TaskArithmetic> task_arithmetic_kind(const std::string& m) {
+  using merge_math::Sparsify;
+  merge_math::TaskArithmetic h;
+  if (m == "task_arithmetic") {
+  } else if (m == "ties") {
+    h = {Sparsify::Magnitude, true, true, false, 1.0};
+  } else if (m == "dare_linear") {
+    h = {Sparsify::Random, false, false, true, 1.0};
+  } else if (m == "dare_ties") {
+    h = {Sparsify::Random, true, false, true, 1.0};
+  } else if (m == "breadcrumbs") {
+    h = {Sparsify::MagnitudeOutliers, false, false, false, 1.0};
+  } else if (m == "breadcrumbs_ties") {
+    h = {Sparsify::MagnitudeOutliers, true, false, false, 1.0};
+  } else if (m == "della") {
+    h = {Sparsify::DellaMagprune, true, true, true, 1.0};
+  } else if (m == "della_linear") {
+    h = {Sparsify::DellaMagprune, false, false, true, 1.0};
+  } else {
+    return std::nullopt;
+  }
+  return h;
+}
+
+}  // namespace merging
+
 namespace {
 
-// ---- inputs --------------------------------------------------------------------
-
-// One input directory: a checkpoint, or an ESFT delta over its base.
-struct InputModel {
-  std::string name;  // as the recipe writes it
-  nlohmann::json config;
-  std::optional<CheckpointReader> reader;
-  std::shared_ptr<SafetensorsFile> delta;  // ESFT: tensors that replace the base's
-  int64_t num_layers = 0;
-
-  static std::unique_ptr<InputModel> open(const std::string& name) {
-    if (!fs::is_directory(name))
-      throw Error("model '" + name +
-                  "': no such directory (finmoe merge reads local model directories)");
-    auto m = std::make_unique<InputModel>();
-    m->name = name;
-    std::string weights = name;
-    if (is_esft_delta(name)) {
-      const EsftDeltaInfo info = read_esft_delta(name);
-      weights = esft_delta_base(info);
-      m->delta = SafetensorsFile::open((fs::path(name) / "esft_delta.safetensors").string());
-    }
-    const fs::path cfg = fs::path(name) / "config.json";
-    if (!fs::exists(cfg)) throw Error("model '" + name + "': no config.json");
-    m->config = read_json_file(cfg.string());
-    if (!m->config.is_object() || !m->config.contains("num_hidden_layers") ||
-        !m->config["num_hidden_layers"].is_number_integer())
-      throw Error(cfg.string() + ": num_hidden_layers must be an integer");
-    m->num_layers = m->config["num_hidden_layers"].get<int64_t>();
-    m->reader = CheckpointReader::open(weights);
-    if (m->delta)
-      for (const TensorView& v : m->delta->tensors()) {
-        if (!m->reader->has(v.name))
-          throw Error(m->delta->path() + ": tensor '" + v.name + "' is not in its base model " +
-                      weights);
-        if (m->reader->get(v.name).shape != v.shape)
-          throw Error(m->delta->path() + ": tensor '" + v.name +
-                      "' has another shape than in its base model " + weights);
-      }
-    return m;
-  }
-
-  std::string model_type() const {
-    return config.contains("model_type") && config["model_type"].is_string()
-               ? config["model_type"].get<std::string>()
-               : "";
-  }
-  const TensorView* find(const std::string& tensor) const {
-    if (delta)
-      if (const TensorView* v = delta->find(tensor)) return v;
-    return reader->has(tensor) ? &reader->get(tensor) : nullptr;
-  }
-  std::vector<std::string> names() const { return reader->names(); }
-  // The file holding the tensor find() returns (its mapping gives the offset).
-  const SafetensorsFile& file_of(const std::string& tensor) const {
-    if (delta && delta->find(tensor)) return *delta;
-    return reader->shard_of(tensor);
-  }
-};
+using merging::dtype_named;
+using merging::InputModel;
+using merging::Job;
+using merging::task_arithmetic_kind;
 
 std::string shape_text(const std::vector<int64_t>& s) {
   std::string t = "[";
@@ -217,65 +230,8 @@ std::string shape_error(const std::string& tensor, const TensorView& v, const st
 
 // ---- the plan --------------------------------------------------------------------
 
-struct Job {
-  std::string name;                   // output tensor
-  std::vector<int64_t> shape;
-  DType out_dtype = DType::F32;
-  bool floating = true;
-  const MergeSlice* slice = nullptr;
-  std::vector<const InputModel*> models;  // per source of the slice
-  std::vector<std::string> inputs;        // tensor name in each source
-  int base = -1;                          // index of the base among the sources
-  std::vector<merge_math::ModelParams> params;  // per source
-  merge_math::TaskArithmetic how;
-  double t = 0;            // slerp
-  bool filter_wise = false;
-  bool flatten = true;     // nuslerp
-  bool row_wise = false;   // nuslerp
-  double select_topk = 1.0;
-  double scale = 1.0;      // passthrough
-  bool normalize = true;   // linear
-  bool keep_rows = false;     // rows recipe.keep_rows from keep_rows_source
-  int keep_rows_source = -1;  // the input whose rows are kept (vocabulary tensors)
-  int64_t common_rows = -1;   // >= 0: only rows [0, common_rows) are merged, the
-                              // rest are keep_rows_source's own
-  std::shared_ptr<const RowMap> vocab_rows;  // a tokenizer source: inputs' rows mapped to OUT's ids
-};
-
-DType dtype_named(const std::string& d) {
-  if (d == "float32") return DType::F32;
-  if (d == "float16") return DType::F16;
-  if (d == "bfloat16") return DType::BF16;
-  return DType::F64;
-}
-
 bool is_float(DType d) {
   return d == DType::F32 || d == DType::F16 || d == DType::BF16 || d == DType::F64;
-}
-
-// The sparsification, consensus and default flags of the task-arithmetic family.
-std::optional<merge_math::TaskArithmetic> task_arithmetic_kind(const std::string& m) {
-  using merge_math::Sparsify;
-  merge_math::TaskArithmetic h;
-  if (m == "task_arithmetic") {
-  } else if (m == "ties") {
-    h = {Sparsify::Magnitude, true, true, false, 1.0};
-  } else if (m == "dare_linear") {
-    h = {Sparsify::Random, false, false, true, 1.0};
-  } else if (m == "dare_ties") {
-    h = {Sparsify::Random, true, false, true, 1.0};
-  } else if (m == "breadcrumbs") {
-    h = {Sparsify::MagnitudeOutliers, false, false, false, 1.0};
-  } else if (m == "breadcrumbs_ties") {
-    h = {Sparsify::MagnitudeOutliers, true, false, false, 1.0};
-  } else if (m == "della") {
-    h = {Sparsify::DellaMagprune, true, true, true, 1.0};
-  } else if (m == "della_linear") {
-    h = {Sparsify::DellaMagprune, false, false, true, 1.0};
-  } else {
-    return std::nullopt;
-  }
-  return h;
 }
 
 class Planner {
@@ -632,157 +588,6 @@ class Planner {
 
 // ---- execution ---------------------------------------------------------------------
 
-uint64_t fnv1a(const std::string& s, uint64_t h) {
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-  return h;
-}
-
-// Rows [row0, row0 + rows) of an input (rows < 0: all) in the working dtype.
-torch::Tensor read_input(const TensorView& v, const std::string& dtype, torch::ScalarType work,
-                         int64_t row0, int64_t rows) {
-  auto t = torch::from_blob(v.data, v.shape, torch::TensorOptions().dtype(to_torch(v.dtype)));
-  if (rows >= 0) t = t.narrow(0, row0, rows);
-  if (!dtype.empty()) t = t.to(to_torch(dtype_named(dtype)));  // mergekit's `dtype`: round first
-  return t.to(work);
-}
-
-// Whether the method is elementwise (no statistic over the whole tensor), so
-// a big tensor can be merged a block of rows at a time.
-bool elementwise(const MergeRecipe& r, const Job& j) {
-  const std::string& m = r.merge_method;
-  if (j.keep_rows_source >= 0 || j.vocab_rows) return false;
-  if (m == "linear" || m == "passthrough") return true;
-  return task_arithmetic_kind(m) && (j.how.sparsify == merge_math::Sparsify::None ||
-                                     j.how.sparsify == merge_math::Sparsify::Random);
-}
-
-// Each input's vocabulary tensor with its rows at OUT's token ids
-// (merge_vocab.h): its own row where it has the token (and no force), else
-// the token's default row; rows past the vocabulary the mean of the others.
-std::vector<torch::Tensor> map_vocab_rows(const std::vector<torch::Tensor>& xs, const RowMap& m) {
-  std::vector<int64_t> shape = xs.at(0).sizes().vec();
-  shape[0] = m.rows;
-  const auto row_shape = std::vector<int64_t>(shape.begin() + 1, shape.end());
-  const auto opts = xs[0].options();
-  std::vector<torch::Tensor> defaults;
-  for (const RowMap::Default& d : m.defaults) {
-    torch::Tensor e = torch::zeros(row_shape, opts);
-    for (const auto& [i, row] : d.mean_of) e = e + xs[size_t(i)][row];
-    if (d.mean_of.size() > 1) e = e / double(d.mean_of.size());
-    defaults.push_back(e);
-  }
-  std::vector<torch::Tensor> out;
-  for (size_t i = 0; i < xs.size(); ++i) {
-    auto y = torch::zeros(shape, opts);
-    std::vector<int64_t> to, from;
-    for (int64_t t = 0; t < m.vocab; ++t)
-      if (m.own[i][size_t(t)] >= 0) {
-        to.push_back(t);
-        from.push_back(m.own[i][size_t(t)]);
-      }
-    if (!to.empty())
-      y.index_copy_(0, torch::tensor(to, torch::kInt64),
-                    xs[i].index_select(0, torch::tensor(from, torch::kInt64)));
-    for (size_t k = 0; k < m.defaults.size(); ++k)
-      if (m.own[i][size_t(m.defaults[k].id)] < 0) y[m.defaults[k].id].copy_(defaults[k]);
-    if (m.rows > m.vocab)  // padding rows: the mean of the vocabulary's
-      y.narrow(0, m.vocab, m.rows - m.vocab).copy_(y.narrow(0, 0, m.vocab).mean(0, true));
-    out.push_back(y);
-  }
-  return out;
-}
-
-// The method on rows [row0, row0 + rows) of every input (rows < 0: whole tensors).
-torch::Tensor merge_rows(const MergeRecipe& r, const Job& j, int64_t row0, int64_t rows,
-                         at::Generator& gen, uint64_t* bytes_read) {
-  std::vector<torch::Tensor> xs;
-  const bool f64 = r.dtype == "float64";
-  const auto work = f64 ? torch::kFloat64 : torch::kFloat32;
-  for (size_t i = 0; i < j.models.size(); ++i) {
-    const TensorView& v = *j.models[i]->find(j.inputs[i]);
-    *bytes_read += rows < 0 ? v.nbytes : v.nbytes / size_t(v.shape[0]) * size_t(rows);
-    xs.push_back(read_input(v, r.dtype, work, row0, rows));
-  }
-  if (j.vocab_rows) xs = map_vocab_rows(xs, *j.vocab_rows);
-  torch::Tensor kept;  // the full tensor of the model whose rows are kept
-  if (j.keep_rows_source >= 0) {
-    kept = xs[size_t(j.keep_rows_source)];
-    if (j.common_rows >= 0) xs[size_t(j.keep_rows_source)] = kept.narrow(0, 0, j.common_rows);
-  }
-  torch::Tensor base;
-  std::vector<torch::Tensor> others;
-  std::vector<merge_math::ModelParams> params;
-  for (size_t i = 0; i < xs.size(); ++i) {
-    if (int(i) == j.base) {
-      base = xs[i];
-    } else {
-      others.push_back(xs[i]);
-      params.push_back(j.params[i]);
-    }
-  }
-  const std::string& m = r.merge_method;
-  torch::Tensor out;
-  if (m == "linear") {
-    std::vector<double> w;
-    for (const auto& p : j.params) w.push_back(p.weight);
-    out = merge_math::linear(xs, w, j.normalize);
-  } else if (task_arithmetic_kind(m)) {
-    out = merge_math::task_arithmetic(base, others, params, j.how, gen);
-  } else if (m == "slerp") {
-    out = merge_math::slerp(base, others.at(0), j.t);
-  } else if (m == "nuslerp") {
-    // t = w_1 / (w_0 + w_1); with a base, the task vectors are interpolated
-    const double total = params.at(0).weight + params.at(1).weight;
-    const double t = std::abs(total) < 1e-6 ? 0.5 : params[1].weight / total;
-    out = base.defined()
-              ? base + merge_math::nuslerp(others[0] - base, others[1] - base, t, j.row_wise, j.flatten)
-              : merge_math::nuslerp(others[0], others[1], t, j.row_wise, j.flatten);
-  } else if (m == "model_stock") {
-    out = merge_math::model_stock(base, others, j.filter_wise);
-  } else if (m == "sce") {
-    out = merge_math::sce(base, others, j.select_topk);
-  } else if (m == "varm") {
-    out = merge_math::varm(base, others);
-  } else if (m == "passthrough") {
-    out = j.scale == 1.0 ? xs[0] : xs[0] * j.scale;
-  } else {
-    throw Error("internal: no kernel for merge_method " + m);
-  }
-  if (j.common_rows >= 0)  // [V_common, ...] + the kept model's rows past it
-    out = torch::cat({out, kept.narrow(0, j.common_rows, kept.size(0) - j.common_rows)});
-  if (j.keep_rows) {
-    auto rows = torch::tensor(r.keep_rows, torch::kInt64);
-    out = out.clone();
-    out.index_copy_(0, rows, kept.index_select(0, rows));
-  }
-  return out;
-}
-
-// The merged tensor of a job. Elementwise methods merge a tensor bigger than
-// chunk_elements a block of rows at a time into the output tensor, so memory
-// holds the output and one block of every input.
-torch::Tensor run_job(const MergeRecipe& r, const Job& j, uint64_t seed, int64_t chunk_elements,
-                      uint64_t* bytes_read) {
-  if (!j.floating) {  // integer buffers: the first input's, unmerged
-    const TensorView& v = *j.models[0]->find(j.inputs[0]);
-    *bytes_read += v.nbytes;
-    return torch::from_blob(v.data, v.shape, torch::TensorOptions().dtype(to_torch(v.dtype))).clone();
-  }
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(fnv1a(j.name, 14695981039346656037ull ^ seed));
-  int64_t numel = 1;
-  for (int64_t d : j.shape) numel *= d;
-  if (!elementwise(r, j) || j.shape.empty() || j.shape[0] < 2 || numel <= chunk_elements)
-    return merge_rows(r, j, 0, -1, gen, bytes_read);
-  const int64_t row = numel / j.shape[0];
-  const int64_t step = std::max<int64_t>(1, chunk_elements / std::max<int64_t>(row, 1));
-  auto out = torch::empty(j.shape, torch::TensorOptions().dtype(to_torch(j.out_dtype)));
-  for (int64_t r0 = 0; r0 < j.shape[0]; r0 += step) {
-    const int64_t n = std::min(step, j.shape[0] - r0);
-    out.narrow(0, r0, n).copy_(merge_rows(r, j, r0, n, gen, bytes_read));
-  }
-  return out;
-}
-
 // ---- the fused path (kernels/merge_kernels.h) ------------------------------------
 
 std::optional<kernels::MergeType> merge_type(DType d) {
@@ -798,7 +603,8 @@ std::optional<kernels::MergeType> merge_type(DType d) {
 // task_arithmetic and ties (without rescale) on bfloat16/float16/float32
 // inputs and output, float32 math, no vocabulary rows mapped or kept. The
 // kernel repeats the libtorch path's float32 operations (bit-identical
-// results). nullopt: the libtorch path runs instead.
+// results). nullopt: the libtorch path runs instead. Cheap: TIES's kept
+// entries are add_magnitude_keep's.
 std::optional<kernels::MergeCombine> fused_plan(const MergeRecipe& r, const Job& j) {
   using kernels::MergeCombine;
   if (!j.floating || j.vocab_rows || j.keep_rows_source >= 0) return std::nullopt;
@@ -841,22 +647,27 @@ std::optional<kernels::MergeCombine> fused_plan(const MergeRecipe& r, const Job&
     }
   }
   if (a.xs.empty() || a.xs.size() > 64) return std::nullopt;
-  if (a.method == MergeCombine::Method::kTaskArithmetic &&
-      j.how.sparsify == merge_math::Sparsify::Magnitude) {  // TIES: per model, its k largest |delta|
-    size_t x = 0;
-    for (size_t i = 0; i < j.params.size(); ++i) {
-      if (int(i) == j.base) continue;
-      const double density = j.params[i].density;
-      MergeCombine::Keep keep{0, a.n};  // density 1: everything
-      if (density < 1 && a.n > 0) {
-        const int64_t k = std::max<int64_t>(1, int64_t(density * double(a.n)));
-        keep = kernels::magnitude_keep(a.xs[x], a.base, a.n, k, a.round_inputs);
-      }
-      a.keep.push_back(keep);
-      ++x;
-    }
-  }
   return a;
+}
+
+// TIES on the fused path: per model, which of its entries are kept (its k
+// largest |delta|), found by a pass over the inputs (fused_plan leaves it out).
+void add_magnitude_keep(kernels::MergeCombine& a, const Job& j) {
+  if (a.method != kernels::MergeCombine::Method::kTaskArithmetic ||
+      j.how.sparsify != merge_math::Sparsify::Magnitude)
+    return;
+  size_t x = 0;
+  for (size_t i = 0; i < j.params.size(); ++i) {
+    if (int(i) == j.base) continue;
+    const double density = j.params[i].density;
+    kernels::MergeCombine::Keep keep{0, a.n};  // density 1: everything
+    if (density < 1 && a.n > 0) {
+      const int64_t k = std::max<int64_t>(1, int64_t(density * double(a.n)));
+      keep = kernels::magnitude_keep(a.xs[x], a.base, a.n, k, a.round_inputs);
+    }
+    a.keep.push_back(keep);
+    ++x;
+  }
 }
 
 std::string dtype_config_name(DType d) {
@@ -1162,8 +973,10 @@ void StagedOutput::commit() {
   committed_ = true;
 }
 
-MergeReport merge_models(const MergeRecipe& recipe, const std::string& out_dir,
-                         const MergeOptions& options) {
+namespace merging {
+
+MergeReport merge_models_with(const MergeRecipe& recipe, const std::string& out_dir,
+                              const MergeOptions& options, TorchMergeJob torch_job) {
   const auto t0 = std::chrono::steady_clock::now();
   check_new_output(out_dir);
 
@@ -1172,6 +985,9 @@ MergeReport merge_models(const MergeRecipe& recipe, const std::string& out_dir,
 
   std::vector<PlannedTensor> plan;
   for (const Job& j : jobs) plan.push_back({j.name, j.out_dtype, j.shape});
+  if (!torch_job)
+    for (const Job& j : jobs)
+      if (!options.fused || !fused_plan(recipe, j)) throw NeedsLibtorch{j.name};
 
   // the tokenizer source
   std::string tok = recipe.tokenizer_source;
@@ -1233,7 +1049,6 @@ MergeReport merge_models(const MergeRecipe& recipe, const std::string& out_dir,
     CheckpointWriter writer(tmp, plan, {{"format", "pt"}}, options.max_shard_bytes);
     std::optional<Progress> progress;
     if (options.progress) progress.emplace("merge", int64_t(jobs.size()), "tensors");
-    torch::NoGradGuard no_grad;
     std::vector<char> fused_out;  // the fused path's output, reused across tensors
     std::unique_ptr<StreamedInputs> streamed = StreamedInputs::open(recipe, jobs, options);
     InputReadAhead read_ahead(jobs,
@@ -1246,6 +1061,7 @@ MergeReport merge_models(const MergeRecipe& recipe, const std::string& out_dir,
         std::optional<kernels::MergeCombine> fused;
         if (options.fused) fused = fused_plan(recipe, j);
         if (fused) {
+          add_magnitude_keep(*fused, j);
           const size_t nbytes = size_t(fused->n) * size_t(kernels::merge_type_size(fused->out_type));
           if (fused_out.size() < nbytes) {
             fused_out = {};
@@ -1261,9 +1077,8 @@ MergeReport merge_models(const MergeRecipe& recipe, const std::string& out_dir,
             report.bytes_read += j.models[k]->find(j.inputs[k])->nbytes;
           writer.write(j.name, fused_out.data(), nbytes);
         } else {
-          torch::Tensor t = run_job(recipe, j, options.seed, options.chunk_elements, &report.bytes_read);
-          t = t.to(to_torch(j.out_dtype)).contiguous();
-          writer.write(j.name, t.data_ptr(), size_t(t.numel()) * t.element_size());
+          torch_job(recipe, j, options.seed, options.chunk_elements, &report.bytes_read,
+                    [&](const void* data, size_t nbytes) { writer.write(j.name, data, nbytes); });
         }
       } catch (const Error& e) {
         throw Error("tensor '" + j.name + "': " + e.what());
@@ -1307,6 +1122,8 @@ MergeReport merge_models(const MergeRecipe& recipe, const std::string& out_dir,
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return report;
 }
+
+}  // namespace merging
 
 MergeRecipe chat_vector_recipe(const ChatVectorOptions& o) {
   using Flag = std::pair<const char*, const std::string*>;

@@ -1,6 +1,6 @@
 // The output vocabulary and row mapping of `finmoe merge` with a tokenizer
-// source, and recipe chat templates (src/convert/merge_vocab.h).
-#include "convert/merge_vocab.h"
+// source, and recipe chat templates (src/merge/merge_vocab.h).
+#include "merge/merge_vocab.h"
 
 #include <algorithm>
 #include <filesystem>
