@@ -5,6 +5,8 @@
 // temporary directory is created, so bad input leaves nothing behind.
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
+#include <deque>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -12,10 +14,12 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include <sys/mman.h>
 #include <unistd.h>
@@ -944,6 +948,112 @@ class StreamedInputs {
   uint64_t bytes_ = 0;
 };
 
+// The output tensors written by a thread of their own, so a tensor's copy
+// into the page cache (and the disk's writeback) overlaps the merge of the
+// next ones. Two buffers: the merge fills one while the other is written;
+// each grows to the largest tensor it held (a 7B model's embedding: 1 GiB).
+class WriteBehind {
+ public:
+  struct WriteError : Error {
+    using Error::Error;
+  };
+  explicit WriteBehind(CheckpointWriter& writer) : writer_(writer), thread_([this] { run(); }) {}
+  ~WriteBehind() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+  // A buffer of at least nbytes to merge into; waits while both are in use.
+  char* buffer(size_t nbytes) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return error_ || !busy_[fill_]; });
+    rethrow();
+    Buffer& b = buffers_[fill_];
+    if (b.size < nbytes) {
+      b.data.reset();  // the old one first: at most the two in memory
+      b.data.reset(new char[nbytes]);
+      b.size = nbytes;
+    }
+    return b.data.get();
+  }
+  // Writes the buffer buffer() returned last as tensor `name`, in turn.
+  void write(const std::string& name, size_t nbytes) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      rethrow();
+      busy_[fill_] = true;
+      queue_.push_back({fill_, name, nbytes});
+      fill_ ^= 1;
+    }
+    cv_.notify_all();
+  }
+  // Waits until every queued tensor is written; rethrows a write's Error.
+  void drain() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return error_ || (queue_.empty() && !busy_[0] && !busy_[1]); });
+    rethrow();
+  }
+
+ private:
+  struct Buffer {
+    std::unique_ptr<char[]> data;
+    size_t size = 0;
+  };
+  struct Pending {
+    int buffer;
+    std::string name;
+    size_t nbytes;
+  };
+  void rethrow() {
+    if (!error_) return;
+    try {
+      std::rethrow_exception(error_);
+    } catch (const Error& e) {
+      throw WriteError(e.what());  // it names its tensor
+    }
+  }
+  void run() {
+    for (;;) {
+      Pending p;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+        if (stop_) return;  // drained, or an exception unwinds the merge
+        p = queue_.front();
+        queue_.pop_front();
+      }
+      std::exception_ptr error;
+      try {
+        writer_.write(p.name, buffers_[p.buffer].data.get(), p.nbytes);
+      } catch (...) {
+        error = std::current_exception();
+      }
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        busy_[p.buffer] = false;
+        if (error && !error_) error_ = error;
+        if (error_) queue_.clear();
+      }
+      cv_.notify_all();
+    }
+  }
+
+  CheckpointWriter& writer_;
+  Buffer buffers_[2];
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Pending> queue_;  // guarded by mu_, like the three below
+  bool busy_[2] = {false, false};
+  bool stop_ = false;
+  std::exception_ptr error_;
+  int fill_ = 0;          // the buffer the merge fills next (main thread)
+  std::thread thread_;    // last: starts once the members above exist
+};
+
 }  // namespace
 
 void check_new_output(const std::string& out_dir) {
@@ -1049,7 +1159,7 @@ MergeReport merge_models_with(const MergeRecipe& recipe, const std::string& out_
     CheckpointWriter writer(tmp, plan, {{"format", "pt"}}, options.max_shard_bytes);
     std::optional<Progress> progress;
     if (options.progress) progress.emplace("merge", int64_t(jobs.size()), "tensors");
-    std::vector<char> fused_out;  // the fused path's output, reused across tensors
+    WriteBehind behind(writer);  // the fused path's output
     std::unique_ptr<StreamedInputs> streamed = StreamedInputs::open(recipe, jobs, options);
     InputReadAhead read_ahead(jobs,
                               streamed ? streamed->streamed() : std::vector<bool>(jobs.size()));
@@ -1063,23 +1173,25 @@ MergeReport merge_models_with(const MergeRecipe& recipe, const std::string& out_
         if (fused) {
           add_magnitude_keep(*fused, j);
           const size_t nbytes = size_t(fused->n) * size_t(kernels::merge_type_size(fused->out_type));
-          if (fused_out.size() < nbytes) {
-            fused_out = {};
-            fused_out.resize(nbytes);
-          }
-          fused->out = fused_out.data();
+          char* out = behind.buffer(nbytes);
+          fused->out = out;
           if (streamed && streamed->streams(i)) {
-            streamed->merge(i, j, *fused, reinterpret_cast<uint8_t*>(fused_out.data()));
+            streamed->merge(i, j, *fused, reinterpret_cast<uint8_t*>(out));
           } else {
             kernels::merge_combine(*fused);
           }
           for (size_t k = 0; k < j.models.size(); ++k)
             report.bytes_read += j.models[k]->find(j.inputs[k])->nbytes;
-          writer.write(j.name, fused_out.data(), nbytes);
+          behind.write(j.name, nbytes);
         } else {
           torch_job(recipe, j, options.seed, options.chunk_elements, &report.bytes_read,
-                    [&](const void* data, size_t nbytes) { writer.write(j.name, data, nbytes); });
+                    [&](const void* data, size_t nbytes) {
+                      behind.drain();  // in order, after the queued ones
+                      writer.write(j.name, data, nbytes);
+                    });
         }
+      } catch (const WriteBehind::WriteError&) {
+        throw;  // an earlier tensor's, named
       } catch (const Error& e) {
         throw Error("tensor '" + j.name + "': " + e.what());
       }
@@ -1089,6 +1201,7 @@ MergeReport merge_models_with(const MergeRecipe& recipe, const std::string& out_
         progress->update(int64_t(i + 1), status);
       }
     }
+    behind.drain();
     writer.finish();
     if (progress) progress->finish();
     report.bytes_written = writer.bytes_written();

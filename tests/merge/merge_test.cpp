@@ -956,5 +956,27 @@ TEST(MergeCli, TheFrontEndMergesFusedRecipesItselfAndHandsTheRestToTheEngine) {
   EXPECT_TRUE(fs::exists(tmp.str() + "/slerp/model.safetensors"));
 }
 
+// The output is written by a thread behind the merge: a write that fails
+// (here the file size limit, `ulimit -f`, with SIGXFSZ ignored) still ends
+// the merge with an error naming the file, and nothing is left in OUT's
+// directory.
+TEST(MergeCli, AFailedWriteBehindTheMergeIsAnErrorAndLeavesNothing) {
+  TempDir tmp;
+  const std::string out = tmp.str() + "/out";
+  const std::string cmd = "bash -c \"trap '' XFSZ; ulimit -f 8; " + std::string(FINMOE_CLI_PATH) +
+                          " merge " + FINMOE_TEST_DATA_DIR + "/merge/ties.yaml " + out +
+                          "\" >/dev/null 2>" + tmp.str() + "/stderr";
+  const int rc = std::system(cmd.c_str());
+  EXPECT_EQ(WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, 2) << cmd;
+  std::ifstream err(tmp.str() + "/stderr");
+  const std::string message((std::istreambuf_iterator<char>(err)), std::istreambuf_iterator<char>());
+  EXPECT_NE(message.find("cannot write"), std::string::npos) << message;
+  EXPECT_NE(message.find("model.safetensors"), std::string::npos) << message;
+  std::vector<std::string> left;
+  for (const auto& e : fs::directory_iterator(tmp.str()))
+    if (e.path().filename() != "stderr") left.push_back(e.path().filename().string());
+  EXPECT_TRUE(left.empty()) << left.front();
+}
+
 }  // namespace
 }  // namespace finmoe
