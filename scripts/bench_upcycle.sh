@@ -11,7 +11,11 @@
 # written upcycled one are mapped alike; SAME_PAGE_STATE=0 skips that.
 #
 # Env: FINMOE (the finmoe binary, default build/finmoe), BENCH_ARGS (extra
-# `bench decode` flags, default "--steps 32 --repeats 2").
+# `bench decode` flags, default "--steps 32 --repeats 2"), ROUNDS (default 1:
+# with N > 1 the dense model and every upcycled one are benchmarked again in
+# N - 1 more rounds, alternating, and each ratio is the median of the
+# per-round ratios, each against the dense run of its own round: the
+# machine's speed drifts by 10% or more between runs a minute apart).
 set -euo pipefail
 DENSE="$1"
 WORK="$2"
@@ -20,6 +24,7 @@ PRESETS=("$@")
 [ ${#PRESETS[@]} -eq 0 ] && PRESETS=(split finermoe nvshard drop dense-moe copy)
 FINMOE="${FINMOE:-build/finmoe}"
 BENCH_ARGS="${BENCH_ARGS:---steps 32 --repeats 2}"
+ROUNDS="${ROUNDS:-1}"
 # shellcheck source=scripts/same_page_state.sh
 source "$(dirname "$0")/same_page_state.sh"
 mkdir -p "$WORK"
@@ -36,24 +41,49 @@ for p in "${PRESETS[@]}"; do
   "$FINMOE" bench decode "$WORK/$p" $BENCH_ARGS --json > "$WORK/$p.bench.json"
   [ "$p" = copy ] && rm -rf "${WORK:?}/$p"  # ~20x the dense size
 done
-python3 - "$WORK" dense "${PRESETS[@]}" <<'PY'
-import json, sys
-work, names = sys.argv[1], sys.argv[2:]
-rows = []
-for n in names:
-    info = json.load(open(f"{work}/{n}.info.json"))
-    b = json.load(open(f"{work}/{n}.bench.json"))
+# more rounds, alternating: the dense model, then each upcycled one
+for ((r = 2; r <= ROUNDS; r++)); do
+  for n in dense "${PRESETS[@]}"; do
+    [ "$n" = copy ] && continue  # removed after its first run
+    dir="$WORK/$n"
+    [ "$n" = dense ] && dir="$DENSE"
+    same_page_state "$dir"/*.safetensors
+    # shellcheck disable=SC2086
+    "$FINMOE" bench decode "$dir" $BENCH_ARGS --json > "$WORK/$n.bench.$r.json"
+  done
+done
+python3 - "$WORK" "$ROUNDS" dense "${PRESETS[@]}" <<'PY'
+import json, os, statistics, sys
+work, rounds, names = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+
+def bench(n, r):  # {"prefill": tok/s, batch: tok/s, ...} of round r, or None
+    path = f"{work}/{n}.bench.json" if r == 1 else f"{work}/{n}.bench.{r}.json"
+    if not os.path.exists(path):
+        return None
+    b = json.load(open(path))
     d = {x["batch"]: x["tokens_per_s"] for x in b["decode"]}
-    rows.append((n, info["total_params"], info.get("active_params", info["total_params"]),
-                 b["prefill_tokens_per_s"], d))
-base = rows[0]
+    d["prefill"] = b["prefill_tokens_per_s"]
+    d["prefill_tokens"] = b.get("prefill_tokens", 512)
+    return d
+
 print("| model | #P | #AP | prefill tok/s | TTFT@prefill (s) | decode b1 | b4 | b16 |")
 print("|---|---|---|---|---|---|---|---|")
-for n, P, AP, pre, d in rows:
-    r = lambda v, w: f"{v:.1f} ({v / w:.2f}x)"
-    ttft = 1.0 / pre
-    print(f"| {n} | {P / 1e9:.3f}B | {AP / 1e9:.3f}B | {r(pre, base[3])} | "
-          f"{ttft * json.load(open(f'{work}/{n}.bench.json')).get('prefill_tokens', 512):.2f} "
-          f"({ttft * base[3]:.2f}x) | {r(d[1], base[4][1])} | {r(d[4], base[4][4])} | "
-          f"{r(d[16], base[4][16])} |")
+for n in names:
+    info = json.load(open(f"{work}/{n}.info.json"))
+    P, AP = info["total_params"], info.get("active_params", info["total_params"])
+    runs = [(bench(n, r), bench("dense", r)) for r in range(1, rounds + 1)]
+    runs = [(m, d) for m, d in runs if m and d]
+    def cell(key):
+        v = statistics.median(m[key] for m, _ in runs)
+        ratio = statistics.median(m[key] / d[key] for m, d in runs)
+        spread = (f" [{min(m[key] / d[key] for m, d in runs):.2f}-{max(m[key] / d[key] for m, d in runs):.2f}]"
+                  if len(runs) > 1 else "")
+        return f"{v:.1f} ({ratio:.2f}x{spread})"
+    ttft = statistics.median(m["prefill_tokens"] / m["prefill"] for m, _ in runs)
+    ttft_ratio = statistics.median(d["prefill"] / m["prefill"] for m, d in runs)
+    print(f"| {n} | {P / 1e9:.3f}B | {AP / 1e9:.3f}B | {cell('prefill')} | {ttft:.2f} ({ttft_ratio:.2f}x) | "
+          f"{cell(1)} | {cell(4)} | {cell(16)} |")
+if rounds > 1:
+    print(f"(medians over {len(runs)} rounds; the ratios are per round, against that round's dense "
+          f"run, [min-max])")
 PY
