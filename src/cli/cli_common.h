@@ -25,7 +25,7 @@ void keep_freed_memory();
 
 // Runs a command: its return value, or 2 with "finmoe: error: ..." on stderr
 // for bad input (a finmoe::Error, a path the file system refuses), or 1 with
-// "finmoe: internal error: ..." for anything else.
+// "finmoe: internal error: ..." for any other std::exception (others pass through).
 int run_reporting_errors(const std::function<int()>& command);
 
 }  // namespace finmoe::cli

@@ -53,21 +53,17 @@ std::optional<int> merge_here(int argc, char** argv) {
     return std::nullopt;  // --help, or a mistake: the engine prints either
   }
   if (args.moe) return std::nullopt;
-  bool needs_libtorch = false;
-  const int rc = finmoe::cli::run_reporting_errors([&] {
-    finmoe::kernels::active_isa();  // a bad FINMOE_ISA fails here, naming the variable
-    try {
+  try {
+    return finmoe::cli::run_reporting_errors([&] {
+      finmoe::kernels::active_isa();  // a bad FINMOE_ISA fails here, naming the variable
       return finmoe::cli::run_merge(args, [](const finmoe::MergeRecipe& r, const std::string& out,
                                              const finmoe::MergeOptions& o) {
         return finmoe::merging::merge_models_with(r, out, o, nullptr);
       });
-    } catch (const finmoe::merging::NeedsLibtorch&) {  // thrown before anything is written
-      needs_libtorch = true;
-      return 0;
-    }
-  });
-  if (needs_libtorch) return std::nullopt;
-  return rc;
+    });
+  } catch (const finmoe::merging::NeedsLibtorch&) {  // not a std::exception: thrown through
+    return std::nullopt;                             // after planning, before anything is written
+  }
 }
 
 }  // namespace

@@ -5,9 +5,9 @@
 // temporary directory is created, so bad input leaves nothing behind.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <deque>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -27,6 +27,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/chunk_read.h"
+#include "core/esft_files.h"
 #include "core/file_util.h"
 #include "core/hf_remote_code.h"
 #include "core/progress.h"
@@ -131,7 +132,7 @@ std::unique_ptr<InputModel> InputModel::open(const std::string& name) {
   if (is_esft_delta(name)) {
     const EsftDeltaInfo info = read_esft_delta(name);
     weights = esft_delta_base(info);
-    m->delta = SafetensorsFile::open((fs::path(name) / "esft_delta.safetensors").string());
+    m->delta = SafetensorsFile::open((fs::path(name) / esft_files::kTensors).string());
   }
   const fs::path cfg = fs::path(name) / "config.json";
   if (!fs::exists(cfg)) throw Error("model '" + name + "': no config.json");
@@ -152,7 +153,6 @@ std::unique_ptr<InputModel> InputModel::open(const std::string& name) {
     }
   return m;
 }
-
 
 DType dtype_named(const std::string& d) {
   if (d == "float32") return DType::F32;
