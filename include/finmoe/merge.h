@@ -112,7 +112,9 @@ struct MergeOptions {
   // Elementwise methods (linear, passthrough, task_arithmetic, dare_*) merge a
   // tensor bigger than this a block of rows at a time: memory then holds the
   // output tensor and one block of each input, not every input whole. The
-  // O_DIRECT reads of `io` read this many elements of every input at a time.
+  // fused path merges and writes every tensor in pieces of this many elements
+  // (its output waits in a ring of 12 pieces, never a whole tensor), and the
+  // reader threads of `io` read this many elements of every input at a time.
   int64_t chunk_elements = int64_t(1) << 22;  // float32 blocks of 16 MiB: reused from the heap
   // linear, task_arithmetic and ties on bfloat16/float16/float32 through one
   // fused pass per tensor (bit-identical to the libtorch path, which false forces)

@@ -146,6 +146,11 @@ class CheckpointWriter {
   // The next planned tensor's bytes. Throws Error when `name` is not the next
   // tensor of the plan or nbytes differs from the planned size.
   void write(const std::string& name, const void* data, size_t nbytes);
+  // The next planned tensor's bytes in pieces, in order: the tensor is
+  // complete once its pieces add up to its planned size (a tensor of 0 bytes
+  // takes one empty piece). Throws Error when `name` is not the tensor being
+  // written or the next one, or the pieces pass its planned size.
+  void write_piece(const std::string& name, const void* data, size_t nbytes);
   // Throws Error naming the first tensor never written.
   void finish();
 
@@ -167,6 +172,7 @@ class CheckpointWriter {
   std::vector<std::string> shard_names_;   // file names in `dir`
   std::unique_ptr<Shard> open_;            // the shard being filled
   size_t next_ = 0;                        // next planned tensor
+  size_t piece_bytes_ = 0;                 // of it, written by write_piece so far
   uint64_t total_bytes_ = 0;
   uint64_t bytes_written_ = 0;
   bool finished_ = false;

@@ -235,6 +235,16 @@ void CheckpointWriter::open_shard(size_t s) {
 }
 
 void CheckpointWriter::write(const std::string& name, const void* data, size_t nbytes) {
+  if (piece_bytes_ > 0 && next_ < plan_.size())
+    throw Error(dir_ + ": tensor '" + name + "' written while '" + plan_[next_].name +
+                "' is half written");
+  if (next_ < plan_.size() && name == plan_[next_].name && nbytes != plan_[next_].nbytes())
+    throw Error(dir_ + ": tensor '" + name + "' has " + std::to_string(nbytes) +
+                " bytes, planned " + std::to_string(plan_[next_].nbytes()));
+  write_piece(name, data, nbytes);
+}
+
+void CheckpointWriter::write_piece(const std::string& name, const void* data, size_t nbytes) {
   if (finished_) throw Error(dir_ + ": tensor '" + name + "' written after finish()");
   if (next_ >= plan_.size())
     throw Error(dir_ + ": tensor '" + name + "' is not in the plan (all " +
@@ -242,14 +252,17 @@ void CheckpointWriter::write(const std::string& name, const void* data, size_t n
   const PlannedTensor& t = plan_[next_];
   if (name != t.name)
     throw Error(dir_ + ": tensor '" + name + "' written out of order, expected '" + t.name + "'");
-  if (nbytes != t.nbytes())
-    throw Error(dir_ + ": tensor '" + name + "' has " + std::to_string(nbytes) +
-                " bytes, planned " + std::to_string(t.nbytes()));
+  if (piece_bytes_ + nbytes > t.nbytes())
+    throw Error(dir_ + ": tensor '" + name + "' has more than its planned " +
+                std::to_string(t.nbytes()) + " bytes");
   if (nbytes > 0 && data == nullptr) throw Error(dir_ + ": tensor '" + name + "': data is null");
   const size_t s = shard_of_[next_];
-  if (next_ == shard_first_[s]) open_shard(s);
+  if (next_ == shard_first_[s] && piece_bytes_ == 0 && !open_) open_shard(s);
   open_->file.write(data, nbytes);
   bytes_written_ += nbytes;
+  piece_bytes_ += nbytes;
+  if (piece_bytes_ < t.nbytes()) return;
+  piece_bytes_ = 0;
   ++next_;
   if (next_ == shard_first_[s + 1]) {
     open_->file.commit();
@@ -264,6 +277,10 @@ void CheckpointWriter::finish() {
     open_->file.commit();
     open_.reset();
   }
+  if (next_ < plan_.size() && piece_bytes_ > 0)
+    throw Error(dir_ + ": checkpoint incomplete, tensor '" + plan_[next_].name +
+                "' is half written (" + std::to_string(piece_bytes_) + " of " +
+                std::to_string(plan_[next_].nbytes()) + " bytes)");
   if (next_ < plan_.size())
     throw Error(dir_ + ": checkpoint incomplete, tensor '" + plan_[next_].name +
                 "' (and " + std::to_string(plan_.size() - next_ - 1) + " more) never written");

@@ -809,6 +809,22 @@ class InputReadAhead {
   size_t ahead_ = 0;  // input bytes asked for, of the jobs from the current one on
 };
 
+// Elements [first, first + n) of the fused plan `whole`: its inputs and the
+// magnitude masks' tie cuts (element indices) moved to the piece; the output
+// pointer is the caller's.
+kernels::MergeCombine piece_of(const kernels::MergeCombine& whole, int64_t first, int64_t n) {
+  kernels::MergeCombine a = whole;
+  a.n = n;
+  const auto at = [&](kernels::MergeInput& in) {
+    if (in.data)
+      in.data = static_cast<const uint8_t*>(in.data) + first * kernels::merge_type_size(in.type);
+  };
+  at(a.base);
+  for (kernels::MergeInput& x : a.xs) at(x);
+  for (kernels::MergeCombine::Keep& k : a.keep) k.tie_cut = std::max<int64_t>(-1, k.tie_cut - first);
+  return a;
+}
+
 // TIES with a density below 1 selects each model's largest |delta| over the
 // whole tensor (two passes): its inputs are read through the mapping.
 bool needs_magnitude_keep(const Job& j) {
@@ -910,27 +926,24 @@ class StreamedInputs {
   const std::vector<bool>& streamed() const { return streamed_; }
   uint64_t bytes() const { return bytes_; }  // every streamed input byte
 
-  // Runs `fused`, the plan of job `job` (fused_plan), chunk by chunk over its
-  // inputs as they are read, into `out` (the whole output tensor).
-  void merge(size_t job, const Job& j, const kernels::MergeCombine& fused, uint8_t* out) {
-    const int64_t out_size = kernels::merge_type_size(fused.out_type);
-    for (; next_ < chunks_.size() && chunks_[next_].job == job; ++next_) {
-      const Chunk& c = chunks_[next_];
-      const std::vector<const uint8_t*>& at = queue_->wait(next_);  // in the order of j.models
-      kernels::MergeCombine a = fused;
-      a.n = c.n;
-      for (size_t k = 0, x = 0; k < at.size(); ++k) {
-        if (int(k) == j.base) {
-          a.base.data = at[k];
-        } else {
-          a.xs[x++].data = at[k];
-        }
+  // Waits for the next chunk, which must be elements [first, first + n) of
+  // job `job` (the merge asks for the chunks in the order they are read), and
+  // points the inputs of `a` (a piece_of that job's plan) into its buffers.
+  // release() once merged.
+  void take(size_t job, const Job& j, int64_t first, int64_t n, kernels::MergeCombine& a) {
+    if (next_ >= chunks_.size() || chunks_[next_].job != job || chunks_[next_].first != first ||
+        chunks_[next_].n != n)
+      throw Error("internal: tensor '" + j.name + "' merged out of the order its inputs are read");
+    const std::vector<const uint8_t*>& at = queue_->wait(next_);  // in the order of j.models
+    for (size_t k = 0, x = 0; k < at.size(); ++k) {
+      if (int(k) == j.base) {
+        a.base.data = at[k];
+      } else {
+        a.xs[x++].data = at[k];
       }
-      a.out = out + c.first * out_size;
-      kernels::merge_combine(a);
-      queue_->done(next_);
     }
   }
+  void release() { queue_->done(next_++); }
 
  private:
   // Buffers ahead of the merge, and reader threads. Measured on the
@@ -948,10 +961,14 @@ class StreamedInputs {
   uint64_t bytes_ = 0;
 };
 
-// The output tensors written by a thread of their own, so a tensor's copy
+// The output written by a thread of their own, piece by piece (a block of
+// MergeOptions::chunk_elements elements of a tensor), so each piece's copy
 // into the page cache (and the disk's writeback) overlaps the merge of the
-// next ones. Two buffers: the merge fills one while the other is written;
-// each grows to the largest tensor it held (a 7B model's embedding: 1 GiB).
+// next ones. A ring of kSlots buffers, each as big as the largest piece: they
+// are reused piece after piece, so they stay in cache and cost no page
+// faults after the first round (fresh memory costs a fault and a zeroing per
+// 4 KiB page: on a VM, 0.3 s for the two whole-tensor buffers of a
+// Qwen2-0.5B merge, docs/PERFORMANCE.md).
 class WriteBehind {
  public:
   struct WriteError : Error {
@@ -967,40 +984,45 @@ class WriteBehind {
     thread_.join();
   }
 
-  // A buffer of at least nbytes to merge into; waits while both are in use.
+  // A buffer of at least nbytes to merge the next piece into; waits while
+  // every slot is queued or being written.
   char* buffer(size_t nbytes) {
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [&] { return error_ || !busy_[fill_]; });
     rethrow();
     Buffer& b = buffers_[fill_];
     if (b.size < nbytes) {
-      b.data.reset();  // the old one first: at most the two in memory
-      b.data.reset(new char[nbytes]);
+      b.data.reset();
+      b.data = aligned_buffer(nbytes);
       b.size = nbytes;
     }
-    return b.data.get();
+    return reinterpret_cast<char*>(b.data.get());
   }
-  // Writes the buffer buffer() returned last as tensor `name`, in turn.
+  // Writes the buffer buffer() returned last as the next piece of tensor
+  // `name` (CheckpointWriter::write_piece), in turn.
   void write(const std::string& name, size_t nbytes) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       rethrow();
       busy_[fill_] = true;
       queue_.push_back({fill_, name, nbytes});
-      fill_ ^= 1;
+      fill_ = (fill_ + 1) % kSlots;
     }
     cv_.notify_all();
   }
-  // Waits until every queued tensor is written; rethrows a write's Error.
+  // Waits until every queued piece is written; rethrows a write's Error.
   void drain() {
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return error_ || (queue_.empty() && !busy_[0] && !busy_[1]); });
+    cv_.wait(lock, [&] { return error_ || (queue_.empty() && writing_ < 0); });
     rethrow();
   }
 
  private:
+  // 12: from the disk, 4 slots were within the noise of the whole-tensor
+  // buffers but slower in two of three runs of 8 rounds (docs/PERFORMANCE.md)
+  static constexpr int kSlots = 12;
   struct Buffer {
-    std::unique_ptr<char[]> data;
+    AlignedBuffer data;
     size_t size = 0;
   };
   struct Pending {
@@ -1025,33 +1047,39 @@ class WriteBehind {
         if (stop_) return;  // drained, or an exception unwinds the merge
         p = queue_.front();
         queue_.pop_front();
+        writing_ = p.buffer;
       }
       std::exception_ptr error;
       try {
-        writer_.write(p.name, buffers_[p.buffer].data.get(), p.nbytes);
+        writer_.write_piece(p.name, buffers_[p.buffer].data.get(), p.nbytes);
       } catch (...) {
         error = std::current_exception();
       }
       {
         std::lock_guard<std::mutex> lock(mu_);
         busy_[p.buffer] = false;
+        writing_ = -1;
         if (error && !error_) error_ = error;
-        if (error_) queue_.clear();
+        if (error_) {
+          for (const Pending& q : queue_) busy_[q.buffer] = false;
+          queue_.clear();
+        }
       }
       cv_.notify_all();
     }
   }
 
   CheckpointWriter& writer_;
-  Buffer buffers_[2];
+  Buffer buffers_[kSlots];
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<Pending> queue_;  // guarded by mu_, like the three below
-  bool busy_[2] = {false, false};
+  std::deque<Pending> queue_;  // guarded by mu_, like the four below
+  bool busy_[kSlots] = {};
+  int writing_ = -1;           // the slot being written, -1: none
   bool stop_ = false;
   std::exception_ptr error_;
-  int fill_ = 0;          // the buffer the merge fills next (main thread)
-  std::thread thread_;    // last: starts once the members above exist
+  int fill_ = 0;               // the slot the merge fills next (main thread)
+  std::thread thread_;         // last: starts once the members above exist
 };
 
 }  // namespace
@@ -1172,17 +1200,21 @@ MergeReport merge_models_with(const MergeRecipe& recipe, const std::string& out_
         if (options.fused) fused = fused_plan(recipe, j);
         if (fused) {
           add_magnitude_keep(*fused, j);
-          const size_t nbytes = size_t(fused->n) * size_t(kernels::merge_type_size(fused->out_type));
-          char* out = behind.buffer(nbytes);
-          fused->out = out;
-          if (streamed && streamed->streams(i)) {
-            streamed->merge(i, j, *fused, reinterpret_cast<uint8_t*>(out));
-          } else {
-            kernels::merge_combine(*fused);
+          // piece by piece: the streamed reads' chunks, and the write-behind's
+          const int64_t piece = std::max<int64_t>(1, options.chunk_elements);
+          const int64_t out_size = kernels::merge_type_size(fused->out_type);
+          const bool reads = streamed && streamed->streams(i);
+          for (int64_t first = 0; first == 0 || first < fused->n; first += piece) {
+            const int64_t m = std::min(piece, fused->n - first);
+            kernels::MergeCombine a = piece_of(*fused, first, m);
+            if (reads) streamed->take(i, j, first, m, a);
+            a.out = behind.buffer(size_t(m * out_size));
+            kernels::merge_combine(a);
+            if (reads) streamed->release();
+            behind.write(j.name, size_t(m * out_size));
           }
           for (size_t k = 0; k < j.models.size(); ++k)
             report.bytes_read += j.models[k]->find(j.inputs[k])->nbytes;
-          behind.write(j.name, nbytes);
         } else {
           torch_job(recipe, j, options.seed, options.chunk_elements, &report.bytes_read,
                     [&](const void* data, size_t nbytes) {

@@ -106,6 +106,63 @@ TEST(CheckpointWriter, RejectsOutOfOrderWrongSizeAndUnplannedTensors) {
   EXPECT_EQ(dir.list(), std::vector<std::string>{"model.safetensors"});
 }
 
+TEST(CheckpointWriter, PiecesOfATensorMakeTheSameFilesAsWholeWrites) {
+  ScratchDir dir;
+  // limit 100: [F32 x10 = 40, empty, BF16 x20 = 40] [U8 x90] [F32 x5 = 20]
+  std::vector<PlannedTensor> plan = {{"a", DType::F32, {2, 5}},
+                                     {"empty", DType::F32, {0}},
+                                     {"b", DType::BF16, {20}},
+                                     {"c", DType::U8, {90}},
+                                     {"d", DType::F32, {5}}};
+  std::vector<std::vector<uint8_t>> data;
+  for (size_t k = 0; k < plan.size(); ++k) data.push_back(payload(k, plan[k].nbytes()));
+  {
+    CheckpointWriter whole(dir / "whole", plan, {}, 100);
+    for (size_t k = 0; k < plan.size(); ++k) whole.write(plan[k].name, data[k].data(), data[k].size());
+    whole.finish();
+  }
+  CheckpointWriter w(dir / "pieces", plan, {}, 100);
+  for (size_t k = 0; k < plan.size(); ++k) {
+    // pieces of 7 bytes, the last one shorter; the empty tensor in one empty piece
+    size_t at = 0;
+    do {
+      const size_t n = std::min<size_t>(7, data[k].size() - at);
+      w.write_piece(plan[k].name, data[k].data() + at, n);
+      at += n;
+      if (at < data[k].size()) {
+        // half written: another tensor, a whole write or finish() is refused
+        const size_t next = (k + 1) % plan.size();
+        EXPECT_CONTAINS(message_of([&] { w.write_piece(plan[next].name, data[next].data(), 1); }),
+                        "written out of order, expected '" + plan[k].name + "'");
+        EXPECT_CONTAINS(message_of([&] { w.write(plan[k].name, data[k].data(), data[k].size()); }),
+                        "'" + plan[k].name + "' is half written");
+        EXPECT_CONTAINS(message_of([&] { w.finish(); }),
+                        "tensor '" + plan[k].name + "' is half written");
+      }
+    } while (at < data[k].size());
+  }
+  EXPECT_CONTAINS(message_of([&] { w.write_piece("d", data[4].data(), 1); }), "not in the plan");
+  w.finish();
+  for (const std::string f : {"model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors",
+                               "model-00003-of-00003.safetensors", "model.safetensors.index.json"})
+    EXPECT_EQ(test::read_bytes(dir / ("pieces/" + f)), test::read_bytes(dir / ("whole/" + f))) << f;
+}
+
+TEST(CheckpointWriter, APieceMayNotPassItsTensorsPlannedSize) {
+  ScratchDir dir;
+  CheckpointWriter w(dir.str(), {{"t", DType::U8, {4}}, {"u", DType::U8, {2}}});
+  uint8_t bytes[6] = {1, 2, 3, 4, 5, 6};
+  w.write_piece("t", bytes, 3);
+  EXPECT_CONTAINS(message_of([&] { w.write_piece("t", bytes, 2); }),
+                  "'t' has more than its planned 4 bytes");
+  w.write_piece("t", bytes + 3, 1);
+  w.write_piece("u", bytes, 2);
+  w.finish();
+  auto r = CheckpointReader::open(dir.str());
+  EXPECT_EQ(std::vector<uint8_t>(r.get("t").data, r.get("t").data + 4),
+            (std::vector<uint8_t>{1, 2, 3, 4}));
+}
+
 TEST(CheckpointWriter, ValidatesThePlanBeforeTouchingTheDirectory) {
   ScratchDir dir;
   const std::string out = dir / "never";

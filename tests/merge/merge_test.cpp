@@ -314,13 +314,17 @@ TEST(MergeOutput, BigModelsAreShardedThroughTheCheckpointWriter) {
   EXPECT_TRUE(bitwise_equal(load(tmp.str() + "/out"), load(tmp.str() + "/one")));
 }
 
-TEST(MergeOutput, ElementwiseMethodsMergedInRowBlocksEqualWholeTensors) {
+TEST(MergeOutput, MethodsMergedInRowBlocksEqualWholeTensors) {
   TempDir tmp;
   const std::vector<std::string> recipes = {
       "merge_method: linear\nmodels:\n  - model: " + M("a") + "\n    parameters: {weight: 0.3}\n"
       "  - model: " + M("b") + "\n    parameters: {weight: [0.5, 0.9]}\n",
       two_models("task_arithmetic", "{weight: 0.7}", "{weight: 1.1}", "parameters: {lambda: 0.8}\n"),
       two_models("dare_ties", "{weight: 0.7, density: 1}", "{weight: 0.4, density: 1}"),
+      // TIES selects over whole tensors and merges them in blocks (bfloat16:
+      // many magnitudes tie at the threshold, so the tie cut moves per block)
+      two_models("ties", "{weight: 0.7, density: 0.4}", "{weight: 0.4, density: 0.7}",
+                 "dtype: bfloat16\n"),
       "merge_method: passthrough\nmodels:\n  - model: " + M("a") + "\n    parameters: {scale: 0.5}\n"};
   for (size_t i = 0; i < recipes.size(); ++i) {
     MergeOptions o;
