@@ -7,6 +7,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -100,6 +101,30 @@ TEST_P(ChunkFileModes, TheQueueHandsChunksOverInOrderThroughFewerSlots) {
   abandoned.wait(0);
 }
 
+TEST_P(ChunkFileModes, ChunksHeldTogetherNeverShareABuffer) {
+  const DataFile data(1 << 20);
+  OPEN_OR_SKIP(f, data.path(), GetParam());
+  std::vector<ChunkReadQueue::Chunk> chunks;
+  for (size_t c = 0; c < 40; ++c) chunks.push_back({{f.get(), c * 8192 + 100, 5000}});
+  ChunkReadQueue q(chunks, /*slots=*/4, /*threads=*/3);
+  // consumed in groups of 4, the most it may hold: a group's chunks lie in
+  // 4 different buffers, and each still holds its own bytes when the group
+  // is checked (a buffer handed out twice would hold the later chunk's)
+  for (size_t first = 0; first < chunks.size(); first += 4) {
+    std::vector<const uint8_t*> held;
+    for (size_t c = first; c < first + 4; ++c) held.push_back(q.wait(c)[0]);
+    for (size_t i = 0; i < held.size(); ++i) {
+      ASSERT_EQ(0, std::memcmp(held[i], data.bytes().data() + chunks[first + i][0].offset, 5000))
+          << "chunk " << first + i;
+      for (size_t j = 0; j < i; ++j) EXPECT_GE(std::abs(held[i] - held[j]), 5000) << first + i;
+    }
+    for (size_t c = first; c < first + 4; ++c) {
+      q.done(c);
+      q.done(c);  // a second done() changes nothing
+    }
+  }
+}
+
 TEST_P(ChunkFileModes, AReadersErrorReachesTheConsumerNamingTheFile) {
   const DataFile data(100000);
   OPEN_OR_SKIP(f, data.path(), GetParam());
@@ -135,7 +160,8 @@ TEST(ResidentFraction, CountsCachedPagesOfAFileMapping) {
   void* map = ::mmap(nullptr, data.bytes().size(), PROT_READ, MAP_SHARED, fd, 0);
   ASSERT_NE(map, MAP_FAILED);
   volatile uint8_t sink = 0;  // read every page: all cached
-  for (size_t i = 0; i < data.bytes().size(); i += ChunkFile::kAlign) sink += static_cast<uint8_t*>(map)[i];
+  for (size_t i = 0; i < data.bytes().size(); i += ChunkFile::kAlign)
+    sink = sink + static_cast<uint8_t*>(map)[i];
   EXPECT_EQ(resident_fraction(map, data.bytes().size(), 64), 1.0);
   EXPECT_EQ(resident_fraction(map, data.bytes().size(), 5), 1.0);
   EXPECT_EQ(resident_fraction(map, 0, 5), 0.0);
