@@ -257,7 +257,7 @@ void CheckpointWriter::write_piece(const std::string& name, const void* data, si
                 std::to_string(t.nbytes()) + " bytes");
   if (nbytes > 0 && data == nullptr) throw Error(dir_ + ": tensor '" + name + "': data is null");
   const size_t s = shard_of_[next_];
-  if (next_ == shard_first_[s] && piece_bytes_ == 0 && !open_) open_shard(s);
+  if (next_ == shard_first_[s] && piece_bytes_ == 0) open_shard(s);
   open_->file.write(data, nbytes);
   bytes_written_ += nbytes;
   piece_bytes_ += nbytes;

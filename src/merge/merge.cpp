@@ -961,7 +961,7 @@ class StreamedInputs {
   uint64_t bytes_ = 0;
 };
 
-// The output written by a thread of their own, piece by piece (a block of
+// The output written by a thread of its own, piece by piece (a block of
 // MergeOptions::chunk_elements elements of a tensor), so each piece's copy
 // into the page cache (and the disk's writeback) overlaps the merge of the
 // next ones. A ring of kSlots buffers, each as big as the largest piece: they
@@ -988,11 +988,11 @@ class WriteBehind {
   // every slot is queued or being written.
   char* buffer(size_t nbytes) {
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return error_ || !busy_[fill_]; });
+    cv_.wait(lock, [&] { return error_ || pending_ < kSlots; });
     rethrow();
-    Buffer& b = buffers_[fill_];
+    Buffer& b = buffers_[fill_];  // slots are filled and written in turn: this one is free
     if (b.size < nbytes) {
-      b.data.reset();
+      b.data.reset();  // the old one first
       b.data = aligned_buffer(nbytes);
       b.size = nbytes;
     }
@@ -1004,7 +1004,7 @@ class WriteBehind {
     {
       std::lock_guard<std::mutex> lock(mu_);
       rethrow();
-      busy_[fill_] = true;
+      ++pending_;
       queue_.push_back({fill_, name, nbytes});
       fill_ = (fill_ + 1) % kSlots;
     }
@@ -1013,7 +1013,7 @@ class WriteBehind {
   // Waits until every queued piece is written; rethrows a write's Error.
   void drain() {
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return error_ || (queue_.empty() && writing_ < 0); });
+    cv_.wait(lock, [&] { return error_ || pending_ == 0; });
     rethrow();
   }
 
@@ -1047,7 +1047,6 @@ class WriteBehind {
         if (stop_) return;  // drained, or an exception unwinds the merge
         p = queue_.front();
         queue_.pop_front();
-        writing_ = p.buffer;
       }
       std::exception_ptr error;
       try {
@@ -1057,11 +1056,10 @@ class WriteBehind {
       }
       {
         std::lock_guard<std::mutex> lock(mu_);
-        busy_[p.buffer] = false;
-        writing_ = -1;
+        --pending_;
         if (error && !error_) error_ = error;
         if (error_) {
-          for (const Pending& q : queue_) busy_[q.buffer] = false;
+          pending_ -= int(queue_.size());
           queue_.clear();
         }
       }
@@ -1073,9 +1071,8 @@ class WriteBehind {
   Buffer buffers_[kSlots];
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<Pending> queue_;  // guarded by mu_, like the four below
-  bool busy_[kSlots] = {};
-  int writing_ = -1;           // the slot being written, -1: none
+  std::deque<Pending> queue_;  // guarded by mu_, like the three below
+  int pending_ = 0;            // pieces queued or being written
   bool stop_ = false;
   std::exception_ptr error_;
   int fill_ = 0;               // the slot the merge fills next (main thread)
