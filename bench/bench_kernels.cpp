@@ -24,6 +24,7 @@
 #include "kernels/attention.h"
 #include "kernels/cpu_features.h"
 #include "kernels/linear.h"
+#include "kernels/linear_isa.h"
 #include "kernels/ops.h"
 #include "kernels/qlinear.h"
 #include "kernels/thread_pool.h"
@@ -363,39 +364,57 @@ void bench_gemm8() {
 // Many-row (prefill) products: kernels::linear (skinny kernel up to 31 rows,
 // tiled GEMM from 32) against torch::linear on the same tensors, bf16 and
 // float32 weights, libtorch on as many threads as the kernel pool; median of
-// the repetitions, GFLOP/s of each and the ratio.
+// the repetitions, GFLOP/s of each and the ratio. Where the bf16 GEMM runs on
+// AMX tiles, also the same kernels with the tiles off (vector tiles only), in
+// the same repetitions.
 void bench_gemm() {
   torch::NoGradGuard no_grad;
   torch::set_num_threads(ThreadPool::global().num_threads());
+  const bool amx = finmoe::kernels::gemm_amx();
   for (const auto dtype : {torch::kBFloat16, torch::kFloat32}) {
     const auto t = dtype == torch::kFloat32 ? finmoe::kernels::ElemType::kF32
                                             : finmoe::kernels::ElemType::kBF16;
+    const bool both = amx && dtype == torch::kBFloat16;
     for (const Shape& s : kLayerShapes) {
       auto w = torch::randn({s.n, s.k}).mul(0.05).to(dtype);
       for (int64_t M : {16, 32, 64, 128, 512}) {
         auto x = torch::randn({M, s.k}).to(dtype);
         auto y = torch::empty({M, s.n}, x.options());
         const int reps = M >= 128 ? 5 : 20;
-        std::vector<double> tk, tt;
-        for (int r = -1; r < reps; ++r) {
-          auto t0 = Clock::now();
+        std::vector<double> tk, tv, tt;
+        const auto kernels = [&] {
+          const auto t0 = Clock::now();
           finmoe::kernels::linear(t, x.data_ptr(), M, s.k, t, w.data_ptr(), s.n, nullptr, t,
                                   y.data_ptr());
-          const double a = seconds_since(t0);
-          t0 = Clock::now();
+          return seconds_since(t0);
+        };
+        for (int r = -1; r < reps; ++r) {
+          const double a = kernels();
+          double v = 0;
+          if (both) {
+            finmoe::kernels::set_gemm_amx(false);
+            v = kernels();
+            finmoe::kernels::set_gemm_amx(true);
+          }
+          const auto t0 = Clock::now();
           auto yt = torch::linear(x, w);
           const double b = seconds_since(t0);
           if (r >= 0) {
             tk.push_back(a);
+            tv.push_back(v);
             tt.push_back(b);
           }
         }
         const double flop = 2.0 * double(M) * double(s.n) * double(s.k);
         const double k = median(tk), tm = median(tt);
-        std::printf("%-4s %-9s %5lld x %-5lld M=%-4lld kernels %7.1f GFLOP/s  torch %7.1f GFLOP/s  (%.2fx)\n",
+        std::printf("%-4s %-9s %5lld x %-5lld M=%-4lld kernels %7.1f GFLOP/s  torch %7.1f GFLOP/s  (%.2fx)",
                     dtype == torch::kFloat32 ? "f32" : "bf16", s.name,
                     static_cast<long long>(s.n), static_cast<long long>(s.k),
                     static_cast<long long>(M), flop / k / 1e9, flop / tm / 1e9, tm / k);
+        if (both)
+          std::printf("  without AMX %7.1f GFLOP/s (%.2fx)", flop / median(tv) / 1e9,
+                      median(tv) / k);
+        std::printf("\n");
       }
     }
   }
@@ -424,7 +443,7 @@ void bench_overhead() {
 int main(int argc, char** argv) {
   const std::string what = argc > 1 ? argv[1] : "all";
   ThreadPool& pool = ThreadPool::global();
-  std::printf("isa %s, %d threads\n", finmoe::kernels::isa_name(), pool.num_threads());
+  std::printf("isa %s, %d threads\n", finmoe::kernels::path_name(), pool.num_threads());
   if (what == "all" || what == "overhead") bench_overhead();
   if (what == "overhead") return 0;
   if (what == "gemm") {

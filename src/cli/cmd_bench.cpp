@@ -138,12 +138,13 @@ void add_bench(CLI::App& app, Run& run) {
       j["dtype"] = dtype_to_string(model.dtype());
       j["threads"] = kernels::ThreadPool::global().num_threads();
       j["isa"] = kernels::isa_name();
+      j["amx"] = kernels::gemm_on_amx();
       if (json) {
         std::cout << j.dump(2) << "\n";
         return 0;
       }
       std::cout << std::fixed << std::setprecision(1) << "model " << dir << " (" << j["dtype"].get<std::string>()
-                << ", " << j["threads"].get<int>() << " threads, " << kernels::isa_name() << ")\n"
+                << ", " << j["threads"].get<int>() << " threads, " << kernels::path_name() << ")\n"
                 << "memory bandwidth   " << r.bandwidth_gb_s
                 << " GB/s (median of samples taken around the timed runs)\n"
                 << "weights per token  " << r.weight_bytes_per_token / 1e6 << " MB\n"

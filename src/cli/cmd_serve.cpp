@@ -78,7 +78,7 @@ void print_capacity(const std::string& dir, const Transformer& model, const Engi
                                                        : model.config().max_position_embeddings;
   std::cerr << "finmoe: " << dir << " (" << dtype_to_string(model.dtype()) << ", " << device;
   if (model.device().is_cpu())
-    std::cerr << ", kernels " << kernels::isa_name() << " on "
+    std::cerr << ", kernels " << kernels::path_name() << " on "
               << kernels::ThreadPool::global().num_threads() << " threads";
   std::cerr << ")\n"
             << "finmoe: KV cache " << st.num_blocks << " blocks x " << st.block_size << " tokens = "
@@ -285,7 +285,7 @@ void add_bench_serve(CLI::App* bench, Run& run) {
       }
       if (engine) engine->stop();
       // the kernel path an in-process engine ran (a server at --url reports its own at start-up)
-      const std::string isa = engine ? kernels::isa_name() : "";
+      const std::string isa = engine ? kernels::path_name() : "";
       if (engine)
         std::cout << "kernels " << isa << ", " << kernels::ThreadPool::global().num_threads()
                   << " threads\n";

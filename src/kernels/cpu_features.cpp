@@ -1,6 +1,8 @@
 #include "kernels/cpu_features.h"
 
 #include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstdlib>
@@ -9,6 +11,7 @@
 
 #include "finmoe/error.h"
 #include "kernels/isa.h"
+#include "kernels/linear_isa.h"
 
 namespace finmoe::kernels {
 namespace {
@@ -18,6 +21,17 @@ uint64_t read_xcr0() {
   uint32_t eax = 0, edx = 0;
   __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
   return (uint64_t{edx} << 32) | eax;
+}
+
+// Linux hands a process the AMX tile data (8 KiB more per thread's saved
+// state) only on request; without it the first tile instruction faults.
+bool request_tile_data() {
+#if defined(__linux__)
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
 }
 
 CpuFeatures detect() {
@@ -46,6 +60,9 @@ CpuFeatures detect() {
     f.avx512_vnni = (c >> 11) & 1;
     unsigned a1 = 0, b1 = 0, c1 = 0, d1 = 0;
     if (__get_cpuid_count(7, 1, &a1, &b1, &c1, &d1)) f.avx512_bf16 = (a1 >> 5) & 1;
+    const bool amx = ((d >> 22) & 1) && ((d >> 24) & 1);  // AMX-BF16, AMX-TILE
+    const bool os_tiles = (xcr0 & 0x60000) == 0x60000;      // XTILECFG, XTILEDATA
+    f.amx_bf16 = f.avx512_bf16 && amx && os_tiles && request_tile_data();
   }
   return f;
 }
@@ -110,5 +127,9 @@ const char* isa_name(Isa isa) {
 }
 
 const char* isa_name() { return isa_name(active_isa()); }
+
+bool gemm_on_amx() { return active_isa() == Isa::kAvx512Bf16 && gemm_amx(); }
+
+const char* path_name() { return gemm_on_amx() ? "avx512_bf16+amx" : isa_name(); }
 
 }  // namespace finmoe::kernels

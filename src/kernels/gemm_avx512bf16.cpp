@@ -1,5 +1,6 @@
-// Tiled bf16 GEMM for prefill-sized M (compiled with -mavx512{f,bw,vl,dq,bf16,vnni}; only
-// called on the avx512_bf16 path).
+// Tiled bf16 GEMM for prefill-sized M (compiled with -mavx512{f,bw,vl,dq,bf16,vnni}
+// and -mamx-{tile,bf16}; only called on the avx512_bf16 path, the AMX tiles
+// only where cpu_features().amx_bf16).
 //
 // y[M, n0:n1) = xb[M, K] · W[n0:n1, K]ᵀ (+ bias). W is repacked per panel of
 // 32 output columns into K/2 pairs x 32 columns x 2 (the operand layout of
@@ -7,10 +8,22 @@
 // stays in L2 while every 12-row tile of x streams past it. A tile keeps
 // 12 x 32 float32 sums in 24 zmm registers; per k pair it loads 2 vectors of
 // W and broadcasts one pair of x per row (24 vdpbf16ps for 14 loads).
+//
+// On CPUs with AMX (amx_bf16, also compiled with -mamx-tile -mamx-bf16) the
+// same packed panel is the B operand of tdpbf16ps as it stands: a tile row is
+// one k pair of 16 columns, and a panel row holds the pair for 32 columns, so
+// the two halves of the panel are two tiles with a 128-byte stride. x, rows
+// padded to 32 with zeros, is the A operand as it stands. 32 rows of x at a
+// time keep 2 x 2 tiles of 16 x 16 float32 sums; rows left over (fewer than
+// 16) take the vector tiles above. Below kAmxPackedMinRows rows (batched
+// decode) W is not packed at all: with K a multiple of 32 its rows are the A
+// operand in place, x packed once per call is the B operand, and the sums
+// come out transposed (amx_w_panel).
 #include <immintrin.h>
 
 #include <cstdint>
 #include <cstring>
+#include <optional>
 
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -22,12 +35,51 @@ namespace {
 
 constexpr int kPanel = 32;  // output columns per packed panel (2 zmm of float32 sums)
 constexpr int kTile = 12;   // rows of x per register tile
+// On AMX, from this many rows W is packed per panel as for the vector tiles;
+// below it (batched decode) tiles read W in place. Measured with `finmoe
+// bench decode` (docs/PERFORMANCE.md): packing won at a 512-token prefill,
+// reading in place at batch 16.
+constexpr int64_t kAmxPackedMinRows = 32;
 
 inline __m512bh as_bh(__m512i v) { return (__m512bh)v; }
 
+// Pairs of k a packed panel holds: K rounded up to 32 (a whole AMX tile of
+// k), those past K zero.
+inline int64_t packed_pairs(int64_t K) { return (K + 31) / 32 * 16; }
+
+// r[i][j] becomes r[j][i] (16 x 16 32-bit elements): pairs of rows
+// interleaved by 32 and 64 bits within each 128-bit lane, then the lanes of
+// four rows gathered.
+inline void transpose16(__m512i (&r)[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  // u[4i + e], lane l: element 4l + e of rows 4i .. 4i+3
+  __m512i u[16];
+  for (int i = 0; i < 16; i += 4) {
+    u[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int e = 0; e < 4; ++e) {
+    const __m512i a = _mm512_shuffle_i32x4(u[e], u[4 + e], 0x88);  // lanes 0, 2
+    const __m512i b = _mm512_shuffle_i32x4(u[e], u[4 + e], 0xdd);  // lanes 1, 3
+    const __m512i c = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0x88);
+    const __m512i d = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0xdd);
+    r[e] = _mm512_shuffle_i32x4(a, c, 0x88);
+    r[8 + e] = _mm512_shuffle_i32x4(a, c, 0xdd);
+    r[4 + e] = _mm512_shuffle_i32x4(b, d, 0x88);
+    r[12 + e] = _mm512_shuffle_i32x4(b, d, 0xdd);
+  }
+}
+
 // packed[p][c][0..1] = W[n0 + c][2p .. 2p+1], zero past K and past n1.
 // W comes from memory: 16 pairs (one cache line) of all 32 rows are loaded
-// together so their misses overlap, then transposed through an L1 buffer.
+// together so their misses overlap, then transposed through an L1 buffer, 16
+// rows at a time in registers.
 // load(row, p0, np): np <= 16 pairs of W's row from pair p0 as bf16 (zeros
 // after them); last(row): the row's last element of an odd K.
 template <class Load, class Last>
@@ -41,17 +93,53 @@ void pack_panel(const Load& load, const Last& last, int64_t K, int64_t n0, int64
     const int64_t np = full - p0 < 16 ? full - p0 : 16;
     for (int64_t c = 0; c < kPanel; ++c)
       _mm512_store_si512(tmp[c], c < cols ? load(n0 + c, p0, np) : _mm512_setzero_si512());
-    for (int64_t j = 0; j < np; ++j)
-      for (int64_t c = 0; c < kPanel; ++c) out[(p0 + j) * kPanel + c] = tmp[c][j];
+    for (int64_t half = 0; half < kPanel; half += 16) {
+      __m512i r[16];
+      for (int64_t c = 0; c < 16; ++c) r[c] = _mm512_load_si512(tmp[half + c]);
+      transpose16(r);
+      // rows p0 + np .. p0 + 15 (zeros) lie within packed_pairs(K); the odd
+      // pair and the padding below write them again
+      for (int64_t j = 0; j < 16; ++j) _mm512_store_si512(out + (p0 + j) * kPanel + half, r[j]);
+    }
   }
   if (full < pairs)  // odd K: (last, 0)
     for (int64_t c = 0; c < kPanel; ++c) out[full * kPanel + c] = c < cols ? last(n0 + c) : 0;
+  std::memset(out + pairs * kPanel, 0, size_t(packed_pairs(K) - pairs) * kPanel * 4);
+}
+
+// Where a panel's sums go: float32 y or, when y is null, bf16 yb, [rows, ldy],
+// columns [0, cols) of the panel, plus the bias when there is one.
+struct PanelOut {
+  const float* bias;
+  float* y;
+  uint16_t* yb;
+  int64_t ldy;
+  int64_t cols;
+};
+
+// Row r's 32 sums (s0: columns 0-15, s1: 16-31) stored.
+inline void store_row(const PanelOut& o, int64_t r, __m512 s0, __m512 s1) {
+  const __mmask16 lo = o.cols >= 16 ? 0xffff : static_cast<__mmask16>((1u << o.cols) - 1);
+  const __mmask16 hi = o.cols >= 32   ? 0xffff
+                       : o.cols <= 16 ? 0
+                                      : static_cast<__mmask16>((1u << (o.cols - 16)) - 1);
+  if (o.bias) {
+    s0 = _mm512_add_ps(s0, _mm512_maskz_loadu_ps(lo, o.bias));
+    s1 = _mm512_add_ps(s1, _mm512_maskz_loadu_ps(hi, o.bias + 16));
+  }
+  if (o.y != nullptr) {
+    _mm512_mask_storeu_ps(o.y + r * o.ldy, lo, s0);
+    _mm512_mask_storeu_ps(o.y + r * o.ldy + 16, hi, s1);
+    return;
+  }
+  _mm256_mask_storeu_epi16(o.yb + r * o.ldy, lo, (__m256i)_mm512_cvtneps_pbh(s0));
+  _mm256_mask_storeu_epi16(o.yb + r * o.ldy + 16, hi, (__m256i)_mm512_cvtneps_pbh(s1));
 }
 
 // Rows [0, MT) of a tile against one packed panel.
 template <int MT>
 inline void tile(const uint16_t* xb, int64_t ldx, int64_t pairs, const uint16_t* packed,
-                 const float* bias, float* y, uint16_t* yb, int64_t ldy, int64_t cols) {
+                 const PanelOut& o) {
   __m512 acc[MT][2];
   for (int r = 0; r < MT; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
   const uint32_t* x32 = reinterpret_cast<const uint32_t*>(xb);
@@ -65,57 +153,184 @@ inline void tile(const uint16_t* xb, int64_t ldx, int64_t pairs, const uint16_t*
       acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, b1);
     }
   }
-  const __mmask16 lo = cols >= 16 ? 0xffff : static_cast<__mmask16>((1u << cols) - 1);
-  const __mmask16 hi = cols >= 32 ? 0xffff : cols <= 16 ? 0 : static_cast<__mmask16>((1u << (cols - 16)) - 1);
-  const __m512 bias0 = bias ? _mm512_maskz_loadu_ps(lo, bias) : _mm512_setzero_ps();
-  const __m512 bias1 = bias ? _mm512_maskz_loadu_ps(hi, bias + 16) : _mm512_setzero_ps();
-  if (y != nullptr) {
-    for (int r = 0; r < MT; ++r) {
-      _mm512_mask_storeu_ps(y + r * ldy, lo, _mm512_add_ps(acc[r][0], bias0));
-      _mm512_mask_storeu_ps(y + r * ldy + 16, hi, _mm512_add_ps(acc[r][1], bias1));
-    }
-    return;
-  }
-  for (int r = 0; r < MT; ++r) {
-    const __m256i v0 = (__m256i)_mm512_cvtneps_pbh(_mm512_add_ps(acc[r][0], bias0));
-    const __m256i v1 = (__m256i)_mm512_cvtneps_pbh(_mm512_add_ps(acc[r][1], bias1));
-    _mm256_mask_storeu_epi16(yb + r * ldy, lo, v0);
-    _mm256_mask_storeu_epi16(yb + r * ldy + 16, hi, v1);
-  }
+  for (int r = 0; r < MT; ++r) store_row(o, r, acc[r][0], acc[r][1]);
 }
 
 template <int MT>
 void tiles_of(const uint16_t* xb, int64_t ldx, int64_t pairs, const uint16_t* packed,
-              const float* bias, float* y, uint16_t* yb, int64_t ldy, int64_t cols) {
-  tile<MT>(xb, ldx, pairs, packed, bias, y, yb, ldy, cols);
+              const PanelOut& o) {
+  tile<MT>(xb, ldx, pairs, packed, o);
 }
 
-using TileFn = void (*)(const uint16_t*, int64_t, int64_t, const uint16_t*, const float*, float*,
-                        uint16_t*, int64_t, int64_t);
+using TileFn = void (*)(const uint16_t*, int64_t, int64_t, const uint16_t*, const PanelOut&);
 constexpr TileFn kTail[kTile + 1] = {nullptr,      &tiles_of<1>, &tiles_of<2>,  &tiles_of<3>,
                                      &tiles_of<4>, &tiles_of<5>, &tiles_of<6>,  &tiles_of<7>,
                                      &tiles_of<8>, &tiles_of<9>, &tiles_of<10>, &tiles_of<11>,
                                      &tiles_of<12>};
 
+// AMX tile registers: 0-3 sums (rows 0-15 | 16-31 of x) x (columns 0-15 |
+// 16-31 of the panel), 4-5 x, 6-7 the panel's halves. Every tile is 16 rows
+// of 64 bytes.
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// The AMX tile registers configured as above on this thread, and released
+// again (the kernel does not save a thread's tile data when none is in use).
+class AmxTiles {
+ public:
+  AmxTiles() {
+    TileConfig c;
+    for (int t = 0; t < 8; ++t) {
+      c.colsb[t] = 64;
+      c.rows[t] = 16;
+    }
+    // ldtilecfg written out: GCC 12 does not see _tile_loadconfig read the
+    // whole struct and dropped the stores of colsb (a #GP at run time)
+    asm volatile("ldtilecfg %0" : : "m"(c));
+  }
+  ~AmxTiles() { _tile_release(); }
+  AmxTiles(const AmxTiles&) = delete;
+  AmxTiles& operator=(const AmxTiles&) = delete;
+};
+
+// 16 x Blocks rows of x (Blocks 1 or 2) against one packed panel, over
+// `pairs` k pairs (a multiple of 16), stored with o.
+template <int Blocks>
+void amx_rows(const uint16_t* xb, int64_t ldx, int64_t pairs, const uint16_t* packed,
+              const PanelOut& o) {
+  constexpr int64_t kPairRow = 2 * kPanel * 2;  // bytes of one k pair of the panel
+  const int64_t ldx_bytes = ldx * 2;
+  _tile_zero(0);
+  _tile_zero(1);
+  if constexpr (Blocks == 2) {
+    _tile_zero(2);
+    _tile_zero(3);
+  }
+  for (int64_t p = 0; p < pairs; p += 16) {
+    const uint16_t* b = packed + p * 2 * kPanel;
+    _tile_loadd(6, b, kPairRow);
+    _tile_loadd(7, b + kPanel, kPairRow);
+    _tile_loadd(4, xb + 2 * p, ldx_bytes);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    if constexpr (Blocks == 2) {
+      _tile_loadd(5, xb + 16 * ldx + 2 * p, ldx_bytes);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  alignas(64) float sums[32][kPanel];
+  _tile_stored(0, &sums[0][0], kPanel * 4);
+  _tile_stored(1, &sums[0][16], kPanel * 4);
+  if constexpr (Blocks == 2) {
+    _tile_stored(2, &sums[16][0], kPanel * 4);
+    _tile_stored(3, &sums[16][16], kPanel * 4);
+  }
+  for (int r = 0; r < 16 * Blocks; ++r)
+    store_row(o, r, _mm512_load_ps(&sums[r][0]), _mm512_load_ps(&sums[r][16]));
+}
+
+// x in the B operand's layout for W in place: xv[b][p][i][0..1] = x[16 b +
+// i][2p .. 2p+1], 16-row blocks, rows past M zero. K is a multiple of 32.
+void pack_x_pairs(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx, uint16_t* xv) {
+  const int64_t pairs = K / 2;
+  const uint32_t* x32 = reinterpret_cast<const uint32_t*>(xb);
+  uint32_t* out = reinterpret_cast<uint32_t*>(xv);
+  for (int64_t b = 0; b * 16 < M; ++b)
+    for (int64_t p0 = 0; p0 < pairs; p0 += 16) {
+      __m512i r[16];
+      for (int64_t i = 0; i < 16; ++i)
+        r[i] = b * 16 + i < M ? _mm512_loadu_si512(x32 + (b * 16 + i) * (ldx / 2) + p0)
+                              : _mm512_setzero_si512();
+      transpose16(r);
+      for (int64_t j = 0; j < 16; ++j) _mm512_store_si512(out + (b * pairs + p0 + j) * 16, r[j]);
+    }
+}
+
+// 32 rows of W from row n, read in place (a tile is 16 rows of 32 k at
+// stride K), against every 16-row block of xv: tiles of W x x sums, [16
+// columns of y][16 rows of y], transposed into y's rows. Tiles 4-5 hold W,
+// 6-7 x, 0-3 the sums (W rows 0-15 | 16-31) x (x block b | b + 1).
+void amx_w_panel(const uint16_t* W, int64_t K, int64_t n, const uint16_t* xv, int64_t M,
+                 const PanelOut& o) {
+  const int64_t pairs = K / 2, blocks = (M + 15) / 16;
+  const uint16_t* w0 = W + n * K;
+  const uint16_t* w1 = W + (n + 16) * K;
+  for (int64_t b = 0; b < blocks; b += 2) {
+    const bool two = b + 1 < blocks;
+    const uint16_t* x0 = xv + b * pairs * 32;
+    const uint16_t* x1 = x0 + pairs * 32;
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t k = 0; k < K; k += 32) {
+      _tile_loadd(4, w0 + k, K * 2);
+      _tile_loadd(5, w1 + k, K * 2);
+      _tile_loadd(6, x0 + k * 16, 64);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 5, 6);
+      if (two) {
+        _tile_loadd(7, x1 + k * 16, 64);
+        _tile_dpbf16ps(2, 4, 7);
+        _tile_dpbf16ps(3, 5, 7);
+      }
+    }
+    alignas(64) int32_t c[4][16][16];
+    _tile_stored(0, c[0], 64);
+    _tile_stored(1, c[1], 64);
+    _tile_stored(2, c[2], 64);
+    _tile_stored(3, c[3], 64);
+    for (int64_t h = 0; h < (two ? 2 : 1); ++h) {
+      __m512i lo[16], hi[16];  // columns 0-15 and 16-31 of y, by row of the block
+      for (int i = 0; i < 16; ++i) {
+        lo[i] = _mm512_load_si512(c[2 * h][i]);
+        hi[i] = _mm512_load_si512(c[2 * h + 1][i]);
+      }
+      transpose16(lo);
+      transpose16(hi);
+      const int64_t m0 = (b + h) * 16;
+      for (int64_t i = 0; i < 16 && m0 + i < M; ++i)
+        store_row(o, m0 + i, _mm512_castsi512_ps(lo[i]), _mm512_castsi512_ps(hi[i]));
+    }
+  }
+}
+
 // The panels of columns [n0, n1): pack(n, n_end) fills `packed` for [n, n_end).
 template <class Pack>
 void gemm_panels(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx, int64_t n0, int64_t n1,
                  const float* bias, float* y, uint16_t* yb, int64_t ldy, uint16_t* packed,
-                 const Pack& pack) {
+                 bool amx, const Pack& pack) {
   const int64_t pairs = (K + 1) / 2;
+  std::optional<AmxTiles> tiles;
+  if (amx && M >= 16) tiles.emplace();
   for (int64_t n = n0; n < n1; n += kPanel) {
     const int64_t cols = n1 - n < kPanel ? n1 - n : kPanel;
     pack(n, n + cols);
-    const float* b = bias ? bias + n : nullptr;
-    float* yn = y ? y + n : nullptr;
-    uint16_t* ybn = y ? nullptr : yb + n;
+    const PanelOut o{bias ? bias + n : nullptr, y ? y + n : nullptr, y ? nullptr : yb + n, ldy,
+                     cols};
+    const auto rows_from = [&](int64_t m) {
+      PanelOut r = o;
+      if (r.y) r.y += m * ldy;
+      if (r.yb) r.yb += m * ldy;
+      return r;
+    };
     int64_t m = 0;
-    for (; m + kTile <= M; m += kTile)
-      tile<kTile>(xb + m * ldx, ldx, pairs, packed, b, yn ? yn + m * ldy : nullptr,
-                  ybn ? ybn + m * ldy : nullptr, ldy, cols);
-    if (m < M)
-      kTail[M - m](xb + m * ldx, ldx, pairs, packed, b, yn ? yn + m * ldy : nullptr,
-                   ybn ? ybn + m * ldy : nullptr, ldy, cols);
+    if (tiles) {
+      for (; m + 32 <= M; m += 32)
+        amx_rows<2>(xb + m * ldx, ldx, packed_pairs(K), packed, rows_from(m));
+      if (m + 16 <= M) {
+        amx_rows<1>(xb + m * ldx, ldx, packed_pairs(K), packed, rows_from(m));
+        m += 16;
+      }
+    }
+    for (; m + kTile <= M; m += kTile) tile<kTile>(xb + m * ldx, ldx, pairs, packed, rows_from(m));
+    if (m < M) kTail[M - m](xb + m * ldx, ldx, pairs, packed, rows_from(m));
   }
 }
 
@@ -129,18 +344,36 @@ inline float scale_of(const void* scale, ElemType t, int64_t i) {
 
 }  // namespace
 
-int64_t gemm_pack_elems_avx512bf16(int64_t K) { return (K + 1) / 2 * 2 * kPanel; }
+int64_t gemm_pack_elems_avx512bf16(int64_t M, int64_t K) {
+  // a panel, then x in blocks of 16 rows for W in place (bf16 with K % 32 == 0 on AMX)
+  return packed_pairs(K) * 2 * kPanel + (M + 15) / 16 * 16 * packed_pairs(K) * 2;
+}
 
 void gemm_bf16_avx512bf16(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx, const uint16_t* W,
                           int64_t n0, int64_t n1, const float* bias, float* y, uint16_t* yb,
-                          int64_t ldy, uint16_t* packed) {
+                          int64_t ldy, uint16_t* packed, bool amx) {
+  if (amx && M < kAmxPackedMinRows && K > 0 && K % 32 == 0 && n1 - n0 >= kPanel) {
+    // whole panels with W in place; a last partial one below, packed
+    const int64_t end = n0 + (n1 - n0) / kPanel * kPanel;
+    uint16_t* xv = packed + packed_pairs(K) * 2 * kPanel;
+    pack_x_pairs(xb, M, K, ldx, xv);
+    {
+      AmxTiles tiles;
+      for (int64_t n = n0; n < end; n += kPanel)
+        amx_w_panel(W, K, n, xv, M,
+                    PanelOut{bias ? bias + n : nullptr, y ? y + n : nullptr, y ? nullptr : yb + n,
+                             ldy, kPanel});
+    }
+    if (end == n1) return;
+    n0 = end;
+  }
   const auto load = [&](int64_t row, int64_t p0, int64_t np) {
     const uint16_t* w = W + row * K + 2 * p0;
     if (np == 16) return _mm512_loadu_si512(w);
     return _mm512_maskz_loadu_epi32(static_cast<__mmask16>((1u << np) - 1), w);
   };
   const auto last = [&](int64_t row) -> uint32_t { return W[row * K + K - 1]; };
-  gemm_panels(xb, M, K, ldx, n0, n1, bias, y, yb, ldy, packed, [&](int64_t n, int64_t n_end) {
+  gemm_panels(xb, M, K, ldx, n0, n1, bias, y, yb, ldy, packed, amx, [&](int64_t n, int64_t n_end) {
     pack_panel(load, last, K, n, n_end, packed);
   });
 }
@@ -148,7 +381,7 @@ void gemm_bf16_avx512bf16(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx,
 void gemm_int8_avx512bf16(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx, const int8_t* W,
                           const void* scale, const Int8Format& f, int64_t n0, int64_t n1,
                           const float* bias, float* y, uint16_t* yb, int64_t ldy,
-                          uint16_t* packed) {
+                          uint16_t* packed, bool amx) {
   const int64_t per_row = int8_scales_per_row(f, K);
   // pairs from p0 (a multiple of 16): 32 weights from k = 2 p0, within one group of 32
   const auto s = [&](int64_t row, int64_t k) {
@@ -165,7 +398,7 @@ void gemm_int8_avx512bf16(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx,
   const auto last = [&](int64_t row) -> uint32_t {
     return float_to_bf16(s(row, K - 1) * float(W[row * K + K - 1]));
   };
-  gemm_panels(xb, M, K, ldx, n0, n1, bias, y, yb, ldy, packed, [&](int64_t n, int64_t n_end) {
+  gemm_panels(xb, M, K, ldx, n0, n1, bias, y, yb, ldy, packed, amx, [&](int64_t n, int64_t n_end) {
     pack_panel(load, last, K, n, n_end, packed);
   });
 }

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "finmoe/error.h"
+#include "kernels/cpu_features.h"
 #include "kernels/linear_isa.h"
 #include "kernels/ops_isa.h"
 #include "kernels/qlinear_isa.h"
@@ -32,6 +33,8 @@ constexpr int64_t kBf16Panel = 32;
 // (<= 10 MB at K = 4864), which stays in L3 however long the prompt; each
 // block repacks the panel, so a 512-token prefill packs once.
 constexpr int64_t kGemmRowBlock = 512;
+// kGemmMinRows for bf16 W where the GEMM runs on AMX tiles (gemm_min_rows).
+constexpr int64_t kAmxGemmMinRows = 16;
 // Below this many weights (128 KiB of bf16) waking a worker costs more than it saves.
 constexpr int64_t kMinParallelWeights = 64 * 1024;
 
@@ -196,6 +199,14 @@ int64_t xform_elem_bytes(XForm form) {
   return form == XForm::kQ8 ? 1 : form == XForm::kBf16Padded ? 2 : 4;
 }
 
+// From this many rows a product runs as a GEMM: kGemmMinRows, or for bf16 W
+// on AMX tiles kAmxGemmMinRows (batch 16 decode at 1.2-1.6x the few-row
+// kernels; batch 8 and 4 were no faster or slower, docs/PERFORMANCE.md).
+int64_t gemm_min_rows(Isa isa, const WeightFormat& w) {
+  const bool amx = isa == Isa::kAvx512Bf16 && !w.int8 && w.float_t == ElemType::kBF16 && gemm_amx();
+  return amx ? kAmxGemmMinRows : kGemmMinRows;
+}
+
 XForm xform_for(Isa isa, ElemType x_t, const WeightFormat& w, int64_t M) {
   // int8 GEMMs take x as it comes: bf16 activations into the bf16 GEMM (W
   // dequantized to bf16), float32 ones into the float32 GEMM (W exact)
@@ -300,6 +311,14 @@ void rows_of(Isa isa, const Job& j, int64_t K, const WeightFormat& w, int64_t n0
   }
 }
 
+std::atomic<bool>& amx_on() {
+  static std::atomic<bool> on{[] {
+    const char* env = std::getenv("FINMOE_AMX");
+    return cpu_features().amx_bf16 && !(env && std::strcmp(env, "0") == 0);
+  }()};
+  return on;
+}
+
 const GemmF32& gemm_f32_for(Isa isa) {
   switch (isa) {
     case Isa::kAvx512Bf16:
@@ -319,14 +338,14 @@ void run_gemm(Isa isa, const Job& j, const GemmTask& t, int64_t K, const WeightF
   float* yf = y_t == ElemType::kF32 ? static_cast<float*>(p.y) + t.m0 * p.N : nullptr;
   uint16_t* yb = y_t == ElemType::kF32 ? nullptr : static_cast<uint16_t*>(p.y) + t.m0 * p.N;
   if (j.form == XForm::kBf16Padded) {
-    uint16_t* packed = scratch<uint16_t, 4>(size_t(gemm_pack_elems_avx512bf16(K)));
+    uint16_t* packed = scratch<uint16_t, 4>(size_t(gemm_pack_elems_avx512bf16(t.m1 - t.m0, K)));
     const uint16_t* xb = static_cast<const uint16_t*>(j.x) + t.m0 * j.ldx;
     if (w.int8)
       gemm_int8_avx512bf16(xb, t.m1 - t.m0, K, j.ldx, static_cast<const int8_t*>(p.W), p.scale,
-                           w.q8, t.n0, t.n1, j.bias, yf, yb, p.N, packed);
+                           w.q8, t.n0, t.n1, j.bias, yf, yb, p.N, packed, gemm_amx());
     else
       gemm_bf16_avx512bf16(xb, t.m1 - t.m0, K, j.ldx, static_cast<const uint16_t*>(p.W), t.n0,
-                           t.n1, j.bias, yf, yb, p.N, packed);
+                           t.n1, j.bias, yf, yb, p.N, packed, gemm_amx());
     return;
   }
   const GemmF32& g = gemm_f32_for(isa);
@@ -373,7 +392,7 @@ void run_batch(Isa isa, ElemType x_t, int64_t K, const WeightFormat& w, ElemType
     Job& j = jobs[i];
     const LinearProduct& p = *j.p;
     j.form = xform_for(isa, x_t, w, p.M);
-    j.gemm = p.M >= kGemmMinRows;
+    j.gemm = p.M >= gemm_min_rows(isa, w);
     j.ldx = j.form == XForm::kBf16Padded ? (K + 31) / 32 * 32
             : j.form == XForm::kQ8       ? q8_record_bytes(K)
                                          : K;
@@ -491,6 +510,12 @@ void run_batch(Isa isa, ElemType x_t, int64_t K, const WeightFormat& w, ElemType
 WeightFormat float_weights(ElemType w_t) { return {false, w_t, {}}; }
 
 }  // namespace
+
+bool gemm_amx() { return amx_on().load(std::memory_order_relaxed); }
+
+void set_gemm_amx(bool on) {
+  amx_on().store(on && cpu_features().amx_bf16, std::memory_order_relaxed);
+}
 
 void linear_bf16_isa(Isa isa, const float* x, int64_t M, int64_t K, const uint16_t* W, int64_t N,
                      const float* bias, float* y) {

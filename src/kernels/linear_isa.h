@@ -62,18 +62,26 @@ void linear_bf16_rows_avx512bf16(const uint16_t* xb, int64_t M, int64_t K, int64
 // Tiled GEMM for many rows (gemm_avx512bf16.cpp): columns [n0, n1) of
 // xb (as above) times Wᵀ (+ bias), into y (float32) or, when y is null, into
 // yb (bf16, rounded to nearest even; denormal results flush to zero), both
-// [M, ldy]. `packed` is 64-byte aligned scratch of gemm_pack_elems_avx512bf16(K)
-// elements, private to the calling thread.
-int64_t gemm_pack_elems_avx512bf16(int64_t K);
+// [M, ldy]. `packed` is 64-byte aligned scratch of gemm_pack_elems_avx512bf16(M, K)
+// elements, private to the calling thread. With `amx` (only where gemm_amx()
+// says the CPU and the OS allow it) the products run on AMX tiles.
+int64_t gemm_pack_elems_avx512bf16(int64_t M, int64_t K);
 void gemm_bf16_avx512bf16(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx,
                           const uint16_t* W, int64_t n0, int64_t n1, const float* bias, float* y,
-                          uint16_t* yb, int64_t ldy, uint16_t* packed);
+                          uint16_t* yb, int64_t ldy, uint16_t* packed, bool amx);
 // The same with int8 W [N, K] and scales of format f (qlinear.h): each panel
 // is dequantized to bf16 (s · q rounded to nearest even) as it is packed.
 void gemm_int8_avx512bf16(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx, const int8_t* W,
                           const void* scale, const Int8Format& f, int64_t n0, int64_t n1,
                           const float* bias, float* y, uint16_t* yb, int64_t ldy,
-                          uint16_t* packed);
+                          uint16_t* packed, bool amx);
+// Whether the avx512_bf16 GEMM runs on AMX tiles: the CPU has AMX-BF16, the
+// OS granted this process the tile data (cpu_features().amx_bf16) and
+// FINMOE_AMX is not 0. set_gemm_amx(false) turns them off for this process
+// (tests and benchmarks compare both); set_gemm_amx(true) cannot turn them on
+// where the CPU lacks them.
+bool gemm_amx();
+void set_gemm_amx(bool on);
 
 // AVX-512F (linear_avx512.cpp): x (xr: rounded to bf16 for bf16 W) [M, K] in order.
 void linear_bf16_rows_avx512(const float* xr, int64_t M, int64_t K, const uint16_t* W, int64_t n0,

@@ -220,6 +220,50 @@ INSTANTIATE_TEST_SUITE_P(Paths, LinearIsa,
                          ::testing::Values(Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16),
                          [](const auto& info) { return std::string(isa_name(info.param)); });
 
+// The avx512_bf16 products with the GEMM's AMX tiles on (a CPU with AMX) and
+// off (the vector tiles, which CPUs without AMX run and AMX takes rows left
+// over from), at the edges of the tiles' blocks of 16 and 32 rows and of a
+// 32-element k step: M = 16 .. 31 (on AMX a GEMM reading W in place where K
+// is a multiple of 32, a last partial panel packed), 32 .. 80 and 600 (a
+// 512-row block, then 88 rows; W packed per panel), K padded to 32.
+class GemmTiles : public ::testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override {
+    if (!cpu_runs(Isa::kAvx512Bf16)) GTEST_SKIP() << "this CPU lacks the avx512_bf16 path";
+    if (GetParam() && !cpu_features().amx_bf16) GTEST_SKIP() << "this CPU (or OS) has no AMX tiles";
+    was_ = gemm_amx();
+    set_gemm_amx(GetParam());
+  }
+  void TearDown() override { set_gemm_amx(was_); }
+
+ private:
+  bool was_ = false;
+};
+
+TEST_P(GemmTiles, Bf16RowBlocksMatchDoubleReference) {
+  ASSERT_EQ(gemm_amx(), GetParam());
+  for (int64_t M : {16, 17, 31, 32, 47, 48, 63, 80, 600})
+    for (int64_t K : {1, 32, 33, 64, 896, 1001})
+      for (int64_t N : {1, 33, 1003})
+        for (bool b : {false, true}) {
+          check_shape(Isa::kAvx512Bf16, true, M, K, N, b);
+          if (HasFatalFailure()) return;
+        }
+}
+
+INSTANTIATE_TEST_SUITE_P(Avx512Bf16, GemmTiles, ::testing::Values(false, true),
+                         [](const auto& info) { return std::string(info.param ? "amx" : "vector"); });
+
+TEST(GemmTiles, AreOnlyWhereTheCpuHasThem) {
+  const bool was = gemm_amx();
+  set_gemm_amx(true);
+  EXPECT_EQ(gemm_amx(), cpu_features().amx_bf16);
+  if (cpu_features().amx_bf16) EXPECT_TRUE(cpu_features().avx512_bf16);
+  set_gemm_amx(false);
+  EXPECT_FALSE(gemm_amx());
+  set_gemm_amx(was);
+}
+
 TEST(Linear, PublicEntryPointsUseTheActivePath) {
   const Problem& p = problem(true, 3, 896, 1003);
   std::vector<float> y(3 * 1003), y_isa(3 * 1003);

@@ -233,6 +233,23 @@ TEST_P(Int8Isa, ManyRowsMatchDoubleReferenceOfTheDequantizedWeights) {
           }
 }
 
+// On a CPU with AMX the avx512_bf16 int8 GEMM (bf16 x) runs on AMX tiles;
+// with them off, its vector tiles give the same math.
+TEST_P(Int8Isa, ManyRowsOnVectorTilesWhereAmxIsOn) {
+  if (GetParam() != Isa::kAvx512Bf16 || !gemm_amx()) GTEST_SKIP() << "the GEMM has no AMX tiles here";
+  set_gemm_amx(false);
+  [&] {
+    for (const Int8Format& f : kFormats)
+      for (int64_t M : {32, 45, 300})
+        for (int64_t K : {31, 100, 896})
+          for (int64_t N : {17, 70}) {
+            check(*this, f, M, K, N, N % 2 == 1, ElemType::kBF16, ElemType::kF32);
+            if (HasFatalFailure()) return;
+          }
+  }();
+  set_gemm_amx(true);
+}
+
 // Every path writes the same activation records, and they are what the spec says.
 TEST_P(Int8Isa, ActivationRecordsAreBitIdenticalToTheSpec) {
   for (int64_t K : {1, 31, 32, 33, 64, 100, 896})
