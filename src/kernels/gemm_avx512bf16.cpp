@@ -115,6 +115,16 @@ struct PanelOut {
   uint16_t* yb;
   int64_t ldy;
   int64_t cols;
+
+  // The panel of `cols` columns from column n of the whole product's output.
+  static PanelOut at(const float* bias, float* y, uint16_t* yb, int64_t ldy, int64_t n,
+                     int64_t cols) {
+    return {bias ? bias + n : nullptr, y ? y + n : nullptr, y ? nullptr : yb + n, ldy, cols};
+  }
+  // The same panel from row m on.
+  PanelOut from_row(int64_t m) const {
+    return {bias, y ? y + m * ldy : nullptr, yb ? yb + m * ldy : nullptr, ldy, cols};
+  }
 };
 
 // Row r's 32 sums (s0: columns 0-15, s1: 16-31) stored.
@@ -312,25 +322,18 @@ void gemm_panels(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx, int64_t 
   for (int64_t n = n0; n < n1; n += kPanel) {
     const int64_t cols = n1 - n < kPanel ? n1 - n : kPanel;
     pack(n, n + cols);
-    const PanelOut o{bias ? bias + n : nullptr, y ? y + n : nullptr, y ? nullptr : yb + n, ldy,
-                     cols};
-    const auto rows_from = [&](int64_t m) {
-      PanelOut r = o;
-      if (r.y) r.y += m * ldy;
-      if (r.yb) r.yb += m * ldy;
-      return r;
-    };
+    const PanelOut o = PanelOut::at(bias, y, yb, ldy, n, cols);
     int64_t m = 0;
     if (tiles) {
       for (; m + 32 <= M; m += 32)
-        amx_rows<2>(xb + m * ldx, ldx, packed_pairs(K), packed, rows_from(m));
+        amx_rows<2>(xb + m * ldx, ldx, packed_pairs(K), packed, o.from_row(m));
       if (m + 16 <= M) {
-        amx_rows<1>(xb + m * ldx, ldx, packed_pairs(K), packed, rows_from(m));
+        amx_rows<1>(xb + m * ldx, ldx, packed_pairs(K), packed, o.from_row(m));
         m += 16;
       }
     }
-    for (; m + kTile <= M; m += kTile) tile<kTile>(xb + m * ldx, ldx, pairs, packed, rows_from(m));
-    if (m < M) kTail[M - m](xb + m * ldx, ldx, pairs, packed, rows_from(m));
+    for (; m + kTile <= M; m += kTile) tile<kTile>(xb + m * ldx, ldx, pairs, packed, o.from_row(m));
+    if (m < M) kTail[M - m](xb + m * ldx, ldx, pairs, packed, o.from_row(m));
   }
 }
 
@@ -345,8 +348,10 @@ inline float scale_of(const void* scale, ElemType t, int64_t i) {
 }  // namespace
 
 int64_t gemm_pack_elems_avx512bf16(int64_t M, int64_t K) {
-  // a panel, then x in blocks of 16 rows for W in place (bf16 with K % 32 == 0 on AMX)
-  return packed_pairs(K) * 2 * kPanel + (M + 15) / 16 * 16 * packed_pairs(K) * 2;
+  // a panel, then, for fewer rows than kAmxPackedMinRows, x in blocks of 16
+  // rows for W read in place (bf16 with K % 32 == 0 on AMX)
+  const int64_t panel = packed_pairs(K) * 2 * kPanel;
+  return M < kAmxPackedMinRows ? panel + (M + 15) / 16 * 16 * packed_pairs(K) * 2 : panel;
 }
 
 void gemm_bf16_avx512bf16(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx, const uint16_t* W,
@@ -360,9 +365,7 @@ void gemm_bf16_avx512bf16(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx,
     {
       AmxTiles tiles;
       for (int64_t n = n0; n < end; n += kPanel)
-        amx_w_panel(W, K, n, xv, M,
-                    PanelOut{bias ? bias + n : nullptr, y ? y + n : nullptr, y ? nullptr : yb + n,
-                             ldy, kPanel});
+        amx_w_panel(W, K, n, xv, M, PanelOut::at(bias, y, yb, ldy, n, kPanel));
     }
     if (end == n1) return;
     n0 = end;
