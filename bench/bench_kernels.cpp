@@ -196,7 +196,8 @@ void bench_chain(finmoe::ReadBandwidthProbe& probe, const finmoe::kernels::Int8F
       100.0 * gb / tb / bw.best_gbs, bw.best_gbs / gb);
 }
 
-// FineRMoE's routed experts at decode batch 16, as MoeImpl::experts_grouped
+// FineRMoE's routed experts at decode batch 16 (or any number of tokens:
+// experts-prefill runs 512, about 8 tokens an expert), as MoeImpl::experts_grouped
 // runs them: 128 experts of gate/up [152, 896] and down [448, 152] in bf16
 // (the finermoe preset on the Qwen2-0.5B shape), 16 tokens choosing one
 // expert in each of the two output slices, every layer's experts distinct
@@ -206,10 +207,10 @@ void bench_chain(finmoe::ReadBandwidthProbe& probe, const finmoe::kernels::Int8F
 // `warm`: each layer's products also run once, untimed, just before the timed
 // run, which then reads weights it has just read (from the caches, as far as
 // 19 MB fit): the most that prefetching the chosen experts ahead could buy.
-void bench_experts(finmoe::ReadBandwidthProbe& probe, bool warm) {
+void bench_experts(finmoe::ReadBandwidthProbe& probe, bool warm, int64_t kTokens) {
   using finmoe::kernels::ElemType;
   using finmoe::kernels::LinearProduct;
-  constexpr int64_t kLayers = 12, kExperts = 128, kSlices = 2, kTokens = 16;
+  constexpr int64_t kLayers = 12, kExperts = 128, kSlices = 2;
   constexpr int64_t D = 896, I = 152, S = D / kSlices;
   const int64_t per_expert = 2 * I * D + S * I;  // elements
   const std::vector<uint16_t> w = random_bf16(size_t(kLayers * kExperts * per_expert), 11);
@@ -220,6 +221,7 @@ void bench_experts(finmoe::ReadBandwidthProbe& probe, bool warm) {
   uint32_t rng = 12345;
   const auto next = [&] { return rng = rng * 1664525u + 1013904223u; };
   std::vector<double> times, gb, probe_gb_s;
+  double gate_up_s = 0, down_s = 0;  // of the timed products, the two linear_batch calls
   for (int step = -2; step < 40; ++step) {
     if (step >= 0 && step % 4 == 0) probe_gb_s.push_back(probe.sample_gb_s());
     double t = 0, bytes = 0;
@@ -244,9 +246,13 @@ void bench_experts(finmoe::ReadBandwidthProbe& probe, bool warm) {
         row += n;
       }
       const auto products = [&] {
+        const auto a = Clock::now();
         finmoe::kernels::linear_batch(ElemType::kBF16, D, ElemType::kBF16, gate_up, ElemType::kBF16);
+        if (step >= 0) gate_up_s += seconds_since(a);
         finmoe::kernels::swiglu(ElemType::kBF16, gate.data(), up.data(), pairs * I, gate.data());
+        const auto b = Clock::now();
         finmoe::kernels::linear_batch(ElemType::kBF16, I, ElemType::kBF16, down, ElemType::kBF16);
+        if (step >= 0) down_s += seconds_since(b);
       };
       if (warm) {  // the setup above stays timed: only the products move out
         const double setup = seconds_since(t0);
@@ -263,11 +269,15 @@ void bench_experts(finmoe::ReadBandwidthProbe& probe, bool warm) {
     }
   }
   const Bandwidth bw = bandwidth_of(probe_gb_s);
+  const double calls = double(times.size() * (warm ? 2 : 1) * kLayers);
   std::printf(
-      "FineRMoE experts%s, batch 16 (%lld pairs/layer): median %.0f us/layer, %.1f GB/s of the "
-      "chosen experts (best %.1f) = %.0f%% of the read probe's median %.1f GB/s\n",
-      warm ? " (warm: weights just read)" : "", static_cast<long long>(pairs), median(times) * 1e6, median(gb),
-      *std::max_element(gb.begin(), gb.end()), 100.0 * median(gb) / bw.median_gbs, bw.median_gbs);
+      "FineRMoE experts%s, %lld tokens (%lld pairs/layer): median %.0f us/layer (gate/up %.0f, "
+      "down %.0f), %.1f GB/s of the chosen experts (best %.1f) = %.0f%% of the read probe's median "
+      "%.1f GB/s\n",
+      warm ? " (warm: weights just read)" : "", static_cast<long long>(kTokens),
+      static_cast<long long>(pairs), median(times) * 1e6, gate_up_s / calls * 1e6,
+      down_s / calls * 1e6, median(gb), *std::max_element(gb.begin(), gb.end()),
+      100.0 * median(gb) / bw.median_gbs, bw.median_gbs);
 }
 
 // Decode attention at long context: 16 sequences of `context` positions, one
@@ -325,6 +335,57 @@ void bench_attention(finmoe::ReadBandwidthProbe& probe, int64_t context) {
       static_cast<long long>(kSeqs), static_cast<long long>(context), median(times) * 1e6,
       best(times) * 1e6, bytes / median(times) / 1e9,
       100.0 * bytes / median(times) / 1e9 / bw.median_gbs, bw.median_gbs);
+}
+
+// Few-row bf16 products on AMX tiles (W read in place) against the vector
+// few-row kernels (set_gemm_amx(false)), alternating, M = 1 .. 31 rows of x:
+// FineRMoE's routed experts as a prefill hands them out (64 experts' gate
+// [152, 896] in one linear_batch; their down [448, 152]) and the dense
+// gate_proj [4864, 896] of batched decode. Every repetition reads weights
+// no other has read (a 768 MiB pool), so they come from memory as in a
+// forward. Median microseconds per call and the weights' GB/s.
+void bench_rows_amx() {
+  using finmoe::kernels::ElemType;
+  using finmoe::kernels::LinearProduct;
+  if (!finmoe::kernels::gemm_amx()) {
+    std::printf("rows-amx: this CPU (or FINMOE_AMX=0) has no AMX tiles\n");
+    return;
+  }
+  struct Case {
+    const char* name;
+    int64_t products, N, K;
+  };
+  const Case cases[] = {{"experts gate 64 x [152, 896]", 64, 152, 896},
+                        {"experts down 64 x [448, 152]", 64, 448, 152},
+                        {"gate_proj [4864, 896]", 1, 4864, 896}};
+  const std::vector<uint16_t> pool = random_bf16(size_t(384) << 20, 31);
+  const std::vector<uint16_t> x = random_bf16(size_t(64 * 32 * 4864), 32);
+  std::vector<uint16_t> y(size_t(64 * 32 * 4864));
+  size_t at = 0;  // next unread weights in the pool
+  for (const Case& c : cases)
+    for (int64_t M : {1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 31}) {
+      const size_t per_call = size_t(c.products * c.N * c.K);
+      std::vector<double> t_amx, t_vec;
+      for (int rep = -1; rep < 9; ++rep)
+        for (const bool amx : {true, false}) {
+          if (at + per_call > pool.size()) at = 0;
+          std::vector<LinearProduct> ps;
+          for (int64_t p = 0; p < c.products; ++p)
+            ps.push_back({x.data() + p * M * c.K, M, pool.data() + at + size_t(p * c.N * c.K), c.N,
+                          nullptr, y.data() + p * M * c.N});
+          at += per_call;
+          finmoe::kernels::set_gemm_amx(amx);
+          const auto t0 = Clock::now();
+          finmoe::kernels::linear_batch(ElemType::kBF16, c.K, ElemType::kBF16, ps, ElemType::kBF16);
+          const double t = seconds_since(t0);
+          if (rep >= 0) (amx ? t_amx : t_vec).push_back(t);
+        }
+      finmoe::kernels::set_gemm_amx(true);
+      const double bytes = double(per_call) * 2, a = median(t_amx), v = median(t_vec);
+      std::printf("%-30s M=%-3lld AMX %7.0f us %5.1f GB/s   vector %7.0f us %5.1f GB/s   (%.2fx)\n",
+                  c.name, static_cast<long long>(M), a * 1e6, bytes / a / 1e9, v * 1e6,
+                  bytes / v / 1e9, v / a);
+    }
 }
 
 // Prefill-sized int8 products (per channel, bf16 scales) against the bf16
@@ -439,7 +500,8 @@ void bench_overhead() {
 
 }  // namespace
 
-// Usage: bench_kernels [all|overhead|shapes|chain|chain8|experts|experts-warm|gemm|gemm8]  (default all)
+// Usage: bench_kernels [all|overhead|shapes|chain|chain8|experts|experts-warm|experts-prefill|
+//                      gemm|gemm8|rows-amx|attention [CONTEXT...]]  (default all)
 int main(int argc, char** argv) {
   const std::string what = argc > 1 ? argv[1] : "all";
   ThreadPool& pool = ThreadPool::global();
@@ -448,6 +510,10 @@ int main(int argc, char** argv) {
   if (what == "overhead") return 0;
   if (what == "gemm") {
     bench_gemm();
+    return 0;
+  }
+  if (what == "rows-amx") {
+    bench_rows_amx();
     return 0;
   }
   if (what == "gemm8") {
@@ -464,11 +530,13 @@ int main(int argc, char** argv) {
     bench_shape(kLmHead, probe);
   }
   if (what == "all" || what == "chain") bench_chain(probe, nullptr);
-  if (what == "all" || what == "experts") bench_experts(probe, false);
+  if (what == "all" || what == "experts") bench_experts(probe, false, 16);
+  if (what == "experts-prefill")  // a 512-token prefill: about 8 of the 1024 pairs an expert
+    for (int round = 0; round < 3; ++round) bench_experts(probe, false, 512);
   if (what == "experts-warm") {  // the cold run and the warm one, alternating
     for (int round = 0; round < 3; ++round) {
-      bench_experts(probe, false);
-      bench_experts(probe, true);
+      bench_experts(probe, false, 16);
+      bench_experts(probe, true, 16);
     }
   }
   if (what == "attention") {  // [CONTEXT ...]: decode attention at each context (default 2048)

@@ -15,15 +15,20 @@
 // the two halves of the panel are two tiles with a 128-byte stride. x, rows
 // padded to 32 with zeros, is the A operand as it stands. 32 rows of x at a
 // time keep 2 x 2 tiles of 16 x 16 float32 sums; rows left over (fewer than
-// 16) take the vector tiles above. Below kAmxPackedMinRows rows (batched
-// decode) W is not packed at all: with K a multiple of 32 its rows are the A
-// operand in place, x packed once per call is the B operand, and the sums
-// come out transposed (amx_w_panel).
+// 16) take the vector tiles above.
+//
+// Fewer rows than the GEMM's (batched decode, a prefill's routed experts)
+// run on AMX too, from linear.cpp's few-row scheduler (linear_bf16_rows_amx):
+// W is not packed at all. Its rows, 32 at a time, are the A operand in place,
+// x packed once per product is the B operand, and the sums come out
+// transposed. The tiles then stream W at about the same cost for 1 to 16
+// rows of x, where the vector kernels are compute-bound from about 5.
 #include <immintrin.h>
 
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <vector>
 
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -35,12 +40,6 @@ namespace {
 
 constexpr int kPanel = 32;  // output columns per packed panel (2 zmm of float32 sums)
 constexpr int kTile = 12;   // rows of x per register tile
-// On AMX, from this many rows W is packed per panel as for the vector tiles;
-// below it (batched decode) tiles read W in place. Measured with `finmoe
-// bench decode` (docs/PERFORMANCE.md): packing won at a 512-token prefill,
-// reading in place at batch 16.
-constexpr int64_t kAmxPackedMinRows = 32;
-
 inline __m512bh as_bh(__m512i v) { return (__m512bh)v; }
 
 // Pairs of k a packed panel holds: K rounded up to 32 (a whole AMX tile of
@@ -189,24 +188,17 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {};
 };
 
-// The AMX tile registers configured as above on this thread, and released
-// again (the kernel does not save a thread's tile data when none is in use).
-class AmxTiles {
- public:
-  AmxTiles() {
-    TileConfig c;
-    for (int t = 0; t < 8; ++t) {
-      c.colsb[t] = 64;
-      c.rows[t] = 16;
-    }
-    // ldtilecfg written out: GCC 12 does not see _tile_loadconfig read the
-    // whole struct and dropped the stores of colsb (a #GP at run time)
-    asm volatile("ldtilecfg %0" : : "m"(c));
-  }
-  ~AmxTiles() { _tile_release(); }
-  AmxTiles(const AmxTiles&) = delete;
-  AmxTiles& operator=(const AmxTiles&) = delete;
-};
+// GCC 12's tile loads and stores are asm statements that name no memory, so
+// the compiler may move plain stores of a buffer after the tile load that
+// reads it, or plain loads of a buffer before the tile store that writes it.
+// This barrier (no instruction) sits between them.
+inline void tile_memory_barrier() { asm volatile("" ::: "memory"); }
+
+inline void load_tile_config(const TileConfig& c) {
+  // ldtilecfg written out: GCC 12 does not see _tile_loadconfig read the
+  // whole struct and dropped the stores of colsb (a #GP at run time)
+  asm volatile("ldtilecfg %0" : : "m"(c));
+}
 
 // 16 x Blocks rows of x (Blocks 1 or 2) against one packed panel, over
 // `pairs` k pairs (a multiple of 16), stored with o.
@@ -215,6 +207,7 @@ void amx_rows(const uint16_t* xb, int64_t ldx, int64_t pairs, const uint16_t* pa
               const PanelOut& o) {
   constexpr int64_t kPairRow = 2 * kPanel * 2;  // bytes of one k pair of the panel
   const int64_t ldx_bytes = ldx * 2;
+  tile_memory_barrier();  // the panel and x written before
   _tile_zero(0);
   _tile_zero(1);
   if constexpr (Blocks == 2) {
@@ -241,6 +234,7 @@ void amx_rows(const uint16_t* xb, int64_t ldx, int64_t pairs, const uint16_t* pa
     _tile_stored(2, &sums[16][0], kPanel * 4);
     _tile_stored(3, &sums[16][16], kPanel * 4);
   }
+  tile_memory_barrier();
   for (int r = 0; r < 16 * Blocks; ++r)
     store_row(o, r, _mm512_load_ps(&sums[r][0]), _mm512_load_ps(&sums[r][16]));
 }
@@ -262,53 +256,89 @@ void pack_x_pairs(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx, uint16_
     }
 }
 
-// 32 rows of W from row n, read in place (a tile is 16 rows of 32 k at
-// stride K), against every 16-row block of xv: tiles of W x x sums, [16
-// columns of y][16 rows of y], transposed into y's rows. Tiles 4-5 hold W,
-// 6-7 x, 0-3 the sums (W rows 0-15 | 16-31) x (x block b | b + 1).
-void amx_w_panel(const uint16_t* W, int64_t K, int64_t n, const uint16_t* xv, int64_t M,
-                 const PanelOut& o) {
-  const int64_t pairs = K / 2, blocks = (M + 15) / 16;
-  const uint16_t* w0 = W + n * K;
-  const uint16_t* w1 = W + (n + 16) * K;
-  for (int64_t b = 0; b < blocks; b += 2) {
-    const bool two = b + 1 < blocks;
-    const uint16_t* x0 = xv + b * pairs * 32;
-    const uint16_t* x1 = x0 + pairs * 32;
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
-    for (int64_t k = 0; k < K; k += 32) {
-      _tile_loadd(4, w0 + k, K * 2);
-      _tile_loadd(5, w1 + k, K * 2);
-      _tile_loadd(6, x0 + k * 16, 64);
-      _tile_dpbf16ps(0, 4, 6);
-      _tile_dpbf16ps(1, 5, 6);
-      if (two) {
-        _tile_loadd(7, x1 + k * 16, 64);
-        _tile_dpbf16ps(2, 4, 7);
-        _tile_dpbf16ps(3, 5, 7);
-      }
+// 16 x Blocks rows of W from w (stride ldw), read in place, against the XB
+// 16-row blocks of xv (amx_rows_pack_x; x's rows [0, M), M <= 16 XB): tiles
+// 0-3 the sums (W block b, x block h as 2b + h), 4-5 W, 6-7 x; the sums,
+// transposed, become rows [0, M) of o. The last K % 32 columns of W are
+// copied into a zero-padded tile first: a tile row is 64 bytes, and W's row
+// may end before them (or the matrix, at its last row).
+template <int Blocks, int XB>
+void amx_few(const uint16_t* xv, int64_t M, int64_t K, const uint16_t* w, int64_t ldw,
+             const PanelOut& o) {
+  const int64_t full = K / 32 * 32, stride = ldw * 2;
+  const int64_t x_block = (K + 31) / 32 * 32 * 16;  // elements of one 16-row block of xv
+  tile_memory_barrier();  // xv and W (a copy of its last rows) written before
+  _tile_zero(0);
+  if constexpr (XB == 2) _tile_zero(1);
+  if constexpr (Blocks == 2) _tile_zero(2);
+  if constexpr (Blocks == 2 && XB == 2) _tile_zero(3);
+  const auto step = [&](const uint16_t* w0, const uint16_t* w1, int64_t w_stride, int64_t k) {
+    _tile_loadd(6, xv + k * 16, 64);
+    if constexpr (XB == 2) _tile_loadd(7, xv + x_block + k * 16, 64);
+    _tile_loadd(4, w0, w_stride);
+    _tile_dpbf16ps(0, 4, 6);
+    if constexpr (XB == 2) _tile_dpbf16ps(1, 4, 7);
+    if constexpr (Blocks == 2) {
+      _tile_loadd(5, w1, w_stride);
+      _tile_dpbf16ps(2, 5, 6);
+      if constexpr (XB == 2) _tile_dpbf16ps(3, 5, 7);
     }
-    alignas(64) int32_t c[4][16][16];
-    _tile_stored(0, c[0], 64);
-    _tile_stored(1, c[1], 64);
-    _tile_stored(2, c[2], 64);
-    _tile_stored(3, c[3], 64);
-    for (int64_t h = 0; h < (two ? 2 : 1); ++h) {
-      __m512i lo[16], hi[16];  // columns 0-15 and 16-31 of y, by row of the block
-      for (int i = 0; i < 16; ++i) {
-        lo[i] = _mm512_load_si512(c[2 * h][i]);
-        hi[i] = _mm512_load_si512(c[2 * h + 1][i]);
-      }
-      transpose16(lo);
-      transpose16(hi);
-      const int64_t m0 = (b + h) * 16;
-      for (int64_t i = 0; i < 16 && m0 + i < M; ++i)
-        store_row(o, m0 + i, _mm512_castsi512_ps(lo[i]), _mm512_castsi512_ps(hi[i]));
-    }
+  };
+  for (int64_t k = 0; k < full; k += 32) step(w + k, w + 16 * ldw + k, stride, k);
+  if (full < K) {
+    alignas(64) uint16_t tail[Blocks][16][32] = {};
+    for (int64_t r = 0; r < 16 * Blocks; ++r)
+      std::memcpy(tail[r / 16][r % 16], w + r * ldw + full, size_t(K - full) * 2);
+    tile_memory_barrier();
+    step(&tail[0][0][0], &tail[Blocks - 1][0][0], 64, full);
   }
+  alignas(64) int32_t c[4][16][16];
+  _tile_stored(0, c[0], 64);
+  if constexpr (XB == 2) _tile_stored(1, c[1], 64);
+  if constexpr (Blocks == 2) _tile_stored(2, c[2], 64);
+  if constexpr (Blocks == 2 && XB == 2) _tile_stored(3, c[3], 64);
+  tile_memory_barrier();
+  for (int h = 0; h < XB; ++h) {
+    __m512i lo[16], hi[16];  // [row of W][row of x] -> [row of x][row of W]
+    for (int i = 0; i < 16; ++i) {
+      lo[i] = _mm512_load_si512(c[h][i]);
+      hi[i] = Blocks == 2 ? _mm512_load_si512(c[2 + h][i]) : _mm512_setzero_si512();
+    }
+    transpose16(lo);
+    if constexpr (Blocks == 2) transpose16(hi);
+    for (int64_t i = 0; i < 16 && 16 * h + i < M; ++i)
+      store_row(o, 16 * h + i, _mm512_castsi512_ps(lo[i]), _mm512_castsi512_ps(hi[i]));
+  }
+}
+
+template <int XB>
+void amx_few_rows(const uint16_t* xv, int64_t M, int64_t K, const uint16_t* W, int64_t n0,
+                  int64_t n1, const float* bias, float* y, int64_t ldy) {
+  int64_t n = n0;
+  for (; n + 32 <= n1; n += 32)
+    amx_few<2, XB>(xv, M, K, W + n * K, K, PanelOut::at(bias, y, nullptr, ldy, n, 32));
+  if (n + 16 <= n1) {
+    amx_few<1, XB>(xv, M, K, W + n * K, K, PanelOut::at(bias, y, nullptr, ldy, n, 16));
+    n += 16;
+  }
+  if (n == n1) return;
+  // fewer than 16 rows left: the 16 rows ending with them, in place when W
+  // has that many (the rows before are read again, from cache), else a copy
+  // (a tile never reads past W); only the rows left are stored
+  const int64_t left = n1 - n;
+  thread_local std::vector<uint16_t> copy;
+  const uint16_t* w16 = W + (n1 - 16) * K;
+  if (n1 < 16) {
+    copy.resize(size_t(16 * K));
+    std::memcpy(copy.data(), W + n * K, size_t(left * K) * 2);
+    w16 = copy.data();
+  }
+  alignas(64) float sums[32][16];
+  amx_few<1, XB>(xv, M, K, w16, K, PanelOut::at(nullptr, &sums[0][0], nullptr, 16, 0, 16));
+  const int64_t first = n1 < 16 ? 0 : 16 - left;  // the first of them in sums' columns
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t i = 0; i < left; ++i)
+      y[m * ldy + n + i] = sums[m][first + i] + (bias ? bias[n + i] : 0.0f);
 }
 
 // The panels of columns [n0, n1): pack(n, n_end) fills `packed` for [n, n_end).
@@ -317,7 +347,7 @@ void gemm_panels(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx, int64_t 
                  const float* bias, float* y, uint16_t* yb, int64_t ldy, uint16_t* packed,
                  bool amx, const Pack& pack) {
   const int64_t pairs = (K + 1) / 2;
-  std::optional<AmxTiles> tiles;
+  std::optional<AmxTileScope> tiles;
   if (amx && M >= 16) tiles.emplace();
   for (int64_t n = n0; n < n1; n += kPanel) {
     const int64_t cols = n1 - n < kPanel ? n1 - n : kPanel;
@@ -347,29 +377,11 @@ inline float scale_of(const void* scale, ElemType t, int64_t i) {
 
 }  // namespace
 
-int64_t gemm_pack_elems_avx512bf16(int64_t M, int64_t K) {
-  // a panel, then, for fewer rows than kAmxPackedMinRows, x in blocks of 16
-  // rows for W read in place (bf16 with K % 32 == 0 on AMX)
-  const int64_t panel = packed_pairs(K) * 2 * kPanel;
-  return M < kAmxPackedMinRows ? panel + (M + 15) / 16 * 16 * packed_pairs(K) * 2 : panel;
-}
+int64_t gemm_pack_elems_avx512bf16(int64_t K) { return packed_pairs(K) * 2 * kPanel; }
 
 void gemm_bf16_avx512bf16(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx, const uint16_t* W,
                           int64_t n0, int64_t n1, const float* bias, float* y, uint16_t* yb,
                           int64_t ldy, uint16_t* packed, bool amx) {
-  if (amx && M < kAmxPackedMinRows && K > 0 && K % 32 == 0 && n1 - n0 >= kPanel) {
-    // whole panels with W in place; a last partial one below, packed
-    const int64_t end = n0 + (n1 - n0) / kPanel * kPanel;
-    uint16_t* xv = packed + packed_pairs(K) * 2 * kPanel;
-    pack_x_pairs(xb, M, K, ldx, xv);
-    {
-      AmxTiles tiles;
-      for (int64_t n = n0; n < end; n += kPanel)
-        amx_w_panel(W, K, n, xv, M, PanelOut::at(bias, y, yb, ldy, n, kPanel));
-    }
-    if (end == n1) return;
-    n0 = end;
-  }
   const auto load = [&](int64_t row, int64_t p0, int64_t np) {
     const uint16_t* w = W + row * K + 2 * p0;
     if (np == 16) return _mm512_loadu_si512(w);
@@ -404,6 +416,29 @@ void gemm_int8_avx512bf16(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx,
   gemm_panels(xb, M, K, ldx, n0, n1, bias, y, yb, ldy, packed, amx, [&](int64_t n, int64_t n_end) {
     pack_panel(load, last, K, n, n_end, packed);
   });
+}
+
+AmxTileScope::AmxTileScope() {
+  TileConfig c;
+  for (int t = 0; t < 8; ++t) {
+    c.colsb[t] = 64;
+    c.rows[t] = 16;
+  }
+  load_tile_config(c);
+}
+
+AmxTileScope::~AmxTileScope() { _tile_release(); }
+
+int64_t amx_rows_x_elems(int64_t K) { return (K + 31) / 32 * 32 * 32; }
+
+void amx_rows_pack_x(const uint16_t* xb, int64_t M, int64_t ldx, uint16_t* xv) {
+  pack_x_pairs(xb, M, ldx, ldx, xv);
+}
+
+void linear_bf16_rows_amx(const uint16_t* xv, int64_t M, int64_t K, const uint16_t* W, int64_t n0,
+                          int64_t n1, const float* bias, float* y, int64_t ldy) {
+  if (M > 16) return amx_few_rows<2>(xv, M, K, W, n0, n1, bias, y, ldy);
+  amx_few_rows<1>(xv, M, K, W, n0, n1, bias, y, ldy);
 }
 
 }  // namespace finmoe::kernels

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,8 +34,12 @@ constexpr int64_t kBf16Panel = 32;
 // (<= 10 MB at K = 4864), which stays in L3 however long the prompt; each
 // block repacks the panel, so a 512-token prefill packs once.
 constexpr int64_t kGemmRowBlock = 512;
-// kGemmMinRows for bf16 W where the GEMM runs on AMX tiles (gemm_min_rows).
-constexpr int64_t kAmxGemmMinRows = 16;
+// From this many rows (up to kGemmMinRows) bf16 products on AMX tiles read W
+// in place as tiles (linear_bf16_rows_amx) instead of the vector few-row
+// kernels, which slow down with every row from about 5 while the tiles cost
+// about the same from 6 to 16 (bench_kernels rows-amx, docs/PERFORMANCE.md:
+// at 6 rows 0.85-1.25x the vector kernels, at 8 rows 1.04-1.51x).
+constexpr int64_t kAmxFewMinRows = 6;
 // Below this many weights (128 KiB of bf16) waking a worker costs more than it saves.
 constexpr int64_t kMinParallelWeights = 64 * 1024;
 
@@ -199,12 +204,10 @@ int64_t xform_elem_bytes(XForm form) {
   return form == XForm::kQ8 ? 1 : form == XForm::kBf16Padded ? 2 : 4;
 }
 
-// From this many rows a product runs as a GEMM: kGemmMinRows, or for bf16 W
-// on AMX tiles kAmxGemmMinRows (batch 16 decode at 1.2-1.6x the few-row
-// kernels; batch 8 and 4 were no faster or slower, docs/PERFORMANCE.md).
-int64_t gemm_min_rows(Isa isa, const WeightFormat& w) {
-  const bool amx = isa == Isa::kAvx512Bf16 && !w.int8 && w.float_t == ElemType::kBF16 && gemm_amx();
-  return amx ? kAmxGemmMinRows : kGemmMinRows;
+// Whether a few-row product runs on AMX tiles (linear_bf16_rows_amx).
+bool rows_on_amx(Isa isa, const WeightFormat& w, int64_t M) {
+  return isa == Isa::kAvx512Bf16 && !w.int8 && w.float_t == ElemType::kBF16 && gemm_amx() &&
+         M >= kAmxFewMinRows && M < kGemmMinRows;
 }
 
 XForm xform_for(Isa isa, ElemType x_t, const WeightFormat& w, int64_t M) {
@@ -272,6 +275,7 @@ struct Job {
   const float* bias = nullptr;  // float32 or null
   float* y32 = nullptr;  // float32 sums of the few-row kernels: y itself or scratch [M, N]
   bool gemm = false;
+  const uint16_t* xv = nullptr;  // few-row jobs on AMX tiles: x as their B operand
   int64_t virt0 = 0;  // few-row jobs: first row in the batch's row space (a multiple of kGrain)
 };
 
@@ -293,6 +297,7 @@ void rows_of(Isa isa, const Job& j, int64_t K, const WeightFormat& w, int64_t n0
   const bool bf16 = w.float_t == ElemType::kBF16;
   switch (isa) {
     case Isa::kAvx512Bf16:
+      if (j.xv) return linear_bf16_rows_amx(j.xv, p.M, K, wb, n0, n1, j.bias, j.y32, p.N);
       if (bf16)
         return linear_bf16_rows_avx512bf16(static_cast<const uint16_t*>(j.x), p.M, K, j.ldx, wb,
                                            n0, n1, j.bias, j.y32, p.N);
@@ -338,7 +343,7 @@ void run_gemm(Isa isa, const Job& j, const GemmTask& t, int64_t K, const WeightF
   float* yf = y_t == ElemType::kF32 ? static_cast<float*>(p.y) + t.m0 * p.N : nullptr;
   uint16_t* yb = y_t == ElemType::kF32 ? nullptr : static_cast<uint16_t*>(p.y) + t.m0 * p.N;
   if (j.form == XForm::kBf16Padded) {
-    uint16_t* packed = scratch<uint16_t, 4>(size_t(gemm_pack_elems_avx512bf16(t.m1 - t.m0, K)));
+    uint16_t* packed = scratch<uint16_t, 4>(size_t(gemm_pack_elems_avx512bf16(K)));
     const uint16_t* xb = static_cast<const uint16_t*>(j.x) + t.m0 * j.ldx;
     if (w.int8)
       gemm_int8_avx512bf16(xb, t.m1 - t.m0, K, j.ldx, static_cast<const int8_t*>(p.W), p.scale,
@@ -387,12 +392,13 @@ void run_batch(Isa isa, ElemType x_t, int64_t K, const WeightFormat& w, ElemType
   // Scratch layout: prepared x of each distinct (x, M), float32 biases, float32 sums.
   size_t x_bytes = 0, bias_floats = 0, sum_floats = 0;
   std::vector<size_t> x_at(jobs.size()), bias_at(jobs.size()), sum_at(jobs.size());
-  std::vector<bool> x_owner(jobs.size(), false);
+  std::vector<bool> x_owner(jobs.size(), false), amx_x(jobs.size(), false);
   for (size_t i = 0; i < jobs.size(); ++i) {
     Job& j = jobs[i];
     const LinearProduct& p = *j.p;
     j.form = xform_for(isa, x_t, w, p.M);
-    j.gemm = p.M >= gemm_min_rows(isa, w);
+    j.gemm = p.M >= kGemmMinRows;
+    amx_x[i] = !j.gemm && rows_on_amx(isa, w, p.M);
     j.ldx = j.form == XForm::kBf16Padded ? (K + 31) / 32 * 32
             : j.form == XForm::kQ8       ? q8_record_bytes(K)
                                          : K;
@@ -406,6 +412,7 @@ void run_batch(Isa isa, ElemType x_t, int64_t K, const WeightFormat& w, ElemType
       x_at[i] = x_bytes;
       x_owner[i] = true;
       x_bytes += size_t(p.M * j.ldx * xform_elem_bytes(j.form));
+      if (amx_x[i]) x_bytes += size_t(amx_rows_x_elems(K)) * 2;  // xv after x
       x_bytes = (x_bytes + 63) / 64 * 64;
     }
     if (p.bias && bias_t != ElemType::kF32) {
@@ -427,6 +434,7 @@ void run_batch(Isa isa, ElemType x_t, int64_t K, const WeightFormat& w, ElemType
     Job& j = jobs[i];
     const LinearProduct& p = *j.p;
     j.x = j.form == XForm::kF32 && x_t == ElemType::kF32 ? p.x : xbuf + x_at[i];
+    if (amx_x[i]) j.xv = static_cast<const uint16_t*>(j.x) + p.M * j.ldx;
     if (p.bias)
       j.bias = bias_t == ElemType::kF32 ? static_cast<const float*>(p.bias) : bias32 + bias_at[i];
     if (x_owner[i]) prep += p.M * K;
@@ -447,11 +455,18 @@ void run_batch(Isa isa, ElemType x_t, int64_t K, const WeightFormat& w, ElemType
   ThreadPool& pool = ThreadPool::global();
   const int64_t threads = pool.num_threads();
   // x and bias conversions, over the pool when there is enough of them
+  const auto pack_xv = [&](const Job& j) {
+    if (j.xv)
+      amx_rows_pack_x(static_cast<const uint16_t*>(j.x), j.p->M, j.ldx,
+                      const_cast<uint16_t*>(j.xv));
+  };
   const auto prepare = [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const Job& j = jobs[size_t(i)];
-      if (x_owner[size_t(i)])
+      if (x_owner[size_t(i)]) {
         prepare_rows(isa, ops, j.form, x_t, j.p->x, K, 0, j.p->M, const_cast<void*>(j.x), j.ldx);
+        pack_xv(j);
+      }
       if (j.p->bias && bias_t != ElemType::kF32)
         ops.convert(bias_t, j.p->bias, ElemType::kF32, const_cast<float*>(j.bias), j.p->N);
     }
@@ -461,6 +476,7 @@ void run_batch(Isa isa, ElemType x_t, int64_t K, const WeightFormat& w, ElemType
     pool.parallel_for(j.p->M, kGrain, [&](int64_t m0, int64_t m1) {
       prepare_rows(isa, ops, j.form, x_t, j.p->x, K, m0, m1, const_cast<void*>(j.x), j.ldx);
     });
+    pack_xv(j);
     if (j.p->bias && bias_t != ElemType::kF32)
       ops.convert(bias_t, j.p->bias, ElemType::kF32, const_cast<float*>(j.bias), j.p->N);
   } else if (prep >= kMinParallelWeights) {
@@ -493,9 +509,17 @@ void run_batch(Isa isa, ElemType x_t, int64_t K, const WeightFormat& w, ElemType
   const bool parallel = threads > 1 && virt_rows <= INT32_MAX &&
                         (n_tasks > 1 || virt_rows * row_bytes >= 2 * kMinParallelWeights) &&
                         (n_tasks > 0 || virt_rows > chunk) && work >= kMinParallelWeights;
+  // AMX few-row jobs: this thread's tiles configured while it walks rows
+  // (after its GEMM tasks, which configure and release their own)
+  const bool amx_rows = std::any_of(amx_x.begin(), amx_x.end(), [](bool b) { return b; });
+  const auto walk = [&](const auto& run) {
+    std::optional<AmxTileScope> tiles;
+    if (amx_rows) tiles.emplace();
+    run();
+  };
   if (!parallel) {
     for (const GemmTask& t : tasks) run_gemm(isa, jobs[size_t(t.job)], t, K, w, y_t);
-    if (virt_rows > 0) rows(0, virt_rows);
+    if (virt_rows > 0) walk([&] { rows(0, virt_rows); });
     return;
   }
   std::atomic<int64_t> next{0};
@@ -503,7 +527,7 @@ void run_batch(Isa isa, ElemType x_t, int64_t K, const WeightFormat& w, ElemType
   pool.parallel_for(threads, 1, [&](int64_t t, int64_t) {
     for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < n_tasks;)
       run_gemm(isa, jobs[size_t(tasks[size_t(i)].job)], tasks[size_t(i)], K, w, y_t);
-    shares.walk(t, rows);
+    walk([&] { shares.walk(t, rows); });
   });
 }
 

@@ -59,13 +59,32 @@ void pack_x_bf16_avx512bf16(const float* x, int64_t M, int64_t K, uint16_t* xb, 
 void linear_bf16_rows_avx512bf16(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx,
                                  const uint16_t* W, int64_t n0, int64_t n1, const float* bias,
                                  float* y, int64_t ldy);
+// AMX tiles configured on the calling thread (all eight 16 rows x 64 bytes)
+// for its lifetime, released after (the kernel saves no tile data for a
+// thread that holds none). Only where gemm_amx().
+class AmxTileScope {
+ public:
+  AmxTileScope();
+  ~AmxTileScope();
+  AmxTileScope(const AmxTileScope&) = delete;
+  AmxTileScope& operator=(const AmxTileScope&) = delete;
+};
+// Few rows of x (M < 32) on AMX tiles (gemm_avx512bf16.cpp): W's rows are
+// read in place as the A operand, 32 at a time, against x packed once per
+// product as the B operand (xv, amx_rows_x_elems(K) elements, from xb [M,
+// ldx] by amx_rows_pack_x); rows [n0, n1) of the float32 sums (+ bias) into
+// y [M, ldy]. The calling thread holds an AmxTileScope throughout.
+int64_t amx_rows_x_elems(int64_t K);
+void amx_rows_pack_x(const uint16_t* xb, int64_t M, int64_t ldx, uint16_t* xv);
+void linear_bf16_rows_amx(const uint16_t* xv, int64_t M, int64_t K, const uint16_t* W, int64_t n0,
+                          int64_t n1, const float* bias, float* y, int64_t ldy);
 // Tiled GEMM for many rows (gemm_avx512bf16.cpp): columns [n0, n1) of
 // xb (as above) times Wᵀ (+ bias), into y (float32) or, when y is null, into
 // yb (bf16, rounded to nearest even; denormal results flush to zero), both
-// [M, ldy]. `packed` is 64-byte aligned scratch of gemm_pack_elems_avx512bf16(M, K)
+// [M, ldy]. `packed` is 64-byte aligned scratch of gemm_pack_elems_avx512bf16(K)
 // elements, private to the calling thread. With `amx` (only where gemm_amx()
 // says the CPU and the OS allow it) the products run on AMX tiles.
-int64_t gemm_pack_elems_avx512bf16(int64_t M, int64_t K);
+int64_t gemm_pack_elems_avx512bf16(int64_t K);
 void gemm_bf16_avx512bf16(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx,
                           const uint16_t* W, int64_t n0, int64_t n1, const float* bias, float* y,
                           uint16_t* yb, int64_t ldy, uint16_t* packed, bool amx);

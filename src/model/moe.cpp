@@ -14,6 +14,7 @@
 #include "finmoe/load_balance.h"
 #include "kernels/linear.h"
 #include "kernels/ops.h"
+#include "kernels/thread_pool.h"
 #include "model/adapter_rows.h"
 
 namespace finmoe {
@@ -402,15 +403,14 @@ torch::Tensor MoeImpl::experts_grouped(const torch::Tensor& x, const RouterOutpu
   const auto t = elem_type(x);
   const int64_t es = kernels::elem_size(t);
   // one scratch buffer, 64-byte aligned parts: xs [P, D], gate and up [P, I],
-  // ys [P, D/G_O] in x's type; out32 [T, D] float32
+  // ys [P, D/G_O] in x's type
   const auto aligned = [](int64_t bytes) { return (bytes + 63) / 64 * 64; };
   const int64_t xs_at = 0, gate_at = xs_at + aligned(pairs * D * es);
   const int64_t up_at = gate_at + aligned(pairs * I * es), ys_at = up_at + aligned(pairs * I * es);
-  const int64_t out_at = ys_at + aligned(pairs * slice_ * es), end = out_at + aligned(T * D * 4);
+  const int64_t end = ys_at + aligned(pairs * slice_ * es);
   auto scratch = torch::empty({end}, x.options().dtype(torch::kUInt8));
   char* base = static_cast<char*>(scratch.data_ptr());
   char *xs = base + xs_at, *gate = base + gate_at, *up = base + up_at, *ys = base + ys_at;
-  float* out32 = reinterpret_cast<float*>(base + out_at);
   const char* xp = static_cast<const char*>(x.data_ptr());
   for (int64_t row = 0; row < pairs; ++row)  // xs row = x row of its token
     std::memcpy(xs + row * D * es, xp + (pair_of[size_t(row)] / k) * D * es, size_t(D * es));
@@ -429,24 +429,34 @@ torch::Tensor MoeImpl::experts_grouped(const torch::Tensor& x, const RouterOutpu
   kernels::swiglu(t, gate, up, pairs * I, gate);  // gate := h
   kernels::linear_batch(t, I, t, down, t);
 
-  // out[token, slice of e] += weight * ys[row], summed in float32, rounded once
-  std::memset(out32, 0, size_t(T * D) * 4);
-  std::vector<float> y32(static_cast<size_t>(pairs * slice_));
-  kernels::convert(t, ys, kernels::ElemType::kF32, y32.data(), pairs * slice_);
+  // out[token] = the sum of weight * ys[row] over its k rows, each into its
+  // expert's slice, in float32 in ascending key order, rounded once; tokens
+  // split over the pool (each writes only its own row)
+  std::vector<int64_t> row_of(static_cast<size_t>(pairs)), col0(static_cast<size_t>(n_keys));
+  for (int64_t row = 0; row < pairs; ++row) row_of[size_t(pair_of[size_t(row)])] = row;
+  for (int64_t e = 0; e < n_keys; ++e)
+    col0[size_t(e)] = slice_ == D ? 0 : (keys.modules[size_t(e)].second / per_slice_) * slice_;
   const float* wp = weights.data_ptr<float>();
-  for (int64_t e = 0; e < n_keys; ++e) {
-    const int64_t routed = keys.modules[size_t(e)].second;
-    const int64_t col0 = slice_ == D ? 0 : (routed / per_slice_) * slice_;
-    for (int64_t row = start[size_t(e)]; row < start[size_t(e) + 1]; ++row) {
-      const int64_t pair = pair_of[size_t(row)];
-      const float w = wp[pair];
-      const float* y = y32.data() + row * slice_;
-      float* o = out32 + (pair / k) * D + col0;
-      for (int64_t j = 0; j < slice_; ++j) o[j] += w * y[j];
-    }
-  }
   auto out = torch::empty({T, D}, x.options());
-  kernels::convert(kernels::ElemType::kF32, out32, t, out.data_ptr(), T * D);
+  char* op = static_cast<char*>(out.data_ptr());
+  kernels::ThreadPool::global().parallel_for(T, 16, [&](int64_t t0, int64_t t1) {
+    std::vector<float> acc(static_cast<size_t>(D)), y(static_cast<size_t>(slice_));
+    std::vector<int64_t> slots(static_cast<size_t>(k));
+    for (int64_t tok = t0; tok < t1; ++tok) {
+      for (int64_t s = 0; s < k; ++s) slots[size_t(s)] = tok * k + s;
+      std::stable_sort(slots.begin(), slots.end(),
+                       [&](int64_t a, int64_t b) { return key[a] < key[b]; });
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (const int64_t pair : slots) {
+        kernels::convert(t, ys + row_of[size_t(pair)] * slice_ * es, kernels::ElemType::kF32,
+                         y.data(), slice_);
+        const float w = wp[pair];
+        float* o = acc.data() + col0[size_t(key[pair])];
+        for (int64_t j = 0; j < slice_; ++j) o[j] += w * y[size_t(j)];
+      }
+      kernels::convert(kernels::ElemType::kF32, acc.data(), t, op + tok * D * es, D);
+    }
+  });
   return out;
 }
 

@@ -220,12 +220,13 @@ INSTANTIATE_TEST_SUITE_P(Paths, LinearIsa,
                          ::testing::Values(Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16),
                          [](const auto& info) { return std::string(isa_name(info.param)); });
 
-// The avx512_bf16 products with the GEMM's AMX tiles on (a CPU with AMX) and
-// off (the vector tiles, which CPUs without AMX run and AMX takes rows left
-// over from), at the edges of the tiles' blocks of 16 and 32 rows and of a
-// 32-element k step: M = 16 .. 31 (on AMX a GEMM reading W in place where K
-// is a multiple of 32, a last partial panel packed), 32 .. 80 and 600 (a
-// 512-row block, then 88 rows; W packed per panel), K padded to 32.
+// The avx512_bf16 products with AMX tiles on (a CPU with AMX) and off (the
+// vector kernels, which CPUs without AMX run and AMX takes rows left over
+// from), at the edges of the tiles' blocks: M = 4 (vector few-row kernels on
+// either), 5 .. 31 (on AMX W read in place, 16 or 32 rows of it and 1 or 2
+// blocks of x, W's last rows below 16 copied), 32 .. 80, 530 and 600 (the
+// GEMM: W packed per panel, a 512-row block then 18 or 88 rows); K from 1 to
+// 1001, its last k step partial or whole.
 class GemmTiles : public ::testing::TestWithParam<bool> {
  protected:
   void SetUp() override {
@@ -242,8 +243,8 @@ class GemmTiles : public ::testing::TestWithParam<bool> {
 
 TEST_P(GemmTiles, Bf16RowBlocksMatchDoubleReference) {
   ASSERT_EQ(gemm_amx(), GetParam());
-  for (int64_t M : {16, 17, 31, 32, 47, 48, 63, 80, 600})
-    for (int64_t K : {1, 32, 33, 64, 896, 1001})
+  for (int64_t M : {4, 5, 8, 15, 16, 17, 24, 31, 32, 47, 48, 63, 80, 530, 600})
+    for (int64_t K : {1, 32, 33, 64, 152, 896, 1001})
       for (int64_t N : {1, 33, 1003})
         for (bool b : {false, true}) {
           check_shape(Isa::kAvx512Bf16, true, M, K, N, b);
@@ -258,7 +259,9 @@ TEST(GemmTiles, AreOnlyWhereTheCpuHasThem) {
   const bool was = gemm_amx();
   set_gemm_amx(true);
   EXPECT_EQ(gemm_amx(), cpu_features().amx_bf16);
-  if (cpu_features().amx_bf16) EXPECT_TRUE(cpu_features().avx512_bf16);
+  if (cpu_features().amx_bf16) {
+    EXPECT_TRUE(cpu_features().avx512_bf16);
+  }
   set_gemm_amx(false);
   EXPECT_FALSE(gemm_amx());
   set_gemm_amx(was);
