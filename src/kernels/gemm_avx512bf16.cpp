@@ -239,33 +239,15 @@ void amx_rows(const uint16_t* xb, int64_t ldx, int64_t pairs, const uint16_t* pa
     store_row(o, r, _mm512_load_ps(&sums[r][0]), _mm512_load_ps(&sums[r][16]));
 }
 
-// x in the B operand's layout for W in place: xv[b][p][i][0..1] = x[16 b +
-// i][2p .. 2p+1], 16-row blocks, rows past M zero. K is a multiple of 32.
-void pack_x_pairs(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx, uint16_t* xv) {
-  const int64_t pairs = K / 2;
-  const uint32_t* x32 = reinterpret_cast<const uint32_t*>(xb);
-  uint32_t* out = reinterpret_cast<uint32_t*>(xv);
-  for (int64_t b = 0; b * 16 < M; ++b)
-    for (int64_t p0 = 0; p0 < pairs; p0 += 16) {
-      __m512i r[16];
-      for (int64_t i = 0; i < 16; ++i)
-        r[i] = b * 16 + i < M ? _mm512_loadu_si512(x32 + (b * 16 + i) * (ldx / 2) + p0)
-                              : _mm512_setzero_si512();
-      transpose16(r);
-      for (int64_t j = 0; j < 16; ++j) _mm512_store_si512(out + (b * pairs + p0 + j) * 16, r[j]);
-    }
-}
-
-// 16 x Blocks rows of W from w (stride ldw), read in place, against the XB
+// 16 x Blocks rows of W from w (rows of K), read in place, against the XB
 // 16-row blocks of xv (amx_rows_pack_x; x's rows [0, M), M <= 16 XB): tiles
 // 0-3 the sums (W block b, x block h as 2b + h), 4-5 W, 6-7 x; the sums,
 // transposed, become rows [0, M) of o. The last K % 32 columns of W are
 // copied into a zero-padded tile first: a tile row is 64 bytes, and W's row
 // may end before them (or the matrix, at its last row).
 template <int Blocks, int XB>
-void amx_few(const uint16_t* xv, int64_t M, int64_t K, const uint16_t* w, int64_t ldw,
-             const PanelOut& o) {
-  const int64_t full = K / 32 * 32, stride = ldw * 2;
+void amx_few(const uint16_t* xv, int64_t M, int64_t K, const uint16_t* w, const PanelOut& o) {
+  const int64_t full = K / 32 * 32, stride = K * 2;
   const int64_t x_block = (K + 31) / 32 * 32 * 16;  // elements of one 16-row block of xv
   tile_memory_barrier();  // xv and W (a copy of its last rows) written before
   _tile_zero(0);
@@ -284,11 +266,11 @@ void amx_few(const uint16_t* xv, int64_t M, int64_t K, const uint16_t* w, int64_
       if constexpr (XB == 2) _tile_dpbf16ps(3, 5, 7);
     }
   };
-  for (int64_t k = 0; k < full; k += 32) step(w + k, w + 16 * ldw + k, stride, k);
+  for (int64_t k = 0; k < full; k += 32) step(w + k, w + 16 * K + k, stride, k);
   if (full < K) {
     alignas(64) uint16_t tail[Blocks][16][32] = {};
     for (int64_t r = 0; r < 16 * Blocks; ++r)
-      std::memcpy(tail[r / 16][r % 16], w + r * ldw + full, size_t(K - full) * 2);
+      std::memcpy(tail[r / 16][r % 16], w + r * K + full, size_t(K - full) * 2);
     tile_memory_barrier();
     step(&tail[0][0][0], &tail[Blocks - 1][0][0], 64, full);
   }
@@ -316,9 +298,9 @@ void amx_few_rows(const uint16_t* xv, int64_t M, int64_t K, const uint16_t* W, i
                   int64_t n1, const float* bias, float* y, int64_t ldy) {
   int64_t n = n0;
   for (; n + 32 <= n1; n += 32)
-    amx_few<2, XB>(xv, M, K, W + n * K, K, PanelOut::at(bias, y, nullptr, ldy, n, 32));
+    amx_few<2, XB>(xv, M, K, W + n * K, PanelOut::at(bias, y, nullptr, ldy, n, 32));
   if (n + 16 <= n1) {
-    amx_few<1, XB>(xv, M, K, W + n * K, K, PanelOut::at(bias, y, nullptr, ldy, n, 16));
+    amx_few<1, XB>(xv, M, K, W + n * K, PanelOut::at(bias, y, nullptr, ldy, n, 16));
     n += 16;
   }
   if (n == n1) return;
@@ -334,7 +316,7 @@ void amx_few_rows(const uint16_t* xv, int64_t M, int64_t K, const uint16_t* W, i
     w16 = copy.data();
   }
   alignas(64) float sums[32][16];
-  amx_few<1, XB>(xv, M, K, w16, K, PanelOut::at(nullptr, &sums[0][0], nullptr, 16, 0, 16));
+  amx_few<1, XB>(xv, M, K, w16, PanelOut::at(nullptr, &sums[0][0], nullptr, 16, 0, 16));
   const int64_t first = n1 < 16 ? 0 : 16 - left;  // the first of them in sums' columns
   for (int64_t m = 0; m < M; ++m)
     for (int64_t i = 0; i < left; ++i)
@@ -431,8 +413,21 @@ AmxTileScope::~AmxTileScope() { _tile_release(); }
 
 int64_t amx_rows_x_elems(int64_t K) { return (K + 31) / 32 * 32 * 32; }
 
+// xv[b][p][i][0..1] = x[16 b + i][2p .. 2p+1]: 16-row blocks of pairs of k,
+// rows past M zero (ldx, a multiple of 32, is zero-padded past K already).
 void amx_rows_pack_x(const uint16_t* xb, int64_t M, int64_t ldx, uint16_t* xv) {
-  pack_x_pairs(xb, M, ldx, ldx, xv);
+  const int64_t pairs = ldx / 2;
+  const uint32_t* x32 = reinterpret_cast<const uint32_t*>(xb);
+  uint32_t* out = reinterpret_cast<uint32_t*>(xv);
+  for (int64_t b = 0; b * 16 < M; ++b)
+    for (int64_t p0 = 0; p0 < pairs; p0 += 16) {
+      __m512i r[16];
+      for (int64_t i = 0; i < 16; ++i)
+        r[i] = b * 16 + i < M ? _mm512_loadu_si512(x32 + (b * 16 + i) * pairs + p0)
+                              : _mm512_setzero_si512();
+      transpose16(r);
+      for (int64_t j = 0; j < 16; ++j) _mm512_store_si512(out + (b * pairs + p0 + j) * 16, r[j]);
+    }
 }
 
 void linear_bf16_rows_amx(const uint16_t* xv, int64_t M, int64_t K, const uint16_t* W, int64_t n0,
