@@ -337,13 +337,15 @@ void bench_attention(finmoe::ReadBandwidthProbe& probe, int64_t context) {
       100.0 * bytes / median(times) / 1e9 / bw.median_gbs, bw.median_gbs);
 }
 
-// Few-row bf16 products on AMX tiles (W read in place) against the vector
-// few-row kernels (set_gemm_amx(false)), alternating, M = 1 .. 31 rows of x:
-// FineRMoE's routed experts as a prefill hands them out (64 experts' gate
-// [152, 896] in one linear_batch; their down [448, 152]) and the dense
-// gate_proj [4864, 896] of batched decode. Every repetition reads weights
-// no other has read (a 768 MiB pool), so they come from memory as in a
-// forward. Median microseconds per call and the weights' GB/s.
+// bf16 products on AMX tiles with W read in place (linear_bf16_rows_amx)
+// against, below 32 rows of x, the vector few-row kernels (set_gemm_amx(false))
+// and, from 32, the tiled GEMM (set_amx_gemm_min_rows(kGemmMinRows)),
+// alternating: FineRMoE's routed experts as a prefill hands them out (64
+// experts' gate [152, 896] in one linear_batch; their down [448, 152]) and
+// the dense gate_proj [4864, 896] and down_proj [896, 4864] of batched
+// decode. Every repetition reads weights no other has read (a 768 MiB pool),
+// so they come from memory as in a forward. Median microseconds per call and
+// the weights' GB/s.
 void bench_rows_amx() {
   using finmoe::kernels::ElemType;
   using finmoe::kernels::LinearProduct;
@@ -357,15 +359,20 @@ void bench_rows_amx() {
   };
   const Case cases[] = {{"experts gate 64 x [152, 896]", 64, 152, 896},
                         {"experts down 64 x [448, 152]", 64, 448, 152},
-                        {"gate_proj [4864, 896]", 1, 4864, 896}};
+                        {"gate_proj [4864, 896]", 1, 4864, 896},
+                        {"down_proj [896, 4864]", 1, 896, 4864}};
+  const int64_t rows[] = {1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 31, 32, 48, 64, 96, 128};
+  const int64_t max_rows = 128, gemm_default = finmoe::kernels::amx_gemm_min_rows();
   const std::vector<uint16_t> pool = random_bf16(size_t(384) << 20, 31);
-  const std::vector<uint16_t> x = random_bf16(size_t(64 * 32 * 4864), 32);
-  std::vector<uint16_t> y(size_t(64 * 32 * 4864));
+  const std::vector<uint16_t> x = random_bf16(size_t(64 * max_rows * 896), 32);
+  std::vector<uint16_t> y(size_t(64 * max_rows * 896));
   size_t at = 0;  // next unread weights in the pool
   for (const Case& c : cases)
-    for (int64_t M : {1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 31}) {
+    for (const int64_t M : rows) {
+      const bool gemm =
+          M >= finmoe::kernels::kGemmMinRows;  // the other side: the GEMM or the vector kernels
       const size_t per_call = size_t(c.products * c.N * c.K);
-      std::vector<double> t_amx, t_vec;
+      std::vector<double> t_amx, t_other;
       for (int rep = -1; rep < 9; ++rep)
         for (const bool amx : {true, false}) {
           if (at + per_call > pool.size()) at = 0;
@@ -374,17 +381,20 @@ void bench_rows_amx() {
             ps.push_back({x.data() + p * M * c.K, M, pool.data() + at + size_t(p * c.N * c.K), c.N,
                           nullptr, y.data() + p * M * c.N});
           at += per_call;
-          finmoe::kernels::set_gemm_amx(amx);
+          finmoe::kernels::set_gemm_amx(amx || gemm);
+          finmoe::kernels::set_amx_gemm_min_rows(amx ? INT32_MAX : finmoe::kernels::kGemmMinRows);
           const auto t0 = Clock::now();
           finmoe::kernels::linear_batch(ElemType::kBF16, c.K, ElemType::kBF16, ps, ElemType::kBF16);
           const double t = seconds_since(t0);
-          if (rep >= 0) (amx ? t_amx : t_vec).push_back(t);
+          if (rep >= 0) (amx ? t_amx : t_other).push_back(t);
         }
       finmoe::kernels::set_gemm_amx(true);
-      const double bytes = double(per_call) * 2, a = median(t_amx), v = median(t_vec);
-      std::printf("%-30s M=%-3lld AMX %7.0f us %5.1f GB/s   vector %7.0f us %5.1f GB/s   (%.2fx)\n",
-                  c.name, static_cast<long long>(M), a * 1e6, bytes / a / 1e9, v * 1e6,
-                  bytes / v / 1e9, v / a);
+      finmoe::kernels::set_amx_gemm_min_rows(gemm_default);
+      const double bytes = double(per_call) * 2, a = median(t_amx), v = median(t_other);
+      std::printf(
+          "%-30s M=%-3lld in place %7.0f us %5.1f GB/s   %s %7.0f us %5.1f GB/s   (%.2fx)\n",
+          c.name, static_cast<long long>(M), a * 1e6, bytes / a / 1e9, gemm ? "GEMM  " : "vector",
+          v * 1e6, bytes / v / 1e9, v / a);
     }
 }
 

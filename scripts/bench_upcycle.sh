@@ -62,12 +62,13 @@ def bench(n, r):  # {"prefill": tok/s, batch: tok/s, ...} of round r, or None
         return None
     b = json.load(open(path))
     d = {x["batch"]: x["tokens_per_s"] for x in b["decode"]}
+    d["bytes16"] = next((x.get("weight_bytes_per_step") for x in b["decode"] if x["batch"] == 16), None)
     d["prefill"] = b["prefill_tokens_per_s"]
     d["prefill_tokens"] = b.get("prefill_tokens", 512)
     return d
 
-print("| model | #P | #AP | prefill tok/s | TTFT@prefill (s) | decode b1 | b4 | b16 |")
-print("|---|---|---|---|---|---|---|---|")
+print("| model | #P | #AP | prefill tok/s | TTFT@prefill (s) | decode b1 | b4 | b16 | weights a b16 step (MB) |")
+print("|---|---|---|---|---|---|---|---|---|")
 for n in names:
     info = json.load(open(f"{work}/{n}.info.json"))
     P, AP = info["total_params"], info.get("active_params", info["total_params"])
@@ -81,8 +82,15 @@ for n in names:
         return f"{v:.1f} ({ratio:.2f}x{spread})"
     ttft = statistics.median(m["prefill_tokens"] / m["prefill"] for m, _ in runs)
     ttft_ratio = statistics.median(d["prefill"] / m["prefill"] for m, d in runs)
+    # the weights a batch-16 step reads, and the b16 ratio they allow at the
+    # dense model's efficiency (dense bytes / these bytes)
+    b16 = [(m["bytes16"], d["bytes16"]) for m, d in runs if m["bytes16"] and d["bytes16"]]
+    bytes16 = (f"{statistics.median(m for m, _ in b16) / 1e6:.0f} "
+               f"({statistics.median(d / m for m, d in b16):.2f}x at equal efficiency)" if b16 else "n/a")
     print(f"| {n} | {P / 1e9:.3f}B | {AP / 1e9:.3f}B | {cell('prefill')} | {ttft:.2f} ({ttft_ratio:.2f}x) | "
-          f"{cell(1)} | {cell(4)} | {cell(16)} |")
+          f"{cell(1)} | {cell(4)} | {cell(16)} | {bytes16} |")
+print("(weights a b16 step: what the products read, each expert some token chose once; "
+      "the ratio is the b16 one if the model ran at the dense model's share of its floor)")
 if rounds > 1:
     print(f"(medians over {len(runs)} rounds; the ratios are per round, against that round's dense "
           f"run, [min-max])")

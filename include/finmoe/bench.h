@@ -31,8 +31,13 @@ struct DecodeBenchResult {
     int64_t batch = 0;
     double tokens_per_s = 0;  // best run
     double ms_per_step = 0;   // best run
-    // Median over the runs of (steps/s ÷ the floor's steps/s at that run):
-    // how close a step comes to streaming the weights once.
+    // Weights a step of this batch reads: the bytes the weight products
+    // counted (kernels::weight_bytes_read), at least weight_bytes_per_token.
+    // Above it where a MoE layer's tokens choose different experts.
+    double weight_bytes_per_step = 0;
+    // Median over the runs of (steps/s ÷ the floor's steps/s at that run, the
+    // floor streaming weight_bytes_per_step): how close a step comes to
+    // reading its weights once.
     double step_ratio_to_floor = 0;
   };
   std::vector<Decode> decode;

@@ -153,9 +153,10 @@ void add_bench(CLI::App& app, Run& run) {
       for (const auto& d : r.decode) {
         std::cout << "decode batch " << std::setw(3) << d.batch << "   " << d.tokens_per_s << " tok/s ("
                   << d.ms_per_step << " ms/step";
-        if (d.batch == 1)
-          std::cout << ", " << std::setprecision(0) << 100 * d.step_ratio_to_floor
-                    << "% of floor" << std::setprecision(1);
+        std::cout << ", " << std::setprecision(0) << 100 * d.step_ratio_to_floor << "% of floor";
+        if (d.weight_bytes_per_step > r.weight_bytes_per_token * 1.001)
+          std::cout << " for its " << d.weight_bytes_per_step / 1e6 << " MB of weights";
+        std::cout << std::setprecision(1);
         std::cout << ")\n";
       }
       return 0;

@@ -34,12 +34,21 @@ constexpr int64_t kBf16Panel = 32;
 // (<= 10 MB at K = 4864), which stays in L3 however long the prompt; each
 // block repacks the panel, so a 512-token prefill packs once.
 constexpr int64_t kGemmRowBlock = 512;
-// From this many rows (up to kGemmMinRows) bf16 products on AMX tiles read W
-// in place as tiles (linear_bf16_rows_amx) instead of the vector few-row
-// kernels, which slow down with every row from about 5 while the tiles cost
-// about the same from 6 to 16 (bench_kernels rows-amx, docs/PERFORMANCE.md:
-// at 6 rows 0.85-1.25x the vector kernels, at 8 rows 1.04-1.51x).
+// From this many rows bf16 products on AMX tiles read W in place as tiles
+// (linear_bf16_rows_amx) instead of the vector few-row kernels, which slow
+// down with every row from about 5 while the tiles cost about the same from
+// 6 to 16 (bench_kernels rows-amx, docs/PERFORMANCE.md: with the tiles'
+// prefetch, at 6 rows 1.10-1.43x the vector kernels, at 8 rows 1.28-1.71x).
 constexpr int64_t kAmxFewMinRows = 6;
+// From this many rows bf16 products on AMX tiles run the tiled GEMM; below
+// it, from kAmxFewMinRows, they read W in place (linear_bf16_rows_amx), each
+// block of W against x 32 rows at a time, the later chunks from cache. The
+// GEMM packs each panel of W first, which costs more than its tiles' work up
+// to about 64 rows (bench_kernels rows-amx, GEMM / in-place time on the
+// FineRMoE expert and Qwen2-0.5B FFN shapes, two runs: 1.38-1.86x at 32
+// rows, 1.09-1.37x at 64, 0.94-1.44x at 96, 0.84-1.34x at 128;
+// docs/PERFORMANCE.md).
+constexpr int64_t kAmxGemmMinRows = 96;
 // Below this many weights (128 KiB of bf16) waking a worker costs more than it saves.
 constexpr int64_t kMinParallelWeights = 64 * 1024;
 
@@ -125,6 +134,11 @@ class Shares {
   std::vector<Share> shares_;
 };
 
+std::atomic<uint64_t>& bytes_read() {
+  static std::atomic<uint64_t> bytes{0};
+  return bytes;
+}
+
 // Per-thread scratch for the converted activations, grown as needed, 64-byte
 // aligned; `Slot` tells apart buffers of one call.
 template <class T, int Slot = 0>
@@ -204,10 +218,23 @@ int64_t xform_elem_bytes(XForm form) {
   return form == XForm::kQ8 ? 1 : form == XForm::kBf16Padded ? 2 : 4;
 }
 
+bool bf16_on_amx(Isa isa, const WeightFormat& w) {
+  return isa == Isa::kAvx512Bf16 && !w.int8 && w.float_t == ElemType::kBF16 && gemm_amx();
+}
+
+std::atomic<int64_t>& amx_gemm_rows() {
+  static std::atomic<int64_t> rows{kAmxGemmMinRows};
+  return rows;
+}
+
+// Rows from which a product runs the tiled GEMM.
+int64_t gemm_min_rows(Isa isa, const WeightFormat& w) {
+  return bf16_on_amx(isa, w) ? amx_gemm_min_rows() : kGemmMinRows;
+}
+
 // Whether a few-row product runs on AMX tiles (linear_bf16_rows_amx).
 bool rows_on_amx(Isa isa, const WeightFormat& w, int64_t M) {
-  return isa == Isa::kAvx512Bf16 && !w.int8 && w.float_t == ElemType::kBF16 && gemm_amx() &&
-         M >= kAmxFewMinRows && M < kGemmMinRows;
+  return bf16_on_amx(isa, w) && M >= kAmxFewMinRows && M < gemm_min_rows(isa, w);
 }
 
 XForm xform_for(Isa isa, ElemType x_t, const WeightFormat& w, int64_t M) {
@@ -375,9 +402,15 @@ void run_batch(Isa isa, ElemType x_t, int64_t K, const WeightFormat& w, ElemType
   }
   const OpsTable& ops = ops_table(isa);
   std::vector<Job> jobs;
+  uint64_t w_bytes = 0;
+  const int64_t scale_bytes = w.int8 ? int8_scales_per_row(w.q8, K) * elem_size(w.q8.scale_t) : 0;
   for (const LinearProduct& p : products)
-    if (p.M > 0 && p.N > 0) jobs.push_back(Job{&p});
+    if (p.M > 0 && p.N > 0) {
+      jobs.push_back(Job{&p});
+      w_bytes += uint64_t(p.N * (K * w.bytes() + scale_bytes));
+    }
   if (jobs.empty()) return;
+  bytes_read().fetch_add(w_bytes, std::memory_order_relaxed);
   if (K == 0) {  // the empty sum: y = bias (or 0)
     std::vector<float> row;
     for (const Job& j : jobs) {
@@ -397,7 +430,7 @@ void run_batch(Isa isa, ElemType x_t, int64_t K, const WeightFormat& w, ElemType
     Job& j = jobs[i];
     const LinearProduct& p = *j.p;
     j.form = xform_for(isa, x_t, w, p.M);
-    j.gemm = p.M >= kGemmMinRows;
+    j.gemm = p.M >= gemm_min_rows(isa, w);
     amx_x[i] = !j.gemm && rows_on_amx(isa, w, p.M);
     j.ldx = j.form == XForm::kBf16Padded ? (K + 31) / 32 * 32
             : j.form == XForm::kQ8       ? q8_record_bytes(K)
@@ -412,7 +445,7 @@ void run_batch(Isa isa, ElemType x_t, int64_t K, const WeightFormat& w, ElemType
       x_at[i] = x_bytes;
       x_owner[i] = true;
       x_bytes += size_t(p.M * j.ldx * xform_elem_bytes(j.form));
-      if (amx_x[i]) x_bytes += size_t(amx_rows_x_elems(K)) * 2;  // xv after x
+      if (amx_x[i]) x_bytes += size_t(amx_rows_x_elems(p.M, K)) * 2;  // xv after x
       x_bytes = (x_bytes + 63) / 64 * 64;
     }
     if (p.bias && bias_t != ElemType::kF32) {
@@ -534,6 +567,15 @@ void run_batch(Isa isa, ElemType x_t, int64_t K, const WeightFormat& w, ElemType
 WeightFormat float_weights(ElemType w_t) { return {false, w_t, {}}; }
 
 }  // namespace
+
+uint64_t weight_bytes_read() { return bytes_read().load(std::memory_order_relaxed); }
+
+int64_t amx_gemm_min_rows() { return amx_gemm_rows().load(std::memory_order_relaxed); }
+
+void set_amx_gemm_min_rows(int64_t rows) {
+  amx_gemm_rows().store(std::clamp<int64_t>(rows, kGemmMinRows, INT32_MAX),
+                        std::memory_order_relaxed);
+}
 
 bool gemm_amx() { return amx_on().load(std::memory_order_relaxed); }
 

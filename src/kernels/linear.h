@@ -68,7 +68,15 @@ struct LinearProduct {
 void linear_batch(ElemType x_t, int64_t K, ElemType w_t, const std::vector<LinearProduct>& products,
                   ElemType y_t);
 
-// Rows from which a product runs the tiled GEMM instead of the few-row kernels.
+// Weight bytes that the products of every call so far have read: each
+// product's W (and int8 scales) once, however many rows it has. A decode
+// step's delta is the least it streams from memory, counted where a MoE
+// layer's batch reads more experts than one token's (`bench decode`).
+uint64_t weight_bytes_read();
+
+// Rows from which a product runs the tiled GEMM instead of the few-row
+// kernels (bf16 weights on AMX tiles: from amx_gemm_min_rows(), linear_isa.h;
+// below it their tiles read W in place).
 constexpr int64_t kGemmMinRows = 32;
 
 }  // namespace finmoe::kernels

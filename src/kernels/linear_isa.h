@@ -69,12 +69,13 @@ class AmxTileScope {
   AmxTileScope(const AmxTileScope&) = delete;
   AmxTileScope& operator=(const AmxTileScope&) = delete;
 };
-// Few rows of x (M < 32) on AMX tiles (gemm_avx512bf16.cpp): W's rows are
-// read in place as the A operand, 32 at a time, against x packed once per
-// product as the B operand (xv, amx_rows_x_elems(K) elements, from xb [M,
+// Products of up to a few tens of rows of x on AMX tiles
+// (gemm_avx512bf16.cpp): W's rows are read in place as the A operand, 32 at
+// a time, each block against all of x, 32 rows at a time, packed once per
+// product as the B operand (xv, amx_rows_x_elems(M, K) elements, from xb [M,
 // ldx] by amx_rows_pack_x); rows [n0, n1) of the float32 sums (+ bias) into
 // y [M, ldy]. The calling thread holds an AmxTileScope throughout.
-int64_t amx_rows_x_elems(int64_t K);
+int64_t amx_rows_x_elems(int64_t M, int64_t K);
 void amx_rows_pack_x(const uint16_t* xb, int64_t M, int64_t ldx, uint16_t* xv);
 void linear_bf16_rows_amx(const uint16_t* xv, int64_t M, int64_t K, const uint16_t* W, int64_t n0,
                           int64_t n1, const float* bias, float* y, int64_t ldy);
@@ -101,6 +102,12 @@ void gemm_int8_avx512bf16(const uint16_t* xb, int64_t M, int64_t K, int64_t ldx,
 // where the CPU lacks them.
 bool gemm_amx();
 void set_gemm_amx(bool on);
+// Rows from which bf16 products on AMX tiles run the tiled GEMM instead of
+// reading W in place (linear_bf16_rows_amx): kAmxGemmMinRows (linear.cpp)
+// unless set here, which tests and benchmarks do to compare the two
+// (clamped to [kGemmMinRows, INT32_MAX]).
+int64_t amx_gemm_min_rows();
+void set_amx_gemm_min_rows(int64_t rows);
 
 // AVX-512F (linear_avx512.cpp): x (xr: rounded to bf16 for bf16 W) [M, K] in order.
 void linear_bf16_rows_avx512(const float* xr, int64_t M, int64_t K, const uint16_t* W, int64_t n0,

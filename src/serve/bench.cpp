@@ -11,6 +11,7 @@
 #include "finmoe/serve_bench.h"
 
 #include "kernels/cpu_features.h"
+#include "kernels/linear.h"
 #include "kernels/thread_pool.h"
 #include "serve/host_logits.h"
 
@@ -151,7 +152,7 @@ DecodeBenchResult bench_decode(Transformer& model, const DecodeBenchOptions& o) 
     std::vector<std::vector<int32_t>> tables(static_cast<size_t>(B));
     for (int64_t s = 0; s < B; ++s)
       for (int64_t k = 0; k < per_seq; ++k) tables[size_t(s)].push_back(int32_t(s * per_seq + k));
-    double best = 1e30;
+    double best = 1e30, step_bytes = r.weight_bytes_per_token;
     std::vector<double> ratios;
     for (int rep = 0; rep < o.repeats; ++rep) {
       StepBatch prefill;
@@ -165,6 +166,7 @@ DecodeBenchResult bench_decode(Transformer& model, const DecodeBenchOptions& o) 
       }
       logits_to_host(model.step(prefill, cache));
       const double before = bandwidth_now();
+      const uint64_t read_before = kernels::weight_bytes_read();
       const auto t = Clock::now();
       for (int64_t step = 0; step < o.decode_steps; ++step) {
         StepBatch d;
@@ -177,14 +179,18 @@ DecodeBenchResult bench_decode(Transformer& model, const DecodeBenchOptions& o) 
         logits_to_host(model.step(d, cache));
       }
       const double secs = seconds_since(t);
+      const double read =
+          double(kernels::weight_bytes_read() - read_before) / double(o.decode_steps);
       const double after = bandwidth_now();
       best = std::min(best, secs);
-      // the floor of this run: the bandwidth sampled around it
-      const double floor_steps_per_s = (before + after) / 2 * 1e9 / r.weight_bytes_per_token;
+      // the floor of this run: its steps' weights at the bandwidth sampled around it
+      // (the same tokens every run, so the same experts)
+      step_bytes = std::max(r.weight_bytes_per_token, read);
+      const double floor_steps_per_s = (before + after) / 2 * 1e9 / step_bytes;
       ratios.push_back(double(o.decode_steps) / secs / floor_steps_per_s);
     }
-    r.decode.push_back(
-        {B, double(B * o.decode_steps) / best, best / double(o.decode_steps) * 1e3, percentile(ratios, 50)});
+    r.decode.push_back({B, double(B * o.decode_steps) / best, best / double(o.decode_steps) * 1e3,
+                        step_bytes, percentile(ratios, 50)});
   }
   r.bandwidth_gb_s = cpu ? percentile(samples, 50) : device_gb_s;
   r.floor_tokens_per_s = r.bandwidth_gb_s * 1e9 / r.weight_bytes_per_token;
@@ -199,7 +205,8 @@ nlohmann::json DecodeBenchResult::to_json() const {
   for (const auto& d : decode) {
     nlohmann::json e = {{"batch", d.batch},
                         {"tokens_per_s", d.tokens_per_s},
-                        {"ms_per_step", d.ms_per_step}};
+                        {"ms_per_step", d.ms_per_step},
+                        {"weight_bytes_per_step", d.weight_bytes_per_step}};
     e["step_ratio_to_floor"] = d.step_ratio_to_floor;
     if (d.batch == 1) e["ratio_to_floor"] = d.step_ratio_to_floor;
     j["decode"].push_back(e);

@@ -257,6 +257,8 @@ TEST_F(Cli, BenchDecodeReportsEveryBatchAgainstTheWeightFloor) {
     EXPECT_NEAR(d["tokens_per_s"].get<double>() * d["ms_per_step"].get<double>(), 1e3 * batch,
                 1e-6 * 1e3 * batch);
     EXPECT_GT(d["step_ratio_to_floor"].get<double>(), 0);
+    // a dense model reads the same weights at every batch
+    EXPECT_EQ(d["weight_bytes_per_step"].get<double>(), j["weight_bytes_per_token"].get<double>());
     EXPECT_EQ(d.contains("ratio_to_floor"), i == 0);
   }
   auto bad = run("bench decode " + model() + " --repeats 0");

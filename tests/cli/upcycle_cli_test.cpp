@@ -75,6 +75,25 @@ TEST_F(UpcycleCli, CopyPresetPrintsCountsAndTheOutputLoadsWithTheDenseLogits) {
     }
 }
 
+// bench decode's floor at a batch counts the experts its tokens chose: one
+// token's k at batch 1, between that and every expert at batch 8.
+TEST_F(UpcycleCli, BenchDecodeFloorCountsTheExpertsEachBatchReads) {
+  auto r = run("upcycle " + dense() + " " + out("bench") + " --preset finermoe --G-I 4");
+  ASSERT_EQ(r.status, 0) << r.out;
+  auto info = nlohmann::json::parse(run("info " + out("bench") + " --json").out);
+  auto b = run("bench decode " + out("bench") +
+               " --json --prefill 4 --batch 1 8 --steps 2 --repeats 1 --context 4");
+  ASSERT_EQ(b.status, 0) << b.out;
+  auto j = nlohmann::json::parse(b.out);
+  const double per_token = j["weight_bytes_per_token"].get<double>();
+  EXPECT_LT(per_token, 4.0 * info["total_params"].get<double>());  // not every expert
+  ASSERT_EQ(j["decode"].size(), 2u);
+  EXPECT_EQ(j["decode"][0]["weight_bytes_per_step"].get<double>(), per_token);
+  const double b8 = j["decode"][1]["weight_bytes_per_step"].get<double>();
+  EXPECT_GE(b8, per_token);
+  EXPECT_LE(b8, 4.0 * info["total_params"].get<double>());
+}
+
 TEST_F(UpcycleCli, BadInputExitsWithCode2AndNamesTheFlag) {
   auto r = run("upcycle " + dense() + " " + out("bad") + " --preset nope");
   EXPECT_EQ(r.status, 2) << r.out;

@@ -220,30 +220,55 @@ INSTANTIATE_TEST_SUITE_P(Paths, LinearIsa,
                          ::testing::Values(Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16),
                          [](const auto& info) { return std::string(isa_name(info.param)); });
 
-// The avx512_bf16 products with AMX tiles on (a CPU with AMX) and off (the
-// vector kernels, which CPUs without AMX run and AMX takes rows left over
-// from), at the edges of the tiles' blocks: M = 4 (vector few-row kernels on
-// either), 5 .. 31 (on AMX W read in place, 16 or 32 rows of it and 1 or 2
-// blocks of x, W's last rows below 16 copied), 32 .. 80, 530 and 600 (the
-// GEMM: W packed per panel, a 512-row block then 18 or 88 rows); K from 1 to
-// 1001, its last k step partial or whole.
-class GemmTiles : public ::testing::TestWithParam<bool> {
+// The avx512_bf16 products with AMX tiles off (the vector kernels, which
+// CPUs without AMX run and AMX takes rows left over from) and on (a CPU with
+// AMX), at the edges of the tiles' blocks: M = 4 (vector few-row kernels on
+// either), 5 .. 95 (on AMX W read in place, 16 or 32 rows of it against 1 or
+// 2 blocks of x at a time, 32 rows of x a chunk, W's last rows below 16
+// copied), 96, 530 and 600 (the GEMM: W packed per panel, a 512-row block then
+// 18 or 88 rows); K from 1 to 1001, its last k step partial or whole. On AMX
+// also with the GEMM from 32 rows and with W in place at every row count.
+enum class Tiles { kVector, kAmx, kAmxGemmFrom32, kAmxInPlace };
+
+std::string tiles_name(Tiles t) {
+  switch (t) {
+    case Tiles::kVector:
+      return "vector";
+    case Tiles::kAmx:
+      return "amx";
+    case Tiles::kAmxGemmFrom32:
+      return "amx_gemm_from_32";
+    case Tiles::kAmxInPlace:
+      return "amx_in_place";
+  }
+  return "";
+}
+
+class GemmTiles : public ::testing::TestWithParam<Tiles> {
  protected:
   void SetUp() override {
     if (!cpu_runs(Isa::kAvx512Bf16)) GTEST_SKIP() << "this CPU lacks the avx512_bf16 path";
-    if (GetParam() && !cpu_features().amx_bf16) GTEST_SKIP() << "this CPU (or OS) has no AMX tiles";
+    if (GetParam() != Tiles::kVector && !cpu_features().amx_bf16)
+      GTEST_SKIP() << "this CPU (or OS) has no AMX tiles";
     was_ = gemm_amx();
-    set_gemm_amx(GetParam());
+    rows_was_ = amx_gemm_min_rows();
+    set_gemm_amx(GetParam() != Tiles::kVector);
+    if (GetParam() == Tiles::kAmxGemmFrom32) set_amx_gemm_min_rows(kGemmMinRows);
+    if (GetParam() == Tiles::kAmxInPlace) set_amx_gemm_min_rows(INT32_MAX);
   }
-  void TearDown() override { set_gemm_amx(was_); }
+  void TearDown() override {
+    set_gemm_amx(was_);
+    set_amx_gemm_min_rows(rows_was_);
+  }
 
  private:
   bool was_ = false;
+  int64_t rows_was_ = 0;
 };
 
 TEST_P(GemmTiles, Bf16RowBlocksMatchDoubleReference) {
-  ASSERT_EQ(gemm_amx(), GetParam());
-  for (int64_t M : {4, 5, 8, 15, 16, 17, 24, 31, 32, 47, 48, 63, 80, 530, 600})
+  ASSERT_EQ(gemm_amx(), GetParam() != Tiles::kVector);
+  for (int64_t M : {4, 5, 8, 15, 16, 17, 24, 31, 32, 47, 48, 63, 80, 95, 96, 530, 600})
     for (int64_t K : {1, 32, 33, 64, 152, 896, 1001})
       for (int64_t N : {1, 33, 1003})
         for (bool b : {false, true}) {
@@ -252,8 +277,10 @@ TEST_P(GemmTiles, Bf16RowBlocksMatchDoubleReference) {
         }
 }
 
-INSTANTIATE_TEST_SUITE_P(Avx512Bf16, GemmTiles, ::testing::Values(false, true),
-                         [](const auto& info) { return std::string(info.param ? "amx" : "vector"); });
+INSTANTIATE_TEST_SUITE_P(Avx512Bf16, GemmTiles,
+                         ::testing::Values(Tiles::kVector, Tiles::kAmx, Tiles::kAmxGemmFrom32,
+                                           Tiles::kAmxInPlace),
+                         [](const auto& info) { return tiles_name(info.param); });
 
 TEST(GemmTiles, AreOnlyWhereTheCpuHasThem) {
   const bool was = gemm_amx();

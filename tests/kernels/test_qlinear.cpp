@@ -21,6 +21,7 @@
 #include "finmoe/error.h"
 #include "kernels/cpu_features.h"
 #include "kernels/isa.h"
+#include "kernels/linear.h"
 #include "kernels/linear_isa.h"
 #include "kernels/qlinear_isa.h"
 
@@ -388,6 +389,35 @@ TEST(Int8Linear, ResultsDoNotDependOnTheSchedule) {
                   l.bias.data(), ElemType::kF32, y.data());
       ASSERT_EQ(y, first) << "M=" << M << " call " << rep;
     }
+  }
+}
+
+// weight_bytes_read counts each product's weights (and int8 scales) once,
+// whatever its rows (few-row kernels or the GEMM); empty products read none.
+TEST(WeightBytesRead, CountsEachProductsWeightsOnce) {
+  const int64_t K = 96;
+  const auto x = random_x(40, K, 3, true);
+  std::vector<uint16_t> xb(x.size()), wb(size_t(20 * K), 0x3f80);
+  for (size_t i = 0; i < x.size(); ++i) xb[i] = bf16_bits(x[i]);
+  std::vector<float> wf(size_t(20 * K), 0.5f), y(size_t(40 * 20));
+  std::vector<uint16_t> yb(y.size());
+  uint64_t before = weight_bytes_read();
+  linear_batch(ElemType::kBF16, K, ElemType::kBF16,
+               {{xb.data(), 3, wb.data(), 5, nullptr, yb.data()},
+                {xb.data(), 0, wb.data(), 7, nullptr, yb.data()},    // no rows: no weights read
+                {xb.data(), 40, wb.data(), 9, nullptr, yb.data()}},  // the GEMM
+               ElemType::kBF16);
+  EXPECT_EQ(weight_bytes_read() - before, uint64_t((5 + 9) * K * 2));
+  before = weight_bytes_read();
+  linear(ElemType::kF32, x.data(), 2, K, ElemType::kF32, wf.data(), 6, nullptr, ElemType::kF32,
+         y.data());
+  EXPECT_EQ(weight_bytes_read() - before, uint64_t(6 * K * 4));
+  for (const Int8Format& f : kFormats) {
+    const QLayer l = make_layer(f, 11, K, 4);
+    before = weight_bytes_read();
+    linear_int8(ElemType::kF32, x.data(), 4, K, l.q.data(), l.scale.data(), f, 11, nullptr,
+                ElemType::kF32, y.data());
+    EXPECT_EQ(weight_bytes_read() - before, uint64_t(11 * K + l.scale.size())) << fmt_name(f);
   }
 }
 

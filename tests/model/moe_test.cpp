@@ -8,11 +8,12 @@
 #include <numeric>
 #include <set>
 
+#include "../tolerance.h"
 #include "finmoe/error.h"
 #include "finmoe/finer_router.h"
+#include "kernels/linear.h"
 #include "model/moe.h"
 #include "test_util.h"
-#include "../tolerance.h"
 
 namespace finmoe {
 namespace {
@@ -210,6 +211,34 @@ TEST(Moe, SparsePathEqualsPerTokenLoopWithConcatAndSharedExpert) {
     RouterOutput r;
     auto y = moe(x, &r);
     EXPECT_TRUE(test::AllClose(y, reference_moe(*moe, c, x, r), 1e-5)) << "concat " << concat;
+  }
+}
+
+// What `bench decode` counts as a step's weights: a MoE layer in inference
+// reads its router, every expert some token chose (once, however many tokens
+// chose it) and its shared expert, and nothing else.
+TEST(Moe, InferenceReadsTheChosenExpertsWeightsOnce) {
+  const ModelConfig c = finer_config(2, 2, 2, 2, 1, /*concat=*/true, /*shared=*/16);
+  Moe moe(c, torch::TensorOptions());
+  randomize(*moe, 5);
+  const auto bytes = [](const torch::Tensor& w) { return uint64_t(w.numel() * w.element_size()); };
+  const auto mlp_bytes = [&](Mlp& m) {
+    return bytes(m->gate_proj->weight) + bytes(m->up_proj->weight) + bytes(m->down_proj->weight);
+  };
+  torch::NoGradGuard g;
+  for (const int64_t T : {1, 3, 37}) {
+    auto x = at::normal(0.0, 1.0, {T, c.hidden_size}, at::detail::createCPUGenerator(uint64_t(T)),
+                        torch::TensorOptions());
+    RouterOutput r;
+    const uint64_t before = kernels::weight_bytes_read();
+    moe(x, &r);
+    const uint64_t read = kernels::weight_bytes_read() - before;
+    const auto idx = r.indices.flatten();
+    std::set<int64_t> chosen(idx.data_ptr<int64_t>(), idx.data_ptr<int64_t>() + idx.numel());
+    uint64_t want = bytes(moe->gate->weight) + bytes(moe->concat_proj->weight) +
+                    mlp_bytes(moe->shared_expert) + bytes(moe->shared_expert_gate->weight);
+    for (const int64_t e : chosen) want += mlp_bytes(moe->experts[size_t(e)]);
+    EXPECT_EQ(read, want) << "T=" << T << ", " << chosen.size() << " experts chosen";
   }
 }
 
