@@ -96,52 +96,55 @@ bool route_on_host(RouterOutput& r, const ModelConfig& c) {
   const float* lp = logits.data_ptr<float>();
   int64_t* ip = indices.data_ptr<int64_t>();
   float* wp = weights.data_ptr<float>();
-  std::vector<int64_t> cand, in_group;
   const auto higher = [](const float* l) {
     return [l](int64_t a, int64_t b) { return l[a] > l[b] || (l[a] == l[b] && a < b); };
   };
-  for (int64_t t = 0; t < T; ++t) {
-    const float* l = lp + t * E;
-    cand.clear();
-    if (masked) {
-      // per output slice, the sum group of largest logit sum, and its T_I best experts
-      for (int64_t go = 0; go < c.G_O; ++go) {
-        int64_t best = -1;
-        float best_sum = 0;
-        for (int64_t ro = 0; ro < c.R_O; ++ro) {
-          const float* g = l + (go * c.R_O + ro) * group;
-          float sum = 0;
-          for (int64_t j = 0; j < group; ++j) sum += g[j];
-          if (best < 0 || sum > best_sum) best = go * c.R_O + ro, best_sum = sum;
+  // tokens over the pool: independent rows, hundreds of them in a prefill
+  kernels::ThreadPool::global().parallel_for(T, 64, [&](int64_t t0, int64_t t1) {
+    std::vector<int64_t> cand, in_group;
+    for (int64_t t = t0; t < t1; ++t) {
+      const float* l = lp + t * E;
+      cand.clear();
+      if (masked) {
+        // per output slice, the sum group of largest logit sum, and its T_I best experts
+        for (int64_t go = 0; go < c.G_O; ++go) {
+          int64_t best = -1;
+          float best_sum = 0;
+          for (int64_t ro = 0; ro < c.R_O; ++ro) {
+            const float* g = l + (go * c.R_O + ro) * group;
+            float sum = 0;
+            for (int64_t j = 0; j < group; ++j) sum += g[j];
+            if (best < 0 || sum > best_sum) best = go * c.R_O + ro, best_sum = sum;
+          }
+          in_group.resize(size_t(group));
+          for (int64_t j = 0; j < group; ++j) in_group[size_t(j)] = best * group + j;
+          std::partial_sort(in_group.begin(), in_group.begin() + T_I, in_group.end(), higher(l));
+          cand.insert(cand.end(), in_group.begin(), in_group.begin() + T_I);
         }
-        in_group.resize(size_t(group));
-        for (int64_t j = 0; j < group; ++j) in_group[size_t(j)] = best * group + j;
-        std::partial_sort(in_group.begin(), in_group.begin() + T_I, in_group.end(), higher(l));
-        cand.insert(cand.end(), in_group.begin(), in_group.begin() + T_I);
+      } else {
+        cand.resize(size_t(E));
+        for (int64_t e = 0; e < E; ++e) cand[size_t(e)] = e;
       }
-    } else {
-      cand.resize(size_t(E));
-      for (int64_t e = 0; e < E; ++e) cand[size_t(e)] = e;
+      std::partial_sort(cand.begin(), cand.begin() + k, cand.end(), higher(l));
+      // softmax over the k chosen logits (FineRMoE) or over all E (then the k largest)
+      const float top = l[cand[0]];
+      double denom = 0;
+      if (finer) {
+        for (int64_t i = 0; i < k; ++i) denom += std::exp(double(l[cand[size_t(i)]] - top));
+      } else {
+        for (int64_t e = 0; e < E; ++e) denom += std::exp(double(l[e] - top));
+      }
+      double kept = 0;
+      for (int64_t i = 0; i < k; ++i) {
+        ip[t * k + i] = cand[size_t(i)];
+        const double w = std::exp(double(l[cand[size_t(i)]] - top)) / denom;
+        wp[t * k + i] = float(w);
+        kept += w;
+      }
+      if (!finer && c.norm_topk_prob)
+        for (int64_t i = 0; i < k; ++i) wp[t * k + i] = float(double(wp[t * k + i]) / kept);
     }
-    std::partial_sort(cand.begin(), cand.begin() + k, cand.end(), higher(l));
-    // softmax over the k chosen logits (FineRMoE) or over all E (then the k largest)
-    const float top = l[cand[0]];
-    double denom = 0;
-    if (finer) {
-      for (int64_t i = 0; i < k; ++i) denom += std::exp(double(l[cand[size_t(i)]] - top));
-    } else {
-      for (int64_t e = 0; e < E; ++e) denom += std::exp(double(l[e] - top));
-    }
-    double kept = 0;
-    for (int64_t i = 0; i < k; ++i) {
-      ip[t * k + i] = cand[size_t(i)];
-      const double w = std::exp(double(l[cand[size_t(i)]] - top)) / denom;
-      wp[t * k + i] = float(w);
-      kept += w;
-    }
-    if (!finer && c.norm_topk_prob)
-      for (int64_t i = 0; i < k; ++i) wp[t * k + i] = float(double(wp[t * k + i]) / kept);
-  }
+  });
   r.indices = indices.to(r.logits.device());
   r.weights = weights;
   return true;
@@ -412,8 +415,10 @@ torch::Tensor MoeImpl::experts_grouped(const torch::Tensor& x, const RouterOutpu
   char* base = static_cast<char*>(scratch.data_ptr());
   char *xs = base + xs_at, *gate = base + gate_at, *up = base + up_at, *ys = base + ys_at;
   const char* xp = static_cast<const char*>(x.data_ptr());
-  for (int64_t row = 0; row < pairs; ++row)  // xs row = x row of its token
-    std::memcpy(xs + row * D * es, xp + (pair_of[size_t(row)] / k) * D * es, size_t(D * es));
+  kernels::ThreadPool::global().parallel_for(pairs, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t row = r0; row < r1; ++row)  // xs row = x row of its token
+      std::memcpy(xs + row * D * es, xp + (pair_of[size_t(row)] / k) * D * es, size_t(D * es));
+  });
 
   std::vector<kernels::LinearProduct> gate_up, down;
   for (int64_t e = 0; e < n_keys; ++e) {
